@@ -1,0 +1,1 @@
+"""Pure-functional Flax Linen networks of SDGAN (no I/O, no downloads)."""
