@@ -60,8 +60,9 @@ class Conv(nn.Module):
         param_dtype=self.param_dtype,
     )
     if self.spectral_norm:
-      return nn.SpectralNorm(conv, dtype=self.dtype, param_dtype=self.param_dtype)(
-          x, update_stats=train)
+      # No compute dtype on the wrapper: it writes the normalised kernel back into the
+      # params at init, which must stay in param_dtype; the inner conv casts for compute.
+      return nn.SpectralNorm(conv, param_dtype=self.param_dtype)(x, update_stats=train)
     return conv(x)
 
 
@@ -79,8 +80,7 @@ class Dense(nn.Module):
     dense = nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype,
                      param_dtype=self.param_dtype)
     if self.spectral_norm:
-      return nn.SpectralNorm(dense, dtype=self.dtype, param_dtype=self.param_dtype)(
-          x, update_stats=train)
+      return nn.SpectralNorm(dense, param_dtype=self.param_dtype)(x, update_stats=train)
     return dense(x)
 
 
@@ -126,6 +126,18 @@ def norm_layer(kind: str, dtype: Dtype = None, train: bool = False, name: str | 
   if kind == 'none':
     return lambda x: x
   raise ValueError(f"unknown norm {kind!r}: use 'instance', 'batch' or 'none'")
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(images: jax.Array, dtype: Dtype = None) -> jax.Array:
+  """[0, 1] RGB -> ImageNet mean/std normalised, in ``dtype`` (default: float32)."""
+  dtype = dtype or jnp.float32
+  mean = jnp.asarray(IMAGENET_MEAN, dtype)
+  std = jnp.asarray(IMAGENET_STD, dtype)
+  return (images.astype(dtype) - mean) / std
 
 
 def count_params(variables) -> int:

@@ -1,0 +1,28 @@
+"""Small SDGAN for the embedded sample faces: runs on a CPU in minutes.
+
+  python run.py --config=configs/demo.py --workdir=workdirs/demo
+
+Same structure as configs/celeba.py at 64 px with narrower networks.
+"""
+
+import ml_collections
+
+from configs import celeba
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = celeba.get_config('64')
+  config.identity_dim = 128
+  config.model.generator = ml_collections.ConfigDict({
+      'preset': 'paper',
+      'stem_features': 16,
+      'encoder_features': (32, 64, 64, 64),
+      'bottleneck_features': 64,
+      'bottleneck_blocks': 2,
+      'decoder_features': (64, 64, 32, 16),
+      'spade_hidden': 32,
+  })
+  config.model.identity.num_identities = 8
+  config.model.identity.embed_dim = 128
+  config.train.batch_size = 8
+  return config

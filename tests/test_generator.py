@@ -1,0 +1,242 @@
+"""SPADE and the SDGAN generator: shapes, parameter counts, FLOPs, gradients, options."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import celeba, demo
+from sdgan_jax.models import generator as gen_lib
+from sdgan_jax.models.generator import AUTHORS, PAPER, Generator, composite, generator_from_config
+from sdgan_jax.models.layers import count_params
+from sdgan_jax.models.spade import SPADE
+
+NUM_CLASSES = 11
+
+# Narrow version of the paper preset: same topology, small enough to run on a CPU quickly.
+SMALL = dict(PAPER, stem_features=8, encoder_features=(8, 16, 16, 16), bottleneck_features=16,
+             bottleneck_blocks=2, decoder_features=(16, 16, 8, 8), spade_hidden=8)
+
+
+def _init(model, *args):
+  return jax.jit(model.init)(jax.random.key(0), *args)
+
+
+def _apply(model, variables, *args, **kwargs):
+  """Jitted apply: one compiled program instead of hundreds of eagerly dispatched ops."""
+  return jax.jit(lambda v, *a: model.apply(v, *a, **kwargs))(variables, *args)
+
+
+def _inputs(res, identity_dim, batch=2, seed=0):
+  rng = np.random.default_rng(seed)
+  image = rng.uniform(size=(batch, res, res, 3)).astype(np.float32)
+  labels = rng.integers(0, NUM_CLASSES, size=(batch, res, res))
+  semantic = jax.nn.one_hot(labels, NUM_CLASSES)
+  identity = rng.normal(size=(batch, identity_dim)).astype(np.float32)
+  return jnp.asarray(image), semantic, jnp.asarray(identity)
+
+
+# --- parameter counts derived by hand from the layer list of paper §3.4 -------------------
+
+def _conv(k, cin, cout, bias=True):
+  return k * k * cin * cout + (cout if bias else 0)
+
+
+def _spade(c, hidden=128, label=NUM_CLASSES):
+  return _conv(3, label, hidden) + _conv(3, hidden, 2 * c)  # shared conv, gamma and beta
+
+
+def _spade_block(fin, fout):
+  fmid = min(fin, fout)
+  n = _spade(fin) + _conv(3, fin, fmid) + _spade(fmid) + _conv(3, fmid, fout)
+  if fin != fout:
+    n += _spade(fin) + _conv(1, fin, fout, bias=False)
+  return n
+
+
+def _residual_block(c):
+  return 2 * (_conv(3, c, c) + 2 * c)  # two convs, two affine instance norms
+
+
+def _paper_generator_params(identity_dim, grid):
+  n = _conv(3, 3, 32)
+  for fin, fout in [(32, 64), (64, 128), (128, 256), (256, 256)]:
+    n += _spade_block(fin, fout)
+  n += _conv(3, 256 + identity_dim // grid**2, 256) + 2 * 256  # fusion conv + its norm
+  n += 4 * _residual_block(256)
+  for fin, fout in [(256, 256), (256, 128), (128, 64), (64, 32)]:
+    n += _spade_block(fin, fout)
+  return n + _conv(3, 32, 3)
+
+
+@pytest.mark.parametrize('res,identity_dim', [(128, 2048), (128, 512), (64, 128), (64, 2048)])
+def test_paper_generator_parameter_count_matches_hand_derivation(res, identity_dim):
+  args = _inputs(res, identity_dim, batch=1)
+  variables = jax.eval_shape(lambda: Generator(**PAPER).init(jax.random.key(0), *args))
+  grid = res // 16
+  assert count_params(variables) == _paper_generator_params(identity_dim, grid)
+
+
+def test_authors_generator_size_and_flops_match_their_code():
+  """DESIGN §2: 16.88 M parameters and ~41.2 GFLOP per 128-px image forward."""
+  args = _inputs(128, 2048, batch=1)
+  model = Generator(**AUTHORS)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
+  assert abs(count_params(variables) - 16.88e6) / 16.88e6 < 0.02
+  cost = jax.jit(lambda v, *a: model.apply(v, *a)).lower(variables, *args).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  gflops = cost['flops'] / 1e9
+  assert abs(gflops - 41.2) / 41.2 < 0.10, gflops
+
+
+@pytest.mark.parametrize('res', [64, 128])
+def test_forward_shapes_and_dtypes(res):
+  model = Generator(**SMALL)
+  args = _inputs(res, 2048 if res == 128 else 512)
+  variables = _init(model, *args)
+  out = _apply(model, variables, *args)
+  assert out.shape == (2, res, res, 3) and out.dtype == jnp.float32
+  assert bool(jnp.all((out >= 0) & (out <= 1)))  # sigmoid output: images in [0, 1]
+  out_train, updates = _apply(model, variables, *args, train=True, mutable=['batch_stats'])
+  assert out_train.shape == out.shape
+  # spectral norm's power iteration moved its u vectors
+  before = jax.tree_util.tree_leaves(variables['batch_stats'])
+  after = jax.tree_util.tree_leaves(updates['batch_stats'])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize('preset', ['paper', 'authors'])
+def test_full_size_presets_give_image_shapes(preset):
+  for res in (64, 128):
+    args = _inputs(res, 2048, batch=1)
+    model = Generator(**gen_lib.PRESETS[preset])
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), *args)[0])
+    assert out.shape == (1, res, res, 3)
+
+
+def test_gradients_are_finite_and_reach_every_parameter():
+  model = Generator(**SMALL)
+  image, semantic, identity = _inputs(64, 512)
+  variables = _init(model, image, semantic, identity)
+
+  def loss_fn(params):
+    out, _ = model.apply({**variables, 'params': params}, image, semantic, identity,
+                         train=True, mutable=['batch_stats'])
+    return jnp.mean((out - image) ** 2)
+
+  grads = jax.jit(jax.grad(loss_fn))(variables['params'])
+  leaves = jax.tree_util.tree_leaves_with_path(grads)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for _, g in leaves)
+  dead = [jax.tree_util.keystr(p) for p, g in leaves if not bool(jnp.any(g != 0))]
+  assert not dead, dead
+
+
+def test_output_depends_on_identity_and_semantic_map():
+  model = Generator(**SMALL)
+  image, semantic, identity = _inputs(64, 512)
+  variables = _init(model, image, semantic, identity)
+  out = _apply(model, variables, image, semantic, identity)
+  other_identity = _apply(model, variables, image, semantic, identity[::-1])
+  other_semantic = _apply(model, variables, image, semantic[::-1], identity)
+  assert float(jnp.abs(out[0] - other_identity[0]).max()) > 1e-4
+  assert float(jnp.abs(out[0] - other_semantic[0]).max()) > 1e-4
+
+
+def test_bfloat16_compute_keeps_float32_params_and_stays_close():
+  image, semantic, identity = _inputs(64, 512)
+  fp32 = Generator(**SMALL)
+  bf16 = Generator(**dict(SMALL, dtype=jnp.bfloat16))
+  variables = _init(fp32, image, semantic, identity)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables['params']))
+  out32 = _apply(fp32, variables, image, semantic, identity)
+  out16 = _apply(bf16, variables, image, semantic, identity)
+  assert out16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out16)))
+  assert float(jnp.abs(out32 - out16).mean()) < 0.02
+
+
+def test_spectral_norm_switch():
+  args = _inputs(64, 512)
+  with_sn = jax.eval_shape(lambda: Generator(**SMALL).init(jax.random.key(0), *args))
+  without = jax.eval_shape(
+      lambda: Generator(**dict(SMALL, spectral_norm=False)).init(jax.random.key(0), *args))
+  assert 'batch_stats' in with_sn and 'batch_stats' not in without
+  assert count_params(with_sn) == count_params(without)
+
+
+def test_composite_changes_only_the_masked_region():
+  rng = np.random.default_rng(1)
+  image = rng.uniform(size=(1, 8, 8, 3)).astype(np.float32)
+  generated = rng.uniform(size=(1, 8, 8, 3)).astype(np.float32)
+  mask = np.zeros((1, 8, 8, 1), np.float32)
+  mask[:, 2:6, 3:7] = 1
+  out = np.asarray(composite(image, mask, generated))
+  inside = mask[..., 0] > 0
+  np.testing.assert_array_equal(out[~inside], image[~inside])
+  np.testing.assert_array_equal(out[inside], generated[inside])
+
+
+def test_identity_grid_reads_vectors_channel_major():
+  vec = jnp.arange(2 * 32 * 16, dtype=jnp.float32).reshape(2, 512)
+  grid = gen_lib.identity_to_grid(vec, 4)
+  assert grid.shape == (2, 4, 4, 32)
+  # element (b, c, h, w) of a [B, C, H, W] view lands at (b, h, w, c)
+  assert float(grid[1, 2, 3, 5]) == float(vec[1, 5 * 16 + 2 * 4 + 3])
+  with pytest.raises(ValueError, match='not divisible'):
+    gen_lib.identity_to_grid(jnp.zeros((1, 100)), 4)
+
+
+def test_spade_fused_conv_equals_separate_gamma_beta_convs():
+  """Eq. (1) with one fused gamma/beta conv is the same function as two convs."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 6)).astype(np.float32))
+  semantic = jax.nn.one_hot(rng.integers(0, NUM_CLASSES, (2, 16, 16)), NUM_CLASSES)
+  separate = SPADE(hidden=16, fused=False)
+  variables = jax.jit(separate.init)(jax.random.key(3), x, semantic)
+  p = variables['params']
+  fused_params = {
+      'shared': p['shared'],
+      'gamma_beta': {'Conv_0': {
+          'kernel': jnp.concatenate([p['gamma']['Conv_0']['kernel'],
+                                     p['beta']['Conv_0']['kernel']], axis=-1),
+          'bias': jnp.concatenate([p['gamma']['Conv_0']['bias'],
+                                   p['beta']['Conv_0']['bias']], axis=-1)}},
+  }
+  out_separate = _apply(separate, variables, x, semantic)
+  out_fused = _apply(SPADE(hidden=16, fused=True), {'params': fused_params}, x, semantic)
+  np.testing.assert_allclose(out_fused, out_separate, atol=1e-5)
+
+
+def test_spade_is_a_per_pixel_affine_map_of_the_normalised_input():
+  """With a constant semantic map gamma and beta are constant inside the image."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(1, 8, 8, 4)).astype(np.float32) * 3 + 1)
+  semantic = jax.nn.one_hot(jnp.full((1, 8, 8), 2), NUM_CLASSES)
+  spade = SPADE(hidden=8)
+  variables = jax.jit(spade.init)(jax.random.key(5), x, semantic)
+  out = _apply(spade, variables, x, semantic)
+  normalised = (x - x.mean(axis=(1, 2), keepdims=True)) / jnp.sqrt(
+      x.var(axis=(1, 2), keepdims=True) + 1e-6)
+  # interior pixels (away from zero padding) share one alpha and beta per channel
+  inner_x, inner_y = np.asarray(normalised)[0, 2:6, 2:6], np.asarray(out)[0, 2:6, 2:6]
+  for c in range(4):
+    slope, intercept = np.polyfit(inner_x[..., c].ravel(), inner_y[..., c].ravel(), 1)
+    np.testing.assert_allclose(inner_y[..., c], slope * inner_x[..., c] + intercept, atol=1e-4)
+
+
+def test_generator_from_config_presets_and_errors():
+  model = generator_from_config(celeba.get_config().model.generator)
+  assert model.encoder_features == PAPER['encoder_features']
+  model = generator_from_config(ml_collections.ConfigDict({'preset': 'authors'}))
+  assert model.identity_branch == 'selective_kernel'
+  demo_model = generator_from_config(demo.get_config().model.generator)
+  assert demo_model.stem_features == 16
+  with pytest.raises(ValueError, match='model.generator.encoder_widths'):
+    generator_from_config(ml_collections.ConfigDict({'encoder_widths': (1, 2)}))
+  with pytest.raises(ValueError, match='preset'):
+    generator_from_config(ml_collections.ConfigDict({'preset': 'nope'}))
+  bad = Generator(**dict(SMALL, decoder_upsample=(True, True, True, False)))
+  with pytest.raises(ValueError, match='upsamples 3 times'):
+    jax.eval_shape(lambda: bad.init(jax.random.key(0), *_inputs(64, 512)))
+  with pytest.raises(ValueError, match='multiple of 16'):
+    jax.eval_shape(lambda: Generator(**SMALL).init(jax.random.key(0), *_inputs(72, 512)))
