@@ -76,11 +76,11 @@ class DlibFace:
 def dlib_faces(photos: dict[str, np.ndarray]) -> dict[str, DlibFace]:
   """Detects the largest face of each photo and runs dlib's alignment and descriptor."""
   import dlib  # pylint: disable=import-outside-toplevel
-  import face_recognition_models as models  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.faces.detect import dlib_model_path  # pylint: disable=import-outside-toplevel
 
   detector = dlib.get_frontal_face_detector()
-  predictor = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
-  recognizer = dlib.face_recognition_model_v1(models.face_recognition_model_location())
+  predictor = dlib.shape_predictor(dlib_model_path('shape_predictor_5_face_landmarks.dat'))
+  recognizer = dlib.face_recognition_model_v1(dlib_model_path('dlib_face_recognition_resnet_model_v1.dat'))
   faces = {}
   for name, image in photos.items():
     # No upsampling first: these faces are >= 90 px, and upsampling the large photos is slow.

@@ -1,0 +1,159 @@
+"""Face detection and 68-point landmarks with dlib (DESIGN §3, §5).
+
+Detectors: dlib's HOG frontal face detector (``kind='hog'``, fast on CPU, the detector the
+paper's detection rate uses) and dlib's MMOD CNN detector (``kind='cnn'``,
+``mmod_human_face_detector.dat`` from ``face-recognition-models``; more robust to pose, but
+seconds per megapixel on a CPU). Landmarks: dlib's 68-point shape predictor
+(``shape_predictor_68_face_landmarks.dat``, trained on iBUG 300-W: research use only).
+
+dlib is imported lazily (``pip install dlib-bin face-recognition-models``), so importing
+``sdgan_jax.faces`` works without it. Loaded models are cached per process: the 68-point
+model takes about a second to load.
+
+Images are uint8 RGB arrays [H, W, 3]. Grayscale or RGBA inputs must be converted by the
+caller (e.g. ``np.asarray(PIL.Image.open(path).convert('RGB'))``); they are rejected, not
+guessed at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import pathlib
+
+import numpy as np
+
+from sdgan_jax.faces import landmarks as lm
+
+_INSTALL_HINT = ('install them with `pip install dlib-bin face-recognition-models` '
+                 '(dlib-bin is the prebuilt dlib wheel; building `dlib` takes minutes)')
+
+
+def _import_dlib():
+  try:
+    import dlib  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(f'face detection needs dlib: {_INSTALL_HINT}') from e
+  return dlib
+
+
+def dlib_model_path(filename: str) -> str:
+  """Path of a model file shipped by ``face-recognition-models``.
+
+  The package is located, not imported: its ``__init__`` needs ``pkg_resources``, which
+  recent setuptools no longer provide and fresh virtualenvs often lack.
+  """
+  spec = importlib.util.find_spec('face_recognition_models')
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError(f'dlib model {filename} needs face-recognition-models: {_INSTALL_HINT}')
+  path = pathlib.Path(list(spec.submodule_search_locations)[0]) / 'models' / filename
+  if not path.is_file():
+    raise FileNotFoundError(f'{path} is missing: reinstall face-recognition-models')
+  return str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _hog_detector():
+  return _import_dlib().get_frontal_face_detector()
+
+
+@functools.lru_cache(maxsize=None)
+def _cnn_detector():
+  return _import_dlib().cnn_face_detection_model_v1(
+      dlib_model_path('mmod_human_face_detector.dat'))
+
+
+@functools.lru_cache(maxsize=None)
+def _shape_predictor_68():
+  return _import_dlib().shape_predictor(
+      dlib_model_path('shape_predictor_68_face_landmarks.dat'))
+
+
+def check_image(image) -> np.ndarray:
+  """Returns ``image`` as a C-contiguous uint8 [H, W, 3] array, or raises saying what to do."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise TypeError(f'expected a uint8 RGB image, got dtype {image.dtype}; convert floats in '
+                    '[0, 1] with (x * 255).round().astype(np.uint8)')
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f'expected an RGB image of shape [H, W, 3], got {image.shape}; convert '
+                     "grayscale or RGBA first, e.g. PIL.Image.open(path).convert('RGB')")
+  return np.ascontiguousarray(image)
+
+
+@dataclasses.dataclass(frozen=True)
+class Detections:
+  """Faces found in one image, best score first.
+
+  Attributes:
+    boxes: float32 [N, 4] (x0, y0, x1, y1) in image pixels, dlib's rectangle convention
+      (x1, y1 are the last pixel column/row inside the box, so the width is x1 - x0 + 1).
+      Boxes may reach outside the image for faces cut by its border.
+    scores: float32 [N]: the HOG detector's SVM score (> 0 at its default threshold) or the
+      CNN detector's confidence. Not comparable between the two kinds.
+  """
+
+  boxes: np.ndarray
+  scores: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.scores)
+
+
+class FaceDetector:
+  """dlib face detector: ``FaceDetector('hog')(image) -> Detections``.
+
+  Args:
+    kind: 'hog' (frontal HOG + linear SVM, ~80 px smallest face at ``upsample=0``) or
+      'cnn' (MMOD CNN, more robust to pose and light; seconds per megapixel on CPU).
+    upsample: how many times dlib doubles the image before detecting; each step halves the
+      smallest detectable face and roughly quadruples the time.
+    threshold: added to the HOG detector's decision threshold (0 = dlib's default; raise it
+      to trade recall for fewer false positives). For 'cnn', the minimum confidence kept.
+  """
+
+  def __init__(self, kind: str = 'hog', upsample: int = 1, threshold: float = 0.0):
+    if kind not in ('hog', 'cnn'):
+      raise ValueError(f"detector kind must be 'hog' or 'cnn', got {kind!r}")
+    if int(upsample) != upsample or upsample < 0:
+      raise ValueError(f'upsample must be a non-negative integer, got {upsample!r}')
+    self.kind = kind
+    self.upsample = int(upsample)
+    self.threshold = float(threshold)
+    # Loads (and caches) the model now, so a missing dlib fails at construction.
+    self._model = _hog_detector() if kind == 'hog' else _cnn_detector()
+
+  def __call__(self, image) -> Detections:
+    image = check_image(image)
+    if self.kind == 'hog':
+      rects, scores, _ = self._model.run(image, self.upsample, self.threshold)
+      rows = [(r.left(), r.top(), r.right(), r.bottom(), s) for r, s in zip(rects, scores)]
+    else:
+      rows = [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence)
+              for d in self._model(image, self.upsample) if d.confidence >= self.threshold]
+    rows.sort(key=lambda row: -row[4])
+    table = np.array(rows, np.float32).reshape(-1, 5)
+    return Detections(boxes=table[:, :4], scores=table[:, 4])
+
+
+class LandmarkPredictor:
+  """dlib's 68-point shape predictor: ``LandmarkPredictor()(image, box) -> [68, 2]``.
+
+  The result is float32 (x, y) in image pixels, pixel centres at integer coordinates,
+  indexed as in ``sdgan_jax.faces.landmarks``. ``box`` is one row of ``Detections.boxes``
+  (dlib's convention); the predictor was trained on HOG detector boxes and works with CNN
+  boxes too.
+  """
+
+  def __init__(self):
+    self._dlib = _import_dlib()
+    self._model = _shape_predictor_68()
+
+  def __call__(self, image, box) -> np.ndarray:
+    image = check_image(image)
+    x0, y0, x1, y1 = (int(round(float(v))) for v in np.asarray(box).reshape(4))
+    shape = self._model(image, self._dlib.rectangle(x0, y0, x1, y1))
+    if shape.num_parts != lm.NUM_LANDMARKS:
+      raise RuntimeError(f'shape predictor returned {shape.num_parts} points, expected 68')
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float32)

@@ -1,0 +1,48 @@
+"""The 68-point landmark scheme (iBUG 300-W, as dlib's shape predictor outputs it).
+
+Indices are 0-based. "Left" and "right" are *image* left and right throughout this package,
+the convention of CelebA's ``lefteye_x`` and of face_recognition's ``face_landmarks``: for a
+frontal face, ``LEFT_EYE`` (36-41) is the eye with the smaller x, i.e. the subject's right eye.
+``LEFT_BROW`` (17-21) is the brow above ``LEFT_EYE``, so 'left_eye' and 'left_brow' of the
+semantic map always sit on the same side of the face.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NUM_LANDMARKS = 68
+
+JAW = np.arange(0, 17)            # image-left ear -> chin (8) -> image-right ear
+LEFT_BROW = np.arange(17, 22)     # outer -> inner end
+RIGHT_BROW = np.arange(22, 27)    # inner -> outer end
+NOSE_BRIDGE = np.arange(27, 31)   # between the eyes -> tip
+NOSE_BASE = np.arange(31, 36)     # image-left nostril wing -> subnasale (33) -> right wing
+LEFT_EYE = np.arange(36, 42)      # contour, outer corner first
+RIGHT_EYE = np.arange(42, 48)     # contour, inner corner first
+OUTER_LIPS = np.arange(48, 60)    # left corner (48) -> top (51) -> right corner (54) -> bottom
+INNER_LIPS = np.arange(60, 68)    # left corner (60) -> top (62) -> right corner (64) -> bottom
+MOUTH = np.arange(48, 68)
+CHIN = 8
+
+
+def check_landmarks(landmarks) -> np.ndarray:
+  """Returns ``landmarks`` as float64 [68, 2] (x, y), or raises naming the wrong shape."""
+  points = np.asarray(landmarks, np.float64)
+  if points.shape != (NUM_LANDMARKS, 2):
+    raise ValueError(f'expected 68 (x, y) landmarks of shape (68, 2), got {points.shape}; '
+                     'use the 68-point predictor (LandmarkPredictor), not the 5-point one')
+  if not np.all(np.isfinite(points)):
+    raise ValueError('landmarks contain NaN or inf')
+  return points
+
+
+def eye_centres(landmarks) -> np.ndarray:
+  """[2, 2]: the image-left and image-right eye centres (mean of each eye contour)."""
+  points = check_landmarks(landmarks)
+  return np.stack([points[LEFT_EYE].mean(0), points[RIGHT_EYE].mean(0)])
+
+
+def mouth_centre(landmarks) -> np.ndarray:
+  """[2]: mean of the 20 mouth points 48-67."""
+  return check_landmarks(landmarks)[MOUTH].mean(0)
