@@ -1,0 +1,1 @@
+"""Prepared face datasets (TFDS builders) and their record format."""

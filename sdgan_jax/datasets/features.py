@@ -1,0 +1,44 @@
+"""The record format of a prepared face dataset (the contract between data preparation,
+the TFDS builders and the input pipeline).
+
+One example per face crop, aligned on the eyes at ``resolution`` px (128 by default; the
+pipeline resizes to 64 for the quantitative setting, paper §4.1):
+
+  image      uint8 [R, R, 3]  aligned RGB crop
+  mask       uint8 [R, R, 1]  face mask, 0 or 255 (jaw line closed above the brows)
+  semantic   uint8 [R, R, 1]  class id 0..num_classes-1 (SEMANTIC_CLASSES below)
+  landmarks  float32 [68, 2]  (x, y) in crop pixel coordinates
+  identity   int64            the source dataset's identity id (CelebA: 1..10177)
+  label      int64            index of the identity within its split (0..N-1)
+  filename   string           source file name (relative to the source folder)
+
+No TensorFlow import here: the feature *spec* is plain data; ``tfds_features`` builds the
+TFDS FeaturesDict on demand.
+"""
+
+from __future__ import annotations
+
+# Helen-style 11 classes (DESIGN §2). The face mask covers classes 1-9.
+SEMANTIC_CLASSES = ('background', 'skin', 'left_brow', 'right_brow', 'left_eye', 'right_eye',
+                    'nose', 'upper_lip', 'inner_mouth', 'lower_lip', 'hair')
+NUM_CLASSES = len(SEMANTIC_CLASSES)
+MASKED_CLASSES = tuple(range(1, 10))
+DEFAULT_RESOLUTION = 128
+NUM_LANDMARKS = 68
+
+
+def tfds_features(resolution: int = DEFAULT_RESOLUTION):
+  """The ``tfds.features.FeaturesDict`` of one prepared example."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  r = resolution
+  return tfds.features.FeaturesDict({
+      'image': tfds.features.Image(shape=(r, r, 3), encoding_format='png'),
+      'mask': tfds.features.Image(shape=(r, r, 1), encoding_format='png'),
+      'semantic': tfds.features.Image(shape=(r, r, 1), encoding_format='png'),
+      'landmarks': tfds.features.Tensor(shape=(NUM_LANDMARKS, 2), dtype=np.float32),
+      'identity': np.int64,
+      'label': np.int64,
+      'filename': tfds.features.Text(),
+  })

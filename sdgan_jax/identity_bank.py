@@ -1,0 +1,237 @@
+"""The identity bank: per training identity, the mean identity feature (paper §3.3).
+
+The generator's target identity comes from here: "Block II provides randomly selected
+identity information extracted from the given face dataset" (paper §3, Fig. 1), the
+feature being the representation layer of a pretrained face classifier (§3.3). Here that
+is dlib's ResNet face descriptor (``sdgan_jax.models.dlib_resnet``, 128-d; DESIGN §5),
+averaged over each training identity's crops, so the target is the person rather than one
+photo of them.
+
+A bank is stored beside the prepared dataset as ``identity_bank_<split>_<backbone>.npz``
+(``bank_path``): ``means`` [N, D] float32, ``counts`` [N] int64, and metadata (backbone
+name, feature size, anything the caller adds).
+
+No TensorFlow here (DESIGN §1): ``build_identity_bank`` takes any iterable of example dicts,
+e.g. a TFDS data source of the prepared split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_BACKBONE = 'dlib_resnet'
+MODES = ('random', 'farthest')
+
+
+def bank_path(dataset_dir: str | os.PathLike, split: str = 'train',
+              backbone: str = DEFAULT_BACKBONE) -> pathlib.Path:
+  """Where the bank of ``split`` lives: beside the prepared dataset's files."""
+  return pathlib.Path(dataset_dir) / f'identity_bank_{split}_{backbone}.npz'
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class IdentityBank:
+  """Mean identity features of the training identities (paper §3.3).
+
+  Attributes:
+    means: float32 [N, D], row i the mean feature of the identity with label i.
+    counts: int64 [N], how many crops each mean averages.
+    backbone: the feature network's name (e.g. 'dlib_resnet').
+    metadata: JSON-serialisable extras (dataset, split, weights' sha256, ...).
+  """
+
+  means: np.ndarray
+  counts: np.ndarray
+  backbone: str = DEFAULT_BACKBONE
+  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    means = np.asarray(self.means, np.float32)
+    counts = np.asarray(self.counts, np.int64)
+    if means.ndim != 2 or len(means) < 2:
+      raise ValueError(f'means must be [N >= 2, D] (targets must differ from the source '
+                       f'identity), got shape {means.shape}')
+    if counts.shape != (len(means),):
+      raise ValueError(f'counts must be [{len(means)}], got shape {counts.shape}')
+    if not np.all(np.isfinite(means)):
+      raise ValueError('means contain NaN or inf')
+    object.__setattr__(self, 'means', means)
+    object.__setattr__(self, 'counts', counts)
+    object.__setattr__(self, 'metadata', dict(self.metadata))
+
+  @property
+  def num_identities(self) -> int:
+    return self.means.shape[0]
+
+  @property
+  def dim(self) -> int:
+    return self.means.shape[1]
+
+  @functools.cached_property
+  def farthest(self) -> np.ndarray:
+    """int32 [N]: for each identity, the other identity whose mean is farthest (L2)."""
+    means = self.means.astype(np.float64)
+    sq = np.sum(means**2, axis=1)
+    out = np.empty(len(means), np.int32)
+    for lo in range(0, len(means), 1024):  # [1024, N] distance blocks bound the memory
+      block = means[lo:lo + 1024]
+      d2 = sq[lo:lo + 1024, None] + sq[None, :] - 2.0 * block @ means.T
+      d2[np.arange(len(block)), np.arange(lo, lo + len(block))] = -np.inf
+      out[lo:lo + 1024] = np.argmax(d2, axis=1)
+    return out
+
+  def sample_targets(self, rng: jax.Array | int, source_labels,
+                     mode: str = 'random') -> tuple[jax.Array, jax.Array]:
+    """Target identity features for a batch, never the source's own identity (paper §3.3).
+
+    Args:
+      rng: a ``jax.random.key`` (or an int seed); unused by 'farthest'.
+      source_labels: int [B] identity labels of the source faces (training split labels).
+      mode: 'random' (uniform over the other identities, the paper's random selection) or
+        'farthest' (the identity whose mean is farthest from the source's).
+
+    Returns:
+      (features float32 [B, D], indices int32 [B]). Works under ``jax.jit``.
+    """
+    n = self.num_identities
+    try:
+      concrete = np.asarray(source_labels)
+    except jax.errors.TracerArrayConversionError:  # under jit: no check possible
+      concrete = None
+    if concrete is not None and concrete.size:
+      if concrete.min() < 0 or concrete.max() >= n:
+        raise ValueError(f'source_labels must be training labels in [0, {n}), got '
+                         f'[{concrete.min()}, {concrete.max()}]')
+    labels = jnp.asarray(source_labels, jnp.int32)
+    if mode == 'random':
+      if isinstance(rng, (int, np.integer)):
+        rng = jax.random.key(int(rng))
+      # Uniform over the n - 1 others: draw from [0, n-1) and skip the source's own label.
+      draw = jax.random.randint(rng, labels.shape, 0, n - 1, dtype=jnp.int32)
+      indices = draw + (draw >= labels).astype(jnp.int32)
+    elif mode == 'farthest':
+      indices = jnp.asarray(self.farthest)[labels]
+    else:
+      raise ValueError(f'unknown mode {mode!r}; expected one of {MODES}')
+    return jnp.asarray(self.means)[indices], indices
+
+  def save(self, path: str | os.PathLike) -> pathlib.Path:
+    """Writes the bank as .npz (atomically: a temporary file, then a rename)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(self.metadata, backbone=self.backbone, dim=self.dim,
+                num_identities=self.num_identities)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    with open(tmp, 'wb') as f:
+      np.savez(f, means=self.means, counts=self.counts,
+               metadata=np.array(json.dumps(meta, sort_keys=True)))
+    os.replace(tmp, path)
+    return path
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> 'IdentityBank':
+    path = pathlib.Path(path)
+    if not path.is_file():
+      raise FileNotFoundError(f'no identity bank at {path}: build it with '
+                              'build_identity_bank(...) and IdentityBank.save')
+    with np.load(path, allow_pickle=False) as data:
+      missing = {'means', 'counts', 'metadata'} - set(data.files)
+      if missing:
+        raise ValueError(f'{path} is not an identity bank (lacks {sorted(missing)})')
+      meta = json.loads(str(data['metadata']))
+      bank = cls(means=data['means'], counts=data['counts'],
+                 backbone=meta.pop('backbone', DEFAULT_BACKBONE), metadata=meta)
+    if meta.get('dim', bank.dim) != bank.dim:
+      raise ValueError(f'{path}: metadata says dim {meta["dim"]} but means are {bank.dim}-d')
+    return bank
+
+
+def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
+                        examples: Iterable[Mapping[str, Any]], num_identities: int,
+                        batch_size: int = 64, *, backbone: str = DEFAULT_BACKBONE,
+                        metadata: Mapping[str, Any] | None = None,
+                        progress: bool = True) -> IdentityBank:
+  """Averages ``features_fn`` over each identity's crops (paper §3.3).
+
+  Args:
+    features_fn: maps float32 [B, H, W, 3] crops in [0, 1] to [B, D] features; always
+      called with exactly ``batch_size`` crops (the last batch is padded) so a jitted
+      function compiles once.
+    examples: iterable of dicts with 'image' (uint8 in [0, 255] or float in [0, 1], HWC)
+      and 'label' (0..num_identities-1), e.g. a TFDS data source of the training split.
+    num_identities: N; every label must occur.
+    batch_size: crops per ``features_fn`` call.
+    backbone, metadata: stored with the bank.
+    progress: show a progress bar.
+  """
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  sums = counts = None
+  total = len(examples) if hasattr(examples, '__len__') else None
+  images, labels = [], []
+
+  def flush():
+    nonlocal sums, counts
+    batch = np.stack(images)
+    valid = len(batch)
+    if valid < batch_size:  # pad with copies of the first crop; their features are dropped
+      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - valid, 0)])
+    feats = np.asarray(features_fn(batch), np.float64)[:valid]
+    if feats.ndim != 2:
+      raise ValueError(f'features_fn must return [B, D] features, got shape {feats.shape}')
+    if sums is None:
+      sums = np.zeros((num_identities, feats.shape[1]), np.float64)
+      counts = np.zeros(num_identities, np.int64)
+    lab = np.asarray(labels)
+    np.add.at(sums, lab, feats)
+    np.add.at(counts, lab, 1)
+    images.clear()
+    labels.clear()
+
+  for n, example in enumerate(tqdm(examples, total=total, desc='identity bank',
+                                   disable=not progress)):
+    label = int(example['label'])
+    if not 0 <= label < num_identities:
+      raise ValueError(f'example {n} has label {label}, outside [0, {num_identities}): '
+                       'pass the split\'s number of identities as num_identities')
+    image = np.asarray(example['image'])
+    if image.dtype == np.uint8:
+      image = image.astype(np.float32) / 255.0
+    if image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f'example {n}: expected an HWC RGB image, got shape {image.shape}')
+    images.append(image.astype(np.float32))
+    labels.append(label)
+    if len(images) == batch_size:
+      flush()
+  if images:
+    flush()
+  if counts is None:
+    raise ValueError('no examples: the identity bank needs the training split')
+  empty = np.flatnonzero(counts == 0)
+  if len(empty):
+    raise ValueError(f'{len(empty)} of {num_identities} identities have no examples (labels '
+                     f'{empty[:10].tolist()}...): labels must be 0..N-1 with every one used')
+  means = (sums / counts[:, None]).astype(np.float32)
+  return IdentityBank(means=means, counts=counts, backbone=backbone,
+                      metadata=dict(metadata or {}))
+
+
+def dlib_features_fn(weights_dir: str | os.PathLike | None = None,
+                     variables: Mapping[str, Any] | None = None) -> Callable:
+  """The jitted dlib ResNet descriptor (DESIGN §5) as a ``features_fn``: [B,H,W,3] -> [B,128]."""
+  from sdgan_jax import weights  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.models.dlib_resnet import DlibResNet  # pylint: disable=import-outside-toplevel
+
+  if variables is None:
+    variables = weights.load_weights('dlib_resnet', weights_dir)
+  apply = jax.jit(DlibResNet().apply)
+  return lambda images: apply(variables, jnp.asarray(images, jnp.float32))
