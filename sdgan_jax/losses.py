@@ -254,7 +254,8 @@ class LossWeights:
       'lambda_adv': 'adversarial',
   }
   # Other loss settings that live beside the weights in `config.loss`; not weights.
-  OTHER_CONFIG_KEYS = ('contrastive_margin', 'contrastive_squared')
+  OTHER_CONFIG_KEYS = ('contrastive_margin', 'contrastive_squared', 'perceptual_weights',
+                       'perceptual_layer', 'perceptual_input_convention')
 
   def __post_init__(self):
     for f in dataclasses.fields(self):

@@ -1,14 +1,19 @@
 """Shared test set-up: CPU only, full-precision float32 matmuls, cheap XLA compiles.
 
 Compilation, not execution, dominates these small-shape tests on a 2-core CPU, so the
-suite (and only the suite) trades generated-code speed for compile speed: LLVM at -O0 and
-JAX's non-partitionable threefry sampler, whose per-shape compile is several times cheaper.
+suite (and only the suite) trades generated-code speed for compile speed: LLVM at -O0,
+JAX's non-partitionable threefry sampler (its per-shape compile is several times cheaper)
+and a persistent compilation cache, which subprocess tests share through the environment.
 """
 
 import os
+import pathlib
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      str(pathlib.Path(__file__).resolve().parents[1] / '.jax_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
 
 import jax  # noqa: E402
 

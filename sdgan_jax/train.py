@@ -1,0 +1,522 @@
+"""SDGAN training: one TrainState, one jitted train step (paper eq. 2-9), data-parallel.
+
+``train_step(state, batch) -> (state, metrics)`` updates, in order, the Siamese identity
+network (contrastive loss on real pairs, eq. 8), the discriminator (LSGAN, eq. 2) and the
+generator (``config.train.g_steps`` times: eq. 3 + SSIM + perceptual + contrastive, eq. 9),
+then the generator's EMA. It is one ``jax.jit`` program over a ``jax.make_mesh`` data axis:
+the batch is split across devices with ``NamedSharding``, the state is replicated, and XLA
+inserts the gradient all-reduces. No TensorFlow here (the GPU benchmark imports this
+module); the training loop imports the input pipeline and summary writers lazily.
+
+Batch (numpy or jax arrays, leading axis = global batch):
+  image [B,R,R,3] f32 in [0,1], mask [B,R,R,1] f32, semantic [B,R,R] int (class ids),
+  pair_image [B,R,R,3] f32, pair_same [B] f32 (1 = same identity as ``image``),
+  target_identity [B,D] f32 (identity feature of another person, paper §3.3).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import pathlib
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sdgan_jax import losses
+from sdgan_jax.models.discriminator import build_discriminator
+from sdgan_jax.models.generator import composite, generator_from_config, mask_image
+from sdgan_jax.models.identity import IdentityNet
+from sdgan_jax.models.vgg import VGG16
+
+# The paper configuration: its keys are the keys every config may use.
+REFERENCE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'celeba.py'
+BATCH_KEYS = ('image', 'mask', 'semantic', 'pair_image', 'pair_same', 'target_identity')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class NetState:
+  """Parameters, mutable statistics (spectral-norm vectors, batch norm) and optimizer state."""
+  params: Any
+  stats: Any
+  opt_state: Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one pytree (checkpointed as a whole)."""
+  step: jax.Array
+  rng: jax.Array
+  generator: NetState
+  discriminator: NetState
+  identity: NetState
+  ema_params: Any              # EMA of the generator's params: what is evaluated and exported
+  perceptual_params: Any       # frozen VGG-16 (eq. 7); carried here so it is sharded once
+
+
+class Models:
+  """The networks and optimizers a config describes (static: not part of the state)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    dtype = DTYPES.get(config.get('dtype', 'float32'))
+    if dtype is None:
+      raise ValueError(f"unknown config key value dtype={config.dtype!r}: use 'float32' or "
+                       "'bfloat16'")
+    self.config = config
+    self.generator = generator_from_config(
+        ml_collections.ConfigDict(dict(config.model.generator, dtype=dtype)))
+    d_cfg = dict(config.model.discriminator)
+    self.discriminator = build_discriminator(d_cfg.pop('kind'), dtype=dtype, **d_cfg)
+    self.identity = IdentityNet(dtype=dtype, **config.model.identity)
+    self.vgg = VGG16(input_convention=config.loss.get('perceptual_input_convention', 'caffe'),
+                     dtype=dtype)
+    self.tap = config.loss.get('perceptual_layer', 'relu3_3')
+    self.weights = losses.LossWeights.from_config(config.loss)
+    optim = config.optim
+    name = optim.get('name', 'adam')
+    if name == 'adam':
+      make_tx = lambda: optax.adam(optim.learning_rate, b1=optim.b1, b2=optim.b2)
+    elif name == 'sgd':
+      make_tx = lambda: optax.sgd(optim.learning_rate)
+    else:
+      raise ValueError(f"unknown config.optim.name {name!r}: use 'adam' or 'sgd'")
+    self.g_tx, self.d_tx, self.id_tx = make_tx(), make_tx(), make_tx()
+
+
+def _split_variables(variables) -> tuple[Any, Any]:
+  variables = dict(variables)
+  params = variables.pop('params')
+  return params, variables
+
+
+def _apply(module: nn.Module, params, stats, *args, train: bool = False, **kwargs):
+  """``module.apply`` returning ``(output, stats)``; statistics update only when training."""
+  variables = {'params': params, **stats}
+  if train and stats:
+    return module.apply(variables, *args, train=True, mutable=list(stats), **kwargs)
+  return module.apply(variables, *args, train=train, **kwargs), stats
+
+
+def _dummy_batch(config, batch_size: int = 1) -> dict[str, jax.Array]:
+  r = config.resolution
+  return dict(
+      image=jnp.zeros((batch_size, r, r, 3)), mask=jnp.zeros((batch_size, r, r, 1)),
+      semantic=jnp.zeros((batch_size, r, r), jnp.int32),
+      pair_image=jnp.zeros((batch_size, r, r, 3)), pair_same=jnp.zeros((batch_size,)),
+      target_identity=jnp.zeros((batch_size, config.identity_dim)))
+
+
+def create_train_state(models: Models, rng: jax.Array,
+                       perceptual_params: Any | None = None) -> TrainState:
+  """Initialises all three networks and their optimizers.
+
+  ``perceptual_params`` are the converted VGG-16 weights (``load_weights('vgg16_imagenet')``);
+  None initialises VGG-16 randomly, which only tests and smoke runs should do.
+  """
+  config = models.config
+  batch = _dummy_batch(config)
+  onehot = jax.nn.one_hot(batch['semantic'], config.num_classes)
+  k_g, k_d, k_id, k_vgg, k_state = jax.random.split(rng, 5)
+  g_params, g_stats = _split_variables(models.generator.init(
+      k_g, batch['image'], onehot, batch['target_identity']))
+  d_params, d_stats = _split_variables(models.discriminator.init(k_d, batch['image'], onehot))
+  id_params, id_stats = _split_variables(models.identity.init(k_id, batch['image']))
+  if perceptual_params is None:
+    perceptual_params = models.vgg.init(k_vgg, batch['image'], taps=models.tap)['params']
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), rng=k_state,
+      generator=NetState(g_params, g_stats, models.g_tx.init(g_params)),
+      discriminator=NetState(d_params, d_stats, models.d_tx.init(d_params)),
+      identity=NetState(id_params, id_stats, models.id_tx.init(id_params)),
+      ema_params=g_params, perceptual_params=perceptual_params)
+
+
+def _generate(models: Models, params, stats, batch, onehot, train: bool):
+  """Paper §3.4: G(masked image, semantic map, target identity), composited into the image."""
+  masked = mask_image(batch['image'], batch['mask'])
+  raw, new_stats = _apply(models.generator, params, stats, masked, onehot,
+                          batch['target_identity'], train=train)
+  return composite(batch['image'], batch['mask'], raw), new_stats
+
+
+def _identity_step(models: Models, net: NetState, batch) -> tuple[NetState, dict]:
+  """Siamese identity network on real pairs, contrastive loss (eq. 8)."""
+  loss_cfg = models.config.loss
+
+  def loss_fn(params):
+    images = jnp.concatenate([batch['image'], batch['pair_image']], axis=0)
+    out, new_stats = _apply(models.identity, params, net.stats, images, train=True)
+    e1, e2 = jnp.split(out['embedding'], 2)
+    loss = losses.contrastive_loss(e1, e2, batch['pair_same'], loss_cfg.contrastive_margin,
+                                   squared=loss_cfg.contrastive_squared)
+    return loss, new_stats
+
+  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
+  updates, opt_state = models.id_tx.update(grads, net.opt_state, net.params)
+  return NetState(optax.apply_updates(net.params, updates), stats, opt_state), {
+      'id_contrastive': loss}
+
+
+def _discriminator_step(models: Models, net: NetState, fake, batch, onehot):
+  """LSGAN discriminator update, eq. 2 (real = the input image, fake = the composite)."""
+
+  def loss_fn(params):
+    both = jnp.concatenate([batch['image'], fake], axis=0)
+    logits, new_stats = _apply(models.discriminator, params, net.stats, both,
+                               jnp.concatenate([onehot, onehot], axis=0), train=True)
+    split = lambda x: jnp.split(x, 2)
+    if isinstance(logits, (list, tuple)):
+      real_logits, fake_logits = zip(*map(split, logits))
+    else:
+      real_logits, fake_logits = split(logits)
+    return losses.lsgan_d_loss(real_logits, fake_logits), new_stats
+
+  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
+  updates, opt_state = models.d_tx.update(grads, net.opt_state, net.params)
+  return NetState(optax.apply_updates(net.params, updates), stats, opt_state), {'d_lsgan': loss}
+
+
+def _generator_step(models: Models, state: TrainState, batch, onehot):
+  """Generator update, eq. 9: L_adv(G) + l1*L_SSIM + l2*L_perceptual + l3*L_contrastive.
+
+  The contrastive term labels (output, source image) as *different* identities: the
+  generator is pushed at least the margin away from the source identity in the identity
+  network's space, which is what anonymisation asks of it (paper §3.4, eq. 8).
+  """
+  net, weights, loss_cfg = state.generator, models.weights, models.config.loss
+  vgg_fn = lambda x: models.vgg.apply({'params': state.perceptual_params}, x,
+                                      taps=models.tap)[models.tap]
+
+  def loss_fn(params):
+    out, new_stats = _generate(models, params, net.stats, batch, onehot, train=True)
+    terms = {}
+    d_out, _ = _apply(models.discriminator, state.discriminator.params,
+                      state.discriminator.stats, out, onehot)
+    terms['adv'] = losses.lsgan_g_loss(d_out)
+    if weights.ssim:
+      terms['ssim'] = losses.ssim_loss(out, batch['image'])
+    if weights.perceptual:
+      terms['perceptual'] = losses.perceptual_loss(vgg_fn, out, batch['image'])
+    if weights.l1:
+      terms['l1'] = losses.l1_loss(out, batch['image'])
+    if weights.contrastive:
+      ident, _ = _apply(models.identity, state.identity.params, state.identity.stats,
+                        jnp.concatenate([out, batch['image']], axis=0))
+      e_out, e_src = jnp.split(ident['embedding'], 2)
+      terms['contrastive'] = losses.contrastive_loss(
+          e_out, jax.lax.stop_gradient(e_src), jnp.zeros(out.shape[0]),
+          loss_cfg.contrastive_margin, squared=loss_cfg.contrastive_squared)
+    total, metrics = losses.generator_total_loss(terms, weights)
+    return total, (new_stats, metrics)
+
+  (_, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
+  updates, opt_state = models.g_tx.update(grads, net.opt_state, net.params)
+  new_net = NetState(optax.apply_updates(net.params, updates), stats, opt_state)
+  return new_net, {f'g_{k}': v for k, v in metrics.items()}
+
+
+def train_step(models: Models, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  """One SDGAN step: identity net, discriminator, ``g_steps`` generator updates, EMA."""
+  cfg = models.config
+  onehot = jax.nn.one_hot(batch['semantic'], cfg.num_classes, dtype=jnp.float32)
+  metrics = {}
+  identity = state.identity
+  for _ in range(cfg.train.identity_steps):
+    identity, m = _identity_step(models, identity, batch)
+    metrics.update(m)
+  state = state.replace(identity=identity)
+
+  fake, _ = _generate(models, state.generator.params, state.generator.stats, batch, onehot,
+                      train=False)
+  disc = state.discriminator
+  for _ in range(cfg.train.d_steps):
+    disc, m = _discriminator_step(models, disc, jax.lax.stop_gradient(fake), batch, onehot)
+    metrics.update(m)
+  state = state.replace(discriminator=disc)
+
+  for _ in range(cfg.train.g_steps):
+    gen, m = _generator_step(models, state, batch, onehot)
+    state = state.replace(generator=gen)
+    metrics.update(m)
+
+  ema = optax.incremental_update(state.generator.params, state.ema_params,
+                                 1.0 - cfg.train.ema_decay)
+  metrics = {f'train/{k}': v.astype(jnp.float32) for k, v in metrics.items()}
+  finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
+  metrics['train/all_finite'] = finite.astype(jnp.float32)
+  return state.replace(step=state.step + 1, ema_params=ema), metrics
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D 'data' mesh over every device of every process.
+
+  The axis is 'Auto' (XLA propagates shardings and inserts the gradient all-reduces), not
+  the 'Explicit' default of recent ``jax.make_mesh``, under which contractions over the
+  sharded batch axis (the weight gradients) would need explicit output shardings.
+  """
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def jit_train_step(models: Models, mesh: jax.sharding.Mesh) -> Callable:
+  """``train_step`` jitted over ``mesh``: batch split on 'data', state replicated, donated."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data = NamedSharding(mesh, PartitionSpec('data'))
+  return jax.jit(functools.partial(train_step, models), in_shardings=(replicated, data),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def init_train_state(models: Models, rng: jax.Array, mesh: jax.sharding.Mesh,
+                     perceptual_params: Any | None = None) -> TrainState:
+  """``create_train_state`` compiled once and placed replicated on ``mesh``.
+
+  Placing it with the same sharding the train step returns means the step compiles once,
+  not once for the initial state and again for every later one.
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+  init = jax.jit(lambda key, vgg: create_train_state(models, key, vgg), out_shardings=replicated)
+  return init(rng, perceptual_params)
+
+
+def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+  """Places this process's part of the global batch on its devices (multi-host safe)."""
+  data = NamedSharding(mesh, PartitionSpec('data'))
+  missing = [k for k in BATCH_KEYS if k not in batch]
+  if missing:
+    raise KeyError(f'batch lacks {missing}; the train step needs {list(BATCH_KEYS)}')
+  return {k: jax.make_array_from_process_local_data(data, jnp.asarray(batch[k]))
+          for k in BATCH_KEYS}
+
+
+# --------------------------------------------------------------------------------------
+# The training loop. TensorFlow (input pipeline) and clu (summaries) are imported lazily.
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced NaN/inf losses; the last good checkpoint is kept."""
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails before any device work on keys this code does not know or inconsistent values."""
+  from sdgan_jax.config import load_config  # pylint: disable=import-outside-toplevel
+
+  reference = load_config(str(REFERENCE_CONFIG))
+  free_form = {'model', 'data'}  # network fields are checked by the model constructors
+
+  def walk(cfg, ref, prefix):
+    for key in cfg.keys():
+      name = f'{prefix}{key}'
+      if key not in ref:
+        raise ValueError(f'unknown config key {name!r}; known keys here: {sorted(ref.keys())}')
+      if (isinstance(cfg[key], ml_collections.ConfigDict) and key not in free_form
+          and isinstance(ref[key], ml_collections.ConfigDict)):
+        walk(cfg[key], ref[key], f'{name}.')
+
+  walk(config, reference, '')
+  if config.resolution % 16:
+    raise ValueError(f'config.resolution={config.resolution}: must be a multiple of 16')
+  Models(config)  # model keys and values (presets, kinds, dtype) fail here, on the host
+
+
+def _host_state(state: TrainState) -> TrainState:
+  """The state as checkpointed: the typed PRNG key as its raw uint32 data."""
+  return state.replace(rng=jax.random.key_data(state.rng))
+
+
+def _device_state(state: TrainState) -> TrainState:
+  return state.replace(rng=jax.random.wrap_key_data(state.rng))
+
+
+def _checkpoint_manager(config, workdir):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=import-outside-toplevel
+
+  ckpt = config.checkpoint
+  policies = [pp.LatestN(n=ckpt.keep_latest)]
+  if ckpt.best_metric:
+    policies.append(pp.BestN(get_metric_fn=lambda m: m[ckpt.best_metric],
+                             reverse=ckpt.best_mode == 'min', n=1,
+                             keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=pp.AnyPreservationPolicy(policies), create=True,
+      enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
+
+
+def _save(manager, step: int, state: TrainState, metrics: dict | None):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  manager.save(step, args=ocp.args.StandardSave(_host_state(state)), metrics=metrics,
+               force=True)
+
+
+def restore_state(workdir: str, abstract_state: TrainState, step: int | None = None):
+  """Restores the latest (or given) checkpoint of ``workdir`` onto ``abstract_state``'s layout."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train one with '
+                            f'`python run.py --config=... --workdir={workdir}`')
+  target = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+      _host_state(abstract_state))
+  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  return _device_state(restored), step
+
+
+def _eval_metrics(models, state, eval_batches, bank, seed) -> dict:
+  """Validation: SSIM and PSNR of the EMA generator's composites against the originals."""
+  import dm_pix  # pylint: disable=import-outside-toplevel
+
+  @jax.jit
+  def per_image(ema_params, stats, batch):
+    onehot = jax.nn.one_hot(batch['semantic'], models.config.num_classes)
+    out, _ = _generate(models, ema_params, stats, batch, onehot, train=False)
+    return losses.ssim(out, batch['image']), dm_pix.psnr(out, batch['image'])
+
+  ssims, psnrs = [], []
+  for i, batch in enumerate(eval_batches):
+    valid = np.asarray(batch['valid'], bool)
+    # test identities are not in the (training) bank: any bank identity is another person
+    picks = jax.random.randint(jax.random.key(seed + i), (len(valid),), 0, bank.num_identities)
+    inputs = {k: batch[k] for k in ('image', 'mask', 'semantic')}
+    inputs['target_identity'] = bank.means[np.asarray(picks)]
+    s, p = per_image(state.ema_params, state.generator.stats, inputs)
+    ssims.append(np.asarray(s)[valid])
+    psnrs.append(np.asarray(p)[valid])
+  if not ssims:
+    return {}
+  return {'eval/ssim': float(np.mean(np.concatenate(ssims))),
+          'eval/psnr': float(np.mean(np.concatenate(psnrs)))}
+
+
+def _image_summary(models, state, batch, n: int) -> dict:
+  """Input, mask, semantic map, target-conditioned output (EMA G) side by side."""
+  from sdgan_jax.datasets.features import NUM_CLASSES  # pylint: disable=import-outside-toplevel
+
+  small = {k: np.asarray(v)[:n] for k, v in batch.items()}
+  onehot = jax.nn.one_hot(small['semantic'], models.config.num_classes)
+  out, _ = jax.jit(functools.partial(_generate, models, train=False))(
+      state.ema_params, state.generator.stats, small, onehot)
+  palette = np.random.default_rng(0).uniform(0.2, 1.0, (max(NUM_CLASSES, 32), 3))
+  palette[0] = 0
+  semantic = palette[small['semantic']]
+  return {'images/input_mask_semantic_output': np.concatenate(
+      [small['image'], np.repeat(small['mask'], 3, -1), semantic, np.asarray(out)], axis=2)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains SDGAN on the prepared dataset of ``config.data``; resumes from ``workdir``."""
+  import signal  # pylint: disable=import-outside-toplevel
+
+  from clu import metric_writers, periodic_actions  # pylint: disable=import-outside-toplevel
+  from sdgan_jax import identity_bank as bank_lib  # pylint: disable=import-outside-toplevel
+  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from sdgan_jax import weights as weights_lib  # pylint: disable=import-outside-toplevel
+
+  validate_config(config)
+  source = input_pipeline.load_data_source(config.data.dataset, 'train')
+  _check_data(config, source)
+  bank = bank_lib.IdentityBank.load(config.data.identity_bank or bank_lib.bank_path(
+      config.data.dataset, 'train', config.data.identity_backbone))
+  if bank.dim != config.identity_dim:
+    raise ValueError(f'config.identity_dim={config.identity_dim} but the identity bank holds '
+                     f'{bank.dim}-d features ({bank.backbone}); set identity_dim to {bank.dim}')
+  perceptual = None
+  if config.loss.perceptual_weights != 'random':
+    perceptual = weights_lib.load_weights(config.loss.perceptual_weights)['params']
+
+  models = Models(config)
+  mesh = make_mesh()
+  state = init_train_state(models, jax.random.key(config.seed), mesh, perceptual)
+  manager = _checkpoint_manager(config, workdir)
+  initial_step = 0
+  if manager.latest_step() is not None:
+    state, initial_step = restore_state(workdir, state)
+    logging.info('resumed from step %d', initial_step)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  num_steps = config.train.num_steps
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  stop = {'signal': None}
+  previous = {}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    previous[sig] = signal.signal(sig, lambda s, _: stop.update(signal=s))
+
+  eval_source = None
+  if config.eval.num_batches:
+    try:
+      eval_source = input_pipeline.load_data_source(config.data.dataset, 'test')
+    except (KeyError, ValueError, FileNotFoundError):
+      logging.warning('no test split in %s: no validation metric', config.data.dataset)
+  step_fn = jit_train_step(models, mesh)
+  batches = input_pipeline.train_iterator(
+      source, batch_size=config.train.batch_size, resolution=config.resolution,
+      seed=config.seed, start_step=initial_step)
+  target_key = jax.random.key(config.seed + 1)
+  step = initial_step
+  try:
+    while step < num_steps:
+      batch = next(batches)
+      targets, _ = bank.sample_targets(jax.random.fold_in(target_key, step), batch['label'])
+      batch['target_identity'] = np.asarray(targets)
+      state, metrics = step_fn(state, shard_batch(batch, mesh))
+      step += 1
+      report(step)
+      last = step == num_steps or stop['signal'] is not None
+      if step % config.train.log_every == 0 or last or step % config.checkpoint.every == 0:
+        host_metrics = jax.device_get(metrics)
+        if not host_metrics['train/all_finite']:
+          raise NonFiniteLossError(
+              f'non-finite loss at step {step}: {host_metrics}; the last good checkpoint in '
+              f'{workdir}/checkpoints is kept (lower the learning rate or check the data)')
+        writer.write_scalars(step, host_metrics)
+      if config.train.image_every and step % config.train.image_every == 0:
+        writer.write_images(step, _image_summary(models, state, batch, 4))
+      if step % config.checkpoint.every == 0 or last:
+        eval_metrics = {}
+        if eval_source is not None:
+          eval_batches = input_pipeline.eval_iterator(
+              eval_source, batch_size=config.train.batch_size, resolution=config.resolution)
+          eval_batches = (b for _, b in zip(range(config.eval.num_batches), eval_batches))
+          eval_metrics = _eval_metrics(models, state, eval_batches, bank, config.seed)
+          writer.write_scalars(step, eval_metrics)
+        _save(manager, step, state, eval_metrics or None)
+      if stop['signal'] is not None:
+        logging.warning('signal %d: saved step %d, stopping', stop['signal'], step)
+        break
+  finally:
+    manager.wait_until_finished()
+    writer.flush()
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  return state
+
+
+def _check_data(config, source) -> None:
+  """The data must carry what the config promises (class count, enough resolution)."""
+  from sdgan_jax.datasets.features import NUM_CLASSES  # pylint: disable=import-outside-toplevel
+
+  if config.num_classes != NUM_CLASSES:
+    raise ValueError(f'config.num_classes={config.num_classes} but prepared datasets have '
+                     f'{NUM_CLASSES} semantic classes')
+  info = getattr(source, 'dataset_info', None)
+  if info is not None:
+    stored = info.features['image'].shape[0]
+    if stored < config.resolution:
+      raise ValueError(f'config.resolution={config.resolution} exceeds the prepared '
+                       f'crops ({stored} px); prepare the data at {config.resolution} px')

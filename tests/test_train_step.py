@@ -1,0 +1,165 @@
+"""The jitted SDGAN train step: every network learns, sharding and precision don't change it."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sdgan_jax import train
+from train_fixtures import batch_for, tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def setup():
+  cfg = tiny_config()
+  models = train.Models(cfg)
+  mesh = train.make_mesh()
+  state = train.init_train_state(models, jax.random.key(0), mesh)
+  return cfg, models, mesh, state, train.jit_train_step(models, mesh)
+
+
+def _max_change(a, b):
+  return max(float(jnp.max(jnp.abs(x - y))) for x, y in
+             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_one_step_updates_all_three_networks_and_reports_finite_losses(setup):
+  cfg, models, mesh, state, step = setup
+  # the step donates its input: keep a host copy (the PRNG key as its raw data)
+  before = jax.tree_util.tree_map(np.asarray, state.replace(rng=jax.random.key_data(state.rng)))
+  new, metrics = step(state, train.shard_batch(batch_for(cfg), mesh))
+  metrics = {k: float(v) for k, v in metrics.items()}
+  for key in ('train/id_contrastive', 'train/d_lsgan', 'train/g_adv', 'train/g_ssim',
+              'train/g_perceptual', 'train/g_contrastive', 'train/g_total'):
+    assert np.isfinite(metrics[key]), key
+  assert metrics['train/all_finite'] == 1.0
+  assert int(new.step) == 1
+  for name in ('generator', 'discriminator', 'identity'):
+    assert _max_change(getattr(before, name).params, getattr(new, name).params) > 0, name
+  # EMA moved towards the new generator params, by (1 - decay) of the step
+  g_old = jax.tree_util.tree_leaves(before.generator.params)
+  g_new = jax.tree_util.tree_leaves(new.generator.params)
+  ema = jax.tree_util.tree_leaves(new.ema_params)
+  decay = cfg.train.ema_decay
+  for old, cur, e in zip(g_old, g_new, ema):
+    np.testing.assert_allclose(e, decay * old + (1 - decay) * cur, rtol=1e-5, atol=1e-7)
+  # the frozen perceptual network never changes
+  assert _max_change(before.perceptual_params, new.perceptual_params) == 0
+
+
+def test_nan_in_batch_is_reported_not_hidden(setup):
+  cfg, models, mesh, _, step = setup
+  state = train.init_train_state(models, jax.random.key(1), mesh)
+  batch = batch_for(cfg)
+  batch['image'][0, 0, 0, 0] = np.nan
+  _, metrics = step(state, train.shard_batch(batch, mesh))
+  assert float(metrics['train/all_finite']) == 0.0
+
+
+def test_missing_batch_key_is_named(setup):
+  cfg, _, mesh, _, _ = setup
+  batch = batch_for(cfg)
+  del batch['pair_same']
+  with pytest.raises(KeyError, match='pair_same'):
+    train.shard_batch(batch, mesh)
+
+
+def test_bad_dtype_or_optimizer_is_named():
+  cfg = tiny_config()
+  cfg.dtype = 'float16'
+  with pytest.raises(ValueError, match='dtype'):
+    train.Models(cfg)
+  cfg = tiny_config()
+  cfg.optim.name = 'adagrad'
+  with pytest.raises(ValueError, match='optim.name'):
+    train.Models(cfg)
+
+
+@pytest.mark.slow
+def test_bfloat16_step_gives_losses_close_to_float32(setup):
+  """Mixed precision (bf16 compute, fp32 params) must not change what is optimised."""
+  cfg, models, mesh, _, step = setup
+  batch = train.shard_batch(batch_for(cfg, seed=3), mesh)
+  state32 = train.init_train_state(models, jax.random.key(2), mesh)
+  _, m32 = step(state32, batch)
+  cfg16 = tiny_config()
+  cfg16.dtype = 'bfloat16'
+  models16 = train.Models(cfg16)
+  state16 = train.init_train_state(models16, jax.random.key(2), mesh)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state16.generator.params))
+  _, m16 = train.jit_train_step(models16, mesh)(state16, batch)
+  for key in ('train/d_lsgan', 'train/g_adv', 'train/g_ssim', 'train/g_perceptual',
+              'train/id_contrastive'):
+    a, b = float(m32[key]), float(m16[key])
+    assert abs(a - b) <= 0.05 * abs(a) + 1e-3, (key, a, b)
+
+
+SHARDED_SCRIPT = textwrap.dedent('''
+    import os, sys
+    os.environ['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8 '
+                               '--xla_backend_optimization_level=0')
+    os.environ['JAX_PLATFORMS'] = 'cpu'
+    import jax, numpy as np
+    jax.config.update('jax_default_matmul_precision', 'highest')
+    jax.config.update('jax_threefry_partitionable', False)
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']
+    from sdgan_jax import train
+    from train_fixtures import batch_for, tiny_config
+    assert jax.device_count() == 8
+    cfg = tiny_config()
+    cfg.train.batch_size = 8
+    # Plain SGD: (new - old) / lr is exactly the gradient, the quantity sharding must keep.
+    # (Adam's first step is ~lr*sign(g), which turns reduction-order noise in analytically-
+    # zero gradients, e.g. a bias before instance norm, into differences of 2*lr.)
+    cfg.optim.name = 'sgd'
+    cfg.optim.learning_rate = lr = 1e-3
+    models = train.Models(cfg)
+    batch = batch_for(cfg)
+    host = lambda s: jax.tree_util.tree_map(np.asarray, s.replace(rng=jax.random.key_data(s.rng)))
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+      mesh = jax.make_mesh((len(devices),), ('data',), devices=devices,
+                           axis_types=(jax.sharding.AxisType.Auto,))
+      state = train.init_train_state(models, jax.random.key(0), mesh)
+      old = host(state)
+      state, metrics = train.jit_train_step(models, mesh)(state, train.shard_batch(batch, mesh))
+      assert len(state.generator.params['stem']['Conv_0']['kernel'].sharding.device_set) == len(devices)
+      new = host(state)
+      nets = lambda st: (st.generator.params, st.discriminator.params, st.identity.params)
+      results.append((nets(old), nets(new), {k: float(v) for k, v in metrics.items()}))
+    (o1, p1, m1), (o8, p8, m8) = results
+    for k in m1:
+      assert np.isfinite(m1[k]), k
+      assert abs(m1[k] - m8[k]) <= 1e-5 * max(1.0, abs(m1[k])), (k, m1[k], m8[k])
+    leaves = lambda t: jax.tree_util.tree_leaves(t)
+    worst_param = max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(p1), leaves(p8)))
+    print('max param difference', worst_param)
+    assert worst_param <= 1e-5, worst_param
+    # The implied gradients (new - old) / lr agree too, up to the float32 rounding of the
+    # stored parameters, which alone contributes about ulp(p) / lr.
+    eps = np.finfo(np.float32).eps
+    for a0, a, b in zip(leaves(o1), leaves(p1), leaves(p8)):
+      g1, g8 = (a - a0) / lr, (b - a0) / lr
+      bound = 1e-5 * max(1.0, float(np.max(np.abs(g1)))) + 4 * eps * float(
+          np.max(np.abs(a0)) + 1e-30) / lr
+      assert float(np.max(np.abs(g1 - g8))) <= bound
+''')
+
+
+@pytest.mark.slow
+def test_eight_device_sharded_step_matches_one_device(tmp_path):
+  script = tmp_path / 'sharded.py'
+  script.write_text(SHARDED_SCRIPT)
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  result = subprocess.run([sys.executable, str(script), str(REPO)], capture_output=True,
+                          text=True, env=env, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert 'max param difference' in result.stdout
