@@ -91,3 +91,53 @@ def test_config_errors_fail_before_device_work(dataset, tmp_path):
   with pytest.raises(ValueError, match='resolution'):
     train.train_and_evaluate(cfg, str(tmp_path / 'w3'))
   assert not pathlib.Path(tmp_path / 'w').exists()
+
+
+def _patch_batches(monkeypatch, on_step):
+  """Wraps the training iterator so a test can act at a given step (0-based batch count)."""
+  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+
+  original = input_pipeline.train_iterator
+
+  def patched(*args, **kwargs):
+    for i, batch in enumerate(original(*args, **kwargs)):
+      yield on_step(i + kwargs.get('start_step', 0), batch)
+
+  monkeypatch.setattr(input_pipeline, 'train_iterator', patched)
+
+
+@pytest.mark.slow
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
+  def poison(step, batch):
+    if step == 2:  # the third step sees a NaN image
+      batch['image'] = batch['image'].copy()
+      batch['image'][0, 0, 0, 0] = np.nan
+    return batch
+
+  _patch_batches(monkeypatch, poison)
+  cfg = _config(dataset, 6)
+  cfg.checkpoint.every = 1
+  with pytest.raises(train.NonFiniteLossError, match='step 3'):
+    train.train_and_evaluate(cfg, str(tmp_path / 'w'))
+  saved = sorted(int(p.name) for p in (tmp_path / 'w' / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert saved == [1, 2]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_stops(dataset, tmp_path, monkeypatch):
+  import os  # pylint: disable=import-outside-toplevel
+  import signal  # pylint: disable=import-outside-toplevel
+
+  def preempt(step, batch):
+    if step == 1:  # preempted while the second step runs
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  _patch_batches(monkeypatch, preempt)
+  handler_before = signal.getsignal(signal.SIGTERM)
+  state = train.train_and_evaluate(_config(dataset, 50), str(tmp_path / 'w'))
+  assert int(state.step) == 2
+  saved = [p.name for p in (tmp_path / 'w' / 'checkpoints').iterdir() if p.name.isdigit()]
+  assert saved == ['2']
+  assert signal.getsignal(signal.SIGTERM) == handler_before  # handler restored
