@@ -499,6 +499,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if stop['signal'] is not None:
         logging.warning('signal %d: saved step %d, stopping', stop['signal'], step)
         break
+    checksum = sum(float(np.sum(np.asarray(x.addressable_data(0), np.float64)))
+                   for x in jax.tree_util.tree_leaves(state.generator.params))
+    logging.info('process %d: finished at step %d, generator parameter checksum %.10e',
+                 jax.process_index(), step, checksum)
   finally:
     manager.wait_until_finished()
     writer.flush()

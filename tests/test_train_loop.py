@@ -141,3 +141,57 @@ def test_sigterm_saves_and_stops(dataset, tmp_path, monkeypatch):
   saved = [p.name for p in (tmp_path / 'w' / 'checkpoints').iterdir() if p.name.isdigit()]
   assert saved == ['2']
   assert signal.getsignal(signal.SIGTERM) == handler_before  # handler restored
+
+
+TWO_PROCESS_CONFIG = '''
+import sys
+sys.path[:0] = [{repo!r}, {repo!r} + '/tests']
+from train_fixtures import tiny_config
+
+
+def get_config():
+  cfg = tiny_config({r})
+  cfg.data.dataset = {dataset!r}
+  cfg.loss.perceptual_weights = 'random'
+  cfg.train.num_steps = 2
+  cfg.train.log_every = 1
+  cfg.train.image_every = 0
+  cfg.checkpoint.every = 2
+  cfg.eval.num_batches = 0
+  return cfg
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_their_shards_and_agree(dataset, tmp_path):
+  """jax.distributed on localhost (CPU, gloo): identical parameters, one summary writer."""
+  import os  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  repo = str(pathlib.Path(__file__).resolve().parents[1])
+  config = tmp_path / 'two_process_config.py'
+  config.write_text(TWO_PROCESS_CONFIG.format(repo=repo, r=R, dataset=dataset))
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / 'w'
+  procs = [subprocess.Popen(
+      [sys.executable, f'{repo}/run.py', f'--config={config}', f'--workdir={workdir}',
+       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu')) for i in range(2)]
+  outputs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-4000:]
+  checksums = []
+  for i, out in enumerate(outputs):
+    found = re.search(rf'process {i}: finished at step 2, generator parameter checksum (\S+)',
+                      out)
+    assert found, out[-4000:]
+    checksums.append(found.group(1))
+  assert checksums[0] == checksums[1]
+  assert len(list(workdir.glob('events.out.tfevents.*'))) == 1  # process 0 only
+  assert (workdir / 'checkpoints' / '2').is_dir()
