@@ -22,7 +22,6 @@ import os
 import pathlib
 from typing import Any, Callable
 
-import dm_pix
 import flax
 import flax.linen as nn
 import jax
@@ -91,15 +90,6 @@ class Models:
     else:
       raise ValueError(f"unknown config.optim.name {name!r}: use 'adam' or 'sgd'")
     self.g_tx, self.d_tx, self.id_tx = make_tx(), make_tx(), make_tx()
-
-
-  @functools.cached_property
-  def inference_fn(self) -> Callable:
-    """Jitted ``(params, stats, batch) -> composite`` (eval, summaries); compiled once."""
-    def infer(params, stats, batch):
-      onehot = jax.nn.one_hot(batch['semantic'], self.config.num_classes)
-      return _generate(self, params, stats, batch, onehot, train=False)[0]
-    return jax.jit(infer)
 
 
 def _split_variables(variables) -> tuple[Any, Any]:
@@ -384,13 +374,16 @@ def restore_state(workdir: str, abstract_state: TrainState, step: int | None = N
   return _device_state(restored), step
 
 
-@jax.jit
-def _quality(generated: jax.Array, image: jax.Array):
-  return losses.ssim(generated, image), dm_pix.psnr(generated, image)
-
-
 def _eval_metrics(models, state, eval_batches, bank, seed) -> dict:
   """Validation: SSIM and PSNR of the EMA generator's composites against the originals."""
+  import dm_pix  # pylint: disable=import-outside-toplevel
+
+  @jax.jit
+  def per_image(ema_params, stats, batch):
+    onehot = jax.nn.one_hot(batch['semantic'], models.config.num_classes)
+    out, _ = _generate(models, ema_params, stats, batch, onehot, train=False)
+    return losses.ssim(out, batch['image']), dm_pix.psnr(out, batch['image'])
+
   ssims, psnrs = [], []
   for i, batch in enumerate(eval_batches):
     valid = np.asarray(batch['valid'], bool)
@@ -398,8 +391,7 @@ def _eval_metrics(models, state, eval_batches, bank, seed) -> dict:
     picks = jax.random.randint(jax.random.key(seed + i), (len(valid),), 0, bank.num_identities)
     inputs = {k: batch[k] for k in ('image', 'mask', 'semantic')}
     inputs['target_identity'] = bank.means[np.asarray(picks)]
-    out = models.inference_fn(state.ema_params, state.generator.stats, inputs)
-    s, p = _quality(out, inputs['image'])
+    s, p = per_image(state.ema_params, state.generator.stats, inputs)
     ssims.append(np.asarray(s)[valid])
     psnrs.append(np.asarray(p)[valid])
   if not ssims:
@@ -410,11 +402,15 @@ def _eval_metrics(models, state, eval_batches, bank, seed) -> dict:
 
 def _image_summary(models, state, batch, n: int) -> dict:
   """Input, mask, semantic map, target-conditioned output (EMA G) side by side."""
-  from sdgan_jax.datasets.features import colorize_semantic  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.datasets.features import NUM_CLASSES  # pylint: disable=import-outside-toplevel
 
-  small = {k: np.asarray(v)[:n] for k, v in batch.items() if k in BATCH_KEYS}
-  out = models.inference_fn(state.ema_params, state.generator.stats, small)
-  semantic = colorize_semantic(small['semantic'], models.config.num_classes)
+  small = {k: np.asarray(v)[:n] for k, v in batch.items()}
+  onehot = jax.nn.one_hot(small['semantic'], models.config.num_classes)
+  out, _ = jax.jit(functools.partial(_generate, models, train=False))(
+      state.ema_params, state.generator.stats, small, onehot)
+  palette = np.random.default_rng(0).uniform(0.2, 1.0, (max(NUM_CLASSES, 32), 3))
+  palette[0] = 0
+  semantic = palette[small['semantic']]
   return {'images/input_mask_semantic_output': np.concatenate(
       [small['image'], np.repeat(small['mask'], 3, -1), semantic, np.asarray(out)], axis=2)}
 

@@ -23,7 +23,6 @@ from PIL import Image  # noqa: E402
 from skimage import data as skdata  # noqa: E402
 
 from sdgan_jax.config import load_config  # noqa: E402
-from sdgan_jax.datasets.features import colorize_semantic  # noqa: E402
 from sdgan_jax.models.generator import composite, generator_from_config, mask_image  # noqa: E402
 
 
@@ -39,6 +38,12 @@ def ellipse_mask(resolution: int) -> np.ndarray:
   yy, xx = np.mgrid[:resolution, :resolution] / resolution
   inside = ((xx - 0.5) / 0.25) ** 2 + ((yy - 0.5) / 0.33) ** 2 <= 1.0
   return inside.astype(np.float32)[..., None]
+
+
+def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  palette = np.random.default_rng(0).uniform(0.2, 1.0, size=(num_classes, 3))
+  palette[0] = 0
+  return palette[labels]
 
 
 def main(argv=None):
@@ -65,7 +70,7 @@ def main(argv=None):
   seconds = time.perf_counter() - start
   out = np.asarray(composite(image, mask, generated))
 
-  panels = [image[0], np.repeat(mask[0], 3, -1), colorize_semantic(labels[0], classes),
+  panels = [image[0], np.repeat(mask[0], 3, -1), colorize(labels[0], classes),
             np.asarray(mask_image(image, mask))[0], np.clip(generated[0], 0, 1), out[0]]
   strip = np.concatenate(panels, axis=1)
   strip = (np.clip(strip, 0, 1) * 255).round().astype(np.uint8)

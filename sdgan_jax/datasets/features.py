@@ -42,12 +42,3 @@ def tfds_features(resolution: int = DEFAULT_RESOLUTION):
       'label': np.int64,
       'filename': tfds.features.Text(),
   })
-
-
-def colorize_semantic(labels, num_classes: int = NUM_CLASSES):
-  """Class-id map [..., H, W] -> RGB in [0, 1] for viewing (background black, fixed colours)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-
-  palette = np.random.default_rng(0).uniform(0.2, 1.0, size=(num_classes, 3))
-  palette[0] = 0
-  return palette[np.asarray(labels)]
