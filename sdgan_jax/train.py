@@ -367,9 +367,11 @@ def restore_state(workdir: str, abstract_state: TrainState, step: int | None = N
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train one with '
                             f'`python run.py --config=... --workdir={workdir}`')
+  # eval_shape: ``abstract_state`` may hold arrays or ShapeDtypeStructs (inference restores).
   target = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
-      _host_state(abstract_state))
+      lambda host, x: jax.ShapeDtypeStruct(host.shape, host.dtype,
+                                           sharding=getattr(x, 'sharding', None)),
+      jax.eval_shape(_host_state, abstract_state), abstract_state)
   restored = manager.restore(step, args=ocp.args.StandardRestore(target))
   return _device_state(restored), step
 
@@ -448,6 +450,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
+    # The anonymizer draws targets from the bank the model trained with: keep it beside the
+    # checkpoints so a workdir is self-contained (sdgan_jax.inference).
+    bank.save(os.path.join(workdir, 'identity_bank.npz'))
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   num_steps = config.train.num_steps

@@ -8,9 +8,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from sdgan_jax import identity_bank as bank_lib
+from sdgan_jax import inference
 from sdgan_jax import train
 from sdgan_jax.datasets import features as F
-from train_fixtures import tiny_config
+from train_fixtures import batch_for, tiny_config
 
 R = 32
 IDENTITIES, PER_IDENTITY = 4, 4
@@ -74,6 +75,20 @@ def test_train_writes_checkpoints_and_summaries_and_resumes_bit_identically(data
   assert int(resumed.step) == 4
   for a, b in zip(_params(straight), _params(resumed)):
     np.testing.assert_array_equal(a, b)
+
+  # The workdir is self-contained for inference: config, bank copy, EMA generator.
+  restored = inference.TrainedGenerator.from_workdir(workdir, batch_size=3)
+  assert restored.step == 4 and restored.bank.num_identities == IDENTITIES
+  batch = batch_for(_config(dataset, 4), seed=1, batch_size=4)  # 4 = one full + one padded
+  got = restored.generate(batch['image'], batch['mask'], batch['semantic'],
+                          batch['target_identity'])
+  models = train.Models(_config(dataset, 4))
+  onehot = jax.nn.one_hot(batch['semantic'], models.config.num_classes)
+  want, _ = train._generate(models, resumed.ema_params, resumed.generator.stats, batch,
+                            onehot, train=False)
+  np.testing.assert_allclose(got, np.clip(np.asarray(want), 0, 1), atol=1e-5)
+  outside = batch['mask'][..., 0] == 0  # the background is the input's, exactly
+  np.testing.assert_allclose(got[outside], batch['image'][outside], atol=1e-6)
 
 
 def test_config_errors_fail_before_device_work(dataset, tmp_path):

@@ -1,0 +1,155 @@
+"""A trained SDGAN generator, restored from a training workdir and compiled once (paper §3.4).
+
+``TrainedGenerator.from_workdir(workdir)`` reads ``workdir/config.json`` and the latest (or a
+given) orbax checkpoint, keeps the EMA generator weights, and loads the identity bank the
+model was trained with (``workdir/identity_bank.npz``, which training writes, else the bank
+named by the config). ``generate`` runs the generator on aligned crops in fixed-size batches
+so that XLA compiles one program per (batch, resolution), whatever the number of faces.
+
+No TensorFlow here: the anonymizer, the evaluation tool and the GPU benchmark import this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sdgan_jax import identity_bank as bank_lib
+
+BANK_FILENAME = 'identity_bank.npz'
+
+
+def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a training run saved beside its checkpoints."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.is_file():
+    raise FileNotFoundError(
+        f'{workdir} is not a training workdir (no config.json): train one with '
+        f'`python run.py --config=configs/demo.py --workdir={workdir}`')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_workdir_bank(workdir: str | os.PathLike,
+                      config: ml_collections.ConfigDict) -> bank_lib.IdentityBank:
+  """The identity bank a run trained with: its copy in the workdir, else the config's."""
+  copy = pathlib.Path(workdir) / BANK_FILENAME
+  if copy.is_file():
+    return bank_lib.IdentityBank.load(copy)
+  data = config.get('data', {})
+  path = data.get('identity_bank') or (
+      data.get('dataset') and bank_lib.bank_path(data['dataset'], 'train',
+                                                 data.get('identity_backbone',
+                                                          bank_lib.DEFAULT_BACKBONE)))
+  if not path or not pathlib.Path(path).is_file():
+    raise FileNotFoundError(
+        f'no identity bank for {workdir}: neither {copy} nor the bank of its dataset '
+        f'({path or "config.data.dataset is empty"}) exists; re-run '
+        '`python tools/prepare_data.py ...` for that dataset')
+  return bank_lib.IdentityBank.load(path)
+
+
+class TrainedGenerator:
+  """The EMA generator of a training run, jitted: crops in, composited crops out.
+
+  Attributes:
+    config: the run's config. resolution, num_classes, identity_dim: its shapes.
+    bank: the identity bank targets are drawn from (None if not loaded).
+    step: the checkpoint's training step.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, params: Any, stats: Any, *,
+               bank: bank_lib.IdentityBank | None = None, step: int = 0,
+               dtype: str | None = None, batch_size: int = 32):
+    from sdgan_jax import train  # pylint: disable=import-outside-toplevel
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    if dtype is not None:
+      config.dtype = dtype
+    self.config = config
+    self.resolution = int(config.resolution)
+    self.num_classes = int(config.num_classes)
+    self.identity_dim = int(config.identity_dim)
+    self.bank = bank
+    self.step = step
+    self.batch_size = batch_size
+    self._params = params
+    self._stats = stats
+    models = train.Models(config)
+
+    def generate(params, stats, image, mask, semantic, target_identity):
+      batch = {'image': image, 'mask': mask}
+      onehot = jax.nn.one_hot(semantic, models.config.num_classes)
+      batch['target_identity'] = target_identity
+      out, _ = train._generate(models, params, stats, batch, onehot, train=False)  # pylint: disable=protected-access
+      return jnp.clip(out.astype(jnp.float32), 0.0, 1.0)
+
+    self._generate = jax.jit(generate)
+
+  @classmethod
+  def from_workdir(cls, workdir: str | os.PathLike, step: int | None = None, *,
+                   dtype: str | None = None, batch_size: int = 32,
+                   load_bank: bool = True) -> 'TrainedGenerator':
+    """Restores the latest (or ``step``'s) checkpoint of a ``run.py`` workdir."""
+    from sdgan_jax import train  # pylint: disable=import-outside-toplevel
+
+    workdir = os.fspath(workdir)
+    config = load_workdir_config(workdir)
+    if not (pathlib.Path(workdir) / 'checkpoints').is_dir():
+      raise FileNotFoundError(
+          f'no checkpoints in {workdir}: train with `python run.py --config=configs/demo.py '
+          f'--workdir={workdir}`')
+    models = train.Models(config)
+    abstract = jax.eval_shape(
+        lambda key: train.create_train_state(models, key, None), jax.random.key(0))
+    state, restored_step = train.restore_state(workdir, abstract, step)
+    bank = load_workdir_bank(workdir, config) if load_bank else None
+    if bank is not None and bank.dim != int(config.identity_dim):
+      raise ValueError(f'{workdir}: identity bank is {bank.dim}-d but the model takes '
+                       f'{config.identity_dim}-d identities')
+    return cls(config, state.ema_params, state.generator.stats, bank=bank,
+               step=int(restored_step), dtype=dtype, batch_size=batch_size)
+
+  def generate(self, image, mask, semantic, target_identity) -> np.ndarray:
+    """De-identifies aligned crops (paper §3.4): the mask region is generated, the rest kept.
+
+    Args:
+      image: [N, R, R, 3] uint8 or float in [0, 1]. mask: [N, R, R(, 1)] (nonzero = face).
+      semantic: [N, R, R(, 1)] integer class ids. target_identity: [N, D] features.
+
+    Returns:
+      float32 [N, R, R, 3] in [0, 1].
+    """
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+      image = image.astype(np.float32) / 255.0
+    image = image.astype(np.float32)
+    n = len(image)
+    r = self.resolution
+    if image.shape[1:] != (r, r, 3):
+      raise ValueError(f'image must be [N, {r}, {r}, 3] (the model\'s resolution), got '
+                       f'{image.shape}')
+    mask = (np.asarray(mask).reshape(n, r, r, 1) > 0).astype(np.float32)
+    semantic = np.asarray(semantic).reshape(n, r, r).astype(np.int32)
+    target = np.asarray(target_identity, np.float32).reshape(n, -1)
+    if target.shape[1] != self.identity_dim:
+      raise ValueError(f'target_identity must be [N, {self.identity_dim}], got {target.shape}')
+    outputs = []
+    b = self.batch_size
+    for lo in range(0, n, b):
+      chunk = [a[lo:lo + b] for a in (image, mask, semantic, target)]
+      short = b - len(chunk[0])
+      if short:  # pad to the compiled batch size rather than compile another program
+        chunk = [np.concatenate([a, np.zeros((short,) + a.shape[1:], a.dtype)]) for a in chunk]
+      out = self._generate(self._params, self._stats, *chunk)
+      outputs.append(np.asarray(out)[:b - short])
+    if not outputs:
+      return np.zeros((0, r, r, 3), np.float32)
+    return np.concatenate(outputs)
