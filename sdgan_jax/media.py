@@ -1,0 +1,332 @@
+"""Reading and writing the anonymizer's photos and videos, safely (the anonymizer's I/O).
+
+Photos (Pillow): JPEG, PNG and WebP in any of Pillow's modes are turned into uint8 RGB
+[H, W, 3] pixels the face detector takes (``read_image``):
+
+* the EXIF orientation is applied first (``ImageOps.exif_transpose``), so a face stored
+  sideways with an orientation tag is upright when detected, and the output is written
+  upright with no tag;
+* grayscale ('L', '1', 16-bit 'I;16'/'I') is scaled to 8 bits and repeated over RGB (Pillow's
+  own 'I' -> 'RGB' conversion clips 16-bit values at 255 instead of scaling them);
+* CMYK JPEGs go through Pillow's CMYK -> RGB conversion (Adobe's inverted CMYK is undone by
+  its decoder);
+* alpha (RGBA, LA, palette transparency) is split off and written back unchanged: only the
+  colour channels carry a face, and all of them are processed even where alpha is 0,
+  because hidden colour values are still in the file.
+
+Outputs (``write_image``) are new Pillow images built from the pixels, so nothing of the
+input's metadata travels unless asked: no EXIF (and so no GPS), no XMP, no comments. Only
+the ICC colour profile is kept (it describes the colours, not the person or the place).
+``keep_exif`` copies the EXIF block with the GPS directory removed and the orientation reset.
+Every write goes to a temporary file in the destination folder and is renamed over the
+destination (``atomic_path``): a crash never leaves a half-written image, and a reader
+never sees one.
+
+Videos (imageio-ffmpeg, which ships its own ffmpeg binary): frames are decoded as rgb24
+(``read_video``) and encoded with H.264 (VP9 for .webm) at the input's size and frame rate
+(``VideoWriter``); the audio stream of the input is muxed in when the container takes it,
+and container metadata is dropped (``-map_metadata -1``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import pathlib
+import tempfile
+from typing import Iterator
+
+import numpy as np
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
+VIDEO_EXTENSIONS = ('.mp4', '.mov', '.m4v', '.mkv', '.avi', '.webm')
+# Pillow's format name for each image extension (the output keeps the input's format).
+_FORMATS = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.webp': 'WEBP'}
+EXIF_ORIENTATION = 0x0112
+EXIF_GPS_IFD = 0x8825
+
+
+class UnreadableMediaError(ValueError):
+  """A file that is not a readable image or video (truncated, empty, wrong content...)."""
+
+
+def media_kind(path: str | os.PathLike) -> str | None:
+  """'image', 'video' or None (not a type the anonymizer handles), by extension."""
+  suffix = pathlib.Path(path).suffix.lower()
+  if suffix in IMAGE_EXTENSIONS:
+    return 'image'
+  if suffix in VIDEO_EXTENSIONS:
+    return 'video'
+  return None
+
+
+@dataclasses.dataclass
+class LoadedImage:
+  """A decoded photo, upright.
+
+  Attributes:
+    rgb: uint8 [H, W, 3] pixels after the EXIF orientation.
+    alpha: uint8 [H, W] alpha channel, or None.
+    grayscale: the file held no colour (written back as grayscale).
+    source_mode: Pillow's mode of the file ('RGB', 'CMYK', 'I;16', ...).
+    format: Pillow's format name ('JPEG', 'PNG', 'WEBP').
+    icc_profile: the embedded ICC profile bytes, or None.
+    exif: the raw EXIF block, or None (only used when the caller keeps EXIF).
+    transposed: the EXIF orientation tag rotated or mirrored the stored pixels.
+  """
+
+  rgb: np.ndarray
+  alpha: np.ndarray | None = None
+  grayscale: bool = False
+  source_mode: str = 'RGB'
+  format: str = ''
+  icc_profile: bytes | None = None
+  exif: bytes | None = None
+  transposed: bool = False
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+  """Scales an integer array of 16 (or 32) bit samples to 8 bits."""
+  if array.dtype == np.uint8:
+    return array
+  if array.dtype == np.bool_:
+    return array.astype(np.uint8) * 255
+  if np.issubdtype(array.dtype, np.floating):
+    return np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
+  # 16-bit samples (PNG 'I;16', or 'I' holding 0..65535): keep the high byte, rounded.
+  return np.clip((array.astype(np.int64) + 128) // 257, 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+  """Decodes a photo into upright uint8 RGB (module doc); raises UnreadableMediaError."""
+  from PIL import Image, ImageOps  # pylint: disable=import-outside-toplevel
+
+  path = pathlib.Path(path)
+  try:
+    if path.stat().st_size == 0:
+      raise UnreadableMediaError(f'{path}: empty file (0 bytes)')
+    with Image.open(path) as image:
+      image.load()  # decodes now: a truncated file raises here, not half-way through
+      fmt = image.format or ''
+      icc = image.info.get('icc_profile')
+      exif = image.info.get('exif')
+      upright = ImageOps.exif_transpose(image)
+      transposed = upright is not image and upright.size != (0, 0) and (
+          image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None))
+      return _convert(upright, fmt, icc, exif, transposed)
+  except UnreadableMediaError:
+    raise
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    # PIL.UnidentifiedImageError (an OSError) for non-images, OSError for truncated data.
+    raise UnreadableMediaError(f'{path}: cannot read the image ({type(e).__name__}: {e})') from e
+
+
+def _convert(image, fmt: str, icc, exif, transposed: bool) -> LoadedImage:
+  mode = image.mode
+  alpha = None
+  grayscale = False
+  if mode in ('1', 'L', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N', 'F'):
+    gray = _to_uint8(np.asarray(image))
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    grayscale = True
+  elif mode in ('LA', 'La'):
+    la = np.asarray(image.convert('LA'))
+    rgb, alpha, grayscale = np.repeat(la[..., :1], 3, axis=-1), la[..., 1], True
+  elif mode in ('RGBA', 'RGBa', 'PA') or (mode == 'P' and 'transparency' in image.info):
+    rgba = np.asarray(image.convert('RGBA'))
+    rgb, alpha = rgba[..., :3], rgba[..., 3]
+  else:  # RGB, P, CMYK, YCbCr, LAB, HSV, RGBX, 16-bit RGB variants
+    rgb = np.asarray(image.convert('RGB'))
+  return LoadedImage(rgb=np.ascontiguousarray(rgb, np.uint8),
+                     alpha=None if alpha is None else np.ascontiguousarray(alpha, np.uint8),
+                     grayscale=grayscale, source_mode=mode, format=fmt, icc_profile=icc,
+                     exif=exif, transposed=transposed)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """Yields a temporary path beside ``dest``; renames it over ``dest`` if the block succeeds.
+
+  The temporary name keeps ``dest``'s suffix (ffmpeg picks the container from it) and
+  starts with a dot; on an error it is removed and ``dest`` is left as it was.
+  """
+  dest = pathlib.Path(dest)
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.stem}.', suffix=f'.tmp{dest.suffix}')
+  os.close(fd)
+  tmp = pathlib.Path(tmp)
+  try:
+    yield tmp
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
+    os.replace(tmp, dest)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def _exif_without_gps(exif: bytes | None) -> bytes | None:
+  """The EXIF block with the GPS directory dropped and the orientation set to upright."""
+  if not exif:
+    return None
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  data = Image.Exif()
+  data.load(exif)
+  data.pop(EXIF_GPS_IFD, None)
+  if EXIF_ORIENTATION in data:
+    data[EXIF_ORIENTATION] = 1
+  return data.tobytes()
+
+
+def encode_image(loaded: LoadedImage, rgb: np.ndarray, fmt: str, *,
+                 keep_exif: bool = False, quality: int = 95) -> bytes:
+  """Encodes anonymized pixels as a new file in ``fmt`` with no metadata but ICC (module doc)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  rgb = np.asarray(rgb, np.uint8)
+  if loaded.grayscale:
+    # The anonymized face is colour; the file was gray: write it gray (ITU-R 601 luma).
+    gray = np.clip(np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114],
+                                                              np.float32)), 0, 255)
+    channels = [gray.astype(np.uint8)]
+    mode = 'L'
+  else:
+    channels = [rgb[..., c] for c in range(3)]
+    mode = 'RGB'
+  if loaded.alpha is not None and fmt in ('PNG', 'WEBP'):
+    channels.append(loaded.alpha)
+    mode = 'LA' if mode == 'L' else 'RGBA'
+  array = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
+  image = Image.fromarray(np.ascontiguousarray(array), mode=mode)
+  options = {}
+  if loaded.icc_profile:
+    options['icc_profile'] = loaded.icc_profile
+  if keep_exif:
+    exif = _exif_without_gps(loaded.exif)
+    if exif:
+      options['exif'] = exif
+  if fmt == 'JPEG':
+    options.update(quality=quality, subsampling=0 if quality >= 90 else -1)
+  elif fmt == 'WEBP':
+    options.update(quality=quality)
+  buffer = io.BytesIO()
+  image.save(buffer, format=fmt, **options)
+  return buffer.getvalue()
+
+
+def write_image(dest: str | os.PathLike, loaded: LoadedImage, rgb: np.ndarray, *,
+                keep_exif: bool = False, quality: int = 95) -> pathlib.Path:
+  """Writes anonymized pixels to ``dest`` atomically, in the format its suffix names."""
+  dest = pathlib.Path(dest)
+  fmt = _FORMATS.get(dest.suffix.lower(), loaded.format or 'PNG')
+  data = encode_image(loaded, rgb, fmt, keep_exif=keep_exif, quality=quality)
+  with atomic_path(dest) as tmp:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+  return dest
+
+
+# --- video -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+  """What the anonymizer needs to re-encode a video like its input.
+
+  Attributes:
+    size: (width, height) of the decoded frames.
+    fps: frames per second (25 when the file does not say).
+    has_audio: the input has an audio stream.
+    nframes: the frame count ffmpeg estimates (may be inexact or inf).
+  """
+
+  size: tuple[int, int]
+  fps: float
+  has_audio: bool
+  nframes: float
+
+
+def read_video(path: str | os.PathLike) -> tuple[VideoInfo, Iterator[np.ndarray]]:
+  """Opens a video: (info, iterator of uint8 [H, W, 3] frames); raises UnreadableMediaError.
+
+  ffmpeg applies the container's rotation while decoding, so frames come upright.
+  """
+  import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
+
+  path = pathlib.Path(path)
+  if not path.is_file() or path.stat().st_size == 0:
+    raise UnreadableMediaError(f'{path}: empty or missing video file')
+  reader = imageio_ffmpeg.read_frames(str(path))
+  try:
+    meta = next(reader)
+  except (RuntimeError, OSError, StopIteration, IndexError, ValueError) as e:
+    reader.close()
+    raise UnreadableMediaError(f'{path}: cannot read the video ({type(e).__name__}: '
+                               f'{str(e).strip().splitlines()[-1] if str(e).strip() else e})'
+                               ) from e
+  width, height = (int(v) for v in meta['size'])
+  info = VideoInfo(size=(width, height), fps=float(meta.get('fps') or 25.0),
+                   has_audio=bool(meta.get('audio_codec')),
+                   nframes=float(meta.get('nframes', float('inf'))))
+
+  def frames():
+    try:
+      for raw in reader:
+        yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+    finally:
+      reader.close()
+
+  return info, frames()
+
+
+class VideoWriter:
+  """Encodes frames to ``dest`` atomically (a temporary file, renamed on ``close``).
+
+  H.264 (VP9 for .webm), yuv420p when the size allows it (even width and height; 4:4:4
+  otherwise, so no frame is resized), the input's frame rate, the audio of ``audio_from``
+  when given, and no container metadata.
+  """
+
+  def __init__(self, dest: str | os.PathLike, info: VideoInfo, *,
+               audio_from: str | os.PathLike | None = None, quality: float = 8.0):
+    import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
+
+    self.dest = pathlib.Path(dest)
+    self._context = atomic_path(self.dest)
+    self._tmp = self._context.__enter__()
+    width, height = info.size
+    even = width % 2 == 0 and height % 2 == 0
+    codec = 'libvpx-vp9' if self.dest.suffix.lower() == '.webm' else 'libx264'
+    self.frames_written = 0
+    self._writer = imageio_ffmpeg.write_frames(
+        str(self._tmp), (width, height), fps=info.fps, codec=codec, quality=quality,
+        pix_fmt_out='yuv420p' if even else 'yuv444p', macro_block_size=1,
+        output_params=['-map_metadata', '-1'],
+        audio_path=str(audio_from) if audio_from is not None else None)
+    self._writer.send(None)  # starts ffmpeg
+    self._size = (height, width)
+
+  def write(self, frame: np.ndarray) -> None:
+    frame = np.ascontiguousarray(frame, np.uint8)
+    if frame.shape != self._size + (3,):
+      raise ValueError(f'frame {frame.shape} does not match the video size {self._size}')
+    self._writer.send(frame)
+    self.frames_written += 1
+
+  def close(self, ok: bool = True) -> None:
+    """Finishes the file; with ``ok=False`` (an error) the partial file is discarded."""
+    try:
+      self._writer.close()
+    except Exception:  # pylint: disable=broad-except
+      ok = False
+      raise
+    finally:
+      if ok:
+        self._context.__exit__(None, None, None)
+      else:
+        self._context.__exit__(RuntimeError, RuntimeError('discarded'), None)

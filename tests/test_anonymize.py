@@ -1,0 +1,415 @@
+"""The anonymizer (paper §3: crop each face, de-identify it, paste it back), end to end.
+
+Real faces (the face-recognition sdist's photos and scikit-image's astronaut) go through
+the CLI on a collage (several faces on one canvas, one of them tiny), the same collage
+stored rotated with an EXIF orientation tag and GPS/XMP metadata, single faces in
+grayscale, 16-bit, RGBA, CMYK and WebP files, broken files, and a short video with sound.
+The model is an untrained 32-px generator (``train_fixtures``): its faces are noise, which
+is all these plumbing checks need; the identity backbone is the real dlib ResNet port.
+
+References are independent of the code under test: faces are located with dlib's own
+detector on pixels the tests decode themselves, metadata is read back with Pillow, frames
+are counted with imageio.
+"""
+
+import dataclasses
+import importlib.util
+import io
+import json
+import pathlib
+import subprocess
+
+import dlib
+import faces_fixture
+import imageio.v3 as iio
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import train_fixtures
+from PIL import Image
+
+from sdgan_jax import anonymize, identity_bank, media
+from sdgan_jax.converters import dlib_resnet as dlib_conv
+
+TILE = 160         # face tiles: face boxes of ~80 px
+TINY = 88          # the tiny face's tile: a ~45 px box, under the test's --min_face_px
+MIN_FACE_PX = 60
+GRAY = 128         # --fallback fill's colour (solid_fill 0.5)
+
+
+def _cli():
+  """tools/anonymize.py as a module (tools/ is not a package)."""
+  path = pathlib.Path(__file__).resolve().parents[1] / 'tools' / 'anonymize.py'
+  spec = importlib.util.spec_from_file_location('anonymize_cli', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def dlib_boxes(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
+  """Faces by dlib's HOG detector at upsample 1, as (x0, y0, x1, y1) exclusive ends."""
+  rects = dlib.get_frontal_face_detector()(np.ascontiguousarray(rgb), 1)
+  h, w = rgb.shape[:2]
+  return [(max(r.left(), 0), max(r.top(), 0), min(r.right() + 1, w), min(r.bottom() + 1, h))
+          for r in rects]
+
+
+def region_change(a: np.ndarray, b: np.ndarray, box) -> float:
+  x0, y0, x1, y1 = box
+  return float(np.abs(a[y0:y1, x0:x1].astype(np.float32) -
+                      b[y0:y1, x0:x1].astype(np.float32)).mean())
+
+
+def face_tile(photo: np.ndarray, size: int) -> np.ndarray:
+  """A square crop around the photo's largest face (twice the box), resized to ``size``."""
+  scale = 600 / max(photo.shape[:2])
+  small = np.asarray(Image.fromarray(photo).resize(
+      (round(photo.shape[1] * scale), round(photo.shape[0] * scale)), Image.BILINEAR))
+  rects = dlib.get_frontal_face_detector()(small, 1)
+  r = max(rects, key=lambda r: r.area())
+  cx, cy, half = (r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2, r.width()
+  box = [int(v / scale) for v in (cx - half, cy - half * 0.9, cx + half, cy + half * 1.1)]
+  crop = Image.fromarray(photo).crop(box)
+  return np.asarray(crop.resize((size, size), Image.LANCZOS))
+
+
+@pytest.fixture(scope='module')
+def weights_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('anon_dlib_resnet')
+  dlib_conv.fetch_and_convert(root / 'cache', root / 'weights')
+  return root / 'weights'
+
+
+@pytest.fixture(scope='module')
+def tiles(tmp_path_factory):
+  photos = faces_fixture.load_face_photos(tmp_path_factory.mktemp('anon_photos'))
+  return {name: face_tile(photos[name], TILE) for name in ('obama', 'biden', 'astronaut')} | {
+      'tiny': face_tile(photos['obama2'], TINY), 'obama3': face_tile(photos['obama3'], TILE)}
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  rng = np.random.default_rng(0)
+  bank = identity_bank.IdentityBank(means=rng.normal(size=(4, 128)).astype(np.float32) * 0.1,
+                                    counts=np.ones(4, np.int64))
+  return train_fixtures.write_untrained_workdir(tmp_path_factory.mktemp('anon_workdir'),
+                                                train_fixtures.tiny_config(32), bank)
+
+
+def make_collage(tiles) -> tuple[np.ndarray, dict]:
+  """Three faces and a tiny one on a 560x220 canvas; name -> tile box (x0, y0, x1, y1)."""
+  canvas = np.full((220, 560, 3), 200, np.uint8)
+  canvas[:, :, 2] = 170
+  places = {'obama': (10, 30), 'biden': (190, 20), 'astronaut': (370, 40),
+            'tiny': (560 - TINY - 4, 220 - TINY - 4)}
+  boxes = {}
+  for name, (x, y) in places.items():
+    tile = tiles[name]
+    canvas[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+    boxes[name] = (x, y, x + tile.shape[1], y + tile.shape[0])
+  return canvas, boxes
+
+
+def write_video(path: pathlib.Path, frames: list, fps: int = 6) -> None:
+  """Encodes frames with a sine-tone audio track, using imageio-ffmpeg's ffmpeg directly."""
+  silent = path.with_name('silent_' + path.name)
+  writer = imageio_ffmpeg.write_frames(str(silent), frames[0].shape[1::-1], fps=fps,
+                                       macro_block_size=1, quality=9)
+  writer.send(None)
+  for f in frames:
+    writer.send(np.ascontiguousarray(f))
+  writer.close()
+  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-y', '-loglevel', 'error', '-i', str(silent),
+                  '-f', 'lavfi', '-i', f'sine=frequency=440:duration={len(frames) / fps}',
+                  '-c:v', 'copy', '-c:a', 'aac', '-shortest', '-metadata', 'title=secret place',
+                  str(path)], check=True)
+  silent.unlink()
+
+
+@pytest.fixture(scope='module')
+def cli_run(tmp_path_factory, tiles, workdir, weights_dir):
+  """One CLI run over every kind of input; returns the paths, references and report."""
+  cli = _cli()
+
+  root = tmp_path_factory.mktemp('anon_cli')
+  inp, out = root / 'in', root / 'out'
+  (inp / 'rotated').mkdir(parents=True)
+  (inp / 'formats').mkdir()
+  (inp / 'bad').mkdir()
+  collage, tile_boxes = make_collage(tiles)
+  Image.fromarray(collage).save(inp / 'collage.jpg', quality=95)
+
+  # The collage stored sideways: pixels turned 90 degrees clockwise, EXIF orientation 8
+  # ("rotate 90 CW to display"... i.e. the viewer turns it back upright), plus GPS,
+  # a description and XMP that must not reach the output.
+  stored = np.ascontiguousarray(np.rot90(collage, k=-1))
+  exif = Image.Exif()
+  exif[0x0112] = 8
+  exif[0x010E] = 'taken at home'
+  exif[0x8825] = {1: 'N', 2: (48.0, 51.0, 30.0), 3: 'E', 4: (2.0, 17.0, 40.0)}
+  xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+         b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"'
+         b' dc:creator="Secret Photographer"/></rdf:RDF></x:xmpmeta>')
+  Image.fromarray(stored).save(inp / 'rotated' / 'collage_exif.jpg', quality=95, exif=exif,
+                               xmp=xmp)
+
+  face = tiles['obama3']
+  formats = inp / 'formats'
+  Image.fromarray(face).convert('L').save(formats / 'gray.png')
+  gray16 = (np.asarray(Image.fromarray(face).convert('L')).astype(np.uint16) * 257)
+  Image.fromarray(gray16).save(formats / 'gray16.png')
+  alpha = np.tile(np.linspace(40, 255, TILE).astype(np.uint8), (TILE, 1))
+  Image.fromarray(np.dstack([face, alpha]), 'RGBA').save(formats / 'rgba.png')
+  Image.fromarray(face).convert('CMYK').save(formats / 'cmyk.jpg', quality=95)
+  Image.fromarray(face).save(formats / 'face.webp', quality=95)
+
+  good = io.BytesIO()
+  Image.fromarray(tiles['biden']).save(good, 'JPEG', quality=90)
+  (inp / 'bad' / 'truncated.jpg').write_bytes(good.getvalue()[:len(good.getvalue()) // 2])
+  (inp / 'bad' / 'empty.jpg').write_bytes(b'')
+  (inp / 'bad' / 'text.jpg').write_text('this is not a photo\n')
+  (inp / 'bad' / 'notes.txt').write_text('not media: skipped\n')
+
+  frames = []
+  video_face = np.asarray(Image.fromarray(tiles['astronaut']).resize((96, 96), Image.LANCZOS))
+  for k in range(6):  # the face drifts 2 px a frame
+    frames.append(np.roll(video_face, shift=2 * k - 5, axis=1))
+  write_video(inp / 'clip.mp4', frames)
+
+  before = {p: p.read_bytes() for p in inp.rglob('*') if p.is_file()}
+  code = cli.main([str(inp), '--output', str(out), '--checkpoint', str(workdir),
+                   '--weights_dir', str(weights_dir), '--fallback', 'fill',
+                   '--min_face_px', str(MIN_FACE_PX), '--no_progress', '--visualize'])
+  report = json.loads((out / anonymize.REPORT_NAME).read_text())
+  return dict(inp=inp, out=out, code=code, report=report, collage=collage, tiles=tile_boxes,
+              face=face, frames=frames, before=before,
+              entries={pathlib.Path(e['input']).relative_to(inp).as_posix(): e
+                       for e in report['files']})
+
+
+def test_every_detected_face_in_the_collage_is_changed(cli_run):
+  collage = cli_run['collage']
+  output = np.asarray(Image.open(cli_run['out'] / 'collage.jpg').convert('RGB'))
+  assert output.shape == collage.shape
+  boxes = dlib_boxes(collage)
+  assert len(boxes) >= 4, boxes  # three faces and the tiny one
+  for box in boxes:
+    assert region_change(collage, output, box) > 12, box
+  # Outside the faces the photo is kept (up to JPEG re-encoding).
+  assert np.abs(output[:, :8].astype(int) - collage[:, :8]).mean() < 3
+  entry = cli_run['entries']['collage.jpg']
+  assert entry['status'] == 'ok' and entry['faces_found'] == len(boxes)
+  assert entry['anonymized'] + entry['fallbacks'] == entry['faces_found']
+  assert entry['anonymized'] >= 1  # the generator path, not only the fallback, ran
+
+
+def test_tiny_face_is_covered_by_the_fallback(cli_run):
+  output = np.asarray(Image.open(cli_run['out'] / 'collage.jpg').convert('RGB'))
+  entry = cli_run['entries']['collage.jpg']
+  tx0, ty0, tx1, ty1 = cli_run['tiles']['tiny']
+  small = [f for f in entry['faces'] if f.get('reason') == 'too_small']
+  assert len(small) == 1, entry['faces']
+  x0, y0, x1, y1 = small[0]['box']
+  assert tx0 <= (x0 + x1) / 2 <= tx1 and ty0 <= (y0 + y1) / 2 <= ty1
+  # --fallback fill: the whole detected box is one flat grey (up to JPEG noise).
+  region = output[int(y0):int(y1) + 1, int(x0):int(x1) + 1].astype(np.float32)
+  assert abs(region.mean() - GRAY) < 3 and region.std() < 3
+
+
+def test_exif_orientation_applied_and_metadata_stripped(cli_run):
+  src = cli_run['inp'] / 'rotated' / 'collage_exif.jpg'
+  dst = cli_run['out'] / 'rotated' / 'collage_exif.jpg'
+  with Image.open(src) as im:  # the input really carries what must not leave
+    assert im.getexif()[0x0112] == 8 and 0x8825 in im.getexif() and 'xmp' in im.info
+  with Image.open(dst) as im:
+    assert im.size == (560, 220)  # upright: the orientation was applied
+    assert len(im.getexif()) == 0
+    assert 'xmp' not in im.info and 'exif' not in im.info
+    upright = np.asarray(im.convert('RGB'))
+  data = dst.read_bytes()
+  for marker in (b'Exif\x00\x00', b'Secret Photographer', b'taken at home', b'xmpmeta'):
+    assert marker not in data
+  # The faces were found after turning the photo upright, and all of them changed.
+  collage = cli_run['collage']
+  boxes = dlib_boxes(collage)
+  for box in boxes:
+    assert region_change(collage, upright, box) > 12, box
+  entry = cli_run['entries']['rotated/collage_exif.jpg']
+  assert entry['exif_orientation_applied'] and entry['faces_found'] == len(boxes)
+
+
+def test_image_modes_round_trip_and_faces_change(cli_run):
+  out = cli_run['out'] / 'formats'
+  face = cli_run['face']
+  gray_ref = np.asarray(Image.fromarray(face).convert('L'))
+  boxes = dlib_boxes(face)
+  assert boxes
+  expected_modes = {'gray.png': 'L', 'gray16.png': 'L', 'rgba.png': 'RGBA', 'cmyk.jpg': 'RGB',
+                    'face.webp': 'RGB'}
+  for name, mode in expected_modes.items():
+    entry = cli_run['entries'][f'formats/{name}']
+    assert entry['status'] == 'ok' and entry['faces_found'] >= 1, entry
+    with Image.open(out / name) as im:
+      assert im.mode == mode, (name, im.mode)
+      assert im.format == {'png': 'PNG', 'jpg': 'JPEG', 'webp': 'WEBP'}[name.split('.')[-1]]
+      got = np.asarray(im.convert('RGB'))
+    ref = np.repeat(gray_ref[..., None], 3, -1) if mode == 'L' else face
+    for box in boxes:
+      assert region_change(ref, got, box) > 12, (name, box)
+  # 16-bit samples were scaled to 8 bits (not clipped at 255): away from the face, the
+  # output's gray equals the 8-bit reference.
+  with Image.open(out / 'gray16.png') as im:
+    assert np.abs(np.asarray(im)[:, :10].astype(int) - gray_ref[:, :10]).max() <= 1
+  # RGBA: the alpha channel is written back untouched.
+  with Image.open(out / 'rgba.png') as im, Image.open(cli_run['inp'] / 'formats/rgba.png') as src:
+    np.testing.assert_array_equal(np.asarray(im)[..., 3], np.asarray(src)[..., 3])
+
+
+def test_broken_files_are_reported_and_the_run_goes_on(cli_run):
+  entries = cli_run['entries']
+  for name in ('bad/truncated.jpg', 'bad/empty.jpg', 'bad/text.jpg'):
+    assert entries[name]['status'] == 'error' and entries[name]['error'], entries[name]
+    assert not (cli_run['out'] / name).exists()
+  assert entries['bad/notes.txt']['status'] == 'skipped'
+  assert not (cli_run['out'] / 'bad' / 'notes.txt').exists()
+  assert cli_run['code'] == 1  # some files failed ...
+  assert cli_run['report']['totals']['errors'] == 3
+  for name in ('collage.jpg', 'rotated/collage_exif.jpg', 'clip.mp4'):  # ... the rest ran
+    assert entries[name]['status'] == 'ok' and (cli_run['out'] / name).is_file()
+  # Nothing under the input folder changed, and no temporary files were left behind.
+  assert {p: p.read_bytes() for p in cli_run['inp'].rglob('*') if p.is_file()} == cli_run['before']
+  assert not [p for p in cli_run['out'].rglob('.*') if p.is_file()]
+  assert (cli_run['out'] / 'collage.detections.png').is_file()
+
+
+def test_video_keeps_frames_size_and_audio_and_changes_the_face(cli_run):
+  src, dst = cli_run['inp'] / 'clip.mp4', cli_run['out'] / 'clip.mp4'
+  got = np.stack(list(iio.imiter(dst, plugin='FFMPEG')))
+  assert got.shape == (6, 96, 96, 3)
+  reader = imageio_ffmpeg.read_frames(str(dst))
+  meta = next(reader)
+  reader.close()
+  assert meta.get('audio_codec'), meta  # the sound track was kept
+  assert abs(meta['fps'] - 6) < 0.01
+  frames_in = np.stack(list(iio.imiter(src, plugin='FFMPEG')))
+  for k in range(6):
+    boxes = dlib_boxes(frames_in[k])
+    assert boxes, k
+    for box in boxes:
+      assert region_change(frames_in[k], got[k], box) > 12, (k, box)
+  entry = cli_run['entries']['clip.mp4']
+  assert entry['frames'] == 6 and entry['faces_found'] >= 6 and entry['tracks'] == 1
+  assert b'secret place' not in dst.read_bytes()
+
+
+@pytest.fixture(scope='module')
+def anonymizer(workdir, weights_dir):
+  return anonymize.build_anonymizer(workdir, weights_dir=weights_dir,
+                                    options=anonymize.Options(fallback='fill'))
+
+
+def test_output_matching_the_source_identity_fails_closed(anonymizer, tiles):
+  face = tiles['biden']
+  strict = dataclasses.replace(anonymizer.options, identity_threshold=1e6)
+  anonymizer.options = strict
+  try:
+    [(out, faces)] = anonymizer.process([face])
+  finally:
+    anonymizer.options = dataclasses.replace(strict, identity_threshold=0.6)
+  assert faces and all(f.reason == 'still_matches_source' for f in faces)
+  assert all(f.identity_distance is not None for f in faces)
+  for box in dlib_boxes(face):
+    x0, y0, x1, y1 = box
+    assert np.all(out[y0:y1, x0:x1] == GRAY)
+
+
+def test_generation_error_fails_closed(anonymizer, tiles, monkeypatch):
+  def broken(*args, **kwargs):
+    raise RuntimeError('accelerator fell over')
+
+  monkeypatch.setattr(anonymizer.generator, 'generate', broken)
+  face = tiles['astronaut']
+  [(out, faces)] = anonymizer.process([face])
+  assert faces and all(f.status == 'fallback' and f.reason == 'generation_error' for f in faces)
+  assert 'accelerator fell over' in faces[0].detail
+  for x0, y0, x1, y1 in dlib_boxes(face):
+    assert np.all(out[y0:y1, x0:x1] == GRAY)
+
+
+def test_video_faces_keep_their_target(anonymizer, tiles):
+  tracker = anonymizer.new_video()
+  frame = tiles['obama']
+  targets = []
+  for k in range(3):
+    [(_, faces)] = anonymizer.process([np.roll(frame, 3 * k, axis=1)], keys=['v.mp4'],
+                                      trackers=[tracker])
+    targets += [(f.track, f.target) for f in faces if f.status == 'anonymized']
+  assert len(targets) == 3 and len(set(targets)) == 1, targets
+
+
+def test_baseline_runs_without_a_checkpoint(tmp_path, tiles):
+  cli = _cli()
+
+  Image.fromarray(tiles['biden']).save(tmp_path / 'biden.png')
+  code = cli.main([str(tmp_path / 'biden.png'), '--output', str(tmp_path / 'out'),
+                   '--baseline', 'pixelate', '--identity_threshold', '0', '--no_progress'])
+  assert code == 0
+  got = np.asarray(Image.open(tmp_path / 'out' / 'biden.png'))
+  boxes = dlib_boxes(tiles['biden'])
+  assert boxes
+  for box in boxes:
+    assert region_change(tiles['biden'], got, box) > 5
+  report = json.loads((tmp_path / 'out' / anonymize.REPORT_NAME).read_text())
+  assert report['method'] == 'baseline:pixelate' and report['totals']['anonymized'] >= 1
+
+
+def test_inputs_are_never_overwritten_and_missing_files_name_the_fix(tmp_path, tiles, capsys):
+  cli = _cli()
+
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  Image.fromarray(tiles['biden']).save(photos / 'a.jpg')
+  original = (photos / 'a.jpg').read_bytes()
+  for output in (photos, photos / 'anon'):
+    assert cli.main([str(photos), '--output', str(output), '--baseline', 'mask']) == 2
+    assert 'inside the input folder' in capsys.readouterr().err
+  assert cli.main([str(photos / 'a.jpg'), '--output', str(photos), '--baseline', 'mask']) == 2
+  assert 'over the input' in capsys.readouterr().err
+  assert (photos / 'a.jpg').read_bytes() == original
+  assert sorted(p.name for p in photos.iterdir()) == ['a.jpg']
+  # No checkpoint, a missing workdir, missing weights: each error names the command to run.
+  assert cli.main([str(photos), '--output', str(tmp_path / 'o1')]) == 2
+  assert 'make demo' in capsys.readouterr().err
+  assert cli.main([str(photos), '--output', str(tmp_path / 'o2'),
+                   '--checkpoint', str(tmp_path / 'nope')]) == 2
+  assert 'run.py --config=configs/demo.py' in capsys.readouterr().err
+  assert cli.main([str(photos), '--output', str(tmp_path / 'o3'), '--baseline', 'blur',
+                   '--weights_dir', str(tmp_path / 'no_weights')]) == 2
+  assert 'fetch_weights.py' in capsys.readouterr().err
+
+
+def test_read_image_converts_modes_explicitly(tmp_path):
+  values = np.array([[0, 257, 32896, 65535]], np.uint16)
+  Image.fromarray(values).save(tmp_path / 'g16.png')
+  loaded = media.read_image(tmp_path / 'g16.png')
+  assert loaded.grayscale and loaded.rgb.shape == (1, 4, 3)
+  np.testing.assert_array_equal(loaded.rgb[0, :, 0], [0, 1, 128, 255])
+  cmyk = Image.new('CMYK', (4, 2), (0, 255, 255, 0))  # pure red in CMYK
+  cmyk.save(tmp_path / 'c.jpg', quality=100)
+  rgb = media.read_image(tmp_path / 'c.jpg').rgb
+  assert rgb.shape == (2, 4, 3) and rgb[..., 0].min() > 200 and rgb[..., 1:].max() < 60
+  for name, payload in (('zero.jpg', b''), ('text.png', b'hello'), ('trunc.png', None)):
+    if payload is None:
+      buf = io.BytesIO()
+      Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 9).save(buf, 'PNG')
+      payload = buf.getvalue()[:40]
+    (tmp_path / name).write_bytes(payload)
+    with pytest.raises(media.UnreadableMediaError):
+      media.read_image(tmp_path / name)
+
+
+def test_face_tracker_follows_overlapping_boxes():
+  tracker = anonymize.FaceTracker()
+  a = tracker.assign(np.array([[0, 0, 49, 49], [100, 0, 149, 49]]))
+  b = tracker.assign(np.array([[104, 2, 153, 51], [3, 1, 52, 50], [300, 300, 340, 340]]))
+  assert b[0] == a[1] and b[1] == a[0] and b[2] not in a
