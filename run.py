@@ -1,7 +1,9 @@
-"""Train SDGAN.
+"""Train SDGAN, or its EAGRNet face parser (configs with task='parser').
 
   python run.py --config=configs/celeba.py --workdir=workdirs/celeba128
   python run.py --config=configs/demo.py --workdir=workdirs/demo
+  python run.py --config=configs/eagrnet_polygons.py --workdir=workdirs/parser \
+      --config.data.dataset=DATASET_DIR
 
 Multi-host (one process per host; on Cloud TPU and SLURM the cluster is auto-detected):
   python run.py --config=... --workdir=gs://... --distributed
@@ -31,6 +33,10 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
+  if FLAGS.config.get('task', 'sdgan') == 'parser':
+    from sdgan_jax import train_parser  # pylint: disable=import-outside-toplevel
+    train_parser.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    return
   from sdgan_jax import train  # pylint: disable=import-outside-toplevel
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

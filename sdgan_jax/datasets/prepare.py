@@ -24,6 +24,17 @@ Nothing is dropped silently: each image that yields no record is listed in
 
 -- and the counts are printed at the end.
 
+Semantic maps from a trained face parser (``parser=``, ``prepare_data.py --parser WORKDIR``)
+instead of the landmark polygons: the workers still detect, align and mask; the main process
+runs the restored EAGRNet (``sdgan_jax.train_parser.TrainedParser``) on each finished
+chunk's aligned crops and stores its argmax as the ``semantic`` record. The face mask stays
+the landmark mask, the region the generator replaces. The parser's classes are kept as
+predicted everywhere, also outside the mask (hair, the skin of the neck, a brow above the
+mask's forehead line): outside the mask the input image is kept, and the map there describes
+it, as EAGRNet's full-image maps do in the paper (§3.2). So, unlike the polygon maps, classes
+1-9 are not confined to the mask. The parser's fingerprint (workdir, step, weights) is part
+of every chunk's, so polygon and parser preparations never mix in one folder.
+
 No TensorFlow here (the workers import only numpy, PIL and dlib); ``builder.py`` turns the
 prepared folder into a TFDS dataset.
 """
@@ -209,8 +220,10 @@ def _work(task):
 # ---------------------------------------------------------------------------------------
 # Chunks, manifest, resume.
 
-def _fingerprint(items: Sequence[Item], options: FaceOptions) -> str:
+def _fingerprint(items: Sequence[Item], options: FaceOptions, parser: str = '') -> str:
   digest = hashlib.sha256(json.dumps(dataclasses.asdict(options), sort_keys=True).encode())
+  if parser:  # only then: the polygon preparations keep their fingerprints
+    digest.update(f'parser\t{parser}\n'.encode())
   for filename, identity in items:
     digest.update(f'{filename}\t{identity}\n'.encode())
   return digest.hexdigest()[:32]
@@ -261,6 +274,19 @@ def _write_chunk(path: pathlib.Path, fingerprint: str, results: list[dict],
   with open(tmp, 'wb') as f:
     np.savez_compressed(f, **arrays)
   os.replace(tmp, path)  # atomic: an interrupted write never looks like a finished chunk
+
+
+def _parse_chunk(parser, results: list[dict]) -> None:
+  """Replaces the polygon maps of a chunk's faces by the parser's (module doc)."""
+  kept = [r for r in results if r['record'] is not None]
+  if not kept:
+    return
+  labels = np.asarray(parser(np.stack([r['record']['image'] for r in kept])))
+  expected = (len(kept),) + kept[0]['record']['image'].shape[:2]
+  if labels.shape != expected:
+    raise ValueError(f'the parser returned maps of shape {labels.shape}, expected {expected}')
+  for r, semantic in zip(kept, labels):
+    r['record']['semantic'] = semantic.astype(np.uint8)[..., None]
 
 
 def _write_json(path: pathlib.Path, data) -> None:
@@ -341,7 +367,7 @@ def prepare_items(items: Sequence[Item], payloads: Callable[[Sequence[str]], Ite
                   prepared_dir: str | os.PathLike, options: FaceOptions = FaceOptions(), *,
                   workers: int = 1, chunk_size: int = 256, max_new_chunks: int | None = None,
                   overwrite: bool = False, progress: bool = True,
-                  source_name: str = '') -> PrepareReport:
+                  source_name: str = '', parser=None) -> PrepareReport:
   """Prepares the faces of ``items`` into ``prepared_dir`` (resumable; see module doc).
 
   Args:
@@ -356,6 +382,9 @@ def prepare_items(items: Sequence[Item], payloads: Callable[[Sequence[str]], Ite
     overwrite: discard a folder prepared with other settings instead of refusing it.
     progress: show a tqdm bar.
     source_name: recorded in the manifest.
+    parser: None for the landmark-polygon maps, or a callable with a ``fingerprint``
+      attribute, uint8 crops [N, R, R, 3] -> uint8 class ids [N, R, R] (e.g.
+      ``train_parser.TrainedParser``) whose output replaces them (module doc).
   """
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
 
@@ -366,23 +395,26 @@ def prepare_items(items: Sequence[Item], payloads: Callable[[Sequence[str]], Ite
   if chunk_size < 1:
     raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
   chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
-  fingerprints = [_fingerprint(c, options) for c in chunks]
+  parser_fp = '' if parser is None else str(parser.fingerprint)
+  fingerprints = [_fingerprint(c, options, parser_fp) for c in chunks]
   manifest = {
       'format_version': FORMAT_VERSION, 'options': dataclasses.asdict(options),
       'chunk_size': chunk_size, 'num_items': len(items), 'source': source_name,
-      'items_fingerprint': _fingerprint(items, options),
+      'items_fingerprint': _fingerprint(items, options, parser_fp),
       'chunks': [{'file': chunk_path(out, i).relative_to(out).as_posix(), 'fingerprint': fp,
                   'num_items': len(c)} for i, (c, fp) in enumerate(zip(chunks, fingerprints))],
   }
+  if parser_fp:
+    manifest['semantic_parser'] = parser_fp
   manifest_path = out / MANIFEST
   if manifest_path.is_file():
     old = json.loads(manifest_path.read_text())
-    keys = ('format_version', 'options', 'chunk_size', 'items_fingerprint')
-    changed = [k for k in keys if old.get(k) != manifest[k]]
+    keys = ('format_version', 'options', 'chunk_size', 'items_fingerprint', 'semantic_parser')
+    changed = [k for k in keys if old.get(k) != manifest.get(k)]
     if changed and not overwrite:
       raise ValueError(
           f'{out} was prepared with other settings ({", ".join(changed)} differ: '
-          f'{ {k: old.get(k) for k in changed} } vs { {k: manifest[k] for k in changed} }); '
+          f'{ {k: old.get(k) for k in changed} } vs { {k: manifest.get(k) for k in changed} }); '
           'use another output folder, or overwrite=True (--overwrite) to discard it')
     if changed:
       for stale in (out / CHUNK_DIR).glob('chunk-*.npz'):
@@ -422,6 +454,8 @@ def prepare_items(items: Sequence[Item], payloads: Callable[[Sequence[str]], Ite
         bar.update(1)
         index = pending[computed]
         if len(buffer) == len(chunks[index]):
+          if parser is not None:
+            _parse_chunk(parser, buffer)
           _write_chunk(chunk_path(out, index), fingerprints[index], buffer, options.resolution)
           buffer = []
           computed += 1

@@ -1,0 +1,568 @@
+"""EAGRNet face-parser training (paper §3.2) and the trained parser for data preparation.
+
+SDGAN §3.2 takes its semantic maps from EAGRNet (Te et al., ECCV 2020) but gives no
+training objective; the one here is EAGRNet's own, on the three outputs our model returns
+(``sdgan_jax.models.eagrnet.EAGRNet``):
+
+  L = CE(parsing) + w_aux CE(parsing_aux) + w_edge L_edge + w_boundary L_boundary
+
+* CE(parsing): per-pixel cross-entropy of the final (edge-fused) logits;
+* CE(parsing_aux): the same on the context way's logits (deep supervision of the decoder's
+  first way, as EAGRNet's code does for its intermediate prediction);
+* L_edge: the edge perceiving module's 2-class cross-entropy against the edges of the label
+  map (``edge_labels_from_parsing``), class-balanced as in EAGRNet: edge pixels weighted by
+  the non-edge share of the batch and vice versa, since edges are a few percent of pixels;
+* L_boundary: EAGRNet's boundary-attention term, CE(parsing) averaged over the
+  ground-truth edge pixels only, which is where parsers err.
+
+``train_step(state, batch) -> (state, metrics)`` is one ``jax.jit`` program over the
+'data' mesh of ``sdgan_jax.train`` (batch split with ``NamedSharding``, state replicated;
+batch norm statistics are those of the global batch). Batch: 'image' f32 [B,R,R,3] in [0,1],
+'semantic' int [B,R,R] class ids of ``features.SEMANTIC_CLASSES``. No TensorFlow here: the
+training loop imports the input pipeline and the summary writers lazily.
+
+``TrainedParser.from_workdir`` restores a trained parser; ``prepare_data.py --parser``
+uses it to replace the landmark-polygon maps (``sdgan_jax.datasets.prepare``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import pathlib
+from typing import Any, Callable, Iterable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sdgan_jax import train as sdgan_train
+from sdgan_jax.models import eagrnet
+
+# The parser configs' keys: the folder config extends the polygon one, so it holds them all.
+REFERENCE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'eagrnet_folder.py'
+BATCH_KEYS = ('image', 'semantic')
+DATA_SOURCES = ('prepared', 'folder')
+DTYPES = sdgan_train.DTYPES
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Parser training produced NaN/inf losses; the last good checkpoint is kept."""
+
+
+@flax.struct.dataclass
+class ParserState:
+  """Everything parser training changes, as one pytree (checkpointed as a whole)."""
+  step: jax.Array
+  rng: jax.Array
+  params: Any
+  stats: Any        # batch norm running statistics ({} without batch norm)
+  opt_state: Any
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """Linear warm-up, then 'poly' (EAGRNet: (1 - t/T)^power), 'cosine' or 'constant'."""
+  lr, warmup = optim.learning_rate, optim.get('warmup_steps', 0)
+  decay_steps = max(num_steps - warmup, 1)
+  kind = optim.get('schedule', 'poly')
+  if kind == 'poly':
+    main = optax.polynomial_schedule(lr, 0.0, optim.get('poly_power', 0.9), decay_steps)
+  elif kind == 'cosine':
+    main = optax.cosine_decay_schedule(lr, decay_steps)
+  elif kind == 'constant':
+    main = optax.constant_schedule(lr)
+  else:
+    raise ValueError(f"unknown config.optim.schedule {kind!r}: use 'poly', 'cosine' or "
+                     "'constant'")
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+class ParserModels:
+  """The network, optimizer and loss weights a parser config describes (static)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    dtype = DTYPES.get(config.get('dtype', 'float32'))
+    if dtype is None:
+      raise ValueError(f"unknown config key value dtype={config.dtype!r}: use 'float32' or "
+                       "'bfloat16'")
+    self.config = config
+    kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v
+              for k, v in config.model.to_dict().items()}
+    self.model = eagrnet.EAGRNet(num_classes=config.num_classes, dtype=dtype, **kwargs)
+    optim = config.optim
+    self.schedule = learning_rate_schedule(optim, config.train.num_steps)
+    name = optim.get('name', 'sgd')
+    decay = optim.get('weight_decay', 0.0)
+    if name == 'sgd':
+      self.tx = optax.chain(optax.add_decayed_weights(decay),
+                            optax.sgd(self.schedule, momentum=optim.get('momentum', 0.9)))
+    elif name == 'adam':
+      self.tx = optax.adamw(self.schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
+                            weight_decay=decay)
+    else:
+      raise ValueError(f"unknown config.optim.name {name!r}: use 'sgd' or 'adam'")
+    self.loss = config.loss
+
+
+def create_state(models: ParserModels, rng: jax.Array) -> ParserState:
+  r = models.config.resolution
+  k_init, k_state = jax.random.split(rng)
+  variables = dict(models.model.init(k_init, jnp.zeros((1, r, r, 3)), train=False))
+  params = variables.pop('params')
+  return ParserState(step=jnp.zeros((), jnp.int32), rng=k_state, params=params,
+                     stats=variables, opt_state=models.tx.init(params))
+
+
+def _apply(models: ParserModels, params, stats, images, train: bool, rng=None):
+  variables = {'params': params, **stats}
+  if not train:
+    return models.model.apply(variables, images, train=False), stats
+  rngs = {'dropout': rng} if rng is not None else {}
+  if stats:
+    return models.model.apply(variables, images, train=True, mutable=list(stats), rngs=rngs)
+  return models.model.apply(variables, images, train=True, rngs=rngs), stats
+
+
+def parser_losses(outputs: dict, labels: jax.Array, weights) -> tuple[jax.Array, dict]:
+  """EAGRNet's objective (module doc): (total, {term: value}).
+
+  Args:
+    outputs: the model's dict of logits, 'parsing' and 'parsing_aux' [B,H,W,C], 'edge'
+      [B,H,W,2].
+    labels: int [B,H,W] class ids.
+    weights: mapping with 'aux_weight', 'edge_weight', 'boundary_weight'.
+  """
+  labels = labels.astype(jnp.int32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(outputs['parsing'], labels)
+  terms = {'parsing': jnp.mean(ce)}
+  if weights['aux_weight']:
+    terms['aux'] = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        outputs['parsing_aux'], labels))
+  edges = eagrnet.edge_labels_from_parsing(labels)
+  edge_share = jnp.mean(edges.astype(jnp.float32))
+  if weights['edge_weight']:
+    pixel_w = jnp.where(edges == 1, 1.0 - edge_share, edge_share)
+    edge_ce = optax.softmax_cross_entropy_with_integer_labels(outputs['edge'], edges)
+    terms['edge'] = jnp.sum(pixel_w * edge_ce) / jnp.maximum(jnp.sum(pixel_w), 1e-8)
+  if weights['boundary_weight']:
+    on_edge = edges.astype(jnp.float32)
+    terms['boundary'] = jnp.sum(on_edge * ce) / jnp.maximum(jnp.sum(on_edge), 1.0)
+  total = terms['parsing']
+  for name in ('aux', 'edge', 'boundary'):
+    if name in terms:
+      total = total + weights[f'{name}_weight'] * terms[name]
+  return total, terms
+
+
+def train_step(models: ParserModels, state: ParserState, batch: dict
+               ) -> tuple[ParserState, dict]:
+  """One parser update on the objective of the module doc."""
+  labels = batch['semantic'].astype(jnp.int32)
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    out, stats = _apply(models, params, state.stats, batch['image'], True, dropout_rng)
+    total, terms = parser_losses(out, labels, models.loss)
+    return total, (stats, terms, out['parsing'])
+
+  (total, (stats, terms, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  updates, opt_state = models.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {f'train/{k}': v for k, v in terms.items()}
+  metrics['train/loss'] = total
+  metrics['train/pixel_accuracy'] = jnp.mean(
+      (jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+  metrics['train/learning_rate'] = jnp.asarray(models.schedule(state.step), jnp.float32)
+  metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
+  finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
+  metrics['train/all_finite'] = finite.astype(jnp.float32)
+  return state.replace(step=state.step + 1, params=params, stats=stats,
+                       opt_state=opt_state), metrics
+
+
+def jit_train_step(models: ParserModels, mesh: jax.sharding.Mesh) -> Callable:
+  """``train_step`` jitted over ``mesh``: batch split on 'data', state replicated, donated."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data = NamedSharding(mesh, PartitionSpec('data'))
+  return jax.jit(functools.partial(train_step, models), in_shardings=(replicated, data),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def init_state(models: ParserModels, rng: jax.Array, mesh: jax.sharding.Mesh) -> ParserState:
+  """``create_state`` compiled once, placed replicated as the train step returns it."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return jax.jit(functools.partial(create_state, models), out_shardings=replicated)(rng)
+
+
+def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+  """This process's part of the global batch, placed on its devices (multi-host safe)."""
+  data = NamedSharding(mesh, PartitionSpec('data'))
+  missing = [k for k in BATCH_KEYS if k not in batch]
+  if missing:
+    raise KeyError(f'batch lacks {missing}; the parser train step needs {list(BATCH_KEYS)}')
+  return {k: jax.make_array_from_process_local_data(data, np.asarray(batch[k]))
+          for k in BATCH_KEYS}
+
+
+# --------------------------------------------------------------------------------------
+# Validation metric: mean IoU and pixel accuracy over the 11 classes.
+
+
+def confusion_matrix(labels, predictions, num_classes: int, weights=None) -> jax.Array:
+  """[C, C] pixel counts, rows = true class, columns = predicted class."""
+  labels = jnp.asarray(labels, jnp.int32).reshape(-1)
+  predictions = jnp.asarray(predictions, jnp.int32).reshape(-1)
+  w = None if weights is None else jnp.asarray(weights, jnp.float32).reshape(-1)
+  flat = jnp.bincount(labels * num_classes + predictions, weights=w,
+                      length=num_classes * num_classes)
+  return flat.reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(confusion, class_names=None) -> dict[str, float]:
+  """Pixel accuracy, mean IoU and per-class IoU from a confusion matrix.
+
+  A class absent from both the labels and the predictions has no IoU and is left out of the
+  mean (the landmark-polygon maps never contain 'hair', for one).
+  """
+  confusion = np.asarray(confusion, np.float64)
+  tp = np.diag(confusion)
+  union = confusion.sum(0) + confusion.sum(1) - tp
+  present = union > 0
+  iou = np.where(present, tp / np.maximum(union, 1), np.nan)
+  out = {'eval/pixel_accuracy': float(tp.sum() / max(confusion.sum(), 1)),
+         'eval/miou': float(np.mean(iou[present])) if present.any() else 0.0}
+  for i, name in enumerate(class_names or []):
+    if present[i]:
+      out[f'eval/iou_{name}'] = float(iou[i])
+  return out
+
+
+def _batch_confusion(models: ParserModels, params, stats, images, labels, valid):
+  out, _ = _apply(models, params, stats, images, False)
+  weights = jnp.broadcast_to(valid[:, None, None], labels.shape)
+  return confusion_matrix(labels, jnp.argmax(out['parsing'], -1), models.config.num_classes,
+                          weights)
+
+
+def evaluate(models: ParserModels, state: ParserState, batches: Iterable[dict],
+             confusion_fn: Callable | None = None) -> dict[str, float]:
+  """Segmentation metrics of the parser on ``batches`` ('image', 'semantic', 'valid')."""
+  from sdgan_jax.datasets.features import SEMANTIC_CLASSES  # pylint: disable=import-outside-toplevel
+
+  c = models.config.num_classes
+  confusion_fn = confusion_fn or jax.jit(functools.partial(_batch_confusion, models))
+  total = np.zeros((c, c))
+  for batch in batches:
+    valid = np.asarray(batch.get('valid', np.ones(len(batch['image']))), np.float32)
+    total += np.asarray(confusion_fn(state.params, state.stats, batch['image'],
+                                     np.asarray(batch['semantic'], np.int32), valid))
+  names = SEMANTIC_CLASSES if c == len(SEMANTIC_CLASSES) else None
+  return segmentation_metrics(total, names) if total.sum() else {}
+
+
+# --------------------------------------------------------------------------------------
+# Config, checkpoints, data.
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails before any device work on unknown keys or inconsistent values."""
+  from sdgan_jax.config import load_config  # pylint: disable=import-outside-toplevel
+
+  reference = load_config(str(REFERENCE_CONFIG))
+
+  def walk(cfg, ref, prefix):
+    for key in cfg.keys():
+      name = f'{prefix}{key}'
+      if key not in ref:
+        raise ValueError(f'unknown config key {name!r}; known keys here: {sorted(ref.keys())}')
+      if (key != 'model' and isinstance(cfg[key], ml_collections.ConfigDict)
+          and isinstance(ref[key], ml_collections.ConfigDict)):
+        walk(cfg[key], ref[key], f'{name}.')
+
+  walk(config, reference, '')
+  if config.get('task') != 'parser':
+    raise ValueError(f"config.task={config.get('task')!r}: parser configs set task='parser'")
+  if config.data.source not in DATA_SOURCES:
+    raise ValueError(f'unknown config.data.source {config.data.source!r}: use one of '
+                     f'{DATA_SOURCES}')
+  where = config.data.dataset if config.data.source == 'prepared' else config.data.folder
+  if not where:
+    key = 'dataset' if config.data.source == 'prepared' else 'folder'
+    raise ValueError(f'config.data.{key} is empty: pass --config.data.{key}=PATH')
+  if config.resolution % 8:
+    raise ValueError(f'config.resolution={config.resolution}: must be a multiple of 8')
+  ParserModels(config)  # model and optimizer keys fail here, on the host
+
+
+def _checkpoint_manager(config, workdir, with_metrics: bool):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=import-outside-toplevel
+
+  ckpt = config.checkpoint
+  policies = [pp.LatestN(n=ckpt.keep_latest)]
+  track = bool(ckpt.best_metric) and with_metrics
+  if track:
+    policies.append(pp.BestN(get_metric_fn=lambda m: m[ckpt.best_metric],
+                             reverse=ckpt.best_mode == 'min', n=1,
+                             keep_checkpoints_without_metrics=False))
+  # orbax writes a step's metrics only when ``best_fn`` is set; BestN needs them.
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=pp.AnyPreservationPolicy(policies), create=True,
+      enable_async_checkpointing=False,
+      best_fn=(lambda m: m[ckpt.best_metric]) if track else None,
+      best_mode=ckpt.best_mode)
+  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
+
+
+def _host_state(state: ParserState) -> ParserState:
+  return state.replace(rng=jax.random.key_data(state.rng))
+
+
+def restore_state(workdir, abstract_state: ParserState, step: int | None = None):
+  """The latest (or given) checkpoint of ``workdir`` on ``abstract_state``'s layout."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  manager = ocp.CheckpointManager(os.path.join(os.fspath(workdir), 'checkpoints'))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train a parser with '
+                            f'`python run.py --config=configs/eagrnet_polygons.py '
+                            f'--workdir={workdir} ...`')
+  target = jax.tree_util.tree_map(
+      lambda host, x: jax.ShapeDtypeStruct(host.shape, host.dtype,
+                                           sharding=getattr(x, 'sharding', None)),
+      jax.eval_shape(_host_state, abstract_state), abstract_state)
+  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  return restored.replace(rng=jax.random.wrap_key_data(restored.rng)), int(step)
+
+
+def _data(config):
+  """(training batch iterator factory, evaluation batch factory or None, resolution check)."""
+  data = config.data
+  if data.source == 'prepared':
+    from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+
+    source = input_pipeline.load_data_source(data.dataset, 'train')
+    info = getattr(source, 'dataset_info', None)
+    if info is not None and info.features['image'].shape[0] < config.resolution:
+      raise ValueError(f'config.resolution={config.resolution} exceeds the prepared crops '
+                       f'({info.features["image"].shape[0]} px) of {data.dataset}')
+    augmentation = (input_pipeline.Augmentation() if data.augment
+                    else input_pipeline.NO_AUGMENTATION)
+
+    def train_batches(start_step):
+      return input_pipeline.train_iterator(
+          source, batch_size=config.train.batch_size, resolution=config.resolution,
+          seed=config.seed, start_step=start_step, augmentation=augmentation)
+
+    try:
+      eval_source = input_pipeline.load_data_source(data.dataset, data.eval_split)
+    except (KeyError, ValueError, FileNotFoundError):
+      logging.warning('no %r split in %s: no validation metric', data.eval_split, data.dataset)
+      return train_batches, None
+
+    def eval_batches():
+      batches = input_pipeline.eval_iterator(eval_source, batch_size=config.train.batch_size,
+                                             resolution=config.resolution)
+      return (b for _, b in zip(range(config.eval.num_batches), batches))
+
+    return train_batches, eval_batches
+
+  from sdgan_jax.datasets import parsing_folders as pf  # pylint: disable=import-outside-toplevel
+
+  kwargs = dict(layout=data.layout, sides=data.sides, holdout=data.holdout)
+  folder = pf.ParsingFolder(data.folder, data.train_split, **kwargs)
+  logging.info('parsing folder %s (%s layout): %d training images', data.folder,
+               folder.layout, len(folder))
+
+  def folder_train_batches(start_step):
+    return pf.train_batches(folder, batch_size=config.train.batch_size,
+                            resolution=config.resolution, seed=config.seed,
+                            start_step=start_step, flip_prob=0.5 if data.augment else 0.0)
+
+  try:
+    eval_folder = pf.ParsingFolder(data.folder, data.eval_split, **kwargs)
+  except (pf.LayoutError, ValueError) as e:
+    logging.warning('no validation split %r in %s (%s): no validation metric',
+                    data.eval_split, data.folder, e)
+    return folder_train_batches, None
+  return folder_train_batches, lambda: pf.eval_batches(
+      eval_folder, batch_size=config.train.batch_size, resolution=config.resolution,
+      max_batches=config.eval.num_batches)
+
+
+# --------------------------------------------------------------------------------------
+# The training loop.
+
+
+# What the compiled programs depend on (train.num_steps: the learning-rate schedule).
+_PROGRAM_KEYS = ('dtype', 'resolution', 'num_classes', 'model', 'loss', 'optim')
+
+
+def _program_key(config: ml_collections.ConfigDict) -> str:
+  subset = {k: config[k] for k in _PROGRAM_KEYS if k in config}
+  subset['train'] = {'num_steps': config.train.num_steps}
+  return ml_collections.ConfigDict(subset).to_json_best_effort(sort_keys=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _programs(key: str, device_count: int):
+  """Models and jitted programs of one ``_program_key``, kept per process: a resumed or
+  repeated run in the same process (notebooks, tests) does not trace the network again."""
+  del device_count  # part of the key: the mesh spans every device
+  models = ParserModels(ml_collections.ConfigDict(json.loads(key)))
+  mesh = sdgan_train.make_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  init = jax.jit(functools.partial(create_state, models), out_shardings=replicated)
+  return (models, mesh, init, jit_train_step(models, mesh),
+          jax.jit(functools.partial(_batch_confusion, models)))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ParserState:
+  """Trains EAGRNet on ``config.data``; resumes from the latest checkpoint in ``workdir``."""
+  import signal  # pylint: disable=import-outside-toplevel
+
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from clu import metric_writers, periodic_actions  # pylint: disable=import-outside-toplevel
+
+  validate_config(config)
+  train_batches, eval_batches = _data(config)
+  models, mesh, init_fn, step_fn, confusion_fn = _programs(_program_key(config),
+                                                          jax.device_count())
+  state = init_fn(jax.random.key(config.seed))
+  manager = _checkpoint_manager(config, workdir, with_metrics=eval_batches is not None)
+  initial_step = 0
+  if manager.latest_step() is not None:
+    state, initial_step = restore_state(workdir, state)
+    logging.info('resumed from step %d', initial_step)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  num_steps = config.train.num_steps
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  stop = {'signal': None}
+  previous = {}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    previous[sig] = signal.signal(sig, lambda s, _: stop.update(signal=s))
+
+  batches = train_batches(initial_step)
+  step = initial_step
+  try:
+    while step < num_steps:
+      batch = next(batches)
+      state, metrics = step_fn(state, shard_batch(batch, mesh))
+      step += 1
+      report(step)
+      last = step == num_steps or stop['signal'] is not None
+      if step % config.train.log_every == 0 or last or step % config.checkpoint.every == 0:
+        host_metrics = jax.device_get(metrics)
+        if not host_metrics['train/all_finite']:
+          raise NonFiniteLossError(
+              f'non-finite parser loss at step {step}: {host_metrics}; the last good '
+              f'checkpoint in {workdir}/checkpoints is kept (lower config.optim.learning_rate '
+              'or check the label maps)')
+        writer.write_scalars(step, host_metrics)
+      if step % config.checkpoint.every == 0 or last:
+        eval_metrics = (evaluate(models, state, eval_batches(), confusion_fn) if eval_batches
+                        else {})
+        if eval_metrics:
+          writer.write_scalars(step, eval_metrics)
+          logging.info('step %d: mIoU %.4f, pixel accuracy %.4f', step,
+                       eval_metrics['eval/miou'], eval_metrics['eval/pixel_accuracy'])
+        manager.save(step, args=ocp.args.StandardSave(_host_state(state)),
+                     metrics=eval_metrics or None, force=True)
+      if stop['signal'] is not None:
+        logging.warning('signal %d: saved step %d, stopping', stop['signal'], step)
+        break
+  finally:
+    manager.wait_until_finished()
+    writer.flush()
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  return state
+
+
+# --------------------------------------------------------------------------------------
+# A trained parser, for data preparation.
+
+
+class TrainedParser:
+  """A parser restored from a ``run.py`` workdir: uint8 crops -> uint8 class-id maps.
+
+  Crops of another size than the parser's training resolution are resized to it, and the
+  logits resized back (bilinear) before the argmax.
+
+  Attributes:
+    workdir, step: where and which checkpoint it came from.
+    fingerprint: identifies the weights (workdir, step and a hash of the parameters), so
+      a preparation made with other weights is not mistaken for this one.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, params, stats, *, workdir: str = '',
+               step: int = 0, batch_size: int = 32):
+    self.config, self.params, self.stats = config, params, stats
+    self.workdir, self.step, self.batch_size = str(workdir), int(step), int(batch_size)
+    self.models = ParserModels(config)
+    self.resolution = int(config.resolution)
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves((params, stats)):
+      digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    self.fingerprint = f'{os.path.abspath(self.workdir)}@{self.step}:{digest.hexdigest()[:16]}'
+
+    @jax.jit
+    def predict(params, stats, images):
+      n, h, w, _ = images.shape
+      x = eagrnet.resize_bilinear(images.astype(jnp.float32) / 255.0, self.resolution,
+                                  self.resolution)
+      out, _ = _apply(self.models, params, stats, x, False)
+      logits = eagrnet.resize_bilinear(out['parsing'], h, w)
+      return jnp.argmax(logits, -1).astype(jnp.uint8)
+
+    self._predict = predict
+
+  @classmethod
+  def from_workdir(cls, workdir: str | os.PathLike, step: int | None = None,
+                   batch_size: int = 32) -> 'TrainedParser':
+    path = pathlib.Path(workdir) / 'config.json'
+    if not path.is_file():
+      raise FileNotFoundError(f'{workdir} is not a parser workdir (no config.json): train one '
+                              'with `python run.py --config=configs/eagrnet_polygons.py '
+                              f'--workdir={workdir} ...`')
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    if config.get('task') != 'parser':
+      raise ValueError(f'{workdir} holds a {config.get("task", "sdgan")!r} run, not a face '
+                       "parser (config.task='parser', configs/eagrnet_*.py)")
+    models = ParserModels(config)
+    abstract = jax.eval_shape(lambda: create_state(models, jax.random.key(0)))
+    state, restored = restore_state(workdir, abstract, step)
+    return cls(config, state.params, state.stats, workdir=str(workdir), step=restored,
+               batch_size=batch_size)
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W] class ids of uint8 RGB crops [N, H, W, 3] (argmax of 'parsing')."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'expected uint8 RGB crops [N, H, W, 3], got shape {images.shape}')
+    out = []
+    for lo in range(0, len(images), self.batch_size):
+      chunk = images[lo:lo + self.batch_size]
+      pad = self.batch_size - len(chunk)   # one compiled shape for every batch
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+      out.append(np.asarray(self._predict(self.params, self.stats, chunk))[:len(chunk) - pad])
+    if not out:
+      return np.zeros(images.shape[:3], np.uint8)
+    return np.concatenate(out)
