@@ -20,7 +20,8 @@ detection box enlarged by ``fallback_margin``) and the reason is reported:
 * ``landmarks_failed``: the shape predictor's points are implausible for the box, or the
   crop cannot be aligned;
 * ``mask_misses_face``: the warped face mask does not cover the centre of the box;
-* ``generation_error``: the generator raised or returned non-finite values;
+* ``generation_error``: the generator raised or returned non-finite values
+  (``paste_error``: pasting it back raised);
 * ``still_matches_source``: the output face, seen by the identity backbone (dlib's ResNet
   descriptor on dlib's 150-px face chip, DESIGN §5), is within ``identity_threshold`` of
   the source face (dlib's same-person convention: distance < 0.6);
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -157,18 +159,25 @@ class _Face:
 # --- identity backbone ------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_dlib_apply():
+  """One jitted descriptor per process: every anonymizer reuses its compiled programs."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from sdgan_jax.models.dlib_resnet import DlibResNet  # pylint: disable=import-outside-toplevel
+
+  return jax.jit(DlibResNet().apply)
+
+
 class IdentityBackbone:
   """dlib's ResNet descriptor (JAX port) on dlib's aligned face chips, in padded batches."""
 
   def __init__(self, weights_dir: str | os.PathLike | None = None, batch_size: int = 8,
                variables=None):
-    import jax  # pylint: disable=import-outside-toplevel
-
     from sdgan_jax import weights  # pylint: disable=import-outside-toplevel
-    from sdgan_jax.models.dlib_resnet import DlibResNet  # pylint: disable=import-outside-toplevel
 
     self._variables = variables or weights.load_weights('dlib_resnet', weights_dir)
-    self._apply = jax.jit(DlibResNet().apply)
+    self._apply = _jitted_dlib_apply()
     self.batch_size = batch_size
 
   @staticmethod
@@ -302,6 +311,7 @@ class FaceAnonymizer:
     self._random = np.random.default_rng()
     self._track_targets: dict[tuple[str, int], int] = {}
     self.faces_processed = 0
+    self.timings: dict[str, float] = {}  # seconds per stage of ``process``, summed
 
   @property
   def method(self) -> str:
@@ -412,6 +422,7 @@ class FaceAnonymizer:
     images = [detect.check_image(im) for im in images]
     keys = list(keys) if keys is not None else [str(i) for i in range(len(images))]
     trackers = list(trackers) if trackers is not None else [None] * len(images)
+    clock = time.perf_counter()
     per_image: list[list[_Face]] = []
     for image, tracker in zip(images, trackers):
       faces = self._prepare(image)
@@ -420,17 +431,24 @@ class FaceAnonymizer:
         face.track, face.index, face.source_image = track, index, image
       per_image.append(faces)
 
+    clock = self._lap('detect_align', clock)
     todo = [(f, k) for faces, k in zip(per_image, keys) for f in faces if f.reason is None]
     self._generate([f for f, _ in todo], [k for _, k in todo])
+    clock = self._lap('generate', clock)
 
     outputs = []
     for image, faces in zip(images, per_image):
       out = image.copy()
       for face in faces:
         if face.reason is None:
-          out = self._paste(out, face)
+          try:
+            out = self._paste(out, face)
+          except Exception as e:  # pylint: disable=broad-except
+            face.fail('paste_error', f'{type(e).__name__}: {e}')
       outputs.append(out)
+    clock = self._lap('paste', clock)
     self._check_identity(images, outputs, per_image)
+    clock = self._lap('identity_check', clock)
 
     results = []
     for image, out, faces in zip(images, outputs, per_image):
@@ -449,7 +467,13 @@ class FaceAnonymizer:
                      reason=face.reason, detail=face.detail,
                      identity_distance=None if face.distance is None else round(face.distance, 4),
                      target=face.target, track=face.track) for face in faces]))
+    self._lap('fallback', clock)
     return results
+
+  def _lap(self, stage: str, since: float) -> float:
+    now = time.perf_counter()
+    self.timings[stage] = self.timings.get(stage, 0.0) + now - since
+    return now
 
   def _paste(self, out: np.ndarray, face: _Face) -> np.ndarray:
     r = self.resolution

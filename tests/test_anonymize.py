@@ -187,6 +187,7 @@ def cli_run(tmp_path_factory, tiles, workdir, weights_dir):
                        for e in report['files']})
 
 
+@pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
 def test_every_detected_face_in_the_collage_is_changed(cli_run):
   collage = cli_run['collage']
   output = np.asarray(Image.open(cli_run['out'] / 'collage.jpg').convert('RGB'))
@@ -203,6 +204,7 @@ def test_every_detected_face_in_the_collage_is_changed(cli_run):
   assert entry['anonymized'] >= 1  # the generator path, not only the fallback, ran
 
 
+@pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
 def test_tiny_face_is_covered_by_the_fallback(cli_run):
   output = np.asarray(Image.open(cli_run['out'] / 'collage.jpg').convert('RGB'))
   entry = cli_run['entries']['collage.jpg']
@@ -216,6 +218,7 @@ def test_tiny_face_is_covered_by_the_fallback(cli_run):
   assert abs(region.mean() - GRAY) < 3 and region.std() < 3
 
 
+@pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
 def test_exif_orientation_applied_and_metadata_stripped(cli_run):
   src = cli_run['inp'] / 'rotated' / 'collage_exif.jpg'
   dst = cli_run['out'] / 'rotated' / 'collage_exif.jpg'
@@ -238,6 +241,7 @@ def test_exif_orientation_applied_and_metadata_stripped(cli_run):
   assert entry['exif_orientation_applied'] and entry['faces_found'] == len(boxes)
 
 
+@pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
 def test_image_modes_round_trip_and_faces_change(cli_run):
   out = cli_run['out'] / 'formats'
   face = cli_run['face']
@@ -265,6 +269,7 @@ def test_image_modes_round_trip_and_faces_change(cli_run):
     np.testing.assert_array_equal(np.asarray(im)[..., 3], np.asarray(src)[..., 3])
 
 
+@pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
 def test_broken_files_are_reported_and_the_run_goes_on(cli_run):
   entries = cli_run['entries']
   for name in ('bad/truncated.jpg', 'bad/empty.jpg', 'bad/text.jpg'):
@@ -282,6 +287,7 @@ def test_broken_files_are_reported_and_the_run_goes_on(cli_run):
   assert (cli_run['out'] / 'collage.detections.png').is_file()
 
 
+@pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
 def test_video_keeps_frames_size_and_audio_and_changes_the_face(cli_run):
   src, dst = cli_run['inp'] / 'clip.mp4', cli_run['out'] / 'clip.mp4'
   got = np.stack(list(iio.imiter(dst, plugin='FFMPEG')))
@@ -308,6 +314,7 @@ def anonymizer(workdir, weights_dir):
                                     options=anonymize.Options(fallback='fill'))
 
 
+@pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
 def test_output_matching_the_source_identity_fails_closed(anonymizer, tiles):
   face = tiles['biden']
   strict = dataclasses.replace(anonymizer.options, identity_threshold=1e6)
@@ -323,6 +330,7 @@ def test_output_matching_the_source_identity_fails_closed(anonymizer, tiles):
     assert np.all(out[y0:y1, x0:x1] == GRAY)
 
 
+@pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
 def test_generation_error_fails_closed(anonymizer, tiles, monkeypatch):
   def broken(*args, **kwargs):
     raise RuntimeError('accelerator fell over')
@@ -336,6 +344,7 @@ def test_generation_error_fails_closed(anonymizer, tiles, monkeypatch):
     assert np.all(out[y0:y1, x0:x1] == GRAY)
 
 
+@pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
 def test_video_faces_keep_their_target(anonymizer, tiles):
   tracker = anonymizer.new_video()
   frame = tiles['obama']
