@@ -17,7 +17,8 @@ Photos (Pillow): JPEG, PNG and WebP in any of Pillow's modes are turned into uin
 Outputs (``write_image``) are new Pillow images built from the pixels, so nothing of the
 input's metadata travels unless asked: no EXIF (and so no GPS), no XMP, no comments. Only
 the ICC colour profile is kept (it describes the colours, not the person or the place).
-``keep_exif`` copies the EXIF block with the GPS directory removed and the orientation reset.
+``keep_exif`` copies EXIF camera and date tags into a new block: no GPS, no thumbnail of the
+original picture (IFD1), no maker note, and the orientation reset.
 Every write goes to a temporary file in the destination folder and is renamed over the
 destination (``atomic_path``): a crash never leaves a half-written image, and a reader
 never sees one.
@@ -167,18 +168,34 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[pathlib.Path]:
     tmp.unlink(missing_ok=True)
 
 
+EXIF_IFD = 0x8769
+EXIF_MAKER_NOTE = 0x927C
+# Directories that may hold a copy of the picture (IFD1's thumbnail), the place (GPS) or
+# opaque vendor data (maker notes, interoperability): never copied.
+_DROPPED_POINTERS = (EXIF_GPS_IFD, 0xA005)
+
+
 def _exif_without_gps(exif: bytes | None) -> bytes | None:
-  """The EXIF block with the GPS directory dropped and the orientation set to upright."""
+  """A new EXIF block: IFD0 and the Exif directory's tags, without GPS, thumbnail, maker
+  note, and with the orientation set to upright (the pixels are already turned)."""
   if not exif:
     return None
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
-  data = Image.Exif()
-  data.load(exif)
-  data.pop(EXIF_GPS_IFD, None)
-  if EXIF_ORIENTATION in data:
-    data[EXIF_ORIENTATION] = 1
-  return data.tobytes()
+  source = Image.Exif()
+  source.load(exif)
+  kept = Image.Exif()  # rebuilt tag by tag: IFD1 (the thumbnail of the original) is left out
+  for tag, value in source.items():
+    if tag in _DROPPED_POINTERS or tag == EXIF_IFD:
+      continue
+    kept[tag] = value
+  if EXIF_ORIENTATION in kept:
+    kept[EXIF_ORIENTATION] = 1
+  sub = kept.get_ifd(EXIF_IFD)
+  for tag, value in source.get_ifd(EXIF_IFD).items():
+    if tag != EXIF_MAKER_NOTE and tag not in _DROPPED_POINTERS:
+      sub[tag] = value
+  return kept.tobytes()
 
 
 def encode_image(loaded: LoadedImage, rgb: np.ndarray, fmt: str, *,

@@ -422,3 +422,27 @@ def test_face_tracker_follows_overlapping_boxes():
   a = tracker.assign(np.array([[0, 0, 49, 49], [100, 0, 149, 49]]))
   b = tracker.assign(np.array([[104, 2, 153, 51], [3, 1, 52, 50], [300, 300, 340, 340]]))
   assert b[0] == a[1] and b[1] == a[0] and b[2] not in a
+
+
+def test_keep_exif_copies_camera_tags_only(tmp_path):
+  exif = Image.Exif()
+  exif[0x010F] = 'ACME camera'
+  exif[0x0112] = 6
+  exif.get_ifd(0x8769)[0x9003] = '2020:01:01 10:00:00'
+  exif.get_ifd(0x8769)[0x927C] = b'vendor serial 1234'
+  exif[0x8825] = {1: 'N', 2: (48.0, 51.0, 30.0)}
+  Image.fromarray(np.full((8, 6, 3), 90, np.uint8)).save(tmp_path / 'in.jpg', exif=exif)
+  loaded = media.read_image(tmp_path / 'in.jpg')
+  assert loaded.rgb.shape == (6, 8, 3) and loaded.transposed  # orientation 6 applied
+  for keep in (False, True):
+    path = media.write_image(tmp_path / f'out_{keep}.jpg', loaded, loaded.rgb, keep_exif=keep)
+    with Image.open(path) as im:
+      got = im.getexif()
+      assert im.size == (8, 6)
+      if not keep:
+        assert len(got) == 0
+      else:
+        assert got[0x010F] == 'ACME camera' and got.get(0x0112, 1) == 1
+        assert got.get_ifd(0x8769)[0x9003] == '2020:01:01 10:00:00'
+        assert 0x8825 not in got and 0x927C not in got.get_ifd(0x8769)
+    assert b'vendor serial' not in path.read_bytes()
