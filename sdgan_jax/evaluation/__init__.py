@@ -1,0 +1,2 @@
+"""The paper's evaluation (§4.2-4.3, DESIGN §4): detection, identification, re-identification,
+FID/KID, SSIM and PSNR for the baselines and trained models; ``tools/eval.py`` is its CLI."""

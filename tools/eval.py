@@ -1,0 +1,75 @@
+"""The paper's Tables 1 and 3 (detection, identification, re-identification, FID, SSIM, PSNR)
+for the classic baselines and trained SDGAN models on a prepared face dataset.
+
+  # CelebA test identities (paper §4.1), one or more run.py workdirs:
+  python tools/eval.py --checkpoint workdirs/celeba128 --data data/sdgan_faces/celeba_128/1.0.0
+  # the embedded sample faces: their test split holds one person, so take both splits:
+  python tools/eval.py --checkpoint workdirs/demo --data data/sdgan_faces/samples_128/1.0.0 \
+      --split train,test --paper
+
+Writes OUTPUT/eval.json, OUTPUT/eval.md (the tables) and OUTPUT/eval_grid.png (rows:
+original, each baseline, each model) and prints the tables. Needs the converted weights of
+`make weights` (FID Inception, dlib ResNet; FaceNet's are used instead of dlib ResNet when
+converted, see README "Pretrained networks").
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from sdgan_jax.evaluation import report, runner  # noqa: E402
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--checkpoint', action='append', default=[], metavar='WORKDIR',
+                      help='a run.py workdir (repeat for several models); none: baselines only')
+  parser.add_argument('--data', required=True, metavar='PREPARED_DATASET',
+                      help='a prepared dataset directory, e.g. '
+                      'data/sdgan_faces/celeba_128/1.0.0')
+  parser.add_argument('--split', default='test',
+                      help="comma-separated splits (default: test; samples: 'train,test')")
+  parser.add_argument('--output', default='outputs/eval', help='where the outputs go')
+  parser.add_argument('--resolution', type=int, default=runner.PAPER_RESOLUTION,
+                      help='evaluation crop size (paper: 64)')
+  parser.add_argument('--batch_size', type=int, default=64)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--max_faces', type=int, help='evaluate this many faces, evenly spaced')
+  parser.add_argument('--grid_faces', type=int, default=8, help='faces in the image grid')
+  parser.add_argument('--baselines', default=','.join(runner.BASELINE_ROWS),
+                      help='comma-separated baseline rows')
+  parser.add_argument('--detectors', default='hog,cnn',
+                      help="'hog,cnn' (dlib's CNN takes ~0.1-0.2 s per face on a CPU)")
+  parser.add_argument('--embedding', help='identity network weights name (default: FaceNet if '
+                      'converted, else dlib_resnet)')
+  parser.add_argument('--weights_dir', help='converted weights (default: $SDGAN_WEIGHTS_DIR or '
+                      '~/.cache/sdgan_jax/weights; `make weights` fills it)')
+  parser.add_argument('--paper', action='store_true',
+                      help="print the paper's CelebA numbers beside ours")
+  parser.add_argument('--no_progress', action='store_true')
+  args = parser.parse_args(argv)
+
+  options = runner.EvalOptions(
+      dataset=args.data, checkpoints=args.checkpoint, split=args.split,
+      resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
+      max_faces=args.max_faces, grid_faces=args.grid_faces,
+      baselines=[b for b in args.baselines.split(',') if b],
+      detectors=[d for d in args.detectors.split(',') if d], embedding=args.embedding,
+      weights_dir=args.weights_dir, progress=not args.no_progress)
+  result, grid = runner.evaluate(options)
+  paths = runner.write_outputs(result, grid, args.output, with_paper=args.paper)
+  print(report.markdown(result, with_paper=args.paper))
+  print(f'{result["num_faces"]} faces in {result["seconds"]:.1f} s '
+        f'({result["faces_per_second"]:.1f} faces/s on {result["device"]})')
+  for kind, path in paths.items():
+    print(f'{kind}: {path}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
