@@ -77,8 +77,9 @@ def demo_photos(data_dir: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
 
 
 def before_after(inputs: pathlib.Path, outputs: pathlib.Path, dest: pathlib.Path,
-                 height: int = 300) -> pathlib.Path:
-  """One PNG: a row per photo, the input on the left and the anonymized output on the right."""
+                 box: tuple[int, int] = (600, 400)) -> pathlib.Path:
+  """One PNG: a row per photo, the input on the left and the anonymized output on the right,
+  each scaled to fit ``box`` (width, height)."""
   rows = []
   for src in sorted(inputs.glob('*.jpg')):
     out = outputs / src.name
@@ -87,15 +88,18 @@ def before_after(inputs: pathlib.Path, outputs: pathlib.Path, dest: pathlib.Path
     pair = []
     for path in (src, out):
       image = Image.open(path).convert('RGB')
-      pair.append(image.resize((max(1, round(image.width * height / image.height)), height)))
-    row = Image.new('RGB', (pair[0].width * 2 + 10, height), (255, 255, 255))
-    row.paste(pair[0], (0, 0))
-    row.paste(pair[1], (pair[0].width + 10, 0))
-    rows.append(row)
-  width = max(r.width for r in rows)
-  sheet = Image.new('RGB', (width, (height + 10) * len(rows)), (255, 255, 255))
-  for k, row in enumerate(rows):
-    sheet.paste(row, (0, k * (height + 10)))
+      scale = min(box[0] / image.width, box[1] / image.height)
+      pair.append(image.resize((max(1, round(image.width * scale)),
+                                max(1, round(image.height * scale))), Image.LANCZOS))
+    rows.append(pair)
+  gap = 10
+  sheet = Image.new('RGB', (2 * box[0] + 3 * gap, sum(p[0].height + gap for p in rows) + gap),
+                    (255, 255, 255))
+  y = gap
+  for before, after in rows:
+    sheet.paste(before, (gap + (box[0] - before.width) // 2, y))
+    sheet.paste(after, (2 * gap + box[0] + (box[0] - after.width) // 2, y))
+    y += before.height + gap
   sheet.save(dest)
   return dest
 
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--output', default='outputs/demo')
   parser.add_argument('--workdir', default='workdirs/demo')
-  parser.add_argument('--steps', type=int, default=8,
+  parser.add_argument('--steps', type=int, default=6,
                       help='demo training steps (~15-30 s each on a 2-core CPU)')
   args = parser.parse_args(argv)
   start = time.perf_counter()
@@ -143,7 +147,7 @@ def main(argv=None) -> int:
        f"anonymized by the generator, {totals['fallbacks']} covered by the fallback "
        f"({totals['images_per_s']:.2f} images/s, {totals['faces_per_s']:.2f} faces/s)")
   _log(f'done in {time.perf_counter() - start:.0f} s. The demo model is barely trained: its '
-       'faces are blurry blobs.')
+       'faces are patches of coloured noise.')
   _log(f'before/after:   {sheet}')
   _log(f'anonymized:     {anonymized}/ (*.detections.png show the detections)')
   _log(f"report:         {report['report']}")
