@@ -446,3 +446,37 @@ def test_keep_exif_copies_camera_tags_only(tmp_path):
         assert got.get_ifd(0x8769)[0x9003] == '2020:01:01 10:00:00'
         assert 0x8825 not in got and 0x927C not in got.get_ifd(0x8769)
     assert b'vendor serial' not in path.read_bytes()
+
+
+@pytest.mark.slow  # restores and re-saves a checkpoint
+def test_restores_a_workdir_whose_vgg_differs_from_a_random_init(workdir, tmp_path):
+  """Runs trained with the converted VGG-16 store convs a random init lacks; the anonymizer
+  must still load their generator (the VGG part is never used)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from sdgan_jax import inference, train  # pylint: disable=import-outside-toplevel
+
+  cfg = inference.load_workdir_config(workdir)
+  models = train.Models(cfg)
+  abstract = jax.eval_shape(lambda k: train.create_train_state(models, k, None),
+                            jax.random.key(0))
+  state, _ = train.restore_state(str(pathlib.Path(workdir).resolve()), abstract)
+  vgg = dict(state.perceptual_params, conv5_3={'kernel': jnp.ones((3, 3, 4, 4)),
+                                               'bias': jnp.zeros((4,))})
+  other = tmp_path / 'trained'
+  other.mkdir()
+  for name in ('config.json', 'identity_bank.npz'):
+    shutil.copy(pathlib.Path(workdir) / name, other / name)
+  manager = train._checkpoint_manager(cfg, str(other))  # pylint: disable=protected-access
+  train._save(manager, 3, state.replace(perceptual_params=vgg), None)  # pylint: disable=protected-access
+  manager.wait_until_finished()
+  built = anonymize.build_anonymizer(other, options=anonymize.Options(identity_threshold=0))
+  assert built.generator.step == 3
+  g = built.generator
+  params = g.params if hasattr(g, 'params') else g._params  # pylint: disable=protected-access
+  for got, want in zip(jax.tree_util.tree_leaves(params),
+                       jax.tree_util.tree_leaves(state.ema_params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
