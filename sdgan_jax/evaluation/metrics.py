@@ -3,8 +3,9 @@
 * SSIM and PSNR of each anonymized crop against its original (Table 3), per image, then
   averaged over the set;
 * FID: the Fréchet distance between Gaussians fitted to the Inception pool3 features of the
-  originals and of the anonymized crops (Table 3); KID, the unbiased squared MMD with the
-  cubic polynomial kernel, beside it when the set is too small for a stable FID;
+  originals and of the anonymized crops (Table 3), its matrix square root by symmetric
+  eigendecompositions (tested against ``scipy.linalg.sqrtm``); KID, the unbiased squared MMD
+  with the cubic polynomial kernel, beside it when the set is too small for a stable FID;
 * Recall@1 (Table 1): the share of queries whose nearest gallery embedding (Euclidean)
   shows the same person. Identification: anonymized faces against the gallery of
   originals (lower is better); re-identification: anonymized faces among themselves,
@@ -22,7 +23,6 @@ import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from sdgan_jax import losses
 
@@ -62,12 +62,20 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
   return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+  """Symmetric square root of a symmetric PSD matrix (round-off negatives clipped to 0)."""
+  values, vectors = np.linalg.eigh(matrix)
+  return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (the FID formula).
 
-  ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``; when the product is
-  singular (fewer images than dimensions) its square root is taken of the product with
-  ``eps`` added to both diagonals, as is usual for FID.
+  ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``. The trace of the square
+  root is taken as ``tr((s1 sigma2 s1)^(1/2))`` with ``s1 = sigma1^(1/2)``: the same
+  eigenvalues, but of a symmetric PSD matrix, so two symmetric eigendecompositions replace
+  the general matrix square root (several times faster at 2048-d, and no imaginary
+  round-off).
   """
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
@@ -75,20 +83,36 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
     raise ValueError(f'shapes do not match: mu {mu1.shape}, {mu2.shape}; sigma '
                      f'{sigma1.shape}, {sigma2.shape}')
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.all(np.isfinite(covmean)):
-    offset = np.eye(len(sigma1)) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-  # Round-off gives the square root of a (near-)PSD product tiny imaginary parts.
-  covmean = np.real(covmean)
+  s1 = _sqrt_psd((sigma1 + sigma1.T) / 2)
+  inner = s1 @ sigma2 @ s1
+  eigen = np.linalg.eigvalsh((inner + inner.T) / 2)
+  trace_sqrt = float(np.sum(np.sqrt(np.clip(eigen, 0.0, None))))
   diff = mu1 - mu2
-  value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean)
+  value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt
   return float(max(value, 0.0))
 
 
 def fid(features_a, features_b) -> float:
-  """FID between two sets of pool3 features [N, 2048] (any D works)."""
-  return frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b))
+  """FID between two sets of pool3 features [N, 2048] (any D works).
+
+  With no more images than dimensions the covariances have rank < D and
+  ``tr((sigma_a sigma_b)^(1/2))`` is the sum of the singular values of
+  ``A B^T / sqrt((n-1)(m-1))`` (A, B the centred features): an [n, m] problem instead of a
+  [D, D] one, exact, and what makes a per-row FID of a small set cost milliseconds.
+  """
+  a = np.asarray(features_a, np.float64)
+  b = np.asarray(features_b, np.float64)
+  if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+    raise ValueError(f'need two feature sets [N >= 2, D] of one D, got {a.shape}, {b.shape}')
+  if max(len(a), len(b)) > a.shape[1]:
+    return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+  ca, cb = a - a.mean(axis=0), b - b.mean(axis=0)
+  n, m = len(a), len(b)
+  trace_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt((n - 1) * (m - 1))
+  diff = a.mean(axis=0) - b.mean(axis=0)
+  value = (diff @ diff + np.sum(ca**2) / (n - 1) + np.sum(cb**2) / (m - 1)
+           - 2.0 * trace_sqrt)
+  return float(max(value, 0.0))
 
 
 def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -106,9 +130,9 @@ def kid(features_a, features_b, subset_size: int = 1000, num_subsets: int = 100,
   b = np.asarray(features_b, np.float64)
   if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
     raise ValueError(f'need two feature sets [N >= 2, D] of one D, got {a.shape}, {b.shape}')
-  m = min(len(a), len(b), subset_size)
-  if m == len(a) == len(b):
+  if max(len(a), len(b)) <= subset_size:
     return _mmd2_unbiased(a, b)
+  m = min(len(a), len(b), subset_size)
   rng = np.random.default_rng(seed)
   values = [_mmd2_unbiased(a[rng.choice(len(a), m, replace=False)],
                            b[rng.choice(len(b), m, replace=False)]) for _ in range(num_subsets)]

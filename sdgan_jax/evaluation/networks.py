@@ -65,7 +65,8 @@ def _load(name: str, weights_dir) -> dict:
         f'the evaluation needs the {name!r} weights: {e}') from e
 
 
-def embedding_net(weights_dir=None, batch_size: int = 64, prefer: str | None = None) -> BatchedNet:
+def embedding_net(weights_dir=None, batch_size: int = 64,
+                  prefer: str | None = None) -> BatchedNet:
   """FaceNet if converted weights are present (or ``prefer`` names some), else dlib ResNet."""
   available = set(weights_lib.available_weights(weights_dir))
   if prefer is not None:

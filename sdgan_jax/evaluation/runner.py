@@ -22,7 +22,9 @@ Choices, all recorded in the result's notes:
   belongs to its training split, its own identity is excluded (test identities are never
   in the bank, so any target is another person, as in ``train._eval_metrics``);
 * identities: ``label`` within each split; evaluating several splits (``'train,test'``, for
-  the sample faces whose test split holds a single person) keeps them apart.
+  the sample faces whose test split holds a single person) keeps them apart;
+* FID needs more faces than its 2048 feature dimensions to be stable (the paper's CelebA test
+  set has ~11k): below that the result warns and gives KID beside it.
 """
 
 from __future__ import annotations
@@ -94,18 +96,22 @@ class EvalOptions:
 
 
 @dataclasses.dataclass
-class _Part:
-  split: str
-  source: Any   # a TFDS data source, or a list of decoded examples (max_faces)
-  labels: np.ndarray
-  class_offset: int
+class _Stream:
+  """Faces read by one evaluation iterator, with per-face facts looked up by 'index'.
 
-  @property
-  def is_train(self) -> bool:
-    return self.split.split('[')[0] == 'train'
+  Attributes:
+    source: a TFDS data source, or a list of decoded examples (with ``max_faces``).
+    classes: int [len(source)]: the person, unique over all evaluated splits.
+    bank_labels: int [len(source)]: the face's own row in the identity bank of a model
+      trained on this dataset (its training-split label), -1 when not a training face.
+  """
+
+  source: Any
+  classes: np.ndarray
+  bank_labels: np.ndarray
 
 
-def _load_parts(options: EvalOptions) -> tuple[list[_Part], str, int]:
+def _load_streams(options: EvalOptions) -> tuple[list[_Stream], str, int]:
   from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
 
   splits = [s.strip() for s in options.split.split(',') if s.strip()]
@@ -119,39 +125,40 @@ def _load_parts(options: EvalOptions) -> tuple[list[_Part], str, int]:
   sources = [input_pipeline.load_data_source(options.dataset, s) for s in splits]
   stored = int(sources[0].dataset_info.features['image'].shape[0])
   name = sources[0].dataset_info.full_name
+  labels = [input_pipeline.read_labels(s) for s in sources]
+  offsets = np.cumsum([0] + [int(l.max()) + 1 if len(l) else 0 for l in labels])
+  classes = [l + o for l, o in zip(labels, offsets)]
+  # Labels of the training split are the rows of a bank built from this dataset.
+  bank_labels = [l if s.split('[')[0] == 'train' else np.full_like(l, -1)
+                 for s, l in zip(splits, labels)]
   sizes = [len(s) for s in sources]
-  keep = [None] * len(sources)
-  if options.max_faces is not None and options.max_faces < sum(sizes):
-    # Evenly spaced over the concatenated splits, so every split and person is sampled.
-    chosen = np.unique(np.linspace(0, sum(sizes) - 1, options.max_faces).round().astype(int))
-    bounds = np.cumsum([0] + sizes)
-    keep = [chosen[(chosen >= lo) & (chosen < hi)] - lo
-            for lo, hi in zip(bounds[:-1], bounds[1:])]
-  parts, offset = [], 0
-  for split, source, idx in zip(splits, sources, keep):
-    if idx is not None:
-      source = [source[int(i)] for i in idx]
-      if not source:
-        continue
-    labels = input_pipeline.read_labels(source)
-    parts.append(_Part(split, source, labels, offset))
-    offset += int(labels.max()) + 1 if len(labels) else 0
-  if sum(len(p.labels) for p in parts) < 2:
-    raise ValueError(f'{options.dataset} split {options.split!r} has fewer than 2 faces: '
+  if sum(sizes) < 2:
+    raise ValueError(f'{options.dataset} split {options.split!r} has {sum(sizes)} faces: '
                      'Recall@1 and FID need more')
-  return parts, name, stored
+  if options.max_faces is None or options.max_faces >= sum(sizes):
+    return [_Stream(*t) for t in zip(sources, classes, bank_labels)], name, stored
+  # Evenly spaced over the concatenated splits, so every split and person is sampled; one
+  # list of decoded examples, so one evaluation iterator reads them all.
+  chosen = np.unique(np.linspace(0, sum(sizes) - 1, max(options.max_faces, 2))
+                     .round().astype(int))
+  bounds = np.cumsum([0] + sizes)
+  which = np.searchsorted(bounds, chosen, side='right') - 1
+  local = chosen - bounds[which]
+  examples = [sources[w][int(i)] for w, i in zip(which, local)]
+  return [_Stream(examples, np.array([classes[w][i] for w, i in zip(which, local)]),
+                  np.array([bank_labels[w][i] for w, i in zip(which, local)]))], name, stored
 
 
-def _batches(parts: Sequence[_Part], resolutions: Sequence[int], batch_size: int):
-  """Evaluation batches of every part, one per resolution, zipped (same faces, same order)."""
+def _batches(streams: Sequence[_Stream], resolutions: Sequence[int], batch_size: int):
+  """Evaluation batches of every stream, one per resolution, zipped (same faces, same order)."""
   from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
 
-  for part in parts:
-    iterators = [input_pipeline.eval_iterator(part.source, batch_size=batch_size, resolution=r,
-                                              process_index=0, process_count=1)
+  for stream in streams:
+    iterators = [input_pipeline.eval_iterator(stream.source, batch_size=batch_size,
+                                              resolution=r, process_index=0, process_count=1)
                  for r in resolutions]
     for batches in zip(*iterators):
-      yield part, dict(zip(resolutions, batches))
+      yield stream, dict(zip(resolutions, batches))
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,14 +196,14 @@ def _model_rows(options: EvalOptions) -> list[_Row]:
   return rows
 
 
-def _targets(row: _Row, part: _Part, labels: np.ndarray, seed: int, model_index: int,
+def _targets(row: _Row, bank_labels: np.ndarray, seed: int, model_index: int,
              batch_index: int) -> np.ndarray:
   """Target identity features, one per face: a uniform bank identity other than its own."""
   bank = row.generator.bank
   n = bank.num_identities
   rng = np.random.default_rng([seed, model_index, batch_index])
-  known = row.bank_is_this_dataset and part.is_train
-  own = np.where(known & (labels >= 0) & (labels < n), labels, -1)
+  known = row.bank_is_this_dataset & (bank_labels >= 0) & (bank_labels < n)
+  own = np.where(known, bank_labels, -1)
   draw = rng.integers(0, n - (own >= 0))
   draw = draw + ((own >= 0) & (draw >= own))
   return bank.means[draw]
@@ -228,7 +235,7 @@ def evaluate(options: EvalOptions) -> tuple[dict, list[tuple[str, np.ndarray]]]:
   if unknown:
     raise ValueError(f'unknown baselines {unknown}; choose from {sorted(BASELINE_ROWS)}')
   start = time.perf_counter()
-  parts, dataset_name, stored = _load_parts(options)
+  streams, dataset_name, stored = _load_streams(options)
   r = int(options.resolution)
   rows = [_Row('original', 'Original', 'original')]
   rows += [_Row(k, BASELINE_ROWS[k], 'baseline') for k in options.baselines]
@@ -240,7 +247,7 @@ def evaluate(options: EvalOptions) -> tuple[dict, list[tuple[str, np.ndarray]]]:
   detectors = {k: detection_lib.DetectionRate(k, scale=scale) for k in options.detectors}
   resolutions = sorted({r} | {m.generator.resolution for m in models})
 
-  total = sum(len(p.labels) for p in parts)
+  total = sum(len(s.classes) for s in streams)
   grid_at = set(np.unique(np.linspace(0, total - 1, min(options.grid_faces, total))
                           .round().astype(int)).tolist())
   acc = {row.key: {k: [] for k in ('emb', 'pool', 'ssim', 'psnr', *detectors)}
@@ -249,15 +256,16 @@ def evaluate(options: EvalOptions) -> tuple[dict, list[tuple[str, np.ndarray]]]:
   classes = []
   seen = 0
   bar = tqdm(total=total, unit='face', desc='evaluate', disable=not options.progress)
-  for batch_index, (part, batches) in enumerate(_batches(parts, resolutions,
-                                                         options.batch_size)):
+  for batch_index, (stream, batches) in enumerate(_batches(streams, resolutions,
+                                                           options.batch_size)):
     base = batches[r]
     valid = np.asarray(base['valid'], bool)
     if not valid.any():
       continue
     x, mask = np.asarray(base['image'], np.float32), np.asarray(base['mask'], np.float32)
-    labels = np.asarray(base['label'], np.int64)
-    classes.append(labels[valid] + part.class_offset)
+    index = np.maximum(np.asarray(base['index'], np.int64), 0)  # padding: -1
+    bank_labels = np.where(valid, stream.bank_labels[index], -1)
+    classes.append(stream.classes[index][valid])
     positions = seen + np.arange(valid.sum())
     in_grid = np.array([p in grid_at for p in positions], bool)
     for row in rows:
@@ -266,7 +274,7 @@ def evaluate(options: EvalOptions) -> tuple[dict, list[tuple[str, np.ndarray]]]:
       elif row.kind == 'baseline':
         out = baselines_lib.apply_baseline(row.key, x, mask)
       else:
-        targets = _targets(row, part, labels, options.seed, models.index(row), batch_index)
+        targets = _targets(row, bank_labels, options.seed, models.index(row), batch_index)
         out = _model_output(row, batches, r, targets)
       out = np.asarray(out, np.float32)
       ssim, psnr = metrics.ssim_psnr(x, out)
@@ -319,11 +327,13 @@ def evaluate(options: EvalOptions) -> tuple[dict, list[tuple[str, np.ndarray]]]:
 
   notes += [
       f'Baselines change the face-mask pixels only (filter over the whole {r}-px crop: '
-      'pixelization grid cells of crop/16 and crop/8 px; Gaussian kernels with OpenCV\'s sigma).',
+      'pixelization grid cells of crop/16 and crop/8 px; Gaussian kernels with OpenCV\'s '
+      'sigma).',
       f'Detection: crops enlarged {scale}x (bicubic) to {r * scale} px, dlib at upsample 0; a '
       'crop counts when a box centre lies in its face mask\'s bounding box.',
-      f'Identification and re-identification embeddings: {embed.label} ({embed.name}); '
-      f'{"FaceNet" if embed.name.startswith("facenet") else "FaceNet weights absent, so dlib ResNet"}.',
+      f'Identification and re-identification embeddings: {embed.label} ({embed.name}); ' + (
+          'FaceNet, as the paper.' if embed.name.startswith('facenet') else
+          'FaceNet weights absent (not on any registry), so dlib ResNet.'),
   ]
   if models:
     notes.append('Models: EMA generator of each workdir; each face gets a random identity of '
