@@ -1,0 +1,219 @@
+"""Speed of the jitted train step and of generator inference (``tools/benchmark.py``).
+
+Each measurement compiles once (timed), runs warm-up calls, then times ``steps`` calls with
+one ``block_until_ready`` at the end (no host synchronisation inside the timed loop), and
+returns one flat dict: images/s, seconds per step, compile seconds, XLA's FLOP count for the
+program (``cost_analysis``), the achieved TFLOP/s and its share of the device's peak, and
+memory (XLA's per-program estimate and the device allocator's peak).
+
+Inputs are random arrays of the real shapes already on the device: this times the step,
+not the input pipeline (which prefetches onto the device in training). No TensorFlow here:
+the GPU machines have none.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sdgan_jax import train
+
+# Dense (no sparsity) datasheet peaks in TFLOP/s, by device_kind prefix. fp32 matmuls on
+# these GPUs run as TF32 under JAX's default precision, hence the TF32 figure.
+DEVICE_PEAK_TFLOPS = {
+    'NVIDIA H100': {'bfloat16': 989.0, 'float32': 494.0},
+    'NVIDIA H200': {'bfloat16': 989.0, 'float32': 494.0},
+    'NVIDIA A100': {'bfloat16': 312.0, 'float32': 156.0},
+    'TPU v4': {'bfloat16': 275.0, 'float32': 275.0},
+    'TPU v5 lite': {'bfloat16': 197.0, 'float32': 197.0},
+    'TPU v5p': {'bfloat16': 459.0, 'float32': 459.0},
+}
+
+
+def device_info() -> dict[str, Any]:
+  device = jax.devices()[0]
+  return {'platform': device.platform, 'device': device.device_kind,
+          'device_count': jax.device_count(), 'jax': jax.__version__,
+          'date': datetime.date.today().isoformat()}
+
+
+def peak_tflops(dtype: str) -> float | None:
+  kind = jax.devices()[0].device_kind
+  for prefix, peaks in DEVICE_PEAK_TFLOPS.items():
+    if kind.startswith(prefix):
+      return peaks[dtype]
+  return None
+
+
+def authors_shapes_config(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The authors' measured setting (DESIGN §6): 128 px, 11 classes, 2048-d identity, their
+  generator, one identity-net + D + G update per step."""
+  config = base.copy_and_resolve_references()
+  config.resolution = 128
+  config.identity_dim = 2048
+  config.model.generator = ml_collections.ConfigDict({'preset': 'authors'})
+  config.train.identity_steps = 1
+  config.train.d_steps = 1
+  config.train.g_steps = 1
+  return config
+
+
+def _phase(name: str, message: str) -> None:
+  """Progress on stderr, so that a run cut off by a time limit shows where it was."""
+  import sys  # pylint: disable=import-outside-toplevel
+  print(f'[{time.strftime("%H:%M:%S")}] {name}: {message}', file=sys.stderr, flush=True)
+
+
+def _flops(lowered) -> float | None:
+  """FLOPs of the program as lowered, before backend optimisation.
+
+  The compiled program's cost analysis is not used: on GPU, convolutions become cuDNN
+  custom calls that it does not count (an H200 run reported 0.08 GFLOP for a 42.9 GFLOP
+  generator forward).
+  """
+  cost = lowered.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+    cost = cost[0] if cost else None
+  return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+def _memory(compiled) -> dict[str, Any]:
+  out = {}
+  try:
+    analysis = compiled.memory_analysis()
+    out['program_bytes'] = int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+                               + analysis.output_size_in_bytes
+                               - analysis.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    pass  # not every backend reports it
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    out['device_peak_bytes'] = int(stats['peak_bytes_in_use'])
+  if 'bytes_limit' in stats:
+    out['device_bytes_limit'] = int(stats['bytes_limit'])
+  return out
+
+
+def _time(compiled_call: Callable[[], Any], steps: int, warmup: int) -> float:
+  for _ in range(warmup):
+    jax.block_until_ready(compiled_call())
+  start = time.perf_counter()
+  out = None
+  for _ in range(steps):
+    out = compiled_call()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
+
+
+def _summary(name, config, batch_size, step_s, compile_s, flops, memory, extra=None):
+  dtype = config.get('dtype', 'float32')
+  peak = peak_tflops(dtype)
+  achieved = flops / step_s / 1e12 if flops else None
+  row = dict(device_info(), bench=name, dtype=dtype, batch=batch_size,
+             resolution=int(config.resolution), identity_dim=int(config.identity_dim),
+             generator=dict(config.model.generator).get('preset', 'paper'),
+             img_per_s=batch_size / step_s, step_s=step_s, compile_s=compile_s,
+             gflop_per_image=flops / batch_size / 1e9 if flops else None,
+             tflops=achieved, peak_tflops=peak,
+             peak_share=achieved / peak if achieved and peak else None)
+  row.update(memory)
+  row.update(extra or {})
+  return row
+
+
+def _random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  r = config.resolution
+  mask = np.zeros((batch_size, r, r, 1), np.float32)
+  mask[:, r // 4:3 * r // 4, r // 5:4 * r // 5] = 1
+  return dict(
+      image=rng.uniform(size=(batch_size, r, r, 3)).astype(np.float32), mask=mask,
+      semantic=rng.integers(0, config.num_classes, (batch_size, r, r)).astype(np.int32),
+      pair_image=rng.uniform(size=(batch_size, r, r, 3)).astype(np.float32),
+      pair_same=(np.arange(batch_size) % 2).astype(np.float32),
+      target_identity=rng.normal(size=(batch_size, config.identity_dim)).astype(np.float32))
+
+
+def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: int = 10,
+                     warmup: int = 2, name: str = 'train_step') -> dict[str, Any]:
+  """The whole jitted train step (identity net, D, G updates, EMA) on ``batch_size`` images."""
+  config = config.copy_and_resolve_references()
+  config.train.batch_size = batch_size
+  models = train.Models(config)
+  mesh = train.make_mesh()
+  _phase(name, f'initialising the state (batch {batch_size}, {config.dtype})')
+  state = jax.block_until_ready(train.init_train_state(models, jax.random.key(0), mesh))
+  batch = train.shard_batch(_random_batch(config, batch_size), mesh)
+  _phase(name, 'compiling the train step')
+  start = time.perf_counter()
+  lowered = train.jit_train_step(models, mesh).lower(state, batch)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  _phase(name, f'compiled in {compile_s:.1f} s; timing')
+  holder = {'state': state}
+
+  def call():
+    holder['state'], metrics = compiled(holder['state'], batch)  # state is donated
+    return metrics
+
+  step_s = _time(call, steps, warmup)
+  updates = {'updates_per_step': 'identity %d, D %d, G %d' % (
+      config.train.identity_steps, config.train.d_steps, config.train.g_steps)}
+  return _summary(name, config, batch_size, step_s, compile_s, _flops(lowered),
+                  _memory(compiled), updates)
+
+
+def bench_generator(config: ml_collections.ConfigDict, batch_size: int, steps: int = 20,
+                    warmup: int = 2, name: str = 'generator') -> dict[str, Any]:
+  """Generator inference (paper §3.4: masked face + semantic map + identity -> composite)
+  on device-resident inputs: the accelerator's throughput."""
+  config = config.copy_and_resolve_references()
+  generator = _untrained_generator(config, batch_size)
+  batch = _random_batch(config, batch_size)
+  args = [jnp.asarray(batch[k]) for k in ('image', 'mask', 'semantic', 'target_identity')]
+  params = (generator.params, generator.stats)
+  _phase(name, f'compiling the generator (batch {batch_size}, {config.dtype})')
+  start = time.perf_counter()
+  lowered = generator.generate_fn.lower(*params, *args)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  _phase(name, f'compiled in {compile_s:.1f} s; timing')
+  step_s = _time(lambda: compiled(*params, *args), steps, warmup)
+  return _summary(name, config, batch_size, step_s, compile_s, _flops(lowered),
+                  _memory(compiled))
+
+
+def bench_anonymize_batch(config: ml_collections.ConfigDict, batch_size: int,
+                          steps: int = 10, warmup: int = 1,
+                          name: str = 'anonymize_generate') -> dict[str, Any]:
+  """What the anonymizer pays per batch of aligned crops: uint8 host arrays in, float host
+  arrays out (``TrainedGenerator.generate``: transfers, padding and the generator)."""
+  config = config.copy_and_resolve_references()
+  generator = _untrained_generator(config, batch_size)
+  batch = _random_batch(config, batch_size)
+  image = (batch['image'] * 255).astype(np.uint8)
+  start = time.perf_counter()
+  generator.generate(image, batch['mask'], batch['semantic'], batch['target_identity'])
+  compile_s = time.perf_counter() - start
+  step_s = _time(lambda: generator.generate(image, batch['mask'], batch['semantic'],
+                                            batch['target_identity']), steps, warmup)
+  return _summary(name, config, batch_size, step_s, compile_s, None, {},
+                  {'compile_s_includes_first_call': True})
+
+
+def _untrained_generator(config, batch_size):
+  from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
+
+  models = train.Models(config)
+  dummy = train._dummy_batch(config)  # pylint: disable=protected-access
+  onehot = jax.nn.one_hot(dummy['semantic'], config.num_classes)
+  variables = models.generator.init(jax.random.key(0), dummy['image'], onehot,
+                                    dummy['target_identity'])
+  params, stats = train._split_variables(variables)  # pylint: disable=protected-access
+  return inference.TrainedGenerator(config, params, stats, batch_size=batch_size)

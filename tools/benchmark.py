@@ -1,0 +1,136 @@
+"""Times the train step and generator inference; prints one JSON line per measurement.
+
+  python tools/benchmark.py                                  # CPU-sized smoke run
+  python tools/benchmark.py --preset authors,default --dtypes float32,bfloat16 \
+      --train_batch 32 --gen_batch 256 --output bench.jsonl  # GPU/TPU, the real shapes
+
+Presets: 'authors' is the authors' measured setting (DESIGN §6: 128 px, 2048-d identity,
+their generator, identity-net + D + G per step); 'default' is configs/celeba.py (the paper
+generator, 128-d dlib identity, 1:1:3 updates); 'small' is a 32-px model for CPUs.
+--sweep_train_batches / --sweep_gen_batches time growing batches until one does not fit.
+Imports no TensorFlow (the GPU machines have none). Results go in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sdgan_jax import benchmarking  # pylint: disable=wrong-import-position
+from sdgan_jax.config import load_config  # pylint: disable=wrong-import-position
+
+BENCHES = ('train', 'generator', 'anonymize')
+
+
+def preset_config(name: str):
+  """The config a preset names, with random perceptual weights (same cost, no file)."""
+  if name == 'small':
+    config = load_config(str(ROOT / 'configs' / 'demo.py'))
+    config.resolution = 32
+    config.model.generator.update(dict(
+        stem_features=8, encoder_features=(8, 16, 16, 16), bottleneck_features=16,
+        bottleneck_blocks=1, decoder_features=(16, 16, 8, 8), spade_hidden=8))
+    config.model.identity.width = 8
+    config.model.identity.embed_dim = 16
+    config.model.discriminator = dict(kind='global', widths=(8, 16, 16, 16, 16), hidden=16)
+    config.train.g_steps = 1
+  elif name == 'default':
+    config = load_config(str(ROOT / 'configs' / 'celeba.py') + ':128')
+  elif name == 'authors':
+    config = benchmarking.authors_shapes_config(
+        load_config(str(ROOT / 'configs' / 'celeba.py') + ':128'))
+  else:
+    raise ValueError(f'unknown preset {name!r}: use small, default or authors')
+  config.loss.perceptual_weights = 'random'
+  return config
+
+
+def _ints(text: str) -> list[int]:
+  return [int(x) for x in text.split(',') if x.strip()]
+
+
+def _is_oom(error: Exception) -> bool:
+  text = str(error)
+  return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'out of memory' in text
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--preset', default='small', help='comma list: small, default, authors')
+  parser.add_argument('--bench', default=','.join(BENCHES), help=f'comma list of {BENCHES}')
+  parser.add_argument('--dtypes', default='float32', help='comma list: float32, bfloat16')
+  parser.add_argument('--train_batch', type=int, default=None,
+                      help='train-step batch (default: 32, or 4 for small)')
+  parser.add_argument('--gen_batch', type=int, default=None,
+                      help='generator batch (default: 256, or 8 for small)')
+  parser.add_argument('--sweep_train_batches', default='',
+                      help='comma list of larger train batches to try (bfloat16 only)')
+  parser.add_argument('--sweep_gen_batches', default='',
+                      help='comma list of larger generator batches to try (bfloat16 only)')
+  parser.add_argument('--steps', type=int, default=None, help='timed calls (default 10/20)')
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--output', default=None, help='also append the JSON lines here')
+  args = parser.parse_args(argv)
+
+  benches = [b for b in args.bench.split(',') if b]
+  unknown = set(benches) - set(BENCHES)
+  if unknown:
+    parser.error(f'unknown --bench {sorted(unknown)}; choose from {BENCHES}')
+  output = open(args.output, 'a') if args.output else None  # pylint: disable=consider-using-with
+
+  def emit(row):
+    line = json.dumps(row, sort_keys=True)
+    print(line, flush=True)
+    if output:
+      output.write(line + '\n')
+      output.flush()
+
+  def run(fn, *fn_args, **kwargs):
+    try:
+      row = fn(*fn_args, **kwargs)
+    except Exception as error:  # pylint: disable=broad-except
+      if not _is_oom(error):
+        raise
+      row = dict(benchmarking.device_info(), bench=kwargs.get('name'), batch=fn_args[1],
+                 error='out of memory')
+    emit(row)
+    return 'error' not in row
+
+  for preset in args.preset.split(','):
+    small = preset == 'small'
+    train_batch = args.train_batch or (4 if small else 32)
+    gen_batch = args.gen_batch or (8 if small else 256)
+    for dtype in args.dtypes.split(','):
+      config = preset_config(preset)
+      config.dtype = dtype
+      tag = f'{preset}/'
+      if 'train' in benches:
+        run(benchmarking.bench_train_step, config, train_batch, steps=args.steps or 10,
+            warmup=args.warmup, name=tag + 'train_step')
+      if 'generator' in benches:
+        run(benchmarking.bench_generator, config, gen_batch, steps=args.steps or 20,
+            warmup=args.warmup, name=tag + 'generator')
+      if 'anonymize' in benches:
+        run(benchmarking.bench_anonymize_batch, config, gen_batch, steps=args.steps or 10,
+            warmup=1, name=tag + 'anonymize_generate')
+      if dtype == 'bfloat16':
+        for batch in _ints(args.sweep_train_batches):
+          if not run(benchmarking.bench_train_step, config, batch, steps=args.steps or 5,
+                     warmup=1, name=tag + 'train_step_sweep'):
+            break
+        for batch in _ints(args.sweep_gen_batches):
+          if not run(benchmarking.bench_generator, config, batch, steps=args.steps or 10,
+                     warmup=1, name=tag + 'generator_sweep'):
+            break
+  if output:
+    output.close()
+
+
+if __name__ == '__main__':
+  main()
