@@ -896,55 +896,12 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
           f'checkpoint workdir {checkpoint} does not exist: make it with `make demo` or '
           f'`python run.py --config=configs/demo.py --workdir={checkpoint}`')
     from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
-    try:
-      # orbax wants absolute paths
-      generator = inference.TrainedGenerator.from_workdir(
-          os.path.abspath(checkpoint), step, dtype=dtype, batch_size=batch_size)
-    except ValueError as e:
-      if 'tree structures do not match' not in str(e):
-        raise
-      generator = _restore_with_stored_vgg(checkpoint, step, dtype, batch_size)
+    generator = inference.TrainedGenerator.from_workdir(checkpoint, step, dtype=dtype,
+                                                        batch_size=batch_size)
   identity = None
   if options.identity_threshold > 0 or (generator is not None and options.target == 'farthest'):
     identity = IdentityBackbone(weights_dir, batch_size=batch_size)
   return FaceAnonymizer(generator, baseline, options, identity)
-
-
-def _restore_with_stored_vgg(workdir, step, dtype, batch_size):
-  """Restores a workdir whose frozen VGG-16 differs in layout from a random init.
-
-  Adapter for ``TrainedGenerator.from_workdir``, which restores onto a freshly initialised
-  state: runs trained with the converted VGG-16 store all 13 of its convs while the random
-  init holds only those up to the perceptual tap, and orbax refuses the mismatch. The
-  VGG-16 part of the target is taken from the checkpoint's own metadata instead (the
-  anonymizer never uses it).
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  from sdgan_jax import inference, train  # pylint: disable=import-outside-toplevel
-
-  workdir = os.path.abspath(workdir)
-  config = inference.load_workdir_config(workdir)
-  models = train.Models(config)
-  abstract = jax.eval_shape(
-      lambda key: train.create_train_state(models, key, None), jax.random.key(0))
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train one with '
-                            f'`python run.py --config=configs/demo.py --workdir={workdir}`')
-  stored = ocp.StandardCheckpointer().metadata(
-      os.path.join(workdir, 'checkpoints', str(step), 'default')).item_metadata
-  vgg = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
-                               dict(stored['perceptual_params']),
-                               is_leaf=lambda m: hasattr(m, 'shape'))
-  state, restored_step = train.restore_state(workdir, abstract.replace(perceptual_params=vgg),
-                                             step)
-  bank = inference.load_workdir_bank(workdir, config)
-  return inference.TrainedGenerator(config, state.ema_params, state.generator.stats, bank=bank,
-                                    step=int(restored_step), dtype=dtype,
-                                    batch_size=batch_size)
 
 
 def anonymize_paths(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,

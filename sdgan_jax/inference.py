@@ -63,6 +63,9 @@ class TrainedGenerator:
     config: the run's config. resolution, num_classes, identity_dim: its shapes.
     bank: the identity bank targets are drawn from (None if not loaded).
     step: the checkpoint's training step.
+    params, stats: the EMA generator's parameters and statistics.
+    generate_fn: the jitted (params, stats, image, mask, semantic, target_identity) ->
+      composites, for callers that keep their arrays on the device.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, params: Any, stats: Any, *,
@@ -80,8 +83,8 @@ class TrainedGenerator:
     self.bank = bank
     self.step = step
     self.batch_size = batch_size
-    self._params = params
-    self._stats = stats
+    self.params = params
+    self.stats = stats
     models = train.Models(config)
 
     def generate(params, stats, image, mask, semantic, target_identity):
@@ -91,7 +94,8 @@ class TrainedGenerator:
       out, _ = train._generate(models, params, stats, batch, onehot, train=False)  # pylint: disable=protected-access
       return jnp.clip(out.astype(jnp.float32), 0.0, 1.0)
 
-    self._generate = jax.jit(generate)
+    # (params, stats, image, mask, semantic, target_identity) -> composites, on device
+    self.generate_fn = jax.jit(generate)
 
   @classmethod
   def from_workdir(cls, workdir: str | os.PathLike, step: int | None = None, *,
@@ -100,7 +104,7 @@ class TrainedGenerator:
     """Restores the latest (or ``step``'s) checkpoint of a ``run.py`` workdir."""
     from sdgan_jax import train  # pylint: disable=import-outside-toplevel
 
-    workdir = os.fspath(workdir)
+    workdir = os.path.abspath(os.fspath(workdir))  # orbax wants absolute paths
     config = load_workdir_config(workdir)
     if not (pathlib.Path(workdir) / 'checkpoints').is_dir():
       raise FileNotFoundError(
@@ -109,6 +113,10 @@ class TrainedGenerator:
     models = train.Models(config)
     abstract = jax.eval_shape(
         lambda key: train.create_train_state(models, key, None), jax.random.key(0))
+    # The frozen VGG-16 is stored as trained with: the converted weights hold all 13 convs, a
+    # random init only those up to the perceptual tap. Take its layout from the checkpoint.
+    abstract = abstract.replace(perceptual_params=_stored_layout(workdir, step,
+                                                                 'perceptual_params'))
     state, restored_step = train.restore_state(workdir, abstract, step)
     bank = load_workdir_bank(workdir, config) if load_bank else None
     if bank is not None and bank.dim != int(config.identity_dim):
@@ -148,8 +156,23 @@ class TrainedGenerator:
       short = b - len(chunk[0])
       if short:  # pad to the compiled batch size rather than compile another program
         chunk = [np.concatenate([a, np.zeros((short,) + a.shape[1:], a.dtype)]) for a in chunk]
-      out = self._generate(self._params, self._stats, *chunk)
+      out = self.generate_fn(self.params, self.stats, *chunk)
       outputs.append(np.asarray(out)[:b - short])
     if not outputs:
       return np.zeros((0, r, r, 3), np.float32)
     return np.concatenate(outputs)
+
+
+def _stored_layout(workdir: str, step: int | None, key: str) -> Any:
+  """Shapes and dtypes of one top-level entry of a stored training state."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train one with '
+                            f'`python run.py --config=configs/demo.py --workdir={workdir}`')
+  stored = ocp.StandardCheckpointer().metadata(
+      os.path.join(workdir, 'checkpoints', str(step), 'default')).item_metadata
+  return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+                                dict(stored[key]), is_leaf=lambda m: hasattr(m, 'shape'))
