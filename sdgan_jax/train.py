@@ -336,19 +336,29 @@ def _device_state(state: TrainState) -> TrainState:
   return state.replace(rng=jax.random.wrap_key_data(state.rng))
 
 
-def _checkpoint_manager(config, workdir):
+def checkpoint_manager(config, workdir: str, track_best: bool = True):
+  """orbax manager keeping the latest ``keep_latest`` saves plus the best by ``best_metric``.
+
+  Shared by the SDGAN and face-parser trainers. ``track_best`` is False when a run has no
+  validation metric to rank by.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=import-outside-toplevel
 
   ckpt = config.checkpoint
   policies = [pp.LatestN(n=ckpt.keep_latest)]
-  if ckpt.best_metric:
+  track = bool(ckpt.best_metric) and track_best
+  if track:
     policies.append(pp.BestN(get_metric_fn=lambda m: m[ckpt.best_metric],
                              reverse=ckpt.best_mode == 'min', n=1,
                              keep_checkpoints_without_metrics=False))
+  # orbax writes a step's metrics to disk only when ``best_fn`` is set; without them BestN
+  # would forget the best step across restarts.
   options = ocp.CheckpointManagerOptions(
       preservation_policy=pp.AnyPreservationPolicy(policies), create=True,
-      enable_async_checkpointing=False)
+      enable_async_checkpointing=False,
+      best_fn=(lambda m: m[ckpt.best_metric]) if track else None,
+      best_mode=ckpt.best_mode)
   return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
 
 
@@ -427,6 +437,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   from sdgan_jax import weights as weights_lib  # pylint: disable=import-outside-toplevel
 
   validate_config(config)
+  if '://' not in workdir:  # orbax refuses relative local paths; keep gs:// and the like
+    workdir = os.path.abspath(workdir)
   source = input_pipeline.load_data_source(config.data.dataset, 'train')
   _check_data(config, source)
   bank = bank_lib.IdentityBank.load(config.data.identity_bank or bank_lib.bank_path(
@@ -441,7 +453,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   models = Models(config)
   mesh = make_mesh()
   state = init_train_state(models, jax.random.key(config.seed), mesh, perceptual)
-  manager = _checkpoint_manager(config, workdir)
+  eval_source = None
+  if config.eval.num_batches:
+    try:
+      eval_source = input_pipeline.load_data_source(config.data.dataset, 'test')
+    except (KeyError, ValueError, FileNotFoundError):
+      logging.warning('no test split in %s: no validation metric', config.data.dataset)
+  manager = checkpoint_manager(config, workdir, track_best=eval_source is not None)
   initial_step = 0
   if manager.latest_step() is not None:
     state, initial_step = restore_state(workdir, state)
@@ -462,12 +480,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   for sig in (signal.SIGTERM, signal.SIGINT):
     previous[sig] = signal.signal(sig, lambda s, _: stop.update(signal=s))
 
-  eval_source = None
-  if config.eval.num_batches:
-    try:
-      eval_source = input_pipeline.load_data_source(config.data.dataset, 'test')
-    except (KeyError, ValueError, FileNotFoundError):
-      logging.warning('no test split in %s: no validation metric', config.data.dataset)
   step_fn = jit_train_step(models, mesh)
   batches = input_pipeline.train_iterator(
       source, batch_size=config.train.batch_size, resolution=config.resolution,

@@ -304,26 +304,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   ParserModels(config)  # model and optimizer keys fail here, on the host
 
 
-def _checkpoint_manager(config, workdir, with_metrics: bool):
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=import-outside-toplevel
-
-  ckpt = config.checkpoint
-  policies = [pp.LatestN(n=ckpt.keep_latest)]
-  track = bool(ckpt.best_metric) and with_metrics
-  if track:
-    policies.append(pp.BestN(get_metric_fn=lambda m: m[ckpt.best_metric],
-                             reverse=ckpt.best_mode == 'min', n=1,
-                             keep_checkpoints_without_metrics=False))
-  # orbax writes a step's metrics only when ``best_fn`` is set; BestN needs them.
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=pp.AnyPreservationPolicy(policies), create=True,
-      enable_async_checkpointing=False,
-      best_fn=(lambda m: m[ckpt.best_metric]) if track else None,
-      best_mode=ckpt.best_mode)
-  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
-
-
 def _host_state(state: ParserState) -> ParserState:
   return state.replace(rng=jax.random.key_data(state.rng))
 
@@ -430,6 +410,8 @@ def _programs(key: str, device_count: int):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ParserState:
   """Trains EAGRNet on ``config.data``; resumes from the latest checkpoint in ``workdir``."""
+  if '://' not in workdir:  # orbax refuses relative local paths
+    workdir = os.path.abspath(workdir)
   import signal  # pylint: disable=import-outside-toplevel
 
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -440,7 +422,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
   models, mesh, init_fn, step_fn, confusion_fn = _programs(_program_key(config),
                                                           jax.device_count())
   state = init_fn(jax.random.key(config.seed))
-  manager = _checkpoint_manager(config, workdir, with_metrics=eval_batches is not None)
+  manager = sdgan_train.checkpoint_manager(config, workdir,
+                                         track_best=eval_batches is not None)
   initial_step = 0
   if manager.latest_step() is not None:
     state, initial_step = restore_state(workdir, state)

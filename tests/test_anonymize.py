@@ -470,7 +470,7 @@ def test_restores_a_workdir_whose_vgg_differs_from_a_random_init(workdir, tmp_pa
   other.mkdir()
   for name in ('config.json', 'identity_bank.npz'):
     shutil.copy(pathlib.Path(workdir) / name, other / name)
-  manager = train._checkpoint_manager(cfg, str(other))  # pylint: disable=protected-access
+  manager = train.checkpoint_manager(cfg, str(other))
   train._save(manager, 3, state.replace(perceptual_params=vgg), None)  # pylint: disable=protected-access
   manager.wait_until_finished()
   built = anonymize.build_anonymizer(other, options=anonymize.Options(identity_threshold=0))

@@ -56,7 +56,7 @@ def write_untrained_workdir(workdir, cfg, bank) -> str:
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(cfg.to_json_best_effort(indent=2))
   bank.save(os.path.join(workdir, 'identity_bank.npz'))
-  manager = train._checkpoint_manager(cfg, workdir)  # pylint: disable=protected-access
+  manager = train.checkpoint_manager(cfg, workdir)
   train._save(manager, 0, state, None)  # pylint: disable=protected-access
   manager.wait_until_finished()
   return str(workdir)
