@@ -49,6 +49,9 @@ def get_config(resolution: str = '128') -> ml_collections.ConfigDict:
   config.loss.perceptual_weights = 'vgg16_imagenet'  # 'random' only for smoke tests
   config.loss.perceptual_layer = 'relu3_3'
   config.loss.perceptual_input_convention = 'caffe'  # the converted Keras VGG-16
+  # The caffe-convention VGG sees 0-255 inputs, torchvision's (x - mean) / std: its relu3_3
+  # features are ~255 * 0.226 = 57.6x larger, and the authors' lambda 20 assumes torchvision.
+  config.loss.perceptual_feature_scale = 1 / 57.6
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adam'

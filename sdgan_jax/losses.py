@@ -133,7 +133,8 @@ def _as_list(features: Features) -> list[Array]:
 
 
 def perceptual_loss(
-    features_fn: Callable[[Array], Features], generated: Array, target: Array) -> Array:
+    features_fn: Callable[[Array], Features], generated: Array, target: Array,
+    feature_scale: float = 1.0) -> Array:
   """Perceptual loss, eq. 7: mean |V(G(x)) - V(y)| over C*H*W and the batch.
 
   Args:
@@ -141,6 +142,8 @@ def perceptual_loss(
       relu3_3 in the paper); any input normalisation (ImageNet mean/std) is its job.
     generated: Generator output, NHWC in [0, 1].
     target: Real target images, same shape.
+    feature_scale: Multiplies the features (so the loss): puts a network whose inputs
+      were on another scale (caffe's 0-255 VGG) on the scale the loss weight assumes.
 
   Returns:
     Scalar loss; with several feature maps, the sum of the per-map means.
@@ -150,7 +153,7 @@ def perceptual_loss(
   tgt_feats = _as_list(jax.lax.stop_gradient(features_fn(jax.lax.stop_gradient(target))))
   if len(gen_feats) != len(tgt_feats):
     raise ValueError('features_fn returned a different number of maps for the two inputs.')
-  return sum(jnp.mean(jnp.abs(g - t)) for g, t in zip(gen_feats, tgt_feats))
+  return feature_scale * sum(jnp.mean(jnp.abs(g - t)) for g, t in zip(gen_feats, tgt_feats))
 
 
 # ----------------------------------------------------------------------------------------

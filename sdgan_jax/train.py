@@ -205,7 +205,8 @@ def _generator_step(models: Models, state: TrainState, batch, onehot):
     if weights.ssim:
       terms['ssim'] = losses.ssim_loss(out, batch['image'])
     if weights.perceptual:
-      terms['perceptual'] = losses.perceptual_loss(vgg_fn, out, batch['image'])
+      terms['perceptual'] = losses.perceptual_loss(
+          vgg_fn, out, batch['image'], loss_cfg.get('perceptual_feature_scale', 1.0))
     if weights.l1:
       terms['l1'] = losses.l1_loss(out, batch['image'])
     if weights.contrastive:
