@@ -258,7 +258,8 @@ class LossWeights:
   }
   # Other loss settings that live beside the weights in `config.loss`; not weights.
   OTHER_CONFIG_KEYS = ('contrastive_margin', 'contrastive_squared', 'perceptual_weights',
-                       'perceptual_layer', 'perceptual_input_convention')
+                       'perceptual_layer', 'perceptual_input_convention',
+                       'perceptual_feature_scale')
 
   def __post_init__(self):
     for f in dataclasses.fields(self):

@@ -402,16 +402,26 @@ def restore_state(workdir: str, abstract_state: TrainState, step: int | None = N
   return _device_state(restored), step
 
 
-def _eval_metrics(models, state, eval_batches, bank, seed) -> dict:
-  """Validation: SSIM and PSNR of the EMA generator's composites against the originals."""
+@functools.lru_cache(maxsize=8)
+def _inference_fns(models: Models) -> tuple[Callable, Callable]:
+  """The EMA generator's validation and summary programs, jitted once per ``Models``
+  (a new ``jax.jit`` per call would recompile the generator at every evaluation)."""
   import dm_pix  # pylint: disable=import-outside-toplevel
 
-  @jax.jit
-  def per_image(ema_params, stats, batch):
+  def generate(ema_params, stats, batch):
     onehot = jax.nn.one_hot(batch['semantic'], models.config.num_classes)
-    out, _ = _generate(models, ema_params, stats, batch, onehot, train=False)
+    return _generate(models, ema_params, stats, batch, onehot, train=False)[0]
+
+  def quality(ema_params, stats, batch):
+    out = generate(ema_params, stats, batch)
     return losses.ssim(out, batch['image']), dm_pix.psnr(out, batch['image'])
 
+  return jax.jit(quality), jax.jit(generate)
+
+
+def _eval_metrics(models, state, eval_batches, bank, seed) -> dict:
+  """Validation: SSIM and PSNR of the EMA generator's composites against the originals."""
+  per_image, _ = _inference_fns(models)
   ssims, psnrs = [], []
   for i, batch in enumerate(eval_batches):
     valid = np.asarray(batch['valid'], bool)
@@ -432,10 +442,9 @@ def _image_summary(models, state, batch, n: int) -> dict:
   """Input, mask, semantic map, target-conditioned output (EMA G) side by side."""
   from sdgan_jax.datasets.features import NUM_CLASSES  # pylint: disable=import-outside-toplevel
 
-  small = {k: np.asarray(v)[:n] for k, v in batch.items()}
-  onehot = jax.nn.one_hot(small['semantic'], models.config.num_classes)
-  out, _ = jax.jit(functools.partial(_generate, models, train=False))(
-      state.ema_params, state.generator.stats, small, onehot)
+  small = {k: np.asarray(v)[:n] for k, v in batch.items()
+           if k in ('image', 'mask', 'semantic', 'target_identity')}
+  out = _inference_fns(models)[1](state.ema_params, state.generator.stats, small)
   palette = np.random.default_rng(0).uniform(0.2, 1.0, (max(NUM_CLASSES, 32), 3))
   palette[0] = 0
   semantic = palette[small['semantic']]
