@@ -303,14 +303,16 @@ def init_train_state(models: Models, rng: jax.Array, mesh: jax.sharding.Mesh,
   return init(rng, perceptual_params)
 
 
-def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
-  """Places this process's part of the global batch on its devices (multi-host safe)."""
+def shard_batch(batch: dict, mesh: jax.sharding.Mesh, keys=BATCH_KEYS) -> dict:
+  """Places this process's part of the global batch on its devices (multi-host safe).
+
+  ``keys`` are what the train step reads (the parser trainer passes its own)."""
   data = NamedSharding(mesh, PartitionSpec('data'))
-  missing = [k for k in BATCH_KEYS if k not in batch]
+  missing = [k for k in keys if k not in batch]
   if missing:
-    raise KeyError(f'batch lacks {missing}; the train step needs {list(BATCH_KEYS)}')
+    raise KeyError(f'batch lacks {missing}; the train step needs {list(keys)}')
   return {k: jax.make_array_from_process_local_data(data, jnp.asarray(batch[k]))
-          for k in BATCH_KEYS}
+          for k in keys}
 
 
 # --------------------------------------------------------------------------------------
@@ -343,12 +345,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   Models(config)  # model keys and values (presets, kinds, dtype) fail here, on the host
 
 
-def _host_state(state: TrainState) -> TrainState:
-  """The state as checkpointed: the typed PRNG key as its raw uint32 data."""
+def _host_state(state):
+  """The state as checkpointed: the typed PRNG key as its raw uint32 data (any state with
+  an ``rng`` field: the SDGAN and the parser trainers')."""
   return state.replace(rng=jax.random.key_data(state.rng))
 
 
-def _device_state(state: TrainState) -> TrainState:
+def _device_state(state):
   return state.replace(rng=jax.random.wrap_key_data(state.rng))
 
 
@@ -384,8 +387,9 @@ def _save(manager, step: int, state: TrainState, metrics: dict | None):
                force=True)
 
 
-def restore_state(workdir: str, abstract_state: TrainState, step: int | None = None):
-  """Restores the latest (or given) checkpoint of ``workdir`` onto ``abstract_state``'s layout."""
+def restore_state(workdir: str, abstract_state, step: int | None = None):
+  """Restores the latest (or given) checkpoint of ``workdir`` onto ``abstract_state``'s layout
+  (a ``TrainState`` or the parser trainer's ``ParserState``)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))

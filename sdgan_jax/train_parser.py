@@ -53,8 +53,7 @@ DATA_SOURCES = ('prepared', 'folder')
 DTYPES = sdgan_train.DTYPES
 
 
-class NonFiniteLossError(FloatingPointError):
-  """Parser training produced NaN/inf losses; the last good checkpoint is kept."""
+NonFiniteLossError = sdgan_train.NonFiniteLossError
 
 
 @flax.struct.dataclass
@@ -206,12 +205,7 @@ def init_state(models: ParserModels, rng: jax.Array, mesh: jax.sharding.Mesh) ->
 
 def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
   """This process's part of the global batch, placed on its devices (multi-host safe)."""
-  data = NamedSharding(mesh, PartitionSpec('data'))
-  missing = [k for k in BATCH_KEYS if k not in batch]
-  if missing:
-    raise KeyError(f'batch lacks {missing}; the parser train step needs {list(BATCH_KEYS)}')
-  return {k: jax.make_array_from_process_local_data(data, np.asarray(batch[k]))
-          for k in BATCH_KEYS}
+  return sdgan_train.shard_batch(batch, mesh, keys=BATCH_KEYS)
 
 
 # --------------------------------------------------------------------------------------
@@ -304,26 +298,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   ParserModels(config)  # model and optimizer keys fail here, on the host
 
 
-def _host_state(state: ParserState) -> ParserState:
-  return state.replace(rng=jax.random.key_data(state.rng))
-
-
-def restore_state(workdir, abstract_state: ParserState, step: int | None = None):
-  """The latest (or given) checkpoint of ``workdir`` on ``abstract_state``'s layout."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  manager = ocp.CheckpointManager(os.path.join(os.fspath(workdir), 'checkpoints'))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train a parser with '
-                            f'`python run.py --config=configs/eagrnet_polygons.py '
-                            f'--workdir={workdir} ...`')
-  target = jax.tree_util.tree_map(
-      lambda host, x: jax.ShapeDtypeStruct(host.shape, host.dtype,
-                                           sharding=getattr(x, 'sharding', None)),
-      jax.eval_shape(_host_state, abstract_state), abstract_state)
-  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-  return restored.replace(rng=jax.random.wrap_key_data(restored.rng)), int(step)
+_host_state = sdgan_train._host_state  # pylint: disable=protected-access
+restore_state = sdgan_train.restore_state
 
 
 def _data(config):
@@ -531,7 +507,7 @@ class TrainedParser:
     models = ParserModels(config)
     abstract = jax.eval_shape(lambda: create_state(models, jax.random.key(0)))
     state, restored = restore_state(workdir, abstract, step)
-    return cls(config, state.params, state.stats, workdir=str(workdir), step=restored,
+    return cls(config, state.params, state.stats, workdir=str(workdir), step=int(restored),
                batch_size=batch_size)
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
