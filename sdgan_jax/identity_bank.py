@@ -89,20 +89,25 @@ class IdentityBank:
       out[lo:lo + 1024] = np.argmax(d2, axis=1)
     return out
 
-  def sample_targets(self, rng: jax.Array | int, source_labels,
-                     mode: str = 'random') -> tuple[jax.Array, jax.Array]:
+  def sample_targets(self, rng: jax.Array | int | np.random.Generator, source_labels,
+                     mode: str = 'random') -> tuple[Any, Any]:
     """Target identity features for a batch, never the source's own identity (paper §3.3).
 
     Args:
-      rng: a ``jax.random.key`` (or an int seed); unused by 'farthest'.
+      rng: a ``jax.random.key`` (or an int seed), or a ``numpy.random.Generator`` to draw
+        on the host without touching a device (the training loop's input path: a device
+        draw there would wait for the running train step); unused by 'farthest'.
       source_labels: int [B] identity labels of the source faces (training split labels).
       mode: 'random' (uniform over the other identities, the paper's random selection) or
         'farthest' (the identity whose mean is farthest from the source's).
 
     Returns:
-      (features float32 [B, D], indices int32 [B]). Works under ``jax.jit``.
+      (features float32 [B, D], indices int32 [B]): numpy arrays for a numpy generator,
+      else JAX arrays. The JAX path works under ``jax.jit``.
     """
     n = self.num_identities
+    if mode not in MODES:
+      raise ValueError(f'unknown mode {mode!r}; expected one of {MODES}')
     try:
       concrete = np.asarray(source_labels)
     except jax.errors.TracerArrayConversionError:  # under jit: no check possible
@@ -111,6 +116,14 @@ class IdentityBank:
       if concrete.min() < 0 or concrete.max() >= n:
         raise ValueError(f'source_labels must be training labels in [0, {n}), got '
                          f'[{concrete.min()}, {concrete.max()}]')
+    if isinstance(rng, np.random.Generator):
+      labels = concrete.astype(np.int32)
+      if mode == 'random':
+        draw = rng.integers(0, n - 1, labels.shape, dtype=np.int32)
+        indices = draw + (draw >= labels).astype(np.int32)
+      else:
+        indices = self.farthest[labels]
+      return self.means[indices], indices
     labels = jnp.asarray(source_labels, jnp.int32)
     if mode == 'random':
       if isinstance(rng, (int, np.integer)):
@@ -118,10 +131,8 @@ class IdentityBank:
       # Uniform over the n - 1 others: draw from [0, n-1) and skip the source's own label.
       draw = jax.random.randint(rng, labels.shape, 0, n - 1, dtype=jnp.int32)
       indices = draw + (draw >= labels).astype(jnp.int32)
-    elif mode == 'farthest':
-      indices = jnp.asarray(self.farthest)[labels]
     else:
-      raise ValueError(f'unknown mode {mode!r}; expected one of {MODES}')
+      indices = jnp.asarray(self.farthest)[labels]
     return jnp.asarray(self.means)[indices], indices
 
   def save(self, path: str | os.PathLike) -> pathlib.Path:

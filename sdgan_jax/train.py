@@ -3,7 +3,9 @@
 ``train_step(state, batch) -> (state, metrics)`` updates, in order, the Siamese identity
 network (contrastive loss on real pairs, eq. 8), the discriminator (LSGAN, eq. 2) and the
 generator (``config.train.g_steps`` times: eq. 3 + SSIM + perceptual + contrastive, eq. 9),
-then the generator's EMA. It is one ``jax.jit`` program over a ``jax.make_mesh`` data axis:
+then the generator's EMA. The discriminator's fake and the first generator update share one
+generator forward pass (its VJP is kept), as a PyTorch loop that backpropagates the same
+``G(x)`` into both losses would. It is one ``jax.jit`` program over a ``jax.make_mesh`` data axis:
 the batch is split across devices with ``NamedSharding``, the state is replicated, and XLA
 inserts the gradient all-reduces. No TensorFlow here (the GPU benchmark imports this
 module); the training loop imports the input pipeline and summary writers lazily.
@@ -16,11 +18,13 @@ Batch (numpy or jax arrays, leading axis = global batch):
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import logging
 import os
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import flax
 import flax.linen as nn
@@ -40,6 +44,7 @@ from sdgan_jax.models.vgg import VGG16
 # The paper configuration: its keys are the keys every config may use.
 REFERENCE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'celeba.py'
 BATCH_KEYS = ('image', 'mask', 'semantic', 'pair_image', 'pair_same', 'target_identity')
+PREFETCH_BATCHES = 2  # batches on their way to the devices while a step runs
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -185,9 +190,21 @@ def _discriminator_step(models: Models, net: NetState, fake, batch, onehot):
   return NetState(optax.apply_updates(net.params, updates), stats, opt_state), {'d_lsgan': loss}
 
 
-def _generator_step(models: Models, state: TrainState, batch, onehot):
+def _generator_forward(models: Models, net: NetState, batch, onehot):
+  """G's training forward pass and its VJP: ``(composite, vjp_fn, new_stats)``.
+
+  One forward serves both the discriminator update (as the fake) and the first generator
+  update (through ``vjp_fn``): the step runs G forward once less than if each recomputed it.
+  """
+  return jax.vjp(lambda p: _generate(models, p, net.stats, batch, onehot, train=True),
+                 net.params, has_aux=True)
+
+
+def _generator_update(models: Models, state: TrainState, batch, onehot, forward):
   """Generator update, eq. 9: L_adv(G) + l1*L_SSIM + l2*L_perceptual + l3*L_contrastive.
 
+  ``forward`` is ``_generator_forward`` at ``state.generator``: the loss is differentiated
+  with respect to the composite and pulled back to G's parameters through its VJP.
   The contrastive term labels (output, source image) as *different* identities: the
   generator is pushed at least the margin away from the source identity in the identity
   network's space, which is what anonymisation asks of it (paper §3.4, eq. 8).
@@ -196,8 +213,7 @@ def _generator_step(models: Models, state: TrainState, batch, onehot):
   vgg_fn = lambda x: models.vgg.apply({'params': state.perceptual_params}, x,
                                       taps=models.tap)[models.tap]
 
-  def loss_fn(params):
-    out, new_stats = _generate(models, params, net.stats, batch, onehot, train=True)
+  def loss_fn(out):
     terms = {}
     d_out, _ = _apply(models.discriminator, state.discriminator.params,
                       state.discriminator.stats, out, onehot)
@@ -216,13 +232,20 @@ def _generator_step(models: Models, state: TrainState, batch, onehot):
       terms['contrastive'] = losses.contrastive_loss(
           e_out, jax.lax.stop_gradient(e_src), jnp.zeros(out.shape[0]),
           loss_cfg.contrastive_margin, squared=loss_cfg.contrastive_squared)
-    total, metrics = losses.generator_total_loss(terms, weights)
-    return total, (new_stats, metrics)
+    return losses.generator_total_loss(terms, weights)
 
-  (_, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
+  out, vjp_fn, stats = forward
+  (_, metrics), grad_out = jax.value_and_grad(loss_fn, has_aux=True)(out)
+  grads, = vjp_fn(grad_out)
   updates, opt_state = models.g_tx.update(grads, net.opt_state, net.params)
   new_net = NetState(optax.apply_updates(net.params, updates), stats, opt_state)
   return new_net, {f'g_{k}': v for k, v in metrics.items()}
+
+
+def _generator_step(models: Models, state: TrainState, batch, onehot):
+  """A generator update (eq. 9) with its own forward pass."""
+  forward = _generator_forward(models, state.generator, batch, onehot)
+  return _generator_update(models, state, batch, onehot, forward)
 
 
 def _repeat(update: Callable[[NetState], tuple[NetState, dict]], net: NetState,
@@ -230,7 +253,8 @@ def _repeat(update: Callable[[NetState], tuple[NetState, dict]], net: NetState,
   """``times`` updates of one network, returning the last one's metrics.
 
   Several updates run as one ``lax.scan`` body, so the program (and its compile time) does
-  not grow with the update ratio (the paper's 1:1:3 compiled three generator updates).
+  not grow with the update ratio: the paper's 1:1:3 compiles one generator update that
+  reuses the discriminator's forward pass and one scanned twice, not three updates.
   """
   if times == 0:
     return net, {}
@@ -250,19 +274,21 @@ def train_step(models: Models, state: TrainState, batch: dict) -> tuple[TrainSta
   metrics.update(m)
   state = state.replace(identity=identity)
 
-  fake, _ = _generate(models, state.generator.params, state.generator.stats, batch, onehot,
-                      train=False)
-  fake = jax.lax.stop_gradient(fake)
+  # One G forward: the discriminator's fake and the first generator update's pass.
+  forward = _generator_forward(models, state.generator, batch, onehot)
+  fake = jax.lax.stop_gradient(forward[0])
   disc, m = _repeat(lambda net: _discriminator_step(models, net, fake, batch, onehot),
                     state.discriminator, cfg.train.d_steps)
   metrics.update(m)
   state = state.replace(discriminator=disc)
 
-  gen, m = _repeat(
-      lambda net: _generator_step(models, state.replace(generator=net), batch, onehot),
-      state.generator, cfg.train.g_steps)
-  metrics.update(m)
-  state = state.replace(generator=gen)
+  if cfg.train.g_steps:
+    gen, m = _generator_update(models, state, batch, onehot, forward)
+    gen, later = _repeat(
+        lambda net: _generator_step(models, state.replace(generator=net), batch, onehot),
+        gen, cfg.train.g_steps - 1)
+    metrics.update(later or m)
+    state = state.replace(generator=gen)
 
   ema = optax.incremental_update(state.generator.params, state.ema_params,
                                  1.0 - cfg.train.ema_decay)
@@ -311,8 +337,44 @@ def shard_batch(batch: dict, mesh: jax.sharding.Mesh, keys=BATCH_KEYS) -> dict:
   missing = [k for k in keys if k not in batch]
   if missing:
     raise KeyError(f'batch lacks {missing}; the train step needs {list(keys)}')
-  return {k: jax.make_array_from_process_local_data(data, jnp.asarray(batch[k]))
+  return {k: jax.make_array_from_process_local_data(data, np.asarray(batch[k]))
           for k in keys}
+
+
+def prefetch_to_mesh(batches: Iterable[dict], mesh: jax.sharding.Mesh,
+                     size: int = PREFETCH_BATCHES,
+                     keys=BATCH_KEYS) -> Iterator[tuple[dict, dict]]:
+  """Yields ``(host batch, device batch)`` with ``size`` batches already sent to the devices.
+
+  The copies are asynchronous, so the next batches travel while the current step runs and
+  the step never waits for its input (the host batch is kept for image summaries).
+  """
+  queue = collections.deque()
+  batches = iter(batches)
+
+  def enqueue(n):
+    for host in itertools.islice(batches, n):
+      queue.append((host, shard_batch(host, mesh, keys)))
+
+  enqueue(size)
+  while queue:
+    current = queue.popleft()
+    enqueue(1)  # before yielding: ``size`` batches stay in flight while this one is used
+    yield current
+
+
+def with_target_identities(batches: Iterable[dict], bank, seed: int,
+                           start_step: int = 0) -> Iterator[dict]:
+  """Adds ``target_identity`` (paper §3.3: another person's feature) to each host batch.
+
+  Drawn on the host with numpy, one generator per (seed, step, process): a draw on the
+  device would wait for the running train step, and a resumed run draws what an
+  uninterrupted one would have.
+  """
+  for step, batch in enumerate(batches, start_step):
+    rng = np.random.default_rng([seed, step, jax.process_index()])
+    batch['target_identity'], _ = bank.sample_targets(rng, batch['label'])
+    yield batch
 
 
 # --------------------------------------------------------------------------------------
@@ -510,17 +572,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     previous[sig] = signal.signal(sig, lambda s, _: stop.update(signal=s))
 
   step_fn = jit_train_step(models, mesh)
-  batches = input_pipeline.train_iterator(
+  host_batches = input_pipeline.train_iterator(
       source, batch_size=config.train.batch_size, resolution=config.resolution,
       seed=config.seed, start_step=initial_step)
-  target_key = jax.random.key(config.seed + 1)
+  batches = prefetch_to_mesh(
+      with_target_identities(host_batches, bank, config.seed + 1, initial_step), mesh)
   step = initial_step
   try:
     while step < num_steps:
-      batch = next(batches)
-      targets, _ = bank.sample_targets(jax.random.fold_in(target_key, step), batch['label'])
-      batch['target_identity'] = np.asarray(targets)
-      state, metrics = step_fn(state, shard_batch(batch, mesh))
+      batch, device_batch = next(batches)
+      state, metrics = step_fn(state, device_batch)
       step += 1
       report(step)
       last = step == num_steps or stop['signal'] is not None

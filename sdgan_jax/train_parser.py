@@ -417,12 +417,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
   for sig in (signal.SIGTERM, signal.SIGINT):
     previous[sig] = signal.signal(sig, lambda s, _: stop.update(signal=s))
 
-  batches = train_batches(initial_step)
+  batches = sdgan_train.prefetch_to_mesh(train_batches(initial_step), mesh, keys=BATCH_KEYS)
   step = initial_step
   try:
     while step < num_steps:
-      batch = next(batches)
-      state, metrics = step_fn(state, shard_batch(batch, mesh))
+      _, device_batch = next(batches)
+      state, metrics = step_fn(state, device_batch)
       step += 1
       report(step)
       last = step == num_steps or stop['signal'] is not None

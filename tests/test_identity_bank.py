@@ -144,6 +144,23 @@ def test_sample_targets_random_never_the_source_and_deterministic():
     bank.sample_targets(0, labels, mode='nearest')
 
 
+def test_sample_targets_on_the_host_with_a_numpy_generator():
+  bank = _hand_made_bank()
+  labels = np.tile(np.arange(5), 400)
+  feats, idx = bank.sample_targets(np.random.default_rng(7), labels)
+  assert isinstance(feats, np.ndarray) and isinstance(idx, np.ndarray)  # no device arrays
+  assert not np.any(idx == labels)
+  np.testing.assert_array_equal(feats, bank.means[idx])
+  for label in range(5):  # uniform over the 4 others
+    counts = np.bincount(idx[labels == label], minlength=5)
+    assert counts[label] == 0 and np.all(np.delete(counts, label) > 60), counts
+  np.testing.assert_array_equal(bank.sample_targets(np.random.default_rng(7), labels)[1], idx)
+  _, far = bank.sample_targets(np.random.default_rng(0), np.array([0, 3]), mode='farthest')
+  np.testing.assert_array_equal(far, [3, 1])
+  with pytest.raises(ValueError, match=r'in \[0, 5\)'):
+    bank.sample_targets(np.random.default_rng(0), np.array([0, 5]))
+
+
 def test_bank_validation_and_load_errors(tmp_path):
   with pytest.raises(ValueError, match='N >= 2'):
     ib.IdentityBank(means=np.zeros((1, 4)), counts=np.ones(1))

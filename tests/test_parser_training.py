@@ -192,7 +192,9 @@ def trained(dataset, tmp_path_factory):
   workdir = root / 'resumed'
 
   def preempt(step, batch):
-    if step == 1:  # SIGTERM while the second step runs: save step 2 and stop
+    # SIGTERM during the second step (batch k is read while step k - PREFETCH_BATCHES
+    # runs): save step 2 and stop
+    if step == 1 + sdgan_train.PREFETCH_BATCHES:
       os.kill(os.getpid(), signal.SIGTERM)
     return batch
 

@@ -148,7 +148,8 @@ def test_sigterm_saves_and_stops(dataset, tmp_path, monkeypatch):
   import signal  # pylint: disable=import-outside-toplevel
 
   def preempt(step, batch):
-    if step == 1:  # preempted while the second step runs
+    # batch k is read while step k - PREFETCH_BATCHES runs: preempted during the second step
+    if step == 1 + train.PREFETCH_BATCHES:
       os.kill(os.getpid(), signal.SIGTERM)
     return batch
 

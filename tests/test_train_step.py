@@ -195,9 +195,11 @@ def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
 
 
 def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
-  """g_steps=2 (a ``lax.scan`` body) equals two generator updates made one by one."""
+  """1:1:3 equals the updates made one by one: the identity net, D on G's fake, then three
+  generator updates, each with its own forward pass (the step shares the first with D and
+  runs the last two as one ``lax.scan`` body)."""
   cfg2 = setup[0].copy_and_resolve_references()
-  cfg2.train.g_steps, cfg2.train.d_steps, cfg2.train.identity_steps = 2, 0, 1
+  cfg2.train.g_steps, cfg2.train.d_steps, cfg2.train.identity_steps = 3, 1, 1
   # SGD: Adam's first steps are ~lr * sign(g), which turns float reordering noise in
   # near-zero gradients into differences of 2 lr (see the sharding test)
   cfg2.optim.name = 'sgd'
@@ -205,18 +207,58 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
   batch = {k: jnp.asarray(v) for k, v in batch_for(cfg2, seed=3).items()}
   state = train.create_train_state(models2, jax.random.key(5))
   new, metrics = jax.jit(lambda s, b: train.train_step(models2, s, b))(state, batch)
-  assert 'train/d_lsgan' not in metrics and 'train/g_total' in metrics
+  assert 'train/d_lsgan' in metrics and 'train/g_total' in metrics
+
+  # pylint: disable=protected-access
+  onehot = jax.nn.one_hot(batch['semantic'], cfg2.num_classes)
 
   @jax.jit
-  def by_hand(s, b):
-    onehot = jax.nn.one_hot(b['semantic'], cfg2.num_classes)
-    ident, _ = train._identity_step(models2, s.identity, b)  # pylint: disable=protected-access
-    s = s.replace(identity=ident)
-    for _ in range(2):
-      gen, m = train._generator_step(models2, s, b, onehot)  # pylint: disable=protected-access
-      s = s.replace(generator=gen)
-    return s, m
+  def identity_then_discriminator(s, b):
+    ident, _ = train._identity_step(models2, s.identity, b)
+    fake, _ = train._generate(models2, s.generator.params, s.generator.stats, b, onehot,
+                              train=True)
+    disc, d_metrics = train._discriminator_step(models2, s.discriminator, fake, b, onehot)
+    return s.replace(identity=ident, discriminator=disc), d_metrics
 
-  want, m = by_hand(state, batch)
+  generator_step = jax.jit(lambda s, b: train._generator_step(models2, s, b, onehot))
+
+  def by_hand(s, b):  # one compiled generator update, called three times
+    s, d_metrics = identity_then_discriminator(s, b)
+    for _ in range(3):
+      gen, m = generator_step(s, b)
+      s = s.replace(generator=gen)
+    return s, m, d_metrics
+
+  want, m, d_metrics = by_hand(state, batch)
+  assert _max_change(new.discriminator.params, want.discriminator.params) < 1e-5
   assert _max_change(new.generator.params, want.generator.params) < 1e-5
+  assert _max_change(new.generator.stats, want.generator.stats) < 1e-5
+  np.testing.assert_allclose(float(metrics['train/d_lsgan']), float(d_metrics['d_lsgan']),
+                             rtol=1e-5)
   np.testing.assert_allclose(float(metrics['train/g_total']), float(m['g_total']), rtol=1e-5)
+
+
+def test_prefetch_sends_batches_ahead_in_order():
+  """The loop's input path: ``size`` batches are on the devices before the first is used,
+  one more is sent per batch taken, and each device batch is its host batch."""
+  cfg = tiny_config()
+  mesh = train.make_mesh()
+  pulled = []
+
+  def host_batches():
+    for i in range(5):
+      pulled.append(i)
+      yield batch_for(cfg, seed=i)
+
+  batches = train.prefetch_to_mesh(host_batches(), mesh, size=2)
+  seen = []
+  for i, (host, device) in enumerate(batches):
+    assert len(pulled) == min(i + 3, 5)   # this batch, two ahead
+    assert isinstance(device['image'], jax.Array)
+    assert device['image'].sharding.spec == jax.sharding.PartitionSpec('data')
+    for key in train.BATCH_KEYS:
+      np.testing.assert_array_equal(np.asarray(device[key]), host[key])
+    seen.append(host)
+  assert len(seen) == 5
+  for i, host in enumerate(seen):
+    np.testing.assert_array_equal(host['image'], batch_for(cfg, seed=i)['image'])
