@@ -23,12 +23,19 @@ flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (clus
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
 flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
+flags.DEFINE_string('compilation_cache', None,
+                    'Persistent XLA compilation cache: a restarted run skips its minutes of '
+                    "compiling. Default $JAX_COMPILATION_CACHE_DIR or ~/.cache/sdgan_jax/xla; "
+                    "'' turns it off.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
+
+  from sdgan_jax import compile_cache  # pylint: disable=import-outside-toplevel
+  compile_cache.enable(FLAGS.compilation_cache)
   if FLAGS.coordinator_address or FLAGS.distributed:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,

@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from sdgan_jax import anonymize  # noqa: E402
+from sdgan_jax import anonymize, compile_cache  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       'drawn (green: anonymized, red: fallback and why); photos only')
   parser.add_argument('--report', help=f'JSON report path (default: DIR/{anonymize.REPORT_NAME})')
   parser.add_argument('--no_progress', action='store_true')
+  compile_cache.add_argument(parser)
   args = parser.parse_args(argv)
   if args.baseline and args.checkpoint:
     parser.error('give --checkpoint or --baseline, not both')
@@ -88,6 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  compile_cache.enable(args.compilation_cache)
   try:
     options = anonymize.Options(
         target=args.target, seed=args.seed, fallback=args.fallback,

@@ -21,6 +21,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from sdgan_jax import compile_cache  # noqa: E402
 from sdgan_jax.evaluation import report, runner  # noqa: E402
 
 
@@ -52,7 +53,9 @@ def main(argv=None) -> int:
   parser.add_argument('--paper', action='store_true',
                       help="print the paper's CelebA numbers beside ours")
   parser.add_argument('--no_progress', action='store_true')
+  compile_cache.add_argument(parser)
   args = parser.parse_args(argv)
+  compile_cache.enable(args.compilation_cache)
 
   options = runner.EvalOptions(
       dataset=args.data, checkpoints=args.checkpoint, split=args.split,
