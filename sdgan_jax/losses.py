@@ -134,7 +134,7 @@ def _as_list(features: Features) -> list[Array]:
 
 def perceptual_loss(
     features_fn: Callable[[Array], Features], generated: Array, target: Array,
-    feature_scale: float = 1.0) -> Array:
+    feature_scale: float = 1.0, *, target_features: Features | None = None) -> Array:
   """Perceptual loss, eq. 7: mean |V(G(x)) - V(y)| over C*H*W and the batch.
 
   Args:
@@ -144,13 +144,17 @@ def perceptual_loss(
     target: Real target images, same shape.
     feature_scale: Multiplies the features (so the loss): puts a network whose inputs
       were on another scale (caffe's 0-255 VGG) on the scale the loss weight assumes.
+    target_features: ``features_fn(target)`` when the caller has them already (the train
+      step computes them once for all its generator updates); ``target`` is then unused.
 
   Returns:
     Scalar loss; with several feature maps, the sum of the per-map means.
   """
   gen_feats = _as_list(features_fn(generated))
   # The target is a fixed reference: no gradient may reach it (or the network through it).
-  tgt_feats = _as_list(jax.lax.stop_gradient(features_fn(jax.lax.stop_gradient(target))))
+  if target_features is None:
+    target_features = features_fn(jax.lax.stop_gradient(target))
+  tgt_feats = _as_list(jax.lax.stop_gradient(target_features))
   if len(gen_feats) != len(tgt_feats):
     raise ValueError('features_fn returned a different number of maps for the two inputs.')
   return feature_scale * sum(jnp.mean(jnp.abs(g - t)) for g, t in zip(gen_feats, tgt_feats))

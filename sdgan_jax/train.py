@@ -200,11 +200,28 @@ def _generator_forward(models: Models, net: NetState, batch, onehot):
                  net.params, has_aux=True)
 
 
-def _generator_update(models: Models, state: TrainState, batch, onehot, forward):
+def _reference_features(models: Models, state: TrainState, batch) -> dict:
+  """What the generator loss compares its output with, fixed for the whole step: the real
+  images' VGG-16 features (eq. 7) and identity embeddings (eq. 8). Computed once, not once
+  per generator update (the identity net has already been updated when this runs)."""
+  reference = {}
+  if models.weights.perceptual:
+    reference['vgg'] = models.vgg.apply({'params': state.perceptual_params}, batch['image'],
+                                        taps=models.tap)[models.tap]
+  if models.weights.contrastive:
+    ident, _ = _apply(models.identity, state.identity.params, state.identity.stats,
+                      batch['image'])
+    reference['identity'] = ident['embedding']
+  return jax.lax.stop_gradient(reference)
+
+
+def _generator_update(models: Models, state: TrainState, batch, onehot, forward,
+                      reference: dict):
   """Generator update, eq. 9: L_adv(G) + l1*L_SSIM + l2*L_perceptual + l3*L_contrastive.
 
   ``forward`` is ``_generator_forward`` at ``state.generator``: the loss is differentiated
-  with respect to the composite and pulled back to G's parameters through its VJP.
+  with respect to the composite and pulled back to G's parameters through its VJP;
+  ``reference`` is ``_reference_features``.
   The contrastive term labels (output, source image) as *different* identities: the
   generator is pushed at least the margin away from the source identity in the identity
   network's space, which is what anonymisation asks of it (paper §3.4, eq. 8).
@@ -222,15 +239,14 @@ def _generator_update(models: Models, state: TrainState, batch, onehot, forward)
       terms['ssim'] = losses.ssim_loss(out, batch['image'])
     if weights.perceptual:
       terms['perceptual'] = losses.perceptual_loss(
-          vgg_fn, out, batch['image'], loss_cfg.get('perceptual_feature_scale', 1.0))
+          vgg_fn, out, batch['image'], loss_cfg.get('perceptual_feature_scale', 1.0),
+          target_features=reference['vgg'])
     if weights.l1:
       terms['l1'] = losses.l1_loss(out, batch['image'])
     if weights.contrastive:
-      ident, _ = _apply(models.identity, state.identity.params, state.identity.stats,
-                        jnp.concatenate([out, batch['image']], axis=0))
-      e_out, e_src = jnp.split(ident['embedding'], 2)
+      ident, _ = _apply(models.identity, state.identity.params, state.identity.stats, out)
       terms['contrastive'] = losses.contrastive_loss(
-          e_out, jax.lax.stop_gradient(e_src), jnp.zeros(out.shape[0]),
+          ident['embedding'], reference['identity'], jnp.zeros(out.shape[0]),
           loss_cfg.contrastive_margin, squared=loss_cfg.contrastive_squared)
     return losses.generator_total_loss(terms, weights)
 
@@ -242,10 +258,13 @@ def _generator_update(models: Models, state: TrainState, batch, onehot, forward)
   return new_net, {f'g_{k}': v for k, v in metrics.items()}
 
 
-def _generator_step(models: Models, state: TrainState, batch, onehot):
+def _generator_step(models: Models, state: TrainState, batch, onehot,
+                    reference: dict | None = None):
   """A generator update (eq. 9) with its own forward pass."""
+  if reference is None:
+    reference = _reference_features(models, state, batch)
   forward = _generator_forward(models, state.generator, batch, onehot)
-  return _generator_update(models, state, batch, onehot, forward)
+  return _generator_update(models, state, batch, onehot, forward, reference)
 
 
 def _repeat(update: Callable[[NetState], tuple[NetState, dict]], net: NetState,
@@ -283,9 +302,11 @@ def train_step(models: Models, state: TrainState, batch: dict) -> tuple[TrainSta
   state = state.replace(discriminator=disc)
 
   if cfg.train.g_steps:
-    gen, m = _generator_update(models, state, batch, onehot, forward)
+    reference = _reference_features(models, state, batch)
+    gen, m = _generator_update(models, state, batch, onehot, forward, reference)
     gen, later = _repeat(
-        lambda net: _generator_step(models, state.replace(generator=net), batch, onehot),
+        lambda net: _generator_step(models, state.replace(generator=net), batch, onehot,
+                                    reference),
         gen, cfg.train.g_steps - 1)
     metrics.update(later or m)
     state = state.replace(generator=gen)

@@ -191,6 +191,10 @@ def test_perceptual_matches_numpy():
   # feature_scale puts another network's feature scale on the loss weight's scale
   got = losses.perceptual_loss(_avg_pool2, jnp.asarray(gen), jnp.asarray(tgt), 1 / 57.6)
   assert float(got) == pytest.approx(want_pool / 57.6, rel=1e-5)
+  # precomputed target features (the train step's, shared by its generator updates)
+  got = losses.perceptual_loss(two_maps, jnp.asarray(gen), None,
+                               target_features=[jnp.asarray(tgt), _avg_pool2(tgt)])
+  assert float(got) == pytest.approx(want, rel=1e-5)
 
 
 def test_perceptual_no_gradient_into_target():
