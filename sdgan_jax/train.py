@@ -68,14 +68,20 @@ class TrainState:
   perceptual_params: Any       # frozen VGG-16 (eq. 7); carried here so it is sharded once
 
 
+def compute_dtype(config: ml_collections.ConfigDict):
+  """``config.dtype`` as a JAX dtype: the networks compute in it, parameters stay float32."""
+  dtype = DTYPES.get(config.get('dtype', 'float32'))
+  if dtype is None:
+    raise ValueError(f"unknown config key value dtype={config.dtype!r}: use 'float32' or "
+                     "'bfloat16'")
+  return dtype
+
+
 class Models:
   """The networks and optimizers a config describes (static: not part of the state)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    dtype = DTYPES.get(config.get('dtype', 'float32'))
-    if dtype is None:
-      raise ValueError(f"unknown config key value dtype={config.dtype!r}: use 'float32' or "
-                       "'bfloat16'")
+    dtype = compute_dtype(config)
     self.config = config
     self.generator = generator_from_config(
         ml_collections.ConfigDict(dict(config.model.generator, dtype=dtype)))

@@ -50,7 +50,6 @@ from sdgan_jax.models import eagrnet
 REFERENCE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'eagrnet_folder.py'
 BATCH_KEYS = ('image', 'semantic')
 DATA_SOURCES = ('prepared', 'folder')
-DTYPES = sdgan_train.DTYPES
 
 
 NonFiniteLossError = sdgan_train.NonFiniteLossError
@@ -89,10 +88,7 @@ class ParserModels:
   """The network, optimizer and loss weights a parser config describes (static)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    dtype = DTYPES.get(config.get('dtype', 'float32'))
-    if dtype is None:
-      raise ValueError(f"unknown config key value dtype={config.dtype!r}: use 'float32' or "
-                       "'bfloat16'")
+    dtype = sdgan_train.compute_dtype(config)
     self.config = config
     kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v
               for k, v in config.model.to_dict().items()}
