@@ -6,7 +6,8 @@
 # Order, most wanted first: the train step at the authors' shapes (never measured yet: its
 # compile ran past 150 s on an H200 on 2026-11-26; the state is now initialised on the host
 # CPU, which saved the 103 s its GPU compile took), then generator inference (10 s compile),
-# then the default config's generator. Each phase has its own limit (T_*, seconds).
+# then the default config's generator. Each phase has its own limit (T_*, seconds). The
+# train step's trace comes back as $OUT/train_step.xplane.pb (TensorBoard / xprof).
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -16,8 +17,12 @@ fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 B="python3 tools/benchmark.py --output $OUT/bench.jsonl"
+# --profile_dir: 3 more steps traced, with a per-kernel summary in the JSON row (busy time
+# over span says whether the device waits for launches; the top kernels say where time goes).
 timeout ${T_TRAIN:-330} $B --preset authors --dtypes bfloat16 --bench train \
-    --sweep_train_batches 128
+    --profile_dir /tmp/profile --sweep_train_batches 128
+trace=$(find /tmp/profile -name '*.xplane.pb' -size -16M 2>/dev/null | head -1)
+[ -n "$trace" ] && cp "$trace" "$OUT/train_step.xplane.pb"
 timeout ${T_GEN:-130} $B --preset authors --dtypes bfloat16,float32 --bench generator,anonymize \
     --sweep_gen_batches 1024,4096
 timeout ${T_DEFAULT:-60} $B --preset default --dtypes bfloat16 --bench generator

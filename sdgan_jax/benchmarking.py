@@ -13,7 +13,10 @@ the GPU machines have none.
 
 from __future__ import annotations
 
+import collections
 import datetime
+import glob
+import os
 import time
 from typing import Any, Callable
 
@@ -111,6 +114,64 @@ def _time(compiled_call: Callable[[], Any], steps: int, warmup: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
+def summarize_trace(path: str, top: int = 15) -> list[dict[str, Any]]:
+  """Per timeline of a profiler trace (``.xplane.pb``): events, busy time, span and the
+  ``top`` names by total time.
+
+  On a GPU the timelines are the device's streams and XLA-op lines, so busy time over span
+  says how much of a step the device computes rather than waits for launches, and the top
+  names say which kernels the time goes to. A CPU trace has only host threads: those whose
+  name mentions XLA are kept, and their events nest (an executor's event holds its
+  fusions'), so there busy time can exceed the span.
+  """
+  from jax.profiler import ProfileData  # pylint: disable=import-outside-toplevel
+
+  data = ProfileData.from_file(path)
+  planes = [p for p in data.planes if p.name.startswith('/device:')]
+  host_only = not planes
+  if host_only:
+    planes = [p for p in data.planes if p.name == '/host:CPU']
+  timelines = []
+  for plane in planes:
+    for line in plane.lines:
+      if host_only and 'XLA' not in line.name:
+        continue
+      events = [e for e in line.events if e.duration_ns > 0]
+      if not events:
+        continue
+      totals = collections.defaultdict(lambda: [0.0, 0])
+      for e in events:
+        totals[e.name][0] += e.duration_ns
+        totals[e.name][1] += 1
+      busy = sum(t for t, _ in totals.values())
+      span = max(e.end_ns for e in events) - min(e.start_ns for e in events)
+      ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+      timelines.append({
+          'plane': plane.name, 'line': line.name, 'events': len(events),
+          'busy_ms': busy / 1e6, 'span_ms': span / 1e6,
+          'top': [{'name': n[:120], 'ms': t / 1e6, 'count': c, 'share': t / busy}
+                  for n, (t, c) in ranked]})
+  return timelines
+
+
+def profile(call: Callable[[], Any], steps: int, trace_dir: str,
+            top: int = 15) -> dict[str, Any]:
+  """Traces ``steps`` warm calls with ``jax.profiler`` and summarises the trace
+  (``summarize_trace``); the raw ``.xplane.pb`` stays in ``trace_dir`` for TensorBoard or
+  xprof."""
+  jax.block_until_ready(call())
+  with jax.profiler.trace(trace_dir):
+    out = None
+    for _ in range(steps):
+      out = call()
+    jax.block_until_ready(out)
+  traces = glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True)
+  if not traces:
+    raise FileNotFoundError(f'jax.profiler wrote no .xplane.pb under {trace_dir}')
+  path = max(traces, key=os.path.getmtime)
+  return {'trace': path, 'profiled_steps': steps, 'timelines': summarize_trace(path, top)}
+
+
 def _summary(name, config, batch_size, step_s, compile_s, flops, memory, extra=None):
   dtype = config.get('dtype', 'float32')
   peak = peak_tflops(dtype)
@@ -141,8 +202,10 @@ def _random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarra
 
 
 def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: int = 10,
-                     warmup: int = 2, name: str = 'train_step') -> dict[str, Any]:
-  """The whole jitted train step (identity net, D, G updates, EMA) on ``batch_size`` images."""
+                     warmup: int = 2, name: str = 'train_step',
+                     profile_dir: str | None = None) -> dict[str, Any]:
+  """The whole jitted train step (identity net, D, G updates, EMA) on ``batch_size`` images;
+  with ``profile_dir``, also a kernel-level profile of 3 more steps (``profile``)."""
   config = config.copy_and_resolve_references()
   config.train.batch_size = batch_size
   models = train.Models(config)
@@ -163,10 +226,13 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
     return metrics
 
   step_s = _time(call, steps, warmup)
-  updates = {'updates_per_step': 'identity %d, D %d, G %d' % (
+  extra = {'updates_per_step': 'identity %d, D %d, G %d' % (
       config.train.identity_steps, config.train.d_steps, config.train.g_steps)}
+  if profile_dir:
+    _phase(name, f'profiling 3 steps into {profile_dir}')
+    extra['profile'] = profile(call, 3, profile_dir)
   return _summary(name, config, batch_size, step_s, compile_s, _flops(lowered),
-                  _memory(compiled), updates)
+                  _memory(compiled), extra)
 
 
 def _init_on_host(init_fn: Callable, *args):

@@ -35,12 +35,50 @@ def test_generator_benchmarks_report_consistent_figures(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_step_benchmark_runs_on_cpu(capsys):
+def test_train_step_benchmark_runs_on_cpu_and_profiles(capsys, tmp_path):
   benchmark.main(['--preset', 'small', '--bench', 'train', '--train_batch', '2',
-                  '--steps', '1', '--warmup', '1'])
+                  '--steps', '1', '--warmup', '1', '--profile_dir', str(tmp_path)])
   (row,) = _rows(capsys)
   assert row['bench'] == 'small/train_step' and row['updates_per_step'] == 'identity 1, D 1, G 1'
   assert row['gflop_per_image'] > 0 and row['step_s'] > 0
+  profile = row['profile']
+  assert pathlib.Path(profile['trace']).is_file() and profile['profiled_steps'] == 3
+  busy = [t for t in profile['timelines'] if t['busy_ms'] > 0]
+  assert busy, 'no XLA work in the CPU trace'
+  for timeline in busy:  # the top events are ranked, and their shares are of busy time
+    times = [e['ms'] for e in timeline['top']]
+    assert times == sorted(times, reverse=True)
+    assert sum(e['share'] for e in timeline['top']) <= 1 + 1e-9
+
+
+def test_trace_summary_on_a_known_device_timeline(tmp_path):
+  """A hand-written GPU trace: one stream with two kernels (5 + 1 us and 2 us) over 10 us."""
+  from jax.profiler import ProfileData  # pylint: disable=import-outside-toplevel
+
+  text = """
+  planes {
+    id: 1 name: "/device:GPU:0"
+    lines { id: 1 name: "Stream #13(Compute)" timestamp_ns: 1000
+      events { metadata_id: 1 offset_ps: 0 duration_ps: 5000000 }
+      events { metadata_id: 2 offset_ps: 6000000 duration_ps: 2000000 }
+      events { metadata_id: 1 offset_ps: 9000000 duration_ps: 1000000 }
+    }
+    event_metadata { key: 1 value { id: 1 name: "sm90_xmma_fprop_bf16" } }
+    event_metadata { key: 2 value { id: 2 name: "loop_add_fusion" } }
+  }
+  planes { id: 2 name: "/host:CPU" lines { id: 1 name: "python" } }
+  """
+  path = tmp_path / 'gpu.xplane.pb'
+  path.write_bytes(ProfileData.text_proto_to_serialized_xspace(text))
+  from sdgan_jax import benchmarking  # pylint: disable=import-outside-toplevel
+  (timeline,) = benchmarking.summarize_trace(str(path))
+  assert (timeline['plane'], timeline['line'], timeline['events']) == (
+      '/device:GPU:0', 'Stream #13(Compute)', 3)
+  assert timeline['busy_ms'] == pytest.approx(0.008)
+  assert timeline['span_ms'] == pytest.approx(0.010)
+  assert [(e['name'], e['count']) for e in timeline['top']] == [
+      ('sm90_xmma_fprop_bf16', 2), ('loop_add_fusion', 1)]
+  assert [e['share'] for e in timeline['top']] == pytest.approx([0.75, 0.25])
 
 
 def test_unknown_preset_is_named():

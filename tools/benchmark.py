@@ -76,6 +76,9 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=None, help='timed calls (default 10/20)')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--output', default=None, help='also append the JSON lines here')
+  parser.add_argument('--profile_dir', default=None,
+                      help='also trace 3 train steps here (jax.profiler) and add a per-kernel '
+                      'summary to the train rows (not the sweeps)')
   args = parser.parse_args(argv)
 
   benches = [b for b in args.bench.split(',') if b]
@@ -112,7 +115,8 @@ def main(argv=None):
       tag = f'{preset}/'
       if 'train' in benches:
         run(benchmarking.bench_train_step, config, train_batch, steps=args.steps or 10,
-            warmup=args.warmup, name=tag + 'train_step')
+            warmup=args.warmup, name=tag + 'train_step',
+            profile_dir=args.profile_dir and f'{args.profile_dir}/{preset}_{dtype}')
       if 'generator' in benches:
         run(benchmarking.bench_generator, config, gen_batch, steps=args.steps or 20,
             warmup=args.warmup, name=tag + 'generator')
