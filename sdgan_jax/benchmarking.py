@@ -211,7 +211,7 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
   models = train.Models(config)
   mesh = train.make_mesh()
   _phase(name, f'initialising the state (batch {batch_size}, {config.dtype})')
-  state = jax.block_until_ready(_initial_state(models, mesh))
+  state = jax.block_until_ready(train.init_train_state(models, jax.random.key(0), mesh))
   batch = train.shard_batch(_random_batch(config, batch_size), mesh)
   _phase(name, 'compiling the train step')
   start = time.perf_counter()
@@ -236,27 +236,14 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
 
 
 def _init_on_host(init_fn: Callable, *args):
-  """``jax.jit(init_fn)(*args)`` on the host CPU when the default device is an accelerator.
-
-  Initial values do not change the timings, and compiling initialisers for a GPU cost more
-  device time (103 s on an H200, 2026-11-26: its random-number kernels are unrolled) than the
-  generator's whole benchmark, and an eager init runs its forward pass op by op; the host
-  CPU compiles them in well under a minute. Callers place the result where they need it.
-  """
-  try:
-    cpu = jax.local_devices(backend='cpu')[0]
-  except RuntimeError:  # JAX_PLATFORMS excludes the CPU backend
-    cpu = None
+  """``jax.jit(init_fn)(*args)`` on the host CPU when the default device is an accelerator
+  (see ``train.init_train_state``: a GPU compile of an initialiser costs more device time
+  than the generator's whole benchmark, and an eager init runs its forward op by op)."""
+  cpu = train.host_cpu()
   if cpu is None or jax.devices()[0].platform == 'cpu':
     return jax.jit(init_fn)(*args)
   with jax.default_device(cpu):
     return jax.jit(init_fn)(*args)
-
-
-def _initial_state(models: train.Models, mesh) -> train.TrainState:
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  host = _init_on_host(lambda key: train.create_train_state(models, key), jax.random.key(0))
-  return jax.device_put(host, replicated)
 
 
 def bench_generator(config: ml_collections.ConfigDict, batch_size: int, steps: int = 20,

@@ -344,16 +344,43 @@ def jit_train_step(models: Models, mesh: jax.sharding.Mesh) -> Callable:
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
+def host_cpu() -> jax.Device | None:
+  """This process's first CPU device, or None when ``JAX_PLATFORMS`` leaves the CPU out."""
+  try:
+    return jax.local_devices(backend='cpu')[0]
+  except RuntimeError:
+    return None
+
+
 def init_train_state(models: Models, rng: jax.Array, mesh: jax.sharding.Mesh,
-                     perceptual_params: Any | None = None) -> TrainState:
+                     perceptual_params: Any | None = None, *,
+                     on_host: bool | None = None) -> TrainState:
   """``create_train_state`` compiled once and placed replicated on ``mesh``.
 
   Placing it with the same sharding the train step returns means the step compiles once,
-  not once for the initial state and again for every later one.
+  not once for the initial state and again for every later one. ``on_host`` (default: when
+  the mesh is on accelerators) initialises on the host CPU and copies the state over:
+  compiling the initialiser for an H200 took 103 s (its random-number kernels are unrolled
+  there, 2026-11-26), the host CPU compiles it in well under a minute. Every process
+  computes the same state from the same key, as multi-host placement requires.
   """
   replicated = NamedSharding(mesh, PartitionSpec())
-  init = jax.jit(lambda key, vgg: create_train_state(models, key, vgg), out_shardings=replicated)
-  return init(rng, perceptual_params)
+  init = lambda key, vgg: create_train_state(models, key, vgg)
+  cpu = host_cpu()
+  if on_host is None:
+    on_host = cpu is not None and mesh.devices.flat[0].platform != 'cpu'
+  if not on_host:
+    return jax.jit(init, out_shardings=replicated)(rng, perceptual_params)
+  if cpu is None:
+    raise ValueError('on_host=True needs the CPU backend; JAX_PLATFORMS excludes it')
+  with jax.default_device(cpu):
+    host = jax.jit(init)(jax.device_put(rng, cpu),
+                         None if perceptual_params is None
+                         else jax.device_put(perceptual_params, cpu))
+  placed = jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)),
+      _host_state(host))
+  return _device_state(placed)
 
 
 def shard_batch(batch: dict, mesh: jax.sharding.Mesh, keys=BATCH_KEYS) -> dict:

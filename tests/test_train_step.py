@@ -55,6 +55,23 @@ def test_one_step_updates_all_three_networks_and_reports_finite_losses(setup):
   assert _max_change(before.perceptual_params, new.perceptual_params) == 0
 
 
+def test_state_initialised_on_the_host_equals_the_device_initialised_one(setup):
+  """The accelerator path (init on the host CPU, then placed replicated) gives the state
+  the step takes: same values, same sharding, a usable PRNG key."""
+  cfg, models, mesh, _, _ = setup
+  direct = train.init_train_state(models, jax.random.key(7), mesh, on_host=False)
+  hosted = train.init_train_state(models, jax.random.key(7), mesh, on_host=True)
+  as_data = lambda s: s.replace(rng=jax.random.key_data(s.rng))
+  leaves_d = jax.tree_util.tree_leaves(as_data(direct))
+  leaves_h = jax.tree_util.tree_leaves(as_data(hosted))
+  assert len(leaves_d) == len(leaves_h)
+  for a, b in zip(leaves_d, leaves_h):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert b.sharding.is_equivalent_to(a.sharding, a.ndim)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert jax.dtypes.issubdtype(hosted.rng.dtype, jax.dtypes.prng_key)
+
+
 def test_nan_in_batch_is_reported_not_hidden(setup):
   cfg, models, mesh, _, step = setup
   state = train.init_train_state(models, jax.random.key(1), mesh)
