@@ -7,7 +7,8 @@
 # compile ran past 150 s on an H200 on 2026-11-26; the state is now initialised on the host
 # CPU, which saved the 103 s its GPU compile took), then generator inference (10 s compile),
 # then the default config's generator. Each phase has its own limit (T_*, seconds). The
-# train step's trace comes back as $OUT/train_step.xplane.pb (TensorBoard / xprof).
+# train step's and the bf16 generator's traces come back as $OUT/*.xplane.pb (TensorBoard /
+# xprof); their per-kernel summaries are in the JSON rows.
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -24,6 +25,8 @@ timeout ${T_TRAIN:-330} $B --preset authors --dtypes bfloat16 --bench train \
 trace=$(find /tmp/profile -name '*.xplane.pb' -size -16M 2>/dev/null | head -1)
 [ -n "$trace" ] && cp "$trace" "$OUT/train_step.xplane.pb"
 timeout ${T_GEN:-130} $B --preset authors --dtypes bfloat16,float32 --bench generator,anonymize \
-    --sweep_gen_batches 1024,4096
+    --profile_dir /tmp/profile_gen --sweep_gen_batches 1024,4096
+trace=$(find /tmp/profile_gen -path '*bfloat16*' -name '*.xplane.pb' -size -16M 2>/dev/null | head -1)
+[ -n "$trace" ] && cp "$trace" "$OUT/generator.xplane.pb"
 timeout ${T_DEFAULT:-60} $B --preset default --dtypes bfloat16 --bench generator
 echo done

@@ -247,9 +247,11 @@ def _init_on_host(init_fn: Callable, *args):
 
 
 def bench_generator(config: ml_collections.ConfigDict, batch_size: int, steps: int = 20,
-                    warmup: int = 2, name: str = 'generator') -> dict[str, Any]:
+                    warmup: int = 2, name: str = 'generator',
+                    profile_dir: str | None = None) -> dict[str, Any]:
   """Generator inference (paper §3.4: masked face + semantic map + identity -> composite)
-  on device-resident inputs: the accelerator's throughput."""
+  on device-resident inputs: the accelerator's throughput; with ``profile_dir``, also a
+  kernel-level profile of 3 more calls (``profile``)."""
   config = config.copy_and_resolve_references()
   generator = _untrained_generator(config, batch_size)
   batch = _random_batch(config, batch_size)
@@ -261,9 +263,14 @@ def bench_generator(config: ml_collections.ConfigDict, batch_size: int, steps: i
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   _phase(name, f'compiled in {compile_s:.1f} s; timing')
-  step_s = _time(lambda: compiled(*params, *args), steps, warmup)
+  call = lambda: compiled(*params, *args)
+  step_s = _time(call, steps, warmup)
+  extra = {}
+  if profile_dir:
+    _phase(name, f'profiling 3 calls into {profile_dir}')
+    extra['profile'] = profile(call, 3, profile_dir)
   return _summary(name, config, batch_size, step_s, compile_s, _flops(lowered),
-                  _memory(compiled))
+                  _memory(compiled), extra)
 
 
 def bench_anonymize_batch(config: ml_collections.ConfigDict, batch_size: int,

@@ -19,7 +19,8 @@ def _rows(capsys):
 def test_generator_benchmarks_report_consistent_figures(capsys, tmp_path):
   out = tmp_path / 'bench.jsonl'
   benchmark.main(['--preset', 'small', '--bench', 'generator,anonymize', '--gen_batch', '4',
-                  '--steps', '2', '--warmup', '1', '--output', str(out)])
+                  '--steps', '2', '--warmup', '1', '--output', str(out),
+                  '--profile_dir', str(tmp_path / 'profile')])
   rows = _rows(capsys)
   assert [r['bench'] for r in rows] == ['small/generator', 'small/anonymize_generate']
   assert [json.loads(line) for line in out.read_text().splitlines()] == rows
@@ -32,6 +33,8 @@ def test_generator_benchmarks_report_consistent_figures(capsys, tmp_path):
   assert 1e7 < gen['gflop_per_image'] * 1e9 < 1e9
   assert gen['tflops'] == pytest.approx(gen['gflop_per_image'] * 4 / gen['step_s'] / 1e3)
   assert gen['program_bytes'] > 0 and gen['peak_share'] is None  # CPUs have no peak entry
+  assert gen['profile']['profiled_steps'] == 3 and gen['profile']['timelines']
+  assert 'profile' not in rows[1]
 
 
 @pytest.mark.slow

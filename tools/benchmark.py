@@ -77,8 +77,8 @@ def main(argv=None):
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--output', default=None, help='also append the JSON lines here')
   parser.add_argument('--profile_dir', default=None,
-                      help='also trace 3 train steps here (jax.profiler) and add a per-kernel '
-                      'summary to the train rows (not the sweeps)')
+                      help='also trace 3 train steps / generator calls here (jax.profiler) and '
+                      'add a per-kernel summary to their rows (not the sweeps)')
   args = parser.parse_args(argv)
 
   benches = [b for b in args.bench.split(',') if b]
@@ -119,7 +119,8 @@ def main(argv=None):
             profile_dir=args.profile_dir and f'{args.profile_dir}/{preset}_{dtype}')
       if 'generator' in benches:
         run(benchmarking.bench_generator, config, gen_batch, steps=args.steps or 20,
-            warmup=args.warmup, name=tag + 'generator')
+            warmup=args.warmup, name=tag + 'generator',
+            profile_dir=args.profile_dir and f'{args.profile_dir}/{preset}_{dtype}_generator')
       if 'anonymize' in benches:
         run(benchmarking.bench_anonymize_batch, config, gen_batch, steps=args.steps or 10,
             warmup=1, name=tag + 'anonymize_generate')
