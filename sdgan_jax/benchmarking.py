@@ -172,6 +172,15 @@ def profile(call: Callable[[], Any], steps: int, trace_dir: str,
   return {'trace': path, 'profiled_steps': steps, 'timelines': summarize_trace(path, top)}
 
 
+def _try_profile(call, profile_dir: str) -> dict[str, Any]:
+  """``{'profile': ...}``, or ``{'profile_error': ...}``: a profiler that fails (no CUPTI,
+  say) must not cost the timing already measured."""
+  try:
+    return {'profile': profile(call, 3, profile_dir)}
+  except Exception as error:  # pylint: disable=broad-except
+    return {'profile_error': repr(error)[:500]}
+
+
 def _summary(name, config, batch_size, step_s, compile_s, flops, memory, extra=None):
   dtype = config.get('dtype', 'float32')
   peak = peak_tflops(dtype)
@@ -230,7 +239,7 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
       config.train.identity_steps, config.train.d_steps, config.train.g_steps)}
   if profile_dir:
     _phase(name, f'profiling 3 steps into {profile_dir}')
-    extra['profile'] = profile(call, 3, profile_dir)
+    extra.update(_try_profile(call, profile_dir))
   return _summary(name, config, batch_size, step_s, compile_s, _flops(lowered),
                   _memory(compiled), extra)
 
@@ -268,7 +277,7 @@ def bench_generator(config: ml_collections.ConfigDict, batch_size: int, steps: i
   extra = {}
   if profile_dir:
     _phase(name, f'profiling 3 calls into {profile_dir}')
-    extra['profile'] = profile(call, 3, profile_dir)
+    extra.update(_try_profile(call, profile_dir))
   return _summary(name, config, batch_size, step_s, compile_s, _flops(lowered),
                   _memory(compiled), extra)
 
