@@ -539,23 +539,39 @@ def _inference_fns(models: Models) -> tuple[Callable, Callable]:
   return jax.jit(quality), jax.jit(generate)
 
 
+def _local_copy(tree):
+  """This process's copy of replicated arrays, on its first device: validation and image
+  summaries then run on the process's own data without the other processes (feeding host
+  arrays to a program over a multi-process mesh would need every process's data)."""
+  return jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree)
+
+
+def _sum_over_processes(values: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return values
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
+
+
 def _eval_metrics(models, state, eval_batches, bank, seed) -> dict:
-  """Validation: SSIM and PSNR of the EMA generator's composites against the originals."""
+  """Validation: SSIM and PSNR of the EMA generator's composites against the originals,
+  averaged over every process's share of the split."""
   per_image, _ = _inference_fns(models)
-  ssims, psnrs = [], []
+  params = _local_copy((state.ema_params, state.generator.stats))
+  totals = np.zeros(3)  # sum of SSIM, sum of PSNR, images
   for i, batch in enumerate(eval_batches):
     valid = np.asarray(batch['valid'], bool)
     # test identities are not in the (training) bank: any bank identity is another person
-    picks = jax.random.randint(jax.random.key(seed + i), (len(valid),), 0, bank.num_identities)
+    picks = np.random.default_rng([seed, i, jax.process_index()]).integers(
+        0, bank.num_identities, len(valid))
     inputs = {k: batch[k] for k in ('image', 'mask', 'semantic')}
-    inputs['target_identity'] = bank.means[np.asarray(picks)]
-    s, p = per_image(state.ema_params, state.generator.stats, inputs)
-    ssims.append(np.asarray(s)[valid])
-    psnrs.append(np.asarray(p)[valid])
-  if not ssims:
+    inputs['target_identity'] = bank.means[picks]
+    s, p = per_image(*params, inputs)
+    totals += [np.sum(np.asarray(s)[valid]), np.sum(np.asarray(p)[valid]), valid.sum()]
+  ssim_sum, psnr_sum, count = _sum_over_processes(totals)
+  if not count:
     return {}
-  return {'eval/ssim': float(np.mean(np.concatenate(ssims))),
-          'eval/psnr': float(np.mean(np.concatenate(psnrs)))}
+  return {'eval/ssim': float(ssim_sum / count), 'eval/psnr': float(psnr_sum / count)}
 
 
 def _image_summary(models, state, batch, n: int) -> dict:
@@ -564,7 +580,8 @@ def _image_summary(models, state, batch, n: int) -> dict:
 
   small = {k: np.asarray(v)[:n] for k, v in batch.items()
            if k in ('image', 'mask', 'semantic', 'target_identity')}
-  out = _inference_fns(models)[1](state.ema_params, state.generator.stats, small)
+  out = _inference_fns(models)[1](*_local_copy((state.ema_params, state.generator.stats)),
+                                  small)
   palette = np.random.default_rng(0).uniform(0.2, 1.0, (max(NUM_CLASSES, 32), 3))
   palette[0] = 0
   semantic = palette[small['semantic']]
@@ -646,7 +663,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
               f'non-finite loss at step {step}: {host_metrics}; the last good checkpoint in '
               f'{workdir}/checkpoints is kept (lower the learning rate or check the data)')
         writer.write_scalars(step, host_metrics)
-      if config.train.image_every and step % config.train.image_every == 0:
+      if (config.train.image_every and step % config.train.image_every == 0
+          and jax.process_index() == 0):  # the only process that writes summaries
         writer.write_images(step, _image_summary(models, state, batch, 4))
       if step % config.checkpoint.every == 0 or last:
         eval_metrics = {}

@@ -174,16 +174,17 @@ def get_config():
   cfg.loss.perceptual_weights = 'random'
   cfg.train.num_steps = 2
   cfg.train.log_every = 1
-  cfg.train.image_every = 0
+  cfg.train.image_every = 1
   cfg.checkpoint.every = 2
-  cfg.eval.num_batches = 0
+  cfg.eval.num_batches = 1
   return cfg
 '''
 
 
 @pytest.mark.slow
 def test_two_processes_train_on_their_shards_and_agree(dataset, tmp_path):
-  """jax.distributed on localhost (CPU, gloo): identical parameters, one summary writer."""
+  """jax.distributed on localhost (CPU, gloo): identical parameters, one summary writer,
+  and one validation figure over both processes' shares of the test split."""
   import os  # pylint: disable=import-outside-toplevel
   import re  # pylint: disable=import-outside-toplevel
   import socket  # pylint: disable=import-outside-toplevel
@@ -212,5 +213,8 @@ def test_two_processes_train_on_their_shards_and_agree(dataset, tmp_path):
     assert found, out[-4000:]
     checksums.append(found.group(1))
   assert checksums[0] == checksums[1]
+  # each process validates its own half of the split; both report the mean over all of it
+  ssims = [re.findall(r'eval/ssim=([-+.\deE]+)', out) for out in outputs]
+  assert ssims[0] and ssims[0] == ssims[1], ssims
   assert len(list(workdir.glob('events.out.tfevents.*'))) == 1  # process 0 only
   assert (workdir / 'checkpoints' / '2').is_dir()
