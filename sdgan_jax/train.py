@@ -539,14 +539,14 @@ def _inference_fns(models: Models) -> tuple[Callable, Callable]:
   return jax.jit(quality), jax.jit(generate)
 
 
-def _local_copy(tree):
+def local_copy(tree):
   """This process's copy of replicated arrays, on its first device: validation and image
   summaries then run on the process's own data without the other processes (feeding host
   arrays to a program over a multi-process mesh would need every process's data)."""
   return jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree)
 
 
-def _sum_over_processes(values: np.ndarray) -> np.ndarray:
+def sum_over_processes(values: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return values
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
@@ -557,7 +557,7 @@ def _eval_metrics(models, state, eval_batches, bank, seed) -> dict:
   """Validation: SSIM and PSNR of the EMA generator's composites against the originals,
   averaged over every process's share of the split."""
   per_image, _ = _inference_fns(models)
-  params = _local_copy((state.ema_params, state.generator.stats))
+  params = local_copy((state.ema_params, state.generator.stats))
   totals = np.zeros(3)  # sum of SSIM, sum of PSNR, images
   for i, batch in enumerate(eval_batches):
     valid = np.asarray(batch['valid'], bool)
@@ -568,7 +568,7 @@ def _eval_metrics(models, state, eval_batches, bank, seed) -> dict:
     inputs['target_identity'] = bank.means[picks]
     s, p = per_image(*params, inputs)
     totals += [np.sum(np.asarray(s)[valid]), np.sum(np.asarray(p)[valid]), valid.sum()]
-  ssim_sum, psnr_sum, count = _sum_over_processes(totals)
+  ssim_sum, psnr_sum, count = sum_over_processes(totals)
   if not count:
     return {}
   return {'eval/ssim': float(ssim_sum / count), 'eval/psnr': float(psnr_sum / count)}
@@ -580,7 +580,7 @@ def _image_summary(models, state, batch, n: int) -> dict:
 
   small = {k: np.asarray(v)[:n] for k, v in batch.items()
            if k in ('image', 'mask', 'semantic', 'target_identity')}
-  out = _inference_fns(models)[1](*_local_copy((state.ema_params, state.generator.stats)),
+  out = _inference_fns(models)[1](*local_copy((state.ema_params, state.generator.stats)),
                                   small)
   palette = np.random.default_rng(0).uniform(0.2, 1.0, (max(NUM_CLASSES, 32), 3))
   palette[0] = 0

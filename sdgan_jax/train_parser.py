@@ -246,16 +246,20 @@ def _batch_confusion(models: ParserModels, params, stats, images, labels, valid)
 
 def evaluate(models: ParserModels, state: ParserState, batches: Iterable[dict],
              confusion_fn: Callable | None = None) -> dict[str, float]:
-  """Segmentation metrics of the parser on ``batches`` ('image', 'semantic', 'valid')."""
+  """Segmentation metrics of the parser on ``batches`` ('image', 'semantic', 'valid'): each
+  process runs its own batches on its local copy of the parser, and the confusion matrices
+  are summed over processes."""
   from sdgan_jax.datasets.features import SEMANTIC_CLASSES  # pylint: disable=import-outside-toplevel
 
   c = models.config.num_classes
   confusion_fn = confusion_fn or jax.jit(functools.partial(_batch_confusion, models))
+  params, stats = sdgan_train.local_copy((state.params, state.stats))
   total = np.zeros((c, c))
-  for batch in batches:
+  for batch in batches:  # this process's share of the split
     valid = np.asarray(batch.get('valid', np.ones(len(batch['image']))), np.float32)
-    total += np.asarray(confusion_fn(state.params, state.stats, batch['image'],
+    total += np.asarray(confusion_fn(params, stats, batch['image'],
                                      np.asarray(batch['semantic'], np.int32), valid))
+  total = sdgan_train.sum_over_processes(total)
   names = SEMANTIC_CLASSES if c == len(SEMANTIC_CLASSES) else None
   return segmentation_metrics(total, names) if total.sum() else {}
 
