@@ -591,9 +591,7 @@ def _image_summary(models, state, batch, n: int) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains SDGAN on the prepared dataset of ``config.data``; resumes from ``workdir``."""
-  import signal  # pylint: disable=import-outside-toplevel
-
-  from clu import metric_writers, periodic_actions  # pylint: disable=import-outside-toplevel
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel
   from sdgan_jax import identity_bank as bank_lib  # pylint: disable=import-outside-toplevel
   from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
   from sdgan_jax import weights as weights_lib  # pylint: disable=import-outside-toplevel
@@ -635,19 +633,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     bank.save(os.path.join(workdir, 'identity_bank.npz'))
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  num_steps = config.train.num_steps
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  stop = {'signal': None}
-  previous = {}
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    previous[sig] = signal.signal(sig, lambda s, _: stop.update(signal=s))
-
-  step_fn = jit_train_step(models, mesh)
   host_batches = input_pipeline.train_iterator(
       source, batch_size=config.train.batch_size, resolution=config.resolution,
       seed=config.seed, start_step=initial_step)
   batches = prefetch_to_mesh(
       with_target_identities(host_batches, bank, config.seed + 1, initial_step), mesh)
+
+  def evaluate(state):
+    if eval_source is None:
+      return {}
+    eval_batches = input_pipeline.eval_iterator(
+        eval_source, batch_size=config.train.batch_size, resolution=config.resolution)
+    eval_batches = (b for _, b in zip(range(config.eval.num_batches), eval_batches))
+    return _eval_metrics(models, state, eval_batches, bank, config.seed)
+
+  state, step = run_training_loop(
+      state, jit_train_step(models, mesh), batches, config=config, workdir=workdir,
+      manager=manager, writer=writer, initial_step=initial_step, evaluate=evaluate,
+      images=lambda state, batch: _image_summary(models, state, batch, 4),
+      failure='loss', hint='lower the learning rate or check the data')
+  checksum = sum(float(np.sum(np.asarray(x.addressable_data(0), np.float64)))
+                 for x in jax.tree_util.tree_leaves(state.generator.params))
+  logging.info('process %d: finished at step %d, generator parameter checksum %.10e',
+               jax.process_index(), step, checksum)
+  return state
+
+
+def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, dict]], *,
+                      config: ml_collections.ConfigDict, workdir: str, manager, writer,
+                      initial_step: int, evaluate: Callable[[Any], dict],
+                      images: Callable[[Any, dict], dict] | None = None,
+                      failure: str = 'loss', hint: str = '') -> tuple[Any, int]:
+  """The loop of both trainers (SDGAN and face parser), up to ``config.train.num_steps``.
+
+  ``batches`` yields (host batch, device batch) (``prefetch_to_mesh``). Every
+  ``train.log_every`` steps the metrics are fetched (the loop's only wait for the device),
+  checked (a non-finite ``failure`` raises ``NonFiniteLossError`` before anything of that
+  step is saved) and written; every ``train.image_every`` steps process 0 writes
+  ``images(state, host batch)``; every ``checkpoint.every`` steps and at the end
+  ``evaluate(state)`` runs and the state is saved with its metrics. SIGTERM/SIGINT save
+  the current step and stop. Returns (state, last step).
+  """
+  import signal  # pylint: disable=import-outside-toplevel
+
+  from clu import periodic_actions  # pylint: disable=import-outside-toplevel
+
+  num_steps = config.train.num_steps
+  image_every = config.train.get('image_every', 0) if images is not None else 0
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  stop = {'signal': None}
+  previous = {}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    previous[sig] = signal.signal(sig, lambda s, _: stop.update(signal=s))
   step = initial_step
   try:
     while step < num_steps:
@@ -656,38 +693,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       step += 1
       report(step)
       last = step == num_steps or stop['signal'] is not None
-      if step % config.train.log_every == 0 or last or step % config.checkpoint.every == 0:
+      save = step % config.checkpoint.every == 0 or last
+      if step % config.train.log_every == 0 or save:
         host_metrics = jax.device_get(metrics)
         if not host_metrics['train/all_finite']:
           raise NonFiniteLossError(
-              f'non-finite loss at step {step}: {host_metrics}; the last good checkpoint in '
-              f'{workdir}/checkpoints is kept (lower the learning rate or check the data)')
+              f'non-finite {failure} at step {step}: {host_metrics}; the last good '
+              f'checkpoint in {workdir}/checkpoints is kept ({hint})')
         writer.write_scalars(step, host_metrics)
-      if (config.train.image_every and step % config.train.image_every == 0
-          and jax.process_index() == 0):  # the only process that writes summaries
-        writer.write_images(step, _image_summary(models, state, batch, 4))
-      if step % config.checkpoint.every == 0 or last:
-        eval_metrics = {}
-        if eval_source is not None:
-          eval_batches = input_pipeline.eval_iterator(
-              eval_source, batch_size=config.train.batch_size, resolution=config.resolution)
-          eval_batches = (b for _, b in zip(range(config.eval.num_batches), eval_batches))
-          eval_metrics = _eval_metrics(models, state, eval_batches, bank, config.seed)
+      if image_every and step % image_every == 0 and jax.process_index() == 0:
+        writer.write_images(step, images(state, batch))  # process 0 writes summaries
+      if save:
+        eval_metrics = evaluate(state)
+        if eval_metrics:
           writer.write_scalars(step, eval_metrics)
         _save(manager, step, state, eval_metrics or None)
       if stop['signal'] is not None:
         logging.warning('signal %d: saved step %d, stopping', stop['signal'], step)
         break
-    checksum = sum(float(np.sum(np.asarray(x.addressable_data(0), np.float64)))
-                   for x in jax.tree_util.tree_leaves(state.generator.params))
-    logging.info('process %d: finished at step %d, generator parameter checksum %.10e',
-                 jax.process_index(), step, checksum)
   finally:
     manager.wait_until_finished()
     writer.flush()
     for sig, handler in previous.items():
       signal.signal(sig, handler)
-  return state
+  return state, step
 
 
 def _check_data(config, source) -> None:

@@ -298,7 +298,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   ParserModels(config)  # model and optimizer keys fail here, on the host
 
 
-_host_state = sdgan_train._host_state  # pylint: disable=protected-access
 restore_state = sdgan_train.restore_state
 
 
@@ -388,10 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
   """Trains EAGRNet on ``config.data``; resumes from the latest checkpoint in ``workdir``."""
   if '://' not in workdir:  # orbax refuses relative local paths
     workdir = os.path.abspath(workdir)
-  import signal  # pylint: disable=import-outside-toplevel
-
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from clu import metric_writers, periodic_actions  # pylint: disable=import-outside-toplevel
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel
 
   validate_config(config)
   train_batches, eval_batches = _data(config)
@@ -410,47 +406,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
       f.write(config.to_json_best_effort(indent=2))
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  num_steps = config.train.num_steps
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  stop = {'signal': None}
-  previous = {}
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    previous[sig] = signal.signal(sig, lambda s, _: stop.update(signal=s))
 
-  batches = sdgan_train.prefetch_to_mesh(train_batches(initial_step), mesh, keys=BATCH_KEYS)
-  step = initial_step
-  try:
-    while step < num_steps:
-      _, device_batch = next(batches)
-      state, metrics = step_fn(state, device_batch)
-      step += 1
-      report(step)
-      last = step == num_steps or stop['signal'] is not None
-      if step % config.train.log_every == 0 or last or step % config.checkpoint.every == 0:
-        host_metrics = jax.device_get(metrics)
-        if not host_metrics['train/all_finite']:
-          raise NonFiniteLossError(
-              f'non-finite parser loss at step {step}: {host_metrics}; the last good '
-              f'checkpoint in {workdir}/checkpoints is kept (lower config.optim.learning_rate '
-              'or check the label maps)')
-        writer.write_scalars(step, host_metrics)
-      if step % config.checkpoint.every == 0 or last:
-        eval_metrics = (evaluate(models, state, eval_batches(), confusion_fn) if eval_batches
-                        else {})
-        if eval_metrics:
-          writer.write_scalars(step, eval_metrics)
-          logging.info('step %d: mIoU %.4f, pixel accuracy %.4f', step,
-                       eval_metrics['eval/miou'], eval_metrics['eval/pixel_accuracy'])
-        manager.save(step, args=ocp.args.StandardSave(_host_state(state)),
-                     metrics=eval_metrics or None, force=True)
-      if stop['signal'] is not None:
-        logging.warning('signal %d: saved step %d, stopping', stop['signal'], step)
-        break
-  finally:
-    manager.wait_until_finished()
-    writer.flush()
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
+  def evaluate_and_log(state):
+    metrics = evaluate(models, state, eval_batches(), confusion_fn) if eval_batches else {}
+    if metrics:
+      logging.info('mIoU %.4f, pixel accuracy %.4f', metrics['eval/miou'],
+                   metrics['eval/pixel_accuracy'])
+    return metrics
+
+  state, _ = sdgan_train.run_training_loop(
+      state, step_fn,
+      sdgan_train.prefetch_to_mesh(train_batches(initial_step), mesh, keys=BATCH_KEYS),
+      config=config, workdir=workdir, manager=manager, writer=writer,
+      initial_step=initial_step, evaluate=evaluate_and_log, failure='parser loss',
+      hint='lower config.optim.learning_rate or check the label maps')
   return state
 
 

@@ -20,6 +20,7 @@ from sdgan_jax.datasets import features as F
 from sdgan_jax.datasets import parsing_folders as pf
 from sdgan_jax.datasets import prepare, samples
 from sdgan_jax.faces import masks
+from train_fixtures import nan_pixel_at, patch_train_batches, sigterm_at_read_of
 
 R = 32
 C = {name: i for i, name in enumerate(F.SEMANTIC_CLASSES)}
@@ -167,39 +168,18 @@ def _loop_config(dataset, num_steps):
   return cfg
 
 
-def _patch_batches(monkeypatch, on_step):
-  """Wraps the prepared-data training iterator so a test can act at a given step."""
-  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-
-  original = input_pipeline.train_iterator
-
-  def patched(*args, **kwargs):
-    for i, batch in enumerate(original(*args, **kwargs)):
-      yield on_step(i + kwargs.get('start_step', 0), batch)
-
-  monkeypatch.setattr(input_pipeline, 'train_iterator', patched)
-
-
 @pytest.fixture(scope='module')
 def trained(dataset, tmp_path_factory):
   """(uninterrupted 4-step state, preempted at 2 and resumed state, its workdir, the
   checkpoints left by the preemption)."""
-  import os  # pylint: disable=import-outside-toplevel
-  import signal  # pylint: disable=import-outside-toplevel
-
   root = tmp_path_factory.mktemp('parser_runs')
   straight = train_parser.train_and_evaluate(_loop_config(dataset, 4), str(root / 'straight'))
   workdir = root / 'resumed'
 
-  def preempt(step, batch):
+  with pytest.MonkeyPatch.context() as monkeypatch:
     # SIGTERM during the second step (batch k is read while step k - PREFETCH_BATCHES
     # runs): save step 2 and stop
-    if step == 1 + sdgan_train.PREFETCH_BATCHES:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return batch
-
-  with pytest.MonkeyPatch.context() as monkeypatch:
-    _patch_batches(monkeypatch, preempt)
+    patch_train_batches(monkeypatch, sigterm_at_read_of(1 + sdgan_train.PREFETCH_BATCHES))
     stopped = train_parser.train_and_evaluate(_loop_config(dataset, 4), str(workdir))
   assert int(stopped.step) == 2
   steps_after_kill = sorted(p.name for p in (workdir / 'checkpoints').iterdir()
@@ -242,13 +222,7 @@ def test_config_errors_fail_before_device_work(dataset, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypatch):
-  def poison(step, batch):
-    if step == 2:  # the third step sees a NaN pixel
-      batch['image'] = batch['image'].copy()
-      batch['image'][0, 0, 0, 0] = np.nan
-    return batch
-
-  _patch_batches(monkeypatch, poison)
+  patch_train_batches(monkeypatch, nan_pixel_at(2))  # the third step sees a NaN pixel
   cfg = _loop_config(dataset, 4)
   cfg.checkpoint.every = 1
   with pytest.raises(train_parser.NonFiniteLossError, match='non-finite parser loss at step 3'):

@@ -11,7 +11,8 @@ from sdgan_jax import identity_bank as bank_lib
 from sdgan_jax import inference
 from sdgan_jax import train
 from sdgan_jax.datasets import features as F
-from train_fixtures import batch_for, tiny_config
+from train_fixtures import (batch_for, nan_pixel_at, patch_train_batches, sigterm_at_read_of,
+                            tiny_config)
 
 R = 32
 IDENTITIES, PER_IDENTITY = 4, 4
@@ -111,28 +112,9 @@ def test_config_errors_fail_before_device_work(dataset, tmp_path):
   assert not pathlib.Path(tmp_path / 'w').exists()
 
 
-def _patch_batches(monkeypatch, on_step):
-  """Wraps the training iterator so a test can act at a given step (0-based batch count)."""
-  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-
-  original = input_pipeline.train_iterator
-
-  def patched(*args, **kwargs):
-    for i, batch in enumerate(original(*args, **kwargs)):
-      yield on_step(i + kwargs.get('start_step', 0), batch)
-
-  monkeypatch.setattr(input_pipeline, 'train_iterator', patched)
-
-
 @pytest.mark.slow
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
-  def poison(step, batch):
-    if step == 2:  # the third step sees a NaN image
-      batch['image'] = batch['image'].copy()
-      batch['image'][0, 0, 0, 0] = np.nan
-    return batch
-
-  _patch_batches(monkeypatch, poison)
+  patch_train_batches(monkeypatch, nan_pixel_at(2))  # the third step sees a NaN pixel
   cfg = _config(dataset, 6)
   cfg.checkpoint.every = 1
   with pytest.raises(train.NonFiniteLossError, match='step 3'):
@@ -144,16 +126,10 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(dataset, tmp_path
 
 @pytest.mark.slow
 def test_sigterm_saves_and_stops(dataset, tmp_path, monkeypatch):
-  import os  # pylint: disable=import-outside-toplevel
   import signal  # pylint: disable=import-outside-toplevel
 
-  def preempt(step, batch):
-    # batch k is read while step k - PREFETCH_BATCHES runs: preempted during the second step
-    if step == 1 + train.PREFETCH_BATCHES:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return batch
-
-  _patch_batches(monkeypatch, preempt)
+  # preempted during the second step (batch k is read while step k - PREFETCH_BATCHES runs)
+  patch_train_batches(monkeypatch, sigterm_at_read_of(1 + train.PREFETCH_BATCHES))
   handler_before = signal.getsignal(signal.SIGTERM)
   state = train.train_and_evaluate(_config(dataset, 50), str(tmp_path / 'w'))
   assert int(state.step) == 2

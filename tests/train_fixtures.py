@@ -60,3 +60,43 @@ def write_untrained_workdir(workdir, cfg, bank) -> str:
   train._save(manager, 0, state, None)  # pylint: disable=protected-access
   manager.wait_until_finished()
   return str(workdir)
+
+
+def patch_train_batches(monkeypatch, on_step):
+  """Wraps the training input iterator so a test can act on the batch of a given step
+  (0-based; batch k is read while step k - train.PREFETCH_BATCHES runs)."""
+  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+
+  original = input_pipeline.train_iterator
+
+  def patched(*args, **kwargs):
+    for i, batch in enumerate(original(*args, **kwargs)):
+      yield on_step(i + kwargs.get('start_step', 0), batch)
+
+  monkeypatch.setattr(input_pipeline, 'train_iterator', patched)
+
+
+def nan_pixel_at(step: int):
+  """An ``on_step`` for ``patch_train_batches``: one NaN pixel in the batch of ``step``."""
+
+  def poison(i, batch):
+    if i == step:
+      batch['image'] = batch['image'].copy()
+      batch['image'][0, 0, 0, 0] = np.nan
+    return batch
+
+  return poison
+
+
+def sigterm_at_read_of(step: int):
+  """An ``on_step`` for ``patch_train_batches``: SIGTERM to this process when the batch of
+  ``step`` is read."""
+  import os  # pylint: disable=import-outside-toplevel
+  import signal  # pylint: disable=import-outside-toplevel
+
+  def preempt(i, batch):
+    if i == step:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  return preempt
