@@ -264,22 +264,12 @@ def _generator_update(models: Models, state: TrainState, batch, onehot, forward,
   return new_net, {f'g_{k}': v for k, v in metrics.items()}
 
 
-def _generator_step(models: Models, state: TrainState, batch, onehot,
-                    reference: dict | None = None):
-  """A generator update (eq. 9) with its own forward pass."""
-  if reference is None:
-    reference = _reference_features(models, state, batch)
-  forward = _generator_forward(models, state.generator, batch, onehot)
-  return _generator_update(models, state, batch, onehot, forward, reference)
-
-
 def _repeat(update: Callable[[NetState], tuple[NetState, dict]], net: NetState,
             times: int) -> tuple[NetState, dict]:
   """``times`` updates of one network, returning the last one's metrics.
 
   Several updates run as one ``lax.scan`` body, so the program (and its compile time) does
-  not grow with the update ratio: the paper's 1:1:3 compiles one generator update that
-  reuses the discriminator's forward pass and one scanned twice, not three updates.
+  not grow with the update ratio.
   """
   if times == 0:
     return net, {}
@@ -287,6 +277,50 @@ def _repeat(update: Callable[[NetState], tuple[NetState, dict]], net: NetState,
     return update(net)
   net, metrics = jax.lax.scan(lambda carry, _: update(carry), net, None, length=times)
   return net, jax.tree_util.tree_map(lambda m: m[-1], metrics)
+
+
+def _adversarial_updates(models: Models, state: TrainState, batch, onehot):
+  """``d_steps`` discriminator updates (eq. 2), then ``g_steps`` generator updates (eq. 9).
+
+  Each generator update runs G forward once, and the first one's forward also gives the
+  discriminator its fake, so the discriminator updates run inside the first iteration.
+  Several generator updates are one ``lax.scan`` body whose ``lax.cond`` runs that D phase
+  at the first iteration only: the program holds one generator update and one D phase
+  whatever the ratio (the paper's 1:1:3 compiles as 1:1:1 does).
+  """
+  cfg = models.config.train
+  reference = _reference_features(models, state, batch) if cfg.g_steps else None
+
+  def d_phase(disc: NetState, fake):
+    return _repeat(lambda net: _discriminator_step(models, net, fake, batch, onehot), disc,
+                   cfg.d_steps)
+
+  def iteration(nets, first):
+    gen, disc = nets
+    forward = _generator_forward(models, gen, batch, onehot)
+    fake = jax.lax.stop_gradient(forward[0])
+    if isinstance(first, bool):
+      disc, d_metrics = d_phase(disc, fake) if first else (disc, {})
+    else:  # traced inside the scan: only the first iteration updates D
+      shapes = jax.eval_shape(d_phase, disc, fake)[1]
+      skip = lambda d, _: (d, {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()})
+      disc, d_metrics = jax.lax.cond(first, d_phase, skip, disc, fake)
+    if not cfg.g_steps:
+      return (gen, disc), (d_metrics, {})
+    gen, g_metrics = _generator_update(
+        models, state.replace(generator=gen, discriminator=disc), batch, onehot, forward,
+        reference)
+    return (gen, disc), (d_metrics, g_metrics)
+
+  nets = (state.generator, state.discriminator)
+  if cfg.g_steps <= 1:
+    (gen, disc), (d_metrics, g_metrics) = iteration(nets, True)
+  else:
+    (gen, disc), (d_metrics, g_metrics) = jax.lax.scan(
+        lambda carry, i: iteration(carry, i == 0), nets, jnp.arange(cfg.g_steps))
+    d_metrics = jax.tree_util.tree_map(lambda m: m[0], d_metrics)    # the D phase's
+    g_metrics = jax.tree_util.tree_map(lambda m: m[-1], g_metrics)   # the last G update's
+  return state.replace(generator=gen, discriminator=disc), {**d_metrics, **g_metrics}
 
 
 def train_step(models: Models, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -299,23 +333,8 @@ def train_step(models: Models, state: TrainState, batch: dict) -> tuple[TrainSta
   metrics.update(m)
   state = state.replace(identity=identity)
 
-  # One G forward: the discriminator's fake and the first generator update's pass.
-  forward = _generator_forward(models, state.generator, batch, onehot)
-  fake = jax.lax.stop_gradient(forward[0])
-  disc, m = _repeat(lambda net: _discriminator_step(models, net, fake, batch, onehot),
-                    state.discriminator, cfg.train.d_steps)
+  state, m = _adversarial_updates(models, state, batch, onehot)
   metrics.update(m)
-  state = state.replace(discriminator=disc)
-
-  if cfg.train.g_steps:
-    reference = _reference_features(models, state, batch)
-    gen, m = _generator_update(models, state, batch, onehot, forward, reference)
-    gen, later = _repeat(
-        lambda net: _generator_step(models, state.replace(generator=net), batch, onehot,
-                                    reference),
-        gen, cfg.train.g_steps - 1)
-    metrics.update(later or m)
-    state = state.replace(generator=gen)
 
   ema = optax.incremental_update(state.generator.params, state.ema_params,
                                  1.0 - cfg.train.ema_decay)

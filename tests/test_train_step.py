@@ -213,8 +213,8 @@ def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
 
 def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
   """1:1:3 equals the updates made one by one: the identity net, D on G's fake, then three
-  generator updates, each with its own forward pass (the step shares the first with D and
-  runs the last two as one ``lax.scan`` body)."""
+  generator updates, each with its own forward pass (the step runs them as one ``lax.scan``
+  body whose first iteration also updates D on its forward's output)."""
   cfg2 = setup[0].copy_and_resolve_references()
   cfg2.train.g_steps, cfg2.train.d_steps, cfg2.train.identity_steps = 3, 1, 1
   # SGD: Adam's first steps are ~lr * sign(g), which turns float reordering noise in
@@ -237,7 +237,11 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
     disc, d_metrics = train._discriminator_step(models2, s.discriminator, fake, b, onehot)
     return s.replace(identity=ident, discriminator=disc), d_metrics
 
-  generator_step = jax.jit(lambda s, b: train._generator_step(models2, s, b, onehot))
+  @jax.jit
+  def generator_step(s, b):  # its own forward pass and reference features
+    forward = train._generator_forward(models2, s.generator, b, onehot)
+    reference = train._reference_features(models2, s, b)
+    return train._generator_update(models2, s, b, onehot, forward, reference)
 
   def by_hand(s, b):  # one compiled generator update, called three times
     s, d_metrics = identity_then_discriminator(s, b)
