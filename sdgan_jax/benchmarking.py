@@ -237,6 +237,9 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
   step_s = _time(call, steps, warmup)
   extra = {'updates_per_step': 'identity %d, D %d, G %d' % (
       config.train.identity_steps, config.train.d_steps, config.train.g_steps)}
+  if max(config.train.identity_steps, config.train.d_steps, config.train.g_steps) > 1:
+    # repeated updates are one lax.scan body, which XLA's cost analysis counts once
+    extra['flops_counted'] = 'one update of each network'
   if profile_dir:
     _phase(name, f'profiling 3 steps into {profile_dir}')
     extra.update(_try_profile(call, profile_dir))
