@@ -5,10 +5,11 @@ network (contrastive loss on real pairs, eq. 8), the discriminator (LSGAN, eq. 2
 generator (``config.train.g_steps`` times: eq. 3 + SSIM + perceptual + contrastive, eq. 9),
 then the generator's EMA. The discriminator's fake and the first generator update share one
 generator forward pass (its VJP is kept), as a PyTorch loop that backpropagates the same
-``G(x)`` into both losses would. It is one ``jax.jit`` program over a ``jax.make_mesh`` data axis:
-the batch is split across devices with ``NamedSharding``, the state is replicated, and XLA
-inserts the gradient all-reduces. No TensorFlow here (the GPU benchmark imports this
-module); the training loop imports the input pipeline and summary writers lazily.
+``G(x)`` into both losses would. It is one ``jax.jit`` program over a ``jax.make_mesh``
+data axis: the batch is split across devices with ``NamedSharding``, the state is
+replicated, and XLA inserts the gradient all-reduces. No TensorFlow here (the GPU
+benchmark imports this module); the training loop imports the input pipeline and summary
+writers lazily.
 
 Batch (numpy or jax arrays, leading axis = global batch):
   image [B,R,R,3] f32 in [0,1], mask [B,R,R,1] f32, semantic [B,R,R] int (class ids),
