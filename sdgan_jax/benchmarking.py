@@ -251,11 +251,9 @@ def _init_on_host(init_fn: Callable, *args):
   """``jax.jit(init_fn)(*args)`` on the host CPU when the default device is an accelerator
   (see ``train.init_train_state``: a GPU compile of an initialiser costs more device time
   than the generator's whole benchmark, and an eager init runs its forward op by op)."""
-  cpu = train.host_cpu()
-  if cpu is None or jax.devices()[0].platform == 'cpu':
+  if train.host_cpu() is None or jax.devices()[0].platform == 'cpu':
     return jax.jit(init_fn)(*args)
-  with jax.default_device(cpu):
-    return jax.jit(init_fn)(*args)
+  return train.run_on_host(init_fn, *args)
 
 
 def bench_generator(config: ml_collections.ConfigDict, batch_size: int, steps: int = 20,

@@ -310,8 +310,8 @@ def _adversarial_updates(models: Models, state: TrainState, batch, onehot):
     gen, disc = nets
     forward = _generator_forward(models, gen, batch, onehot)
     fake = jax.lax.stop_gradient(forward[0])
-    if isinstance(first, bool):
-      disc, d_metrics = d_phase(disc, fake) if first else (disc, {})
+    if first is True:  # the only iteration, outside a loop
+      disc, d_metrics = d_phase(disc, fake)
     else:  # traced inside the scan: only the first iteration updates D
       shapes = jax.eval_shape(d_phase, disc, fake)[1]
       skip = lambda d, _: (d, {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()})
@@ -383,6 +383,15 @@ def host_cpu() -> jax.Device | None:
     return None
 
 
+def run_on_host(fn: Callable, *args):
+  """``jax.jit(fn)(*args)`` compiled for and run on the host CPU (``host_cpu``)."""
+  cpu = host_cpu()
+  if cpu is None:
+    raise ValueError('running on the host needs the CPU backend; JAX_PLATFORMS excludes it')
+  with jax.default_device(cpu):
+    return jax.jit(fn)(*jax.device_put(args, cpu))
+
+
 def init_train_state(models: Models, rng: jax.Array, mesh: jax.sharding.Mesh,
                      perceptual_params: Any | None = None, *,
                      on_host: bool | None = None) -> TrainState:
@@ -397,20 +406,13 @@ def init_train_state(models: Models, rng: jax.Array, mesh: jax.sharding.Mesh,
   """
   replicated = NamedSharding(mesh, PartitionSpec())
   init = lambda key, vgg: create_train_state(models, key, vgg)
-  cpu = host_cpu()
   if on_host is None:
-    on_host = cpu is not None and mesh.devices.flat[0].platform != 'cpu'
+    on_host = host_cpu() is not None and mesh.devices.flat[0].platform != 'cpu'
   if not on_host:
     return jax.jit(init, out_shardings=replicated)(rng, perceptual_params)
-  if cpu is None:
-    raise ValueError('on_host=True needs the CPU backend; JAX_PLATFORMS excludes it')
-  with jax.default_device(cpu):
-    host = jax.jit(init)(jax.device_put(rng, cpu),
-                         None if perceptual_params is None
-                         else jax.device_put(perceptual_params, cpu))
   placed = jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)),
-      _host_state(host))
+      _host_state(run_on_host(init, rng, perceptual_params)))
   return _device_state(placed)
 
 
@@ -578,6 +580,7 @@ def local_copy(tree):
 
 
 def sum_over_processes(values: np.ndarray) -> np.ndarray:
+  """``values`` summed over every process (each passes its own; all get the sum)."""
   if jax.process_count() == 1:
     return values
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
