@@ -392,28 +392,35 @@ def run_on_host(fn: Callable, *args):
     return jax.jit(fn)(*jax.device_put(args, cpu))
 
 
-def init_train_state(models: Models, rng: jax.Array, mesh: jax.sharding.Mesh,
-                     perceptual_params: Any | None = None, *,
-                     on_host: bool | None = None) -> TrainState:
-  """``create_train_state`` compiled once and placed replicated on ``mesh``.
+def init_replicated(init: Callable, mesh: jax.sharding.Mesh, *args,
+                    on_host: bool | None = None):
+  """``init(*args)``, a state with an ``rng`` key field, placed replicated on ``mesh``.
 
-  Placing it with the same sharding the train step returns means the step compiles once,
-  not once for the initial state and again for every later one. ``on_host`` (default: when
-  the mesh is on accelerators) initialises on the host CPU and copies the state over:
-  compiling the initialiser for an H200 took 103 s (its random-number kernels are unrolled
-  there, 2026-11-26), the host CPU compiles it in well under a minute. Every process
-  computes the same state from the same key, as multi-host placement requires.
+  Placing it with the sharding the train step returns means the step compiles once, not
+  once for the initial state and again for every later one. ``on_host`` (default: when the
+  mesh is on accelerators) runs ``init`` on the host CPU and copies the state over:
+  compiling the SDGAN initialiser for an H200 took 103 s (its random-number kernels are
+  unrolled there, 2026-11-26), the host CPU compiles it in well under a minute. Every
+  process computes the same state from the same arguments, as multi-host placement requires.
+  Shared by the SDGAN and face-parser trainers.
   """
   replicated = NamedSharding(mesh, PartitionSpec())
-  init = lambda key, vgg: create_train_state(models, key, vgg)
   if on_host is None:
     on_host = host_cpu() is not None and mesh.devices.flat[0].platform != 'cpu'
   if not on_host:
-    return jax.jit(init, out_shardings=replicated)(rng, perceptual_params)
+    return jax.jit(init, out_shardings=replicated)(*args)
   placed = jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)),
-      _host_state(run_on_host(init, rng, perceptual_params)))
+      _host_state(run_on_host(init, *args)))
   return _device_state(placed)
+
+
+def init_train_state(models: Models, rng: jax.Array, mesh: jax.sharding.Mesh,
+                     perceptual_params: Any | None = None, *,
+                     on_host: bool | None = None) -> TrainState:
+  """``create_train_state`` placed replicated on ``mesh`` (see ``init_replicated``)."""
+  return init_replicated(lambda key, vgg: create_train_state(models, key, vgg), mesh, rng,
+                         perceptual_params, on_host=on_host)
 
 
 def shard_batch(batch: dict, mesh: jax.sharding.Mesh, keys=BATCH_KEYS) -> dict:
@@ -555,6 +562,21 @@ def restore_state(workdir: str, abstract_state, step: int | None = None):
   return _device_state(restored), step
 
 
+def resume_or_start(manager, workdir: str, state, config) -> tuple[Any, int]:
+  """(state, first step): the latest checkpoint of ``workdir`` restored onto ``state`` if
+  ``manager`` has one, else ``state`` at step 0; process 0 also writes the run's
+  config.json. Shared by the SDGAN and face-parser trainers."""
+  initial_step = 0
+  if manager.latest_step() is not None:
+    state, initial_step = restore_state(workdir, state)
+    logging.info('resumed from step %d', initial_step)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return state, initial_step
+
+
 @functools.lru_cache(maxsize=8)
 def _inference_fns(models: Models) -> tuple[Callable, Callable]:
   """The EMA generator's validation and summary programs, jitted once per ``Models``
@@ -654,14 +676,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     except (KeyError, ValueError, FileNotFoundError):
       logging.warning('no test split in %s: no validation metric', config.data.dataset)
   manager = checkpoint_manager(config, workdir, track_best=eval_source is not None)
-  initial_step = 0
-  if manager.latest_step() is not None:
-    state, initial_step = restore_state(workdir, state)
-    logging.info('resumed from step %d', initial_step)
+  state, initial_step = resume_or_start(manager, workdir, state, config)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
     # The anonymizer draws targets from the bank the model trained with: keep it beside the
     # checkpoints so a workdir is self-contained (sdgan_jax.inference).
     bank.save(os.path.join(workdir, 'identity_bank.npz'))

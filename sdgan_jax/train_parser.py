@@ -193,10 +193,12 @@ def jit_train_step(models: ParserModels, mesh: jax.sharding.Mesh) -> Callable:
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def init_state(models: ParserModels, rng: jax.Array, mesh: jax.sharding.Mesh) -> ParserState:
-  """``create_state`` compiled once, placed replicated as the train step returns it."""
-  replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(functools.partial(create_state, models), out_shardings=replicated)(rng)
+def init_state(models: ParserModels, rng: jax.Array, mesh: jax.sharding.Mesh, *,
+               on_host: bool | None = None) -> ParserState:
+  """``create_state`` placed replicated as the train step returns it; on accelerators
+  initialised on the host CPU (``sdgan_jax.train.init_replicated``)."""
+  return sdgan_train.init_replicated(functools.partial(create_state, models), mesh, rng,
+                                     on_host=on_host)
 
 
 def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
@@ -377,8 +379,9 @@ def _programs(key: str, device_count: int):
   del device_count  # part of the key: the mesh spans every device
   models = ParserModels(ml_collections.ConfigDict(json.loads(key)))
   mesh = sdgan_train.make_mesh()
-  replicated = NamedSharding(mesh, PartitionSpec())
-  init = jax.jit(functools.partial(create_state, models), out_shardings=replicated)
+  # one create_state function for every run of this process: its trace is cached
+  init = functools.partial(sdgan_train.init_replicated, functools.partial(create_state, models),
+                           mesh)
   return (models, mesh, init, jit_train_step(models, mesh),
           jax.jit(functools.partial(_batch_confusion, models)))
 
@@ -396,14 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
   state = init_fn(jax.random.key(config.seed))
   manager = sdgan_train.checkpoint_manager(config, workdir,
                                          track_best=eval_batches is not None)
-  initial_step = 0
-  if manager.latest_step() is not None:
-    state, initial_step = restore_state(workdir, state)
-    logging.info('resumed from step %d', initial_step)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  state, initial_step = sdgan_train.resume_or_start(manager, workdir, state, config)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 

@@ -20,7 +20,8 @@ from sdgan_jax.datasets import features as F
 from sdgan_jax.datasets import parsing_folders as pf
 from sdgan_jax.datasets import prepare, samples
 from sdgan_jax.faces import masks
-from train_fixtures import nan_pixel_at, patch_train_batches, sigterm_at_read_of
+from train_fixtures import (assert_same_replicated_state, nan_pixel_at, patch_train_batches,
+                            sigterm_at_read_of)
 
 R = 32
 C = {name: i for i, name in enumerate(F.SEMANTIC_CLASSES)}
@@ -130,6 +131,15 @@ def test_parser_learns_a_fixed_batch():
   majority = np.bincount(labels.ravel()).max() / labels.size
   assert last['train/pixel_accuracy'] > max(0.85, majority + 0.1)
   assert int(state.step) == 40
+
+
+def test_parser_state_initialised_on_the_host_equals_the_mesh_initialised_one():
+  """The accelerator path of init_state (host CPU, then placed) gives the same state."""
+  models = train_parser.ParserModels(tiny_parser_config())
+  mesh = sdgan_train.make_mesh()
+  direct = train_parser.init_state(models, jax.random.key(3), mesh, on_host=False)
+  hosted = train_parser.init_state(models, jax.random.key(3), mesh, on_host=True)
+  assert_same_replicated_state(direct, hosted)
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sdgan_jax import train
-from train_fixtures import batch_for, tiny_config
+from train_fixtures import assert_same_replicated_state, batch_for, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -61,15 +61,7 @@ def test_state_initialised_on_the_host_equals_the_device_initialised_one(setup):
   cfg, models, mesh, _, _ = setup
   direct = train.init_train_state(models, jax.random.key(7), mesh, on_host=False)
   hosted = train.init_train_state(models, jax.random.key(7), mesh, on_host=True)
-  as_data = lambda s: s.replace(rng=jax.random.key_data(s.rng))
-  leaves_d = jax.tree_util.tree_leaves(as_data(direct))
-  leaves_h = jax.tree_util.tree_leaves(as_data(hosted))
-  assert len(leaves_d) == len(leaves_h)
-  for a, b in zip(leaves_d, leaves_h):
-    assert a.shape == b.shape and a.dtype == b.dtype
-    assert b.sharding.is_equivalent_to(a.sharding, a.ndim)
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert jax.dtypes.issubdtype(hosted.rng.dtype, jax.dtypes.prng_key)
+  assert_same_replicated_state(direct, hosted)
 
 
 def test_nan_in_batch_is_reported_not_hidden(setup):
@@ -129,7 +121,7 @@ SHARDED_SCRIPT = textwrap.dedent('''
     jax.config.update('jax_threefry_partitionable', False)
     sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']
     from sdgan_jax import train
-    from train_fixtures import batch_for, tiny_config
+    from train_fixtures import assert_same_replicated_state, batch_for, tiny_config
     assert jax.device_count() == 8
     cfg = tiny_config()
     cfg.train.batch_size = 8

@@ -100,3 +100,19 @@ def sigterm_at_read_of(step: int):
     return batch
 
   return preempt
+
+
+def assert_same_replicated_state(direct, hosted):
+  """``hosted`` (initialised on the host CPU, then placed) equals ``direct`` (initialised
+  on the mesh): same values, dtypes and shardings, and a usable typed PRNG key."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  as_data = lambda s: s.replace(rng=jax.random.key_data(s.rng))
+  leaves_d = jax.tree_util.tree_leaves(as_data(direct))
+  leaves_h = jax.tree_util.tree_leaves(as_data(hosted))
+  assert len(leaves_d) == len(leaves_h)
+  for a, b in zip(leaves_d, leaves_h):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert b.sharding.is_equivalent_to(a.sharding, a.ndim)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert jax.dtypes.issubdtype(hosted.rng.dtype, jax.dtypes.prng_key)
