@@ -18,6 +18,7 @@ import io
 import json
 import pathlib
 import subprocess
+import threading
 
 import dlib
 import faces_fixture
@@ -354,6 +355,40 @@ def test_video_faces_keep_their_target(anonymizer, tiles):
                                       trackers=[tracker])
     targets += [(f.track, f.target) for f in faces if f.status == 'anonymized']
   assert len(targets) == 3 and len(set(targets)) == 1, targets
+
+
+def test_detection_threads_do_not_change_the_results(tiles, monkeypatch):
+  """Images (or frames) are prepared and pasted back in parallel threads (Options.workers):
+  outputs, face reports and video tracks are those of one thread."""
+  collage, _ = make_collage(tiles)
+  frames = [np.roll(tiles['obama'], 3 * k, axis=1) for k in range(3)]
+  images = [collage, tiles['biden'], *frames, tiles['astronaut']]
+  threads = set()
+
+  def run(workers):
+    anonymizer = anonymize.FaceAnonymizer(
+        baseline='pixelate', options=anonymize.Options(identity_threshold=0, workers=workers))
+    prepare = anonymizer._prepare  # pylint: disable=protected-access
+
+    def recording(image):
+      threads.add(threading.current_thread().name)
+      return prepare(image)
+
+    monkeypatch.setattr(anonymizer, '_prepare', recording)
+    tracker = anonymizer.new_video()
+    return anonymizer.process(images, keys=[f'{i}.png' for i in range(len(images))],
+                              trackers=[None, None, tracker, tracker, tracker, None])
+
+  serial = run(1)
+  assert threads == {threading.current_thread().name}
+  threads.clear()
+  parallel = run(3)
+  assert len(threads) > 1 and all(t.startswith('anonymize') for t in threads), threads
+  assert sum(len(faces) for _, faces in serial) >= 6
+  assert len({f.track for _, faces in serial[2:5] for f in faces}) == 1  # one tracked face
+  for (out_s, faces_s), (out_p, faces_p) in zip(serial, parallel):
+    np.testing.assert_array_equal(out_s, out_p)
+    assert faces_s == faces_p
 
 
 def test_baseline_runs_without_a_checkpoint(tmp_path, tiles):

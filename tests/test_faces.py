@@ -8,8 +8,10 @@ re-run on the aligned crop for the warp, PIL's polygon fill for the mask rasteri
 a forward nearest-neighbour mapping of the mask for paste-back.
 """
 
+import pathlib
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from sdgan_jax.datasets import features
 from sdgan_jax.faces import align, detect, landmarks as lm, masks, paste, pipeline
 
 CLASS = masks.CLASS_IDS
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -138,6 +141,38 @@ def test_importing_faces_needs_no_dlib():
                           timeout=60)
   assert result.returncode == 0, result.stderr
   assert 'ERR' in result.stdout and 'dlib-bin' in result.stdout, result.stdout
+
+
+def test_one_detector_serves_several_threads_at_once(photos, hog, tmp_path):
+  """dlib's detectors are not thread-safe (two threads in one HOG detector crash the
+  process); a FaceDetector used from several threads gives the results of serial calls.
+  Run in a child process, so that a crash fails this test instead of killing the session."""
+  images = [photos[name] for name in sorted(photos)]
+  np.savez(tmp_path / 'images.npz', *images)
+  code = textwrap.dedent("""
+      import sys
+      from concurrent.futures import ThreadPoolExecutor
+      import numpy as np
+      from sdgan_jax.faces import detect
+      with np.load(sys.argv[1]) as f:
+        images = [f[f'arr_{i}'] for i in range(len(f.files))]
+      hog = detect.FaceDetector('hog', upsample=0)
+      with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda image: hog(image).boxes, images * 3))
+      np.savez(sys.argv[2], *found)
+      """)
+  result = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'images.npz'),
+                           str(tmp_path / 'found.npz')], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+  assert result.returncode == 0, (f'exit status {result.returncode} (-11: segmentation '
+                                  f'fault)\n{result.stderr[-3000:]}')
+  with np.load(tmp_path / 'found.npz') as f:
+    found = [f[f'arr_{i}'] for i in range(len(f.files))]
+  expected = [hog(image).boxes for image in images] * 3
+  assert len(found) == len(expected)
+  for got, want in zip(found, expected):
+    assert len(want) >= 1
+    np.testing.assert_array_equal(got, want)
 
 
 # --- alignment -----------------------------------------------------------------------------

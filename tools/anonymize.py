@@ -65,10 +65,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='detector upsampling: each step finds 2x smaller faces, ~4x slower')
   parser.add_argument('--batch_size', type=int,
                       help='faces per generator call (default: 8 on CPU, 64 on accelerators)')
-  parser.add_argument('--images_per_batch', type=int, default=4,
-                      help='photos whose faces are generated together')
+  parser.add_argument('--images_per_batch', type=int, default=8,
+                      help='photos detected in parallel and whose faces are generated together')
   parser.add_argument('--frames_per_batch', type=int, default=8,
                       help='video frames whose faces are generated together')
+  parser.add_argument('--workers', type=int, default=0,
+                      help='threads detecting and pasting back the faces of different photos '
+                      'or frames at once '
+                      f'(default 0: one per CPU core, at most {anonymize.MAX_AUTO_WORKERS})')
   parser.add_argument('--weights_dir', help='converted weights (default: $SDGAN_WEIGHTS_DIR or '
                       '~/.cache/sdgan_jax/weights; `make weights` fills it)')
   parser.add_argument('--keep_exif', action='store_true',
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
         target=args.target, seed=args.seed, fallback=args.fallback,
         fallback_blocks=args.fallback_blocks, identity_threshold=args.identity_threshold,
         min_face_px=args.min_face_px, detector=args.detector, upsample=args.upsample,
-        keep_exif=args.keep_exif, quality=args.quality)
+        keep_exif=args.keep_exif, quality=args.quality, workers=args.workers)
     # Check the paths before the (slow) model load.
     anonymize.plan_jobs(args.inputs, args.output)
     anonymizer = anonymize.build_anonymizer(

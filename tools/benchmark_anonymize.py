@@ -32,7 +32,10 @@ def main(argv=None) -> int:
   parser.add_argument('--inputs', default='outputs/demo/photos',
                       help='folder of photos (make demo writes the sample photos there)')
   parser.add_argument('--repeats', type=int, default=2)
-  parser.add_argument('--images_per_batch', type=int, default=4)
+  parser.add_argument('--images_per_batch', type=int, default=8)
+  parser.add_argument('--workers', type=int, default=0,
+                      help='threads for detection and paste-back (0: one per CPU core, at most '
+                      f'{anonymize.MAX_AUTO_WORKERS})')
   parser.add_argument('--batch_size', type=int)
   args = parser.parse_args(argv)
 
@@ -48,7 +51,7 @@ def main(argv=None) -> int:
   try:
     anonymizer = anonymize.build_anonymizer(
         None if args.baseline else args.checkpoint, baseline=args.baseline,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, options=anonymize.Options(workers=args.workers))
   except FileNotFoundError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -74,7 +77,9 @@ def main(argv=None) -> int:
   device = jax.devices()[0]
   print(f'{anonymizer.method} on {device.platform} ({device.device_kind}), '
         f'{jax.device_count()} device(s); {len(images)} photos (mean {pixels / 1e6:.2f} MP), '
-        f'{faces} faces, {args.repeats} timed passes after a {warmup:.1f} s warm-up')
+        f'{faces} faces, {args.repeats} timed passes after a {warmup:.1f} s warm-up; '
+        f'{anonymizer.options.resolved_workers()} thread(s), '
+        f'{args.images_per_batch} photos per batch')
   print(f'images/s: {len(images) * args.repeats / seconds:.3f}')
   print(f'faces/s:  {faces * args.repeats / seconds:.3f}')
   for stage, spent in anonymizer.timings.items():

@@ -7,8 +7,11 @@ seconds per megapixel on a CPU). Landmarks: dlib's 68-point shape predictor
 (``shape_predictor_68_face_landmarks.dat``, trained on iBUG 300-W: research use only).
 
 dlib is imported lazily (``pip install dlib-bin face-recognition-models``), so importing
-``sdgan_jax.faces`` works without it. Loaded models are cached per process: the 68-point
-model takes about a second to load.
+``sdgan_jax.faces`` works without it. Loaded models are cached: the 68-point model (about
+a second to load) once per process, since dlib documents it as safe to share between
+threads; the detectors once per thread, since they are not: two threads running one HOG
+detector crash the process. They release the GIL while they run, so threads with their own
+detectors find faces in parallel (``sdgan_jax.anonymize`` uses a pool of them).
 
 Images are uint8 RGB arrays [H, W, 3]. Grayscale or RGBA inputs must be converted by the
 caller (e.g. ``np.asarray(PIL.Image.open(path).convert('RGB'))``); they are rejected, not
@@ -21,6 +24,7 @@ import dataclasses
 import functools
 import importlib.util
 import pathlib
+import threading
 
 import numpy as np
 
@@ -53,15 +57,18 @@ def dlib_model_path(filename: str) -> str:
   return str(path)
 
 
-@functools.lru_cache(maxsize=None)
-def _hog_detector():
-  return _import_dlib().get_frontal_face_detector()
+_THREAD_DETECTORS = threading.local()
 
 
-@functools.lru_cache(maxsize=None)
-def _cnn_detector():
-  return _import_dlib().cnn_face_detection_model_v1(
-      dlib_model_path('mmod_human_face_detector.dat'))
+def _thread_detector(kind: str):
+  """This thread's dlib detector of ``kind`` ('hog' or 'cnn'), made on first use."""
+  detectors = _THREAD_DETECTORS.__dict__.setdefault('detectors', {})
+  if kind not in detectors:
+    dlib = _import_dlib()
+    detectors[kind] = (dlib.get_frontal_face_detector() if kind == 'hog' else
+                       dlib.cnn_face_detection_model_v1(
+                           dlib_model_path('mmod_human_face_detector.dat')))
+  return detectors[kind]
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,17 +128,19 @@ class FaceDetector:
     self.kind = kind
     self.upsample = int(upsample)
     self.threshold = float(threshold)
-    # Loads (and caches) the model now, so a missing dlib fails at construction.
-    self._model = _hog_detector() if kind == 'hog' else _cnn_detector()
+    # Loads this thread's model now, so a missing dlib or model file fails at construction.
+    _thread_detector(kind)
 
   def __call__(self, image) -> Detections:
+    """Faces in ``image``; safe to call from several threads at once (module doc)."""
     image = check_image(image)
+    model = _thread_detector(self.kind)
     if self.kind == 'hog':
-      rects, scores, _ = self._model.run(image, self.upsample, self.threshold)
+      rects, scores, _ = model.run(image, self.upsample, self.threshold)
       rows = [(r.left(), r.top(), r.right(), r.bottom(), s) for r, s in zip(rects, scores)]
     else:
       rows = [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence)
-              for d in self._model(image, self.upsample) if d.confidence >= self.threshold]
+              for d in model(image, self.upsample) if d.confidence >= self.threshold]
     rows.sort(key=lambda row: -row[4])
     table = np.array(rows, np.float32).reshape(-1, 5)
     return Detections(boxes=table[:, :4], scores=table[:, 4])
