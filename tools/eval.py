@@ -46,6 +46,9 @@ def main(argv=None) -> int:
                       help='comma-separated baseline rows')
   parser.add_argument('--detectors', default='hog,cnn',
                       help="'hog,cnn' (dlib's CNN takes ~0.1-0.2 s per face on a CPU)")
+  parser.add_argument('--detection_processes', type=int, default=0,
+                      help='worker processes for the dlib detectors (default 0: one per CPU '
+                      'core; 1: none)')
   parser.add_argument('--embedding', help='identity network weights name (default: FaceNet if '
                       'converted, else dlib_resnet)')
   parser.add_argument('--weights_dir', help='converted weights (default: $SDGAN_WEIGHTS_DIR or '
@@ -62,7 +65,8 @@ def main(argv=None) -> int:
       resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
       max_faces=args.max_faces, grid_faces=args.grid_faces,
       baselines=[b for b in args.baselines.split(',') if b],
-      detectors=[d for d in args.detectors.split(',') if d], embedding=args.embedding,
+      detectors=[d for d in args.detectors.split(',') if d],
+      detection_processes=args.detection_processes, embedding=args.embedding,
       weights_dir=args.weights_dir, progress=not args.no_progress)
   result, grid = runner.evaluate(options)
   paths = runner.write_outputs(result, grid, args.output, with_paper=args.paper)

@@ -69,6 +69,8 @@ class EvalOptions:
     baselines: baseline rows (keys of ``BASELINE_ROWS``).
     detectors: 'hog' and/or 'cnn'.
     detection_size: crops are enlarged to this size for the detectors (see detection.py).
+    detection_processes: worker processes running the detectors (dlib's CNN detector uses
+      one core and holds the GIL); 0: one per CPU core, 1: in this process.
     embedding: weights name of the identity network (default: FaceNet if converted,
       else 'dlib_resnet').
     weights_dir: converted weights (default: ``sdgan_jax.weights.default_weights_dir``).
@@ -86,6 +88,7 @@ class EvalOptions:
   baselines: Sequence[str] = tuple(BASELINE_ROWS)
   detectors: Sequence[str] = ('hog', 'cnn')
   detection_size: int = 128
+  detection_processes: int = 0
   embedding: str | None = None
   weights_dir: str | None = None
   progress: bool = True
@@ -229,6 +232,15 @@ def _model_output(row: _Row, batches: dict, resolution: int, targets: np.ndarray
 
 def evaluate(options: EvalOptions) -> tuple[dict, list[tuple[str, np.ndarray]]]:
   """Runs every row over the faces; returns (the result dict, the grid rows)."""
+  if options.detection_processes < 0:
+    raise ValueError('detection_processes must be >= 0 (0: one per CPU core, 1: none), got '
+                     f'{options.detection_processes}')
+  processes = options.detection_processes if options.detectors else 1
+  with detection_lib.detector_pool(processes) as pool:
+    return _evaluate(options, pool)
+
+
+def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndarray]]]:
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
   unknown = sorted(set(options.baselines) - set(BASELINE_ROWS))
@@ -244,7 +256,8 @@ def evaluate(options: EvalOptions) -> tuple[dict, list[tuple[str, np.ndarray]]]:
   embed = networks.embedding_net(options.weights_dir, options.batch_size, options.embedding)
   inception = networks.inception_net(options.weights_dir, options.batch_size)
   scale = max(1, math.ceil(options.detection_size / r))
-  detectors = {k: detection_lib.DetectionRate(k, scale=scale) for k in options.detectors}
+  detectors = {k: detection_lib.DetectionRate(k, scale=scale, pool=pool)
+               for k in options.detectors}
   resolutions = sorted({r} | {m.generator.resolution for m in models})
 
   total = sum(len(s.classes) for s in streams)
