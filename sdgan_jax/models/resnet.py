@@ -15,6 +15,18 @@ import jax.numpy as jnp
 from sdgan_jax.models.layers import Dtype, norm_layer
 
 
+def _shortcut(x: jax.Array, features: int, strides: int, norm: str, dtype: Dtype,
+              train: bool) -> jax.Array:
+  """The residual branch: ``x``, or a strided 1x1 conv + norm where the shape changes
+  (torchvision's ``downsample``). Called inside a block's ``__call__``: its layers are
+  the block's ``downsample_conv`` and ``downsample_bn``."""
+  if x.shape[-1] == features and strides == 1:
+    return x
+  x = nn.Conv(features, (1, 1), strides, use_bias=False, dtype=dtype,
+              name='downsample_conv')(x)
+  return norm_layer(norm, dtype, train, name='downsample_bn')(x)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs with a residual connection (ResNet-18/34)."""
 
@@ -34,11 +46,7 @@ class BasicBlock(nn.Module):
     y = nn.Conv(self.features, (3, 3), padding=((d, d), (d, d)), kernel_dilation=d,
                 use_bias=False, dtype=self.dtype, name='conv2')(y)
     y = norm_layer(self.norm, self.dtype, train, name='bn2')(y)
-    if x.shape[-1] != self.features or self.strides != 1:
-      x = nn.Conv(self.features, (1, 1), self.strides, use_bias=False, dtype=self.dtype,
-                  name='downsample_conv')(x)
-      x = norm_layer(self.norm, self.dtype, train, name='downsample_bn')(x)
-    return nn.relu(x + y)
+    return nn.relu(_shortcut(x, self.features, self.strides, self.norm, self.dtype, train) + y)
 
 
 class Bottleneck(nn.Module):
@@ -62,11 +70,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(norm_layer(self.norm, self.dtype, train, name='bn2')(y))
     y = nn.Conv(out, (1, 1), use_bias=False, dtype=self.dtype, name='conv3')(y)
     y = norm_layer(self.norm, self.dtype, train, name='bn3')(y)
-    if x.shape[-1] != out or self.strides != 1:
-      x = nn.Conv(out, (1, 1), self.strides, use_bias=False, dtype=self.dtype,
-                  name='downsample_conv')(x)
-      x = norm_layer(self.norm, self.dtype, train, name='downsample_bn')(x)
-    return nn.relu(x + y)
+    return nn.relu(_shortcut(x, out, self.strides, self.norm, self.dtype, train) + y)
 
 
 BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
