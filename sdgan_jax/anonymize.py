@@ -35,7 +35,9 @@ the aligned crop inside the mask), with the same checks and fallback.
 
 Files (``run``): images (JPEG, PNG, WebP), folders (recursive; the tree is mirrored under
 the output folder) and videos; see ``sdgan_jax.media`` for decoding, EXIF orientation,
-metadata stripping and atomic writes. An unreadable file is reported and the run goes on.
+metadata stripping and atomic writes. An unreadable file is reported and the run goes on; a
+photo whose processing raises is reported (not written) and the rest of its batch is redone
+one photo at a time.
 The run's JSON report lists, per file, the faces found, anonymized and covered by the
 fallback (with reasons), errors and time.
 """
@@ -742,14 +744,22 @@ class Runner:
         self.files.append(_file_entry(job, 'image', error=str(e),
                                       seconds=time.perf_counter() - start))
         self._tick(0, 1)
-    if not loaded:
-      return
+    if loaded:
+      self._anonymize_loaded(loaded, start)
+
+  def _anonymize_loaded(self, loaded: list, start: float) -> None:
+    """Anonymizes and writes ``loaded`` [(job, LoadedImage, time read)] together; if that
+    fails, each on its own, so that one bad photo does not cost the others their outputs."""
     read_done = time.perf_counter()
     try:
       results = self.anonymizer.process([im.rgb for _, im, _ in loaded],
                                         keys=[str(job.source) for job, _, _ in loaded])
     except Exception as e:  # pylint: disable=broad-except
-      # Nothing is written for these images: an unprocessed photo must not leave.
+      if len(loaded) > 1:
+        for item in loaded:
+          self._anonymize_loaded([item], time.perf_counter())
+        return
+      # Nothing is written for this image: an unprocessed photo must not leave.
       for job, _, _ in loaded:
         self.files.append(_file_entry(job, 'image', error=f'{type(e).__name__}: {e}',
                                       trace=traceback.format_exc(limit=4)))
@@ -771,7 +781,7 @@ class Runner:
       except Exception as e:  # pylint: disable=broad-except
         entry['error'] = f'writing failed: {type(e).__name__}: {e}'
         entry['status'] = 'error'
-      entry['seconds'] = round(t_read - start + share, 3)
+      entry['seconds'] = round(max(t_read - start, 0.0) + share, 3)
       self.files.append(entry)
       self._tick(len(faces), 1)
 

@@ -391,6 +391,36 @@ def test_detection_threads_do_not_change_the_results(tiles, monkeypatch):
     assert faces_s == faces_p
 
 
+def test_a_photo_that_fails_does_not_cost_its_batch_the_outputs(tmp_path, tiles, monkeypatch):
+  """A photo whose processing raises is reported as an error and not written; the other
+  photos of its batch are processed again one by one and written."""
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  for name in ('astronaut', 'biden', 'obama'):
+    Image.fromarray(tiles[name]).save(inputs / f'{name}.png')
+  anonymizer = anonymize.FaceAnonymizer(
+      baseline='pixelate', options=anonymize.Options(identity_threshold=0, workers=1))
+  prepare = anonymizer._prepare  # pylint: disable=protected-access
+
+  def failing_on_biden(image):
+    if np.array_equal(image, tiles['biden']):
+      raise RuntimeError('detector blew up')
+    return prepare(image)
+
+  monkeypatch.setattr(anonymizer, '_prepare', failing_on_biden)
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'out', anonymizer, progress=False,
+                                     images_per_batch=3)
+  entries = {pathlib.Path(e['input']).stem: e for e in report['files']}
+  assert entries['biden']['status'] == 'error'
+  assert 'detector blew up' in entries['biden']['error']
+  assert not (tmp_path / 'out' / 'biden.png').exists()
+  for name in ('astronaut', 'obama'):
+    assert entries[name]['status'] == 'ok' and entries[name]['anonymized'] >= 1, entries[name]
+    written = np.asarray(Image.open(tmp_path / 'out' / f'{name}.png'))
+    box = dlib_boxes(tiles[name])[0]
+    assert region_change(tiles[name], written, box) > 5
+
+
 def test_baseline_runs_without_a_checkpoint(tmp_path, tiles):
   cli = _cli()
 
