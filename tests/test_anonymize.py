@@ -421,6 +421,14 @@ def test_a_photo_that_fails_does_not_cost_its_batch_the_outputs(tmp_path, tiles,
     assert region_change(tiles[name], written, box) > 5
 
 
+def test_negative_worker_counts_are_refused(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _cli().main(['in.png', '--output', 'out', '--baseline', 'blur', '--workers', '-1'])
+  assert exit_info.value.code == 2 and '--workers must be >= 0' in capsys.readouterr().err
+  with pytest.raises(ValueError, match='workers must be >= 0'):
+    anonymize.Options(workers=-1)
+
+
 def test_baseline_runs_without_a_checkpoint(tmp_path, tiles):
   cli = _cli()
 

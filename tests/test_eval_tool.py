@@ -74,6 +74,13 @@ def _load_tool():
   return module
 
 
+def test_negative_detection_processes_are_refused(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _load_tool().main(['--data', 'nowhere', '--detection_processes', '-1'])
+  assert exit_info.value.code == 2
+  assert '--detection_processes must be >= 0' in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_tool_on_the_sample_faces_writes_json_markdown_and_grid(samples, tmp_path):
   weights_dir = tmp_path / 'weights'

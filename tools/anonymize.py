@@ -88,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   if args.baseline and args.checkpoint:
     parser.error('give --checkpoint or --baseline, not both')
+  if args.workers < 0:
+    parser.error('--workers must be >= 0 (0: one per CPU core)')
   return args
 
 

@@ -58,6 +58,8 @@ def main(argv=None) -> int:
   parser.add_argument('--no_progress', action='store_true')
   compile_cache.add_argument(parser)
   args = parser.parse_args(argv)
+  if args.detection_processes < 0:
+    parser.error('--detection_processes must be >= 0 (0: one per CPU core, 1: none)')
   compile_cache.enable(args.compilation_cache)
 
   options = runner.EvalOptions(
