@@ -248,12 +248,13 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
 
 
 def _init_on_host(init_fn: Callable, *args):
-  """``jax.jit(init_fn)(*args)`` on the host CPU when the default device is an accelerator
-  (see ``train.init_train_state``: a GPU compile of an initialiser costs more device time
-  than the generator's whole benchmark, and an eager init runs its forward op by op)."""
-  if train.host_cpu() is None or jax.devices()[0].platform == 'cpu':
-    return jax.jit(init_fn)(*args)
-  return train.run_on_host(init_fn, *args)
+  """``jax.jit(init_fn)(*args)``, on the host CPU when the default device is an accelerator
+  (``train.init_on_host_by_default``, as ``train.init_replicated`` does: a GPU compile of
+  an initialiser costs more device time than the generator's whole benchmark, and an eager
+  init runs its forward op by op)."""
+  if train.init_on_host_by_default(jax.devices()[0].platform):
+    return train.run_on_host(init_fn, *args)
+  return jax.jit(init_fn)(*args)
 
 
 def bench_generator(config: ml_collections.ConfigDict, batch_size: int, steps: int = 20,

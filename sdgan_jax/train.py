@@ -392,6 +392,12 @@ def run_on_host(fn: Callable, *args):
     return jax.jit(fn)(*jax.device_put(args, cpu))
 
 
+def init_on_host_by_default(platform: str) -> bool:
+  """Whether initialisers for ``platform``'s devices run on the host CPU instead: when those
+  devices are accelerators and this process has a CPU backend (see ``init_replicated``)."""
+  return platform != 'cpu' and host_cpu() is not None
+
+
 def init_replicated(init: Callable, mesh: jax.sharding.Mesh, *args,
                     on_host: bool | None = None):
   """``init(*args)``, a state with an ``rng`` key field, placed replicated on ``mesh``.
@@ -406,7 +412,7 @@ def init_replicated(init: Callable, mesh: jax.sharding.Mesh, *args,
   """
   replicated = NamedSharding(mesh, PartitionSpec())
   if on_host is None:
-    on_host = host_cpu() is not None and mesh.devices.flat[0].platform != 'cpu'
+    on_host = init_on_host_by_default(mesh.devices.flat[0].platform)
   if not on_host:
     return jax.jit(init, out_shardings=replicated)(*args)
   placed = jax.tree_util.tree_map(
