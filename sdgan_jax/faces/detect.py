@@ -10,8 +10,9 @@ dlib is imported lazily (``pip install dlib-bin face-recognition-models``), so i
 ``sdgan_jax.faces`` works without it. Loaded models are cached: the 68-point model (about
 a second to load) once per process, since dlib documents it as safe to share between
 threads; the detectors once per thread, since they are not: two threads running one HOG
-detector crash the process. They release the GIL while they run, so threads with their own
-detectors find faces in parallel (``sdgan_jax.anonymize`` uses a pool of them).
+detector crash the process. The HOG detector releases the GIL while it runs, so threads
+with their own detectors find faces in parallel (``sdgan_jax.anonymize`` uses a pool of
+them); the CNN detector holds it (``sdgan_jax.evaluation.detection`` uses processes).
 
 Images are uint8 RGB arrays [H, W, 3]. Grayscale or RGBA inputs must be converted by the
 caller (e.g. ``np.asarray(PIL.Image.open(path).convert('RGB'))``); they are rejected, not
