@@ -6,9 +6,9 @@
 # Order, most wanted first: the train step at the authors' shapes (never measured yet: its
 # compile ran past 150 s on an H200 on 2026-11-26; the state is now initialised on the host
 # CPU, which should save most of the 103 s its GPU compile took), then generator inference
-# (10 s compile), then the default config's generator. Each phase has its own limit (T_*, seconds). The
-# train step's and the bf16 generator's traces come back as $OUT/*.xplane.pb (TensorBoard /
-# xprof); their per-kernel summaries are in the JSON rows.
+# (10 s compile), then the default config's generator. Each phase has its own limit (T_*,
+# seconds). The train step's and the bf16 generator's traces come back as $OUT/*.xplane.pb
+# (TensorBoard / xprof); their per-kernel summaries are in the JSON rows.
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -74,6 +74,10 @@ DEFAULT_IDENTITY_THRESHOLD = 0.6  # dlib's same-person distance
 # Threads when Options.workers is 0: dlib's HOG detector dominates the time of a photo (about
 # a second per megapixel at upsample 1) and runs outside the GIL, one detector per thread.
 MAX_AUTO_WORKERS = 8
+# Photos (video frames) processed together: prepared in parallel threads, generated in shared
+# batches. Eight keep MAX_AUTO_WORKERS threads busy.
+IMAGES_PER_BATCH = 8
+FRAMES_PER_BATCH = 8
 
 
 class InputError(ValueError):
@@ -686,7 +690,8 @@ class Runner:
   """Anonymizes files into a folder and keeps the run's report (module doc)."""
 
   def __init__(self, anonymizer: FaceAnonymizer, output_dir: str | os.PathLike, *,
-               visualize: bool = False, images_per_batch: int = 8, frames_per_batch: int = 8,
+               visualize: bool = False, images_per_batch: int = IMAGES_PER_BATCH,
+               frames_per_batch: int = FRAMES_PER_BATCH,
                progress: bool = True):
     self.anonymizer = anonymizer
     self.output_dir = pathlib.Path(output_dir)
@@ -945,7 +950,8 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
 def anonymize_paths(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                     anonymizer: FaceAnonymizer, *, report_path: str | os.PathLike | None = None,
                     visualize: bool = False, progress: bool = True,
-                    images_per_batch: int = 8, frames_per_batch: int = 8) -> dict:
+                    images_per_batch: int = IMAGES_PER_BATCH,
+                    frames_per_batch: int = FRAMES_PER_BATCH) -> dict:
   """Anonymizes files and folders into ``output_dir``; writes and returns the JSON report."""
   jobs = plan_jobs(inputs, output_dir)
   if not jobs:

@@ -65,9 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='detector upsampling: each step finds 2x smaller faces, ~4x slower')
   parser.add_argument('--batch_size', type=int,
                       help='faces per generator call (default: 8 on CPU, 64 on accelerators)')
-  parser.add_argument('--images_per_batch', type=int, default=8,
+  parser.add_argument('--images_per_batch', type=int, default=anonymize.IMAGES_PER_BATCH,
                       help='photos detected in parallel and whose faces are generated together')
-  parser.add_argument('--frames_per_batch', type=int, default=8,
+  parser.add_argument('--frames_per_batch', type=int, default=anonymize.FRAMES_PER_BATCH,
                       help='video frames whose faces are generated together')
   parser.add_argument('--workers', type=int, default=0,
                       help='threads detecting and pasting back the faces of different photos '

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
   parser.add_argument('--inputs', default='outputs/demo/photos',
                       help='folder of photos (make demo writes the sample photos there)')
   parser.add_argument('--repeats', type=int, default=2)
-  parser.add_argument('--images_per_batch', type=int, default=8)
+  parser.add_argument('--images_per_batch', type=int, default=anonymize.IMAGES_PER_BATCH)
   parser.add_argument('--workers', type=int, default=0,
                       help='threads for detection and paste-back (0: one per CPU core, at most '
                       f'{anonymize.MAX_AUTO_WORKERS})')
