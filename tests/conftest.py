@@ -19,3 +19,21 @@ import jax  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 jax.config.update('jax_threefry_partitionable', False)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def blazeface_weights(tmp_path_factory):
+  """Both BlazeFace detectors converted from the pinned mediapipe wheel (downloaded once per
+  session): (weights_dir, {name: path of the source .tflite})."""
+  from sdgan_jax.converters import blazeface
+  from sdgan_jax.converters.registry import fetch_file
+
+  root = tmp_path_factory.mktemp('blazeface')
+  files = {}
+  for conv in (blazeface.SHORT_RANGE, blazeface.FULL_RANGE):
+    conv.fetch_and_convert(root / 'cache', root / 'weights')
+    files[conv.NAME] = fetch_file(conv.SOURCE, root / 'cache')
+  return root / 'weights', files

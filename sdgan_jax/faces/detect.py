@@ -98,12 +98,18 @@ class Detections:
     boxes: float32 [N, 4] (x0, y0, x1, y1) in image pixels, dlib's rectangle convention
       (x1, y1 are the last pixel column/row inside the box, so the width is x1 - x0 + 1).
       Boxes may reach outside the image for faces cut by its border.
-    scores: float32 [N]: the HOG detector's SVM score (> 0 at its default threshold) or the
-      CNN detector's confidence. Not comparable between the two kinds.
+    scores: float32 [N]: the HOG detector's SVM score (> 0 at its default threshold), the
+      CNN detector's confidence or BlazeFace's probability. Not comparable between kinds.
+    keypoints: float32 [N, 6, 2] (x, y) of BlazeFace's six keypoints (right eye, left eye,
+      nose tip, mouth centre, right ear, left ear), or None for detectors without them.
+    sources: per box, the detectors that found it (e.g. ``('hog', 'blazeface_full_range')``
+      after an ensemble's merge), or None.
   """
 
   boxes: np.ndarray
   scores: np.ndarray
+  keypoints: np.ndarray | None = None
+  sources: tuple | None = None
 
   def __len__(self) -> int:
     return len(self.scores)
