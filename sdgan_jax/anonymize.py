@@ -4,9 +4,12 @@ The paper's procedure for full images (§3, §3.4): crop each face, de-identify 
 the generator conditioned on the face's semantic map and another person's identity, paste
 it back. Per image (``FaceAnonymizer.process``):
 
-1. detect every face (dlib HOG or CNN), fit 68 landmarks, align a crop at the model's
-   resolution, draw its face mask and semantic map (``sdgan_jax.faces``); the images at
-   hand in parallel threads (``Options.workers``), as in step 4;
+1. detect every face with the detector ensemble (``faces.ensemble``: by default both
+   BlazeFace networks over tile pyramids, batched over the images at hand), fit 68
+   landmarks (tilted faces turned upright first with the detector's keypoints,
+   ``faces.upright``), align a crop at the model's resolution, draw its face mask and
+   semantic map (``sdgan_jax.faces``); the images at hand in parallel threads
+   (``Options.workers``), as in step 4;
 2. draw a target identity from the model's identity bank: 'random', 'seeded' (the same for
    the same file, face and seed) or 'farthest' (the bank identity whose mean descriptor is
    farthest from the source face's); a face tracked across video frames keeps its target;
@@ -15,7 +18,9 @@ it back. Per image (``FaceAnonymizer.process``):
 
 Fail closed. A face is *anonymized* only if every step worked and a check passed; any
 other detected face gets the *fallback* (coarse pixelation of, or a solid fill over, its
-detection box enlarged by ``fallback_margin``) and the reason is reported:
+face region -- the detection box grown to the face box its keypoints place,
+``faces.upright.face_region`` -- enlarged by ``fallback_margin``) and the reason is
+reported:
 
 * ``too_small``: the box is under ``min_face_px``;
 * ``landmarks_failed``: the shape predictor's points are implausible for the box, or the
@@ -27,7 +32,9 @@ detection box enlarged by ``fallback_margin``) and the reason is reported:
   descriptor on dlib's 150-px face chip, DESIGN §5), is within ``identity_threshold`` of
   the source face (dlib's same-person convention: distance < 0.6);
 * ``unchanged``: last line of defence: the box's pixels came out identical to the input
-  (a solid fill is applied).
+  (a solid fill is applied);
+* ``tracked_not_detected`` (videos): no detector found a face its track had within
+  ``track_cover_frames`` frames before or after (``TrackCoverage``).
 
 Without a checkpoint the classic methods of the paper's tables run on the same path
 (``baseline``: 'blur' = Gaussian 17x17, 'pixelate' = 8x8 blocks, 'mask' = solid fill, on
@@ -59,7 +66,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from sdgan_jax import media
-from sdgan_jax.faces import align, detect, paste, pipeline
+from sdgan_jax.faces import align, detect, ensemble, paste, pipeline, upright
 
 TARGET_MODES = ('random', 'seeded', 'farthest')
 FALLBACKS = ('pixelate', 'fill')
@@ -71,8 +78,8 @@ CHIP_SIZE = 150          # dlib's face chip for its descriptor
 CHIP_PADDING = 0.25
 REPORT_NAME = 'anonymize_report.json'
 DEFAULT_IDENTITY_THRESHOLD = 0.6  # dlib's same-person distance
-# Threads when Options.workers is 0: dlib's HOG detector dominates the time of a photo (about
-# a second per megapixel at upsample 1) and runs outside the GIL, one detector per thread.
+# Threads when Options.workers is 0: dlib's landmarks, alignment, paste-back (and dlib's HOG
+# detector when it is in the ensemble) run outside the GIL, one dlib detector per thread.
 MAX_AUTO_WORKERS = 8
 # Photos (video frames) processed together: prepared in parallel threads, generated in shared
 # batches. Eight keep MAX_AUTO_WORKERS threads busy.
@@ -98,13 +105,20 @@ class Options:
       distance) are covered by the fallback; 0 turns the check off.
     min_face_px: faces whose box is smaller are covered by the fallback.
     min_mask_coverage: share of the box's central half the face mask must cover.
-    detector, upsample: dlib detector kind ('hog', 'cnn') and its upsampling.
+    detectors: the ensemble's detectors (``faces.ensemble.DETECTORS``), merged after NMS.
+    detector_thresholds: per-detector score thresholds overriding the defaults.
+    detect_min_face_px: the smallest face width the BlazeFace pyramids look for (faces
+      below ``min_face_px`` are still covered by the fallback when found).
+    upsample: dlib's upsampling, for 'hog' and 'cnn' in ``detectors``.
     feather: soft paste-back edge, as a fraction of the face box size.
     keep_exif: copy EXIF (minus GPS and orientation) into the outputs.
     quality: JPEG/WebP quality of the outputs.
     workers: threads preparing (detection, landmarks, alignment) and pasting back the faces
       of different images (or frames) at once; 0: one per CPU core, at most
       ``MAX_AUTO_WORKERS``. Results do not depend on it.
+    track_cover_frames: in videos, a tracked face that no detector finds in a frame is
+      covered by the fallback there when the track was seen within this many frames before
+      or after (its box interpolated); 0 turns it off.
   """
 
   target: str = 'seeded'
@@ -115,12 +129,15 @@ class Options:
   identity_threshold: float = DEFAULT_IDENTITY_THRESHOLD
   min_face_px: float = pipeline.DEFAULT_MIN_FACE_PX
   min_mask_coverage: float = 0.9
-  detector: str = 'hog'
+  detectors: tuple[str, ...] = ensemble.DEFAULT_DETECTORS
+  detector_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
+  detect_min_face_px: float = 20.0
   upsample: int = 1
   feather: float = 0.06
   keep_exif: bool = False
   quality: int = 95
   workers: int = 0
+  track_cover_frames: int = 5
 
   def __post_init__(self):
     if self.target not in TARGET_MODES:
@@ -131,6 +148,11 @@ class Options:
       raise ValueError(f'fallback_blocks must be >= 1, got {self.fallback_blocks}')
     if self.workers < 0:
       raise ValueError(f'workers must be >= 0 (0: one per CPU core), got {self.workers}')
+    self.detectors = ensemble.parse_detectors(self.detectors)
+    if self.track_cover_frames < 0:
+      raise ValueError(f'track_cover_frames must be >= 0, got {self.track_cover_frames}')
+    if self.detect_min_face_px <= 0:
+      raise ValueError(f'detect_min_face_px must be > 0, got {self.detect_min_face_px}')
 
   def resolved_workers(self) -> int:
     """``workers``, with 0 resolved to this machine's CPU cores (at most MAX_AUTO_WORKERS)."""
@@ -148,6 +170,8 @@ class FaceResult:
   identity_distance: float | None = None
   target: int | None = None
   track: int | None = None
+  detectors: list[str] | None = None   # which detectors found the face
+  region: list[float] | None = None     # the face region a fallback covers (x0 y0 x1 y1)
 
   def to_json(self) -> dict:
     return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -158,6 +182,8 @@ class _Face:
   """A face on its way through ``process``."""
 
   box: np.ndarray
+  keypoints: np.ndarray | None = None  # the detector's six keypoints, if it has them
+  detectors: tuple[str, ...] = ()
   landmarks: np.ndarray | None = None
   crop: np.ndarray | None = None      # uint8 [R, R, 3]
   mask: np.ndarray | None = None      # uint8 [R, R, 1] 0/255
@@ -287,6 +313,66 @@ class FaceTracker:
     return assigned
 
 
+class TrackCoverage:
+  """Covers a tracked face in the video frames where no detector found it (fail closed).
+
+  Frames go in as they are anonymized (``add``) and come out ``frames`` later (``ready``),
+  once it is known whether their tracks reappear: a track seen within ``frames`` frames
+  before or after a frame, but not in it, is covered there by the fallback over its face
+  region, interpolated between the neighbouring sightings (or the nearest one). A face that
+  one frame's detectors miss thus never leaves the video as it was.
+  """
+
+  def __init__(self, frames: int, options: Options):
+    self.frames = frames
+    self.options = options
+    self._pending: list[tuple[int, np.ndarray, list[FaceResult]]] = []
+    self._seen: dict[int, dict[int, np.ndarray]] = {}  # track -> frame -> face region
+    self._next = 0
+    self.covered = 0
+
+  def add(self, image: np.ndarray, faces: list[FaceResult],
+          regions: list[np.ndarray]) -> None:
+    index = self._next
+    self._next += 1
+    for face, region in zip(faces, regions):
+      if face.track is not None:
+        self._seen.setdefault(face.track, {})[index] = np.asarray(region, np.float64)
+    self._pending.append((index, image, faces))
+
+  def ready(self, final: bool = False) -> list[tuple[np.ndarray, list[FaceResult]]]:
+    """The frames whose neighbourhood is complete (all of them when ``final``), covered."""
+    out = []
+    while self._pending and (final or self._pending[0][0] + self.frames < self._next):
+      index, image, faces = self._pending.pop(0)
+      for track, frames in self._seen.items():
+        region = self._missed_region(index, frames)
+        if region is not None:
+          image = cover(image, region, self.options)
+          faces = faces + [FaceResult(box=[float(v) for v in region], status='fallback',
+                                      reason='tracked_not_detected', track=track,
+                                      detail='no detector found the tracked face in this frame')]
+          self.covered += 1
+      out.append((image, faces))
+      for frames in self._seen.values():  # sightings older than the window are done with
+        for old in [k for k in frames if k < index - self.frames]:
+          del frames[old]
+    return out
+
+  def _missed_region(self, index: int, frames: dict[int, np.ndarray]) -> np.ndarray | None:
+    if index in frames:
+      return None
+    before = [k for k in frames if index - self.frames <= k < index]
+    after = [k for k in frames if index < k <= index + self.frames]
+    if before and after:
+      p, n = max(before), min(after)
+      t = (index - p) / (n - p)
+      return (1 - t) * frames[p] + t * frames[n]
+    if before or after:
+      return frames[max(before) if before else min(after)]
+    return None
+
+
 # --- the face anonymizer ----------------------------------------------------------------
 
 
@@ -305,11 +391,15 @@ class FaceAnonymizer:
     identity: an ``IdentityBackbone``; needed for the identity check (threshold > 0)
       and 'farthest' targets.
     resolution: crop size for baselines without a generator.
+    detector: an object with ``detect_many(images, map_fn) -> [detect.Detections]``
+      (default: ``faces.ensemble.EnsembleDetector`` of the options' detectors).
+    weights_dir: where the detectors' converted weights are.
   """
 
   def __init__(self, generator=None, baseline: str | None = None,
                options: Options | None = None, identity: IdentityBackbone | None = None,
-               resolution: int | None = None):
+               resolution: int | None = None, detector=None,
+               weights_dir: str | os.PathLike | None = None):
     if (generator is None) == (baseline is None):
       raise ValueError('give exactly one of a trained generator and a baseline')
     if baseline is not None and baseline not in BASELINES:
@@ -327,7 +417,10 @@ class FaceAnonymizer:
     self.identity = identity
     self.resolution = int(generator.resolution if generator is not None else
                           resolution or BASELINE_RESOLUTION)
-    self.detector = detect.FaceDetector(self.options.detector, self.options.upsample)
+    self.detector = detector or ensemble.EnsembleDetector(
+        self.options.detectors, self.options.detector_thresholds,
+        min_face_px=self.options.detect_min_face_px, upsample=self.options.upsample,
+        weights_dir=weights_dir)
     self.predictor = detect.LandmarkPredictor()
     self._random = np.random.default_rng()
     self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -353,18 +446,19 @@ class FaceAnonymizer:
                                                          thread_name_prefix='anonymize')
     return list(self._pool.map(lambda item: fn(*item), items))
 
-  def _prepare(self, image: np.ndarray) -> list[_Face]:
-    found = self.detector(image)
+  def _prepare(self, image: np.ndarray, found: detect.Detections) -> list[_Face]:
     faces = []
-    for box in found.boxes:
-      face = _Face(box=np.asarray(box, np.float32))
+    for k, box in enumerate(found.boxes):
+      face = _Face(box=np.asarray(box, np.float32),
+                   keypoints=None if found.keypoints is None else found.keypoints[k],
+                   detectors=tuple(found.sources[k]) if found.sources else ())
       faces.append(face)
       size = float(min(box[2] - box[0], box[3] - box[1]) + 1)
       if size < self.options.min_face_px:
         face.fail('too_small', f'{size:.0f} px < min_face_px {self.options.min_face_px:g}')
         continue
       try:
-        landmarks = self.predictor(image, box)
+        landmarks = upright.fit_landmarks(self.predictor, image, box, face.keypoints)
         _check_landmarks(landmarks, box)
         aligned, mask, semantic = pipeline.prepare_face(image, landmarks, self.resolution)
       except Exception as e:  # pylint: disable=broad-except
@@ -457,13 +551,15 @@ class FaceAnonymizer:
     keys = list(keys) if keys is not None else [str(i) for i in range(len(images))]
     trackers = list(trackers) if trackers is not None else [None] * len(images)
     clock = time.perf_counter()
-    per_image = self._map(self._prepare, images)
+    found = self.detector.detect_many(images, map_fn=self._map)
+    clock = self._lap('detect', clock)
+    per_image = self._map(self._prepare, images, found)
     for faces, image, tracker in zip(per_image, images, trackers):
       ids = tracker.assign(np.array([f.box for f in faces])) if tracker else [None] * len(faces)
       for index, (face, track) in enumerate(zip(faces, ids)):
         face.track, face.index, face.source_image = track, index, image
 
-    clock = self._lap('detect_align', clock)
+    clock = self._lap('align', clock)
     todo = [(f, k) for faces, k in zip(per_image, keys) for f in faces if f.reason is None]
     self._generate([f for f, _ in todo], [k for _, k in todo])
     clock = self._lap('generate', clock)
@@ -477,19 +573,24 @@ class FaceAnonymizer:
     for image, out, faces in zip(images, outputs, per_image):
       for face in faces:
         if face.reason is not None:
-          out = cover(out, face.box, self.options)
+          out = cover(out, upright.face_region(face.box, face.keypoints), self.options)
       for face in faces:  # last line of defence: nothing of a detected face left as it was
-        x0, y0, x1, y1 = _clip_box(face.box, out.shape)
+        region = upright.face_region(face.box, face.keypoints)
+        x0, y0, x1, y1 = _clip_box(region, out.shape)
         if x1 > x0 and y1 > y0 and np.array_equal(out[y0:y1, x0:x1], image[y0:y1, x0:x1]):
           face.fail('unchanged', 'the face region came out identical to the input')
-          out = cover(out, face.box, dataclasses.replace(self.options, fallback='fill'))
+          out = cover(out, region, dataclasses.replace(self.options, fallback='fill'))
       self.faces_processed += len(faces)
       results.append((out, [
           FaceResult(box=[float(v) for v in face.box],
                      status='anonymized' if face.reason is None else 'fallback',
                      reason=face.reason, detail=face.detail,
                      identity_distance=None if face.distance is None else round(face.distance, 4),
-                     target=face.target, track=face.track) for face in faces]))
+                     target=face.target, track=face.track,
+                     detectors=list(face.detectors) or None,
+                     region=[round(float(v), 1) for v in
+                             upright.face_region(face.box, face.keypoints)])
+          for face in faces]))
     self._lap('fallback', clock)
     return results
 
@@ -804,6 +905,8 @@ class Runner:
       self._tick(0, 1)
       return
     tracker = self.anonymizer.new_video()
+    coverage = TrackCoverage(self.anonymizer.options.track_cover_frames,
+                             self.anonymizer.options)
     faces: list[FaceResult] = []
     writer = None
     ok = False
@@ -821,12 +924,11 @@ class Runner:
         for frame in frames:
           chunk.append(frame)
           if len(chunk) == self.frames_per_batch:
-            faces += self._frames(chunk, job, tracker, writer)
+            faces += self._frames(chunk, job, tracker, coverage, writer)
             bar.update(len(chunk))
             chunk = []
-        if chunk:
-          faces += self._frames(chunk, job, tracker, writer)
-          bar.update(len(chunk))
+        faces += self._frames(chunk, job, tracker, coverage, writer, final=True)
+        bar.update(len(chunk))
       ok = True
     except Exception as e:  # pylint: disable=broad-except
       entry.update(status='error', error=f'{type(e).__name__}: {e}',
@@ -841,6 +943,7 @@ class Runner:
     entry.update(_face_counts(faces))
     entry['frames'] = writer.frames_written if writer is not None else 0
     entry['tracks'] = len({f.track for f in faces})
+    entry['covered_by_tracking'] = coverage.covered
     if ok:
       entry['output'] = str(job.dest)
       if info.has_audio:
@@ -849,11 +952,15 @@ class Runner:
     self.files.append(entry)
     self._tick(0, 1)
 
-  def _frames(self, chunk, job, tracker, writer) -> list[FaceResult]:
+  def _frames(self, chunk, job, tracker, coverage: TrackCoverage, writer,
+              final: bool = False) -> list[FaceResult]:
+    """Anonymizes ``chunk``; writes the frames ``coverage`` releases (all when ``final``)."""
     results = self.anonymizer.process(chunk, keys=[str(job.source)] * len(chunk),
-                                      trackers=[tracker] * len(chunk))
-    faces = []
+                                      trackers=[tracker] * len(chunk)) if chunk else []
     for out, frame_faces in results:
+      coverage.add(out, frame_faces, [f.region or f.box for f in frame_faces])
+    faces = []
+    for out, frame_faces in coverage.ready(final):
       writer.write(out)
       faces += frame_faces
     self._tick(len(faces))
@@ -864,7 +971,7 @@ class Runner:
     totals = {'files': len(self.files),
               'errors': sum(f['status'] == 'error' for f in self.files),
               'skipped': sum(f['status'] == 'skipped' for f in self.files)}
-    for key in ('faces_found', 'anonymized', 'fallbacks', 'frames'):
+    for key in ('faces_found', 'anonymized', 'fallbacks', 'frames', 'covered_by_tracking'):
       totals[key] = sum(f.get(key, 0) for f in self.files)
     images = sum(f.get('kind') == 'image' and f['status'] == 'ok' for f in self.files)
     totals['seconds'] = round(seconds, 3)
@@ -877,6 +984,9 @@ class Runner:
 
 
 def _face_counts(faces: Sequence[FaceResult]) -> dict:
+  """Counts of detected faces (the frames where tracking alone covered a face are
+  counted apart, as ``covered_by_tracking``)."""
+  faces = [f for f in faces if f.reason != 'tracked_not_detected']
   reasons: dict[str, int] = {}
   for f in faces:
     if f.status != 'anonymized':
@@ -944,7 +1054,7 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
   identity = None
   if options.identity_threshold > 0 or (generator is not None and options.target == 'farthest'):
     identity = IdentityBackbone(weights_dir, batch_size=batch_size)
-  return FaceAnonymizer(generator, baseline, options, identity)
+  return FaceAnonymizer(generator, baseline, options, identity, weights_dir=weights_dir)
 
 
 def anonymize_paths(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,

@@ -17,6 +17,7 @@ import importlib.util
 import io
 import json
 import pathlib
+import shutil
 import subprocess
 import threading
 
@@ -31,6 +32,7 @@ from PIL import Image
 
 from sdgan_jax import anonymize, identity_bank, media
 from sdgan_jax.converters import dlib_resnet as dlib_conv
+from sdgan_jax.faces import ensemble
 
 TILE = 160         # face tiles: face boxes of ~80 px
 TINY = 88          # the tiny face's tile: a ~45 px box, under the test's --min_face_px
@@ -75,9 +77,12 @@ def face_tile(photo: np.ndarray, size: int) -> np.ndarray:
 
 
 @pytest.fixture(scope='module')
-def weights_dir(tmp_path_factory):
+def weights_dir(tmp_path_factory, blazeface_weights):
+  """dlib's ResNet descriptor and the BlazeFace detectors in one weights folder."""
   root = tmp_path_factory.mktemp('anon_dlib_resnet')
   dlib_conv.fetch_and_convert(root / 'cache', root / 'weights')
+  for path in blazeface_weights[0].iterdir():
+    shutil.copy(path, root / 'weights' / path.name)
   return root / 'weights'
 
 
@@ -357,7 +362,7 @@ def test_video_faces_keep_their_target(anonymizer, tiles):
   assert len(targets) == 3 and len(set(targets)) == 1, targets
 
 
-def test_detection_threads_do_not_change_the_results(tiles, monkeypatch):
+def test_detection_threads_do_not_change_the_results(tiles, weights_dir, monkeypatch):
   """Images (or frames) are prepared and pasted back in parallel threads (Options.workers):
   outputs, face reports and video tracks are those of one thread."""
   collage, _ = make_collage(tiles)
@@ -367,12 +372,13 @@ def test_detection_threads_do_not_change_the_results(tiles, monkeypatch):
 
   def run(workers):
     anonymizer = anonymize.FaceAnonymizer(
-        baseline='pixelate', options=anonymize.Options(identity_threshold=0, workers=workers))
+        baseline='pixelate', options=anonymize.Options(identity_threshold=0, workers=workers),
+        weights_dir=weights_dir)
     prepare = anonymizer._prepare  # pylint: disable=protected-access
 
-    def recording(image):
+    def recording(image, found):
       threads.add(threading.current_thread().name)
-      return prepare(image)
+      return prepare(image, found)
 
     monkeypatch.setattr(anonymizer, '_prepare', recording)
     tracker = anonymizer.new_video()
@@ -391,7 +397,8 @@ def test_detection_threads_do_not_change_the_results(tiles, monkeypatch):
     assert faces_s == faces_p
 
 
-def test_a_photo_that_fails_does_not_cost_its_batch_the_outputs(tmp_path, tiles, monkeypatch):
+def test_a_photo_that_fails_does_not_cost_its_batch_the_outputs(tmp_path, tiles, weights_dir,
+                                                                 monkeypatch):
   """A photo whose processing raises is reported as an error and not written; the other
   photos of its batch are processed again one by one and written."""
   inputs = tmp_path / 'in'
@@ -399,13 +406,14 @@ def test_a_photo_that_fails_does_not_cost_its_batch_the_outputs(tmp_path, tiles,
   for name in ('astronaut', 'biden', 'obama'):
     Image.fromarray(tiles[name]).save(inputs / f'{name}.png')
   anonymizer = anonymize.FaceAnonymizer(
-      baseline='pixelate', options=anonymize.Options(identity_threshold=0, workers=1))
+      baseline='pixelate', options=anonymize.Options(identity_threshold=0, workers=1),
+      weights_dir=weights_dir)
   prepare = anonymizer._prepare  # pylint: disable=protected-access
 
-  def failing_on_biden(image):
+  def failing_on_biden(image, found):
     if np.array_equal(image, tiles['biden']):
       raise RuntimeError('detector blew up')
-    return prepare(image)
+    return prepare(image, found)
 
   monkeypatch.setattr(anonymizer, '_prepare', failing_on_biden)
   report = anonymize.anonymize_paths([inputs], tmp_path / 'out', anonymizer, progress=False,
@@ -429,12 +437,13 @@ def test_negative_worker_counts_are_refused(capsys):
     anonymize.Options(workers=-1)
 
 
-def test_baseline_runs_without_a_checkpoint(tmp_path, tiles):
+def test_baseline_runs_without_a_checkpoint(tmp_path, tiles, weights_dir):
   cli = _cli()
 
   Image.fromarray(tiles['biden']).save(tmp_path / 'biden.png')
   code = cli.main([str(tmp_path / 'biden.png'), '--output', str(tmp_path / 'out'),
-                   '--baseline', 'pixelate', '--identity_threshold', '0', '--no_progress'])
+                   '--baseline', 'pixelate', '--identity_threshold', '0', '--no_progress',
+                   '--weights_dir', str(weights_dir)])
   assert code == 0
   got = np.asarray(Image.open(tmp_path / 'out' / 'biden.png'))
   boxes = dlib_boxes(tiles['biden'])
@@ -443,6 +452,25 @@ def test_baseline_runs_without_a_checkpoint(tmp_path, tiles):
     assert region_change(tiles['biden'], got, box) > 5
   report = json.loads((tmp_path / 'out' / anonymize.REPORT_NAME).read_text())
   assert report['method'] == 'baseline:pixelate' and report['totals']['anonymized'] >= 1
+  # Which detectors found each face, and the region a fallback would cover.
+  [face] = report['files'][0]['faces']
+  assert set(face['detectors']) <= set(ensemble.DEFAULT_DETECTORS) and face['detectors']
+  assert len(face['region']) == 4
+  assert report['options']['detectors'] == list(ensemble.DEFAULT_DETECTORS)
+
+
+def test_detector_flags_are_checked(capsys):
+  for flags, message in ((['--detectors', 'hog,ssh'], 'unknown detectors'),
+                         (['--detector_threshold', 'hog=0.5'], 'not one of --detectors'),
+                         (['--detector_threshold', 'blazeface_full_range'], 'NAME=SCORE'),
+                         (['--detector_threshold', 'blazeface_full_range=x'], 'not a number')):
+    with pytest.raises(SystemExit) as exit_info:
+      _cli().parse_args(['in.png', '--output', 'out', '--baseline', 'blur', *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err, flags
+  args = _cli().parse_args(['in.png', '--output', 'out', '--baseline', 'blur', '--detectors',
+                            'hog,blazeface_full_range', '--detector_threshold', 'hog=0.3'])
+  assert args.detectors == ('hog', 'blazeface_full_range')
+  assert args.detector_thresholds == {'hog': 0.3}
 
 
 def test_inputs_are_never_overwritten_and_missing_files_name_the_fix(tmp_path, tiles, capsys):
@@ -522,7 +550,7 @@ def test_keep_exif_copies_camera_tags_only(tmp_path):
 
 
 @pytest.mark.slow  # restores and re-saves a checkpoint
-def test_restores_a_workdir_whose_vgg_differs_from_a_random_init(workdir, tmp_path):
+def test_restores_a_workdir_whose_vgg_differs_from_a_random_init(workdir, weights_dir, tmp_path):
   """Runs trained with the converted VGG-16 store convs a random init lacks; the anonymizer
   must still load their generator (the VGG part is never used)."""
   import shutil  # pylint: disable=import-outside-toplevel
@@ -546,10 +574,77 @@ def test_restores_a_workdir_whose_vgg_differs_from_a_random_init(workdir, tmp_pa
   manager = train.checkpoint_manager(cfg, str(other))
   train._save(manager, 3, state.replace(perceptual_params=vgg), None)  # pylint: disable=protected-access
   manager.wait_until_finished()
-  built = anonymize.build_anonymizer(other, options=anonymize.Options(identity_threshold=0))
+  built = anonymize.build_anonymizer(other, options=anonymize.Options(identity_threshold=0),
+                                     weights_dir=weights_dir)
   assert built.generator.step == 3
   g = built.generator
   params = g.params if hasattr(g, 'params') else g._params  # pylint: disable=protected-access
   for got, want in zip(jax.tree_util.tree_leaves(params),
                        jax.tree_util.tree_leaves(state.ema_params)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_track_coverage_covers_the_frames_a_tracked_face_is_missed_in():
+  """A track seen in frames 0-2 and 6 of 8: with a window of 2 or 3 frames, the gap 3-5 and
+  frame 7 after its last sighting are covered (boxes interpolated where both sides are in
+  reach); with a window of 0 nothing is."""
+  options = anonymize.Options(fallback='fill')
+  blank = np.full((40, 200, 3), 10, np.uint8)
+  boxes = {0: [10, 10, 19, 19], 1: [12, 10, 21, 19], 2: [14, 10, 23, 19], 6: [50, 10, 59, 19]}
+  for window, covered_frames in ((2, {3, 4, 5, 7}), (3, {3, 4, 5, 7}), (0, set())):
+    coverage = anonymize.TrackCoverage(window, options)
+    out = []
+    for k in range(8):
+      faces = [anonymize.FaceResult(box=boxes[k], track=7)] if k in boxes else []
+      coverage.add(blank, faces, [f.box for f in faces])
+      out += coverage.ready()
+    out += coverage.ready(final=True)
+    assert len(out) == 8
+    got = {k for k, (image, _) in enumerate(out) if (image != blank).any()}
+    assert got == covered_frames, (window, got)
+    assert coverage.covered == len(covered_frames)
+    for k in covered_frames:
+      faces = out[k][1]
+      assert [f.reason for f in faces] == ['tracked_not_detected'] and faces[0].track == 7
+    if window == 3:  # frame 4: half way from frame 2's box to frame 6's
+      assert out[4][1][0].box == pytest.approx([32, 10, 41, 19])
+      assert out[7][1][0].box == pytest.approx(boxes[6])
+  with pytest.raises(ValueError, match='track_cover_frames'):
+    anonymize.Options(track_cover_frames=-1)
+
+
+@pytest.mark.slow  # encodes and anonymizes a 10-frame video twice
+def test_a_face_the_detectors_miss_in_one_frame_is_covered_by_its_track(
+    tmp_path, tiles, weights_dir):
+  frames = [np.ascontiguousarray(np.roll(tiles['obama'], 2 * k, axis=1)) for k in range(10)]
+  write_video(tmp_path / 'clip.mp4', frames)
+  decoded = np.stack(list(iio.imiter(tmp_path / 'clip.mp4', plugin='FFMPEG')))
+  box = dlib_boxes(frames[5])[0]
+  results = {}
+  for window in (0, 3):
+    anonymizer = anonymize.FaceAnonymizer(
+        baseline='pixelate', weights_dir=weights_dir,
+        options=anonymize.Options(identity_threshold=0, track_cover_frames=window))
+    detect_many = anonymizer.detector.detect_many
+    seen = []
+
+    def blind_in_frame_5(images, map_fn):
+      found = detect_many(images, map_fn)
+      for i in range(len(images)):
+        if len(seen) == 5:  # the detectors miss the face in frame 5
+          found[i] = found[i].__class__(found[i].boxes[:0], found[i].scores[:0],
+                                        found[i].keypoints[:0], ())
+        seen.append(len(found[i]))
+      return found
+
+    anonymizer.detector.detect_many = blind_in_frame_5
+    report = anonymize.anonymize_paths([tmp_path / 'clip.mp4'], tmp_path / f'out{window}',
+                                       anonymizer, progress=False, frames_per_batch=4)
+    [entry] = report['files']
+    got = np.stack(list(iio.imiter(tmp_path / f'out{window}' / 'clip.mp4', plugin='FFMPEG')))
+    results[window] = (entry, region_change(decoded[5], got[5], box))
+  (entry0, change0), (entry3, change3) = results[0], results[3]
+  assert entry0['covered_by_tracking'] == 0 and change0 < 6, results  # passed through as it was
+  assert entry3['covered_by_tracking'] == 1 and change3 > 12, results
+  assert entry3['frames'] == 10 and entry3['faces_found'] == 9
+  assert report['totals']['covered_by_tracking'] == 1

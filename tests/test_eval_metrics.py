@@ -181,5 +181,13 @@ def test_markdown_shapes_the_paper_tables_and_json_has_no_infinity(tmp_path):
   assert '| CIAGAN |' in text
   plain = report.markdown(result)
   assert '(99.61)' not in plain and '| Original | 0.00 | 0.0010 | 1.00 | inf |' in plain
+  # Any deep detector takes the paper's SSH column; the columns follow the detectors.
+  for row in rows:
+    row['detection_blazeface'] = row.pop('detection_cnn')
+  result['detectors'] = {'hog': 'dlib HOG', 'blazeface': 'BlazeFace (short + full range)'}
+  text = report.markdown(result, with_paper=True)
+  assert '| Models | Detection: dlib HOG (↑) | Detection: BlazeFace (short + full range) (↑) |' \
+      in text
+  assert '| Original | 100.00 (99.61) | 97.50 (99.85) | – (–) | 95.00 (95.46) |' in text
   path = report.write_json(result, tmp_path / 'eval.json')
   assert '"psnr": "inf"' in path.read_text()

@@ -9,6 +9,7 @@ download fails the tests. The model row is an untrained 64-px workdir: plumbing,
 import importlib.util
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -47,23 +48,29 @@ def sample_faces(samples):
 
 
 @pytest.mark.slow
-def test_baselines_move_the_way_the_paper_s_do(sample_faces):
+def test_baselines_move_the_way_the_paper_s_do(sample_faces, blazeface_weights):
   """Table 1: blur 17x17 is detected less often than 9x9; 8x8 pixelation hardly ever."""
   images, masks = sample_faces
   assert len(images) == 40
   blurred = baselines.apply_baseline('blur17', images, masks)
   with detection.detector_pool(2) as pool:
-    for kind in ('hog', 'cnn'):
-      rate = detection.DetectionRate(kind, scale=2, pool=pool)
+    for kind in ('hog', 'cnn', 'blazeface'):
+      rate = detection.DetectionRate(kind, scale=2, pool=pool, weights_dir=blazeface_weights[0])
       found = {name: rate(baselines.apply_baseline(name, images, masks), masks)
                for name in ('blur9', 'blur17', 'pixelate8')}
       found['original'] = rate(images, masks)
       print(kind, {name: f.mean() for name, f in found.items()})
       assert found['original'].mean() >= 0.95
-      assert found['blur17'].mean() < found['blur9'].mean() - 0.15
-      assert found['pixelate8'].mean() <= 0.05
+      if kind == 'blazeface':
+        # A modern detector still finds most blurred faces (97.5% after 17x17 blur here,
+        # where the paper's SSH found 0.3% on CelebA) and half of the pixelated ones.
+        assert found['blur17'].mean() <= found['blur9'].mean() <= found['original'].mean()
+        assert found['pixelate8'].mean() < found['original'].mean() - 0.3
+      else:
+        assert found['blur17'].mean() < found['blur9'].mean() - 0.15
+        assert found['pixelate8'].mean() <= 0.05
       # the worker processes find what this process finds, crop by crop
-      in_process = detection.DetectionRate(kind, scale=2)
+      in_process = detection.DetectionRate(kind, scale=2, weights_dir=blazeface_weights[0])
       np.testing.assert_array_equal(in_process(blurred, masks), found['blur17'])
 
 
@@ -82,10 +89,13 @@ def test_negative_detection_processes_are_refused(capsys):
 
 
 @pytest.mark.slow
-def test_tool_on_the_sample_faces_writes_json_markdown_and_grid(samples, tmp_path):
+def test_tool_on_the_sample_faces_writes_json_markdown_and_grid(samples, tmp_path,
+                                                               blazeface_weights):
   weights_dir = tmp_path / 'weights'
   fetch.fetch_all(weights_dir, tmp_path / 'downloads', ['inception_fid', 'dlib_resnet'],
                   log=lambda _: None)
+  for path in blazeface_weights[0].iterdir():
+    shutil.copy(path, weights_dir / path.name)
   cfg = tiny_config(64)
   rng = np.random.default_rng(0)
   bank = bank_lib.IdentityBank(rng.normal(size=(2, cfg.identity_dim)), np.array([24, 8]),
@@ -122,7 +132,10 @@ def test_tool_on_the_sample_faces_writes_json_markdown_and_grid(samples, tmp_pat
 
   text = (out / 'eval.md').read_text()
   assert '## Table 1' in text and '## Table 3' in text
-  assert 'Identification: dlib ResNet' in text and 'dlib CNN (MMOD)' in text
+  assert 'Identification: dlib ResNet' in text and 'Detection: BlazeFace' in text
+  assert 'take the column of the paper\'s SSH' in text
+  assert result['detectors'] == {'hog': 'dlib HOG', 'blazeface': 'BlazeFace (short + full range)'}
+  assert original['detection_blazeface'] == 100.0
   assert '(98.12)' in text  # the paper's SDGAN Dlib rate beside the model row
 
   grid = np.asarray(Image.open(out / 'eval_grid.png'))

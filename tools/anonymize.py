@@ -9,6 +9,12 @@ and videos (mp4, mov, m4v, mkv, avi, webm; audio kept where the container takes 
 WORKDIR is a training workdir (`python run.py ... --workdir=WORKDIR`; `make demo` makes
 workdirs/demo).
 
+Detection: by default two BlazeFace networks (MediaPipe's short- and full-range models,
+converted by `make weights`) over tile pyramids that find faces from ~20 px to the whole
+frame, tilted or turned; their detections are merged and the report says which detector
+found each face. A face no detector finds cannot be covered: lower --detect_min_face_px
+or a --detector_threshold for crowds of tiny faces.
+
 Fail closed: a detected face that cannot be anonymized -- too small, landmarks failed, the
 mask misses it, the generator failed, or its output still matches the source person under
 the dlib ResNet descriptor (distance below --identity_threshold) -- is covered by the
@@ -28,6 +34,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from sdgan_jax import anonymize, compile_cache  # noqa: E402
+from sdgan_jax.faces import ensemble  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,10 +66,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                       '0.6; higher is stricter; 0 turns the check off)')
   parser.add_argument('--min_face_px', type=float, default=anonymize.Options.min_face_px,
                       help='faces with a smaller detection box get the fallback')
-  parser.add_argument('--detector', choices=('hog', 'cnn'), default='hog',
-                      help='dlib detector: hog (fast) or cnn (more poses, slow on CPU)')
+  parser.add_argument('--detectors', default=','.join(ensemble.DEFAULT_DETECTORS),
+                      help='face detectors, comma-separated, whose detections are merged: '
+                      f'{", ".join(ensemble.DETECTORS)} (default: both BlazeFace networks, '
+                      'chosen by measured recall; hog/cnn are dlib\'s)')
+  parser.add_argument('--detector_threshold', action='append', default=[], metavar='NAME=SCORE',
+                      help='score threshold of one detector, e.g. blazeface_short_range=0.5 '
+                      '(lower finds more faces and more false ones); repeatable')
+  parser.add_argument('--detect_min_face_px', type=float,
+                      default=anonymize.Options.detect_min_face_px,
+                      help='smallest face width (px) the BlazeFace detectors look for; '
+                      'smaller is slower')
+  parser.add_argument('--track_cover_frames', type=int,
+                      default=anonymize.Options.track_cover_frames,
+                      help='videos: a tracked face no detector finds in a frame is covered '
+                      'there when it was seen within this many frames before or after '
+                      '(0: off)')
   parser.add_argument('--upsample', type=int, default=1,
-                      help='detector upsampling: each step finds 2x smaller faces, ~4x slower')
+                      help="dlib detectors' upsampling: each step finds 2x smaller faces, "
+                      '~4x slower')
   parser.add_argument('--batch_size', type=int,
                       help='faces per generator call (default: 8 on CPU, 64 on accelerators)')
   parser.add_argument('--images_per_batch', type=int, default=anonymize.IMAGES_PER_BATCH,
@@ -90,7 +112,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.error('give --checkpoint or --baseline, not both')
   if args.workers < 0:
     parser.error('--workers must be >= 0 (0: one per CPU core)')
+  try:
+    args.detectors = ensemble.parse_detectors(args.detectors)
+    args.detector_thresholds = _thresholds(args.detector_threshold, args.detectors)
+  except ValueError as e:
+    parser.error(str(e))
   return args
+
+
+def _thresholds(items, detectors) -> dict[str, float]:
+  out = {}
+  for item in items:
+    name, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'--detector_threshold takes NAME=SCORE, got {item!r}')
+    if name not in detectors:
+      raise ValueError(f'--detector_threshold {name}: not one of --detectors {",".join(detectors)}')
+    try:
+      out[name] = float(value)
+    except ValueError:
+      raise ValueError(f'--detector_threshold {item!r}: {value!r} is not a number') from None
+  return out
 
 
 def main(argv=None) -> int:
@@ -100,7 +142,10 @@ def main(argv=None) -> int:
     options = anonymize.Options(
         target=args.target, seed=args.seed, fallback=args.fallback,
         fallback_blocks=args.fallback_blocks, identity_threshold=args.identity_threshold,
-        min_face_px=args.min_face_px, detector=args.detector, upsample=args.upsample,
+        min_face_px=args.min_face_px, detectors=args.detectors,
+        detector_thresholds=args.detector_thresholds,
+        detect_min_face_px=args.detect_min_face_px, upsample=args.upsample,
+        track_cover_frames=args.track_cover_frames,
         keep_exif=args.keep_exif, quality=args.quality, workers=args.workers)
     # Check the paths before the (slow) model load.
     anonymize.plan_jobs(args.inputs, args.output)

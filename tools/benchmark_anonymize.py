@@ -6,8 +6,8 @@
 Reads the photos once, runs one untimed pass (XLA compilation, dlib model loading), then
 times ``--repeats`` passes of ``FaceAnonymizer.process`` over the photos in memory (decoding
 and writing files are not included) and prints images/s, faces/s and the seconds spent per
-stage: detection + landmarks + alignment, generation, paste-back, the identity check and the
-fallback. Defaults: the demo's photos (outputs/demo/photos) and model (workdirs/demo).
+stage: detection (the ``--detectors`` ensemble), landmarks + alignment, generation,
+paste-back, the identity check and the fallback. Defaults: the demo's photos (outputs/demo/photos) and model (workdirs/demo).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sdgan_jax import anonymize, media  # noqa: E402
+from sdgan_jax.faces import ensemble  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,7 +38,13 @@ def main(argv=None) -> int:
                       help='threads for detection and paste-back (0: one per CPU core, at most '
                       f'{anonymize.MAX_AUTO_WORKERS})')
   parser.add_argument('--batch_size', type=int)
+  parser.add_argument('--detectors', default=','.join(ensemble.DEFAULT_DETECTORS),
+                      help=f'comma-separated, from {", ".join(ensemble.DETECTORS)}')
   args = parser.parse_args(argv)
+  try:
+    detectors = ensemble.parse_detectors(args.detectors)
+  except ValueError as e:
+    parser.error(str(e))
 
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -51,8 +58,9 @@ def main(argv=None) -> int:
   try:
     anonymizer = anonymize.build_anonymizer(
         None if args.baseline else args.checkpoint, baseline=args.baseline,
-        batch_size=args.batch_size, options=anonymize.Options(workers=args.workers))
-  except FileNotFoundError as e:
+        batch_size=args.batch_size,
+        options=anonymize.Options(workers=args.workers, detectors=detectors))
+  except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   images = [media.read_image(p).rgb for p in paths]
@@ -79,7 +87,7 @@ def main(argv=None) -> int:
         f'{jax.device_count()} device(s); {len(images)} photos (mean {pixels / 1e6:.2f} MP), '
         f'{faces} faces, {args.repeats} timed passes after a {warmup:.1f} s warm-up; '
         f'{anonymizer.options.resolved_workers()} thread(s), '
-        f'{args.images_per_batch} photos per batch')
+        f'{args.images_per_batch} photos per batch; detectors {",".join(detectors)}')
   print(f'images/s: {len(images) * args.repeats / seconds:.3f}')
   print(f'faces/s:  {faces * args.repeats / seconds:.3f}')
   for stage, spent in anonymizer.timings.items():

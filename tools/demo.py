@@ -116,9 +116,10 @@ def main(argv=None) -> int:
   data = out / 'data'
   workdir = ROOT / args.workdir
 
-  _log('1/4 pretrained weights (VGG-16, dlib ResNet)')
+  _log('1/4 pretrained weights (VGG-16, dlib ResNet, BlazeFace detectors)')
   from sdgan_jax.converters import fetch  # pylint: disable=import-outside-toplevel
-  fetch.fetch_all(names=['vgg16_imagenet', 'dlib_resnet'], log=_log)
+  fetch.fetch_all(names=['vgg16_imagenet', 'dlib_resnet', 'blazeface_short_range',
+                         'blazeface_full_range'], log=_log)
 
   _log('2/4 sample faces -> dataset + identity bank')
   dataset = data / DATASET

@@ -44,8 +44,11 @@ def main(argv=None) -> int:
   parser.add_argument('--grid_faces', type=int, default=8, help='faces in the image grid')
   parser.add_argument('--baselines', default=','.join(runner.BASELINE_ROWS),
                       help='comma-separated baseline rows')
-  parser.add_argument('--detectors', default='hog,cnn',
-                      help="'hog,cnn' (dlib's CNN takes ~0.1-0.2 s per face on a CPU)")
+  parser.add_argument('--detectors', default=','.join(runner.EvalOptions.detectors),
+                      help='detection columns, comma-separated: hog (dlib HOG, the paper\'s '
+                      'Dlib), blazeface (the anonymizer\'s BlazeFace ensemble) and/or cnn '
+                      '(dlib\'s MMOD CNN, ~0.1 s per face on a CPU); the deep ones take the '
+                      'column of the paper\'s SSH, whose weights are not available')
   parser.add_argument('--detection_processes', type=int, default=0,
                       help='worker processes for the dlib detectors (default 0: one per CPU '
                       'core; 1: none)')
@@ -58,6 +61,10 @@ def main(argv=None) -> int:
   parser.add_argument('--no_progress', action='store_true')
   compile_cache.add_argument(parser)
   args = parser.parse_args(argv)
+  from sdgan_jax.evaluation import detection  # pylint: disable=import-outside-toplevel
+  unknown = sorted(set(d for d in args.detectors.split(',') if d) - set(detection.DETECTOR_NAMES))
+  if unknown:
+    parser.error(f'unknown --detectors {unknown}; choose from {sorted(detection.DETECTOR_NAMES)}')
   if args.detection_processes < 0:
     parser.error('--detection_processes must be >= 0 (0: one per CPU core, 1: none)')
   compile_cache.enable(args.compilation_cache)

@@ -1,7 +1,9 @@
 """Detection rate (paper §4.2, Table 1): the share of anonymized crops a face detector finds.
 
-The paper uses dlib's HOG detector and SSH. SSH's weights are not to be had (DESIGN §5), so
-the deep detector here is dlib's MMOD CNN, and the tables name it as such.
+The paper uses dlib's HOG detector and SSH, a deep single-shot detector. SSH's weights are
+not to be had, so its column is taken by another deep detector, named as such in the tables:
+by default the anonymizer's BlazeFace ensemble (``'blazeface'``: MediaPipe's short- and
+full-range single-shot networks, ``faces.ensemble``), or dlib's MMOD CNN (``'cnn'``).
 
 dlib's detectors miss small faces (the HOG window is 80 px; MMOD's ~40 px at its native
 scale), and the paper's numbers come from 64-px crops (§4.1) on which dlib finds nearly every
@@ -11,8 +13,9 @@ when some box's centre lies in the bounding box of its face mask, so a stray hit
 background does not count as finding the face.
 
 dlib's CNN detector runs on one core and holds the GIL (threads gain nothing), so the
-detectors can run in worker processes (``detector_pool``): one crop per task, the same
-results as in this process.
+dlib detectors can run in worker processes (``detector_pool``): one crop per task, the same
+results as in this process. BlazeFace runs in this process, all crops of a batch through
+the network together (on the accelerator when there is one).
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from PIL import Image
 
 from sdgan_jax.faces import detect
 
-DETECTOR_NAMES = {'hog': 'dlib HOG', 'cnn': 'dlib CNN (MMOD)'}
+DETECTOR_NAMES = {'hog': 'dlib HOG', 'cnn': 'dlib CNN (MMOD)',
+                  'blazeface': 'BlazeFace (short + full range)'}
+# The detectors that take the column of the paper's deep detector, SSH.
+DEEP_DETECTORS = ('blazeface', 'cnn')
 DEFAULT_SCALE = 4
 
 
@@ -64,25 +70,34 @@ def to_uint8(images) -> np.ndarray:
 
 
 class DetectionRate:
-  """Counts, per crop, whether a dlib detector finds its face.
+  """Counts, per crop, whether a detector finds its face.
 
   Args:
-    kind: 'hog' or 'cnn' (``sdgan_jax.faces.detect.FaceDetector``).
+    kind: 'hog' or 'cnn' (``sdgan_jax.faces.detect.FaceDetector``), or 'blazeface' (the
+      ``faces.ensemble`` default ensemble).
     scale: integer enlargement of the crop before detection (see the module docstring).
     upsample: dlib's own pyramid upsampling on top (0: none).
-    pool: worker processes from ``detector_pool`` to run the detector in, or None.
+    pool: worker processes from ``detector_pool`` to run a dlib detector in, or None.
+    weights_dir: BlazeFace's converted weights.
   """
 
   def __init__(self, kind: str, scale: int = DEFAULT_SCALE, upsample: int = 0,
-               pool: multiprocessing.pool.Pool | None = None):
+               pool: multiprocessing.pool.Pool | None = None, weights_dir=None):
     if int(scale) != scale or scale < 1:
       raise ValueError(f'scale must be a positive integer, got {scale!r}')
+    if kind not in DETECTOR_NAMES:
+      raise ValueError(f'unknown detector {kind!r}; choose from {sorted(DETECTOR_NAMES)}')
     self.kind = kind
     self.name = DETECTOR_NAMES[kind]
     self.scale = int(scale)
     self.upsample = int(upsample)
     self.pool = pool
-    detect.FaceDetector(kind, upsample=upsample)  # a missing dlib or model fails here
+    self._ensemble = None
+    if kind == 'blazeface':  # missing weights fail here
+      from sdgan_jax.faces import ensemble  # pylint: disable=import-outside-toplevel
+      self._ensemble = ensemble.EnsembleDetector(weights_dir=weights_dir)
+    else:
+      detect.FaceDetector(kind, upsample=upsample)  # a missing dlib or model fails here
 
   def __call__(self, images, masks=None) -> np.ndarray:
     """bool [N]: whether the face of each crop is detected.
@@ -95,9 +110,13 @@ class DetectionRate:
     if images.dtype != np.uint8:
       images = to_uint8(images)
     found = np.zeros(len(images), bool)
-    tasks = [(self.kind, self.upsample, self.scale, image) for image in images]
-    per_crop = (self.pool.map(_detect_boxes, tasks) if self.pool is not None else
-                map(_detect_boxes, tasks))
+    if self._ensemble is not None:
+      detections = self._ensemble.detect_many([_enlarge(im, self.scale) for im in images])
+      per_crop = [d.boxes / self.scale for d in detections]
+    else:
+      tasks = [(self.kind, self.upsample, self.scale, image) for image in images]
+      per_crop = (self.pool.map(_detect_boxes, tasks) if self.pool is not None else
+                  map(_detect_boxes, tasks))
     for i, (image, boxes) in enumerate(zip(images, per_crop)):
       if not len(boxes):
         continue

@@ -16,40 +16,46 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 # Paper, CelebA test identities (Table 1: percentages; Table 3). None: the paper gives "–".
-# SSH is the paper's deep detector; ours is dlib's MMOD CNN (no SSH weights, DESIGN §5).
+# SSH is the paper's deep detector; its weights are not available, and our deep detectors
+# (``detection.DEEP_DETECTORS``) are shown beside its numbers.
 PAPER_TABLE1 = {
-    'original': dict(detection_hog=99.61, detection_cnn=99.85, identification=None,
+    'original': dict(detection_hog=99.61, detection_ssh=99.85, identification=None,
                      reidentification=95.46),
-    'pixelate16': dict(detection_hog=0.00, detection_cnn=0.00, identification=0.30,
+    'pixelate16': dict(detection_hog=0.00, detection_ssh=0.00, identification=0.30,
                        reidentification=None),
-    'pixelate8': dict(detection_hog=0.00, detection_cnn=0.00, identification=0.30,
+    'pixelate8': dict(detection_hog=0.00, detection_ssh=0.00, identification=0.30,
                       reidentification=None),
-    'blur9': dict(detection_hog=90.60, detection_cnn=38.60, identification=57.20,
+    'blur9': dict(detection_hog=90.60, detection_ssh=38.60, identification=57.20,
                   reidentification=None),
-    'blur17': dict(detection_hog=68.40, detection_cnn=0.30, identification=0.50,
+    'blur17': dict(detection_hog=68.40, detection_ssh=0.30, identification=0.50,
                    reidentification=None),
-    'model': dict(detection_hog=98.12, detection_cnn=99.76, identification=0.05,
+    'model': dict(detection_hog=98.12, detection_ssh=99.76, identification=0.05,
                   reidentification=71.72),
 }
 PAPER_TABLE3 = {'model': dict(fid=4.22, ssim=0.89, psnr=24.37)}
 # The paper's other methods, for the record (Tables 1 and 3, CelebA).
 PAPER_OTHERS = {
-    'DeepPrivacy': dict(detection_hog=98.98, detection_cnn=99.75, identification=0.18,
+    'DeepPrivacy': dict(detection_hog=98.98, detection_ssh=99.75, identification=0.18,
                         reidentification=26.05, fid=18.50, ssim=0.87, psnr=24.55),
-    'CIAGAN': dict(detection_hog=97.19, detection_cnn=97.96, identification=0.14,
+    'CIAGAN': dict(detection_hog=97.19, detection_ssh=97.96, identification=0.14,
                    reidentification=67.12, fid=56.16, ssim=0.77, psnr=17.79),
-    'Fawkes': dict(detection_hog=99.67, detection_cnn=99.80, identification=23.70,
+    'Fawkes': dict(detection_hog=99.67, detection_ssh=99.80, identification=23.70,
                    reidentification=86.05, fid=28.13, ssim=1.00, psnr=math.inf),
 }
 
-TABLE1_COLUMNS = ('detection_hog', 'detection_cnn', 'identification', 'reidentification')
+TABLE1_COLUMNS = ('identification', 'reidentification')  # after the detection columns
+PAPER_DETECTION_COLUMNS = ('detection_hog', 'detection_ssh')
 TABLE3_COLUMNS = ('fid', 'kid', 'ssim', 'psnr')
 
 
 def paper_row(row: Mapping[str, Any]) -> dict:
-  """The paper's numbers for a row of ours: baselines by name, every model as SDGAN."""
+  """The paper's numbers for a row of ours: baselines by name, every model as SDGAN; the
+  paper's SSH rate beside each of our deep detectors' columns."""
   key = 'model' if row['kind'] == 'model' else row['key']
-  return {**PAPER_TABLE1.get(key, {}), **PAPER_TABLE3.get(key, {})}
+  out = {**PAPER_TABLE1.get(key, {}), **PAPER_TABLE3.get(key, {})}
+  if 'detection_ssh' in out:
+    out.update({f'detection_{k}': out['detection_ssh'] for k in ('cnn', 'blazeface')})
+  return out
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -74,25 +80,27 @@ def markdown(result: Mapping[str, Any], with_paper: bool = False) -> str:
   """Tables 1 and 3 as Markdown (``with_paper``: the paper's CelebA numbers in brackets)."""
   rows = result['rows']
   emb = result['embedding']
-  hog, cnn = result['detectors']['hog'], result['detectors']['cnn']
+  detectors = dict(result['detectors'])
+  detection = [f'detection_{k}' for k in detectors]
+  names = ' and '.join(detectors.values())
   n, ids = result['num_faces'], result['num_identities']
   lines = [
       f'# Evaluation: {result["dataset_name"]}, split {result["split"]} ({n} faces, {ids} '
       f'identities, {result["resolution"]} px, seed {result["seed"]})', '',
       '## Table 1: detection and identification (paper §4.2)', '',
-      f'Detection: share of crops in which {hog} and {cnn} find the face (higher is better; '
-      f'{cnn} stands in for the paper\'s SSH, whose weights are not available). '
+      f'Detection: share of crops in which {names} find the face (higher is better; the '
+      'paper\'s columns are Dlib HOG and SSH, whose weights are not available). '
       f'Identification: {emb} Recall@1 of each crop against the originals (lower is better). '
       f'Re-identification: {emb} Recall@1 among the crops of the row (higher is better). '
       'Percentages.' + (' In brackets: the paper\'s CelebA numbers (SSH, FaceNet).'
                         if with_paper else ''), '',
-      f'| Models | Detection: {hog} (↑) | Detection: {cnn} (↑) | Identification: {emb} (↓) '
-      f'| Re-identification: {emb} (↑) |',
-      '|---|---|---|---|---|',
+      '| Models | ' + ''.join(f'Detection: {name} (↑) | ' for name in detectors.values()) +
+      f'Identification: {emb} (↓) | Re-identification: {emb} (↑) |',
+      '|---|' + '---|' * (len(detection) + len(TABLE1_COLUMNS)),
   ]
   for row in rows:
     lines.append(f'| {row["name"]} | ' + ' | '.join(
-        _cell(row, c, with_paper) for c in TABLE1_COLUMNS) + ' |')
+        _cell(row, c, with_paper) for c in (*detection, *TABLE1_COLUMNS)) + ' |')
   lines += [
       '', '## Table 3: generation quality (paper §4.3)', '',
       'FID and KID between the Inception-v3 pool3 features of the crops and of the originals '
@@ -112,7 +120,7 @@ def markdown(result: Mapping[str, Any], with_paper: bool = False) -> str:
               '|---|---|---|---|---|---|---|---|']
     for name, p in PAPER_OTHERS.items():
       lines.append(f'| {name} | ' + ' | '.join(_fmt(p[c]) for c in (
-          *TABLE1_COLUMNS, 'fid', 'ssim', 'psnr')) + ' |')
+          *PAPER_DETECTION_COLUMNS, *TABLE1_COLUMNS, 'fid', 'ssim', 'psnr')) + ' |')
   notes = result.get('notes', []) + result.get('warnings', [])
   if notes:
     lines += ['', 'Notes:', ''] + [f'- {note}' for note in notes]

@@ -67,7 +67,8 @@ class EvalOptions:
     max_faces: evaluate only this many faces, evenly spaced over the splits.
     grid_faces: columns of the image grid.
     baselines: baseline rows (keys of ``BASELINE_ROWS``).
-    detectors: 'hog' and/or 'cnn'.
+    detectors: any of 'hog', 'blazeface' (the anonymizer's BlazeFace ensemble, in the
+      column of the paper's SSH) and 'cnn' (dlib's MMOD CNN, slow on CPUs).
     detection_size: crops are enlarged to this size for the detectors (see detection.py).
     detection_processes: worker processes running the detectors (dlib's CNN detector uses
       one core and holds the GIL); 0: one per CPU core, 1: in this process.
@@ -86,7 +87,7 @@ class EvalOptions:
   max_faces: int | None = None
   grid_faces: int = 8
   baselines: Sequence[str] = tuple(BASELINE_ROWS)
-  detectors: Sequence[str] = ('hog', 'cnn')
+  detectors: Sequence[str] = ('hog', 'blazeface')
   detection_size: int = 128
   detection_processes: int = 0
   embedding: str | None = None
@@ -235,7 +236,12 @@ def evaluate(options: EvalOptions) -> tuple[dict, list[tuple[str, np.ndarray]]]:
   if options.detection_processes < 0:
     raise ValueError('detection_processes must be >= 0 (0: one per CPU core, 1: none), got '
                      f'{options.detection_processes}')
-  processes = options.detection_processes if options.detectors else 1
+  unknown = sorted(set(options.detectors) - set(detection_lib.DETECTOR_NAMES))
+  if unknown:
+    raise ValueError(f'unknown detectors {unknown}; choose from '
+                     f'{sorted(detection_lib.DETECTOR_NAMES)}')
+  dlib_kinds = set(options.detectors) & {'hog', 'cnn'}
+  processes = options.detection_processes if dlib_kinds else 1
   with detection_lib.detector_pool(processes) as pool:
     return _evaluate(options, pool)
 
@@ -256,7 +262,8 @@ def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndar
   embed = networks.embedding_net(options.weights_dir, options.batch_size, options.embedding)
   inception = networks.inception_net(options.weights_dir, options.batch_size)
   scale = max(1, math.ceil(options.detection_size / r))
-  detectors = {k: detection_lib.DetectionRate(k, scale=scale, pool=pool)
+  detectors = {k: detection_lib.DetectionRate(k, scale=scale, pool=pool,
+                                              weights_dir=options.weights_dir)
                for k in options.detectors}
   resolutions = sorted({r} | {m.generator.resolution for m in models})
 
@@ -342,8 +349,7 @@ def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndar
       f'Baselines change the face-mask pixels only (filter over the whole {r}-px crop: '
       'pixelization grid cells of crop/16 and crop/8 px; Gaussian kernels with OpenCV\'s '
       'sigma).',
-      f'Detection: crops enlarged {scale}x (bicubic) to {r * scale} px, dlib at upsample 0; a '
-      'crop counts when a box centre lies in its face mask\'s bounding box.',
+      _detection_note(options.detectors, r, scale),
       f'Identification and re-identification embeddings: {embed.label} ({embed.name}); ' + (
           'FaceNet, as the paper.' if embed.name.startswith('facenet') else
           'FaceNet weights absent (not on any registry), so dlib ResNet.'),
@@ -357,12 +363,22 @@ def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndar
       stored_resolution=stored, resolution=r, seed=options.seed, num_faces=n,
       num_identities=int(np.sum(counts > 0)), embedding=embed.label,
       embedding_weights=embed.name,
-      detectors={k: detection_lib.DETECTOR_NAMES[k] for k in ('hog', 'cnn')},
+      detectors={k: detection_lib.DETECTOR_NAMES[k] for k in options.detectors},
       detection_scale=scale, rows=out_rows, warnings=warnings, notes=notes,
       seconds=elapsed, faces_per_second=n / elapsed, device=str(jax.devices()[0].platform),
   )
   grid_rows = [(row.name, np.concatenate(grid[row.key])) for row in rows]
   return result, grid_rows
+
+
+def _detection_note(kinds: Sequence[str], resolution: int, scale: int) -> str:
+  deep = [detection_lib.DETECTOR_NAMES[k] for k in kinds if k in detection_lib.DEEP_DETECTORS]
+  note = (f'Detection: crops enlarged {scale}x (bicubic) to {resolution * scale} px, dlib at '
+          'upsample 0; a crop counts when a box centre lies in its face mask\'s bounding box.')
+  if deep:
+    note += (f' {" and ".join(deep)} take the column of the paper\'s SSH, whose weights are '
+             'not available.')
+  return note
 
 
 def write_outputs(result: dict, grid_rows, output_dir, with_paper: bool = False) -> dict:

@@ -26,6 +26,23 @@ MOUTH = np.arange(48, 68)
 CHIN = 8
 
 
+def _mirror_indices() -> np.ndarray:
+  """Index i of a horizontally flipped face's landmarks is index MIRROR[i] of the original
+  (the image-left and image-right halves of every contour swap; midline points stay)."""
+  mirror = np.arange(NUM_LANDMARKS)
+  pairs = [(JAW, JAW[::-1]), (LEFT_BROW, RIGHT_BROW[::-1]), (NOSE_BASE, NOSE_BASE[::-1]),
+           (LEFT_EYE, RIGHT_EYE[[3, 2, 1, 0, 5, 4]]),
+           (OUTER_LIPS, OUTER_LIPS[[6, 5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7]]),
+           (INNER_LIPS, INNER_LIPS[[4, 3, 2, 1, 0, 7, 6, 5]])]
+  for a, b in pairs:
+    mirror[a] = b
+    mirror[b] = a
+  return mirror
+
+
+MIRROR = _mirror_indices()
+
+
 def check_landmarks(landmarks) -> np.ndarray:
   """Returns ``landmarks`` as float64 [68, 2] (x, y), or raises naming the wrong shape."""
   points = np.asarray(landmarks, np.float64)
