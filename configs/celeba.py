@@ -44,8 +44,10 @@ def get_config(resolution: str = '128') -> ml_collections.ConfigDict:
   config.loss.lambda_perceptual = 20.0   # authors' code
   config.loss.lambda_contrastive = 1.0   # authors' code
   config.loss.lambda_l1 = 0.0            # eq. 9 has no L1 term; the authors' code uses 10
-  config.loss.contrastive_margin = 3.0
-  config.loss.contrastive_squared = True
+  config.loss.contrastive_margin = 3.0   # authors' code (the paper gives none)
+  config.loss.contrastive_mode = 'paper'  # eq. 8; 'authors': 0.5 * (y d^2 + (1-y) hinge^2)
+  # Extra push of the output away from the source person (neither paper nor authors): 0 off.
+  config.loss.lambda_source_push = 0.0
   config.loss.perceptual_weights = 'vgg16_imagenet'  # 'random' only for smoke tests
   config.loss.perceptual_layer = 'relu3_3'
   config.loss.perceptual_input_convention = 'caffe'  # the converted Keras VGG-16
@@ -64,6 +66,10 @@ def get_config(resolution: str = '128') -> ml_collections.ConfigDict:
   config.train.identity_steps = 1  # update ratio identity-net : D : G = 1 : 1 : 3
   config.train.d_steps = 1
   config.train.g_steps = 3
+  # The authors draw a fresh batch for every update (identity net, D's fakes, D's reals and
+  # each G update: 6 batches a step); on CelebA's 35k crops that is cheap and keeps G from
+  # training on the very batch D just fitted.
+  config.train.fresh_batches = True
   config.train.ema_decay = 0.999
   config.train.num_steps = 200_000
   config.train.log_every = 100

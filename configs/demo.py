@@ -25,4 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.identity.num_identities = 8
   config.model.identity.embed_dim = 128
   config.train.batch_size = 8
+  # One batch for all updates of a step: the demo's ~40 crops hold few batches, and on a
+  # CPU every extra batch is input work and generator forward passes.
+  config.train.fresh_batches = False
   return config

@@ -19,9 +19,16 @@ yields exactly the batches an uninterrupted run yields from step k on:
   partner is drawn uniformly from the other examples of the same identity (the example
   itself when its identity has no other) or uniformly from all examples of other
   identities, with a generator seeded by ``(seed, epoch, j)``;
-* augmentation uses TensorFlow's stateless random ops seeded by ``(seed, 2*n + role)``,
+* targets (paper §3.4: the generator is pulled towards "the desired identity"): every
+  example also gets a target example, drawn uniformly from the examples of the other
+  identities (never its own), whose image and identity the generator's identity term uses;
+* fresh batches (``slots`` > 1, the authors' schedule: every update of a step sees its own
+  batch): a step's global batch is ``slots`` consecutive batches of ``batch_size``, and
+  each process takes its share of every one of them, so the arrays come as
+  ``[slots, local batch, ...]``;
+* augmentation uses TensorFlow's stateless random ops seeded by ``(seed, 3*n + role)``,
   ``n`` the global sample number ``step*B + i`` and role 0 for the example, 1 for its pair
-  (which gets its own augmentation).
+  and 2 for its target (each gets its own augmentation).
 
 The permutations and partner draws use numpy's ``SeedSequence``/PCG64 generator, whose
 streams numpy keeps stable; restarting on another numpy or TensorFlow version may still
@@ -273,32 +280,37 @@ def _process_args(batch_size: int, process_index: int | None, process_count: int
 
 
 class TrainPlan:
-  """Pure-numpy schedule of the training stream: examples, pairs and seeds of each step.
+  """Pure-numpy schedule of the training stream: examples, pairs, targets of each step.
 
   Args:
     labels: int [N] identity label of every example of the split.
-    batch_size: global batch size (over all processes).
+    batch_size: global batch size of one update (over all processes).
     seed: non-negative int.
     process_index, process_count: this process's shard (default: JAX's).
+    slots: batches per step (fresh batches for each update; module doc).
   """
 
   def __init__(self, labels, batch_size: int, seed: int, process_index: int | None = None,
-               process_count: int | None = None):
+               process_count: int | None = None, slots: int = 1):
     labels = np.asarray(labels, np.int64)
     if labels.ndim != 1:
       raise ValueError(f'labels must be 1-D, got shape {labels.shape}')
     if not isinstance(seed, (int, np.integer)) or seed < 0:
       raise ValueError(f'seed must be a non-negative int, got {seed!r}')
+    if not isinstance(slots, (int, np.integer)) or slots < 1:
+      raise ValueError(f'slots must be a positive int, got {slots!r}')
     self.process_index, self.process_count, self.local_batch_size = _process_args(
         batch_size, process_index, process_count)
     self.labels = labels
     self.batch_size = int(batch_size)
+    self.slots = int(slots)
     self.seed = int(seed)
     self.num_examples = len(labels)
-    self.steps_per_epoch = steps_per_epoch(self.num_examples, self.batch_size)
+    self.steps_per_epoch = steps_per_epoch(self.num_examples, self.batch_size * self.slots)
     if self.steps_per_epoch == 0:
-      raise ValueError(f'the split has {self.num_examples} examples, fewer than one global '
-                       f'batch of {self.batch_size}: lower batch_size')
+      raise ValueError(f'the split has {self.num_examples} examples, fewer than one step\'s '
+                       f'{self.slots} global batch(es) of {self.batch_size}: lower batch_size'
+                       + (' or turn off train.fresh_batches' if self.slots > 1 else ''))
     # Examples grouped by label: order[start[i]:start[i]+count[i]] are i's identity.
     self._order = np.argsort(labels, kind='stable')
     sorted_labels = labels[self._order]
@@ -321,36 +333,44 @@ class TrainPlan:
         self._cache = (epoch, perm)
       return self._cache[1]
 
+  def _other_identity(self, rng: np.random.Generator, index: np.ndarray) -> np.ndarray:
+    """Uniform over the examples outside each example's identity block."""
+    start, count = self._start[index], self._count[index]
+    k = rng.integers(0, self.num_examples - count)
+    return self._order[np.where(k < start, k, k + count)]
+
   def global_step(self, step: int) -> dict[str, np.ndarray]:
-    """The whole global batch of ``step`` (all processes)."""
+    """The whole global batch of ``step`` (all processes, all slots, slot-major)."""
     if step < 0:
       raise ValueError(f'step must be >= 0, got {step}')
     epoch, j = divmod(int(step), self.steps_per_epoch)
-    b = self.batch_size
+    b = self.batch_size * self.slots
     index = self.permutation(epoch)[j * b:(j + 1) * b]
-    same = np.arange(b) % 2 == 0
+    same = np.arange(b) % self.batch_size % 2 == 0
     rng = np.random.default_rng([self.seed, epoch, j, 1])
     start, count = self._start[index], self._count[index]
     # Same identity: uniform over the identity's other examples (itself if it has none).
     k = rng.integers(0, np.maximum(count - 1, 1))
     k = k + (k >= self._rank[index])
     same_partner = np.where(count > 1, self._order[start + np.minimum(k, count - 1)], index)
-    # Other identity: uniform over the examples outside the identity's block.
-    k = rng.integers(0, self.num_examples - count)
-    other_partner = self._order[np.where(k < start, k, k + count)]
+    other_partner = self._other_identity(rng, index)
+    target = self._other_identity(np.random.default_rng([self.seed, epoch, j, 2]), index)
     sample = np.int64(step) * b + np.arange(b, dtype=np.int64)
     return {
         'index': index.astype(np.int64),
         'pair_index': np.where(same, same_partner, other_partner).astype(np.int64),
         'pair_same': same,
+        'target_index': target.astype(np.int64),
         'sample': sample,
     }
 
   def step(self, step: int) -> dict[str, np.ndarray]:
-    """This process's part of the global batch of ``step``."""
+    """This process's part of the global batch of ``step``: its share of every slot."""
     plan = self.global_step(step)
     lo = self.process_index * self.local_batch_size
-    return {k: v[lo:lo + self.local_batch_size] for k, v in plan.items()}
+    take = np.concatenate([np.arange(lo, lo + self.local_batch_size) + s * self.batch_size
+                           for s in range(self.slots)])
+    return {k: v[take] for k, v in plan.items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -458,58 +478,55 @@ def _options() -> tf.data.Options:
 def train_dataset(source, *, batch_size: int, resolution: int, seed: int, start_step: int = 0,
                   num_steps: int | None = None, augmentation: Augmentation = Augmentation(),
                   process_index: int | None = None, process_count: int | None = None,
-                  labels=None, prefetch: int = 2) -> tf.data.Dataset:
-  """The training stream of this process as a ``tf.data.Dataset`` of per-process batches.
-
-  See ``train_iterator`` for the arguments and the batch contents.
-  """
+                  labels=None, prefetch: int = 2, slots: int = 1) -> tf.data.Dataset:
+  """The training stream of this process as a ``tf.data.Dataset`` of per-process batches
+  (``slots`` batches concatenated, slot-major). See ``train_iterator``."""
   _configure_tf()
   records = _as_records(source)
   if labels is None:
     labels = records.labels()
-  plan = TrainPlan(labels, batch_size, seed, process_index, process_count)
+  plan = TrainPlan(labels, batch_size, seed, process_index, process_count, slots)
   if len(plan.labels) != len(records):
     raise ValueError(f'labels has {len(plan.labels)} entries but the source has '
                      f'{len(records)} examples')
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}')
   n_main = len(records.signature)
+  roles = ('index', 'pair_index', 'target_index')
 
   def read_step(step):
     p = plan.step(int(step))
-    main = records.read(p['index'])
-    pair = records.read(p['pair_index'])
-    return (*main, *pair, p['index'], p['pair_index'], p['pair_same'], p['sample'])
+    values = [v for role in roles for v in records.read(p[role])]
+    return (*values, *(p[role] for role in roles), p['pair_same'], p['sample'])
 
-  signature = (*records.signature, *records.signature, tf.int64, tf.int64, tf.bool, tf.int64)
+  signature = (*records.signature * len(roles), *[tf.int64] * len(roles), tf.bool, tf.int64)
 
   def read_fn(step):
     values = tf.numpy_function(read_step, [step], signature, stateful=False)
     return tuple(values)
 
   def process(*values):
-    main, pair = values[:n_main], values[n_main:2 * n_main]
-    index, pair_index, pair_same, sample = values[2 * n_main:]
+    main, pair, target = (values[i * n_main:(i + 1) * n_main] for i in range(len(roles)))
+    index, pair_index, target_index, pair_same, sample = values[len(roles) * n_main:]
     example = records.decode(main)
-    partner = records.decode(pair, image_only=True)
-    out = preprocess(example, _stateless_seed(seed, 2 * sample), resolution, augmentation)
-    pair_out = preprocess(partner, _stateless_seed(seed, 2 * sample + 1), resolution,
-                          augmentation, image_only=True)
-    out.update(
-        label=tf.cast(example['label'], tf.int32),
-        index=tf.cast(index, tf.int32),
-        pair_image=pair_out['image'],
-        pair_label=tf.cast(partner['label'], tf.int32),
-        pair_index=tf.cast(pair_index, tf.int32),
-        pair_same=tf.cast(pair_same, tf.float32),
-    )
+    out = preprocess(example, _stateless_seed(seed, 3 * sample), resolution, augmentation)
+    out.update(label=tf.cast(example['label'], tf.int32), index=tf.cast(index, tf.int32))
+    for role, (name, record, position) in enumerate(
+        [('pair', pair, pair_index), ('target', target, target_index)], start=1):
+      other = records.decode(record, image_only=True)
+      other_out = preprocess(other, _stateless_seed(seed, 3 * sample + role), resolution,
+                             augmentation, image_only=True)
+      out.update({f'{name}_image': other_out['image'],
+                  f'{name}_label': tf.cast(other['label'], tf.int32),
+                  f'{name}_index': tf.cast(position, tf.int32)})
+    out['pair_same'] = tf.cast(pair_same, tf.float32)
     return out
 
   steps = tf.data.Dataset.counter(start_step) if num_steps is None else \
       tf.data.Dataset.range(start_step, start_step + num_steps)
   ds = steps.map(read_fn, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.unbatch().map(process, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(plan.local_batch_size, drop_remainder=True).prefetch(prefetch)
+  ds = ds.batch(plan.local_batch_size * plan.slots, drop_remainder=True).prefetch(prefetch)
   return ds.with_options(_options())
 
 
@@ -517,13 +534,15 @@ def train_iterator(source, *, batch_size: int, resolution: int, seed: int,
                    start_step: int = 0, num_steps: int | None = None,
                    augmentation: Augmentation = Augmentation(),
                    process_index: int | None = None, process_count: int | None = None,
-                   labels=None, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
-  """Training batches of this process as numpy dicts (paper §4.1, DESIGN §2-3).
+                   labels=None, prefetch: int = 2,
+                   slots: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Training batches of this process as numpy dicts (paper §4.1; docs/training.md).
 
   Args:
     source: a TFDS data source of a prepared split (``load_data_source``) or a sequence of
       example dicts in the ``sdgan_jax.datasets.features`` format.
-    batch_size: the global batch size; each process yields ``batch_size / process_count``.
+    batch_size: the global batch size of one update; each process yields
+      ``batch_size / process_count`` per slot.
     resolution: output size (128 for training in the paper, 64 for its numbers).
     seed: non-negative int; with ``start_step`` it determines every batch.
     start_step: the first step to yield (restart from a checkpoint's step).
@@ -532,18 +551,25 @@ def train_iterator(source, *, batch_size: int, resolution: int, seed: int,
     process_index, process_count: this process's shard (default: JAX's).
     labels: the source's labels if already known (skips reading them).
     prefetch: batches to prepare ahead.
+    slots: batches per step; with more than one every array gets a leading slot axis
+      ``[slots, b, ...]`` (fresh batches for each update, module doc).
 
   Yields:
     'image' float32 [b,r,r,3] in [0,1]; 'mask' float32 [b,r,r,1] in {0,1}; 'semantic' uint8
     [b,r,r] class ids (one-hot on device); 'landmarks' float32 [b,68,2]; 'label' int32 [b];
     'index' int32 [b] (position in the source); 'pair_image' float32 [b,r,r,3]; 'pair_label',
-    'pair_index' int32 [b]; 'pair_same' float32 [b], 1 iff the pair shows the same identity.
+    'pair_index' int32 [b]; 'pair_same' float32 [b], 1 iff the pair shows the same identity;
+    'target_image' float32 [b,r,r,3], 'target_label', 'target_index' int32 [b]: an example
+    of another identity, the person the generator is asked to move towards.
   """
   ds = train_dataset(source, batch_size=batch_size, resolution=resolution, seed=seed,
                      start_step=start_step, num_steps=num_steps, augmentation=augmentation,
                      process_index=process_index, process_count=process_count,
-                     labels=labels, prefetch=prefetch)
-  yield from ds.as_numpy_iterator()
+                     labels=labels, prefetch=prefetch, slots=slots)
+  for batch in ds.as_numpy_iterator():
+    if slots > 1:
+      batch = {k: v.reshape(slots, -1, *v.shape[1:]) for k, v in batch.items()}
+    yield batch
 
 
 def eval_shard(num_examples: int, batch_size: int, process_index: int | None = None,

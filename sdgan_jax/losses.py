@@ -4,7 +4,7 @@ Conventions: images are float NHWC in [0, 1]; every loss returns a scalar (batch
 unless its docstring says otherwise. Nothing here holds parameters or does I/O, so the
 functions can be used inside ``jax.jit``/``jax.grad`` with any network outputs.
 
-Where the paper and the authors' code differ (see DESIGN.md §2) the difference is an
+Where the paper and the authors' code differ (docs/deviations.md) the difference is an
 argument or a preset (``paper_weights`` / ``authors_weights``), never a silent change.
 """
 
@@ -21,8 +21,9 @@ Array = jax.Array
 Logits = Union[Array, Sequence[Array]]
 Features = Union[Array, Sequence[Array]]
 
-# Keys of `generator_total_loss`'s `terms`, in eq. 9 order (plus the authors' L1).
-TERM_NAMES = ('adv', 'ssim', 'perceptual', 'contrastive', 'l1')
+# Keys of `generator_total_loss`'s `terms`, in eq. 9 order (plus the authors' L1 and the
+# optional push away from the source identity).
+TERM_NAMES = ('adv', 'ssim', 'perceptual', 'contrastive', 'l1', 'source_push')
 
 
 # ----------------------------------------------------------------------------------------
@@ -172,34 +173,47 @@ def _safe_l2_norm(x: Array, axis: int = -1) -> Array:
   return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
 
 
-def contrastive_loss(
-    x1: Array, x2: Array, same: Array, margin: float, squared: bool = False) -> Array:
-  """Contrastive loss, eq. 8, averaged over the batch.
+CONTRASTIVE_MODES = ('paper', 'authors')
+# The authors' code adds this inside the square root of the margin term only.
+AUTHORS_CONTRASTIVE_EPS = 1e-9
 
-  loss_i = same_i * d_i + (1 - same_i) * max(0, margin - d_i), with d_i = ||x1_i - x2_i||_2
-  (the paper) or its square when `squared` is True (the authors' code, margin 3).
+
+def contrastive_loss(x1: Array, x2: Array, same: Array, margin: float,
+                     mode: str = 'paper') -> Array:
+  """Contrastive loss between embedding pairs, averaged over the batch.
+
+  With ``d_i = ||x1_i - x2_i||_2``:
+
+  * ``'paper'``, eq. 8: ``same_i * d_i + (1 - same_i) * max(0, m - d_i)``;
+  * ``'authors'``, the authors' code: ``0.5 * (same_i * d_i^2 + (1 - same_i) *
+    max(0, m - sqrt(d_i^2 + 1e-9))^2)``, the classic Hadsell et al. form.
 
   Args:
     x1: Embeddings, shape (N, ...); all axes after the first are flattened.
     x2: Embeddings with the shape of `x1`.
     same: Shape (N,), 1 (or True) for pairs of the same identity, 0 otherwise.
     margin: The margin m.
-    squared: Use the squared L2 distance.
+    mode: 'paper' or 'authors'.
 
   Returns:
     Scalar loss.
   """
+  if mode not in CONTRASTIVE_MODES:
+    raise ValueError(f'unknown contrastive mode {mode!r}; use one of {CONTRASTIVE_MODES}')
   x1 = jnp.asarray(x1)
   x2 = jnp.asarray(x2)
   if x1.shape != x2.shape:
     raise ValueError(f'x1 {x1.shape} and x2 {x2.shape} must have the same shape.')
   diff = (x1 - x2).reshape(x1.shape[0], -1)
-  if squared:
-    d = jnp.sum(jnp.square(diff), axis=-1)
-  else:
+  if mode == 'paper':
     d = _safe_l2_norm(diff)
-  same = jnp.asarray(same).astype(d.dtype).reshape(d.shape)
-  per_pair = same * d + (1.0 - same) * jnp.maximum(0.0, margin - d)
+    same = jnp.asarray(same).astype(d.dtype).reshape(d.shape)
+    per_pair = same * d + (1.0 - same) * jnp.maximum(0.0, margin - d)
+  else:
+    d2 = jnp.sum(jnp.square(diff), axis=-1)
+    same = jnp.asarray(same).astype(d2.dtype).reshape(d2.shape)
+    hinge = jnp.maximum(0.0, margin - jnp.sqrt(d2 + AUTHORS_CONTRASTIVE_EPS))
+    per_pair = 0.5 * (same * d2 + (1.0 - same) * jnp.square(hinge))
   return jnp.mean(per_pair)
 
 
@@ -239,9 +253,13 @@ class LossWeights:
   Attributes:
     ssim: lambda_1 of eq. 9 (SSIM loss).
     perceptual: lambda_2 of eq. 9 (perceptual loss).
-    contrastive: lambda_3 of eq. 9 (contrastive identity loss).
+    contrastive: lambda_3 of eq. 9: the contrastive term that pulls the output towards the
+      target person (pair labelled "same"; paper §3.4).
     l1: Weight of the L1 reconstruction loss (authors' code; not in eq. 9).
     adversarial: Weight of the LSGAN generator loss (1 in eq. 9).
+    source_push: Weight of an extra contrastive term that pushes the output at least the
+      margin away from the source person (pair labelled "different"); in neither the paper
+      nor the authors' code, 0 by default.
 
   Defaults are `paper_weights()`.
   """
@@ -251,6 +269,7 @@ class LossWeights:
   contrastive: float = 1.0
   l1: float = 0.0
   adversarial: float = 1.0
+  source_push: float = 0.0
 
   # Config key -> field name.
   CONFIG_KEYS = {
@@ -259,9 +278,10 @@ class LossWeights:
       'lambda_contrastive': 'contrastive',
       'lambda_l1': 'l1',
       'lambda_adv': 'adversarial',
+      'lambda_source_push': 'source_push',
   }
   # Other loss settings that live beside the weights in `config.loss`; not weights.
-  OTHER_CONFIG_KEYS = ('contrastive_margin', 'contrastive_squared', 'perceptual_weights',
+  OTHER_CONFIG_KEYS = ('contrastive_margin', 'contrastive_mode', 'perceptual_weights',
                        'perceptual_layer', 'perceptual_input_convention',
                        'perceptual_feature_scale')
 
@@ -302,6 +322,7 @@ class LossWeights:
         'perceptual': self.perceptual,
         'contrastive': self.contrastive,
         'l1': self.l1,
+        'source_push': self.source_push,
     }
 
 
@@ -316,8 +337,12 @@ def paper_weights() -> LossWeights:
 
 
 def authors_weights() -> LossWeights:
-  """The authors' code: G loss = LSGAN + contrastive + 10*L1 + 20*perceptual, no SSIM."""
-  return LossWeights(ssim=0.0, perceptual=20.0, contrastive=1.0, l1=10.0, adversarial=1.0)
+  """The authors' code: G loss = LSGAN + contrastive + 10*L1 + 20*perceptual, no SSIM.
+
+  Their LSGAN term is a plain mean squared error, twice ``lsgan_g_loss`` (eq. 3 has the
+  factor 0.5), hence the adversarial weight 2: the same objective.
+  """
+  return LossWeights(ssim=0.0, perceptual=20.0, contrastive=1.0, l1=10.0, adversarial=2.0)
 
 
 def generator_total_loss(
@@ -328,8 +353,8 @@ def generator_total_loss(
   discriminator's own update.
 
   Args:
-    terms: Unweighted scalar losses keyed by 'adv', 'ssim', 'perceptual', 'contrastive',
-      'l1'. Terms whose weight is 0 may be left out.
+    terms: Unweighted scalar losses keyed by ``TERM_NAMES``. Terms whose weight is 0 may
+      be left out.
     weights: The weights.
 
   Returns:

@@ -2,10 +2,14 @@
 
 ``train_step(state, batch) -> (state, metrics)`` updates, in order, the Siamese identity
 network (contrastive loss on real pairs, eq. 8), the discriminator (LSGAN, eq. 2) and the
-generator (``config.train.g_steps`` times: eq. 3 + SSIM + perceptual + contrastive, eq. 9),
-then the generator's EMA. The discriminator's fake and the first generator update share one
-generator forward pass (its VJP is kept), as a PyTorch loop that backpropagates the same
-``G(x)`` into both losses would. It is one ``jax.jit`` program over a ``jax.make_mesh``
+generator (``config.train.g_steps`` times: eq. 3 + SSIM + perceptual + the contrastive pull
+towards the target person, eq. 9 and §3.4), then the generator's EMA.
+
+Batches (``config.train.fresh_batches``): either every update of a step sees the same batch,
+and the discriminator's fake and the first generator update share one generator forward
+pass (its VJP is kept), or, as in the authors' code, every update gets its own batch
+(identity net, D's fakes, D's reals, each generator update), stacked on a leading slot axis
+(``batch_slots``). It is one ``jax.jit`` program over a ``jax.make_mesh``
 data axis: the batch is split across devices with ``NamedSharding``, the state is
 replicated, and XLA inserts the gradient all-reduces. No TensorFlow here (the GPU
 benchmark imports this module); the training loop imports the input pipeline and summary
@@ -14,7 +18,9 @@ writers lazily.
 Batch (numpy or jax arrays, leading axis = global batch):
   image [B,R,R,3] f32 in [0,1], mask [B,R,R,1] f32, semantic [B,R,R] int (class ids),
   pair_image [B,R,R,3] f32, pair_same [B] f32 (1 = same identity as ``image``),
-  target_identity [B,D] f32 (identity feature of another person, paper §3.3).
+  target_image [B,R,R,3] f32 (an image of another person, the target) and
+  target_identity [B,D] f32 (that person's identity feature, paper §3.3);
+  with fresh batches every array has a leading slot axis, [K,B,...].
 """
 
 from __future__ import annotations
@@ -39,12 +45,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 from sdgan_jax import losses
 from sdgan_jax.models.discriminator import build_discriminator
 from sdgan_jax.models.generator import composite, generator_from_config, mask_image
-from sdgan_jax.models.identity import IdentityNet
+from sdgan_jax.models.identity import identity_from_config
 from sdgan_jax.models.vgg import VGG16
 
 # The paper configuration: its keys are the keys every config may use.
 REFERENCE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'celeba.py'
-BATCH_KEYS = ('image', 'mask', 'semantic', 'pair_image', 'pair_same', 'target_identity')
+BATCH_KEYS = ('image', 'mask', 'semantic', 'pair_image', 'pair_same', 'target_image',
+              'target_identity')
 PREFETCH_BATCHES = 2  # batches on their way to the devices while a step runs
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -88,7 +95,7 @@ class Models:
         ml_collections.ConfigDict(dict(config.model.generator, dtype=dtype)))
     d_cfg = dict(config.model.discriminator)
     self.discriminator = build_discriminator(d_cfg.pop('kind'), dtype=dtype, **d_cfg)
-    self.identity = IdentityNet(dtype=dtype, **config.model.identity)
+    self.identity = identity_from_config(config.model.identity, dtype)
     self.vgg = VGG16(input_convention=config.loss.get('perceptual_input_convention', 'caffe'),
                      dtype=dtype)
     self.tap = config.loss.get('perceptual_layer', 'relu3_3')
@@ -124,7 +131,25 @@ def _dummy_batch(config, batch_size: int = 1) -> dict[str, jax.Array]:
       image=jnp.zeros((batch_size, r, r, 3)), mask=jnp.zeros((batch_size, r, r, 1)),
       semantic=jnp.zeros((batch_size, r, r), jnp.int32),
       pair_image=jnp.zeros((batch_size, r, r, 3)), pair_same=jnp.zeros((batch_size,)),
+      target_image=jnp.zeros((batch_size, r, r, 3)),
       target_identity=jnp.zeros((batch_size, config.identity_dim)))
+
+
+def batch_slots(train_config) -> int:
+  """Batches per step: 1, or with ``fresh_batches`` one per update (the authors' schedule):
+  ``identity_steps`` for the identity net, ``d_steps`` of fakes and ``d_steps`` of reals
+  for the discriminator, ``g_steps`` for the generator, in that order."""
+  if not train_config.get('fresh_batches', False):
+    return 1
+  t = train_config
+  return t.identity_steps + 2 * t.d_steps + t.g_steps
+
+
+def batch_partition(train_config) -> PartitionSpec:
+  """How a batch is split over the 'data' mesh axis: its batch axis, after the slot axis
+  when there is one."""
+  return PartitionSpec('data') if batch_slots(train_config) == 1 else \
+      PartitionSpec(None, 'data')
 
 
 def create_train_state(models: Models, rng: jax.Array,
@@ -169,7 +194,7 @@ def _identity_step(models: Models, net: NetState, batch) -> tuple[NetState, dict
     out, new_stats = _apply(models.identity, params, net.stats, images, train=True)
     e1, e2 = jnp.split(out['embedding'], 2)
     loss = losses.contrastive_loss(e1, e2, batch['pair_same'], loss_cfg.contrastive_margin,
-                                   squared=loss_cfg.contrastive_squared)
+                                   loss_cfg.contrastive_mode)
     return loss, new_stats
 
   (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
@@ -178,13 +203,14 @@ def _identity_step(models: Models, net: NetState, batch) -> tuple[NetState, dict
       'id_contrastive': loss}
 
 
-def _discriminator_step(models: Models, net: NetState, fake, batch, onehot):
-  """LSGAN discriminator update, eq. 2 (real = the input image, fake = the composite)."""
+def _discriminator_step(models: Models, net: NetState, real, real_onehot, fake, fake_onehot):
+  """LSGAN discriminator update, eq. 2: real images and composites, each with its map."""
 
   def loss_fn(params):
-    both = jnp.concatenate([batch['image'], fake], axis=0)
+    both = jnp.concatenate([real, fake], axis=0)
     logits, new_stats = _apply(models.discriminator, params, net.stats, both,
-                               jnp.concatenate([onehot, onehot], axis=0), train=True)
+                               jnp.concatenate([real_onehot, fake_onehot], axis=0),
+                               train=True)
     split = lambda x: jnp.split(x, 2)
     if isinstance(logits, (list, tuple)):
       real_logits, fake_logits = zip(*map(split, logits))
@@ -208,17 +234,23 @@ def _generator_forward(models: Models, net: NetState, batch, onehot):
 
 
 def _reference_features(models: Models, state: TrainState, batch) -> dict:
-  """What the generator loss compares its output with, fixed for the whole step: the real
-  images' VGG-16 features (eq. 7) and identity embeddings (eq. 8). Computed once, not once
-  per generator update (the identity net has already been updated when this runs)."""
-  reference = {}
-  if models.weights.perceptual:
+  """What the generator loss compares its output with, fixed while G updates on ``batch``:
+  the real images' VGG-16 features (eq. 7) and the identity embeddings (eq. 8) of the
+  target person's image and, for the optional push, of the source image. Computed once
+  per batch, not once per generator update (the identity net is already updated)."""
+  reference, weights = {}, models.weights
+  if weights.perceptual:
     reference['vgg'] = models.vgg.apply({'params': state.perceptual_params}, batch['image'],
                                         taps=models.tap)[models.tap]
-  if models.weights.contrastive:
-    ident, _ = _apply(models.identity, state.identity.params, state.identity.stats,
-                      batch['image'])
-    reference['identity'] = ident['embedding']
+  embed = lambda images: _apply(models.identity, state.identity.params, state.identity.stats,
+                                images)[0]['embedding']
+  if weights.contrastive and weights.source_push:
+    reference['target'], reference['source'] = jnp.split(
+        embed(jnp.concatenate([batch['target_image'], batch['image']])), 2)
+  elif weights.contrastive:
+    reference['target'] = embed(batch['target_image'])
+  elif weights.source_push:
+    reference['source'] = embed(batch['image'])
   return jax.lax.stop_gradient(reference)
 
 
@@ -229,9 +261,11 @@ def _generator_update(models: Models, state: TrainState, batch, onehot, forward,
   ``forward`` is ``_generator_forward`` at ``state.generator``: the loss is differentiated
   with respect to the composite and pulled back to G's parameters through its VJP;
   ``reference`` is ``_reference_features``.
-  The contrastive term labels (output, source image) as *different* identities: the
-  generator is pushed at least the margin away from the source identity in the identity
-  network's space, which is what anonymisation asks of it (paper §3.4, eq. 8).
+  The contrastive term labels (output, target person's image) as the *same* identity: G is
+  pulled towards the person whose identity feature it was given ("a face with some of the
+  features of the desired identity", paper §3.4), as the authors' code does. The optional
+  ``source_push`` term labels (output, source image) as *different*, pushing the output at
+  least the margin away from the source person.
   """
   net, weights, loss_cfg = state.generator, models.weights, models.config.loss
   vgg_fn = lambda x: models.vgg.apply({'params': state.perceptual_params}, x,
@@ -250,11 +284,15 @@ def _generator_update(models: Models, state: TrainState, batch, onehot, forward,
           target_features=reference['vgg'])
     if weights.l1:
       terms['l1'] = losses.l1_loss(out, batch['image'])
-    if weights.contrastive:
+    if weights.contrastive or weights.source_push:
       ident, _ = _apply(models.identity, state.identity.params, state.identity.stats, out)
-      terms['contrastive'] = losses.contrastive_loss(
-          ident['embedding'], reference['identity'], jnp.zeros(out.shape[0]),
-          loss_cfg.contrastive_margin, squared=loss_cfg.contrastive_squared)
+      contrast = lambda other, same: losses.contrastive_loss(
+          ident['embedding'], other, jnp.full(out.shape[0], same),
+          loss_cfg.contrastive_margin, loss_cfg.contrastive_mode)
+      if weights.contrastive:
+        terms['contrastive'] = contrast(reference['target'], 1.0)
+      if weights.source_push:
+        terms['source_push'] = contrast(reference['source'], 0.0)
     return losses.generator_total_loss(terms, weights)
 
   out, vjp_fn, stats = forward
@@ -303,8 +341,9 @@ def _adversarial_updates(models: Models, state: TrainState, batch, onehot):
   reference = _reference_features(models, state, batch) if cfg.g_steps else None
 
   def d_phase(disc: NetState, fake):
-    return _repeat(lambda net: _discriminator_step(models, net, fake, batch, onehot), disc,
-                   cfg.d_steps)
+    return _repeat(
+        lambda net: _discriminator_step(models, net, batch['image'], onehot, fake, onehot),
+        disc, cfg.d_steps)
 
   def iteration(nets, first):
     gen, disc = nets
@@ -335,18 +374,81 @@ def _adversarial_updates(models: Models, state: TrainState, batch, onehot):
   return state.replace(generator=gen, discriminator=disc), {**d_metrics, **g_metrics}
 
 
+def _scan_batches(update: Callable[[Any, dict], tuple[Any, dict]], carry, batches: dict):
+  """``update`` once per batch of ``batches`` (stacked on a leading axis), returning the
+  last one's metrics; one ``lax.scan`` body (unrolled on CPUs, ``_unroll_update_loops``)."""
+  count = jax.tree_util.tree_leaves(batches)[0].shape[0]
+  if count == 1:
+    return update(carry, jax.tree_util.tree_map(lambda x: x[0], batches))
+  carry, metrics = jax.lax.scan(update, carry, batches, unroll=_unroll_update_loops())
+  return carry, jax.tree_util.tree_map(lambda m: m[-1], metrics)
+
+
+def _one_hot(models: Models, batch: dict) -> jax.Array:
+  return jax.nn.one_hot(batch['semantic'], models.config.num_classes, dtype=jnp.float32)
+
+
+def _fresh_batch_updates(models: Models, state: TrainState, batch: dict):
+  """The authors' schedule: each update on its own batch (``batch_slots`` order).
+
+  The discriminator's fakes come from the generator run on their own batch (no gradient;
+  its normalisation statistics still advance, as a PyTorch forward in training mode does)
+  and are judged beside a separate batch of real images.
+  """
+  t = models.config.train
+  ends = np.cumsum([t.identity_steps, t.d_steps, t.d_steps, t.g_steps])
+  ident_b, fake_b, real_b, gen_b = (
+      jax.tree_util.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], batch)
+      for lo, hi in zip([0, *ends[:-1]], ends))
+  metrics = {}
+  if t.identity_steps:
+    identity, m = _scan_batches(lambda net, b: _identity_step(models, net, b),
+                                state.identity, ident_b)
+    state = state.replace(identity=identity)
+    metrics.update(m)
+
+  def d_update(nets, pair):
+    gen, disc = nets
+    fakes, reals = pair
+    fake_onehot = _one_hot(models, fakes)
+    fake, g_stats = _generate(models, gen.params, gen.stats, fakes, fake_onehot, train=True)
+    disc, m = _discriminator_step(models, disc, reals['image'], _one_hot(models, reals),
+                                  jax.lax.stop_gradient(fake), fake_onehot)
+    return (gen.replace(stats=g_stats), disc), m
+
+  if t.d_steps:
+    (gen, disc), m = _scan_batches(d_update, (state.generator, state.discriminator),
+                                   (fake_b, real_b))
+    state = state.replace(generator=gen, discriminator=disc)
+    metrics.update(m)
+
+  def g_update(gen, b):
+    onehot = _one_hot(models, b)
+    current = state.replace(generator=gen)
+    return _generator_update(models, current, b, onehot,
+                             _generator_forward(models, gen, b, onehot),
+                             _reference_features(models, current, b))
+
+  if t.g_steps:
+    gen, m = _scan_batches(g_update, state.generator, gen_b)
+    state = state.replace(generator=gen)
+    metrics.update(m)
+  return state, metrics
+
+
 def train_step(models: Models, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   """One SDGAN step: identity net, discriminator, ``g_steps`` generator updates, EMA."""
   cfg = models.config
-  onehot = jax.nn.one_hot(batch['semantic'], cfg.num_classes, dtype=jnp.float32)
-  metrics = {}
-  identity, m = _repeat(lambda net: _identity_step(models, net, batch), state.identity,
-                        cfg.train.identity_steps)
-  metrics.update(m)
-  state = state.replace(identity=identity)
-
-  state, m = _adversarial_updates(models, state, batch, onehot)
-  metrics.update(m)
+  if batch_slots(cfg.train) > 1:
+    state, metrics = _fresh_batch_updates(models, state, batch)
+  else:
+    metrics = {}
+    identity, m = _repeat(lambda net: _identity_step(models, net, batch), state.identity,
+                          cfg.train.identity_steps)
+    metrics.update(m)
+    state = state.replace(identity=identity)
+    state, m = _adversarial_updates(models, state, batch, _one_hot(models, batch))
+    metrics.update(m)
 
   ema = optax.incremental_update(state.generator.params, state.ema_params,
                                  1.0 - cfg.train.ema_decay)
@@ -370,7 +472,7 @@ def make_mesh() -> jax.sharding.Mesh:
 def jit_train_step(models: Models, mesh: jax.sharding.Mesh) -> Callable:
   """``train_step`` jitted over ``mesh``: batch split on 'data', state replicated, donated."""
   replicated = NamedSharding(mesh, PartitionSpec())
-  data = NamedSharding(mesh, PartitionSpec('data'))
+  data = NamedSharding(mesh, batch_partition(models.config.train))
   return jax.jit(functools.partial(train_step, models), in_shardings=(replicated, data),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
@@ -429,11 +531,13 @@ def init_train_state(models: Models, rng: jax.Array, mesh: jax.sharding.Mesh,
                          perceptual_params, on_host=on_host)
 
 
-def shard_batch(batch: dict, mesh: jax.sharding.Mesh, keys=BATCH_KEYS) -> dict:
+def shard_batch(batch: dict, mesh: jax.sharding.Mesh, keys=BATCH_KEYS,
+                partition: PartitionSpec = PartitionSpec('data')) -> dict:
   """Places this process's part of the global batch on its devices (multi-host safe).
 
-  ``keys`` are what the train step reads (the parser trainer passes its own)."""
-  data = NamedSharding(mesh, PartitionSpec('data'))
+  ``keys`` are what the train step reads (the parser trainer passes its own);
+  ``partition`` is ``batch_partition`` of the config."""
+  data = NamedSharding(mesh, partition)
   missing = [k for k in keys if k not in batch]
   if missing:
     raise KeyError(f'batch lacks {missing}; the train step needs {list(keys)}')
@@ -442,8 +546,9 @@ def shard_batch(batch: dict, mesh: jax.sharding.Mesh, keys=BATCH_KEYS) -> dict:
 
 
 def prefetch_to_mesh(batches: Iterable[dict], mesh: jax.sharding.Mesh,
-                     size: int = PREFETCH_BATCHES,
-                     keys=BATCH_KEYS) -> Iterator[tuple[dict, dict]]:
+                     size: int = PREFETCH_BATCHES, keys=BATCH_KEYS,
+                     partition: PartitionSpec = PartitionSpec('data'),
+                     ) -> Iterator[tuple[dict, dict]]:
   """Yields ``(host batch, device batch)`` with ``size`` batches already sent to the devices.
 
   The copies are asynchronous, so the next batches travel while the current step runs and
@@ -454,7 +559,7 @@ def prefetch_to_mesh(batches: Iterable[dict], mesh: jax.sharding.Mesh,
 
   def enqueue(n):
     for host in itertools.islice(batches, n):
-      queue.append((host, shard_batch(host, mesh, keys)))
+      queue.append((host, shard_batch(host, mesh, keys, partition)))
 
   enqueue(size)
   while queue:
@@ -463,17 +568,18 @@ def prefetch_to_mesh(batches: Iterable[dict], mesh: jax.sharding.Mesh,
     yield current
 
 
-def with_target_identities(batches: Iterable[dict], bank, seed: int,
-                           start_step: int = 0) -> Iterator[dict]:
-  """Adds ``target_identity`` (paper §3.3: another person's feature) to each host batch.
-
-  Drawn on the host with numpy, one generator per (seed, step, process): a draw on the
-  device would wait for the running train step, and a resumed run draws what an
-  uninterrupted one would have.
-  """
-  for step, batch in enumerate(batches, start_step):
-    rng = np.random.default_rng([seed, step, jax.process_index()])
-    batch['target_identity'], _ = bank.sample_targets(rng, batch['label'])
+def with_target_identities(batches: Iterable[dict], bank) -> Iterator[dict]:
+  """Adds ``target_identity`` to each host batch: the identity feature (paper §3.3) of the
+  target person whose image the batch carries (``target_label``, drawn by the input
+  pipeline from the other identities), so the feature G gets and the image its identity
+  term pulls towards show the same person."""
+  for batch in batches:
+    labels = np.asarray(batch['target_label'])
+    if labels.size and (labels.min() < 0 or labels.max() >= bank.num_identities):
+      raise ValueError(f'target labels in [{labels.min()}, {labels.max()}] but the identity '
+                       f'bank holds {bank.num_identities} identities: rebuild the bank for '
+                       'this dataset (tools/prepare_data.py)')
+    batch['target_identity'] = bank.means[labels]
     yield batch
 
 
@@ -640,7 +746,8 @@ def _image_summary(models, state, batch, n: int) -> dict:
   """Input, mask, semantic map, target-conditioned output (EMA G) side by side."""
   from sdgan_jax.datasets.features import NUM_CLASSES  # pylint: disable=import-outside-toplevel
 
-  small = {k: np.asarray(v)[:n] for k, v in batch.items()
+  slotted = batch_slots(models.config.train) > 1
+  small = {k: (np.asarray(v)[0] if slotted else np.asarray(v))[:n] for k, v in batch.items()
            if k in ('image', 'mask', 'semantic', 'target_identity')}
   out = _inference_fns(models)[1](*local_copy((state.ema_params, state.generator.stats)),
                                   small)
@@ -687,13 +794,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # The anonymizer draws targets from the bank the model trained with: keep it beside the
     # checkpoints so a workdir is self-contained (sdgan_jax.inference).
     bank.save(os.path.join(workdir, 'identity_bank.npz'))
+    # ... and the kind of semantic maps it trains on, which inference must draw alike.
+    from sdgan_jax import semantic_source  # pylint: disable=import-outside-toplevel
+    semantic_source.record_training_maps(workdir, config.data.dataset)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   host_batches = input_pipeline.train_iterator(
       source, batch_size=config.train.batch_size, resolution=config.resolution,
-      seed=config.seed, start_step=initial_step)
-  batches = prefetch_to_mesh(
-      with_target_identities(host_batches, bank, config.seed + 1, initial_step), mesh)
+      seed=config.seed, start_step=initial_step, slots=batch_slots(config.train))
+  batches = prefetch_to_mesh(with_target_identities(host_batches, bank), mesh,
+                             partition=batch_partition(config.train))
 
   def evaluate(state):
     if eval_source is None:

@@ -167,11 +167,53 @@ def test_plan_pairs():
     assert len(partners[a] - own) > 15
 
 
+def test_plan_targets_are_other_identities_uniformly():
+  labels = np.repeat(np.arange(4), [2, 4, 6, 12])  # 24 examples
+  plan = ip.TrainPlan(labels, 8, 1, process_index=0, process_count=1)
+  hits = np.zeros(24)
+  for step in range(600):
+    p = plan.step(step)
+    assert np.all(labels[p['target_index']] != labels[p['index']])
+    np.add.at(hits, p['target_index'][labels[p['index']] == 3], 1)
+  # Sources of identity 3 draw uniformly over the 12 examples of the others.
+  assert np.all(hits[labels == 3] == 0)
+  others = hits[labels != 3]
+  assert others.min() > 0.7 * others.mean() and others.max() < 1.3 * others.mean()
+
+
+def test_plan_slots_are_consecutive_batches_and_shard_per_slot():
+  """Fresh batches: one step is ``slots`` global batches; each process takes its share of
+  every slot, so the global batch of a slot does not depend on the process count."""
+  labels = np.repeat(np.arange(6), 8)  # 48 examples
+  flat = ip.TrainPlan(labels, 4, 2, process_index=0, process_count=1, slots=3)
+  assert flat.steps_per_epoch == 4
+  halves = [ip.TrainPlan(labels, 4, 2, process_index=p, process_count=2, slots=3)
+            for p in (0, 1)]
+  seen = []
+  for step in range(4):
+    whole = flat.step(step)['index'].reshape(3, 4)
+    parts = [h.step(step)['index'].reshape(3, 2) for h in halves]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
+    np.testing.assert_array_equal(flat.step(step)['pair_same'].reshape(3, 4),
+                                  [[1, 0, 1, 0]] * 3)
+    seen.append(whole.ravel())
+  np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(48))  # one epoch
+  with pytest.raises(ValueError, match='fresh_batches'):
+    ip.TrainPlan(labels, 16, 0, process_index=0, process_count=1, slots=4)
+
+
+def test_slotted_batches_have_a_leading_slot_axis(source):
+  slotted = _batches(source['train'], 1, slots=3, batch_size=2)[0]
+  assert slotted['image'].shape == (3, 2, 64, 64, 3) and slotted['label'].shape == (3, 2)
+  np.testing.assert_array_equal(slotted['pair_same'], [[1, 0]] * 3)
+  assert len(set(slotted['index'].ravel())) == 6  # six different examples
+
+
 def test_plan_rejects_bad_arguments():
   labels = np.arange(10) % 3
   with pytest.raises(ValueError, match='multiple of the process count'):
     ip.TrainPlan(labels, 5, 0, process_index=0, process_count=2)
-  with pytest.raises(ValueError, match='fewer than one global batch'):
+  with pytest.raises(ValueError, match='fewer than one step'):
     ip.TrainPlan(labels, 16, 0, process_index=0, process_count=1)
   with pytest.raises(ValueError, match='at least two identities'):
     ip.TrainPlan(np.zeros(10), 4, 0, process_index=0, process_count=1)
@@ -193,9 +235,11 @@ def test_batches_shapes_values_and_pairs(source, decoded):
       'semantic': ('uint8', (4, 64, 64)), 'landmarks': ('float32', (4, 68, 2)),
       'label': ('int32', (4,)), 'index': ('int32', (4,)),
       'pair_image': ('float32', (4, 64, 64, 3)), 'pair_label': ('int32', (4,)),
-      'pair_index': ('int32', (4,)), 'pair_same': ('float32', (4,))}
+      'pair_index': ('int32', (4,)), 'pair_same': ('float32', (4,)),
+      'target_image': ('float32', (4, 64, 64, 3)), 'target_label': ('int32', (4,)),
+      'target_index': ('int32', (4,))}
   for b in batches:
-    for k in ('image', 'pair_image'):
+    for k in ('image', 'pair_image', 'target_image'):
       assert 0.0 <= b[k].min() and b[k].max() <= 1.0 and b[k].std() > 0.1
     assert set(np.unique(b['mask'])) == {0.0, 1.0}
     assert b['semantic'].max() < F.NUM_CLASSES
@@ -203,6 +247,9 @@ def test_batches_shapes_values_and_pairs(source, decoded):
     np.testing.assert_array_equal(b['pair_label'], labels[b['pair_index']])
     np.testing.assert_array_equal(b['pair_same'], b['label'] == b['pair_label'])
     np.testing.assert_array_equal(b['pair_same'], [1, 0, 1, 0])
+    # The target is always another person, and its image is that example's.
+    np.testing.assert_array_equal(b['target_label'], labels[b['target_index']])
+    assert np.all(b['target_label'] != b['label'])
     # A same-identity partner is another example whenever the identity has one.
     assert np.all(b['index'][::2] != b['pair_index'][::2])
   for epoch in (batches[:3], batches[3:]):

@@ -135,23 +135,53 @@ def test_lsgan_multiscale_mean_of_scales():
 # Contrastive
 
 
+def _paper_eq8(x1, x2, y, m):
+  """Eq. 8 of the paper, written out in numpy: d for Y = 1, max(0, m - d) for Y = 0."""
+  d = np.sqrt(np.sum((np.asarray(x1, np.float64) - np.asarray(x2, np.float64))**2, axis=1))
+  return np.mean(np.where(np.asarray(y) == 1, d, np.maximum(0.0, m - d)))
+
+
+def _authors_formula(x1, x2, y, m):
+  """The authors' loss as a formula: 0.5 * (y d^2 + (1 - y) max(0, m - d)^2), d Euclidean
+  (their square root carries an epsilon of 1e-9 under it)."""
+  d2 = np.sum((np.asarray(x1, np.float64) - np.asarray(x2, np.float64))**2, axis=1)
+  y = np.asarray(y, np.float64)
+  hinge = np.maximum(0.0, m - np.sqrt(d2 + 1e-9))
+  return np.mean(0.5 * (y * d2 + (1 - y) * hinge**2))
+
+
 def test_contrastive_by_hand():
   x1 = jnp.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
   x2 = jnp.array([[3.0, 4.0], [1.0, 0.0], [1.0, 3.0]])
   same = jnp.array([1, 0, 0])
   # d = [5, 1, 2]; margin 4: [5, max(0, 4-1), max(0, 4-2)] = [5, 3, 2].
   assert float(losses.contrastive_loss(x1, x2, same, margin=4.0)) == pytest.approx(10 / 3)
-  # Squared d = [25, 1, 4]; margin 3: [25, 2, max(0, 3-4)] = [25, 2, 0].
-  got = losses.contrastive_loss(x1, x2, same.astype(bool), margin=3.0, squared=True)
-  assert float(got) == pytest.approx(27 / 3)
+  # Authors, margin 3: 0.5 * [25, (3-1)^2, (3-2)^2] = [12.5, 2, 0.5].
+  got = losses.contrastive_loss(x1, x2, same.astype(bool), margin=3.0, mode='authors')
+  assert float(got) == pytest.approx(15 / 3, rel=1e-6)
+  with pytest.raises(ValueError, match='squared'):
+    losses.contrastive_loss(x1, x2, same, 3.0, mode='squared')
+
+
+@pytest.mark.parametrize('mode,reference', [('paper', _paper_eq8),
+                                            ('authors', _authors_formula)])
+def test_contrastive_matches_its_formula_on_random_embeddings(mode, reference):
+  rng = np.random.default_rng(0)
+  x1 = rng.normal(size=(64, 12)).astype(np.float32)
+  x2 = (x1 + rng.normal(scale=rng.uniform(0.05, 1.5, (64, 1)), size=(64, 12))).astype(
+      np.float32)
+  y = rng.integers(0, 2, 64)
+  for m in (1.0, 3.0, 6.0):  # margins on both sides of the distances
+    got = float(losses.contrastive_loss(x1, x2, y, m, mode=mode))
+    assert got == pytest.approx(reference(x1, x2, y, m), rel=1e-5)
 
 
 def test_contrastive_margin_clips_far_negatives():
   x1 = jnp.array([[0.0, 0.0]])
   x2 = jnp.array([[6.0, 8.0]])  # d = 10 > margin.
-  for squared in (False, True):
+  for mode in losses.CONTRASTIVE_MODES:
     loss, grad = jax.value_and_grad(losses.contrastive_loss)(
-        x1, x2, jnp.array([0.0]), 3.0, squared)
+        x1, x2, jnp.array([0.0]), 3.0, mode)
     assert float(loss) == 0.0
     np.testing.assert_array_equal(np.asarray(grad), 0.0)
 
@@ -159,9 +189,9 @@ def test_contrastive_margin_clips_far_negatives():
 def test_contrastive_gradient_finite_at_identical_inputs():
   x = jnp.array([[0.3, -1.2, 2.0], [0.0, 0.0, 0.0]])
   for same in (jnp.ones(2), jnp.zeros(2)):
-    for squared in (False, True):
-      grad = jax.grad(losses.contrastive_loss)(x, x, same, 3.0, squared)
-      assert np.all(np.isfinite(np.asarray(grad))), (same, squared)
+    for mode in losses.CONTRASTIVE_MODES:
+      grad = jax.grad(losses.contrastive_loss)(x, x, same, 3.0, mode)
+      assert np.all(np.isfinite(np.asarray(grad))), (same, mode)
   # Away from 0 the gradient is the unit difference vector, halved by the batch mean.
   x2 = jnp.array([[0.3, -1.2, 2.0], [3.0, 4.0, 0.0]])
   grad = jax.grad(losses.contrastive_loss)(x, x2, jnp.ones(2), 3.0)
@@ -239,7 +269,7 @@ def test_generator_total_loss_by_hand():
 def test_generator_total_loss_zero_weight_term_optional():
   terms = {'adv': 1.0, 'perceptual': 0.5, 'contrastive': 2.0, 'l1': 0.25}
   total, metrics = losses.generator_total_loss(terms, losses.authors_weights())
-  assert float(total) == pytest.approx(1.0 + 20 * 0.5 + 2.0 + 10 * 0.25)
+  assert float(total) == pytest.approx(2 * 1.0 + 20 * 0.5 + 2.0 + 10 * 0.25)
   assert 'ssim' not in metrics
   # A NaN in an unused term must not reach the total.
   total, _ = losses.generator_total_loss({**terms, 'ssim': jnp.nan}, losses.authors_weights())
@@ -262,13 +292,13 @@ def test_presets():
       1.0, 20.0, 1.0, 0.0, 1.0)
   authors = losses.authors_weights()
   assert (authors.ssim, authors.perceptual, authors.contrastive, authors.l1,
-          authors.adversarial) == (0.0, 20.0, 1.0, 10.0, 1.0)
+          authors.adversarial, authors.source_push) == (0.0, 20.0, 1.0, 10.0, 2.0, 0.0)
 
 
 def test_loss_weights_from_config():
   cfg = ml_collections.ConfigDict({
       'lambda_ssim': 0.0, 'lambda_perceptual': 20, 'lambda_contrastive': 1.0,
-      'lambda_l1': 10.0, 'lambda_adv': 1.0})
+      'lambda_l1': 10.0, 'lambda_adv': 2.0})
   assert losses.LossWeights.from_config(cfg) == losses.authors_weights()
   partial = losses.LossWeights.from_config(
       ml_collections.ConfigDict({'lambda_ssim': 3.0, 'contrastive_margin': 3.0}))

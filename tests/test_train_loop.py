@@ -95,6 +95,19 @@ def test_train_writes_checkpoints_and_summaries_and_resumes_bit_identically(data
   np.testing.assert_allclose(got[outside], batch['image'][outside], atol=1e-6)
 
 
+@pytest.mark.slow
+def test_fresh_batches_train_end_to_end(dataset, tmp_path):
+  """The authors' schedule through the real input path: 4 batches a 1:1:1 step (identity
+  net, D's fakes, D's reals, G), one epoch of the 16 examples per step."""
+  cfg = _config(dataset, 2)
+  cfg.train.fresh_batches = True
+  cfg.eval.num_batches = 0
+  state = train.train_and_evaluate(cfg, str(tmp_path / 'fresh'))
+  assert int(state.step) == 2
+  assert list((tmp_path / 'fresh').glob('events.out.tfevents.*'))
+  assert all(np.all(np.isfinite(p)) for p in _params(state))
+
+
 def test_config_errors_fail_before_device_work(dataset, tmp_path):
   cfg = _config(dataset, 1)
   with cfg.unlocked():

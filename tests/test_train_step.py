@@ -184,6 +184,10 @@ def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
   cfg = tiny_config()
   cfg.loss.lambda_l1 = 10.0            # the authors' reconstruction term
   cfg.optim.learning_rate = 1e-3       # a tiny network on one batch: 200 steps at 1e-3
+  # One person in every pair: the identity net's task is degenerate here and its space
+  # would drift under G's pull towards the target; it stays fixed (its own test is
+  # test_identity_target.py)
+  cfg.train.identity_steps = 0
   models = train.Models(cfg)
   mesh = train.make_mesh()
   state = train.init_train_state(models, jax.random.key(0), mesh)
@@ -194,6 +198,7 @@ def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
   face = np.asarray(face, np.float32) / 255.0
   batch['image'][:] = face
   batch['pair_image'][:] = face[:, ::-1]
+  batch['target_image'][:] = face[:, ::-1]  # a real face as the target too, not noise
   batch = train.shard_batch(batch, mesh)
   l1 = []
   for _ in range(200):
@@ -226,7 +231,8 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
     ident, _ = train._identity_step(models2, s.identity, b)
     fake, _ = train._generate(models2, s.generator.params, s.generator.stats, b, onehot,
                               train=True)
-    disc, d_metrics = train._discriminator_step(models2, s.discriminator, fake, b, onehot)
+    disc, d_metrics = train._discriminator_step(models2, s.discriminator, b['image'], onehot,
+                                                fake, onehot)
     return s.replace(identity=ident, discriminator=disc), d_metrics
 
   @jax.jit
@@ -249,6 +255,60 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
   np.testing.assert_allclose(float(metrics['train/d_lsgan']), float(d_metrics['d_lsgan']),
                              rtol=1e-5)
   np.testing.assert_allclose(float(metrics['train/g_total']), float(m['g_total']), rtol=1e-5)
+
+
+def test_fresh_batches_give_each_update_its_own_batch(setup):
+  """The authors' schedule: with ``fresh_batches`` a 1:1:3 step takes 6 batches, and equals
+  the updates made one by one: the identity net on batch 0, D on G's fakes of batch 1
+  beside the reals of batch 2, then one generator update on each of batches 3, 4 and 5."""
+  cfg = setup[0].copy_and_resolve_references()
+  cfg.train.g_steps, cfg.train.d_steps, cfg.train.identity_steps = 3, 1, 1
+  cfg.train.fresh_batches = True
+  cfg.optim.name = 'sgd'  # see test_update_ratio_runs_that_many_updates_in_one_loop
+  assert train.batch_slots(cfg.train) == 6
+  models = train.Models(cfg)
+  parts = [batch_for(cfg, seed=10 + k) for k in range(6)]
+  batch = {k: jnp.stack([p[k] for p in parts]) for k in parts[0]}
+  state = train.create_train_state(models, jax.random.key(5))
+  new, metrics = jax.jit(lambda s, b: train.train_step(models, s, b))(state, batch)
+
+  # pylint: disable=protected-access
+  parts = [{k: jnp.asarray(v) for k, v in p.items()} for p in parts]
+  onehot = lambda b: jax.nn.one_hot(b['semantic'], cfg.num_classes)
+
+  @jax.jit
+  def identity_then_discriminator(s):
+    ident, _ = train._identity_step(models, s.identity, parts[0])
+    fake, g_stats = train._generate(models, s.generator.params, s.generator.stats, parts[1],
+                                    onehot(parts[1]), train=True)
+    disc, d_metrics = train._discriminator_step(models, s.discriminator, parts[2]['image'],
+                                                onehot(parts[2]), fake, onehot(parts[1]))
+    return s.replace(identity=ident, discriminator=disc,
+                     generator=s.generator.replace(stats=g_stats)), d_metrics
+
+  @jax.jit
+  def generator_step(s, b):
+    forward = train._generator_forward(models, s.generator, b, onehot(b))
+    reference = train._reference_features(models, s, b)
+    return train._generator_update(models, s, b, onehot(b), forward, reference)
+
+  want, d_metrics = identity_then_discriminator(state)
+  for b in parts[3:]:
+    gen, m = generator_step(want, b)
+    want = want.replace(generator=gen)
+  for name in ('identity', 'discriminator', 'generator'):
+    assert _max_change(getattr(new, name).params, getattr(want, name).params) < 1e-5, name
+  assert _max_change(new.generator.stats, want.generator.stats) < 1e-5
+  np.testing.assert_allclose(float(metrics['train/d_lsgan']), float(d_metrics['d_lsgan']),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(metrics['train/g_total']), float(m['g_total']), rtol=1e-5)
+  # and the same step, sharded over the mesh's slot-major layout, runs
+  mesh = train.make_mesh()
+  sharded = train.shard_batch({k: np.asarray(v) for k, v in batch.items()}, mesh,
+                              partition=train.batch_partition(cfg.train))
+  state = train.init_train_state(models, jax.random.key(5), mesh)
+  _, metrics = train.jit_train_step(models, mesh)(state, sharded)
+  assert float(metrics['train/all_finite']) == 1.0
 
 
 def test_prefetch_sends_batches_ahead_in_order():

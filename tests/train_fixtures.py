@@ -31,6 +31,7 @@ def batch_for(cfg, seed: int = 0, batch_size: int | None = None) -> dict:
       semantic=(rng.integers(1, cfg.num_classes, (b, r, r)) * mask[..., 0]).astype(np.int32),
       pair_image=rng.uniform(size=(b, r, r, 3)).astype(np.float32),
       pair_same=(np.arange(b) % 2).astype(np.float32),
+      target_image=rng.uniform(size=(b, r, r, 3)).astype(np.float32),
       target_identity=rng.normal(size=(b, cfg.identity_dim)).astype(np.float32))
 
 
