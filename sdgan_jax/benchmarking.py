@@ -16,16 +16,22 @@ from __future__ import annotations
 import collections
 import datetime
 import glob
+import math
 import os
 import time
 from typing import Any, Callable
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from sdgan_jax import train
+from sdgan_jax.models import discriminator as discriminator_lib
+from sdgan_jax.models import generator as generator_lib
+from sdgan_jax.models import identity as identity_lib
+from sdgan_jax.models.layers import count_params
 
 # Dense (no sparsity) datasheet peaks in TFLOP/s, by device_kind prefix. fp32 matmuls on
 # these GPUs run as TF32 under JAX's default precision, hence the TF32 figure.
@@ -55,15 +61,19 @@ def peak_tflops(dtype: str) -> float | None:
 
 
 def authors_shapes_config(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The authors' measured setting (DESIGN §6): 128 px, 11 classes, 2048-d identity, their
-  generator, one identity-net + D + G update per step."""
+  """The authors' released setting: 128 px, 11 classes, 2048-d identity, their generator,
+  global discriminator and Siamese identity network, one identity-net + D + G update per
+  step, each on its own batch (their schedule: 4 batches of ``batch_size`` per step)."""
   config = base.copy_and_resolve_references()
   config.resolution = 128
   config.identity_dim = 2048
   config.model.generator = ml_collections.ConfigDict({'preset': 'authors'})
+  config.model.discriminator = ml_collections.ConfigDict({'kind': 'global'})
+  config.model.identity = ml_collections.ConfigDict({'preset': 'authors'})
   config.train.identity_steps = 1
   config.train.d_steps = 1
   config.train.g_steps = 1
+  config.train.fresh_batches = True
   return config
 
 
@@ -84,6 +94,119 @@ def _flops(lowered) -> float | None:
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
     cost = cost[0] if cost else None
   return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+# The authors' figures for their networks at 128 px, 11 classes, 2048-d identity:
+# (forward GFLOP per image, trainable parameters).
+AUTHORS_FIGURES = {
+    'generator': (41.2, 16.88e6),
+    'discriminator': (7.8, 18.24e6),
+    'identity': (17.8, 12.92e6),
+}
+
+
+def _subjaxprs(params: dict):
+  for value in params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, jax.extend.core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jax.extend.core.Jaxpr):
+        yield item
+
+
+def _jaxpr_macs(jaxpr, repeat: int = 1) -> int:
+  """Multiply-adds of the convolutions and dot products in ``jaxpr`` (nested ones too)."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'conv_general_dilated':
+      kernel, out = eqn.invars[1].aval, eqn.outvars[0].aval
+      out_features = kernel.shape[eqn.params['dimension_numbers'].rhs_spec[0]]
+      # every output element: kernel taps x input channels per group, padding included
+      total += repeat * math.prod(out.shape) * (math.prod(kernel.shape) // out_features)
+    elif name == 'dot_general':
+      lhs, out = eqn.invars[0].aval, eqn.outvars[0].aval
+      (contracting, _), _ = eqn.params['dimension_numbers']
+      total += repeat * math.prod(out.shape) * math.prod(lhs.shape[d] for d in contracting)
+    else:
+      times = repeat * (eqn.params.get('length', 1) if name == 'scan' else 1)
+      for sub in _subjaxprs(eqn.params):
+        total += _jaxpr_macs(sub, times)
+  return total
+
+
+def conv_dense_flops(fn: Callable, *args) -> int:
+  """FLOPs of ``fn(*args)``'s convolutions and matmuls: 2 per multiply-add, counted from
+  the traced jaxpr (``args`` may be ``jax.ShapeDtypeStruct``s: nothing runs)."""
+  return 2 * _jaxpr_macs(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _network_inputs(config, network: str, batch: int) -> tuple:
+  r, f32 = int(config.resolution), jnp.float32
+  image = jax.ShapeDtypeStruct((batch, r, r, 3), f32)
+  semantic = jax.ShapeDtypeStruct((batch, r, r, int(config.num_classes)), f32)
+  if network == 'generator':
+    return image, semantic, jax.ShapeDtypeStruct((batch, int(config.identity_dim)), f32)
+  if network == 'discriminator':
+    return image, semantic
+  return (image,)
+
+
+def build_networks(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The generator, discriminator and identity network a config describes (as
+  ``train.Models`` builds them, in float32)."""
+  d_cfg = dict(config.model.discriminator)
+  return {
+      'generator': generator_lib.generator_from_config(config.model.generator),
+      'discriminator': discriminator_lib.build_discriminator(d_cfg.pop('kind'), **d_cfg),
+      'identity': identity_lib.identity_from_config(config.model.identity),
+  }
+
+
+def _authors_kind(network: str, module) -> bool:
+  if network == 'generator':
+    return isinstance(module, generator_lib.AuthorsGenerator)
+  if network == 'discriminator':
+    return isinstance(module, discriminator_lib.GlobalDiscriminator)
+  return getattr(module, 'stem', None) == 'cifar'
+
+
+def network_flops(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Per network: forward GFLOP per image, trainable parameters and the authors' figures.
+
+  Nothing is compiled or run: variables come from ``jax.eval_shape`` and FLOPs from the
+  traced / lowered inference-mode forward, so this takes seconds on a CPU.
+
+  ``gflop_per_image`` follows the convention that reproduces the authors' figures (41.2,
+  7.8 and 17.8 GFLOP at 128 px): convolutions and dense layers only, a multiply-add counts
+  2 FLOP, and every kernel tap counts, those over zero padding included (output elements x
+  kernel area x input channels per group). It is the count at batch 2 minus the count at
+  batch 1, which drops the work that does not depend on the batch (spectral norm's power
+  iteration on the weights). ``xla_gflop`` is XLA's cost analysis of the lowered batch-1
+  forward (``_flops``), for comparison: it also counts elementwise work and the power
+  iteration, but skips the taps over zero padding, so it reads lower for the zero-padded
+  generator and identity network (40.4 and 17.2) and higher for the reflect-padded
+  discriminator (7.9). ``authors_gflop`` / ``authors_params`` are given at 128 px for the
+  authors' kinds of network only (``AuthorsGenerator``, ``GlobalDiscriminator``, the
+  CIFAR-stem identity net), else None.
+  """
+  config = config.copy_and_resolve_references()
+  rows = []
+  for network, module in build_networks(config).items():
+    forward = lambda variables, *inputs, module=module: module.apply(variables, *inputs)
+    inputs1 = _network_inputs(config, network, 1)
+    variables = jax.eval_shape(lambda *a, module=module: module.init(jax.random.key(0), *a),
+                               *inputs1)
+    per_image = (conv_dense_flops(forward, variables, *_network_inputs(config, network, 2))
+                 - conv_dense_flops(forward, variables, *inputs1))
+    xla = _flops(jax.jit(forward).lower(variables, *inputs1))
+    authors = (AUTHORS_FIGURES[network] if int(config.resolution) == 128
+               and _authors_kind(network, module) else (None, None))
+    rows.append(dict(network=network, resolution=int(config.resolution),
+                     gflop_per_image=per_image / 1e9, params=count_params(variables),
+                     xla_gflop=xla / 1e9 if xla else None,
+                     authors_gflop=authors[0], authors_params=authors[1]))
+  return rows
 
 
 def _memory(compiled) -> dict[str, Any]:
@@ -207,6 +330,7 @@ def _random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarra
       semantic=rng.integers(0, config.num_classes, (batch_size, r, r)).astype(np.int32),
       pair_image=rng.uniform(size=(batch_size, r, r, 3)).astype(np.float32),
       pair_same=(np.arange(batch_size) % 2).astype(np.float32),
+      target_image=rng.uniform(size=(batch_size, r, r, 3)).astype(np.float32),
       target_identity=rng.normal(size=(batch_size, config.identity_dim)).astype(np.float32))
 
 
@@ -221,7 +345,10 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
   mesh = train.make_mesh()
   _phase(name, f'initialising the state (batch {batch_size}, {config.dtype})')
   state = jax.block_until_ready(train.init_train_state(models, jax.random.key(0), mesh))
-  batch = train.shard_batch(_random_batch(config, batch_size), mesh)
+  slots = train.batch_slots(config.train)
+  parts = [_random_batch(config, batch_size, seed) for seed in range(slots)]
+  batch = parts[0] if slots == 1 else {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+  batch = train.shard_batch(batch, mesh, partition=train.batch_partition(config.train))
   _phase(name, 'compiling the train step')
   start = time.perf_counter()
   lowered = train.jit_train_step(models, mesh).lower(state, batch)
@@ -236,7 +363,8 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
 
   step_s = _time(call, steps, warmup)
   extra = {'updates_per_step': 'identity %d, D %d, G %d' % (
-      config.train.identity_steps, config.train.d_steps, config.train.g_steps)}
+      config.train.identity_steps, config.train.d_steps, config.train.g_steps),
+           'batches_per_step': slots}
   if max(config.train.identity_steps, config.train.d_steps, config.train.g_steps) > 1:
     # repeated updates are one lax.scan body, which XLA's cost analysis counts once
     extra['flops_counted'] = 'one update of each network'

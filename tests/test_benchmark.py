@@ -84,6 +84,63 @@ def test_trace_summary_on_a_known_device_timeline(tmp_path):
   assert [e['share'] for e in timeline['top']] == pytest.approx([0.75, 0.25])
 
 
+def test_flops_reports_each_authors_network_within_2_percent(capsys, tmp_path):
+  """--flops: one JSON line per network, our count next to the authors' figures, without
+  compiling anything (seconds on a CPU)."""
+  out = tmp_path / 'flops.jsonl'
+  benchmark.main(['--preset', 'authors', '--flops', '--output', str(out)])
+  rows = _rows(capsys)
+  assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+  assert [r['network'] for r in rows] == ['generator', 'discriminator', 'identity']
+  expected = {'generator': (41.2, 16.88e6), 'discriminator': (7.8, 18.24e6),
+              'identity': (17.8, 12.92e6)}
+  for row in rows:
+    assert row['preset'] == 'authors' and row['resolution'] == 128
+    assert (row['authors_gflop'], row['authors_params']) == expected[row['network']]
+    assert row['gflop_per_image'] == pytest.approx(row['authors_gflop'], rel=0.02)
+    assert row['params'] == pytest.approx(row['authors_params'], rel=0.02)
+    # XLA's own total (elementwise work in, zero-padding taps out) is of the same order
+    assert row['xla_gflop'] == pytest.approx(row['gflop_per_image'], rel=0.05)
+  assert {r['network']: r['params'] for r in rows} == {
+      'generator': 16_880_743, 'discriminator': 18_238_529, 'identity': 12_924_144}
+
+
+def test_conv_dense_flops_counts_padding_taps_and_groups():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from sdgan_jax import benchmarking  # pylint: disable=import-outside-toplevel
+
+  x = jax.ShapeDtypeStruct((2, 8, 8, 16), jnp.float32)
+  kernel = jax.ShapeDtypeStruct((5, 5, 2, 16), jnp.float32)  # 8 groups of 2 channels
+  dense = jax.ShapeDtypeStruct((16, 3), jnp.float32)
+
+  def fn(x, kernel, dense):
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', feature_group_count=8,
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.mean(y, axis=(1, 2)) @ dense
+
+  assert benchmarking.conv_dense_flops(fn, x, kernel, dense) == (
+      2 * (2 * 8 * 8 * 16) * (5 * 5 * 2) + 2 * (2 * 3) * 16)
+
+
+def test_authors_shapes_config_selects_the_authors_networks():
+  # pylint: disable=import-outside-toplevel
+  from configs import celeba
+  from sdgan_jax import benchmarking
+  from sdgan_jax import train
+  from sdgan_jax.models.authors_generator import AuthorsGenerator
+
+  config = benchmarking.authors_shapes_config(celeba.get_config())
+  nets = benchmarking.build_networks(config)
+  assert isinstance(nets['generator'], AuthorsGenerator)
+  assert nets['identity'].stem == 'cifar' and nets['identity'].num_identities == 0
+  # the train step builds the same network from the config
+  assert train.Models(config).identity.clone(dtype=None) == nets['identity']
+  assert (config.resolution, config.identity_dim) == (128, 2048)
+  # their schedule: identity net, D's fakes, D's reals and G each on their own batch
+  assert train.batch_slots(config.train) == 4
+
+
 def test_unknown_preset_is_named():
   with pytest.raises(ValueError, match='unknown preset'):
     benchmark.preset_config('huge')

@@ -1,4 +1,4 @@
-"""Tests of the LSGAN discriminators (paper §3.4 eq. 2-4; DESIGN §2).
+"""Tests of the LSGAN discriminators (paper §3.4 eq. 2-4).
 
 Shapes, dtypes and variable trees are checked with ``jax.eval_shape`` (nothing compiled);
 only a few tests compile and run a network, at 32 px with small widths, because XLA
@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdgan_jax.models.discriminator import (GlobalDiscriminator, MultiscalePatchDiscriminator,
-                                            build_discriminator, patch_output_size)
+from sdgan_jax import benchmarking
+from sdgan_jax.models.discriminator import (DownBlock, GlobalDiscriminator,
+                                            MultiscalePatchDiscriminator, build_discriminator,
+                                            patch_output_size)
 from sdgan_jax.models.layers import count_params
 
 NUM_CLASSES = 11
@@ -93,7 +95,7 @@ def test_bf16_compute_keeps_float32_params(spectral_norm):
 
 
 def test_global_param_count_full_size():
-  """Authors' D at 128 px, 14 input channels: 18.24 M (DESIGN §2)."""
+  """Authors' D at 128 px, 14 input channels: 18.24 M."""
   cin = 3 + NUM_CLASSES
   expected = 0
   for cout in (64, 128, 256, 512, 512):
@@ -110,6 +112,65 @@ def test_global_param_count_full_size():
   image, semantic = _inputs(64, batch=1)
   shapes = jax.eval_shape(GlobalDiscriminator().init, jax.random.key(0), image, semantic)
   assert count_params(shapes) == expected - _dense(8192, 1024) + _dense(2048, 1024)
+
+
+def test_global_flops_full_size():
+  """7.8 GFLOP per 128-px image forward (2 FLOP per multiply-add, convs and dense layers)."""
+  d = GlobalDiscriminator()
+  forward = lambda v, *a: d.apply(v, *a)
+  variables = jax.eval_shape(d.init, jax.random.key(0), *_inputs(128, batch=1))
+  flops = (benchmarking.conv_dense_flops(forward, variables, *_inputs(128, batch=2))
+           - benchmarking.conv_dense_flops(forward, variables, *_inputs(128, batch=1)))
+  assert abs(flops / 1e9 - 7.8) / 7.8 < 0.02, flops / 1e9
+
+
+def test_global_layout_full_size():
+  """5 down-blocks 128 -> 4 px, 64..512 wide; spectral norm on every conv, none on the
+  dense layers."""
+  image, semantic = _inputs(128, batch=1)
+  d = GlobalDiscriminator()
+  variables = jax.eval_shape(d.init, jax.random.key(0), image, semantic)
+  _, inter = jax.eval_shape(lambda v: d.apply(v, image, semantic, capture_intermediates=True,
+                                              mutable=['intermediates']), variables)
+  assert [inter['intermediates'][f'block{i}']['__call__'][0].shape for i in range(1, 6)] == [
+      (1, 64, 64, 64), (1, 32, 32, 128), (1, 16, 16, 256), (1, 8, 8, 512), (1, 4, 4, 512)]
+  params, stats = variables['params'], variables['batch_stats']
+  assert params['block1']['shortcut']['Conv_0']['kernel'].shape == (1, 1, 14, 64)
+  assert params['block5']['shortcut']['Conv_0']['kernel'].shape == (1, 1, 512, 512)
+  assert set(stats) == {f'block{i}' for i in range(1, 6)}  # no spectral norm on fc1, fc2
+  assert all(set(stats[b]) == {'conv1', 'conv2', 'shortcut'} for b in stats)
+
+
+def _down_block_reference(params, x):
+  """Pre-activation residual down-block in plain numpy (no spectral norm)."""
+  def conv(p, y):
+    kernel, bias = np.asarray(p['Conv_0']['kernel']), np.asarray(p['Conv_0']['bias'])
+    k = kernel.shape[0]
+    pad = k // 2
+    y = np.pad(y, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='reflect')
+    out = np.zeros(y.shape[:1] + (y.shape[1] - 2 * pad, y.shape[2] - 2 * pad, kernel.shape[-1]))
+    for i in range(k):
+      for j in range(k):
+        out += np.einsum('bhwc,co->bhwo', y[:, i:i + out.shape[1], j:j + out.shape[2]],
+                         kernel[i, j])
+    return out + bias
+
+  pool = lambda y: y.reshape(y.shape[0], y.shape[1] // 2, 2, y.shape[2] // 2, 2,
+                             y.shape[3]).mean(axis=(2, 4))
+  relu = lambda y: np.maximum(y, 0)
+  right = pool(conv(params['conv2'], relu(conv(params['conv1'], relu(x)))))
+  return right + pool(conv(params['shortcut'], x))
+
+
+def test_down_block_is_pre_activation():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+  block = DownBlock(4, spectral_norm=False)
+  variables = _init(block, x)
+  out = np.asarray(jax.jit(block.apply)(variables, x))
+  # negative outputs survive: no activation after the sum
+  assert (out < 0).any()
+  np.testing.assert_allclose(out, _down_block_reference(variables['params'], x), atol=1e-4)
 
 
 @pytest.mark.slow
@@ -206,9 +267,9 @@ def test_spectral_norm_switches_variable_tree(kind, kwargs):
   stats = flax.traverse_util.flatten_dict(v_on['batch_stats'])
   assert {path[-1].rsplit('/', 1)[-1] for path in stats} == {'u', 'sigma'}
   kernels = [p for p in flax.traverse_util.flatten_dict(v_on['params']) if p[-1] == 'kernel']
-  # One (u, sigma) pair per normalised kernel: all of them in the global D, all but the
-  # final conv of each scale in the patch D (as SPADE).
-  num_plain = 0 if kind == 'global' else 2
+  # One (u, sigma) pair per normalised kernel: every conv of the global D (its two dense
+  # layers have none), all but the final conv of each scale in the patch D (as SPADE).
+  num_plain = 2
   assert len(stats) == 2 * (len(kernels) - num_plain)
   assert count_params(v_on) == count_params(v_off)
   # Eval mode needs no mutable collection, with or without spectral norm.
@@ -235,7 +296,7 @@ def test_spectral_norm_top_singular_value_is_one(global_setup):
     # Not trivially 1: the raw kernels are far from unit norm.
     assert abs(singular_values[0] - 1) > 0.05, path
     checked += 1
-  assert checked == 3 * 3 + 2
+  assert checked == 3 * 3
 
 
 @pytest.mark.parametrize('size', [64, 128])

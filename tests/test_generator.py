@@ -1,5 +1,7 @@
-"""SPADE and the SDGAN generator: shapes, parameter counts, FLOPs, gradients, options."""
+"""SPADE and the SDGAN generators (paper §3.4): shapes, parameter counts, FLOPs, the
+authors' layout, gradients, options."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -7,8 +9,10 @@ import numpy as np
 import pytest
 
 from configs import celeba, demo
+from sdgan_jax import benchmarking
 from sdgan_jax.models import generator as gen_lib
-from sdgan_jax.models.generator import AUTHORS, PAPER, Generator, composite, generator_from_config
+from sdgan_jax.models.authors_generator import AuthorsGenerator
+from sdgan_jax.models.generator import PAPER, Generator, composite, generator_from_config
 from sdgan_jax.models.layers import count_params
 from sdgan_jax.models.spade import SPADE
 
@@ -17,6 +21,10 @@ NUM_CLASSES = 11
 # Narrow version of the paper preset: same topology, small enough to run on a CPU quickly.
 SMALL = dict(PAPER, stem_features=8, encoder_features=(8, 16, 16, 16), bottleneck_features=16,
              bottleneck_blocks=2, decoder_features=(16, 16, 8, 8), spade_hidden=8)
+# Narrow version of the authors' network: same layout (SK widths divisible by 8 groups).
+SMALL_AUTHORS = dict(encoder_features=(8, 8, 16, 16, 16), identity_features=(8, 16, 32),
+                     bottleneck_features=16, bottleneck_blocks=1,
+                     decoder_features=(16, 16, 8, 8, 8), spade_hidden=8)
 
 
 def _init(model, *args):
@@ -78,16 +86,133 @@ def test_paper_generator_parameter_count_matches_hand_derivation(res, identity_d
   assert count_params(variables) == _paper_generator_params(identity_dim, grid)
 
 
-def test_authors_generator_size_and_flops_match_their_code():
-  """DESIGN §2: 16.88 M parameters and ~41.2 GFLOP per 128-px image forward."""
-  args = _inputs(128, 2048, batch=1)
-  model = Generator(**AUTHORS)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
+def _sk_conv(f, groups=8):
+  d = max(f // 2, 32)
+  branches = sum(k * k * (f // groups) * f + f + 2 * f for k in (3, 5))  # conv + batch norm
+  return branches + (f * d + d) + 2 * (d * f + f)
+
+
+def _sk_unit(fin, fout):
+  mid = fout // 2
+  n = _conv(1, fin, mid) + _sk_conv(mid) + _conv(1, mid, fout)
+  return n + (_conv(1, fin, fout) if fin != fout else 0)
+
+
+def _authors_generator_params():
+  """The authors' generator at 128 px, layer by layer (authors_generator.py docstring)."""
+  n = _conv(3, 3, NUM_CLASSES)
+  for fin, fout in [(11, 32), (32, 64), (64, 128), (128, 256), (256, 256)]:
+    n += _spade_block(fin, fout)
+  n += _conv(3, 32, 64) + 2 * 64 + _sk_unit(64, 128) + _sk_unit(128, 256)
+  n += _conv(3, 512, 256) + 2 * 256 + 4 * _residual_block(256)
+  for fin, fout in [(256, 256), (256, 128), (128, 64), (64, 32), (32, 16)]:
+    n += _spade_block(fin, fout)
+  return n + _conv(3, 2, 1, bias=False) + _conv(3, 16, 3)
+
+
+def _authors_variables(res=128, identity_dim=2048, **kwargs):
+  model = AuthorsGenerator(**kwargs)
+  args = _inputs(res, identity_dim, batch=1)
+  return model, args, jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
+
+
+def test_authors_generator_size_and_flops_match_their_figures():
+  """16.88 M parameters and 41.2 GFLOP per 128-px image forward (2 FLOP per multiply-add,
+  convs and dense layers, as ``benchmarking.network_flops`` counts)."""
+  model, args, variables = _authors_variables()
+  assert count_params(variables) == _authors_generator_params() == 16_880_743
   assert abs(count_params(variables) - 16.88e6) / 16.88e6 < 0.02
-  cost = jax.jit(lambda v, *a: model.apply(v, *a)).lower(variables, *args).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  gflops = cost['flops'] / 1e9
-  assert abs(gflops - 41.2) / 41.2 < 0.10, gflops
+  forward = lambda v, *a: model.apply(v, *a)
+  args2 = _inputs(128, 2048, batch=2)
+  flops = (benchmarking.conv_dense_flops(forward, variables, *args2)
+           - benchmarking.conv_dense_flops(forward, variables, *args))
+  assert abs(flops / 1e9 - 41.2) / 41.2 < 0.02, flops / 1e9
+
+
+def test_authors_generator_layout():
+  """Feature sizes and widths block by block, the identity branch's SK units (kernels 3 and
+  5, 8 groups), the 3x3 spatial attention and where spectral / batch norm sit."""
+  model, args, variables = _authors_variables()
+  _, inter = jax.eval_shape(lambda v: model.apply(v, *args, capture_intermediates=True,
+                                                  mutable=['intermediates']), variables)
+  shape = lambda name: inter['intermediates'][name]['__call__'][0].shape[1:]
+  assert shape('align') == (128, 128, 11)
+  # block outputs before the pool that follows blocks 1-4: 128 -> 8 px
+  assert [shape(f'encoder_{i}') for i in range(5)] == [
+      (128, 128, 32), (128, 128, 64), (64, 64, 128), (32, 32, 256), (16, 16, 256)]
+  assert shape('identity') == (8, 8, 256) and shape('fuse') == (8, 8, 256)
+  assert [shape(f'bottleneck_{i}') for i in range(4)] == [(8, 8, 256)] * 4
+  # upsampling before decoder blocks 0-2, none before 3 and 4, one after 4
+  assert [shape(f'decoder_{i}') for i in range(5)] == [
+      (16, 16, 256), (32, 32, 128), (64, 64, 64), (64, 64, 32), (64, 64, 16)]
+  assert shape('attention') == (128, 128, 16)
+  identity = inter['intermediates']['identity']
+  assert [identity[k]['__call__'][0].shape[-1] for k in ('conv', 'sk_0', 'sk_1')] == [
+      64, 128, 256]
+
+  params = variables['params']
+  assert params['attention']['conv']['Conv_0'] == {'kernel': jax.ShapeDtypeStruct(
+      (3, 3, 2, 1), jnp.float32)}  # 3x3, no bias
+  for unit, mid, d in (('sk_0', 64, 32), ('sk_1', 128, 64)):
+    sk = params['identity'][unit]['sk']
+    assert sk['branch_0']['Conv_0']['kernel'].shape == (3, 3, mid // 8, mid)
+    assert sk['branch_1']['Conv_0']['kernel'].shape == (5, 5, mid // 8, mid)
+    assert sk['squeeze']['kernel'].shape == (mid, d)
+  stats = variables['batch_stats']
+  # SPADE normalises with batch statistics; the SK branches have batch norm
+  assert set(stats['encoder_0']['norm_0']['param_free_norm']) == {'mean', 'var'}
+  assert set(stats['identity']['sk_0']['sk']) == {'branch_0_bn', 'branch_1_bn'}
+  # spectral norm on the ResBlk, fusion, residual and identity-stem convs only
+  sn = {p[:-2] for p in flax.traverse_util.flatten_dict(stats) if p[-2] == 'SpectralNorm_0'}
+  assert ('fuse',) in sn and ('identity', 'conv') in sn and ('bottleneck_0', 'conv_1') in sn
+  assert ('encoder_0', 'conv_s') in sn and ('decoder_4', 'conv_0') in sn
+  assert not {p[0] for p in sn} & {'align', 'to_rgb', 'attention'}
+  assert len(sn) == 5 * 3 - 1 + 1 + 1 + 4 * 2 + 5 * 3 - 1  # encoder, identity, fuse, res, decoder
+
+
+@pytest.fixture(scope='module')
+def small_authors():
+  model = AuthorsGenerator(**SMALL_AUTHORS)
+  args = _inputs(64, 512)
+  variables = _init(model, *args)
+  return model, variables, args
+
+
+def test_authors_generator_runs_at_64px_and_depends_on_identity(small_authors):
+  model, variables, (image, semantic, identity) = small_authors
+  run = jax.jit(lambda v, *a: model.apply(v, *a))
+  out = run(variables, image, semantic, identity)
+  assert out.shape == (2, 64, 64, 3) and out.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(out)))
+  other_identity = run(variables, image, semantic, identity[::-1])
+  other_semantic = run(variables, image, semantic[::-1], identity)
+  assert float(jnp.abs(out[0] - other_identity[0]).max()) > 1e-4
+  assert float(jnp.abs(out[0] - other_semantic[0]).max()) > 1e-4
+  # 64 px: 4x4 bottleneck, so the 512-d identity becomes a 4x4x32 grid
+  params = variables['params']
+  assert params['identity']['conv']['Conv_0']['kernel'].shape == (3, 3, 32, 8)
+  out_train, updates = jax.jit(lambda v, *a: model.apply(v, *a, train=True,
+                                                         mutable=['batch_stats']))(
+      variables, image, semantic, identity)
+  assert out_train.shape == out.shape and set(updates) == {'batch_stats'}
+
+
+def test_authors_generator_bfloat16(small_authors):
+  model, variables, args = small_authors
+  bf16 = AuthorsGenerator(**SMALL_AUTHORS, dtype=jnp.bfloat16)
+  out32 = _apply(model, variables, *args)
+  out16 = _apply(bf16, variables, *args)
+  assert out16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out16)))
+  scale = float(jnp.abs(out32).mean())
+  assert float(jnp.abs(out32 - out16).mean()) < 0.05 * scale + 0.02
+
+
+def test_authors_generator_64px_full_width_shapes():
+  model, args, variables = _authors_variables(res=64)
+  out = jax.eval_shape(lambda v: model.apply(v, *args), variables)
+  assert out.shape == (1, 64, 64, 3)
+  # 2048-d identity on the 4x4 bottleneck: 128 channels into the identity conv
+  assert variables['params']['identity']['conv']['Conv_0']['kernel'].shape == (3, 3, 128, 64)
 
 
 @pytest.mark.parametrize('res', [64, 128])
@@ -108,11 +233,24 @@ def test_forward_shapes_and_dtypes(res):
 
 @pytest.mark.parametrize('preset', ['paper', 'authors'])
 def test_full_size_presets_give_image_shapes(preset):
+  model = generator_from_config({'preset': preset})
   for res in (64, 128):
     args = _inputs(res, 2048, batch=1)
-    model = Generator(**gen_lib.PRESETS[preset])
     out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), *args)[0])
     assert out.shape == (1, res, res, 3)
+
+
+def test_paper_generator_options_from_the_authors_network():
+  """The paper generator can borrow the SK identity branch and the attention gate."""
+  model = Generator(**dict(SMALL, identity_branch='selective_kernel', identity_features=32,
+                           attention_gate=True))
+  args = _inputs(64, 512, batch=1)
+  out, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), *args))
+  assert out.shape == (1, 64, 64, 3)
+  params = variables['params']
+  assert params['attention']['conv']['Conv_0']['kernel'].shape == (3, 3, 2, 1)
+  assert params['identity']['sk_1']['expand']['Conv_0']['kernel'].shape == (1, 1, 16, 32)
+  assert params['fuse']['Conv_0']['kernel'].shape == (3, 3, 16 + 32, 16)
 
 
 def test_gradients_are_finite_and_reach_every_parameter():
@@ -228,7 +366,18 @@ def test_generator_from_config_presets_and_errors():
   model = generator_from_config(celeba.get_config().model.generator)
   assert model.encoder_features == PAPER['encoder_features']
   model = generator_from_config(ml_collections.ConfigDict({'preset': 'authors'}))
-  assert model.identity_branch == 'selective_kernel'
+  assert isinstance(model, AuthorsGenerator) and model == AuthorsGenerator()
+  narrow = generator_from_config(ml_collections.ConfigDict(
+      {'preset': 'authors', 'encoder_features': [8, 8, 16, 16, 16], 'dtype': jnp.bfloat16}))
+  assert narrow.encoder_features == (8, 8, 16, 16, 16) and narrow.dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="model.generator.stem_features for preset 'authors'"):
+    generator_from_config({'preset': 'authors', 'stem_features': 8})
+  bad = AuthorsGenerator(**dict(SMALL_AUTHORS, decoder_features=(16, 8, 8, 8)))
+  with pytest.raises(ValueError, match='downsamples 4 times but upsamples 3 times'):
+    jax.eval_shape(lambda: bad.init(jax.random.key(0), *_inputs(64, 512)))
+  bad = AuthorsGenerator(**dict(SMALL_AUTHORS, identity_features=(8, 12, 32)))
+  with pytest.raises(ValueError, match='not divisible by its 8 groups'):
+    jax.eval_shape(lambda: bad.init(jax.random.key(0), *_inputs(64, 512)))
   demo_model = generator_from_config(demo.get_config().model.generator)
   assert demo_model.stem_features == 16
   with pytest.raises(ValueError, match='model.generator.encoder_widths'):

@@ -1,4 +1,4 @@
-"""Tests of the Siamese identity network (paper §3.4 eq. 8; DESIGN §2).
+"""Tests of the Siamese identity network (paper §3.4 eq. 8), both presets.
 
 Shapes, dtypes and parameter counts use ``jax.eval_shape``; the two numeric tests share one
 small network at 32 px because XLA compilation dominates the run time on the shared CPU.
@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdgan_jax.models.identity import IdentityNet, siamese_embeddings
+from sdgan_jax import benchmarking
+from sdgan_jax.models import identity as identity_lib
+from sdgan_jax.models.identity import IdentityNet, identity_from_config, siamese_embeddings
 from sdgan_jax.models.layers import count_params
 
 SMALL = dict(num_identities=10, embed_dim=32, width=8)
@@ -69,11 +71,11 @@ def test_no_head():
   assert 'head' not in variables['params']
 
 
-def _resnet18_trunk_params(width=64):
+def _resnet18_trunk_params(width=64, stem_kernel=7):
   """Torchvision ResNet-18 without fc: convs (no bias) + batch-norm scale and bias."""
   conv = lambda k, cin, cout: k * k * cin * cout
   bn = lambda c: 2 * c
-  total = conv(7, 3, width) + bn(width)
+  total = conv(stem_kernel, 3, width) + bn(width)
   cin = width
   for stage in range(4):
     cout = width * 2**stage
@@ -86,11 +88,7 @@ def _resnet18_trunk_params(width=64):
 
 
 def test_param_count_full_size():
-  """Torchvision ResNet-18 trunk + 512->1024 + 1024->1200: 12,931,824 parameters.
-
-  DESIGN §2 gives 12.92 M for the authors' net; ours is 12.93 M because the shared trunk
-  keeps torchvision's 7x7 stem (a CIFAR-style 3x3 stem, 7,680 fewer, would give 12.92 M).
-  """
+  """'resnet18' preset: torchvision ResNet-18 trunk + 512->1024 + 1024->1200: 12,931,824."""
   trunk = _resnet18_trunk_params()
   assert trunk == 11_176_512
   expected = trunk + (512 * 1024 + 1024) + (1024 * 1200 + 1200)
@@ -100,6 +98,66 @@ def test_param_count_full_size():
   no_head = jax.eval_shape(IdentityNet(num_identities=0).init, jax.random.key(0),
                            _images(128, batch=1))
   assert count_params(no_head) == expected - (1024 * 1200 + 1200)
+
+
+def test_authors_preset_size_flops_and_layout():
+  """The authors' Siamese net: 3x3/1 stem, no max-pool, head 512 -> 1024 -> ReLU -> 1200
+  (the embedding, no logits); 12.92 M parameters and 17.8 GFLOP per 128-px image."""
+  net = identity_from_config({'preset': 'authors'})
+  assert (net.stem, net.normalize_input, net.hidden_dim, net.embed_dim,
+          net.num_identities) == ('cifar', False, 1024, 1200, 0)
+  x = _images(128, batch=1)
+  variables = jax.eval_shape(net.init, jax.random.key(0), x)
+  trunk = _resnet18_trunk_params(stem_kernel=3)
+  expected = trunk + (512 * 1024 + 1024) + (1024 * 1200 + 1200)
+  assert count_params(variables) == expected == 12_924_144
+  assert abs(expected - 12.92e6) / 12.92e6 < 0.02
+  params = variables['params']
+  assert params['trunk']['conv1']['kernel'].shape == (3, 3, 3, 64)
+  assert 'head' not in params and params['embed']['kernel'].shape == (1024, 1200)
+
+  def run(v):
+    return net.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
+
+  out, inter = jax.eval_shape(run, variables)
+  assert out['logits'] is None and out['embedding'].shape == (1, 1200)
+  stages = inter['intermediates']['trunk']
+  # no max-pool: stage 1 keeps 128 px, then strides 2, 2, 2
+  assert [stages[f'layer{i}_1']['__call__'][0].shape for i in range(1, 5)] == [
+      (1, 128, 128, 64), (1, 64, 64, 128), (1, 32, 32, 256), (1, 16, 16, 512)]
+  forward = lambda v, a: net.apply(v, a)
+  flops = (benchmarking.conv_dense_flops(forward, variables, _images(128, batch=2))
+           - benchmarking.conv_dense_flops(forward, variables, x))
+  assert abs(flops / 1e9 - 17.8) / 17.8 < 0.02, flops / 1e9
+
+
+def test_authors_preset_takes_images_as_they_are():
+  """No mean/std normalisation: a constant image reaches the stem conv unchanged."""
+  net = identity_from_config({'preset': 'authors', 'width': 8, 'hidden_dim': 16,
+                              'embed_dim': 8})
+  x = jnp.full((1, 16, 16, 3), 0.5)
+  variables = _init(net, x)
+  _, inter = jax.jit(lambda v: net.apply(v, x, capture_intermediates=True,
+                                         mutable=['intermediates']))(variables)
+  stem = np.asarray(inter['intermediates']['trunk']['conv1']['__call__'][0])
+  kernel = np.asarray(variables['params']['trunk']['conv1']['kernel'])
+  np.testing.assert_allclose(stem[0, 8, 8], 0.5 * kernel.sum(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def test_identity_from_config():
+  assert identity_from_config({}) == IdentityNet()
+  net = identity_from_config({'num_identities': 8, 'embed_dim': 128}, dtype=jnp.bfloat16)
+  assert (net.num_identities, net.embed_dim, net.dtype, net.stem) == (8, 128, jnp.bfloat16,
+                                                                      'imagenet')
+  net = identity_from_config({'preset': 'authors', 'width': 8})
+  assert net.width == 8 and net.stem == 'cifar'
+  # the preset's field values build the same network as the preset name
+  assert identity_from_config(dict(identity_lib.AUTHORS)) == identity_from_config(
+      {'preset': 'authors'})
+  with pytest.raises(ValueError, match='model.identity.preset'):
+    identity_from_config({'preset': 'vgg'})
+  with pytest.raises(ValueError, match='unknown key model.identity.embedding'):
+    identity_from_config({'embedding': 3})
 
 
 @pytest.fixture(scope='module')
@@ -131,7 +189,7 @@ def test_siamese_embeddings_share_weights(small_net):
 
 
 def test_contrastive_gradients_finite(small_net):
-  """Eq. 8 on squared distances (as DESIGN), batch-norm in training mode."""
+  """Eq. 8 on squared distances, batch-norm in training mode."""
   net, variables, _ = small_net
   x1 = _images(32, batch=4, seed=2)
   x2 = jnp.concatenate([jnp.roll(x1[:2], 2, axis=1), _images(32, batch=2, seed=3)])

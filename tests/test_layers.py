@@ -70,3 +70,17 @@ def test_resnet_feature_strides_and_dilation():
                                       (1, 8, 8, 32)]
   with pytest.raises(ValueError, match='depth'):
     resnet_kwargs(42)
+
+
+def test_resnet_cifar_stem_keeps_full_resolution():
+  x = jnp.zeros((1, 32, 32, 3))
+  model = ResNet(stage_sizes=(1, 1, 1, 1), width=4, stem='cifar')
+  feats, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x))
+  assert [f.shape for f in feats] == [(1, 32, 32, 4), (1, 16, 16, 8), (1, 8, 8, 16),
+                                      (1, 4, 4, 32)]
+  assert variables['params']['conv1']['kernel'].shape == (3, 3, 3, 4)
+  imagenet = ResNet(stage_sizes=(1, 1, 1, 1), width=4)
+  feats = jax.eval_shape(lambda: imagenet.init_with_output(jax.random.key(0), x)[0])
+  assert feats[0].shape == (1, 8, 8, 4)
+  with pytest.raises(ValueError, match='stem'):
+    jax.eval_shape(lambda: ResNet(stem='tiny').init(jax.random.key(0), x))

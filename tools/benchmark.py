@@ -3,10 +3,14 @@
   python tools/benchmark.py                                  # CPU-sized smoke run
   python tools/benchmark.py --preset authors,default --dtypes float32,bfloat16 \
       --train_batch 32 --gen_batch 256 --output bench.jsonl  # GPU/TPU, the real shapes
+  python tools/benchmark.py --preset authors --flops         # per-network GFLOP, no run
 
-Presets: 'authors' is the authors' measured setting (DESIGN §6: 128 px, 2048-d identity,
-their generator, identity-net + D + G per step); 'default' is configs/celeba.py (the paper
-generator, 128-d dlib identity, 1:1:3 updates); 'small' is a 32-px model for CPUs.
+Presets: 'authors' is the authors' released setting (128 px, 2048-d identity, their
+generator, discriminator and Siamese identity network, identity-net + D + G per step);
+'default' is configs/celeba.py (the paper generator, 128-d dlib identity, 1:1:3 updates);
+'small' is a 32-px model for CPUs. --flops prints, per preset, one line per network with
+its forward GFLOP per image and parameters beside the authors' figures
+(``benchmarking.network_flops``), and times nothing.
 --sweep_train_batches / --sweep_gen_batches time growing batches until one does not fit.
 Imports no TensorFlow (the GPU machines have none). Results go in BENCHMARKS.md.
 """
@@ -76,6 +80,9 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=None, help='timed calls (default 10/20)')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--output', default=None, help='also append the JSON lines here')
+  parser.add_argument('--flops', action='store_true',
+                      help='only count each network\'s forward FLOPs and parameters (no '
+                      'compilation, no timing)')
   parser.add_argument('--profile_dir', default=None,
                       help='also trace 3 train steps / generator calls here (jax.profiler) and '
                       'add a per-kernel summary to their rows (not the sweeps)')
@@ -104,6 +111,14 @@ def main(argv=None):
                  error='out of memory')
     emit(row)
     return 'error' not in row
+
+  if args.flops:
+    for preset in args.preset.split(','):
+      for row in benchmarking.network_flops(preset_config(preset)):
+        emit(dict(row, preset=preset))
+    if output:
+      output.close()
+    return
 
   for preset in args.preset.split(','):
     small = preset == 'small'

@@ -1,14 +1,15 @@
 """LSGAN image discriminators conditioned on the semantic map (paper §3.4, eq. 2-4).
 
 Both discriminators see ``concat(image, one_hot_semantic)`` along channels (3 + C channels,
-14 with the 11-class parsing map) and return raw scores: LSGAN regresses them to 0/1, so no
-sigmoid is applied. Scores are returned in float32 whatever the compute dtype, because the
+14 with the 11-class parsing map) and return scores with no sigmoid: LSGAN regresses them
+to 0/1 (the global one ends in a LeakyReLU, the patch one in a linear conv). Scores are returned in float32 whatever the compute dtype, because the
 squared-error losses are computed in float32.
 
-* ``GlobalDiscriminator``: the authors' network (DESIGN §2): 5 residual down-blocks
-  64, 128, 256, 512, 512 with spectral norm and reflection padding, then dense
-  8192 -> 1024 -> 1 at 128 px. 18,238,529 parameters at 128 px with 14 input channels
-  (the authors' count: 18.24 M).
+* ``GlobalDiscriminator``: the authors' released network: 5 pre-activation residual
+  down-blocks 64, 128, 256, 512, 512 of reflect-padded spectral-norm convs, then dense
+  8192 -> 1024 -> 1 (no spectral norm), each followed by LeakyReLU(0.2), at 128 px.
+  18,238,529 parameters at 128 px with 14 input channels (the authors' count: 18.24 M) and
+  7.8 GFLOP per image forward (multiply-add = 2 FLOP, convolutions and dense layers).
 * ``MultiscalePatchDiscriminator``: pix2pixHD / SPADE-style option, PatchGAN
   discriminators on an image pyramid.
 """
@@ -40,14 +41,14 @@ def _conditioned_input(image: jax.Array, semantic: jax.Array, dtype: Dtype) -> j
 
 
 class DownBlock(nn.Module):
-  """Residual down-block of the global discriminator.
+  """Pre-activation residual down-block of the global discriminator.
 
-  residual: conv3x3(cin->cout) -> lrelu -> conv3x3(cout->cout) -> avgpool2
-  shortcut: conv1x1(cin->cout) -> avgpool2   (learned on every block, 512->512 included)
-  output:   lrelu(residual + shortcut)
+  residual: relu -> conv3x3(cin->cout) -> relu -> conv3x3(cout->cout) -> avgpool2
+  shortcut: conv1x1(cin->cout) -> avgpool2   (on the block input, no activation; learned
+            on every block, 512->512 included)
+  output:   residual + shortcut              (no activation after the sum)
 
-  The learned 1x1 shortcut on every block (rather than identity when cin == cout) is what
-  reproduces the authors' 18.24 M parameter count.
+  Every conv has a bias; with ``padding_mode='reflect'`` the 3x3 convs reflect-pad.
   """
 
   features: int
@@ -61,19 +62,19 @@ class DownBlock(nn.Module):
     conv = lambda k, name: Conv(self.features, k, spectral_norm=self.spectral_norm,
                                 padding_mode=self.padding_mode, dtype=self.dtype,
                                 param_dtype=self.param_dtype, name=name)
-    y = conv(3, 'conv1')(x, train)
-    y = nn.leaky_relu(y, LRELU_SLOPE)
-    y = avg_pool2(conv(3, 'conv2')(y, train))
+    y = conv(3, 'conv1')(nn.relu(x), train)
+    y = avg_pool2(conv(3, 'conv2')(nn.relu(y), train))
     s = avg_pool2(conv(1, 'shortcut')(x, train))
-    return nn.leaky_relu(y + s, LRELU_SLOPE)
+    return y + s
 
 
 class GlobalDiscriminator(nn.Module):
-  """The authors' global (image-level) discriminator (DESIGN §2; LSGAN, paper eq. 2-3).
+  """The authors' global (image-level) discriminator (LSGAN, paper §3.4 eq. 2-3).
 
-  Five ``DownBlock``s halve the resolution each (128 px -> 4x4x512), then
-  flatten -> dense(hidden) -> lrelu -> dense(1). The first dense layer's input size follows
-  the image size (8192 at 128 px, 2048 at 64 px).
+  Five ``DownBlock``s halve the resolution each (128 px -> 4x4x512), then a channel-major
+  flatten (the order of a PyTorch ``view`` of NCHW) -> dense(hidden) -> lrelu -> dense(1)
+  -> lrelu. ``spectral_norm`` applies to the convs only; the dense layers have none. The
+  first dense layer's input size follows the image size (8192 at 128 px, 2048 at 64 px).
   """
 
   widths: Sequence[int] = (64, 128, 256, 512, 512)
@@ -96,11 +97,10 @@ class GlobalDiscriminator(nn.Module):
     for i, width in enumerate(self.widths):
       x = DownBlock(width, self.spectral_norm, self.padding_mode, self.dtype,
                     self.param_dtype, name=f'block{i + 1}')(x, train)
-    x = x.reshape(x.shape[0], -1)
-    dense = lambda f, name: Dense(f, spectral_norm=self.spectral_norm, dtype=self.dtype,
-                                  param_dtype=self.param_dtype, name=name)
-    x = nn.leaky_relu(dense(self.hidden, 'fc1')(x, train), LRELU_SLOPE)
-    return dense(1, 'fc2')(x, train).astype(jnp.float32)
+    x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+    dense = lambda f, name: Dense(f, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    x = nn.leaky_relu(dense(self.hidden, 'fc1')(x), LRELU_SLOPE)
+    return nn.leaky_relu(dense(1, 'fc2')(x), LRELU_SLOPE).astype(jnp.float32)
 
 
 def patch_output_size(size: int, num_layers: int = 4) -> int:

@@ -1,23 +1,29 @@
-"""The SDGAN generator (paper §3.4, Fig. 3) and its paper / authors'-code presets.
+"""The SDGAN generator as the paper describes it (paper §3.4, Fig. 3), and the preset builder.
 
 Inputs: the masked image (face region blanked), the one-hot semantic map and the identity
 feature of another person (§3.3). The masked image goes through a conv and SPADE ResBlks
 with downsampling; the result is concatenated with the identity feature reshaped to the
 bottleneck grid; then plain residual blocks, SPADE ResBlks with upsampling and a conv to RGB.
 ``composite`` pastes the generated face into the original image inside the mask.
+
+``generator_from_config`` builds preset 'paper' (``Generator``, this module) or 'authors'
+(``AuthorsGenerator``, the authors' released network, ``authors_generator.py``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sdgan_jax.models.layers import Conv, Dtype, avg_pool2, upsample_nearest2
+from sdgan_jax.models.authors_generator import AuthorsGenerator, IdentityEncoder, SpatialAttention
+from sdgan_jax.models.layers import Conv, Dtype, avg_pool2, identity_to_grid, upsample_nearest2
 from sdgan_jax.models.spade import SPADEResBlock
+
+__all__ = ['AuthorsGenerator', 'Generator', 'PAPER', 'PRESETS', 'ResidualBlock', 'composite',
+           'generator_from_config', 'identity_to_grid', 'mask_image']
 
 
 class ResidualBlock(nn.Module):
@@ -35,99 +41,24 @@ class ResidualBlock(nn.Module):
     return x + y
 
 
-class SelectiveKernel(nn.Module):
-  """Selective-kernel convolution (Li et al., CVPR 2019), as in the authors' identity branch.
-
-  ``branches`` grouped 3x3 convs with dilation 1, 2, ... are summed, globally pooled and
-  squeezed to ``max(features // reduction, min_dim)``; a softmax across branches per channel
-  then weighs the branch outputs.
-  """
-
-  features: int
-  branches: int = 2
-  groups: int = 32
-  reduction: int = 16
-  min_dim: int = 32
-  dtype: Dtype = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    groups = math.gcd(self.groups, self.features)
-    outs = []
-    for i in range(self.branches):
-      y = Conv(self.features, 3, dilation=i + 1, groups=groups, use_bias=False,
-               dtype=self.dtype, name=f'branch_{i}')(x)
-      outs.append(nn.relu(nn.InstanceNorm(dtype=self.dtype, name=f'branch_{i}_norm')(y)))
-    pooled = jnp.mean(sum(outs), axis=(1, 2))
-    z = nn.relu(nn.Dense(max(self.features // self.reduction, self.min_dim), dtype=self.dtype,
-                         name='squeeze')(pooled))
-    logits = jnp.stack([nn.Dense(self.features, dtype=self.dtype, name=f'select_{i}')(z)
-                        for i in range(self.branches)], axis=1)
-    attention = jax.nn.softmax(logits.astype(jnp.float32), axis=1).astype(outs[0].dtype)
-    return sum(attention[:, i, None, None, :] * outs[i] for i in range(self.branches))
-
-
-class SKUnit(nn.Module):
-  """SKNet bottleneck unit: 1x1 conv -> selective kernel -> 1x1 conv, with a residual."""
-
-  features: int
-  dtype: Dtype = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    mid = self.features // 2
-    y = nn.relu(nn.InstanceNorm(dtype=self.dtype)(Conv(mid, 1, dtype=self.dtype)(x)))
-    y = SelectiveKernel(mid, dtype=self.dtype)(y)
-    y = nn.InstanceNorm(dtype=self.dtype)(Conv(self.features, 1, dtype=self.dtype)(y))
-    if x.shape[-1] != self.features:
-      x = nn.InstanceNorm(dtype=self.dtype)(Conv(self.features, 1, dtype=self.dtype)(x))
-    return nn.relu(x + y)
-
-
-def identity_to_grid(identity: jax.Array, size: int) -> jax.Array:
-  """Reshapes identity vectors [B, D] to an NHWC grid [B, size, size, D / size^2].
-
-  The vector is read channel-major ([B, C, H, W], like a PyTorch ``view``) so that the
-  authors' weights map onto ours unchanged.
-  """
-  batch, dim = identity.shape
-  if dim % (size * size):
-    raise ValueError(
-        f'identity feature size {dim} is not divisible by the bottleneck grid {size}x{size}; '
-        f'choose the config key identity_dim as a multiple of {size * size} or change '
-        'the number of downsampling blocks')
-  grid = identity.reshape(batch, dim // (size * size), size, size)
-  return grid.transpose(0, 2, 3, 1)
-
-
-class SpatialAttentionGate(nn.Module):
-  """Spatial attention (CBAM-style): a sigmoid map from channel mean and max, 7x7 conv."""
-
-  dtype: Dtype = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    stats = jnp.concatenate([jnp.mean(x, -1, keepdims=True), jnp.max(x, -1, keepdims=True)],
-                            axis=-1)
-    gate = nn.sigmoid(Conv(1, 7, dtype=self.dtype, name='conv')(stats))
-    return x * gate
-
-
 class Generator(nn.Module):
   """SDGAN generator, paper §3.4 / Fig. 3.
 
-  Fields (see ``PAPER`` and ``AUTHORS`` below for the two presets):
+  Fields (``PAPER`` below is the preset; the authors' released network is the separate
+  ``AuthorsGenerator``, whose identity branch and attention gate are available here as
+  options):
     stem_features: width of the first conv on the masked image.
     encoder_features / encoder_downsample: SPADE ResBlk widths and whether a 2x average pool
       follows each block.
     identity_branch: 'reshape' (paper: the reshaped identity feature is concatenated as is)
-      or 'selective_kernel' (authors: conv -> two SK units -> ``identity_features`` channels).
+      or 'selective_kernel' (``IdentityEncoder``: conv 64 -> SK units to
+      ``identity_features // 2`` and ``identity_features`` channels).
     bottleneck_features / bottleneck_blocks: the fusion conv's width and the plain residual
       blocks after the concatenation.
     decoder_features / decoder_upsample: SPADE ResBlk widths and whether a 2x nearest
       upsampling precedes each block.
-    attention_gate: spatial attention before the RGB conv (authors).
-    output_activation: 'sigmoid' (images in [0, 1]) or 'none' (authors).
+    attention_gate: a 3x3 spatial attention gate (``SpatialAttention``) before the RGB conv.
+    output_activation: 'sigmoid' (images in [0, 1]) or 'none'.
   """
 
   stem_features: int = 32
@@ -188,9 +119,9 @@ class Generator(nn.Module):
 
     ident = identity_to_grid(identity.astype(x.dtype), x.shape[1])
     if self.identity_branch == 'selective_kernel':
-      ident = nn.leaky_relu(Conv(64, 3, dtype=self.dtype, name='identity_conv')(ident), 0.2)
-      ident = SKUnit(self.identity_features // 2, self.dtype, name='identity_sk_0')(ident)
-      ident = SKUnit(self.identity_features, self.dtype, name='identity_sk_1')(ident)
+      widths = (64, self.identity_features // 2, self.identity_features)
+      ident = IdentityEncoder(widths, self.spectral_norm, dtype=self.dtype,
+                              name='identity')(ident, train)
     x = jnp.concatenate([x, ident], axis=-1)
     x = Conv(self.bottleneck_features, 3, dtype=self.dtype, name='fuse')(x)
     x = nn.relu(nn.InstanceNorm(dtype=self.dtype, name='fuse_norm')(x))
@@ -202,7 +133,7 @@ class Generator(nn.Module):
         x = upsample_nearest2(x)
       x = self._spade_block(features, f'decoder_{i}')(x, semantic, train)
     if self.attention_gate:
-      x = SpatialAttentionGate(self.dtype, name='attention')(x)
+      x = SpatialAttention(3, self.dtype, name='attention')(x)
     x = Conv(3, 3, dtype=self.dtype, name='to_rgb')(nn.leaky_relu(x, 0.2))
     x = x.astype(jnp.float32)
     return nn.sigmoid(x) if self.output_activation == 'sigmoid' else x
@@ -234,39 +165,24 @@ PAPER = dict(
     output_activation='sigmoid',
 )
 
-# What the authors' code does at 128 px (DESIGN §2): a 3->11 conv, encoder ResBlks
-# 11->32->64->128->256->256 with 4 poolings to 8x8, the SK identity branch to 256 channels,
-# fusion 512->256 and 4 residual blocks, decoder 256->256->128->64->32->16 with 4 nearest
-# upsamplings, a spatial attention gate and no output activation. Pooling follows blocks
-# 1-4 and upsampling precedes blocks 1-4; this placement gives the measured ~41 GFLOP
-# forward (tests/test_generator.py checks it with XLA's cost analysis).
-AUTHORS = dict(
-    stem_features=11,
-    encoder_features=(32, 64, 128, 256, 256),
-    encoder_downsample=(True, True, True, True, False),
-    identity_branch='selective_kernel',
-    identity_features=256,
-    bottleneck_features=256,
-    bottleneck_blocks=4,
-    decoder_features=(256, 128, 64, 32, 16),
-    decoder_upsample=(True, True, True, True, False),
-    attention_gate=True,
-    output_activation='none',
-)
-
-PRESETS = {'paper': PAPER, 'authors': AUTHORS}
+PRESETS = {'paper': PAPER, 'authors': {}}
+GENERATORS = {'paper': Generator, 'authors': AuthorsGenerator}
 
 
-def generator_from_config(config) -> Generator:
-  """Builds the generator from ``config.model.generator`` (a preset name plus overrides)."""
+def generator_from_config(config) -> nn.Module:
+  """Builds the generator from ``config.model.generator``: a ``preset`` key ('paper', the
+  default: ``Generator`` with ``PAPER``; 'authors': ``AuthorsGenerator`` with its defaults)
+  plus overrides of that class's fields (``dtype`` included)."""
   cfg = dict(config)
   preset = cfg.pop('preset', 'paper')
   if preset not in PRESETS:
     raise ValueError(f'unknown model.generator.preset {preset!r}; choose one of {sorted(PRESETS)}')
+  cls = GENERATORS[preset]
   kwargs = dict(PRESETS[preset])
-  fields = set(Generator.__dataclass_fields__) - {'parent', 'name'}
+  fields = set(cls.__dataclass_fields__) - {'parent', 'name'}
   for key, value in cfg.items():
     if key not in fields:
-      raise ValueError(f'unknown key model.generator.{key}; valid keys: {sorted(fields)}')
+      raise ValueError(f'unknown key model.generator.{key} for preset {preset!r}; valid keys: '
+                       f'{sorted(fields)}')
     kwargs[key] = tuple(value) if isinstance(value, list) else value
-  return Generator(**kwargs)
+  return cls(**kwargs)

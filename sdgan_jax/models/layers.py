@@ -111,6 +111,23 @@ def resize_nearest(x: jax.Array, height: int, width: int) -> jax.Array:
   return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method='nearest')
 
 
+def identity_to_grid(identity: jax.Array, size: int) -> jax.Array:
+  """Reshapes identity vectors [B, D] to an NHWC grid [B, size, size, D / size^2].
+
+  The vector is read channel-major ([B, C, H, W], like a PyTorch ``view``) so that the
+  authors' weights map onto ours unchanged (paper §3.3-3.4: the identity feature joins the
+  generator at its bottleneck).
+  """
+  batch, dim = identity.shape
+  if dim % (size * size):
+    raise ValueError(
+        f'identity feature size {dim} is not divisible by the bottleneck grid {size}x{size}; '
+        f'choose the config key identity_dim as a multiple of {size * size} or change '
+        'the number of downsampling blocks')
+  grid = identity.reshape(batch, dim // (size * size), size, size)
+  return grid.transpose(0, 2, 3, 1)
+
+
 def norm_layer(kind: str, dtype: Dtype = None, train: bool = False, name: str | None = None,
                use_affine: bool = True):
   """Returns a normalisation callable: 'instance', 'batch' or 'none'.

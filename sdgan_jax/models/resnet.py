@@ -2,6 +2,8 @@
 
 Torchvision-compatible structure (7x7/2 stem, 3x3/2 max-pool, BasicBlock or Bottleneck
 stages, stride on the 3x3 conv) so that pretrained ImageNet weights can be converted 1:1.
+``stem='cifar'`` swaps the stem for a 3x3/1 conv without max-pool (the CIFAR-style ResNet
+of He et al. §4.2, which the authors' Siamese identity network uses at full resolution).
 """
 
 from __future__ import annotations
@@ -84,9 +86,15 @@ def resnet_kwargs(depth: int) -> dict:
   return dict(stage_sizes=STAGE_SIZES[depth], block='basic' if depth < 50 else 'bottleneck')
 
 
-class ResNet(nn.Module):
-  """ResNet trunk returning the feature map of every stage (strides 4, 8, 16, 32).
+STEMS = ('imagenet', 'cifar')
 
+
+class ResNet(nn.Module):
+  """ResNet trunk returning the feature map of every stage.
+
+  ``stem``: 'imagenet' (7x7/2 conv + 3x3/2 max-pool; stage strides 4, 8, 16, 32) or
+  'cifar' (3x3/1 conv, no max-pool; stage strides 1, 2, 4, 8). Both stems are conv (no
+  bias) -> norm -> ReLU, named ``conv1`` / ``bn1``.
   ``dilate_stages[i]`` replaces the stride of stage i+2 by dilation (DeepLab-style), as
   segmentation backbones such as EAGRNet's do to keep a larger final feature map.
   """
@@ -96,6 +104,7 @@ class ResNet(nn.Module):
   width: int = 64
   norm: str = 'batch'
   dilate_stages: Sequence[bool] = (False, False, False)
+  stem: str = 'imagenet'
   dtype: Dtype = None
 
   @nn.compact
@@ -104,11 +113,18 @@ class ResNet(nn.Module):
       raise ValueError(f"unknown ResNet block {self.block!r}: use 'basic' or 'bottleneck'")
     if len(self.dilate_stages) != len(self.stage_sizes) - 1:
       raise ValueError('dilate_stages needs one flag per stage after the first')
+    if self.stem not in STEMS:
+      raise ValueError(f"unknown ResNet stem {self.stem!r}: use 'imagenet' or 'cifar'")
     block_cls = BLOCKS[self.block]
-    x = nn.Conv(self.width, (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False,
-                dtype=self.dtype, name='conv1')(x)
+    if self.stem == 'imagenet':
+      x = nn.Conv(self.width, (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False,
+                  dtype=self.dtype, name='conv1')(x)
+    else:
+      x = nn.Conv(self.width, (3, 3), 1, padding=((1, 1), (1, 1)), use_bias=False,
+                  dtype=self.dtype, name='conv1')(x)
     x = nn.relu(norm_layer(self.norm, self.dtype, train, name='bn1')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if self.stem == 'imagenet':
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     features, dilation = [], 1
     for i, num_blocks in enumerate(self.stage_sizes):
       strides = 1 if i == 0 else 2
