@@ -9,7 +9,10 @@ it back. Per image (``FaceAnonymizer.process``):
    landmarks (tilted faces turned upright first with the detector's keypoints,
    ``faces.upright``), align a crop at the model's resolution, draw its face mask and
    semantic map (``sdgan_jax.faces``); the images at hand in parallel threads
-   (``Options.workers``), as in step 4;
+   (``Options.workers``), as in step 4. A model trained on a face parser's maps (its
+   workdir's ``semantic_maps.json``, ``sdgan_jax.semantic_source``) gets that parser's
+   maps instead (EAGRNet, paper §3.2): the parser runs on the aligned crops of all faces
+   at hand in one batched call; the face mask stays the landmark mask;
 2. draw a target identity from the model's identity bank: 'random', 'seeded' (the same for
    the same file, face and seed) or 'farthest' (the bank identity whose mean descriptor is
    farthest from the source face's); a face tracked across video frames keeps its target;
@@ -26,6 +29,7 @@ reported:
 * ``landmarks_failed``: the shape predictor's points are implausible for the box, or the
   crop cannot be aligned;
 * ``mask_misses_face``: the warped face mask does not cover the centre of the box;
+* ``parsing_error``: the face parser raised (models trained on parser maps);
 * ``generation_error``: the generator raised or returned non-finite values
   (``paste_error``: pasting it back raised);
 * ``still_matches_source``: the output face, seen by the identity backbone (dlib's ResNet
@@ -46,7 +50,8 @@ metadata stripping and atomic writes. An unreadable file is reported and the run
 photo whose processing raises is reported (not written) and the rest of its batch is redone
 one photo at a time.
 The run's JSON report lists, per file, the faces found, anonymized and covered by the
-fallback (with reasons), errors and time.
+fallback (with reasons), errors and time, and which semantic maps the model got
+(``semantic_maps``: 'polygons' or the parser's fingerprint; null for the baselines).
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from sdgan_jax import media
+from sdgan_jax import media, semantic_source
 from sdgan_jax.faces import align, detect, ensemble, paste, pipeline, upright
 
 TARGET_MODES = ('random', 'seeded', 'farthest')
@@ -119,6 +124,8 @@ class Options:
     track_cover_frames: in videos, a tracked face that no detector finds in a frame is
       covered by the fallback there when the track was seen within this many frames before
       or after (its box interpolated); 0 turns it off.
+    parser_workdir: the face parser of a model trained on parser maps, instead of the one
+      its workdir's record names (which must have the same weights; ``semantic_source``).
   """
 
   target: str = 'seeded'
@@ -138,6 +145,7 @@ class Options:
   quality: int = 95
   workers: int = 0
   track_cover_frames: int = 5
+  parser_workdir: str | None = None
 
   def __post_init__(self):
     if self.target not in TARGET_MODES:
@@ -394,12 +402,19 @@ class FaceAnonymizer:
     detector: an object with ``detect_many(images, map_fn) -> [detect.Detections]``
       (default: ``faces.ensemble.EnsembleDetector`` of the options' detectors).
     weights_dir: where the detectors' converted weights are.
+    parser: the face parser (``train_parser.TrainedParser``) of a generator trained on
+      parser maps; None: the one its record names, or ``options.parser_workdir``'s
+      (``semantic_source.parser_for`` checks it is the recorded one).
+
+  Attributes:
+    semantic_maps: what the generator gets: 'polygons' or the parser's fingerprint (None
+      for baselines).
   """
 
   def __init__(self, generator=None, baseline: str | None = None,
                options: Options | None = None, identity: IdentityBackbone | None = None,
                resolution: int | None = None, detector=None,
-               weights_dir: str | os.PathLike | None = None):
+               weights_dir: str | os.PathLike | None = None, parser=None):
     if (generator is None) == (baseline is None):
       raise ValueError('give exactly one of a trained generator and a baseline')
     if baseline is not None and baseline not in BASELINES:
@@ -417,6 +432,19 @@ class FaceAnonymizer:
     self.identity = identity
     self.resolution = int(generator.resolution if generator is not None else
                           resolution or BASELINE_RESOLUTION)
+    self.parser, self.semantic_maps = None, None
+    given = parser if parser is not None else self.options.parser_workdir
+    if generator is None:
+      if given:
+        raise semantic_source.SemanticMapsError(
+            'a face parser was given, but the baselines use no semantic maps: leave out '
+            '--parser')
+    else:
+      record = getattr(generator, 'semantic_maps', None) or semantic_source.SemanticSource()
+      model = f'the model {getattr(generator, "workdir", None) or "(generator)"}'
+      self.parser = semantic_source.parser_for(record, given, model=model,
+                                               batch_size=generator.batch_size)
+      self.semantic_maps = record.label
     self.detector = detector or ensemble.EnsembleDetector(
         self.options.detectors, self.options.detector_thresholds,
         min_face_px=self.options.detect_min_face_px, upsample=self.options.upsample,
@@ -502,6 +530,19 @@ class FaceAnonymizer:
     self._track_targets = {}
     return FaceTracker()
 
+  def _parse(self, faces: list[_Face]) -> None:
+    """The face parser's maps of the aligned crops replace the polygon maps (paper §3.2)."""
+    if not faces:
+      return
+    try:
+      maps = semantic_source.parse_crops(self.parser, np.stack([f.crop for f in faces]))
+    except Exception as e:  # pylint: disable=broad-except
+      for face in faces:
+        face.fail('parsing_error', f'{type(e).__name__}: {e}')
+      return
+    for face, semantic in zip(faces, maps):
+      face.semantic = semantic
+
   def _generate(self, faces: list[_Face], keys: list[str]) -> None:
     if not faces:
       return
@@ -560,6 +601,9 @@ class FaceAnonymizer:
         face.track, face.index, face.source_image = track, index, image
 
     clock = self._lap('align', clock)
+    if self.parser is not None:
+      self._parse([f for faces in per_image for f in faces if f.reason is None])
+      clock = self._lap('parse', clock)
     todo = [(f, k) for faces, k in zip(per_image, keys) for f in faces if f.reason is None]
     self._generate([f for f, _ in todo], [k for _, k in todo])
     clock = self._lap('generate', clock)
@@ -979,6 +1023,7 @@ class Runner:
     totals['faces_per_s'] = round(totals['faces_found'] / max(seconds, 1e-9), 4)
     options = dataclasses.asdict(self.anonymizer.options)
     return {'tool': 'sdgan_jax.anonymize', 'method': self.anonymizer.method,
+            'semantic_maps': self.anonymizer.semantic_maps,
             'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
             'options': options, 'totals': totals, 'files': self.files}
 
@@ -1028,16 +1073,21 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
                      dtype: str | None = None) -> FaceAnonymizer:
   """A ``FaceAnonymizer`` from a training workdir (or a baseline), with errors naming fixes.
 
+  The face parser of a model trained on parser maps (``semantic_source``) is loaded and
+  checked before the generator: ``options.parser_workdir``, else the one its record names.
+
   Raises:
     FileNotFoundError: no checkpoint / workdir (names the training command), or the identity
       backbone's weights are missing (``WeightsNotFoundError``, names ``make weights``).
+    semantic_source.SemanticMapsError: the parser and the model do not match (a parser for
+      a polygon model, the recorded parser missing and none given, other weights).
   """
   import jax  # pylint: disable=import-outside-toplevel
 
   options = options or Options()
   if batch_size is None:
     batch_size = 8 if jax.default_backend() == 'cpu' else 64
-  generator = None
+  generator = parser = None
   if baseline is None:
     if checkpoint is None:
       raise FileNotFoundError(
@@ -1048,13 +1098,17 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
       raise FileNotFoundError(
           f'checkpoint workdir {checkpoint} does not exist: make it with `make demo` or '
           f'`python run.py --config=configs/demo.py --workdir={checkpoint}`')
+    parser = semantic_source.parser_for(semantic_source.read_record(checkpoint),
+                                        options.parser_workdir, model=f'the model {checkpoint}',
+                                        batch_size=batch_size)
     from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
     generator = inference.TrainedGenerator.from_workdir(checkpoint, step, dtype=dtype,
                                                         batch_size=batch_size)
   identity = None
   if options.identity_threshold > 0 or (generator is not None and options.target == 'farthest'):
     identity = IdentityBackbone(weights_dir, batch_size=batch_size)
-  return FaceAnonymizer(generator, baseline, options, identity, weights_dir=weights_dir)
+  return FaceAnonymizer(generator, baseline, options, identity, weights_dir=weights_dir,
+                        parser=parser)
 
 
 def anonymize_paths(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,

@@ -3,7 +3,9 @@
 ``TrainedGenerator.from_workdir(workdir)`` reads ``workdir/config.json`` and the latest (or a
 given) orbax checkpoint, keeps the EMA generator weights, and loads the identity bank the
 model was trained with (``workdir/identity_bank.npz``, which training writes, else the bank
-named by the config). ``generate`` runs the generator on aligned crops in fixed-size batches
+named by the config), and the record of the semantic maps it was trained on
+(``workdir/semantic_maps.json``, ``sdgan_jax.semantic_source``: landmark polygons or a face
+parser's, paper §3.2). ``generate`` runs the generator on aligned crops in fixed-size batches
 so that XLA compiles one program per (batch, resolution), whatever the number of faces.
 
 No TensorFlow here: the anonymizer, the evaluation tool and the GPU benchmark import this.
@@ -22,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from sdgan_jax import identity_bank as bank_lib
+from sdgan_jax import semantic_source
 
 BANK_FILENAME = 'identity_bank.npz'
 
@@ -63,6 +66,9 @@ class TrainedGenerator:
     config: the run's config. resolution, num_classes, identity_dim: its shapes.
     bank: the identity bank targets are drawn from (None if not loaded).
     step: the checkpoint's training step.
+    workdir: the training workdir it was restored from (None when built otherwise).
+    semantic_maps: the ``semantic_source.SemanticSource`` it was trained on (polygons
+      unless its workdir records a face parser).
     params, stats: the EMA generator's parameters and statistics.
     generate_fn: the jitted (params, stats, image, mask, semantic, target_identity) ->
       composites, for callers that keep their arrays on the device.
@@ -70,7 +76,8 @@ class TrainedGenerator:
 
   def __init__(self, config: ml_collections.ConfigDict, params: Any, stats: Any, *,
                bank: bank_lib.IdentityBank | None = None, step: int = 0,
-               dtype: str | None = None, batch_size: int = 32):
+               dtype: str | None = None, batch_size: int = 32, workdir: str | None = None,
+               semantic_maps: semantic_source.SemanticSource | None = None):
     from sdgan_jax import train  # pylint: disable=import-outside-toplevel
 
     config = ml_collections.ConfigDict(config.to_dict())
@@ -83,6 +90,8 @@ class TrainedGenerator:
     self.bank = bank
     self.step = step
     self.batch_size = batch_size
+    self.workdir = workdir
+    self.semantic_maps = semantic_maps or semantic_source.SemanticSource()
     self.params = params
     self.stats = stats
     models = train.Models(config)
@@ -106,6 +115,7 @@ class TrainedGenerator:
 
     workdir = os.path.abspath(os.fspath(workdir))  # orbax wants absolute paths
     config = load_workdir_config(workdir)
+    semantic_maps = semantic_source.read_record(workdir)
     if not (pathlib.Path(workdir) / 'checkpoints').is_dir():
       raise FileNotFoundError(
           f'no checkpoints in {workdir}: train with `python run.py --config=configs/demo.py '
@@ -123,7 +133,8 @@ class TrainedGenerator:
       raise ValueError(f'{workdir}: identity bank is {bank.dim}-d but the model takes '
                        f'{config.identity_dim}-d identities')
     return cls(config, state.ema_params, state.generator.stats, bank=bank,
-               step=int(restored_step), dtype=dtype, batch_size=batch_size)
+               step=int(restored_step), dtype=dtype, batch_size=batch_size, workdir=workdir,
+               semantic_maps=semantic_maps)
 
   def generate(self, image, mask, semantic, target_identity) -> np.ndarray:
     """De-identifies aligned crops (paper §3.4): the mask region is generated, the rest kept.

@@ -208,6 +208,8 @@ def test_every_detected_face_in_the_collage_is_changed(cli_run):
   assert entry['status'] == 'ok' and entry['faces_found'] == len(boxes)
   assert entry['anonymized'] + entry['fallbacks'] == entry['faces_found']
   assert entry['anonymized'] >= 1  # the generator path, not only the fallback, ran
+  # A workdir without semantic_maps.json (older runs) was trained on landmark polygons.
+  assert cli_run['report']['semantic_maps'] == 'polygons'
 
 
 @pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
@@ -452,6 +454,7 @@ def test_baseline_runs_without_a_checkpoint(tmp_path, tiles, weights_dir):
     assert region_change(tiles['biden'], got, box) > 5
   report = json.loads((tmp_path / 'out' / anonymize.REPORT_NAME).read_text())
   assert report['method'] == 'baseline:pixelate' and report['totals']['anonymized'] >= 1
+  assert report['semantic_maps'] is None  # the baselines use no semantic maps
   # Which detectors found each face, and the region a fallback would cover.
   [face] = report['files'][0]['faces']
   assert set(face['detectors']) <= set(ensemble.DEFAULT_DETECTORS) and face['detectors']

@@ -112,6 +112,9 @@ def test_tool_on_the_sample_faces_writes_json_markdown_and_grid(samples, tmp_pat
   assert names == ['Original', 'Pixelization (16 by 16)', 'Pixelization (8 by 8)',
                    'Blur (9 by 9)', 'Blur (17 by 17)', 'SDGAN untrained64 (step 0)']
   assert result['num_faces'] == 8 and result['num_identities'] == 3
+  # No semantic_maps.json in the workdir: polygon maps, which the sample dataset holds.
+  model = result['rows'][-1]
+  assert model['semantic_maps'] == 'polygons' and model['semantic_maps_from'] == 'dataset'
   # No FaceNet weights in this weights directory: dlib ResNet, and the table says so.
   assert result['embedding_weights'] == 'dlib_resnet'
   rows = {row['key']: row for row in result['rows']}

@@ -7,7 +7,11 @@
 INPUT: image files (JPEG, PNG, WebP), folders (recursive; the tree is mirrored under DIR)
 and videos (mp4, mov, m4v, mkv, avi, webm; audio kept where the container takes it).
 WORKDIR is a training workdir (`python run.py ... --workdir=WORKDIR`; `make demo` makes
-workdirs/demo).
+workdirs/demo). A model trained on a face parser's semantic maps (`prepare_data.py
+--parser`; WORKDIR/semantic_maps.json names the parser) gets that parser's maps of the
+aligned faces (EAGRNet, paper §3.2); --parser PARSER_WORKDIR gives its workdir when it has
+moved (the weights must be the recorded ones). The report's "semantic_maps" says which
+maps were used.
 
 Detection: by default two BlazeFace networks (MediaPipe's short- and full-range models,
 converted by `make weights`) over tile pyramids that find faces from ~20 px to the whole
@@ -47,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='training workdir with config.json and checkpoints/ (make demo: '
                       'workdirs/demo)')
   parser.add_argument('--step', type=int, help='checkpoint step (default: the latest)')
+  parser.add_argument('--parser', metavar='PARSER_WORKDIR',
+                      help='the face parser (EAGRNet workdir) of a model trained on parser '
+                      'maps, if not where WORKDIR/semantic_maps.json says (same weights)')
   parser.add_argument('--baseline', choices=sorted(anonymize.BASELINES),
                       help='run a classic method instead of the generator, on the same '
                       'detection path: blur (Gaussian 17x17), pixelate (8x8 blocks), mask '
@@ -110,6 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   if args.baseline and args.checkpoint:
     parser.error('give --checkpoint or --baseline, not both')
+  if args.parser and args.baseline:
+    parser.error('--parser is for models trained on parser maps; the baselines use no '
+                 'semantic maps')
   if args.workers < 0:
     parser.error('--workers must be >= 0 (0: one per CPU core)')
   try:
@@ -146,7 +156,8 @@ def main(argv=None) -> int:
         detector_thresholds=args.detector_thresholds,
         detect_min_face_px=args.detect_min_face_px, upsample=args.upsample,
         track_cover_frames=args.track_cover_frames,
-        keep_exif=args.keep_exif, quality=args.quality, workers=args.workers)
+        keep_exif=args.keep_exif, quality=args.quality, workers=args.workers,
+        parser_workdir=args.parser)
     # Check the paths before the (slow) model load.
     anonymize.plan_jobs(args.inputs, args.output)
     anonymizer = anonymize.build_anonymizer(

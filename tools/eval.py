@@ -7,6 +7,10 @@ for the classic baselines and trained SDGAN models on a prepared face dataset.
   python tools/eval.py --checkpoint workdirs/demo --data data/sdgan_faces/samples_128/1.0.0 \
       --split train,test --paper
 
+A model gets the kind of semantic map it was trained on (WORKDIR/semantic_maps.json): the
+dataset's own when they are of that kind, else its face parser's maps of the crops (EAGRNet,
+paper §3.2; --parser PARSER_WORKDIR when the parser has moved) or landmark polygons.
+
 Writes OUTPUT/eval.json, OUTPUT/eval.md (the tables) and OUTPUT/eval_grid.png (rows:
 original, each baseline, each model) and prints the tables. Needs the converted weights of
 `make weights` (FID Inception, dlib ResNet; FaceNet's are used instead of dlib ResNet when
@@ -21,7 +25,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from sdgan_jax import compile_cache  # noqa: E402
+from sdgan_jax import compile_cache, semantic_source  # noqa: E402
 from sdgan_jax.evaluation import report, runner  # noqa: E402
 
 
@@ -56,6 +60,9 @@ def main(argv=None) -> int:
                       'converted, else dlib_resnet)')
   parser.add_argument('--weights_dir', help='converted weights (default: $SDGAN_WEIGHTS_DIR or '
                       '~/.cache/sdgan_jax/weights; `make weights` fills it)')
+  parser.add_argument('--parser', metavar='PARSER_WORKDIR',
+                      help='the face parser (EAGRNet workdir) of the models trained on parser '
+                      'maps, if not where their semantic_maps.json says (same weights)')
   parser.add_argument('--paper', action='store_true',
                       help="print the paper's CelebA numbers beside ours")
   parser.add_argument('--no_progress', action='store_true')
@@ -76,8 +83,12 @@ def main(argv=None) -> int:
       baselines=[b for b in args.baselines.split(',') if b],
       detectors=[d for d in args.detectors.split(',') if d],
       detection_processes=args.detection_processes, embedding=args.embedding,
-      weights_dir=args.weights_dir, progress=not args.no_progress)
-  result, grid = runner.evaluate(options)
+      weights_dir=args.weights_dir, progress=not args.no_progress, parser=args.parser)
+  try:
+    result, grid = runner.evaluate(options)
+  except (semantic_source.SemanticMapsError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   paths = runner.write_outputs(result, grid, args.output, with_paper=args.paper)
   print(report.markdown(result, with_paper=args.paper))
   print(f'{result["num_faces"]} faces in {result["seconds"]:.1f} s '

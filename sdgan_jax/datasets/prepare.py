@@ -278,15 +278,15 @@ def _write_chunk(path: pathlib.Path, fingerprint: str, results: list[dict],
 
 def _parse_chunk(parser, results: list[dict]) -> None:
   """Replaces the polygon maps of a chunk's faces by the parser's (module doc)."""
+  from sdgan_jax import semantic_source  # pylint: disable=import-outside-toplevel
+
   kept = [r for r in results if r['record'] is not None]
   if not kept:
     return
-  labels = np.asarray(parser(np.stack([r['record']['image'] for r in kept])))
-  expected = (len(kept),) + kept[0]['record']['image'].shape[:2]
-  if labels.shape != expected:
-    raise ValueError(f'the parser returned maps of shape {labels.shape}, expected {expected}')
+  # One implementation for preparation and inference (the anonymizer, tools/eval.py).
+  labels = semantic_source.parse_crops(parser, np.stack([r['record']['image'] for r in kept]))
   for r, semantic in zip(kept, labels):
-    r['record']['semantic'] = semantic.astype(np.uint8)[..., None]
+    r['record']['semantic'] = semantic
 
 
 def _write_json(path: pathlib.Path, data) -> None:

@@ -17,6 +17,11 @@ Choices, all recorded in the result's notes:
 * a model runs at its own resolution on the same faces read at that resolution; when that
   differs from the evaluation's, its generated face is resized to it and composited into
   the evaluation-size original with the evaluation-size mask;
+* a model gets the kind of semantic map it was trained on (its workdir's
+  ``semantic_maps.json``, ``sdgan_jax.semantic_source``): the dataset's own maps when
+  they are of that kind (``semantic_source.from_dataset``), else its face parser's maps
+  of the crops (EAGRNet, paper §3.2; the recorded parser or ``parser``) or landmark
+  polygons drawn from the crops' landmarks; each model row names its maps;
 * each face's target identity is drawn, seeded by ``(seed, model, batch)``, uniformly from
   the model's identity bank; when the bank was built from this dataset and the face
   belongs to its training split, its own identity is excluded (test identities are never
@@ -39,6 +44,7 @@ import jax
 import numpy as np
 
 from sdgan_jax import baselines as baselines_lib
+from sdgan_jax import semantic_source
 from sdgan_jax.evaluation import detection as detection_lib
 from sdgan_jax.evaluation import metrics
 from sdgan_jax.evaluation import networks
@@ -76,6 +82,8 @@ class EvalOptions:
       else 'dlib_resnet').
     weights_dir: converted weights (default: ``sdgan_jax.weights.default_weights_dir``).
     progress: show progress bars.
+    parser: the face-parser workdir for the models trained on parser maps, instead of the
+      one each model's record names (same weights); refused for polygon models.
   """
 
   dataset: str
@@ -93,6 +101,7 @@ class EvalOptions:
   embedding: str | None = None
   weights_dir: str | None = None
   progress: bool = True
+  parser: str | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -178,6 +187,43 @@ class _Row:
   step: int | None = None
   generator: Any = None
   bank_is_this_dataset: bool = False
+  maps: str = 'dataset'   # the model's semantic maps: 'dataset', 'parser' or 'polygons'
+  parser: Any = None
+  semantic_maps: str | None = None  # 'polygons' or the parser's fingerprint
+
+
+def _semantic_rows(rows: Sequence[_Row], options: EvalOptions) -> None:
+  """Which semantic maps each model row gets (module doc); loads the face parsers."""
+  dataset_maps = semantic_source.from_dataset(options.dataset)
+  loaded = {}
+  for row in rows:
+    record = row.generator.semantic_maps
+    parser = semantic_source.parser_for(
+        record, loaded.get(record.parser_fingerprint, options.parser),
+        model=f'--checkpoint {row.checkpoint}', batch_size=options.batch_size)
+    row.parser, row.semantic_maps = parser, record.label
+    if parser is not None:
+      loaded[record.parser_fingerprint] = parser
+    same = (dataset_maps.source == record.source == semantic_source.POLYGONS or (
+        dataset_maps.source == record.source and
+        semantic_source.same_weights(dataset_maps.label, record.label)))
+    row.maps = 'dataset' if same else record.source
+
+
+def _model_semantic(row: _Row, own: dict) -> np.ndarray:
+  """The semantic maps [b, r, r] of a model row for the batch at its resolution."""
+  if row.maps == 'dataset':
+    return np.asarray(own['semantic'])
+  if row.maps == 'parser':
+    crops = np.clip(np.round(np.asarray(own['image']) * 255.0), 0, 255).astype(np.uint8)
+    return semantic_source.parse_crops(row.parser, crops)[..., 0]
+  from sdgan_jax.faces import masks  # pylint: disable=import-outside-toplevel
+
+  r = row.generator.resolution
+  out = np.zeros(np.asarray(own['semantic']).shape, np.uint8)
+  for i in np.flatnonzero(np.asarray(own['valid']) > 0):
+    out[i] = masks.semantic_map(own['landmarks'][i], r, own['mask'][i])
+  return out
 
 
 def _model_rows(options: EvalOptions) -> list[_Row]:
@@ -197,6 +243,7 @@ def _model_rows(options: EvalOptions) -> list[_Row]:
     same = bool(source) and pathlib.Path(source).resolve() == dataset
     name = f'SDGAN {path.name} (step {gen.step})'
     rows.append(_Row(f'model{i}', name, 'model', str(workdir), gen.step, gen, same))
+  _semantic_rows(rows, options)
   return rows
 
 
@@ -216,7 +263,7 @@ def _targets(row: _Row, bank_labels: np.ndarray, seed: int, model_index: int,
 def _model_output(row: _Row, batches: dict, resolution: int, targets: np.ndarray) -> np.ndarray:
   gen = row.generator
   own = batches[gen.resolution]
-  out = gen.generate(own['image'], own['mask'], own['semantic'], targets)
+  out = gen.generate(own['image'], own['mask'], _model_semantic(row, own), targets)
   if gen.resolution == resolution:
     return out
   # Another resolution: resize the generated face, composite at the evaluation size.
@@ -331,7 +378,8 @@ def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndar
     d = data[row.key]
     entry = dict(key=row.key, name=row.name, kind=row.kind)
     if row.kind == 'model':
-      entry.update(checkpoint=row.checkpoint, step=row.step)
+      entry.update(checkpoint=row.checkpoint, step=row.step, semantic_maps=row.semantic_maps,
+                   semantic_maps_from=row.maps)
     for kind in detectors:
       entry[f'detection_{kind}'] = 100.0 * float(np.mean(d[kind]))
     # The originals are their own gallery: identifying them is trivially 100% (paper: "–").
@@ -357,6 +405,15 @@ def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndar
   if models:
     notes.append('Models: EMA generator of each workdir; each face gets a random identity of '
                  'the model\'s bank other than its own (seeded).')
+    for m in models:
+      if m.maps == 'parser':
+        notes.append(f'{m.name} was trained on the semantic maps of the face parser '
+                     f'{m.semantic_maps}, which the dataset does not hold: it gets that '
+                     'parser\'s maps of the crops.')
+      elif m.maps == 'polygons':
+        notes.append(f'{m.name} was trained on landmark-polygon semantic maps, which the '
+                     'dataset does not hold: it gets polygons drawn from the crops\' '
+                     'landmarks.')
   elapsed = time.perf_counter() - start
   result = dict(
       dataset=str(options.dataset), dataset_name=dataset_name, split=options.split,
