@@ -153,6 +153,10 @@ def test_the_record_follows_the_dataset_s_preparation(data_dir, tmp_path):
     assert semantic_source.from_dataset(dataset).source == 'polygons'
     _write_manifest(data_dir, fingerprint, items='items0')
     assert semantic_source.from_dataset(dataset).label == fingerprint
+    # the builder's metadata names the parser: it holds even without the manifest
+    (dataset / 'metadata.json').write_text(json.dumps({'semantic_parser': fingerprint}))
+    manifest.unlink()
+    assert semantic_source.from_dataset(dataset).label == fingerprint
   finally:
     (dataset / 'metadata.json').unlink()
   assert semantic_source.from_dataset(tmp_path / 'a' / 'b' / 'c' / 'd').source == 'polygons'

@@ -104,6 +104,9 @@ class SdganFaces(tfds.core.GeneratorBasedBuilder):
         'num_multi_face': len(skipped['multi_face']), 'source': manifest['source'],
         'prepare_options': manifest['options'],
         'prepared_fingerprint': manifest['items_fingerprint'],
+        # How the semantic maps were made travels with the dataset (sdgan_jax.semantic_source),
+        # so a dataset copied away from its preparation folder still says so.
+        'semantic_parser': manifest.get('semantic_parser', ''),
     })
     split.save(pathlib.Path(self.data_dir) / prepare.SPLIT_FILE)
     return {name: self._generate_examples(prepared_dir, split, name)
