@@ -44,11 +44,16 @@ Without a checkpoint the classic methods of the paper's tables run on the same p
 (``baseline``: 'blur' = Gaussian 17x17, 'pixelate' = 8x8 blocks, 'mask' = solid fill, on
 the aligned crop inside the mask), with the same checks and fallback.
 
-Files (``run``): images (JPEG, PNG, WebP), folders (recursive; the tree is mirrored under
-the output folder) and videos; see ``sdgan_jax.media`` for decoding, EXIF orientation,
-metadata stripping and atomic writes. An unreadable file is reported and the run goes on; a
-photo whose processing raises is reported (not written) and the rest of its batch is redone
-one photo at a time.
+Files (``anonymize_paths``): images (JPEG, PNG, WebP, GIF, TIFF; every frame of an
+animation or page of a TIFF, through the video path), folders (recursive; the tree is
+mirrored under the output folder) and videos; see ``sdgan_jax.media`` for decoding, EXIF
+orientation, metadata stripping and atomic writes. Before any work, ``plan_jobs`` refuses an
+output (or the report) on an input, on another output or on an existing file (unless
+``overwrite``), and unwritable folders. An unreadable file, a dangling symbolic link or a
+video shorter than it declares is reported and the run goes on; hidden and other files are
+listed as skipped; a photo whose processing raises is reported (not written) and the rest
+of its batch is redone one photo at a time. Ctrl-C stops the run (``Interrupted``) after
+writing the report of the files finished.
 The run's JSON report lists, per file, the faces found, anonymized and covered by the
 fallback (with reasons), errors and time, and which semantic maps the model got
 (``semantic_maps``: 'polygons' or the parser's fingerprint; null for the baselines).
@@ -96,6 +101,24 @@ class InputError(ValueError):
   """Bad command-line inputs (overlapping input and output, nothing to do...)."""
 
 
+class ReportWriteError(OSError):
+  """The run's work is done but its report could not be written (``.report`` holds it)."""
+
+  def __init__(self, message: str, report: dict):
+    super().__init__(message)
+    self.report = report
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during a run: the report of the files finished so far (``.report``) was
+  written (``.report_error`` says why not, if it could not be)."""
+
+  def __init__(self, report: dict, report_error: str | None = None):
+    super().__init__('interrupted')
+    self.report = report
+    self.report_error = report_error
+
+
 @dataclasses.dataclass
 class Options:
   """How faces are anonymized (see the module doc for the fail-closed rules).
@@ -107,8 +130,9 @@ class Options:
     fallback_blocks: pixelation blocks across the fallback region.
     fallback_margin: the detection box is enlarged by this fraction on each side.
     identity_threshold: output faces closer than this to the source (dlib descriptor
-      distance) are covered by the fallback; 0 turns the check off.
-    min_face_px: faces whose box is smaller are covered by the fallback.
+      distance) are covered by the fallback; 0 turns the check off (the report then warns;
+      the CLI also has --no_identity_check); negative values are refused.
+    min_face_px: faces whose box is smaller are covered by the fallback (>= 0).
     min_mask_coverage: share of the box's central half the face mask must cover.
     detectors: the ensemble's detectors (``faces.ensemble.DETECTORS``), merged after NMS.
     detector_thresholds: per-detector score thresholds overriding the defaults.
@@ -117,7 +141,7 @@ class Options:
     upsample: dlib's upsampling, for 'hog' and 'cnn' in ``detectors``.
     feather: soft paste-back edge, as a fraction of the face box size.
     keep_exif: copy EXIF (minus GPS and orientation) into the outputs.
-    quality: JPEG/WebP quality of the outputs.
+    quality: JPEG/WebP quality of the outputs (1-100).
     workers: threads preparing (detection, landmarks, alignment) and pasting back the faces
       of different images (or frames) at once; 0: one per CPU core, at most
       ``MAX_AUTO_WORKERS``. Results do not depend on it.
@@ -126,6 +150,10 @@ class Options:
       or after (its box interpolated); 0 turns it off.
     parser_workdir: the face parser of a model trained on parser maps, instead of the one
       its workdir's record names (which must have the same weights; ``semantic_source``).
+    batch_size: faces per generator (and identity backbone) call; None: 8 on CPU, 64 on
+      accelerators (``build_anonymizer``).
+    images_per_batch: photos prepared together and generated in shared batches (``Runner``).
+    frames_per_batch: video (and animation) frames generated together.
   """
 
   target: str = 'seeded'
@@ -146,6 +174,9 @@ class Options:
   workers: int = 0
   track_cover_frames: int = 5
   parser_workdir: str | None = None
+  batch_size: int | None = None
+  images_per_batch: int = IMAGES_PER_BATCH
+  frames_per_batch: int = FRAMES_PER_BATCH
 
   def __post_init__(self):
     if self.target not in TARGET_MODES:
@@ -161,6 +192,23 @@ class Options:
       raise ValueError(f'track_cover_frames must be >= 0, got {self.track_cover_frames}')
     if self.detect_min_face_px <= 0:
       raise ValueError(f'detect_min_face_px must be > 0, got {self.detect_min_face_px}')
+    if not (self.identity_threshold >= 0):  # also refuses NaN
+      raise ValueError(f'identity_threshold must be > 0 (dlib\'s same-person distance is 0.6), '
+                       f'got {self.identity_threshold:g}; to run without the identity check, '
+                       'turn it off explicitly (--no_identity_check, identity_threshold=0)')
+    if not (self.min_face_px >= 0):
+      raise ValueError(f'min_face_px must be >= 0, got {self.min_face_px:g}')
+    if isinstance(self.quality, bool) or not 1 <= self.quality <= 100:
+      raise ValueError(f'quality must be between 1 and 100, got {self.quality}')
+    for name in ('batch_size', 'images_per_batch', 'frames_per_batch'):
+      value = getattr(self, name)
+      if not (value is None and name == 'batch_size') and (value is None or value < 1):
+        raise ValueError(f'{name} must be >= 1, got {value}')
+
+  @property
+  def identity_check(self) -> bool:
+    """The output faces are checked against the source person (threshold > 0)."""
+    return self.identity_threshold > 0
 
   def resolved_workers(self) -> int:
     """``workers``, with 0 resolved to this machine's CPU cores (at most MAX_AUTO_WORKERS)."""
@@ -771,63 +819,164 @@ def draw_detections(image: np.ndarray, faces: Sequence[FaceResult]) -> np.ndarra
 class Job:
   source: pathlib.Path
   dest: pathlib.Path
-  kind: str | None   # 'image', 'video', or None (unsupported type)
+  kind: str | None   # 'image', 'video', None (skipped: ``reason``) or 'error' (``reason``)
+  visualization: pathlib.Path | None = None  # NAME.detections.png (--visualize, photos)
+  reason: str | None = None
+
+  def outputs(self) -> list[pathlib.Path]:
+    """The files this job writes."""
+    if self.kind not in ('image', 'video'):
+      return []
+    return [self.dest] + ([self.visualization] if self.visualization is not None else [])
 
 
 def _inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
   return path == folder or folder in path.parents
 
 
-def plan_jobs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike
-              ) -> list[Job]:
-  """Source -> destination of every file (folders recursive, mirrored under ``output_dir``).
+def _skipped_type(path: pathlib.Path) -> str:
+  return (f'{path.suffix or "no extension"}: not an image or video type this tool handles '
+          f'({", ".join(media.IMAGE_EXTENSIONS + media.VIDEO_EXTENSIONS)})')
+
+
+def _walk(path: pathlib.Path, base: pathlib.Path, visualize: bool) -> list[Job]:
+  """The jobs of an input folder: hidden entries and other types skipped (and said)."""
+  jobs = []
+  for dirpath, dirnames, filenames in os.walk(path):
+    folder = pathlib.Path(dirpath)
+    for d in sorted(dirnames):
+      if d.startswith('.'):
+        jobs.append(Job(folder / d, base / (folder / d).relative_to(path), None,
+                        reason='hidden folder (its name starts with a dot): not searched; '
+                               'rename it or give it as an input to include it'))
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+    for name in sorted(filenames):
+      src = folder / name
+      dest = base / src.relative_to(path)
+      if name.startswith('.'):
+        jobs.append(Job(src, dest, None, reason='hidden file (its name starts with a dot): '
+                        'not processed; rename it or give it as an input to include it'))
+      elif src.is_symlink() and not src.exists():
+        jobs.append(Job(src, dest, 'error', reason=f'dangling symbolic link to '
+                        f'{os.readlink(src)} (its target does not exist): fix or remove it'))
+      elif media.media_kind(src) is None:
+        jobs.append(Job(src, dest, None, reason=_skipped_type(src)))
+      else:
+        jobs.append(_job(src, dest, media.media_kind(src), visualize))
+  return jobs
+
+
+def _job(src: pathlib.Path, dest: pathlib.Path, kind: str, visualize: bool) -> Job:
+  vis = dest.with_name(f'{dest.stem}.detections.png') if visualize and kind == 'image' else None
+  return Job(src, dest, kind, visualization=vis)
+
+
+def plan_jobs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
+              visualize: bool = False, overwrite: bool = False,
+              report_path: str | os.PathLike | None = None) -> list[Job]:
+  """Source -> destination of every file (folders recursive, mirrored under ``output_dir``),
+  checked before any work starts.
 
   One folder input is mirrored into ``output_dir`` itself; with several inputs each folder
-  gets a subfolder of its name. Hidden files are left out.
+  gets a subfolder of its name. Hidden files and folders, other file types and dangling
+  symbolic links are left out (they get a report row: skipped, or an error for the links).
 
   Raises:
-    InputError: an input is missing, the output folder is (inside) an input folder, or an
-      output would land on an input file or on another output.
+    InputError: an input is missing; the output folder is (inside) an input folder or is a
+      file; an output (photo, video, ``NAME.detections.png`` with ``visualize``, or the
+      report at ``report_path``, default ``output_dir/REPORT_NAME``) would land on an input,
+      on another output, or on an existing file (unless ``overwrite``); the report would be
+      an input or inside an input folder; a folder to write into is not writable.
   """
   inputs = list(inputs)
-  out_root = pathlib.Path(output_dir).resolve()
+  out_root = pathlib.Path(output_dir).absolute()
+  if out_root.exists() and not out_root.is_dir():
+    raise InputError(f'--output {output_dir} is an existing file, not a folder: give a folder '
+                     '(it is made if missing)')
+  out_root = out_root.resolve()
   jobs = []
+  folders = []
   for raw in inputs:
     path = pathlib.Path(raw)
     if not path.exists():
+      if path.is_symlink():
+        raise InputError(f'input {raw} is a symbolic link to {os.readlink(path)}, which does '
+                         'not exist: fix the link or leave it out')
       raise InputError(f'input {raw} does not exist')
     if path.is_dir():
       if _inside(out_root, path.resolve()):
         raise InputError(f'the output folder {output_dir} is inside the input folder {raw}: '
                          'outputs would mix with (and on a re-run overwrite) the inputs; '
                          'choose an --output outside it')
+      folders.append(path.resolve())
       base = out_root / path.resolve().name if len(inputs) > 1 else out_root
-      for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-        for name in sorted(filenames):
-          if name.startswith('.'):
-            continue
-          src = pathlib.Path(dirpath) / name
-          jobs.append(Job(src, base / src.relative_to(path), media.media_kind(src)))
+      jobs += _walk(path, base, visualize)
     else:
       # A file named on the command line is tried as an image whatever its suffix.
-      jobs.append(Job(path, out_root / path.name, media.media_kind(path) or 'image'))
-  sources = {job.source.resolve(): job.source for job in jobs}
+      jobs.append(_job(path, out_root / path.name, media.media_kind(path) or 'image',
+                       visualize))
+  readable = [job.source for job in jobs if job.kind in ('image', 'video')]
+  sources = {s.resolve(): s for s in readable}
   # (device, inode) catches hard links and other aliases of an input.
-  inodes = {(st.st_dev, st.st_ino) for st in (os.stat(s) for s in sources)}
-  written = {}
+  inodes = {}
+  for s in readable:
+    st = os.stat(s)
+    inodes[(st.st_dev, st.st_ino)] = s
+
+  def input_at(path: pathlib.Path) -> pathlib.Path | None:
+    if path.resolve() in sources:
+      return sources[path.resolve()]
+    if path.exists():
+      st = os.stat(path)
+      return inodes.get((st.st_dev, st.st_ino))
+    return None
+
+  written: dict[pathlib.Path, pathlib.Path] = {}
+  existing = []
   for job in jobs:
-    if job.kind is None:
-      continue  # skipped, never written
-    dest = job.dest.resolve()
-    if dest in sources or (dest.exists() and (os.stat(dest).st_dev,
-                                              os.stat(dest).st_ino) in inodes):
-      raise InputError(f'{job.source} would be written over the input {dest}: choose '
-                       'another --output')
-    if dest in written:
-      raise InputError(f'{job.source} and {written[dest]} would both be written to {dest}: '
-                       'give them separately or rename one')
-    written[dest] = job.source
+    for dest in job.outputs():
+      resolved = dest.resolve()
+      if input_at(dest) is not None:
+        raise InputError(f'{job.source} would be written over the input {resolved}: choose '
+                         'another --output')
+      if resolved in written:
+        raise InputError(f'{job.source} and {written[resolved]} would both be written to '
+                         f'{resolved}: give them separately or rename one')
+      written[resolved] = job.source
+      if dest.exists():
+        existing.append(dest)
+  report = pathlib.Path(report_path) if report_path else out_root / REPORT_NAME
+  resolved = report.resolve()
+  if input_at(report) is not None:
+    raise InputError(f'--report {report} is the input {input_at(report)}: the report would '
+                     'replace it; choose another --report path')
+  if resolved in written:
+    raise InputError(f'--report {report} is where {written[resolved]} is written: choose '
+                     'another --report path')
+  for folder in folders:
+    if _inside(resolved, folder):
+      raise InputError(f'--report {report} is inside the input folder {folder}: it would '
+                       'mix with the inputs; choose a --report path outside it')
+  if report.is_dir():
+    raise InputError(f'--report {report} is a folder: give a file path')
+  if report.exists():
+    existing.append(report)
+  if existing and not overwrite:
+    more = f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''
+    raise InputError(f'{existing[0]}{more} already exists: pass --overwrite (overwrite=True) '
+                     'to replace existing outputs, or choose another --output')
+  checked = set()
+  for folder in {out_root, resolved.parent, *(d.parent for d in written)}:
+    while not folder.exists() and folder != folder.parent:
+      folder = folder.parent
+    if folder in checked:
+      continue
+    checked.add(folder)
+    try:
+      media.check_writable(folder)
+    except OSError as e:
+      raise InputError(f'cannot write into {folder} ({e.strerror or e}): choose a writable '
+                       '--output (and --report), or fix its permissions') from None
   return jobs
 
 
@@ -835,16 +984,24 @@ class Runner:
   """Anonymizes files into a folder and keeps the run's report (module doc)."""
 
   def __init__(self, anonymizer: FaceAnonymizer, output_dir: str | os.PathLike, *,
-               visualize: bool = False, images_per_batch: int = IMAGES_PER_BATCH,
-               frames_per_batch: int = FRAMES_PER_BATCH,
+               visualize: bool = False, images_per_batch: int | None = None,
+               frames_per_batch: int | None = None,
                progress: bool = True):
     self.anonymizer = anonymizer
     self.output_dir = pathlib.Path(output_dir)
     self.visualize = visualize
-    self.images_per_batch = images_per_batch
-    self.frames_per_batch = frames_per_batch
+    options = anonymizer.options
+    self.images_per_batch = options.images_per_batch if images_per_batch is None else (
+        images_per_batch)
+    self.frames_per_batch = options.frames_per_batch if frames_per_batch is None else (
+        frames_per_batch)
+    for name in ('images_per_batch', 'frames_per_batch'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
     self.progress = progress
     self.files: list[dict] = []
+    self.warnings: list[str] = []
+    self.interrupted: list[str] | None = None  # the inputs not finished, after a Ctrl-C
     self._bar = None
     self._faces = 0
     self._start = time.perf_counter()
@@ -859,29 +1016,39 @@ class Runner:
         self._bar.update(files)
 
   def run(self, jobs: Sequence[Job]) -> dict:
+    """Runs ``jobs``; a Ctrl-C stops it (``interrupted`` lists what was not finished) and
+    the report of the files finished is returned."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
     self._start = time.perf_counter()
     with tqdm(total=len(jobs), unit='file', disable=not self.progress,
               desc='anonymizing') as bar:
       self._bar = bar
-      batch = []
-      for job in jobs:
-        if job.kind is None:
-          self.files.append({'input': str(job.source), 'status': 'skipped',
-                             'error': 'not an image or video type this tool handles '
-                                      f'({", ".join(media.IMAGE_EXTENSIONS + media.VIDEO_EXTENSIONS)})'})
-          self._tick(0, 1)
-        elif job.kind == 'video':
-          self._video(job)
-        else:
-          batch.append(job)
-          if len(batch) == self.images_per_batch:
-            self._images(batch)
-            batch = []
-      if batch:
-        self._images(batch)
-      self._bar = None
+      try:
+        batch = []
+        for job in jobs:
+          if job.kind is None:
+            self.files.append({'input': str(job.source), 'status': 'skipped',
+                               'error': job.reason or _skipped_type(job.source)})
+            self._tick(0, 1)
+          elif job.kind == 'error':
+            self.files.append({'input': str(job.source), 'status': 'error',
+                               'error': job.reason})
+            self._tick(0, 1)
+          elif job.kind == 'video':
+            self._video(job)
+          else:
+            batch.append(job)
+            if len(batch) == self.images_per_batch:
+              self._images(batch)
+              batch = []
+        if batch:
+          self._images(batch)
+      except KeyboardInterrupt:
+        done = {f['input'] for f in self.files}
+        self.interrupted = [str(j.source) for j in jobs if str(j.source) not in done]
+      finally:
+        self._bar = None
     return self.report()
 
   def _images(self, jobs: Sequence[Job]) -> None:
@@ -894,8 +1061,12 @@ class Runner:
         self.files.append(_file_entry(job, 'image', error=str(e),
                                       seconds=time.perf_counter() - start))
         self._tick(0, 1)
-    if loaded:
-      self._anonymize_loaded(loaded, start)
+    single = [item for item in loaded if item[1].frames is None]
+    if single:
+      self._anonymize_loaded(single, start)
+    for job, image, _ in loaded:
+      if image.frames is not None:
+        self._animation(job, image)
 
   def _anonymize_loaded(self, loaded: list, start: float) -> None:
     """Anonymizes and writes ``loaded`` [(job, LoadedImage, time read)] together; if that
@@ -918,22 +1089,68 @@ class Runner:
     share = (time.perf_counter() - read_done) / len(loaded)
     for (job, image, t_read), (out, faces) in zip(loaded, results):
       entry = _file_entry(job, 'image', faces=faces)
-      try:
-        media.write_image(job.dest, image, out, keep_exif=self.anonymizer.options.keep_exif,
-                          quality=self.anonymizer.options.quality)
-        entry['output'] = str(job.dest)
-        if image.transposed:
-          entry['exif_orientation_applied'] = True
-        if self.visualize:
-          vis = job.dest.with_name(f'{job.dest.stem}.detections.png')
-          media.write_image(vis, media.LoadedImage(rgb=out), draw_detections(out, faces))
-          entry['visualization'] = str(vis)
-      except Exception as e:  # pylint: disable=broad-except
-        entry['error'] = f'writing failed: {type(e).__name__}: {e}'
-        entry['status'] = 'error'
+      self._write_image(entry, job, image, out, [(out, faces)])
       entry['seconds'] = round(max(t_read - start, 0.0) + share, 3)
       self.files.append(entry)
       self._tick(len(faces), 1)
+
+  def _write_image(self, entry: dict, job: Job, image: media.LoadedImage, out,
+                   frames: list) -> None:
+    """Writes one photo (``out``: its pixels, or a list of frames) and its visualization."""
+    if image.notes:
+      entry['notes'] = list(image.notes)
+    try:
+      media.write_image(job.dest, image, out, keep_exif=self.anonymizer.options.keep_exif,
+                        quality=self.anonymizer.options.quality)
+      entry['output'] = str(job.dest)
+      if image.transposed:
+        entry['exif_orientation_applied'] = True
+      if self.visualize and job.visualization is not None:
+        vis, faces = frames[0]  # the first frame of an animation
+        media.write_image(job.visualization, media.LoadedImage(rgb=vis),
+                          draw_detections(vis, faces))
+        entry['visualization'] = str(job.visualization)
+    except Exception as e:  # pylint: disable=broad-except
+      entry['error'] = f'writing failed: {type(e).__name__}: {e}'
+      entry['status'] = 'error'
+
+  def _animation(self, job: Job, image: media.LoadedImage) -> None:
+    """Every frame of an animation or multi-page file, through the video path (tracks,
+    shared batches, ``TrackCoverage``), written back as one file with its timing."""
+    start = time.perf_counter()
+    tracker = self.anonymizer.new_video()
+    coverage = TrackCoverage(self.anonymizer.options.track_cover_frames,
+                             self.anonymizer.options)
+    done = []
+    try:
+      rgbs = [frame.rgb for frame in image.frames]
+      for lo in range(0, len(rgbs), self.frames_per_batch):
+        chunk = rgbs[lo:lo + self.frames_per_batch]
+        results = self.anonymizer.process(chunk, keys=[str(job.source)] * len(chunk),
+                                          trackers=[tracker] * len(chunk))
+        for out, faces in results:
+          coverage.add(out, faces, [f.region or f.box for f in faces])
+        done += coverage.ready()
+      done += coverage.ready(final=True)
+    except Exception as e:  # pylint: disable=broad-except
+      self.files.append(_file_entry(job, 'image', error=f'{type(e).__name__}: {e}',
+                                    trace=traceback.format_exc(limit=4),
+                                    frames=len(image.frames),
+                                    seconds=time.perf_counter() - start))
+      self._tick(0, 1)
+      return
+    faces = [f for _, frame_faces in done for f in frame_faces]
+    entry = _file_entry(job, 'image', faces=[])
+    entry.update(_face_counts(faces))
+    entry['faces'] = [dict(f.to_json(), frame=k) for k, (_, frame_faces) in enumerate(done)
+                      for f in frame_faces]
+    entry['frames'] = len(done)
+    entry['tracks'] = len({f.track for f in faces})
+    entry['covered_by_tracking'] = coverage.covered
+    self._write_image(entry, job, image, [out for out, _ in done], done)
+    entry['seconds'] = round(time.perf_counter() - start, 3)
+    self.files.append(entry)
+    self._tick(len(faces), 1)
 
   def _video(self, job: Job) -> None:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -954,6 +1171,7 @@ class Runner:
     faces: list[FaceResult] = []
     writer = None
     ok = False
+    read = 0
     try:
       try:
         writer = media.VideoWriter(job.dest, info, audio_from=job.source if info.has_audio
@@ -967,6 +1185,7 @@ class Runner:
         chunk = []
         for frame in frames:
           chunk.append(frame)
+          read += 1
           if len(chunk) == self.frames_per_batch:
             faces += self._frames(chunk, job, tracker, coverage, writer)
             bar.update(len(chunk))
@@ -992,6 +1211,15 @@ class Runner:
       entry['output'] = str(job.dest)
       if info.has_audio:
         entry.setdefault('audio', 'kept')
+      if np.isfinite(info.nframes):
+        entry['frames_declared'] = int(info.nframes)
+        # The declared count is the container's duration times the frame rate: allow for
+        # rounding and a slightly longer audio stream.
+        if info.nframes - read > max(1.0, 0.25 * info.fps, 0.02 * info.nframes):
+          entry.update(status='error', error=(
+              f'only {read} of the {int(info.nframes)} frames the file declares could be '
+              'decoded (truncated or damaged?): the output holds those '
+              f'{read}; repair or re-export the video and run it again'))
     entry['seconds'] = round(time.perf_counter() - start, 3)
     self.files.append(entry)
     self._tick(0, 1)
@@ -1022,10 +1250,24 @@ class Runner:
     totals['images_per_s'] = round((images + totals['frames']) / max(seconds, 1e-9), 4)
     totals['faces_per_s'] = round(totals['faces_found'] / max(seconds, 1e-9), 4)
     options = dataclasses.asdict(self.anonymizer.options)
-    return {'tool': 'sdgan_jax.anonymize', 'method': self.anonymizer.method,
-            'semantic_maps': self.anonymizer.semantic_maps,
-            'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-            'options': options, 'totals': totals, 'files': self.files}
+    warnings = list(self.warnings)
+    if not self.anonymizer.options.identity_check:
+      warnings.insert(0, IDENTITY_CHECK_OFF)
+    report = {'tool': 'sdgan_jax.anonymize', 'method': self.anonymizer.method,
+              'semantic_maps': self.anonymizer.semantic_maps,
+              'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
+                  timespec='seconds'),
+              'options': options, 'warnings': warnings, 'totals': totals,
+              'files': self.files}
+    if self.interrupted is not None:
+      report['interrupted'] = True
+      report['unfinished'] = self.interrupted
+    return report
+
+
+IDENTITY_CHECK_OFF = ('the identity re-check is off (--no_identity_check / identity_threshold '
+                      '0): output faces were not checked against the source person, so a '
+                      'face the generator left recognizable is not covered by the fallback')
 
 
 def _face_counts(faces: Sequence[FaceResult]) -> dict:
@@ -1086,7 +1328,11 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
 
   options = options or Options()
   if batch_size is None:
+    batch_size = options.batch_size
+  if batch_size is None:
     batch_size = 8 if jax.default_backend() == 'cpu' else 64
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   generator = parser = None
   if baseline is None:
     if checkpoint is None:
@@ -1105,7 +1351,7 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
     generator = inference.TrainedGenerator.from_workdir(checkpoint, step, dtype=dtype,
                                                         batch_size=batch_size)
   identity = None
-  if options.identity_threshold > 0 or (generator is not None and options.target == 'farthest'):
+  if options.identity_check or (generator is not None and options.target == 'farthest'):
     identity = IdentityBackbone(weights_dir, batch_size=batch_size)
   return FaceAnonymizer(generator, baseline, options, identity, weights_dir=weights_dir,
                         parser=parser)
@@ -1114,19 +1360,45 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
 def anonymize_paths(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                     anonymizer: FaceAnonymizer, *, report_path: str | os.PathLike | None = None,
                     visualize: bool = False, progress: bool = True,
-                    images_per_batch: int = IMAGES_PER_BATCH,
-                    frames_per_batch: int = FRAMES_PER_BATCH) -> dict:
-  """Anonymizes files and folders into ``output_dir``; writes and returns the JSON report."""
-  jobs = plan_jobs(inputs, output_dir)
+                    images_per_batch: int | None = None, frames_per_batch: int | None = None,
+                    overwrite: bool = False) -> dict:
+  """Anonymizes files and folders into ``output_dir``; writes and returns the JSON report.
+
+  Everything is checked before the work starts (``plan_jobs``): existing outputs are only
+  replaced with ``overwrite``. Temporary files a killed run left in the folders written to
+  are removed first (the report lists them). Batch sizes default to the anonymizer's
+  ``Options``.
+
+  Raises:
+    InputError: see ``plan_jobs``.
+    Interrupted: Ctrl-C; the report of the files finished was written.
+    ReportWriteError: the work is done but the report could not be written.
+  """
+  jobs = plan_jobs(inputs, output_dir, visualize=visualize, overwrite=overwrite,
+                   report_path=report_path)
   if not jobs:
     raise InputError(f'no files under {", ".join(map(str, inputs))}')
+  path = pathlib.Path(report_path) if report_path else pathlib.Path(output_dir) / REPORT_NAME
   runner = Runner(anonymizer, output_dir, visualize=visualize, progress=progress,
                   images_per_batch=images_per_batch, frames_per_batch=frames_per_batch)
+  removed = []
+  for folder in sorted({path.parent, *(d.parent for job in jobs for d in job.outputs())}):
+    removed += media.remove_stale_temporaries(folder)
   report = runner.run(jobs)
   report['inputs'] = [str(p) for p in inputs]
   report['output_dir'] = str(output_dir)
-  path = pathlib.Path(report_path) if report_path else pathlib.Path(output_dir) / REPORT_NAME
+  report['overwrite'] = overwrite
+  if removed:
+    report['removed_temporary_files'] = [str(p) for p in removed]
   report['report'] = str(path)
-  write_report(report, path)
+  try:
+    write_report(report, path)
+  except OSError as e:
+    message = (f'could not write the report {path} ({e.strerror or e}); the outputs are '
+               'written: free some space or give another --report')
+    if runner.interrupted is not None:
+      raise Interrupted(report, message) from None
+    raise ReportWriteError(message, report) from None
+  if runner.interrupted is not None:
+    raise Interrupted(report)
   return report
-

@@ -13,10 +13,12 @@ No TensorFlow here: the anonymizer, the evaluation tool and the GPU benchmark im
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pathlib
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,35 @@ from sdgan_jax import identity_bank as bank_lib
 from sdgan_jax import semantic_source
 
 BANK_FILENAME = 'identity_bank.npz'
+# orbax logs this through absl for every step folder without its optional metadata file
+# (checkpoints written by older orbax versions, or by hand): harmless for a restore.
+_ORBAX_NOISE = ('Metadata file does not exist',)
+
+
+class _DropOrbaxNoise(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in _ORBAX_NOISE)
+
+
+@contextlib.contextmanager
+def quiet_orbax() -> Iterator[None]:
+  """Silences orbax's "Metadata file does not exist" warnings (only those) inside."""
+  noise = _DropOrbaxNoise()
+  logger = logging.getLogger('absl')  # orbax logs through absl.logging
+  logger.addFilter(noise)
+  try:
+    yield
+  finally:
+    logger.removeFilter(noise)
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+  """The steps saved under ``workdir/checkpoints``, oldest first."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  folder = os.path.join(os.path.abspath(os.fspath(workdir)), 'checkpoints')
+  with quiet_orbax():
+    return sorted(int(s) for s in ocp.CheckpointManager(folder).all_steps())
 
 
 def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -116,18 +147,25 @@ class TrainedGenerator:
     workdir = os.path.abspath(os.fspath(workdir))  # orbax wants absolute paths
     config = load_workdir_config(workdir)
     semantic_maps = semantic_source.read_record(workdir)
-    if not (pathlib.Path(workdir) / 'checkpoints').is_dir():
+    has_folder = (pathlib.Path(workdir) / 'checkpoints').is_dir()
+    steps = checkpoint_steps(workdir) if has_folder else []
+    if not steps:
       raise FileNotFoundError(
           f'no checkpoints in {workdir}: train with `python run.py --config=configs/demo.py '
           f'--workdir={workdir}`')
+    if step is not None and step not in steps:
+      raise FileNotFoundError(
+          f'{workdir} has no checkpoint at step {step}: available steps: '
+          f'{", ".join(map(str, steps))} (leave out --step for the latest, {steps[-1]})')
     models = train.Models(config)
     abstract = jax.eval_shape(
         lambda key: train.create_train_state(models, key, None), jax.random.key(0))
     # The frozen VGG-16 is stored as trained with: the converted weights hold all 13 convs, a
     # random init only those up to the perceptual tap. Take its layout from the checkpoint.
-    abstract = abstract.replace(perceptual_params=_stored_layout(workdir, step,
-                                                                 'perceptual_params'))
-    state, restored_step = train.restore_state(workdir, abstract, step)
+    with quiet_orbax():
+      abstract = abstract.replace(perceptual_params=_stored_layout(workdir, step,
+                                                                   'perceptual_params'))
+      state, restored_step = train.restore_state(workdir, abstract, step)
     bank = load_workdir_bank(workdir, config) if load_bank else None
     if bank is not None and bank.dim != int(config.identity_dim):
       raise ValueError(f'{workdir}: identity bank is {bank.dim}-d but the model takes '

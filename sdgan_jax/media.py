@@ -1,6 +1,6 @@
 """Reading and writing the anonymizer's photos and videos, safely (the anonymizer's I/O).
 
-Photos (Pillow): JPEG, PNG and WebP in any of Pillow's modes are turned into uint8 RGB
+Photos (Pillow): JPEG, PNG, WebP, GIF and TIFF in any of Pillow's modes are turned into uint8 RGB
 [H, W, 3] pixels the face detector takes (``read_image``):
 
 * the EXIF orientation is applied first (``ImageOps.exif_transpose``), so a face stored
@@ -12,7 +12,14 @@ Photos (Pillow): JPEG, PNG and WebP in any of Pillow's modes are turned into uin
   its decoder);
 * alpha (RGBA, LA, palette transparency) is split off and written back unchanged: only the
   colour channels carry a face, and all of them are processed even where alpha is 0,
-  because hidden colour values are still in the file.
+  because hidden colour values are still in the file;
+* animations and multi-page files (animated GIF, APNG, animated WebP, multi-page TIFF) are
+  read frame by frame (``LoadedImage.frames``, with each frame's duration and the loop
+  count) and written back with every frame; an MPO JPEG's extra images (a stereo pair's
+  second view, a depth map) are dropped, and the report says so.
+
+What a conversion did (16 bits scaled to 8, a palette expanded, alpha kept, ...) is listed
+in ``LoadedImage.notes`` for the report.
 
 Outputs (``write_image``) are new Pillow images built from the pixels, so nothing of the
 input's metadata travels unless asked: no EXIF (and so no GPS), no XMP, no comments. Only
@@ -21,12 +28,15 @@ the ICC colour profile is kept (it describes the colours, not the person or the 
 original picture (IFD1), no maker note, and the orientation reset.
 Every write goes to a temporary file in the destination folder and is renamed over the
 destination (``atomic_path``): a crash never leaves a half-written image, and a reader
-never sees one.
+never sees one. A run that is killed can leave such a temporary file (``.NAME.XXXXXXXX.tmp.EXT``,
+``TEMP_PATTERN``); ``remove_stale_temporaries`` clears them from a folder.
 
 Videos (imageio-ffmpeg, which ships its own ffmpeg binary): frames are decoded as rgb24
 (``read_video``) and encoded with H.264 (VP9 for .webm) at the input's size and frame rate
 (``VideoWriter``); the audio stream of the input is muxed in when the container takes it,
-and container metadata is dropped (``-map_metadata -1``).
+and container metadata is dropped (``-map_metadata -1``). ffmpeg is started without a
+``preexec_fn`` (``_plain_popen``): that would run Python's fork hooks in a process where
+JAX's threads run, and JAX warns about it.
 """
 
 from __future__ import annotations
@@ -36,15 +46,21 @@ import dataclasses
 import io
 import os
 import pathlib
+import re
 import tempfile
 from typing import Iterator
 
 import numpy as np
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff')
 VIDEO_EXTENSIONS = ('.mp4', '.mov', '.m4v', '.mkv', '.avi', '.webm')
 # Pillow's format name for each image extension (the output keeps the input's format).
-_FORMATS = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.webp': 'WEBP'}
+_FORMATS = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.webp': 'WEBP', '.gif': 'GIF',
+            '.tif': 'TIFF', '.tiff': 'TIFF'}
+# Formats that hold several frames (animations, pages) and can be written back so.
+_MULTI_FRAME_FORMATS = ('PNG', 'WEBP', 'GIF', 'TIFF')
+# ``atomic_path``'s temporary files: '.' + stem + '.' + mkstemp's 8 characters + '.tmp' + suffix.
+TEMP_PATTERN = re.compile(r'^\..*\.[a-z0-9_]{8}\.tmp(\.[^./]+)?$')
 EXIF_ORIENTATION = 0x0112
 EXIF_GPS_IFD = 0x8825
 
@@ -76,6 +92,11 @@ class LoadedImage:
     icc_profile: the embedded ICC profile bytes, or None.
     exif: the raw EXIF block, or None (only used when the caller keeps EXIF).
     transposed: the EXIF orientation tag rotated or mirrored the stored pixels.
+    notes: what the conversion did, for the report ('16-bit samples scaled to 8 bits'...).
+    frames: every frame (each a ``LoadedImage``, the first one's pixels are ``rgb``) of an
+      animation or multi-page file; None for a single image.
+    durations: per frame, its display time in ms (animations), or None.
+    loop: the animation's loop count (0: forever), or None when the file sets none.
   """
 
   rgb: np.ndarray
@@ -86,6 +107,10 @@ class LoadedImage:
   icc_profile: bytes | None = None
   exif: bytes | None = None
   transposed: bool = False
+  notes: list[str] = dataclasses.field(default_factory=list)
+  frames: list['LoadedImage'] | None = None
+  durations: list[int] | None = None
+  loop: int | None = None
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -113,10 +138,15 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
       fmt = image.format or ''
       icc = image.info.get('icc_profile')
       exif = image.info.get('exif')
-      upright = ImageOps.exif_transpose(image)
-      transposed = upright is not image and upright.size != (0, 0) and (
-          image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None))
-      return _convert(upright, fmt, icc, exif, transposed)
+      orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+      count = getattr(image, 'n_frames', 1)
+      loaded = _convert_upright(image, fmt, icc, exif, orientation)
+      if count > 1 and fmt not in _MULTI_FRAME_FORMATS:  # MPO: extra views, depth maps
+        loaded.notes.append(f'the file holds {count} images ({fmt}); only the first is '
+                            'anonymized and written, the others are dropped')
+      elif count > 1:
+        loaded = _read_frames(image, loaded, fmt, icc, exif, orientation, count)
+      return loaded
   except UnreadableMediaError:
     raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -124,14 +154,52 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     raise UnreadableMediaError(f'{path}: cannot read the image ({type(e).__name__}: {e})') from e
 
 
+def _convert_upright(image, fmt: str, icc, exif, orientation) -> LoadedImage:
+  """The current frame of ``image``, turned upright by ``orientation`` and converted."""
+  from PIL import ImageOps  # pylint: disable=import-outside-toplevel
+
+  upright = ImageOps.exif_transpose(image)
+  transposed = upright is not image and upright.size != (0, 0) and (
+      orientation not in (1, None))
+  return _convert(upright, fmt, icc, exif, transposed)
+
+
+def _read_frames(image, first: LoadedImage, fmt: str, icc, exif, orientation,
+                 count: int) -> LoadedImage:
+  """Every frame of an animation or multi-page file (``first`` is frame 0's)."""
+  frames, durations = [], []
+  for k in range(count):
+    image.seek(k)
+    frame = first if k == 0 else _convert_upright(image, fmt, icc, None, orientation)
+    frames.append(frame)
+    durations.append(int(image.info.get('duration', 0) or 0))
+  first.frames = frames
+  first.durations = durations if any(durations) else None
+  image.seek(0)
+  first.loop = image.info.get('loop')
+  kind = 'pages' if fmt == 'TIFF' else 'frames'
+  first.notes.append(f'{count} {kind}, each anonymized'
+                     + ('' if first.durations is None else ', timing and loop kept'))
+  for frame in frames[1:]:  # what a later frame's conversion did, once
+    for note in frame.notes:
+      if note not in first.notes:
+        first.notes.append(note)
+  return first
+
+
 def _convert(image, fmt: str, icc, exif, transposed: bool) -> LoadedImage:
   mode = image.mode
   alpha = None
   grayscale = False
+  notes = []
   if mode in ('1', 'L', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N', 'F'):
-    gray = _to_uint8(np.asarray(image))
+    array = np.asarray(image)
+    gray = _to_uint8(array)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     grayscale = True
+    if mode.startswith('I') or mode == 'F':
+      notes.append(f'high-bit-depth samples ({mode}) scaled to 8 bits (written as 8-bit '
+                   'grayscale)')
   elif mode in ('LA', 'La'):
     la = np.asarray(image.convert('LA'))
     rgb, alpha, grayscale = np.repeat(la[..., :1], 3, axis=-1), la[..., 1], True
@@ -140,10 +208,18 @@ def _convert(image, fmt: str, icc, exif, transposed: bool) -> LoadedImage:
     rgb, alpha = rgba[..., :3], rgba[..., 3]
   else:  # RGB, P, CMYK, YCbCr, LAB, HSV, RGBX, 16-bit RGB variants
     rgb = np.asarray(image.convert('RGB'))
+    if mode not in ('RGB', 'P'):
+      notes.append(f'{mode} converted to RGB (written as RGB)')
+  if mode in ('P', 'PA'):
+    notes.append('palette image expanded to RGB (written in full colour; GIF outputs get a '
+                 'new palette)')
+  if alpha is not None:
+    notes.append('alpha channel kept unchanged (the colour under transparent pixels is '
+                 'anonymized too); formats without alpha drop it')
   return LoadedImage(rgb=np.ascontiguousarray(rgb, np.uint8),
                      alpha=None if alpha is None else np.ascontiguousarray(alpha, np.uint8),
                      grayscale=grayscale, source_mode=mode, format=fmt, icc_profile=icc,
-                     exif=exif, transposed=transposed)
+                     exif=exif, transposed=transposed, notes=notes)
 
 
 @contextlib.contextmanager
@@ -166,6 +242,32 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[pathlib.Path]:
     os.replace(tmp, dest)
   finally:
     tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[pathlib.Path]:
+  """Removes the temporary files a killed run left in ``folder`` (``TEMP_PATTERN``)."""
+  folder = pathlib.Path(folder)
+  removed = []
+  if not folder.is_dir():
+    return removed
+  for path in sorted(folder.iterdir()):
+    if TEMP_PATTERN.match(path.name) and path.is_file() and not path.is_symlink():
+      path.unlink(missing_ok=True)
+      removed.append(path)
+  return removed
+
+
+def check_writable(path: str | os.PathLike) -> None:
+  """Raises OSError (or NotADirectoryError) unless files can be created in the folder
+  ``path`` or, when it does not exist yet, in its nearest existing parent."""
+  folder = pathlib.Path(path).absolute()
+  while not folder.exists() and folder != folder.parent:
+    folder = folder.parent
+  if not folder.is_dir():
+    raise NotADirectoryError(f'{folder} is a file, not a folder')
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.write-check.', suffix='.tmp')
+  os.close(fd)
+  os.unlink(tmp)
 
 
 EXIF_IFD = 0x8769
@@ -198,9 +300,8 @@ def _exif_without_gps(exif: bytes | None) -> bytes | None:
   return kept.tobytes()
 
 
-def encode_image(loaded: LoadedImage, rgb: np.ndarray, fmt: str, *,
-                 keep_exif: bool = False, quality: int = 95) -> bytes:
-  """Encodes anonymized pixels as a new file in ``fmt`` with no metadata but ICC (module doc)."""
+def _pil_image(loaded: LoadedImage, rgb: np.ndarray, fmt: str):
+  """A new Pillow image of anonymized pixels in ``loaded``'s colour layout (gray, alpha)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
   rgb = np.asarray(rgb, np.uint8)
@@ -213,13 +314,34 @@ def encode_image(loaded: LoadedImage, rgb: np.ndarray, fmt: str, *,
   else:
     channels = [rgb[..., c] for c in range(3)]
     mode = 'RGB'
-  if loaded.alpha is not None and fmt in ('PNG', 'WEBP'):
+  if loaded.alpha is not None and fmt in ('PNG', 'WEBP', 'GIF', 'TIFF'):
     channels.append(loaded.alpha)
     mode = 'LA' if mode == 'L' else 'RGBA'
   array = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
-  image = Image.fromarray(np.ascontiguousarray(array), mode=mode)
+  return Image.fromarray(np.ascontiguousarray(array), mode=mode)
+
+
+def encode_image(loaded: LoadedImage, rgb, fmt: str, *,
+                 keep_exif: bool = False, quality: int = 95) -> bytes:
+  """Encodes anonymized pixels as a new file in ``fmt`` with no metadata but ICC (module doc).
+
+  ``rgb`` is one uint8 [H, W, 3] array, or for an animation or multi-page file
+  (``loaded.frames``) a list of them, one per frame: all are written, with the frames'
+  durations and the loop count.
+  """
+  multi = loaded.frames is not None and isinstance(rgb, (list, tuple))
+  if multi:
+    if len(rgb) != len(loaded.frames):
+      raise ValueError(f'{len(rgb)} frames given for a file of {len(loaded.frames)}')
+    images = [_pil_image(frame, out, fmt) for frame, out in zip(loaded.frames, rgb)]
+  else:
+    images = [_pil_image(loaded, rgb[0] if isinstance(rgb, (list, tuple)) else rgb, fmt)]
+  image = images[0]
+  if fmt == 'GIF' and image.mode in ('L', 'LA'):  # GIF holds palettes: gray goes as RGB(A)
+    images = [im.convert('RGBA' if im.mode == 'LA' else 'RGB') for im in images]
+    image = images[0]
   options = {}
-  if loaded.icc_profile:
+  if loaded.icc_profile and fmt != 'GIF':
     options['icc_profile'] = loaded.icc_profile
   if keep_exif:
     exif = _exif_without_gps(loaded.exif)
@@ -229,14 +351,23 @@ def encode_image(loaded: LoadedImage, rgb: np.ndarray, fmt: str, *,
     options.update(quality=quality, subsampling=0 if quality >= 90 else -1)
   elif fmt == 'WEBP':
     options.update(quality=quality)
+  if len(images) > 1:
+    options.update(save_all=True, append_images=images[1:])
+    if loaded.durations is not None:
+      options['duration'] = list(loaded.durations)
+    if loaded.loop is not None:
+      options['loop'] = loaded.loop
+    if fmt == 'GIF':
+      options['disposal'] = 2  # every frame is whole: clear the last one first
   buffer = io.BytesIO()
   image.save(buffer, format=fmt, **options)
   return buffer.getvalue()
 
 
-def write_image(dest: str | os.PathLike, loaded: LoadedImage, rgb: np.ndarray, *,
+def write_image(dest: str | os.PathLike, loaded: LoadedImage, rgb, *,
                 keep_exif: bool = False, quality: int = 95) -> pathlib.Path:
-  """Writes anonymized pixels to ``dest`` atomically, in the format its suffix names."""
+  """Writes anonymized pixels (one array, or a list of frames) to ``dest`` atomically, in
+  the format its suffix names."""
   dest = pathlib.Path(dest)
   fmt = _FORMATS.get(dest.suffix.lower(), loaded.format or 'PNG')
   data = encode_image(loaded, rgb, fmt, keep_exif=keep_exif, quality=quality)
@@ -259,13 +390,33 @@ class VideoInfo:
     size: (width, height) of the decoded frames.
     fps: frames per second (25 when the file does not say).
     has_audio: the input has an audio stream.
-    nframes: the frame count ffmpeg estimates (may be inexact or inf).
+    nframes: the frame count the container declares (its duration times the frame rate;
+      may be a little off, e.g. with a longer audio stream), or inf when unknown.
   """
 
   size: tuple[int, int]
   fps: float
   has_audio: bool
   nframes: float
+
+
+@contextlib.contextmanager
+def _plain_popen() -> Iterator[None]:
+  """imageio-ffmpeg starts ffmpeg with ``preexec_fn=os.setpgrp`` (to keep Ctrl-C from it):
+  a ``preexec_fn`` makes ``subprocess`` run Python's fork hooks, and JAX's hook warns
+  "os.fork() was called ... JAX is multithreaded". Without it, ffmpeg is spawned with no
+  Python code run in the child, so nothing can deadlock; a Ctrl-C then stops ffmpeg too,
+  which is what the anonymizer does anyway (a partial output is discarded)."""
+  key = 'IMAGEIO_FFMPEG_NO_PREVENT_SIGINT'
+  before = os.environ.get(key)
+  os.environ[key] = '1'
+  try:
+    yield
+  finally:
+    if before is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = before
 
 
 def read_video(path: str | os.PathLike) -> tuple[VideoInfo, Iterator[np.ndarray]]:
@@ -280,16 +431,20 @@ def read_video(path: str | os.PathLike) -> tuple[VideoInfo, Iterator[np.ndarray]
     raise UnreadableMediaError(f'{path}: empty or missing video file')
   reader = imageio_ffmpeg.read_frames(str(path))
   try:
-    meta = next(reader)
+    with _plain_popen():
+      meta = next(reader)
   except (RuntimeError, OSError, StopIteration, IndexError, ValueError) as e:
     reader.close()
     raise UnreadableMediaError(f'{path}: cannot read the video ({type(e).__name__}: '
                                f'{str(e).strip().splitlines()[-1] if str(e).strip() else e})'
                                ) from e
   width, height = (int(v) for v in meta['size'])
-  info = VideoInfo(size=(width, height), fps=float(meta.get('fps') or 25.0),
-                   has_audio=bool(meta.get('audio_codec')),
-                   nframes=float(meta.get('nframes', float('inf'))))
+  fps = float(meta.get('fps') or 25.0)
+  duration = meta.get('duration')
+  declared = float(round(float(duration) * fps)) if duration and duration != 'N/A' else (
+      float('inf'))
+  info = VideoInfo(size=(width, height), fps=fps, has_audio=bool(meta.get('audio_codec')),
+                   nframes=float(meta.get('nframes', declared)))
 
   def frames():
     try:
@@ -320,12 +475,17 @@ class VideoWriter:
     even = width % 2 == 0 and height % 2 == 0
     codec = 'libvpx-vp9' if self.dest.suffix.lower() == '.webm' else 'libx264'
     self.frames_written = 0
-    self._writer = imageio_ffmpeg.write_frames(
-        str(self._tmp), (width, height), fps=info.fps, codec=codec, quality=quality,
-        pix_fmt_out='yuv420p' if even else 'yuv444p', macro_block_size=1,
-        output_params=['-map_metadata', '-1'],
-        audio_path=str(audio_from) if audio_from is not None else None)
-    self._writer.send(None)  # starts ffmpeg
+    try:
+      self._writer = imageio_ffmpeg.write_frames(
+          str(self._tmp), (width, height), fps=info.fps, codec=codec, quality=quality,
+          pix_fmt_out='yuv420p' if even else 'yuv444p', macro_block_size=1,
+          output_params=['-map_metadata', '-1'],
+          audio_path=str(audio_from) if audio_from is not None else None)
+      with _plain_popen():
+        self._writer.send(None)  # starts ffmpeg
+    except BaseException as e:
+      self._context.__exit__(type(e), e, e.__traceback__)  # no temporary file left behind
+      raise
     self._size = (height, width)
 
   def write(self, frame: np.ndarray) -> None:
@@ -339,7 +499,7 @@ class VideoWriter:
     """Finishes the file; with ``ok=False`` (an error) the partial file is discarded."""
     try:
       self._writer.close()
-    except Exception:  # pylint: disable=broad-except
+    except BaseException:  # a Ctrl-C while ffmpeg finishes, too: the file may be cut short
       ok = False
       raise
     finally:

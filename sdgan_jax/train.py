@@ -592,8 +592,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails before any device work on keys this code does not know or inconsistent values."""
-  from sdgan_jax.config import load_config  # pylint: disable=import-outside-toplevel
+  """Fails before any device work on keys this code does not know or inconsistent values
+  (``ConfigError``, a ValueError)."""
+  # pylint: disable-next=import-outside-toplevel
+  from sdgan_jax.config import ConfigError, load_config, unknown_key_message
 
   reference = load_config(str(REFERENCE_CONFIG))
   free_form = {'model', 'data'}  # network fields are checked by the model constructors
@@ -602,15 +604,64 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in cfg.keys():
       name = f'{prefix}{key}'
       if key not in ref:
-        raise ValueError(f'unknown config key {name!r}; known keys here: {sorted(ref.keys())}')
+        raise ConfigError(unknown_key_message(name, ref.keys()))
       if (isinstance(cfg[key], ml_collections.ConfigDict) and key not in free_form
           and isinstance(ref[key], ml_collections.ConfigDict)):
         walk(cfg[key], ref[key], f'{name}.')
 
   walk(config, reference, '')
-  if config.resolution % 16:
-    raise ValueError(f'config.resolution={config.resolution}: must be a multiple of 16')
-  Models(config)  # model keys and values (presets, kinds, dtype) fail here, on the host
+  if config.resolution % 16 or config.resolution <= 0:
+    raise ConfigError(f'config.resolution={config.resolution}: must be a positive multiple '
+                      'of 16')
+  for name, least in (('train.batch_size', 1), ('train.num_steps', 0), ('train.log_every', 1),
+                      ('checkpoint.every', 1), ('eval.num_batches', 0)):
+    group, key = name.split('.')
+    value = config.get(group, {}).get(key)
+    if value is not None and (not isinstance(value, int) or value < least):
+      raise ConfigError(f'config.{name}={value!r}: must be an integer >= {least}')
+  try:
+    Models(config)  # model keys and values (presets, kinds, dtype) fail here, on the host
+  except (ValueError, TypeError, KeyError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise ConfigError(str(message)) from e
+
+
+def check_dataset(dataset: str) -> None:
+  """``config.data.dataset`` must name a prepared dataset (``ConfigError`` otherwise)."""
+  import json  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+
+  from sdgan_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+
+  make = ('make one with `python tools/prepare_data.py --source samples --output data` '
+          '(or --source celeba_files --celeba_dir DIR), which prints the directory to pass')
+  if not dataset:
+    raise ConfigError(f'config.data.dataset is empty: pass --config.data.dataset=DIR, a '
+                      f'prepared dataset; {make}')
+  path = pathlib.Path(dataset)
+  if (path / 'dataset_info.json').is_file():
+    try:
+      json.loads((path / 'dataset_info.json').read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+      raise ConfigError(f'config.data.dataset={dataset!r}: its dataset_info.json is not '
+                        f'readable JSON ({e}); prepare the dataset again with '
+                        'tools/prepare_data.py') from e
+    return
+  if path.is_dir():
+    found = sorted(str(p.parent) for pattern in ('*', '*/*', '*/*/*')
+                   for p in path.glob(f'{pattern}/dataset_info.json'))
+    hint = f'did you mean {found[0]}?' if found else make
+    raise ConfigError(f'config.data.dataset={dataset!r} is not a prepared dataset (no '
+                      f'dataset_info.json in it); {hint}')
+  if path.exists():
+    raise ConfigError(f'config.data.dataset={dataset!r} is a file, not a prepared dataset '
+                      f'directory; {make}')
+  name = re.fullmatch(r'([A-Za-z_]\w*)(/\w+)?(:[\d.*]+)?', dataset)
+  if name:  # a registered TFDS name is looked up by load_data_source
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    if name.group(1) in tfds.list_builders(with_community_datasets=False):
+      return
+  raise ConfigError(f'config.data.dataset={dataset!r}: no such directory; {make}')
 
 
 def _host_state(state):
@@ -760,21 +811,41 @@ def _image_summary(models, state, batch, n: int) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains SDGAN on the prepared dataset of ``config.data``; resumes from ``workdir``."""
+  from sdgan_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+
+  validate_config(config)  # before TensorFlow's import (clu, input pipeline): fails fast
+  check_dataset(config.data.dataset)
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
   from sdgan_jax import identity_bank as bank_lib  # pylint: disable=import-outside-toplevel
   from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
   from sdgan_jax import weights as weights_lib  # pylint: disable=import-outside-toplevel
 
-  validate_config(config)
   if '://' not in workdir:  # orbax refuses relative local paths; keep gs:// and the like
     workdir = os.path.abspath(workdir)
-  source = input_pipeline.load_data_source(config.data.dataset, 'train')
+  from google.protobuf import json_format  # pylint: disable=import-outside-toplevel
+  try:
+    source = input_pipeline.load_data_source(config.data.dataset, 'train')
+  except (FileNotFoundError, ValueError, KeyError, json_format.Error) as e:
+    dataset = config.data.dataset
+    if not (pathlib.Path(dataset) / 'dataset_info.json').is_file():  # a TFDS name
+      raise ConfigError(f'config.data.dataset={dataset!r}: no such directory, nor a prepared '
+                        'TFDS dataset; pass the directory tools/prepare_data.py printed') from e
+    cause = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise ConfigError(f'config.data.dataset={dataset!r}: its training split cannot be read '
+                      f'({type(e).__name__}: {cause}); prepare the dataset again with '
+                      'tools/prepare_data.py') from e
   _check_data(config, source)
-  bank = bank_lib.IdentityBank.load(config.data.identity_bank or bank_lib.bank_path(
-      config.data.dataset, 'train', config.data.identity_backbone))
+  bank_file = config.data.identity_bank or bank_lib.bank_path(
+      config.data.dataset, 'train', config.data.identity_backbone)
+  try:
+    bank = bank_lib.IdentityBank.load(bank_file)
+  except FileNotFoundError as e:
+    raise ConfigError(f'no identity bank at {bank_file}: prepare the dataset with '
+                      'tools/prepare_data.py (without --identity_bank none), or pass '
+                      '--config.data.identity_bank=PATH') from e
   if bank.dim != config.identity_dim:
-    raise ValueError(f'config.identity_dim={config.identity_dim} but the identity bank holds '
-                     f'{bank.dim}-d features ({bank.backbone}); set identity_dim to {bank.dim}')
+    raise ConfigError(f'config.identity_dim={config.identity_dim} but the identity bank holds '
+                      f'{bank.dim}-d features ({bank.backbone}); set identity_dim to {bank.dim}')
   perceptual = None
   if config.loss.perceptual_weights != 'random':
     perceptual = weights_lib.load_weights(config.loss.perceptual_weights)['params']
@@ -887,14 +958,15 @@ def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, di
 
 def _check_data(config, source) -> None:
   """The data must carry what the config promises (class count, enough resolution)."""
+  from sdgan_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
   from sdgan_jax.datasets.features import NUM_CLASSES  # pylint: disable=import-outside-toplevel
 
   if config.num_classes != NUM_CLASSES:
-    raise ValueError(f'config.num_classes={config.num_classes} but prepared datasets have '
-                     f'{NUM_CLASSES} semantic classes')
+    raise ConfigError(f'config.num_classes={config.num_classes} but prepared datasets have '
+                      f'{NUM_CLASSES} semantic classes')
   info = getattr(source, 'dataset_info', None)
   if info is not None:
     stored = info.features['image'].shape[0]
     if stored < config.resolution:
-      raise ValueError(f'config.resolution={config.resolution} exceeds the prepared '
-                       f'crops ({stored} px); prepare the data at {config.resolution} px')
+      raise ConfigError(f'config.resolution={config.resolution} exceeds the prepared '
+                        f'crops ({stored} px); prepare the data at {config.resolution} px')

@@ -271,8 +271,10 @@ def evaluate(models: ParserModels, state: ParserState, batches: Iterable[dict],
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails before any device work on unknown keys or inconsistent values."""
-  from sdgan_jax.config import load_config  # pylint: disable=import-outside-toplevel
+  """Fails before any device work on unknown keys, inconsistent values or a missing data
+  folder (``ConfigError``, a ValueError)."""
+  # pylint: disable-next=import-outside-toplevel
+  from sdgan_jax.config import ConfigError, load_config, unknown_key_message
 
   reference = load_config(str(REFERENCE_CONFIG))
 
@@ -280,24 +282,36 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in cfg.keys():
       name = f'{prefix}{key}'
       if key not in ref:
-        raise ValueError(f'unknown config key {name!r}; known keys here: {sorted(ref.keys())}')
+        raise ConfigError(unknown_key_message(name, ref.keys()))
       if (key != 'model' and isinstance(cfg[key], ml_collections.ConfigDict)
           and isinstance(ref[key], ml_collections.ConfigDict)):
         walk(cfg[key], ref[key], f'{name}.')
 
   walk(config, reference, '')
   if config.get('task') != 'parser':
-    raise ValueError(f"config.task={config.get('task')!r}: parser configs set task='parser'")
+    raise ConfigError(f"config.task={config.get('task')!r}: parser configs set task='parser'")
   if config.data.source not in DATA_SOURCES:
-    raise ValueError(f'unknown config.data.source {config.data.source!r}: use one of '
-                     f'{DATA_SOURCES}')
+    raise ConfigError(f'unknown config.data.source {config.data.source!r}: use one of '
+                      f'{DATA_SOURCES}')
   where = config.data.dataset if config.data.source == 'prepared' else config.data.folder
   if not where:
     key = 'dataset' if config.data.source == 'prepared' else 'folder'
-    raise ValueError(f'config.data.{key} is empty: pass --config.data.{key}=PATH')
-  if config.resolution % 8:
-    raise ValueError(f'config.resolution={config.resolution}: must be a multiple of 8')
-  ParserModels(config)  # model and optimizer keys fail here, on the host
+    what = ('a dataset of tools/prepare_data.py' if key == 'dataset'
+            else 'a CelebAMask-HQ or LaPa root folder')
+    raise ConfigError(f'config.data.{key} is empty: pass --config.data.{key}=PATH ({what})')
+  if config.data.source == 'prepared':
+    sdgan_train.check_dataset(config.data.dataset)
+  elif not os.path.isdir(config.data.folder):
+    raise ConfigError(f'config.data.folder={config.data.folder!r} is not a folder: pass '
+                      'the CelebAMask-HQ or LaPa root (--config.data.folder=PATH)')
+  if config.resolution % 8 or config.resolution <= 0:
+    raise ConfigError(f'config.resolution={config.resolution}: must be a positive multiple '
+                      'of 8')
+  try:
+    ParserModels(config)  # model and optimizer keys fail here, on the host
+  except (ValueError, TypeError, KeyError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise ConfigError(str(message)) from e
 
 
 restore_state = sdgan_train.restore_state
@@ -390,9 +404,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
   """Trains EAGRNet on ``config.data``; resumes from the latest checkpoint in ``workdir``."""
   if '://' not in workdir:  # orbax refuses relative local paths
     workdir = os.path.abspath(workdir)
+  validate_config(config)  # before TensorFlow's import (clu): fails fast
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
 
-  validate_config(config)
   train_batches, eval_batches = _data(config)
   models, mesh, init_fn, step_fn, confusion_fn = _programs(_program_key(config),
                                                           jax.device_count())

@@ -444,7 +444,7 @@ def test_baseline_runs_without_a_checkpoint(tmp_path, tiles, weights_dir):
 
   Image.fromarray(tiles['biden']).save(tmp_path / 'biden.png')
   code = cli.main([str(tmp_path / 'biden.png'), '--output', str(tmp_path / 'out'),
-                   '--baseline', 'pixelate', '--identity_threshold', '0', '--no_progress',
+                   '--baseline', 'pixelate', '--no_identity_check', '--no_progress',
                    '--weights_dir', str(weights_dir)])
   assert code == 0
   got = np.asarray(Image.open(tmp_path / 'out' / 'biden.png'))
@@ -651,3 +651,19 @@ def test_a_face_the_detectors_miss_in_one_frame_is_covered_by_its_track(
   assert entry3['covered_by_tracking'] == 1 and change3 > 12, results
   assert entry3['frames'] == 10 and entry3['faces_found'] == 9
   assert report['totals']['covered_by_tracking'] == 1
+
+
+def test_restoring_a_checkpoint_prints_no_orbax_metadata_warning(workdir, caplog):
+  """orbax warns "Metadata file does not exist" for the step folders of a restore: harmless,
+  and kept from the users (``inference.quiet_orbax``); other warnings still get through."""
+  import logging  # pylint: disable=import-outside-toplevel
+
+  from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
+
+  caplog.set_level(logging.WARNING)
+  generator = inference.TrainedGenerator.from_workdir(workdir, batch_size=2)
+  assert generator.step == 0
+  assert 'Metadata file does not exist' not in caplog.text
+  with inference.quiet_orbax():
+    logging.getLogger('absl').warning('something else')
+  assert 'something else' in caplog.text

@@ -262,7 +262,7 @@ def test_mismatches_are_one_line_errors_in_the_clis(models, parser, photo, tmp_p
   ]
   for model, flags, words in cases:
     code = cli.main([str(photo), '--output', str(tmp_path / 'out'), '--checkpoint', str(model),
-                     '--identity_threshold', '0', '--detectors', 'hog', '--no_progress',
+                     '--no_identity_check', '--detectors', 'hog', '--no_progress',
                      *flags])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith('error:')]

@@ -4,8 +4,10 @@
   python tools/anonymize.py photos/ clip.mp4 --output anon/ --checkpoint workdirs/demo
   python tools/anonymize.py photos/ --output anon/ --baseline pixelate   # no model needed
 
-INPUT: image files (JPEG, PNG, WebP), folders (recursive; the tree is mirrored under DIR)
-and videos (mp4, mov, m4v, mkv, avi, webm; audio kept where the container takes it).
+INPUT: image files (JPEG, PNG, WebP, GIF, TIFF; every frame of an animated GIF, APNG or
+WebP and every page of a TIFF, timing and loop kept), folders (recursive; the tree is
+mirrored under DIR; hidden files, other types and dangling links are reported) and videos
+(mp4, mov, m4v, mkv, avi, webm; audio kept where the container takes it).
 WORKDIR is a training workdir (`python run.py ... --workdir=WORKDIR`; `make demo` makes
 workdirs/demo). A model trained on a face parser's semantic maps (`prepare_data.py
 --parser`; WORKDIR/semantic_maps.json names the parser) gets that parser's maps of the
@@ -22,11 +24,17 @@ or a --detector_threshold for crowds of tiny faces.
 Fail closed: a detected face that cannot be anonymized -- too small, landmarks failed, the
 mask misses it, the generator failed, or its output still matches the source person under
 the dlib ResNet descriptor (distance below --identity_threshold) -- is covered by the
-fallback (coarse pixelation or a solid fill) and reported. Inputs are never overwritten;
-outputs are written atomically, upright (EXIF orientation applied) and without EXIF, GPS or
-XMP metadata. Unreadable files are reported and the run goes on. The JSON report
-(DIR/anonymize_report.json) lists per file the faces found, anonymized, covered, errors and
-time. Exit status: 0 when every file was processed, 1 when some failed, 2 on bad arguments.
+fallback (coarse pixelation or a solid fill) and reported. --no_identity_check turns
+that last check off (the report and the console warn). Inputs are never overwritten, nor
+are existing outputs unless --overwrite is given, and no two outputs (nor the report) share
+a path: all checked, with the folders' writability, before the work starts. Outputs are
+written atomically, upright (EXIF orientation applied) and without EXIF, GPS or XMP
+metadata; temporary files a killed run left are removed by the next run. Unreadable files
+are reported and the run goes on. The JSON report (DIR/anonymize_report.json) lists per
+file the faces found, anonymized, covered, errors, notes on conversions and time; Ctrl-C
+stops the run and writes the report of the files finished. Exit status: 0 when every file
+was processed, 1 when some failed (or the report could not be written), 2 on bad
+arguments, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -70,7 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                       default=anonymize.DEFAULT_IDENTITY_THRESHOLD,
                       help='an output face whose dlib ResNet descriptor is closer than this to '
                       "the source face's gets the fallback (dlib's same-person convention: "
-                      '0.6; higher is stricter; 0 turns the check off)')
+                      '0.6; higher is stricter; must be > 0: turn the check off with '
+                      '--no_identity_check)')
+  parser.add_argument('--no_identity_check', action='store_true',
+                      help='do not re-check the output faces against the source person '
+                      '(faster, needs no dlib ResNet weights; the report warns)')
   parser.add_argument('--min_face_px', type=float, default=anonymize.Options.min_face_px,
                       help='faces with a smaller detection box get the fallback')
   parser.add_argument('--detectors', default=','.join(ensemble.DEFAULT_DETECTORS),
@@ -111,7 +123,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--visualize', action='store_true',
                       help='also write NAME.detections.png: the output with each detection '
                       'drawn (green: anonymized, red: fallback and why); photos only')
-  parser.add_argument('--report', help=f'JSON report path (default: DIR/{anonymize.REPORT_NAME})')
+  parser.add_argument('--report', help=f'JSON report path (default: DIR/{anonymize.REPORT_NAME}); '
+                      'never an input or an output of the run')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace outputs (and the report) that already exist; without it '
+                      'the run refuses to start')
   parser.add_argument('--no_progress', action='store_true')
   compile_cache.add_argument(parser)
   args = parser.parse_args(argv)
@@ -122,12 +138,43 @@ def parse_args(argv=None) -> argparse.Namespace:
                  'semantic maps')
   if args.workers < 0:
     parser.error('--workers must be >= 0 (0: one per CPU core)')
+  threshold = args.identity_threshold
+  if args.no_identity_check:
+    if threshold != anonymize.DEFAULT_IDENTITY_THRESHOLD:
+      parser.error('give --identity_threshold or --no_identity_check, not both')
+    threshold = 0.0
+  elif not threshold > 0:  # 0, negative or NaN: never a silent way to turn the check off
+    parser.error(f'--identity_threshold must be > 0 (dlib\'s same-person distance is 0.6), got '
+                 f'{args.identity_threshold:g}; use --no_identity_check to turn the check off')
   try:
     args.detectors = ensemble.parse_detectors(args.detectors)
     args.detector_thresholds = _thresholds(args.detector_threshold, args.detectors)
+    args.options = anonymize.Options(
+        target=args.target, seed=args.seed, fallback=args.fallback,
+        fallback_blocks=args.fallback_blocks, identity_threshold=threshold,
+        min_face_px=args.min_face_px, detectors=args.detectors,
+        detector_thresholds=args.detector_thresholds,
+        detect_min_face_px=args.detect_min_face_px, upsample=args.upsample,
+        track_cover_frames=args.track_cover_frames,
+        keep_exif=args.keep_exif, quality=args.quality, workers=args.workers,
+        parser_workdir=args.parser, batch_size=args.batch_size,
+        images_per_batch=args.images_per_batch, frames_per_batch=args.frames_per_batch)
   except ValueError as e:
-    parser.error(str(e))
+    parser.error(_as_flag(str(e)))
   return args
+
+
+def _as_flag(message: str) -> str:
+  """An ``Options`` error ('quality must be ...') in the CLI's words ('--quality must ...')."""
+  name = message.split(' ', 1)[0]
+  if name.isidentifier() and f'--{name}' in _FLAGS:
+    return f'--{message}'.replace('identity_threshold=0', '--no_identity_check')
+  return message
+
+
+_FLAGS = ('--target', '--fallback', '--fallback_blocks', '--identity_threshold',
+          '--min_face_px', '--detect_min_face_px', '--track_cover_frames', '--upsample',
+          '--quality', '--workers', '--batch_size', '--images_per_batch', '--frames_per_batch')
 
 
 def _thresholds(items, detectors) -> dict[str, float]:
@@ -148,25 +195,33 @@ def _thresholds(items, detectors) -> dict[str, float]:
 def main(argv=None) -> int:
   args = parse_args(argv)
   compile_cache.enable(args.compilation_cache)
+  if not args.options.identity_check:
+    print(f'warning: {anonymize.IDENTITY_CHECK_OFF}', file=sys.stderr)
   try:
-    options = anonymize.Options(
-        target=args.target, seed=args.seed, fallback=args.fallback,
-        fallback_blocks=args.fallback_blocks, identity_threshold=args.identity_threshold,
-        min_face_px=args.min_face_px, detectors=args.detectors,
-        detector_thresholds=args.detector_thresholds,
-        detect_min_face_px=args.detect_min_face_px, upsample=args.upsample,
-        track_cover_frames=args.track_cover_frames,
-        keep_exif=args.keep_exif, quality=args.quality, workers=args.workers,
-        parser_workdir=args.parser)
-    # Check the paths before the (slow) model load.
-    anonymize.plan_jobs(args.inputs, args.output)
+    # Check the paths (outputs, report, writability) before the (slow) model load.
+    anonymize.plan_jobs(args.inputs, args.output, visualize=args.visualize,
+                        overwrite=args.overwrite, report_path=args.report)
     anonymizer = anonymize.build_anonymizer(
-        args.checkpoint, baseline=args.baseline, options=options, weights_dir=args.weights_dir,
-        batch_size=args.batch_size, step=args.step)
+        args.checkpoint, baseline=args.baseline, options=args.options,
+        weights_dir=args.weights_dir, step=args.step)
     report = anonymize.anonymize_paths(
         args.inputs, args.output, anonymizer, report_path=args.report,
-        visualize=args.visualize, progress=not args.no_progress,
-        images_per_batch=args.images_per_batch, frames_per_batch=args.frames_per_batch)
+        visualize=args.visualize, progress=not args.no_progress, overwrite=args.overwrite,
+        images_per_batch=args.options.images_per_batch,
+        frames_per_batch=args.options.frames_per_batch)
+  except anonymize.Interrupted as e:
+    done = sum(f['status'] != 'skipped' for f in e.report['files'])
+    where = e.report_error or f"report: {e.report['report']}"
+    left = len(e.report.get('unfinished', []))
+    print(f"interrupted: {done} file{'s' * (done != 1)} finished, {left} not started or not "
+          f'finished (run again with --overwrite to redo them all); {where}', file=sys.stderr)
+    return 130
+  except KeyboardInterrupt:
+    print('interrupted before any file was processed: nothing was written', file=sys.stderr)
+    return 130
+  except anonymize.ReportWriteError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
   except (anonymize.InputError, FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -43,8 +43,14 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     detectors = ensemble.parse_detectors(args.detectors)
+    options = anonymize.Options(workers=args.workers, detectors=detectors,
+                                batch_size=args.batch_size,
+                                images_per_batch=args.images_per_batch)
   except ValueError as e:
-    parser.error(str(e))
+    parser.error(f'--{e}' if str(e).split(' ', 1)[0] in ('workers', 'batch_size',
+                                                         'images_per_batch') else str(e))
+  if args.repeats < 1:
+    parser.error(f'--repeats must be >= 1, got {args.repeats}')
 
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -58,8 +64,7 @@ def main(argv=None) -> int:
   try:
     anonymizer = anonymize.build_anonymizer(
         None if args.baseline else args.checkpoint, baseline=args.baseline,
-        batch_size=args.batch_size,
-        options=anonymize.Options(workers=args.workers, detectors=detectors))
+        options=options)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -141,7 +141,9 @@ def main(argv=None) -> int:
   photos = demo_photos(data, out / 'photos')
   anonymized = out / 'anonymized'
   anonymizer = anonymize.build_anonymizer(workdir)
-  report = anonymize.anonymize_paths([photos], anonymized, anonymizer, visualize=True)
+  # the demo's own folder: a second `make demo` replaces what the first one wrote
+  report = anonymize.anonymize_paths([photos], anonymized, anonymizer, visualize=True,
+                                     overwrite=True)
   sheet = before_after(photos, anonymized, out / 'before_after.png')
   totals = report['totals']
   _log(f"{totals['files']} photos: {totals['faces_found']} faces found, {totals['anonymized']} "

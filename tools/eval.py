@@ -29,9 +29,31 @@ from sdgan_jax import compile_cache, semantic_source  # noqa: E402
 from sdgan_jax.evaluation import report, runner  # noqa: E402
 
 
+class _Parser(argparse.ArgumentParser):
+  """Usage errors as one line (``eval.py: error: ...``), exit status 2."""
+
+  def error(self, message):
+    self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def _at_least(least: int):
+  """An argparse type: an integer >= ``least``."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+    if value < least:
+      raise argparse.ArgumentTypeError(f'{value} is not >= {least}')
+    return value
+
+  parse.__name__ = f'integer >= {least}'
+  return parse
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--checkpoint', action='append', default=[], metavar='WORKDIR',
                       help='a run.py workdir (repeat for several models); none: baselines only')
   parser.add_argument('--data', required=True, metavar='PREPARED_DATASET',
@@ -40,12 +62,14 @@ def main(argv=None) -> int:
   parser.add_argument('--split', default='test',
                       help="comma-separated splits (default: test; samples: 'train,test')")
   parser.add_argument('--output', default='outputs/eval', help='where the outputs go')
-  parser.add_argument('--resolution', type=int, default=runner.PAPER_RESOLUTION,
+  parser.add_argument('--resolution', type=_at_least(1), default=runner.PAPER_RESOLUTION,
                       help='evaluation crop size (paper: 64)')
-  parser.add_argument('--batch_size', type=int, default=64)
+  parser.add_argument('--batch_size', type=_at_least(1), default=64)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--max_faces', type=int, help='evaluate this many faces, evenly spaced')
-  parser.add_argument('--grid_faces', type=int, default=8, help='faces in the image grid')
+  parser.add_argument('--max_faces', type=_at_least(1),
+                      help='evaluate this many faces, evenly spaced')
+  parser.add_argument('--grid_faces', type=_at_least(1), default=8,
+                      help='faces in the image grid')
   parser.add_argument('--baselines', default=','.join(runner.BASELINE_ROWS),
                       help='comma-separated baseline rows')
   parser.add_argument('--detectors', default=','.join(runner.EvalOptions.detectors),

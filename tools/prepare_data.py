@@ -84,7 +84,11 @@ def main(argv=None) -> int:
   if args.source == 'celeba_files':
     if not args.celeba_dir:
       parser.error('--source celeba_files needs --celeba_dir')
-    source, kind, split = prepare.celeba_folder_source(args.celeba_dir), 'celeba', {}
+    try:
+      source, kind, split = prepare.celeba_folder_source(args.celeba_dir), 'celeba', {}
+    except (celeba_files.CelebAFilesError, ValueError) as e:  # one line, no traceback
+      print(f'{parser.prog}: error: {e}', file=sys.stderr)
+      return 2
   elif args.source == 'tfds_celeb_a':
     from sdgan_jax.datasets import builder  # pylint: disable=import-outside-toplevel
     source, kind, split = builder.TfdsCelebASource(args.tfds_data_dir), 'celeba', {}

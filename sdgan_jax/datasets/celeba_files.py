@@ -193,11 +193,54 @@ class CelebAFiles:
     return self.images / filename
 
 
+def _download_hint(root: pathlib.Path) -> str:
+  return (f'download the official CelebA files from {CELEBA_URL} (Align&Cropped images: '
+          f'{IMAGE_DIR}.zip, unzipped; Anno: {IDENTITY_FILE}; Eval: {PARTITION_FILE}) into '
+          f'{root}, or use --source tfds_celeb_a')
+
+
+def _elsewhere_hint(root: pathlib.Path) -> str:
+  """'did you mean ...?' when ``root`` looks like a neighbour of the CelebA folder."""
+  if root.name == IMAGE_DIR or next(root.glob('*.jpg'), None) is not None:
+    return f'it looks like the image folder itself: pass its parent, {root.parent}'
+  for pattern in (f'*/{IMAGE_DIR}', f'*/{IDENTITY_FILE}', f'*/Anno/{IDENTITY_FILE}'):
+    found = next(root.glob(pattern), None)
+    if found is not None:
+      parent = found.parent.parent if found.parent.name == 'Anno' else found.parent
+      return f'did you mean --celeba_dir {parent}?'
+  return ''
+
+
+def _check_folder(root: pathlib.Path) -> None:
+  """``root`` must be a folder holding the required official files (CelebAFilesError)."""
+  if not root.exists():
+    raise CelebAFilesError(f'CelebA folder {root} does not exist: {_download_hint(root)}')
+  if not root.is_dir():
+    unzip = (f'; unzip it first (`unzip {root} -d {root.parent}`) and pass {root.parent}'
+             if root.suffix == '.zip' else '')
+    raise CelebAFilesError(f'CelebA folder {root} is a file, not a folder: pass the folder '
+                           f'holding {IMAGE_DIR}/ and {IDENTITY_FILE}{unzip}')
+  missing = []
+  try:
+    image_dir(root)
+  except CelebAFilesError:
+    if (root / f'{IMAGE_DIR}.zip').is_file():
+      raise  # "unzip it first"
+    missing.append(f'{IMAGE_DIR}/')
+  try:
+    find_file(root, IDENTITY_FILE)
+  except CelebAFilesError:
+    missing.append(IDENTITY_FILE)
+  if missing:
+    raise CelebAFilesError(
+        f'CelebA folder {root} lacks the official {" and ".join(missing)} (looked in it and '
+        f'its Anno/ and Eval/): {_elsewhere_hint(root) or _download_hint(root)}')
+
+
 def load_celeba_dir(celeba_dir: str | os.PathLike) -> CelebAFiles:
   """Reads the identity table (required) and the partition (if present) of a CelebA folder."""
   root = pathlib.Path(celeba_dir)
-  if not root.is_dir():
-    raise _missing('folder', root, [root])
+  _check_folder(root)
   images = image_dir(root)
   identities = read_identities(find_file(root, IDENTITY_FILE))
   try:

@@ -1,0 +1,193 @@
+"""Hostile input to the command lines: one line naming what is wrong and what to do, a
+usage exit status (2; 130 for Ctrl-C), never a traceback. Every case is a subprocess of the
+CLI that stops before any training; the cases of a test run side by side."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, JAX_PLATFORMS='cpu')
+
+
+def _run_all(commands, cwd=REPO):
+  """Runs the argv lists side by side: [(returncode, stderr lines)], in order."""
+  procs = [subprocess.Popen(c, cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for c in commands]
+  results = []
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    results.append((p.returncode, [line for line in err.splitlines() if line.strip()]))
+  return results
+
+
+def _one_line(result, status=2):
+  """The single stderr line of a refused command (asserting its status)."""
+  code, lines = result
+  assert code == status and len(lines) == 1 and 'Traceback' not in lines[0], (code, lines)
+  return lines[0]
+
+
+def _run_py(*args, workdir='w'):
+  return [sys.executable, str(REPO / 'run.py'), *args, f'--workdir={workdir}']
+
+
+# ---------------------------------------------------------------------------------------
+# 1. tools/prepare_data.py --source celeba_files with a wrong --celeba_dir.
+
+
+def test_prepare_data_refuses_a_wrong_celeba_dir(tmp_path):
+  (tmp_path / 'a_file').write_text('x')
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'no_identities' / 'img_align_celeba').mkdir(parents=True)
+  (tmp_path / 'images').mkdir()
+  (tmp_path / 'images' / '000001.jpg').write_bytes(b'')
+  (tmp_path / 'parent' / 'celeba' / 'img_align_celeba').mkdir(parents=True)
+  cases = {'missing': 'does not exist', 'a_file': 'is a file, not a folder',
+           'empty': 'lacks the official img_align_celeba/ and identity_CelebA.txt',
+           'no_identities': 'lacks the official identity_CelebA.txt',
+           'images': f'image folder itself: pass its parent, {tmp_path}',
+           'parent': f'did you mean --celeba_dir {tmp_path / "parent" / "celeba"}?'}
+  results = _run_all([[sys.executable, str(REPO / 'tools' / 'prepare_data.py'), '--source',
+                       'celeba_files', '--celeba_dir', str(tmp_path / name), '--output',
+                       str(tmp_path / 'out')] for name in cases])
+  for (name, want), result in zip(cases.items(), results):
+    line = _one_line(result)
+    assert line.startswith('prepare_data.py: error: CelebA folder') and want in line, line
+    if name in ('missing', 'empty'):
+      assert 'mmlab' in line and '--source tfds_celeb_a' in line  # what to do
+  assert not (tmp_path / 'out').exists()
+
+
+# ---------------------------------------------------------------------------------------
+# 2.-3. run.py: no dataset, a wrong dataset path, unknown config keys, bad values.
+
+
+def test_run_py_refuses_a_missing_or_wrong_dataset(tmp_path):
+  (tmp_path / 'a_file').write_text('x')
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'data' / 'sdgan_faces' / 'samples_128' / '1.0.0').mkdir(parents=True)
+  (tmp_path / 'data' / 'sdgan_faces' / 'samples_128' / '1.0.0' / 'dataset_info.json').write_text(
+      '{}')
+  (tmp_path / 'corrupt').mkdir()
+  (tmp_path / 'corrupt' / 'dataset_info.json').write_text('')
+  cases = [
+      ([], ['config.data.dataset is empty', '--config.data.dataset=DIR',
+            'tools/prepare_data.py']),
+      ([f'--config.data.dataset={tmp_path / "missing"}'], ['no such directory',
+                                                          'tools/prepare_data.py']),
+      ([f'--config.data.dataset={tmp_path / "a_file"}'], ['is a file']),
+      ([f'--config.data.dataset={tmp_path / "empty"}'], ['is not a prepared dataset',
+                                                        'tools/prepare_data.py']),
+      ([f'--config.data.dataset={tmp_path / "data"}'],
+       [f'did you mean {tmp_path / "data" / "sdgan_faces" / "samples_128" / "1.0.0"}?']),
+      ([f'--config.data.dataset={tmp_path / "corrupt"}'], ['not readable JSON',
+                                                          'prepare the dataset again']),
+  ]
+  results = _run_all([_run_py('--config=configs/celeba.py', *args,
+                              workdir=tmp_path / f'w{i}')
+                      for i, (args, _) in enumerate(cases)])
+  for (_, wants), result in zip(cases, results):
+    line = _one_line(result)
+    assert line.startswith('run.py: error: '), line
+    for want in wants:
+      assert want in line, (want, line)
+  assert not any(tmp_path.glob('w*')), 'nothing may be written before the data is checked'
+
+
+def test_run_py_refuses_unknown_config_keys_and_bad_values(tmp_path):
+  cases = [
+      (['--config=configs/celeba.py', '--config.train.batchsize=4'],
+       ["unknown config key 'train.batchsize'", "did you mean 'train.batch_size'?",
+        'keys of config.train: batch_size, d_steps']),
+      (['--config=configs/demo.py', '--config.trian.batch_size=4'],
+       ["unknown config key 'trian'", "did you mean 'train'?", 'keys of config: checkpoint']),
+      (['--config=configs/celeba.py', '--config.model.generator.widht=4'],
+       ["unknown config key 'model.generator.widht'", 'keys of config.model.generator']),
+      (['--config=configs/celeba.py', '--config.train.batch_size.x=4'],
+       ["'train.batch_size' holds a value (int)"]),
+      (['--config=configs/celeba.py', '--config.train.batch_size=four'],
+       ['--config.train.batch_size=four', 'invalid literal']),
+      (['--config=configs/celeba.py:abc'], ['configs/celeba.py:abc', 'ValueError']),
+      (['--config=configs/nope.py'], ["config file 'configs/nope.py' not found",
+                                      'celeba.py, demo.py']),
+      (['--config=configs/eagrnet_polygons.py', '--config.optim.momentun=0.9'],
+       ["unknown config key 'optim.momentun'", "did you mean 'optim.momentum'?"]),
+      ([], ['--config']),  # required flag
+      # the trainers' own checks (validate_config), before any device work
+      (['--config=configs/celeba.py', '--config.train.batch_size=0'],
+       ['config.train.batch_size=0: must be an integer >= 1']),
+      (['--config=configs/celeba.py:40'], ['config.resolution=40', 'multiple of 16']),
+      (['--config=configs/eagrnet_folder.py'], ['config.data.folder is empty',
+                                                '--config.data.folder=PATH']),
+      (['--config=configs/eagrnet_folder.py', f'--config.data.folder={tmp_path / "missing"}'],
+       ['is not a folder', 'CelebAMask-HQ or LaPa']),
+  ]
+  results = _run_all([_run_py(*args, workdir=tmp_path / f'w{i}')
+                      for i, (args, _) in enumerate(cases)])
+  for (args, wants), result in zip(cases, results):
+    line = _one_line(result)
+    assert line.startswith('run.py: error: '), (args, line)
+    for want in wants:
+      assert want in line, (args, want, line)
+  assert not any(tmp_path.glob('w*'))
+
+
+# ---------------------------------------------------------------------------------------
+# 4. tools/eval.py: bad numeric arguments are usage errors.
+
+
+def test_eval_refuses_bad_numbers(tmp_path):
+  cases = [('--batch_size', '0'), ('--batch_size', '-8'), ('--max_faces', '0'),
+           ('--grid_faces', '-1'), ('--resolution', '0'), ('--batch_size', 'many')]
+  results = _run_all([[sys.executable, str(REPO / 'tools' / 'eval.py'), '--data',
+                       str(tmp_path / 'nowhere'), '--output', str(tmp_path / 'out'), flag,
+                       value] for flag, value in cases])
+  for (flag, value), result in zip(cases, results):
+    line = _one_line(result)
+    assert line.startswith(f'eval.py: error: argument {flag}: ') and value in line, line
+  assert not (tmp_path / 'out').exists()
+
+
+# ---------------------------------------------------------------------------------------
+# 5. Ctrl-C outside the training loop (which saves and stops by itself): one line, 130.
+
+INTERRUPTED_RUN = '''
+import os, runpy, signal, sys, time
+sys.path.insert(0, {repo!r})
+from sdgan_jax import train
+
+def ctrl_c(*args, **kwargs):  # Ctrl-C while the config and data are checked
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(60)
+
+train.validate_config = ctrl_c
+sys.argv = ['run.py', '--config={repo}/configs/celeba.py', '--workdir=' + sys.argv[1]]
+runpy.run_path({repo!r} + '/run.py', run_name='__main__')
+'''
+
+INTERRUPTED_CONFIG = '''
+def get_config():
+  raise KeyboardInterrupt
+'''
+
+
+def test_ctrl_c_outside_the_loop_is_one_line(tmp_path):
+  script = tmp_path / 'interrupted_run.py'
+  script.write_text(INTERRUPTED_RUN.format(repo=str(REPO)))
+  resumable = tmp_path / 'resumable'
+  (resumable / 'checkpoints' / '7').mkdir(parents=True)
+  (resumable / 'checkpoints' / '12.orbax-checkpoint-tmp-3').mkdir()  # unfinished save
+  config = tmp_path / 'interrupted_config.py'
+  config.write_text(INTERRUPTED_CONFIG)
+  results = _run_all([[sys.executable, str(script), str(resumable)],
+                      [sys.executable, str(script), str(tmp_path / 'fresh')],
+                      _run_py(f'--config={config}', workdir=tmp_path / 'w')])
+  assert _one_line(results[0], 130) == (
+      f'run.py: interrupted at step 7; saved in {resumable / "checkpoints"}, resume with '
+      'the same command')
+  assert _one_line(results[1], 130).startswith(
+      'run.py: interrupted before the first checkpoint (nothing saved)')
+  assert _one_line(results[2], 130) == (
+      'run.py: interrupted while reading the config; nothing was started')

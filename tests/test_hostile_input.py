@@ -1,0 +1,453 @@
+"""The anonymizer against hostile or careless inputs: nothing leaks, nothing is lost silently.
+
+Every check runs without a model or downloaded weights: the CLI with ``--baseline
+pixelate --detectors hog --no_identity_check`` (dlib's HOG detector is built in), the library
+with a stand-in detector that "finds" a face where the test put one. What is checked is the
+plumbing around the anonymizer (paths, reports, frames, errors), not its faces.
+"""
+
+import errno
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import warnings
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdgan_jax import anonymize, media
+from sdgan_jax.faces import detect
+
+FAST = ['--baseline', 'pixelate', '--detectors', 'hog', '--no_identity_check',
+        '--no_progress']
+
+
+def _cli():
+  """tools/anonymize.py as a module (tools/ is not a package)."""
+  path = pathlib.Path(__file__).resolve().parents[1] / 'tools' / 'anonymize.py'
+  spec = importlib.util.spec_from_file_location('anonymize_cli', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _photo(path: pathlib.Path, seed: int = 0, size=(48, 64)) -> pathlib.Path:
+  """A small faceless picture (HOG finds nothing: fast)."""
+  rng = np.random.default_rng(seed)
+  Image.fromarray(rng.integers(0, 255, (*size, 3)).astype(np.uint8)).save(path)
+  return path
+
+
+class BoxDetector:
+  """Stands in for the detector ensemble: one face at ``box`` in every image."""
+
+  def __init__(self, box=(8, 8, 39, 39)):
+    self.box = np.array([box], np.float32)
+
+  def detect_many(self, images, map_fn):
+    return [detect.Detections(self.box.copy(), np.ones(1, np.float32), None, (('fake',),))
+            for _ in images]
+
+
+def _anonymizer(detector=None, **options) -> anonymize.FaceAnonymizer:
+  return anonymize.FaceAnonymizer(
+      baseline='pixelate', detector=detector or BoxDetector(),
+      options=anonymize.Options(identity_threshold=0, workers=1, **options))
+
+
+def _run(cli, inputs, output, *flags):
+  return cli.main([*map(str, inputs), '--output', str(output), *FAST, *flags])
+
+
+def _error_lines(err: str) -> list[str]:
+  return [line for line in err.splitlines() if 'error' in line.lower()]
+
+
+# --- 1, 10: numbers the run must refuse ---------------------------------------------------
+
+
+def _refused(cli, capsys, cases):
+  base = ['in.png', '--output', 'out', '--baseline', 'blur']
+  for flags, words in cases:
+    with pytest.raises(SystemExit) as exit_info:
+      cli.parse_args(base + flags)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and 'Traceback' not in err, flags
+    assert all(w in err for w in words), (flags, err)
+
+
+def test_identity_check_is_never_off_silently(tmp_path, capsys):
+  """1. A negative threshold is refused; turning the check off is explicit and reported."""
+  cli = _cli()
+  _refused(cli, capsys, ((['--identity_threshold', '-1'], ['--identity_threshold must be > 0',
+                                                           '--no_identity_check']),
+                         (['--identity_threshold', 'nan'], ['--identity_threshold must be > 0']),
+                         (['--identity_threshold', '0'], ['--no_identity_check']),
+                         (['--no_identity_check', '--identity_threshold', '0.5'],
+                          ['not both'])))
+  with pytest.raises(ValueError, match='identity_threshold'):
+    anonymize.Options(identity_threshold=-1)
+  _photo(tmp_path / 'a.png')
+  assert cli.main([str(tmp_path / 'a.png'), '--output', str(tmp_path / 'out'), '--baseline',
+                   'pixelate', '--detectors', 'hog', '--no_identity_check',
+                   '--no_progress']) == 0
+  err = capsys.readouterr().err
+  report = json.loads((tmp_path / 'out' / anonymize.REPORT_NAME).read_text())
+  assert 'identity re-check is off' in err
+  assert any('identity re-check is off' in w for w in report['warnings'])
+  assert report['options']['identity_threshold'] == 0
+
+
+def test_out_of_range_numbers_are_usage_errors(capsys):
+  """10. The CLI's checks are Options' (the library refuses the same)."""
+  _refused(_cli(), capsys, (
+                       (['--quality', '0'], ['--quality must be between 1 and 100']),
+                       (['--quality', '101'], ['--quality must be between 1 and 100']),
+                       (['--batch_size', '0'], ['--batch_size must be >= 1']),
+                       (['--images_per_batch', '0'], ['--images_per_batch must be >= 1']),
+                       (['--frames_per_batch', '-2'], ['--frames_per_batch must be >= 1']),
+                       (['--min_face_px', '-1'], ['--min_face_px must be >= 0'])))
+  for kwargs, word in ((dict(quality=0), 'quality'), (dict(quality=101), 'quality'),
+                       (dict(batch_size=0), 'batch_size'),
+                       (dict(images_per_batch=0), 'images_per_batch'),
+                       (dict(frames_per_batch=0), 'frames_per_batch'),
+                       (dict(min_face_px=-0.5), 'min_face_px')):
+    with pytest.raises(ValueError, match=word):
+      anonymize.Options(**kwargs)
+
+
+# --- 2, 3, 4: the run never writes over an input, another output or an existing file -----
+
+
+def _photos(tmp_path) -> pathlib.Path:
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  for name in ('a.jpg', 'b.png'):
+    _photo(photos / name)
+  return photos
+
+
+def test_the_report_is_never_an_input_or_an_output(tmp_path, capsys):
+  """2. Nor is it inside an input folder."""
+  cli = _cli()
+  photos, out = _photos(tmp_path), tmp_path / 'out'
+  before = {p.name: p.read_bytes() for p in photos.iterdir()}
+  for report, words in ((photos / 'a.jpg', 'is the input'), (out / 'b.png', 'is where'),
+                        (photos / 'r.json', 'inside the input folder')):
+    assert _run(cli, [photos], out, '--report', str(report)) == 2, report
+    err = capsys.readouterr().err
+    assert len(_error_lines(err)) == 1 and words in err and 'Traceback' not in err, err
+  assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+  assert not out.exists()
+
+
+def test_no_two_outputs_share_a_path(tmp_path, capsys):
+  """3. a.jpg's visualization is a.detections.png, which is also an input's output."""
+  cli = _cli()
+  clash = tmp_path / 'clash'
+  clash.mkdir()
+  _photo(clash / 'a.jpg')
+  _photo(clash / 'a.detections.png', seed=1)
+  assert _run(cli, [clash], tmp_path / 'clash_out', '--visualize') == 2
+  assert 'would both be written to' in capsys.readouterr().err
+  assert not (tmp_path / 'clash_out').exists()
+  assert _run(cli, [clash], tmp_path / 'clash_out') == 0  # without --visualize: no clash
+
+
+def test_existing_outputs_are_replaced_only_with_overwrite(tmp_path, capsys):
+  """4. In the CLI and the library."""
+  cli = _cli()
+  photos, out = _photos(tmp_path), tmp_path / 'out'
+  assert _run(cli, [photos], out) == 0
+  written = {p.name: p.read_bytes() for p in out.iterdir()}
+  (out / 'a.jpg').write_bytes(b'keep me')
+  assert _run(cli, [photos], out) == 2
+  err = capsys.readouterr().err
+  assert 'already exists' in err and '--overwrite' in err
+  assert (out / 'a.jpg').read_bytes() == b'keep me'
+  assert _run(cli, [photos], out, '--overwrite') == 0
+  assert (out / 'a.jpg').read_bytes() == written['a.jpg']
+  report = json.loads((out / anonymize.REPORT_NAME).read_text())
+  assert report['overwrite'] is True
+  # The library refuses the same unless told.
+  with pytest.raises(anonymize.InputError, match='already exists'):
+    anonymize.anonymize_paths([photos], out, _anonymizer(), progress=False)
+  anonymize.anonymize_paths([photos], out, _anonymizer(), progress=False, overwrite=True)
+
+
+# --- 5: every frame of an animation or multi-page file ------------------------------------
+
+
+def _pattern_frames(n: int, size=(48, 56)) -> list[np.ndarray]:
+  """Frames of flat colour with a fine checkerboard (pixelation flattens it) where the face
+  box of ``BoxDetector`` is."""
+  frames = []
+  for k in range(n):
+    frame = np.full((*size, 3), (40 * k + 30, 90, 160), np.uint8)
+    checker = (np.indices((32, 32)).sum(0) // 2 % 2 * 255).astype(np.uint8)
+    frame[8:40, 8:40] = checker[..., None]
+    frames.append(frame)
+  return frames
+
+
+def test_animations_and_pages_have_every_frame_anonymized_and_their_timing_kept(tmp_path):
+  """5. Animated GIF, APNG, animated WebP, multi-page TIFF."""
+  frames = _pattern_frames(3)
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  pil = [Image.fromarray(f) for f in frames]
+  durations = [120, 240, 360]
+  pil[0].save(inputs / 'anim.gif', save_all=True, append_images=pil[1:], duration=durations,
+              loop=0)
+  pil[0].save(inputs / 'anim.png', save_all=True, append_images=pil[1:], duration=durations,
+              loop=3)
+  pil[0].save(inputs / 'anim.webp', save_all=True, append_images=pil[1:],
+              duration=durations, loop=0, lossless=True)
+  pil[0].save(inputs / 'pages.tif', save_all=True, append_images=pil[1:])
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'out', _anonymizer(),
+                                     progress=False, frames_per_batch=2)
+  entries = {pathlib.Path(e['input']).name: e for e in report['files']}
+  for name, loop in (('anim.gif', 0), ('anim.png', 3), ('anim.webp', 0), ('pages.tif', None)):
+    entry = entries[name]
+    assert entry['status'] == 'ok' and entry['frames'] == 3, entry
+    assert entry['faces_found'] == 3 and sorted(f['frame'] for f in entry['faces']) == [0, 1, 2]
+    assert any('3 frames' in n or '3 pages' in n for n in entry['notes']), entry['notes']
+    with Image.open(tmp_path / 'out' / name) as im:
+      assert im.n_frames == 3, name
+      if loop is not None:
+        assert im.info.get('loop') == loop, name
+      for k in range(3):
+        im.seek(k)
+        im.load()
+        if name != 'pages.tif':
+          assert im.info.get('duration') == durations[k], (name, k)
+        got = np.asarray(im.convert('RGB'))
+        # The checkerboard is gone (pixelated) in every frame; the rest is kept.
+        assert got[8:40, 8:40].std() < 40, (name, k)
+        assert np.abs(got[44:, :].astype(int) - frames[k][44:, :]).mean() < 12, (name, k)
+
+
+# --- 6, 12: a truncated video, and no fork warning ---------------------------------------
+
+
+def _noise_video(path: pathlib.Path, n: int = 12) -> pathlib.Path:
+  """n frames of noise (a large mdat), index first (+faststart: survives truncation)."""
+  writer = imageio_ffmpeg.write_frames(str(path), (64, 64), fps=6, macro_block_size=1,
+                                       output_params=['-movflags', '+faststart'])
+  os.environ['IMAGEIO_FFMPEG_NO_PREVENT_SIGINT'] = '1'  # this helper's ffmpeg: no fork warning
+  try:
+    writer.send(None)
+  finally:
+    del os.environ['IMAGEIO_FFMPEG_NO_PREVENT_SIGINT']
+  for k in range(n):
+    writer.send(np.random.default_rng(k).integers(0, 255, (64, 64, 3)).astype(np.uint8))
+  writer.close()
+  return path
+
+
+def test_ffmpeg_starts_without_the_fork_warning(tmp_path):
+  """12. Reading and writing a video where JAX's threads run warns nothing."""
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.devices()  # JAX's threads run (and its fork hook is installed) as in a real run
+
+  _noise_video(tmp_path / 'in.mp4', n=2)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    info, frames = media.read_video(tmp_path / 'in.mp4')
+    writer = media.VideoWriter(tmp_path / 'out.mp4', info)
+    for frame in frames:
+      writer.write(frame)
+    writer.close()
+  forks = [str(w.message) for w in caught if 'fork' in str(w.message)]
+  assert not forks, forks
+  assert writer.frames_written == 2
+
+
+def test_a_truncated_video_reports_its_missing_frames(tmp_path):
+  """6. Its index survives: it decodes without an error, to fewer frames than declared."""
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  whole = _noise_video(inputs / 'whole.mp4').read_bytes()
+  (inputs / 'cut.mp4').write_bytes(whole[:int(len(whole) * 0.45)])
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'out',
+                                     _anonymizer(detector=BoxDetector((0, 0, -1, -1))),
+                                     progress=False)
+  entries = {pathlib.Path(e['input']).name: e for e in report['files']}
+  cut = entries['cut.mp4']
+  assert cut['status'] == 'error' and 0 < cut['frames'] < 12, cut
+  assert f"only {cut['frames']} of the 12 frames" in cut['error']
+  assert entries['whole.mp4']['status'] == 'ok' and entries['whole.mp4']['frames'] == 12
+  assert entries['whole.mp4']['frames_declared'] == 12
+  assert report['totals']['errors'] == 1
+
+
+# --- 7, 8: errors that name the fix, in one line ------------------------------------------
+
+
+def test_unwritable_outputs_and_a_failed_report_are_one_line(tmp_path, capsys, monkeypatch):
+  """7. Checked before any work; the report's failure is exit 1."""
+  cli = _cli()
+  photo = _photo(tmp_path / 'a.png')
+  # --output naming an existing file.
+  assert _run(cli, [photo], tmp_path / 'a.png') == 2
+  err = capsys.readouterr().err
+  assert len(_error_lines(err)) == 1 and 'is an existing file' in err
+  # A read-only output folder: refused before any work.
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  locked.chmod(0o555)
+  mkstemp = media.tempfile.mkstemp
+
+  def refusing(*args, dir=None, **kwargs):  # pylint: disable=redefined-builtin
+    if pathlib.Path(dir) == locked:  # root ignores the mode: refuse as a read-only disk would
+      raise PermissionError(errno.EACCES, 'Permission denied')
+    return mkstemp(*args, dir=dir, **kwargs)
+
+  monkeypatch.setattr(media.tempfile, 'mkstemp', refusing)
+  try:
+    assert _run(cli, [photo], locked / 'out') == 2
+  finally:
+    locked.chmod(0o755)
+  err = capsys.readouterr().err
+  assert len(_error_lines(err)) == 1 and 'cannot write into' in err and 'Traceback' not in err
+  monkeypatch.undo()
+  # Disk full while writing the report: one line, exit 1, the outputs are there.
+  def full(report, path):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(anonymize, 'write_report', full)
+  assert _run(cli, [photo], tmp_path / 'out') == 1
+  err = capsys.readouterr().err
+  assert len(_error_lines(err)) == 1 and 'No space left on device' in err
+  assert 'Traceback' not in err and (tmp_path / 'out' / 'a.png').is_file()
+
+
+def test_a_missing_step_lists_the_steps_and_orbax_says_nothing(tmp_path, capsys, caplog):
+  """8 (and 12: orbax's "Metadata file does not exist")."""
+  import train_fixtures  # pylint: disable=import-outside-toplevel
+  cli = _cli()
+  photo = _photo(tmp_path / 'a.png')
+  workdir = tmp_path / 'workdir'
+  for step in (0, 5):
+    (workdir / 'checkpoints' / str(step)).mkdir(parents=True)
+  (workdir / 'config.json').write_text(train_fixtures.tiny_config(32).to_json_best_effort())
+  caplog.set_level(logging.WARNING)
+  code = cli.main([str(photo), '--output', str(tmp_path / 'o2'), '--checkpoint', str(workdir),
+                   '--step', '3', '--detectors', 'hog', '--no_identity_check',
+                   '--no_progress'])
+  err = capsys.readouterr().err
+  assert code == 2 and 'Traceback' not in err, err
+  assert len(_error_lines(err)) == 1 and 'available steps: 0, 5' in err, err
+  assert 'Metadata file does not exist' not in caplog.text
+
+
+# --- 9: Ctrl-C -----------------------------------------------------------------------------
+
+
+def test_ctrl_c_writes_the_report_of_what_was_done(tmp_path, capsys, monkeypatch):
+  """9. One line saying what was finished, exit 130, the report of the files done."""
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  for k in range(3):
+    _photo(inputs / f'{k}.png', seed=k)
+
+  def interrupting_after(n):
+    anonymizer = _anonymizer()
+    process, calls = anonymizer.process, []
+
+    def process_or_ctrl_c(*args, **kwargs):
+      calls.append(1)
+      if len(calls) > n:
+        raise KeyboardInterrupt
+      return process(*args, **kwargs)
+
+    anonymizer.process = process_or_ctrl_c
+    return anonymizer
+
+  with pytest.raises(anonymize.Interrupted) as info:
+    anonymize.anonymize_paths([inputs], tmp_path / 'lib', interrupting_after(1),
+                              progress=False, images_per_batch=1)
+  report = json.loads((tmp_path / 'lib' / anonymize.REPORT_NAME).read_text())
+  assert report['interrupted'] and report['totals']['files'] == 1
+  assert [pathlib.Path(p).name for p in report['unfinished']] == ['1.png', '2.png']
+  assert info.value.report['files'] == report['files']
+  assert sorted(p.name for p in (tmp_path / 'lib').iterdir()) == ['0.png',
+                                                                  anonymize.REPORT_NAME]
+  cli = _cli()
+  monkeypatch.setattr(anonymize, 'build_anonymizer', lambda *a, **k: interrupting_after(2))
+  code = _run(cli, [inputs], tmp_path / 'cli', '--images_per_batch', '1')
+  err = capsys.readouterr().err
+  lines = [line for line in err.splitlines() if line.startswith('interrupted')]
+  assert code == 130 and len(lines) == 1 and 'Traceback' not in err, err
+  assert '2 files finished' in lines[0] and 'report:' in lines[0]
+  assert json.loads((tmp_path / 'cli' / anonymize.REPORT_NAME).read_text())['interrupted']
+
+
+# --- 11: odd folder contents -----------------------------------------------------------------
+
+
+def test_odd_folder_contents_are_reported_and_the_run_goes_on(tmp_path, capsys):
+  """11. A dangling link, hidden files and folders, other types, conversions."""
+  cli = _cli()
+  inputs, out = tmp_path / 'in', tmp_path / 'out'
+  (inputs / '.cache').mkdir(parents=True)
+  _photo(inputs / 'good.jpg')
+  _photo(inputs / '.hidden.jpg')
+  (inputs / 'notes.txt').write_text('not media\n')
+  os.symlink(inputs / 'gone.jpg', inputs / 'dangling.jpg')
+  gray16 = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20)
+  Image.fromarray(gray16).save(inputs / 'gray16.png')
+  Image.fromarray(np.zeros((48, 64, 3), np.uint8) + 50).convert('P').save(inputs / 'pal.png')
+  rgba = np.dstack([np.zeros((48, 64, 3), np.uint8) + 80, np.full((48, 64), 128, np.uint8)])
+  Image.fromarray(rgba, 'RGBA').save(inputs / 'alpha.png')
+  assert _run(cli, [inputs], out) == 1  # the dangling link is an error ...
+  err = capsys.readouterr().err
+  report = json.loads((out / anonymize.REPORT_NAME).read_text())
+  entries = {pathlib.Path(e['input']).name: e for e in report['files']}
+  for name in ('good.jpg', 'gray16.png', 'pal.png', 'alpha.png'):  # ... the rest ran
+    assert entries[name]['status'] == 'ok' and (out / name).is_file(), entries[name]
+  assert entries['dangling.jpg']['status'] == 'error'
+  assert 'dangling symbolic link' in entries['dangling.jpg']['error']
+  assert 'dangling.jpg' in err
+  for name, word in (('.hidden.jpg', 'hidden file'), ('.cache', 'hidden folder'),
+                     ('notes.txt', 'not an image or video')):
+    assert entries[name]['status'] == 'skipped' and word in entries[name]['error'], name
+  assert any('16' in n and '8 bits' in n for n in entries['gray16.png']['notes'])
+  assert any('palette' in n for n in entries['pal.png']['notes'])
+  assert any('alpha channel kept' in n for n in entries['alpha.png']['notes'])
+  assert not (out / '.hidden.jpg').exists()
+  with Image.open(out / 'alpha.png') as im:
+    assert im.mode == 'RGBA' and np.asarray(im)[..., 3].min() == 128
+
+
+def test_a_killed_run_s_temporary_files_are_removed_by_the_next(tmp_path, capsys):
+  """11. Only ``media.atomic_path``'s temporary names, only in the folders written to."""
+  out = tmp_path / 'out'
+  (out / 'sub').mkdir(parents=True)
+  inputs = tmp_path / 'in'
+  (inputs / 'sub').mkdir(parents=True)
+  _photo(inputs / 'sub' / 'good.jpg')
+  leftovers = [out / '.good.k3j9x_2a.tmp.jpg', out / 'sub' / '.good.abcdefgh.tmp.jpg',
+               out / '.anonymize_report.0a1b2c3d.tmp.json']
+  for path in leftovers:
+    path.write_bytes(b'half a file')
+  (out / '.keep.txt').write_text('mine')
+  (out / 'sub' / 'x.abcdefgh.tmp.jpg').write_text('not hidden: not ours')
+  assert _run(_cli(), [inputs], out) == 0
+  assert not any(p.exists() for p in leftovers)
+  assert (out / '.keep.txt').is_file() and (out / 'sub' / 'x.abcdefgh.tmp.jpg').is_file()
+  report = json.loads((out / anonymize.REPORT_NAME).read_text())
+  # (out/ itself holds no output: its leftovers go because the report is written there.)
+  assert sorted(report['removed_temporary_files']) == sorted(map(str, leftovers))
+  # The pattern is the one atomic_path names its temporary files by.
+  with media.atomic_path(tmp_path / 'x.detections.png') as tmp:
+    assert media.TEMP_PATTERN.match(tmp.name), tmp.name
+    tmp.write_bytes(b'')
+  for name in ('.x.abcdefgh.tmp', '.anonymize_report.a_1b2c3d.tmp.json'):
+    assert media.TEMP_PATTERN.match(name), name
+  for name in ('x.abcdefgh.tmp.jpg', '.notes.txt', '.x.abc.tmp.jpg', '.x.abcdefgh.jpg'):
+    assert not media.TEMP_PATTERN.match(name), name
