@@ -304,11 +304,21 @@ def _generator_update(models: Models, state: TrainState, batch, onehot, forward,
 
 
 def _unroll_update_loops() -> bool:
-  """Repeated updates are unrolled on CPUs, where XLA runs convolutions inside a while loop
-  several times slower (a 64-px test model's 1:1:3 step: 1.73 s as a loop, 0.64 s unrolled,
-  2026-12-01); on accelerators they stay one loop body, which keeps the program and its
-  compile time at the size of one update."""
+  """Repeated updates are written out one after another on CPUs, where XLA runs
+  convolutions inside a while loop or a conditional many times slower (BENCHMARKS.md, CPU
+  train step rows); on accelerators they stay one loop body, which keeps the program and
+  its compile time at the size of one update."""
   return jax.default_backend() == 'cpu'
+
+
+def _python_loop(update: Callable, carry, xs: list):
+  """``lax.scan`` written out as straight-line code: ``update`` once per element of ``xs``;
+  returns the carry and the list of per-element outputs."""
+  outputs = []
+  for x in xs:
+    carry, out = update(carry, x)
+    outputs.append(out)
+  return carry, outputs
 
 
 def _repeat(update: Callable[[NetState], tuple[NetState, dict]], net: NetState,
@@ -322,8 +332,10 @@ def _repeat(update: Callable[[NetState], tuple[NetState, dict]], net: NetState,
     return net, {}
   if times == 1:
     return update(net)
-  net, metrics = jax.lax.scan(lambda carry, _: update(carry), net, None, length=times,
-                              unroll=_unroll_update_loops())
+  if _unroll_update_loops():
+    net, metrics = _python_loop(lambda carry, _: update(carry), net, [None] * times)
+    return net, metrics[-1]
+  net, metrics = jax.lax.scan(lambda carry, _: update(carry), net, None, length=times)
   return net, jax.tree_util.tree_map(lambda m: m[-1], metrics)
 
 
@@ -334,8 +346,8 @@ def _adversarial_updates(models: Models, state: TrainState, batch, onehot):
   discriminator its fake, so the discriminator updates run inside the first iteration.
   Several generator updates are one ``lax.scan`` body whose ``lax.cond`` runs that D phase
   at the first iteration only: the program holds one generator update and one D phase
-  whatever the ratio (the paper's 1:1:3 compiles as 1:1:1 does; CPUs unroll the loop,
-  see ``_unroll_update_loops``).
+  whatever the ratio (the paper's 1:1:3 compiles as 1:1:1 does). CPUs write the updates
+  out one after another, the D phase in the first only (``_unroll_update_loops``).
   """
   cfg = models.config.train
   reference = _reference_features(models, state, batch) if cfg.g_steps else None
@@ -349,8 +361,10 @@ def _adversarial_updates(models: Models, state: TrainState, batch, onehot):
     gen, disc = nets
     forward = _generator_forward(models, gen, batch, onehot)
     fake = jax.lax.stop_gradient(forward[0])
-    if first is True:  # the only iteration, outside a loop
+    if first is True:  # outside a loop: the first (or only) iteration
       disc, d_metrics = d_phase(disc, fake)
+    elif first is False:  # outside a loop, a later iteration
+      d_metrics = {}
     else:  # traced inside the scan: only the first iteration updates D
       shapes = jax.eval_shape(d_phase, disc, fake)[1]
       skip = lambda d, _: (d, {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()})
@@ -365,10 +379,13 @@ def _adversarial_updates(models: Models, state: TrainState, batch, onehot):
   nets = (state.generator, state.discriminator)
   if cfg.g_steps <= 1:
     (gen, disc), (d_metrics, g_metrics) = iteration(nets, True)
+  elif _unroll_update_loops():
+    (gen, disc), metrics = _python_loop(iteration, nets,
+                                        [True] + [False] * (cfg.g_steps - 1))
+    d_metrics, g_metrics = metrics[0][0], metrics[-1][1]
   else:
     (gen, disc), (d_metrics, g_metrics) = jax.lax.scan(
-        lambda carry, i: iteration(carry, i == 0), nets, jnp.arange(cfg.g_steps),
-        unroll=_unroll_update_loops())
+        lambda carry, i: iteration(carry, i == 0), nets, jnp.arange(cfg.g_steps))
     d_metrics = jax.tree_util.tree_map(lambda m: m[0], d_metrics)    # the D phase's
     g_metrics = jax.tree_util.tree_map(lambda m: m[-1], g_metrics)   # the last G update's
   return state.replace(generator=gen, discriminator=disc), {**d_metrics, **g_metrics}
@@ -376,11 +393,14 @@ def _adversarial_updates(models: Models, state: TrainState, batch, onehot):
 
 def _scan_batches(update: Callable[[Any, dict], tuple[Any, dict]], carry, batches: dict):
   """``update`` once per batch of ``batches`` (stacked on a leading axis), returning the
-  last one's metrics; one ``lax.scan`` body (unrolled on CPUs, ``_unroll_update_loops``)."""
+  last one's metrics; one ``lax.scan`` body (written out on CPUs, ``_unroll_update_loops``)."""
   count = jax.tree_util.tree_leaves(batches)[0].shape[0]
-  if count == 1:
-    return update(carry, jax.tree_util.tree_map(lambda x: x[0], batches))
-  carry, metrics = jax.lax.scan(update, carry, batches, unroll=_unroll_update_loops())
+  if count == 1 or _unroll_update_loops():
+    carry, metrics = _python_loop(
+        update, carry, [jax.tree_util.tree_map(lambda x, i=i: x[i], batches)
+                        for i in range(count)])
+    return carry, metrics[-1]
+  carry, metrics = jax.lax.scan(update, carry, batches)
   return carry, jax.tree_util.tree_map(lambda m: m[-1], metrics)
 
 
