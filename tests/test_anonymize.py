@@ -13,7 +13,6 @@ are counted with imageio.
 """
 
 import dataclasses
-import importlib.util
 import io
 import json
 import pathlib
@@ -28,6 +27,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import train_fixtures
+from tool_loader import load_tool
 from PIL import Image
 
 from sdgan_jax import anonymize, identity_bank, media
@@ -41,12 +41,7 @@ GRAY = 128         # --fallback fill's colour (solid_fill 0.5)
 
 
 def _cli():
-  """tools/anonymize.py as a module (tools/ is not a package)."""
-  path = pathlib.Path(__file__).resolve().parents[1] / 'tools' / 'anonymize.py'
-  spec = importlib.util.spec_from_file_location('anonymize_cli', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_tool('anonymize')
 
 
 def dlib_boxes(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:

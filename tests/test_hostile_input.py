@@ -7,7 +7,6 @@ plumbing around the anonymizer (paths, reports, frames, errors), not its faces.
 """
 
 import errno
-import importlib.util
 import json
 import logging
 import os
@@ -21,18 +20,14 @@ from PIL import Image
 
 from sdgan_jax import anonymize, media
 from sdgan_jax.faces import detect
+from tool_loader import load_tool
 
 FAST = ['--baseline', 'pixelate', '--detectors', 'hog', '--no_identity_check',
         '--no_progress']
 
 
 def _cli():
-  """tools/anonymize.py as a module (tools/ is not a package)."""
-  path = pathlib.Path(__file__).resolve().parents[1] / 'tools' / 'anonymize.py'
-  spec = importlib.util.spec_from_file_location('anonymize_cli', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_tool('anonymize')
 
 
 def _photo(path: pathlib.Path, seed: int = 0, size=(48, 64)) -> pathlib.Path:
