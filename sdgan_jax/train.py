@@ -125,6 +125,11 @@ def _apply(module: nn.Module, params, stats, *args, train: bool = False, **kwarg
   return module.apply(variables, *args, train=train, **kwargs), stats
 
 
+def _one_hot(models: Models, batch: dict) -> jax.Array:
+  """The one-hot semantic map the networks take, from the batch's class ids."""
+  return jax.nn.one_hot(batch['semantic'], models.config.num_classes, dtype=jnp.float32)
+
+
 def _dummy_batch(config, batch_size: int = 1) -> dict[str, jax.Array]:
   r = config.resolution
   return dict(
@@ -161,7 +166,7 @@ def create_train_state(models: Models, rng: jax.Array,
   """
   config = models.config
   batch = _dummy_batch(config)
-  onehot = jax.nn.one_hot(batch['semantic'], config.num_classes)
+  onehot = _one_hot(models, batch)
   k_g, k_d, k_id, k_vgg, k_state = jax.random.split(rng, 5)
   g_params, g_stats = _split_variables(models.generator.init(
       k_g, batch['image'], onehot, batch['target_identity']))
@@ -402,10 +407,6 @@ def _scan_batches(update: Callable[[Any, dict], tuple[Any, dict]], carry, batche
     return carry, metrics[-1]
   carry, metrics = jax.lax.scan(update, carry, batches)
   return carry, jax.tree_util.tree_map(lambda m: m[-1], metrics)
-
-
-def _one_hot(models: Models, batch: dict) -> jax.Array:
-  return jax.nn.one_hot(batch['semantic'], models.config.num_classes, dtype=jnp.float32)
 
 
 def _fresh_batch_updates(models: Models, state: TrainState, batch: dict):
@@ -767,8 +768,8 @@ def _inference_fns(models: Models) -> tuple[Callable, Callable]:
   import dm_pix  # pylint: disable=import-outside-toplevel
 
   def generate(ema_params, stats, batch):
-    onehot = jax.nn.one_hot(batch['semantic'], models.config.num_classes)
-    return _generate(models, ema_params, stats, batch, onehot, train=False)[0]
+    return _generate(models, ema_params, stats, batch, _one_hot(models, batch),
+                     train=False)[0]
 
   def quality(ema_params, stats, batch):
     out = generate(ema_params, stats, batch)
