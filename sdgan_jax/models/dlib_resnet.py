@@ -27,6 +27,9 @@ descriptors is below 0.6 (dlib's threshold).
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -153,3 +156,10 @@ class DlibResNet(nn.Module):
 def descriptor_distance(a: jax.Array, b: jax.Array) -> jax.Array:
   """Euclidean distance between descriptors (same person if < ``SAME_PERSON_THRESHOLD``)."""
   return jnp.linalg.norm(a - b, axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_apply() -> Callable:
+  """One jitted ``DlibResNet().apply`` per process: the identity bank, the anonymizer's
+  identity check and the evaluation share its compiled programs."""
+  return jax.jit(DlibResNet().apply)

@@ -1,0 +1,88 @@
+"""SDGAN on CelebA, the paper's recipe (paper §4.1) with the authors' hyper-parameters.
+
+Where they come from: docs/training.md and docs/deviations.md.
+
+From the official CelebA files (img_align_celeba/, identity_CelebA.txt, ...) in ~/celeba:
+
+  make weights                                   # VGG-16, dlib ResNet, FID Inception
+  python tools/prepare_data.py --source celeba_files --celeba_dir ~/celeba \
+      --output data/celeba_prepared               # crops, masks, maps, split, identity bank
+  python run.py --config=configs/celeba.py --workdir=workdirs/celeba128 \
+      --config.data.dataset=data/celeba_prepared/<dataset dir printed by prepare_data>
+  python run.py --config=configs/celeba.py:64 --workdir=workdirs/celeba64 \
+      --config.data.dataset=...
+
+The optional argument after the colon is the resolution: 128 (default, the paper's training
+and qualitative resolution) or 64 (the quantitative tables).
+"""
+
+import ml_collections
+
+
+def get_config(resolution: str = '128') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.dtype = 'float32'         # compute dtype; 'bfloat16' keeps float32 parameters
+  config.resolution = int(resolution)
+  config.num_classes = 11          # Helen-style parsing classes; mask covers classes 1-9
+  # Identity feature of the target person (paper §3.3), from a pretrained face network: the
+  # dlib ResNet descriptor (128-d) is what the registries provide; the authors used a 2048-d
+  # classifier feature, FaceNet gives 512 (with user-supplied weights).
+  config.identity_dim = 128
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = ''                       # prepared dataset dir (tools/prepare_data.py)
+  config.data.identity_backbone = 'dlib_resnet'
+  config.data.identity_bank = ''                 # default: the bank beside the dataset
+
+  config.model = ml_collections.ConfigDict()
+  config.model.generator = ml_collections.ConfigDict({'preset': 'paper'})
+  config.model.discriminator = ml_collections.ConfigDict({'kind': 'global'})
+  config.model.identity = ml_collections.ConfigDict({'num_identities': 1200, 'embed_dim': 1024})
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.lambda_adv = 1.0
+  config.loss.lambda_ssim = 1.0          # not given in the paper: our choice
+  config.loss.lambda_perceptual = 20.0   # authors' code
+  config.loss.lambda_contrastive = 1.0   # authors' code
+  config.loss.lambda_l1 = 0.0            # eq. 9 has no L1 term; the authors' code uses 10
+  config.loss.contrastive_margin = 3.0   # authors' code (the paper gives none)
+  config.loss.contrastive_mode = 'paper'  # eq. 8; 'authors': 0.5 * (y d^2 + (1-y) hinge^2)
+  # Extra push of the output away from the source person (neither paper nor authors): 0 off.
+  config.loss.lambda_source_push = 0.0
+  config.loss.perceptual_weights = 'vgg16_imagenet'  # 'random' only for smoke tests
+  config.loss.perceptual_layer = 'relu3_3'
+  config.loss.perceptual_input_convention = 'caffe'  # the converted Keras VGG-16
+  # The caffe-convention VGG sees 0-255 inputs, torchvision's (x - mean) / std: its relu3_3
+  # features are ~255 * 0.226 = 57.6x larger, and the authors' lambda 20 assumes torchvision.
+  config.loss.perceptual_feature_scale = 1 / 57.6
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'adam'
+  config.optim.learning_rate = 1e-4
+  config.optim.b1 = 0.5
+  config.optim.b2 = 0.999
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 32
+  config.train.identity_steps = 1  # update ratio identity-net : D : G = 1 : 1 : 3
+  config.train.d_steps = 1
+  config.train.g_steps = 3
+  # The authors draw a fresh batch for every update (identity net, D's fakes, D's reals and
+  # each G update: 6 batches a step); on CelebA's 35k crops that is cheap and keeps G from
+  # training on the very batch D just fitted.
+  config.train.fresh_batches = True
+  config.train.ema_decay = 0.999
+  config.train.num_steps = 200_000
+  config.train.log_every = 100
+  config.train.image_every = 2_000
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every = 5_000
+  config.checkpoint.keep_latest = 3
+  config.checkpoint.best_metric = 'eval/ssim'   # also keep the best by this; '' for none
+  config.checkpoint.best_mode = 'max'
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_batches = 20
+  return config
