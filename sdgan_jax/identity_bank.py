@@ -3,7 +3,7 @@
 The generator's target identity comes from here: "Block II provides randomly selected
 identity information extracted from the given face dataset" (paper §3, Fig. 1), the
 feature being the representation layer of a pretrained face classifier (§3.3). Here that
-is dlib's ResNet face descriptor (``sdgan_jax.models.dlib_resnet``, 128-d; DESIGN §5),
+is dlib's ResNet face descriptor (``sdgan_jax.models.dlib_resnet``, 128-d; docs/weights.md),
 averaged over each training identity's crops, so the target is the person rather than one
 photo of them.
 
@@ -11,8 +11,8 @@ A bank is stored beside the prepared dataset as ``identity_bank_<split>_<backbon
 (``bank_path``): ``means`` [N, D] float32, ``counts`` [N] int64, and metadata (backbone
 name, feature size, anything the caller adds).
 
-No TensorFlow here (DESIGN §1): ``build_identity_bank`` takes any iterable of example dicts,
-e.g. a TFDS data source of the prepared split.
+No TensorFlow here (README.md "Layout"): ``build_identity_bank`` takes any iterable of example
+dicts, e.g. a TFDS data source of the prepared split.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sdgan_jax import batching, targets
 
 DEFAULT_BACKBONE = 'dlib_resnet'
 MODES = ('random', 'farthest')
@@ -98,7 +100,8 @@ class IdentityBank:
         on the host without touching a device (the training loop's input path: a device
         draw there would wait for the running train step); unused by 'farthest'.
       source_labels: int [B] identity labels of the source faces (training split labels).
-      mode: 'random' (uniform over the other identities, the paper's random selection) or
+      mode: 'random' (uniform over the other identities, ``sdgan_jax.targets``; the
+        paper's random selection) or
         'farthest' (the identity whose mean is farthest from the source's).
 
     Returns:
@@ -119,8 +122,7 @@ class IdentityBank:
     if isinstance(rng, np.random.Generator):
       labels = concrete.astype(np.int32)
       if mode == 'random':
-        draw = rng.integers(0, n - 1, labels.shape, dtype=np.int32)
-        indices = draw + (draw >= labels).astype(np.int32)
+        indices = targets.draw_outside_block(rng, n, labels, np.int32(1), dtype=np.int32)
       else:
         indices = self.farthest[labels]
       return self.means[indices], indices
@@ -130,7 +132,7 @@ class IdentityBank:
         rng = jax.random.key(int(rng))
       # Uniform over the n - 1 others: draw from [0, n-1) and skip the source's own label.
       draw = jax.random.randint(rng, labels.shape, 0, n - 1, dtype=jnp.int32)
-      indices = draw + (draw >= labels).astype(jnp.int32)
+      indices = targets.skip_block(draw, labels, jnp.int32(1))
     else:
       indices = jnp.asarray(self.farthest)[labels]
     return jnp.asarray(self.means)[indices], indices
@@ -166,6 +168,21 @@ class IdentityBank:
     return bank
 
 
+def _crop_and_label(n: int, example: Mapping[str, Any],
+                    num_identities: int) -> tuple[np.ndarray, int]:
+  """Example ``n``'s image as float32 HWC in [0, 1] and its label, both checked."""
+  label = int(example['label'])
+  if not 0 <= label < num_identities:
+    raise ValueError(f'example {n} has label {label}, outside [0, {num_identities}): '
+                     'pass the split\'s number of identities as num_identities')
+  image = np.asarray(example['image'])
+  if image.dtype == np.uint8:
+    image = image.astype(np.float32) / 255.0
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f'example {n}: expected an HWC RGB image, got shape {image.shape}')
+  return image.astype(np.float32), label
+
+
 def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
                         examples: Iterable[Mapping[str, Any]], num_identities: int,
                         batch_size: int = 64, *, backbone: str = DEFAULT_BACKBONE,
@@ -192,11 +209,9 @@ def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
 
   def flush():
     nonlocal sums, counts
-    batch = np.stack(images)
-    valid = len(batch)
-    if valid < batch_size:  # pad with copies of the first crop; their features are dropped
-      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - valid, 0)])
-    feats = np.asarray(features_fn(batch), np.float64)[:valid]
+    # A short last batch is padded with copies of its first crop (a real face, not zeros).
+    feats = np.asarray(batching.map_batches(features_fn, np.stack(images),
+                                            batch_size=batch_size, fill='first'), np.float64)
     if feats.ndim != 2:
       raise ValueError(f'features_fn must return [B, D] features, got shape {feats.shape}')
     if sums is None:
@@ -210,16 +225,8 @@ def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
 
   for n, example in enumerate(tqdm(examples, total=total, desc='identity bank',
                                    disable=not progress)):
-    label = int(example['label'])
-    if not 0 <= label < num_identities:
-      raise ValueError(f'example {n} has label {label}, outside [0, {num_identities}): '
-                       'pass the split\'s number of identities as num_identities')
-    image = np.asarray(example['image'])
-    if image.dtype == np.uint8:
-      image = image.astype(np.float32) / 255.0
-    if image.ndim != 3 or image.shape[-1] != 3:
-      raise ValueError(f'example {n}: expected an HWC RGB image, got shape {image.shape}')
-    images.append(image.astype(np.float32))
+    image, label = _crop_and_label(n, example, num_identities)
+    images.append(image)
     labels.append(label)
     if len(images) == batch_size:
       flush()
@@ -238,11 +245,12 @@ def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
 
 def dlib_features_fn(weights_dir: str | os.PathLike | None = None,
                      variables: Mapping[str, Any] | None = None) -> Callable:
-  """The jitted dlib ResNet descriptor (DESIGN §5) as a ``features_fn``: [B,H,W,3] -> [B,128]."""
+  """The jitted dlib ResNet descriptor (docs/weights.md) as a ``features_fn``:
+  [B,H,W,3] -> [B,128]."""
   from sdgan_jax import weights  # pylint: disable=import-outside-toplevel
-  from sdgan_jax.models.dlib_resnet import DlibResNet  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.models import dlib_resnet  # pylint: disable=import-outside-toplevel
 
   if variables is None:
     variables = weights.load_weights('dlib_resnet', weights_dir)
-  apply = jax.jit(DlibResNet().apply)
+  apply = dlib_resnet.jitted_apply()
   return lambda images: apply(variables, jnp.asarray(images, jnp.float32))

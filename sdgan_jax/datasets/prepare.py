@@ -1,10 +1,11 @@
 """Face preparation, once, in parallel and resumable: landmarks, crops, masks, semantic maps.
 
-DESIGN §3: every image of the split identities goes through ``sdgan_jax.faces`` (dlib HOG
+docs/data.md: every image of the split identities goes through ``sdgan_jax.faces`` (dlib HOG
 detection, 68 landmarks, eye-aligned crop, jaw-line mask, landmark semantic map); the
 records are what ``sdgan_jax.datasets.features`` describes. One face per image: CelebA's
 aligned images hold one subject, so the largest detected face is kept (how many images had
-more than one face is reported).
+more than one face is reported). The modules of the job: ``image_sources`` (where images
+come from), ``face_records`` (one image -> one record), ``chunks`` (the folder on disk).
 
 Work is split into fixed chunks of the ordered item list. A pool of processes (spawn
 start method; each worker loads the dlib models once) prepares the images; each finished
@@ -43,237 +44,36 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import io
 import json
 import multiprocessing
 import os
 import pathlib
 import sys
 import time
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from sdgan_jax.datasets import celeba_files, features
+from sdgan_jax.datasets import celeba_files
+from sdgan_jax.datasets import chunks as chunks_lib
+from sdgan_jax.datasets import face_records
+# The names other modules (builder, semantic_source, tools/prepare_data.py) use from here.
+from sdgan_jax.datasets.chunks import (CHUNK_DIR, FORMAT_VERSION, MANIFEST,  # noqa: F401
+                                       chunk_path, iter_prepared, load_manifest)
+from sdgan_jax.datasets.face_records import (SKIP_REASONS, FaceOptions,  # noqa: F401
+                                             decode_image, prepare_image)
+from sdgan_jax.datasets.image_sources import (FolderSource, Item, Payload,  # noqa: F401
+                                              Source, celeba_folder_source)
 
-FORMAT_VERSION = 1
-SKIP_REASONS = ('missing', 'unreadable', 'no_face', 'too_small', 'failed')
-MANIFEST = 'manifest.json'
 SPLIT_FILE = 'split.json'
 SKIPPED_FILE = 'skipped.json'
-CHUNK_DIR = 'chunks'
 
-# (file name, identity id)
-Item = tuple[str, int]
-# a path to read, or the encoded image itself
-Payload = str | bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class FaceOptions:
-  """How each image is turned into a face record (stored in the manifest).
-
-  Attributes:
-    resolution: crop size R (128, DESIGN §3).
-    detector: 'hog' or 'cnn' (``sdgan_jax.faces.detect.FaceDetector``).
-    upsample: detector upsampling steps (1: faces down to ~40 px; CelebA's are ~100 px).
-    min_face_px: a largest face with a shorter box side under this is skipped as too_small.
-  """
-
-  resolution: int = features.DEFAULT_RESOLUTION
-  detector: str = 'hog'
-  upsample: int = 1
-  min_face_px: float = 40.0
-
-
-class Source:
-  """Where images come from: an ordered identity table and a way to get each image.
-
-  Subclasses set ``name`` and implement ``index`` and ``payloads``.
-  """
-
-  name = 'source'
-
-  def index(self) -> dict[str, int]:
-    """{file name: identity id} in a fixed order (the order of the chunks)."""
-    raise NotImplementedError
-
-  def payloads(self, filenames: Sequence[str]) -> Iterator[Payload]:
-    """One payload (a path or the encoded bytes) per file name, in the order given."""
-    raise NotImplementedError
-
-
-class FolderSource(Source):
-  """Images in a folder, identities from a table: the official CelebA files, the samples.
-
-  Args:
-    images: the image folder.
-    identities: {file name: identity id}; ordered by file name here.
-    name: recorded in the manifest.
-  """
-
-  def __init__(self, images: str | os.PathLike, identities: Mapping[str, int],
-               name: str = 'folder'):
-    self.images = pathlib.Path(images)
-    self.identities = {f: int(identities[f]) for f in sorted(identities)}
-    self.name = name
-
-  def index(self) -> dict[str, int]:
-    return dict(self.identities)
-
-  def payloads(self, filenames: Sequence[str]) -> Iterator[Payload]:
-    for filename in filenames:
-      yield str(self.images / filename)
-
-
-def celeba_folder_source(celeba_dir: str | os.PathLike) -> FolderSource:
-  """The official CelebA files of ``celeba_dir`` (see ``celeba_files``) as a source."""
-  files = celeba_files.load_celeba_dir(celeba_dir)
-  return FolderSource(files.images, files.identities, name=f'celeba_files:{files.root}')
-
-
-# ---------------------------------------------------------------------------------------
-# One image -> one record (runs in the worker processes).
-
-_WORKER = {}
-
-
-def _init_worker(options: FaceOptions) -> None:
-  # The 68-point model takes about a second to load: once per worker, not per image.
-  # A failing pool initializer makes multiprocessing respawn workers forever, so the error
-  # is kept and raised by the first task instead, which ends the run with its message.
-  try:
-    from sdgan_jax.faces import detect  # pylint: disable=import-outside-toplevel
-
-    _WORKER['detector'] = detect.FaceDetector(options.detector, upsample=options.upsample)
-    _WORKER['predictor'] = detect.LandmarkPredictor()
-    _WORKER['options'] = options
-    _WORKER.pop('error', None)
-  except Exception as e:  # pylint: disable=broad-except
-    _WORKER['error'] = f'{type(e).__name__}: {e}'
-
-
-def decode_image(payload: Payload) -> np.ndarray:
-  """uint8 RGB [H, W, 3] from a path or encoded bytes; raises OSError if unreadable."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-
-  source = io.BytesIO(payload) if isinstance(payload, (bytes, bytearray)) else payload
-  with Image.open(source) as im:
-    im.load()  # decodes now: a truncated JPEG raises here, not later
-    return np.asarray(im.convert('RGB'))
-
-
-def prepare_image(payload: Payload, options: FaceOptions, detector=None,
-                  predictor=None) -> dict:
-  """Prepares the largest face of one image.
-
-  Returns:
-    {'record': {image, mask, semantic, landmarks, box} or None, 'reason': a
-    ``SKIP_REASONS`` entry or None, 'detail': str, 'num_faces': int}.
-  """
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  from sdgan_jax.faces import detect, pipeline  # pylint: disable=import-outside-toplevel
-
-  def skipped(reason, detail, num_faces=0):
-    return {'record': None, 'reason': reason, 'detail': detail, 'num_faces': num_faces}
-
-  try:
-    image = decode_image(payload)
-  except FileNotFoundError as e:
-    return skipped('missing', str(e))
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    return skipped('unreadable', f'{type(e).__name__}: {e}')
-  detector = detector or detect.FaceDetector(options.detector, upsample=options.upsample)
-  predictor = predictor or detect.LandmarkPredictor()
-  try:
-    found = detector(image)
-    if not len(found):
-      return skipped('no_face', f'{image.shape[1]}x{image.shape[0]} image')
-    sides = found.boxes[:, 2:] - found.boxes[:, :2] + 1
-    areas = sides[:, 0] * sides[:, 1]
-    box = found.boxes[int(np.argmax(areas))]
-    size = float(min(box[2] - box[0], box[3] - box[1]) + 1)
-    if size < options.min_face_px:
-      return skipped('too_small', f'largest face {size:.0f} px < {options.min_face_px:g} px',
-                     len(found))
-    landmarks = predictor(image, box)
-    aligned, mask, semantic = pipeline.prepare_face(image, landmarks, options.resolution)
-  except Exception as e:  # pylint: disable=broad-except
-    # One bad image must not stop hours of work; it is reported, never dropped silently.
-    return skipped('failed', f'{type(e).__name__}: {e}', 0)
-  record = {'image': aligned.crop, 'mask': mask, 'semantic': semantic,
-            'landmarks': aligned.landmarks.astype(np.float32), 'box': np.asarray(box, np.float32)}
-  return {'record': record, 'reason': None, 'detail': '', 'num_faces': len(found)}
-
-
-def _work(task):
-  if 'error' in _WORKER:
-    raise RuntimeError(f'could not load the face models in a worker: {_WORKER["error"]}')
-  filename, identity, payload = task
-  result = prepare_image(payload, _WORKER['options'], _WORKER['detector'], _WORKER['predictor'])
-  result['filename'] = filename
-  result['identity'] = identity
-  return result
-
-
-# ---------------------------------------------------------------------------------------
-# Chunks, manifest, resume.
-
-def _fingerprint(items: Sequence[Item], options: FaceOptions, parser: str = '') -> str:
-  digest = hashlib.sha256(json.dumps(dataclasses.asdict(options), sort_keys=True).encode())
-  if parser:  # only then: the polygon preparations keep their fingerprints
-    digest.update(f'parser\t{parser}\n'.encode())
-  for filename, identity in items:
-    digest.update(f'{filename}\t{identity}\n'.encode())
-  return digest.hexdigest()[:32]
-
-
-def chunk_path(prepared_dir: str | os.PathLike, index: int) -> pathlib.Path:
-  return pathlib.Path(prepared_dir) / CHUNK_DIR / f'chunk-{index:05d}.npz'
-
-
-def _chunk_fingerprint(path: pathlib.Path) -> str | None:
-  if not path.is_file():
-    return None
-  try:
-    with np.load(path) as data:
-      return str(data['fingerprint'])
-  except Exception:  # pylint: disable=broad-except
-    return None  # unreadable: recompute it
-
-
-def _write_chunk(path: pathlib.Path, fingerprint: str, results: list[dict],
-                 resolution: int) -> None:
-  kept = [r for r in results if r['record'] is not None]
-  r = resolution
-
-  def stack(key, shape, dtype):
-    if not kept:
-      return np.zeros((0, *shape), dtype)
-    return np.stack([k['record'][key] for k in kept]).astype(dtype)
-
-  skipped = [{'filename': x['filename'], 'identity': int(x['identity']), 'reason': x['reason'],
-              'detail': x['detail']} for x in results if x['record'] is None]
-  multi = [x['filename'] for x in results if x['num_faces'] > 1]
-  arrays = {
-      'image': stack('image', (r, r, 3), np.uint8),
-      'mask': stack('mask', (r, r, 1), np.uint8),
-      'semantic': stack('semantic', (r, r, 1), np.uint8),
-      'landmarks': stack('landmarks', (features.NUM_LANDMARKS, 2), np.float32),
-      'box': stack('box', (4,), np.float32),
-      'identity': np.array([k['identity'] for k in kept], np.int64),
-      'filename': np.array([k['filename'] for k in kept], dtype=str),
-      'fingerprint': np.array(fingerprint),
-      'skipped': np.array(json.dumps(skipped)),
-      'multi_face': np.array(json.dumps(multi)),
-      'num_items': np.array(len(results), np.int64),
-  }
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp')
-  with open(tmp, 'wb') as f:
-    np.savez_compressed(f, **arrays)
-  os.replace(tmp, path)  # atomic: an interrupted write never looks like a finished chunk
+__all__ = [
+    'CHUNK_DIR', 'FORMAT_VERSION', 'FaceOptions', 'FolderSource', 'Item', 'MANIFEST',
+    'Payload', 'PrepareReport', 'PreparedData', 'SKIPPED_FILE', 'SKIP_REASONS', 'SPLIT_FILE',
+    'Source', 'celeba_folder_source', 'chunk_path', 'decode_image', 'iter_prepared',
+    'load_manifest', 'prepare_image', 'prepare_items', 'prepare_source',
+]
 
 
 def _parse_chunk(parser, results: list[dict]) -> None:
@@ -287,12 +87,6 @@ def _parse_chunk(parser, results: list[dict]) -> None:
   labels = semantic_source.parse_crops(parser, np.stack([r['record']['image'] for r in kept]))
   for r, semantic in zip(kept, labels):
     r['record']['semantic'] = semantic
-
-
-def _write_json(path: pathlib.Path, data) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(data, indent=1) + '\n')
-  os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -363,6 +157,120 @@ class PrepareReport:
     return '\n'.join(lines)
 
 
+def _manifest(out: pathlib.Path, items: list[Item], chunks: list[list[Item]],
+              fingerprints: list[str], options: FaceOptions, chunk_size: int,
+              source_name: str, parser_fp: str) -> dict:
+  manifest = {
+      'format_version': FORMAT_VERSION, 'options': dataclasses.asdict(options),
+      'chunk_size': chunk_size, 'num_items': len(items), 'source': source_name,
+      'items_fingerprint': chunks_lib.items_fingerprint(items, options, parser_fp),
+      'chunks': [{'file': chunk_path(out, i).relative_to(out).as_posix(), 'fingerprint': fp,
+                  'num_items': len(c)} for i, (c, fp) in enumerate(zip(chunks, fingerprints))],
+  }
+  if parser_fp:
+    manifest['semantic_parser'] = parser_fp
+  return manifest
+
+
+def _claim_folder(out: pathlib.Path, manifest: dict, overwrite: bool) -> None:
+  """Writes ``manifest`` into ``out``; refuses (or with ``overwrite`` clears) a folder
+  prepared with other settings."""
+  manifest_path = out / MANIFEST
+  if manifest_path.is_file():
+    old = json.loads(manifest_path.read_text())
+    keys = ('format_version', 'options', 'chunk_size', 'items_fingerprint', 'semantic_parser')
+    changed = [k for k in keys if old.get(k) != manifest.get(k)]
+    if changed and not overwrite:
+      raise ValueError(
+          f'{out} was prepared with other settings ({", ".join(changed)} differ: '
+          f'{ {k: old.get(k) for k in changed} } vs { {k: manifest.get(k) for k in changed} }); '
+          'use another output folder, or overwrite=True (--overwrite) to discard it')
+    if changed:
+      for stale in (out / CHUNK_DIR).glob('chunk-*.npz'):
+        stale.unlink()
+  out.mkdir(parents=True, exist_ok=True)
+  chunks_lib.write_json(manifest_path, manifest)
+
+
+@dataclasses.dataclass
+class _Run:
+  """The chunks one run computes and where they go."""
+
+  out: pathlib.Path
+  chunks: list[list[Item]]
+  fingerprints: list[str]
+  done: set[int]
+  pending: list[int]
+  options: FaceOptions
+  parser: object = None
+  computed: int = 0
+  first_result: float | None = None
+
+  def write_next_chunk(self, results: list[dict]) -> None:
+    index = self.pending[self.computed]
+    if self.parser is not None:
+      _parse_chunk(self.parser, results)
+    chunks_lib.write_chunk(chunk_path(self.out, index), self.fingerprints[index], results,
+                           self.options.resolution)
+    self.computed += 1
+
+
+def _compute_chunks(run: _Run, payloads, workers: int, progress: bool) -> None:
+  """Prepares the pending chunks in a pool, writing each as soon as its last image is done."""
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+
+  todo = [item for i in run.pending for item in run.chunks[i]]
+  names = [f for f, _ in todo]
+  tasks = ((f, ident, payload) for (f, ident), payload in zip(todo, payloads(names)))
+  bar = tqdm(total=sum(len(c) for c in run.chunks),
+             initial=sum(len(run.chunks[i]) for i in run.done), unit='img',
+             desc='preparing faces', disable=not progress, smoothing=0.05, dynamic_ncols=True)
+  pool = None
+  try:
+    if workers > 0:
+      pool = multiprocessing.get_context('spawn').Pool(
+          workers, initializer=face_records.init_worker, initargs=(run.options,))
+      results = pool.imap(face_records.work, tasks, chunksize=4)
+    else:
+      face_records.init_worker(run.options)
+      results = map(face_records.work, tasks)
+    buffer = []
+    for result in results:
+      if run.first_result is None:
+        run.first_result = time.perf_counter()
+      buffer.append(result)
+      bar.update(1)
+      if len(buffer) == len(run.chunks[run.pending[run.computed]]):
+        run.write_next_chunk(buffer)
+        buffer = []
+  except KeyboardInterrupt:
+    print(f'\ninterrupted: {len(run.done) + run.computed} of {len(run.chunks)} chunks are '
+          f'finished in {run.out}; rerun the same command to resume', file=sys.stderr)
+    raise
+  finally:
+    bar.close()
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+
+
+def _summarise_folder(out: pathlib.Path, report: PrepareReport) -> None:
+  """Fills a complete run's face and skip counts from every chunk; writes skipped.json."""
+  skipped = collections.defaultdict(list)
+  details = []
+  for i in range(report.num_chunks):
+    with np.load(chunk_path(out, i)) as data:
+      report.num_faces += len(data['identity'])
+      for entry in json.loads(str(data['skipped'])):
+        skipped[entry['reason']].append(entry['filename'])
+        details.append(entry)
+      report.multi_face.extend(json.loads(str(data['multi_face'])))
+  report.skipped = {reason: skipped.get(reason, []) for reason in SKIP_REASONS}
+  chunks_lib.write_json(out / SKIPPED_FILE, {
+      'counts': report.skip_counts, 'num_items': report.num_items,
+      'num_faces': report.num_faces, 'skipped': details, 'multi_face': report.multi_face})
+
+
 def prepare_items(items: Sequence[Item], payloads: Callable[[Sequence[str]], Iterable[Payload]],
                   prepared_dir: str | os.PathLike, options: FaceOptions = FaceOptions(), *,
                   workers: int = 1, chunk_size: int = 256, max_new_chunks: int | None = None,
@@ -386,8 +294,6 @@ def prepare_items(items: Sequence[Item], payloads: Callable[[Sequence[str]], Ite
       attribute, uint8 crops [N, R, R, 3] -> uint8 class ids [N, R, R] (e.g.
       ``train_parser.TrainedParser``) whose output replaces them (module doc).
   """
-  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-
   out = pathlib.Path(prepared_dir)
   items = [(str(f), int(i)) for f, i in items]
   if not items:
@@ -396,127 +302,27 @@ def prepare_items(items: Sequence[Item], payloads: Callable[[Sequence[str]], Ite
     raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
   chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
   parser_fp = '' if parser is None else str(parser.fingerprint)
-  fingerprints = [_fingerprint(c, options, parser_fp) for c in chunks]
-  manifest = {
-      'format_version': FORMAT_VERSION, 'options': dataclasses.asdict(options),
-      'chunk_size': chunk_size, 'num_items': len(items), 'source': source_name,
-      'items_fingerprint': _fingerprint(items, options, parser_fp),
-      'chunks': [{'file': chunk_path(out, i).relative_to(out).as_posix(), 'fingerprint': fp,
-                  'num_items': len(c)} for i, (c, fp) in enumerate(zip(chunks, fingerprints))],
-  }
-  if parser_fp:
-    manifest['semantic_parser'] = parser_fp
-  manifest_path = out / MANIFEST
-  if manifest_path.is_file():
-    old = json.loads(manifest_path.read_text())
-    keys = ('format_version', 'options', 'chunk_size', 'items_fingerprint', 'semantic_parser')
-    changed = [k for k in keys if old.get(k) != manifest.get(k)]
-    if changed and not overwrite:
-      raise ValueError(
-          f'{out} was prepared with other settings ({", ".join(changed)} differ: '
-          f'{ {k: old.get(k) for k in changed} } vs { {k: manifest.get(k) for k in changed} }); '
-          'use another output folder, or overwrite=True (--overwrite) to discard it')
-    if changed:
-      for stale in (out / CHUNK_DIR).glob('chunk-*.npz'):
-        stale.unlink()
-  out.mkdir(parents=True, exist_ok=True)
-  _write_json(manifest_path, manifest)
-
-  done = {i for i, fp in enumerate(fingerprints) if _chunk_fingerprint(chunk_path(out, i)) == fp}
+  fingerprints = [chunks_lib.items_fingerprint(c, options, parser_fp) for c in chunks]
+  _claim_folder(out, _manifest(out, items, chunks, fingerprints, options, chunk_size,
+                               source_name, parser_fp), overwrite)
+  done = {i for i, fp in enumerate(fingerprints)
+          if chunks_lib.chunk_fingerprint(chunk_path(out, i)) == fp}
   pending = [i for i in range(len(chunks)) if i not in done]
   if max_new_chunks is not None:
     pending = pending[:max(0, max_new_chunks)]
-  todo = [item for i in pending for item in chunks[i]]
-
+  run = _Run(out, chunks, fingerprints, done, pending, options, parser)
   start = time.perf_counter()
-  first_result = None
-  computed = 0
-  if todo:
-    names = [f for f, _ in todo]
-    tasks = ((f, ident, payload) for (f, ident), payload in zip(todo, payloads(names)))
-    bar = tqdm(total=len(items), initial=sum(len(chunks[i]) for i in done), unit='img',
-               desc='preparing faces', disable=not progress, smoothing=0.05,
-               dynamic_ncols=True)
-    pool = None
-    try:
-      if workers > 0:
-        pool = multiprocessing.get_context('spawn').Pool(
-            workers, initializer=_init_worker, initargs=(options,))
-        results = pool.imap(_work, tasks, chunksize=4)
-      else:
-        _init_worker(options)
-        results = map(_work, tasks)
-      buffer = []
-      for result in results:
-        if first_result is None:
-          first_result = time.perf_counter()
-        buffer.append(result)
-        bar.update(1)
-        index = pending[computed]
-        if len(buffer) == len(chunks[index]):
-          if parser is not None:
-            _parse_chunk(parser, buffer)
-          _write_chunk(chunk_path(out, index), fingerprints[index], buffer, options.resolution)
-          buffer = []
-          computed += 1
-    except KeyboardInterrupt:
-      print(f'\ninterrupted: {len(done) + computed} of {len(chunks)} chunks are finished in '
-            f'{out}; rerun the same command to resume', file=sys.stderr)
-      raise
-    finally:
-      bar.close()
-      if pool is not None:
-        pool.terminate()
-        pool.join()
+  if pending:
+    _compute_chunks(run, payloads, workers, progress)
   seconds = time.perf_counter() - start
-
   report = PrepareReport(
       num_items=len(items), num_chunks=len(chunks), chunks_reused=len(done),
-      chunks_computed=computed, complete=len(done) + computed == len(chunks),
-      images_processed=sum(len(chunks[i]) for i in pending[:computed]), seconds=seconds,
-      startup_seconds=(first_result - start) if first_result is not None else 0.0)
+      chunks_computed=run.computed, complete=len(done) + run.computed == len(chunks),
+      images_processed=sum(len(chunks[i]) for i in pending[:run.computed]), seconds=seconds,
+      startup_seconds=(run.first_result - start) if run.first_result is not None else 0.0)
   if report.complete:
-    skipped = collections.defaultdict(list)
-    details = []
-    for i in range(len(chunks)):
-      with np.load(chunk_path(out, i)) as data:
-        report.num_faces += len(data['identity'])
-        for entry in json.loads(str(data['skipped'])):
-          skipped[entry['reason']].append(entry['filename'])
-          details.append(entry)
-        report.multi_face.extend(json.loads(str(data['multi_face'])))
-    report.skipped = {reason: skipped.get(reason, []) for reason in SKIP_REASONS}
-    _write_json(out / SKIPPED_FILE, {
-        'counts': report.skip_counts, 'num_items': len(items), 'num_faces': report.num_faces,
-        'skipped': details, 'multi_face': report.multi_face})
+    _summarise_folder(out, report)
   return report
-
-
-def iter_prepared(prepared_dir: str | os.PathLike) -> Iterator[dict]:
-  """The prepared faces of a finished folder, chunk by chunk, in item order.
-
-  Yields dicts with image, mask, semantic, landmarks, box, identity and filename.
-  """
-  out = pathlib.Path(prepared_dir)
-  manifest = load_manifest(out)
-  for i, chunk in enumerate(manifest['chunks']):
-    path = out / chunk['file']
-    if _chunk_fingerprint(path) != chunk['fingerprint']:
-      raise FileNotFoundError(f'{path} is missing or stale: the preparation in {out} did not '
-                              'finish; rerun it to resume')
-    with np.load(path) as data:
-      arrays = {k: data[k] for k in ('image', 'mask', 'semantic', 'landmarks', 'box',
-                                     'identity', 'filename')}
-    for j in range(len(arrays['identity'])):
-      yield {k: v[j] for k, v in arrays.items()} | {'chunk': i}
-
-
-def load_manifest(prepared_dir: str | os.PathLike) -> dict:
-  path = pathlib.Path(prepared_dir) / MANIFEST
-  if not path.is_file():
-    raise FileNotFoundError(f'{path} not found: prepare the data first '
-                            '(python tools/prepare_data.py ...)')
-  return json.loads(path.read_text())
 
 
 @dataclasses.dataclass

@@ -7,9 +7,10 @@ full-range single-shot networks, ``faces.ensemble``), or dlib's MMOD CNN (``'cnn
 
 dlib's detectors miss small faces (the HOG window is 80 px; MMOD's ~40 px at its native
 scale), and the paper's numbers come from 64-px crops (§4.1) on which dlib finds nearly every
-original (99.61%). So each crop is enlarged by ``scale`` (bicubic, default 4: 64 -> 256 px,
-the face ~130 px wide) before the detector runs at ``upsample=0``; a crop counts as detected
-when some box's centre lies in the bounding box of its face mask, so a stray hit in the
+original (99.61%). So each crop is enlarged by an integer ``scale`` (bicubic) before the
+detector runs at ``upsample=0``: the evaluation runner picks it so crops reach
+``EvalOptions.detection_size`` (128 px by default: 2x for 64-px crops). A crop counts as
+detected when some box's centre lies in the bounding box of its face mask, so a stray hit in the
 background does not count as finding the face.
 
 dlib's CNN detector runs on one core and holds the GIL (threads gain nothing), so the

@@ -1,4 +1,5 @@
-"""The numbers of the paper's Tables 1 and 3 (paper §4.2-4.3, DESIGN §4), from features.
+"""The numbers of the paper's Tables 1 and 3 (paper §4.2-4.3, docs/evaluation.md), from
+features.
 
 * SSIM and PSNR of each anonymized crop against its original (Table 3), per image, then
   averaged over the set;
@@ -12,7 +13,7 @@
   each one's own entry left out (higher is better).
 
 Everything takes numpy or JAX arrays and returns Python floats or numpy arrays. No
-TensorFlow here (DESIGN §1); the accelerator does the per-image and distance work.
+TensorFlow here (README.md "Layout"); the accelerator does the per-image and distance work.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdgan_jax import losses
+from sdgan_jax import batching, losses
 
 # Below this many images the 2048-d covariance of FID is rank-deficient and FID is biased
 # upwards (it needs more samples than feature dimensions); KID is reported beside it.
@@ -74,8 +75,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``. The trace of the square
   root is taken as ``tr((s1 sigma2 s1)^(1/2))`` with ``s1 = sigma1^(1/2)``: the same
   eigenvalues, but of a symmetric PSD matrix, so two symmetric eigendecompositions replace
-  the general matrix square root (several times faster at 2048-d, and no imaginary
-  round-off).
+  the general matrix square root (faster, and no imaginary round-off).
   """
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
@@ -98,7 +98,7 @@ def fid(features_a, features_b) -> float:
   With no more images than dimensions the covariances have rank < D and
   ``tr((sigma_a sigma_b)^(1/2))`` is the sum of the singular values of
   ``A B^T / sqrt((n-1)(m-1))`` (A, B the centred features): an [n, m] problem instead of a
-  [D, D] one, exact, and what makes a per-row FID of a small set cost milliseconds.
+  [D, D] one, exact, and what makes a per-row FID of a small set cheap.
   """
   a = np.asarray(features_a, np.float64)
   b = np.asarray(features_b, np.float64)
@@ -153,11 +153,11 @@ def _mmd2_unbiased(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @functools.partial(jax.jit, static_argnames='exclude_self')
-def _nearest_block(queries, gallery, offset, exclude_self: bool):
+def _nearest_block(queries, rows, gallery, exclude_self: bool):
+  """Nearest gallery index of each query; ``rows``: the queries' own gallery rows."""
   d2 = (jnp.sum(queries**2, axis=1, keepdims=True) - 2.0 * queries @ gallery.T
         + jnp.sum(gallery**2, axis=1)[None, :])
   if exclude_self:
-    rows = offset + jnp.arange(len(queries))
     d2 = jnp.where(jnp.arange(len(gallery))[None, :] == rows[:, None], jnp.inf, d2)
   return jnp.argmin(d2, axis=1)
 
@@ -177,14 +177,11 @@ def nearest_neighbours(queries, gallery, exclude_self: bool = False,
     raise ValueError('exclude_self needs the queries to be the gallery')
   if len(gallery) < 1 + exclude_self:
     raise ValueError(f'the gallery has {len(gallery)} entries: too few for a nearest neighbour')
-  out = []
-  for lo in range(0, len(queries), block):
-    chunk = queries[lo:lo + block]
-    short = block - len(chunk) if len(queries) > block else 0
-    if short:  # pad the last block to the compiled shape
-      chunk = jnp.concatenate([chunk, jnp.zeros((short, chunk.shape[1]), chunk.dtype)])
-    out.append(np.asarray(_nearest_block(chunk, gallery, lo, exclude_self))[:block - short])
-  return np.concatenate(out) if out else np.zeros([0], np.int64)
+  # Fewer queries than a block go as one block of their own size, unpadded.
+  out = batching.map_batches(
+      lambda chunk, rows: _nearest_block(chunk, rows, gallery, exclude_self),
+      queries, np.arange(len(queries)), batch_size=max(1, min(block, len(queries))))
+  return np.zeros([0], np.int64) if out is None else out
 
 
 def recall_at_1(queries, query_labels, gallery, gallery_labels,

@@ -2,12 +2,12 @@
 
 * identity embedding for Recall@1: FaceNet (InceptionResnetV1, the paper's choice) when its
   converted weights exist (``facenet_vggface2``, then ``facenet_casia_webface``); they are on
-  no package registry (DESIGN §5), so otherwise dlib's ResNet descriptor (``dlib_resnet``,
+  no package registry (docs/weights.md), so otherwise dlib's ResNet descriptor (``dlib_resnet``,
   from `make weights`). The tables name the one used.
 * FID Inception-v3 pool3 (``inception_fid``, from `make weights`).
 
-Each runs jitted on fixed-size batches (the last one padded), so XLA compiles one program per
-network whatever the number of faces.
+Each runs jitted on fixed-size batches (the last one padded, ``batching.map_batches``), so XLA
+compiles one program per network whatever the number of faces.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import dataclasses
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from sdgan_jax import batching
 from sdgan_jax import weights as weights_lib
 
 FACENET_WEIGHTS = ('facenet_vggface2', 'facenet_casia_webface')
@@ -34,6 +34,8 @@ class BatchedNet:
   Attributes:
     name: the weights' name ('inception_fid', 'dlib_resnet', 'facenet_vggface2', ...).
     label: how the tables call it.
+    apply: ``(variables, images) -> features``, jitted (so a shared jitted function, e.g.
+      ``dlib_resnet.jitted_apply()``, keeps its compiled programs).
   """
 
   name: str
@@ -42,19 +44,10 @@ class BatchedNet:
   variables: dict
   batch_size: int = 64
 
-  def __post_init__(self):
-    self._jitted = jax.jit(self.apply)
-
   def __call__(self, images) -> np.ndarray:
-    images = np.asarray(images, np.float32)
-    out, b = [], self.batch_size
-    for lo in range(0, len(images), b):
-      chunk = images[lo:lo + b]
-      short = b - len(chunk)
-      if short:
-        chunk = np.concatenate([chunk, np.zeros((short,) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(self._jitted(self.variables, jnp.asarray(chunk)))[:b - short])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    out = batching.map_batches(lambda chunk: self.apply(self.variables, chunk),
+                               np.asarray(images, np.float32), batch_size=self.batch_size)
+    return np.zeros((0, 0), np.float32) if out is None else out
 
 
 def _load(name: str, weights_dir) -> dict:
@@ -76,11 +69,11 @@ def embedding_net(weights_dir=None, batch_size: int = 64,
   name = candidates[0]
   variables = _load(name, weights_dir)
   if name.startswith('facenet'):
-    from sdgan_jax.models.facenet import InceptionResnetV1  # pylint: disable=import-outside-toplevel
-    apply = InceptionResnetV1().apply
+    from sdgan_jax.models import facenet  # pylint: disable=import-outside-toplevel
+    apply = jax.jit(facenet.InceptionResnetV1().apply)
   elif name == 'dlib_resnet':
-    from sdgan_jax.models.dlib_resnet import DlibResNet  # pylint: disable=import-outside-toplevel
-    apply = DlibResNet().apply
+    from sdgan_jax.models import dlib_resnet  # pylint: disable=import-outside-toplevel
+    apply = dlib_resnet.jitted_apply()
   else:
     raise ValueError(f'unknown embedding network {name!r}; use one of {sorted(EMBEDDING_NAMES)}')
   return BatchedNet(name, EMBEDDING_NAMES[name], apply, variables, batch_size)
@@ -93,4 +86,4 @@ def inception_net(weights_dir=None, batch_size: int = 64) -> BatchedNet:
   model = FIDInceptionV3()
   variables = _load('inception_fid', weights_dir)
   return BatchedNet('inception_fid', 'Inception-v3 pool3 (FID)',
-                    lambda v, x: model.apply(v, x)['pool'], variables, batch_size)
+                    jax.jit(lambda v, x: model.apply(v, x)['pool']), variables, batch_size)

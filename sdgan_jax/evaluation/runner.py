@@ -1,4 +1,5 @@
-"""Builds the paper's Tables 1 and 3 (paper §4.2-4.3, DESIGN §4) for baselines and models.
+"""Builds the paper's Tables 1 and 3 (paper §4.2-4.3, docs/evaluation.md) for baselines and
+models.
 
 Rows: the originals, the classic baselines (pixelization 16x16 and 8x8, Gaussian blur 9x9
 and 17x17; ``sdgan_jax.baselines``) and every trained generator given (a ``run.py``
@@ -44,11 +45,12 @@ import jax
 import numpy as np
 
 from sdgan_jax import baselines as baselines_lib
-from sdgan_jax import semantic_source
+from sdgan_jax import semantic_source, targets
 from sdgan_jax.evaluation import detection as detection_lib
 from sdgan_jax.evaluation import metrics
 from sdgan_jax.evaluation import networks
 from sdgan_jax.evaluation import report
+from sdgan_jax.evaluation import streams as streams_lib
 
 PAPER_RESOLUTION = 64  # paper §4.1: the quantitative evaluation is at 64x64
 BASELINE_ROWS = {
@@ -57,6 +59,11 @@ BASELINE_ROWS = {
     'blur9': 'Blur (9 by 9)',
     'blur17': 'Blur (17 by 17)',
 }
+# The least value of each integer option: ``EvalOptions`` refuses less, and tools/eval.py's
+# flags take these as their limits.
+LEAST = {'resolution': 1, 'batch_size': 1, 'max_faces': 1, 'grid_faces': 1,
+         'detection_size': 1, 'detection_processes': 0}
+_MEANINGS = {'detection_processes': ' (0: one per CPU core, 1: none)'}
 
 
 @dataclasses.dataclass
@@ -103,75 +110,16 @@ class EvalOptions:
   progress: bool = True
   parser: str | None = None
 
-
-# ---------------------------------------------------------------------------------------
-# Data.
-
-
-@dataclasses.dataclass
-class _Stream:
-  """Faces read by one evaluation iterator, with per-face facts looked up by 'index'.
-
-  Attributes:
-    source: a TFDS data source, or a list of decoded examples (with ``max_faces``).
-    classes: int [len(source)]: the person, unique over all evaluated splits.
-    bank_labels: int [len(source)]: the face's own row in the identity bank of a model
-      trained on this dataset (its training-split label), -1 when not a training face.
-  """
-
-  source: Any
-  classes: np.ndarray
-  bank_labels: np.ndarray
-
-
-def _load_streams(options: EvalOptions) -> tuple[list[_Stream], str, int]:
-  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-
-  splits = [s.strip() for s in options.split.split(',') if s.strip()]
-  if not splits:
-    raise ValueError(f'--split {options.split!r} names no split; use e.g. test or train,test')
-  if not (pathlib.Path(options.dataset) / 'dataset_info.json').is_file():
-    raise FileNotFoundError(
-        f'{options.dataset} is not a prepared dataset (no dataset_info.json): prepare one with '
-        '`python tools/prepare_data.py --source samples --output data` and pass '
-        'data/sdgan_faces/samples_128/1.0.0')
-  sources = [input_pipeline.load_data_source(options.dataset, s) for s in splits]
-  stored = int(sources[0].dataset_info.features['image'].shape[0])
-  name = sources[0].dataset_info.full_name
-  labels = [input_pipeline.read_labels(s) for s in sources]
-  offsets = np.cumsum([0] + [int(l.max()) + 1 if len(l) else 0 for l in labels])
-  classes = [l + o for l, o in zip(labels, offsets)]
-  # Labels of the training split are the rows of a bank built from this dataset.
-  bank_labels = [l if s.split('[')[0] == 'train' else np.full_like(l, -1)
-                 for s, l in zip(splits, labels)]
-  sizes = [len(s) for s in sources]
-  if sum(sizes) < 2:
-    raise ValueError(f'{options.dataset} split {options.split!r} has {sum(sizes)} faces: '
-                     'Recall@1 and FID need more')
-  if options.max_faces is None or options.max_faces >= sum(sizes):
-    return [_Stream(*t) for t in zip(sources, classes, bank_labels)], name, stored
-  # Evenly spaced over the concatenated splits, so every split and person is sampled; one
-  # list of decoded examples, so one evaluation iterator reads them all.
-  chosen = np.unique(np.linspace(0, sum(sizes) - 1, max(options.max_faces, 2))
-                     .round().astype(int))
-  bounds = np.cumsum([0] + sizes)
-  which = np.searchsorted(bounds, chosen, side='right') - 1
-  local = chosen - bounds[which]
-  examples = [sources[w][int(i)] for w, i in zip(which, local)]
-  return [_Stream(examples, np.array([classes[w][i] for w, i in zip(which, local)]),
-                  np.array([bank_labels[w][i] for w, i in zip(which, local)]))], name, stored
-
-
-def _batches(streams: Sequence[_Stream], resolutions: Sequence[int], batch_size: int):
-  """Evaluation batches of every stream, one per resolution, zipped (same faces, same order)."""
-  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-
-  for stream in streams:
-    iterators = [input_pipeline.eval_iterator(stream.source, batch_size=batch_size,
-                                              resolution=r, process_index=0, process_count=1)
-                 for r in resolutions]
-    for batches in zip(*iterators):
-      yield stream, dict(zip(resolutions, batches))
+  def __post_init__(self):
+    for name, least in LEAST.items():
+      value = getattr(self, name)
+      if value is not None and value < least:
+        raise ValueError(f'{name} must be >= {least}{_MEANINGS.get(name, "")}, got {value}')
+    for name, known in (('detectors', detection_lib.DETECTOR_NAMES),
+                        ('baselines', BASELINE_ROWS)):
+      unknown = sorted(set(getattr(self, name)) - set(known))
+      if unknown:
+        raise ValueError(f'{name} {unknown} are unknown; choose from {sorted(known)}')
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,21 +197,21 @@ def _model_rows(options: EvalOptions) -> list[_Row]:
 
 def _targets(row: _Row, bank_labels: np.ndarray, seed: int, model_index: int,
              batch_index: int) -> np.ndarray:
-  """Target identity features, one per face: a uniform bank identity other than its own."""
+  """Target identity features, one per face: a uniform bank identity other than its own
+  (``sdgan_jax.targets``; a face whose person is not in the bank may get any)."""
   bank = row.generator.bank
-  n = bank.num_identities
   rng = np.random.default_rng([seed, model_index, batch_index])
-  known = row.bank_is_this_dataset & (bank_labels >= 0) & (bank_labels < n)
+  known = row.bank_is_this_dataset & (bank_labels >= 0) & (bank_labels < bank.num_identities)
   own = np.where(known, bank_labels, -1)
-  draw = rng.integers(0, n - (own >= 0))
-  draw = draw + ((own >= 0) & (draw >= own))
-  return bank.means[draw]
+  return bank.means[targets.draw_outside_block(rng, bank.num_identities, own,
+                                               known.astype(np.int64))]
 
 
-def _model_output(row: _Row, batches: dict, resolution: int, targets: np.ndarray) -> np.ndarray:
+def _model_output(row: _Row, batches: dict, resolution: int,
+                  target_features: np.ndarray) -> np.ndarray:
   gen = row.generator
   own = batches[gen.resolution]
-  out = gen.generate(own['image'], own['mask'], _model_semantic(row, own), targets)
+  out = gen.generate(own['image'], own['mask'], _model_semantic(row, own), target_features)
   if gen.resolution == resolution:
     return out
   # Another resolution: resize the generated face, composite at the evaluation size.
@@ -280,51 +228,61 @@ def _model_output(row: _Row, batches: dict, resolution: int, targets: np.ndarray
 
 def evaluate(options: EvalOptions) -> tuple[dict, list[tuple[str, np.ndarray]]]:
   """Runs every row over the faces; returns (the result dict, the grid rows)."""
-  if options.detection_processes < 0:
-    raise ValueError('detection_processes must be >= 0 (0: one per CPU core, 1: none), got '
-                     f'{options.detection_processes}')
-  unknown = sorted(set(options.detectors) - set(detection_lib.DETECTOR_NAMES))
-  if unknown:
-    raise ValueError(f'unknown detectors {unknown}; choose from '
-                     f'{sorted(detection_lib.DETECTOR_NAMES)}')
   dlib_kinds = set(options.detectors) & {'hog', 'cnn'}
   processes = options.detection_processes if dlib_kinds else 1
   with detection_lib.detector_pool(processes) as pool:
     return _evaluate(options, pool)
 
 
-def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndarray]]]:
+@dataclasses.dataclass
+class _Columns:
+  """The networks that turn each row's faces into the tables' columns."""
+
+  embed: networks.BatchedNet
+  inception: networks.BatchedNet
+  detectors: dict[str, detection_lib.DetectionRate]
+  scale: int  # the detectors see the crops enlarged this many times
+
+  @classmethod
+  def load(cls, options: EvalOptions, pool) -> '_Columns':
+    embed = networks.embedding_net(options.weights_dir, options.batch_size, options.embedding)
+    inception = networks.inception_net(options.weights_dir, options.batch_size)
+    scale = max(1, math.ceil(options.detection_size / int(options.resolution)))
+    detectors = {k: detection_lib.DetectionRate(k, scale=scale, pool=pool,
+                                                weights_dir=options.weights_dir)
+                 for k in options.detectors}
+    return cls(embed, inception, detectors, scale)
+
+  def measure(self, columns: dict, x: np.ndarray, out: np.ndarray, mask: np.ndarray,
+              valid: np.ndarray) -> None:
+    """Appends one batch of a row's faces to its ``columns`` (the padding left out)."""
+    ssim, psnr = metrics.ssim_psnr(x, out)
+    kept, kept_mask = out[valid], mask[valid]
+    columns['ssim'].append(np.asarray(ssim)[valid])
+    columns['psnr'].append(np.asarray(psnr)[valid])
+    columns['emb'].append(self.embed(kept))
+    columns['pool'].append(self.inception(kept))
+    for kind, detector in self.detectors.items():
+      columns[kind].append(detector(kept, kept_mask))
+
+
+def _run_rows(streams, rows: Sequence[_Row], models: list[_Row], columns: _Columns,
+              options: EvalOptions) -> tuple[dict, dict, np.ndarray]:
+  """Every row over every face: (per row its columns, per row its grid faces, classes)."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-  unknown = sorted(set(options.baselines) - set(BASELINE_ROWS))
-  if unknown:
-    raise ValueError(f'unknown baselines {unknown}; choose from {sorted(BASELINE_ROWS)}')
-  start = time.perf_counter()
-  streams, dataset_name, stored = _load_streams(options)
   r = int(options.resolution)
-  rows = [_Row('original', 'Original', 'original')]
-  rows += [_Row(k, BASELINE_ROWS[k], 'baseline') for k in options.baselines]
-  models = _model_rows(options)
-  rows += models
-  embed = networks.embedding_net(options.weights_dir, options.batch_size, options.embedding)
-  inception = networks.inception_net(options.weights_dir, options.batch_size)
-  scale = max(1, math.ceil(options.detection_size / r))
-  detectors = {k: detection_lib.DetectionRate(k, scale=scale, pool=pool,
-                                              weights_dir=options.weights_dir)
-               for k in options.detectors}
   resolutions = sorted({r} | {m.generator.resolution for m in models})
-
   total = sum(len(s.classes) for s in streams)
   grid_at = set(np.unique(np.linspace(0, total - 1, min(options.grid_faces, total))
                           .round().astype(int)).tolist())
-  acc = {row.key: {k: [] for k in ('emb', 'pool', 'ssim', 'psnr', *detectors)}
+  acc = {row.key: {k: [] for k in ('emb', 'pool', 'ssim', 'psnr', *columns.detectors)}
          for row in rows}
   grid = {row.key: [] for row in rows}
-  classes = []
-  seen = 0
+  classes, seen = [], 0
   bar = tqdm(total=total, unit='face', desc='evaluate', disable=not options.progress)
-  for batch_index, (stream, batches) in enumerate(_batches(streams, resolutions,
-                                                           options.batch_size)):
+  for batch_index, (stream, batches) in enumerate(streams_lib.batches(
+      streams, resolutions, options.batch_size)):
     base = batches[r]
     valid = np.asarray(base['valid'], bool)
     if not valid.any():
@@ -333,37 +291,50 @@ def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndar
     index = np.maximum(np.asarray(base['index'], np.int64), 0)  # padding: -1
     bank_labels = np.where(valid, stream.bank_labels[index], -1)
     classes.append(stream.classes[index][valid])
-    positions = seen + np.arange(valid.sum())
-    in_grid = np.array([p in grid_at for p in positions], bool)
+    in_grid = np.array([p in grid_at for p in seen + np.arange(valid.sum())], bool)
     for row in rows:
       if row.kind == 'original':
         out = x
       elif row.kind == 'baseline':
         out = baselines_lib.apply_baseline(row.key, x, mask)
       else:
-        targets = _targets(row, bank_labels, options.seed, models.index(row), batch_index)
-        out = _model_output(row, batches, r, targets)
+        out = _model_output(row, batches, r, _targets(row, bank_labels, options.seed,
+                                                      models.index(row), batch_index))
       out = np.asarray(out, np.float32)
-      ssim, psnr = metrics.ssim_psnr(x, out)
-      kept, kept_mask = out[valid], mask[valid]
-      a = acc[row.key]
-      a['ssim'].append(np.asarray(ssim)[valid])
-      a['psnr'].append(np.asarray(psnr)[valid])
-      a['emb'].append(embed(kept))
-      a['pool'].append(inception(kept))
-      for kind, detector in detectors.items():
-        a[kind].append(detector(kept, kept_mask))
-      grid[row.key].append(kept[in_grid])
+      columns.measure(acc[row.key], x, out, mask, valid)
+      grid[row.key].append(out[valid][in_grid])
     seen += int(valid.sum())
     bar.update(int(valid.sum()))
   bar.close()
-
-  classes = np.concatenate(classes)
-  n = len(classes)
   data = {key: {k: np.concatenate(v) if v else np.zeros([0]) for k, v in a.items()}
           for key, a in acc.items()}
-  original = data['original']
-  warnings, notes = [], []
+  return data, grid, np.concatenate(classes)
+
+
+def _table_row(row: _Row, d: dict, original: dict, classes: np.ndarray, columns: _Columns,
+               seed: int) -> dict:
+  """One row of the tables from its columns (``original``: the originals' columns)."""
+  entry = dict(key=row.key, name=row.name, kind=row.kind)
+  if row.kind == 'model':
+    entry.update(checkpoint=row.checkpoint, step=row.step, semantic_maps=row.semantic_maps,
+                 semantic_maps_from=row.maps)
+  for kind in columns.detectors:
+    entry[f'detection_{kind}'] = 100.0 * float(np.mean(d[kind]))
+  # The originals are their own gallery: identifying them is trivially 100% (paper: "–").
+  entry['identification'] = None if row.kind == 'original' else 100.0 * (
+      metrics.identification_recall(d['emb'], original['emb'], classes))
+  entry['reidentification'] = 100.0 * metrics.reidentification_recall(d['emb'], classes)
+  entry['fid'] = metrics.fid(original['pool'], d['pool'])
+  entry['kid'] = (metrics.kid(original['pool'], d['pool'], seed=seed)
+                  if len(classes) < metrics.FID_MIN_IMAGES else None)
+  entry['ssim'] = float(np.mean(d['ssim']))
+  entry['psnr'] = float(np.mean(d['psnr']))
+  return entry
+
+
+def _warnings(classes: np.ndarray) -> list[str]:
+  warnings = []
+  n = len(classes)
   if n < metrics.FID_MIN_IMAGES:
     warnings.append(f'FID from {n} faces: fewer than {metrics.FID_MIN_IMAGES} (the feature '
                     'size), so FID is biased upwards and unstable; KID (unbiased) is given '
@@ -373,31 +344,16 @@ def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndar
   if singles:
     warnings.append(f'{singles} of {int(np.sum(counts > 0))} identities have a single face: '
                     'they can never be re-identified, which lowers re-identification.')
-  out_rows = []
-  for row in rows:
-    d = data[row.key]
-    entry = dict(key=row.key, name=row.name, kind=row.kind)
-    if row.kind == 'model':
-      entry.update(checkpoint=row.checkpoint, step=row.step, semantic_maps=row.semantic_maps,
-                   semantic_maps_from=row.maps)
-    for kind in detectors:
-      entry[f'detection_{kind}'] = 100.0 * float(np.mean(d[kind]))
-    # The originals are their own gallery: identifying them is trivially 100% (paper: "–").
-    entry['identification'] = None if row.kind == 'original' else 100.0 * (
-        metrics.identification_recall(d['emb'], original['emb'], classes))
-    entry['reidentification'] = 100.0 * metrics.reidentification_recall(d['emb'], classes)
-    entry['fid'] = metrics.fid(original['pool'], d['pool'])
-    entry['kid'] = (metrics.kid(original['pool'], d['pool'], seed=options.seed)
-                    if n < metrics.FID_MIN_IMAGES else None)
-    entry['ssim'] = float(np.mean(d['ssim']))
-    entry['psnr'] = float(np.mean(d['psnr']))
-    out_rows.append(entry)
+  return warnings
 
-  notes += [
+
+def _notes(options: EvalOptions, columns: _Columns, models: Sequence[_Row]) -> list[str]:
+  r, embed = int(options.resolution), columns.embed
+  notes = [
       f'Baselines change the face-mask pixels only (filter over the whole {r}-px crop: '
       'pixelization grid cells of crop/16 and crop/8 px; Gaussian kernels with OpenCV\'s '
       'sigma).',
-      _detection_note(options.detectors, r, scale),
+      _detection_note(options.detectors, r, columns.scale),
       f'Identification and re-identification embeddings: {embed.label} ({embed.name}); ' + (
           'FaceNet, as the paper.' if embed.name.startswith('facenet') else
           'FaceNet weights absent (not on any registry), so dlib ResNet.'),
@@ -405,23 +361,40 @@ def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndar
   if models:
     notes.append('Models: EMA generator of each workdir; each face gets a random identity of '
                  'the model\'s bank other than its own (seeded).')
-    for m in models:
-      if m.maps == 'parser':
-        notes.append(f'{m.name} was trained on the semantic maps of the face parser '
-                     f'{m.semantic_maps}, which the dataset does not hold: it gets that '
-                     'parser\'s maps of the crops.')
-      elif m.maps == 'polygons':
-        notes.append(f'{m.name} was trained on landmark-polygon semantic maps, which the '
-                     'dataset does not hold: it gets polygons drawn from the crops\' '
-                     'landmarks.')
+  for m in models:
+    if m.maps == 'parser':
+      notes.append(f'{m.name} was trained on the semantic maps of the face parser '
+                   f'{m.semantic_maps}, which the dataset does not hold: it gets that '
+                   'parser\'s maps of the crops.')
+    elif m.maps == 'polygons':
+      notes.append(f'{m.name} was trained on landmark-polygon semantic maps, which the '
+                   'dataset does not hold: it gets polygons drawn from the crops\' '
+                   'landmarks.')
+  return notes
+
+
+def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndarray]]]:
+  start = time.perf_counter()
+  streams, dataset_name, stored = streams_lib.load_streams(options.dataset, options.split,
+                                                              options.max_faces)
+  rows = [_Row('original', 'Original', 'original')]
+  rows += [_Row(k, BASELINE_ROWS[k], 'baseline') for k in options.baselines]
+  models = _model_rows(options)
+  rows += models
+  columns = _Columns.load(options, pool)
+  data, grid, classes = _run_rows(streams, rows, models, columns, options)
+  out_rows = [_table_row(row, data[row.key], data['original'], classes, columns, options.seed)
+              for row in rows]
+  n, counts = len(classes), np.bincount(classes)
+  warnings, notes = _warnings(classes), _notes(options, columns, models)
   elapsed = time.perf_counter() - start
   result = dict(
       dataset=str(options.dataset), dataset_name=dataset_name, split=options.split,
-      stored_resolution=stored, resolution=r, seed=options.seed, num_faces=n,
-      num_identities=int(np.sum(counts > 0)), embedding=embed.label,
-      embedding_weights=embed.name,
+      stored_resolution=stored, resolution=int(options.resolution), seed=options.seed,
+      num_faces=n, num_identities=int(np.sum(counts > 0)), embedding=columns.embed.label,
+      embedding_weights=columns.embed.name,
       detectors={k: detection_lib.DETECTOR_NAMES[k] for k in options.detectors},
-      detection_scale=scale, rows=out_rows, warnings=warnings, notes=notes,
+      detection_scale=columns.scale, rows=out_rows, warnings=warnings, notes=notes,
       seconds=elapsed, faces_per_second=n / elapsed, device=str(jax.devices()[0].platform),
   )
   grid_rows = [(row.name, np.concatenate(grid[row.key])) for row in rows]

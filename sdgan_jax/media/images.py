@@ -1,7 +1,7 @@
-"""Reading and writing the anonymizer's photos and videos, safely (the anonymizer's I/O).
+"""Reading and writing the anonymizer's photos (Pillow), safely (``sdgan_jax.media``).
 
-Photos (Pillow): JPEG, PNG, WebP, GIF and TIFF in any of Pillow's modes are turned into uint8 RGB
-[H, W, 3] pixels the face detector takes (``read_image``):
+JPEG, PNG, WebP, GIF and TIFF in any of Pillow's modes are turned into uint8 RGB [H, W, 3]
+pixels the face detector takes (``read_image``):
 
 * the EXIF orientation is applied first (``ImageOps.exif_transpose``), so a face stored
   sideways with an orientation tag is upright when detected, and the output is written
@@ -25,58 +25,28 @@ Outputs (``write_image``) are new Pillow images built from the pixels, so nothin
 input's metadata travels unless asked: no EXIF (and so no GPS), no XMP, no comments. Only
 the ICC colour profile is kept (it describes the colours, not the person or the place).
 ``keep_exif`` copies EXIF camera and date tags into a new block: no GPS, no thumbnail of the
-original picture (IFD1), no maker note, and the orientation reset.
-Every write goes to a temporary file in the destination folder and is renamed over the
-destination (``atomic_path``): a crash never leaves a half-written image, and a reader
-never sees one. A run that is killed can leave such a temporary file (``.NAME.XXXXXXXX.tmp.EXT``,
-``TEMP_PATTERN``); ``remove_stale_temporaries`` clears them from a folder.
-
-Videos (imageio-ffmpeg, which ships its own ffmpeg binary): frames are decoded as rgb24
-(``read_video``) and encoded with H.264 (VP9 for .webm) at the input's size and frame rate
-(``VideoWriter``); the audio stream of the input is muxed in when the container takes it,
-and container metadata is dropped (``-map_metadata -1``). ffmpeg is started without a
-``preexec_fn`` (``_plain_popen``): that would run Python's fork hooks in a process where
-JAX's threads run, and JAX warns about it.
+original picture (IFD1), no maker note, and the orientation reset. Writes are atomic
+(``files.atomic_path``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import os
 import pathlib
-import re
-import tempfile
-from typing import Iterator
 
 import numpy as np
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff')
-VIDEO_EXTENSIONS = ('.mp4', '.mov', '.m4v', '.mkv', '.avi', '.webm')
+from sdgan_jax.media.files import UnreadableMediaError, atomic_path
+
 # Pillow's format name for each image extension (the output keeps the input's format).
 _FORMATS = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.webp': 'WEBP', '.gif': 'GIF',
             '.tif': 'TIFF', '.tiff': 'TIFF'}
 # Formats that hold several frames (animations, pages) and can be written back so.
 _MULTI_FRAME_FORMATS = ('PNG', 'WEBP', 'GIF', 'TIFF')
-# ``atomic_path``'s temporary files: '.' + stem + '.' + mkstemp's 8 characters + '.tmp' + suffix.
-TEMP_PATTERN = re.compile(r'^\..*\.[a-z0-9_]{8}\.tmp(\.[^./]+)?$')
 EXIF_ORIENTATION = 0x0112
 EXIF_GPS_IFD = 0x8825
-
-
-class UnreadableMediaError(ValueError):
-  """A file that is not a readable image or video (truncated, empty, wrong content...)."""
-
-
-def media_kind(path: str | os.PathLike) -> str | None:
-  """'image', 'video' or None (not a type the anonymizer handles), by extension."""
-  suffix = pathlib.Path(path).suffix.lower()
-  if suffix in IMAGE_EXTENSIONS:
-    return 'image'
-  if suffix in VIDEO_EXTENSIONS:
-    return 'video'
-  return None
 
 
 @dataclasses.dataclass
@@ -127,7 +97,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> LoadedImage:
   """Decodes a photo into upright uint8 RGB (module doc); raises UnreadableMediaError."""
-  from PIL import Image, ImageOps  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
 
   path = pathlib.Path(path)
   try:
@@ -220,54 +190,6 @@ def _convert(image, fmt: str, icc, exif, transposed: bool) -> LoadedImage:
                      alpha=None if alpha is None else np.ascontiguousarray(alpha, np.uint8),
                      grayscale=grayscale, source_mode=mode, format=fmt, icc_profile=icc,
                      exif=exif, transposed=transposed, notes=notes)
-
-
-@contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike) -> Iterator[pathlib.Path]:
-  """Yields a temporary path beside ``dest``; renames it over ``dest`` if the block succeeds.
-
-  The temporary name keeps ``dest``'s suffix (ffmpeg picks the container from it) and
-  starts with a dot; on an error it is removed and ``dest`` is left as it was.
-  """
-  dest = pathlib.Path(dest)
-  dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.stem}.', suffix=f'.tmp{dest.suffix}')
-  os.close(fd)
-  tmp = pathlib.Path(tmp)
-  try:
-    yield tmp
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-    os.replace(tmp, dest)
-  finally:
-    tmp.unlink(missing_ok=True)
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[pathlib.Path]:
-  """Removes the temporary files a killed run left in ``folder`` (``TEMP_PATTERN``)."""
-  folder = pathlib.Path(folder)
-  removed = []
-  if not folder.is_dir():
-    return removed
-  for path in sorted(folder.iterdir()):
-    if TEMP_PATTERN.match(path.name) and path.is_file() and not path.is_symlink():
-      path.unlink(missing_ok=True)
-      removed.append(path)
-  return removed
-
-
-def check_writable(path: str | os.PathLike) -> None:
-  """Raises OSError (or NotADirectoryError) unless files can be created in the folder
-  ``path`` or, when it does not exist yet, in its nearest existing parent."""
-  folder = pathlib.Path(path).absolute()
-  while not folder.exists() and folder != folder.parent:
-    folder = folder.parent
-  if not folder.is_dir():
-    raise NotADirectoryError(f'{folder} is a file, not a folder')
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.write-check.', suffix='.tmp')
-  os.close(fd)
-  os.unlink(tmp)
 
 
 EXIF_IFD = 0x8769
@@ -377,133 +299,3 @@ def write_image(dest: str | os.PathLike, loaded: LoadedImage, rgb, *,
       f.flush()
       os.fsync(f.fileno())
   return dest
-
-
-# --- video -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoInfo:
-  """What the anonymizer needs to re-encode a video like its input.
-
-  Attributes:
-    size: (width, height) of the decoded frames.
-    fps: frames per second (25 when the file does not say).
-    has_audio: the input has an audio stream.
-    nframes: the frame count the container declares (its duration times the frame rate;
-      may be a little off, e.g. with a longer audio stream), or inf when unknown.
-  """
-
-  size: tuple[int, int]
-  fps: float
-  has_audio: bool
-  nframes: float
-
-
-@contextlib.contextmanager
-def _plain_popen() -> Iterator[None]:
-  """imageio-ffmpeg starts ffmpeg with ``preexec_fn=os.setpgrp`` (to keep Ctrl-C from it):
-  a ``preexec_fn`` makes ``subprocess`` run Python's fork hooks, and JAX's hook warns
-  "os.fork() was called ... JAX is multithreaded". Without it, ffmpeg is spawned with no
-  Python code run in the child, so nothing can deadlock; a Ctrl-C then stops ffmpeg too,
-  which is what the anonymizer does anyway (a partial output is discarded)."""
-  key = 'IMAGEIO_FFMPEG_NO_PREVENT_SIGINT'
-  before = os.environ.get(key)
-  os.environ[key] = '1'
-  try:
-    yield
-  finally:
-    if before is None:
-      os.environ.pop(key, None)
-    else:
-      os.environ[key] = before
-
-
-def read_video(path: str | os.PathLike) -> tuple[VideoInfo, Iterator[np.ndarray]]:
-  """Opens a video: (info, iterator of uint8 [H, W, 3] frames); raises UnreadableMediaError.
-
-  ffmpeg applies the container's rotation while decoding, so frames come upright.
-  """
-  import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
-
-  path = pathlib.Path(path)
-  if not path.is_file() or path.stat().st_size == 0:
-    raise UnreadableMediaError(f'{path}: empty or missing video file')
-  reader = imageio_ffmpeg.read_frames(str(path))
-  try:
-    with _plain_popen():
-      meta = next(reader)
-  except (RuntimeError, OSError, StopIteration, IndexError, ValueError) as e:
-    reader.close()
-    raise UnreadableMediaError(f'{path}: cannot read the video ({type(e).__name__}: '
-                               f'{str(e).strip().splitlines()[-1] if str(e).strip() else e})'
-                               ) from e
-  width, height = (int(v) for v in meta['size'])
-  fps = float(meta.get('fps') or 25.0)
-  duration = meta.get('duration')
-  declared = float(round(float(duration) * fps)) if duration and duration != 'N/A' else (
-      float('inf'))
-  info = VideoInfo(size=(width, height), fps=fps, has_audio=bool(meta.get('audio_codec')),
-                   nframes=float(meta.get('nframes', declared)))
-
-  def frames():
-    try:
-      for raw in reader:
-        yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
-    finally:
-      reader.close()
-
-  return info, frames()
-
-
-class VideoWriter:
-  """Encodes frames to ``dest`` atomically (a temporary file, renamed on ``close``).
-
-  H.264 (VP9 for .webm), yuv420p when the size allows it (even width and height; 4:4:4
-  otherwise, so no frame is resized), the input's frame rate, the audio of ``audio_from``
-  when given, and no container metadata.
-  """
-
-  def __init__(self, dest: str | os.PathLike, info: VideoInfo, *,
-               audio_from: str | os.PathLike | None = None, quality: float = 8.0):
-    import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
-
-    self.dest = pathlib.Path(dest)
-    self._context = atomic_path(self.dest)
-    self._tmp = self._context.__enter__()
-    width, height = info.size
-    even = width % 2 == 0 and height % 2 == 0
-    codec = 'libvpx-vp9' if self.dest.suffix.lower() == '.webm' else 'libx264'
-    self.frames_written = 0
-    try:
-      self._writer = imageio_ffmpeg.write_frames(
-          str(self._tmp), (width, height), fps=info.fps, codec=codec, quality=quality,
-          pix_fmt_out='yuv420p' if even else 'yuv444p', macro_block_size=1,
-          output_params=['-map_metadata', '-1'],
-          audio_path=str(audio_from) if audio_from is not None else None)
-      with _plain_popen():
-        self._writer.send(None)  # starts ffmpeg
-    except BaseException as e:
-      self._context.__exit__(type(e), e, e.__traceback__)  # no temporary file left behind
-      raise
-    self._size = (height, width)
-
-  def write(self, frame: np.ndarray) -> None:
-    frame = np.ascontiguousarray(frame, np.uint8)
-    if frame.shape != self._size + (3,):
-      raise ValueError(f'frame {frame.shape} does not match the video size {self._size}')
-    self._writer.send(frame)
-    self.frames_written += 1
-
-  def close(self, ok: bool = True) -> None:
-    """Finishes the file; with ``ok=False`` (an error) the partial file is discarded."""
-    try:
-      self._writer.close()
-    except BaseException:  # a Ctrl-C while ffmpeg finishes, too: the file may be cut short
-      ok = False
-      raise
-    finally:
-      if ok:
-        self._context.__exit__(None, None, None)
-      else:
-        self._context.__exit__(RuntimeError, RuntimeError('discarded'), None)

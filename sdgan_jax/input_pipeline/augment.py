@@ -1,0 +1,168 @@
+"""One decoded record -> model inputs, with the authors' training augmentation (paper §4.1;
+docs/network.md): resize the R-px record to 144/128 R, a random R crop, resize to the
+training resolution, a random horizontal flip.
+
+Landmarks are (x, y) with pixel centres at integer coordinates (``sdgan_jax.faces``);
+"left"/"right" are image left/right, so a horizontal flip swaps the left/right semantic
+classes and the left/right landmark indices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from sdgan_jax.datasets.features import NUM_LANDMARKS, SEMANTIC_CLASSES
+
+# The authors resize the 128-px crops to 144 before a random 128 crop (docs/network.md).
+AUTHORS_RESIZE_SCALE = 144 / 128
+
+
+def _mirror_classes() -> np.ndarray:
+  """Class id -> class id of the same part after a horizontal flip (left_x <-> right_x)."""
+  ids = {name: i for i, name in enumerate(SEMANTIC_CLASSES)}
+  table = np.arange(len(SEMANTIC_CLASSES), dtype=np.int32)
+  for name, i in ids.items():
+    for a, b in (('left_', 'right_'), ('right_', 'left_')):
+      if name.startswith(a):
+        table[i] = ids[b + name[len(a):]]
+  return table
+
+
+def _mirror_landmarks() -> np.ndarray:
+  """Landmark index -> index of its mirror image in the 68-point iBUG scheme."""
+  pairs = [(i, 16 - i) for i in range(8)]                          # jaw
+  pairs += [(17 + i, 26 - i) for i in range(5)]                    # brows
+  pairs += [(31, 35), (32, 34)]                                    # nose base
+  pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
+  pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]      # outer lips
+  pairs += [(60, 64), (61, 63), (65, 67)]                          # inner lips
+  table = np.arange(NUM_LANDMARKS, dtype=np.int32)
+  for a, b in pairs:
+    table[a], table[b] = b, a
+  return table
+
+
+MIRROR_CLASSES = _mirror_classes()
+MIRROR_LANDMARKS = _mirror_landmarks()
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Training augmentation (docs/network.md: "resize 144, random crop, resize 128").
+
+  Attributes:
+    flip_prob: probability of a horizontal flip (image, mask, semantic map and landmarks
+      together; left/right classes and landmarks swapped).
+    resize_scale: the record (R px) is resized to ``round(R * resize_scale)`` px and a
+      random R x R crop taken before the resize to the output resolution; None or 1 for
+      no crop jitter. The authors' value is 144/128.
+  """
+
+  flip_prob: float = 0.5
+  resize_scale: float | None = AUTHORS_RESIZE_SCALE
+
+  def __post_init__(self):
+    if not 0.0 <= self.flip_prob <= 1.0:
+      raise ValueError(f'flip_prob must be in [0, 1], got {self.flip_prob}')
+    if self.resize_scale is not None and self.resize_scale < 1.0:
+      raise ValueError(f'resize_scale must be >= 1 (the crop is the record size), got '
+                       f'{self.resize_scale}')
+
+
+NO_AUGMENTATION = Augmentation(flip_prob=0.0, resize_scale=None)
+
+
+def stateless_seed(seed: int, counter) -> tf.Tensor:
+  """The int64 [2] seed of TensorFlow's stateless random ops for sample ``counter``."""
+  return tf.stack([tf.constant(seed % (1 << 63), tf.int64), tf.cast(counter, tf.int64)])
+
+
+def _resize(x, size: int, method: str):
+  if x.shape[0] == size:
+    return tf.cast(x, tf.float32) if method == 'bilinear' else x
+  if method == 'nearest':
+    return tf.image.resize(x, [size, size], method='nearest')
+  # Antialiased bilinear: a triangle filter as wide as the scale when shrinking (area-like).
+  return tf.image.resize(tf.cast(x, tf.float32), [size, size], method='bilinear',
+                         antialias=True)
+
+
+def _scale_points(points, scale: float):
+  """Maps (x, y) under a resize by ``scale`` (pixel centres at integer coordinates)."""
+  return points if scale == 1 else (points + 0.5) * scale - 0.5
+
+
+def _random_crop(image, planes: dict, points, size: int, crop_seed):
+  """Resizes the R-px record to ``size`` px and cuts a random R x R crop of it."""
+  r = int(image.shape[0])
+  image = _resize(image, size, 'bilinear')
+  planes = {k: _resize(v, size, 'nearest') for k, v in planes.items()}
+  offset = tf.random.stateless_uniform([2], crop_seed, 0, size - r + 1, dtype=tf.int32)
+  image = tf.slice(image, [offset[0], offset[1], 0], [r, r, 3])
+  planes = {k: tf.slice(v, [offset[0], offset[1], 0], [r, r, 1]) for k, v in planes.items()}
+  if points is not None:
+    points = _scale_points(points, size / r) - tf.cast(offset[::-1], tf.float32)
+  return image, planes, points
+
+
+def _random_flip(image, planes: dict, points, flip_prob: float, flip_seed):
+  """Mirrors everything with probability ``flip_prob``, left/right classes and landmarks
+  swapped."""
+  r = int(image.shape[0])
+  flip = tf.random.stateless_uniform([], flip_seed) < flip_prob
+  image = tf.where(flip, image[:, ::-1], image)
+  if planes:
+    semantic = planes['semantic']
+    mirrored = tf.gather(tf.constant(MIRROR_CLASSES, tf.uint8),
+                         tf.cast(semantic[:, ::-1], tf.int32))
+    planes = {'mask': tf.where(flip, planes['mask'][:, ::-1], planes['mask']),
+              'semantic': tf.where(flip, mirrored, semantic)}
+  if points is not None:
+    # x -> r - 1 - x, and each point takes the place of its mirror image.
+    mirrored = tf.gather(points, MIRROR_LANDMARKS) * [-1.0, 1.0] + [r - 1.0, 0.0]
+    points = tf.where(flip, mirrored, points)
+  return image, planes, points
+
+
+def preprocess(example: Mapping[str, tf.Tensor], seed: tf.Tensor | None, resolution: int,
+               augmentation: Augmentation = NO_AUGMENTATION,
+               image_only: bool = False) -> dict[str, tf.Tensor]:
+  """One decoded record -> model inputs at ``resolution`` (paper §4.1, docs/network.md).
+
+  Args:
+    example: 'image' uint8 [R,R,3], and unless ``image_only`` 'mask' uint8 [R,R,1] (0/255),
+      'semantic' uint8 [R,R,1], 'landmarks' float32 [68,2].
+    seed: int64 [2] stateless seed of this example's augmentation (unused without one).
+    resolution: output size.
+    augmentation: ``NO_AUGMENTATION`` for evaluation.
+    image_only: process only the image (the contrastive pair).
+
+  Returns:
+    'image' float32 [r,r,3] in [0,1]; 'mask' float32 [r,r,1] in {0,1}; 'semantic' uint8
+    [r,r]; 'landmarks' float32 [68,2] in output pixels.
+  """
+  r = int(example['image'].shape[0])
+  image = tf.cast(example['image'], tf.float32) / 255.0
+  planes = {} if image_only else {'mask': example['mask'], 'semantic': example['semantic']}
+  points = None if image_only else tf.cast(example['landmarks'], tf.float32)
+  augmented = augmentation.flip_prob > 0 or (augmentation.resize_scale or 1) > 1
+  if augmented and seed is None:
+    raise ValueError('augmentation needs a stateless seed; pass seed=, or NO_AUGMENTATION')
+  if augmented:
+    flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  scale = augmentation.resize_scale
+  if scale is not None and round(r * scale) > r:
+    image, planes, points = _random_crop(image, planes, points, round(r * scale), crop_seed)
+  if augmentation.flip_prob > 0:
+    image, planes, points = _random_flip(image, planes, points, augmentation.flip_prob,
+                                         flip_seed)
+  out = {'image': tf.clip_by_value(_resize(image, resolution, 'bilinear'), 0.0, 1.0)}
+  if not image_only:
+    out['mask'] = tf.cast(_resize(planes['mask'], resolution, 'nearest') > 127, tf.float32)
+    out['semantic'] = _resize(planes['semantic'], resolution, 'nearest')[..., 0]
+    out['landmarks'] = _scale_points(points, resolution / r)
+  return out
