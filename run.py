@@ -117,7 +117,7 @@ def parse_flags(argv):
     # a failing get_config comes as a whole traceback: keep its first and last lines
     message = lines[0] if len(lines) < 3 else f'{lines[0]} {lines[-1]}'
     _fail(f'{message} (see --helpshort)')
-  except (KeyError, AttributeError, ValueError, TypeError) as e:
+  except (KeyError, AttributeError, ValueError, TypeError):
     message = _override_error(argv[1:])
     if message is None:
       raise

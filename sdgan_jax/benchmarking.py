@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sdgan_jax import train
+from sdgan_jax import networks as networks_lib
+from sdgan_jax import parallel, train_step
 from sdgan_jax.models import discriminator as discriminator_lib
 from sdgan_jax.models import generator as generator_lib
-from sdgan_jax.models import identity as identity_lib
 from sdgan_jax.models.layers import count_params
 
 # Dense (no sparsity) datasheet peaks in TFLOP/s, by device_kind prefix. fp32 matmuls on
@@ -153,14 +153,11 @@ def _network_inputs(config, network: str, batch: int) -> tuple:
 
 
 def build_networks(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The generator, discriminator and identity network a config describes (as
-  ``train.Models`` builds them, in float32)."""
-  d_cfg = dict(config.model.discriminator)
-  return {
-      'generator': generator_lib.generator_from_config(config.model.generator),
-      'discriminator': discriminator_lib.build_discriminator(d_cfg.pop('kind'), **d_cfg),
-      'identity': identity_lib.identity_from_config(config.model.identity),
-  }
+  """The generator, discriminator and identity network a config describes, in float32."""
+  config = config.copy_and_resolve_references()
+  config.dtype = 'float32'
+  networks = networks_lib.Networks(config)
+  return {name: getattr(networks, name) for name in ('generator', 'discriminator', 'identity')}
 
 
 def _authors_kind(network: str, module) -> bool:
@@ -341,17 +338,18 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
   with ``profile_dir``, also a kernel-level profile of 3 more steps (``profile``)."""
   config = config.copy_and_resolve_references()
   config.train.batch_size = batch_size
-  models = train.Models(config)
-  mesh = train.make_mesh()
+  networks = networks_lib.Networks(config)
+  mesh = parallel.make_mesh()
   _phase(name, f'initialising the state (batch {batch_size}, {config.dtype})')
-  state = jax.block_until_ready(train.init_train_state(models, jax.random.key(0), mesh))
-  slots = train.batch_slots(config.train)
+  state = jax.block_until_ready(train_step.init_train_state(networks, jax.random.key(0), mesh))
+  slots = train_step.batch_slots(config.train)
   parts = [_random_batch(config, batch_size, seed) for seed in range(slots)]
   batch = parts[0] if slots == 1 else {k: np.stack([p[k] for p in parts]) for k in parts[0]}
-  batch = train.shard_batch(batch, mesh, partition=train.batch_partition(config.train))
+  batch = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS,
+                              train_step.batch_partition(config.train))
   _phase(name, 'compiling the train step')
   start = time.perf_counter()
-  lowered = train.jit_train_step(models, mesh).lower(state, batch)
+  lowered = train_step.jit_train_step(networks, mesh).lower(state, batch)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   _phase(name, f'compiled in {compile_s:.1f} s; timing')
@@ -377,11 +375,11 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
 
 def _init_on_host(init_fn: Callable, *args):
   """``jax.jit(init_fn)(*args)``, on the host CPU when the default device is an accelerator
-  (``train.init_on_host_by_default``, as ``train.init_replicated`` does: a GPU compile of
+  (``parallel.init_on_host_by_default``, as ``parallel.init_replicated`` does: a GPU compile of
   an initialiser costs more device time than the generator's whole benchmark, and an eager
   init runs its forward op by op)."""
-  if train.init_on_host_by_default(jax.devices()[0].platform):
-    return train.run_on_host(init_fn, *args)
+  if parallel.init_on_host_by_default(jax.devices()[0].platform):
+    return parallel.run_on_host(init_fn, *args)
   return jax.jit(init_fn)(*args)
 
 
@@ -433,13 +431,8 @@ def bench_anonymize_batch(config: ml_collections.ConfigDict, batch_size: int,
 def _untrained_generator(config, batch_size):
   from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
 
-  models = train.Models(config)
-
-  def init(key):
-    dummy = train._dummy_batch(config)  # pylint: disable=protected-access
-    onehot = jax.nn.one_hot(dummy['semantic'], config.num_classes)
-    return models.generator.init(key, dummy['image'], onehot, dummy['target_identity'])
-
-  variables = jax.device_put(_init_on_host(init, jax.random.key(0)), jax.devices()[0])
-  params, stats = train._split_variables(variables)  # pylint: disable=protected-access
+  networks = networks_lib.Networks(config)
+  params, stats = jax.device_put(
+      _init_on_host(lambda key: networks_lib.init_generator(networks, key), jax.random.key(0)),
+      jax.devices()[0])
   return inference.TrainedGenerator(config, params, stats, batch_size=batch_size)

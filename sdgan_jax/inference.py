@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sdgan_jax import batching
 from sdgan_jax import identity_bank as bank_lib
 from sdgan_jax import semantic_source
 
@@ -109,7 +110,7 @@ class TrainedGenerator:
                bank: bank_lib.IdentityBank | None = None, step: int = 0,
                dtype: str | None = None, batch_size: int = 32, workdir: str | None = None,
                semantic_maps: semantic_source.SemanticSource | None = None):
-    from sdgan_jax import train  # pylint: disable=import-outside-toplevel
+    from sdgan_jax import networks as networks_lib  # pylint: disable=import-outside-toplevel
 
     config = ml_collections.ConfigDict(config.to_dict())
     if dtype is not None:
@@ -125,13 +126,11 @@ class TrainedGenerator:
     self.semantic_maps = semantic_maps or semantic_source.SemanticSource()
     self.params = params
     self.stats = stats
-    models = train.Models(config)
+    generator = networks_lib.Networks(config).generator
 
     def generate(params, stats, image, mask, semantic, target_identity):
-      batch = {'image': image, 'mask': mask}
-      onehot = jax.nn.one_hot(semantic, models.config.num_classes)
-      batch['target_identity'] = target_identity
-      out, _ = train._generate(models, params, stats, batch, onehot, train=False)  # pylint: disable=protected-access
+      batch = dict(image=image, mask=mask, semantic=semantic, target_identity=target_identity)
+      out, _ = networks_lib.generate(generator, params, stats, batch, self.num_classes)
       return jnp.clip(out.astype(jnp.float32), 0.0, 1.0)
 
     # (params, stats, image, mask, semantic, target_identity) -> composites, on device
@@ -142,8 +141,6 @@ class TrainedGenerator:
                    dtype: str | None = None, batch_size: int = 32,
                    load_bank: bool = True) -> 'TrainedGenerator':
     """Restores the latest (or ``step``'s) checkpoint of a ``run.py`` workdir."""
-    from sdgan_jax import train  # pylint: disable=import-outside-toplevel
-
     workdir = os.path.abspath(os.fspath(workdir))  # orbax wants absolute paths
     config = load_workdir_config(workdir)
     semantic_maps = semantic_source.read_record(workdir)
@@ -157,20 +154,13 @@ class TrainedGenerator:
       raise FileNotFoundError(
           f'{workdir} has no checkpoint at step {step}: available steps: '
           f'{", ".join(map(str, steps))} (leave out --step for the latest, {steps[-1]})')
-    models = train.Models(config)
-    abstract = jax.eval_shape(
-        lambda key: train.create_train_state(models, key, None), jax.random.key(0))
-    # The frozen VGG-16 is stored as trained with: the converted weights hold all 13 convs, a
-    # random init only those up to the perceptual tap. Take its layout from the checkpoint.
     with quiet_orbax():
-      abstract = abstract.replace(perceptual_params=_stored_layout(workdir, step,
-                                                                   'perceptual_params'))
-      state, restored_step = train.restore_state(workdir, abstract, step)
+      ema_params, stats, restored_step = _restore_ema_generator(workdir, step)
     bank = load_workdir_bank(workdir, config) if load_bank else None
     if bank is not None and bank.dim != int(config.identity_dim):
       raise ValueError(f'{workdir}: identity bank is {bank.dim}-d but the model takes '
                        f'{config.identity_dim}-d identities')
-    return cls(config, state.ema_params, state.generator.stats, bank=bank,
+    return cls(config, ema_params, stats, bank=bank,
                step=int(restored_step), dtype=dtype, batch_size=batch_size, workdir=workdir,
                semantic_maps=semantic_maps)
 
@@ -198,22 +188,18 @@ class TrainedGenerator:
     target = np.asarray(target_identity, np.float32).reshape(n, -1)
     if target.shape[1] != self.identity_dim:
       raise ValueError(f'target_identity must be [N, {self.identity_dim}], got {target.shape}')
-    outputs = []
-    b = self.batch_size
-    for lo in range(0, n, b):
-      chunk = [a[lo:lo + b] for a in (image, mask, semantic, target)]
-      short = b - len(chunk[0])
-      if short:  # pad to the compiled batch size rather than compile another program
-        chunk = [np.concatenate([a, np.zeros((short,) + a.shape[1:], a.dtype)]) for a in chunk]
-      out = self.generate_fn(self.params, self.stats, *chunk)
-      outputs.append(np.asarray(out)[:b - short])
-    if not outputs:
-      return np.zeros((0, r, r, 3), np.float32)
-    return np.concatenate(outputs)
+    out = batching.map_batches(lambda *chunk: self.generate_fn(self.params, self.stats, *chunk),
+                               image, mask, semantic, target, batch_size=self.batch_size)
+    return np.zeros((0, r, r, 3), np.float32) if out is None else out
 
 
-def _stored_layout(workdir: str, step: int | None, key: str) -> Any:
-  """Shapes and dtypes of one top-level entry of a stored training state."""
+def _restore_ema_generator(workdir: str, step: int | None) -> tuple[Any, Any, int]:
+  """``(EMA generator params, generator stats, step)`` of a training checkpoint.
+
+  The whole stored state is read in the layout its metadata records, as plain nested
+  dicts, so no other network (discriminator, identity net, VGG-16 as trained, optimizers)
+  has to be built to describe it.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
@@ -223,5 +209,7 @@ def _stored_layout(workdir: str, step: int | None, key: str) -> Any:
                             f'`python run.py --config=configs/demo.py --workdir={workdir}`')
   stored = ocp.StandardCheckpointer().metadata(
       os.path.join(workdir, 'checkpoints', str(step), 'default')).item_metadata
-  return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
-                                dict(stored[key]), is_leaf=lambda m: hasattr(m, 'shape'))
+  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+                                  dict(stored), is_leaf=lambda m: hasattr(m, 'shape'))
+  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  return restored['ema_params'], dict(restored['generator'].get('stats') or {}), int(step)

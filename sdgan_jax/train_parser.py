@@ -16,7 +16,7 @@ training objective; the one here is EAGRNet's own, on the three outputs our mode
   ground-truth edge pixels only, which is where parsers err.
 
 ``train_step(state, batch) -> (state, metrics)`` is one ``jax.jit`` program over the
-'data' mesh of ``sdgan_jax.train`` (batch split with ``NamedSharding``, state replicated;
+'data' mesh of ``sdgan_jax.parallel`` (batch split with ``NamedSharding``, state replicated;
 batch norm statistics are those of the global batch). Batch: 'image' f32 [B,R,R,3] in [0,1],
 'semantic' int [B,R,R] class ids of ``features.SEMANTIC_CLASSES``. No TensorFlow here: the
 training loop imports the input pipeline and the summary writers lazily.
@@ -35,34 +35,30 @@ import os
 import pathlib
 from typing import Any, Callable, Iterable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
+from flax.training import train_state
 
-from sdgan_jax import train as sdgan_train
+from sdgan_jax import batching, parallel, trainer
+from sdgan_jax.config import ConfigError
+from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
 from sdgan_jax.models import eagrnet
+from sdgan_jax.networks import apply_with_stats, compute_dtype, split_variables
 
-# The parser configs' keys: the folder config extends the polygon one, so it holds them all.
-REFERENCE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'eagrnet_folder.py'
 BATCH_KEYS = ('image', 'semantic')
 DATA_SOURCES = ('prepared', 'folder')
 
+NonFiniteLossError = trainer.NonFiniteLossError
 
-NonFiniteLossError = sdgan_train.NonFiniteLossError
 
-
-@flax.struct.dataclass
-class ParserState:
-  """Everything parser training changes, as one pytree (checkpointed as a whole)."""
-  step: jax.Array
-  rng: jax.Array
-  params: Any
-  stats: Any        # batch norm running statistics ({} without batch norm)
-  opt_state: Any
+class ParserState(train_state.TrainState):
+  """Everything parser training changes (flax ``TrainState`` plus the dropout key and
+  ``stats``, the batch norm running statistics, {} without batch norm)."""
+  rng: Any = None
+  stats: Any = None
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -85,46 +81,31 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> 
 
 
 class ParserModels:
-  """The network, optimizer and loss weights a parser config describes (static)."""
+  """The network, learning-rate schedule, optimizer and loss weights of a parser config."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    dtype = sdgan_train.compute_dtype(config)
     self.config = config
     kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v
               for k, v in config.model.to_dict().items()}
-    self.model = eagrnet.EAGRNet(num_classes=config.num_classes, dtype=dtype, **kwargs)
-    optim = config.optim
-    self.schedule = learning_rate_schedule(optim, config.train.num_steps)
-    name = optim.get('name', 'sgd')
-    decay = optim.get('weight_decay', 0.0)
-    if name == 'sgd':
-      self.tx = optax.chain(optax.add_decayed_weights(decay),
-                            optax.sgd(self.schedule, momentum=optim.get('momentum', 0.9)))
-    elif name == 'adam':
-      self.tx = optax.adamw(self.schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
-                            weight_decay=decay)
-    else:
-      raise ValueError(f"unknown config.optim.name {name!r}: use 'sgd' or 'adam'")
+    self.model = eagrnet.EAGRNet(num_classes=config.num_classes, dtype=compute_dtype(config),
+                                 **kwargs)
+    self.schedule = learning_rate_schedule(config.optim, config.train.num_steps)
+    self.tx = trainer.optimizer(config.optim, self.schedule, default='sgd', always_decay=True)
     self.loss = config.loss
 
 
 def create_state(models: ParserModels, rng: jax.Array) -> ParserState:
   r = models.config.resolution
   k_init, k_state = jax.random.split(rng)
-  variables = dict(models.model.init(k_init, jnp.zeros((1, r, r, 3)), train=False))
-  params = variables.pop('params')
-  return ParserState(step=jnp.zeros((), jnp.int32), rng=k_state, params=params,
-                     stats=variables, opt_state=models.tx.init(params))
+  params, stats = split_variables(models.model.init(k_init, jnp.zeros((1, r, r, 3)),
+                                                    train=False))
+  return ParserState.create(apply_fn=models.model.apply, params=params, tx=models.tx,
+                            rng=k_state, stats=stats)
 
 
 def _apply(models: ParserModels, params, stats, images, train: bool, rng=None):
-  variables = {'params': params, **stats}
-  if not train:
-    return models.model.apply(variables, images, train=False), stats
-  rngs = {'dropout': rng} if rng is not None else {}
-  if stats:
-    return models.model.apply(variables, images, train=True, mutable=list(stats), rngs=rngs)
-  return models.model.apply(variables, images, train=True, rngs=rngs), stats
+  rngs = {'dropout': rng} if train and rng is not None else {}
+  return apply_with_stats(models.model.apply, params, stats, images, train=train, rngs=rngs)
 
 
 def parser_losses(outputs: dict, labels: jax.Array, weights) -> tuple[jax.Array, dict]:
@@ -171,8 +152,6 @@ def train_step(models: ParserModels, state: ParserState, batch: dict
 
   (total, (stats, terms, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  updates, opt_state = models.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   metrics = {f'train/{k}': v for k, v in terms.items()}
   metrics['train/loss'] = total
   metrics['train/pixel_accuracy'] = jnp.mean(
@@ -181,62 +160,29 @@ def train_step(models: ParserModels, state: ParserState, batch: dict
   metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
   finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
   metrics['train/all_finite'] = finite.astype(jnp.float32)
-  return state.replace(step=state.step + 1, params=params, stats=stats,
-                       opt_state=opt_state), metrics
+  return state.apply_gradients(grads=grads, stats=stats), metrics
 
 
 def jit_train_step(models: ParserModels, mesh: jax.sharding.Mesh) -> Callable:
   """``train_step`` jitted over ``mesh``: batch split on 'data', state replicated, donated."""
-  replicated = NamedSharding(mesh, PartitionSpec())
-  data = NamedSharding(mesh, PartitionSpec('data'))
-  return jax.jit(functools.partial(train_step, models), in_shardings=(replicated, data),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return parallel.jit_step(functools.partial(train_step, models), mesh)
 
 
 def init_state(models: ParserModels, rng: jax.Array, mesh: jax.sharding.Mesh, *,
                on_host: bool | None = None) -> ParserState:
   """``create_state`` placed replicated as the train step returns it; on accelerators
-  initialised on the host CPU (``sdgan_jax.train.init_replicated``)."""
-  return sdgan_train.init_replicated(functools.partial(create_state, models), mesh, rng,
+  initialised on the host CPU (``parallel.init_replicated``)."""
+  return parallel.init_replicated(functools.partial(create_state, models), mesh, rng,
                                      on_host=on_host)
 
 
 def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
   """This process's part of the global batch, placed on its devices (multi-host safe)."""
-  return sdgan_train.shard_batch(batch, mesh, keys=BATCH_KEYS)
+  return parallel.shard_batch(batch, mesh, BATCH_KEYS)
 
 
 # --------------------------------------------------------------------------------------
 # Validation metric: mean IoU and pixel accuracy over the 11 classes.
-
-
-def confusion_matrix(labels, predictions, num_classes: int, weights=None) -> jax.Array:
-  """[C, C] pixel counts, rows = true class, columns = predicted class."""
-  labels = jnp.asarray(labels, jnp.int32).reshape(-1)
-  predictions = jnp.asarray(predictions, jnp.int32).reshape(-1)
-  w = None if weights is None else jnp.asarray(weights, jnp.float32).reshape(-1)
-  flat = jnp.bincount(labels * num_classes + predictions, weights=w,
-                      length=num_classes * num_classes)
-  return flat.reshape(num_classes, num_classes)
-
-
-def segmentation_metrics(confusion, class_names=None) -> dict[str, float]:
-  """Pixel accuracy, mean IoU and per-class IoU from a confusion matrix.
-
-  A class absent from both the labels and the predictions has no IoU and is left out of the
-  mean (the landmark-polygon maps never contain 'hair', for one).
-  """
-  confusion = np.asarray(confusion, np.float64)
-  tp = np.diag(confusion)
-  union = confusion.sum(0) + confusion.sum(1) - tp
-  present = union > 0
-  iou = np.where(present, tp / np.maximum(union, 1), np.nan)
-  out = {'eval/pixel_accuracy': float(tp.sum() / max(confusion.sum(), 1)),
-         'eval/miou': float(np.mean(iou[present])) if present.any() else 0.0}
-  for i, name in enumerate(class_names or []):
-    if present[i]:
-      out[f'eval/iou_{name}'] = float(iou[i])
-  return out
 
 
 def _batch_confusion(models: ParserModels, params, stats, images, labels, valid):
@@ -255,13 +201,13 @@ def evaluate(models: ParserModels, state: ParserState, batches: Iterable[dict],
 
   c = models.config.num_classes
   confusion_fn = confusion_fn or jax.jit(functools.partial(_batch_confusion, models))
-  params, stats = sdgan_train.local_copy((state.params, state.stats))
+  params, stats = parallel.local_copy((state.params, state.stats))
   total = np.zeros((c, c))
   for batch in batches:  # this process's share of the split
     valid = np.asarray(batch.get('valid', np.ones(len(batch['image']))), np.float32)
     total += np.asarray(confusion_fn(params, stats, batch['image'],
                                      np.asarray(batch['semantic'], np.int32), valid))
-  total = sdgan_train.sum_over_processes(total)
+  total = parallel.sum_over_processes(total)
   names = SEMANTIC_CLASSES if c == len(SEMANTIC_CLASSES) else None
   return segmentation_metrics(total, names) if total.sum() else {}
 
@@ -271,23 +217,11 @@ def evaluate(models: ParserModels, state: ParserState, batches: Iterable[dict],
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails before any device work on unknown keys, inconsistent values or a missing data
-  folder (``ConfigError``, a ValueError)."""
-  # pylint: disable-next=import-outside-toplevel
-  from sdgan_jax.config import ConfigError, load_config, unknown_key_message
-
-  reference = load_config(str(REFERENCE_CONFIG))
-
-  def walk(cfg, ref, prefix):
-    for key in cfg.keys():
-      name = f'{prefix}{key}'
-      if key not in ref:
-        raise ConfigError(unknown_key_message(name, ref.keys()))
-      if (key != 'model' and isinstance(cfg[key], ml_collections.ConfigDict)
-          and isinstance(ref[key], ml_collections.ConfigDict)):
-        walk(cfg[key], ref[key], f'{name}.')
-
-  walk(config, reference, '')
+  """Fails before any device work on unknown keys (those of
+  ``sdgan_jax/configs/eagrnet_folder.py``, which extends the polygon config and so holds
+  them all), inconsistent values or a missing data folder (``ConfigError``)."""
+  trainer.check_keys(config, trainer.reference_config('eagrnet_folder'),
+                     free_form=frozenset({'model'}))
   if config.get('task') != 'parser':
     raise ConfigError(f"config.task={config.get('task')!r}: parser configs set task='parser'")
   if config.data.source not in DATA_SOURCES:
@@ -300,21 +234,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             else 'a CelebAMask-HQ or LaPa root folder')
     raise ConfigError(f'config.data.{key} is empty: pass --config.data.{key}=PATH ({what})')
   if config.data.source == 'prepared':
-    sdgan_train.check_dataset(config.data.dataset)
+    from sdgan_jax.train import check_dataset  # pylint: disable=import-outside-toplevel
+    check_dataset(config.data.dataset)
   elif not os.path.isdir(config.data.folder):
     raise ConfigError(f'config.data.folder={config.data.folder!r} is not a folder: pass '
                       'the CelebAMask-HQ or LaPa root (--config.data.folder=PATH)')
   if config.resolution % 8 or config.resolution <= 0:
     raise ConfigError(f'config.resolution={config.resolution}: must be a positive multiple '
                       'of 8')
-  try:
-    ParserModels(config)  # model and optimizer keys fail here, on the host
-  except (ValueError, TypeError, KeyError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    raise ConfigError(str(message)) from e
+  trainer.as_config_error(lambda: ParserModels(config))  # model and optimizer keys
 
 
-restore_state = sdgan_train.restore_state
+restore_state = trainer.restore_state
 
 
 def _data(config):
@@ -392,9 +323,9 @@ def _programs(key: str, device_count: int):
   repeated run in the same process (notebooks, tests) does not trace the network again."""
   del device_count  # part of the key: the mesh spans every device
   models = ParserModels(ml_collections.ConfigDict(json.loads(key)))
-  mesh = sdgan_train.make_mesh()
+  mesh = parallel.make_mesh()
   # one create_state function for every run of this process: its trace is cached
-  init = functools.partial(sdgan_train.init_replicated, functools.partial(create_state, models),
+  init = functools.partial(parallel.init_replicated, functools.partial(create_state, models),
                            mesh)
   return (models, mesh, init, jit_train_step(models, mesh),
           jax.jit(functools.partial(_batch_confusion, models)))
@@ -402,8 +333,7 @@ def _programs(key: str, device_count: int):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ParserState:
   """Trains EAGRNet on ``config.data``; resumes from the latest checkpoint in ``workdir``."""
-  if '://' not in workdir:  # orbax refuses relative local paths
-    workdir = os.path.abspath(workdir)
+  workdir = trainer.absolute_workdir(workdir)
   validate_config(config)  # before TensorFlow's import (clu): fails fast
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
 
@@ -411,9 +341,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
   models, mesh, init_fn, step_fn, confusion_fn = _programs(_program_key(config),
                                                           jax.device_count())
   state = init_fn(jax.random.key(config.seed))
-  manager = sdgan_train.checkpoint_manager(config, workdir,
+  manager = trainer.checkpoint_manager(config, workdir,
                                          track_best=eval_batches is not None)
-  state, initial_step = sdgan_train.resume_or_start(manager, workdir, state, config)
+  state, initial_step = trainer.resume_or_start(manager, workdir, state, config)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
@@ -424,9 +354,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
                    metrics['eval/pixel_accuracy'])
     return metrics
 
-  state, _ = sdgan_train.run_training_loop(
+  state, _ = trainer.run_training_loop(
       state, step_fn,
-      sdgan_train.prefetch_to_mesh(train_batches(initial_step), mesh, keys=BATCH_KEYS),
+      parallel.prefetch_to_mesh(train_batches(initial_step), mesh, BATCH_KEYS),
       config=config, workdir=workdir, manager=manager, writer=writer,
       initial_step=initial_step, evaluate=evaluate_and_log, failure='parser loss',
       hint='lower config.optim.learning_rate or check the label maps')
@@ -494,13 +424,6 @@ class TrainedParser:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'expected uint8 RGB crops [N, H, W, 3], got shape {images.shape}')
-    out = []
-    for lo in range(0, len(images), self.batch_size):
-      chunk = images[lo:lo + self.batch_size]
-      pad = self.batch_size - len(chunk)   # one compiled shape for every batch
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-      out.append(np.asarray(self._predict(self.params, self.stats, chunk))[:len(chunk) - pad])
-    if not out:
-      return np.zeros(images.shape[:3], np.uint8)
-    return np.concatenate(out)
+    out = batching.map_batches(lambda chunk: self._predict(self.params, self.stats, chunk),
+                               images, batch_size=self.batch_size)
+    return np.zeros(images.shape[:3], np.uint8) if out is None else out

@@ -1,15 +1,12 @@
 """tools/benchmark.py: JSON lines with consistent throughput, FLOP and memory fields."""
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
+from tool_loader import load_tool
 
-_SPEC = importlib.util.spec_from_file_location(
-    'benchmark_tool', pathlib.Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py')
-benchmark = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(benchmark)
+benchmark = load_tool('benchmark')
 
 
 def _rows(capsys):
@@ -125,9 +122,9 @@ def test_conv_dense_flops_counts_padding_taps_and_groups():
 
 def test_authors_shapes_config_selects_the_authors_networks():
   # pylint: disable=import-outside-toplevel
-  from configs import celeba
+  from sdgan_jax.configs import celeba
   from sdgan_jax import benchmarking
-  from sdgan_jax import train
+  from sdgan_jax import networks, train_step
   from sdgan_jax.models.authors_generator import AuthorsGenerator
 
   config = benchmarking.authors_shapes_config(celeba.get_config())
@@ -135,10 +132,11 @@ def test_authors_shapes_config_selects_the_authors_networks():
   assert isinstance(nets['generator'], AuthorsGenerator)
   assert nets['identity'].stem == 'cifar' and nets['identity'].num_identities == 0
   # the train step builds the same network from the config
-  assert train.Models(config).identity.clone(dtype=None) == nets['identity']
+  train_nets = networks.Networks(config)
+  assert train_nets.identity.clone(dtype=None) == nets['identity'].clone(dtype=None)
   assert (config.resolution, config.identity_dim) == (128, 2048)
   # their schedule: identity net, D's fakes, D's reals and G each on their own batch
-  assert train.batch_slots(config.train) == 4
+  assert train_step.batch_slots(config.train) == 4
 
 
 def test_unknown_preset_is_named():

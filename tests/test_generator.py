@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import celeba, demo
+from sdgan_jax.configs import celeba, demo
 from sdgan_jax import benchmarking
 from sdgan_jax.models import generator as gen_lib
 from sdgan_jax.models.authors_generator import AuthorsGenerator

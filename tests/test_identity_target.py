@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 import faces_fixture
-from sdgan_jax import train
+from sdgan_jax import train_step
+from sdgan_jax.networks import Networks, generate
 from train_fixtures import tiny_config
 
 # source photo -> target photo: always another person
@@ -37,7 +38,7 @@ def trained(tmp_path_factory):
   cfg.loss.update(lambda_adv=0.0, lambda_ssim=0.0, lambda_perceptual=0.0, lambda_l1=0.0,
                   lambda_contrastive=1.0)
   cfg.optim.learning_rate = 1e-3
-  models = train.Models(cfg)
+  models = Networks(cfg)
   r, b = cfg.resolution, len(PAIRS)
   rng = np.random.default_rng(0)
   mask = np.zeros((b, r, r, 1), np.float32)
@@ -50,22 +51,20 @@ def trained(tmp_path_factory):
       target_image=np.stack([_square(photos[t], r) for _, t in PAIRS]),
       target_identity=rng.normal(size=(b, cfg.identity_dim)).astype(np.float32))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  state = train.create_train_state(models, jax.random.key(0))
+  state = train_step.create_train_state(models, jax.random.key(0))
 
   @jax.jit
   def distances(state, batch):
     """Identity-space distances of each output to its target and to its source."""
-    out, _ = train._generate(models, state.generator.params, state.generator.stats,  # pylint: disable=protected-access
-                             batch, jax.nn.one_hot(batch['semantic'], cfg.num_classes),
-                             train=False)
-    embed = lambda x: train._apply(models.identity, state.identity.params,  # pylint: disable=protected-access
-                                   state.identity.stats, x)[0]['embedding']
+    out, _ = generate(models.generator, state.generator.params, state.generator.stats,
+                      batch, cfg.num_classes)
+    embed = lambda x: state.identity.run(x)[0]['embedding']
     e_out = embed(out)
     dist = lambda e: jnp.linalg.norm(e_out - e, axis=-1)
     return dist(embed(batch['target_image'])), dist(embed(batch['image'])), out
 
   before = distances(state, batch)
-  step = jax.jit(lambda s, b: train.train_step(models, s, b))
+  step = jax.jit(lambda s, b: train_step.train_step(models, s, b))
   for _ in range(40):
     state, metrics = step(state, batch)
   assert float(metrics['train/all_finite']) == 1.0
@@ -89,10 +88,10 @@ def test_two_targets_give_two_different_faces_for_one_input(trained):
   models, state, batch, _, _ = trained
   swapped = dict(batch, target_identity=batch['target_identity'][::-1],
                  target_image=batch['target_image'][::-1])
-  generate = jax.jit(lambda s, b: train._generate(  # pylint: disable=protected-access
-      models, s.generator.params, s.generator.stats, b,
-      jax.nn.one_hot(b['semantic'], models.config.num_classes), train=False)[0])
-  a, b = np.asarray(generate(state, batch)), np.asarray(generate(state, swapped))
+  composites = jax.jit(lambda s, b: generate(
+      models.generator, s.generator.params, s.generator.stats, b,
+      models.config.num_classes)[0])
+  a, b = np.asarray(composites(state, batch)), np.asarray(composites(state, swapped))
   inside = np.asarray(batch['mask'][..., 0]) > 0
   # the face region differs visibly between the two targets, the rest is the original
   assert np.mean(np.abs(a - b)[inside]) > 0.01

@@ -13,8 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import eagrnet_polygons
-from sdgan_jax import train as sdgan_train
+from sdgan_jax.configs import eagrnet_polygons
+from sdgan_jax import parallel
 from sdgan_jax import train_parser
 from sdgan_jax.datasets import features as F
 from sdgan_jax.datasets import parsing_folders as pf
@@ -113,7 +113,7 @@ def test_parser_learns_a_fixed_batch():
   cfg = tiny_parser_config()
   images, labels = _face_maps(np.random.default_rng(0), 4)
   models = train_parser.ParserModels(cfg)
-  mesh = sdgan_train.make_mesh()
+  mesh = parallel.make_mesh()
   state = train_parser.init_state(models, jax.random.key(0), mesh)
   step = train_parser.jit_train_step(models, mesh)
   batch = train_parser.shard_batch({'image': images, 'semantic': labels}, mesh)
@@ -136,7 +136,7 @@ def test_parser_learns_a_fixed_batch():
 def test_parser_state_initialised_on_the_host_equals_the_mesh_initialised_one():
   """The accelerator path of init_state (host CPU, then placed) gives the same state."""
   models = train_parser.ParserModels(tiny_parser_config())
-  mesh = sdgan_train.make_mesh()
+  mesh = parallel.make_mesh()
   direct = train_parser.init_state(models, jax.random.key(3), mesh, on_host=False)
   hosted = train_parser.init_state(models, jax.random.key(3), mesh, on_host=True)
   assert_same_replicated_state(direct, hosted)
@@ -189,7 +189,7 @@ def trained(dataset, tmp_path_factory):
   with pytest.MonkeyPatch.context() as monkeypatch:
     # SIGTERM during the second step (batch k is read while step k - PREFETCH_BATCHES
     # runs): save step 2 and stop
-    patch_train_batches(monkeypatch, sigterm_at_read_of(1 + sdgan_train.PREFETCH_BATCHES))
+    patch_train_batches(monkeypatch, sigterm_at_read_of(1 + parallel.PREFETCH_BATCHES))
     stopped = train_parser.train_and_evaluate(_loop_config(dataset, 4), str(workdir))
   assert int(stopped.step) == 2
   steps_after_kill = sorted(p.name for p in (workdir / 'checkpoints').iterdir()

@@ -20,11 +20,12 @@ import tensorflow_datasets as tfds
 import train_fixtures
 from PIL import Image
 
-from sdgan_jax import anonymize, identity_bank, semantic_source, train, train_parser
+from sdgan_jax import anonymize, identity_bank, semantic_source, train, train_parser, trainer
 from sdgan_jax.datasets import features as F
 from sdgan_jax.evaluation import runner
 from sdgan_jax.faces import masks
 from test_parser_training import _face_maps, tiny_parser_config
+from tool_loader import load_tool
 
 R = 32
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,12 +33,7 @@ OPTIONS = dict(detectors=('hog',), identity_threshold=0.0, workers=1)
 
 
 def _load_tool(name):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-
-  spec = importlib.util.spec_from_file_location(f'{name}_tool', ROOT / 'tools' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_tool(name)
 
 
 def _records(rng, n):
@@ -167,7 +163,7 @@ def test_training_writes_the_record(data_dir, tmp_path, monkeypatch, parser):
   """train_and_evaluate records the maps of its dataset when it starts (the loop is
   stubbed out: only the start-up runs)."""
   manifest = _write_manifest(data_dir, parser.fingerprint)
-  monkeypatch.setattr(train, 'run_training_loop', lambda state, *a, **k: (state, 0))
+  monkeypatch.setattr(trainer, 'run_training_loop', lambda state, *a, **k: (state, 0))
   cfg = train_fixtures.tiny_config(R)
   cfg.data.dataset = str(data_dir[1])
   cfg.loss.perceptual_weights = 'random'

@@ -9,7 +9,8 @@ import tensorflow_datasets as tfds
 
 from sdgan_jax import identity_bank as bank_lib
 from sdgan_jax import inference
-from sdgan_jax import train
+from sdgan_jax import parallel, train, trainer
+from sdgan_jax.networks import Networks, generate
 from sdgan_jax.datasets import features as F
 from train_fixtures import (batch_for, nan_pixel_at, patch_train_batches, sigterm_at_read_of,
                             tiny_config)
@@ -75,7 +76,7 @@ def test_train_writes_checkpoints_and_summaries_and_resumes_bit_identically(data
   resumed = train.train_and_evaluate(_config(dataset, 4), str(workdir))
   assert int(resumed.step) == 4
   # validation metrics are stored with each save, so the best step survives restarts
-  best = train.checkpoint_manager(_config(dataset, 4), str(workdir)).best_step()
+  best = trainer.checkpoint_manager(_config(dataset, 4), str(workdir)).best_step()
   assert best in (2, 4)
   for a, b in zip(_params(straight), _params(resumed)):
     np.testing.assert_array_equal(a, b)
@@ -86,10 +87,9 @@ def test_train_writes_checkpoints_and_summaries_and_resumes_bit_identically(data
   batch = batch_for(_config(dataset, 4), seed=1, batch_size=4)  # 4 = one full + one padded
   got = restored.generate(batch['image'], batch['mask'], batch['semantic'],
                           batch['target_identity'])
-  models = train.Models(_config(dataset, 4))
-  onehot = jax.nn.one_hot(batch['semantic'], models.config.num_classes)
-  want, _ = train._generate(models, resumed.ema_params, resumed.generator.stats, batch,
-                            onehot, train=False)
+  models = Networks(_config(dataset, 4))
+  want, _ = generate(models.generator, resumed.ema_params, resumed.generator.stats, batch,
+                     models.config.num_classes)
   np.testing.assert_allclose(got, np.clip(np.asarray(want), 0, 1), atol=1e-5)
   outside = batch['mask'][..., 0] == 0  # the background is the input's, exactly
   np.testing.assert_allclose(got[outside], batch['image'][outside], atol=1e-6)
@@ -130,7 +130,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(dataset, tmp_path
   patch_train_batches(monkeypatch, nan_pixel_at(2))  # the third step sees a NaN pixel
   cfg = _config(dataset, 6)
   cfg.checkpoint.every = 1
-  with pytest.raises(train.NonFiniteLossError, match='step 3'):
+  with pytest.raises(trainer.NonFiniteLossError, match='step 3'):
     train.train_and_evaluate(cfg, str(tmp_path / 'w'))
   saved = sorted(int(p.name) for p in (tmp_path / 'w' / 'checkpoints').iterdir()
                  if p.name.isdigit())
@@ -142,7 +142,7 @@ def test_sigterm_saves_and_stops(dataset, tmp_path, monkeypatch):
   import signal  # pylint: disable=import-outside-toplevel
 
   # preempted during the second step (batch k is read while step k - PREFETCH_BATCHES runs)
-  patch_train_batches(monkeypatch, sigterm_at_read_of(1 + train.PREFETCH_BATCHES))
+  patch_train_batches(monkeypatch, sigterm_at_read_of(1 + parallel.PREFETCH_BATCHES))
   handler_before = signal.getsignal(signal.SIGTERM)
   state = train.train_and_evaluate(_config(dataset, 50), str(tmp_path / 'w'))
   assert int(state.step) == 2

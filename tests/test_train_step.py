@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdgan_jax import train
+from sdgan_jax import parallel, train_step, trainer
+from sdgan_jax.networks import Networks, generate
 from train_fixtures import assert_same_replicated_state, batch_for, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -20,10 +21,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope='module')
 def setup():
   cfg = tiny_config()
-  models = train.Models(cfg)
-  mesh = train.make_mesh()
-  state = train.init_train_state(models, jax.random.key(0), mesh)
-  return cfg, models, mesh, state, train.jit_train_step(models, mesh)
+  models = Networks(cfg)
+  mesh = parallel.make_mesh()
+  state = train_step.init_train_state(models, jax.random.key(0), mesh)
+  return cfg, models, mesh, state, train_step.jit_train_step(models, mesh)
 
 
 def _max_change(a, b):
@@ -35,7 +36,7 @@ def test_one_step_updates_all_three_networks_and_reports_finite_losses(setup):
   cfg, models, mesh, state, step = setup
   # the step donates its input: keep a host copy (the PRNG key as its raw data)
   before = jax.tree_util.tree_map(np.asarray, state.replace(rng=jax.random.key_data(state.rng)))
-  new, metrics = step(state, train.shard_batch(batch_for(cfg), mesh))
+  new, metrics = step(state, parallel.shard_batch(batch_for(cfg), mesh, train_step.BATCH_KEYS))
   metrics = {k: float(v) for k, v in metrics.items()}
   for key in ('train/id_contrastive', 'train/d_lsgan', 'train/g_adv', 'train/g_ssim',
               'train/g_perceptual', 'train/g_contrastive', 'train/g_total'):
@@ -59,17 +60,17 @@ def test_state_initialised_on_the_host_equals_the_device_initialised_one(setup):
   """The accelerator path (init on the host CPU, then placed replicated) gives the state
   the step takes: same values, same sharding, a usable PRNG key."""
   cfg, models, mesh, _, _ = setup
-  direct = train.init_train_state(models, jax.random.key(7), mesh, on_host=False)
-  hosted = train.init_train_state(models, jax.random.key(7), mesh, on_host=True)
+  direct = train_step.init_train_state(models, jax.random.key(7), mesh, on_host=False)
+  hosted = train_step.init_train_state(models, jax.random.key(7), mesh, on_host=True)
   assert_same_replicated_state(direct, hosted)
 
 
 def test_nan_in_batch_is_reported_not_hidden(setup):
   cfg, models, mesh, _, step = setup
-  state = train.init_train_state(models, jax.random.key(1), mesh)
+  state = train_step.init_train_state(models, jax.random.key(1), mesh)
   batch = batch_for(cfg)
   batch['image'][0, 0, 0, 0] = np.nan
-  _, metrics = step(state, train.shard_batch(batch, mesh))
+  _, metrics = step(state, parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS))
   assert float(metrics['train/all_finite']) == 0.0
 
 
@@ -78,33 +79,33 @@ def test_missing_batch_key_is_named(setup):
   batch = batch_for(cfg)
   del batch['pair_same']
   with pytest.raises(KeyError, match='pair_same'):
-    train.shard_batch(batch, mesh)
+    parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS)
 
 
 def test_bad_dtype_or_optimizer_is_named():
   cfg = tiny_config()
   cfg.dtype = 'float16'
   with pytest.raises(ValueError, match='dtype'):
-    train.Models(cfg)
+    Networks(cfg)
   cfg = tiny_config()
   cfg.optim.name = 'adagrad'
   with pytest.raises(ValueError, match='optim.name'):
-    train.Models(cfg)
+    trainer.optimizer(cfg.optim)
 
 
 @pytest.mark.slow
 def test_bfloat16_step_gives_losses_close_to_float32(setup):
   """Mixed precision (bf16 compute, fp32 params) must not change what is optimised."""
   cfg, models, mesh, _, step = setup
-  batch = train.shard_batch(batch_for(cfg, seed=3), mesh)
-  state32 = train.init_train_state(models, jax.random.key(2), mesh)
+  batch = parallel.shard_batch(batch_for(cfg, seed=3), mesh, train_step.BATCH_KEYS)
+  state32 = train_step.init_train_state(models, jax.random.key(2), mesh)
   _, m32 = step(state32, batch)
   cfg16 = tiny_config()
   cfg16.dtype = 'bfloat16'
-  models16 = train.Models(cfg16)
-  state16 = train.init_train_state(models16, jax.random.key(2), mesh)
+  models16 = Networks(cfg16)
+  state16 = train_step.init_train_state(models16, jax.random.key(2), mesh)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state16.generator.params))
-  _, m16 = train.jit_train_step(models16, mesh)(state16, batch)
+  _, m16 = train_step.jit_train_step(models16, mesh)(state16, batch)
   for key in ('train/d_lsgan', 'train/g_adv', 'train/g_ssim', 'train/g_perceptual',
               'train/id_contrastive'):
     a, b = float(m32[key]), float(m16[key])
@@ -120,7 +121,8 @@ SHARDED_SCRIPT = textwrap.dedent('''
     jax.config.update('jax_default_matmul_precision', 'highest')
     jax.config.update('jax_threefry_partitionable', False)
     sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']
-    from sdgan_jax import train
+    from sdgan_jax import parallel, train_step
+    from sdgan_jax.networks import Networks
     from train_fixtures import assert_same_replicated_state, batch_for, tiny_config
     assert jax.device_count() == 8
     cfg = tiny_config()
@@ -130,16 +132,16 @@ SHARDED_SCRIPT = textwrap.dedent('''
     # zero gradients, e.g. a bias before instance norm, into differences of 2*lr.)
     cfg.optim.name = 'sgd'
     cfg.optim.learning_rate = lr = 1e-3
-    models = train.Models(cfg)
+    models = Networks(cfg)
     batch = batch_for(cfg)
     host = lambda s: jax.tree_util.tree_map(np.asarray, s.replace(rng=jax.random.key_data(s.rng)))
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = jax.make_mesh((len(devices),), ('data',), devices=devices,
                            axis_types=(jax.sharding.AxisType.Auto,))
-      state = train.init_train_state(models, jax.random.key(0), mesh)
+      state = train_step.init_train_state(models, jax.random.key(0), mesh)
       old = host(state)
-      state, metrics = train.jit_train_step(models, mesh)(state, train.shard_batch(batch, mesh))
+      state, metrics = train_step.jit_train_step(models, mesh)(state, parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS))
       assert len(state.generator.params['stem']['Conv_0']['kernel'].sharding.device_set) == len(devices)
       new = host(state)
       nets = lambda st: (st.generator.params, st.discriminator.params, st.identity.params)
@@ -188,10 +190,10 @@ def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
   # would drift under G's pull towards the target; it stays fixed (its own test is
   # test_identity_target.py)
   cfg.train.identity_steps = 0
-  models = train.Models(cfg)
-  mesh = train.make_mesh()
-  state = train.init_train_state(models, jax.random.key(0), mesh)
-  step = train.jit_train_step(models, mesh)
+  models = Networks(cfg)
+  mesh = parallel.make_mesh()
+  state = train_step.init_train_state(models, jax.random.key(0), mesh)
+  step = train_step.jit_train_step(models, mesh)
   batch = batch_for(cfg)
   face = Image.fromarray(skdata.astronaut()[20:220, 125:325]).resize(
       (cfg.resolution, cfg.resolution), Image.BICUBIC)
@@ -199,7 +201,7 @@ def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
   batch['image'][:] = face
   batch['pair_image'][:] = face[:, ::-1]
   batch['target_image'][:] = face[:, ::-1]  # a real face as the target too, not noise
-  batch = train.shard_batch(batch, mesh)
+  batch = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS)
   l1 = []
   for _ in range(200):
     state, metrics = step(state, batch)
@@ -217,10 +219,10 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
   # SGD: Adam's first steps are ~lr * sign(g), which turns float reordering noise in
   # near-zero gradients into differences of 2 lr (see the sharding test)
   cfg2.optim.name = 'sgd'
-  models2 = train.Models(cfg2)
+  models2 = Networks(cfg2)
   batch = {k: jnp.asarray(v) for k, v in batch_for(cfg2, seed=3).items()}
-  state = train.create_train_state(models2, jax.random.key(5))
-  new, metrics = jax.jit(lambda s, b: train.train_step(models2, s, b))(state, batch)
+  state = train_step.create_train_state(models2, jax.random.key(5))
+  new, metrics = jax.jit(lambda s, b: train_step.train_step(models2, s, b))(state, batch)
   assert 'train/d_lsgan' in metrics and 'train/g_total' in metrics
 
   # pylint: disable=protected-access
@@ -228,18 +230,18 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
 
   @jax.jit
   def identity_then_discriminator(s, b):
-    ident, _ = train._identity_step(models2, s.identity, b)
-    fake, _ = train._generate(models2, s.generator.params, s.generator.stats, b, onehot,
-                              train=True)
-    disc, d_metrics = train._discriminator_step(models2, s.discriminator, b['image'], onehot,
-                                                fake, onehot)
+    ident, _ = train_step.identity_update(models2, s.identity, b)
+    fake, _ = generate(models2.generator, s.generator.params, s.generator.stats, b,
+                       cfg2.num_classes, train=True)
+    disc, d_metrics = train_step.discriminator_update(s.discriminator, b['image'], onehot,
+                                                      fake, onehot)
     return s.replace(identity=ident, discriminator=disc), d_metrics
 
   @jax.jit
   def generator_step(s, b):  # its own forward pass and reference features
-    forward = train._generator_forward(models2, s.generator, b, onehot)
-    reference = train._reference_features(models2, s, b)
-    return train._generator_update(models2, s, b, onehot, forward, reference)
+    forward = train_step.generator_forward(models2, s.generator, b)
+    reference = train_step.reference_features(models2, s, b)
+    return train_step.generator_update(models2, s, b, forward, reference)
 
   def by_hand(s, b):  # one compiled generator update, called three times
     s, d_metrics = identity_then_discriminator(s, b)
@@ -265,12 +267,12 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
   cfg.train.g_steps, cfg.train.d_steps, cfg.train.identity_steps = 3, 1, 1
   cfg.train.fresh_batches = True
   cfg.optim.name = 'sgd'  # see test_update_ratio_runs_that_many_updates_in_one_loop
-  assert train.batch_slots(cfg.train) == 6
-  models = train.Models(cfg)
+  assert train_step.batch_slots(cfg.train) == 6
+  models = Networks(cfg)
   parts = [batch_for(cfg, seed=10 + k) for k in range(6)]
   batch = {k: jnp.stack([p[k] for p in parts]) for k in parts[0]}
-  state = train.create_train_state(models, jax.random.key(5))
-  new, metrics = jax.jit(lambda s, b: train.train_step(models, s, b))(state, batch)
+  state = train_step.create_train_state(models, jax.random.key(5))
+  new, metrics = jax.jit(lambda s, b: train_step.train_step(models, s, b))(state, batch)
 
   # pylint: disable=protected-access
   parts = [{k: jnp.asarray(v) for k, v in p.items()} for p in parts]
@@ -278,19 +280,19 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
 
   @jax.jit
   def identity_then_discriminator(s):
-    ident, _ = train._identity_step(models, s.identity, parts[0])
-    fake, g_stats = train._generate(models, s.generator.params, s.generator.stats, parts[1],
-                                    onehot(parts[1]), train=True)
-    disc, d_metrics = train._discriminator_step(models, s.discriminator, parts[2]['image'],
-                                                onehot(parts[2]), fake, onehot(parts[1]))
+    ident, _ = train_step.identity_update(models, s.identity, parts[0])
+    fake, g_stats = generate(models.generator, s.generator.params, s.generator.stats,
+                             parts[1], cfg.num_classes, train=True)
+    disc, d_metrics = train_step.discriminator_update(s.discriminator, parts[2]['image'],
+                                                      onehot(parts[2]), fake, onehot(parts[1]))
     return s.replace(identity=ident, discriminator=disc,
                      generator=s.generator.replace(stats=g_stats)), d_metrics
 
   @jax.jit
   def generator_step(s, b):
-    forward = train._generator_forward(models, s.generator, b, onehot(b))
-    reference = train._reference_features(models, s, b)
-    return train._generator_update(models, s, b, onehot(b), forward, reference)
+    forward = train_step.generator_forward(models, s.generator, b)
+    reference = train_step.reference_features(models, s, b)
+    return train_step.generator_update(models, s, b, forward, reference)
 
   want, d_metrics = identity_then_discriminator(state)
   for b in parts[3:]:
@@ -303,11 +305,11 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
                              rtol=1e-5)
   np.testing.assert_allclose(float(metrics['train/g_total']), float(m['g_total']), rtol=1e-5)
   # and the same step, sharded over the mesh's slot-major layout, runs
-  mesh = train.make_mesh()
-  sharded = train.shard_batch({k: np.asarray(v) for k, v in batch.items()}, mesh,
-                              partition=train.batch_partition(cfg.train))
-  state = train.init_train_state(models, jax.random.key(5), mesh)
-  _, metrics = train.jit_train_step(models, mesh)(state, sharded)
+  mesh = parallel.make_mesh()
+  sharded = parallel.shard_batch({k: np.asarray(v) for k, v in batch.items()}, mesh,
+                                 train_step.BATCH_KEYS, train_step.batch_partition(cfg.train))
+  state = train_step.init_train_state(models, jax.random.key(5), mesh)
+  _, metrics = train_step.jit_train_step(models, mesh)(state, sharded)
   assert float(metrics['train/all_finite']) == 1.0
 
 
@@ -315,7 +317,7 @@ def test_prefetch_sends_batches_ahead_in_order():
   """The loop's input path: ``size`` batches are on the devices before the first is used,
   one more is sent per batch taken, and each device batch is its host batch."""
   cfg = tiny_config()
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   pulled = []
 
   def host_batches():
@@ -323,13 +325,13 @@ def test_prefetch_sends_batches_ahead_in_order():
       pulled.append(i)
       yield batch_for(cfg, seed=i)
 
-  batches = train.prefetch_to_mesh(host_batches(), mesh, size=2)
+  batches = parallel.prefetch_to_mesh(host_batches(), mesh, train_step.BATCH_KEYS, size=2)
   seen = []
   for i, (host, device) in enumerate(batches):
     assert len(pulled) == min(i + 3, 5)   # this batch, two ahead
     assert isinstance(device['image'], jax.Array)
     assert device['image'].sharding.spec == jax.sharding.PartitionSpec('data')
-    for key in train.BATCH_KEYS:
+    for key in train_step.BATCH_KEYS:
       np.testing.assert_array_equal(np.asarray(device[key]), host[key])
     seen.append(host)
   assert len(seen) == 5

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from configs import demo
+from sdgan_jax.configs import demo
 
 
 def tiny_config(resolution: int = 32):
@@ -46,26 +46,27 @@ def write_untrained_workdir(workdir, cfg, bank) -> str:
 
   import jax  # pylint: disable=import-outside-toplevel
 
-  from sdgan_jax import train  # pylint: disable=import-outside-toplevel
+  from sdgan_jax import parallel, train_step, trainer  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.networks import Networks  # pylint: disable=import-outside-toplevel
 
   cfg = cfg.copy_and_resolve_references()
   cfg.loss.perceptual_weights = 'random'
-  models = train.Models(cfg)
-  mesh = train.make_mesh()
-  state = train.init_train_state(models, jax.random.key(cfg.seed), mesh)
+  models = Networks(cfg)
+  mesh = parallel.make_mesh()
+  state = train_step.init_train_state(models, jax.random.key(cfg.seed), mesh)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(cfg.to_json_best_effort(indent=2))
   bank.save(os.path.join(workdir, 'identity_bank.npz'))
-  manager = train.checkpoint_manager(cfg, workdir)
-  train._save(manager, 0, state, None)  # pylint: disable=protected-access
+  manager = trainer.checkpoint_manager(cfg, workdir)
+  trainer.save_checkpoint(manager, 0, state, None)
   manager.wait_until_finished()
   return str(workdir)
 
 
 def patch_train_batches(monkeypatch, on_step):
   """Wraps the training input iterator so a test can act on the batch of a given step
-  (0-based; batch k is read while step k - train.PREFETCH_BATCHES runs)."""
+  (0-based; batch k is read while step k - parallel.PREFETCH_BATCHES runs)."""
   from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
 
   original = input_pipeline.train_iterator

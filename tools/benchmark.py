@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sdgan_jax import benchmarking  # pylint: disable=wrong-import-position
-from sdgan_jax.config import load_config  # pylint: disable=wrong-import-position
+from sdgan_jax.configs import celeba, demo  # pylint: disable=wrong-import-position
 
 BENCHES = ('train', 'generator', 'anonymize')
 
@@ -34,7 +34,7 @@ BENCHES = ('train', 'generator', 'anonymize')
 def preset_config(name: str):
   """The config a preset names, with random perceptual weights (same cost, no file)."""
   if name == 'small':
-    config = load_config(str(ROOT / 'configs' / 'demo.py'))
+    config = demo.get_config()
     config.resolution = 32
     config.model.generator.update(dict(
         stem_features=8, encoder_features=(8, 16, 16, 16), bottleneck_features=16,
@@ -44,10 +44,10 @@ def preset_config(name: str):
     config.model.discriminator = dict(kind='global', widths=(8, 16, 16, 16, 16), hidden=16)
     config.train.g_steps = 1
   elif name == 'default':
-    config = load_config(str(ROOT / 'configs' / 'celeba.py') + ':128')
+    config = celeba.get_config('128')
   elif name == 'authors':
     config = benchmarking.authors_shapes_config(
-        load_config(str(ROOT / 'configs' / 'celeba.py') + ':128'))
+        celeba.get_config('128'))
   else:
     raise ValueError(f'unknown preset {name!r}: use small, default or authors')
   config.loss.perceptual_weights = 'random'
@@ -63,7 +63,7 @@ def _is_oom(error: Exception) -> bool:
   return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'out of memory' in text
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--preset', default='small', help='comma list: small, default, authors')
@@ -86,22 +86,24 @@ def main(argv=None):
   parser.add_argument('--profile_dir', default=None,
                       help='also trace 3 train steps / generator calls here (jax.profiler) and '
                       'add a per-kernel summary to their rows (not the sweeps)')
-  args = parser.parse_args(argv)
+  return parser
 
-  benches = [b for b in args.bench.split(',') if b]
-  unknown = set(benches) - set(BENCHES)
-  if unknown:
-    parser.error(f'unknown --bench {sorted(unknown)}; choose from {BENCHES}')
-  output = open(args.output, 'a') if args.output else None  # pylint: disable=consider-using-with
 
-  def emit(row):
+class _Rows:
+  """Prints each result row as a JSON line, and appends it to ``--output`` if given."""
+
+  def __init__(self, path: str | None):
+    self.output = open(path, 'a') if path else None  # pylint: disable=consider-using-with
+
+  def emit(self, row: dict) -> None:
     line = json.dumps(row, sort_keys=True)
     print(line, flush=True)
-    if output:
-      output.write(line + '\n')
-      output.flush()
+    if self.output:
+      self.output.write(line + '\n')
+      self.output.flush()
 
-  def run(fn, *fn_args, **kwargs):
+  def run(self, fn, *fn_args, **kwargs) -> bool:
+    """``fn(*fn_args, **kwargs)``'s row, or an 'out of memory' row; False on the latter."""
     try:
       row = fn(*fn_args, **kwargs)
     except Exception as error:  # pylint: disable=broad-except
@@ -109,47 +111,62 @@ def main(argv=None):
         raise
       row = dict(benchmarking.device_info(), bench=kwargs.get('name'), batch=fn_args[1],
                  error='out of memory')
-    emit(row)
+    self.emit(row)
     return 'error' not in row
 
-  if args.flops:
-    for preset in args.preset.split(','):
-      for row in benchmarking.network_flops(preset_config(preset)):
-        emit(dict(row, preset=preset))
-    if output:
-      output.close()
-    return
+  def close(self) -> None:
+    if self.output:
+      self.output.close()
 
-  for preset in args.preset.split(','):
-    small = preset == 'small'
-    train_batch = args.train_batch or (4 if small else 32)
-    gen_batch = args.gen_batch or (8 if small else 256)
-    for dtype in args.dtypes.split(','):
-      config = preset_config(preset)
-      config.dtype = dtype
-      tag = f'{preset}/'
-      if 'train' in benches:
-        run(benchmarking.bench_train_step, config, train_batch, steps=args.steps or 10,
-            warmup=args.warmup, name=tag + 'train_step',
-            profile_dir=args.profile_dir and f'{args.profile_dir}/{preset}_{dtype}')
-      if 'generator' in benches:
-        run(benchmarking.bench_generator, config, gen_batch, steps=args.steps or 20,
-            warmup=args.warmup, name=tag + 'generator',
-            profile_dir=args.profile_dir and f'{args.profile_dir}/{preset}_{dtype}_generator')
-      if 'anonymize' in benches:
-        run(benchmarking.bench_anonymize_batch, config, gen_batch, steps=args.steps or 10,
-            warmup=1, name=tag + 'anonymize_generate')
-      if dtype == 'bfloat16':
-        for batch in _ints(args.sweep_train_batches):
-          if not run(benchmarking.bench_train_step, config, batch, steps=args.steps or 5,
-                     warmup=1, name=tag + 'train_step_sweep'):
-            break
-        for batch in _ints(args.sweep_gen_batches):
-          if not run(benchmarking.bench_generator, config, batch, steps=args.steps or 10,
-                     warmup=1, name=tag + 'generator_sweep'):
-            break
-  if output:
-    output.close()
+
+def _bench_preset(rows: _Rows, args, benches: list[str], preset: str) -> None:
+  small = preset == 'small'
+  train_batch = args.train_batch or (4 if small else 32)
+  gen_batch = args.gen_batch or (8 if small else 256)
+  for dtype in args.dtypes.split(','):
+    config = preset_config(preset)
+    config.dtype = dtype
+    tag = f'{preset}/'
+    profile = lambda suffix, dtype=dtype: args.profile_dir and (
+        f'{args.profile_dir}/{preset}_{dtype}{suffix}')
+    if 'train' in benches:
+      rows.run(benchmarking.bench_train_step, config, train_batch, steps=args.steps or 10,
+               warmup=args.warmup, name=tag + 'train_step', profile_dir=profile(''))
+    if 'generator' in benches:
+      rows.run(benchmarking.bench_generator, config, gen_batch, steps=args.steps or 20,
+               warmup=args.warmup, name=tag + 'generator', profile_dir=profile('_generator'))
+    if 'anonymize' in benches:
+      rows.run(benchmarking.bench_anonymize_batch, config, gen_batch, steps=args.steps or 10,
+               warmup=1, name=tag + 'anonymize_generate')
+    if dtype != 'bfloat16':
+      continue
+    for batch in _ints(args.sweep_train_batches):
+      if not rows.run(benchmarking.bench_train_step, config, batch, steps=args.steps or 5,
+                      warmup=1, name=tag + 'train_step_sweep'):
+        break
+    for batch in _ints(args.sweep_gen_batches):
+      if not rows.run(benchmarking.bench_generator, config, batch, steps=args.steps or 10,
+                      warmup=1, name=tag + 'generator_sweep'):
+        break
+
+
+def main(argv=None):
+  parser = _parser()
+  args = parser.parse_args(argv)
+  benches = [b for b in args.bench.split(',') if b]
+  unknown = set(benches) - set(BENCHES)
+  if unknown:
+    parser.error(f'unknown --bench {sorted(unknown)}; choose from {BENCHES}')
+  rows = _Rows(args.output)
+  try:
+    for preset in args.preset.split(','):
+      if args.flops:
+        for row in benchmarking.network_flops(preset_config(preset)):
+          rows.emit(dict(row, preset=preset))
+      else:
+        _bench_preset(rows, args, benches, preset)
+  finally:
+    rows.close()
 
 
 if __name__ == '__main__':

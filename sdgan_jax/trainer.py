@@ -1,0 +1,245 @@
+"""What every trainer here shares: config checks, optimizers, checkpoints and the loop.
+
+The SDGAN trainer (``sdgan_jax.train``) and the face-parser trainer
+(``sdgan_jax.train_parser``) are built from these pieces; neither imports the other. States
+are flax struct dataclasses with an ``rng`` PRNG-key field, checkpointed whole with orbax
+(its raw key data, ``parallel.keys_as_data``). TensorFlow (input pipelines) and clu
+(progress, summaries) load lazily, so importing this stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_collections
+import optax
+
+from sdgan_jax import parallel
+from sdgan_jax.config import ConfigError, load_config, unknown_key_message
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced NaN/inf losses; the last good checkpoint is kept."""
+
+
+def reference_config(name: str) -> ml_collections.ConfigDict:
+  """The package's reference config ``name`` (``sdgan_jax/configs/NAME.py``): its keys are
+  the keys every config of that trainer may use."""
+  from sdgan_jax import configs  # pylint: disable=import-outside-toplevel
+  return load_config(str(configs.config_path(name)))
+
+
+def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+               free_form: frozenset[str] = frozenset()) -> None:
+  """Every key of ``config`` must exist in ``reference`` (``ConfigError`` with the closest
+  known key otherwise); groups named in ``free_form`` are left to their constructors."""
+
+  def walk(cfg, ref, prefix):
+    for key in cfg.keys():
+      name = f'{prefix}{key}'
+      if key not in ref:
+        raise ConfigError(unknown_key_message(name, ref.keys()))
+      if (isinstance(cfg[key], ml_collections.ConfigDict) and key not in free_form
+          and isinstance(ref[key], ml_collections.ConfigDict)):
+        walk(cfg[key], ref[key], f'{name}.')
+
+  walk(config, reference, '')
+
+
+def check_at_least(config: ml_collections.ConfigDict, limits: dict[str, int]) -> None:
+  """``limits`` maps 'group.key' to the least integer it may hold (absent keys pass)."""
+  for name, least in limits.items():
+    group, key = name.split('.')
+    value = config.get(group, {}).get(key)
+    if value is not None and (not isinstance(value, int) or value < least):
+      raise ConfigError(f'config.{name}={value!r}: must be an integer >= {least}')
+
+
+def as_config_error(build: Callable[[], Any]) -> Any:
+  """``build()``, its ValueError/TypeError/KeyError turned into a one-line ``ConfigError``
+  (model and optimizer constructors check their own keys)."""
+  try:
+    return build()
+  except (ValueError, TypeError, KeyError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise ConfigError(str(message)) from e
+
+
+def optimizer(optim: ml_collections.ConfigDict, learning_rate=None, *,
+              default: str = 'adam', always_decay: bool = False
+              ) -> optax.GradientTransformation:
+  """``config.optim`` as an optax optimizer: 'adam' (AdamW when ``weight_decay`` is set or
+  ``always_decay``) or 'sgd' (with ``momentum`` and decoupled ``weight_decay`` when given).
+
+  ``learning_rate`` (a number or an optax schedule) defaults to ``optim.learning_rate``.
+  ``always_decay`` keeps the decay stage in the chain at weight decay 0, as the parser
+  trainer's checkpoints were written.
+  """
+  lr = optim.learning_rate if learning_rate is None else learning_rate
+  name = optim.get('name', default)
+  decay = optim.get('weight_decay', 0.0)
+  decayed = bool(decay) or always_decay
+  if name == 'adam':
+    b1, b2 = optim.get('b1', 0.9), optim.get('b2', 0.999)
+    if decayed:
+      return optax.adamw(lr, b1=b1, b2=b2, weight_decay=decay)
+    return optax.adam(lr, b1=b1, b2=b2)
+  if name == 'sgd':
+    sgd = optax.sgd(lr, momentum=optim.get('momentum', None))
+    return optax.chain(optax.add_decayed_weights(decay), sgd) if decayed else sgd
+  raise ValueError(f"unknown config.optim.name {name!r}: use 'adam' or 'sgd'")
+
+
+def absolute_workdir(workdir: str) -> str:
+  """``workdir`` made absolute (orbax refuses relative local paths); URLs kept."""
+  return workdir if '://' in workdir else os.path.abspath(workdir)
+
+
+def checkpoint_manager(config, workdir: str, track_best: bool = True):
+  """orbax manager keeping the latest ``keep_latest`` saves plus the best by ``best_metric``.
+
+  ``track_best`` is False when a run has no validation metric to rank by.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=import-outside-toplevel
+
+  ckpt = config.checkpoint
+  policies = [pp.LatestN(n=ckpt.keep_latest)]
+  track = bool(ckpt.best_metric) and track_best
+  if track:
+    policies.append(pp.BestN(get_metric_fn=lambda m: m[ckpt.best_metric],
+                             reverse=ckpt.best_mode == 'min', n=1,
+                             keep_checkpoints_without_metrics=False))
+  # orbax writes a step's metrics to disk only when ``best_fn`` is set; without them BestN
+  # would forget the best step across restarts.
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=pp.AnyPreservationPolicy(policies), create=True,
+      enable_async_checkpointing=False,
+      best_fn=(lambda m: m[ckpt.best_metric]) if track else None,
+      best_mode=ckpt.best_mode)
+  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
+
+
+def save_checkpoint(manager, step: int, state, metrics: dict | None) -> None:
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  manager.save(step, args=ocp.args.StandardSave(parallel.keys_as_data(state)),
+               metrics=metrics, force=True)
+
+
+def restore_state(workdir: str, abstract_state, step: int | None = None):
+  """Restores the latest (or given) checkpoint of ``workdir`` onto ``abstract_state``'s
+  layout (arrays or ``ShapeDtypeStruct``s, e.g. from ``jax.eval_shape``); returns
+  ``(state, step)``."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train one with '
+                            f'`python run.py --config=... --workdir={workdir}`')
+  target = jax.tree_util.tree_map(
+      lambda host, x: jax.ShapeDtypeStruct(host.shape, host.dtype,
+                                           sharding=getattr(x, 'sharding', None)),
+      jax.eval_shape(parallel.keys_as_data, abstract_state), abstract_state)
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  except (ValueError, KeyError, TypeError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(f'{workdir}: the checkpoint of step {step} does not hold the state this '
+                     f'config trains ({first}); it was written with another config or an '
+                     'older sdgan_jax: train in a fresh --workdir') from e
+  return parallel.keys_from_data(restored), step
+
+
+def resume_or_start(manager, workdir: str, state, config) -> tuple[Any, int]:
+  """(state, first step): the latest checkpoint of ``workdir`` restored onto ``state`` if
+  ``manager`` has one, else ``state`` at step 0; process 0 also writes the run's
+  config.json."""
+  initial_step = 0
+  if manager.latest_step() is not None:
+    state, initial_step = restore_state(workdir, state)
+    logging.info('resumed from step %d', initial_step)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return state, initial_step
+
+
+class _StopSignals:
+  """SIGTERM/SIGINT set ``received`` instead of killing the run; handlers restored on exit."""
+
+  def __enter__(self):
+    import signal  # pylint: disable=import-outside-toplevel
+    self.received, self._previous = None, {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._record)
+    return self
+
+  def _record(self, sig, _):
+    self.received = sig
+
+  def __exit__(self, *exc):
+    import signal  # pylint: disable=import-outside-toplevel
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _check_finite(metrics, step: int, workdir: str, failure: str, hint: str) -> dict:
+  host = jax.device_get(metrics)
+  if not host['train/all_finite']:
+    raise NonFiniteLossError(
+        f'non-finite {failure} at step {step}: {host}; the last good checkpoint in '
+        f'{workdir}/checkpoints is kept ({hint})')
+  return host
+
+
+def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, dict]], *,
+                      config: ml_collections.ConfigDict, workdir: str, manager, writer,
+                      initial_step: int, evaluate: Callable[[Any], dict],
+                      images: Callable[[Any, dict], dict] | None = None,
+                      failure: str = 'loss', hint: str = '') -> tuple[Any, int]:
+  """Runs ``step_fn`` up to ``config.train.num_steps``; returns (state, last step).
+
+  ``batches`` yields (host batch, device batch) (``parallel.prefetch_to_mesh``). Every
+  ``train.log_every`` steps the metrics are fetched (the loop's only wait for the device),
+  checked (a non-finite ``failure`` raises ``NonFiniteLossError`` before anything of that
+  step is saved) and written; every ``train.image_every`` steps process 0 writes
+  ``images(state, host batch)``; every ``checkpoint.every`` steps and at the end
+  ``evaluate(state)`` runs and the state is saved with its metrics. SIGTERM/SIGINT save
+  the current step and stop.
+  """
+  from clu import periodic_actions  # pylint: disable=import-outside-toplevel
+
+  num_steps = config.train.num_steps
+  image_every = config.train.get('image_every', 0) if images is not None else 0
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  step = initial_step
+  with _StopSignals() as stop:
+    try:
+      while step < num_steps:
+        batch, device_batch = next(batches)
+        state, metrics = step_fn(state, device_batch)
+        step += 1
+        report(step)
+        save = (step % config.checkpoint.every == 0 or step == num_steps
+                or stop.received is not None)
+        if step % config.train.log_every == 0 or save:
+          writer.write_scalars(step, _check_finite(metrics, step, workdir, failure, hint))
+        if image_every and step % image_every == 0 and jax.process_index() == 0:
+          writer.write_images(step, images(state, batch))  # process 0 writes summaries
+        if save:
+          eval_metrics = evaluate(state)
+          if eval_metrics:
+            writer.write_scalars(step, eval_metrics)
+          save_checkpoint(manager, step, state, eval_metrics or None)
+        if stop.received is not None:
+          logging.warning('signal %d: saved step %d, stopping', stop.received, step)
+          break
+    finally:
+      manager.wait_until_finished()
+      writer.flush()
+  return state, step
