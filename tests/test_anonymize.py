@@ -391,7 +391,7 @@ def test_detection_threads_do_not_change_the_results(tiles, weights_dir, monkeyp
   assert len({f.track for _, faces in serial[2:5] for f in faces}) == 1  # one tracked face
   for (out_s, faces_s), (out_p, faces_p) in zip(serial, parallel):
     np.testing.assert_array_equal(out_s, out_p)
-    assert faces_s == faces_p
+    assert [f.to_json() for f in faces_s] == [f.to_json() for f in faces_p]
 
 
 def test_a_photo_that_fails_does_not_cost_its_batch_the_outputs(tmp_path, tiles, weights_dir,
@@ -556,21 +556,22 @@ def test_restores_a_workdir_whose_vgg_differs_from_a_random_init(workdir, weight
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from sdgan_jax import inference, train  # pylint: disable=import-outside-toplevel
+  from sdgan_jax import inference, train_step, trainer  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.networks import Networks  # pylint: disable=import-outside-toplevel
 
   cfg = inference.load_workdir_config(workdir)
-  models = train.Models(cfg)
-  abstract = jax.eval_shape(lambda k: train.create_train_state(models, k, None),
+  models = Networks(cfg)
+  abstract = jax.eval_shape(lambda k: train_step.create_train_state(models, k, None),
                             jax.random.key(0))
-  state, _ = train.restore_state(str(pathlib.Path(workdir).resolve()), abstract)
+  state, _ = trainer.restore_state(str(pathlib.Path(workdir).resolve()), abstract)
   vgg = dict(state.perceptual_params, conv5_3={'kernel': jnp.ones((3, 3, 4, 4)),
                                                'bias': jnp.zeros((4,))})
   other = tmp_path / 'trained'
   other.mkdir()
   for name in ('config.json', 'identity_bank.npz'):
     shutil.copy(pathlib.Path(workdir) / name, other / name)
-  manager = train.checkpoint_manager(cfg, str(other))
-  train._save(manager, 3, state.replace(perceptual_params=vgg), None)  # pylint: disable=protected-access
+  manager = trainer.checkpoint_manager(cfg, str(other))
+  trainer.save_checkpoint(manager, 3, state.replace(perceptual_params=vgg), None)
   manager.wait_until_finished()
   built = anonymize.build_anonymizer(other, options=anonymize.Options(identity_threshold=0),
                                      weights_dir=weights_dir)
@@ -593,7 +594,7 @@ def test_track_coverage_covers_the_frames_a_tracked_face_is_missed_in():
     coverage = anonymize.TrackCoverage(window, options)
     out = []
     for k in range(8):
-      faces = [anonymize.FaceResult(box=boxes[k], track=7)] if k in boxes else []
+      faces = [anonymize.Face(box=np.array(boxes[k], float), track=7)] if k in boxes else []
       coverage.add(blank, faces, [f.box for f in faces])
       out += coverage.ready()
     out += coverage.ready(final=True)

@@ -5,7 +5,6 @@ in TensorFlow 2.21, deprecated but present) running the very files we convert, w
 default delegates off so that it runs TFLite's reference kernels.
 """
 
-import math
 import warnings
 
 import jax

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pathlib
+import tempfile
 import warnings
 
 import imageio_ffmpeg
@@ -19,6 +20,7 @@ import pytest
 from PIL import Image
 
 from sdgan_jax import anonymize, media
+from sdgan_jax.anonymize import cli as anonymize_cli
 from sdgan_jax.faces import detect
 from tool_loader import load_tool
 
@@ -295,14 +297,14 @@ def test_unwritable_outputs_and_a_failed_report_are_one_line(tmp_path, capsys, m
   locked = tmp_path / 'locked'
   locked.mkdir()
   locked.chmod(0o555)
-  mkstemp = media.tempfile.mkstemp
+  mkstemp = tempfile.mkstemp
 
   def refusing(*args, dir=None, **kwargs):  # pylint: disable=redefined-builtin
     if pathlib.Path(dir) == locked:  # root ignores the mode: refuse as a read-only disk would
       raise PermissionError(errno.EACCES, 'Permission denied')
     return mkstemp(*args, dir=dir, **kwargs)
 
-  monkeypatch.setattr(media.tempfile, 'mkstemp', refusing)
+  monkeypatch.setattr(tempfile, 'mkstemp', refusing)
   try:
     assert _run(cli, [photo], locked / 'out') == 2
   finally:
@@ -314,7 +316,7 @@ def test_unwritable_outputs_and_a_failed_report_are_one_line(tmp_path, capsys, m
   def full(report, path):
     raise OSError(errno.ENOSPC, 'No space left on device')
 
-  monkeypatch.setattr(anonymize, 'write_report', full)
+  monkeypatch.setattr(anonymize.report, 'write_report', full)
   assert _run(cli, [photo], tmp_path / 'out') == 1
   err = capsys.readouterr().err
   assert len(_error_lines(err)) == 1 and 'No space left on device' in err
@@ -373,7 +375,8 @@ def test_ctrl_c_writes_the_report_of_what_was_done(tmp_path, capsys, monkeypatch
   assert sorted(p.name for p in (tmp_path / 'lib').iterdir()) == ['0.png',
                                                                   anonymize.REPORT_NAME]
   cli = _cli()
-  monkeypatch.setattr(anonymize, 'build_anonymizer', lambda *a, **k: interrupting_after(2))
+  monkeypatch.setattr(anonymize_cli, 'build_anonymizer',
+                      lambda *a, **k: interrupting_after(2))
   code = _run(cli, [inputs], tmp_path / 'cli', '--images_per_batch', '1')
   err = capsys.readouterr().err
   lines = [line for line in err.splitlines() if line.startswith('interrupted')]

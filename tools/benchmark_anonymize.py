@@ -21,10 +21,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sdgan_jax import anonymize, media  # noqa: E402
+from sdgan_jax.anonymize.cli import DEFAULTS, flag_message  # noqa: E402
 from sdgan_jax.faces import ensemble  # noqa: E402
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--checkpoint', default='workdirs/demo')
@@ -33,13 +34,40 @@ def main(argv=None) -> int:
   parser.add_argument('--inputs', default='outputs/demo/photos',
                       help='folder of photos (make demo writes the sample photos there)')
   parser.add_argument('--repeats', type=int, default=2)
-  parser.add_argument('--images_per_batch', type=int, default=anonymize.IMAGES_PER_BATCH)
-  parser.add_argument('--workers', type=int, default=0,
+  parser.add_argument('--images_per_batch', type=int, default=DEFAULTS['images_per_batch'])
+  parser.add_argument('--workers', type=int, default=DEFAULTS['workers'],
                       help='threads for detection and paste-back (0: one per CPU core, at most '
                       f'{anonymize.MAX_AUTO_WORKERS})')
-  parser.add_argument('--batch_size', type=int)
-  parser.add_argument('--detectors', default=','.join(ensemble.DEFAULT_DETECTORS),
+  parser.add_argument('--batch_size', type=int, default=DEFAULTS['batch_size'])
+  parser.add_argument('--detectors', default=','.join(DEFAULTS['detectors']),
                       help=f'comma-separated, from {", ".join(ensemble.DETECTORS)}')
+  return parser
+
+
+def _photos(folder: pathlib.Path) -> list[pathlib.Path]:
+  if not folder.is_dir():
+    return []
+  return sorted(p for p in folder.rglob('*') if media.media_kind(p) == 'image')
+
+
+def _time_passes(anonymizer, groups, repeats: int) -> tuple[int, float, float]:
+  """(faces per pass, warm-up seconds, seconds of ``repeats`` timed passes)."""
+
+  def one_pass() -> int:
+    return sum(len(f) for group in groups for _, f in anonymizer.process(group))
+
+  start = time.perf_counter()
+  faces = one_pass()
+  warmup = time.perf_counter() - start
+  anonymizer.timings.clear()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    one_pass()
+  return faces, warmup, time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+  parser = _parser()
   args = parser.parse_args(argv)
   try:
     detectors = ensemble.parse_detectors(args.detectors)
@@ -47,19 +75,16 @@ def main(argv=None) -> int:
                                 batch_size=args.batch_size,
                                 images_per_batch=args.images_per_batch)
   except ValueError as e:
-    parser.error(f'--{e}' if str(e).split(' ', 1)[0] in ('workers', 'batch_size',
-                                                         'images_per_batch') else str(e))
+    parser.error(flag_message(str(e)))
   if args.repeats < 1:
     parser.error(f'--repeats must be >= 1, got {args.repeats}')
 
   import jax  # pylint: disable=import-outside-toplevel
 
-  folder = pathlib.Path(args.inputs)
-  paths = sorted(p for p in folder.rglob('*') if media.media_kind(p) == 'image') if (
-      folder.is_dir()) else []
+  paths = _photos(pathlib.Path(args.inputs))
   if not paths:
-    print(f'error: no photos in {folder}: run `make demo` first (it writes the sample photos '
-          'there), or pass --inputs', file=sys.stderr)
+    print(f'error: no photos in {args.inputs}: run `make demo` first (it writes the sample '
+          'photos there), or pass --inputs', file=sys.stderr)
     return 2
   try:
     anonymizer = anonymize.build_anonymizer(
@@ -71,21 +96,7 @@ def main(argv=None) -> int:
   images = [media.read_image(p).rgb for p in paths]
   groups = [images[i:i + args.images_per_batch]
             for i in range(0, len(images), args.images_per_batch)]
-
-  def one_pass() -> int:
-    faces = 0
-    for group in groups:
-      faces += sum(len(f) for _, f in anonymizer.process(group))
-    return faces
-
-  start = time.perf_counter()
-  faces = one_pass()
-  warmup = time.perf_counter() - start
-  anonymizer.timings.clear()
-  start = time.perf_counter()
-  for _ in range(args.repeats):
-    one_pass()
-  seconds = time.perf_counter() - start
+  faces, warmup, seconds = _time_passes(anonymizer, groups, args.repeats)
   pixels = sum(im.shape[0] * im.shape[1] for im in images) / len(images)
   device = jax.devices()[0]
   print(f'{anonymizer.method} on {device.platform} ({device.device_kind}), '

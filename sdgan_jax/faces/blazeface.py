@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sdgan_jax import batching
 from sdgan_jax.faces import detect
 
 NUM_KEYPOINTS = 6
@@ -88,7 +89,8 @@ def decode(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray,
            threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One input's raw outputs -> (boxes [N, 4] x0 y0 x1 y1, scores [N], keypoints [N, 6, 2])
   in input pixels, for the anchors scoring at least ``threshold``."""
-  scores = (1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))).astype(np.float32)
+  clipped = np.clip(logits.astype(np.float64), -100.0, 100.0)
+  scores = (1.0 / (1.0 + np.exp(-clipped))).astype(np.float32)
   keep = np.nonzero(scores >= threshold)[0]
   r, a = regressors[keep], anchors[keep]
   cx, cy = a[:, 0] + r[:, 0], a[:, 1] + r[:, 1]
@@ -212,9 +214,9 @@ def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
 
 @functools.lru_cache(maxsize=None)
 def _compiler_options() -> dict:
-  """On CPUs, XLA without its YNNPACK fusions: they ran the short-range network 2.6x
-  slower (15.5 vs 5.9 ms per 256-px tile, 2-core CPU, JAX 0.10.2) and the full-range one
-  1.2x. Empty where the backend is not a CPU or the XLA build does not know the option."""
+  """On CPUs, XLA without its YNNPACK fusions, which ran both networks slower (measured in
+  docs/detection.md). Empty where the backend is not a CPU or the XLA build does not know
+  the option."""
   import jax  # pylint: disable=import-outside-toplevel
 
   if jax.default_backend() != 'cpu':
@@ -301,18 +303,16 @@ class BlazeFaceDetector:
     """The network's (regressors, logits) for uint8 tiles [N, S, S, 3], in padded batches.
 
     On a CPU the batches run in ``threads`` parallel threads, which keep the cores busy
-    between XLA's own parallel loops (both networks over a 1920x1080 photo on 2 cores:
-    1.08 s with one thread, 0.99 s with two). On an accelerator they run in order.
+    between XLA's own parallel loops (measured in docs/detection.md); on an accelerator
+    they run in order. ``batching.map_batches`` runs them in order only, so the threads
+    pad their batches themselves.
     """
     b = self.batch_size
     chunks = [tiles[lo:lo + b] for lo in range(0, len(tiles), b)]
 
     def run(chunk):
-      valid = len(chunk)
-      if valid < b:
-        chunk = np.concatenate([chunk, np.zeros((b - valid,) + chunk.shape[1:], chunk.dtype)])
-      r, s = self._apply(self.variables, chunk)
-      return np.asarray(r)[:valid], np.asarray(s)[:valid]
+      r, s = self._apply(self.variables, batching.pad_rows(chunk, b))
+      return np.asarray(r)[:len(chunk)], np.asarray(s)[:len(chunk)]
 
     if not chunks:
       return (np.zeros((0, len(self.anchors), 16), np.float32),

@@ -1,10 +1,15 @@
-"""From a photo to prepared face records (DESIGN §3): detect, landmark, align, mask, parse.
+"""From a photo to prepared faces: detect, fit landmarks, check, align, mask (docs/data.md).
 
-``prepare_faces`` returns, per detected face, exactly what the data preparation stores for
-one example (``sdgan_jax.datasets.features``: image as ``crop``, mask, semantic, landmarks)
-plus what the anonymizer needs to put a generated face back (``matrix``, ``box``) and to
-decide whether it can (``too_small``: such faces are returned, flagged, never dropped, so a
-caller can fail closed on them, e.g. blur them instead).
+One preparation path for the data preparation and the anonymizer (``prepare_detected``):
+fit a detected face's 68 landmarks (turned upright first when the detector gave keypoints,
+``faces.upright``), check that they belong to its box, align the crop, draw its face mask
+and semantic map (``prepare_face``) and check that the mask covers the box's centre. A step
+that fails is recorded on the face (``Face.reason``), never raised, so that a caller can
+fail closed on it (the anonymizer covers such faces) or skip it.
+
+``Face`` is the one record of a face, from its detection to the anonymizer's report row
+(``Face.to_json``); its prepared part is the record format of ``sdgan_jax.datasets.features``
+(``Face.record``). ``prepare_faces`` prepares every face a detector finds in a photo.
 """
 
 from __future__ import annotations
@@ -14,41 +19,99 @@ import dataclasses
 import numpy as np
 
 from sdgan_jax.datasets import features
-from sdgan_jax.faces import align, detect, masks
+from sdgan_jax.faces import align, detect, masks, upright
 
 # Below about this box size dlib's 68 landmarks get unreliable (its HOG model sees faces of
 # ~80 px) and a 128-px crop would be an upsampling of 1.5x or more.
 DEFAULT_MIN_FACE_PX = 40
 
 
-@dataclasses.dataclass(frozen=True)
-class PreparedFace:
-  """One face of a photo, in the record format of ``sdgan_jax.datasets.features``.
+@dataclasses.dataclass(eq=False)
+class Face:
+  """One face of a photo: its detection, its preparation and what became of it.
 
-  Attributes:
+  Preparation (``datasets.features``' record format; None until prepared):
     crop: uint8 [R, R, 3] eye-aligned RGB crop (the record's ``image``).
     mask: uint8 [R, R, 1] face mask, 0 or 255 (the record's ``mask``).
     semantic: uint8 [R, R, 1] class ids of ``features.SEMANTIC_CLASSES``.
     landmarks: float32 [68, 2] (x, y) in crop pixels.
     matrix: float64 [2, 3] image -> crop similarity (for ``paste_back``).
-    box: float32 [4] detector box (x0, y0, x1, y1) in image pixels, dlib's convention.
+
+  Detection:
+    box: [4] detector box (x0, y0, x1, y1) in image pixels, dlib's convention.
     score: detector score (see ``detect.Detections``).
     too_small: the box's shorter side is under ``min_face_px``.
+    keypoints: the detector's six keypoints [6, 2] (BlazeFace), or None.
+    detectors: the detectors that found the face (an ensemble's merge).
+    index: detection order in its image.
+    image_landmarks: float32 [68, 2] in image pixels (dlib's face chip is cut from them).
+
+  Outcome:
+    reason, detail: the first step that failed and why (None: every step passed).
+    output: float [R, R, 3] in [0, 1]: the anonymizer's generated (or baseline) crop.
+    identity_distance: descriptor distance of the output face to the source face.
+    target: the identity bank index the face was generated towards.
+    track: the video track of the face.
+    region: the face region a fallback covers (x0, y0, x1, y1, rounded to 0.1 px).
   """
 
-  crop: np.ndarray
-  mask: np.ndarray
-  semantic: np.ndarray
-  landmarks: np.ndarray
-  matrix: np.ndarray
-  box: np.ndarray
-  score: float
-  too_small: bool
+  crop: np.ndarray | None = None
+  mask: np.ndarray | None = None
+  semantic: np.ndarray | None = None
+  landmarks: np.ndarray | None = None
+  matrix: np.ndarray | None = None
+  box: np.ndarray | None = None
+  score: float | None = None
+  too_small: bool = False
+  keypoints: np.ndarray | None = None
+  detectors: tuple[str, ...] = ()
+  index: int = 0
+  image_landmarks: np.ndarray | None = None
+  reason: str | None = None
+  detail: str | None = None
+  output: np.ndarray | None = None
+  identity_distance: float | None = None
+  target: int | None = None
+  track: int | None = None
+  region: list[float] | None = None
+
+  @property
+  def status(self) -> str:
+    """The anonymizer's verdict: 'anonymized', or 'fallback' once a step failed."""
+    return 'anonymized' if self.reason is None else 'fallback'
+
+  @property
+  def size(self) -> float:
+    """The box's shorter side in pixels (dlib's inclusive convention)."""
+    box = self.box  # in the box's dtype (float32): a face at a size limit stays on its side
+    return float(min(box[2] - box[0], box[3] - box[1]) + 1)
+
+  def fail(self, reason: str, detail: str | None = None) -> None:
+    """Records a failed step; the first one is the face's reason."""
+    if self.reason is None:
+      self.reason, self.detail = reason, detail
 
   def record(self) -> dict[str, np.ndarray]:
     """The image/mask/semantic/landmarks part of a ``features.tfds_features`` example."""
     return {'image': self.crop, 'mask': self.mask, 'semantic': self.semantic,
             'landmarks': self.landmarks}
+
+  def release_pixels(self) -> None:
+    """Drops the crop-sized arrays once the face is done: a video's faces stay small."""
+    self.crop = self.mask = self.semantic = self.output = None
+
+  def to_json(self) -> dict:
+    """The face's row of the anonymizer's report (fields that are None left out)."""
+    row = {'box': [float(v) for v in self.box], 'status': self.status,
+           'reason': self.reason, 'detail': self.detail,
+           'identity_distance': self.identity_distance, 'target': self.target,
+           'track': self.track, 'detectors': list(self.detectors) or None,
+           'region': self.region}
+    return {k: v for k, v in row.items() if v is not None}
+
+
+# The name the data preparation knows the record by.
+PreparedFace = Face
 
 
 def prepare_face(image, landmarks, resolution: int = features.DEFAULT_RESOLUTION):
@@ -63,30 +126,95 @@ def prepare_face(image, landmarks, resolution: int = features.DEFAULT_RESOLUTION
   return aligned, mask * np.uint8(255), semantic[..., None]
 
 
+def detected_faces(found: detect.Detections) -> list[Face]:
+  """A ``Face`` per detection of one image, in detection order."""
+  return [Face(box=np.asarray(box, np.float32), score=float(found.scores[k]),
+               keypoints=None if found.keypoints is None else found.keypoints[k],
+               detectors=tuple(found.sources[k]) if found.sources else (), index=k)
+          for k, box in enumerate(found.boxes)]
+
+
+def check_landmarks(landmarks: np.ndarray, box) -> None:
+  """Raises unless the 68 points plausibly belong to the face in ``box``."""
+  points = np.asarray(landmarks, np.float64)
+  if points.shape != (68, 2) or not np.all(np.isfinite(points)):
+    raise ValueError('the shape predictor did not return 68 finite points')
+  x0, y0, x1, y1 = (float(v) for v in box)
+  w, h = x1 - x0 + 1, y1 - y0 + 1
+  near = ((points[:, 0] >= x0 - 0.5 * w) & (points[:, 0] <= x1 + 0.5 * w) &
+          (points[:, 1] >= y0 - 0.5 * h) & (points[:, 1] <= y1 + 0.5 * h))
+  if near.mean() < 0.9:
+    raise ValueError(f'{(~near).sum()} of 68 landmarks lie far outside the face box')
+  eyes = np.linalg.norm(points[36:42].mean(0) - points[42:48].mean(0))
+  if not 0.15 * w <= eyes <= 1.0 * w:
+    raise ValueError(f'eye distance {eyes:.1f} px is implausible for a {w:.0f}-px box')
+
+
+def mask_coverage(mask: np.ndarray, matrix: np.ndarray, box) -> float:
+  """Share of a grid over the central half of ``box`` that falls inside the crop's mask."""
+  x0, y0, x1, y1 = (float(v) for v in box)
+  cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0 + 1, y1 - y0 + 1
+  gx, gy = np.meshgrid(np.linspace(cx - w / 4, cx + w / 4, 9),
+                       np.linspace(cy - h / 4, cy + h / 4, 9))
+  crop_xy = align.apply_matrix(matrix, np.stack([gx.ravel(), gy.ravel()], axis=1))
+  r = mask.shape[0]
+  cols = np.round(crop_xy[:, 0]).astype(int)
+  rows = np.round(crop_xy[:, 1]).astype(int)
+  valid = (cols >= 0) & (cols < r) & (rows >= 0) & (rows < r)
+  hit = np.zeros(len(cols), bool)
+  hit[valid] = mask.reshape(r, r)[rows[valid], cols[valid]] > 0
+  return float(hit.mean())
+
+
+def prepare_detected(image: np.ndarray, face: Face, predictor: detect.LandmarkPredictor,
+                     resolution: int = features.DEFAULT_RESOLUTION, *,
+                     min_face_px: float = DEFAULT_MIN_FACE_PX, min_mask_coverage: float = 0.0,
+                     prepare_too_small: bool = False) -> Face:
+  """Prepares one detected face in place (module doc) and returns it.
+
+  Reasons recorded: ``too_small`` (the box is under ``min_face_px``; such a face is only
+  prepared with ``prepare_too_small``), ``landmarks_failed`` (implausible points, or no
+  alignment) and ``mask_misses_face`` (the mask covers less than ``min_mask_coverage`` of
+  the box's central half).
+  """
+  face.too_small = bool(face.size < min_face_px)
+  if face.too_small:
+    face.fail('too_small', f'{face.size:.0f} px < min_face_px {min_face_px:g}')
+    if not prepare_too_small:
+      return face
+  try:
+    landmarks = upright.fit_landmarks(predictor, image, face.box, face.keypoints)
+    check_landmarks(landmarks, face.box)
+    aligned, mask, semantic = prepare_face(image, landmarks, resolution)
+  except Exception as e:  # pylint: disable=broad-except
+    face.fail('landmarks_failed', f'{type(e).__name__}: {e}')
+    return face
+  face.image_landmarks, face.matrix = landmarks, aligned.matrix
+  face.crop, face.mask, face.semantic, face.landmarks = (aligned.crop, mask, semantic,
+                                                         aligned.landmarks)
+  if min_mask_coverage > 0:
+    coverage = mask_coverage(mask, aligned.matrix, face.box)
+    if coverage < min_mask_coverage:
+      face.fail('mask_misses_face', f'the mask covers {coverage:.0%} of the box centre')
+  return face
+
+
 def prepare_faces(image, resolution: int = features.DEFAULT_RESOLUTION,
                   detector: detect.FaceDetector | None = None,
                   predictor: detect.LandmarkPredictor | None = None,
-                  min_face_px: float = DEFAULT_MIN_FACE_PX) -> list[PreparedFace]:
+                  min_face_px: float = DEFAULT_MIN_FACE_PX) -> list[Face]:
   """Detects every face in a uint8 RGB ``image`` [H, W, 3] and prepares it (best score first).
 
   Args:
     image: uint8 RGB [H, W, 3] (convert grayscale/RGBA first, see ``detect``).
-    resolution: crop size R (128 for training data, DESIGN §3).
+    resolution: crop size R (128 for training data, docs/data.md).
     detector: defaults to ``FaceDetector('hog', upsample=1)``.
     predictor: defaults to ``LandmarkPredictor()``.
-    min_face_px: faces whose box is smaller get ``too_small=True``.
+    min_face_px: faces whose box is smaller get ``too_small=True`` (and are prepared all
+      the same, for the caller to decide); a face that cannot be prepared keeps its reason.
   """
   image = detect.check_image(image)
   detector = detector or detect.FaceDetector('hog', upsample=1)
   predictor = predictor or detect.LandmarkPredictor()
-  found = detector(image)
-  faces = []
-  for box, score in zip(found.boxes, found.scores):
-    landmarks = predictor(image, box)
-    aligned, mask, semantic = prepare_face(image, landmarks, resolution)
-    size = min(box[2] - box[0], box[3] - box[1]) + 1
-    faces.append(PreparedFace(
-        crop=aligned.crop, mask=mask, semantic=semantic, landmarks=aligned.landmarks,
-        matrix=aligned.matrix, box=np.asarray(box, np.float32), score=float(score),
-        too_small=bool(size < min_face_px)))
-  return faces
+  return [prepare_detected(image, face, predictor, resolution, min_face_px=min_face_px,
+                           prepare_too_small=True) for face in detected_faces(detector(image))]

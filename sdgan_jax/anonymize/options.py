@@ -1,0 +1,132 @@
+"""How faces are anonymized: ``Options``, the one home of the anonymizer's defaults and limits.
+
+The command line (``sdgan_jax.anonymize.cli``) takes its flags' defaults from these fields
+and its range checks from ``Options.__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from sdgan_jax.faces import ensemble, pipeline
+
+TARGET_MODES = ('random', 'seeded', 'farthest')
+FALLBACKS = ('pixelate', 'fill')
+# --baseline name -> sdgan_jax.baselines name (the paper's table rows).
+BASELINES = {'blur': 'blur17', 'pixelate': 'pixelate8', 'mask': 'mask'}
+# Crop size for --baseline without a checkpoint: the paper's quantitative resolution.
+BASELINE_RESOLUTION = 64
+# dlib's same-person distance (``models.dlib_resnet.SAME_PERSON_THRESHOLD``; not imported
+# from there: it would load JAX and Flax with the options).
+DEFAULT_IDENTITY_THRESHOLD = 0.6
+# Threads when Options.workers is 0: dlib's landmarks, alignment, paste-back (and dlib's HOG
+# detector when it is in the ensemble) run outside the GIL, one dlib detector per thread.
+MAX_AUTO_WORKERS = 8
+# Photos (video frames) processed together: prepared in parallel threads, generated in shared
+# batches. Eight keep MAX_AUTO_WORKERS threads busy.
+IMAGES_PER_BATCH = 8
+FRAMES_PER_BATCH = 8
+
+
+@dataclasses.dataclass
+class Options:
+  """How faces are anonymized (``sdgan_jax.anonymize``'s doc has the fail-closed rules).
+
+  Attributes:
+    target: 'random', 'seeded' or 'farthest' target identities.
+    seed: seed of 'seeded' targets.
+    fallback: 'pixelate' or 'fill' for faces that cannot be anonymized.
+    fallback_blocks: pixelation blocks across the fallback region.
+    fallback_margin: the detection box is enlarged by this fraction on each side.
+    identity_threshold: output faces closer than this to the source (dlib descriptor
+      distance) are covered by the fallback; 0 turns the check off (the report then warns;
+      the CLI also has --no_identity_check); negative values are refused.
+    min_face_px: faces whose box is smaller are covered by the fallback (>= 0).
+    min_mask_coverage: share of the box's central half the face mask must cover.
+    detectors: the ensemble's detectors (``faces.ensemble.DETECTORS``), merged after NMS.
+    detector_thresholds: per-detector score thresholds overriding the defaults.
+    detect_min_face_px: the smallest face width the BlazeFace pyramids look for (faces
+      below ``min_face_px`` are still covered by the fallback when found).
+    upsample: dlib's upsampling, for 'hog' and 'cnn' in ``detectors``.
+    feather: soft paste-back edge, as a fraction of the face box size.
+    keep_exif: copy EXIF (minus GPS and orientation) into the outputs.
+    quality: JPEG/WebP quality of the outputs (1-100).
+    workers: threads preparing (detection, landmarks, alignment) and pasting back the faces
+      of different images (or frames) at once; 0: one per CPU core, at most
+      ``MAX_AUTO_WORKERS``. Results do not depend on it.
+    track_cover_frames: in videos, a tracked face that no detector finds in a frame is
+      covered by the fallback there when the track was seen within this many frames before
+      or after (its box interpolated); 0 turns it off.
+    parser_workdir: the face parser of a model trained on parser maps, instead of the one
+      its workdir's record names (which must have the same weights; ``semantic_source``).
+    batch_size: faces per generator (and identity backbone) call; None: 8 on CPU, 64 on
+      accelerators (``build_anonymizer``).
+    images_per_batch: photos prepared together and generated in shared batches (``Runner``).
+    frames_per_batch: video (and animation) frames generated together.
+  """
+
+  target: str = 'seeded'
+  seed: int = 0
+  fallback: str = 'pixelate'
+  fallback_blocks: int = 8
+  fallback_margin: float = 0.25
+  identity_threshold: float = DEFAULT_IDENTITY_THRESHOLD
+  min_face_px: float = pipeline.DEFAULT_MIN_FACE_PX
+  min_mask_coverage: float = 0.9
+  detectors: tuple[str, ...] = ensemble.DEFAULT_DETECTORS
+  detector_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
+  detect_min_face_px: float = 20.0
+  upsample: int = 1
+  feather: float = 0.06
+  keep_exif: bool = False
+  quality: int = 95
+  workers: int = 0
+  track_cover_frames: int = 5
+  parser_workdir: str | None = None
+  batch_size: int | None = None
+  images_per_batch: int = IMAGES_PER_BATCH
+  frames_per_batch: int = FRAMES_PER_BATCH
+
+  def __post_init__(self):
+    if self.target not in TARGET_MODES:
+      raise ValueError(f'target must be one of {TARGET_MODES}, got {self.target!r}')
+    if self.fallback not in FALLBACKS:
+      raise ValueError(f'fallback must be one of {FALLBACKS}, got {self.fallback!r}')
+    if self.fallback_blocks < 1:
+      raise ValueError(f'fallback_blocks must be >= 1, got {self.fallback_blocks}')
+    if self.workers < 0:
+      raise ValueError(f'workers must be >= 0 (0: one per CPU core), got {self.workers}')
+    self.detectors = ensemble.parse_detectors(self.detectors)
+    if self.track_cover_frames < 0:
+      raise ValueError(f'track_cover_frames must be >= 0, got {self.track_cover_frames}')
+    if self.detect_min_face_px <= 0:
+      raise ValueError(f'detect_min_face_px must be > 0, got {self.detect_min_face_px}')
+    if not self.identity_threshold >= 0:  # also refuses NaN
+      raise ValueError(f'identity_threshold must be > 0 (dlib\'s same-person distance is '
+                       f'{DEFAULT_IDENTITY_THRESHOLD:g}), got {self.identity_threshold:g}; to '
+                       'run without the identity check, turn it off explicitly '
+                       '(--no_identity_check, identity_threshold=0)')
+    if not self.min_face_px >= 0:
+      raise ValueError(f'min_face_px must be >= 0, got {self.min_face_px:g}')
+    if isinstance(self.quality, bool) or not 1 <= self.quality <= 100:
+      raise ValueError(f'quality must be between 1 and 100, got {self.quality}')
+    for name in ('batch_size', 'images_per_batch', 'frames_per_batch'):
+      value = getattr(self, name)
+      if not (value is None and name == 'batch_size') and (value is None or value < 1):
+        raise ValueError(f'{name} must be >= 1, got {value}')
+
+  @property
+  def identity_check(self) -> bool:
+    """The output faces are checked against the source person (threshold > 0)."""
+    return self.identity_threshold > 0
+
+  def resolved_workers(self) -> int:
+    """``workers``, with 0 resolved to this machine's CPU cores (at most MAX_AUTO_WORKERS)."""
+    return self.workers or min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
+
+
+def defaults() -> dict:
+  """Field name -> default of ``Options`` (the fields with a plain default)."""
+  return {f.name: f.default for f in dataclasses.fields(Options)
+          if f.default is not dataclasses.MISSING}
