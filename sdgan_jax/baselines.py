@@ -1,4 +1,4 @@
-"""The classic de-identification baselines of the paper's tables (DESIGN §4).
+"""The classic de-identification baselines of the paper's tables (docs/evaluation.md).
 
 Pixelization to 16x16 and 8x8 blocks and Gaussian blur with 9x9 and 17x17 kernels, applied
 to face crops (optionally only inside a mask), plus a solid fill. The anonymizer uses them
@@ -64,7 +64,7 @@ def solid_fill(images, value: float = 0.5) -> np.ndarray:
   return np.full_like(np.asarray(images, np.float32), value)
 
 
-# Table rows, in the paper's order (DESIGN §4).
+# Table rows, in the paper's order.
 BASELINES = {
     'pixelate16': functools.partial(pixelate, blocks=16),
     'pixelate8': functools.partial(pixelate, blocks=8),

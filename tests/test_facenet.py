@@ -25,6 +25,7 @@ from sdgan_jax.converters import facenet as facenet_converter
 from sdgan_jax.converters.registry import RegistryFile, download_archive, extract_member
 from sdgan_jax.models.facenet import InceptionResnetV1
 from sdgan_jax.weights import load_metadata, load_weights
+from tool_loader import load_tool
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES = 24
@@ -171,11 +172,7 @@ def _tree_equal(a, b):
 
 
 def _cli():
-  spec = importlib.util.spec_from_file_location('convert_facenet',
-                                                ROOT / 'tools' / 'convert_facenet.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_tool('convert_facenet')
 
 
 def test_round_trip_through_pt_file_and_cli(state_dict, tmp_path, capsys):

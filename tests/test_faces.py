@@ -1,5 +1,5 @@
 """Face geometry on real photos: detection, 68 landmarks, alignment, masks, semantic maps,
-paste-back (DESIGN §3). No CelebA: the photos of tests/faces_fixture.py (face-recognition
+paste-back (docs/data.md). No CelebA: the photos of tests/faces_fixture.py (face-recognition
 sdist's Obama x3 and Biden, scikit-image's astronaut), each with one frontal face.
 
 Independent references: dlib's CNN detector for the HOG boxes, dlib's 5-point model for the

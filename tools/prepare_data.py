@@ -1,4 +1,4 @@
-"""Prepares a face dataset once: landmarks, crops, masks, semantic maps -> TFDS (DESIGN §3).
+"""Prepares a face dataset once: landmarks, crops, masks, semantic maps -> TFDS (docs/data.md).
 
   # CelebA from the official files (img_align_celeba/, identity_CelebA.txt, ...):
   python tools/prepare_data.py --source celeba_files --celeba_dir ~/celeba --output data
@@ -29,7 +29,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from sdgan_jax.datasets import celeba_files, prepare, samples  # noqa: E402
 
 
-def main(argv=None) -> int:
+FACE_DEFAULTS = prepare.FaceOptions()
+
+
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--source', required=True,
@@ -41,14 +44,14 @@ def main(argv=None) -> int:
                       'tfds_celeb_a; default: TFDS default)')
   parser.add_argument('--cache_dir', help='download cache of --source samples '
                       '(default DATA_DIR/cache)')
-  parser.add_argument('--resolution', type=int, default=128)
+  parser.add_argument('--resolution', type=int, default=FACE_DEFAULTS.resolution)
   parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                       help='processes (0: in this process)')
   parser.add_argument('--chunk_size', type=int, default=256,
                       help='images per resumable chunk')
-  parser.add_argument('--detector', choices=('hog', 'cnn'), default='hog')
-  parser.add_argument('--upsample', type=int, default=1)
-  parser.add_argument('--min_face_px', type=float, default=40.0)
+  parser.add_argument('--detector', choices=('hog', 'cnn'), default=FACE_DEFAULTS.detector)
+  parser.add_argument('--upsample', type=int, default=FACE_DEFAULTS.upsample)
+  parser.add_argument('--min_face_px', type=float, default=FACE_DEFAULTS.min_face_px)
   parser.add_argument('--num_train', type=int, help='training identities (1200; samples: '
                       f'{samples.SAMPLE_SPLIT["num_train"]})')
   parser.add_argument('--num_test', type=int, help='test identities (363; samples: '
@@ -70,25 +73,16 @@ def main(argv=None) -> int:
                       'replaces the landmark-polygon semantic maps (use a fresh --output)')
   parser.add_argument('--parser_batch_size', type=int, default=32)
   parser.add_argument('--no_progress', action='store_true')
-  args = parser.parse_args(argv)
-  # A wrong --parser workdir fails here, before any download or preparation.
-  face_parser = None
-  if args.parser:
-    from sdgan_jax import train_parser  # pylint: disable=import-outside-toplevel
-    face_parser = train_parser.TrainedParser.from_workdir(args.parser,
-                                                          batch_size=args.parser_batch_size)
-    print(f'semantic maps: the parser of {args.parser} (step {face_parser.step}, '
-          f'{face_parser.resolution} px)')
+  return parser
 
+
+def _face_source(args, parser):
+  """``(source, kind, identity split settings)`` of ``--source``."""
   output = pathlib.Path(args.output)
   if args.source == 'celeba_files':
     if not args.celeba_dir:
       parser.error('--source celeba_files needs --celeba_dir')
-    try:
-      source, kind, split = prepare.celeba_folder_source(args.celeba_dir), 'celeba', {}
-    except (celeba_files.CelebAFilesError, ValueError) as e:  # one line, no traceback
-      print(f'{parser.prog}: error: {e}', file=sys.stderr)
-      return 2
+    source, kind, split = prepare.celeba_folder_source(args.celeba_dir), 'celeba', {}
   elif args.source == 'tfds_celeb_a':
     from sdgan_jax.datasets import builder  # pylint: disable=import-outside-toplevel
     source, kind, split = builder.TfdsCelebASource(args.tfds_data_dir), 'celeba', {}
@@ -104,15 +98,10 @@ def main(argv=None) -> int:
   for key in split:
     if getattr(args, key) is not None:
       split[key] = getattr(args, key)
+  return source, kind, split
 
-  options = prepare.FaceOptions(resolution=args.resolution, detector=args.detector,
-                                upsample=args.upsample, min_face_px=args.min_face_px)
-  # TensorFlow is imported only now, after the split and source are checked.
-  from sdgan_jax.datasets import builder  # pylint: disable=import-outside-toplevel
-  built, prepared = builder.prepare_and_build(
-      source, output, kind, options, workers=args.workers, chunk_size=args.chunk_size,
-      max_new_chunks=args.max_chunks, overwrite=args.overwrite,
-      progress=not args.no_progress, parser=face_parser, **split)
+
+def _print_summary(prepared) -> None:
   split_info = prepared.split
   print(prepared.report.summary())
   print(f'identity split: {len(split_info.train)} train / '
@@ -120,18 +109,50 @@ def main(argv=None) -> int:
         f'{split_info.min_images} images ({split_info.num_identities} in all); images listed '
         f'{split_info.images_listed}, prepared {split_info.images_prepared or "(unfinished)"}')
   print(f'skip report: {prepared.prepared_dir / prepare.SKIPPED_FILE}')
+
+
+def _build_bank(args, built, prepared) -> None:
+  from sdgan_jax import identity_bank  # pylint: disable=import-outside-toplevel
+
+  bank = identity_bank.build_identity_bank(
+      identity_bank.dlib_features_fn(args.weights_dir), built.as_data_source('train'),
+      num_identities=len(prepared.split.train), backbone=args.identity_bank,
+      metadata={'dataset': str(built.data_dir)}, progress=not args.no_progress)
+  path = bank.save(identity_bank.bank_path(built.data_dir, 'train', args.identity_bank))
+  print(f'identity bank: {path} ({bank.num_identities} identities, {bank.dim}-d)')
+
+
+def main(argv=None) -> int:
+  parser = _parser()
+  args = parser.parse_args(argv)
+  # A wrong --parser workdir fails here, before any download or preparation.
+  face_parser = None
+  if args.parser:
+    from sdgan_jax import train_parser  # pylint: disable=import-outside-toplevel
+    face_parser = train_parser.TrainedParser.from_workdir(args.parser,
+                                                          batch_size=args.parser_batch_size)
+    print(f'semantic maps: the parser of {args.parser} (step {face_parser.step}, '
+          f'{face_parser.resolution} px)')
+  try:
+    source, kind, split = _face_source(args, parser)
+  except (celeba_files.CelebAFilesError, ValueError) as e:  # one line, no traceback
+    print(f'{parser.prog}: error: {e}', file=sys.stderr)
+    return 2
+  options = prepare.FaceOptions(resolution=args.resolution, detector=args.detector,
+                                upsample=args.upsample, min_face_px=args.min_face_px)
+  # TensorFlow is imported only now, after the split and source are checked.
+  from sdgan_jax.datasets import builder  # pylint: disable=import-outside-toplevel
+  built, prepared = builder.prepare_and_build(
+      source, pathlib.Path(args.output), kind, options, workers=args.workers,
+      chunk_size=args.chunk_size, max_new_chunks=args.max_chunks, overwrite=args.overwrite,
+      progress=not args.no_progress, parser=face_parser, **split)
+  _print_summary(prepared)
   if built is None:
     return 0  # stopped early on purpose (--max_chunks); the rerun resumes
   print(f'TFDS dataset: {built.data_dir} ({built.info.splits["train"].num_examples} train, '
         f'{built.info.splits["test"].num_examples} test examples)')
   if args.identity_bank != 'none':
-    from sdgan_jax import identity_bank  # pylint: disable=import-outside-toplevel
-    bank = identity_bank.build_identity_bank(
-        identity_bank.dlib_features_fn(args.weights_dir), built.as_data_source('train'),
-        num_identities=len(split_info.train), backbone=args.identity_bank,
-        metadata={'dataset': str(built.data_dir)}, progress=not args.no_progress)
-    path = bank.save(identity_bank.bank_path(built.data_dir, 'train', args.identity_bank))
-    print(f'identity bank: {path} ({bank.num_identities} identities, {bank.dim}-d)')
+    _build_bank(args, built, prepared)
   print(f'train with: python run.py --config=configs/celeba.py --workdir=WORKDIR '
         f'--config.data.dataset={built.data_dir}')
   return 0

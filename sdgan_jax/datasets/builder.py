@@ -1,4 +1,4 @@
-"""TFDS dataset of prepared faces (DESIGN §1, §3), and TFDS's stock ``celeb_a`` as a source.
+"""TFDS dataset of prepared faces (docs/data.md), and TFDS's stock ``celeb_a`` as a source.
 
 ``sdgan_faces`` holds one example per prepared face in the record format of
 ``sdgan_jax.datasets.features`` (image, mask, semantic, landmarks, identity, label,
@@ -82,7 +82,7 @@ class SdganFaces(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description=('Faces prepared for SDGAN: eye-aligned crops with 68 landmarks, face '
-                     'masks and 11-class semantic maps (DESIGN §3); splits by identity.'),
+                     'masks and 11-class semantic maps; splits by identity.'),
         features=features.tfds_features(self.builder_config.resolution),
         metadata=tfds.core.MetadataDict(),
         homepage=celeba_files.CELEBA_URL,

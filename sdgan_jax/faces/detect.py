@@ -1,4 +1,4 @@
-"""Face detection and 68-point landmarks with dlib (DESIGN §3, §5).
+"""Face detection and 68-point landmarks with dlib (docs/data.md, docs/weights.md).
 
 Detectors: dlib's HOG frontal face detector (``kind='hog'``, fast on CPU, the detector the
 paper's detection rate uses) and dlib's MMOD CNN detector (``kind='cnn'``,

@@ -1,4 +1,4 @@
-"""Face masks and landmark semantic maps (DESIGN §3; classes of DESIGN §2).
+"""Face masks and landmark semantic maps (docs/data.md).
 
 Face mask: the filled polygon of the jaw line (points 0-16) closed above the brows: the
 brow points 26..17 are moved "up" the face (against the eyes -> mouth direction) by
@@ -6,7 +6,7 @@ brow points 26..17 are moved "up" the face (against the eyes -> mouth direction)
 reaches about the hairline, so the forehead is inside the mask.
 
 Semantic map: the 11 Helen-style classes of ``sdgan_jax.datasets.features.SEMANTIC_CLASSES``
-drawn from landmark polygons (the fallback of DESIGN §3 when no face parser is at hand):
+drawn from landmark polygons (the default when no face parser is at hand):
 
   skin         the face mask
   nose         27-35: the bridge (widened by 0.1 eye distance each side of 27) to the base
@@ -90,7 +90,7 @@ def face_mask_polygon(landmarks) -> np.ndarray:
 
 
 def face_mask(landmarks, resolution: int) -> np.ndarray:
-  """uint8 {0, 1} [R, R, 1] face mask for crop-space ``landmarks`` (DESIGN §3)."""
+  """uint8 {0, 1} [R, R, 1] face mask for crop-space ``landmarks``."""
   r = _check_resolution(resolution)
   canvas = np.zeros((r, r), np.uint8)
   _rasterise(canvas, face_mask_polygon(landmarks), 1)

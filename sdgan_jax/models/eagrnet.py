@@ -322,7 +322,7 @@ class EAGRNet(nn.Module):
   """EAGRNet face parser (SDGAN §3.2, Fig. 2; Te et al., ECCV 2020).
 
   Attributes:
-    num_classes: parsing classes (11: the Helen-style map of DESIGN.md §2).
+    num_classes: parsing classes (11: the Helen-style map of docs/data.md).
     depth: backbone ResNet depth, 18/34/50/101 (EAGRNet uses 101).
     backbone_width: channels of the first backbone stage (64 in torchvision ResNets).
     stage_sizes: blocks per backbone stage, overriding ``depth``'s (the block type still
