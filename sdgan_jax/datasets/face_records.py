@@ -50,27 +50,31 @@ def _skipped(reason: str, detail: str, num_faces: int = 0) -> dict:
   return {'record': None, 'reason': reason, 'detail': detail, 'num_faces': num_faces}
 
 
-def _largest_box(boxes: np.ndarray) -> np.ndarray:
+def _largest(boxes: np.ndarray) -> int:
   sides = boxes[:, 2:] - boxes[:, :2] + 1
-  return boxes[int(np.argmax(sides[:, 0] * sides[:, 1]))]
+  return int(np.argmax(sides[:, 0] * sides[:, 1]))
 
 
 def _face_record(image: np.ndarray, options: FaceOptions, detector, predictor) -> dict:
-  """The record of the largest face of a decoded image, or why there is none."""
+  """The record of the largest face of a decoded image, or why there is none; the face is
+  prepared by the anonymizer's path, ``faces.pipeline.prepare_detected``."""
   from sdgan_jax.faces import pipeline  # pylint: disable=import-outside-toplevel
 
   found = detector(image)
   if not len(found):
     return _skipped('no_face', f'{image.shape[1]}x{image.shape[0]} image')
-  box = _largest_box(found.boxes)
+  index = _largest(found.boxes)
+  box = found.boxes[index]
   size = float(min(box[2] - box[0], box[3] - box[1]) + 1)
   if size < options.min_face_px:
     return _skipped('too_small', f'largest face {size:.0f} px < {options.min_face_px:g} px',
                     len(found))
-  aligned, mask, semantic = pipeline.prepare_face(image, predictor(image, box),
-                                                  options.resolution)
-  record = {'image': aligned.crop, 'mask': mask, 'semantic': semantic,
-            'landmarks': aligned.landmarks.astype(np.float32), 'box': np.asarray(box, np.float32)}
+  face = pipeline.prepare_detected(image, pipeline.detected_faces(found)[index], predictor,
+                                   options.resolution, min_face_px=0.0, check=False)
+  if face.reason is not None:  # as an exception here always was: a failed image, 0 faces
+    return _skipped('failed', face.detail, 0)
+  record = {'image': face.crop, 'mask': face.mask, 'semantic': face.semantic,
+            'landmarks': face.landmarks.astype(np.float32), 'box': face.box}
   return {'record': record, 'reason': None, 'detail': '', 'num_faces': len(found)}
 
 
@@ -106,7 +110,7 @@ _WORKER = {}
 
 def init_worker(options: FaceOptions) -> None:
   """A pool initializer: loads the face models once per worker process."""
-  # The 68-point model is slow to load (see BENCHMARKS.md): once per worker, not per image.
+  # The 68-point model is slow to load: once per worker, not per image.
   # A failing pool initializer makes multiprocessing respawn workers forever, so the error
   # is kept and raised by the first task instead, which ends the run with its message.
   try:

@@ -169,13 +169,14 @@ def mask_coverage(mask: np.ndarray, matrix: np.ndarray, box) -> float:
 def prepare_detected(image: np.ndarray, face: Face, predictor: detect.LandmarkPredictor,
                      resolution: int = features.DEFAULT_RESOLUTION, *,
                      min_face_px: float = DEFAULT_MIN_FACE_PX, min_mask_coverage: float = 0.0,
-                     prepare_too_small: bool = False) -> Face:
+                     prepare_too_small: bool = False, check: bool = True) -> Face:
   """Prepares one detected face in place (module doc) and returns it.
 
   Reasons recorded: ``too_small`` (the box is under ``min_face_px``; such a face is only
   prepared with ``prepare_too_small``), ``landmarks_failed`` (implausible points, or no
   alignment) and ``mask_misses_face`` (the mask covers less than ``min_mask_coverage`` of
-  the box's central half).
+  the box's central half). ``check=False`` leaves out the landmark plausibility check
+  (``check_landmarks``), as the training-data preparation does.
   """
   face.too_small = bool(face.size < min_face_px)
   if face.too_small:
@@ -184,7 +185,8 @@ def prepare_detected(image: np.ndarray, face: Face, predictor: detect.LandmarkPr
       return face
   try:
     landmarks = upright.fit_landmarks(predictor, image, face.box, face.keypoints)
-    check_landmarks(landmarks, face.box)
+    if check:
+      check_landmarks(landmarks, face.box)
     aligned, mask, semantic = prepare_face(image, landmarks, resolution)
   except Exception as e:  # pylint: disable=broad-except
     face.fail('landmarks_failed', f'{type(e).__name__}: {e}')
