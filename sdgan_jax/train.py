@@ -12,11 +12,9 @@ TensorFlow (input pipeline) and clu (summaries) are imported lazily.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import pathlib
-import re
 from typing import Callable, Iterable, Iterator
 
 import jax
@@ -45,39 +43,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   trainer.check_at_least(config, _AT_LEAST)
   trainer.as_config_error(lambda: trainer.optimizer(config.optim))
   trainer.as_config_error(lambda: Networks(config).build_all())
-
-
-def check_dataset(dataset: str) -> None:
-  """``config.data.dataset`` must name a prepared dataset (``ConfigError`` otherwise)."""
-  make = ('make one with `python tools/prepare_data.py --source samples --output data` '
-          '(or --source celeba_files --celeba_dir DIR), which prints the directory to pass')
-  if not dataset:
-    raise ConfigError(f'config.data.dataset is empty: pass --config.data.dataset=DIR, a '
-                      f'prepared dataset; {make}')
-  path = pathlib.Path(dataset)
-  if (path / 'dataset_info.json').is_file():
-    try:
-      json.loads((path / 'dataset_info.json').read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-      raise ConfigError(f'config.data.dataset={dataset!r}: its dataset_info.json is not '
-                        f'readable JSON ({e}); prepare the dataset again with '
-                        'tools/prepare_data.py') from e
-    return
-  if path.is_dir():
-    found = sorted(str(p.parent) for pattern in ('*', '*/*', '*/*/*')
-                   for p in path.glob(f'{pattern}/dataset_info.json'))
-    hint = f'did you mean {found[0]}?' if found else make
-    raise ConfigError(f'config.data.dataset={dataset!r} is not a prepared dataset (no '
-                      f'dataset_info.json in it); {hint}')
-  if path.exists():
-    raise ConfigError(f'config.data.dataset={dataset!r} is a file, not a prepared dataset '
-                      f'directory; {make}')
-  name = re.fullmatch(r'([A-Za-z_]\w*)(/\w+)?(:[\d.*]+)?', dataset)
-  if name:  # a registered TFDS name is looked up by load_data_source
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    if name.group(1) in tfds.list_builders(with_community_datasets=False):
-      return
-  raise ConfigError(f'config.data.dataset={dataset!r}: no such directory; {make}')
 
 
 def with_target_identities(batches: Iterable[dict], bank) -> Iterator[dict]:
@@ -230,7 +195,7 @@ def _write_workdir_records(workdir: str, config, bank) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains SDGAN on the prepared dataset of ``config.data``; resumes from ``workdir``."""
   validate_config(config)  # before TensorFlow's import (clu, input pipeline): fails fast
-  check_dataset(config.data.dataset)
+  trainer.check_dataset(config.data.dataset)
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
 
   from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel

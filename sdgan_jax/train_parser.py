@@ -234,8 +234,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             else 'a CelebAMask-HQ or LaPa root folder')
     raise ConfigError(f'config.data.{key} is empty: pass --config.data.{key}=PATH ({what})')
   if config.data.source == 'prepared':
-    from sdgan_jax.train import check_dataset  # pylint: disable=import-outside-toplevel
-    check_dataset(config.data.dataset)
+    trainer.check_dataset(config.data.dataset)
   elif not os.path.isdir(config.data.folder):
     raise ConfigError(f'config.data.folder={config.data.folder!r} is not a folder: pass '
                       'the CelebAMask-HQ or LaPa root (--config.data.folder=PATH)')

@@ -9,8 +9,11 @@ are flax struct dataclasses with an ``rng`` PRNG-key field, checkpointed whole w
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pathlib
+import re
 from typing import Any, Callable, Iterator
 
 import jax
@@ -66,6 +69,39 @@ def as_config_error(build: Callable[[], Any]) -> Any:
   except (ValueError, TypeError, KeyError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     raise ConfigError(str(message)) from e
+
+
+def check_dataset(dataset: str) -> None:
+  """``config.data.dataset`` must name a prepared dataset (``ConfigError`` otherwise)."""
+  make = ('make one with `python tools/prepare_data.py --source samples --output data` '
+          '(or --source celeba_files --celeba_dir DIR), which prints the directory to pass')
+  if not dataset:
+    raise ConfigError(f'config.data.dataset is empty: pass --config.data.dataset=DIR, a '
+                      f'prepared dataset; {make}')
+  path = pathlib.Path(dataset)
+  if (path / 'dataset_info.json').is_file():
+    try:
+      json.loads((path / 'dataset_info.json').read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+      raise ConfigError(f'config.data.dataset={dataset!r}: its dataset_info.json is not '
+                        f'readable JSON ({e}); prepare the dataset again with '
+                        'tools/prepare_data.py') from e
+    return
+  if path.is_dir():
+    found = sorted(str(p.parent) for pattern in ('*', '*/*', '*/*/*')
+                   for p in path.glob(f'{pattern}/dataset_info.json'))
+    hint = f'did you mean {found[0]}?' if found else make
+    raise ConfigError(f'config.data.dataset={dataset!r} is not a prepared dataset (no '
+                      f'dataset_info.json in it); {hint}')
+  if path.exists():
+    raise ConfigError(f'config.data.dataset={dataset!r} is a file, not a prepared dataset '
+                      f'directory; {make}')
+  name = re.fullmatch(r'([A-Za-z_]\w*)(/\w+)?(:[\d.*]+)?', dataset)
+  if name:  # a registered TFDS name is looked up by load_data_source
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    if name.group(1) in tfds.list_builders(with_community_datasets=False):
+      return
+  raise ConfigError(f'config.data.dataset={dataset!r}: no such directory; {make}')
 
 
 def optimizer(optim: ml_collections.ConfigDict, learning_rate=None, *,
