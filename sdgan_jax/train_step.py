@@ -274,18 +274,22 @@ def _adversarial_updates(networks: Networks, state: TrainState, batch):
     return _repeat(lambda net: discriminator_update(net, batch['image'], onehot, fake, onehot),
                    disc, cfg.d_steps)
 
+  first_d_metrics = {}  # written-out iterations: the D phase's, to zero in the later ones
+
   def iteration(nets, index):
     gen, disc = nets
     forward = generator_forward(networks, gen, batch)
     fake = jax.lax.stop_gradient(forward[0])
-    written_out = isinstance(index, (int, np.integer))  # else traced inside a loop body
-    if written_out and index == 0:
-      disc, d_metrics = d_phase(disc, fake)
-    else:  # later iterations leave D alone; zero metrics keep the loop's output structure
+    # Later iterations leave D alone; their zero D metrics keep the loop's output structure.
+    if not isinstance(index, (int, np.integer)):  # traced inside a loop body
       shapes = jax.eval_shape(d_phase, disc, fake)[1]
       skip = lambda d, _: (d, {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()})
-      disc, d_metrics = (skip(disc, fake) if written_out else
-                         jax.lax.cond(index == 0, d_phase, skip, disc, fake))
+      disc, d_metrics = jax.lax.cond(index == 0, d_phase, skip, disc, fake)
+    elif index == 0:
+      disc, d_metrics = d_phase(disc, fake)
+      first_d_metrics.update(d_metrics)
+    else:  # written out: no second trace of the D phase just for its metrics' shapes
+      d_metrics = jax.tree_util.tree_map(jnp.zeros_like, dict(first_d_metrics))
     if not cfg.g_steps:
       return (gen, disc), (d_metrics, {})
     gen, g_metrics = generator_update(
