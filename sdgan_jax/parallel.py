@@ -19,6 +19,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 PREFETCH_BATCHES = 2  # batches on their way to the devices while a step runs
 DATA = PartitionSpec('data')
+# Initialisers run once, so their compile is all that counts: XLA at -O0 compiles the demo's
+# state initialiser in about half the time and it still runs in under a second
+# (BENCHMARKS.md, compile times). Almost all of that program is random-number kernels.
+INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -49,13 +53,19 @@ def host_cpu() -> jax.Device | None:
     return None
 
 
-def run_on_host(fn: Callable, *args):
-  """``jax.jit(fn)(*args)`` compiled for and run on the host CPU (``host_cpu``)."""
+def jit_init(init: Callable, **jit_kwargs) -> Callable:
+  """``jax.jit`` for a program that runs once, such as an initialiser: compiled with
+  ``INIT_COMPILER_OPTIONS``."""
+  return jax.jit(init, compiler_options=INIT_COMPILER_OPTIONS, **jit_kwargs)
+
+
+def run_on_host(init: Callable, *args):
+  """``init(*args)`` compiled (``jit_init``) for and run on the host CPU (``host_cpu``)."""
   cpu = host_cpu()
   if cpu is None:
     raise ValueError('running on the host needs the CPU backend; JAX_PLATFORMS excludes it')
   with jax.default_device(cpu):
-    return jax.jit(fn)(*jax.device_put(args, cpu))
+    return jit_init(init)(*jax.device_put(args, cpu))
 
 
 def init_on_host_by_default(platform: str) -> bool:
@@ -90,7 +100,7 @@ def init_replicated(init: Callable, mesh: jax.sharding.Mesh, *args,
   if on_host is None:
     on_host = init_on_host_by_default(mesh.devices.flat[0].platform)
   if not on_host:
-    return jax.jit(init, out_shardings=replicated)(*args)
+    return jit_init(init, out_shardings=replicated)(*args)
   placed = jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)),
       keys_as_data(run_on_host(init, *args)))
