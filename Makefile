@@ -6,6 +6,11 @@ PY     := $(VENV)/bin/python
 REQ_HASH := $(shell cat requirements*.txt pyproject.toml Makefile | sha1sum | cut -c1-12)
 STAMP  := $(VENV)/.installed-$(REQ_HASH)
 PYTEST_ARGS ?=
+# Test modules run in parallel worker processes, a module's tests together in one (its
+# fixtures are built once); one worker per core, at most 4 (each may hold several GB).
+# PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadscope
 
 .PHONY: demo test test-fast weights venv clean
 
@@ -28,11 +33,11 @@ weights: $(STAMP)
 	$(PY) tools/fetch_weights.py
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # Everything but the tests marked slow (for quick local iterations; CI runs `make test`).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
