@@ -363,8 +363,10 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
   extra = {'updates_per_step': 'identity %d, D %d, G %d' % (
       config.train.identity_steps, config.train.d_steps, config.train.g_steps),
            'batches_per_step': slots}
-  if max(config.train.identity_steps, config.train.d_steps, config.train.g_steps) > 1:
-    # repeated updates are one lax.scan body, which XLA's cost analysis counts once
+  repeated = max(config.train.identity_steps, config.train.d_steps, config.train.g_steps) > 1
+  if repeated and not train_step.unrolls_update_loops():
+    # repeated updates are one lax.scan body, which XLA's cost analysis counts once; on CPUs
+    # they are written out and every one is counted
     extra['flops_counted'] = 'one update of each network'
   if profile_dir:
     _phase(name, f'profiling 3 steps into {profile_dir}')

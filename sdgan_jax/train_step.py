@@ -112,7 +112,7 @@ def create_train_state(networks: Networks, rng: jax.Array,
                     ema_params=generator.params, perceptual_params=perceptual_params)
 
 
-def _unroll_update_loops() -> bool:
+def unrolls_update_loops() -> bool:
   """Repeated updates are written out one after another on CPUs, where XLA runs
   convolutions inside a while loop or a conditional many times slower (BENCHMARKS.md, CPU
   train step rows); on accelerators they stay one loop body, which keeps the program and
@@ -122,9 +122,9 @@ def _unroll_update_loops() -> bool:
 
 def scan_updates(update: Callable, carry, xs, length: int | None = None):
   """``jax.lax.scan(update, carry, xs, length)``: one loop body on accelerators, the same
-  updates as straight-line code on CPUs (``_unroll_update_loops``); the outputs are stacked
+  updates as straight-line code on CPUs (``unrolls_update_loops``); the outputs are stacked
   either way. ``xs`` (numpy arrays or None) index the iterations."""
-  if not _unroll_update_loops():
+  if not unrolls_update_loops():
     return jax.lax.scan(update, carry, xs, length=length)
   count = length if xs is None else len(jax.tree_util.tree_leaves(xs)[0])
   outputs = []
