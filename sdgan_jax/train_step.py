@@ -124,8 +124,9 @@ def traced_once(fn: Callable) -> Callable:
   """``fn`` traced once per distinct input shapes and inlined into the caller's program at
   every call: written-out updates reuse one trace instead of tracing a copy each (over a
   third off the demo step's tracing; the program is the same). Not inlined, the nested
-  calls would run about 1.5x slower on XLA's CPU backend (BENCHMARKS.md, compile times)."""
-  return jax.jit(fn, inline=True)
+  calls would run about 1.5x slower on XLA's CPU backend (BENCHMARKS.md, compile times).
+  Where updates stay one loop body (accelerators) that body is traced once anyway: ``fn``."""
+  return jax.jit(fn, inline=True) if unrolls_update_loops() else fn
 
 
 def scan_updates(update: Callable, carry, xs, length: int | None = None, *,

@@ -338,6 +338,41 @@ def test_step_and_init_compiler_options_reach_xla_unless_xla_flags_set_them(monk
   assert parallel.unless_in_xla_flags(parallel.INIT_COMPILER_OPTIONS) is None
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('fresh_batches', [False, True], ids=['shared_batch', 'fresh_batches'])
+def test_accelerator_update_loops_equal_the_written_out_updates(setup, monkeypatch,
+                                                                 fresh_batches):
+  """Accelerators run repeated updates as ``lax.scan`` bodies (with a shared batch, the D
+  phase under a ``lax.cond`` in the first generator iteration); CPUs write them out. Forced
+  onto the CPU, the loops give the same 2:1:2 step as the written-out code."""
+  cfg = setup[0].copy_and_resolve_references()
+  cfg.train.g_steps, cfg.train.d_steps, cfg.train.identity_steps = 2, 1, 2
+  cfg.train.fresh_batches = fresh_batches
+  cfg.optim.name = 'sgd'  # see test_update_ratio_runs_that_many_updates_in_one_loop
+  models = Networks(cfg)
+  mesh = parallel.make_mesh()
+  slots = train_step.batch_slots(cfg.train)
+  parts = [batch_for(cfg, seed=20 + k) for k in range(slots)]
+  batch = parts[0] if slots == 1 else {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+  results = {}
+  for written_out in (True, False):
+    monkeypatch.setattr(train_step, 'unrolls_update_loops', lambda w=written_out: w)
+    state = train_step.init_train_state(models, jax.random.key(7), mesh)
+    sharded = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS,
+                                   train_step.batch_partition(cfg.train))
+    new, metrics = train_step.jit_train_step(models, mesh)(state, sharded)
+    results[written_out] = jax.tree_util.tree_map(np.asarray, (
+        {name: getattr(new, name).params for name in ('identity', 'discriminator', 'generator')},
+        new.generator.stats, {k: float(v) for k, v in metrics.items()}))
+  (nets, stats, metrics), (loop_nets, loop_stats, loop_metrics) = results[True], results[False]
+  for name in nets:
+    assert _max_change(nets[name], loop_nets[name]) < 1e-5, name
+  assert _max_change(stats, loop_stats) < 1e-5
+  assert metrics.keys() == loop_metrics.keys()
+  for key, value in metrics.items():
+    np.testing.assert_allclose(loop_metrics[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
 def test_prefetch_sends_batches_ahead_in_order():
   """The loop's input path: ``size`` batches are on the devices before the first is used,
   one more is sent per batch taken, and each device batch is its host batch."""
