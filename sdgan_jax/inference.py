@@ -27,7 +27,7 @@ import numpy as np
 
 from sdgan_jax import batching
 from sdgan_jax import identity_bank as bank_lib
-from sdgan_jax import semantic_source
+from sdgan_jax import semantic_source, xla_options
 
 BANK_FILENAME = 'identity_bank.npz'
 # orbax logs this through absl for every step folder without its optional metadata file
@@ -134,7 +134,7 @@ class TrainedGenerator:
       return jnp.clip(out.astype(jnp.float32), 0.0, 1.0)
 
     # (params, stats, image, mask, semantic, target_identity) -> composites, on device
-    self.generate_fn = jax.jit(generate)
+    self.generate_fn = xla_options.jit_network(generate)
 
   @classmethod
   def from_workdir(cls, workdir: str | os.PathLike, step: int | None = None, *,

@@ -11,23 +11,17 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-import os
 from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from sdgan_jax import xla_options
+
 PREFETCH_BATCHES = 2  # batches on their way to the devices while a step runs
 DATA = PartitionSpec('data')
-# Initialisers run once, so their compile is all that counts: XLA at -O0 compiles the demo's
-# state initialiser in about half the time and it still runs in under a second
-# (BENCHMARKS.md, compile times). Almost all of that program is random-number kernels.
-INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
-# A train step runs thousands of times, so it keeps optimised code, but on CPUs LLVM's -O1
-# compiles the demo's step in 16% less time than XLA's default level and the step runs as
-# fast (BENCHMARKS.md, compile times). Accelerators keep their default.
-CPU_STEP_COMPILER_OPTIONS = {'xla_backend_optimization_level': 1}
+
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -45,21 +39,12 @@ def jit_step(step: Callable, mesh: jax.sharding.Mesh,
              partition: PartitionSpec = DATA) -> Callable:
   """``step(state, batch) -> (state, metrics)`` jitted over ``mesh``: the batch split by
   ``partition``, state and metrics replicated, the input state donated; on CPUs compiled
-  with ``CPU_STEP_COMPILER_OPTIONS`` (``unless_in_xla_flags``)."""
+  with ``xla_options.CPU_STEP``."""
   replicated = NamedSharding(mesh, PartitionSpec())
-  on_cpu = mesh.devices.flat[0].platform == 'cpu'
+  options = xla_options.for_platform(mesh.devices.flat[0].platform, xla_options.CPU_STEP)
   return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, partition)),
                  out_shardings=(replicated, replicated), donate_argnums=0,
-                 compiler_options=unless_in_xla_flags(CPU_STEP_COMPILER_OPTIONS if on_cpu
-                                                      else {}))
-
-
-def unless_in_xla_flags(options: dict) -> dict | None:
-  """``options`` less those that ``$XLA_FLAGS`` sets: a user's (or the test suite's)
-  explicit flag wins over the defaults chosen here."""
-  flags = os.environ.get('XLA_FLAGS', '')
-  kept = {k: v for k, v in options.items() if f'--{k}=' not in flags}
-  return kept or None
+                 compiler_options=options)
 
 
 def host_cpu() -> jax.Device | None:
@@ -72,8 +57,8 @@ def host_cpu() -> jax.Device | None:
 
 def jit_init(init: Callable, **jit_kwargs) -> Callable:
   """``jax.jit`` for a program that runs once, such as an initialiser: compiled with
-  ``INIT_COMPILER_OPTIONS`` (``unless_in_xla_flags``)."""
-  return jax.jit(init, compiler_options=unless_in_xla_flags(INIT_COMPILER_OPTIONS),
+  ``xla_options.INIT`` on every platform."""
+  return jax.jit(init, compiler_options=xla_options.unless_in_xla_flags(xla_options.INIT),
                  **jit_kwargs)
 
 

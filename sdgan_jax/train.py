@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sdgan_jax import losses, parallel, trainer
+from sdgan_jax import losses, parallel, trainer, xla_options
 from sdgan_jax.config import ConfigError
 from sdgan_jax.networks import Networks, generate
 from sdgan_jax.train_step import (BATCH_KEYS, TrainState, batch_partition, batch_slots,
@@ -74,7 +74,7 @@ def _inference_fns(networks: Networks) -> tuple[Callable, Callable]:
     out = composites(ema_params, stats, batch)
     return losses.ssim(out, batch['image']), dm_pix.psnr(out, batch['image'])
 
-  return jax.jit(quality), jax.jit(composites)
+  return xla_options.jit_network(quality), xla_options.jit_network(composites)
 
 
 def _eval_metrics(networks, state, eval_batches, bank, seed) -> dict:

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from sdgan_jax import batching, parallel, trainer
+from sdgan_jax import batching, parallel, trainer, xla_options
 from sdgan_jax.config import ConfigError
 from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
 from sdgan_jax.models import eagrnet
@@ -200,7 +200,8 @@ def evaluate(models: ParserModels, state: ParserState, batches: Iterable[dict],
   from sdgan_jax.datasets.features import SEMANTIC_CLASSES  # pylint: disable=import-outside-toplevel
 
   c = models.config.num_classes
-  confusion_fn = confusion_fn or jax.jit(functools.partial(_batch_confusion, models))
+  confusion_fn = confusion_fn or xla_options.jit_network(
+      functools.partial(_batch_confusion, models))
   params, stats = parallel.local_copy((state.params, state.stats))
   total = np.zeros((c, c))
   for batch in batches:  # this process's share of the split
@@ -327,7 +328,7 @@ def _programs(key: str, device_count: int):
   init = functools.partial(parallel.init_replicated, functools.partial(create_state, models),
                            mesh)
   return (models, mesh, init, jit_train_step(models, mesh),
-          jax.jit(functools.partial(_batch_confusion, models)))
+          xla_options.jit_network(functools.partial(_batch_confusion, models)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ParserState:
@@ -389,7 +390,7 @@ class TrainedParser:
       digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     self.fingerprint = f'{os.path.abspath(self.workdir)}@{self.step}:{digest.hexdigest()[:16]}'
 
-    @jax.jit
+    @xla_options.jit_network
     def predict(params, stats, images):
       n, h, w, _ = images.shape
       x = eagrnet.resize_bilinear(images.astype(jnp.float32) / 255.0, self.resolution,

@@ -316,28 +316,6 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
   assert float(metrics['train/all_finite']) == 1.0
 
 
-def test_step_and_init_compiler_options_reach_xla_unless_xla_flags_set_them(monkeypatch):
-  """The CPU step's -O1 and the initialisers' -O0 are valid options that reach the
-  compiler (a bogus one fails the compile), and an explicit ``$XLA_FLAGS`` entry wins."""
-  mesh = parallel.make_mesh()
-  step = lambda s, b: (s + 1, {'total': jnp.sum(b)})
-  monkeypatch.delenv('XLA_FLAGS', raising=False)
-  assert parallel.unless_in_xla_flags(parallel.CPU_STEP_COMPILER_OPTIONS) == {
-      'xla_backend_optimization_level': 1}
-  new, metrics = parallel.jit_step(step, mesh)(jnp.zeros(()), jnp.ones((4, 2)))
-  assert float(new) == 1 and float(metrics['total']) == 8
-  assert float(parallel.jit_init(lambda k: jax.random.normal(k, (3,)).sum())(
-      jax.random.key(0))) != 0
-  monkeypatch.setattr(parallel, 'CPU_STEP_COMPILER_OPTIONS', {'xla_no_such_option': 1})
-  with pytest.raises(Exception, match='xla_no_such_option'):
-    parallel.jit_step(step, mesh)(jnp.zeros(()), jnp.ones((4, 2)))
-  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2 '
-                     '--xla_no_such_option=0')
-  parallel.jit_step(step, mesh)(jnp.zeros(()), jnp.ones((4, 2)))  # left to XLA_FLAGS: not passed
-  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
-  assert parallel.unless_in_xla_flags(parallel.INIT_COMPILER_OPTIONS) is None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('fresh_batches', [False, True], ids=['shared_batch', 'fresh_batches'])
 def test_accelerator_update_loops_equal_the_written_out_updates(setup, monkeypatch,

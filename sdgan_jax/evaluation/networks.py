@@ -20,6 +20,7 @@ import numpy as np
 
 from sdgan_jax import batching
 from sdgan_jax import weights as weights_lib
+from sdgan_jax import xla_options
 
 FACENET_WEIGHTS = ('facenet_vggface2', 'facenet_casia_webface')
 EMBEDDING_NAMES = {'facenet_vggface2': 'FaceNet (VGGFace2)',
@@ -70,7 +71,7 @@ def embedding_net(weights_dir=None, batch_size: int = 64,
   variables = _load(name, weights_dir)
   if name.startswith('facenet'):
     from sdgan_jax.models import facenet  # pylint: disable=import-outside-toplevel
-    apply = jax.jit(facenet.InceptionResnetV1().apply)
+    apply = xla_options.jit_network(facenet.InceptionResnetV1().apply)
   elif name == 'dlib_resnet':
     from sdgan_jax.models import dlib_resnet  # pylint: disable=import-outside-toplevel
     apply = dlib_resnet.jitted_apply()
@@ -86,4 +87,5 @@ def inception_net(weights_dir=None, batch_size: int = 64) -> BatchedNet:
   model = FIDInceptionV3()
   variables = _load('inception_fid', weights_dir)
   return BatchedNet('inception_fid', 'Inception-v3 pool3 (FID)',
-                    jax.jit(lambda v, x: model.apply(v, x)['pool']), variables, batch_size)
+                    xla_options.jit_network(lambda v, x: model.apply(v, x)['pool']), variables,
+                    batch_size)

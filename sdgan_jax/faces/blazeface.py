@@ -213,23 +213,6 @@ def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiler_options() -> dict:
-  """On CPUs, XLA without its YNNPACK fusions, which ran both networks slower (measured in
-  docs/detection.md). Empty where the backend is not a CPU or the XLA build does not know
-  the option."""
-  import jax  # pylint: disable=import-outside-toplevel
-
-  if jax.default_backend() != 'cpu':
-    return {}
-  options = {'xla_cpu_experimental_ynn_fusion_type': ''}
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=options)(np.zeros(1, np.float32))
-  except Exception:  # pylint: disable=broad-except
-    return {}
-  return options
-
-
-@functools.lru_cache(maxsize=None)
 def _jitted_apply(name: str):
   from sdgan_jax.models import blazeface  # pylint: disable=import-outside-toplevel
 
@@ -240,7 +223,12 @@ def _jitted_apply(name: str):
 
   import jax  # pylint: disable=import-outside-toplevel
 
-  return jax.jit(apply, compiler_options=_compiler_options())
+  from sdgan_jax import xla_options  # pylint: disable=import-outside-toplevel
+
+  # On CPUs without YNNPACK (xla_options.CPU_NO_YNNPACK): it ran both networks slower
+  # (docs/detection.md).
+  options = xla_options.for_platform(jax.default_backend(), xla_options.CPU_NO_YNNPACK)
+  return jax.jit(apply, compiler_options=options)
 
 
 class BlazeFaceDetector:

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sdgan_jax import xla_options
 from sdgan_jax.models.layers import Dtype
 
 INPUT_SIZE = 150
@@ -162,4 +163,4 @@ def descriptor_distance(a: jax.Array, b: jax.Array) -> jax.Array:
 def jitted_apply() -> Callable:
   """One jitted ``DlibResNet().apply`` per process: the identity bank, the anonymizer's
   identity check and the evaluation share its compiled programs."""
-  return jax.jit(DlibResNet().apply)
+  return xla_options.jit_network(DlibResNet().apply)

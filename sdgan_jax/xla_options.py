@@ -1,0 +1,71 @@
+"""The XLA compiler options this project sets, and where: each one measured (BENCHMARKS.md).
+
+Options go to single programs (``jax.jit(..., compiler_options=...)``), never to the whole
+process. An option that ``$XLA_FLAGS`` sets is left to it (a user's or the test suite's
+explicit flag wins), and one this XLA build does not know is dropped, so that another jaxlib
+compiles with its own defaults instead of failing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+
+# Initialisers run once, so their compile is all that counts: XLA at -O0 compiles the demo's
+# state initialiser in about half the time and it still runs in under a second
+# (BENCHMARKS.md, compile times). Almost all of that program is random-number kernels.
+INIT = {'xla_backend_optimization_level': 0}
+
+# XLA's CPU backend hands dots, convolutions and reductions to YNNPACK by default (jaxlib
+# 0.10.2). Its convolutions ran our networks 1.1-2.5x slower than XLA's own (Eigen) ones on
+# the 2-core development machine (BENCHMARKS.md, 2026-12-03: the demo train step 2.02 ->
+# 1.50 s, FaceNet 466 -> 190 ms per 16 faces), so CPU programs of networks keep YNNPACK for
+# dots and reductions only.
+CPU_NETWORKS = {'xla_cpu_experimental_ynn_fusion_type':
+                'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+
+# A train step runs thousands of times, so it keeps optimised code, but on CPUs LLVM's -O1
+# compiles the demo's step in 16% less time than XLA's default level and the step runs as
+# fast (BENCHMARKS.md, compile times). Accelerators keep their default.
+CPU_STEP = {'xla_backend_optimization_level': 1, **CPU_NETWORKS}
+
+# No YNNPACK at all: its fusion of BlazeFace's blocks ran them slower and, on jaxlib 0.10,
+# computed them wrong (docs/detection.md).
+CPU_NO_YNNPACK = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+def unless_in_xla_flags(options: dict) -> dict | None:
+  """``options`` less those that ``$XLA_FLAGS`` sets: a user's (or the test suite's)
+  explicit flag wins over the defaults chosen here."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  kept = {k: v for k, v in options.items() if f'--{k}=' not in flags}
+  return kept or None
+
+
+@functools.lru_cache(maxsize=None)
+def known(name: str, value) -> bool:
+  """Whether this XLA build compiles with option ``name`` set to ``value`` (one tiny
+  compile per option, once per process)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options={name: value})(np.zeros(1, np.float32))
+  except Exception:  # pylint: disable=broad-except  # XLA raises a generic runtime error
+    return False
+  return True
+
+
+def for_platform(platform: str, cpu: dict, other: dict | None = None) -> dict | None:
+  """``cpu`` for programs on CPUs, ``other`` (default none) elsewhere, less the options that
+  ``$XLA_FLAGS`` sets or this XLA build does not know; None when nothing is left."""
+  chosen = unless_in_xla_flags(cpu if platform == 'cpu' else (other or {})) or {}
+  return {k: v for k, v in chosen.items() if known(k, v)} or None
+
+
+def jit_network(fn: Callable, **jit_kwargs) -> Callable:
+  """``jax.jit`` for a program of network passes on the default backend: on CPUs compiled
+  with ``CPU_NETWORKS``."""
+  return jax.jit(fn, compiler_options=for_platform(jax.default_backend(), CPU_NETWORKS),
+                 **jit_kwargs)
