@@ -84,3 +84,31 @@ def test_resnet_cifar_stem_keeps_full_resolution():
   assert feats[0].shape == (1, 8, 8, 4)
   with pytest.raises(ValueError, match='stem'):
     jax.eval_shape(lambda: ResNet(stem='tiny').init(jax.random.key(0), x))
+
+
+def test_max_pool2_and_its_gradient_match_pytorch_max_pool2d_behind_a_relu():
+  """VGG's pool as a reshape: PyTorch's values and input gradients, odd sizes included; a
+  window of ReLU zeros (tied maxima) passes no gradient in either."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 9, 7, 3)).astype(np.float32)
+  x[0, :2, :2, 0] = -1.0  # one window that the ReLU turns into four tied zeros
+  weights = rng.normal(size=(2, 4, 3, 3)).astype(np.float32)
+
+  def ours(x):
+    return jnp.sum(layers.max_pool2(jax.nn.relu(x)) * weights)
+
+  value, grad = jax.value_and_grad(ours)(jnp.asarray(x))
+  xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+  pooled = torch.nn.functional.max_pool2d(torch.relu(xt), 2, 2)
+  theirs = (pooled * torch.tensor(weights.transpose(0, 3, 1, 2))).sum()
+  theirs.backward()
+  np.testing.assert_allclose(float(value), float(theirs), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), xt.grad.numpy().transpose(0, 2, 3, 1),
+                             atol=1e-6)
+  np.testing.assert_array_equal(
+      np.asarray(layers.max_pool2(jnp.asarray(x))),
+      torch.nn.functional.max_pool2d(torch.tensor(x.transpose(0, 3, 1, 2)), 2, 2)
+      .numpy().transpose(0, 2, 3, 1))
+  assert np.all(np.asarray(grad)[0, :2, :2, 0] == 0)

@@ -89,6 +89,21 @@ def avg_pool2(x: jax.Array) -> jax.Array:
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
+def max_pool2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling, stride 2, VALID (VGG's pools) as a reshape and a max.
+
+  The values are ``nn.max_pool``'s, but the gradient is an elementwise mask of each window's
+  maxima, where a max reduce-window's gradient (select-and-scatter) runs on XLA's CPU backend
+  as index tensors, a variadic reduce-window and a scatter: ~5% of the demo train step, which
+  differentiates VGG-16 three times (BENCHMARKS.md). Where a window holds several equal
+  maxima the gradient is split among them instead of going to one; behind VGG's ReLUs those
+  are zeros, whose gradient the ReLU stops anyway.
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]  # VALID: an odd last row or column is dropped
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 def upsample_nearest2(x: jax.Array) -> jax.Array:
   """2x nearest-neighbour upsampling (the decoder's upsampling)."""
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)

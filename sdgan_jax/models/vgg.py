@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sdgan_jax.models.layers import Dtype, imagenet_normalize
+from sdgan_jax.models.layers import Dtype, imagenet_normalize, max_pool2
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 INPUT_CONVENTIONS = ('torch', 'caffe')
@@ -94,7 +94,7 @@ class VGG16(nn.Module):
     out = {}
     for name, conv, width in LAYERS[:last + 1]:
       if conv is None:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+        x = max_pool2(x)
       else:
         x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype,
                     param_dtype=self.param_dtype, name=conv)(x)
