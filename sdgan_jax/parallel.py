@@ -23,7 +23,6 @@ PREFETCH_BATCHES = 2  # batches on their way to the devices while a step runs
 DATA = PartitionSpec('data')
 
 
-
 def make_mesh() -> jax.sharding.Mesh:
   """A 1-D 'data' mesh over every device of every process.
 
