@@ -154,12 +154,14 @@ def test_eval_refuses_bad_numbers(tmp_path):
 # 5. Ctrl-C outside the training loop (which saves and stops by itself): one line, 130.
 
 INTERRUPTED_RUN = '''
-import os, runpy, signal, sys, time
+import runpy, signal, sys, time
 sys.path.insert(0, {repo!r})
 from sdgan_jax import train
 
 def ctrl_c(*args, **kwargs):  # Ctrl-C while the config and data are checked
-  os.kill(os.getpid(), signal.SIGINT)
+  # raise_signal, not os.kill: a process-wide SIGINT may land on one of JAX's threads, and
+  # the main thread would then sleep on before it saw it
+  signal.raise_signal(signal.SIGINT)
   time.sleep(60)
 
 train.validate_config = ctrl_c
