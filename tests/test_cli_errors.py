@@ -159,10 +159,12 @@ sys.path.insert(0, {repo!r})
 from sdgan_jax import train
 
 def ctrl_c(*args, **kwargs):  # Ctrl-C while the config and data are checked
-  # raise_signal, not os.kill: a process-wide SIGINT may land on one of JAX's threads, and
-  # the main thread would then sleep on before it saw it
-  signal.raise_signal(signal.SIGINT)
+  signal.raise_signal(signal.SIGINT)  # to this thread, the main one
   time.sleep(60)
+
+# A terminal's Ctrl-C raises KeyboardInterrupt; a test runner started in the background
+# hands its children SIGINT ignored, and Python then keeps it ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 train.validate_config = ctrl_c
 sys.argv = ['run.py', '--config={repo}/configs/celeba.py', '--workdir=' + sys.argv[1]]
