@@ -57,15 +57,15 @@ def known(name: str, value) -> bool:
   return True
 
 
-def for_platform(platform: str, cpu: dict, other: dict | None = None) -> dict | None:
-  """``cpu`` for programs on CPUs, ``other`` (default none) elsewhere, less the options that
-  ``$XLA_FLAGS`` sets or this XLA build does not know; None when nothing is left."""
-  chosen = unless_in_xla_flags(cpu if platform == 'cpu' else (other or {})) or {}
+def for_platform(platform: str, cpu: dict) -> dict | None:
+  """``cpu`` for programs on CPUs (none elsewhere), less the options that ``$XLA_FLAGS``
+  sets or this XLA build does not know; None when nothing is left."""
+  chosen = (unless_in_xla_flags(cpu) if platform == 'cpu' else None) or {}
   return {k: v for k, v in chosen.items() if known(k, v)} or None
 
 
-def jit_network(fn: Callable, **jit_kwargs) -> Callable:
+def jit_network(fn: Callable, cpu_options: dict = CPU_NETWORKS, **jit_kwargs) -> Callable:
   """``jax.jit`` for a program of network passes on the default backend: on CPUs compiled
-  with ``CPU_NETWORKS``."""
-  return jax.jit(fn, compiler_options=for_platform(jax.default_backend(), CPU_NETWORKS),
+  with ``cpu_options`` (``for_platform``)."""
+  return jax.jit(fn, compiler_options=for_platform(jax.default_backend(), cpu_options),
                  **jit_kwargs)

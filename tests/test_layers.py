@@ -104,7 +104,7 @@ def test_max_pool2_and_its_gradient_match_pytorch_max_pool2d_behind_a_relu():
   pooled = torch.nn.functional.max_pool2d(torch.relu(xt), 2, 2)
   theirs = (pooled * torch.tensor(weights.transpose(0, 3, 1, 2))).sum()
   theirs.backward()
-  np.testing.assert_allclose(float(value), float(theirs), rtol=1e-5)
+  np.testing.assert_allclose(float(value), theirs.item(), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(grad), xt.grad.numpy().transpose(0, 2, 3, 1),
                              atol=1e-6)
   np.testing.assert_array_equal(

@@ -214,6 +214,7 @@ def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
 
 @functools.lru_cache(maxsize=None)
 def _jitted_apply(name: str):
+  from sdgan_jax import xla_options  # pylint: disable=import-outside-toplevel
   from sdgan_jax.models import blazeface  # pylint: disable=import-outside-toplevel
 
   model = blazeface.MODELS[name]()
@@ -221,14 +222,8 @@ def _jitted_apply(name: str):
   def apply(variables, tiles):
     return model.apply(variables, tiles.astype('float32') / 255.0)
 
-  import jax  # pylint: disable=import-outside-toplevel
-
-  from sdgan_jax import xla_options  # pylint: disable=import-outside-toplevel
-
-  # On CPUs without YNNPACK (xla_options.CPU_NO_YNNPACK): it ran both networks slower
-  # (docs/detection.md).
-  options = xla_options.for_platform(jax.default_backend(), xla_options.CPU_NO_YNNPACK)
-  return jax.jit(apply, compiler_options=options)
+  # on CPUs without YNNPACK, which ran both networks slower (docs/detection.md)
+  return xla_options.jit_network(apply, cpu_options=xla_options.CPU_NO_YNNPACK)
 
 
 class BlazeFaceDetector:
