@@ -22,8 +22,10 @@ Batch (numpy or jax arrays, leading axis = global batch):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax
 import jax
@@ -112,12 +114,32 @@ def create_train_state(networks: Networks, rng: jax.Array,
                     ema_params=generator.params, perceptual_params=perceptual_params)
 
 
-def unrolls_update_loops() -> bool:
+# The platform the step is being traced for, set by ``update_loops_for`` (None: JAX's default).
+_LOOPS_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    'update_loops_platform', default=None)
+
+
+def unrolls_update_loops(platform: str | None = None) -> bool:
   """Repeated updates are written out one after another on CPUs, where XLA runs
   convolutions inside a while loop or a conditional many times slower (BENCHMARKS.md, CPU
   train step rows); on accelerators they stay one loop body, which keeps the program and
-  its compile time at the size of one update."""
-  return jax.default_backend() == 'cpu'
+  its compile time at the size of one update. ``platform``: the devices' platform; default
+  the one ``update_loops_for`` set (``jit_train_step``: its mesh's), else JAX's default
+  backend."""
+  return (platform or _LOOPS_PLATFORM.get() or jax.default_backend()) == 'cpu'
+
+
+@contextlib.contextmanager
+def update_loops_for(platform: str) -> Iterator[None]:
+  """Steps traced inside take ``platform``'s loop structure (``unrolls_update_loops``), so a
+  program compiled for a mesh's devices follows those devices, not the default backend
+  (a GPU program compiled from a CPU host, ``benchmarking.compile_train_step``). It holds
+  for functions first traced inside: ``jax.jit`` reuses a function's earlier trace."""
+  token = _LOOPS_PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _LOOPS_PLATFORM.reset(token)
 
 
 def traced_once(fn: Callable) -> Callable:
@@ -390,9 +412,15 @@ def train_step(networks: Networks, state: TrainState, batch: dict
 
 
 def jit_train_step(networks: Networks, mesh: jax.sharding.Mesh) -> Callable:
-  """``train_step`` jitted over ``mesh``: batch split on 'data', state replicated, donated."""
-  return parallel.jit_step(functools.partial(train_step, networks), mesh,
-                           batch_partition(networks.config.train))
+  """``train_step`` jitted over ``mesh``: batch split on 'data', state replicated, donated;
+  its update loops those of the mesh's platform (``update_loops_for``)."""
+  platform = mesh.devices.flat[0].platform
+
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    with update_loops_for(platform):
+      return train_step(networks, state, batch)
+
+  return parallel.jit_step(step, mesh, batch_partition(networks.config.train))
 
 
 def init_train_state(networks: Networks, rng: jax.Array, mesh: jax.sharding.Mesh,

@@ -1,5 +1,6 @@
 """The jitted SDGAN train step: every network learns, sharding and precision don't change it."""
 
+import functools
 import os
 import pathlib
 import subprocess
@@ -318,11 +319,11 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('fresh_batches', [False, True], ids=['shared_batch', 'fresh_batches'])
-def test_accelerator_update_loops_equal_the_written_out_updates(setup, monkeypatch,
-                                                                 fresh_batches):
+def test_accelerator_update_loops_equal_the_written_out_updates(setup, fresh_batches):
   """Accelerators run repeated updates as ``lax.scan`` bodies (with a shared batch, the D
-  phase under a ``lax.cond`` in the first generator iteration); CPUs write them out. Forced
-  onto the CPU, the loops give the same 2:1:2 step as the written-out code."""
+  phase under a ``lax.cond`` in the first generator iteration); CPUs write them out. Traced
+  for an accelerator (``update_loops_for``) but run on the CPU, the loops give the same
+  2:1:2 step as the written-out code."""
   cfg = setup[0].copy_and_resolve_references()
   cfg.train.g_steps, cfg.train.d_steps, cfg.train.identity_steps = 2, 1, 2
   cfg.train.fresh_batches = fresh_batches
@@ -334,11 +335,15 @@ def test_accelerator_update_loops_equal_the_written_out_updates(setup, monkeypat
   batch = parts[0] if slots == 1 else {k: np.stack([p[k] for p in parts]) for k in parts[0]}
   results = {}
   for written_out in (True, False):
-    monkeypatch.setattr(train_step, 'unrolls_update_loops', lambda w=written_out: w)
     state = train_step.init_train_state(models, jax.random.key(7), mesh)
     sharded = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS,
                                    train_step.batch_partition(cfg.train))
-    new, metrics = train_step.jit_train_step(models, mesh)(state, sharded)
+    # jit_train_step would trace for its CPU mesh: jit the bare step, traced inside the with
+    step = parallel.jit_step(functools.partial(train_step.train_step, models), mesh,
+                             train_step.batch_partition(cfg.train))
+    with train_step.update_loops_for('cpu' if written_out else 'gpu'):
+      assert train_step.unrolls_update_loops() == written_out
+      new, metrics = step(state, sharded)
     results[written_out] = jax.tree_util.tree_map(np.asarray, (
         {name: getattr(new, name).params for name in ('identity', 'discriminator', 'generator')},
         new.generator.stats, {k: float(v) for k, v in metrics.items()}))
@@ -349,6 +354,29 @@ def test_accelerator_update_loops_equal_the_written_out_updates(setup, monkeypat
   assert metrics.keys() == loop_metrics.keys()
   for key, value in metrics.items():
     np.testing.assert_allclose(loop_metrics[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_update_loops_follow_the_platform_the_step_is_compiled_for(setup):
+  """The step's program has the loop structure of the devices it is compiled for: one
+  while loop per repeated update on accelerators, none on CPUs; ``jit_train_step`` takes
+  its mesh's platform over any other (a GPU program can be compiled from a CPU host)."""
+  cfg = setup[0].copy_and_resolve_references()
+  cfg.train.g_steps, cfg.train.identity_steps = 3, 2
+  models, mesh = Networks(cfg), setup[2]
+  state = jax.eval_shape(lambda key: train_step.create_train_state(models, key),
+                         jax.random.key(0))
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_for(cfg).items()}
+  # a new jitted function each time: jax.jit reuses a function's trace for the same inputs
+  bare = lambda: parallel.jit_step(functools.partial(train_step.train_step, models), mesh)
+
+  def while_loops(jitted, platform):
+    with train_step.update_loops_for(platform):
+      return jitted.lower(state, batch).as_text().count('stablehlo.while')
+
+  assert while_loops(bare(), 'gpu') == 2  # the identity net's 2 updates, the G loop's 3
+  assert while_loops(bare(), 'cpu') == 0
+  assert while_loops(train_step.jit_train_step(models, mesh), 'gpu') == 0  # its mesh: CPU
+  assert not train_step.unrolls_update_loops('tpu') and train_step.unrolls_update_loops('cpu')
 
 
 def test_prefetch_sends_batches_ahead_in_order():
