@@ -77,7 +77,7 @@ def authors_shapes_config(base: ml_collections.ConfigDict) -> ml_collections.Con
   return config
 
 
-def _phase(name: str, message: str) -> None:
+def phase(name: str, message: str) -> None:
   """Progress on stderr, so that a run cut off by a time limit shows where it was."""
   import sys  # pylint: disable=import-outside-toplevel
   print(f'[{time.strftime("%H:%M:%S")}] {name}: {message}', file=sys.stderr, flush=True)
@@ -311,7 +311,9 @@ def _summary(name, config, batch_size, step_s, compile_s, flops, memory, extra=N
              img_per_s=batch_size / step_s, step_s=step_s, compile_s=compile_s,
              gflop_per_image=flops / batch_size / 1e9 if flops else None,
              tflops=achieved, peak_tflops=peak,
-             peak_share=achieved / peak if achieved and peak else None)
+             peak_share=achieved / peak if achieved and peak else None,
+             # set, a second run's compile_s is a warm start (loaded from the cache)
+             compilation_cache=jax.config.jax_compilation_cache_dir or None)
   row.update(memory)
   row.update(extra or {})
   return row
@@ -331,6 +333,14 @@ def _random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarra
       target_identity=rng.normal(size=(batch_size, config.identity_dim)).astype(np.float32))
 
 
+def train_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+  """A random batch of the train step's shapes for ``config``: with fresh batches, one per
+  update slot, stacked (``train_step.batch_slots``)."""
+  slots = train_step.batch_slots(config.train)
+  parts = [_random_batch(config, batch_size, seed) for seed in range(slots)]
+  return parts[0] if slots == 1 else {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+
+
 def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: int = 10,
                      warmup: int = 2, name: str = 'train_step',
                      profile_dir: str | None = None) -> dict[str, Any]:
@@ -340,19 +350,17 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
   config.train.batch_size = batch_size
   networks = networks_lib.Networks(config)
   mesh = parallel.make_mesh()
-  _phase(name, f'initialising the state (batch {batch_size}, {config.dtype})')
+  phase(name, f'initialising the state (batch {batch_size}, {config.dtype})')
   state = jax.block_until_ready(train_step.init_train_state(networks, jax.random.key(0), mesh))
   slots = train_step.batch_slots(config.train)
-  parts = [_random_batch(config, batch_size, seed) for seed in range(slots)]
-  batch = parts[0] if slots == 1 else {k: np.stack([p[k] for p in parts]) for k in parts[0]}
-  batch = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS,
+  batch = parallel.shard_batch(train_batch(config, batch_size), mesh, train_step.BATCH_KEYS,
                               train_step.batch_partition(config.train))
-  _phase(name, 'compiling the train step')
+  phase(name, 'compiling the train step')
   start = time.perf_counter()
   lowered = train_step.jit_train_step(networks, mesh).lower(state, batch)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  _phase(name, f'compiled in {compile_s:.1f} s; timing')
+  phase(name, f'compiled in {compile_s:.1f} s; timing')
   holder = {'state': state}
 
   def call():
@@ -364,12 +372,12 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
       config.train.identity_steps, config.train.d_steps, config.train.g_steps),
            'batches_per_step': slots}
   repeated = max(config.train.identity_steps, config.train.d_steps, config.train.g_steps) > 1
-  if repeated and not train_step.unrolls_update_loops():
+  if repeated and not train_step.unrolls_update_loops(mesh.devices.flat[0].platform):
     # repeated updates are one lax.scan body, which XLA's cost analysis counts once; on CPUs
     # they are written out and every one is counted
     extra['flops_counted'] = 'one update of each network'
   if profile_dir:
-    _phase(name, f'profiling 3 steps into {profile_dir}')
+    phase(name, f'profiling 3 steps into {profile_dir}')
     extra.update(_try_profile(call, profile_dir))
   return _summary(name, config, batch_size, step_s, compile_s, _flops(lowered),
                   _memory(compiled), extra)
@@ -396,17 +404,17 @@ def bench_generator(config: ml_collections.ConfigDict, batch_size: int, steps: i
   batch = _random_batch(config, batch_size)
   args = [jnp.asarray(batch[k]) for k in ('image', 'mask', 'semantic', 'target_identity')]
   params = (generator.params, generator.stats)
-  _phase(name, f'compiling the generator (batch {batch_size}, {config.dtype})')
+  phase(name, f'compiling the generator (batch {batch_size}, {config.dtype})')
   start = time.perf_counter()
   lowered = generator.generate_fn.lower(*params, *args)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  _phase(name, f'compiled in {compile_s:.1f} s; timing')
+  phase(name, f'compiled in {compile_s:.1f} s; timing')
   call = lambda: compiled(*params, *args)
   step_s = _time(call, steps, warmup)
   extra = {}
   if profile_dir:
-    _phase(name, f'profiling 3 calls into {profile_dir}')
+    phase(name, f'profiling 3 calls into {profile_dir}')
     extra.update(_try_profile(call, profile_dir))
   return _summary(name, config, batch_size, step_s, compile_s, _flops(lowered),
                   _memory(compiled), extra)

@@ -3,6 +3,7 @@
 import json
 import pathlib
 
+import jax
 import pytest
 from tool_loader import load_tool
 
@@ -24,6 +25,8 @@ def test_generator_benchmarks_report_consistent_figures(capsys, tmp_path):
   for row in rows:
     assert row['batch'] == 4 and row['resolution'] == 32 and row['platform'] == 'cpu'
     assert row['img_per_s'] == pytest.approx(4 / row['step_s'])
+    # the suite's persistent cache (conftest): the row says its compile may be a warm one
+    assert row['compilation_cache'] == jax.config.jax_compilation_cache_dir
   gen = rows[0]
   # The small generator does tens of MFLOP per 32-px image: XLA's count must be of that
   # order (a count of the compiled program's custom calls alone would be ~0).

@@ -12,6 +12,10 @@ generator, discriminator and Siamese identity network, identity-net + D + G per 
 its forward GFLOP per image and parameters beside the authors' figures
 (``benchmarking.network_flops``), and times nothing.
 --sweep_train_batches / --sweep_gen_batches time growing batches until one does not fit.
+--compile_for h100 (or h200) times nothing either: on a host without that GPU, with JAX's
+CUDA plugin installed, it compiles the train step for the GPU (``compile_only``) and prints
+the compile time, XLA's buffer assignment and the program's size, for the train batch and
+each --sweep_train_batches batch.
 Imports no TensorFlow (the GPU machines have none). Results go in BENCHMARKS.md.
 """
 
@@ -19,13 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
+
+import jax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdgan_jax import benchmarking  # pylint: disable=wrong-import-position
+from sdgan_jax import benchmarking, compile_only  # pylint: disable=wrong-import-position
 from sdgan_jax.configs import celeba, demo  # pylint: disable=wrong-import-position
 
 BENCHES = ('train', 'generator', 'anonymize')
@@ -83,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--flops', action='store_true',
                       help='only count each network\'s forward FLOPs and parameters (no '
                       'compilation, no timing)')
+  parser.add_argument('--compile_for', default=None, choices=sorted(compile_only.GPU_TARGETS),
+                      help='only compile the train step for this GPU, which this host need '
+                      'not have (needs JAX\'s CUDA plugin; no timing)')
   parser.add_argument('--profile_dir', default=None,
                       help='also trace 3 train steps / generator calls here (jax.profiler) and '
                       'add a per-kernel summary to their rows (not the sweeps)')
@@ -150,9 +160,28 @@ def _bench_preset(rows: _Rows, args, benches: list[str], preset: str) -> None:
         break
 
 
+def _compile_preset(rows: _Rows, args, preset: str, mesh) -> None:
+  batches = [args.train_batch or (4 if preset == 'small' else 32)]
+  batches += _ints(args.sweep_train_batches)
+  for dtype in args.dtypes.split(','):
+    config = preset_config(preset)
+    config.dtype = dtype
+    for batch in batches:
+      rows.emit(compile_only.compile_train_step(config, batch, mesh,
+                                                name=f'{preset}/train_step_compile'))
+
+
 def main(argv=None):
   parser = _parser()
   args = parser.parse_args(argv)
+  if args.compile_for:
+    if not os.environ.get('JAX_PLATFORMS'):
+      # only the host's CPU runs anything; the CUDA plugin then skips its driver checks
+      jax.config.update('jax_platforms', 'cpu')
+    try:
+      mesh = compile_only.compile_only_mesh(args.compile_for)
+    except RuntimeError as error:
+      parser.error(str(error))
   benches = [b for b in args.bench.split(',') if b]
   unknown = set(benches) - set(BENCHES)
   if unknown:
@@ -163,6 +192,8 @@ def main(argv=None):
       if args.flops:
         for row in benchmarking.network_flops(preset_config(preset)):
           rows.emit(dict(row, preset=preset))
+      elif args.compile_for:
+        _compile_preset(rows, args, preset, mesh)
       else:
         _bench_preset(rows, args, benches, preset)
   finally:
