@@ -384,10 +384,10 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
 
 
 def _init_on_host(init_fn: Callable, *args):
-  """``parallel.jit_init(init_fn)(*args)``, on the host CPU when the default device is an accelerator
-  (``parallel.init_on_host_by_default``, as ``parallel.init_replicated`` does: a GPU compile of
-  an initialiser costs more device time than the generator's whole benchmark, and an eager
-  init runs its forward op by op)."""
+  """``parallel.jit_init(init_fn)(*args)``, on the host CPU when the default device is an
+  accelerator (``parallel.init_on_host_by_default``, as ``parallel.init_replicated`` does:
+  a GPU compile of an initialiser costs more device time than the generator's whole
+  benchmark, and an eager init runs its forward op by op)."""
   if parallel.init_on_host_by_default(jax.devices()[0].platform):
     return parallel.run_on_host(init_fn, *args)
   return parallel.jit_init(init_fn)(*args)
