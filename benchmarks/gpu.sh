@@ -49,7 +49,7 @@ TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=gpu_compiler=1 phase train "${T_TRAIN:-240
     2> >(grep -v 'gpu_compiler.cc:593\]' | tee "$OUT/train_compile.log" \
          | grep -v '^[IWE][0-9]\{4\} ' >&2)
 keep_trace /tmp/profile train_step.xplane.pb
-phase generator "${T_GEN:-110}" $B --preset authors --dtypes bfloat16,float32 \
+phase generator "${T_GEN:-130}" $B --preset authors --dtypes bfloat16,float32 \
     --bench generator,anonymize --profile_dir /tmp/profile_gen --sweep_gen_batches 1024,4096
 keep_trace /tmp/profile_gen generator.xplane.pb bfloat16
 phase train_fp32 "${T_TRAIN32:-150}" $B --preset authors --dtypes float32 --bench train
