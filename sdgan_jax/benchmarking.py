@@ -206,13 +206,17 @@ def network_flops(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   return rows
 
 
+def program_bytes(analysis) -> int:
+  """A compiled program's memory by XLA's buffer assignment (``memory_analysis()``): temps,
+  arguments and outputs, less the outputs that reuse (alias) donated arguments."""
+  return int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+             + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
+
+
 def _memory(compiled) -> dict[str, Any]:
   out = {}
   try:
-    analysis = compiled.memory_analysis()
-    out['program_bytes'] = int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
-                               + analysis.output_size_in_bytes
-                               - analysis.alias_size_in_bytes)
+    out['program_bytes'] = program_bytes(compiled.memory_analysis())
   except Exception:  # pylint: disable=broad-except
     pass  # not every backend reports it
   stats = jax.devices()[0].memory_stats() or {}

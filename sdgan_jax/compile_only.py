@@ -100,7 +100,7 @@ def compile_train_step(config: ml_collections.ConfigDict, batch_size: int,
   benchmarking.phase(name, 'compiling')
   compiled = lowered.compile()
   done = time.perf_counter()
-  program = compiled.as_text()
+  program, lowered_text = compiled.as_text(), lowered.as_text()
   memory = compiled.memory_analysis()
   return dict(
       bench=name, target=device.device_kind, platform=device.platform,
@@ -109,9 +109,8 @@ def compile_train_step(config: ml_collections.ConfigDict, batch_size: int,
       resolution=int(config.resolution), identity_dim=int(config.identity_dim),
       generator=dict(config.model.generator).get('preset', 'paper'),
       trace_lower_s=lowered_at - start, compile_s=done - lowered_at,
-      program_bytes=int(memory.temp_size_in_bytes + memory.argument_size_in_bytes
-                        + memory.output_size_in_bytes - memory.alias_size_in_bytes),
+      program_bytes=benchmarking.program_bytes(memory),
       argument_bytes=int(memory.argument_size_in_bytes),
       fusions=program.count(' fusion('),
-      convolutions=lowered.as_text().count('stablehlo.convolution'),
-      while_loops=lowered.as_text().count('stablehlo.while'))
+      convolutions=lowered_text.count('stablehlo.convolution'),
+      while_loops=lowered_text.count('stablehlo.while'))

@@ -133,7 +133,7 @@ def unrolls_update_loops(platform: str | None = None) -> bool:
 def update_loops_for(platform: str) -> Iterator[None]:
   """Steps traced inside take ``platform``'s loop structure (``unrolls_update_loops``), so a
   program compiled for a mesh's devices follows those devices, not the default backend
-  (a GPU program compiled from a CPU host, ``benchmarking.compile_train_step``). It holds
+  (a GPU program compiled from a CPU host, ``compile_only.compile_train_step``). It holds
   for functions first traced inside: ``jax.jit`` reuses a function's earlier trace."""
   token = _LOOPS_PLATFORM.set(platform)
   try:

@@ -129,10 +129,13 @@ class _Rows:
       self.output.close()
 
 
+def _train_batch(args, preset: str) -> int:
+  return args.train_batch or (4 if preset == 'small' else 32)
+
+
 def _bench_preset(rows: _Rows, args, benches: list[str], preset: str) -> None:
-  small = preset == 'small'
-  train_batch = args.train_batch or (4 if small else 32)
-  gen_batch = args.gen_batch or (8 if small else 256)
+  train_batch = _train_batch(args, preset)
+  gen_batch = args.gen_batch or (8 if preset == 'small' else 256)
   for dtype in args.dtypes.split(','):
     config = preset_config(preset)
     config.dtype = dtype
@@ -161,8 +164,7 @@ def _bench_preset(rows: _Rows, args, benches: list[str], preset: str) -> None:
 
 
 def _compile_preset(rows: _Rows, args, preset: str, mesh) -> None:
-  batches = [args.train_batch or (4 if preset == 'small' else 32)]
-  batches += _ints(args.sweep_train_batches)
+  batches = [_train_batch(args, preset)] + _ints(args.sweep_train_batches)
   for dtype in args.dtypes.split(','):
     config = preset_config(preset)
     config.dtype = dtype
