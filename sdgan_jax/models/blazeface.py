@@ -37,20 +37,21 @@ from sdgan_jax.models.layers import Dtype
 NUM_COORDS = 16  # box (4) + 6 keypoints x (x, y)
 
 
-def _same_padding(size: int, kernel: int, strides: int) -> tuple[int, int]:
+def same_padding(size: int, kernel: int, strides: int) -> tuple[int, int]:
   """TensorFlow's 'SAME' padding of one axis: the output is ceil(size / strides)."""
   total = max((math.ceil(size / strides) - 1) * strides + kernel - size, 0)
   return total // 2, total - total // 2
 
 
-class _Conv(nn.Module):
+class Conv(nn.Module):
   """Conv with bias: ``kernel`` x ``kernel`` (``depthwise``: one filter per channel).
 
   ``padding`` is 'SAME' (TensorFlow's) or one symmetric pad per side. Parameters have
   ``nn.Conv``'s layout (``kernel`` HWIO, [k, k, 1, C] when depthwise; ``bias``). The 3x3
   depthwise convs are computed as nine shifted multiply-adds and the 1x1 convs as matrix
   products: XLA's CPU backend ran them as grouped convolutions 30x (and 4x) slower, and
-  miscompiled the short-range blocks on JAX 0.10 (``docs/detection.md``).
+  miscompiled the short-range blocks on JAX 0.10 (``docs/detection.md``). Shared with the
+  face mesh (``models.face_mesh``).
   """
 
   features: int
@@ -73,7 +74,7 @@ class _Conv(nn.Module):
     dtype = self.dtype or x.dtype
     x, kernel, bias = x.astype(dtype), kernel.astype(dtype), bias.astype(dtype)
     if self.padding == 'SAME':
-      pads = (_same_padding(h, k, s), _same_padding(w, k, s))
+      pads = (same_padding(h, k, s), same_padding(w, k, s))
     else:
       pads = ((self.padding, self.padding), (self.padding, self.padding))
     if k == 1 and not self.depthwise:
@@ -92,7 +93,8 @@ class _Conv(nn.Module):
     return y + bias
 
 
-def _pad_channels(x: jax.Array, channels: int) -> jax.Array:
+def pad_channels(x: jax.Array, channels: int) -> jax.Array:
+  """Zero channels appended up to ``channels``: the shortcut of a block that widens."""
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, channels - x.shape[-1])))
 
 
@@ -120,11 +122,11 @@ class BlazeBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    y = _Conv(x.shape[-1], 3, self.strides, depthwise=True, name='depthwise', **kw)(x)
-    y = _Conv(self.features, 1, name='project', **kw)(y)
+    y = Conv(x.shape[-1], 3, self.strides, depthwise=True, name='depthwise', **kw)(x)
+    y = Conv(self.features, 1, name='project', **kw)(y)
     if self.strides == 2:
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    return nn.relu(y + _pad_channels(x, self.features))
+    return nn.relu(y + pad_channels(x, self.features))
 
 
 # (output channels, stride) of the short-range model's blocks; the heads read the outputs
@@ -149,17 +151,17 @@ class BlazeFaceShortRange(nn.Module):
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = images.astype(self.dtype or jnp.float32) * 2.0 - 1.0
-    x = nn.relu(_Conv(24, 5, 2, name='stem', **kw)(x))
+    x = nn.relu(Conv(24, 5, 2, name='stem', **kw)(x))
     fine = None
     for i, (features, strides) in enumerate(SHORT_RANGE_BLOCKS):
       x = BlazeBlock(features, strides, name=f'block{i}', **kw)(x)
       if i == SHORT_RANGE_HEAD_BLOCK:
         fine = x
     n = x.shape[0]
-    scores = [_Conv(2, name='classifier_fine', **kw)(fine),
-              _Conv(6, name='classifier_coarse', **kw)(x)]
-    boxes = [_Conv(2 * NUM_COORDS, name='regressor_fine', **kw)(fine),
-             _Conv(6 * NUM_COORDS, name='regressor_coarse', **kw)(x)]
+    scores = [Conv(2, name='classifier_fine', **kw)(fine),
+              Conv(6, name='classifier_coarse', **kw)(x)]
+    boxes = [Conv(2 * NUM_COORDS, name='regressor_fine', **kw)(fine),
+             Conv(6 * NUM_COORDS, name='regressor_coarse', **kw)(x)]
     logits = jnp.concatenate([s.reshape(n, -1) for s in scores], axis=1)
     regressors = jnp.concatenate([b.reshape(n, -1, NUM_COORDS) for b in boxes], axis=1)
     return regressors.astype(jnp.float32), logits.astype(jnp.float32)
@@ -179,11 +181,11 @@ class Bottleneck(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pad = 1  # the file pads explicitly, then convolves 'VALID'
-    y = _Conv(x.shape[-1], 3, self.strides, depthwise=True, padding=pad, name='depthwise1',
+    y = Conv(x.shape[-1], 3, self.strides, depthwise=True, padding=pad, name='depthwise1',
               **kw)(x)
-    y = nn.relu(_Conv(self.mid, 1, name='reduce', **kw)(y))
-    y = _Conv(self.mid, 3, depthwise=True, padding=pad, name='depthwise2', **kw)(y)
-    y = _Conv(self.features, 1, name='expand', **kw)(y)
+    y = nn.relu(Conv(self.mid, 1, name='reduce', **kw)(y))
+    y = Conv(self.mid, 3, depthwise=True, padding=pad, name='depthwise2', **kw)(y)
+    y = Conv(self.features, 1, name='expand', **kw)(y)
     if self.strides == 2:
       return nn.relu(y)
     return nn.relu(x + y)
@@ -214,7 +216,7 @@ class BlazeFaceFullRange(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pad = 1
     x = images.astype(self.dtype or jnp.float32) * 2.0 - 1.0
-    x = nn.relu(_Conv(32, 3, 2, padding=pad, name='stem', **kw)(x))
+    x = nn.relu(Conv(32, 3, 2, padding=pad, name='stem', **kw)(x))
     laterals = []
     for s, (features, mid, blocks, lateral) in enumerate(FULL_RANGE_ENCODER):
       if s:
@@ -222,17 +224,17 @@ class BlazeFaceFullRange(nn.Module):
       for b in range(blocks):
         x = Bottleneck(features, mid, name=f'encoder{s}_block{b}', **kw)(x)
       if lateral:
-        laterals.append(nn.relu(_Conv(lateral, name=f'lateral{s}', **kw)(x)))
+        laterals.append(nn.relu(Conv(lateral, name=f'lateral{s}', **kw)(x)))
     for s, (features, mid, blocks) in enumerate(FULL_RANGE_DECODER):
-      x = nn.relu(_Conv(features, name=f'decoder{s}_top', **kw)(x))
+      x = nn.relu(Conv(features, name=f'decoder{s}_top', **kw)(x))
       x = _upsample2x(x) + laterals.pop()
       for b in range(blocks):
         x = Bottleneck(features, mid, name=f'decoder{s}_block{b}', **kw)(x)
     n = x.shape[0]
     heads = []
     for name, channels in (('classifier', 1), ('regressor', NUM_COORDS)):
-      y = _Conv(4 * channels, name=f'{name}_project', **kw)(x)
-      y = _Conv(4 * channels, 3, 2, depthwise=True, padding=pad, name=f'{name}_depthwise',
+      y = Conv(4 * channels, name=f'{name}_project', **kw)(x)
+      y = Conv(4 * channels, 3, 2, depthwise=True, padding=pad, name=f'{name}_depthwise',
                 **kw)(y)
       heads.append(_depth_to_space(y, 2))
     logits = heads[0].reshape(n, -1)
