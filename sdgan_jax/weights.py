@@ -26,6 +26,7 @@ KNOWN_WEIGHTS: dict[str, str] = {
     'dlib_resnet': FETCH,
     'blazeface_short_range': FETCH,
     'blazeface_full_range': FETCH,
+    'face_mesh': FETCH,
     'facenet_vggface2': ('python tools/convert_facenet.py --input 20180402-114759-vggface2.pt '
                          '--name facenet_vggface2   (the .pt file is not on any package '
                          'registry: `python tools/fetch_weights.py` prints where to get it)'),

@@ -22,6 +22,7 @@ REGISTRY_WEIGHTS = {
     'dlib_resnet': 'sdgan_jax.converters.dlib_resnet',
     'blazeface_short_range': 'sdgan_jax.converters.blazeface:SHORT_RANGE',
     'blazeface_full_range': 'sdgan_jax.converters.blazeface:FULL_RANGE',
+    'face_mesh': 'sdgan_jax.converters.face_mesh',
 }
 
 
