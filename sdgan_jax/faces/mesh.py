@@ -1,0 +1,244 @@
+"""MediaPipe's 468-point face mesh fitted to face candidates in a photo.
+
+The network (``sdgan_jax.models.face_mesh``, weights ``'face_mesh'``) sees one face at a
+time, upright in a 192x192 crop. For each candidate -- a box and, from BlazeFace, its six
+keypoints -- the crop is the region of interest MediaPipe builds from a face detection
+(``docs/detection.md``, "Face mesh"):
+
+1. the roll: the crop is turned so that the line from the right eye keypoint to the left
+   eye keypoint is horizontal (no turn without keypoints);
+2. the square: centred on the box's centre, side 1.5 times the box's longer side (the box
+   as the detector gave it, axis-aligned in the photo). MediaPipe's own rule, kept because
+   BlazeFace's box is what the mesh network was trained behind; on the sample faces its
+   centre lies near the keypoints' centroid anyway;
+3. the square, turned upright, is resampled to 192x192 (bilinear, Gaussian prefilter when
+   shrinking, edge pixels repeated beyond the photo), scaled to [0, 1] and run through the
+   network; all candidates of a call go in fixed-size batches (one compiled program, the
+   last batch padded);
+4. the 468 points are mapped back into the photo; z is scaled like x and y (photo pixels,
+   relative to the face, smaller nearer the camera).
+
+API::
+
+  mesh = FaceMesh.load()                      # or FaceMesh(variables)
+  fits = mesh(image, candidates)              # -> list[MeshFit], one per candidate
+  fits = mesh(image, detections)              # a detect.Detections (boxes + keypoints)
+  fits[0].points, fits[0].presence, fits[0].roll, fits[0].matrix, fits[0].box()
+
+``candidates``: a ``detect.Detections``, or a sequence of ``Candidate`` / ``(box,
+keypoints)`` pairs / boxes. Boxes are (x0, y0, x1, y1) in photo pixels, inclusive (dlib's
+convention, as ``detect.Detections``); keypoints are BlazeFace's [6, 2] (right eye, left
+eye, nose tip, mouth centre, right ear, left ear; ``faces.blazeface``) or None.
+
+Landmark indices (``FACE_OVAL``, ``RIGHT_EYE``, ...) follow the mesh's fixed topology. As
+in MediaPipe and BlazeFace, "right" and "left" are the *subject's*: ``RIGHT_EYE`` is on the
+image left of a frontal face (the 68-point scheme's ``landmarks.LEFT_EYE``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from sdgan_jax import batching
+from sdgan_jax.faces import align, blazeface, detect, upright
+
+NAME = 'face_mesh'
+NUM_POINTS = 468
+INPUT_SIZE = 192
+ROI_SCALE = 1.5         # side of the square region: ROI_SCALE x the box's longer side
+PRESENCE_THRESHOLD = 0.5  # MediaPipe's: a face is there when the score reaches it
+
+# Contours, each in order around its closed curve (indices into the 468 points).
+# The face's outline: from the top of the forehead down the subject's left side (image
+# right of a frontal face), round the chin (152) and up the right side.
+FACE_OVAL = np.array([
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109])
+# Eyes: outer corner, the lower lid to the inner corner, back along the upper lid.
+RIGHT_EYE = np.array([33, 7, 163, 144, 145, 153, 154, 155, 133,
+                      173, 157, 158, 159, 160, 161, 246])
+LEFT_EYE = np.array([263, 249, 390, 373, 374, 380, 381, 382, 362,
+                     398, 384, 385, 386, 387, 388, 466])
+# Brows: the lower edge from the outer to the inner end, back along the upper edge.
+RIGHT_BROW = np.array([46, 53, 52, 65, 55, 107, 66, 105, 63, 70])
+LEFT_BROW = np.array([276, 283, 282, 295, 285, 336, 296, 334, 293, 300])
+# Lips: from the right mouth corner along the lower lip (middle: 17 outer, 14 inner) to
+# the left corner, back along the upper lip (middle: 0 outer, 13 inner).
+LIPS_OUTER = np.array([61, 146, 91, 181, 84, 17, 314, 405, 321, 375,
+                       291, 409, 270, 269, 267, 0, 37, 39, 40, 185])
+LIPS_INNER = np.array([78, 95, 88, 178, 87, 14, 317, 402, 318, 324,
+                       308, 415, 310, 311, 312, 13, 82, 81, 80, 191])
+# The nose's midline from between the eyes down to the tip and the base (subnasale, 2).
+NOSE_MIDLINE = np.array([168, 6, 197, 195, 5, 4, 1, 19, 94, 2])
+NOSE_TIP = 1
+CHIN = 152
+FOREHEAD = 10
+# Outer eye corners: the points MediaPipe takes a tracked face's roll from.
+RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """A face to fit: ``box`` (x0, y0, x1, y1), inclusive, and optional BlazeFace
+  ``keypoints`` [6, 2]."""
+
+  box: np.ndarray
+  keypoints: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshFit:
+  """The mesh fitted to one candidate.
+
+  Attributes:
+    points: float32 [468, 3]: x, y in photo pixels (pixel centres at integers), z in the
+      same unit, relative to the face (smaller: nearer the camera).
+    presence: the network's face-presence score, sigmoid of its logit; MediaPipe keeps a
+      face at ``PRESENCE_THRESHOLD`` and above.
+    roll: the region's turn in degrees, counter-clockwise as seen (``upright.roll_degrees``;
+      0 without keypoints).
+    matrix: float64 [2, 3], photo -> 192x192 network input (pixel centres), the region of
+      interest; ``align.invert_matrix`` maps back.
+  """
+
+  points: np.ndarray
+  presence: float
+  roll: float
+  matrix: np.ndarray
+
+  def box(self) -> np.ndarray:
+    """float32 (x0, y0, x1, y1): the tight axis-aligned box of the points, inclusive."""
+    return points_box(self.points)
+
+  def centre(self, indices) -> np.ndarray:
+    """[2]: mean (x, y) of the points ``indices`` (e.g. ``RIGHT_EYE``)."""
+    return self.points[np.asarray(indices), :2].mean(0)
+
+
+def points_box(points) -> np.ndarray:
+  """float32 (x0, y0, x1, y1) of the [N, 2+] points' x and y, inclusive (dlib's convention:
+  a point at pixel centre 9.0 makes 9 the last column inside)."""
+  xy = np.asarray(points, np.float64)[:, :2]
+  return np.concatenate([xy.min(0), xy.max(0)]).astype(np.float32)
+
+
+def roi_matrix(box, keypoints=None) -> tuple[np.ndarray, float]:
+  """(matrix [2, 3] photo -> 192-px network input, roll in degrees) of one candidate: the
+  square of ``ROI_SCALE`` times the box's longer side centred on the box, turned by the
+  eyes' roll (module doc)."""
+  x0, y0, x1, y1 = np.asarray(box, np.float64).reshape(4)
+  side = ROI_SCALE * max(x1 - x0 + 1.0, y1 - y0 + 1.0, 1.0)
+  centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+  roll = upright.roll_degrees(np.asarray(keypoints, np.float64)) if (
+      upright.has_keypoints(keypoints)) else 0.0
+  # Turning by the roll (counter-clockwise as seen, y down) undoes the face's turn.
+  theta = math.radians(roll)
+  c, s = math.cos(theta), math.sin(theta)
+  linear = (INPUT_SIZE / side) * np.array([[c, -s], [s, c]])
+  offset = np.full(2, INPUT_SIZE / 2 - 0.5) - linear @ centre
+  return np.concatenate([linear, offset[:, None]], axis=1), roll
+
+
+def _as_candidates(candidates) -> list[Candidate]:
+  if isinstance(candidates, detect.Detections):
+    kps = candidates.keypoints
+    return [Candidate(np.asarray(b), None if kps is None else np.asarray(kps[i]))
+            for i, b in enumerate(candidates.boxes)]
+  out = []
+  for c in candidates:
+    if isinstance(c, Candidate):
+      out.append(c)
+    elif isinstance(c, tuple) and len(c) == 2:
+      out.append(Candidate(np.asarray(c[0]), None if c[1] is None else np.asarray(c[1])))
+    else:
+      out.append(Candidate(np.asarray(c)))
+  for c in out:
+    if c.box.shape != (4,) or not np.all(np.isfinite(c.box)):
+      raise ValueError(f'a candidate box is (x0, y0, x1, y1), got {c.box!r}')
+    if c.keypoints is not None and c.keypoints.shape != (blazeface.NUM_KEYPOINTS, 2):
+      raise ValueError(f'candidate keypoints are BlazeFace\'s [6, 2], got {c.keypoints.shape}')
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_apply():
+  from sdgan_jax import xla_options  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.models import face_mesh  # pylint: disable=import-outside-toplevel
+
+  model = face_mesh.FaceMeshNet()
+
+  def apply(variables, crops):
+    return model.apply(variables, crops.astype('float32') / 255.0)
+
+  # The same layers as BlazeFace's networks, which ran faster without YNNPACK's fusions.
+  return xla_options.jit_network(apply, cpu_options=xla_options.CPU_NO_YNNPACK)
+
+
+class FaceMesh:
+  """``FaceMesh(variables)(image, candidates) -> list[MeshFit]`` (module doc).
+
+  Args:
+    variables: the converted weights (``load`` reads them by name).
+    batch_size: crops per network call, one compiled shape (default 8 on a CPU, 64 on
+      accelerators).
+  """
+
+  def __init__(self, variables, batch_size: int | None = None):
+    import jax  # pylint: disable=import-outside-toplevel
+
+    batch_size = batch_size or (8 if jax.default_backend() == 'cpu' else 64)
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    self.variables = variables
+    self.batch_size = int(batch_size)
+    self._apply = _jitted_apply()
+
+  @classmethod
+  def load(cls, weights_dir: str | os.PathLike | None = None, **kwargs) -> 'FaceMesh':
+    """The mesh with the converted ``'face_mesh'`` weights (``make weights``)."""
+    from sdgan_jax import weights  # pylint: disable=import-outside-toplevel
+    return cls(weights.load_weights(NAME, weights_dir), **kwargs)
+
+  def crops(self, image, candidates) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
+    """(uint8 [N, 192, 192, 3] network inputs, their matrices, rolls) of the candidates."""
+    image = detect.check_image(image)
+    crops, matrices, rolls = [], [], []
+    for c in _as_candidates(candidates):
+      matrix, roll = roi_matrix(c.box, c.keypoints)
+      crop = align.warp_affine(image, matrix, (INPUT_SIZE, INPUT_SIZE), mode='edge')
+      crops.append(np.clip(np.round(crop), 0, 255).astype(np.uint8))
+      matrices.append(matrix)
+      rolls.append(roll)
+    stacked = np.stack(crops) if crops else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+    return stacked, matrices, rolls
+
+  def raw(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The network's (landmarks [N, 468, 3] in input pixels, logits [N]) for uint8 crops,
+    in batches of ``batch_size`` (the last one padded)."""
+    b = self.batch_size
+    points, logits = [np.zeros((0, NUM_POINTS, 3), np.float32)], [np.zeros(0, np.float32)]
+    for lo in range(0, len(crops), b):
+      chunk = crops[lo:lo + b]
+      p, s = self._apply(self.variables, batching.pad_rows(chunk, b))
+      points.append(np.asarray(p)[:len(chunk)])
+      logits.append(np.asarray(s)[:len(chunk)])
+    return np.concatenate(points), np.concatenate(logits)
+
+  def __call__(self, image, candidates) -> list[MeshFit]:
+    crops, matrices, rolls = self.crops(image, candidates)
+    points, logits = self.raw(crops)
+    presence = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
+    fits = []
+    for k, matrix in enumerate(matrices):
+      # Network x, y count from the crop's edge; the matrices map pixel centres.
+      xy = align.apply_matrix(align.invert_matrix(matrix), points[k, :, :2] - 0.5)
+      z = points[k, :, 2:] / align.matrix_scale(matrix)
+      fits.append(MeshFit(points=np.concatenate([xy, z], axis=1).astype(np.float32),
+                          presence=float(presence[k]), roll=float(rolls[k]), matrix=matrix))
+    return fits
