@@ -25,7 +25,14 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope='session')
-def blazeface_weights(tmp_path_factory):
+def mediapipe_cache(tmp_path_factory):
+  """A download cache holding the pinned mediapipe wheel, fetched once per session for the
+  BlazeFace and face mesh converters."""
+  return tmp_path_factory.mktemp('mediapipe_cache')
+
+
+@pytest.fixture(scope='session')
+def blazeface_weights(tmp_path_factory, mediapipe_cache):
   """Both BlazeFace detectors converted from the pinned mediapipe wheel (downloaded once per
   session): (weights_dir, {name: path of the source .tflite})."""
   from sdgan_jax.converters import blazeface
@@ -34,6 +41,17 @@ def blazeface_weights(tmp_path_factory):
   root = tmp_path_factory.mktemp('blazeface')
   files = {}
   for conv in (blazeface.SHORT_RANGE, blazeface.FULL_RANGE):
-    conv.fetch_and_convert(root / 'cache', root / 'weights')
-    files[conv.NAME] = fetch_file(conv.SOURCE, root / 'cache')
+    conv.fetch_and_convert(mediapipe_cache, root / 'weights')
+    files[conv.NAME] = fetch_file(conv.SOURCE, mediapipe_cache)
   return root / 'weights', files
+
+
+@pytest.fixture(scope='session')
+def face_mesh_weights(tmp_path_factory, mediapipe_cache):
+  """The face mesh converted from the pinned mediapipe wheel: (weights_dir, source path)."""
+  from sdgan_jax.converters import face_mesh
+  from sdgan_jax.converters.registry import fetch_file
+
+  weights_dir = tmp_path_factory.mktemp('face_mesh') / 'weights'
+  face_mesh.fetch_and_convert(mediapipe_cache, weights_dir)
+  return weights_dir, fetch_file(face_mesh.SOURCE, mediapipe_cache)
