@@ -33,25 +33,21 @@ def mediapipe_cache(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def blazeface_weights(tmp_path_factory, mediapipe_cache):
-  """Both BlazeFace detectors converted from the pinned mediapipe wheel (downloaded once per
-  session): (weights_dir, {name: path of the source .tflite})."""
-  from sdgan_jax.converters import blazeface
+  """Both BlazeFace detectors and the face mesh (the detection stages of the anonymizer)
+  converted from the pinned mediapipe wheel, downloaded once per session: (weights_dir,
+  {name: path of the source .tflite})."""
+  from sdgan_jax.converters import blazeface, face_mesh
   from sdgan_jax.converters.registry import fetch_file
 
   root = tmp_path_factory.mktemp('blazeface')
   files = {}
-  for conv in (blazeface.SHORT_RANGE, blazeface.FULL_RANGE):
+  for conv in (blazeface.SHORT_RANGE, blazeface.FULL_RANGE, face_mesh):
     conv.fetch_and_convert(mediapipe_cache, root / 'weights')
     files[conv.NAME] = fetch_file(conv.SOURCE, mediapipe_cache)
   return root / 'weights', files
 
 
 @pytest.fixture(scope='session')
-def face_mesh_weights(tmp_path_factory, mediapipe_cache):
+def face_mesh_weights(blazeface_weights):
   """The face mesh converted from the pinned mediapipe wheel: (weights_dir, source path)."""
-  from sdgan_jax.converters import face_mesh
-  from sdgan_jax.converters.registry import fetch_file
-
-  weights_dir = tmp_path_factory.mktemp('face_mesh') / 'weights'
-  face_mesh.fetch_and_convert(mediapipe_cache, weights_dir)
-  return weights_dir, fetch_file(face_mesh.SOURCE, mediapipe_cache)
+  return blazeface_weights[0], blazeface_weights[1]['face_mesh']

@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--detector', choices=('hog', 'cnn'), default=FACE_DEFAULTS.detector)
   parser.add_argument('--upsample', type=int, default=FACE_DEFAULTS.upsample)
   parser.add_argument('--min_face_px', type=float, default=FACE_DEFAULTS.min_face_px)
+  parser.add_argument('--landmarks', choices=('mesh', 'dlib'), default=FACE_DEFAULTS.landmarks,
+                      help="where each face's 68 points come from: MediaPipe's face mesh (as "
+                      "the anonymizer's default) or dlib's shape predictor")
   parser.add_argument('--num_train', type=int, help='training identities (1200; samples: '
                       f'{samples.SAMPLE_SPLIT["num_train"]})')
   parser.add_argument('--num_test', type=int, help='test identities (363; samples: '
@@ -139,7 +142,8 @@ def main(argv=None) -> int:
     print(f'{parser.prog}: error: {e}', file=sys.stderr)
     return 2
   options = prepare.FaceOptions(resolution=args.resolution, detector=args.detector,
-                                upsample=args.upsample, min_face_px=args.min_face_px)
+                                upsample=args.upsample, min_face_px=args.min_face_px,
+                                landmarks=args.landmarks)
   # TensorFlow is imported only now, after the split and source are checked.
   from sdgan_jax.datasets import builder  # pylint: disable=import-outside-toplevel
   built, prepared = builder.prepare_and_build(

@@ -22,7 +22,7 @@ from sdgan_jax.anonymize.fallback import clip_box, cover
 from sdgan_jax.anonymize.identity import IdentityBackbone
 from sdgan_jax.anonymize.options import BASELINE_RESOLUTION, BASELINES, Options
 from sdgan_jax.anonymize.tracking import FaceTracker
-from sdgan_jax.faces import align, detect, ensemble, paste, pipeline, upright
+from sdgan_jax.faces import align, detect, ensemble, mesh, paste, pipeline, verify
 from sdgan_jax.faces.pipeline import Face
 
 
@@ -74,15 +74,23 @@ class FaceAnonymizer:
     self.resolution = int(generator.resolution if generator is not None else
                           resolution or BASELINE_RESOLUTION)
     self.parser, self.semantic_maps = self._semantic_parser(parser)
+    uses_mesh = self.options.verify_faces or self.options.landmarks == 'mesh'
+    self.mesh = mesh.FaceMesh.load(weights_dir) if uses_mesh else None
     self.detector = detector or ensemble.EnsembleDetector(
         self.options.detectors, self.options.detector_thresholds,
         min_face_px=self.options.detect_min_face_px, upsample=self.options.upsample,
         weights_dir=weights_dir)
-    self.predictor = detect.LandmarkPredictor()
+    if self.options.verify_faces:
+      self.detector = verify.VerifiedDetector(self.detector, self.mesh,
+                                              self.options.presence_threshold)
+    self.predictor = (self.mesh if self.options.landmarks == 'mesh' else
+                      detect.LandmarkPredictor())
     self._random = np.random.default_rng()
     self._pool: concurrent.futures.ThreadPoolExecutor | None = None
     self._track_targets: dict[tuple[str, int], int] = {}
     self.faces_processed = 0
+    # Per input key, the candidates the face mesh judged not to be faces (``take_rejected``).
+    self._rejected: dict[str, list[dict]] = {}
     self.timings: dict[str, float] = {}  # seconds per stage of ``process``, summed
 
   def _semantic_parser(self, parser):
@@ -131,6 +139,8 @@ class FaceAnonymizer:
     trackers = list(trackers) if trackers is not None else [None] * len(images)
     with self._timed('detect'):
       found = self.detector.detect_many(images, map_fn=self._map)
+    for key, detections in zip(keys, found):
+      self._rejected.setdefault(key, []).extend(_rejected_rows(detections))
     with self._timed('align'):
       per_image = self._map(self._prepare, images, found)
       for faces, tracker in zip(per_image, trackers):
@@ -152,6 +162,11 @@ class FaceAnonymizer:
     with self._timed('fallback'):
       return [self._cover_failed(image, out, faces)
               for image, out, faces in zip(images, outputs, per_image)]
+
+  def take_rejected(self, key: str) -> list[dict]:
+    """The report rows of the candidates the face mesh rejected in the images (frames)
+    processed under ``key`` so far, forgotten once taken."""
+    return self._rejected.pop(key, [])
 
   @contextlib.contextmanager
   def _timed(self, stage: str):
@@ -302,7 +317,7 @@ class FaceAnonymizer:
   def _cover_failed(self, image: np.ndarray, out: np.ndarray,
                     faces: list[Face]) -> tuple[np.ndarray, list[Face]]:
     """``out`` with the fallback over every face that failed, or came out unchanged."""
-    regions = [upright.face_region(face.box, face.keypoints) for face in faces]
+    regions = [pipeline.face_region(face) for face in faces]
     for face, region in zip(faces, regions):
       if face.reason is not None:
         out = cover(out, region, self.options)
@@ -316,6 +331,18 @@ class FaceAnonymizer:
       face.release_pixels()
     self.faces_processed += len(faces)
     return out, faces
+
+
+def _rejected_rows(found: detect.Detections) -> list[dict]:
+  """Report rows of the candidates that the second stage judged not to be faces."""
+  rejected = found.rejected
+  if rejected is None:
+    return []
+  return [{'box': [round(float(v), 1) for v in rejected.boxes[k]],
+           'score': round(float(rejected.scores[k]), 4),
+           'presence': round(float(rejected.presence[k]), 4),
+           'detectors': list(rejected.sources[k]) if rejected.sources else None}
+          for k in range(len(rejected))]
 
 
 def _needs_identity(options: Options, generator) -> bool:

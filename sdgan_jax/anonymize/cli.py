@@ -47,7 +47,8 @@ import sys
 from sdgan_jax import compile_cache
 from sdgan_jax.anonymize.anonymizer import build_anonymizer
 from sdgan_jax.anonymize.jobs import InputError, plan_jobs
-from sdgan_jax.anonymize.options import (BASELINES, FALLBACKS, MAX_AUTO_WORKERS, TARGET_MODES,
+from sdgan_jax.anonymize.options import (BASELINES, FALLBACKS, LANDMARK_SOURCES,
+                                         MAX_AUTO_WORKERS, TARGET_MODES,
                                          Options, defaults)
 from sdgan_jax.anonymize.report import IDENTITY_CHECK_OFF, REPORT_NAME
 from sdgan_jax.anonymize.runner import Interrupted, ReportWriteError, anonymize_paths
@@ -57,7 +58,8 @@ from sdgan_jax.faces import ensemble
 SAME_NAME_OPTIONS = ('target', 'seed', 'fallback', 'fallback_blocks', 'min_face_px',
                      'detect_min_face_px', 'upsample', 'track_cover_frames', 'keep_exif',
                      'quality', 'workers', 'batch_size', 'images_per_batch',
-                     'frames_per_batch')
+                     'frames_per_batch', 'verify_faces', 'presence_threshold',
+                     'landmarks')
 DEFAULTS = defaults()
 
 
@@ -119,6 +121,16 @@ def _add_detection_flags(parser) -> None:
   parser.add_argument('--upsample', type=int, default=DEFAULTS['upsample'],
                       help="dlib detectors' upsampling: each step finds 2x smaller faces, "
                       '~4x slower')
+  parser.add_argument('--no_verify_faces', dest='verify_faces', action='store_false',
+                      help='keep every candidate of the detectors: no second stage by the '
+                      'face mesh (more generated faces on hands, clothes and seats)')
+  parser.add_argument('--presence_threshold', type=float,
+                      default=DEFAULTS['presence_threshold'],
+                      help="the face mesh's presence score (0-1) from which a candidate is a "
+                      'face; lower keeps more candidates')
+  parser.add_argument('--landmarks', choices=LANDMARK_SOURCES, default=DEFAULTS['landmarks'],
+                      help="where each face's 68 points come from: the face mesh (any pose) "
+                      "or dlib's shape predictor")
 
 
 def _add_run_flags(parser) -> None:

@@ -12,6 +12,7 @@ import os
 from sdgan_jax.faces import ensemble, pipeline
 
 TARGET_MODES = ('random', 'seeded', 'farthest')
+LANDMARK_SOURCES = ('mesh', 'dlib')
 FALLBACKS = ('pixelate', 'fill')
 # --baseline name -> sdgan_jax.baselines name (the paper's table rows).
 BASELINES = {'blur': 'blur17', 'pixelate': 'pixelate8', 'mask': 'mask'}
@@ -49,6 +50,12 @@ class Options:
     detect_min_face_px: the smallest face width the BlazeFace pyramids look for (faces
       below ``min_face_px`` are still covered by the fallback when found).
     upsample: dlib's upsampling, for 'hog' and 'cnn' in ``detectors``.
+    verify_faces: every candidate of the detectors is judged by the face mesh's presence
+      score and its box tightened to the mesh (``faces.verify``); False keeps every
+      candidate as the detectors gave it.
+    presence_threshold: the mesh's presence score from which a candidate is a face.
+    landmarks: where a face's 68 points come from: 'mesh' (the face mesh, any pose) or
+      'dlib' (dlib's shape predictor, turned upright by the keypoints).
     feather: soft paste-back edge, as a fraction of the face box size.
     keep_exif: copy EXIF (minus GPS and orientation) into the outputs.
     quality: JPEG/WebP quality of the outputs (1-100).
@@ -78,6 +85,9 @@ class Options:
   detector_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
   detect_min_face_px: float = 20.0
   upsample: int = 1
+  verify_faces: bool = True
+  presence_threshold: float = 0.5
+  landmarks: str = 'mesh'
   feather: float = 0.06
   keep_exif: bool = False
   quality: int = 95
@@ -100,6 +110,11 @@ class Options:
     self.detectors = ensemble.parse_detectors(self.detectors)
     if self.track_cover_frames < 0:
       raise ValueError(f'track_cover_frames must be >= 0, got {self.track_cover_frames}')
+    if not 0.0 <= self.presence_threshold <= 1.0:  # also refuses NaN
+      raise ValueError('presence_threshold is the face mesh\'s probability, in [0, 1]; got '
+                       f'{self.presence_threshold}')
+    if self.landmarks not in LANDMARK_SOURCES:
+      raise ValueError(f'landmarks must be one of {LANDMARK_SOURCES}, got {self.landmarks!r}')
     if self.detect_min_face_px <= 0:
       raise ValueError(f'detect_min_face_px must be > 0, got {self.detect_min_face_px}')
     if not self.identity_threshold >= 0:  # also refuses NaN

@@ -72,7 +72,8 @@ def run_report(files: list[dict], *, anonymizer, warnings: Sequence[str], second
   totals = {'files': len(files),
             'errors': sum(f['status'] == 'error' for f in files),
             'skipped': sum(f['status'] == 'skipped' for f in files)}
-  for key in ('faces_found', 'anonymized', 'fallbacks', 'frames', 'covered_by_tracking'):
+  for key in ('faces_found', 'anonymized', 'fallbacks', 'frames', 'covered_by_tracking',
+              'rejected_candidates'):
     totals[key] = sum(f.get(key, 0) for f in files)
   images = sum(f.get('kind') == 'image' and f['status'] == 'ok' for f in files)
   totals['seconds'] = round(seconds, 3)

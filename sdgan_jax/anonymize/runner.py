@@ -84,7 +84,11 @@ class Runner:
         self._bar.update(files)
 
   def _add(self, entry: dict, faces: int = 0) -> None:
-    """One finished file's entry."""
+    """One finished file's entry, with the candidates the face mesh rejected in it."""
+    rejected = self.anonymizer.take_rejected(entry['input'])
+    entry['rejected_candidates'] = len(rejected)
+    if rejected and entry.get('kind') == 'image' and 'frames' not in entry:
+      entry['rejected'] = rejected
     self.files.append(entry)
     self._tick(faces, 1)
 

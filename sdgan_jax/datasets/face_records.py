@@ -3,7 +3,8 @@
 The face itself is prepared by ``sdgan_jax.faces.pipeline.prepare_face`` (the anonymizer's
 preparation too); here only what a dataset adds: one face per image, the largest detected
 (CelebA's aligned images hold one subject), and a reason for every image that yields none
-(``SKIP_REASONS``). No TensorFlow: the workers import only numpy, PIL and dlib.
+(``SKIP_REASONS``). No TensorFlow: the workers import numpy, PIL, dlib and (for the face
+mesh) JAX.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sdgan_jax.datasets import features
 from sdgan_jax.datasets.image_sources import Payload
 
 SKIP_REASONS = ('missing', 'unreadable', 'no_face', 'too_small', 'failed')
+LANDMARK_SOURCES = ('mesh', 'dlib')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +30,19 @@ class FaceOptions:
     detector: 'hog' or 'cnn' (``sdgan_jax.faces.detect.FaceDetector``).
     upsample: detector upsampling steps (1: faces down to ~40 px; CelebA's are ~100 px).
     min_face_px: a largest face with a shorter box side under this is skipped as too_small.
+    landmarks: 'mesh' (MediaPipe's face mesh, as the anonymizer's default: training and
+      anonymization see one geometry) or 'dlib' (dlib's 68-point shape predictor).
   """
 
   resolution: int = features.DEFAULT_RESOLUTION
   detector: str = 'hog'
   upsample: int = 1
   min_face_px: float = 40.0
+  landmarks: str = 'mesh'
+
+  def __post_init__(self):
+    if self.landmarks not in LANDMARK_SOURCES:
+      raise ValueError(f'landmarks must be one of {LANDMARK_SOURCES}, got {self.landmarks!r}')
 
 
 def decode_image(payload: Payload) -> np.ndarray:
@@ -96,12 +105,21 @@ def prepare_image(payload: Payload, options: FaceOptions, detector=None,
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     return _skipped('unreadable', f'{type(e).__name__}: {e}')
   detector = detector or detect.FaceDetector(options.detector, upsample=options.upsample)
-  predictor = predictor or detect.LandmarkPredictor()
+  predictor = predictor or landmark_predictor(options)
   try:
     return _face_record(image, options, detector, predictor)
   except Exception as e:  # pylint: disable=broad-except
     # One bad image must not stop hours of work; it is reported, never dropped silently.
     return _skipped('failed', f'{type(e).__name__}: {e}', 0)
+
+
+def landmark_predictor(options: FaceOptions):
+  """The face mesh or dlib's shape predictor, as ``options.landmarks`` says."""
+  if options.landmarks == 'mesh':
+    from sdgan_jax.faces import mesh  # pylint: disable=import-outside-toplevel
+    return mesh.FaceMesh.load()
+  from sdgan_jax.faces import detect  # pylint: disable=import-outside-toplevel
+  return detect.LandmarkPredictor()
 
 
 # The face models of this worker process (``init_worker``), or the error loading them.
@@ -117,7 +135,7 @@ def init_worker(options: FaceOptions) -> None:
     from sdgan_jax.faces import detect  # pylint: disable=import-outside-toplevel
 
     _WORKER['detector'] = detect.FaceDetector(options.detector, upsample=options.upsample)
-    _WORKER['predictor'] = detect.LandmarkPredictor()
+    _WORKER['predictor'] = landmark_predictor(options)
     _WORKER['options'] = options
     _WORKER.pop('error', None)
   except Exception as e:  # pylint: disable=broad-except

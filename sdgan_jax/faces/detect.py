@@ -104,12 +104,22 @@ class Detections:
       nose tip, mouth centre, right ear, left ear), or None for detectors without them.
     sources: per box, the detectors that found it (e.g. ``('hog', 'blazeface_full_range')``
       after an ensemble's merge), or None.
+
+  After the face mesh's second stage (``faces.verify``; None before it):
+    presence: float32 [N]: the mesh's face-presence score (NaN: too small to judge).
+    decided_by: per box, 'mesh' (judged a face) or 'detector' (kept unjudged).
+    meshes: per box, its ``faces.mesh.MeshFit``.
+    rejected: the candidates judged not to be faces (their detector boxes and presence).
   """
 
   boxes: np.ndarray
   scores: np.ndarray
   keypoints: np.ndarray | None = None
   sources: tuple | None = None
+  presence: np.ndarray | None = None
+  decided_by: tuple | None = None
+  meshes: tuple | None = None
+  rejected: 'Detections | None' = None
 
   def __len__(self) -> int:
     return len(self.scores)

@@ -41,7 +41,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -79,6 +79,12 @@ NOSE_MIDLINE = np.array([168, 6, 197, 195, 5, 4, 1, 19, 94, 2])
 NOSE_TIP = 1
 CHIN = 152
 FOREHEAD = 10
+# The fallback's cover above the face oval, for the hair: a share of the oval's height
+# (forehead top to chin). The oval's top (10) sits at the hairline of a frontal face.
+HAIR_MARGIN = 0.25
+# The oval grown about its centre by this share: dlib's jaw line, which follows the visible
+# outline, lies up to ~5% of the face width outside the mesh's oval on the sample faces.
+OVAL_MARGIN = 0.12
 # Outer eye corners: the points MediaPipe takes a tracked face's roll from.
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
 
@@ -128,6 +134,18 @@ def points_box(points) -> np.ndarray:
   return np.concatenate([xy.min(0), xy.max(0)]).astype(np.float32)
 
 
+def face_region(points) -> np.ndarray:
+  """float32 (x0, y0, x1, y1), inclusive: the box of the face oval (grown by
+  ``OVAL_MARGIN``) and of the same oval shifted ``HAIR_MARGIN`` of its height towards the top
+  of the head, turned with the face: what the fail-closed fallback covers
+  (``anonymize.fallback``)."""
+  xy = np.asarray(points, np.float64)[:, :2]
+  oval = xy[FACE_OVAL]
+  oval = oval + OVAL_MARGIN * (oval - oval.mean(0))
+  up = xy[FOREHEAD] - xy[CHIN]
+  return points_box(np.concatenate([oval, oval + HAIR_MARGIN * up]))
+
+
 def roi_matrix(box, keypoints=None) -> tuple[np.ndarray, float]:
   """(matrix [2, 3] photo -> 192-px network input, roll in degrees) of one candidate: the
   square of ``ROI_SCALE`` times the box's longer side centred on the box, turned by the
@@ -137,12 +155,32 @@ def roi_matrix(box, keypoints=None) -> tuple[np.ndarray, float]:
   centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
   roll = upright.roll_degrees(np.asarray(keypoints, np.float64)) if (
       upright.has_keypoints(keypoints)) else 0.0
-  # Turning by the roll (counter-clockwise as seen, y down) undoes the face's turn.
+  return _region(centre, side, roll), roll
+
+
+def _region(centre, side: float, roll: float) -> np.ndarray:
+  """[2, 3] photo -> network input: the square of ``side`` around ``centre``, turned by
+  ``roll`` degrees (counter-clockwise as seen; turning by it undoes the face's turn)."""
   theta = math.radians(roll)
   c, s = math.cos(theta), math.sin(theta)
-  linear = (INPUT_SIZE / side) * np.array([[c, -s], [s, c]])
-  offset = np.full(2, INPUT_SIZE / 2 - 0.5) - linear @ centre
-  return np.concatenate([linear, offset[:, None]], axis=1), roll
+  linear = (INPUT_SIZE / max(side, 1.0)) * np.array([[c, -s], [s, c]])
+  offset = np.full(2, INPUT_SIZE / 2 - 0.5) - linear @ np.asarray(centre, np.float64)
+  return np.concatenate([linear, offset[:, None]], axis=1)
+
+
+def points_roi(points) -> tuple[np.ndarray, float]:
+  """(matrix, roll) of the region MediaPipe fits a face in again from its mesh: turned by
+  the outer eye corners, the square of ``ROI_SCALE`` times the longer side of the points'
+  box in that turned frame, centred on that box."""
+  xy = np.asarray(points, np.float64)[:, :2]
+  eyes = xy[LEFT_EYE_OUTER] - xy[RIGHT_EYE_OUTER]
+  roll = math.degrees(math.atan2(-eyes[1], eyes[0]))
+  theta = math.radians(roll)
+  turn = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+  upright_xy = xy @ turn.T
+  lo, hi = upright_xy.min(0), upright_xy.max(0)
+  centre = turn.T @ ((lo + hi) / 2)
+  return _region(centre, ROI_SCALE * float(np.max(hi - lo)), roll), roll
 
 
 def _as_candidates(candidates) -> list[Candidate]:
@@ -207,16 +245,17 @@ class FaceMesh:
 
   def crops(self, image, candidates) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
     """(uint8 [N, 192, 192, 3] network inputs, their matrices, rolls) of the candidates."""
+    regions = [roi_matrix(c.box, c.keypoints) for c in _as_candidates(candidates)]
+    return self._cut(image, regions)
+
+  def _cut(self, image, regions) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
+    """The network inputs of ``regions`` [(matrix, roll)] of one image."""
     image = detect.check_image(image)
-    crops, matrices, rolls = [], [], []
-    for c in _as_candidates(candidates):
-      matrix, roll = roi_matrix(c.box, c.keypoints)
-      crop = align.warp_affine(image, matrix, (INPUT_SIZE, INPUT_SIZE), mode='edge')
-      crops.append(np.clip(np.round(crop), 0, 255).astype(np.uint8))
-      matrices.append(matrix)
-      rolls.append(roll)
+    crops = [np.clip(np.round(align.warp_affine(image, m, (INPUT_SIZE, INPUT_SIZE),
+                                                mode='edge')), 0, 255).astype(np.uint8)
+             for m, _ in regions]
     stacked = np.stack(crops) if crops else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
-    return stacked, matrices, rolls
+    return stacked, [m for m, _ in regions], [r for _, r in regions]
 
   def raw(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The network's (landmarks [N, 468, 3] in input pixels, logits [N]) for uint8 crops,
@@ -231,14 +270,53 @@ class FaceMesh:
     return np.concatenate(points), np.concatenate(logits)
 
   def __call__(self, image, candidates) -> list[MeshFit]:
-    crops, matrices, rolls = self.crops(image, candidates)
+    return self.fit_many([image], [candidates])[0]
+
+  def fit_many(self, images: Sequence[np.ndarray], candidates: Sequence,
+               map_fn: Callable = lambda fn, items: list(map(fn, items)), *,
+               refine: bool = True) -> list[list[MeshFit]]:
+    """Fits per image of every image's ``candidates``, all crops of a pass in shared
+    batches (cut per image through ``map_fn``, e.g. a thread pool's map).
+
+    With ``refine``, a candidate that the mesh judged a face (presence at least
+    ``PRESENCE_THRESHOLD``) is fitted a second time in the region its first mesh gives
+    (``points_roi``), as MediaPipe tracks a face: a detection box twice the face leaves the
+    face a third of the first crop, where the points come out loose. The second fit is kept
+    where it still sees the face.
+    """
+    if len(images) != len(candidates):
+      raise ValueError(f'{len(candidates)} candidate lists for {len(images)} images')
+    regions = [[roi_matrix(c.box, c.keypoints) for c in _as_candidates(found)]
+               for found in candidates]
+    fits = self._fit_regions(images, regions, map_fn)
+    if not refine:
+      return fits
+    again = [[k for k, f in enumerate(image_fits) if f.presence >= PRESENCE_THRESHOLD]
+             for image_fits in fits]
+    refits = self._fit_regions(
+        images, [[points_roi(image_fits[k].points) for k in ks]
+                 for image_fits, ks in zip(fits, again)], map_fn)
+    for image_fits, ks, new in zip(fits, again, refits):
+      for k, fit in zip(ks, new):
+        if fit.presence >= PRESENCE_THRESHOLD:
+          image_fits[k] = fit
+    return fits
+
+  def _fit_regions(self, images, regions, map_fn) -> list[list[MeshFit]]:
+    """The fits of ``regions`` [(matrix, roll)] per image, in shared batches."""
+    cut = map_fn(lambda pair: self._cut(*pair), list(zip(images, regions)))
+    crops = (np.concatenate([c[0] for c in cut]) if cut else
+             np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
     points, logits = self.raw(crops)
     presence = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
-    fits = []
-    for k, matrix in enumerate(matrices):
-      # Network x, y count from the crop's edge; the matrices map pixel centres.
-      xy = align.apply_matrix(align.invert_matrix(matrix), points[k, :, :2] - 0.5)
-      z = points[k, :, 2:] / align.matrix_scale(matrix)
-      fits.append(MeshFit(points=np.concatenate([xy, z], axis=1).astype(np.float32),
-                          presence=float(presence[k]), roll=float(rolls[k]), matrix=matrix))
+    fits, k = [], 0
+    for _, matrices, rolls in cut:
+      fits.append([])
+      for matrix, roll in zip(matrices, rolls):
+        # Network x, y count from the crop's edge; the matrices map pixel centres.
+        xy = align.apply_matrix(align.invert_matrix(matrix), points[k, :, :2] - 0.5)
+        z = points[k, :, 2:] / align.matrix_scale(matrix)
+        fits[-1].append(MeshFit(points=np.concatenate([xy, z], axis=1).astype(np.float32),
+                                presence=float(presence[k]), roll=float(roll), matrix=matrix))
+        k += 1
     return fits

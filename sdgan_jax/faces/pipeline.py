@@ -1,8 +1,9 @@
 """From a photo to prepared faces: detect, fit landmarks, check, align, mask (docs/data.md).
 
 One preparation path for the data preparation and the anonymizer (``prepare_detected``):
-fit a detected face's 68 landmarks (turned upright first when the detector gave keypoints,
-``faces.upright``), check that they belong to its box, align the crop, draw its face mask
+take a detected face's 68 landmarks from its face mesh (``faces.mesh``, any pose; the
+default) or fit them with dlib's shape predictor (turned upright first when the detector
+gave keypoints, ``faces.upright``), check that they belong to its box, align the crop, draw its face mask
 and semantic map (``prepare_face``) and check that the mask covers the box's centre. A step
 that fails is recorded on the face (``Face.reason``), never raised, so that a caller can
 fail closed on it (the anonymizer covers such faces) or skip it.
@@ -19,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from sdgan_jax.datasets import features
-from sdgan_jax.faces import align, detect, masks, upright
+from sdgan_jax.faces import align, detect, landmarks as scheme, masks, mesh as face_mesh, upright
 
 # Below about this box size dlib's 68 landmarks get unreliable (its HOG model sees faces of
 # ~80 px) and a 128-px crop would be an upsampling of 1.5x or more.
@@ -43,6 +44,9 @@ class Face:
     too_small: the box's shorter side is under ``min_face_px``.
     keypoints: the detector's six keypoints [6, 2] (BlazeFace), or None.
     detectors: the detectors that found the face (an ensemble's merge).
+    presence: the face mesh's presence score (None: not judged, ``faces.verify``).
+    decided_by: 'mesh' (the face mesh judged it a face) or 'detector' (kept unjudged).
+    mesh: its ``faces.mesh.MeshFit``, or None.
     index: detection order in its image.
     image_landmarks: float32 [68, 2] in image pixels (dlib's face chip is cut from them).
 
@@ -65,6 +69,9 @@ class Face:
   too_small: bool = False
   keypoints: np.ndarray | None = None
   detectors: tuple[str, ...] = ()
+  presence: float | None = None
+  decided_by: str | None = None
+  mesh: face_mesh.MeshFit | None = None
   index: int = 0
   image_landmarks: np.ndarray | None = None
   reason: str | None = None
@@ -104,6 +111,9 @@ class Face:
     """The face's row of the anonymizer's report (fields that are None left out)."""
     row = {'box': [float(v) for v in self.box], 'status': self.status,
            'reason': self.reason, 'detail': self.detail,
+           'score': None if self.score is None else round(self.score, 4),
+           'presence': None if self.presence is None else round(self.presence, 4),
+           'decided_by': self.decided_by,
            'identity_distance': self.identity_distance, 'target': self.target,
            'track': self.track, 'detectors': list(self.detectors) or None,
            'region': self.region}
@@ -128,10 +138,43 @@ def prepare_face(image, landmarks, resolution: int = features.DEFAULT_RESOLUTION
 
 def detected_faces(found: detect.Detections) -> list[Face]:
   """A ``Face`` per detection of one image, in detection order."""
+  def presence(k):
+    p = None if found.presence is None else float(found.presence[k])
+    return p if p is not None and np.isfinite(p) else None
+
   return [Face(box=np.asarray(box, np.float32), score=float(found.scores[k]),
                keypoints=None if found.keypoints is None else found.keypoints[k],
-               detectors=tuple(found.sources[k]) if found.sources else (), index=k)
+               detectors=tuple(found.sources[k]) if found.sources else (), index=k,
+               presence=presence(k),
+               decided_by=None if found.decided_by is None else found.decided_by[k],
+               mesh=None if found.meshes is None else found.meshes[k])
           for k, box in enumerate(found.boxes)]
+
+
+def fit_landmarks(image: np.ndarray, face: Face, predictor) -> np.ndarray:
+  """[68, 2] landmarks of ``face`` in image pixels.
+
+  ``predictor`` is a ``faces.mesh.FaceMesh`` (the points come from the face's mesh, fitted
+  now unless the second stage already did; raises when the mesh sees no face there) or
+  dlib's ``detect.LandmarkPredictor`` (``upright.fit_landmarks``).
+  """
+  if not isinstance(predictor, face_mesh.FaceMesh):
+    return upright.fit_landmarks(predictor, image, face.box, face.keypoints)
+  if face.mesh is None:
+    face.mesh = predictor(image, [(face.box, face.keypoints)])[0]
+  if not face.mesh.presence >= face_mesh.PRESENCE_THRESHOLD:
+    raise ValueError(f'the face mesh sees no face in the box (presence '
+                     f'{face.mesh.presence:.2f} < {face_mesh.PRESENCE_THRESHOLD:g})')
+  return scheme.from_mesh(face.mesh.points)
+
+
+def face_region(face: Face) -> np.ndarray:
+  """(x0, y0, x1, y1), inclusive: what the fallback covers of ``face``: its mesh's face
+  oval with the hair above it (``faces.mesh.face_region``), else its box grown to the face
+  box that its keypoints place (``faces.upright.face_region``)."""
+  if face.mesh is not None:
+    return face_mesh.face_region(face.mesh.points)
+  return upright.face_region(face.box, face.keypoints)
 
 
 def check_landmarks(landmarks: np.ndarray, box) -> None:
@@ -166,11 +209,14 @@ def mask_coverage(mask: np.ndarray, matrix: np.ndarray, box) -> float:
   return float(hit.mean())
 
 
-def prepare_detected(image: np.ndarray, face: Face, predictor: detect.LandmarkPredictor,
+def prepare_detected(image: np.ndarray, face: Face, predictor,
                      resolution: int = features.DEFAULT_RESOLUTION, *,
                      min_face_px: float = DEFAULT_MIN_FACE_PX, min_mask_coverage: float = 0.0,
                      prepare_too_small: bool = False, check: bool = True) -> Face:
   """Prepares one detected face in place (module doc) and returns it.
+
+  ``predictor``: a ``faces.mesh.FaceMesh`` or dlib's ``detect.LandmarkPredictor``
+  (``fit_landmarks``).
 
   Reasons recorded: ``too_small`` (the box is under ``min_face_px``; such a face is only
   prepared with ``prepare_too_small``), ``landmarks_failed`` (implausible points, or no
@@ -184,7 +230,7 @@ def prepare_detected(image: np.ndarray, face: Face, predictor: detect.LandmarkPr
     if not prepare_too_small:
       return face
   try:
-    landmarks = upright.fit_landmarks(predictor, image, face.box, face.keypoints)
+    landmarks = fit_landmarks(image, face, predictor)
     if check:
       check_landmarks(landmarks, face.box)
     aligned, mask, semantic = prepare_face(image, landmarks, resolution)
@@ -203,7 +249,7 @@ def prepare_detected(image: np.ndarray, face: Face, predictor: detect.LandmarkPr
 
 def prepare_faces(image, resolution: int = features.DEFAULT_RESOLUTION,
                   detector: detect.FaceDetector | None = None,
-                  predictor: detect.LandmarkPredictor | None = None,
+                  predictor=None,
                   min_face_px: float = DEFAULT_MIN_FACE_PX) -> list[Face]:
   """Detects every face in a uint8 RGB ``image`` [H, W, 3] and prepares it (best score first).
 
@@ -211,12 +257,13 @@ def prepare_faces(image, resolution: int = features.DEFAULT_RESOLUTION,
     image: uint8 RGB [H, W, 3] (convert grayscale/RGBA first, see ``detect``).
     resolution: crop size R (128 for training data, docs/data.md).
     detector: defaults to ``FaceDetector('hog', upsample=1)``.
-    predictor: defaults to ``LandmarkPredictor()``.
+    predictor: the face mesh (``faces.mesh.FaceMesh.load()``, the default) or dlib's
+      ``LandmarkPredictor()``.
     min_face_px: faces whose box is smaller get ``too_small=True`` (and are prepared all
       the same, for the caller to decide); a face that cannot be prepared keeps its reason.
   """
   image = detect.check_image(image)
   detector = detector or detect.FaceDetector('hog', upsample=1)
-  predictor = predictor or detect.LandmarkPredictor()
+  predictor = predictor or face_mesh.FaceMesh.load()
   return [prepare_detected(image, face, predictor, resolution, min_face_px=min_face_px,
                            prepare_too_small=True) for face in detected_faces(detector(image))]

@@ -1,0 +1,183 @@
+"""The second stage (faces/verify.py) and the mesh's geometry: faces kept, negatives dropped,
+turned and tilted faces aligned from their own points, the fallback region on the face.
+
+The references are independent of the mesh: dlib's 68 landmarks of the sample faces (HOG
+detector and shape predictor on the large upright photo), carried through the same turn as
+the pixels, and negatives labelled by looking at them.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from sdgan_jax.datasets import samples
+from sdgan_jax.faces import align, detect, landmarks as lm, mesh, pipeline, verify
+
+# Boxes (x0, y0, x1, y1) on the sample photos with no face in them, each looked at: the
+# kind of thing the detector ensemble put candidates on.
+NEGATIVES = {
+    'obama': {'sleeve by the flag': (124, 769, 196, 841), 'hand': (223, 872, 323, 972),
+              'fingers': (640, 896, 660, 916), 'flag edge': (115, 718, 141, 744)},
+    'obama2': {'stars of the flag': (14, 74, 103, 164)},
+    'obama3': {'jacket button': (692, 1547, 717, 1572), 'side table': (139, 1883, 247, 1991),
+               'chandelier': (394, 461, 451, 518), 'arm and jacket': (1016, 867, 1164, 1014),
+               'shoes': (361, 2181, 477, 2297), 'sleeve buttons': (556, 1729, 683, 1856),
+               'dark jacket': (842, 1874, 965, 1997), 'folded arms': (270, 904, 398, 1031)},
+    'biden': {'jacket button': (539, 1495, 566, 1523), 'curtain': (474, 1289, 555, 1369),
+              'sleeve buttons': (857, 1947, 927, 2018), 'dark trousers': (361, 2042, 441, 2123)},
+}
+SKIMAGE_NEGATIVES = {'coffee': (200, 50, 500, 350), 'rocket': (200, 100, 300, 200),
+                     'brick': (100, 100, 300, 300)}
+ANGLES = (0.0, 30.0, -45.0)
+FACE_WIDTH = 110.0  # jaw-line width of the turned views, px
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+  every = samples.fetch_sample_photos(tmp_path_factory.mktemp('verify_photos'))
+  return {name: (image, samples.photo_landmarks(image)) for name, image in every.items()}
+
+
+@pytest.fixture(scope='module')
+def face_mesh(face_mesh_weights):
+  return mesh.FaceMesh.load(face_mesh_weights[0])
+
+
+def turned_face(image, points, degrees, width=FACE_WIDTH):
+  """A 3-face-wide view of the face turned by ``degrees`` (counter-clockwise as seen), its
+  jaw ``width`` px wide, and its 68 points carried along."""
+  scale = width / np.ptp(points[:17, 0])
+  t = math.radians(degrees)
+  linear = scale * np.array([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]])
+  size = int(3 * width)
+  offset = np.full(2, size / 2) - linear @ points.mean(0)
+  matrix = np.concatenate([linear, offset[:, None]], axis=1)
+  view = align.warp_affine(image, matrix, (size, size), mode='edge')
+  return (np.clip(np.round(view), 0, 255).astype(np.uint8),
+          align.apply_matrix(matrix, points).astype(np.float32))
+
+
+def blazeface_like(points):
+  """A candidate as BlazeFace gives one: the points' box and six keypoints (right eye, left
+  eye, nose tip, mouth centre, right ear, left ear)."""
+  keypoints = np.stack([points[lm.LEFT_EYE].mean(0), points[lm.RIGHT_EYE].mean(0),
+                        points[30], points[lm.MOUTH].mean(0), points[0], points[16]])
+  box = np.concatenate([points.min(0), points.max(0)])
+  return box.astype(np.float32), keypoints.astype(np.float32)
+
+
+def candidates(boxes, keypoints=None):
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  return detect.Detections(boxes, np.full(len(boxes), 0.6, np.float32), keypoints,
+                           tuple(('blazeface_short_range',) for _ in boxes))
+
+
+def test_second_stage_keeps_turned_faces_and_tightens_their_boxes(photos, face_mesh):
+  for name, (image, points) in photos.items():
+    for degrees in ANGLES:
+      view, truth = turned_face(image, points, degrees)
+      box, keypoints = blazeface_like(truth)
+      loose = box + np.array([-0.5, -0.5, 0.5, 0.5]) * (box[2] - box[0])  # a box twice the face
+      found = candidates([box, loose], np.stack([keypoints, keypoints]))
+      kept = verify.judge(found, face_mesh(view, found))
+      assert len(kept) == 1, (name, degrees, kept.presence)  # one face, the two merged
+      assert kept.decided_by == ('mesh',) and kept.presence[0] >= verify.PRESENCE_THRESHOLD
+      assert kept.sources == (('blazeface_short_range',),)
+      x0, y0, x1, y1 = kept.boxes[0]
+      slack = 0.08 * FACE_WIDTH
+      inner = truth[17:]  # brows, eyes, nose, mouth: what identifies the face
+      assert (inner[:, 0] >= x0 - slack).all() and (inner[:, 0] <= x1 + slack).all(), name
+      assert (inner[:, 1] >= y0 - slack).all() and (inner[:, 1] <= y1 + slack).all(), name
+      # The tightened box is the face's, not the loose candidate's.
+      assert x1 - x0 < 1.6 * np.ptp(truth[:, 0]) and y1 - y0 < 1.8 * np.ptp(truth[:, 1]), (
+          name, degrees, kept.boxes[0])
+
+
+def test_second_stage_rejects_negatives(photos, face_mesh):
+  from skimage import data  # pylint: disable=import-outside-toplevel
+
+  images = {name: photos[name][0] for name in NEGATIVES}
+  boxes = {name: list(NEGATIVES[name].values()) for name in NEGATIVES}
+  for name, box in SKIMAGE_NEGATIVES.items():
+    images[name] = np.asarray(getattr(data, name)())
+    if images[name].ndim == 2:
+      images[name] = np.repeat(images[name][..., None], 3, axis=2)
+    images[name] = np.ascontiguousarray(images[name][..., :3])
+    boxes[name] = [box]
+  names = list(images)
+  found = [candidates(boxes[n]) for n in names]
+  fits = face_mesh.fit_many([images[n] for n in names], found)
+  for name, f, m in zip(names, found, fits):
+    kept = verify.judge(f, m)
+    assert len(kept) == 0, (name, kept.presence)
+    assert len(kept.rejected) == len(f)
+    np.testing.assert_array_equal(kept.rejected.boxes, f.boxes)  # reported as detected
+    assert (kept.rejected.presence < verify.PRESENCE_THRESHOLD).all()
+
+
+def _fit(points, presence):
+  return mesh.MeshFit(points=np.asarray(points, np.float32), presence=presence, roll=0.0,
+                      matrix=np.eye(2, 3))
+
+
+def test_judge_rules():
+  """Tiny candidates stay unjudged, low presence is dropped and listed, one face's two
+  candidates merge (all detectors kept), boxes become the mesh's."""
+  rng = np.random.default_rng(0)
+  face = np.concatenate([rng.uniform(100, 200, (468, 2)), np.zeros((468, 1))], axis=1)
+  boxes = [(90, 90, 210, 210), (120, 120, 160, 160), (400, 400, 405, 405), (600, 10, 700, 110)]
+  found = detect.Detections(np.asarray(boxes, np.float32), np.array([0.9, 0.7, 0.6, 0.8]),
+                            None, (('a',), ('b',), ('a',), ('b',)))
+  fits = [_fit(face, 0.99), _fit(face + 1, 0.8), _fit(face, 0.01), _fit(face + 500, 0.2)]
+  kept = verify.judge(found, fits)
+  assert kept.decided_by == ('mesh', 'detector')
+  assert kept.sources == (('a', 'b'), ('a',))
+  np.testing.assert_allclose(kept.boxes[0], mesh.points_box(face))
+  np.testing.assert_array_equal(kept.boxes[1], boxes[2])   # 6 px: not judged, kept as given
+  assert kept.presence[0] == pytest.approx(0.99) and np.isnan(kept.presence[1])
+  assert kept.meshes[0] is fits[0]
+  np.testing.assert_array_equal(kept.rejected.boxes, [boxes[3]])
+  assert kept.rejected.presence[0] == pytest.approx(0.2)
+  with pytest.raises(ValueError, match='2 mesh fits for 4'):
+    verify.judge(found, fits[:2])
+  with pytest.raises(ValueError, match='probability'):
+    verify.VerifiedDetector(None, None, threshold=float('nan'))
+
+
+def test_mesh_alignment_of_turned_and_tilted_faces(photos, face_mesh):
+  """The 68 points from the mesh land on dlib's, the crop is the same at every roll, the mask
+  covers the face, and the fallback region holds the face without being twice its size."""
+  for name, (image, points) in photos.items():
+    crops = []
+    for degrees in ANGLES:
+      view, truth = turned_face(image, points, degrees)
+      box, keypoints = blazeface_like(truth)
+      face = pipeline.Face(box=box, keypoints=keypoints, score=0.9)
+      pipeline.prepare_detected(view, face, face_mesh, 128, min_mask_coverage=0.9)
+      assert face.reason is None, (name, degrees, face.reason, face.detail)
+      error = np.linalg.norm(face.image_landmarks - truth, axis=1) / FACE_WIDTH
+      assert np.median(error) < 0.04 and error.max() < 0.12, (name, degrees, error.max())
+      crops.append(face.landmarks)
+      region = pipeline.face_region(face)
+      assert (truth[:, 0] >= region[0]).all() and (truth[:, 0] <= region[2]).all()
+      assert (truth[:, 1] >= region[1]).all() and (truth[:, 1] <= region[3]).all()
+      side = max(region[2] - region[0], region[3] - region[1])
+      assert side < 1.9 * FACE_WIDTH, (name, degrees, region)
+    # Aligned from its own points, a face comes out the same whatever its roll.
+    for other in crops[1:]:
+      assert np.abs(other - crops[0]).max() < 0.04 * 128, name
+
+
+def test_from_mesh_scheme_matches_dlib(photos, face_mesh):
+  """The 68-from-468 table (landmarks.FROM_MESH) holds on the sample faces: 2.5% of the face
+  width from dlib's points on average, 6% for all but a few (jaw) points, 10% at most."""
+  for name, (image, points) in photos.items():
+    box, keypoints = blazeface_like(points)
+    fit = face_mesh(image, candidates([box], keypoints[None]))[0]
+    width = np.ptp(points[:17, 0])
+    error = np.linalg.norm(lm.from_mesh(fit.points) - points, axis=1) / width
+    assert error.mean() < 0.025 and np.percentile(error, 95) < 0.06 and error.max() < 0.1, (
+        name, error.mean(), error.max())
+  with pytest.raises(ValueError, match='468 points'):
+    lm.from_mesh(np.zeros((68, 2)))
