@@ -16,7 +16,7 @@ from sdgan_jax.converters import face_mesh as converter
 from sdgan_jax.converters import mediapipe_wheel
 from sdgan_jax.converters.tflite_file import TfliteModel
 from sdgan_jax.datasets import samples
-from sdgan_jax.faces import align, blazeface
+from sdgan_jax.faces import align, blazeface, detect
 from sdgan_jax.faces import landmarks as lm
 from sdgan_jax.faces import mesh
 from sdgan_jax.models import face_mesh as models
@@ -176,6 +176,10 @@ def test_presence_is_low_without_a_face(face_mesh):
     scores = [fit.presence for fit in face_mesh(image, boxes)]
     print(f'{name}: presence {np.round(scores, 4).tolist()}')
     assert max(scores) < 0.5, (name, scores)
+  # A detector's output goes in as it is; no candidates, no fits.
+  found = detect.Detections(boxes=np.float32(boxes), scores=np.ones(3, np.float32))
+  assert [f.presence for f in face_mesh(image, found)] == pytest.approx(scores)
+  assert face_mesh(image, []) == []
 
 
 def test_region_of_interest_follows_mediapipes_rule():
