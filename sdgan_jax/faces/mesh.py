@@ -9,8 +9,8 @@ keypoints -- the crop is the region of interest MediaPipe builds from a face det
    eye keypoint is horizontal (no turn without keypoints);
 2. the square: centred on the box's centre, side 1.5 times the box's longer side (the box
    as the detector gave it, axis-aligned in the photo). MediaPipe's own rule, kept because
-   BlazeFace's box is what the mesh network was trained behind; on the sample faces its
-   centre lies near the keypoints' centroid anyway;
+   the network was trained behind BlazeFace's boxes, which reach the forehead: a box placed
+   lower (dlib's landmarks' box, brows to chin) cost accuracy on the sample faces;
 3. the square, turned upright, is resampled to 192x192 (bilinear, Gaussian prefilter when
    shrinking, edge pixels repeated beyond the photo), scaled to [0, 1] and run through the
    network; all candidates of a call go in fixed-size batches (one compiled program, the
@@ -145,7 +145,7 @@ def roi_matrix(box, keypoints=None) -> tuple[np.ndarray, float]:
   return np.concatenate([linear, offset[:, None]], axis=1), roll
 
 
-def _as_candidates(candidates) -> list[Candidate]:
+def _as_candidates(candidates: detect.Detections | Sequence) -> list[Candidate]:
   if isinstance(candidates, detect.Detections):
     kps = candidates.keypoints
     return [Candidate(np.asarray(b), None if kps is None else np.asarray(kps[i]))
@@ -205,7 +205,8 @@ class FaceMesh:
     from sdgan_jax import weights  # pylint: disable=import-outside-toplevel
     return cls(weights.load_weights(NAME, weights_dir), **kwargs)
 
-  def crops(self, image, candidates) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
+  def crops(self, image, candidates: detect.Detections | Sequence
+            ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
     """(uint8 [N, 192, 192, 3] network inputs, their matrices, rolls) of the candidates."""
     image = detect.check_image(image)
     crops, matrices, rolls = [], [], []
@@ -230,7 +231,7 @@ class FaceMesh:
       logits.append(np.asarray(s)[:len(chunk)])
     return np.concatenate(points), np.concatenate(logits)
 
-  def __call__(self, image, candidates) -> list[MeshFit]:
+  def __call__(self, image, candidates: detect.Detections | Sequence) -> list[MeshFit]:
     crops, matrices, rolls = self.crops(image, candidates)
     points, logits = self.raw(crops)
     presence = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
