@@ -8,8 +8,6 @@ plane, and on photos without faces.
 
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,7 +16,7 @@ from sdgan_jax.converters import face_mesh as converter
 from sdgan_jax.converters import mediapipe_wheel
 from sdgan_jax.converters.tflite_file import TfliteModel
 from sdgan_jax.datasets import samples
-from sdgan_jax.faces import align, blazeface
+from sdgan_jax.faces import align, blazeface, detect
 from sdgan_jax.faces import landmarks as lm
 from sdgan_jax.faces import mesh
 from sdgan_jax.models import face_mesh as models
@@ -50,7 +48,8 @@ def test_converted_network_matches_tflite(face_mesh_weights):
   # Eileen Collins's face, framed as the runtime frames a detection of it.
   crops, _, _ = mesh.FaceMesh(variables).crops(data.astronaut(), [[171, 65, 278, 172]])
   noise = np.random.default_rng(0).integers(0, 256, crops.shape[1:], np.uint8)
-  images = np.stack([crops[0], noise, np.zeros_like(noise)]).astype(np.float32) / 255.0
+  images_u8 = np.stack([crops[0], noise, np.zeros_like(noise)])
+  images = images_u8.astype(np.float32) / 255.0
 
   runner = interpreter(path)
   outputs = {d['shape'][-1]: d['index'] for d in runner.get_output_details()}
@@ -60,7 +59,8 @@ def test_converted_network_matches_tflite(face_mesh_weights):
     runner.invoke()
     ref_points.append(runner.get_tensor(outputs[1404]).reshape(468, 3))
     ref_logits.append(runner.get_tensor(outputs[1]).reshape(()))
-  points, logits = jax.jit(models.FaceMeshNet().apply)(variables, jnp.asarray(images))
+  # The program the runtime runs (its XLA options, uint8 in, scaled inside).
+  points, logits = mesh._jitted_apply()(variables, images_u8)  # pylint: disable=protected-access
   for ours, theirs, what in ((points, ref_points, 'landmarks'), (logits, ref_logits, 'logit')):
     for k in range(len(images)):
       err = float(np.abs(np.asarray(ours)[k] - theirs[k]).max())
@@ -156,7 +156,11 @@ def test_mesh_fits_real_faces_upright_and_turned(face_mesh, photos, degrees):
     assert fit.presence >= 0.5, (name, degrees, fit.presence)
     assert err.max() < 0.08, (name, degrees, err)
     base = mesh.roi_matrix(*candidate_from_landmarks(upright_points))[1]
-    assert fit.roll == pytest.approx(base + degrees, abs=1e-6)
+    # The first fit is turned by the keypoints' roll; the refit (``fit_many``'s refine) by
+    # the first mesh's own eye corners, which agree to a few degrees.
+    [[first]] = face_mesh.fit_many([image], [[candidate]], refine=False)
+    assert first.roll == pytest.approx(base + degrees, abs=1e-6)
+    assert fit.roll == pytest.approx(base + degrees, abs=3)
     assert fit.points.shape == (468, 3) and fit.points.dtype == np.float32
     # The face oval holds the eyes, brows, nose and mouth of the 68-point scheme.
     assert points_in_poly(points[17:], fit.points[mesh.FACE_OVAL, :2]).all(), name
@@ -176,6 +180,10 @@ def test_presence_is_low_without_a_face(face_mesh):
     scores = [fit.presence for fit in face_mesh(image, boxes)]
     print(f'{name}: presence {np.round(scores, 4).tolist()}')
     assert max(scores) < 0.5, (name, scores)
+  # A detector's output goes in as it is; no candidates, no fits.
+  found = detect.Detections(boxes=np.float32(boxes), scores=np.ones(3, np.float32))
+  assert [f.presence for f in face_mesh(image, found)] == pytest.approx(scores)
+  assert face_mesh(image, []) == []
 
 
 def test_region_of_interest_follows_mediapipes_rule():

@@ -9,8 +9,8 @@ keypoints -- the crop is the region of interest MediaPipe builds from a face det
    eye keypoint is horizontal (no turn without keypoints);
 2. the square: centred on the box's centre, side 1.5 times the box's longer side (the box
    as the detector gave it, axis-aligned in the photo). MediaPipe's own rule, kept because
-   BlazeFace's box is what the mesh network was trained behind; on the sample faces its
-   centre lies near the keypoints' centroid anyway;
+   the network was trained behind BlazeFace's boxes, which reach the forehead: a box placed
+   lower (dlib's landmarks' box, brows to chin) cost accuracy on the sample faces;
 3. the square, turned upright, is resampled to 192x192 (bilinear, Gaussian prefilter when
    shrinking, edge pixels repeated beyond the photo), scaled to [0, 1] and run through the
    network; all candidates of a call go in fixed-size batches (one compiled program, the
@@ -183,7 +183,7 @@ def points_roi(points) -> tuple[np.ndarray, float]:
   return _region(centre, ROI_SCALE * float(np.max(hi - lo)), roll), roll
 
 
-def _as_candidates(candidates) -> list[Candidate]:
+def _as_candidates(candidates: detect.Detections | Sequence) -> list[Candidate]:
   if isinstance(candidates, detect.Detections):
     kps = candidates.keypoints
     return [Candidate(np.asarray(b), None if kps is None else np.asarray(kps[i]))
@@ -225,9 +225,12 @@ class FaceMesh:
     variables: the converted weights (``load`` reads them by name).
     batch_size: crops per network call, one compiled shape (default 8 on a CPU, 64 on
       accelerators).
+    antialias: Gaussian prefilter before shrinking a region to 192 px (``align.warp_affine``);
+      MediaPipe resamples without one. Off, the crop of a 240-px face took 3.5 ms instead of
+      16 ms on a 2-core CPU (``docs/detection.md``).
   """
 
-  def __init__(self, variables, batch_size: int | None = None):
+  def __init__(self, variables, batch_size: int | None = None, antialias: bool = True):
     import jax  # pylint: disable=import-outside-toplevel
 
     batch_size = batch_size or (8 if jax.default_backend() == 'cpu' else 64)
@@ -235,6 +238,7 @@ class FaceMesh:
       raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     self.variables = variables
     self.batch_size = int(batch_size)
+    self.antialias = bool(antialias)
     self._apply = _jitted_apply()
 
   @classmethod
@@ -243,7 +247,8 @@ class FaceMesh:
     from sdgan_jax import weights  # pylint: disable=import-outside-toplevel
     return cls(weights.load_weights(NAME, weights_dir), **kwargs)
 
-  def crops(self, image, candidates) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
+  def crops(self, image, candidates: detect.Detections | Sequence
+            ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
     """(uint8 [N, 192, 192, 3] network inputs, their matrices, rolls) of the candidates."""
     regions = [roi_matrix(c.box, c.keypoints) for c in _as_candidates(candidates)]
     return self._cut(image, regions)
@@ -251,8 +256,9 @@ class FaceMesh:
   def _cut(self, image, regions) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
     """The network inputs of ``regions`` [(matrix, roll)] of one image."""
     image = detect.check_image(image)
-    crops = [np.clip(np.round(align.warp_affine(image, m, (INPUT_SIZE, INPUT_SIZE),
-                                                mode='edge')), 0, 255).astype(np.uint8)
+    crops = [np.clip(np.round(align.warp_affine(image, m, (INPUT_SIZE, INPUT_SIZE), mode='edge',
+                                                antialias=self.antialias)),
+                     0, 255).astype(np.uint8)
              for m, _ in regions]
     stacked = np.stack(crops) if crops else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
     return stacked, [m for m, _ in regions], [r for _, r in regions]
@@ -269,7 +275,7 @@ class FaceMesh:
       logits.append(np.asarray(s)[:len(chunk)])
     return np.concatenate(points), np.concatenate(logits)
 
-  def __call__(self, image, candidates) -> list[MeshFit]:
+  def __call__(self, image, candidates: detect.Detections | Sequence) -> list[MeshFit]:
     return self.fit_many([image], [candidates])[0]
 
   def fit_many(self, images: Sequence[np.ndarray], candidates: Sequence,
