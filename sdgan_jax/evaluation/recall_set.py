@@ -89,6 +89,11 @@ class GroundTruthFace:
   occluder: np.ndarray | None = None
 
   @property
+  def size(self) -> float:
+    """The face's width in canvas pixels (``covers``' slack is a share of it)."""
+    return self.spec.size
+
+  @property
   def keypoints(self) -> np.ndarray:
     """[5, 2]: the eye centres, the nose tip and the mouth corners."""
     pts = self.landmarks
@@ -338,9 +343,13 @@ def build_recall_set(sources: dict[str, FaceSource], num_faces: int = 120,
 def covers(box, face: GroundTruthFace, tolerance: float = 0.05) -> bool:
   """True when ``box`` (x0, y0, x1, y1) contains the face's visible key points (with
   ``tolerance`` of the face width to spare) and is at most ``MAX_AREA_RATIO`` times the
-  face's box. (What an occluder hides cannot identify anyone.)"""
+  face's box. (What an occluder hides cannot identify anyone.)
+
+  ``face`` is any object with ``size``, ``keypoints`` [5, 2], ``visible`` [5] and ``box``
+  (exclusive ends), so that the photo set (``evaluation.photo_set``) scores alike.
+  """
   x0, y0, x1, y1 = (float(v) for v in box)
-  slack = tolerance * face.spec.size
+  slack = tolerance * face.size
   pts = face.keypoints[face.visible]
   inside = ((pts[:, 0] >= x0 - slack) & (pts[:, 0] <= x1 + slack) &
             (pts[:, 1] >= y0 - slack) & (pts[:, 1] <= y1 + slack)).all()
@@ -355,18 +364,25 @@ def found_faces(canvas: Canvas, boxes: np.ndarray) -> list[bool]:
   return [any(covers(b, face) for b in boxes) for face in canvas.faces]
 
 
+def _intersect(a, b) -> bool:
+  return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def false_box_mask(boxes: np.ndarray, faces: Sequence, ignore: Sequence = ()) -> np.ndarray:
+  """bool [N]: which of ``boxes`` [N, 4] cover none of ``faces`` and overlap none of their
+  boxes nor any ``ignore`` region (x0, y0, x1, y1; a place where a detection counts neither
+  way, e.g. a face cut by the frame)."""
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  mask = np.ones(len(boxes), bool)
+  for i, b in enumerate(boxes):
+    mask[i] = not (any(covers(b, face) or _intersect(b, face.box) for face in faces) or
+                   any(_intersect(b, region) for region in ignore))
+  return mask
+
+
 def false_boxes(canvas: Canvas, boxes: np.ndarray) -> int:
   """Detections that cover no ground-truth face and overlap none of their boxes."""
-  count = 0
-  for b in np.asarray(boxes, np.float64).reshape(-1, 4):
-    hit = False
-    for face in canvas.faces:
-      g = face.box
-      if covers(b, face) or (b[0] < g[2] and g[0] < b[2] and b[1] < g[3] and g[1] < b[3]):
-        hit = True
-        break
-    count += not hit
-  return count
+  return int(false_box_mask(boxes, canvas.faces).sum())
 
 
 def recall_table(canvases: Sequence[Canvas], found: Sequence[Sequence[bool]]) -> dict:
