@@ -51,6 +51,9 @@ class BoxDetector:
 
 
 def _anonymizer(detector=None, **options) -> anonymize.FaceAnonymizer:
+  # The stand-in boxes hold patterns, not faces: no second stage, and dlib's landmarks (whose
+  # model comes with the packages) instead of the face mesh's converted weights.
+  options = {'verify_faces': False, 'landmarks': 'dlib', **options}
   return anonymize.FaceAnonymizer(
       baseline='pixelate', detector=detector or BoxDetector(),
       options=anonymize.Options(identity_threshold=0, workers=1, **options))

@@ -122,24 +122,32 @@ def _fit(points, presence):
 
 
 def test_judge_rules():
-  """Tiny candidates stay unjudged, low presence is dropped and listed, one face's two
-  candidates merge (all detectors kept), boxes become the mesh's."""
+  """Tiny candidates stay unjudged, two confident detectors outvote a doubtful mesh, low
+  presence is dropped and listed, one face's two candidates merge (all detectors kept),
+  boxes become the mesh's."""
   rng = np.random.default_rng(0)
   face = np.concatenate([rng.uniform(100, 200, (468, 2)), np.zeros((468, 1))], axis=1)
-  boxes = [(90, 90, 210, 210), (120, 120, 160, 160), (400, 400, 405, 405), (600, 10, 700, 110)]
-  found = detect.Detections(np.asarray(boxes, np.float32), np.array([0.9, 0.7, 0.6, 0.8]),
-                            None, (('a',), ('b',), ('a',), ('b',)))
-  fits = [_fit(face, 0.99), _fit(face + 1, 0.8), _fit(face, 0.01), _fit(face + 500, 0.2)]
+  boxes = [(90, 90, 210, 210), (120, 120, 160, 160), (400, 400, 405, 405), (600, 10, 700, 110),
+           (800, 10, 900, 110), (300, 300, 350, 350)]
+  both = ('blazeface_short_range', 'blazeface_full_range')
+  found = detect.Detections(np.asarray(boxes, np.float32),
+                            np.array([0.9, 0.7, 0.6, 0.8, 0.8, 0.7], np.float32), None,
+                            (('a',), ('b',), ('a',), ('b',), both, both))
+  fits = [_fit(face, 0.99), _fit(face + 1, 0.8), _fit(face, 0.01), _fit(face + 500, 0.2),
+          _fit(face + 700, 0.1), _fit(face + 200, 0.1)]
   kept = verify.judge(found, fits)
-  assert kept.decided_by == ('mesh', 'detector')
-  assert kept.sources == (('a', 'b'), ('a',))
+  # The mesh's face first; then by detector score: agreement (0.8), the unjudged 5-px box.
+  assert kept.decided_by == ('mesh', 'agreement', 'unjudged')
+  assert kept.sources == (('a', 'b'), both, ('a',))
   np.testing.assert_allclose(kept.boxes[0], mesh.points_box(face))
-  np.testing.assert_array_equal(kept.boxes[1], boxes[2])   # 6 px: not judged, kept as given
-  assert kept.presence[0] == pytest.approx(0.99) and np.isnan(kept.presence[1])
-  assert kept.meshes[0] is fits[0]
-  np.testing.assert_array_equal(kept.rejected.boxes, [boxes[3]])
-  assert kept.rejected.presence[0] == pytest.approx(0.2)
-  with pytest.raises(ValueError, match='2 mesh fits for 4'):
+  np.testing.assert_array_equal(kept.boxes[1:], [boxes[4], boxes[2]])  # as detected
+  assert kept.presence[0] == pytest.approx(0.99) and kept.presence[1] == pytest.approx(0.1)
+  assert np.isnan(kept.presence[2])
+  assert kept.meshes[0] is fits[0] and kept.meshes[1:] == (None, None)
+  # One detector at 0.8, and two detectors at 0.7: below the agreement score.
+  np.testing.assert_array_equal(kept.rejected.boxes, [boxes[3], boxes[5]])
+  np.testing.assert_allclose(kept.rejected.presence, [0.2, 0.1])
+  with pytest.raises(ValueError, match='2 mesh fits for 6'):
     verify.judge(found, fits[:2])
   with pytest.raises(ValueError, match='probability'):
     verify.VerifiedDetector(None, None, threshold=float('nan'))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from sdgan_jax.faces import ensemble, pipeline
+from sdgan_jax.faces import ensemble, pipeline, verify
 
 TARGET_MODES = ('random', 'seeded', 'farthest')
 LANDMARK_SOURCES = ('mesh', 'dlib')
@@ -86,7 +86,7 @@ class Options:
   detect_min_face_px: float = 20.0
   upsample: int = 1
   verify_faces: bool = True
-  presence_threshold: float = 0.5
+  presence_threshold: float = verify.PRESENCE_THRESHOLD
   landmarks: str = 'mesh'
   feather: float = 0.06
   keep_exif: bool = False

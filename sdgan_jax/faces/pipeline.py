@@ -45,7 +45,8 @@ class Face:
     keypoints: the detector's six keypoints [6, 2] (BlazeFace), or None.
     detectors: the detectors that found the face (an ensemble's merge).
     presence: the face mesh's presence score (None: not judged, ``faces.verify``).
-    decided_by: 'mesh' (the face mesh judged it a face) or 'detector' (kept unjudged).
+    decided_by: who kept the face (``faces.verify.DECIDERS``: 'mesh', 'agreement' of the
+      detectors, 'unjudged' for a box too small to judge), or None without a second stage.
     mesh: its ``faces.mesh.MeshFit``, or None.
     index: detection order in its image.
     image_landmarks: float32 [68, 2] in image pixels (dlib's face chip is cut from them).
@@ -170,9 +171,10 @@ def fit_landmarks(image: np.ndarray, face: Face, predictor) -> np.ndarray:
 
 def face_region(face: Face) -> np.ndarray:
   """(x0, y0, x1, y1), inclusive: what the fallback covers of ``face``: its mesh's face
-  oval with the hair above it (``faces.mesh.face_region``), else its box grown to the face
-  box that its keypoints place (``faces.upright.face_region``)."""
-  if face.mesh is not None:
+  oval with the hair above it (``faces.mesh.face_region``) where the mesh is sure of the
+  face, else its box grown to the face box that its keypoints place
+  (``faces.upright.face_region``)."""
+  if face.mesh is not None and face.mesh.presence >= face_mesh.PRESENCE_THRESHOLD:
     return face_mesh.face_region(face.mesh.points)
   return upright.face_region(face.box, face.keypoints)
 

@@ -3,21 +3,28 @@
 The detector ensemble favours recall, and pays for it with boxes on hands, watches, suits,
 flags and car seats, each of which would get a generated face. Here every candidate is fitted
 with MediaPipe's face mesh (``faces.mesh``: cropped upright by BlazeFace's eye keypoints,
-1.5 times its box) and the mesh's face-presence score decides:
+1.5 times its box, fitted a second time in the region of its first mesh) and judged:
 
-* ``presence >= threshold``: a face (``decided_by='mesh'``). Its box becomes the tight box of
+* ``presence >= threshold`` (``decided_by='mesh'``): a face. Its box becomes the tight box of
   the 468 points, so a loose detection (a box twice the face) no longer widens the cover, and
-  its mesh is kept: the face is aligned and masked from its own points (``faces.landmarks``'
-  ``from_mesh``).
-* ``presence < threshold``: not a face; dropped, and listed in ``Detections.rejected`` with
-  its scores for the report.
-* a candidate narrower than ``min_judge_px`` cannot be judged (the mesh would see a few
-  pixels blown up to 192): it is kept as the detector gave it (``decided_by='detector'``).
-  Below the anonymizer's ``min_face_px`` such a face is covered by the fallback anyway.
+  its mesh is kept: the face is aligned and masked from its own points
+  (``faces.landmarks.from_mesh``) where the mesh is sure of it (``mesh.PRESENCE_THRESHOLD``),
+  covered by the fallback where it is not.
+* below, but found by at least ``AGREEMENT_DETECTORS`` detectors each scoring at least
+  ``AGREEMENT_SCORE`` (``decided_by='agreement'``): two networks sure of a face outvote the
+  mesh, which scores masked, over-exposed or heavily compressed faces low. Kept with the
+  detectors' box, without a mesh (the fallback covers it unless a mesh fit succeeds later).
+* a candidate narrower than ``min_judge_px`` (``decided_by='unjudged'``): the mesh would
+  see a few pixels blown up to 192. Kept as the detector gave it; under the anonymizer's
+  ``min_face_px`` it is covered by the fallback anyway.
+* anything else: not a face. Dropped, and listed in ``Detections.rejected`` with its scores
+  for the report.
 
-Two candidates of one face (a box on an eye and a box on the whole face) give nearly the same
-mesh; after tightening they are merged (IoU >= ``MERGE_IOU``), keeping the higher presence and
-the names of all detectors that found it.
+The thresholds were chosen on the recall set (seed 0) and the photo set's tuning split and
+checked on held-out images (docs/detection.md, "The second stage"). Two candidates of one
+face (a box on an eye and a box on the whole face) give nearly the same mesh; after
+tightening they are merged (IoU >= ``MERGE_IOU``), keeping the best and the names of all
+detectors that found it.
 """
 
 from __future__ import annotations
@@ -29,12 +36,16 @@ import numpy as np
 
 from sdgan_jax.faces import blazeface, detect, mesh as face_mesh
 
-PRESENCE_THRESHOLD = face_mesh.PRESENCE_THRESHOLD
-# Real faces gave 0.67-1.0 at boxes of 15-17 px on the recall set; below 12 px nothing is
-# left for the mesh to see.
-MIN_JUDGE_PX = 12.0
+# Real faces that the mesh doubted scored 0.3-0.5 (a masked face, an over-exposed one);
+# false candidates above 8 px mostly scored under 0.1.
+PRESENCE_THRESHOLD = 0.3
+# Candidates narrower than this are kept unjudged: under it the mesh scored real and false
+# alike; a face that small cannot be generated anyway (the fallback covers it).
+MIN_JUDGE_PX = 8.0
+AGREEMENT_DETECTORS = 2
+AGREEMENT_SCORE = 0.75
 MERGE_IOU = 0.5
-DECIDERS = ('mesh', 'detector')
+DECIDERS = ('mesh', 'agreement', 'unjudged')
 
 
 def _candidate_size(box) -> float:
@@ -62,37 +73,48 @@ def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
     min_judge_px: candidates whose box is narrower are kept unjudged.
 
   Returns:
-    ``Detections`` with ``presence`` (NaN where unjudged), ``decided_by`` and ``meshes`` per
-    face, tightened boxes, and ``rejected``: the dropped candidates with their presence.
+    ``Detections`` with ``presence`` (NaN where unjudged), ``decided_by`` (``DECIDERS``) and
+    ``meshes`` (None but where the mesh decided) per face, tightened boxes, and
+    ``rejected``: the dropped candidates with their presence.
   """
   if len(fits) != len(found):
     raise ValueError(f'{len(fits)} mesh fits for {len(found)} candidates')
   presence = np.array([f.presence for f in fits], np.float32).reshape(-1)
-  small = np.array([_candidate_size(b) < min_judge_px for b in found.boxes], bool)
-  boxes = np.array([b if s else fit.box() for b, s, fit in zip(found.boxes, small, fits)],
+  decided = []
+  for k, box in enumerate(found.boxes):
+    agree = (found.sources is not None and len(found.sources[k]) >= AGREEMENT_DETECTORS and
+             float(found.scores[k]) >= AGREEMENT_SCORE)
+    decided.append('unjudged' if _candidate_size(box) < min_judge_px else
+                   'mesh' if presence[k] >= threshold else 'agreement' if agree else None)
+  by_mesh = np.array([d == 'mesh' for d in decided], bool)
+  boxes = np.array([fit.box() if m else b for b, m, fit in zip(found.boxes, by_mesh, fits)],
                    np.float32).reshape(-1, 4)
-  # Judged faces by presence, then the unjudged ones; the first of a group absorbs the rest.
-  faces = [i for i in np.argsort(-np.where(small, -1.0, presence), kind='stable')
-           if small[i] or presence[i] >= threshold]
-  overlap = blazeface.iou_matrix(boxes + np.array([0, 0, 1, 1]), boxes + np.array([0, 0, 1, 1]))
+  # Mesh-judged faces by presence, then the others by detector score; the first of a group
+  # of tightened boxes on one face absorbs the rest.
+  faces = sorted((k for k, d in enumerate(decided) if d),
+                 key=lambda k: (not by_mesh[k], -presence[k] if by_mesh[k] else -found.scores[k]))
+  exclusive = boxes.astype(np.float64) + np.array([0, 0, 1, 1])
+  overlap = blazeface.iou_matrix(exclusive, exclusive)
   taken = np.zeros(len(found), bool)
   kept, sources = [], []
   for i in faces:
     if taken[i]:
       continue
     group = [j for j in faces if not taken[j] and (
-        j == i or (not small[i] and not small[j] and overlap[i, j] >= MERGE_IOU))]
+        j == i or (by_mesh[i] and by_mesh[j] and overlap[i, j] >= MERGE_IOU))]
     taken[group] = True
     kept.append(i)
     if found.sources:
       sources.append(tuple(dict.fromkeys(n for j in group for n in found.sources[j])))
   kept = np.asarray(kept, np.int64)
-  dropped = np.asarray([i for i in range(len(found)) if not small[i] and
-                        presence[i] < threshold], np.int64)
+  dropped = np.asarray([k for k, d in enumerate(decided) if d is None], np.int64)
   rejected = _rows(found, dropped, found.boxes, presence=presence[dropped])
-  verified = _rows(found, kept, boxes, presence=np.where(small[kept], np.nan, presence[kept]),
-                   decided_by=tuple('detector' if small[i] else 'mesh' for i in kept),
-                   meshes=tuple(fits[i] for i in kept), rejected=rejected)
+  verified = _rows(found, kept, boxes,
+                   presence=np.array([np.nan if decided[k] == 'unjudged' else presence[k]
+                                      for k in kept], np.float32).reshape(-1),
+                   decided_by=tuple(decided[k] for k in kept),
+                   meshes=tuple(fits[k] if by_mesh[k] else None for k in kept),
+                   rejected=rejected)
   return dataclasses.replace(verified, sources=tuple(sources)) if found.sources else verified
 
 
