@@ -35,21 +35,25 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT = 'ensemble,blazeface_short_range,blazeface_full_range,hog1,hog2'
+DEFAULT = 'verified,ensemble,blazeface_short_range,blazeface_full_range,hog1,hog2'
 
 
 def make_detector(name: str, weights_dir):
-  from sdgan_jax.faces import blazeface, detect, ensemble  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.faces import blazeface, detect, ensemble, mesh, verify  # pylint: disable=import-outside-toplevel
 
   if name == 'ensemble':
     return ensemble.EnsembleDetector(weights_dir=weights_dir)
+  if name == 'verified':
+    return verify.VerifiedDetector(ensemble.EnsembleDetector(weights_dir=weights_dir),
+                                   mesh.FaceMesh.load(weights_dir))
   if name in blazeface.CONFIGS:
     return blazeface.BlazeFaceDetector(name, weights_dir=weights_dir)
   if name in ('hog1', 'hog2', 'hog0'):
     return detect.FaceDetector('hog', upsample=int(name[-1]))
   if name == 'cnn':
     return detect.FaceDetector('cnn', upsample=1)
-  raise ValueError(f'unknown detector {name!r}: ensemble, {", ".join(blazeface.CONFIGS)}, '
+  raise ValueError(f'unknown detector {name!r}: verified, ensemble, '
+                   f'{", ".join(blazeface.CONFIGS)}, '
                    'hog0, hog1, hog2, cnn')
 
 
@@ -83,6 +87,11 @@ def _photo_set(args, detectors, machine) -> int:
           f'{", ".join(ps.SPLITS)}', file=sys.stderr)
     return 2
   images = ps.build_photo_set(ps.fetch_photos(args.cache_dir), variants, splits)
+  if args.coverage:
+    for split in splits:
+      _coverage(args, [(im.image, im.faces, im.ignore) for im in images if im.split == split],
+                machine, f'photos/{split}')
+    return 0
   for name, detector in detectors.items():
     draw_dir = pathlib.Path(args.draw) / name if args.draw else None
     row = {'date': datetime.date.today().isoformat(), 'machine': machine, 'set': 'photos',
@@ -90,6 +99,24 @@ def _photo_set(args, detectors, machine) -> int:
            **ps.evaluate(detector, images, draw_dir=draw_dir)}
     _emit(row, args.output)
   return 0
+
+
+# The anonymizer as it was before the face mesh's second stage, and as it is by default.
+COVERAGE_SETTINGS = {'before': dict(verify_faces=False, landmarks='dlib'), 'after': {}}
+
+
+def _coverage(args, items, machine, set_name) -> None:
+  """Per setting, what the anonymizer's preparation made of the real faces of 40 px and
+  more (a pixelation baseline: the geometry is the generator's, without a trained model)."""
+  from sdgan_jax import anonymize  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.evaluation import recall_set as rs  # pylint: disable=import-outside-toplevel
+
+  for setting, options in COVERAGE_SETTINGS.items():
+    anonymizer = anonymize.FaceAnonymizer(
+        baseline='pixelate', weights_dir=args.weights_dir,
+        options=anonymize.Options(identity_threshold=0, **options))
+    _emit({'date': datetime.date.today().isoformat(), 'machine': machine, 'set': set_name,
+           'coverage': setting, **rs.anonymizer_outcomes(anonymizer, items)}, args.output)
 
 
 def main(argv=None) -> int:
@@ -107,6 +134,9 @@ def main(argv=None) -> int:
   parser.add_argument('--output', help='append the JSON lines to this file too')
   parser.add_argument('--splits', default='tuning,held_out', help='photo set splits')
   parser.add_argument('--variants', help='photo set variants (default: all of them)')
+  parser.add_argument('--coverage', action='store_true',
+                      help='instead of detection: how the anonymizer covers the real faces of '
+                      '40 px and more, before and after the second stage')
   parser.add_argument('--draw', metavar='DIR',
                       help='photo set: write each image with ground truth and detections')
   args = parser.parse_args(argv)
@@ -117,8 +147,8 @@ def main(argv=None) -> int:
   from sdgan_jax.evaluation import recall_set as rs  # pylint: disable=import-outside-toplevel
 
   try:
-    detectors = {name: make_detector(name, args.weights_dir)
-                 for name in args.detectors.split(',') if name}
+    detectors = {} if args.coverage else {name: make_detector(name, args.weights_dir)
+                                          for name in args.detectors.split(',') if name}
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -131,6 +161,10 @@ def main(argv=None) -> int:
   sets = {'recall_set': rs.build_recall_set(sources, args.num_faces, seed=args.seed)}
   if args.crowd:
     sets['crowd_6000x4000'] = [rs.crowd_canvas(sources, seed=args.seed)]
+  if args.coverage:
+    _coverage(args, [(c.image, c.faces, ()) for c in sets['recall_set']], machine,
+              f'recall_set/seed {args.seed}')
+    return 0
   for set_name, canvases in sets.items():
     for name, detector in detectors.items():
       row = {'date': datetime.date.today().isoformat(), 'machine': machine, 'set': set_name,

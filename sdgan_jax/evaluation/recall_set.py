@@ -442,3 +442,30 @@ def crowd_canvas(sources: dict[str, FaceSource], size: tuple[int, int] = (6000, 
   specs = face_specs(sources, num_faces, seed, buckets=SIZE_BUCKETS[:2])
   canvas, _ = render_canvas(sources, specs, size, 'cluttered', seed)
   return canvas
+
+
+def anonymizer_outcomes(anonymizer, items: Sequence[tuple[np.ndarray, Sequence, Sequence]],
+                        min_px: float = 40.0) -> dict:
+  """How ``anonymizer`` (a ``FaceAnonymizer``) treats the ground-truth faces of ``min_px``
+  and more in ``items`` [(uint8 image, faces, ignore regions)]: per face, 'anonymized' when a face it
+  prepared covers it, else the fallback reason of the faces that cover it ('missed' for
+  none); and how many prepared faces cover no ground-truth face ('on_no_face': a generated
+  face or a pixel block where no face is)."""
+  outcomes: dict[str, int] = {}
+  on_no_face = {'anonymized': 0, 'fallback': 0}
+  for image, faces, ignore in items:
+    [(_, prepared)] = anonymizer.process([image])
+    boxes = [np.asarray(f.box, np.float64) + [0, 0, 1, 1] for f in prepared]
+    for face in faces:
+      if face.size < min_px:
+        continue
+      hits = [f for f, b in zip(prepared, boxes) if covers(b, face)]
+      status = ('anonymized' if any(f.status == 'anonymized' for f in hits) else
+                hits[0].reason if hits else 'missed')
+      outcomes[status] = outcomes.get(status, 0) + 1
+    if len(boxes):
+      false = false_box_mask(np.stack(boxes), faces, ignore)
+      for f, is_false in zip(prepared, false):
+        if is_false:
+          on_no_face[f.status] += 1
+  return {'faces': sum(outcomes.values()), 'outcomes': outcomes, 'on_no_face': on_no_face}

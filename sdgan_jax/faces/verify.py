@@ -5,11 +5,11 @@ flags and car seats, each of which would get a generated face. Here every candid
 with MediaPipe's face mesh (``faces.mesh``: cropped upright by BlazeFace's eye keypoints,
 1.5 times its box, fitted a second time in the region of its first mesh) and judged:
 
-* ``presence >= threshold`` (``decided_by='mesh'``): a face. Its box becomes the tight box of
-  the 468 points, so a loose detection (a box twice the face) no longer widens the cover, and
-  its mesh is kept: the face is aligned and masked from its own points
-  (``faces.landmarks.from_mesh``) where the mesh is sure of it (``mesh.PRESENCE_THRESHOLD``),
-  covered by the fallback where it is not.
+* ``presence >= threshold`` (``decided_by='mesh'``): a face. Where the mesh is sure of it
+  (``mesh.PRESENCE_THRESHOLD``, MediaPipe's 0.5) its box becomes the tight box of the 468
+  points, so a loose detection (a box twice the face) no longer widens the cover, and the
+  face is aligned and masked from its own points (``faces.landmarks.from_mesh``); a doubtful
+  mesh leaves the detectors' box, and the face is covered by the fallback.
 * below, but found by at least ``AGREEMENT_DETECTORS`` detectors each scoring at least
   ``AGREEMENT_SCORE`` (``decided_by='agreement'``): two networks sure of a face outvote the
   mesh, which scores masked, over-exposed or heavily compressed faces low. Kept with the
@@ -87,7 +87,9 @@ def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
     decided.append('unjudged' if _candidate_size(box) < min_judge_px else
                    'mesh' if presence[k] >= threshold else 'agreement' if agree else None)
   by_mesh = np.array([d == 'mesh' for d in decided], bool)
-  boxes = np.array([fit.box() if m else b for b, m, fit in zip(found.boxes, by_mesh, fits)],
+  # Boxes come from meshes sure of their face; a doubtful one keeps the detectors' box.
+  sure = by_mesh & (presence >= face_mesh.PRESENCE_THRESHOLD)
+  boxes = np.array([fit.box() if m else b for b, m, fit in zip(found.boxes, sure, fits)],
                    np.float32).reshape(-1, 4)
   # Mesh-judged faces by presence, then the others by detector score; the first of a group
   # of tightened boxes on one face absorbs the rest.
@@ -101,7 +103,7 @@ def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
     if taken[i]:
       continue
     group = [j for j in faces if not taken[j] and (
-        j == i or (by_mesh[i] and by_mesh[j] and overlap[i, j] >= MERGE_IOU))]
+        j == i or (sure[i] and sure[j] and overlap[i, j] >= MERGE_IOU))]
     taken[group] = True
     kept.append(i)
     if found.sources:
