@@ -10,8 +10,10 @@ Multi-host (one process per host; on Cloud TPU and SLURM the cluster is auto-det
 or explicitly, e.g. two CPU processes on one machine:
   python run.py ... --coordinator_address=localhost:1234 --num_processes=2 --process_id=0
 
-A usage, config or data error prints one line and exits with status 2; Ctrl-C during
-training saves and stops, elsewhere it prints one line and exits with status 130.
+A usage, config or data error prints one line and exits with status 2. SIGTERM (a
+scheduler's preemption) or Ctrl-C during training saves the current step, prints one line
+and exits with status 143 (SIGTERM) or 130 (Ctrl-C): the job is not finished, and the same
+command resumes it. Ctrl-C elsewhere prints one line and exits with status 130.
 """
 
 import os
@@ -147,9 +149,16 @@ def _is_data_error(e: BaseException) -> bool:
 
 
 def cli_main(argv):
-  """``main`` for the command line: config and data errors, Ctrl-C as one line."""
+  """``main`` for the command line: config and data errors, preemption and Ctrl-C as one
+  line."""
+  from sdgan_jax import trainer  # pylint: disable=import-outside-toplevel
   try:
     main(argv)
+  except trainer.Preempted as e:
+    import signal  # pylint: disable=import-outside-toplevel
+    where = os.path.join(FLAGS.workdir, 'checkpoints')
+    _fail(f'{signal.Signals(e.signal).name} at step {e.step}: saved in {where}, not finished; '
+          'resume with the same command', e.exit_status)
   except ValueError as e:
     if not _is_data_error(e):
       raise

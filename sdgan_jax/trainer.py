@@ -28,6 +28,30 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced NaN/inf losses; the last good checkpoint is kept."""
 
 
+class Preempted(Exception):
+  """SIGTERM or SIGINT stopped training after saving ``step``: the job did not finish and
+  the same command resumes it (run.py exits 143 or 130, so a scheduler does not mistake a
+  preemption for a finished job).
+
+  Attributes:
+    signal: the signal number.
+    step: the step saved.
+    state: the training state at that step.
+  """
+
+  def __init__(self, signum: int, step: int, state):
+    import signal  # pylint: disable=import-outside-toplevel
+    super().__init__(f'{signal.Signals(signum).name} at step {step}: saved, stopped')
+    self.signal = signum
+    self.step = step
+    self.state = state
+
+  @property
+  def exit_status(self) -> int:
+    """The shell's status of a process killed by the signal: 128 + its number."""
+    return 128 + self.signal
+
+
 def reference_config(name: str) -> ml_collections.ConfigDict:
   """The package's reference config ``name`` (``sdgan_jax/configs/NAME.py``): its keys are
   the keys every config of that trainer may use."""
@@ -246,7 +270,7 @@ def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, di
   step is saved) and written; every ``train.image_every`` steps process 0 writes
   ``images(state, host batch)``; every ``checkpoint.every`` steps and at the end
   ``evaluate(state)`` runs and the state is saved with its metrics. SIGTERM/SIGINT save
-  the current step and stop.
+  the current step and raise ``Preempted`` (the run did not finish).
   """
   from clu import periodic_actions  # pylint: disable=import-outside-toplevel
 
@@ -278,4 +302,6 @@ def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, di
     finally:
       manager.wait_until_finished()
       writer.flush()
+  if stop.received is not None and step < num_steps:  # a signal at the last step: finished
+    raise Preempted(stop.received, step, state)
   return state, step

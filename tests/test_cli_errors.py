@@ -171,6 +171,19 @@ sys.argv = ['run.py', '--config={repo}/configs/celeba.py', '--workdir=' + sys.ar
 runpy.run_path({repo!r} + '/run.py', run_name='__main__')
 '''
 
+PREEMPTED_RUN = '''
+import runpy, signal, sys
+sys.path.insert(0, {repo!r})
+from sdgan_jax import train, trainer
+
+def preempted(config, workdir):  # the loop saved step 7 on SIGTERM (test_train_loop)
+  raise trainer.Preempted(signal.SIGTERM, 7, None)
+
+train.train_and_evaluate = preempted
+sys.argv = ['run.py', '--config={repo}/configs/celeba.py', '--workdir=' + sys.argv[1]]
+runpy.run_path({repo!r} + '/run.py', run_name='__main__')
+'''
+
 INTERRUPTED_CONFIG = '''
 def get_config():
   raise KeyboardInterrupt
@@ -185,9 +198,12 @@ def test_ctrl_c_outside_the_loop_is_one_line(tmp_path):
   (resumable / 'checkpoints' / '12.orbax-checkpoint-tmp-3').mkdir()  # unfinished save
   config = tmp_path / 'interrupted_config.py'
   config.write_text(INTERRUPTED_CONFIG)
+  preempted = tmp_path / 'preempted_run.py'
+  preempted.write_text(PREEMPTED_RUN.format(repo=str(REPO)))
   results = _run_all([[sys.executable, str(script), str(resumable)],
                       [sys.executable, str(script), str(tmp_path / 'fresh')],
-                      _run_py(f'--config={config}', workdir=tmp_path / 'w')])
+                      _run_py(f'--config={config}', workdir=tmp_path / 'w'),
+                      [sys.executable, str(preempted), str(resumable)]])
   assert _one_line(results[0], 130) == (
       f'run.py: interrupted at step 7; saved in {resumable / "checkpoints"}, resume with '
       'the same command')
@@ -195,3 +211,8 @@ def test_ctrl_c_outside_the_loop_is_one_line(tmp_path):
       'run.py: interrupted before the first checkpoint (nothing saved)')
   assert _one_line(results[2], 130) == (
       'run.py: interrupted while reading the config; nothing was started')
+  # SIGTERM in the loop saved and stopped: not finished, so not 0 (a scheduler would think
+  # the job done) but 143, the status of a process the signal ended.
+  assert _one_line(results[3], 143) == (
+      f'run.py: SIGTERM at step 7: saved in {resumable / "checkpoints"}, not finished; '
+      'resume with the same command')

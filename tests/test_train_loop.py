@@ -144,8 +144,11 @@ def test_sigterm_saves_and_stops(dataset, tmp_path, monkeypatch):
   # preempted during the second step (batch k is read while step k - PREFETCH_BATCHES runs)
   patch_train_batches(monkeypatch, sigterm_at_read_of(1 + parallel.PREFETCH_BATCHES))
   handler_before = signal.getsignal(signal.SIGTERM)
-  state = train.train_and_evaluate(_config(dataset, 50), str(tmp_path / 'w'))
-  assert int(state.step) == 2
+  # Not finished: Preempted (run.py's exit status 143), never a normal return.
+  with pytest.raises(trainer.Preempted) as stopped:
+    train.train_and_evaluate(_config(dataset, 50), str(tmp_path / 'w'))
+  assert stopped.value.step == 2 and int(stopped.value.state.step) == 2
+  assert stopped.value.signal == signal.SIGTERM and stopped.value.exit_status == 143
   saved = [p.name for p in (tmp_path / 'w' / 'checkpoints').iterdir() if p.name.isdigit()]
   assert saved == ['2']
   assert signal.getsignal(signal.SIGTERM) == handler_before  # handler restored
