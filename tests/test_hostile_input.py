@@ -449,3 +449,57 @@ def test_a_killed_run_s_temporary_files_are_removed_by_the_next(tmp_path, capsys
     assert media.TEMP_PATTERN.match(name), name
   for name in ('x.abcdefgh.tmp.jpg', '.notes.txt', '.x.abc.tmp.jpg', '.x.abcdefgh.jpg'):
     assert not media.TEMP_PATTERN.match(name), name
+
+
+# === Second pass (issue 27) ==================================================================
+# --- 1: no option turns detection off silently; photos with no face are listed -----------
+
+
+def test_detection_options_that_find_nothing_are_usage_errors(capsys):
+  """1. A threshold outside its detector's score range (or NaN), a minimum face larger than
+  photos, a fallback too fine to cover a face: refused, in the CLI and the library."""
+  cli = _cli()
+  both = ['--detectors', 'blazeface_short_range,blazeface_full_range,hog']
+  _refused(cli, capsys, [
+      (both + ['--detector_threshold', f'blazeface_full_range={v}'],
+       ['--detector_threshold blazeface_full_range', 'outside its range', 'between 0 and 1'])
+      for v in ('2', '95', 'nan', '0', '1', '-0.5')] + [
+      (both + ['--detector_threshold', f'hog={v}'], ['--detector_threshold hog', 'outside'])
+      for v in ('95', 'nan', '-3')] + [
+      (both + ['--detector_threshold', 'hog=0.5', '--detector_threshold', 'hog=0.2'],
+       ['given twice']),
+      (['--detect_min_face_px', '5000'], ['--detect_min_face_px must be > 0 and <= 1024']),
+      (['--detect_min_face_px', 'nan'], ['--detect_min_face_px must be']),
+      (['--fallback_blocks', '100'], ['--fallback_blocks must be between 1 and 16']),
+      (['--fallback_blocks', '0'], ['--fallback_blocks must be between 1 and 16'])])
+  for kwargs, word in ((dict(detector_thresholds={'blazeface_short_range': 2.0}), 'outside'),
+                       (dict(detector_thresholds={'blazeface_short_range': float('nan')}),
+                        'outside'),
+                       (dict(detector_thresholds={'hog': 0.5}), 'not one of the detectors'),
+                       (dict(detect_min_face_px=5000), 'detect_min_face_px'),
+                       (dict(fallback_blocks=100), 'fallback_blocks')):
+    with pytest.raises(ValueError, match=word):
+      anonymize.Options(**kwargs)
+  args = cli.parse_args(['in.png', '--output', 'out', '--baseline', 'blur', *both,
+                         '--detector_threshold', 'blazeface_full_range=0.3',
+                         '--detector_threshold', 'hog=-0.5'])
+  assert args.options.detector_thresholds == {'blazeface_full_range': 0.3, 'hog': -0.5}
+
+
+def test_files_with_no_face_are_counted_and_listed(tmp_path, capsys):
+  """1. The summary line and the report say which files had no face at all."""
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  for k in range(2):
+    _photo(inputs / f'{k}.png', seed=k)
+  assert _run(_cli(), [inputs], tmp_path / 'out') == 0
+  out = capsys.readouterr().out
+  assert '2 with no face found' in out, out
+  assert f'no face found: {inputs / "0.png"}' in out and f'{inputs / "1.png"}' in out
+  report = json.loads((tmp_path / 'out' / anonymize.REPORT_NAME).read_text())
+  assert report['totals']['no_face_found'] == 2
+  assert report['no_face_found'] == [str(inputs / '0.png'), str(inputs / '1.png')]
+  # A photo with a face is not listed.
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'lib', _anonymizer(),
+                                     progress=False)
+  assert report['totals']['no_face_found'] == 0 and report['no_face_found'] == []
