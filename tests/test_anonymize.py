@@ -359,6 +359,38 @@ def test_video_faces_keep_their_target(anonymizer, tiles):
   assert len(targets) == 3 and len(set(targets)) == 1, targets
 
 
+def test_a_pixelated_face_that_still_matches_is_covered_harder(tiles, weights_dir):
+  """Issue 27, 2: the fallback's own output is re-checked; a pixelation that still matches
+  the source is made coarser, then a solid fill, and the report says so."""
+  identity = anonymize.IdentityBackbone(weights_dir)
+
+  def run(threshold):
+    anonymizer = anonymize.FaceAnonymizer(
+        baseline='pixelate', identity=identity, weights_dir=weights_dir,
+        options=anonymize.Options(detectors=('hog',), workers=1, fallback_blocks=16,
+                                  identity_threshold=threshold))
+
+    def unchanged(faces, keys, images):  # the "generated" face is the source: it matches
+      for face in faces:
+        face.output = face.crop.astype(np.float32) / 255.0
+
+    anonymizer._generate = unchanged  # pylint: disable=protected-access
+    [(out, faces)] = anonymizer.process([tiles['obama']])
+    assert len(faces) == 1 and faces[0].reason == 'still_matches_source'
+    return out, faces[0]
+
+  # At dlib's threshold 16 blocks are far enough from the source: kept, re-checked.
+  _, face = run(0.6)
+  assert face.cover == 'pixelate16' and 'still matched' not in face.detail
+  # Every pixelation "still matches" at an impossible threshold: 16, 8, 4, 2 blocks, fill.
+  out, face = run(1e6)
+  assert face.cover == 'fill' and face.to_json()['cover'] == 'fill'
+  for blocks in (16, 8, 4, 2):
+    assert f'the cover pixelate{blocks} still matched the source' in face.detail
+  x0, y0, x1, y1 = anonymize.fallback.clip_box(face.region, out.shape)
+  assert np.all(out[y0:y1, x0:x1] == GRAY)
+
+
 def test_detection_threads_do_not_change_the_results(tiles, weights_dir, monkeypatch):
   """Images (or frames) are prepared and pasted back in parallel threads (Options.workers):
   outputs, face reports and video tracks are those of one thread."""

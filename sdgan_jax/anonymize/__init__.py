@@ -40,6 +40,10 @@ reported:
 * ``tracked_not_detected`` (videos): no detector found a face its track had within
   ``track_cover_frames`` frames before or after (``TrackCoverage``).
 
+With the identity check on, a pixelated face (with landmarks) is itself re-checked: one
+that still matches its source is pixelated with half the blocks, down to 2, then filled;
+its report row's ``cover`` names what was applied, its ``detail`` why.
+
 Without a checkpoint the classic methods of the paper's tables run on the same path
 (``baseline``: 'blur' = Gaussian 17x17, 'pixelate' = 8x8 blocks, 'mask' = solid fill, on
 the aligned crop inside the mask), with the same checks and fallback.

@@ -303,19 +303,67 @@ class FaceAnonymizer:
                     faces: list[Face]) -> tuple[np.ndarray, list[Face]]:
     """``out`` with the fallback over every face that failed, or came out unchanged."""
     regions = [upright.face_region(face.box, face.keypoints) for face in faces]
-    for face, region in zip(faces, regions):
-      if face.reason is not None:
-        out = cover(out, region, self.options)
+    out = self._cover_checked(image, out, [(face, region) for face, region
+                                           in zip(faces, regions) if face.reason is not None])
     for face, region in zip(faces, regions):  # last line of defence
       x0, y0, x1, y1 = clip_box(region, out.shape)
       if x1 > x0 and y1 > y0 and np.array_equal(out[y0:y1, x0:x1], image[y0:y1, x0:x1]):
         face.fail('unchanged', 'the face region came out identical to the input')
         out = cover(out, region, dataclasses.replace(self.options, fallback='fill'))
+        face.cover = 'fill'
     for face, region in zip(faces, regions):
       face.region = [round(float(v), 1) for v in region]
       face.release_pixels()
     self.faces_processed += len(faces)
     return out, faces
+
+
+  def _cover_checked(self, image: np.ndarray, out: np.ndarray, failed: list) -> np.ndarray:
+    """``out`` with the fallback over each (face, region) of ``failed``.
+
+    A pixelated face can still be its source person (dlib matched a face pixelated at 100
+    blocks): with the identity check on, every pixelated face with landmarks is checked
+    like a generated one, and one that still matches is pixelated with half the blocks,
+    down to 2, then filled; ``Face.cover`` says what was applied and ``detail`` why.
+    """
+    options = self.options
+    for face, region in failed:
+      out = cover(out, region, options)
+      face.cover = 'fill' if options.fallback == 'fill' else f'pixelate{options.fallback_blocks}'
+    if options.fallback == 'fill' or not options.identity_check or self.identity is None:
+      return out
+    todo = [(face, region) for face, region in failed if face.image_landmarks is not None]
+    if not todo:
+      return out
+    blocks, threshold = options.fallback_blocks, options.identity_threshold
+    sources = self._descriptors(image, [face for face, _ in todo])
+    while todo:
+      covered = self._descriptors(out, [face for face, _ in todo])
+      # NaN (the backbone failed) counts as a match: fail closed.
+      distances = np.linalg.norm(sources - covered, axis=1)
+      still = [(f, r, d) for (f, r), d in zip(todo, distances) if not d >= threshold]
+      if not still:
+        break
+      blocks //= 2
+      coarser = (dataclasses.replace(options, fallback_blocks=blocks) if blocks >= 2 else
+                 dataclasses.replace(options, fallback='fill'))
+      for face, region, d in still:
+        out = cover(out, region, coarser)
+        note = (f'the cover {face.cover} still matched the source (distance {d:.3f} < '
+                f'{threshold:g})')
+        face.cover = f'pixelate{blocks}' if blocks >= 2 else 'fill'
+        face.detail = f'{face.detail}; {note}' if face.detail else note
+      if blocks < 2:
+        break
+      todo = [(f, r) for f, r, _ in still]
+    return out
+
+  def _descriptors(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """The identity descriptors of ``faces`` in ``image``; NaN rows when that fails."""
+    try:
+      return self.identity.face_descriptors([image] * len(faces), faces)
+    except Exception:  # pylint: disable=broad-except
+      return np.full((len(faces), 1), np.nan, np.float32)
 
 
 def _needs_identity(options: Options, generator) -> bool:

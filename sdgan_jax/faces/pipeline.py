@@ -53,6 +53,7 @@ class Face:
     target: the identity bank index the face was generated towards.
     track: the video track of the face.
     region: the face region a fallback covers (x0, y0, x1, y1, rounded to 0.1 px).
+    cover: the fallback applied ('pixelate8', 'fill'...), None for anonymized faces.
   """
 
   crop: np.ndarray | None = None
@@ -74,6 +75,7 @@ class Face:
   target: int | None = None
   track: int | None = None
   region: list[float] | None = None
+  cover: str | None = None
 
   @property
   def status(self) -> str:
@@ -106,7 +108,7 @@ class Face:
            'reason': self.reason, 'detail': self.detail,
            'identity_distance': self.identity_distance, 'target': self.target,
            'track': self.track, 'detectors': list(self.detectors) or None,
-           'region': self.region}
+           'region': self.region, 'cover': self.cover}
     return {k: v for k, v in row.items() if v is not None}
 
 
