@@ -313,7 +313,7 @@ def test_unwritable_outputs_and_a_failed_report_are_one_line(tmp_path, capsys, m
   assert len(_error_lines(err)) == 1 and 'cannot write into' in err and 'Traceback' not in err
   monkeypatch.undo()
   # Disk full while writing the report: one line, exit 1, the outputs are there.
-  def full(report, path):
+  def full(report, path, replace=True):
     raise OSError(errno.ENOSPC, 'No space left on device')
 
   monkeypatch.setattr(anonymize.report, 'write_report', full)
@@ -429,15 +429,16 @@ def test_a_killed_run_s_temporary_files_are_removed_by_the_next(tmp_path, capsys
   inputs = tmp_path / 'in'
   (inputs / 'sub').mkdir(parents=True)
   _photo(inputs / 'sub' / 'good.jpg')
-  leftovers = [out / '.good.k3j9x_2a.tmp.jpg', out / 'sub' / '.good.abcdefgh.tmp.jpg',
-               out / '.anonymize_report.0a1b2c3d.tmp.json']
+  leftovers = [out / '.good.sdgan-tmp-k3j9x_2a.tmp.jpg',
+               out / 'sub' / '.good.sdgan-tmp-abcdefgh.tmp.jpg',
+               out / '.anonymize_report.sdgan-tmp-0a1b2c3d.tmp.json']
   for path in leftovers:
     path.write_bytes(b'half a file')
   (out / '.keep.txt').write_text('mine')
-  (out / 'sub' / 'x.abcdefgh.tmp.jpg').write_text('not hidden: not ours')
+  (out / 'sub' / 'x.sdgan-tmp-abcdefgh.tmp.jpg').write_text('not hidden: not ours')
   assert _run(_cli(), [inputs], out) == 0
   assert not any(p.exists() for p in leftovers)
-  assert (out / '.keep.txt').is_file() and (out / 'sub' / 'x.abcdefgh.tmp.jpg').is_file()
+  assert (out / '.keep.txt').is_file() and (out / 'sub' / 'x.sdgan-tmp-abcdefgh.tmp.jpg').is_file()
   report = json.loads((out / anonymize.REPORT_NAME).read_text())
   # (out/ itself holds no output: its leftovers go because the report is written there.)
   assert sorted(report['removed_temporary_files']) == sorted(map(str, leftovers))
@@ -445,9 +446,10 @@ def test_a_killed_run_s_temporary_files_are_removed_by_the_next(tmp_path, capsys
   with media.atomic_path(tmp_path / 'x.detections.png') as tmp:
     assert media.TEMP_PATTERN.match(tmp.name), tmp.name
     tmp.write_bytes(b'')
-  for name in ('.x.abcdefgh.tmp', '.anonymize_report.a_1b2c3d.tmp.json'):
+  for name in ('.x.sdgan-tmp-abcdefgh.tmp', '.anonymize_report.sdgan-tmp-a_1b2c3d.tmp.json'):
     assert media.TEMP_PATTERN.match(name), name
-  for name in ('x.abcdefgh.tmp.jpg', '.notes.txt', '.x.abc.tmp.jpg', '.x.abcdefgh.jpg'):
+  for name in ('x.sdgan-tmp-abcdefgh.tmp.jpg', '.notes.txt', '.x.sdgan-tmp-abc.tmp.jpg',
+               '.x.abcdefgh.tmp.jpg', '.x.sdgan-tmp-abcdefgh.jpg'):
     assert not media.TEMP_PATTERN.match(name), name
 
 
@@ -503,3 +505,93 @@ def test_files_with_no_face_are_counted_and_listed(tmp_path, capsys):
   report = anonymize.anonymize_paths([inputs], tmp_path / 'lib', _anonymizer(),
                                      progress=False)
   assert report['totals']['no_face_found'] == 0 and report['no_face_found'] == []
+
+
+# --- 3, 4: a run deletes and replaces only what it wrote ---------------------------------
+
+
+def test_only_this_tool_s_stale_temporaries_are_removed(tmp_path):
+  """3. A user's file shaped like an old temporary name stays; a live run's temporaries
+  (its folder locked) are not touched: that run is refused instead."""
+  inputs, out = tmp_path / 'in', tmp_path / 'out'
+  inputs.mkdir()
+  _photo(inputs / 'a.png')
+  out.mkdir()
+  users = [out / '.holiday.abcdefgh.tmp.jpg', out / '.notes.k3j9x_2a.tmp']
+  for path in users:
+    path.write_bytes(b'a user\'s own file')
+  report = anonymize.anonymize_paths([inputs], out, _anonymizer(), progress=False)
+  assert all(p.read_bytes() == b'a user\'s own file' for p in users)
+  assert 'removed_temporary_files' not in report
+  # Another run is writing into the folder (it holds the lock) with its temporary file.
+  live = out / '.clip.sdgan-tmp-abcdefgh.tmp.mp4'
+  live.write_bytes(b'a video being encoded')
+  with media.FolderLock(out):
+    with pytest.raises(anonymize.InputError, match='another run .* is writing into'):
+      anonymize.anonymize_paths([inputs], out, _anonymizer(), progress=False, overwrite=True)
+  assert live.read_bytes() == b'a video being encoded'
+  assert not (out / media.LOCK_NAME).exists()  # released and removed
+  # Once that run is gone, its leftover is stale: removed by the next run.
+  report = anonymize.anonymize_paths([inputs], out, _anonymizer(), progress=False,
+                                     overwrite=True)
+  assert report['removed_temporary_files'] == [str(live)] and not live.exists()
+
+
+def test_two_runs_into_one_folder_never_replace_each_other(tmp_path, capsys):
+  """4. A second run while one works in the folder (or above or below it) is refused with
+  one line; a file that appears at an output's path during a run is never replaced."""
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  for k in range(2):
+    _photo(inputs / f'{k}.png', seed=k)
+  out = tmp_path / 'out'
+  tree = tmp_path / 'tree'  # mirrored into tmp_path: its out/2.png goes into our folder
+  (tree / 'out').mkdir(parents=True)
+  _photo(tree / 'out' / '2.png')
+  seen = []
+
+  def second_run_midway(anonymizer):
+    process = anonymizer.process
+
+    def process_and_start_another(*args, **kwargs):
+      # Into the folder, one below it, and from above it into it.
+      for source, target in ((inputs, out), (inputs, out / 'sub'), (tree, tmp_path)):
+        try:
+          anonymize.anonymize_paths([source], target, _anonymizer(), progress=False,
+                                    overwrite=True)
+        except anonymize.InputError as e:
+          seen.append(str(e))
+      return process(*args, **kwargs)
+
+    anonymizer.process = process_and_start_another
+    return anonymizer
+
+  report = anonymize.anonymize_paths([inputs], out, second_run_midway(_anonymizer()),
+                                     progress=False, images_per_batch=1)
+  assert report['totals']['errors'] == 0
+  assert len(seen) == 6 and all('another run' in m and 'is writing into' in m for m in seen)
+  # The CLI refuses it before loading the model, in one line.
+  cli = _cli()
+  with media.FolderLock(tmp_path / 'busy'):
+    assert _run(cli, [inputs], tmp_path / 'busy') == 2
+  err = capsys.readouterr().err
+  assert len(_error_lines(err)) == 1 and 'another run' in err and 'Traceback' not in err
+  # Someone writes 1.png's output while the run works: left as it is, reported.
+  def writes_over(anonymizer):
+    process = anonymizer.process
+
+    def process_while_someone_writes(images, keys=None, **kwargs):
+      if keys and keys[0].endswith('1.png'):
+        (tmp_path / 'out2' / '1.png').write_bytes(b'written by someone else')
+      return process(images, keys=keys, **kwargs)
+
+    anonymizer.process = process_while_someone_writes
+    return anonymizer
+
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'out2', writes_over(_anonymizer()),
+                                     progress=False, images_per_batch=1)
+  entries = {pathlib.Path(e['input']).name: e for e in report['files']}
+  assert entries['0.png']['status'] == 'ok'
+  assert entries['1.png']['status'] == 'error' and 'not written' in entries['1.png']['error']
+  assert (tmp_path / 'out2' / '1.png').read_bytes() == b'written by someone else'
+  assert not list((tmp_path / 'out2').glob('.*sdgan-tmp*'))

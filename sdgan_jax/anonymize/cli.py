@@ -33,7 +33,9 @@ that last check off (the report and the console warn). Inputs are never overwrit
 are existing outputs unless --overwrite is given, and no two outputs (nor the report) share
 a path: all checked, with the folders' writability, before the work starts. Outputs are
 written atomically, upright (EXIF orientation applied) and without EXIF, GPS or XMP
-metadata; temporary files a killed run left are removed by the next run. Unreadable files
+metadata, never over a file that appeared during the run (without --overwrite). A run
+locks DIR: a second run into it (or above or below it) is refused; this tool's temporary
+files a killed run left are removed by the next run. Unreadable files
 are reported and the run goes on. The JSON report (DIR/anonymize_report.json) lists per
 file the faces found, anonymized, covered, errors, notes on conversions and time; Ctrl-C
 stops the run and writes the report of the files finished. Exit status: 0 when every file
@@ -48,7 +50,7 @@ import sys
 
 from sdgan_jax import compile_cache
 from sdgan_jax.anonymize.anonymizer import build_anonymizer
-from sdgan_jax.anonymize.jobs import InputError, plan_jobs
+from sdgan_jax.anonymize.jobs import InputError, check_not_busy, plan_jobs
 from sdgan_jax.anonymize.options import (BASELINES, FALLBACK_BLOCKS, FALLBACKS,
                                          MAX_AUTO_WORKERS, MAX_DETECT_MIN_FACE_PX,
                                          TARGET_MODES, Options, defaults)
@@ -228,8 +230,9 @@ def _thresholds(items, detectors) -> dict[str, float]:
 def _run(args: argparse.Namespace) -> dict:
   """Checks the paths, loads the model, runs; returns the report."""
   # Check the paths (outputs, report, writability) before the (slow) model load.
-  plan_jobs(args.inputs, args.output, visualize=args.visualize, overwrite=args.overwrite,
-            report_path=args.report)
+  jobs = plan_jobs(args.inputs, args.output, visualize=args.visualize,
+                   overwrite=args.overwrite, report_path=args.report)
+  check_not_busy(args.output, jobs)  # another run writing there: refused before the load
   anonymizer = build_anonymizer(args.checkpoint, baseline=args.baseline, options=args.options,
                                 weights_dir=args.weights_dir, step=args.step)
   return anonymize_paths(args.inputs, args.output, anonymizer, report_path=args.report,

@@ -187,6 +187,22 @@ def _check_writable(folders: Iterable[pathlib.Path]) -> None:
                        '--output (and --report), or fix its permissions') from None
 
 
+def check_not_busy(output_dir: str | os.PathLike, jobs: Iterable[Job],
+                   held: Iterable[pathlib.Path] = ()) -> None:
+  """Refuses (``InputError``) an output folder another live run writes into: its
+  ``media.FolderLock`` on the folder, on a folder above it (that run's outputs hold ours)
+  or on a folder the jobs write into (ours hold that run's). ``held``: this run's locks."""
+  out_root = pathlib.Path(output_dir).absolute().resolve()
+  held = {pathlib.Path(h).resolve() for h in held}
+  folders = {out_root, *out_root.parents}
+  folders |= {d.parent.resolve() for job in jobs for d in job.outputs() if d.parent.exists()}
+  for folder in sorted(folders - held):
+    try:
+      media.check_not_locked(folder)
+    except media.FolderBusyError as e:
+      raise InputError(f'{e.strerror} (--output {output_dir})') from None
+
+
 def plan_jobs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
               visualize: bool = False, overwrite: bool = False,
               report_path: str | os.PathLike | None = None) -> list[Job]:

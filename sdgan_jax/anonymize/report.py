@@ -97,10 +97,10 @@ def run_report(files: list[dict], *, anonymizer, warnings: Sequence[str], second
   return report
 
 
-def write_report(report: dict, path: str | os.PathLike) -> pathlib.Path:
-  """Writes the run's JSON report atomically."""
+def write_report(report: dict, path: str | os.PathLike, replace: bool = True) -> pathlib.Path:
+  """Writes the run's JSON report atomically (over an existing file only with ``replace``)."""
   path = pathlib.Path(path)
-  with media.atomic_path(path) as tmp:
+  with media.atomic_path(path, replace=replace) as tmp:
     tmp.write_text(json.dumps(report, indent=1) + '\n')
   return path
 

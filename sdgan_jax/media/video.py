@@ -101,15 +101,17 @@ class VideoWriter:
 
   H.264 (VP9 for .webm), yuv420p when the size allows it (even width and height; 4:4:4
   otherwise, so no frame is resized), the input's frame rate, the audio of ``audio_from``
-  when given, and no container metadata.
+  when given, and no container metadata. An existing ``dest`` is replaced only with
+  ``replace`` (``atomic_path``).
   """
 
   def __init__(self, dest: str | os.PathLike, info: VideoInfo, *,
-               audio_from: str | os.PathLike | None = None, quality: float = 8.0):
+               audio_from: str | os.PathLike | None = None, quality: float = 8.0,
+               replace: bool = True):
     import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
 
     self.dest = pathlib.Path(dest)
-    self._context = atomic_path(self.dest)
+    self._context = atomic_path(self.dest, replace=replace)
     self._tmp = self._context.__enter__()
     width, height = info.size
     even = width % 2 == 0 and height % 2 == 0
