@@ -595,3 +595,54 @@ def test_two_runs_into_one_folder_never_replace_each_other(tmp_path, capsys):
   assert entries['1.png']['status'] == 'error' and 'not written' in entries['1.png']['error']
   assert (tmp_path / 'out2' / '1.png').read_bytes() == b'written by someone else'
   assert not list((tmp_path / 'out2').glob('.*sdgan-tmp*'))
+
+
+# --- 6: a file name that is not UTF-8 -----------------------------------------------------
+
+
+class FakeGenerator:
+  """Stands in for a trained generator: a bank of 4 targets, inverted crops."""
+
+  resolution, batch_size, semantic_maps, workdir = 32, 8, None, 'fake'
+
+  def __init__(self):
+    self.bank = type('Bank', (), dict(num_identities=4, means=np.eye(4, dtype=np.float32)))()
+
+  def generate(self, crops, masks, semantic, features):
+    return 1.0 - crops.astype(np.float32) / 255.0
+
+
+def test_a_file_name_that_is_not_utf8_affects_only_its_own_file(monkeypatch):
+  """6. Seeded targets hash the name's bytes; a face whose target cannot be chosen fails
+  alone, not the batch."""
+  anonymizer = anonymize.FaceAnonymizer(
+      FakeGenerator(), detector=BoxDetector(),
+      options=anonymize.Options(identity_threshold=0, workers=1))
+  bad = os.fsdecode(b'photos/caf\xe9-\xff.jpg')  # Latin-1 bytes: surrogate escapes
+
+  def faces(n):
+    rng = np.random.default_rng(0)
+    return [anonymize.Face(crop=rng.integers(0, 255, (32, 32, 3)).astype(np.uint8),
+                           mask=np.full((32, 32, 1), 255, np.uint8),
+                           semantic=np.ones((32, 32, 1), np.uint8), index=k)
+            for k in range(n)]
+
+  batch = faces(3)
+  keys = ['photos/a.jpg', bad, 'photos/b.jpg']
+  anonymizer._generate(batch, keys, [None] * 3)  # pylint: disable=protected-access
+  assert all(f.reason is None and f.output is not None for f in batch), [
+      (f.reason, f.detail) for f in batch]
+  assert 0 <= batch[1].target < 4
+  # A face whose target choice raises fails alone.
+  stable_int = anonymize.anonymizer._stable_int  # pylint: disable=protected-access
+
+  def refusing(text):
+    if text == bad:
+      raise UnicodeError('a name that cannot be hashed')
+    return stable_int(text)
+
+  monkeypatch.setattr(anonymize.anonymizer, '_stable_int', refusing)
+  batch = faces(3)
+  anonymizer._generate(batch, keys, [None] * 3)  # pylint: disable=protected-access
+  assert [f.reason for f in batch] == [None, 'generation_error', None]
+  assert 'cannot be hashed' in batch[1].detail and batch[0].output is not None

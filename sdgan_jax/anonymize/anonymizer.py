@@ -27,8 +27,10 @@ from sdgan_jax.faces.pipeline import Face
 
 
 def _stable_int(text: str) -> int:
-  """A hash of ``text`` that is the same in every process (``hash`` is salted)."""
-  return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], 'little')
+  """A hash of ``text`` that is the same in every process (``hash`` is salted); a file
+  name's bytes that are not UTF-8 (surrogate escapes) hash as those bytes."""
+  return int.from_bytes(hashlib.sha256(text.encode('utf-8', 'surrogateescape')).digest()[:8],
+                        'little')
 
 
 class FaceAnonymizer:
@@ -206,25 +208,40 @@ class FaceAnonymizer:
     n = bank.num_identities
     mode = self.options.target
     sources = self.identity.face_descriptors(images, faces) if mode == 'farthest' else None
-    out = np.empty(len(faces), np.int64)
+    out = np.full(len(faces), -1, np.int64)
     for i, (face, key) in enumerate(zip(faces, keys)):
       if face.track is not None and (key, face.track) in self._track_targets:
         out[i] = self._track_targets[(key, face.track)]
         continue
-      if mode == 'random':
-        out[i] = self._random.integers(n)
-      elif mode == 'seeded':
-        out[i] = np.random.default_rng(
-            [self.options.seed, _stable_int(key), face.track if face.track is not None
-             else face.index]).integers(n)
-      else:
-        out[i] = int(np.argmax(np.linalg.norm(bank.means - sources[i], axis=1)))
+      try:  # one face's (one file's) failure stays its own: -1, the face fails
+        if mode == 'random':
+          out[i] = self._random.integers(n)
+        elif mode == 'seeded':
+          out[i] = np.random.default_rng(
+              [self.options.seed, _stable_int(key), face.track if face.track is not None
+               else face.index]).integers(n)
+        else:
+          out[i] = int(np.argmax(np.linalg.norm(bank.means - sources[i], axis=1)))
+      except Exception as e:  # pylint: disable=broad-except
+        face.fail('generation_error', f'choosing its target: {type(e).__name__}: {e}')
+        continue
       if face.track is not None:
         self._track_targets[(key, face.track)] = int(out[i])
     return out
 
   def _generate(self, faces: list[Face], keys: list[str], images: list[np.ndarray]) -> None:
     """Each face's ``output``: the generator's (towards its target) or the baseline's."""
+    targets = None
+    if self.baseline is None and faces:
+      try:
+        targets = self._choose_targets(faces, keys, images)
+      except Exception as e:  # pylint: disable=broad-except
+        for face in faces:
+          face.fail('generation_error', f'choosing targets: {type(e).__name__}: {e}')
+        return
+      chosen = targets >= 0
+      faces = [f for f, ok in zip(faces, chosen) if ok]
+      targets = targets[chosen]
     if not faces:
       return
     crops = np.stack([f.crop for f in faces])
@@ -235,7 +252,6 @@ class FaceAnonymizer:
         out = baselines.apply_baseline(BASELINES[self.baseline], crops.astype(np.float32) / 255.0,
                                        masks > 0)
       else:
-        targets = self._choose_targets(faces, keys, images)
         features = self.generator.bank.means[targets]
         semantic = np.stack([f.semantic for f in faces])
         out = self.generator.generate(crops, masks, semantic, features)
