@@ -397,6 +397,9 @@ def test_odd_folder_contents_are_reported_and_the_run_goes_on(tmp_path, capsys):
   _photo(inputs / '.hidden.jpg')
   (inputs / 'notes.txt').write_text('not media\n')
   os.symlink(inputs / 'gone.jpg', inputs / 'dangling.jpg')
+  (tmp_path / 'elsewhere').mkdir()
+  _photo(tmp_path / 'elsewhere' / 'linked.jpg')
+  os.symlink(tmp_path / 'elsewhere', inputs / 'linked_folder')  # issue 27, 7
   gray16 = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20)
   Image.fromarray(gray16).save(inputs / 'gray16.png')
   Image.fromarray(np.zeros((48, 64, 3), np.uint8) + 50).convert('P').save(inputs / 'pal.png')
@@ -412,7 +415,8 @@ def test_odd_folder_contents_are_reported_and_the_run_goes_on(tmp_path, capsys):
   assert 'dangling symbolic link' in entries['dangling.jpg']['error']
   assert 'dangling.jpg' in err
   for name, word in (('.hidden.jpg', 'hidden file'), ('.cache', 'hidden folder'),
-                     ('notes.txt', 'not an image or video')):
+                     ('notes.txt', 'not an image or video'),
+                     ('linked_folder', 'symbolic link to the folder')):
     assert entries[name]['status'] == 'skipped' and word in entries[name]['error'], name
   assert any('16' in n and '8 bits' in n for n in entries['gray16.png']['notes'])
   assert any('palette' in n for n in entries['pal.png']['notes'])

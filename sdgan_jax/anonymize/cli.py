@@ -8,7 +8,8 @@
 
 INPUT: image files (JPEG, PNG, WebP, GIF, TIFF; every frame of an animated GIF, APNG or
 WebP and every page of a TIFF, timing and loop kept), folders (recursive; the tree is
-mirrored under DIR; hidden files, other types and dangling links are reported) and videos
+mirrored under DIR; hidden files, links to folders, other types and dangling links are
+reported) and videos
 (mp4, mov, m4v, mkv, avi, webm; audio kept where the container takes it).
 WORKDIR is a training workdir (`python run.py ... --workdir=WORKDIR`; `make demo` makes
 workdirs/demo). A model trained on a face parser's semantic maps (`prepare_data.py

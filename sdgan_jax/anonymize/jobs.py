@@ -76,6 +76,11 @@ def _walk(path: pathlib.Path, base: pathlib.Path, visualize: bool) -> list[Job]:
         jobs.append(Job(folder / d, base / (folder / d).relative_to(path), None,
                         reason='hidden folder (its name starts with a dot): not searched; '
                                'rename it or give it as an input to include it'))
+      elif (folder / d).is_symlink():  # os.walk does not follow it: say so
+        jobs.append(Job(folder / d, base / (folder / d).relative_to(path), None,
+                        reason=f'symbolic link to the folder {os.readlink(folder / d)}: not '
+                               'followed (it could lead outside the input or in a loop); give '
+                               'its target as an input to include it'))
     dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
     for name in sorted(filenames):
       src = folder / name
@@ -210,8 +215,9 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike
   checked before any work starts.
 
   One folder input is mirrored into ``output_dir`` itself; with several inputs each folder
-  gets a subfolder of its name. Hidden files and folders, other file types and dangling
-  symbolic links are left out (they get a report row: skipped, or an error for the links).
+  gets a subfolder of its name. Hidden files and folders, symbolic links to folders, other
+  file types and dangling symbolic links are left out (they get a report row: skipped, or
+  an error for the dangling links).
 
   Raises:
     InputError: an input is missing; the output folder is (inside) an input folder or is a
