@@ -7,8 +7,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS='cpu')
+# A user's shell: not the 1 that importing JAX puts into this process's environment.
+ENV.pop('TF_CPP_MIN_LOG_LEVEL', None)
 
 
 def _run_all(commands, cwd=REPO):
@@ -216,3 +220,89 @@ def test_ctrl_c_outside_the_loop_is_one_line(tmp_path):
   assert _one_line(results[3], 143) == (
       f'run.py: SIGTERM at step 7: saved in {resumable / "checkpoints"}, not finished; '
       'resume with the same command')
+
+
+# ---------------------------------------------------------------------------------------
+# 6. (issue 27, 9-10) tools/eval.py: an unreadable dataset, a read-only --output.
+
+
+def _tiny_dataset(root: pathlib.Path) -> pathlib.Path:
+  """A prepared 32-px dataset of two people per split (train_fixtures' record format)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.datasets import features  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(0)
+
+  def records(split):
+    mask = np.zeros((32, 32, 1), np.uint8)
+    mask[8:24, 8:24] = 255
+    return [(i, dict(image=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), mask=mask,
+                     semantic=(mask > 0).astype(np.uint8),
+                     landmarks=rng.uniform(8, 24, (68, 2)).astype(np.float32),
+                     identity=np.int64(100 + i % 2), label=np.int64(i % 2),
+                     filename=f'{split}_{i}.jpg')) for i in range(4)]
+
+  built = tfds.dataset_builders.store_as_tfds_dataset(
+      name='cli_error_faces', version='1.0.0', features=features.tfds_features(32),
+      split_datasets={s: records(s) for s in ('train', 'test')}, data_dir=root,
+      file_format='array_record')
+  return pathlib.Path(built.data_dir)
+
+
+def test_eval_refuses_an_unreadable_dataset_in_one_line(tmp_path, capsys):
+  """In this process (TensorFlow is loaded already): each case fails before any work."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from tool_loader import load_tool  # pylint: disable=import-outside-toplevel
+
+  data = _tiny_dataset(tmp_path / 'tfds')
+  for name in ('truncated', 'bad_info'):
+    shutil.copytree(data, tmp_path / name)
+  record = next((tmp_path / 'truncated').glob('*-test.array_record-*'))
+  record.write_bytes(record.read_bytes()[:record.stat().st_size // 2])
+  (tmp_path / 'bad_info' / 'dataset_info.json').write_text('{"name": ')
+  cases = [(data, ['--split', 'tset'], ["--split 'tset'", 'no such split', 'test, train']),
+           (tmp_path / 'truncated', [], ["split 'test' cannot be read", 'truncated or damaged',
+                                         'prepare the dataset again']),
+           (tmp_path / 'bad_info', [], ['dataset_info.json is not a readable',
+                                        'prepare the dataset again'])]
+  tool = load_tool('eval')
+  capsys.readouterr()
+  for i, (d, flags, wants) in enumerate(cases):
+    code = tool.main(['--data', str(d), '--output', str(tmp_path / f'out{i}'), '--baselines',
+                      'pixelate8', '--detectors', 'hog', '--detection_processes', '1',
+                      '--no_progress', *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1 and err.startswith('eval.py: error: '), err
+    for want in wants:
+      assert want in err, (want, err)
+
+
+def test_eval_checks_its_output_folder_before_the_work(tmp_path, capsys, monkeypatch):
+  """A read-only --output is refused at once, not after the whole evaluation."""
+  import errno  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from tool_loader import load_tool  # pylint: disable=import-outside-toplevel
+
+  tool = load_tool('eval')
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  locked.chmod(0o555)
+  mkstemp = tempfile.mkstemp
+
+  def refusing(*args, dir=None, **kwargs):  # pylint: disable=redefined-builtin
+    if pathlib.Path(dir) == locked:  # root ignores the mode: refuse as a read-only disk would
+      raise PermissionError(errno.EACCES, 'Permission denied')
+    return mkstemp(*args, dir=dir, **kwargs)
+
+  monkeypatch.setattr(tempfile, 'mkstemp', refusing)
+  started = []
+  monkeypatch.setattr(tool.runner, 'evaluate', lambda options: started.append(1))
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      tool.main(['--data', str(tmp_path), '--output', str(locked / 'eval')])
+  finally:
+    locked.chmod(0o755)
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and not started
+  assert err.count('\n') == 1 and 'cannot write into --output' in err, err
