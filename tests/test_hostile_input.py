@@ -650,3 +650,43 @@ def test_a_file_name_that_is_not_utf8_affects_only_its_own_file(monkeypatch):
   anonymizer._generate(batch, keys, [None] * 3)  # pylint: disable=protected-access
   assert [f.reason for f in batch] == [None, 'generation_error', None]
   assert 'cannot be hashed' in batch[1].detail and batch[0].output is not None
+
+
+# --- 11: a detector that scores everything ------------------------------------------------
+
+
+def test_a_detector_scoring_every_anchor_is_stopped_before_memory_runs_out(tmp_path,
+                                                                            monkeypatch):
+  """11. Zeroed weights score every anchor of every tile 0.5: the photo is an error (not
+  written) before the suppression, which never sees more than MAX_CANDIDATES boxes."""
+  from sdgan_jax.faces import blazeface  # pylint: disable=import-outside-toplevel
+
+  zeroed = blazeface.BlazeFaceDetector('blazeface_full_range', variables={})
+  # What zeroed weights give: every regressor and logit 0 (no network run needed).
+  monkeypatch.setattr(zeroed, 'raw', lambda tiles: (
+      np.zeros((len(tiles), len(zeroed.anchors), 16), np.float32),
+      np.zeros((len(tiles), len(zeroed.anchors)), np.float32)))
+  nms = blazeface.weighted_nms
+
+  def bounded_nms(boxes, scores, keypoints, **kwargs):
+    assert len(scores) <= blazeface.MAX_CANDIDATES, f'{len(scores)} candidates reached NMS'
+    return nms(boxes, scores, keypoints, **kwargs)
+
+  monkeypatch.setattr(blazeface, 'weighted_nms', bounded_nms)
+
+  class Zeroed:
+    def detect_many(self, images, map_fn):
+      return zeroed.detect_many(images)
+
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  _photo(inputs / 'big.png', size=(600, 800))
+  _photo(inputs / 'small.png', size=(48, 64))  # few tiles: under the cap, processed
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'out', _anonymizer(Zeroed()),
+                                     progress=False)
+  entries = {pathlib.Path(e['input']).name: e for e in report['files']}
+  assert entries['big.png']['status'] == 'error', entries['big.png']
+  assert 'candidate boxes over its threshold' in entries['big.png']['error']
+  assert 'make weights' in entries['big.png']['error']
+  assert not (tmp_path / 'out' / 'big.png').exists()
+  assert entries['small.png']['status'] == 'ok'
