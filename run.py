@@ -16,6 +16,7 @@ and exits with status 143 (SIGTERM) or 130 (Ctrl-C): the job is not finished, an
 command resumes it. Ctrl-C elsewhere prints one line and exits with status 130.
 """
 
+import errno
 import os
 import pathlib
 import re
@@ -142,10 +143,16 @@ def _latest_step(workdir) -> int | None:
 
 
 def _is_data_error(e: BaseException) -> bool:
+  """A config, data, identity-bank or checkpoint error: its message names the fix."""
   if isinstance(e, config_lib.ConfigError):
     return True
-  parsing = sys.modules.get('sdgan_jax.datasets.parsing_folders')
-  return parsing is not None and isinstance(e, parsing.LayoutError)
+  for module, name in (('sdgan_jax.datasets.parsing_folders', 'LayoutError'),
+                       ('sdgan_jax.identity_bank', 'BankError'),
+                       ('sdgan_jax.inference', 'CheckpointError')):
+    loaded = sys.modules.get(module)
+    if loaded is not None and isinstance(e, getattr(loaded, name)):
+      return True
+  return False
 
 
 def cli_main(argv):
@@ -163,6 +170,14 @@ def cli_main(argv):
     if not _is_data_error(e):
       raise
     _fail(e)
+  except trainer.CheckpointWriteError as e:
+    _fail(f'error: {e}', 1)
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+      raise
+    # e.g. the summaries or config.json on a full disk: one line, not the traceback
+    _fail(f'error: {e.filename or FLAGS.workdir}: {e.strerror}: free disk space (or fix the '
+          'folder) and rerun the same command to resume from the last saved step', 1)
   except KeyboardInterrupt:
     step = _latest_step(FLAGS.workdir)
     if step is None:

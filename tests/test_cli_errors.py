@@ -176,14 +176,25 @@ runpy.run_path({repo!r} + '/run.py', run_name='__main__')
 '''
 
 PREEMPTED_RUN = '''
-import runpy, signal, sys
+import errno, runpy, signal, sys
 sys.path.insert(0, {repo!r})
-from sdgan_jax import train, trainer
+from sdgan_jax import identity_bank, inference, train, trainer
 
-def preempted(config, workdir):  # the loop saved step 7 on SIGTERM (test_train_loop)
-  raise trainer.Preempted(signal.SIGTERM, 7, None)
+FAILURES = {{  # what the training loop and the restore raise (tests of each beside them)
+    'sigterm': trainer.Preempted(signal.SIGTERM, 7, None),  # saved step 7 on SIGTERM
+    'disk_full': trainer.CheckpointWriteError('could not save step 8 into W/checkpoints '
+                                              '(No space left on device); ...'),
+    'summaries': OSError(errno.ENOSPC, 'No space left on device', 'W/events.out'),
+    'checkpoint': inference.CheckpointError('the checkpoint W/checkpoints/7 cannot be read'),
+    'bank': identity_bank.BankError('W/identity_bank.npz is not a readable identity bank'),
+}}
 
-train.train_and_evaluate = preempted
+FAILURE = FAILURES[sys.argv[2]]
+
+def failing(config, workdir):
+  raise FAILURE
+
+train.train_and_evaluate = failing
 sys.argv = ['run.py', '--config={repo}/configs/celeba.py', '--workdir=' + sys.argv[1]]
 runpy.run_path({repo!r} + '/run.py', run_name='__main__')
 '''
@@ -207,7 +218,9 @@ def test_ctrl_c_outside_the_loop_is_one_line(tmp_path):
   results = _run_all([[sys.executable, str(script), str(resumable)],
                       [sys.executable, str(script), str(tmp_path / 'fresh')],
                       _run_py(f'--config={config}', workdir=tmp_path / 'w'),
-                      [sys.executable, str(preempted), str(resumable)]])
+                      *[[sys.executable, str(preempted), str(resumable), failure]
+                        for failure in ('sigterm', 'disk_full', 'summaries', 'checkpoint',
+                                        'bank')]])
   assert _one_line(results[0], 130) == (
       f'run.py: interrupted at step 7; saved in {resumable / "checkpoints"}, resume with '
       'the same command')
@@ -220,6 +233,14 @@ def test_ctrl_c_outside_the_loop_is_one_line(tmp_path):
   assert _one_line(results[3], 143) == (
       f'run.py: SIGTERM at step 7: saved in {resumable / "checkpoints"}, not finished; '
       'resume with the same command')
+  # Issue 27, 9: a full disk, a damaged checkpoint or identity bank: one line each.
+  assert _one_line(results[4], 1).startswith('run.py: error: could not save step 8')
+  assert _one_line(results[5], 1) == (
+      'run.py: error: W/events.out: No space left on device: free disk space (or fix the '
+      'folder) and rerun the same command to resume from the last saved step')
+  assert _one_line(results[6]) == (
+      'run.py: error: the checkpoint W/checkpoints/7 cannot be read')
+  assert _one_line(results[7]).endswith('is not a readable identity bank')
 
 
 # ---------------------------------------------------------------------------------------

@@ -210,3 +210,45 @@ def test_two_processes_train_on_their_shards_and_agree(dataset, tmp_path):
   assert ssims[0] and ssims[0] == ssims[1], ssims
   assert len(list(workdir.glob('events.out.tfevents.*'))) == 1  # process 0 only
   assert (workdir / 'checkpoints' / '2').is_dir()
+
+
+def test_a_checkpoint_that_cannot_be_saved_is_one_error(monkeypatch):
+  """Issue 27, 9: a full disk at a save is ``CheckpointWriteError`` (run.py: one line,
+  exit 1) naming the step and the fix, not the checkpoint library's traceback."""
+  import errno  # pylint: disable=import-outside-toplevel
+
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  config = ml_collections.ConfigDict(dict(train=dict(num_steps=4, log_every=1),
+                                          checkpoint=dict(every=2)))
+  saved = []
+
+  class Manager:
+    def save(self, step, **kwargs):
+      if step == 4:
+        raise OSError(errno.ENOSPC, 'No space left on device')
+      saved.append(step)
+
+    def wait_until_finished(self):
+      pass
+
+  class Writer:
+    def write_scalars(self, step, scalars):
+      pass
+
+    def flush(self):
+      raise OSError(errno.ENOSPC, 'No space left on device')  # the summaries too
+
+  def step_fn(state, batch):
+    return state, {'train/all_finite': True}
+
+  monkeypatch.setattr(parallel, 'keys_as_data', lambda state: state)  # a stand-in state
+
+  with pytest.raises(trainer.CheckpointWriteError) as failed:
+    trainer.run_training_loop(
+        {'step': 0}, step_fn, iter([(None, None)] * 4), config=config, workdir='/w',
+        manager=Manager(), writer=Writer(), initial_step=0, evaluate=lambda state: {})
+  assert saved == [2]
+  message = str(failed.value)
+  assert 'could not save step 4 into /w/checkpoints' in message and '\n' not in message
+  assert 'No space left on device' in message and 'resume' in message
