@@ -327,3 +327,52 @@ def test_eval_checks_its_output_folder_before_the_work(tmp_path, capsys, monkeyp
   err = capsys.readouterr().err
   assert exit_info.value.code == 2 and not started
   assert err.count('\n') == 1 and 'cannot write into --output' in err, err
+
+
+# ---------------------------------------------------------------------------------------
+# 7. (issue 27, 9) tools/prepare_data.py: a wrong --parser, out-of-range numbers, a
+# read-only --output: one line each, before any download or preparation.
+
+
+def test_prepare_data_refuses_a_bad_parser_numbers_or_output_in_one_line(tmp_path, capsys,
+                                                                         monkeypatch):
+  """In this process: each case stops before any work."""
+  import errno  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from tool_loader import load_tool  # pylint: disable=import-outside-toplevel
+
+  tool = load_tool('prepare_data')
+  sdgan = tmp_path / 'sdgan_workdir'
+  sdgan.mkdir()
+  (sdgan / 'config.json').write_text('{"resolution": 64}')  # an SDGAN run, no task
+  base = ['--source', 'samples', '--output', str(tmp_path / 'data')]
+  for flags, wants in ((['--resolution', '0'], ['argument --resolution', '>= 16']),
+                       (['--resolution', '40'], ['multiple of 16']),
+                       (['--chunk_size', '0'], ['argument --chunk_size', '>= 1']),
+                       (['--workers', '-1'], ['argument --workers'])):
+    with pytest.raises(SystemExit) as exit_info:
+      tool.main(base + flags)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.strip().splitlines()[-1].startswith(
+        'prepare_data.py: error: '), err
+    assert all(w in err for w in wants) and 'Traceback' not in err, (flags, err)
+  for flags, wants in ((['--parser', str(tmp_path / 'missing')], ['--parser', 'no config.json']),
+                       (['--parser', str(sdgan)], ["holds a 'sdgan' run, not a face parser"])):
+    assert tool.main(base + flags) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('prepare_data.py: error: '), err
+    assert all(w in err for w in wants), (flags, err)
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  mkstemp = tempfile.mkstemp
+
+  def refusing(*args, dir=None, **kwargs):  # pylint: disable=redefined-builtin
+    if pathlib.Path(dir) == locked:  # root ignores modes: refuse as a read-only disk would
+      raise PermissionError(errno.EACCES, 'Permission denied')
+    return mkstemp(*args, dir=dir, **kwargs)
+
+  monkeypatch.setattr(tempfile, 'mkstemp', refusing)
+  assert tool.main(['--source', 'samples', '--output', str(locked / 'data')]) == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'cannot write into --output' in err, err
+  assert not (locked / 'data').exists()
