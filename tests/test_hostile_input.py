@@ -690,3 +690,38 @@ def test_a_detector_scoring_every_anchor_is_stopped_before_memory_runs_out(tmp_p
   assert 'make weights' in entries['big.png']['error']
   assert not (tmp_path / 'out' / 'big.png').exists()
   assert entries['small.png']['status'] == 'ok'
+
+
+# --- 5: a variable frame rate ---------------------------------------------------------------
+
+
+def test_a_variable_frame_rate_video_keeps_every_frame_at_its_time(tmp_path):
+  """5. Six frames over 1.86 s at irregular times (ffmpeg's nominal 30 fps beside a mean of
+  3.9): the output lasts as long, holds each of the six frames, with the audio."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.media import video  # pylint: disable=import-outside-toplevel
+
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  source = inputs / 'vfr.mp4'
+  # Six flat frames of different colours, the first two 35 ms apart, the rest 310 ms.
+  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-y', '-loglevel', 'error', '-f', 'lavfi',
+                  '-i', 'color=c=black:size=64x64:rate=30:duration=0.2', '-f', 'lavfi', '-i',
+                  'sine=frequency=440:duration=1.86', '-vf',
+                  "geq=r='N*40':g='128':b='255-N*40',setpts='if(lt(N,2),N*0.035,N*0.31)/TB'",
+                  '-fps_mode', 'vfr', '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-c:a', 'aac',
+                  str(source)], check=True)
+  times = video._frame_times(source)  # pylint: disable=protected-access
+  assert len(times) == 6 and times[-1] > 1.5
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'out',
+                                     _anonymizer(detector=BoxDetector((0, 0, -1, -1))),
+                                     progress=False)
+  [entry] = report['files']
+  assert entry['status'] == 'ok' and entry['audio'] == 'kept', entry
+  assert any('variable frame rate' in n for n in entry['notes']), entry
+  info, frames = media.read_video(tmp_path / 'out' / 'vfr.mp4')
+  frames = list(frames)
+  # As long as the input (its 1.86 s), not 13 s: every frame at its time.
+  assert abs(len(frames) / info.fps - 1.86) < 0.15, (len(frames), info.fps)
+  changes = sum(np.abs(a.astype(int) - b).mean() > 3 for a, b in zip(frames, frames[1:]))
+  assert changes == 5, changes  # the six source frames, each held until the next

@@ -318,6 +318,8 @@ class Runner:
 def _video_written(entry: dict, job: Job, info: media.VideoInfo, read: int) -> None:
   """A written video's output, audio and frame counts; an error if frames are missing."""
   entry['output'] = str(job.dest)
+  if info.note:
+    entry['notes'] = [info.note]
   if info.has_audio:
     entry.setdefault('audio', 'kept')
   if np.isfinite(info.nframes):
