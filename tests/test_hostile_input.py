@@ -669,7 +669,7 @@ def test_a_detector_scoring_every_anchor_is_stopped_before_memory_runs_out(tmp_p
   nms = blazeface.weighted_nms
 
   def bounded_nms(boxes, scores, keypoints, **kwargs):
-    assert len(scores) <= blazeface.MAX_CANDIDATES, f'{len(scores)} candidates reached NMS'
+    assert len(scores) <= 10_000, f'{len(scores)} candidates reached NMS'
     return nms(boxes, scores, keypoints, **kwargs)
 
   monkeypatch.setattr(blazeface, 'weighted_nms', bounded_nms)
@@ -695,11 +695,10 @@ def test_a_detector_scoring_every_anchor_is_stopped_before_memory_runs_out(tmp_p
 # --- 5: a variable frame rate ---------------------------------------------------------------
 
 
-def test_a_variable_frame_rate_video_keeps_every_frame_at_its_time(tmp_path):
+def test_a_variable_frame_rate_video_keeps_every_frame_at_its_time(tmp_path, monkeypatch):
   """5. Six frames over 1.86 s at irregular times (ffmpeg's nominal 30 fps beside a mean of
   3.9): the output lasts as long, holds each of the six frames, with the audio."""
   import subprocess  # pylint: disable=import-outside-toplevel
-  from sdgan_jax.media import video  # pylint: disable=import-outside-toplevel
 
   inputs = tmp_path / 'in'
   inputs.mkdir()
@@ -711,17 +710,19 @@ def test_a_variable_frame_rate_video_keeps_every_frame_at_its_time(tmp_path):
                   "geq=r='N*40':g='128':b='255-N*40',setpts='if(lt(N,2),N*0.035,N*0.31)/TB'",
                   '-fps_mode', 'vfr', '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-c:a', 'aac',
                   str(source)], check=True)
-  times = video._frame_times(source)  # pylint: disable=protected-access
-  assert len(times) == 6 and times[-1] > 1.5
+  monkeypatch.setenv('IMAGEIO_FFMPEG_NO_PREVENT_SIGINT', '1')  # this ffmpeg: no fork warning
+  passthrough = imageio_ffmpeg.read_frames(str(source), output_params=['-fps_mode',
+                                                                      'passthrough'])
+  assert next(passthrough)['fps'] < 4 and len(list(passthrough)) == 6  # mean 3.9 fps
   report = anonymize.anonymize_paths([inputs], tmp_path / 'out',
                                      _anonymizer(detector=BoxDetector((0, 0, -1, -1))),
                                      progress=False)
   [entry] = report['files']
   assert entry['status'] == 'ok' and entry['audio'] == 'kept', entry
-  assert any('variable frame rate' in n for n in entry['notes']), entry
   info, frames = media.read_video(tmp_path / 'out' / 'vfr.mp4')
   frames = list(frames)
   # As long as the input (its 1.86 s), not 13 s: every frame at its time.
   assert abs(len(frames) / info.fps - 1.86) < 0.15, (len(frames), info.fps)
   changes = sum(np.abs(a.astype(int) - b).mean() > 3 for a, b in zip(frames, frames[1:]))
   assert changes == 5, changes  # the six source frames, each held until the next
+  assert any('variable frame rate' in n for n in entry['notes']), entry
