@@ -10,10 +10,13 @@ Multi-host (one process per host; on Cloud TPU and SLURM the cluster is auto-det
 or explicitly, e.g. two CPU processes on one machine:
   python run.py ... --coordinator_address=localhost:1234 --num_processes=2 --process_id=0
 
-A usage, config or data error prints one line and exits with status 2; Ctrl-C during
-training saves and stops, elsewhere it prints one line and exits with status 130.
+A usage, config or data error prints one line and exits with status 2. SIGTERM (a
+scheduler's preemption) or Ctrl-C during training saves the current step, prints one line
+and exits with status 143 (SIGTERM) or 130 (Ctrl-C): the job is not finished, and the same
+command resumes it. Ctrl-C elsewhere prints one line and exits with status 130.
 """
 
+import errno
 import os
 import pathlib
 import re
@@ -140,20 +143,41 @@ def _latest_step(workdir) -> int | None:
 
 
 def _is_data_error(e: BaseException) -> bool:
+  """A config, data, identity-bank or checkpoint error: its message names the fix."""
   if isinstance(e, config_lib.ConfigError):
     return True
-  parsing = sys.modules.get('sdgan_jax.datasets.parsing_folders')
-  return parsing is not None and isinstance(e, parsing.LayoutError)
+  for module, name in (('sdgan_jax.datasets.parsing_folders', 'LayoutError'),
+                       ('sdgan_jax.identity_bank', 'BankError'),
+                       ('sdgan_jax.inference', 'CheckpointError')):
+    loaded = sys.modules.get(module)
+    if loaded is not None and isinstance(e, getattr(loaded, name)):
+      return True
+  return False
 
 
 def cli_main(argv):
-  """``main`` for the command line: config and data errors, Ctrl-C as one line."""
+  """``main`` for the command line: config and data errors, preemption and Ctrl-C as one
+  line."""
+  from sdgan_jax import trainer  # pylint: disable=import-outside-toplevel
   try:
     main(argv)
+  except trainer.Preempted as e:
+    import signal  # pylint: disable=import-outside-toplevel
+    where = os.path.join(FLAGS.workdir, 'checkpoints')
+    _fail(f'{signal.Signals(e.signal).name} at step {e.step}: saved in {where}, not finished; '
+          'resume with the same command', e.exit_status)
   except ValueError as e:
     if not _is_data_error(e):
       raise
     _fail(e)
+  except trainer.CheckpointWriteError as e:
+    _fail(f'error: {e}', 1)
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+      raise
+    # e.g. the summaries or config.json on a full disk: one line, not the traceback
+    _fail(f'error: {e.filename or FLAGS.workdir}: {e.strerror}: free disk space (or fix the '
+          'folder) and rerun the same command to resume from the last saved step', 1)
   except KeyboardInterrupt:
     step = _latest_step(FLAGS.workdir)
     if step is None:

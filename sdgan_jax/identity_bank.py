@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import pathlib
+import zipfile
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -38,6 +39,10 @@ def bank_path(dataset_dir: str | os.PathLike, split: str = 'train',
               backbone: str = DEFAULT_BACKBONE) -> pathlib.Path:
   """Where the bank of ``split`` lives: beside the prepared dataset's files."""
   return pathlib.Path(dataset_dir) / f'identity_bank_{split}_{backbone}.npz'
+
+
+class BankError(ValueError):
+  """An identity bank file that cannot be read: one line naming it and the fix."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -156,13 +161,21 @@ class IdentityBank:
     if not path.is_file():
       raise FileNotFoundError(f'no identity bank at {path}: build it with '
                               'build_identity_bank(...) and IdentityBank.save')
-    with np.load(path, allow_pickle=False) as data:
-      missing = {'means', 'counts', 'metadata'} - set(data.files)
-      if missing:
-        raise ValueError(f'{path} is not an identity bank (lacks {sorted(missing)})')
-      meta = json.loads(str(data['metadata']))
-      bank = cls(means=data['means'], counts=data['counts'],
-                 backbone=meta.pop('backbone', DEFAULT_BACKBONE), metadata=meta)
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        missing = {'means', 'counts', 'metadata'} - set(data.files)
+        if missing:
+          raise ValueError(f'{path} is not an identity bank (lacks {sorted(missing)})')
+        meta = json.loads(str(data['metadata']))
+        bank = cls(means=data['means'], counts=data['counts'],
+                   backbone=meta.pop('backbone', DEFAULT_BACKBONE), metadata=meta)
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+      if isinstance(e, ValueError) and 'is not an identity bank' in str(e):
+        raise
+      raise BankError(f'{path} is not a readable identity bank (truncated or damaged? '
+                       f'{type(e).__name__}: {e}): build it again with '
+                       '`python tools/prepare_data.py ...` for its dataset (or copy it '
+                       'again)') from None
     if meta.get('dim', bank.dim) != bank.dim:
       raise ValueError(f'{path}: metadata says dim {meta["dim"]} but means are {bank.dim}-d')
     return bank

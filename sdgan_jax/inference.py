@@ -31,8 +31,9 @@ from sdgan_jax import semantic_source, xla_options
 
 BANK_FILENAME = 'identity_bank.npz'
 # orbax logs this through absl for every step folder without its optional metadata file
-# (checkpoints written by older orbax versions, or by hand): harmless for a restore.
-_ORBAX_NOISE = ('Metadata file does not exist',)
+# (checkpoints written by older orbax versions, or by hand): harmless for a restore. The
+# second comes before the restore of a damaged checkpoint fails: the error says it.
+_ORBAX_NOISE = ('Metadata file does not exist', 'Failed to get item metadata')
 
 
 class _DropOrbaxNoise(logging.Filter):
@@ -42,7 +43,7 @@ class _DropOrbaxNoise(logging.Filter):
 
 @contextlib.contextmanager
 def quiet_orbax() -> Iterator[None]:
-  """Silences orbax's "Metadata file does not exist" warnings (only those) inside."""
+  """Silences orbax's ``_ORBAX_NOISE`` warnings (only those) inside."""
   noise = _DropOrbaxNoise()
   logger = logging.getLogger('absl')  # orbax logs through absl.logging
   logger.addFilter(noise)
@@ -207,9 +208,27 @@ def _restore_ema_generator(workdir: str, step: int | None) -> tuple[Any, Any, in
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train one with '
                             f'`python run.py --config=configs/demo.py --workdir={workdir}`')
-  stored = ocp.StandardCheckpointer().metadata(
-      os.path.join(workdir, 'checkpoints', str(step), 'default')).item_metadata
-  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
-                                  dict(stored), is_leaf=lambda m: hasattr(m, 'shape'))
-  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-  return restored['ema_params'], dict(restored['generator'].get('stats') or {}), int(step)
+  try:
+    stored = ocp.StandardCheckpointer().metadata(
+        os.path.join(workdir, 'checkpoints', str(step), 'default')).item_metadata
+    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+                                    dict(stored), is_leaf=lambda m: hasattr(m, 'shape'))
+    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    return restored['ema_params'], dict(restored['generator'].get('stats') or {}), int(step)
+  except Exception as e:  # pylint: disable=broad-except
+    raise damaged_checkpoint(workdir, step, e) from None
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read (truncated or damaged files): one line, the fix."""
+
+
+def damaged_checkpoint(workdir: str, step: int, error: BaseException) -> CheckpointError:
+  """The one-line error for the unreadable checkpoint of ``step``, naming what to do."""
+  text = str(error).strip()
+  first = f'{type(error).__name__}: {text.splitlines()[0][:160] if text else ""}'.rstrip(': ')
+  folder = os.path.join(workdir, 'checkpoints', str(step))
+  others = [s for s in checkpoint_steps(workdir) if s != step]
+  fallback = (f'move {folder} away to use step {others[-1]}, or ' if others else '')
+  return CheckpointError(f'the checkpoint {folder} cannot be read (truncated or damaged? '
+                         f'{first}): {fallback}train again')

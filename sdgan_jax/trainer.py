@@ -28,6 +28,34 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced NaN/inf losses; the last good checkpoint is kept."""
 
 
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be saved (a full disk...); the steps saved before are kept."""
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT stopped training after saving ``step``: the job did not finish and
+  the same command resumes it (run.py exits 143 or 130, so a scheduler does not mistake a
+  preemption for a finished job).
+
+  Attributes:
+    signal: the signal number.
+    step: the step saved.
+    state: the training state at that step.
+  """
+
+  def __init__(self, signum: int, step: int, state):
+    import signal  # pylint: disable=import-outside-toplevel
+    super().__init__(f'{signal.Signals(signum).name} at step {step}: saved, stopped')
+    self.signal = signum
+    self.step = step
+    self.state = state
+
+  @property
+  def exit_status(self) -> int:
+    """The shell's status of a process killed by the signal: 128 + its number."""
+    return 128 + self.signal
+
+
 def reference_config(name: str) -> ml_collections.ConfigDict:
   """The package's reference config ``name`` (``sdgan_jax/configs/NAME.py``): its keys are
   the keys every config of that trainer may use."""
@@ -176,6 +204,15 @@ def restore_state(workdir: str, abstract_state, step: int | None = None):
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train one with '
                             f'`python run.py --config=... --workdir={workdir}`')
+  from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
+  try:  # a damaged checkpoint fails here already, before its layout is compared
+    with inference.quiet_orbax():
+      stored = ocp.StandardCheckpointer().metadata(os.path.join(workdir, 'checkpoints',
+                                                                str(step), 'default'))
+    if getattr(stored, 'item_metadata', None) is None:  # orbax only warns
+      raise ValueError('its _METADATA is not readable')
+  except Exception as e:  # pylint: disable=broad-except
+    raise inference.damaged_checkpoint(workdir, step, e) from None
   target = jax.tree_util.tree_map(
       lambda host, x: jax.ShapeDtypeStruct(host.shape, host.dtype,
                                            sharding=getattr(x, 'sharding', None)),
@@ -184,9 +221,11 @@ def restore_state(workdir: str, abstract_state, step: int | None = None):
     restored = manager.restore(step, args=ocp.args.StandardRestore(target))
   except (ValueError, KeyError, TypeError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f'{workdir}: the checkpoint of step {step} does not hold the state this '
-                     f'config trains ({first}); it was written with another config or an '
-                     'older sdgan_jax: train in a fresh --workdir') from e
+    raise ConfigError(f'{workdir}: the checkpoint of step {step} does not hold the state '
+                      f'this config trains ({first}); it was written with another config or '
+                      'an older sdgan_jax: train in a fresh --workdir') from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise inference.damaged_checkpoint(workdir, step, e) from None
   return parallel.keys_from_data(restored), step
 
 
@@ -246,7 +285,7 @@ def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, di
   step is saved) and written; every ``train.image_every`` steps process 0 writes
   ``images(state, host batch)``; every ``checkpoint.every`` steps and at the end
   ``evaluate(state)`` runs and the state is saved with its metrics. SIGTERM/SIGINT save
-  the current step and stop.
+  the current step and raise ``Preempted`` (the run did not finish).
   """
   from clu import periodic_actions  # pylint: disable=import-outside-toplevel
 
@@ -271,11 +310,29 @@ def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, di
           eval_metrics = evaluate(state)
           if eval_metrics:
             writer.write_scalars(step, eval_metrics)
-          save_checkpoint(manager, step, state, eval_metrics or None)
+          try:
+            save_checkpoint(manager, step, state, eval_metrics or None)
+          except Exception as e:  # pylint: disable=broad-except
+            text = str(e).strip()
+            first = text.splitlines()[0][:200] if text else type(e).__name__
+            raise CheckpointWriteError(
+                f'could not save step {step} into {workdir}/checkpoints ({first}); the steps '
+                'saved before are kept: free disk space (or fix the folder) and rerun the same '
+                'command to resume') from None
         if stop.received is not None:
           logging.warning('signal %d: saved step %d, stopping', stop.received, step)
           break
-    finally:
-      manager.wait_until_finished()
-      writer.flush()
+    except BaseException:
+      try:
+        manager.wait_until_finished()
+        writer.flush()
+      except Exception as e:  # pylint: disable=broad-except
+        # Already failing (e.g. on the full disk the summaries hit too): the first error
+        # is the one to report.
+        logging.warning('closing the checkpoints and summaries failed too: %s', e)
+      raise
+    manager.wait_until_finished()
+    writer.flush()
+  if stop.received is not None and step < num_steps:  # a signal at the last step: finished
+    raise Preempted(stop.received, step, state)
   return state, step

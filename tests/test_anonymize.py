@@ -359,6 +359,72 @@ def test_video_faces_keep_their_target(anonymizer, tiles):
   assert len(targets) == 3 and len(set(targets)) == 1, targets
 
 
+def test_a_pixelated_face_that_still_matches_is_covered_harder(tiles, weights_dir):
+  """Issue 27, 2: the fallback's own output is re-checked; a pixelation that still matches
+  the source is made coarser, then a solid fill, and the report says so."""
+  identity = anonymize.IdentityBackbone(weights_dir)
+
+  def run(threshold):
+    anonymizer = anonymize.FaceAnonymizer(
+        baseline='pixelate', identity=identity, weights_dir=weights_dir,
+        options=anonymize.Options(detectors=('hog',), workers=1, fallback_blocks=16,
+                                  identity_threshold=threshold))
+
+    def unchanged(faces, keys, images):  # the "generated" face is the source: it matches
+      for face in faces:
+        face.output = face.crop.astype(np.float32) / 255.0
+
+    anonymizer._generate = unchanged  # pylint: disable=protected-access
+    [(out, faces)] = anonymizer.process([tiles['obama']])
+    assert len(faces) == 1 and faces[0].reason == 'still_matches_source'
+    return out, faces[0]
+
+  # Every pixelation "still matches" at an impossible threshold: 16, 8, 4, 2 blocks, fill.
+  out, face = run(1e6)
+  x0, y0, x1, y1 = anonymize.fallback.clip_box(face.region, out.shape)
+  assert np.all(out[y0:y1, x0:x1] == GRAY)
+  assert face.cover == 'fill' and face.to_json()['cover'] == 'fill'
+  for blocks in (16, 8, 4, 2):
+    assert f'the cover pixelate{blocks} still matched the source' in face.detail
+  # At dlib's threshold 16 blocks are far enough from the source: kept, re-checked.
+  _, face = run(0.6)
+  assert face.cover == 'pixelate16' and 'still matched' not in face.detail
+
+
+def test_a_damaged_checkpoint_or_bank_is_one_line(workdir, tmp_path, capsys):
+  """Issue 27, 9: truncated files of a workdir name themselves and the fix, exit 2."""
+  from sdgan_jax import inference, trainer  # pylint: disable=import-outside-toplevel
+
+  damaged = {}
+  for name in ('data', 'metadata', 'bank'):
+    damaged[name] = tmp_path / name
+    shutil.copytree(workdir, damaged[name])
+  step = damaged['data'] / 'checkpoints' / '0' / 'default'
+  biggest = max((p for p in step.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 2])
+  meta = damaged['metadata'] / 'checkpoints' / '0' / 'default' / '_METADATA'
+  meta.write_bytes(meta.read_bytes()[:1000])
+  bank = damaged['bank'] / 'identity_bank.npz'
+  bank.write_bytes(bank.read_bytes()[:500])
+  photo = tmp_path / 'a.png'
+  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photo)
+  cli = _cli()
+  for name, words in (('data', ['checkpoints/0 cannot be read', 'truncated or damaged']),
+                      ('metadata', ['checkpoints/0 cannot be read']),
+                      ('bank', ['identity_bank.npz is not a readable identity bank',
+                                'prepare_data.py'])):
+    code = cli.main([str(photo), '--output', str(tmp_path / f'out_{name}'), '--checkpoint',
+                     str(damaged[name]), '--detectors', 'hog', '--no_identity_check',
+                     '--no_progress'])
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if not line.startswith('warning: the identity re-check is off')]
+    assert code == 2 and len(err) == 1 and err[0].startswith('error: '), (name, err)
+    assert all(w in err[0] for w in words), (name, err)
+  # Resuming training reads the same files: one line too (run.py exits 2 on it).
+  with pytest.raises(inference.CheckpointError, match='cannot be read'):
+    trainer.restore_state(str(damaged['metadata']), abstract_state=None)
+
+
 def test_detection_threads_do_not_change_the_results(tiles, weights_dir, monkeypatch):
   """Images (or frames) are prepared and pasted back in parallel threads (Options.workers):
   outputs, face reports and video tracks are those of one thread."""

@@ -7,8 +7,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS='cpu')
+# A user's shell: not the 1 that importing JAX puts into this process's environment.
+ENV.pop('TF_CPP_MIN_LOG_LEVEL', None)
 
 
 def _run_all(commands, cwd=REPO):
@@ -171,6 +175,30 @@ sys.argv = ['run.py', '--config={repo}/configs/celeba.py', '--workdir=' + sys.ar
 runpy.run_path({repo!r} + '/run.py', run_name='__main__')
 '''
 
+PREEMPTED_RUN = '''
+import errno, runpy, signal, sys
+sys.path.insert(0, {repo!r})
+from sdgan_jax import identity_bank, inference, train, trainer
+
+FAILURES = {{  # what the training loop and the restore raise (tests of each beside them)
+    'sigterm': trainer.Preempted(signal.SIGTERM, 7, None),  # saved step 7 on SIGTERM
+    'disk_full': trainer.CheckpointWriteError('could not save step 8 into W/checkpoints '
+                                              '(No space left on device); ...'),
+    'summaries': OSError(errno.ENOSPC, 'No space left on device', 'W/events.out'),
+    'checkpoint': inference.CheckpointError('the checkpoint W/checkpoints/7 cannot be read'),
+    'bank': identity_bank.BankError('W/identity_bank.npz is not a readable identity bank'),
+}}
+
+FAILURE = FAILURES[sys.argv[2]]
+
+def failing(config, workdir):
+  raise FAILURE
+
+train.train_and_evaluate = failing
+sys.argv = ['run.py', '--config={repo}/configs/celeba.py', '--workdir=' + sys.argv[1]]
+runpy.run_path({repo!r} + '/run.py', run_name='__main__')
+'''
+
 INTERRUPTED_CONFIG = '''
 def get_config():
   raise KeyboardInterrupt
@@ -185,9 +213,14 @@ def test_ctrl_c_outside_the_loop_is_one_line(tmp_path):
   (resumable / 'checkpoints' / '12.orbax-checkpoint-tmp-3').mkdir()  # unfinished save
   config = tmp_path / 'interrupted_config.py'
   config.write_text(INTERRUPTED_CONFIG)
+  preempted = tmp_path / 'preempted_run.py'
+  preempted.write_text(PREEMPTED_RUN.format(repo=str(REPO)))
   results = _run_all([[sys.executable, str(script), str(resumable)],
                       [sys.executable, str(script), str(tmp_path / 'fresh')],
-                      _run_py(f'--config={config}', workdir=tmp_path / 'w')])
+                      _run_py(f'--config={config}', workdir=tmp_path / 'w'),
+                      *[[sys.executable, str(preempted), str(resumable), failure]
+                        for failure in ('sigterm', 'disk_full', 'summaries', 'checkpoint',
+                                        'bank')]])
   assert _one_line(results[0], 130) == (
       f'run.py: interrupted at step 7; saved in {resumable / "checkpoints"}, resume with '
       'the same command')
@@ -195,3 +228,151 @@ def test_ctrl_c_outside_the_loop_is_one_line(tmp_path):
       'run.py: interrupted before the first checkpoint (nothing saved)')
   assert _one_line(results[2], 130) == (
       'run.py: interrupted while reading the config; nothing was started')
+  # SIGTERM in the loop saved and stopped: not finished, so not 0 (a scheduler would think
+  # the job done) but 143, the status of a process the signal ended.
+  assert _one_line(results[3], 143) == (
+      f'run.py: SIGTERM at step 7: saved in {resumable / "checkpoints"}, not finished; '
+      'resume with the same command')
+  # Issue 27, 9: a full disk, a damaged checkpoint or identity bank: one line each.
+  assert _one_line(results[4], 1).startswith('run.py: error: could not save step 8')
+  assert _one_line(results[5], 1) == (
+      'run.py: error: W/events.out: No space left on device: free disk space (or fix the '
+      'folder) and rerun the same command to resume from the last saved step')
+  assert _one_line(results[6]) == (
+      'run.py: error: the checkpoint W/checkpoints/7 cannot be read')
+  assert _one_line(results[7]).endswith('is not a readable identity bank')
+
+
+# ---------------------------------------------------------------------------------------
+# 6. (issue 27, 9-10) tools/eval.py: an unreadable dataset, a read-only --output.
+
+
+def _tiny_dataset(root: pathlib.Path) -> pathlib.Path:
+  """A prepared 32-px dataset of two people per split (train_fixtures' record format)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.datasets import features  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(0)
+
+  def records(split):
+    mask = np.zeros((32, 32, 1), np.uint8)
+    mask[8:24, 8:24] = 255
+    return [(i, dict(image=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), mask=mask,
+                     semantic=(mask > 0).astype(np.uint8),
+                     landmarks=rng.uniform(8, 24, (68, 2)).astype(np.float32),
+                     identity=np.int64(100 + i % 2), label=np.int64(i % 2),
+                     filename=f'{split}_{i}.jpg')) for i in range(4)]
+
+  built = tfds.dataset_builders.store_as_tfds_dataset(
+      name='cli_error_faces', version='1.0.0', features=features.tfds_features(32),
+      split_datasets={s: records(s) for s in ('train', 'test')}, data_dir=root,
+      file_format='array_record')
+  return pathlib.Path(built.data_dir)
+
+
+def test_eval_refuses_an_unreadable_dataset_in_one_line(tmp_path, capsys):
+  """In this process (TensorFlow is loaded already): each case fails before any work."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from tool_loader import load_tool  # pylint: disable=import-outside-toplevel
+
+  data = _tiny_dataset(tmp_path / 'tfds')
+  for name in ('truncated', 'bad_info'):
+    shutil.copytree(data, tmp_path / name)
+  record = next((tmp_path / 'truncated').glob('*-test.array_record-*'))
+  record.write_bytes(record.read_bytes()[:record.stat().st_size // 2])
+  (tmp_path / 'bad_info' / 'dataset_info.json').write_text('{"name": ')
+  cases = [(data, ['--split', 'tset'], ["--split 'tset'", 'no such split', 'test, train']),
+           (tmp_path / 'truncated', [], ["split 'test' cannot be read", 'truncated or damaged',
+                                         'prepare the dataset again']),
+           (tmp_path / 'bad_info', [], ['dataset_info.json is not a readable',
+                                        'prepare the dataset again'])]
+  tool = load_tool('eval')
+  capsys.readouterr()
+  for i, (d, flags, wants) in enumerate(cases):
+    code = tool.main(['--data', str(d), '--output', str(tmp_path / f'out{i}'), '--baselines',
+                      'pixelate8', '--detectors', 'hog', '--detection_processes', '1',
+                      '--no_progress', *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1 and err.startswith('eval.py: error: '), err
+    for want in wants:
+      assert want in err, (want, err)
+
+
+def test_eval_checks_its_output_folder_before_the_work(tmp_path, capsys, monkeypatch):
+  """A read-only --output is refused at once, not after the whole evaluation."""
+  import errno  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from tool_loader import load_tool  # pylint: disable=import-outside-toplevel
+
+  tool = load_tool('eval')
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  locked.chmod(0o555)
+  mkstemp = tempfile.mkstemp
+
+  def refusing(*args, dir=None, **kwargs):  # pylint: disable=redefined-builtin
+    if pathlib.Path(dir) == locked:  # root ignores the mode: refuse as a read-only disk would
+      raise PermissionError(errno.EACCES, 'Permission denied')
+    return mkstemp(*args, dir=dir, **kwargs)
+
+  monkeypatch.setattr(tempfile, 'mkstemp', refusing)
+  started = []
+  monkeypatch.setattr(tool.runner, 'evaluate', lambda options: started.append(1))
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      tool.main(['--data', str(tmp_path), '--output', str(locked / 'eval')])
+  finally:
+    locked.chmod(0o755)
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and not started
+  assert err.count('\n') == 1 and 'cannot write into --output' in err, err
+
+
+# ---------------------------------------------------------------------------------------
+# 7. (issue 27, 9) tools/prepare_data.py: a wrong --parser, out-of-range numbers, a
+# read-only --output: one line each, before any download or preparation.
+
+
+def test_prepare_data_refuses_a_bad_parser_numbers_or_output_in_one_line(tmp_path, capsys,
+                                                                         monkeypatch):
+  """In this process: each case stops before any work."""
+  import errno  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from tool_loader import load_tool  # pylint: disable=import-outside-toplevel
+
+  tool = load_tool('prepare_data')
+  sdgan = tmp_path / 'sdgan_workdir'
+  sdgan.mkdir()
+  (sdgan / 'config.json').write_text('{"resolution": 64}')  # an SDGAN run, no task
+  base = ['--source', 'samples', '--output', str(tmp_path / 'data')]
+  for flags, wants in ((['--resolution', '0'], ['argument --resolution', '>= 16']),
+                       (['--resolution', '40'], ['multiple of 16']),
+                       (['--chunk_size', '0'], ['argument --chunk_size', '>= 1']),
+                       (['--workers', '-1'], ['argument --workers'])):
+    with pytest.raises(SystemExit) as exit_info:
+      tool.main(base + flags)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.strip().splitlines()[-1].startswith(
+        'prepare_data.py: error: '), err
+    assert all(w in err for w in wants) and 'Traceback' not in err, (flags, err)
+  for flags, wants in ((['--parser', str(tmp_path / 'missing')], ['--parser', 'no config.json']),
+                       (['--parser', str(sdgan)], ["holds a 'sdgan' run, not a face parser"])):
+    assert tool.main(base + flags) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('prepare_data.py: error: '), err
+    assert all(w in err for w in wants), (flags, err)
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  mkstemp = tempfile.mkstemp
+
+  def refusing(*args, dir=None, **kwargs):  # pylint: disable=redefined-builtin
+    if pathlib.Path(dir) == locked:  # root ignores modes: refuse as a read-only disk would
+      raise PermissionError(errno.EACCES, 'Permission denied')
+    return mkstemp(*args, dir=dir, **kwargs)
+
+  monkeypatch.setattr(tempfile, 'mkstemp', refusing)
+  assert tool.main(['--source', 'samples', '--output', str(locked / 'data')]) == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'cannot write into --output' in err, err
+  assert not (locked / 'data').exists()

@@ -316,7 +316,7 @@ def test_unwritable_outputs_and_a_failed_report_are_one_line(tmp_path, capsys, m
   assert len(_error_lines(err)) == 1 and 'cannot write into' in err and 'Traceback' not in err
   monkeypatch.undo()
   # Disk full while writing the report: one line, exit 1, the outputs are there.
-  def full(report, path):
+  def full(report, path, replace=True):
     raise OSError(errno.ENOSPC, 'No space left on device')
 
   monkeypatch.setattr(anonymize.report, 'write_report', full)
@@ -400,6 +400,9 @@ def test_odd_folder_contents_are_reported_and_the_run_goes_on(tmp_path, capsys):
   _photo(inputs / '.hidden.jpg')
   (inputs / 'notes.txt').write_text('not media\n')
   os.symlink(inputs / 'gone.jpg', inputs / 'dangling.jpg')
+  (tmp_path / 'elsewhere').mkdir()
+  _photo(tmp_path / 'elsewhere' / 'linked.jpg')
+  os.symlink(tmp_path / 'elsewhere', inputs / 'linked_folder')  # issue 27, 7
   gray16 = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20)
   Image.fromarray(gray16).save(inputs / 'gray16.png')
   Image.fromarray(np.zeros((48, 64, 3), np.uint8) + 50).convert('P').save(inputs / 'pal.png')
@@ -415,7 +418,8 @@ def test_odd_folder_contents_are_reported_and_the_run_goes_on(tmp_path, capsys):
   assert 'dangling symbolic link' in entries['dangling.jpg']['error']
   assert 'dangling.jpg' in err
   for name, word in (('.hidden.jpg', 'hidden file'), ('.cache', 'hidden folder'),
-                     ('notes.txt', 'not an image or video')):
+                     ('notes.txt', 'not an image or video'),
+                     ('linked_folder', 'symbolic link to the folder')):
     assert entries[name]['status'] == 'skipped' and word in entries[name]['error'], name
   assert any('16' in n and '8 bits' in n for n in entries['gray16.png']['notes'])
   assert any('palette' in n for n in entries['pal.png']['notes'])
@@ -432,15 +436,16 @@ def test_a_killed_run_s_temporary_files_are_removed_by_the_next(tmp_path, capsys
   inputs = tmp_path / 'in'
   (inputs / 'sub').mkdir(parents=True)
   _photo(inputs / 'sub' / 'good.jpg')
-  leftovers = [out / '.good.k3j9x_2a.tmp.jpg', out / 'sub' / '.good.abcdefgh.tmp.jpg',
-               out / '.anonymize_report.0a1b2c3d.tmp.json']
+  leftovers = [out / '.good.sdgan-tmp-k3j9x_2a.tmp.jpg',
+               out / 'sub' / '.good.sdgan-tmp-abcdefgh.tmp.jpg',
+               out / '.anonymize_report.sdgan-tmp-0a1b2c3d.tmp.json']
   for path in leftovers:
     path.write_bytes(b'half a file')
   (out / '.keep.txt').write_text('mine')
-  (out / 'sub' / 'x.abcdefgh.tmp.jpg').write_text('not hidden: not ours')
+  (out / 'sub' / 'x.sdgan-tmp-abcdefgh.tmp.jpg').write_text('not hidden: not ours')
   assert _run(_cli(), [inputs], out) == 0
   assert not any(p.exists() for p in leftovers)
-  assert (out / '.keep.txt').is_file() and (out / 'sub' / 'x.abcdefgh.tmp.jpg').is_file()
+  assert (out / '.keep.txt').is_file() and (out / 'sub' / 'x.sdgan-tmp-abcdefgh.tmp.jpg').is_file()
   report = json.loads((out / anonymize.REPORT_NAME).read_text())
   # (out/ itself holds no output: its leftovers go because the report is written there.)
   assert sorted(report['removed_temporary_files']) == sorted(map(str, leftovers))
@@ -448,7 +453,279 @@ def test_a_killed_run_s_temporary_files_are_removed_by_the_next(tmp_path, capsys
   with media.atomic_path(tmp_path / 'x.detections.png') as tmp:
     assert media.TEMP_PATTERN.match(tmp.name), tmp.name
     tmp.write_bytes(b'')
-  for name in ('.x.abcdefgh.tmp', '.anonymize_report.a_1b2c3d.tmp.json'):
+  for name in ('.x.sdgan-tmp-abcdefgh.tmp', '.anonymize_report.sdgan-tmp-a_1b2c3d.tmp.json'):
     assert media.TEMP_PATTERN.match(name), name
-  for name in ('x.abcdefgh.tmp.jpg', '.notes.txt', '.x.abc.tmp.jpg', '.x.abcdefgh.jpg'):
+  for name in ('x.sdgan-tmp-abcdefgh.tmp.jpg', '.notes.txt', '.x.sdgan-tmp-abc.tmp.jpg',
+               '.x.abcdefgh.tmp.jpg', '.x.sdgan-tmp-abcdefgh.jpg'):
     assert not media.TEMP_PATTERN.match(name), name
+
+
+# === Second pass (issue 27) ==================================================================
+# --- 1: no option turns detection off silently; photos with no face are listed -----------
+
+
+def test_detection_options_that_find_nothing_are_usage_errors(capsys):
+  """1. A threshold outside its detector's score range (or NaN), a minimum face larger than
+  photos, a fallback too fine to cover a face: refused, in the CLI and the library."""
+  cli = _cli()
+  both = ['--detectors', 'blazeface_short_range,blazeface_full_range,hog']
+  _refused(cli, capsys, [
+      (both + ['--detector_threshold', f'blazeface_full_range={v}'],
+       ['--detector_threshold blazeface_full_range', 'outside its range', 'between 0 and 1'])
+      for v in ('2', '95', 'nan', '0', '1', '-0.5')] + [
+      (both + ['--detector_threshold', f'hog={v}'], ['--detector_threshold hog', 'outside'])
+      for v in ('95', 'nan', '-3')] + [
+      (both + ['--detector_threshold', 'hog=0.5', '--detector_threshold', 'hog=0.2'],
+       ['given twice']),
+      (['--detect_min_face_px', '5000'], ['--detect_min_face_px must be > 0 and <= 1024']),
+      (['--detect_min_face_px', 'nan'], ['--detect_min_face_px must be']),
+      (['--fallback_blocks', '100'], ['--fallback_blocks must be between 1 and 16']),
+      (['--fallback_blocks', '0'], ['--fallback_blocks must be between 1 and 16'])])
+  for kwargs, word in ((dict(detector_thresholds={'blazeface_short_range': 2.0}), 'outside'),
+                       (dict(detector_thresholds={'blazeface_short_range': float('nan')}),
+                        'outside'),
+                       (dict(detector_thresholds={'hog': 0.5}), 'not one of the detectors'),
+                       (dict(detect_min_face_px=5000), 'detect_min_face_px'),
+                       (dict(fallback_blocks=100), 'fallback_blocks')):
+    with pytest.raises(ValueError, match=word):
+      anonymize.Options(**kwargs)
+  args = cli.parse_args(['in.png', '--output', 'out', '--baseline', 'blur', *both,
+                         '--detector_threshold', 'blazeface_full_range=0.3',
+                         '--detector_threshold', 'hog=-0.5'])
+  assert args.options.detector_thresholds == {'blazeface_full_range': 0.3, 'hog': -0.5}
+
+
+def test_files_with_no_face_are_counted_and_listed(tmp_path, capsys):
+  """1. The summary line and the report say which files had no face at all."""
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  for k in range(2):
+    _photo(inputs / f'{k}.png', seed=k)
+  assert _run(_cli(), [inputs], tmp_path / 'out') == 0
+  out = capsys.readouterr().out
+  assert '2 with no face found' in out, out
+  assert f'no face found: {inputs / "0.png"}' in out and f'{inputs / "1.png"}' in out
+  report = json.loads((tmp_path / 'out' / anonymize.REPORT_NAME).read_text())
+  assert report['totals']['no_face_found'] == 2
+  assert report['no_face_found'] == [str(inputs / '0.png'), str(inputs / '1.png')]
+  # A photo with a face is not listed.
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'lib', _anonymizer(),
+                                     progress=False)
+  assert report['totals']['no_face_found'] == 0 and report['no_face_found'] == []
+
+
+# --- 3, 4: a run deletes and replaces only what it wrote ---------------------------------
+
+
+def test_only_this_tool_s_stale_temporaries_are_removed(tmp_path):
+  """3. A user's file shaped like an old temporary name stays; a live run's temporaries
+  (its folder locked) are not touched: that run is refused instead."""
+  inputs, out = tmp_path / 'in', tmp_path / 'out'
+  inputs.mkdir()
+  _photo(inputs / 'a.png')
+  out.mkdir()
+  users = [out / '.holiday.abcdefgh.tmp.jpg', out / '.notes.k3j9x_2a.tmp']
+  for path in users:
+    path.write_bytes(b'a user\'s own file')
+  report = anonymize.anonymize_paths([inputs], out, _anonymizer(), progress=False)
+  assert all(p.read_bytes() == b'a user\'s own file' for p in users)
+  assert 'removed_temporary_files' not in report
+  # Another run is writing into the folder (it holds the lock) with its temporary file.
+  live = out / '.clip.sdgan-tmp-abcdefgh.tmp.mp4'
+  live.write_bytes(b'a video being encoded')
+  with media.FolderLock(out):
+    with pytest.raises(anonymize.InputError, match='another run .* is writing into'):
+      anonymize.anonymize_paths([inputs], out, _anonymizer(), progress=False, overwrite=True)
+  assert live.read_bytes() == b'a video being encoded'
+  assert not (out / media.LOCK_NAME).exists()  # released and removed
+  # Once that run is gone, its leftover is stale: removed by the next run.
+  report = anonymize.anonymize_paths([inputs], out, _anonymizer(), progress=False,
+                                     overwrite=True)
+  assert report['removed_temporary_files'] == [str(live)] and not live.exists()
+
+
+def test_two_runs_into_one_folder_never_replace_each_other(tmp_path, capsys):
+  """4. A second run while one works in the folder (or above or below it) is refused with
+  one line; a file that appears at an output's path during a run is never replaced."""
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  for k in range(2):
+    _photo(inputs / f'{k}.png', seed=k)
+  out = tmp_path / 'out'
+  tree = tmp_path / 'tree'  # mirrored into tmp_path: its out/2.png goes into our folder
+  (tree / 'out').mkdir(parents=True)
+  _photo(tree / 'out' / '2.png')
+  seen = []
+
+  def second_run_midway(anonymizer):
+    process = anonymizer.process
+
+    def process_and_start_another(*args, **kwargs):
+      # Into the folder, one below it, and from above it into it.
+      for source, target in ((inputs, out), (inputs, out / 'sub'), (tree, tmp_path)):
+        try:
+          anonymize.anonymize_paths([source], target, _anonymizer(), progress=False,
+                                    overwrite=True)
+        except anonymize.InputError as e:
+          seen.append(str(e))
+      return process(*args, **kwargs)
+
+    anonymizer.process = process_and_start_another
+    return anonymizer
+
+  report = anonymize.anonymize_paths([inputs], out, second_run_midway(_anonymizer()),
+                                     progress=False, images_per_batch=1)
+  assert report['totals']['errors'] == 0
+  assert len(seen) == 6 and all('another run' in m and 'is writing into' in m for m in seen)
+  # The CLI refuses it before loading the model, in one line.
+  cli = _cli()
+  with media.FolderLock(tmp_path / 'busy'):
+    assert _run(cli, [inputs], tmp_path / 'busy') == 2
+  err = capsys.readouterr().err
+  assert len(_error_lines(err)) == 1 and 'another run' in err and 'Traceback' not in err
+  # Someone writes 1.png's output while the run works: left as it is, reported.
+  def writes_over(anonymizer):
+    process = anonymizer.process
+
+    def process_while_someone_writes(images, keys=None, **kwargs):
+      if keys and keys[0].endswith('1.png'):
+        (tmp_path / 'out2' / '1.png').write_bytes(b'written by someone else')
+      return process(images, keys=keys, **kwargs)
+
+    anonymizer.process = process_while_someone_writes
+    return anonymizer
+
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'out2', writes_over(_anonymizer()),
+                                     progress=False, images_per_batch=1)
+  entries = {pathlib.Path(e['input']).name: e for e in report['files']}
+  assert entries['0.png']['status'] == 'ok'
+  assert entries['1.png']['status'] == 'error' and 'not written' in entries['1.png']['error']
+  assert (tmp_path / 'out2' / '1.png').read_bytes() == b'written by someone else'
+  assert not list((tmp_path / 'out2').glob('.*sdgan-tmp*'))
+
+
+# --- 6: a file name that is not UTF-8 -----------------------------------------------------
+
+
+class FakeGenerator:
+  """Stands in for a trained generator: a bank of 4 targets, inverted crops."""
+
+  resolution, batch_size, semantic_maps, workdir = 32, 8, None, 'fake'
+
+  def __init__(self):
+    self.bank = type('Bank', (), dict(num_identities=4, means=np.eye(4, dtype=np.float32)))()
+
+  def generate(self, crops, masks, semantic, features):
+    return 1.0 - crops.astype(np.float32) / 255.0
+
+
+def test_a_file_name_that_is_not_utf8_affects_only_its_own_file(monkeypatch):
+  """6. Seeded targets hash the name's bytes; a face whose target cannot be chosen fails
+  alone, not the batch."""
+  anonymizer = anonymize.FaceAnonymizer(
+      FakeGenerator(), detector=BoxDetector(),
+      options=anonymize.Options(identity_threshold=0, workers=1))
+  bad = os.fsdecode(b'photos/caf\xe9-\xff.jpg')  # Latin-1 bytes: surrogate escapes
+
+  def faces(n):
+    rng = np.random.default_rng(0)
+    return [anonymize.Face(crop=rng.integers(0, 255, (32, 32, 3)).astype(np.uint8),
+                           mask=np.full((32, 32, 1), 255, np.uint8),
+                           semantic=np.ones((32, 32, 1), np.uint8), index=k)
+            for k in range(n)]
+
+  batch = faces(3)
+  keys = ['photos/a.jpg', bad, 'photos/b.jpg']
+  anonymizer._generate(batch, keys, [None] * 3)  # pylint: disable=protected-access
+  assert all(f.reason is None and f.output is not None for f in batch), [
+      (f.reason, f.detail) for f in batch]
+  assert 0 <= batch[1].target < 4
+  # A face whose target choice raises fails alone.
+  stable_int = anonymize.anonymizer._stable_int  # pylint: disable=protected-access
+
+  def refusing(text):
+    if text == bad:
+      raise UnicodeError('a name that cannot be hashed')
+    return stable_int(text)
+
+  monkeypatch.setattr(anonymize.anonymizer, '_stable_int', refusing)
+  batch = faces(3)
+  anonymizer._generate(batch, keys, [None] * 3)  # pylint: disable=protected-access
+  assert [f.reason for f in batch] == [None, 'generation_error', None]
+  assert 'cannot be hashed' in batch[1].detail and batch[0].output is not None
+
+
+# --- 11: a detector that scores everything ------------------------------------------------
+
+
+def test_a_detector_scoring_every_anchor_is_stopped_before_memory_runs_out(tmp_path,
+                                                                            monkeypatch):
+  """11. Zeroed weights score every anchor of every tile 0.5: the photo is an error (not
+  written) before the suppression, which never sees more than MAX_CANDIDATES boxes."""
+  from sdgan_jax.faces import blazeface  # pylint: disable=import-outside-toplevel
+
+  zeroed = blazeface.BlazeFaceDetector('blazeface_full_range', variables={})
+  # What zeroed weights give: every regressor and logit 0 (no network run needed).
+  monkeypatch.setattr(zeroed, 'raw', lambda tiles: (
+      np.zeros((len(tiles), len(zeroed.anchors), 16), np.float32),
+      np.zeros((len(tiles), len(zeroed.anchors)), np.float32)))
+  nms = blazeface.weighted_nms
+
+  def bounded_nms(boxes, scores, keypoints, **kwargs):
+    assert len(scores) <= 10_000, f'{len(scores)} candidates reached NMS'
+    return nms(boxes, scores, keypoints, **kwargs)
+
+  monkeypatch.setattr(blazeface, 'weighted_nms', bounded_nms)
+
+  class Zeroed:
+    def detect_many(self, images, map_fn):
+      return zeroed.detect_many(images)
+
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  _photo(inputs / 'big.png', size=(600, 800))
+  _photo(inputs / 'small.png', size=(48, 64))  # few tiles: under the cap, processed
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'out', _anonymizer(Zeroed()),
+                                     progress=False)
+  entries = {pathlib.Path(e['input']).name: e for e in report['files']}
+  assert entries['big.png']['status'] == 'error', entries['big.png']
+  assert 'candidate boxes over its threshold' in entries['big.png']['error']
+  assert 'make weights' in entries['big.png']['error']
+  assert not (tmp_path / 'out' / 'big.png').exists()
+  assert entries['small.png']['status'] == 'ok'
+
+
+# --- 5: a variable frame rate ---------------------------------------------------------------
+
+
+def test_a_variable_frame_rate_video_keeps_every_frame_at_its_time(tmp_path, monkeypatch):
+  """5. Six frames over 1.86 s at irregular times (ffmpeg's nominal 30 fps beside a mean of
+  3.9): the output lasts as long, holds each of the six frames, with the audio."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  source = inputs / 'vfr.mp4'
+  # Six flat frames of different colours, the first two 35 ms apart, the rest 310 ms.
+  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-y', '-loglevel', 'error', '-f', 'lavfi',
+                  '-i', 'color=c=black:size=64x64:rate=30:duration=0.2', '-f', 'lavfi', '-i',
+                  'sine=frequency=440:duration=1.86', '-vf',
+                  "geq=r='N*40':g='128':b='255-N*40',setpts='if(lt(N,2),N*0.035,N*0.31)/TB'",
+                  '-fps_mode', 'vfr', '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-c:a', 'aac',
+                  str(source)], check=True)
+  monkeypatch.setenv('IMAGEIO_FFMPEG_NO_PREVENT_SIGINT', '1')  # this ffmpeg: no fork warning
+  passthrough = imageio_ffmpeg.read_frames(str(source), output_params=['-fps_mode',
+                                                                      'passthrough'])
+  assert next(passthrough)['fps'] < 4 and len(list(passthrough)) == 6  # mean 3.9 fps
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'out',
+                                     _anonymizer(detector=BoxDetector((0, 0, -1, -1))),
+                                     progress=False)
+  [entry] = report['files']
+  assert entry['status'] == 'ok' and entry['audio'] == 'kept', entry
+  info, frames = media.read_video(tmp_path / 'out' / 'vfr.mp4')
+  frames = list(frames)
+  # As long as the input (its 1.86 s), not 13 s: every frame at its time.
+  assert abs(len(frames) / info.fps - 1.86) < 0.15, (len(frames), info.fps)
+  changes = sum(np.abs(a.astype(int) - b).mean() > 3 for a, b in zip(frames, frames[1:]))
+  assert changes == 5, changes  # the six source frames, each held until the next
+  assert any('variable frame rate' in n for n in entry['notes']), entry

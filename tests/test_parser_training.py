@@ -15,7 +15,7 @@ from PIL import Image
 
 from sdgan_jax.configs import eagrnet_polygons
 from sdgan_jax import parallel
-from sdgan_jax import train_parser
+from sdgan_jax import train_parser, trainer
 from sdgan_jax.datasets import features as F
 from sdgan_jax.datasets import parsing_folders as pf
 from sdgan_jax.datasets import prepare, samples
@@ -190,8 +190,9 @@ def trained(dataset, tmp_path_factory):
     # SIGTERM during the second step (batch k is read while step k - PREFETCH_BATCHES
     # runs): save step 2 and stop
     patch_train_batches(monkeypatch, sigterm_at_read_of(1 + parallel.PREFETCH_BATCHES))
-    stopped = train_parser.train_and_evaluate(_loop_config(dataset, 4), str(workdir))
-  assert int(stopped.step) == 2
+    with pytest.raises(trainer.Preempted) as stopped:
+      train_parser.train_and_evaluate(_loop_config(dataset, 4), str(workdir))
+  assert int(stopped.value.state.step) == 2 and stopped.value.exit_status == 143
   steps_after_kill = sorted(p.name for p in (workdir / 'checkpoints').iterdir()
                             if p.name.isdigit())
   resumed = train_parser.train_and_evaluate(_loop_config(dataset, 4), str(workdir))

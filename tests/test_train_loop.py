@@ -144,8 +144,11 @@ def test_sigterm_saves_and_stops(dataset, tmp_path, monkeypatch):
   # preempted during the second step (batch k is read while step k - PREFETCH_BATCHES runs)
   patch_train_batches(monkeypatch, sigterm_at_read_of(1 + parallel.PREFETCH_BATCHES))
   handler_before = signal.getsignal(signal.SIGTERM)
-  state = train.train_and_evaluate(_config(dataset, 50), str(tmp_path / 'w'))
-  assert int(state.step) == 2
+  # Not finished: Preempted (run.py's exit status 143), never a normal return.
+  with pytest.raises(trainer.Preempted) as stopped:
+    train.train_and_evaluate(_config(dataset, 50), str(tmp_path / 'w'))
+  assert stopped.value.step == 2 and int(stopped.value.state.step) == 2
+  assert stopped.value.signal == signal.SIGTERM and stopped.value.exit_status == 143
   saved = [p.name for p in (tmp_path / 'w' / 'checkpoints').iterdir() if p.name.isdigit()]
   assert saved == ['2']
   assert signal.getsignal(signal.SIGTERM) == handler_before  # handler restored
@@ -207,3 +210,46 @@ def test_two_processes_train_on_their_shards_and_agree(dataset, tmp_path):
   assert ssims[0] and ssims[0] == ssims[1], ssims
   assert len(list(workdir.glob('events.out.tfevents.*'))) == 1  # process 0 only
   assert (workdir / 'checkpoints' / '2').is_dir()
+
+
+def test_a_checkpoint_that_cannot_be_saved_is_one_error(monkeypatch):
+  """Issue 27, 9: a full disk at a save is ``CheckpointWriteError`` (run.py: one line,
+  exit 1) naming the step and the fix, not the checkpoint library's traceback."""
+  import errno  # pylint: disable=import-outside-toplevel
+
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  config = ml_collections.ConfigDict(dict(train=dict(num_steps=4, log_every=1),
+                                          checkpoint=dict(every=2)))
+  saved = []
+
+  class Manager:
+    def save(self, step, **kwargs):
+      if step == 4:
+        raise OSError(errno.ENOSPC, 'No space left on device')
+      saved.append(step)
+
+    def wait_until_finished(self):
+      pass
+
+  class Writer:
+    def write_scalars(self, step, scalars):
+      pass
+
+    def flush(self):
+      raise OSError(errno.ENOSPC, 'No space left on device')  # the summaries too
+
+  def step_fn(state, batch):
+    return state, {'train/all_finite': True}
+
+  monkeypatch.setattr(parallel, 'keys_as_data', lambda state: state)  # a stand-in state
+
+  with pytest.raises(OSError) as failed:
+    trainer.run_training_loop(
+        {'step': 0}, step_fn, iter([(None, None)] * 4), config=config, workdir='/w',
+        manager=Manager(), writer=Writer(), initial_step=0, evaluate=lambda state: {})
+  assert saved == [2]
+  message = str(failed.value)  # the save's, not the summaries' failing after it
+  assert 'could not save step 4 into /w/checkpoints' in message and '\n' not in message
+  assert 'No space left on device' in message and 'resume' in message
+  assert type(failed.value).__name__ == 'CheckpointWriteError'  # run.py: one line, exit 1

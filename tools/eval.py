@@ -20,13 +20,17 @@ converted, see README "Pretrained networks").
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+# TensorFlow's C++ warnings (e.g. each record a damaged file fails to parse) would bury the
+# one-line error the tool prints; its errors still show.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from sdgan_jax import compile_cache, semantic_source  # noqa: E402
-from sdgan_jax.evaluation import report, runner  # noqa: E402
+from sdgan_jax import compile_cache, media, semantic_source  # noqa: E402
+from sdgan_jax.evaluation import report, runner, streams  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,7 +62,8 @@ def _default(name: str):
 
 
 def _parser() -> _Parser:
-  parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _Parser(prog='eval.py', description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
   at_least = {name: _at_least(least) for name, least in runner.LEAST.items()}
   parser.add_argument('--checkpoint', action='append', default=[], metavar='WORKDIR',
                       help='a run.py workdir (repeat for several models); none: baselines only')
@@ -124,19 +129,29 @@ def main(argv=None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
   options = _options(args, parser)
+  try:  # before the (long) evaluation, as the anonymizer does
+    media.check_writable(args.output)
+  except OSError as e:
+    parser.error(f'cannot write into --output {args.output} ({e.strerror or e}): choose a '
+                 'writable folder or fix its permissions')
   compile_cache.enable(args.compilation_cache)
   try:
     result, grid = runner.evaluate(options)
-  except (semantic_source.SemanticMapsError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
+  except (semantic_source.SemanticMapsError, streams.DatasetError, FileNotFoundError) as e:
+    print(f'{parser.prog}: error: {e}', file=sys.stderr)
     return 2
-  paths = runner.write_outputs(result, grid, args.output, with_paper=args.paper)
+  try:
+    paths = runner.write_outputs(result, grid, args.output, with_paper=args.paper)
+  except OSError as e:  # e.g. the disk filled up during the evaluation: keep the tables
+    paths = {}
+    print(f'{parser.prog}: error: could not write the outputs into {args.output} '
+          f'({e.strerror or e}); the tables follow', file=sys.stderr)
   print(report.markdown(result, with_paper=args.paper))
   print(f'{result["num_faces"]} faces in {result["seconds"]:.1f} s '
         f'({result["faces_per_second"]:.1f} faces/s on {result["device"]})')
   for kind, path in paths.items():
     print(f'{kind}: {path}')
-  return 0
+  return 0 if paths else 1
 
 
 if __name__ == '__main__':

@@ -20,20 +20,39 @@ with the same arguments. Prints images/s and every skipped image's reason counts
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from sdgan_jax import media  # noqa: E402
 from sdgan_jax.datasets import celeba_files, prepare, samples  # noqa: E402
 
 
 FACE_DEFAULTS = prepare.FaceOptions()
 
 
+def _at_least(least: int, multiple: int = 1):
+  """An argparse type: an integer >= ``least`` (and a multiple of ``multiple``)."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+    if value < least or value % multiple:
+      also = f' and a multiple of {multiple}' if multiple > 1 else ''
+      raise argparse.ArgumentTypeError(f'{value}: give an integer >= {least}{also}')
+    return value
+
+  parse.__name__ = f'integer >= {least}'
+  return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__,
+  parser = argparse.ArgumentParser(prog='prepare_data.py', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--source', required=True,
                       choices=('celeba_files', 'tfds_celeb_a', 'samples'))
@@ -44,13 +63,14 @@ def _parser() -> argparse.ArgumentParser:
                       'tfds_celeb_a; default: TFDS default)')
   parser.add_argument('--cache_dir', help='download cache of --source samples '
                       '(default DATA_DIR/cache)')
-  parser.add_argument('--resolution', type=int, default=FACE_DEFAULTS.resolution)
-  parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+  parser.add_argument('--resolution', type=_at_least(16, 16), default=FACE_DEFAULTS.resolution,
+                      help='crop size (a multiple of 16: the generator halves it 4 times)')
+  parser.add_argument('--workers', type=_at_least(0), default=os.cpu_count() or 1,
                       help='processes (0: in this process)')
-  parser.add_argument('--chunk_size', type=int, default=256,
+  parser.add_argument('--chunk_size', type=_at_least(1), default=256,
                       help='images per resumable chunk')
   parser.add_argument('--detector', choices=('hog', 'cnn'), default=FACE_DEFAULTS.detector)
-  parser.add_argument('--upsample', type=int, default=FACE_DEFAULTS.upsample)
+  parser.add_argument('--upsample', type=_at_least(0), default=FACE_DEFAULTS.upsample)
   parser.add_argument('--min_face_px', type=float, default=FACE_DEFAULTS.min_face_px)
   parser.add_argument('--landmarks', choices=('mesh', 'dlib'), default=FACE_DEFAULTS.landmarks,
                       help="where each face's 68 points come from: MediaPipe's face mesh (as "
@@ -61,9 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                       f'{samples.SAMPLE_SPLIT["num_test"]})')
   parser.add_argument('--min_images', type=int, help='least images per identity (30; '
                       f'samples: {samples.SAMPLE_SPLIT["min_images"]})')
-  parser.add_argument('--copies', type=int, default=samples.DEFAULT_COPIES,
+  parser.add_argument('--copies', type=_at_least(1), default=samples.DEFAULT_COPIES,
                       help='augmented crops per sample photo (--source samples)')
-  parser.add_argument('--max_chunks', type=int, help='stop after this many new chunks')
+  parser.add_argument('--max_chunks', type=_at_least(1),
+                      help='stop after this many new chunks')
   parser.add_argument('--overwrite', action='store_true',
                       help='discard a preparation made with other settings')
   parser.add_argument('--identity_bank', choices=('dlib_resnet', 'none'), default='dlib_resnet',
@@ -74,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--parser', metavar='WORKDIR',
                       help='a trained EAGRNet workdir (configs/eagrnet_*.py): its argmax '
                       'replaces the landmark-polygon semantic maps (use a fresh --output)')
-  parser.add_argument('--parser_batch_size', type=int, default=32)
+  parser.add_argument('--parser_batch_size', type=_at_least(1), default=32)
   parser.add_argument('--no_progress', action='store_true')
   return parser
 
@@ -125,15 +146,28 @@ def _build_bank(args, built, prepared) -> None:
   print(f'identity bank: {path} ({bank.num_identities} identities, {bank.dim}-d)')
 
 
+def _error(parser, message: str) -> int:
+  print(f'{parser.prog}: error: {message}', file=sys.stderr)
+  return 2
+
+
 def main(argv=None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
+  try:  # before any download or preparation, as the anonymizer does
+    media.check_writable(args.output)
+  except OSError as e:
+    return _error(parser, f'cannot write into --output {args.output} ({e.strerror or e}): '
+                  'choose a writable folder or fix its permissions')
   # A wrong --parser workdir fails here, before any download or preparation.
   face_parser = None
   if args.parser:
     from sdgan_jax import train_parser  # pylint: disable=import-outside-toplevel
-    face_parser = train_parser.TrainedParser.from_workdir(args.parser,
-                                                          batch_size=args.parser_batch_size)
+    try:
+      face_parser = train_parser.TrainedParser.from_workdir(args.parser,
+                                                            batch_size=args.parser_batch_size)
+    except (FileNotFoundError, ValueError) as e:  # one line: the messages name the fix
+      return _error(parser, f'--parser {args.parser}: {e}')
     print(f'semantic maps: the parser of {args.parser} (step {face_parser.step}, '
           f'{face_parser.resolution} px)')
   try:
@@ -146,10 +180,17 @@ def main(argv=None) -> int:
                                 landmarks=args.landmarks)
   # TensorFlow is imported only now, after the split and source are checked.
   from sdgan_jax.datasets import builder  # pylint: disable=import-outside-toplevel
-  built, prepared = builder.prepare_and_build(
-      source, pathlib.Path(args.output), kind, options, workers=args.workers,
-      chunk_size=args.chunk_size, max_new_chunks=args.max_chunks, overwrite=args.overwrite,
-      progress=not args.no_progress, parser=face_parser, **split)
+  try:
+    built, prepared = builder.prepare_and_build(
+        source, pathlib.Path(args.output), kind, options, workers=args.workers,
+        chunk_size=args.chunk_size, max_new_chunks=args.max_chunks, overwrite=args.overwrite,
+        progress=not args.no_progress, parser=face_parser, **split)
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+      raise
+    print(f'{parser.prog}: error: {e.filename or args.output}: {e.strerror}: free disk space '
+          '(or fix the folder) and rerun the same command: it resumes', file=sys.stderr)
+    return 1
   _print_summary(prepared)
   if built is None:
     return 0  # stopped early on purpose (--max_chunks); the rerun resumes

@@ -40,6 +40,10 @@ reported:
 * ``tracked_not_detected`` (videos): no detector found a face its track had within
   ``track_cover_frames`` frames before or after (``TrackCoverage``).
 
+With the identity check on, a pixelated face (with landmarks) is itself re-checked: one
+that still matches its source is pixelated with half the blocks, down to 2, then filled;
+its report row's ``cover`` names what was applied, its ``detail`` why.
+
 Without a checkpoint the classic methods of the paper's tables run on the same path
 (``baseline``: 'blur' = Gaussian 17x17, 'pixelate' = 8x8 blocks, 'mask' = solid fill, on
 the aligned crop inside the mask), with the same checks and fallback.
@@ -49,10 +53,12 @@ animation or page of a TIFF, through the video path), folders (recursive; the tr
 mirrored under the output folder) and videos; see ``sdgan_jax.media`` for decoding, EXIF
 orientation, metadata stripping and atomic writes. Before any work, ``plan_jobs`` refuses an
 output (or the report) on an input, on another output or on an existing file (unless
-``overwrite``), and unwritable folders. The run's JSON report lists, per file, the faces
-found, anonymized and covered by the fallback (with reasons), errors and time, and which
-semantic maps the model got (``semantic_maps``: 'polygons' or the parser's fingerprint;
-null for the baselines).
+``overwrite``), and unwritable folders; the run then locks its output folder (a second
+run into it is refused) and never replaces a file that appears during the run. The run's
+JSON report lists, per file, the faces found, anonymized and covered by the fallback (with
+reasons and the ``cover`` applied), errors and time, the files in which no face was found
+(``no_face_found``), and which semantic maps the model got (``semantic_maps``: 'polygons'
+or the parser's fingerprint; null for the baselines).
 
 The modules: ``options`` (``Options``, defaults and limits), ``identity`` (the identity
 backbone), ``tracking`` (video tracks), ``fallback`` (the cover), ``anonymizer``

@@ -27,8 +27,10 @@ from sdgan_jax.faces.pipeline import Face
 
 
 def _stable_int(text: str) -> int:
-  """A hash of ``text`` that is the same in every process (``hash`` is salted)."""
-  return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], 'little')
+  """A hash of ``text`` that is the same in every process (``hash`` is salted); a file
+  name's bytes that are not UTF-8 (surrogate escapes) hash as those bytes."""
+  return int.from_bytes(hashlib.sha256(text.encode('utf-8', 'surrogateescape')).digest()[:8],
+                        'little')
 
 
 class FaceAnonymizer:
@@ -221,25 +223,40 @@ class FaceAnonymizer:
     n = bank.num_identities
     mode = self.options.target
     sources = self.identity.face_descriptors(images, faces) if mode == 'farthest' else None
-    out = np.empty(len(faces), np.int64)
+    out = np.full(len(faces), -1, np.int64)
     for i, (face, key) in enumerate(zip(faces, keys)):
       if face.track is not None and (key, face.track) in self._track_targets:
         out[i] = self._track_targets[(key, face.track)]
         continue
-      if mode == 'random':
-        out[i] = self._random.integers(n)
-      elif mode == 'seeded':
-        out[i] = np.random.default_rng(
-            [self.options.seed, _stable_int(key), face.track if face.track is not None
-             else face.index]).integers(n)
-      else:
-        out[i] = int(np.argmax(np.linalg.norm(bank.means - sources[i], axis=1)))
+      try:  # one face's (one file's) failure stays its own: -1, the face fails
+        if mode == 'random':
+          out[i] = self._random.integers(n)
+        elif mode == 'seeded':
+          out[i] = np.random.default_rng(
+              [self.options.seed, _stable_int(key), face.track if face.track is not None
+               else face.index]).integers(n)
+        else:
+          out[i] = int(np.argmax(np.linalg.norm(bank.means - sources[i], axis=1)))
+      except Exception as e:  # pylint: disable=broad-except
+        face.fail('generation_error', f'choosing its target: {type(e).__name__}: {e}')
+        continue
       if face.track is not None:
         self._track_targets[(key, face.track)] = int(out[i])
     return out
 
   def _generate(self, faces: list[Face], keys: list[str], images: list[np.ndarray]) -> None:
     """Each face's ``output``: the generator's (towards its target) or the baseline's."""
+    targets = None
+    if self.baseline is None and faces:
+      try:
+        targets = self._choose_targets(faces, keys, images)
+      except Exception as e:  # pylint: disable=broad-except
+        for face in faces:
+          face.fail('generation_error', f'choosing targets: {type(e).__name__}: {e}')
+        return
+      chosen = targets >= 0
+      faces = [f for f, ok in zip(faces, chosen) if ok]
+      targets = targets[chosen]
     if not faces:
       return
     crops = np.stack([f.crop for f in faces])
@@ -250,7 +267,6 @@ class FaceAnonymizer:
         out = baselines.apply_baseline(BASELINES[self.baseline], crops.astype(np.float32) / 255.0,
                                        masks > 0)
       else:
-        targets = self._choose_targets(faces, keys, images)
         features = self.generator.bank.means[targets]
         semantic = np.stack([f.semantic for f in faces])
         out = self.generator.generate(crops, masks, semantic, features)
@@ -318,19 +334,66 @@ class FaceAnonymizer:
                     faces: list[Face]) -> tuple[np.ndarray, list[Face]]:
     """``out`` with the fallback over every face that failed, or came out unchanged."""
     regions = [pipeline.face_region(face) for face in faces]
-    for face, region in zip(faces, regions):
-      if face.reason is not None:
-        out = cover(out, region, self.options)
+    out = self._cover_checked(image, out, [(face, region) for face, region
+                                           in zip(faces, regions) if face.reason is not None])
     for face, region in zip(faces, regions):  # last line of defence
       x0, y0, x1, y1 = clip_box(region, out.shape)
       if x1 > x0 and y1 > y0 and np.array_equal(out[y0:y1, x0:x1], image[y0:y1, x0:x1]):
         face.fail('unchanged', 'the face region came out identical to the input')
         out = cover(out, region, dataclasses.replace(self.options, fallback='fill'))
+        face.cover = 'fill'
     for face, region in zip(faces, regions):
       face.region = [round(float(v), 1) for v in region]
       face.release_pixels()
     self.faces_processed += len(faces)
     return out, faces
+
+  def _cover_checked(self, image: np.ndarray, out: np.ndarray, failed: list) -> np.ndarray:
+    """``out`` with the fallback over each (face, region) of ``failed``.
+
+    A pixelated face can still be its source person (dlib matched a face pixelated at 100
+    blocks): with the identity check on, every pixelated face with landmarks is checked
+    like a generated one, and one that still matches is pixelated with half the blocks,
+    down to 2, then filled; ``Face.cover`` says what was applied and ``detail`` why.
+    """
+    options = self.options
+    for face, region in failed:
+      out = cover(out, region, options)
+      face.cover = 'fill' if options.fallback == 'fill' else f'pixelate{options.fallback_blocks}'
+    if options.fallback == 'fill' or not options.identity_check or self.identity is None:
+      return out
+    todo = [(face, region) for face, region in failed if face.image_landmarks is not None]
+    if not todo:
+      return out
+    blocks, threshold = options.fallback_blocks, options.identity_threshold
+    sources = self._descriptors(image, [face for face, _ in todo])
+    while todo:
+      covered = self._descriptors(out, [face for face, _ in todo])
+      # NaN (the backbone failed) counts as a match: fail closed.
+      distances = np.linalg.norm(sources - covered, axis=1)
+      still = [(f, r, d) for (f, r), d in zip(todo, distances) if not d >= threshold]
+      if not still:
+        break
+      blocks //= 2
+      coarser = (dataclasses.replace(options, fallback_blocks=blocks) if blocks >= 2 else
+                 dataclasses.replace(options, fallback='fill'))
+      for face, region, d in still:
+        out = cover(out, region, coarser)
+        note = (f'the cover {face.cover} still matched the source (distance {d:.3f} < '
+                f'{threshold:g})')
+        face.cover = f'pixelate{blocks}' if blocks >= 2 else 'fill'
+        face.detail = f'{face.detail}; {note}' if face.detail else note
+      if blocks < 2:
+        break
+      todo = [(f, r) for f, r, _ in still]
+    return out
+
+  def _descriptors(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """The identity descriptors of ``faces`` in ``image``; NaN rows when that fails."""
+    try:
+      return self.identity.face_descriptors([image] * len(faces), faces)
+    except Exception:  # pylint: disable=broad-except
+      return np.full((len(faces), 1), np.nan, np.float32)
 
 
 def _rejected_rows(found: detect.Detections) -> list[dict]:

@@ -8,7 +8,8 @@
 
 INPUT: image files (JPEG, PNG, WebP, GIF, TIFF; every frame of an animated GIF, APNG or
 WebP and every page of a TIFF, timing and loop kept), folders (recursive; the tree is
-mirrored under DIR; hidden files, other types and dangling links are reported) and videos
+mirrored under DIR; hidden files, links to folders, other types and dangling links are
+reported) and videos
 (mp4, mov, m4v, mkv, avi, webm; audio kept where the container takes it).
 WORKDIR is a training workdir (`python run.py ... --workdir=WORKDIR`; `make demo` makes
 workdirs/demo). A model trained on a face parser's semantic maps (`prepare_data.py
@@ -21,7 +22,9 @@ Detection: by default two BlazeFace networks (MediaPipe's short- and full-range 
 converted by `make weights`) over tile pyramids that find faces from ~20 px to the whole
 frame, tilted or turned; their detections are merged and the report says which detector
 found each face. A face no detector finds cannot be covered: lower --detect_min_face_px
-or a --detector_threshold for crowds of tiny faces.
+or a --detector_threshold for crowds of tiny faces (a threshold outside the detector's
+score range is refused). The summary and the report list the files in which no face was
+found: they are written unchanged, so check them.
 
 Fail closed: a detected face that cannot be anonymized -- too small, landmarks failed, the
 mask misses it, the generator failed, or its output still matches the source person under
@@ -31,7 +34,9 @@ that last check off (the report and the console warn). Inputs are never overwrit
 are existing outputs unless --overwrite is given, and no two outputs (nor the report) share
 a path: all checked, with the folders' writability, before the work starts. Outputs are
 written atomically, upright (EXIF orientation applied) and without EXIF, GPS or XMP
-metadata; temporary files a killed run left are removed by the next run. Unreadable files
+metadata, never over a file that appeared during the run (without --overwrite). A run
+locks DIR: a second run into it (or above or below it) is refused; this tool's temporary
+files a killed run left are removed by the next run. Unreadable files
 are reported and the run goes on. The JSON report (DIR/anonymize_report.json) lists per
 file the faces found, anonymized, covered, errors, notes on conversions and time; Ctrl-C
 stops the run and writes the report of the files finished. Exit status: 0 when every file
@@ -46,10 +51,11 @@ import sys
 
 from sdgan_jax import compile_cache
 from sdgan_jax.anonymize.anonymizer import build_anonymizer
-from sdgan_jax.anonymize.jobs import InputError, plan_jobs
-from sdgan_jax.anonymize.options import (BASELINES, FALLBACKS, LANDMARK_SOURCES,
-                                         MAX_AUTO_WORKERS, TARGET_MODES,
-                                         Options, defaults)
+from sdgan_jax.anonymize.jobs import InputError, check_not_busy, plan_jobs
+from sdgan_jax.anonymize.options import (BASELINES, FALLBACK_BLOCKS, FALLBACKS,
+                                         LANDMARK_SOURCES, MAX_AUTO_WORKERS,
+                                         MAX_DETECT_MIN_FACE_PX, TARGET_MODES, Options,
+                                         defaults)
 from sdgan_jax.anonymize.report import IDENTITY_CHECK_OFF, REPORT_NAME
 from sdgan_jax.anonymize.runner import Interrupted, ReportWriteError, anonymize_paths
 from sdgan_jax.faces import ensemble
@@ -89,7 +95,9 @@ def _add_check_flags(parser) -> None:
   parser.add_argument('--fallback', choices=FALLBACKS, default=DEFAULTS['fallback'],
                       help='cover for faces that cannot be anonymized')
   parser.add_argument('--fallback_blocks', type=int, default=DEFAULTS['fallback_blocks'],
-                      help='pixelation blocks across the fallback region')
+                      help='pixelation blocks across the fallback region, '
+                      f'{FALLBACK_BLOCKS[0]}-{FALLBACK_BLOCKS[1]}; a pixelated face that still '
+                      'matches its source is pixelated coarser, then filled')
   parser.add_argument('--identity_threshold', type=float,
                       default=DEFAULTS['identity_threshold'],
                       help='an output face whose dlib ResNet descriptor is closer than this to '
@@ -114,10 +122,11 @@ def _add_detection_flags(parser) -> None:
                       'chosen by measured recall; hog/cnn are dlib\'s)')
   parser.add_argument('--detector_threshold', action='append', default=[], metavar='NAME=SCORE',
                       help='score threshold of one detector, e.g. blazeface_short_range=0.5 '
-                      '(lower finds more faces and more false ones); repeatable')
+                      '(lower finds more faces and more false ones; BlazeFace: between 0 '
+                      "and 1, dlib's: -1 to 2); repeatable")
   parser.add_argument('--detect_min_face_px', type=float, default=DEFAULTS['detect_min_face_px'],
                       help='smallest face width (px) the BlazeFace detectors look for; '
-                      'smaller is slower')
+                      f'smaller is slower; at most {MAX_DETECT_MIN_FACE_PX:g}')
   parser.add_argument('--upsample', type=int, default=DEFAULTS['upsample'],
                       help="dlib detectors' upsampling: each step finds 2x smaller faces, "
                       '~4x slower')
@@ -206,7 +215,7 @@ def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
 def flag_message(message: str) -> str:
   """An ``Options`` error ('quality must be ...') in the CLI's words ('--quality must ...')."""
   name = message.split(' ', 1)[0]
-  if name in SAME_NAME_OPTIONS or name == 'identity_threshold':
+  if name in SAME_NAME_OPTIONS or name in ('identity_threshold', 'detector_threshold'):
     return f'--{message}'.replace('(--no_identity_check, identity_threshold=0)',
                                   'with --no_identity_check')
   return message
@@ -222,6 +231,8 @@ def _thresholds(items, detectors) -> dict[str, float]:
     if name not in detectors:
       raise ValueError(f'--detector_threshold {name}: not one of --detectors '
                        f'{",".join(detectors)}')
+    if name in out:
+      raise ValueError(f'--detector_threshold {name} given twice: give it once')
     try:
       out[name] = float(value)
     except ValueError:
@@ -232,8 +243,9 @@ def _thresholds(items, detectors) -> dict[str, float]:
 def _run(args: argparse.Namespace) -> dict:
   """Checks the paths, loads the model, runs; returns the report."""
   # Check the paths (outputs, report, writability) before the (slow) model load.
-  plan_jobs(args.inputs, args.output, visualize=args.visualize, overwrite=args.overwrite,
-            report_path=args.report)
+  jobs = plan_jobs(args.inputs, args.output, visualize=args.visualize,
+                   overwrite=args.overwrite, report_path=args.report)
+  check_not_busy(args.output, jobs)  # another run writing there: refused before the load
   anonymizer = build_anonymizer(args.checkpoint, baseline=args.baseline, options=args.options,
                                 weights_dir=args.weights_dir, step=args.step)
   return anonymize_paths(args.inputs, args.output, anonymizer, report_path=args.report,
@@ -243,16 +255,34 @@ def _run(args: argparse.Namespace) -> dict:
                          frames_per_batch=args.options.frames_per_batch)
 
 
+# The "no face found" files printed at most; the report lists them all.
+MAX_NO_FACE_LINES = 20
+
+
 def _print_summary(report: dict) -> None:
   totals = report['totals']
   print(f"{totals['files']} files: {totals['faces_found']} faces found, "
         f"{totals['anonymized']} anonymized, {totals['fallbacks']} covered by the fallback; "
+        f"{totals['no_face_found']} with no face found (written unchanged: check them); "
         f"{totals['errors']} errors, {totals['skipped']} skipped; "
         f"{totals['images_per_s']:.2f} images/s, {totals['faces_per_s']:.2f} faces/s")
+  no_face = report['no_face_found']
+  for path in no_face[:MAX_NO_FACE_LINES]:
+    print(f'  no face found: {printable(path)}')
+  if len(no_face) > MAX_NO_FACE_LINES:
+    print(f'  ... and {len(no_face) - MAX_NO_FACE_LINES} more with no face found (the '
+          'report\'s "no_face_found" lists them all)')
   for entry in report['files']:
     if entry['status'] != 'ok':
-      print(f"  {entry['status']}: {entry['input']}: {entry.get('error', '')}", file=sys.stderr)
-  print(f"report: {report['report']}")
+      print(f"  {entry['status']}: {printable(entry['input'])}: "
+            f"{printable(entry.get('error', ''))}", file=sys.stderr)
+  print(f"report: {printable(report['report'])}")
+
+
+def printable(text: str) -> str:
+  """``text`` with the bytes of a file name that is not UTF-8 (surrogate escapes) shown as
+  backslash escapes: printing them as they are would raise."""
+  return str(text).encode('utf-8', 'backslashreplace').decode('utf-8')
 
 
 def main(argv=None, prog: str | None = None) -> int:

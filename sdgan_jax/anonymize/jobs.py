@@ -76,6 +76,11 @@ def _walk(path: pathlib.Path, base: pathlib.Path, visualize: bool) -> list[Job]:
         jobs.append(Job(folder / d, base / (folder / d).relative_to(path), None,
                         reason='hidden folder (its name starts with a dot): not searched; '
                                'rename it or give it as an input to include it'))
+      elif (folder / d).is_symlink():  # os.walk does not follow it: say so
+        jobs.append(Job(folder / d, base / (folder / d).relative_to(path), None,
+                        reason=f'symbolic link to the folder {os.readlink(folder / d)}: not '
+                               'followed (it could lead outside the input or in a loop); give '
+                               'its target as an input to include it'))
     dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
     for name in sorted(filenames):
       src = folder / name
@@ -187,6 +192,22 @@ def _check_writable(folders: Iterable[pathlib.Path]) -> None:
                        '--output (and --report), or fix its permissions') from None
 
 
+def check_not_busy(output_dir: str | os.PathLike, jobs: Iterable[Job],
+                   held: Iterable[pathlib.Path] = ()) -> None:
+  """Refuses (``InputError``) an output folder another live run writes into: its
+  ``media.FolderLock`` on the folder, on a folder above it (that run's outputs hold ours)
+  or on a folder the jobs write into (ours hold that run's). ``held``: this run's locks."""
+  out_root = pathlib.Path(output_dir).absolute().resolve()
+  held = {pathlib.Path(h).resolve() for h in held}
+  folders = {out_root, *out_root.parents}
+  folders |= {d.parent.resolve() for job in jobs for d in job.outputs() if d.parent.exists()}
+  for folder in sorted(folders - held):
+    try:
+      media.check_not_locked(folder)
+    except media.FolderBusyError as e:
+      raise InputError(f'{e.strerror} (--output {output_dir})') from None
+
+
 def plan_jobs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
               visualize: bool = False, overwrite: bool = False,
               report_path: str | os.PathLike | None = None) -> list[Job]:
@@ -194,8 +215,9 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike
   checked before any work starts.
 
   One folder input is mirrored into ``output_dir`` itself; with several inputs each folder
-  gets a subfolder of its name. Hidden files and folders, other file types and dangling
-  symbolic links are left out (they get a report row: skipped, or an error for the links).
+  gets a subfolder of its name. Hidden files and folders, symbolic links to folders, other
+  file types and dangling symbolic links are left out (they get a report row: skipped, or
+  an error for the dangling links).
 
   Raises:
     InputError: an input is missing; the output folder is (inside) an input folder or is a

@@ -13,6 +13,9 @@ from sdgan_jax.faces import ensemble, pipeline, verify
 
 TARGET_MODES = ('random', 'seeded', 'farthest')
 LANDMARK_SOURCES = ('mesh', 'dlib')
+# Real faces scored 0.67-1.0 on the face mesh (docs/detection.md): a presence threshold
+# near 1 would drop them and write them out untouched.
+MAX_PRESENCE_THRESHOLD = 0.9
 FALLBACKS = ('pixelate', 'fill')
 # --baseline name -> sdgan_jax.baselines name (the paper's table rows).
 BASELINES = {'blur': 'blur17', 'pixelate': 'pixelate8', 'mask': 'mask'}
@@ -28,6 +31,20 @@ MAX_AUTO_WORKERS = 8
 # batches. Eight keep MAX_AUTO_WORKERS threads busy.
 IMAGES_PER_BATCH = 8
 FRAMES_PER_BATCH = 8
+# The score thresholds a detector's scores can cross: BlazeFace's are probabilities, so 0
+# keeps every anchor (thousands of boxes) and 1 or more none; dlib's are SVM margins
+# (HOG, added to its decision threshold) or confidences (CNN), faces scoring about -1 to 3.
+# A threshold outside finds every box or no face at all, silently: refused.
+BLAZEFACE_THRESHOLDS = (0.0, 1.0)  # exclusive
+DLIB_THRESHOLDS = (-1.0, 2.0)      # inclusive
+# ``detect_min_face_px`` above this is refused: the pyramid finds faces from it up to the
+# whole photo, so a larger value only loses the faces in between (or all of them when
+# photos are smaller than it).
+MAX_DETECT_MIN_FACE_PX = 1024.0
+# The fallback's pixelation blocks across a face's region: more than 16 can leave a face
+# recognizable (dlib matched a face pixelated at 100 blocks to its source); 1 is a flat
+# colour.
+FALLBACK_BLOCKS = (1, 16)
 
 
 @dataclasses.dataclass
@@ -38,7 +55,8 @@ class Options:
     target: 'random', 'seeded' or 'farthest' target identities.
     seed: seed of 'seeded' targets.
     fallback: 'pixelate' or 'fill' for faces that cannot be anonymized.
-    fallback_blocks: pixelation blocks across the fallback region.
+    fallback_blocks: pixelation blocks across the fallback region (``FALLBACK_BLOCKS``);
+      a pixelated face that still matches its source is pixelated coarser, then filled.
     fallback_margin: the detection box is enlarged by this fraction on each side.
     identity_threshold: output faces closer than this to the source (dlib descriptor
       distance) are covered by the fallback; 0 turns the check off (the report then warns;
@@ -46,9 +64,11 @@ class Options:
     min_face_px: faces whose box is smaller are covered by the fallback (>= 0).
     min_mask_coverage: share of the box's central half the face mask must cover.
     detectors: the ensemble's detectors (``faces.ensemble.DETECTORS``), merged after NMS.
-    detector_thresholds: per-detector score thresholds overriding the defaults.
+    detector_thresholds: per-detector score thresholds overriding the defaults, within
+      the detector's score range (``check_detector_threshold``).
     detect_min_face_px: the smallest face width the BlazeFace pyramids look for (faces
-      below ``min_face_px`` are still covered by the fallback when found).
+      below ``min_face_px`` are still covered by the fallback when found); at most
+      ``MAX_DETECT_MIN_FACE_PX``.
     upsample: dlib's upsampling, for 'hog' and 'cnn' in ``detectors``.
     verify_faces: every candidate of the detectors is judged by the face mesh's presence
       score and its box tightened to the mesh (``faces.verify``); False keeps every
@@ -103,20 +123,29 @@ class Options:
       raise ValueError(f'target must be one of {TARGET_MODES}, got {self.target!r}')
     if self.fallback not in FALLBACKS:
       raise ValueError(f'fallback must be one of {FALLBACKS}, got {self.fallback!r}')
-    if self.fallback_blocks < 1:
-      raise ValueError(f'fallback_blocks must be >= 1, got {self.fallback_blocks}')
+    lo, hi = FALLBACK_BLOCKS
+    if isinstance(self.fallback_blocks, bool) or not lo <= self.fallback_blocks <= hi:
+      raise ValueError(f'fallback_blocks must be between {lo} and {hi} (more blocks leave a '
+                       f'face recognizable; for a flat cover use fallback fill), got '
+                       f'{self.fallback_blocks}')
     if self.workers < 0:
       raise ValueError(f'workers must be >= 0 (0: one per CPU core), got {self.workers}')
     self.detectors = ensemble.parse_detectors(self.detectors)
     if self.track_cover_frames < 0:
       raise ValueError(f'track_cover_frames must be >= 0, got {self.track_cover_frames}')
-    if not 0.0 <= self.presence_threshold <= 1.0:  # also refuses NaN
-      raise ValueError('presence_threshold is the face mesh\'s probability, in [0, 1]; got '
-                       f'{self.presence_threshold}')
+    if not 0.0 <= self.presence_threshold <= MAX_PRESENCE_THRESHOLD:  # also refuses NaN
+      raise ValueError('presence_threshold is the face mesh\'s probability, between 0 and '
+                       f'{MAX_PRESENCE_THRESHOLD:g} (higher drops real faces, which are then '
+                       f'written out untouched), got {self.presence_threshold}')
     if self.landmarks not in LANDMARK_SOURCES:
       raise ValueError(f'landmarks must be one of {LANDMARK_SOURCES}, got {self.landmarks!r}')
-    if self.detect_min_face_px <= 0:
-      raise ValueError(f'detect_min_face_px must be > 0, got {self.detect_min_face_px}')
+    if not 0 < self.detect_min_face_px <= MAX_DETECT_MIN_FACE_PX:  # also refuses NaN
+      raise ValueError(f'detect_min_face_px must be > 0 and <= {MAX_DETECT_MIN_FACE_PX:g} '
+                       '(the smallest face width to look for; larger faces are found '
+                       f'anyway), got {self.detect_min_face_px:g}')
+    self.detector_thresholds = dict(self.detector_thresholds)
+    for name, value in self.detector_thresholds.items():
+      check_detector_threshold(name, value, self.detectors)
     if not self.identity_threshold >= 0:  # also refuses NaN
       raise ValueError(f'identity_threshold must be > 0 (dlib\'s same-person distance is '
                        f'{DEFAULT_IDENTITY_THRESHOLD:g}), got {self.identity_threshold:g}; to '
@@ -139,6 +168,23 @@ class Options:
   def resolved_workers(self) -> int:
     """``workers``, with 0 resolved to this machine's CPU cores (at most MAX_AUTO_WORKERS)."""
     return self.workers or min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
+
+
+def check_detector_threshold(name: str, value: float, detectors) -> None:
+  """Raises ValueError unless ``value`` is a score threshold detector ``name`` (one of
+  ``detectors``) can use (``BLAZEFACE_THRESHOLDS``, ``DLIB_THRESHOLDS``)."""
+  if name not in detectors:
+    raise ValueError(f'detector_threshold {name}: not one of the detectors in use '
+                     f'({",".join(detectors)})')
+  if name in ensemble.DLIB_DETECTORS:
+    lo, hi = DLIB_THRESHOLDS
+    ok, span = lo <= value <= hi, f'between {lo:g} and {hi:g}'
+  else:
+    lo, hi = BLAZEFACE_THRESHOLDS
+    ok, span = lo < value < hi, f'a score strictly between {lo:g} and {hi:g}'
+  if not ok:  # also NaN
+    raise ValueError(f'detector_threshold {name}={value:g} is outside its range: give '
+                     f'{span} (lower finds more faces and more false ones)')
 
 
 def defaults() -> dict:

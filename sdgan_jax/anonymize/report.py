@@ -75,6 +75,10 @@ def run_report(files: list[dict], *, anonymizer, warnings: Sequence[str], second
   for key in ('faces_found', 'anonymized', 'fallbacks', 'frames', 'covered_by_tracking',
               'rejected_candidates'):
     totals[key] = sum(f.get(key, 0) for f in files)
+  # A photo with no face at all is written as it came in: listed, so that a user can check
+  # that it holds none (a detector's miss cannot be covered).
+  no_face = [f['input'] for f in files if f['status'] == 'ok' and not f.get('faces_found')]
+  totals['no_face_found'] = len(no_face)
   images = sum(f.get('kind') == 'image' and f['status'] == 'ok' for f in files)
   totals['seconds'] = round(seconds, 3)
   totals['images_per_s'] = round((images + totals['frames']) / max(seconds, 1e-9), 4)
@@ -87,17 +91,17 @@ def run_report(files: list[dict], *, anonymizer, warnings: Sequence[str], second
             'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec='seconds'),
             'options': dataclasses.asdict(anonymizer.options), 'warnings': warnings,
-            'totals': totals, 'files': files}
+            'totals': totals, 'no_face_found': no_face, 'files': files}
   if interrupted is not None:
     report['interrupted'] = True
     report['unfinished'] = interrupted
   return report
 
 
-def write_report(report: dict, path: str | os.PathLike) -> pathlib.Path:
-  """Writes the run's JSON report atomically."""
+def write_report(report: dict, path: str | os.PathLike, replace: bool = True) -> pathlib.Path:
+  """Writes the run's JSON report atomically (over an existing file only with ``replace``)."""
   path = pathlib.Path(path)
-  with media.atomic_path(path) as tmp:
+  with media.atomic_path(path, replace=replace) as tmp:
     tmp.write_text(json.dumps(report, indent=1) + '\n')
   return path
 

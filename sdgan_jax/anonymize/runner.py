@@ -20,7 +20,7 @@ import numpy as np
 from sdgan_jax import media
 from sdgan_jax.anonymize import report as run_report
 from sdgan_jax.anonymize.anonymizer import FaceAnonymizer
-from sdgan_jax.anonymize.jobs import InputError, Job, plan_jobs, skipped_type
+from sdgan_jax.anonymize.jobs import InputError, Job, check_not_busy, plan_jobs, skipped_type
 from sdgan_jax.anonymize.report import REPORT_NAME, file_entry, track_counts
 from sdgan_jax.anonymize.tracking import FaceTracker, TrackCoverage
 from sdgan_jax.faces.pipeline import Face
@@ -54,8 +54,11 @@ class Runner:
   def __init__(self, anonymizer: FaceAnonymizer, output_dir: str | os.PathLike, *,
                visualize: bool = False, images_per_batch: int | None = None,
                frames_per_batch: int | None = None,
-               progress: bool = True):
+               progress: bool = True, replace: bool = True):
     self.anonymizer = anonymizer
+    # False: a destination that exists when a file is written (written by someone else
+    # since the run was planned) is left alone and the file reported as an error.
+    self.replace = replace
     self.output_dir = pathlib.Path(output_dir)
     self.visualize = visualize
     options = anonymizer.options
@@ -183,15 +186,18 @@ class Runner:
       entry['notes'] = list(image.notes)
     try:
       media.write_image(job.dest, image, out, keep_exif=self.anonymizer.options.keep_exif,
-                        quality=self.anonymizer.options.quality)
+                        quality=self.anonymizer.options.quality, replace=self.replace)
       entry['output'] = str(job.dest)
       if image.transposed:
         entry['exif_orientation_applied'] = True
       if self.visualize and job.visualization is not None:
         vis, faces = frames[0]  # the first frame of an animation
         media.write_image(job.visualization, media.LoadedImage(rgb=vis),
-                          run_report.draw_detections(vis, faces))
+                          run_report.draw_detections(vis, faces), replace=self.replace)
         entry['visualization'] = str(job.visualization)
+    except media.DestinationExistsError as e:
+      entry['error'] = f'not written: {e.filename} {e.strerror}'
+      entry['status'] = 'error'
     except Exception as e:  # pylint: disable=broad-except
       entry['error'] = f'writing failed: {_error(e)}'
       entry['status'] = 'error'
@@ -259,9 +265,9 @@ class Runner:
     try:
       try:
         writer = media.VideoWriter(job.dest, info, audio_from=job.source if info.has_audio
-                                   else None)
+                                   else None, replace=self.replace)
       except Exception:  # pylint: disable=broad-except
-        writer = media.VideoWriter(job.dest, info)
+        writer = media.VideoWriter(job.dest, info, replace=self.replace)
         entry['audio'] = 'dropped (the container would not take it)'
       read = self._stream_frames(job, info, frames, tracker, coverage, writer, faces)
       ok = True
@@ -271,6 +277,9 @@ class Runner:
       if writer is not None:
         try:
           writer.close(ok=ok)
+        except media.DestinationExistsError as e:
+          ok = False
+          entry.update(status='error', error=f'not written: {e.filename} {e.strerror}')
         except Exception as e:  # pylint: disable=broad-except
           ok = False
           entry.update(status='error', error=f'encoding failed: {_error(e)}')
@@ -313,6 +322,8 @@ class Runner:
 def _video_written(entry: dict, job: Job, info: media.VideoInfo, read: int) -> None:
   """A written video's output, audio and frame counts; an error if frames are missing."""
   entry['output'] = str(job.dest)
+  if info.note:
+    entry['notes'] = [info.note]
   if info.has_audio:
     entry.setdefault('audio', 'kept')
   if np.isfinite(info.nframes):
@@ -334,25 +345,69 @@ def anonymize_paths(inputs: Sequence[str | os.PathLike], output_dir: str | os.Pa
   """Anonymizes files and folders into ``output_dir``; writes and returns the JSON report.
 
   Everything is checked before the work starts (``plan_jobs``): existing outputs are only
-  replaced with ``overwrite``. Temporary files a killed run left in the folders written to
-  are removed first (the report lists them). Batch sizes default to the anonymizer's
-  ``Options``.
+  replaced with ``overwrite``. The run holds a lock on ``output_dir`` (``media.FolderLock``)
+  until it ends: a second run into it (or into a folder above or below it) is refused
+  with an ``InputError``, and the outputs are checked again under the lock. Without
+  ``overwrite`` no output (nor the report) replaces a file that appeared meanwhile: that
+  file is reported as an error. This tool's temporary files a killed run left in the
+  folders written to are removed first, under the lock (the report lists them). Batch
+  sizes default to the anonymizer's ``Options``.
 
   Raises:
-    InputError: see ``plan_jobs``.
+    InputError: see ``plan_jobs``; or another run writes into ``output_dir``.
     Interrupted: Ctrl-C; the report of the files finished was written.
     ReportWriteError: the work is done but the report could not be written.
   """
-  jobs = plan_jobs(inputs, output_dir, visualize=visualize, overwrite=overwrite,
-                   report_path=report_path)
+  plan = dict(visualize=visualize, overwrite=overwrite, report_path=report_path)
+  jobs = plan_jobs(inputs, output_dir, **plan)  # refused before anything is made
   if not jobs:
     raise InputError(f'no files under {", ".join(map(str, inputs))}')
+  out_root = pathlib.Path(output_dir).absolute().resolve()
+  try:
+    lock = media.FolderLock(out_root).acquire()
+  except media.FolderBusyError as e:
+    raise InputError(f'{e.strerror} (--output {output_dir})') from None
+  try:
+    check_not_busy(output_dir, jobs, held=[out_root])
+    jobs = plan_jobs(inputs, output_dir, **plan)  # again, now that no other run can write
+    return _run_locked(jobs, inputs, output_dir, anonymizer, report_path=report_path,
+                       visualize=visualize, progress=progress, overwrite=overwrite,
+                       images_per_batch=images_per_batch, frames_per_batch=frames_per_batch,
+                       out_root=out_root)
+  finally:
+    lock.release()
+
+
+def _stale_temporaries(jobs: Sequence[Job], report: pathlib.Path,
+                       out_root: pathlib.Path) -> list[pathlib.Path]:
+  """Removes this tool's temporary files a killed run left where this run writes: in the
+  folders under the locked ``out_root``, and the report's own beside it elsewhere."""
+  removed = []
+  for folder in sorted({d.parent for job in jobs for d in job.outputs()} | {report.parent}):
+    if folder.resolve() == out_root or out_root in folder.resolve().parents:
+      removed += media.remove_stale_temporaries(folder)
+  if not (report.parent.resolve() == out_root or out_root in report.parent.resolve().parents):
+    try:
+      media.check_not_locked(report.parent)  # another run's folder: its temporaries are its own
+    except media.FolderBusyError:
+      return removed
+    for path in sorted(report.parent.glob(f'.{report.stem}.{media.TEMP_MARKER}*')):
+      if media.TEMP_PATTERN.match(path.name) and path.is_file() and not path.is_symlink():
+        path.unlink(missing_ok=True)
+        removed.append(path)
+  return removed
+
+
+def _run_locked(jobs: Sequence[Job], inputs, output_dir, anonymizer: FaceAnonymizer, *,
+                report_path, visualize: bool, progress: bool, overwrite: bool,
+                images_per_batch: int | None, frames_per_batch: int | None,
+                out_root: pathlib.Path) -> dict:
+  """``anonymize_paths``' work, under its lock on ``out_root``."""
   path = pathlib.Path(report_path) if report_path else pathlib.Path(output_dir) / REPORT_NAME
   runner = Runner(anonymizer, output_dir, visualize=visualize, progress=progress,
-                  images_per_batch=images_per_batch, frames_per_batch=frames_per_batch)
-  removed = []
-  for folder in sorted({path.parent, *(d.parent for job in jobs for d in job.outputs())}):
-    removed += media.remove_stale_temporaries(folder)
+                  images_per_batch=images_per_batch, frames_per_batch=frames_per_batch,
+                  replace=overwrite)
+  removed = _stale_temporaries(jobs, path, out_root)
   report = runner.run(jobs)
   report['inputs'] = [str(p) for p in inputs]
   report['output_dir'] = str(output_dir)
@@ -361,7 +416,7 @@ def anonymize_paths(inputs: Sequence[str | os.PathLike], output_dir: str | os.Pa
     report['removed_temporary_files'] = [str(p) for p in removed]
   report['report'] = str(path)
   try:
-    run_report.write_report(report, path)
+    run_report.write_report(report, path, replace=overwrite)
   except OSError as e:
     message = (f'could not write the report {path} ({e.strerror or e}); the outputs are '
                'written: free some space or give another --report')

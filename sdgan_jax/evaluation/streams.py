@@ -10,7 +10,9 @@ face's person and bank row, and batches of them at several resolutions at once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,30 +34,71 @@ class Stream:
   bank_labels: np.ndarray
 
 
+class DatasetError(ValueError):
+  """A prepared dataset that cannot be evaluated: an unknown split, an unreadable
+  dataset_info.json, records that cannot be read. One line, naming the file and the fix."""
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+  """``Type: first line`` of an error, TensorFlow's ``{{function_node ...}}`` prefix cut."""
+  text = re.sub(r'\{\{.*?\}\}\s*', '', str(e)).strip()
+  line = text.splitlines()[0] if text else ''
+  line = line if len(line) <= limit else line[:limit - 3] + '...'
+  return f'{type(e).__name__}: {line}'.rstrip(': ')
+
+
 def _open_splits(dataset: str, split: str) -> tuple[list[str], list[Any]]:
   from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
 
   splits = [s.strip() for s in split.split(',') if s.strip()]
   if not splits:
-    raise ValueError(f'--split {split!r} names no split; use e.g. test or train,test')
-  if not (pathlib.Path(dataset) / 'dataset_info.json').is_file():
+    raise DatasetError(f'--split {split!r} names no split; use e.g. test or train,test')
+  info = pathlib.Path(dataset) / 'dataset_info.json'
+  if not info.is_file():
     raise FileNotFoundError(
         f'{dataset} is not a prepared dataset (no dataset_info.json): prepare one with '
         '`python tools/prepare_data.py --source samples --output data` and pass '
         'data/sdgan_faces/samples_128/1.0.0')
-  return splits, [input_pipeline.load_data_source(dataset, s) for s in splits]
+  again = 'prepare the dataset again with tools/prepare_data.py'
+  try:
+    known = sorted(s['name'] for s in json.loads(info.read_text()).get('splits', []))
+  except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+    raise DatasetError(f'{info} is not a readable dataset description ({_first_line(e)}): '
+                       f'{again}') from None
+  for name in splits:
+    if known and name.split('[')[0] not in known:
+      raise DatasetError(f'--split {name!r}: {dataset} has no such split; it has '
+                         f'{", ".join(known)}')
+  sources = []
+  for name in splits:
+    try:
+      sources.append(input_pipeline.load_data_source(dataset, name))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DatasetError(f'{dataset}: its split {name!r} cannot be opened '
+                         f'({_first_line(e)}): {again}') from None
+  return splits, sources
+
+
+def _read_labels(dataset: str, name: str, source) -> np.ndarray:
+  """The split's labels; reading them reads every record, so a truncated or damaged
+  record file fails here, in one line, before any work."""
+  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  try:
+    return input_pipeline.read_labels(source)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DatasetError(f'{dataset}: the records of its split {name!r} cannot be read '
+                       f'(truncated or damaged? {_first_line(e)}): prepare the dataset again '
+                       'with tools/prepare_data.py') from None
 
 
 def load_streams(dataset: str, split: str,
                  max_faces: int | None = None) -> tuple[list[Stream], str, int]:
   """(the streams, the dataset's full name, its stored resolution) of the comma-separated
-  ``split``s of the prepared ``dataset``."""
-  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-
+  ``split``s of the prepared ``dataset``; ``DatasetError`` when it cannot be read."""
   splits, sources = _open_splits(dataset, split)
   stored = int(sources[0].dataset_info.features['image'].shape[0])
   name = sources[0].dataset_info.full_name
-  labels = [input_pipeline.read_labels(s) for s in sources]
+  labels = [_read_labels(dataset, which, s) for which, s in zip(splits, sources)]
   offsets = np.cumsum([0] + [int(l.max()) + 1 if len(l) else 0 for l in labels])
   classes = [l + o for l, o in zip(labels, offsets)]
   # Labels of the training split are the rows of a bank built from this dataset.

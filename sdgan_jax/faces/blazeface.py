@@ -35,6 +35,11 @@ from sdgan_jax import batching
 from sdgan_jax.faces import detect
 
 NUM_KEYPOINTS = 6
+# Candidate boxes over the threshold one photo may give one detector. A real face scores
+# over a few anchors of a few tiles (tens of candidates): 10,000 are hundreds of faces,
+# while zeroed weights score every anchor of every tile 0.5 (hundreds of thousands), whose
+# suppression once grew a process to 24 GB. More is ``DetectorOverflowError``.
+MAX_CANDIDATES = 10_000
 RIGHT_EYE, LEFT_EYE, NOSE_TIP, MOUTH, RIGHT_EAR, LEFT_EAR = range(NUM_KEYPOINTS)
 
 
@@ -85,6 +90,12 @@ def anchor_centres(input_size: int, strides: Sequence[int], interpolated: bool) 
   return np.concatenate(out).astype(np.float32)
 
 
+class DetectorOverflowError(RuntimeError):
+  """A detector scored more candidate boxes over its threshold than a photo can hold faces:
+  broken (e.g. zeroed) weights, or a threshold near 0. Raised before the non-maximum
+  suppression, whose time grows with the square of the candidates."""
+
+
 def decode(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray,
            threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One input's raw outputs -> (boxes [N, 4] x0 y0 x1 y1, scores [N], keypoints [N, 6, 2])
@@ -121,11 +132,11 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray,
   boxes, scores, keypoints = boxes[order], scores[order], keypoints[order]
   left = np.ones(len(scores), bool)
   out_b, out_s, out_k = [], [], []
-  overlaps = iou_matrix(boxes, boxes)
   for i in range(len(scores)):
     if not left[i]:
       continue
-    group = left & (overlaps[i] >= iou)
+    # One row of overlaps at a time: memory linear in the candidates, not quadratic.
+    group = left & (iou_matrix(boxes[i], boxes)[0] >= iou)
     left &= ~group
     weight = scores[group] / scores[group].sum()
     out_b.append((boxes[group] * weight[:, None]).sum(0))
@@ -321,6 +332,13 @@ class BlazeFaceDetector:
       found = [self._keep_own(t, *decode(regs[k + i], logits[k + i], self.anchors,
                                          self.threshold)) for i, t in enumerate(plan)]
       k += len(plan)
+      count = sum(len(scores) for _, scores, _ in found)
+      if count > MAX_CANDIDATES:
+        raise DetectorOverflowError(
+            f'{self.name} scored {count} candidate boxes over its threshold '
+            f'{self.threshold:g} in one photo (at most {MAX_CANDIDATES}): its weights look '
+            'broken (convert them again with `make weights`) or its threshold is far too '
+            'low; the photo is not written')
       b, s, p = weighted_nms(*(np.concatenate(parts) for parts in zip(*found)),
                              iou=self.nms_iou)
       out.append(detect.Detections(boxes=_to_inclusive(b), scores=s, keypoints=p,

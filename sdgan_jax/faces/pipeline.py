@@ -58,6 +58,7 @@ class Face:
     target: the identity bank index the face was generated towards.
     track: the video track of the face.
     region: the face region a fallback covers (x0, y0, x1, y1, rounded to 0.1 px).
+    cover: the fallback applied ('pixelate8', 'fill'...), None for anonymized faces.
   """
 
   crop: np.ndarray | None = None
@@ -82,6 +83,7 @@ class Face:
   target: int | None = None
   track: int | None = None
   region: list[float] | None = None
+  cover: str | None = None
 
   @property
   def status(self) -> str:
@@ -117,7 +119,7 @@ class Face:
            'decided_by': self.decided_by,
            'identity_distance': self.identity_distance, 'target': self.target,
            'track': self.track, 'detectors': list(self.detectors) or None,
-           'region': self.region}
+           'region': self.region, 'cover': self.cover}
     return {k: v for k, v in row.items() if v is not None}
 
 

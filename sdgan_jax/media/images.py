@@ -287,13 +287,15 @@ def encode_image(loaded: LoadedImage, rgb, fmt: str, *,
 
 
 def write_image(dest: str | os.PathLike, loaded: LoadedImage, rgb, *,
-                keep_exif: bool = False, quality: int = 95) -> pathlib.Path:
+                keep_exif: bool = False, quality: int = 95,
+                replace: bool = True) -> pathlib.Path:
   """Writes anonymized pixels (one array, or a list of frames) to ``dest`` atomically, in
-  the format its suffix names."""
+  the format its suffix names; an existing ``dest`` is replaced only with ``replace``
+  (``atomic_path``)."""
   dest = pathlib.Path(dest)
   fmt = _FORMATS.get(dest.suffix.lower(), loaded.format or 'PNG')
   data = encode_image(loaded, rgb, fmt, keep_exif=keep_exif, quality=quality)
-  with atomic_path(dest) as tmp:
+  with atomic_path(dest, replace=replace) as tmp:
     with open(tmp, 'wb') as f:
       f.write(data)
       f.flush()

@@ -38,6 +38,67 @@ class VideoInfo:
   fps: float
   has_audio: bool
   nframes: float
+  note: str | None = None  # how a variable frame rate was kept, for the report
+
+
+# A variable-frame-rate video is decoded at a constant rate with two slots between its
+# closest frames (at one, ffmpeg's rounding can drop one of them), so that each frame keeps
+# its time; a rate above MAX_VFR_FPS (frames closer than 2/MAX_VFR_FPS s) is refused.
+MAX_VFR_FPS = 240.0
+# Frame intervals that differ by more than this fraction of their median: a variable rate.
+VFR_TOLERANCE = 0.1
+
+
+def _frame_times(path: pathlib.Path) -> np.ndarray | None:
+  """The presentation times (s) of the first video stream's packets, sorted, read from the
+  container without decoding; None when ffmpeg cannot list them."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
+
+  try:
+    listed = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), '-nostdin', '-loglevel', 'error', '-i', str(path),
+         '-map', '0:v:0', '-c', 'copy', '-f', 'framecrc', '-'],
+        capture_output=True, text=True, timeout=600, check=False)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  base, times = None, []
+  for line in listed.stdout.splitlines():
+    if line.startswith('#tb 0:'):
+      num, _, den = line.split(':', 1)[1].strip().partition('/')
+      base = float(num) / float(den or 1)
+    elif line and not line.startswith('#'):
+      fields = [f.strip() for f in line.split(',')]
+      if len(fields) >= 3 and fields[0] == '0':
+        times.append(int(fields[2]))
+  if base is None or listed.returncode != 0 or not times:
+    return None
+  return np.sort(np.asarray(times, np.float64) * base)
+
+
+def _constant_rate(path: pathlib.Path, fps: float) -> tuple[float | None, str | None]:
+  """(the constant rate to decode a variable-frame-rate video at, the report's note), or
+  (None, None) for a constant rate; raises UnreadableMediaError when frames are closer
+  than 1/MAX_VFR_FPS s."""
+  times = _frame_times(path)
+  if times is None or len(times) < 3:
+    return None, None
+  gaps = np.diff(times)
+  gaps = gaps[gaps > 0]
+  if not len(gaps) or gaps.max() - gaps.min() <= VFR_TOLERANCE * np.median(gaps):
+    return None, None
+  closest = float(gaps.min())
+  if 2.0 / closest > MAX_VFR_FPS:
+    raise UnreadableMediaError(
+        f'{path}: variable frame rate with frames {closest * 1000:.1f} ms apart: its frames '
+        f'cannot keep their times at up to {MAX_VFR_FPS:g} fps; re-encode it at a constant '
+        'rate first, e.g. ffmpeg -i IN -fps_mode cfr -r 30 OUT')
+  rate = float(np.ceil(max(fps, 2.0 / closest) * 100) / 100)
+  return rate, (f'variable frame rate (frames {closest * 1000:.0f}-{gaps.max() * 1000:.0f} ms '
+                f'apart): written at a constant {rate:g} fps, each frame shown from its own '
+                'time (within a quarter of the closest gap) and repeated until the next, so '
+                'the timing and the audio stay in step')
 
 
 @contextlib.contextmanager
@@ -62,29 +123,54 @@ def _plain_popen() -> Iterator[None]:
 def read_video(path: str | os.PathLike) -> tuple[VideoInfo, Iterator[np.ndarray]]:
   """Opens a video: (info, iterator of uint8 [H, W, 3] frames); raises UnreadableMediaError.
 
-  ffmpeg applies the container's rotation while decoding, so frames come upright.
+  ffmpeg applies the container's rotation while decoding, so frames come upright. A
+  variable frame rate is decoded at a constant one fine enough for every frame to keep its
+  time (``_constant_rate``; ``VideoInfo.note`` says so).
   """
   import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
 
   path = pathlib.Path(path)
   if not path.is_file() or path.stat().st_size == 0:
     raise UnreadableMediaError(f'{path}: empty or missing video file')
-  reader = imageio_ffmpeg.read_frames(str(path))
+  probe = imageio_ffmpeg.read_frames(str(path))
   try:
     with _plain_popen():
-      meta = next(reader)
+      meta = next(probe)
+  except (RuntimeError, OSError, StopIteration, IndexError, ValueError) as e:
+    probe.close()
+    raise UnreadableMediaError(f'{path}: cannot read the video ({type(e).__name__}: '
+                               f'{str(e).strip().splitlines()[-1] if str(e).strip() else e})'
+                               ) from e
+  # ffmpeg would decode a variable rate at the stream's nominal rate, which can differ from
+  # the rate ``meta`` reports (6 frames over 1.86 s became 53 frames over 11.3 s): decode
+  # it at a constant rate chosen here, and write at that rate.
+  try:
+    rate, note = _constant_rate(path, float(meta.get('fps') or 25.0))
+  except UnreadableMediaError:
+    probe.close()
+    raise
+  if rate is None:
+    reader = probe
+  else:
+    probe.close()
+    reader = imageio_ffmpeg.read_frames(str(path), output_params=[
+        '-fps_mode', 'cfr', '-r', f'{rate:g}'])
+  try:
+    with _plain_popen():
+      meta = next(reader) if rate is not None else meta
   except (RuntimeError, OSError, StopIteration, IndexError, ValueError) as e:
     reader.close()
     raise UnreadableMediaError(f'{path}: cannot read the video ({type(e).__name__}: '
                                f'{str(e).strip().splitlines()[-1] if str(e).strip() else e})'
                                ) from e
   width, height = (int(v) for v in meta['size'])
-  fps = float(meta.get('fps') or 25.0)
+  fps = rate or float(meta.get('fps') or 25.0)
   duration = meta.get('duration')
   declared = float(round(float(duration) * fps)) if duration and duration != 'N/A' else (
       float('inf'))
   info = VideoInfo(size=(width, height), fps=fps, has_audio=bool(meta.get('audio_codec')),
-                   nframes=float(meta.get('nframes', declared)))
+                   nframes=float(meta.get('nframes', declared)) if rate is None else declared,
+                   note=note)
 
   def frames():
     try:
@@ -101,15 +187,17 @@ class VideoWriter:
 
   H.264 (VP9 for .webm), yuv420p when the size allows it (even width and height; 4:4:4
   otherwise, so no frame is resized), the input's frame rate, the audio of ``audio_from``
-  when given, and no container metadata.
+  when given, and no container metadata. An existing ``dest`` is replaced only with
+  ``replace`` (``atomic_path``).
   """
 
   def __init__(self, dest: str | os.PathLike, info: VideoInfo, *,
-               audio_from: str | os.PathLike | None = None, quality: float = 8.0):
+               audio_from: str | os.PathLike | None = None, quality: float = 8.0,
+               replace: bool = True):
     import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
 
     self.dest = pathlib.Path(dest)
-    self._context = atomic_path(self.dest)
+    self._context = atomic_path(self.dest, replace=replace)
     self._tmp = self._context.__enter__()
     width, height = info.size
     even = width % 2 == 0 and height % 2 == 0
