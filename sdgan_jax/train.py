@@ -25,7 +25,7 @@ from sdgan_jax import losses, parallel, trainer, xla_options
 from sdgan_jax.config import ConfigError
 from sdgan_jax.networks import Networks, generate
 from sdgan_jax.train_step import (BATCH_KEYS, TrainState, batch_partition, batch_slots,
-                                  init_train_state, jit_train_step)
+                                  init_train_state, jit_train_step, judges_train)
 
 # Range checks of integer config keys: 'group.key' -> the least value.
 _AT_LEAST = {'train.batch_size': 1, 'train.num_steps': 0, 'train.log_every': 1,
@@ -42,6 +42,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       'of 16')
   trainer.check_at_least(config, _AT_LEAST)
   trainer.as_config_error(lambda: trainer.optimizer(config.optim))
+  trainer.as_config_error(lambda: judges_train(config))
   trainer.as_config_error(lambda: Networks(config).build_all())
 
 

@@ -12,15 +12,54 @@ From the official CelebA files (img_align_celeba/, identity_CelebA.txt, ...) in 
   python run.py --config=configs/celeba.py:64 --workdir=workdirs/celeba64 \
       --config.data.dataset=...
 
-The optional argument after the colon is the resolution: 128 (default, the paper's training
-and qualitative resolution) or 64 (the quantitative tables).
+  python run.py --config=configs/celeba.py:authors ...      # the authors' recipe
+
+The optional argument after the colon names the resolution, the recipe or both, comma
+separated (``:64,authors``). Resolution: 128 (default, the paper's training and qualitative
+resolution) or 64 (the quantitative tables). Recipe: ``paper`` (default: the paper's networks
+and objective where it describes them) or ``authors`` (``authors_recipe``: what the authors'
+training script does, docs/deviations.md lists each choice).
 """
 
 import ml_collections
 
+RECIPES = ('paper', 'authors')
 
-def get_config(resolution: str = '128') -> ml_collections.ConfigDict:
+
+def get_config(arg: str = '128') -> ml_collections.ConfigDict:
+  resolution, recipe = '128', 'paper'
+  for token in filter(None, (t.strip() for t in arg.split(','))):
+    if token.isdigit():
+      resolution = token
+    elif token in RECIPES:
+      recipe = token
+    else:
+      raise ValueError(f'configs/celeba.py:{arg}: {token!r} is neither a resolution (128, 64) '
+                       f'nor a recipe ({", ".join(RECIPES)})')
+  config = _paper_config(resolution)
+  return authors_recipe(config) if recipe == 'authors' else config
+
+
+def authors_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` changed to what the authors' training script does (docs/deviations.md):
+  their three networks, their loss weights and contrastive form, and their training-mode
+  identity net and D inside the generator's loss."""
+  config.recipe = 'authors'
+  config.model.generator = ml_collections.ConfigDict({'preset': 'authors'})
+  config.model.discriminator = ml_collections.ConfigDict({'kind': 'global'})
+  config.model.identity = ml_collections.ConfigDict({'preset': 'authors'})
+  config.loss.contrastive_mode = 'authors'
+  # losses.authors_weights(): LSGAN as a plain MSE (x2), 10 L1, 20 perceptual, no SSIM
+  config.loss.lambda_adv = 2.0
+  config.loss.lambda_ssim = 0.0
+  config.loss.lambda_l1 = 10.0
+  config.train.g_loss_networks = 'train'
+  return config
+
+
+def _paper_config(resolution: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.recipe = 'paper'          # which recipe built this config (get_config's argument)
   config.seed = 0
   config.dtype = 'float32'         # compute dtype; 'bfloat16' keeps float32 parameters
   config.resolution = int(resolution)
@@ -72,6 +111,10 @@ def get_config(resolution: str = '128') -> ml_collections.ConfigDict:
   # each G update: 6 batches a step); on CelebA's 35k crops that is cheap and keeps G from
   # training on the very batch D just fitted.
   config.train.fresh_batches = True
+  # The identity net and D inside G's loss: 'eval' (running batch-norm statistics, D's
+  # spectral-norm vectors fixed) or 'train' (the authors': batch statistics, both advance on
+  # every G update). docs/training.md says why the paper recipe keeps 'eval'.
+  config.train.g_loss_networks = 'eval'
   config.train.ema_decay = 0.999
   config.train.num_steps = 200_000
   config.train.log_every = 100

@@ -1,0 +1,29 @@
+"""The reference configs' recipes: ``configs/celeba.py`` (paper) and ``:authors``."""
+
+import pytest
+
+from sdgan_jax import losses, train
+from sdgan_jax.configs import celeba
+
+
+def test_recipe_argument_sets_resolution_and_recipe():
+  assert (celeba.get_config().recipe, celeba.get_config().resolution) == ('paper', 128)
+  cfg = celeba.get_config('64,authors')
+  assert (cfg.recipe, cfg.resolution) == ('authors', 64)
+  assert celeba.get_config('authors').resolution == 128
+  with pytest.raises(ValueError, match="'author'"):
+    celeba.get_config('author')
+
+
+def test_authors_recipe_holds_the_authors_choices():
+  """The authors' script: their networks, MSE LSGAN + contrastive + 10 L1 + 20 perceptual
+  (``losses.authors_weights``), Hadsell's contrastive form, training-mode judges in G's
+  loss; the paper recipe keeps the paper's choices."""
+  paper, authors = celeba.get_config(), celeba.get_config('authors')
+  assert losses.LossWeights.from_config(authors.loss) == losses.authors_weights()
+  assert losses.LossWeights.from_config(paper.loss) == losses.paper_weights()
+  assert (authors.loss.contrastive_mode, paper.loss.contrastive_mode) == ('authors', 'paper')
+  assert (authors.train.g_loss_networks, paper.train.g_loss_networks) == ('train', 'eval')
+  assert authors.model.generator.preset == 'authors'
+  assert authors.model.identity.preset == 'authors'
+  train.validate_config(authors)  # every key known, every network builds
