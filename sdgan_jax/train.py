@@ -32,6 +32,11 @@ _AT_LEAST = {'train.batch_size': 1, 'train.num_steps': 0, 'train.log_every': 1,
              'checkpoint.every': 1, 'eval.num_batches': 0}
 
 
+# ``config.data.augmentation``: the keys of ``input_pipeline.augment.PRESETS`` (named here
+# too: validation runs before TensorFlow, which the input pipeline imports, is loaded).
+AUGMENTATIONS = ('shift_flip', 'authors')
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails before any device work on keys this code does not know (those of
   ``sdgan_jax/configs/celeba.py``) or inconsistent values (``ConfigError``)."""
@@ -43,6 +48,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   trainer.check_at_least(config, _AT_LEAST)
   trainer.as_config_error(lambda: trainer.optimizer(config.optim))
   trainer.as_config_error(lambda: judges_train(config))
+  augmentation = config.data.get('augmentation', 'shift_flip')
+  if augmentation not in AUGMENTATIONS:
+    raise ConfigError(f'config.data.augmentation={augmentation!r}: use one of '
+                      f'{", ".join(map(repr, AUGMENTATIONS))}')
   trainer.as_config_error(lambda: Networks(config).build_all())
 
 
@@ -217,7 +226,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   host_batches = input_pipeline.train_iterator(
       source, batch_size=config.train.batch_size, resolution=config.resolution,
-      seed=config.seed, start_step=initial_step, slots=batch_slots(config.train))
+      seed=config.seed, start_step=initial_step, slots=batch_slots(config.train),
+      augmentation=input_pipeline.augment.PRESETS[config.data.get('augmentation',
+                                                                  'shift_flip')])
   batches = parallel.prefetch_to_mesh(with_target_identities(host_batches, bank), mesh,
                                       BATCH_KEYS, batch_partition(config.train))
   state, step = trainer.run_training_loop(

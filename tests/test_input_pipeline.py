@@ -379,6 +379,63 @@ def test_crop_and_flip_keep_landmarks_on_their_parts(records):
   assert 0.2 < np.mean(flips) < 0.8
 
 
+def _authors_box(seed):
+  """The box ``preprocess`` draws for stateless seed ``[seed, 1]``: (left, top, right,
+  bottom) in the 144-px resize, read from ``augment._zoom_box`` (its law is tested below)."""
+  from sdgan_jax.input_pipeline import augment  # pylint: disable=import-outside-toplevel
+  _, crop_seed = tf.unstack(tf.random.experimental.stateless_split(
+      tf.constant([seed, 1], tf.int64), 2))
+  (top, left), (bottom, right) = (v.numpy() for v in augment._zoom_box(144, crop_seed))
+  return int(left), int(top), int(right), int(bottom)
+
+
+def test_authors_zoom_box_has_their_law():
+  """Their loader at 144 px: each edge 36 px from the centre plus U(0, 1) * 18 px,
+  truncated, drawn independently: sides of 72-108 px (a 1.33-2x zoom), aspect jittered."""
+  boxes = np.array([_authors_box(seed) for seed in range(200)])
+  left, top, right, bottom = boxes.T
+  for edge in (left, top):
+    assert edge.min() >= 18 and edge.max() <= 36 and len(set(edge)) > 12
+  for edge in (right, bottom):
+    assert edge.min() >= 108 and edge.max() <= 126 and len(set(edge)) > 12
+  width, height = right - left, bottom - top
+  assert width.min() >= 72 and width.max() <= 108
+  assert np.mean(width != height) > 0.8                      # aspect jitter
+  assert abs(np.corrcoef(left, right)[0, 1]) < 0.25          # independent edges
+
+
+def test_authors_zoom_matches_their_pil_pipeline_and_crops_every_plane(records):
+  """``PRESETS['authors']`` = their loader: LANCZOS 144, the box, LANCZOS to the output
+  size, mask thresholded at 0.2 after the same path; and, unlike theirs, the semantic map
+  and landmarks cut from the same box."""
+  aug = ip.augment.PRESETS['authors']
+  for n, record in enumerate(records['train'][:4]):
+    seed = 31 + n
+    out = _preprocess(record, seed, R, aug)
+    box = _authors_box(seed)
+    pil = lambda a, how: np.asarray(Image.fromarray(a).resize((144, 144), how).crop(box)
+                                    .resize((R, R), how), np.float32)
+    ref = pil(record['image'], Image.LANCZOS) / 255
+    assert np.abs(out['image'] - ref).mean() < 4e-3, np.abs(out['image'] - ref).mean()
+    mask = pil(record['mask'][..., 0], Image.LANCZOS) / 255 > 0.2
+    assert np.mean(out['mask'][..., 0] == mask) > 0.99
+    semantic = pil(record['semantic'][..., 0], Image.NEAREST)
+    assert np.mean(out['semantic'] == semantic) > 0.97
+    for part, idx in (('left_eye', slice(36, 42)), ('right_eye', slice(42, 48)),
+                      ('nose', slice(30, 31))):
+      x, y = np.round(out['landmarks'][idx].mean(0)).astype(int)
+      assert out['semantic'][y, x] == CLS[part], (n, part)
+    # the zoom: the eyes lie further apart than in the record
+    eyes = lambda p: np.linalg.norm(p[36:42].mean(0) - p[42:48].mean(0))
+    assert eyes(out['landmarks']) > 1.2 * eyes(record['landmarks'])
+
+
+def test_augmentation_presets_are_the_configs_choices():
+  from sdgan_jax import train  # pylint: disable=import-outside-toplevel
+  assert tuple(ip.augment.PRESETS) == train.AUGMENTATIONS
+  assert ip.augment.PRESETS['shift_flip'] == ip.Augmentation()
+
+
 def test_resize_to_64_matches_pil_antialiased_bilinear(records):
   record = records['test'][0]
   out = _preprocess(record, 0, 64, ip.NO_AUGMENTATION)

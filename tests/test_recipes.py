@@ -3,6 +3,7 @@
 import pytest
 
 from sdgan_jax import losses, train
+from sdgan_jax.config import ConfigError
 from sdgan_jax.configs import celeba
 
 
@@ -24,6 +25,18 @@ def test_authors_recipe_holds_the_authors_choices():
   assert losses.LossWeights.from_config(paper.loss) == losses.paper_weights()
   assert (authors.loss.contrastive_mode, paper.loss.contrastive_mode) == ('authors', 'paper')
   assert (authors.train.g_loss_networks, paper.train.g_loss_networks) == ('train', 'eval')
+  assert (authors.data.augmentation, paper.data.augmentation) == ('authors', 'shift_flip')
   assert authors.model.generator.preset == 'authors'
   assert authors.model.identity.preset == 'authors'
   train.validate_config(authors)  # every key known, every network builds
+
+
+def test_bad_recipe_values_are_named():
+  cfg = celeba.get_config()
+  cfg.data.augmentation = 'zoom'
+  with pytest.raises(ConfigError, match='data.augmentation'):
+    train.validate_config(cfg)
+  cfg = celeba.get_config()
+  cfg.train.g_loss_networks = 'inference'
+  with pytest.raises(ConfigError, match='g_loss_networks'):
+    train.validate_config(cfg)

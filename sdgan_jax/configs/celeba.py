@@ -54,6 +54,7 @@ def authors_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config.loss.lambda_ssim = 0.0
   config.loss.lambda_l1 = 10.0
   config.train.g_loss_networks = 'train'
+  config.data.augmentation = 'authors'
   return config
 
 
@@ -73,6 +74,9 @@ def _paper_config(resolution: str) -> ml_collections.ConfigDict:
   config.data.dataset = ''                       # prepared dataset dir (tools/prepare_data.py)
   config.data.identity_backbone = 'dlib_resnet'
   config.data.identity_bank = ''                 # default: the bank beside the dataset
+  # 'shift_flip': 0-16 px crop shift + flip; 'authors': their 1.33-2x zoom box, LANCZOS, no
+  # flip (docs/training.md "Augmentation")
+  config.data.augmentation = 'shift_flip'
 
   config.model = ml_collections.ConfigDict()
   config.model.generator = ml_collections.ConfigDict({'preset': 'paper'})

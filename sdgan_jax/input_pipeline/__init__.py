@@ -1,9 +1,10 @@
 """Prepared faces (TFDS) -> tf.data -> numpy batches, sharded per JAX process (README.md
 "Layout"; the data: docs/data.md).
 
-Training batches (paper §4.1, docs/network.md, docs/data.md): pixels in [0, 1], the authors'
-augmentation (resize the 128-px record to 144, random 128 crop, resize to the training
-resolution, random horizontal flip; ``augment``), and for the contrastive identity network a
+Training batches (paper §4.1, docs/training.md, docs/data.md): pixels in [0, 1], an
+augmentation (``augment.PRESETS``: by default resize the 128-px record to 144, random 128
+crop, resize to the training resolution, random horizontal flip; or the authors' random
+zoom box), and for the contrastive identity network a
 paired image that shows the same identity for half of the batch and another identity for
 the other half.
 

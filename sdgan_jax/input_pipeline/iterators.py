@@ -114,7 +114,8 @@ def train_iterator(source, *, batch_size: int, resolution: int, seed: int,
     seed: non-negative int; with ``start_step`` it determines every batch.
     start_step: the first step to yield (restart from a checkpoint's step).
     num_steps: how many steps to yield (default: endless).
-    augmentation: ``Augmentation()`` (the authors') or ``NO_AUGMENTATION``.
+    augmentation: one of ``augment.PRESETS`` (default 'shift_flip') or
+      ``NO_AUGMENTATION``.
     process_index, process_count: this process's shard (default: JAX's).
     labels: the source's labels if already known (skips reading them).
     prefetch: batches to prepare ahead.
