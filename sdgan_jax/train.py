@@ -11,6 +11,7 @@ TensorFlow (input pipeline) and clu (summaries) are imported lazily.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -48,6 +49,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   trainer.check_at_least(config, _AT_LEAST)
   trainer.as_config_error(lambda: trainer.optimizer(config.optim))
   trainer.as_config_error(lambda: judges_train(config))
+  feature = config.data.get('target_feature', 'image')
+  if feature not in TARGET_FEATURES:
+    raise ConfigError(f'config.data.target_feature={feature!r}: use one of '
+                      f'{", ".join(map(repr, TARGET_FEATURES))}')
   augmentation = config.data.get('augmentation', 'shift_flip')
   if augmentation not in AUGMENTATIONS:
     raise ConfigError(f'config.data.augmentation={augmentation!r}: use one of '
@@ -55,18 +60,35 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   trainer.as_config_error(lambda: Networks(config).build_all())
 
 
-def with_target_identities(batches: Iterable[dict], bank) -> Iterator[dict]:
+TARGET_FEATURES = ('image', 'identity_mean')
+
+
+def with_target_identities(batches: Iterable[dict], bank,
+                           feature: str = 'image') -> Iterator[dict]:
   """Adds ``target_identity`` to each host batch: the identity feature (paper §3.3) of the
-  target person whose image the batch carries (``target_label``, drawn by the input
-  pipeline from the other identities), so the feature G gets and the image its identity
-  term pulls towards show the same person."""
+  target the batch carries (drawn by the input pipeline from the other identities), so the
+  feature G gets and the image its identity term pulls towards show the same person.
+
+  ``feature`` (``config.data.target_feature``, docs/training.md): 'image', the target
+  image's own feature (``bank.features[target_index]``; the paper's refined per-image
+  feature F1, its best ablation row V6, as the authors' code), or 'identity_mean', the mean
+  feature of the target's identity (``bank.means[target_label]``).
+  """
+  if feature not in TARGET_FEATURES:
+    raise ValueError(f'target feature {feature!r}: use one of {TARGET_FEATURES}')
+  if feature == 'image' and bank.features is None:
+    raise ValueError('the identity bank holds no per-example features (built by an older '
+                     'version): rebuild it with tools/prepare_data.py, or set '
+                     "config.data.target_feature='identity_mean'")
+  table, key = ((bank.features, 'target_index') if feature == 'image' else
+                (bank.means, 'target_label'))
   for batch in batches:
-    labels = np.asarray(batch['target_label'])
-    if labels.size and (labels.min() < 0 or labels.max() >= bank.num_identities):
-      raise ValueError(f'target labels in [{labels.min()}, {labels.max()}] but the identity '
-                       f'bank holds {bank.num_identities} identities: rebuild the bank for '
-                       'this dataset (tools/prepare_data.py)')
-    batch['target_identity'] = bank.means[labels]
+    rows = np.asarray(batch[key])
+    if rows.size and (rows.min() < 0 or rows.max() >= len(table)):
+      raise ValueError(f'{key} in [{rows.min()}, {rows.max()}] but the identity bank holds '
+                       f'{len(table)} rows: rebuild the bank for this dataset '
+                       '(tools/prepare_data.py)')
+    batch['target_identity'] = table[rows]
     yield batch
 
 
@@ -168,6 +190,10 @@ def _identity_bank(config):
   if bank.dim != config.identity_dim:
     raise ConfigError(f'config.identity_dim={config.identity_dim} but the identity bank holds '
                       f'{bank.dim}-d features ({bank.backbone}); set identity_dim to {bank.dim}')
+  if config.data.get('target_feature', 'image') == 'image' and bank.features is None:
+    raise ConfigError(f'{bank_file} holds no per-example features (built by an older '
+                      'version): rebuild it with tools/prepare_data.py, or pass '
+                      "--config.data.target_feature=identity_mean")
   return bank
 
 
@@ -198,7 +224,8 @@ def _write_workdir_records(workdir: str, config, bank) -> None:
   from sdgan_jax import semantic_source  # pylint: disable=import-outside-toplevel
 
   if jax.process_index() == 0:
-    bank.save(os.path.join(workdir, 'identity_bank.npz'))
+    # the means only: the anonymizer draws whole identities; per-example rows are training's
+    dataclasses.replace(bank, features=None).save(os.path.join(workdir, 'identity_bank.npz'))
     semantic_source.record_training_maps(workdir, config.data.dataset)
 
 
@@ -229,7 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       seed=config.seed, start_step=initial_step, slots=batch_slots(config.train),
       augmentation=input_pipeline.augment.PRESETS[config.data.get('augmentation',
                                                                   'shift_flip')])
-  batches = parallel.prefetch_to_mesh(with_target_identities(host_batches, bank), mesh,
+  batches = parallel.prefetch_to_mesh(
+      with_target_identities(host_batches, bank, config.data.get('target_feature', 'image')),
+      mesh,
                                       BATCH_KEYS, batch_partition(config.train))
   state, step = trainer.run_training_loop(
       state, jit_train_step(networks, mesh), batches, config=config, workdir=workdir,

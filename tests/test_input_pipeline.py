@@ -277,6 +277,42 @@ def test_two_processes_disjoint_cover_and_assemble_the_global_batch(source):
           np.concatenate([parts[0][step][k], parts[1][step][k]]), whole[step][k], err_msg=k)
 
 
+@pytest.mark.parametrize('feature', ['image', 'identity_mean'])
+def test_with_target_identities_gives_the_target_images_own_feature(source, decoded, feature):
+  """The training loop's link between the pipeline's target and G's identity input: with
+  'image' the feature of the very example whose image the pull uses, with 'identity_mean'
+  the mean over that person's examples; never the source's person. The bank is built
+  over the prepared split as tools/prepare_data.py builds it; the features (each image's
+  colour mean and spread) are recomputed here from the decoded records."""
+  from sdgan_jax import identity_bank, train  # pylint: disable=import-outside-toplevel
+  fn = lambda x: np.concatenate([x.mean((1, 2)), x.std((1, 2))], -1)
+  bank = identity_bank.build_identity_bank(fn, source['train'], num_identities=3,
+                                           batch_size=5, progress=False)
+  train_rows = decoded['train']
+  own = lambda i: fn(train_rows[i]['image'][None].astype(np.float32) / 255)[0]
+  batches = train.with_target_identities(_batches(source['train'], 3, slots=2), bank, feature)
+  for batch in batches:
+    assert batch['target_identity'].shape == (2, 4, 6)
+    for s, i in np.ndindex(2, 4):
+      t_index, t_label = batch['target_index'][s, i], batch['target_label'][s, i]
+      assert train_rows[t_index]['label'] == t_label != batch['label'][s, i]
+      want = own(t_index) if feature == 'image' else np.mean(
+          [own(j) for j, row in enumerate(train_rows) if row['label'] == t_label], axis=0)
+      np.testing.assert_allclose(batch['target_identity'][s, i], want, atol=1e-5)
+
+
+def test_with_target_identities_rejects_banks_that_do_not_fit():
+  from sdgan_jax import identity_bank, train  # pylint: disable=import-outside-toplevel
+  old = identity_bank.IdentityBank(means=np.zeros((2, 3)), counts=np.array([1, 1]))
+  with pytest.raises(ValueError, match='no per-example features'):
+    next(train.with_target_identities(iter([{}]), old, 'image'))
+  batch = {'target_label': np.array([0, 2]), 'target_index': np.array([0, 1])}
+  with pytest.raises(ValueError, match=r'target_label in \[0, 2\]'):
+    next(train.with_target_identities(iter([batch]), old, 'identity_mean'))
+  with pytest.raises(ValueError, match='target feature'):
+    next(train.with_target_identities(iter([batch]), old, 'mean'))
+
+
 def test_tfds_source_and_example_sequence_agree(source, decoded):
   _assert_same(_batches(decoded['train'], 2), _batches(source['train'], 2))
 

@@ -26,6 +26,8 @@ def test_authors_recipe_holds_the_authors_choices():
   assert (authors.loss.contrastive_mode, paper.loss.contrastive_mode) == ('authors', 'paper')
   assert (authors.train.g_loss_networks, paper.train.g_loss_networks) == ('train', 'eval')
   assert (authors.data.augmentation, paper.data.augmentation) == ('authors', 'shift_flip')
+  # both condition G on the target image's own feature (the paper's V6, the authors' code)
+  assert authors.data.target_feature == paper.data.target_feature == 'image'
   assert authors.model.generator.preset == 'authors'
   assert authors.model.identity.preset == 'authors'
   train.validate_config(authors)  # every key known, every network builds
@@ -39,4 +41,8 @@ def test_bad_recipe_values_are_named():
   cfg = celeba.get_config()
   cfg.train.g_loss_networks = 'inference'
   with pytest.raises(ConfigError, match='g_loss_networks'):
+    train.validate_config(cfg)
+  cfg = celeba.get_config()
+  cfg.data.target_feature = 'mean'
+  with pytest.raises(ConfigError, match='data.target_feature'):
     train.validate_config(cfg)

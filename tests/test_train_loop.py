@@ -42,8 +42,9 @@ def dataset(tmp_path_factory):
       split_datasets={s: list(enumerate(_records(rng, s))) for s in ('train', 'test')},
       data_dir=tmp_path_factory.mktemp('tfds'), file_format='array_record')
   cfg = tiny_config(R)
-  bank = bank_lib.IdentityBank(rng.normal(size=(IDENTITIES, cfg.identity_dim)),
-                               np.full(IDENTITIES, PER_IDENTITY))
+  bank = bank_lib.IdentityBank(
+      rng.normal(size=(IDENTITIES, cfg.identity_dim)), np.full(IDENTITIES, PER_IDENTITY),
+      features=rng.normal(size=(IDENTITIES * PER_IDENTITY, cfg.identity_dim)))
   bank.save(bank_lib.bank_path(builder.data_dir, 'train', cfg.data.identity_backbone))
   return str(builder.data_dir)
 

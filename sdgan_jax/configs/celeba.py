@@ -74,6 +74,10 @@ def _paper_config(resolution: str) -> ml_collections.ConfigDict:
   config.data.dataset = ''                       # prepared dataset dir (tools/prepare_data.py)
   config.data.identity_backbone = 'dlib_resnet'
   config.data.identity_bank = ''                 # default: the bank beside the dataset
+  # G's identity input: 'image', the target image's own feature (the paper's best ablation
+  # row, V6: per-image refined feature F1; the authors' code), or 'identity_mean', the mean
+  # over the target person's crops (docs/training.md "The inputs of one example")
+  config.data.target_feature = 'image'
   # 'shift_flip': 0-16 px crop shift + flip; 'authors': their 1.33-2x zoom box, LANCZOS, no
   # flip (docs/training.md "Augmentation")
   config.data.augmentation = 'shift_flip'
