@@ -24,7 +24,7 @@ import numpy as np
 
 from sdgan_jax import losses, parallel, trainer, xla_options
 from sdgan_jax.config import ConfigError
-from sdgan_jax.networks import Networks, generate
+from sdgan_jax.networks import Networks, generate, per_image_statistics
 from sdgan_jax.train_step import (BATCH_KEYS, TrainState, batch_partition, batch_slots,
                                   init_train_state, jit_train_step, judges_train)
 
@@ -49,6 +49,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   trainer.check_at_least(config, _AT_LEAST)
   trainer.as_config_error(lambda: trainer.optimizer(config.optim))
   trainer.as_config_error(lambda: judges_train(config))
+  trainer.as_config_error(lambda: per_image_statistics(config))
   feature = config.data.get('target_feature', 'image')
   if feature not in TARGET_FEATURES:
     raise ConfigError(f'config.data.target_feature={feature!r}: use one of '
@@ -98,9 +99,11 @@ def _inference_fns(networks: Networks) -> tuple[Callable, Callable]:
   (a new ``jax.jit`` per call would recompile the generator at every evaluation)."""
   import dm_pix  # pylint: disable=import-outside-toplevel
 
+  per_image = per_image_statistics(networks.config)
+
   def composites(ema_params, stats, batch):
     return generate(networks.generator, ema_params, stats, batch,
-                    networks.config.num_classes)[0]
+                    networks.config.num_classes, per_image=per_image)[0]
 
   def quality(ema_params, stats, batch):
     out = composites(ema_params, stats, batch)
@@ -113,7 +116,7 @@ def _eval_metrics(networks, state, eval_batches, bank, seed) -> dict:
   """Validation: SSIM and PSNR of the EMA generator's composites against the originals,
   averaged over every process's share of the split."""
   per_image, _ = _inference_fns(networks)
-  params = parallel.local_copy((state.ema_params, state.generator.stats))
+  params = parallel.local_copy((state.ema_params, state.ema_stats))
   totals = np.zeros(3)  # sum of SSIM, sum of PSNR, images
   for i, batch in enumerate(eval_batches):
     valid = np.asarray(batch['valid'], bool)
@@ -138,7 +141,7 @@ def _image_summary(networks, state, batch, n: int) -> dict:
   small = {k: (np.asarray(v)[0] if slotted else np.asarray(v))[:n] for k, v in batch.items()
            if k in ('image', 'mask', 'semantic', 'target_identity')}
   out = _inference_fns(networks)[1](
-      *parallel.local_copy((state.ema_params, state.generator.stats)), small)
+      *parallel.local_copy((state.ema_params, state.ema_stats)), small)
   palette = np.random.default_rng(0).uniform(0.2, 1.0, (max(NUM_CLASSES, 32), 3))
   palette[0] = 0
   semantic = palette[small['semantic']]

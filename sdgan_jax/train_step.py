@@ -65,6 +65,9 @@ class TrainState:
   identity: NetState
   ema_params: Any              # EMA of the generator's params: what is evaluated and exported
   perceptual_params: Any       # frozen VGG-16 (eq. 7); carried here so it is sharded once
+  # EMA of the generator's other collections (batch-norm running statistics, spectral-norm
+  # vectors), paired with ema_params at evaluation and export (docs/training.md "Inference")
+  ema_stats: Any = None
 
 
 def batch_slots(train_config) -> int:
@@ -111,7 +114,8 @@ def create_train_state(networks: Networks, rng: jax.Array,
                                           taps=networks.perceptual_tap)['params']
   return TrainState(step=jnp.zeros((), jnp.int32), rng=k_state, generator=generator,
                     discriminator=discriminator, identity=identity,
-                    ema_params=generator.params, perceptual_params=perceptual_params)
+                    ema_params=generator.params, perceptual_params=perceptual_params,
+                    ema_stats=generator.stats)
 
 
 # The platform the step is being traced for, set by ``update_loops_for`` (None: JAX's default).
@@ -453,10 +457,12 @@ def train_step(networks: Networks, state: TrainState, batch: dict
 
   ema = optax.incremental_update(state.generator.params, state.ema_params,
                                  1.0 - cfg.train.ema_decay)
+  ema_stats = optax.incremental_update(state.generator.stats, state.ema_stats,
+                                       1.0 - cfg.train.ema_decay)
   metrics = {f'train/{k}': v.astype(jnp.float32) for k, v in metrics.items()}
   finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
   metrics['train/all_finite'] = finite.astype(jnp.float32)
-  return state.replace(step=state.step + 1, ema_params=ema), metrics
+  return state.replace(step=state.step + 1, ema_params=ema, ema_stats=ema_stats), metrics
 
 
 def jit_train_step(networks: Networks, mesh: jax.sharding.Mesh) -> Callable:

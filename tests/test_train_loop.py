@@ -89,7 +89,7 @@ def test_train_writes_checkpoints_and_summaries_and_resumes_bit_identically(data
   got = restored.generate(batch['image'], batch['mask'], batch['semantic'],
                           batch['target_identity'])
   models = Networks(_config(dataset, 4))
-  want, _ = generate(models.generator, resumed.ema_params, resumed.generator.stats, batch,
+  want, _ = generate(models.generator, resumed.ema_params, resumed.ema_stats, batch,
                      models.config.num_classes)
   np.testing.assert_allclose(got, np.clip(np.asarray(want), 0, 1), atol=1e-5)
   outside = batch['mask'][..., 0] == 0  # the background is the input's, exactly

@@ -53,6 +53,12 @@ def test_one_step_updates_all_three_networks_and_reports_finite_losses(setup):
   decay = cfg.train.ema_decay
   for old, cur, e in zip(g_old, g_new, ema):
     np.testing.assert_allclose(e, decay * old + (1 - decay) * cur, rtol=1e-5, atol=1e-7)
+  # ... and so did the EMA of its statistics, the ones paired with it at export
+  s_old = jax.tree_util.tree_leaves(before.generator.stats)
+  s_new = jax.tree_util.tree_leaves(new.generator.stats)
+  assert s_old and _max_change(before.generator.stats, new.generator.stats) > 0
+  for old, cur, e in zip(s_old, s_new, jax.tree_util.tree_leaves(new.ema_stats)):
+    np.testing.assert_allclose(e, decay * old + (1 - decay) * cur, rtol=1e-5, atol=1e-7)
   # the frozen perceptual network never changes
   assert _max_change(before.perceptual_params, new.perceptual_params) == 0
 

@@ -55,6 +55,7 @@ def authors_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config.loss.lambda_l1 = 10.0
   config.train.g_loss_networks = 'train'
   config.data.augmentation = 'authors'
+  config.inference.norm_statistics = 'per_image'
   return config
 
 
@@ -133,6 +134,11 @@ def _paper_config(resolution: str) -> ml_collections.ConfigDict:
   config.checkpoint.keep_latest = 3
   config.checkpoint.best_metric = 'eval/ssim'   # also keep the best by this; '' for none
   config.checkpoint.best_mode = 'max'
+
+  config.inference = ml_collections.ConfigDict()
+  # batch norm at evaluation and export (authors' generator only; the paper preset has
+  # none): 'running' statistics (the EMA of the live ones) or 'per_image', the authors' demo
+  config.inference.norm_statistics = 'running'
 
   config.eval = ml_collections.ConfigDict()
   config.eval.num_batches = 20
