@@ -36,6 +36,7 @@ _AT_LEAST = {'train.batch_size': 1, 'train.num_steps': 0, 'train.log_every': 1,
 # ``config.data.augmentation``: the keys of ``input_pipeline.augment.PRESETS`` (named here
 # too: validation runs before TensorFlow, which the input pipeline imports, is loaded).
 AUGMENTATIONS = ('shift_flip', 'authors')
+SAMPLINGS = ('epoch', 'authors')  # ``input_pipeline.plan.SAMPLINGS``, likewise
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -54,6 +55,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if feature not in TARGET_FEATURES:
     raise ConfigError(f'config.data.target_feature={feature!r}: use one of '
                       f'{", ".join(map(repr, TARGET_FEATURES))}')
+  sampling = config.data.get('sampling', 'epoch')
+  if sampling not in SAMPLINGS:
+    raise ConfigError(f'config.data.sampling={sampling!r}: use one of '
+                      f'{", ".join(map(repr, SAMPLINGS))}')
   augmentation = config.data.get('augmentation', 'shift_flip')
   if augmentation not in AUGMENTATIONS:
     raise ConfigError(f'config.data.augmentation={augmentation!r}: use one of '
@@ -257,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   host_batches = input_pipeline.train_iterator(
       source, batch_size=config.train.batch_size, resolution=config.resolution,
       seed=config.seed, start_step=initial_step, slots=batch_slots(config.train),
+      sampling=config.data.get('sampling', 'epoch'),
       augmentation=input_pipeline.augment.PRESETS[config.data.get('augmentation',
                                                                   'shift_flip')])
   batches = parallel.prefetch_to_mesh(

@@ -181,6 +181,52 @@ def test_plan_targets_are_other_identities_uniformly():
   assert others.min() > 0.7 * others.mean() and others.max() < 1.3 * others.mean()
 
 
+def test_authors_sampling_draws_identities_uniformly_with_their_pairs():
+  """``sampling='authors'`` (their sampler): identities uniform whatever their sizes, with
+  replacement; half of each batch a same-identity pair (two independent draws, the example
+  itself now and then), half two independent identities (labelled same when they
+  coincide); targets uniform over the other identities; shards as in the epoch plan."""
+  # identity 0 holds 40 examples, identities 1-3 hold 4 each
+  labels = np.array([0] * 40 + [1] * 4 + [2] * 4 + [3] * 4)
+  plan = ip.TrainPlan(labels, 8, 4, process_index=0, process_count=1, slots=2,
+                      sampling='authors')
+  steps = [plan.global_step(k) for k in range(1500)]
+  index = np.concatenate([p['index'] for p in steps])
+  partner = np.concatenate([p['pair_index'] for p in steps])
+  same = np.concatenate([p['pair_same'] for p in steps])
+  target = np.concatenate([p['target_index'] for p in steps])
+  freq = np.bincount(labels[index], minlength=4) / len(index)
+  np.testing.assert_allclose(freq, 0.25, atol=0.02)  # the epoch plan gives 40/52 to 0
+  epoch = ip.TrainPlan(labels, 8, 4, process_index=0, process_count=1, slots=2)
+  epoch_index = np.concatenate([epoch.global_step(k)['index'] for k in range(50)])
+  assert np.mean(labels[epoch_index] == 0) > 0.7
+  np.testing.assert_array_equal(same, labels[index] == labels[partner])
+  # 1/2 same by construction + 1/2 * 1/4 coinciding "different" draws
+  assert abs(np.mean(same) - 0.625) < 0.02
+  for p in steps[:50]:  # at least half of every batch of 8 is a same pair
+    assert np.all(p['pair_same'].reshape(2, 8).sum(1) >= 4)
+  assert np.any(index == partner)  # with replacement: an example paired with itself
+  assert np.all(labels[target] != labels[index])
+  others = np.bincount(labels[target][labels[index] == 0], minlength=4)[1:]
+  np.testing.assert_allclose(others / others.sum(), 1 / 3, atol=0.04)
+  assert np.array_equal(plan.global_step(7)['index'], steps[7]['index'])  # deterministic
+  halves = [ip.TrainPlan(labels, 8, 4, p, 2, slots=2, sampling='authors').step(7)
+            for p in (0, 1)]
+  for key in steps[7]:
+    whole = steps[7][key].reshape(2, 8)
+    got = np.stack([h[key].reshape(2, 4) for h in halves], 1).reshape(2, 8)
+    np.testing.assert_array_equal(got, whole, err_msg=key)
+  with pytest.raises(ValueError, match='sampling'):
+    ip.TrainPlan(labels, 8, 4, 0, 1, sampling='uniform')
+
+
+def test_train_iterator_takes_the_authors_sampling(source):
+  for batch in _batches(source['train'], 2, sampling='authors'):
+    np.testing.assert_array_equal(batch['pair_same'] == 1,
+                                  batch['label'] == batch['pair_label'])
+    assert np.all(batch['target_label'] != batch['label'])
+
+
 def test_plan_slots_are_consecutive_batches_and_shard_per_slot():
   """Fresh batches: one step is ``slots`` global batches; each process takes its share of
   every slot, so the global batch of a slot does not depend on the process count."""

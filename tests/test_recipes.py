@@ -28,6 +28,7 @@ def test_authors_recipe_holds_the_authors_choices():
   assert (authors.data.augmentation, paper.data.augmentation) == ('authors', 'shift_flip')
   # both condition G on the target image's own feature (the paper's V6, the authors' code)
   assert authors.data.target_feature == paper.data.target_feature == 'image'
+  assert (authors.data.sampling, paper.data.sampling) == ('authors', 'epoch')
   assert (authors.inference.norm_statistics, paper.inference.norm_statistics) == (
       'per_image', 'running')
   assert authors.model.generator.preset == 'authors'
@@ -43,6 +44,10 @@ def test_bad_recipe_values_are_named():
   cfg = celeba.get_config()
   cfg.train.g_loss_networks = 'inference'
   with pytest.raises(ConfigError, match='g_loss_networks'):
+    train.validate_config(cfg)
+  cfg = celeba.get_config()
+  cfg.data.sampling = 'uniform'
+  with pytest.raises(ConfigError, match='data.sampling'):
     train.validate_config(cfg)
   cfg = celeba.get_config()
   cfg.inference.norm_statistics = 'batch'

@@ -55,6 +55,7 @@ def authors_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config.loss.lambda_l1 = 10.0
   config.train.g_loss_networks = 'train'
   config.data.augmentation = 'authors'
+  config.data.sampling = 'authors'
   config.inference.norm_statistics = 'per_image'
   return config
 
@@ -82,6 +83,9 @@ def _paper_config(resolution: str) -> ml_collections.ConfigDict:
   # 'shift_flip': 0-16 px crop shift + flip; 'authors': their 1.33-2x zoom box, LANCZOS, no
   # flip (docs/training.md "Augmentation")
   config.data.augmentation = 'shift_flip'
+  # 'epoch': epoch permutations, example-weighted partners and targets; 'authors': their
+  # sampler, identities uniform with replacement (docs/training.md "Sampling")
+  config.data.sampling = 'epoch'
 
   config.model = ml_collections.ConfigDict()
   config.model.generator = ml_collections.ConfigDict({'preset': 'paper'})

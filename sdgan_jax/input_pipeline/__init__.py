@@ -30,6 +30,8 @@ yields exactly the batches an uninterrupted run yields from step k on (``plan``)
   batch): a step's global batch is ``slots`` consecutive batches of ``batch_size``, and
   each process takes its share of every one of them, so the arrays come as
   ``[slots, local batch, ...]``;
+* the authors' sampler instead (``sampling='authors'``, ``TrainPlan``): identities uniform
+  with replacement, no epochs, drawn from a generator seeded by ``(seed, step)``;
 * augmentation uses TensorFlow's stateless random ops seeded by ``(seed, 3*n + role)``,
   ``n`` the global sample number ``step*B + i`` and role 0 for the example, 1 for its pair
   and 2 for its target (each gets its own augmentation).
