@@ -1,4 +1,5 @@
-"""The identity bank: per training identity, the mean identity feature (paper §3.3).
+"""The identity bank: per training identity, the mean identity feature (paper §3.3), and
+per training example its own feature (the per-image conditioning, docs/training.md).
 
 The generator's target identity comes from here: "Block II provides randomly selected
 identity information extracted from the given face dataset" (paper §3, Fig. 1), the
@@ -8,8 +9,9 @@ averaged over each training identity's crops, so the target is the person rather
 photo of them.
 
 A bank is stored beside the prepared dataset as ``identity_bank_<split>_<backbone>.npz``
-(``bank_path``): ``means`` [N, D] float32, ``counts`` [N] int64, and metadata (backbone
-name, feature size, anything the caller adds).
+(``bank_path``): ``means`` [N, D] float32, ``counts`` [N] int64, ``features`` [E, D] float32
+(one row per example of the split, in its order; absent in banks built before it existed)
+and metadata (backbone name, feature size, anything the caller adds).
 
 No TensorFlow here (README.md "Layout"): ``build_identity_bank`` takes any iterable of example
 dicts, e.g. a TFDS data source of the prepared split.
@@ -54,12 +56,15 @@ class IdentityBank:
     counts: int64 [N], how many crops each mean averages.
     backbone: the feature network's name (e.g. 'dlib_resnet').
     metadata: JSON-serialisable extras (dataset, split, weights' sha256, ...).
+    features: float32 [E, D] or None: row n the feature of example n of the split (the
+      data source's order, the input pipeline's ``target_index``).
   """
 
   means: np.ndarray
   counts: np.ndarray
   backbone: str = DEFAULT_BACKBONE
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  features: np.ndarray | None = None
 
   def __post_init__(self):
     means = np.asarray(self.means, np.float32)
@@ -71,6 +76,15 @@ class IdentityBank:
       raise ValueError(f'counts must be [{len(means)}], got shape {counts.shape}')
     if not np.all(np.isfinite(means)):
       raise ValueError('means contain NaN or inf')
+    if self.features is not None:
+      features = np.asarray(self.features, np.float32)
+      if features.ndim != 2 or features.shape[1] != means.shape[1]:
+        raise ValueError(f'features must be [E, {means.shape[1]}], got {features.shape}')
+      if len(features) != counts.sum():
+        raise ValueError(f'{len(features)} example features but counts sum to {counts.sum()}')
+      if not np.all(np.isfinite(features)):
+        raise ValueError('features contain NaN or inf')
+      object.__setattr__(self, 'features', features)
     object.__setattr__(self, 'means', means)
     object.__setattr__(self, 'counts', counts)
     object.__setattr__(self, 'metadata', dict(self.metadata))
@@ -149,9 +163,10 @@ class IdentityBank:
     meta = dict(self.metadata, backbone=self.backbone, dim=self.dim,
                 num_identities=self.num_identities)
     tmp = path.with_name(f'.{path.name}.tmp')
+    extra = {} if self.features is None else {'features': self.features}
     with open(tmp, 'wb') as f:
       np.savez(f, means=self.means, counts=self.counts,
-               metadata=np.array(json.dumps(meta, sort_keys=True)))
+               metadata=np.array(json.dumps(meta, sort_keys=True)), **extra)
     os.replace(tmp, path)
     return path
 
@@ -168,7 +183,8 @@ class IdentityBank:
           raise ValueError(f'{path} is not an identity bank (lacks {sorted(missing)})')
         meta = json.loads(str(data['metadata']))
         bank = cls(means=data['means'], counts=data['counts'],
-                   backbone=meta.pop('backbone', DEFAULT_BACKBONE), metadata=meta)
+                   backbone=meta.pop('backbone', DEFAULT_BACKBONE), metadata=meta,
+                   features=data['features'] if 'features' in data.files else None)
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
       if isinstance(e, ValueError) and 'is not an identity bank' in str(e):
         raise
@@ -201,7 +217,8 @@ def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
                         batch_size: int = 64, *, backbone: str = DEFAULT_BACKBONE,
                         metadata: Mapping[str, Any] | None = None,
                         progress: bool = True) -> IdentityBank:
-  """Averages ``features_fn`` over each identity's crops (paper §3.3).
+  """Averages ``features_fn`` over each identity's crops (paper §3.3), and keeps each
+  crop's own feature (``IdentityBank.features``).
 
   Args:
     features_fn: maps float32 [B, H, W, 3] crops in [0, 1] to [B, D] features; always
@@ -218,7 +235,7 @@ def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
 
   sums = counts = None
   total = len(examples) if hasattr(examples, '__len__') else None
-  images, labels = [], []
+  images, labels, per_example = [], [], []
 
   def flush():
     nonlocal sums, counts
@@ -231,6 +248,7 @@ def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
       sums = np.zeros((num_identities, feats.shape[1]), np.float64)
       counts = np.zeros(num_identities, np.int64)
     lab = np.asarray(labels)
+    per_example.append(feats.astype(np.float32))
     np.add.at(sums, lab, feats)
     np.add.at(counts, lab, 1)
     images.clear()
@@ -253,7 +271,7 @@ def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
                      f'{empty[:10].tolist()}...): labels must be 0..N-1 with every one used')
   means = (sums / counts[:, None]).astype(np.float32)
   return IdentityBank(means=means, counts=counts, backbone=backbone,
-                      metadata=dict(metadata or {}))
+                      metadata=dict(metadata or {}), features=np.concatenate(per_example))
 
 
 def dlib_features_fn(weights_dir: str | os.PathLike | None = None,

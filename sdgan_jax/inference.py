@@ -128,10 +128,12 @@ class TrainedGenerator:
     self.params = params
     self.stats = stats
     generator = networks_lib.Networks(config).generator
+    per_image = networks_lib.per_image_statistics(config)
 
     def generate(params, stats, image, mask, semantic, target_identity):
       batch = dict(image=image, mask=mask, semantic=semantic, target_identity=target_identity)
-      out, _ = networks_lib.generate(generator, params, stats, batch, self.num_classes)
+      out, _ = networks_lib.generate(generator, params, stats, batch, self.num_classes,
+                                     per_image=per_image)
       return jnp.clip(out.astype(jnp.float32), 0.0, 1.0)
 
     # (params, stats, image, mask, semantic, target_identity) -> composites, on device
@@ -195,7 +197,7 @@ class TrainedGenerator:
 
 
 def _restore_ema_generator(workdir: str, step: int | None) -> tuple[Any, Any, int]:
-  """``(EMA generator params, generator stats, step)`` of a training checkpoint.
+  """``(EMA generator params, their stats, step)`` of a training checkpoint.
 
   The whole stored state is read in the layout its metadata records, as plain nested
   dicts, so no other network (discriminator, identity net, VGG-16 as trained, optimizers)
@@ -214,7 +216,9 @@ def _restore_ema_generator(workdir: str, step: int | None) -> tuple[Any, Any, in
     target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
                                     dict(stored), is_leaf=lambda m: hasattr(m, 'shape'))
     restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-    return restored['ema_params'], dict(restored['generator'].get('stats') or {}), int(step)
+    # the EMA's own statistics; checkpoints from before they were kept: the live generator's
+    stats = restored.get('ema_stats') or restored['generator'].get('stats')
+    return restored['ema_params'], dict(stats or {}), int(step)
   except Exception as e:  # pylint: disable=broad-except
     raise damaged_checkpoint(workdir, step, e) from None
 

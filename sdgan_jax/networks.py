@@ -94,18 +94,41 @@ def one_hot(semantic: jax.Array, num_classes: int) -> jax.Array:
   return jax.nn.one_hot(semantic, num_classes, dtype=jnp.float32)
 
 
+NORM_STATISTICS = ('running', 'per_image')
+
+
+def per_image_statistics(config: ml_collections.ConfigDict) -> bool:
+  """``config.inference.norm_statistics`` (docs/training.md "Inference"): 'running'
+  (default) normalises with the batch-norm running statistics at inference; 'per_image'
+  with each image's own statistics, as the authors' demo does (it never switches the
+  generator to evaluation mode and runs one image at a time)."""
+  mode = config.get('inference', {}).get('norm_statistics', 'running')
+  if mode not in NORM_STATISTICS:
+    raise ValueError(f'config.inference.norm_statistics={mode!r}: use one of '
+                     f'{", ".join(map(repr, NORM_STATISTICS))}')
+  return mode == 'per_image'
+
+
 def generate(generator: nn.Module, params, stats, batch: dict, num_classes: int, *,
-             train: bool = False) -> tuple[jax.Array, Any]:
+             train: bool = False, per_image: bool = False) -> tuple[jax.Array, Any]:
   """Paper §3.4: G(masked image, semantic map, target identity), composited into the image.
 
   ``batch`` holds 'image' [B,R,R,3] in [0,1], 'mask' [B,R,R,1], 'semantic' [B,R,R] class
   ids and 'target_identity' [B,D]. Returns ``(composite, stats)``; the statistics advance
-  only when ``train``.
+  only when ``train``. ``per_image`` (inference only, ``per_image_statistics``): batch
+  norm uses each image's own statistics, the stored ones are neither read nor changed.
   """
   masked = mask_image(batch['image'], batch['mask'])
-  raw, new_stats = apply_with_stats(generator.apply, params, stats, masked,
-                                one_hot(batch['semantic'], num_classes),
-                                batch['target_identity'], train=train)
+  onehot = one_hot(batch['semantic'], num_classes)
+  if per_image and not train:
+    def one(*inputs):  # a batch of one in training mode: its statistics are the image's
+      raw, _ = apply_with_stats(generator.apply, params, stats, *(x[None] for x in inputs),
+                                train=True)
+      return raw[0]
+    raw = jax.vmap(one)(masked, onehot, batch['target_identity'])
+    return composite(batch['image'], batch['mask'], raw), stats
+  raw, new_stats = apply_with_stats(generator.apply, params, stats, masked, onehot,
+                                    batch['target_identity'], train=train)
   return composite(batch['image'], batch['mask'], raw), new_stats
 
 

@@ -11,6 +11,7 @@ TensorFlow (input pipeline) and clu (summaries) are imported lazily.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -23,13 +24,19 @@ import numpy as np
 
 from sdgan_jax import losses, parallel, trainer, xla_options
 from sdgan_jax.config import ConfigError
-from sdgan_jax.networks import Networks, generate
+from sdgan_jax.networks import Networks, generate, per_image_statistics
 from sdgan_jax.train_step import (BATCH_KEYS, TrainState, batch_partition, batch_slots,
-                                  init_train_state, jit_train_step)
+                                  init_train_state, jit_train_step, judges_train)
 
 # Range checks of integer config keys: 'group.key' -> the least value.
 _AT_LEAST = {'train.batch_size': 1, 'train.num_steps': 0, 'train.log_every': 1,
              'checkpoint.every': 1, 'eval.num_batches': 0}
+
+
+# ``config.data.augmentation``: the keys of ``input_pipeline.augment.PRESETS`` (named here
+# too: validation runs before TensorFlow, which the input pipeline imports, is loaded).
+AUGMENTATIONS = ('shift_flip', 'authors')
+SAMPLINGS = ('epoch', 'authors')  # ``input_pipeline.plan.SAMPLINGS``, likewise
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -42,21 +49,52 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       'of 16')
   trainer.check_at_least(config, _AT_LEAST)
   trainer.as_config_error(lambda: trainer.optimizer(config.optim))
+  trainer.as_config_error(lambda: judges_train(config))
+  trainer.as_config_error(lambda: per_image_statistics(config))
+  feature = config.data.get('target_feature', 'image')
+  if feature not in TARGET_FEATURES:
+    raise ConfigError(f'config.data.target_feature={feature!r}: use one of '
+                      f'{", ".join(map(repr, TARGET_FEATURES))}')
+  sampling = config.data.get('sampling', 'epoch')
+  if sampling not in SAMPLINGS:
+    raise ConfigError(f'config.data.sampling={sampling!r}: use one of '
+                      f'{", ".join(map(repr, SAMPLINGS))}')
+  augmentation = config.data.get('augmentation', 'shift_flip')
+  if augmentation not in AUGMENTATIONS:
+    raise ConfigError(f'config.data.augmentation={augmentation!r}: use one of '
+                      f'{", ".join(map(repr, AUGMENTATIONS))}')
   trainer.as_config_error(lambda: Networks(config).build_all())
 
 
-def with_target_identities(batches: Iterable[dict], bank) -> Iterator[dict]:
+TARGET_FEATURES = ('image', 'identity_mean')
+
+
+def with_target_identities(batches: Iterable[dict], bank,
+                           feature: str = 'image') -> Iterator[dict]:
   """Adds ``target_identity`` to each host batch: the identity feature (paper §3.3) of the
-  target person whose image the batch carries (``target_label``, drawn by the input
-  pipeline from the other identities), so the feature G gets and the image its identity
-  term pulls towards show the same person."""
+  target the batch carries (drawn by the input pipeline from the other identities), so the
+  feature G gets and the image its identity term pulls towards show the same person.
+
+  ``feature`` (``config.data.target_feature``, docs/training.md): 'image', the target
+  image's own feature (``bank.features[target_index]``; the paper's refined per-image
+  feature F1, its best ablation row V6, as the authors' code), or 'identity_mean', the mean
+  feature of the target's identity (``bank.means[target_label]``).
+  """
+  if feature not in TARGET_FEATURES:
+    raise ValueError(f'target feature {feature!r}: use one of {TARGET_FEATURES}')
+  if feature == 'image' and bank.features is None:
+    raise ValueError('the identity bank holds no per-example features (built by an older '
+                     'version): rebuild it with tools/prepare_data.py, or set '
+                     "config.data.target_feature='identity_mean'")
+  table, key = ((bank.features, 'target_index') if feature == 'image' else
+                (bank.means, 'target_label'))
   for batch in batches:
-    labels = np.asarray(batch['target_label'])
-    if labels.size and (labels.min() < 0 or labels.max() >= bank.num_identities):
-      raise ValueError(f'target labels in [{labels.min()}, {labels.max()}] but the identity '
-                       f'bank holds {bank.num_identities} identities: rebuild the bank for '
-                       'this dataset (tools/prepare_data.py)')
-    batch['target_identity'] = bank.means[labels]
+    rows = np.asarray(batch[key])
+    if rows.size and (rows.min() < 0 or rows.max() >= len(table)):
+      raise ValueError(f'{key} in [{rows.min()}, {rows.max()}] but the identity bank holds '
+                       f'{len(table)} rows: rebuild the bank for this dataset '
+                       '(tools/prepare_data.py)')
+    batch['target_identity'] = table[rows]
     yield batch
 
 
@@ -66,9 +104,11 @@ def _inference_fns(networks: Networks) -> tuple[Callable, Callable]:
   (a new ``jax.jit`` per call would recompile the generator at every evaluation)."""
   import dm_pix  # pylint: disable=import-outside-toplevel
 
+  per_image = per_image_statistics(networks.config)
+
   def composites(ema_params, stats, batch):
     return generate(networks.generator, ema_params, stats, batch,
-                    networks.config.num_classes)[0]
+                    networks.config.num_classes, per_image=per_image)[0]
 
   def quality(ema_params, stats, batch):
     out = composites(ema_params, stats, batch)
@@ -81,7 +121,7 @@ def _eval_metrics(networks, state, eval_batches, bank, seed) -> dict:
   """Validation: SSIM and PSNR of the EMA generator's composites against the originals,
   averaged over every process's share of the split."""
   per_image, _ = _inference_fns(networks)
-  params = parallel.local_copy((state.ema_params, state.generator.stats))
+  params = parallel.local_copy((state.ema_params, state.ema_stats))
   totals = np.zeros(3)  # sum of SSIM, sum of PSNR, images
   for i, batch in enumerate(eval_batches):
     valid = np.asarray(batch['valid'], bool)
@@ -106,7 +146,7 @@ def _image_summary(networks, state, batch, n: int) -> dict:
   small = {k: (np.asarray(v)[0] if slotted else np.asarray(v))[:n] for k, v in batch.items()
            if k in ('image', 'mask', 'semantic', 'target_identity')}
   out = _inference_fns(networks)[1](
-      *parallel.local_copy((state.ema_params, state.generator.stats)), small)
+      *parallel.local_copy((state.ema_params, state.ema_stats)), small)
   palette = np.random.default_rng(0).uniform(0.2, 1.0, (max(NUM_CLASSES, 32), 3))
   palette[0] = 0
   semantic = palette[small['semantic']]
@@ -158,6 +198,10 @@ def _identity_bank(config):
   if bank.dim != config.identity_dim:
     raise ConfigError(f'config.identity_dim={config.identity_dim} but the identity bank holds '
                       f'{bank.dim}-d features ({bank.backbone}); set identity_dim to {bank.dim}')
+  if config.data.get('target_feature', 'image') == 'image' and bank.features is None:
+    raise ConfigError(f'{bank_file} holds no per-example features (built by an older '
+                      'version): rebuild it with tools/prepare_data.py, or pass '
+                      "--config.data.target_feature=identity_mean")
   return bank
 
 
@@ -188,7 +232,8 @@ def _write_workdir_records(workdir: str, config, bank) -> None:
   from sdgan_jax import semantic_source  # pylint: disable=import-outside-toplevel
 
   if jax.process_index() == 0:
-    bank.save(os.path.join(workdir, 'identity_bank.npz'))
+    # the means only: the anonymizer draws whole identities; per-example rows are training's
+    dataclasses.replace(bank, features=None).save(os.path.join(workdir, 'identity_bank.npz'))
     semantic_source.record_training_maps(workdir, config.data.dataset)
 
 
@@ -216,8 +261,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   host_batches = input_pipeline.train_iterator(
       source, batch_size=config.train.batch_size, resolution=config.resolution,
-      seed=config.seed, start_step=initial_step, slots=batch_slots(config.train))
-  batches = parallel.prefetch_to_mesh(with_target_identities(host_batches, bank), mesh,
+      seed=config.seed, start_step=initial_step, slots=batch_slots(config.train),
+      sampling=config.data.get('sampling', 'epoch'),
+      augmentation=input_pipeline.augment.PRESETS[config.data.get('augmentation',
+                                                                  'shift_flip')])
+  batches = parallel.prefetch_to_mesh(
+      with_target_identities(host_batches, bank, config.data.get('target_feature', 'image')),
+      mesh,
                                       BATCH_KEYS, batch_partition(config.train))
   state, step = trainer.run_training_loop(
       state, jit_train_step(networks, mesh), batches, config=config, workdir=workdir,

@@ -65,6 +65,9 @@ class TrainState:
   identity: NetState
   ema_params: Any              # EMA of the generator's params: what is evaluated and exported
   perceptual_params: Any       # frozen VGG-16 (eq. 7); carried here so it is sharded once
+  # EMA of the generator's other collections (batch-norm running statistics, spectral-norm
+  # vectors), paired with ema_params at evaluation and export (docs/training.md "Inference")
+  ema_stats: Any = None
 
 
 def batch_slots(train_config) -> int:
@@ -111,7 +114,8 @@ def create_train_state(networks: Networks, rng: jax.Array,
                                           taps=networks.perceptual_tap)['params']
   return TrainState(step=jnp.zeros((), jnp.int32), rng=k_state, generator=generator,
                     discriminator=discriminator, identity=identity,
-                    ema_params=generator.params, perceptual_params=perceptual_params)
+                    ema_params=generator.params, perceptual_params=perceptual_params,
+                    ema_stats=generator.stats)
 
 
 # The platform the step is being traced for, set by ``update_loops_for`` (None: JAX's default).
@@ -229,15 +233,36 @@ def generator_forward(networks: Networks, net: NetState, batch):
                                     train=True), net.params, has_aux=True)
 
 
+G_LOSS_NETWORK_MODES = ('eval', 'train')
+
+
+def judges_train(config) -> bool:
+  """Whether the identity net and D run in training mode inside G's loss
+  (``config.train.g_loss_networks``, docs/training.md "The networks inside the generator's
+  loss"): 'eval' (default) uses the running batch-norm statistics and leaves D's
+  spectral-norm vectors alone; 'train' (the authors') uses batch statistics, with separate
+  identity passes for the output and the real image, and advances both networks' statistics
+  on every generator update."""
+  mode = config.train.get('g_loss_networks', 'eval')
+  if mode not in G_LOSS_NETWORK_MODES:
+    raise ValueError(f'config.train.g_loss_networks={mode!r}: use one of '
+                     f'{", ".join(map(repr, G_LOSS_NETWORK_MODES))}')
+  return mode == 'train'
+
+
 def reference_features(networks: Networks, state: TrainState, batch) -> dict:
   """What the generator loss compares its output with, fixed while G updates on ``batch``:
   the real images' VGG-16 features (eq. 7) and the identity embeddings (eq. 8) of the
   target person's image and, for the optional push, of the source image. Computed once
-  per batch, not once per generator update (the identity net is already updated)."""
+  per batch, not once per generator update (the identity net is already updated). With
+  the identity net in training mode inside G's loss (``judges_train``) the embeddings are
+  left to ``generator_update``: each of its passes advances the running statistics."""
   reference = {}
   weights = losses.LossWeights.from_config(networks.config.loss)
   if weights.perceptual:
     reference['vgg'] = networks.vgg_features(state.perceptual_params, batch['image'])
+  if judges_train(networks.config):
+    return jax.lax.stop_gradient(reference)
   embed = lambda images: state.identity.run(images)[0]['embedding']
   if weights.contrastive and weights.source_push:
     reference['target'], reference['source'] = jnp.split(
@@ -258,13 +283,29 @@ def generator_update(networks: Networks, state: TrainState, batch, forward, refe
   person's image) as the *same* identity: G is pulled towards the person whose identity
   feature it was given (paper §3.4), as the authors' code does. The optional
   ``source_push`` term labels (output, source image) as *different*.
+
+  Returns ``(state, metrics)``: ``state`` with the updated generator and, when D and the
+  identity net run in training mode here (``judges_train``), their advanced statistics.
   """
   loss_cfg = networks.config.loss
   weights = losses.LossWeights.from_config(loss_cfg)
   onehot = one_hot(batch['semantic'], networks.config.num_classes)
+  train = judges_train(networks.config)
+  identity = state.identity
+  if train and (weights.contrastive or weights.source_push):
+    # The authors' order is fake then real; the real passes run first here, so that their
+    # embeddings are fixed inputs of the loss. Only the running averages see the order.
+    reference = dict(reference)
+    for key, images, used in (('target', batch['target_image'], weights.contrastive),
+                              ('source', batch['image'], weights.source_push)):
+      if used:
+        out, stats = identity.run(images, train=True)
+        reference[key] = jax.lax.stop_gradient(out['embedding'])
+        identity = identity.replace(stats=stats)
 
   def loss_fn(out):
-    terms = {'adv': losses.lsgan_g_loss(state.discriminator.run(out, onehot)[0])}
+    logits, d_stats = state.discriminator.run(out, onehot, train=train)
+    terms = {'adv': losses.lsgan_g_loss(logits)}
     if weights.ssim:
       terms['ssim'] = losses.ssim_loss(out, batch['image'])
     if weights.perceptual:
@@ -273,22 +314,28 @@ def generator_update(networks: Networks, state: TrainState, batch, forward, refe
           loss_cfg.get('perceptual_feature_scale', 1.0), target_features=reference['vgg'])
     if weights.l1:
       terms['l1'] = losses.l1_loss(out, batch['image'])
+    id_stats = identity.stats
     if weights.contrastive or weights.source_push:
-      embedding = state.identity.run(out)[0]['embedding']
+      embedded, id_stats = identity.run(out, train=train)
       contrast = lambda other, same: losses.contrastive_loss(
-          embedding, other, jnp.full(out.shape[0], same), loss_cfg.contrastive_margin,
-          loss_cfg.contrastive_mode)
+          embedded['embedding'], other, jnp.full(out.shape[0], same),
+          loss_cfg.contrastive_margin, loss_cfg.contrastive_mode)
       if weights.contrastive:
         terms['contrastive'] = contrast(reference['target'], 1.0)
       if weights.source_push:
         terms['source_push'] = contrast(reference['source'], 0.0)
-    return losses.generator_total_loss(terms, weights)
+    total, metrics = losses.generator_total_loss(terms, weights)
+    return total, (metrics, d_stats, id_stats)
 
   out, vjp_fn, stats = forward
-  (_, metrics), grad_out = jax.value_and_grad(loss_fn, has_aux=True)(out)
+  (_, (metrics, d_stats, id_stats)), grad_out = jax.value_and_grad(
+      loss_fn, has_aux=True)(out)
   grads, = vjp_fn(grad_out)
-  new_net = state.generator.apply_gradients(grads=grads, stats=stats)
-  return new_net, {f'g_{k}': v for k, v in metrics.items()}
+  new_state = state.replace(
+      generator=state.generator.apply_gradients(grads=grads, stats=stats),
+      discriminator=state.discriminator.replace(stats=d_stats),
+      identity=identity.replace(stats=id_stats))
+  return new_state, {f'g_{k}': v for k, v in metrics.items()}
 
 
 def _adversarial_updates(networks: Networks, state: TrainState, batch):
@@ -314,7 +361,7 @@ def _adversarial_updates(networks: Networks, state: TrainState, batch):
   update_fn = traced_once(functools.partial(generator_update, networks))
 
   def iteration(nets, index):
-    gen, disc = nets
+    gen, disc, ident = nets
     forward = forward_fn(gen, batch)
     fake = jax.lax.stop_gradient(forward[0])
     # Later iterations leave D alone; their zero D metrics keep the loop's output structure.
@@ -328,21 +375,23 @@ def _adversarial_updates(networks: Networks, state: TrainState, batch):
     else:  # written out: no second trace of the D phase just for its metrics' shapes
       d_metrics = jax.tree_util.tree_map(jnp.zeros_like, dict(first_d_metrics))
     if not cfg.g_steps:
-      return (gen, disc), (d_metrics, {})
-    gen, g_metrics = update_fn(state.replace(generator=gen, discriminator=disc), batch,
-                               forward, reference)
-    return (gen, disc), (d_metrics, g_metrics)
+      return (gen, disc, ident), (d_metrics, {})
+    # D and the identity net ride in the carry: in training mode (``judges_train``) each
+    # generator update advances their statistics
+    new, g_metrics = update_fn(state.replace(generator=gen, discriminator=disc,
+                                             identity=ident), batch, forward, reference)
+    return (new.generator, new.discriminator, new.identity), (d_metrics, g_metrics)
 
-  nets = (state.generator, state.discriminator)
+  nets = (state.generator, state.discriminator, state.identity)
   if cfg.g_steps <= 1:
-    (gen, disc), (d_metrics, g_metrics) = iteration(nets, 0)
+    (gen, disc, ident), (d_metrics, g_metrics) = iteration(nets, 0)
   else:
-    (gen, disc), (d_metrics, g_metrics) = scan_updates(iteration, nets,
-                                                       np.arange(cfg.g_steps),
-                                                       trace_once=False)
+    (gen, disc, ident), (d_metrics, g_metrics) = scan_updates(
+        iteration, nets, np.arange(cfg.g_steps), trace_once=False)
     d_metrics = jax.tree_util.tree_map(lambda m: m[0], d_metrics)  # the D phase's
     g_metrics = _last(g_metrics)
-  return state.replace(generator=gen, discriminator=disc), {**d_metrics, **g_metrics}
+  return (state.replace(generator=gen, discriminator=disc, identity=ident),
+          {**d_metrics, **g_metrics})
 
 
 def _fresh_batch_updates(networks: Networks, state: TrainState, batch: dict):
@@ -369,10 +418,12 @@ def _fresh_batch_updates(networks: Networks, state: TrainState, batch: dict):
                                    one_hot(fakes['semantic'], classes))
     return (gen.replace(stats=g_stats), disc), m
 
-  def g_update(gen, b):
-    current = state.replace(generator=gen)
-    return generator_update(networks, current, b, generator_forward(networks, gen, b),
-                            reference_features(networks, current, b))
+  def g_update(nets, b):
+    gen, disc, ident = nets
+    current = state.replace(generator=gen, discriminator=disc, identity=ident)
+    new, m = generator_update(networks, current, b, generator_forward(networks, gen, b),
+                              reference_features(networks, current, b))
+    return (new.generator, new.discriminator, new.identity), m
 
   if t.identity_steps:
     identity, m = scan_updates(lambda net, b: identity_update(networks, net, b),
@@ -385,8 +436,9 @@ def _fresh_batch_updates(networks: Networks, state: TrainState, batch: dict):
     state = state.replace(generator=gen, discriminator=disc)
     metrics.update(_last(m))
   if t.g_steps:
-    gen, m = scan_updates(g_update, state.generator, gen_b)
-    state = state.replace(generator=gen)
+    (gen, disc, ident), m = scan_updates(
+        g_update, (state.generator, state.discriminator, state.identity), gen_b)
+    state = state.replace(generator=gen, discriminator=disc, identity=ident)
     metrics.update(_last(m))
   return state, metrics
 
@@ -405,10 +457,12 @@ def train_step(networks: Networks, state: TrainState, batch: dict
 
   ema = optax.incremental_update(state.generator.params, state.ema_params,
                                  1.0 - cfg.train.ema_decay)
+  ema_stats = optax.incremental_update(state.generator.stats, state.ema_stats,
+                                       1.0 - cfg.train.ema_decay)
   metrics = {f'train/{k}': v.astype(jnp.float32) for k, v in metrics.items()}
   finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
   metrics['train/all_finite'] = finite.astype(jnp.float32)
-  return state.replace(step=state.step + 1, ema_params=ema), metrics
+  return state.replace(step=state.step + 1, ema_params=ema, ema_stats=ema_stats), metrics
 
 
 def jit_train_step(networks: Networks, mesh: jax.sharding.Mesh) -> Callable:

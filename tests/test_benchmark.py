@@ -84,7 +84,7 @@ def test_trace_summary_on_a_known_device_timeline(tmp_path):
   assert [e['share'] for e in timeline['top']] == pytest.approx([0.75, 0.25])
 
 
-def test_flops_reports_each_authors_network_within_2_percent(capsys, tmp_path):
+def test_flops_reports_each_authors_network_at_their_figures(capsys, tmp_path):
   """--flops: one JSON line per network, our count next to the authors' figures, without
   compiling anything (seconds on a CPU)."""
   out = tmp_path / 'flops.jsonl'
@@ -92,13 +92,12 @@ def test_flops_reports_each_authors_network_within_2_percent(capsys, tmp_path):
   rows = _rows(capsys)
   assert [json.loads(line) for line in out.read_text().splitlines()] == rows
   assert [r['network'] for r in rows] == ['generator', 'discriminator', 'identity']
-  expected = {'generator': (41.2, 16.88e6), 'discriminator': (7.8, 18.24e6),
-              'identity': (17.8, 12.92e6)}
   for row in rows:
     assert row['preset'] == 'authors' and row['resolution'] == 128
-    assert (row['authors_gflop'], row['authors_params']) == expected[row['network']]
-    assert row['gflop_per_image'] == pytest.approx(row['authors_gflop'], rel=0.02)
-    assert row['params'] == pytest.approx(row['authors_params'], rel=0.02)
+    # our counts, rounded as the authors give theirs (0.1 GFLOP, 0.01 M parameters), are
+    # their figures (benchmarking.AUTHORS_FIGURES)
+    assert round(row['gflop_per_image'], 1) == row['authors_gflop'], row
+    assert round(row['params'], -4) == row['authors_params'], row
     # XLA's own total (elementwise work in, zero-padding taps out) is of the same order
     assert row['xla_gflop'] == pytest.approx(row['gflop_per_image'], rel=0.05)
   assert {r['network']: r['params'] for r in rows} == {

@@ -389,3 +389,42 @@ def test_generator_from_config_presets_and_errors():
     jax.eval_shape(lambda: bad.init(jax.random.key(0), *_inputs(64, 512)))
   with pytest.raises(ValueError, match='multiple of 16'):
     jax.eval_shape(lambda: Generator(**SMALL).init(jax.random.key(0), *_inputs(72, 512)))
+
+
+@pytest.mark.slow
+def test_per_image_statistics_at_inference_are_the_authors_batch_of_one():
+  """``inference.norm_statistics: per_image`` (the authors' demo: training mode, one image
+  at a time): each output is the generator in training mode on that image alone, whatever
+  its batch mates, and the stored statistics are neither used nor changed."""
+  from sdgan_jax.networks import Networks, generate, init_generator, per_image_statistics
+  from train_fixtures import batch_for, tiny_config
+  cfg = tiny_config(64)  # at 32 px the 2x2 bottleneck's one-image statistics are too noisy
+  cfg.model.generator = dict(SMALL_AUTHORS, preset='authors')
+  cfg.inference = dict(norm_statistics='per_image')
+  assert per_image_statistics(cfg)
+  models = Networks(cfg)
+  params, stats = init_generator(models, jax.random.key(3))
+  batch = {k: jnp.asarray(v) for k, v in batch_for(cfg, seed=2, batch_size=3).items()
+           if k in ('image', 'mask', 'semantic', 'target_identity')}
+  run = jax.jit(lambda b, per_image: generate(models.generator, params, stats, b,
+                                              cfg.num_classes, per_image=per_image),
+                static_argnums=1)
+  out, kept = run(batch, True)
+  assert kept is stats or _same_tree(kept, stats)
+  # the transcription: image 0 alone through the module in training mode
+  first = {k: v[:1] for k, v in batch.items()}
+  raw, _ = _apply(models.generator, {'params': params, **stats},
+                  first['image'] * (1 - first['mask']),
+                  jax.nn.one_hot(first['semantic'], cfg.num_classes),
+                  first['target_identity'], train=True, mutable=['batch_stats'])
+  want = first['image'] * (1 - first['mask']) + raw * first['mask']
+  np.testing.assert_allclose(out[:1], want, atol=2e-5)
+  # batch mates do not matter; the running statistics would give another face
+  mates = dict(batch, image=batch['image'].at[1:].set(batch['image'][1:] * 0.5))
+  np.testing.assert_allclose(run(mates, True)[0][0], out[0], atol=2e-5)
+  assert float(jnp.abs(run(batch, False)[0][0] - out[0]).max()) > 1e-3
+
+
+def _same_tree(a, b):
+  return all(bool(jnp.all(x == y)) for x, y in
+             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))

@@ -101,6 +101,22 @@ def test_build_means_on_known_features():
   for label in range(4):
     np.testing.assert_allclose(bank.means[label], flat[labels == label].mean(0), atol=1e-6)
   np.testing.assert_array_equal(bank.counts, np.bincount(labels))
+  # each example's own feature, in the examples' order (the per-image conditioning)
+  np.testing.assert_allclose(bank.features, flat, atol=1e-6)
+
+
+def test_example_features_survive_save_and_old_banks_load_without_them(tmp_path):
+  features = np.arange(12, dtype=np.float32).reshape(6, 2)
+  bank = ib.IdentityBank(means=np.zeros((2, 2)), counts=np.array([4, 2]), features=features)
+  loaded = ib.IdentityBank.load(bank.save(tmp_path / 'new.npz'))
+  np.testing.assert_array_equal(loaded.features, features)
+  old = ib.IdentityBank(means=np.zeros((2, 2)), counts=np.array([4, 2]))
+  assert ib.IdentityBank.load(old.save(tmp_path / 'old.npz')).features is None
+  with pytest.raises(ValueError, match='counts sum to 6'):
+    ib.IdentityBank(means=np.zeros((2, 2)), counts=np.array([4, 2]), features=features[:5])
+  with pytest.raises(ValueError, match=r'\[E, 2\]'):
+    ib.IdentityBank(means=np.zeros((2, 2)), counts=np.array([4, 2]),
+                    features=np.zeros((6, 3)))
 
 
 def _hand_made_bank():

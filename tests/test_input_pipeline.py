@@ -181,6 +181,52 @@ def test_plan_targets_are_other_identities_uniformly():
   assert others.min() > 0.7 * others.mean() and others.max() < 1.3 * others.mean()
 
 
+def test_authors_sampling_draws_identities_uniformly_with_their_pairs():
+  """``sampling='authors'`` (their sampler): identities uniform whatever their sizes, with
+  replacement; half of each batch a same-identity pair (two independent draws, the example
+  itself now and then), half two independent identities (labelled same when they
+  coincide); targets uniform over the other identities; shards as in the epoch plan."""
+  # identity 0 holds 40 examples, identities 1-3 hold 4 each
+  labels = np.array([0] * 40 + [1] * 4 + [2] * 4 + [3] * 4)
+  plan = ip.TrainPlan(labels, 8, 4, process_index=0, process_count=1, slots=2,
+                      sampling='authors')
+  steps = [plan.global_step(k) for k in range(1500)]
+  index = np.concatenate([p['index'] for p in steps])
+  partner = np.concatenate([p['pair_index'] for p in steps])
+  same = np.concatenate([p['pair_same'] for p in steps])
+  target = np.concatenate([p['target_index'] for p in steps])
+  freq = np.bincount(labels[index], minlength=4) / len(index)
+  np.testing.assert_allclose(freq, 0.25, atol=0.02)  # the epoch plan gives 40/52 to 0
+  epoch = ip.TrainPlan(labels, 8, 4, process_index=0, process_count=1, slots=2)
+  epoch_index = np.concatenate([epoch.global_step(k)['index'] for k in range(50)])
+  assert np.mean(labels[epoch_index] == 0) > 0.7
+  np.testing.assert_array_equal(same, labels[index] == labels[partner])
+  # 1/2 same by construction + 1/2 * 1/4 coinciding "different" draws
+  assert abs(np.mean(same) - 0.625) < 0.02
+  for p in steps[:50]:  # at least half of every batch of 8 is a same pair
+    assert np.all(p['pair_same'].reshape(2, 8).sum(1) >= 4)
+  assert np.any(index == partner)  # with replacement: an example paired with itself
+  assert np.all(labels[target] != labels[index])
+  others = np.bincount(labels[target][labels[index] == 0], minlength=4)[1:]
+  np.testing.assert_allclose(others / others.sum(), 1 / 3, atol=0.04)
+  assert np.array_equal(plan.global_step(7)['index'], steps[7]['index'])  # deterministic
+  halves = [ip.TrainPlan(labels, 8, 4, p, 2, slots=2, sampling='authors').step(7)
+            for p in (0, 1)]
+  for key in steps[7]:
+    whole = steps[7][key].reshape(2, 8)
+    got = np.stack([h[key].reshape(2, 4) for h in halves], 1).reshape(2, 8)
+    np.testing.assert_array_equal(got, whole, err_msg=key)
+  with pytest.raises(ValueError, match='sampling'):
+    ip.TrainPlan(labels, 8, 4, 0, 1, sampling='uniform')
+
+
+def test_train_iterator_takes_the_authors_sampling(source):
+  for batch in _batches(source['train'], 2, sampling='authors'):
+    np.testing.assert_array_equal(batch['pair_same'] == 1,
+                                  batch['label'] == batch['pair_label'])
+    assert np.all(batch['target_label'] != batch['label'])
+
+
 def test_plan_slots_are_consecutive_batches_and_shard_per_slot():
   """Fresh batches: one step is ``slots`` global batches; each process takes its share of
   every slot, so the global batch of a slot does not depend on the process count."""
@@ -275,6 +321,42 @@ def test_two_processes_disjoint_cover_and_assemble_the_global_batch(source):
     for k in whole[step]:
       np.testing.assert_array_equal(
           np.concatenate([parts[0][step][k], parts[1][step][k]]), whole[step][k], err_msg=k)
+
+
+@pytest.mark.parametrize('feature', ['image', 'identity_mean'])
+def test_with_target_identities_gives_the_target_images_own_feature(source, decoded, feature):
+  """The training loop's link between the pipeline's target and G's identity input: with
+  'image' the feature of the very example whose image the pull uses, with 'identity_mean'
+  the mean over that person's examples; never the source's person. The bank is built
+  over the prepared split as tools/prepare_data.py builds it; the features (each image's
+  colour mean and spread) are recomputed here from the decoded records."""
+  from sdgan_jax import identity_bank, train  # pylint: disable=import-outside-toplevel
+  fn = lambda x: np.concatenate([x.mean((1, 2)), x.std((1, 2))], -1)
+  bank = identity_bank.build_identity_bank(fn, source['train'], num_identities=3,
+                                           batch_size=5, progress=False)
+  train_rows = decoded['train']
+  own = lambda i: fn(train_rows[i]['image'][None].astype(np.float32) / 255)[0]
+  batches = train.with_target_identities(_batches(source['train'], 3, slots=2), bank, feature)
+  for batch in batches:
+    assert batch['target_identity'].shape == (2, 4, 6)
+    for s, i in np.ndindex(2, 4):
+      t_index, t_label = batch['target_index'][s, i], batch['target_label'][s, i]
+      assert train_rows[t_index]['label'] == t_label != batch['label'][s, i]
+      want = own(t_index) if feature == 'image' else np.mean(
+          [own(j) for j, row in enumerate(train_rows) if row['label'] == t_label], axis=0)
+      np.testing.assert_allclose(batch['target_identity'][s, i], want, atol=1e-5)
+
+
+def test_with_target_identities_rejects_banks_that_do_not_fit():
+  from sdgan_jax import identity_bank, train  # pylint: disable=import-outside-toplevel
+  old = identity_bank.IdentityBank(means=np.zeros((2, 3)), counts=np.array([1, 1]))
+  with pytest.raises(ValueError, match='no per-example features'):
+    next(train.with_target_identities(iter([{}]), old, 'image'))
+  batch = {'target_label': np.array([0, 2]), 'target_index': np.array([0, 1])}
+  with pytest.raises(ValueError, match=r'target_label in \[0, 2\]'):
+    next(train.with_target_identities(iter([batch]), old, 'identity_mean'))
+  with pytest.raises(ValueError, match='target feature'):
+    next(train.with_target_identities(iter([batch]), old, 'mean'))
 
 
 def test_tfds_source_and_example_sequence_agree(source, decoded):
@@ -377,6 +459,63 @@ def test_crop_and_flip_keep_landmarks_on_their_parts(records):
       flips.append(flipped)
   assert len(offsets) > 10  # crops vary
   assert 0.2 < np.mean(flips) < 0.8
+
+
+def _authors_box(seed):
+  """The box ``preprocess`` draws for stateless seed ``[seed, 1]``: (left, top, right,
+  bottom) in the 144-px resize, read from ``augment._zoom_box`` (its law is tested below)."""
+  from sdgan_jax.input_pipeline import augment  # pylint: disable=import-outside-toplevel
+  _, crop_seed = tf.unstack(tf.random.experimental.stateless_split(
+      tf.constant([seed, 1], tf.int64), 2))
+  (top, left), (bottom, right) = (v.numpy() for v in augment._zoom_box(144, crop_seed))
+  return int(left), int(top), int(right), int(bottom)
+
+
+def test_authors_zoom_box_has_their_law():
+  """Their loader at 144 px: each edge 36 px from the centre plus U(0, 1) * 18 px,
+  truncated, drawn independently: sides of 72-108 px (a 1.33-2x zoom), aspect jittered."""
+  boxes = np.array([_authors_box(seed) for seed in range(200)])
+  left, top, right, bottom = boxes.T
+  for edge in (left, top):
+    assert edge.min() >= 18 and edge.max() <= 36 and len(set(edge)) > 12
+  for edge in (right, bottom):
+    assert edge.min() >= 108 and edge.max() <= 126 and len(set(edge)) > 12
+  width, height = right - left, bottom - top
+  assert width.min() >= 72 and width.max() <= 108
+  assert np.mean(width != height) > 0.8                      # aspect jitter
+  assert abs(np.corrcoef(left, right)[0, 1]) < 0.25          # independent edges
+
+
+def test_authors_zoom_matches_their_pil_pipeline_and_crops_every_plane(records):
+  """``PRESETS['authors']`` = their loader: LANCZOS 144, the box, LANCZOS to the output
+  size, mask thresholded at 0.2 after the same path; and, unlike theirs, the semantic map
+  and landmarks cut from the same box."""
+  aug = ip.augment.PRESETS['authors']
+  for n, record in enumerate(records['train'][:4]):
+    seed = 31 + n
+    out = _preprocess(record, seed, R, aug)
+    box = _authors_box(seed)
+    pil = lambda a, how: np.asarray(Image.fromarray(a).resize((144, 144), how).crop(box)
+                                    .resize((R, R), how), np.float32)
+    ref = pil(record['image'], Image.LANCZOS) / 255
+    assert np.abs(out['image'] - ref).mean() < 4e-3, np.abs(out['image'] - ref).mean()
+    mask = pil(record['mask'][..., 0], Image.LANCZOS) / 255 > 0.2
+    assert np.mean(out['mask'][..., 0] == mask) > 0.99
+    semantic = pil(record['semantic'][..., 0], Image.NEAREST)
+    assert np.mean(out['semantic'] == semantic) > 0.97
+    for part, idx in (('left_eye', slice(36, 42)), ('right_eye', slice(42, 48)),
+                      ('nose', slice(30, 31))):
+      x, y = np.round(out['landmarks'][idx].mean(0)).astype(int)
+      assert out['semantic'][y, x] == CLS[part], (n, part)
+    # the zoom: the eyes lie further apart than in the record
+    eyes = lambda p: np.linalg.norm(p[36:42].mean(0) - p[42:48].mean(0))
+    assert eyes(out['landmarks']) > 1.2 * eyes(record['landmarks'])
+
+
+def test_augmentation_presets_are_the_configs_choices():
+  from sdgan_jax import train  # pylint: disable=import-outside-toplevel
+  assert tuple(ip.augment.PRESETS) == train.AUGMENTATIONS
+  assert ip.augment.PRESETS['shift_flip'] == ip.Augmentation()
 
 
 def test_resize_to_64_matches_pil_antialiased_bilinear(records):

@@ -287,12 +287,26 @@ def test_generator_total_loss_missing_or_unknown_term_raises():
 
 
 def test_presets():
-  paper = losses.paper_weights()
-  assert (paper.ssim, paper.perceptual, paper.contrastive, paper.l1, paper.adversarial) == (
-      1.0, 20.0, 1.0, 0.0, 1.0)
-  authors = losses.authors_weights()
-  assert (authors.ssim, authors.perceptual, authors.contrastive, authors.l1,
-          authors.adversarial, authors.source_push) == (0.0, 20.0, 1.0, 10.0, 2.0, 0.0)
+  """``authors_weights`` gives the authors' generator objective, written from their script:
+  MSE(D(fake), 1) + contrastive + 10 * L1 + 20 * perceptual (no SSIM); ``paper_weights``
+  gives eq. 9 with the recipe's lambdas. Both are the recipes' configs."""
+  from sdgan_jax.configs import celeba  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(4, 1)), jnp.float32)
+  a, b = (jnp.asarray(rng.uniform(size=(4, 8, 8, 3)), jnp.float32) for _ in range(2))
+  terms = {'adv': losses.lsgan_g_loss(logits), 'ssim': losses.ssim_loss(a, b),
+           'perceptual': jnp.float32(0.37), 'contrastive': jnp.float32(1.9),
+           'l1': losses.l1_loss(a, b)}
+  theirs = (jnp.mean(jnp.square(logits - 1)) + terms['contrastive']
+            + 10 * jnp.mean(jnp.abs(a - b)) + 20 * terms['perceptual'])
+  total, _ = losses.generator_total_loss(terms, losses.authors_weights())
+  np.testing.assert_allclose(total, theirs, rtol=1e-6)
+  eq9 = terms['adv'] + terms['ssim'] + 20 * terms['perceptual'] + terms['contrastive']
+  total, _ = losses.generator_total_loss(terms, losses.paper_weights())
+  np.testing.assert_allclose(total, eq9, rtol=1e-6)
+  assert losses.LossWeights.from_config(celeba.get_config().loss) == losses.paper_weights()
+  assert losses.LossWeights.from_config(
+      celeba.get_config('authors').loss) == losses.authors_weights()
 
 
 def test_loss_weights_from_config():

@@ -61,7 +61,8 @@ def data_dir(tmp_path_factory):
       split_datasets={'train': _records(rng, 8), 'test': _records(rng, 4)},
       data_dir=root, file_format='array_record')
   cfg = train_fixtures.tiny_config(R)
-  bank = identity_bank.IdentityBank(rng.normal(size=(2, cfg.identity_dim)), np.array([4, 4]))
+  bank = identity_bank.IdentityBank(rng.normal(size=(2, cfg.identity_dim)), np.array([4, 4]),
+                                    features=rng.normal(size=(8, cfg.identity_dim)))
   bank.save(identity_bank.bank_path(builder.data_dir, 'train', cfg.data.identity_backbone))
   return root, pathlib.Path(builder.data_dir)
 

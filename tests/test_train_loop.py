@@ -42,8 +42,9 @@ def dataset(tmp_path_factory):
       split_datasets={s: list(enumerate(_records(rng, s))) for s in ('train', 'test')},
       data_dir=tmp_path_factory.mktemp('tfds'), file_format='array_record')
   cfg = tiny_config(R)
-  bank = bank_lib.IdentityBank(rng.normal(size=(IDENTITIES, cfg.identity_dim)),
-                               np.full(IDENTITIES, PER_IDENTITY))
+  bank = bank_lib.IdentityBank(
+      rng.normal(size=(IDENTITIES, cfg.identity_dim)), np.full(IDENTITIES, PER_IDENTITY),
+      features=rng.normal(size=(IDENTITIES * PER_IDENTITY, cfg.identity_dim)))
   bank.save(bank_lib.bank_path(builder.data_dir, 'train', cfg.data.identity_backbone))
   return str(builder.data_dir)
 
@@ -88,7 +89,7 @@ def test_train_writes_checkpoints_and_summaries_and_resumes_bit_identically(data
   got = restored.generate(batch['image'], batch['mask'], batch['semantic'],
                           batch['target_identity'])
   models = Networks(_config(dataset, 4))
-  want, _ = generate(models.generator, resumed.ema_params, resumed.generator.stats, batch,
+  want, _ = generate(models.generator, resumed.ema_params, resumed.ema_stats, batch,
                      models.config.num_classes)
   np.testing.assert_allclose(got, np.clip(np.asarray(want), 0, 1), atol=1e-5)
   outside = batch['mask'][..., 0] == 0  # the background is the input's, exactly

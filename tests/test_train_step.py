@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdgan_jax import parallel, train_step, trainer
+from sdgan_jax import losses, parallel, train_step, trainer
 from sdgan_jax.networks import Networks, generate
 from train_fixtures import assert_same_replicated_state, batch_for, tiny_config
 
@@ -52,6 +52,12 @@ def test_one_step_updates_all_three_networks_and_reports_finite_losses(setup):
   ema = jax.tree_util.tree_leaves(new.ema_params)
   decay = cfg.train.ema_decay
   for old, cur, e in zip(g_old, g_new, ema):
+    np.testing.assert_allclose(e, decay * old + (1 - decay) * cur, rtol=1e-5, atol=1e-7)
+  # ... and so did the EMA of its statistics, the ones paired with it at export
+  s_old = jax.tree_util.tree_leaves(before.generator.stats)
+  s_new = jax.tree_util.tree_leaves(new.generator.stats)
+  assert s_old and _max_change(before.generator.stats, new.generator.stats) > 0
+  for old, cur, e in zip(s_old, s_new, jax.tree_util.tree_leaves(new.ema_stats)):
     np.testing.assert_allclose(e, decay * old + (1 - decay) * cur, rtol=1e-5, atol=1e-7)
   # the frozen perceptual network never changes
   assert _max_change(before.perceptual_params, new.perceptual_params) == 0
@@ -248,8 +254,7 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
   def by_hand(s, b):  # one compiled generator update, called three times
     s, d_metrics = identity_then_discriminator(s, b)
     for _ in range(3):
-      gen, m = generator_step(s, b)
-      s = s.replace(generator=gen)
+      s, m = generator_step(s, b)
     return s, m, d_metrics
 
   want, m, d_metrics = by_hand(state, batch)
@@ -263,11 +268,17 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
 
 def test_fresh_batches_give_each_update_its_own_batch(setup):
   """The authors' schedule: with ``fresh_batches`` a 1:1:3 step takes 6 batches, and equals
-  the updates made one by one: the identity net on batch 0, D on G's fakes of batch 1
-  beside the reals of batch 2, then one generator update on each of batches 3, 4 and 5."""
+  the updates written out by hand from the modules and eq. 2, 3, 8 (no train_step helper):
+  the identity net on batch 0 in training mode with its pair labels, D on G's fakes of
+  batch 1 beside the reals of batch 2, then one generator update on each of batches 3, 4
+  and 5, pulled towards each target image (label same), with the identity net and D in
+  inference mode inside G's loss (``g_loss_networks: eval``; 'train' is checked by
+  test_networks_inside_the_generator_loss_run_in_the_configured_mode: in training mode the
+  identity net's batch norm over 4 tiny images amplifies float reordering beyond 1e-5)."""
   cfg = setup[0].copy_and_resolve_references()
   cfg.train.g_steps, cfg.train.d_steps, cfg.train.identity_steps = 3, 1, 1
   cfg.train.fresh_batches = True
+  cfg.train.g_loss_networks = 'eval'
   cfg.optim.name = 'sgd'  # see test_update_ratio_runs_that_many_updates_in_one_loop
   assert train_step.batch_slots(cfg.train) == 6
   models = Networks(cfg)
@@ -275,45 +286,89 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
   state = train_step.init_train_state(models, jax.random.key(5), mesh)
   host_parts = [batch_for(cfg, seed=10 + k) for k in range(6)]
   parts = [{k: jnp.asarray(v) for k, v in p.items()} for p in host_parts]
-  onehot = lambda b: jax.nn.one_hot(b['semantic'], cfg.num_classes)
+  lr, loss, classes = cfg.optim.learning_rate, cfg.loss, cfg.num_classes
+  assert loss.contrastive_mode == 'paper' and not loss.lambda_l1 and not loss.lambda_source_push
+  hot = lambda b: jax.nn.one_hot(b['semantic'], classes)
+  sgd = lambda p, g: jax.tree_util.tree_map(lambda a, d: a - lr * d, p, g)
+  norm = lambda x: jnp.sqrt(jnp.sum(jnp.square(x), axis=-1))
+
+  def run(module, params, stats, *args):  # training mode: (output, advanced statistics)
+    return module.apply({'params': params, **stats}, *args, train=True, mutable=list(stats))
+
+  def judge(module, params, stats, *args):  # inference mode: statistics read, not changed
+    return module.apply({'params': params, **stats}, *args), stats
+
+  def fill(params, stats, b):  # G's composite (paper §3.4)
+    keep = b['image'] * (1 - b['mask'])
+    raw, stats = run(models.generator, params, stats, keep, hot(b), b['target_identity'])
+    return keep + raw * b['mask'], stats
 
   @jax.jit
-  def identity_then_discriminator(s):
-    ident, _ = train_step.identity_update(models, s.identity, parts[0])
-    fake, g_stats = generate(models.generator, s.generator.params, s.generator.stats,
-                             parts[1], cfg.num_classes, train=True)
-    disc, d_metrics = train_step.discriminator_update(s.discriminator, parts[2]['image'],
-                                                      onehot(parts[2]), fake, onehot(parts[1]))
-    return s.replace(identity=ident, discriminator=disc,
-                     generator=s.generator.replace(stats=g_stats)), d_metrics
+  def by_hand(s):
+    gen = (s.generator.params, s.generator.stats)
+    disc = (s.discriminator.params, s.discriminator.stats)
+    ident = (s.identity.params, s.identity.stats)
 
-  @jax.jit
-  def generator_step(s, b):
-    forward = train_step.generator_forward(models, s.generator, b)
-    reference = train_step.reference_features(models, s, b)
-    return train_step.generator_update(models, s, b, forward, reference)
+    def id_loss(p):  # eq. 8 on batch 0: y = 1 pulls a same-person pair together
+      b = parts[0]
+      out, st = run(models.identity, p, ident[1],
+                    jnp.concatenate([b['image'], b['pair_image']]))
+      d = norm(jnp.subtract(*jnp.split(out['embedding'], 2)))
+      y = b['pair_same']
+      return jnp.mean(y * d + (1 - y) * jnp.maximum(0.0, loss.contrastive_margin - d)), st
 
-  want, d_metrics = identity_then_discriminator(state)
-  for b in parts[3:]:
-    gen, m = generator_step(want, b)
-    want = want.replace(generator=gen)
-  # the sharded step donates ``state``, which shares buffers with ``want``: copy to the host
-  want = jax.tree_util.tree_map(np.asarray, {
-      'nets': {name: getattr(want, name).params
-               for name in ('identity', 'discriminator', 'generator')},
-      'g_stats': want.generator.stats, 'd_lsgan': d_metrics['d_lsgan'],
-      'g_total': m['g_total']})
+    grads, st = jax.grad(id_loss, has_aux=True)(ident[0])
+    ident = (sgd(ident[0], grads), st)
+
+    fake, g_stats = fill(*gen, parts[1])
+    gen = (gen[0], g_stats)
+
+    def d_loss(p):  # eq. 2: reals of batch 2 towards 1, fakes of batch 1 towards 0
+      logits, st = run(models.discriminator, p, disc[1],
+                       jnp.concatenate([parts[2]['image'], jax.lax.stop_gradient(fake)]),
+                       jnp.concatenate([hot(parts[2]), hot(parts[1])]))
+      real, fk = jnp.split(logits, 2)
+      return 0.5 * jnp.mean(jnp.square(real - 1)) + 0.5 * jnp.mean(jnp.square(fk)), st
+
+    d_value = d_loss(disc[0])[0]
+    grads, st = jax.grad(d_loss, has_aux=True)(disc[0])
+    disc = (sgd(disc[0], grads), st)
+
+    vgg = lambda x: models.vgg_features(s.perceptual_params, x)
+    for b in parts[3:]:
+      target, id_stats = judge(models.identity, ident[0], ident[1], b['target_image'])
+      target = jax.lax.stop_gradient(target['embedding'])
+
+      def g_loss(p):  # eq. 9 with the contrastive pull labelled "same" (y = 1: d)
+        out, g_st = fill(p, gen[1], b)
+        logits, d_st = judge(models.discriminator, disc[0], disc[1], out, hot(b))
+        emb, i_st = judge(models.identity, ident[0], id_stats, out)
+        total = (loss.lambda_adv * 0.5 * jnp.mean(jnp.square(logits - 1))
+                 + loss.lambda_ssim * losses.ssim_loss(out, b['image'])
+                 + loss.lambda_perceptual * loss.perceptual_feature_scale
+                 * jnp.mean(jnp.abs(vgg(out) - vgg(b['image'])))
+                 + loss.lambda_contrastive * jnp.mean(norm(emb['embedding'] - target)))
+        return total, (g_st, d_st, i_st)
+
+      g_value = g_loss(gen[0])[0]
+      grads, (g_st, d_st, i_st) = jax.grad(g_loss, has_aux=True)(gen[0])
+      gen, disc, ident = (sgd(gen[0], grads), g_st), (disc[0], d_st), (ident[0], i_st)
+    return gen, disc, ident, d_value, g_value
+
+  # the sharded step donates ``state``, which shares buffers with it: copy to the host
+  want = jax.tree_util.tree_map(np.asarray, by_hand(state))
 
   # the real step: the six batches stacked, sharded over the mesh's slot-major layout
   batch = {k: np.stack([p[k] for p in host_parts]) for k in host_parts[0]}
   sharded = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS,
                                  train_step.batch_partition(cfg.train))
   new, metrics = train_step.jit_train_step(models, mesh)(state, sharded)
-  for name in ('identity', 'discriminator', 'generator'):
-    assert _max_change(getattr(new, name).params, want['nets'][name]) < 1e-5, name
-  assert _max_change(new.generator.stats, want['g_stats']) < 1e-5
-  np.testing.assert_allclose(float(metrics['train/d_lsgan']), want['d_lsgan'], rtol=1e-5)
-  np.testing.assert_allclose(float(metrics['train/g_total']), want['g_total'], rtol=1e-5)
+  diffs = {f'{name} {part}': _max_change(getattr(getattr(new, name), part), tree)
+           for name, trees in zip(('generator', 'discriminator', 'identity'), want[:3])
+           for part, tree in zip(('params', 'stats'), trees)}
+  diffs['d_lsgan'] = abs(float(metrics['train/d_lsgan']) - want[3])
+  diffs['g_total'] = abs(float(metrics['train/g_total']) - want[4])
+  assert max(diffs.values()) < 1e-5, ' '.join(f'{k}={v:.2g}' for k, v in diffs.items())
   assert float(metrics['train/all_finite']) == 1.0
 
 
@@ -403,3 +458,53 @@ def test_prefetch_sends_batches_ahead_in_order():
   assert len(seen) == 5
   for i, host in enumerate(seen):
     np.testing.assert_array_equal(host['image'], batch_for(cfg, seed=i)['image'])
+
+
+@pytest.mark.parametrize('mode', ['eval', 'train'])
+def test_networks_inside_the_generator_loss_run_in_the_configured_mode(setup, mode):
+  """``train.g_loss_networks``: 'eval' leaves D's spectral-norm vectors and the identity
+  net's running statistics alone during G's update and embeds with the running statistics;
+  'train' (the authors') embeds the real target and the output in separate passes with
+  batch statistics and advances both networks' statistics. Checked against the modules
+  applied by hand (no train_step helper)."""
+  cfg = setup[0].copy_and_resolve_references()
+  cfg.train.identity_steps, cfg.train.d_steps, cfg.train.g_steps = 0, 0, 1
+  cfg.train.g_loss_networks = mode
+  cfg.optim.name = 'sgd'
+  models = Networks(cfg)
+  state = train_step.create_train_state(models, jax.random.key(9))
+  batch = {k: jnp.asarray(v) for k, v in batch_for(cfg, seed=4).items()}
+  new, metrics = jax.jit(lambda s, b: train_step.train_step(models, s, b))(state, batch)
+
+  onehot = jax.nn.one_hot(batch['semantic'], cfg.num_classes)
+  gen, disc, ident = state.generator, state.discriminator, state.identity
+  raw, _ = models.generator.apply(
+      {'params': gen.params, **gen.stats}, batch['image'] * (1 - batch['mask']), onehot,
+      batch['target_identity'], train=True, mutable=list(gen.stats))
+  out = batch['image'] * (1 - batch['mask']) + raw * batch['mask']
+  id_vars = lambda stats: {'params': ident.params, **stats}
+  if mode == 'train':
+    target, id_stats = models.identity.apply(id_vars(ident.stats), batch['target_image'],
+                                             train=True, mutable=['batch_stats'])
+    fake, id_stats = models.identity.apply(id_vars(id_stats), out, train=True,
+                                           mutable=['batch_stats'])
+    _, d_stats = models.discriminator.apply({'params': disc.params, **disc.stats}, out,
+                                            onehot, train=True, mutable=['batch_stats'])
+  else:
+    target = models.identity.apply(id_vars(ident.stats), batch['target_image'])
+    fake = models.identity.apply(id_vars(ident.stats), out)
+    id_stats, d_stats = ident.stats, disc.stats
+  pull = np.mean(np.linalg.norm(np.asarray(fake['embedding'] - target['embedding']), axis=-1))
+  np.testing.assert_allclose(float(metrics['train/g_contrastive']), pull, rtol=1e-4)
+  assert _max_change(new.identity.stats, id_stats) < 1e-5
+  assert _max_change(new.discriminator.stats, d_stats) < 1e-6
+  moved = lambda a, b: _max_change(a, b) > 1e-6
+  assert moved(new.identity.stats, ident.stats) == (mode == 'train')
+  assert moved(new.discriminator.stats, disc.stats) == (mode == 'train')
+
+
+def test_unknown_generator_loss_network_mode_is_named():
+  cfg = tiny_config()
+  cfg.train.g_loss_networks = 'training'
+  with pytest.raises(ValueError, match='g_loss_networks'):
+    train_step.judges_train(cfg)

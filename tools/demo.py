@@ -104,6 +104,11 @@ def before_after(inputs: pathlib.Path, outputs: pathlib.Path, dest: pathlib.Path
   return dest
 
 
+def _has_example_features(bank_file: pathlib.Path) -> bool:
+  with np.load(bank_file) as bank:
+    return 'features' in bank.files
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--output', default='outputs/demo')
@@ -123,7 +128,9 @@ def main(argv=None) -> int:
 
   _log('2/4 sample faces -> dataset + identity bank')
   dataset = data / DATASET
-  if (dataset / 'identity_bank_train_dlib_resnet.npz').is_file():
+  bank_file = dataset / 'identity_bank_train_dlib_resnet.npz'
+  # a bank from before per-example features (the demo conditions G on them) is rebuilt
+  if bank_file.is_file() and _has_example_features(bank_file):
     _log(f'    {dataset}: already prepared')
   else:
     _run([sys.executable, 'tools/prepare_data.py', '--source', 'samples', '--output', str(data),

@@ -12,15 +12,57 @@ From the official CelebA files (img_align_celeba/, identity_CelebA.txt, ...) in 
   python run.py --config=configs/celeba.py:64 --workdir=workdirs/celeba64 \
       --config.data.dataset=...
 
-The optional argument after the colon is the resolution: 128 (default, the paper's training
-and qualitative resolution) or 64 (the quantitative tables).
+  python run.py --config=configs/celeba.py:authors ...      # the authors' recipe
+
+The optional argument after the colon names the resolution, the recipe or both, comma
+separated (``:64,authors``). Resolution: 128 (default, the paper's training and qualitative
+resolution) or 64 (the quantitative tables). Recipe: ``paper`` (default: the paper's networks
+and objective where it describes them) or ``authors`` (``authors_recipe``: what the authors'
+training script does, docs/deviations.md lists each choice).
 """
 
 import ml_collections
 
+RECIPES = ('paper', 'authors')
 
-def get_config(resolution: str = '128') -> ml_collections.ConfigDict:
+
+def get_config(arg: str = '128') -> ml_collections.ConfigDict:
+  resolution, recipe = '128', 'paper'
+  for token in filter(None, (t.strip() for t in arg.split(','))):
+    if token.isdigit():
+      resolution = token
+    elif token in RECIPES:
+      recipe = token
+    else:
+      raise ValueError(f'configs/celeba.py:{arg}: {token!r} is neither a resolution (128, 64) '
+                       f'nor a recipe ({", ".join(RECIPES)})')
+  config = _paper_config(resolution)
+  return authors_recipe(config) if recipe == 'authors' else config
+
+
+def authors_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` changed to what the authors' training script does (docs/deviations.md):
+  their three networks, their loss weights and contrastive form, and their training-mode
+  identity net and D inside the generator's loss."""
+  config.recipe = 'authors'
+  config.model.generator = ml_collections.ConfigDict({'preset': 'authors'})
+  config.model.discriminator = ml_collections.ConfigDict({'kind': 'global'})
+  config.model.identity = ml_collections.ConfigDict({'preset': 'authors'})
+  config.loss.contrastive_mode = 'authors'
+  # losses.authors_weights(): LSGAN as a plain MSE (x2), 10 L1, 20 perceptual, no SSIM
+  config.loss.lambda_adv = 2.0
+  config.loss.lambda_ssim = 0.0
+  config.loss.lambda_l1 = 10.0
+  config.train.g_loss_networks = 'train'
+  config.data.augmentation = 'authors'
+  config.data.sampling = 'authors'
+  config.inference.norm_statistics = 'per_image'
+  return config
+
+
+def _paper_config(resolution: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.recipe = 'paper'          # which recipe built this config (get_config's argument)
   config.seed = 0
   config.dtype = 'float32'         # compute dtype; 'bfloat16' keeps float32 parameters
   config.resolution = int(resolution)
@@ -34,6 +76,16 @@ def get_config(resolution: str = '128') -> ml_collections.ConfigDict:
   config.data.dataset = ''                       # prepared dataset dir (tools/prepare_data.py)
   config.data.identity_backbone = 'dlib_resnet'
   config.data.identity_bank = ''                 # default: the bank beside the dataset
+  # G's identity input: 'image', the target image's own feature (the paper's best ablation
+  # row, V6: per-image refined feature F1; the authors' code), or 'identity_mean', the mean
+  # over the target person's crops (docs/training.md "The inputs of one example")
+  config.data.target_feature = 'image'
+  # 'shift_flip': 0-16 px crop shift + flip; 'authors': their 1.33-2x zoom box, LANCZOS, no
+  # flip (docs/training.md "Augmentation")
+  config.data.augmentation = 'shift_flip'
+  # 'epoch': epoch permutations, example-weighted partners and targets; 'authors': their
+  # sampler, identities uniform with replacement (docs/training.md "Sampling")
+  config.data.sampling = 'epoch'
 
   config.model = ml_collections.ConfigDict()
   config.model.generator = ml_collections.ConfigDict({'preset': 'paper'})
@@ -72,6 +124,10 @@ def get_config(resolution: str = '128') -> ml_collections.ConfigDict:
   # each G update: 6 batches a step); on CelebA's 35k crops that is cheap and keeps G from
   # training on the very batch D just fitted.
   config.train.fresh_batches = True
+  # The identity net and D inside G's loss: 'eval' (running batch-norm statistics, D's
+  # spectral-norm vectors fixed) or 'train' (the authors': batch statistics, both advance on
+  # every G update). docs/training.md says why the paper recipe keeps 'eval'.
+  config.train.g_loss_networks = 'eval'
   config.train.ema_decay = 0.999
   config.train.num_steps = 200_000
   config.train.log_every = 100
@@ -82,6 +138,11 @@ def get_config(resolution: str = '128') -> ml_collections.ConfigDict:
   config.checkpoint.keep_latest = 3
   config.checkpoint.best_metric = 'eval/ssim'   # also keep the best by this; '' for none
   config.checkpoint.best_mode = 'max'
+
+  config.inference = ml_collections.ConfigDict()
+  # batch norm at evaluation and export (authors' generator only; the paper preset has
+  # none): 'running' statistics (the EMA of the live ones) or 'per_image', the authors' demo
+  config.inference.norm_statistics = 'running'
 
   config.eval = ml_collections.ConfigDict()
   config.eval.num_batches = 20

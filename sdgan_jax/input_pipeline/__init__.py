@@ -1,9 +1,10 @@
 """Prepared faces (TFDS) -> tf.data -> numpy batches, sharded per JAX process (README.md
 "Layout"; the data: docs/data.md).
 
-Training batches (paper §4.1, docs/network.md, docs/data.md): pixels in [0, 1], the authors'
-augmentation (resize the 128-px record to 144, random 128 crop, resize to the training
-resolution, random horizontal flip; ``augment``), and for the contrastive identity network a
+Training batches (paper §4.1, docs/training.md, docs/data.md): pixels in [0, 1], an
+augmentation (``augment.PRESETS``: by default resize the 128-px record to 144, random 128
+crop, resize to the training resolution, random horizontal flip; or the authors' random
+zoom box), and for the contrastive identity network a
 paired image that shows the same identity for half of the batch and another identity for
 the other half.
 
@@ -29,6 +30,8 @@ yields exactly the batches an uninterrupted run yields from step k on (``plan``)
   batch): a step's global batch is ``slots`` consecutive batches of ``batch_size``, and
   each process takes its share of every one of them, so the arrays come as
   ``[slots, local batch, ...]``;
+* the authors' sampler instead (``sampling='authors'``, ``TrainPlan``): identities uniform
+  with replacement, no epochs, drawn from a generator seeded by ``(seed, step)``;
 * augmentation uses TensorFlow's stateless random ops seeded by ``(seed, 3*n + role)``,
   ``n`` the global sample number ``step*B + i`` and role 0 for the example, 1 for its pair
   and 2 for its target (each gets its own augmentation).

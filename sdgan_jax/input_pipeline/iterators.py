@@ -75,14 +75,16 @@ def train_dataset(source, *, batch_size: int, resolution: int, seed: int, start_
                   num_steps: int | None = None,
                   augmentation: augment.Augmentation = augment.Augmentation(),
                   process_index: int | None = None, process_count: int | None = None,
-                  labels=None, prefetch: int = 2, slots: int = 1) -> tf.data.Dataset:
+                  labels=None, prefetch: int = 2, slots: int = 1,
+                  sampling: str = 'epoch') -> tf.data.Dataset:
   """The training stream of this process as a ``tf.data.Dataset`` of per-process batches
   (``slots`` batches concatenated, slot-major). See ``train_iterator``."""
   _configure_tf()
   records = sources.as_records(source)
   if labels is None:
     labels = records.labels()
-  plan = plan_lib.TrainPlan(labels, batch_size, seed, process_index, process_count, slots)
+  plan = plan_lib.TrainPlan(labels, batch_size, seed, process_index, process_count, slots,
+                            sampling)
   if len(plan.labels) != len(records):
     raise ValueError(f'labels has {len(plan.labels)} entries but the source has '
                      f'{len(records)} examples')
@@ -101,8 +103,8 @@ def train_iterator(source, *, batch_size: int, resolution: int, seed: int,
                    start_step: int = 0, num_steps: int | None = None,
                    augmentation: augment.Augmentation = augment.Augmentation(),
                    process_index: int | None = None, process_count: int | None = None,
-                   labels=None, prefetch: int = 2,
-                   slots: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                   labels=None, prefetch: int = 2, slots: int = 1,
+                   sampling: str = 'epoch') -> Iterator[dict[str, np.ndarray]]:
   """Training batches of this process as numpy dicts (paper §4.1; docs/training.md).
 
   Args:
@@ -114,12 +116,14 @@ def train_iterator(source, *, batch_size: int, resolution: int, seed: int,
     seed: non-negative int; with ``start_step`` it determines every batch.
     start_step: the first step to yield (restart from a checkpoint's step).
     num_steps: how many steps to yield (default: endless).
-    augmentation: ``Augmentation()`` (the authors') or ``NO_AUGMENTATION``.
+    augmentation: one of ``augment.PRESETS`` (default 'shift_flip') or
+      ``NO_AUGMENTATION``.
     process_index, process_count: this process's shard (default: JAX's).
     labels: the source's labels if already known (skips reading them).
     prefetch: batches to prepare ahead.
     slots: batches per step; with more than one every array gets a leading slot axis
       ``[slots, b, ...]`` (fresh batches for each update, package doc).
+    sampling: 'epoch' (package doc) or 'authors' (``TrainPlan``: their sampler).
 
   Yields:
     'image' float32 [b,r,r,3] in [0,1]; 'mask' float32 [b,r,r,1] in {0,1}; 'semantic' uint8
@@ -132,7 +136,7 @@ def train_iterator(source, *, batch_size: int, resolution: int, seed: int,
   ds = train_dataset(source, batch_size=batch_size, resolution=resolution, seed=seed,
                      start_step=start_step, num_steps=num_steps, augmentation=augmentation,
                      process_index=process_index, process_count=process_count,
-                     labels=labels, prefetch=prefetch, slots=slots)
+                     labels=labels, prefetch=prefetch, slots=slots, sampling=sampling)
   for batch in ds.as_numpy_iterator():
     if slots > 1:
       batch = {k: v.reshape(slots, -1, *v.shape[1:]) for k, v in batch.items()}

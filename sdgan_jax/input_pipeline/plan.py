@@ -30,6 +30,9 @@ def process_share(batch_size: int, process_index: int | None,
   return process_index, process_count, batch_size // process_count
 
 
+SAMPLINGS = ('epoch', 'authors')
+
+
 def _check_plan_args(labels: np.ndarray, seed, slots) -> None:
   if labels.ndim != 1:
     raise ValueError(f'labels must be 1-D, got shape {labels.shape}')
@@ -48,12 +51,18 @@ class TrainPlan:
     seed: non-negative int.
     process_index, process_count: this process's shard (default: JAX's).
     slots: batches per step (fresh batches for each update; package doc).
+    sampling: 'epoch' (package doc: epoch permutations, example-weighted partners and
+      targets) or 'authors' (their sampler, ``_authors_step``: identity-uniform draws with
+      replacement).
   """
 
   def __init__(self, labels, batch_size: int, seed: int, process_index: int | None = None,
-               process_count: int | None = None, slots: int = 1):
+               process_count: int | None = None, slots: int = 1, sampling: str = 'epoch'):
     labels = np.asarray(labels, np.int64)
     _check_plan_args(labels, seed, slots)
+    if sampling not in SAMPLINGS:
+      raise ValueError(f'sampling must be one of {SAMPLINGS}, got {sampling!r}')
+    self.sampling = sampling
     self.process_index, self.process_count, self.local_batch_size = process_share(
         batch_size, process_index, process_count)
     self.labels = labels
@@ -77,6 +86,9 @@ class TrainPlan:
     if np.all(self._count == self.num_examples):
       raise ValueError('all examples have one label: pairs of different identities need at '
                        'least two identities in the split')
+    # the identities, each with its block of ``_order`` (the authors' sampler)
+    self._classes, self._class_start, self._class_count = np.unique(
+        sorted_labels, return_index=True, return_counts=True)
     self._cache: tuple[int, np.ndarray] | None = None
     self._lock = threading.Lock()
 
@@ -101,10 +113,47 @@ class TrainPlan:
     k = k + (k >= self._rank[index])
     return np.where(count > 1, self._order[start + np.minimum(k, count - 1)], index)
 
+  def _member(self, rng: np.random.Generator, cls: np.ndarray) -> np.ndarray:
+    """A uniform example of each identity ``cls`` (positions in ``_classes``)."""
+    offset = rng.integers(0, self._class_count[cls])
+    return self._order[self._class_start[cls] + offset]
+
+  def _authors_step(self, step: int) -> dict[str, np.ndarray]:
+    """The authors' sampler for one global batch: identities uniform, with replacement.
+
+    Per update batch, half the pairs are "different": two identities drawn independently
+    (the same one now and then, and then labelled same), an example of each; the other
+    half "same": one identity, two examples drawn independently (now and then the same
+    example twice). Positions are shuffled within the batch (theirs shuffle over the
+    epoch, so their batches hold half and half only on average). Targets: an identity
+    other than the source's, uniform, then one of its examples.
+    """
+    rng = np.random.default_rng([self.seed, int(step), 3])
+    b, n = self.batch_size, len(self._classes)
+    index, partner, same = [], [], []
+    for _ in range(self.slots):
+      half = b // 2
+      first = rng.integers(0, n, b)
+      second = np.concatenate([rng.integers(0, n, half), first[half:]])
+      order = rng.permutation(b)
+      first, second = first[order], second[order]
+      index.append(self._member(rng, first))
+      partner.append(self._member(rng, second))
+      same.append(first == second)
+    index, partner, same = map(np.concatenate, (index, partner, same))
+    own = np.searchsorted(self._classes, self.labels[index])
+    target = self._member(rng, targets.draw_outside_block(rng, n, own, 1))
+    return {'index': index.astype(np.int64), 'pair_index': partner.astype(np.int64),
+            'pair_same': same, 'target_index': target.astype(np.int64),
+            'sample': np.int64(step) * b * self.slots + np.arange(b * self.slots,
+                                                                  dtype=np.int64)}
+
   def global_step(self, step: int) -> dict[str, np.ndarray]:
     """The whole global batch of ``step`` (all processes, all slots, slot-major)."""
     if step < 0:
       raise ValueError(f'step must be >= 0, got {step}')
+    if self.sampling == 'authors':
+      return self._authors_step(step)
     epoch, j = divmod(int(step), self.steps_per_epoch)
     b = self.batch_size * self.slots
     index = self.permutation(epoch)[j * b:(j + 1) * b]
