@@ -128,17 +128,18 @@ def test_judge_rules():
   rng = np.random.default_rng(0)
   face = np.concatenate([rng.uniform(100, 200, (468, 2)), np.zeros((468, 1))], axis=1)
   boxes = [(90, 90, 210, 210), (120, 120, 160, 160), (400, 400, 405, 405), (600, 10, 700, 110),
-           (800, 10, 900, 110), (300, 300, 350, 350)]
+           (800, 10, 900, 110), (300, 300, 350, 350), (130, 130, 150, 150)]
   both = ('blazeface_short_range', 'blazeface_full_range')
   found = detect.Detections(np.asarray(boxes, np.float32),
-                            np.array([0.9, 0.7, 0.6, 0.8, 0.8, 0.7], np.float32), None,
-                            (('a',), ('b',), ('a',), ('b',), both, both))
+                            np.array([0.9, 0.7, 0.6, 0.8, 0.8, 0.7, 0.6], np.float32), None,
+                            (('a',), ('b',), ('a',), ('b',), both, both, ('c',)))
   fits = [_fit(face, 0.99), _fit(face + 1, 0.8), _fit(face, 0.01), _fit(face + 500, 0.2),
-          _fit(face + 700, 0.1), _fit(face + 200, 0.1)]
+          _fit(face + 700, 0.1), _fit(face + 200, 0.1), _fit(face + 40, 0.35)]
   kept = verify.judge(found, fits)
-  # The mesh's face first; then by detector score: agreement (0.8), the unjudged 5-px box.
+  # The mesh's face first (with the second mesh of it, and the doubtful box on its eye); then
+  # by detector score: agreement (0.8), the unjudged 5-px box.
   assert kept.decided_by == ('mesh', 'agreement', 'unjudged')
-  assert kept.sources == (('a', 'b'), both, ('a',))
+  assert kept.sources == (('a', 'b', 'c'), both, ('a',))
   np.testing.assert_allclose(kept.boxes[0], mesh.points_box(face))
   np.testing.assert_array_equal(kept.boxes[1:], [boxes[4], boxes[2]])  # as detected
   assert kept.presence[0] == pytest.approx(0.99) and kept.presence[1] == pytest.approx(0.1)
@@ -147,7 +148,7 @@ def test_judge_rules():
   # One detector at 0.8, and two detectors at 0.7: below the agreement score.
   np.testing.assert_array_equal(kept.rejected.boxes, [boxes[3], boxes[5]])
   np.testing.assert_allclose(kept.rejected.presence, [0.2, 0.1])
-  with pytest.raises(ValueError, match='2 mesh fits for 6'):
+  with pytest.raises(ValueError, match='2 mesh fits for 7'):
     verify.judge(found, fits[:2])
   with pytest.raises(ValueError, match='probability'):
     verify.VerifiedDetector(None, None, threshold=float('nan'))

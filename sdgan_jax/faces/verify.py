@@ -23,8 +23,9 @@ with MediaPipe's face mesh (``faces.mesh``: cropped upright by BlazeFace's eye k
 The thresholds were chosen on the recall set (seed 0) and the photo set's tuning split and
 checked on held-out images (docs/detection.md, "The second stage"). Two candidates of one
 face (a box on an eye and a box on the whole face) give nearly the same mesh; after
-tightening they are merged (IoU >= ``MERGE_IOU``), keeping the best and the names of all
-detectors that found it.
+tightening they are merged (IoU >= ``MERGE_IOU``), and a kept box whose mesh is not sure of
+it that lies mostly inside a sure face's box (``CONTAINED``) joins that face, keeping the
+best and the names of all detectors that found it.
 """
 
 from __future__ import annotations
@@ -45,11 +46,24 @@ MIN_JUDGE_PX = 8.0
 AGREEMENT_DETECTORS = 2
 AGREEMENT_SCORE = 0.75
 MERGE_IOU = 0.5
+# A kept candidate this much inside the box of a face the mesh is sure of is part of that
+# face (a box on its eye), not a face of its own: covered with it, not pixelated on top.
+CONTAINED = 0.6
 DECIDERS = ('mesh', 'agreement', 'unjudged')
 
 
 def _candidate_size(box) -> float:
   return float(min(box[2] - box[0], box[3] - box[1]) + 1)
+
+
+def _inside(boxes: np.ndarray) -> np.ndarray:
+  """[N, N]: the share of box j's area inside box i, at [j, i] (exclusive-end boxes)."""
+  w = np.clip(np.minimum(boxes[:, None, 2], boxes[None, :, 2]) -
+              np.maximum(boxes[:, None, 0], boxes[None, :, 0]), 0, None)
+  h = np.clip(np.minimum(boxes[:, None, 3], boxes[None, :, 3]) -
+              np.maximum(boxes[:, None, 1], boxes[None, :, 1]), 0, None)
+  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  return w * h / np.maximum(area[:, None], 1e-9)
 
 
 def _rows(found: detect.Detections, rows: np.ndarray, boxes: np.ndarray, **fields
@@ -97,13 +111,14 @@ def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
                  key=lambda k: (not by_mesh[k], -presence[k] if by_mesh[k] else -found.scores[k]))
   exclusive = boxes.astype(np.float64) + np.array([0, 0, 1, 1])
   overlap = blazeface.iou_matrix(exclusive, exclusive)
+  inside = _inside(exclusive)
   taken = np.zeros(len(found), bool)
   kept, sources = [], []
   for i in faces:
     if taken[i]:
       continue
-    group = [j for j in faces if not taken[j] and (
-        j == i or (sure[i] and sure[j] and overlap[i, j] >= MERGE_IOU))]
+    group = [j for j in faces if not taken[j] and (j == i or sure[i] and (
+        overlap[i, j] >= MERGE_IOU if sure[j] else inside[j, i] >= CONTAINED))]
     taken[group] = True
     kept.append(i)
     if found.sources:
