@@ -342,6 +342,6 @@ def test_eval_tool_refuses_a_parser_for_a_polygon_model(data_dir, models, parser
       'train,test', '--detectors', 'blazeface', '--parser', str(parser.workdir),
       '--output', str(tmp_path / 'eval'), '--no_progress'])
   err = capsys.readouterr().err
-  errors = [line for line in err.splitlines() if line.startswith('error:')]
+  errors = [line for line in err.splitlines() if line.startswith('eval.py: error:')]
   assert code == 2 and len(errors) == 1, err
   assert 'landmark-polygon' in errors[0] and 'leave out --parser' in errors[0]
