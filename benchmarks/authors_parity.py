@@ -29,7 +29,8 @@ authors``), at their shapes (128 px, 11 classes, 2048-d identity feature), it
      more power iteration at evaluation where PyTorch uses its stored vectors
      (docs/deviations.md); from the top singular pair that iteration is a fixed point, so
      the layers are compared, not the two conventions. How far the conventions differ
-     with the vectors as training leaves them is printed as a figure, not checked.
+     with the vectors the train passes left (a few power iterations from random ones) is
+     printed as a figure, not checked.
 
 Exits 1 when a difference exceeds ``--tolerance`` (relative), 2 on a mapping error. The
 measured figure is in docs/network.md; tests/test_authors_parity.py keeps the mapping
@@ -47,7 +48,7 @@ import pathlib
 import platform
 import sys
 import types
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 

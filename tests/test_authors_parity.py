@@ -10,7 +10,6 @@ import sys
 from typing import Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
