@@ -9,6 +9,7 @@ are flax struct dataclasses with an ``rng`` PRNG-key field, checkpointed whole w
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -162,8 +163,12 @@ def absolute_workdir(workdir: str) -> str:
   return workdir if '://' in workdir else os.path.abspath(workdir)
 
 
+_BARRIERS = itertools.count()
+
+
 def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
-  """Returns once every process of the run has called this with ``name`` (no-op alone).
+  """Returns once every process of the run has called this, in the same order (no-op
+  alone); ``name`` tells the barriers apart in logs.
 
   A run's first collective also sets up the CPU collectives (gloo), whose rendezvous gives
   up after 30 s: processes arriving further apart (one still compiling on a loaded machine)
@@ -173,7 +178,8 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
   if jax.process_count() == 1:
     return
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  ocp.multihost.get_barrier_sync_fn()(key=f'sdgan_jax:{name}', timeout_ms=timeout_s * 1000)
+  ocp.multihost.get_barrier_sync_fn()(key=f'sdgan_jax:{name}:{next(_BARRIERS)}',
+                                     timeout_ms=timeout_s * 1000)
 
 
 def checkpoint_manager(config, workdir: str, track_best: bool = True):
@@ -185,7 +191,7 @@ def checkpoint_manager(config, workdir: str, track_best: bool = True):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=import-outside-toplevel
 
-  wait_for_all_processes(f'checkpoint_manager:{workdir}')
+  wait_for_all_processes('checkpoint_manager')
 
   ckpt = config.checkpoint
   policies = [pp.LatestN(n=ckpt.keep_latest)]
