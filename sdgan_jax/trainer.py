@@ -9,6 +9,7 @@ are flax struct dataclasses with an ``rng`` PRNG-key field, checkpointed whole w
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -162,13 +163,35 @@ def absolute_workdir(workdir: str) -> str:
   return workdir if '://' in workdir else os.path.abspath(workdir)
 
 
+_BARRIERS = itertools.count()
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+  """Returns once every process of the run has called this, in the same order (no-op
+  alone); ``name`` tells the barriers apart in logs.
+
+  A run's first collective also sets up the CPU collectives (gloo), whose rendezvous gives
+  up after 30 s: processes arriving further apart (one still compiling on a loaded machine)
+  fail there, in orbax's first barrier ("sync_global_devices name mismatch"). The
+  coordination service's barrier waits as long as ``timeout_s``.
+  """
+  if jax.process_count() == 1:
+    return
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  ocp.multihost.get_barrier_sync_fn()(key=f'sdgan_jax:{name}:{next(_BARRIERS)}',
+                                     timeout_ms=timeout_s * 1000)
+
+
 def checkpoint_manager(config, workdir: str, track_best: bool = True):
   """orbax manager keeping the latest ``keep_latest`` saves plus the best by ``best_metric``.
 
-  ``track_best`` is False when a run has no validation metric to rank by.
+  ``track_best`` is False when a run has no validation metric to rank by. Processes of one
+  run meet first: creating the manager is their first collective.
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=import-outside-toplevel
+
+  wait_for_all_processes('checkpoint_manager')
 
   ckpt = config.checkpoint
   policies = [pp.LatestN(n=ckpt.keep_latest)]
@@ -245,17 +268,55 @@ def resume_or_start(manager, workdir: str, state, config) -> tuple[Any, int]:
 
 
 class _StopSignals:
-  """SIGTERM/SIGINT set ``received`` instead of killing the run; handlers restored on exit."""
+  """Where SIGTERM/SIGINT stop training: after a whole step, whose state is saved.
+
+  One process stops at the step its signal arrives in. Processes of one run
+  (``jax.distributed``) must enter the collective save at the same step, and a scheduler's
+  SIGTERM reaches each host at a different one; there JAX's preemption sync point agrees
+  on the step (its coordination service tells every process of a notice, and the next step
+  all of them reach is the one to stop at). JAX's own SIGTERM handler raises that notice;
+  SIGINT, handled here, raises it too. Handlers are restored on exit.
+  """
+
+  def __init__(self, initial_step: int):
+    self._initial_step = initial_step
 
   def __enter__(self):
     import signal  # pylint: disable=import-outside-toplevel
     self.received, self._previous = None, {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    self.coordinated = jax.process_count() > 1 and self._sync_point_ready()
+    if jax.process_count() > 1 and not self.coordinated:
+      logging.warning('JAX preemption service is off: each process stops at the step its '
+                      'own signal arrives in, and a save they do not share can hang')
+    # JAX's SIGTERM handler must stay in place when it coordinates the stop.
+    for sig in (signal.SIGINT,) if self.coordinated else (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._record)
     return self
 
+  def _sync_point_ready(self) -> bool:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    try:  # the step before the first: all processes start from the same one
+      multihost_utils.reached_preemption_sync_point(self._initial_step)
+    except RuntimeError:  # no preemption sync manager (jax_enable_preemption_service off)
+      return False
+    return True
+
   def _record(self, sig, _):
+    import signal  # pylint: disable=import-outside-toplevel
     self.received = sig
+    if self.coordinated:  # the other processes learn of it as of a preemption notice
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  def stop_at(self, step: int) -> int | None:
+    """The signal to stop after ``step`` for (SIGTERM when another process got it), or
+    None to go on. Called once after every step, by every process."""
+    if not self.coordinated:
+      return self.received
+    import signal  # pylint: disable=import-outside-toplevel
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    if multihost_utils.reached_preemption_sync_point(step):
+      return self.received or signal.SIGTERM
+    return None
 
   def __exit__(self, *exc):
     import signal  # pylint: disable=import-outside-toplevel
@@ -285,23 +346,25 @@ def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, di
   step is saved) and written; every ``train.image_every`` steps process 0 writes
   ``images(state, host batch)``; every ``checkpoint.every`` steps and at the end
   ``evaluate(state)`` runs and the state is saved with its metrics. SIGTERM/SIGINT save
-  the current step and raise ``Preempted`` (the run did not finish).
+  the current step (one step agreed by all processes, ``_StopSignals``) and raise
+  ``Preempted`` (the run did not finish).
   """
   from clu import periodic_actions  # pylint: disable=import-outside-toplevel
 
   num_steps = config.train.num_steps
   image_every = config.train.get('image_every', 0) if images is not None else 0
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  step = initial_step
-  with _StopSignals() as stop:
+  step, stop_signal = initial_step, None
+  with _StopSignals(initial_step) as stop:
     try:
       while step < num_steps:
         batch, device_batch = next(batches)
         state, metrics = step_fn(state, device_batch)
         step += 1
         report(step)
+        stop_signal = stop.stop_at(step)
         save = (step % config.checkpoint.every == 0 or step == num_steps
-                or stop.received is not None)
+                or stop_signal is not None)
         if step % config.train.log_every == 0 or save:
           writer.write_scalars(step, _check_finite(metrics, step, workdir, failure, hint))
         if image_every and step % image_every == 0 and jax.process_index() == 0:
@@ -319,8 +382,8 @@ def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, di
                 f'could not save step {step} into {workdir}/checkpoints ({first}); the steps '
                 'saved before are kept: free disk space (or fix the folder) and rerun the same '
                 'command to resume') from None
-        if stop.received is not None:
-          logging.warning('signal %d: saved step %d, stopping', stop.received, step)
+        if stop_signal is not None:
+          logging.warning('signal %d: saved step %d, stopping', stop_signal, step)
           break
     except BaseException:
       try:
@@ -333,6 +396,6 @@ def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, di
       raise
     manager.wait_until_finished()
     writer.flush()
-  if stop.received is not None and step < num_steps:  # a signal at the last step: finished
-    raise Preempted(stop.received, step, state)
+  if stop_signal is not None and step < num_steps:  # a signal at the last step: finished
+    raise Preempted(stop_signal, step, state)
   return state, step

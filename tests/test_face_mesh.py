@@ -28,8 +28,8 @@ PHOTOS = ('obama', 'biden', 'astronaut')
 
 
 @pytest.fixture(scope='module')
-def photos(tmp_path_factory):
-  every = samples.fetch_sample_photos(tmp_path_factory.mktemp('mesh_photos'))
+def photos(download_cache):
+  every = samples.fetch_sample_photos(download_cache)
   return {name: (every[name], samples.photo_landmarks(every[name])) for name in PHOTOS}
 
 

@@ -92,10 +92,10 @@ def _standardize_nchw(images: np.ndarray) -> 'torch.Tensor':
 
 
 @pytest.fixture(scope='module')
-def torch_model(tmp_path_factory):
+def torch_model(download_cache):
   """Random facenet-pytorch model with a logits head and realistic BatchNorm statistics."""
   torch.manual_seed(0)
-  model = _torch_inception_resnet_v1(tmp_path_factory.mktemp('facenet_pytorch'))(classify=True, num_classes=NUM_CLASSES)
+  model = _torch_inception_resnet_v1(download_cache)(classify=True, num_classes=NUM_CLASSES)
   norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
   calib = np.stack([_pil_bilinear(_image(n, c)) for n, c in _CALIBRATION])
   for m in norms:

@@ -26,8 +26,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
-def photos(tmp_path_factory):
-  return faces_fixture.load_face_photos(tmp_path_factory.mktemp('face_photos'))
+def photos(download_cache):
+  return faces_fixture.load_face_photos(download_cache)
 
 
 @pytest.fixture(scope='module')

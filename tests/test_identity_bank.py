@@ -24,16 +24,16 @@ LABELS = {'obama': 0, 'obama2': 0, 'obama3': 0, 'biden': 1, 'astronaut': 2}
 
 
 @pytest.fixture(scope='session')
-def dlib_weights_dir(tmp_path_factory):
+def dlib_weights_dir(tmp_path_factory, download_cache):
   root = tmp_path_factory.mktemp('bank_dlib_resnet')
-  conv.fetch_and_convert(root / 'cache', root / 'weights')
+  conv.fetch_and_convert(download_cache, root / 'weights')
   return root / 'weights'
 
 
 @pytest.fixture(scope='session')
-def chips(tmp_path_factory):
+def chips(download_cache):
   """name -> dlib's aligned 150x150 chip and dlib's own descriptor of the face."""
-  photos = faces_fixture.load_face_photos(tmp_path_factory.mktemp('bank_photos'))
+  photos = faces_fixture.load_face_photos(download_cache)
   return faces_fixture.dlib_faces(photos)
 
 

@@ -41,10 +41,10 @@ LABELS = [0, 0, 0, 1, 2]
 
 
 @pytest.fixture(scope='module')
-def photos_and_bank(tmp_path_factory):
+def photos_and_bank(download_cache):
   """The photos and an identity bank of them: each photo's dlib descriptor (dlib's own
   network, the feature our port reproduces) and the per-person means."""
-  photos = faces_fixture.load_face_photos(tmp_path_factory.mktemp('target_photos'))
+  photos = faces_fixture.load_face_photos(download_cache)
   faces = faces_fixture.dlib_faces({n: photos[n] for n in EXAMPLES})
   features = np.stack([faces[n].descriptor for n in EXAMPLES]).astype(np.float32)
   labels = np.array(LABELS)

@@ -222,15 +222,15 @@ def torch_fid_inception():
 
 
 @pytest.fixture(scope='session')
-def real_inception(tmp_path_factory):
-  """(TorchScript path, converted variables) via fetch_and_convert into a tmp cache."""
+def real_inception(tmp_path_factory, download_cache):
+  """(TorchScript path, converted variables) via fetch_and_convert from the download cache."""
   root = tmp_path_factory.mktemp('inception_fid')
-  saved = conv.fetch_and_convert(root / 'cache', root / 'weights')
+  saved = conv.fetch_and_convert(download_cache, root / 'weights')
   assert saved.name == 'inception_fid.msgpack'
   meta = weights.load_metadata('inception_fid', root / 'weights')
   assert meta['archive_sha256'] == conv.SOURCE.sha256
   assert meta['converter'].endswith('convert_torchscript')
-  source = conv.fetch_file(conv.SOURCE, root / 'cache')
+  source = conv.fetch_file(conv.SOURCE, download_cache)
   return source, weights.load_weights('inception_fid', root / 'weights')
 
 

@@ -65,12 +65,12 @@ def _record(photo, landmarks, scale, shift, label, name):
 
 
 @pytest.fixture(scope='module')
-def faces(tmp_path_factory):
+def faces(download_cache):
   """name -> (photo, dlib 68 landmarks [68, 2] float32, detection box)."""
   import dlib  # pylint: disable=import-outside-toplevel
   from sdgan_jax.faces.detect import dlib_model_path  # pylint: disable=import-outside-toplevel
 
-  photos = faces_fixture.load_face_photos(tmp_path_factory.mktemp('photos'))
+  photos = faces_fixture.load_face_photos(download_cache)
   detector = dlib.get_frontal_face_detector()
   predictor = dlib.shape_predictor(dlib_model_path('shape_predictor_68_face_landmarks.dat'))
   out = {}

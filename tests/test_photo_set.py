@@ -16,8 +16,8 @@ from sdgan_jax.faces import detect
 
 
 @pytest.fixture(scope='module')
-def photos(tmp_path_factory):
-  return ps.fetch_photos(tmp_path_factory.mktemp('photo_set'))
+def photos(download_cache):
+  return ps.fetch_photos(download_cache)
 
 
 @pytest.fixture(scope='module')

@@ -156,37 +156,56 @@ def test_sigterm_saves_and_stops(dataset, tmp_path, monkeypatch):
 
 
 TWO_PROCESS_CONFIG = '''
+import os
+import signal
 import sys
 sys.path[:0] = [{repo!r}, {repo!r} + '/tests']
 from train_fixtures import tiny_config
+
+# process id -> the training batch (0-based) at whose read that process gets SIGTERM
+SIGTERM_AT = {sigterm_at!r}
 
 
 def get_config():
   cfg = tiny_config({r})
   cfg.data.dataset = {dataset!r}
   cfg.loss.perceptual_weights = 'random'
-  cfg.train.num_steps = 2
+  cfg.train.num_steps = {num_steps}
   cfg.train.log_every = 1
-  cfg.train.image_every = 1
-  cfg.checkpoint.every = 2
+  cfg.train.image_every = {image_every}
+  cfg.checkpoint.every = {every}
   cfg.eval.num_batches = 1
+  process = int(next(a.split('=')[1] for a in sys.argv if a.startswith('--process_id=')))
+  if process in SIGTERM_AT:
+    from sdgan_jax import input_pipeline
+    read = input_pipeline.train_iterator
+
+    def train_iterator(*args, **kwargs):
+      for i, batch in enumerate(read(*args, **kwargs)):
+        if i == SIGTERM_AT[process]:
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+
+    input_pipeline.train_iterator = train_iterator
   return cfg
 '''
 
 
-@pytest.mark.slow
-def test_two_processes_train_on_their_shards_and_agree(dataset, tmp_path):
-  """jax.distributed on localhost (CPU, gloo): identical parameters, one summary writer,
-  and one validation figure over both processes' shares of the test split."""
+def _run_two_processes(tmp_path, dataset, *, num_steps=2, image_every=1, every=2,
+                       sigterm_at=None):
+  """run.py as two jax.distributed processes on localhost (CPU, gloo) with
+  ``TWO_PROCESS_CONFIG``: (exit statuses, outputs, workdir). A hang fails by timeout."""
   import os  # pylint: disable=import-outside-toplevel
-  import re  # pylint: disable=import-outside-toplevel
   import socket  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
 
   repo = str(pathlib.Path(__file__).resolve().parents[1])
   config = tmp_path / 'two_process_config.py'
-  config.write_text(TWO_PROCESS_CONFIG.format(repo=repo, r=R, dataset=dataset))
+  config.write_text(TWO_PROCESS_CONFIG.format(
+      repo=repo, r=R, dataset=dataset, num_steps=num_steps, image_every=image_every,
+      every=every, sigterm_at=sigterm_at or {}))
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
@@ -196,9 +215,31 @@ def test_two_processes_train_on_their_shards_and_agree(dataset, tmp_path):
        f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=dict(os.environ, JAX_PLATFORMS='cpu')) for i in range(2)]
-  outputs = [p.communicate(timeout=900)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-4000:]
+  deadline = time.monotonic() + 900
+  try:
+    outputs = [p.communicate(timeout=max(1, deadline - time.monotonic()))[0] for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    outputs = [p.communicate()[0] for p in procs]
+    pytest.fail('the two processes hung (900 s); their last output:\n' +
+                '\n'.join(f'--- process {i}:\n{out[-3000:]}' for i, out in enumerate(outputs)))
+  return [p.returncode for p in procs], outputs, workdir
+
+
+def _saved_steps(workdir):
+  return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_their_shards_and_agree(dataset, tmp_path):
+  """jax.distributed on localhost (CPU, gloo): identical parameters, one summary writer,
+  and one validation figure over both processes' shares of the test split."""
+  import re  # pylint: disable=import-outside-toplevel
+
+  statuses, outputs, workdir = _run_two_processes(tmp_path, dataset)
+  for status, out in zip(statuses, outputs):
+    assert status == 0, out[-4000:]
   checksums = []
   for i, out in enumerate(outputs):
     found = re.search(rf'process {i}: finished at step 2, generator parameter checksum (\S+)',
@@ -210,7 +251,30 @@ def test_two_processes_train_on_their_shards_and_agree(dataset, tmp_path):
   ssims = [re.findall(r'eval/ssim=([-+.\deE]+)', out) for out in outputs]
   assert ssims[0] and ssims[0] == ssims[1], ssims
   assert len(list(workdir.glob('events.out.tfevents.*'))) == 1  # process 0 only
-  assert (workdir / 'checkpoints' / '2').is_dir()
+  assert _saved_steps(workdir) == [2]
+
+
+@pytest.mark.slow
+def test_two_processes_preempted_at_different_steps_stop_together(dataset, tmp_path):
+  """Issue 29, 7: SIGTERM reaches the hosts of one run at different steps; they agree on
+  one step to stop at, save it together (a collective save entered at different steps
+  hangs) and exit 143, the preempted status."""
+  import re  # pylint: disable=import-outside-toplevel
+
+  # batch k is read while step k - PREFETCH_BATCHES runs: process 0 is signalled during
+  # step 2, process 1 during step 5 (or not at all, if the agreed step comes first)
+  first = 1 + parallel.PREFETCH_BATCHES
+  statuses, outputs, workdir = _run_two_processes(
+      tmp_path, dataset, num_steps=40, image_every=0, every=1000,
+      sigterm_at={0: first, 1: first + 3})
+  steps = []
+  for status, out in zip(statuses, outputs):
+    assert status == 143, out[-4000:]
+    found = re.findall(r'SIGTERM at step (\d+): saved in', out)
+    assert len(found) == 1, out[-4000:]
+    steps.append(int(found[0]))
+  assert steps[0] == steps[1] and 2 <= steps[0] < 40, steps
+  assert _saved_steps(workdir) == steps[:1]  # the one save both took part in
 
 
 def test_a_checkpoint_that_cannot_be_saved_is_one_error(monkeypatch):

@@ -34,8 +34,8 @@ FACE_WIDTH = 110.0  # jaw-line width of the turned views, px
 
 
 @pytest.fixture(scope='module')
-def photos(tmp_path_factory):
-  every = samples.fetch_sample_photos(tmp_path_factory.mktemp('verify_photos'))
+def photos(download_cache):
+  every = samples.fetch_sample_photos(download_cache)
   return {name: (image, samples.photo_landmarks(image)) for name, image in every.items()}
 
 

