@@ -15,10 +15,11 @@ from PIL import Image
 
 from sdgan_jax.configs import eagrnet_polygons
 from sdgan_jax import parallel
-from sdgan_jax import train_parser, trainer
+from sdgan_jax import parser_inference, train_parser, trainer
 from sdgan_jax.datasets import features as F
 from sdgan_jax.datasets import parsing_folders as pf
 from sdgan_jax.datasets import prepare, samples
+from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
 from sdgan_jax.faces import masks
 from train_fixtures import (assert_same_replicated_state, nan_pixel_at, patch_train_batches,
                             sigterm_at_read_of)
@@ -98,13 +99,13 @@ def test_losses_match_their_definitions():
 def test_segmentation_metrics():
   labels = np.array([[0, 0, 1, 1], [2, 2, 2, 0]])
   preds = np.array([[0, 1, 1, 1], [2, 2, 0, 0]])
-  confusion = train_parser.confusion_matrix(labels, preds, 11)
-  got = train_parser.segmentation_metrics(confusion)
+  confusion = confusion_matrix(labels, preds, 11)
+  got = segmentation_metrics(confusion)
   # IoU: class 0: tp 2 / (3 + 3 - 2); class 1: 2 / (2 + 3 - 2); class 2: 2 / (3 + 2 - 2).
   np.testing.assert_allclose(got['eval/miou'], np.mean([2 / 4, 2 / 3, 2 / 3]))
   np.testing.assert_allclose(got['eval/pixel_accuracy'], 6 / 8)
-  padded = train_parser.confusion_matrix(labels, preds, 11,
-                                         weights=np.array([[1, 1, 1, 1], [0, 0, 0, 0]]))
+  padded = confusion_matrix(labels, preds, 11,
+                            weights=np.array([[1, 1, 1, 1], [0, 0, 0, 0]]))
   assert float(np.asarray(padded).sum()) == 4
 
 
@@ -116,7 +117,8 @@ def test_parser_learns_a_fixed_batch():
   mesh = parallel.make_mesh()
   state = train_parser.init_state(models, jax.random.key(0), mesh)
   step = train_parser.jit_train_step(models, mesh)
-  batch = train_parser.shard_batch({'image': images, 'semantic': labels}, mesh)
+  batch = parallel.shard_batch({'image': images, 'semantic': labels}, mesh,
+                               train_parser.BATCH_KEYS)
   history = []
   for _ in range(40):
     state, metrics = step(state, batch)
@@ -236,7 +238,7 @@ def test_non_finite_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypat
   patch_train_batches(monkeypatch, nan_pixel_at(2))  # the third step sees a NaN pixel
   cfg = _loop_config(dataset, 4)
   cfg.checkpoint.every = 1
-  with pytest.raises(train_parser.NonFiniteLossError, match='non-finite parser loss at step 3'):
+  with pytest.raises(trainer.NonFiniteLossError, match='non-finite parser loss at step 3'):
     train_parser.train_and_evaluate(cfg, str(tmp_path / 'w'))
   saved = sorted(int(p.name) for p in (tmp_path / 'w' / 'checkpoints').iterdir()
                  if p.name.isdigit())
@@ -409,7 +411,7 @@ def test_prepare_with_a_parser_writes_its_argmax(trained, tmp_path):
   from skimage import data  # pylint: disable=import-outside-toplevel
 
   _, resumed, workdir, _ = trained
-  parser = train_parser.TrainedParser.from_workdir(workdir, batch_size=2)
+  parser = parser_inference.TrainedParser.from_workdir(workdir, batch_size=2)
   assert parser.step == 4
 
   photo = np.asarray(data.astronaut())[..., :3]
