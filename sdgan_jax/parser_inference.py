@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sdgan_jax import batching, inference, xla_options
+from sdgan_jax import batching, inference
 from sdgan_jax.config import ConfigError
 from sdgan_jax.models import eagrnet
 from sdgan_jax.networks import apply_with_stats, compute_dtype, split_variables
+from sdgan_jax.perf import xla_options
 
 
 def parser_network(config: ml_collections.ConfigDict) -> eagrnet.EAGRNet:

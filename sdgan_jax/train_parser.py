@@ -39,12 +39,13 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from sdgan_jax import parallel, trainer, xla_options
+from sdgan_jax import parallel, trainer
 from sdgan_jax.config import ConfigError
 from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
 from sdgan_jax.models import eagrnet
 from sdgan_jax.networks import split_variables
 from sdgan_jax.parser_inference import apply_parser, parser_network
+from sdgan_jax.perf import xla_options
 
 BATCH_KEYS = ('image', 'semantic')
 DATA_SOURCES = ('prepared', 'folder')

@@ -1,6 +1,6 @@
 """Every face found: the detector ensemble's recall on built photos, and no face left as it was.
 
-The recall set (``sdgan_jax.evaluation.recall_set``) puts the sample photos' faces on 1920 x
+The recall set (``benchmarks/recall_set.py``) puts the sample photos' faces on 1920 x
 1080 canvases at widths from 20 px to the whole frame, turned by up to 45 degrees, mirrored,
 partly occluded, on plain and cluttered backgrounds; the ground truth is dlib's landmarks of
 the large source faces, carried along. The defaults were chosen on seed 0's set; these tests
@@ -10,9 +10,10 @@ use seed 2's, which played no part in choosing them.
 import numpy as np
 import pytest
 
+from benchmarks import recall_set as rs
 from sdgan_jax import anonymize
 from sdgan_jax.datasets import samples
-from sdgan_jax.evaluation import recall_set as rs
+from sdgan_jax.evaluation import coverage
 from sdgan_jax.faces import blazeface, detect, ensemble, upright
 
 SEED = 2
@@ -103,7 +104,7 @@ def test_tilted_faces_get_their_68_landmarks_once_turned_upright(canvases, detec
     for f in c.faces:
       if abs(f.spec.angle) != 45 or f.spec.size < 64 or f.spec.occlusion:
         continue
-      k = next(j for j in range(len(boxes)) if rs.covers(boxes[j], f))
+      k = next(j for j in range(len(boxes)) if coverage.covers(boxes[j], f))
       plain = predictor(c.image, d.boxes[k])
       turned = upright.fit_landmarks(predictor, c.image, d.boxes[k], d.keypoints[k])
       for name, points in (('box', plain), ('upright', turned)):
@@ -175,6 +176,6 @@ def test_real_turned_and_small_faces_are_found_at_every_scale(tmp_path_factory,
                                 np.array([*pts.min(0), *(pts.max(0) + 1)], np.float32),
                                 np.ones(5, bool))
       found = detector(small)
-      assert any(rs.covers(b, face) for b in found.boxes + [0, 0, 1, 1]), (name, factor, width)
+      assert any(coverage.covers(b, face) for b in found.boxes + [0, 0, 1, 1]), (name, factor, width)
       checked += 1
   assert checked >= 7

@@ -29,7 +29,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # one-line error the tool prints; its errors still show.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from sdgan_jax import compile_cache, media, semantic_source  # noqa: E402
+from sdgan_jax import media, semantic_source  # noqa: E402
+from sdgan_jax.perf import compile_cache  # noqa: E402
 from sdgan_jax.evaluation import report, runner, streams  # noqa: E402
 
 

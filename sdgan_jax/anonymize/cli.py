@@ -49,7 +49,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdgan_jax import compile_cache
+from sdgan_jax.perf import compile_cache
 from sdgan_jax.anonymize.anonymizer import build_anonymizer
 from sdgan_jax.anonymize.jobs import InputError, check_not_busy, plan_jobs
 from sdgan_jax.anonymize.options import (BASELINES, FALLBACK_BLOCKS, FALLBACKS,

@@ -206,7 +206,7 @@ def _as_candidates(candidates: detect.Detections | Sequence) -> list[Candidate]:
 
 @functools.lru_cache(maxsize=None)
 def _jitted_apply():
-  from sdgan_jax import xla_options  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import xla_options  # pylint: disable=import-outside-toplevel
   from sdgan_jax.models import face_mesh  # pylint: disable=import-outside-toplevel
 
   model = face_mesh.FaceMeshNet()

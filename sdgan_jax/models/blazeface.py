@@ -49,7 +49,7 @@ class Conv(nn.Module):
   ``padding`` is 'SAME' (TensorFlow's) or one symmetric pad per side. Parameters have
   ``nn.Conv``'s layout (``kernel`` HWIO, [k, k, 1, C] when depthwise; ``bias``). The 3x3
   depthwise convs are computed as nine shifted multiply-adds and the 1x1 convs as matrix
-  products: XLA's CPU backend ran them as grouped convolutions 30x (and 4x) slower, and
+  products: XLA's CPU backend ran them as grouped convolutions many times slower, and
   miscompiled the short-range blocks on JAX 0.10 (``docs/detection.md``). Shared with the
   face mesh (``models.face_mesh``).
   """

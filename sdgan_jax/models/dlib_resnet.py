@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sdgan_jax import xla_options
+from sdgan_jax.perf import xla_options
 from sdgan_jax.models.layers import Dtype
 
 INPUT_SIZE = 150
