@@ -2,7 +2,7 @@
 
 ``TrainedParser.from_workdir(workdir)`` reads ``workdir/config.json`` and the latest (or a
 given) checkpoint of a parser trained by ``sdgan_jax.train_parser`` and keeps its weights;
-calling it maps uint8 crops to uint8 class-id maps (``features.SEMANTIC_CLASSES``).
+calling it maps uint8 crops to uint8 class-id maps (``faces.masks.SEMANTIC_CLASSES``).
 ``prepare_data.py --parser`` (``sdgan_jax.datasets.prepare``) and the anonymizer
 (``sdgan_jax.semantic_source``) use it. Inference never imports the trainer: the
 checkpoint is read in the layout its metadata records, so no optimizer has to be built to

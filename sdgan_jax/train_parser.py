@@ -18,7 +18,7 @@ training objective; the one here is EAGRNet's own, on the three outputs our mode
 ``train_step(state, batch) -> (state, metrics)`` is one ``jax.jit`` program over the
 'data' mesh of ``sdgan_jax.parallel`` (batch split with ``NamedSharding``, state replicated;
 batch norm statistics are those of the global batch). Batch: 'image' f32 [B,R,R,3] in [0,1],
-'semantic' int [B,R,R] class ids of ``features.SEMANTIC_CLASSES``. No TensorFlow here: the
+'semantic' int [B,R,R] class ids of ``masks.SEMANTIC_CLASSES``. No TensorFlow here: the
 training loop imports the input pipeline and the summary writers lazily.
 
 The trained parser for inference (``TrainedParser``) is ``sdgan_jax.parser_inference``,
@@ -42,6 +42,7 @@ from flax.training import train_state
 from sdgan_jax import parallel, trainer
 from sdgan_jax.config import ConfigError
 from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
+from sdgan_jax.faces.masks import SEMANTIC_CLASSES
 from sdgan_jax.models import eagrnet
 from sdgan_jax.networks import split_variables
 from sdgan_jax.parser_inference import apply_parser, parser_network
@@ -185,8 +186,6 @@ def evaluate(models: ParserModels, state: ParserState, batches: Iterable[dict],
   """Segmentation metrics of the parser on ``batches`` ('image', 'semantic', 'valid'): each
   process runs its own batches on its local copy of the parser, and the confusion matrices
   are summed over processes."""
-  from sdgan_jax.datasets.features import SEMANTIC_CLASSES  # pylint: disable=import-outside-toplevel
-
   c = models.config.num_classes
   confusion_fn = confusion_fn or xla_options.jit_network(
       functools.partial(_batch_confusion, models))

@@ -14,7 +14,8 @@ from benchmarks import recall_set as rs
 from sdgan_jax import anonymize
 from sdgan_jax.datasets import samples
 from sdgan_jax.evaluation import coverage
-from sdgan_jax.faces import blazeface, detect, ensemble, upright
+from sdgan_jax.faces import blazeface_detector as bf
+from sdgan_jax.faces import detect, ensemble, upright
 
 SEED = 2
 GOAL_PX = 24  # every face at least this wide must be found
@@ -116,10 +117,10 @@ def test_tilted_faces_get_their_68_landmarks_once_turned_upright(canvases, detec
 
 def test_roll_and_face_region_follow_the_keypoints():
   kp = np.zeros((6, 2), np.float32)
-  kp[blazeface.RIGHT_EYE], kp[blazeface.LEFT_EYE], kp[blazeface.MOUTH] = (40, 50), (60, 50), (50, 70)
+  kp[bf.RIGHT_EYE], kp[bf.LEFT_EYE], kp[bf.MOUTH] = (40, 50), (60, 50), (50, 70)
   assert upright.roll_degrees(kp) == pytest.approx(0.0)
   turned = kp.copy()
-  turned[blazeface.LEFT_EYE] = (40 + 20 * np.cos(np.pi / 4), 50 - 20 * np.sin(np.pi / 4))
+  turned[bf.LEFT_EYE] = (40 + 20 * np.cos(np.pi / 4), 50 - 20 * np.sin(np.pi / 4))
   assert upright.roll_degrees(turned) == pytest.approx(45.0)
   # The region reaches below the mouth (dlib's box holds the chin), around a small box.
   region = upright.face_region([45, 45, 55, 55], kp)

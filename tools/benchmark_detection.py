@@ -39,21 +39,22 @@ DEFAULT = 'verified,ensemble,blazeface_short_range,blazeface_full_range,hog1,hog
 
 
 def make_detector(name: str, weights_dir):
-  from sdgan_jax.faces import blazeface, detect, ensemble, mesh, verify  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from sdgan_jax.faces import blazeface_detector, detect, ensemble, mesh, verify
 
   if name == 'ensemble':
     return ensemble.EnsembleDetector(weights_dir=weights_dir)
   if name == 'verified':
     return verify.VerifiedDetector(ensemble.EnsembleDetector(weights_dir=weights_dir),
                                    mesh.FaceMesh.load(weights_dir))
-  if name in blazeface.CONFIGS:
-    return blazeface.BlazeFaceDetector(name, weights_dir=weights_dir)
+  if name in blazeface_detector.CONFIGS:
+    return blazeface_detector.BlazeFaceDetector(name, weights_dir=weights_dir)
   if name in ('hog1', 'hog2', 'hog0'):
     return detect.FaceDetector('hog', upsample=int(name[-1]))
   if name == 'cnn':
     return detect.FaceDetector('cnn', upsample=1)
   raise ValueError(f'unknown detector {name!r}: verified, ensemble, '
-                   f'{", ".join(blazeface.CONFIGS)}, '
+                   f'{", ".join(blazeface_detector.CONFIGS)}, '
                    'hog0, hog1, hog2, cnn')
 
 

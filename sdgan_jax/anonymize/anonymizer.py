@@ -19,7 +19,7 @@ import numpy as np
 
 from sdgan_jax import semantic_source
 from sdgan_jax.anonymize.fallback import clip_box, cover
-from sdgan_jax.anonymize.identity import IdentityBackbone
+from sdgan_jax.anonymize.identity_check import IdentityBackbone
 from sdgan_jax.anonymize.options import BASELINE_RESOLUTION, BASELINES, Options
 from sdgan_jax.anonymize.tracking import FaceTracker
 from sdgan_jax.faces import align, detect, ensemble, mesh, paste, pipeline, verify
