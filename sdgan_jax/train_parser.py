@@ -291,6 +291,18 @@ def _data(config):
 # The training loop.
 
 
+def build_programs(config: ml_collections.ConfigDict) -> tuple:
+  """``(models, mesh, init_fn, step_fn, confusion_fn)`` of a run: the parser of ``config``,
+  the 'data' mesh over every device, and the jitted initialiser (rng -> replicated state),
+  train step and validation confusion matrix."""
+  models = ParserModels(config)
+  mesh = parallel.make_mesh()
+  init_fn = functools.partial(parallel.init_replicated, functools.partial(create_state, models),
+                              mesh)
+  return (models, mesh, init_fn, jit_train_step(models, mesh),
+          xla_options.jit_network(functools.partial(_batch_confusion, models)))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ParserState:
   """Trains EAGRNet on ``config.data``; resumes from the latest checkpoint in ``workdir``."""
   workdir = trainer.absolute_workdir(workdir)
@@ -298,11 +310,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
 
   train_batches, eval_batches = _data(config)
-  models = ParserModels(config)
-  mesh = parallel.make_mesh()
-  state = init_state(models, jax.random.key(config.seed), mesh)
-  step_fn = jit_train_step(models, mesh)
-  confusion_fn = xla_options.jit_network(functools.partial(_batch_confusion, models))
+  models, mesh, init_fn, step_fn, confusion_fn = build_programs(config)
+  state = init_fn(jax.random.key(config.seed))
   manager = trainer.checkpoint_manager(config, workdir,
                                          track_best=eval_batches is not None)
   state, initial_step = trainer.resume_or_start(manager, workdir, state, config)

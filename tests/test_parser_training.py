@@ -1,7 +1,8 @@
 """EAGRNet face-parser training (paper §3.2), parsing-dataset folders, prepare with a parser.
 
 Every test that trains or runs the parser uses one tiny network at 32 px and batch 4, so
-they share one compiled train step (the persistent compilation cache of conftest).
+they share one compiled train step (the ``shared_programs`` fixture within this module, the
+persistent compilation cache of conftest across processes).
 """
 
 import json
@@ -169,6 +170,31 @@ def dataset(tmp_path_factory):
       split_datasets={'train': records('train', 4), 'test': records('test', 2)},
       data_dir=tmp_path_factory.mktemp('tfds'), file_format='array_record')
   return str(builder.data_dir)
+
+
+# What the jitted programs of a run depend on (train.num_steps: the learning-rate schedule).
+_PROGRAM_KEYS = ('dtype', 'resolution', 'num_classes', 'model', 'loss', 'optim')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def shared_programs():
+  """Runs of this module with the same network and optimizer share one set of jitted
+  programs: the library builds them afresh per run, and tracing them again would cost every
+  repeated run here about half a minute."""
+  built = {}
+  build = train_parser.build_programs
+
+  def shared(config):
+    subset = {k: config[k] for k in _PROGRAM_KEYS if k in config}
+    key = json.dumps(dict(subset, num_steps=config.train.num_steps), sort_keys=True,
+                     default=lambda v: v.to_dict())
+    if key not in built:
+      built[key] = build(config)
+    return built[key]
+
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    monkeypatch.setattr(train_parser, 'build_programs', shared)
+    yield
 
 
 def _loop_config(dataset, num_steps):
