@@ -47,7 +47,7 @@ def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
 
-  from sdgan_jax import compile_cache  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import compile_cache  # pylint: disable=import-outside-toplevel
   compile_cache.enable(FLAGS.compilation_cache)
   if FLAGS.coordinator_address or FLAGS.distributed:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,

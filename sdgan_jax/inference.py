@@ -27,7 +27,8 @@ import numpy as np
 
 from sdgan_jax import batching
 from sdgan_jax import identity_bank as bank_lib
-from sdgan_jax import semantic_source, xla_options
+from sdgan_jax import semantic_source
+from sdgan_jax.perf import xla_options
 
 BANK_FILENAME = 'identity_bank.npz'
 # orbax logs this through absl for every step folder without its optional metadata file

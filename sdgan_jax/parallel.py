@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sdgan_jax import xla_options
+from sdgan_jax.perf import xla_options
 
 PREFETCH_BATCHES = 2  # batches on their way to the devices while a step runs
 DATA = PartitionSpec('data')
@@ -94,8 +94,7 @@ def init_replicated(init: Callable, mesh: jax.sharding.Mesh, *args,
   Placing it with the sharding the train step returns means the step compiles once, not
   once for the initial state and again for every later one. ``on_host`` (default: when the
   mesh is on accelerators) runs ``init`` on the host CPU and copies the state over: the
-  initialisers' random-number kernels compile much faster there than for a GPU
-  (BENCHMARKS.md, compile times). Every process computes the same state from the same
+  initialisers' random-number kernels compile much faster there than for a GPU. Every process computes the same state from the same
   arguments, as multi-host placement requires.
   """
   replicated = NamedSharding(mesh, PartitionSpec())

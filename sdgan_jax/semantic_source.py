@@ -2,7 +2,7 @@
 
 The generator is conditioned on a semantic map (paper §3.2, Block I): the landmark
 polygons of ``sdgan_jax.faces.masks`` or the argmax of a trained EAGRNet
-(``train_parser.TrainedParser``, ``prepare_data.py --parser``). A model must be given
+(``parser_inference.TrainedParser``, ``prepare_data.py --parser``). A model must be given
 the kind of map it was trained on, so training records it in the workdir:
 
   <workdir>/semantic_maps.json
@@ -258,7 +258,7 @@ def parser_for(record: SemanticSource, parser=None, *, model: str = 'the model',
 
 def _load_parser(workdir: str | os.PathLike, record: SemanticSource, model: str,
                  batch_size: int):
-  from sdgan_jax import train_parser  # pylint: disable=import-outside-toplevel
+  from sdgan_jax import parser_inference  # pylint: disable=import-outside-toplevel
 
   config = _read_json(pathlib.Path(workdir) / 'config.json')
   if not isinstance(config, dict) or config.get('task') != 'parser':
@@ -272,6 +272,6 @@ def _load_parser(workdir: str | os.PathLike, record: SemanticSource, model: str,
         f'was trained with ({record.parser_fingerprint}): pass --parser with the parser '
         'workdir of those weights')
   try:
-    return train_parser.TrainedParser.from_workdir(workdir, step, batch_size=batch_size)
+    return parser_inference.TrainedParser.from_workdir(workdir, step, batch_size=batch_size)
   except (FileNotFoundError, ValueError) as e:
     raise SemanticMapsError(f'--parser {workdir}: {e}') from None

@@ -22,9 +22,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from sdgan_jax import losses, parallel, trainer, xla_options
+from sdgan_jax import losses, parallel, trainer
 from sdgan_jax.config import ConfigError
 from sdgan_jax.networks import Networks, generate, per_image_statistics
+from sdgan_jax.perf import xla_options
 from sdgan_jax.train_step import (BATCH_KEYS, TrainState, batch_partition, batch_slots,
                                   init_train_state, jit_train_step, judges_train)
 

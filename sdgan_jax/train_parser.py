@@ -1,4 +1,4 @@
-"""EAGRNet face-parser training (paper §3.2) and the trained parser for data preparation.
+"""EAGRNet face-parser training (paper §3.2).
 
 SDGAN §3.2 takes its semantic maps from EAGRNet (Te et al., ECCV 2020) but gives no
 training objective; the one here is EAGRNet's own, on the three outputs our model returns
@@ -18,21 +18,18 @@ training objective; the one here is EAGRNet's own, on the three outputs our mode
 ``train_step(state, batch) -> (state, metrics)`` is one ``jax.jit`` program over the
 'data' mesh of ``sdgan_jax.parallel`` (batch split with ``NamedSharding``, state replicated;
 batch norm statistics are those of the global batch). Batch: 'image' f32 [B,R,R,3] in [0,1],
-'semantic' int [B,R,R] class ids of ``features.SEMANTIC_CLASSES``. No TensorFlow here: the
+'semantic' int [B,R,R] class ids of ``masks.SEMANTIC_CLASSES``. No TensorFlow here: the
 training loop imports the input pipeline and the summary writers lazily.
 
-``TrainedParser.from_workdir`` restores a trained parser; ``prepare_data.py --parser``
-uses it to replace the landmark-polygon maps (``sdgan_jax.datasets.prepare``).
+The trained parser for inference (``TrainedParser``) is ``sdgan_jax.parser_inference``,
+which does not import this.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import os
-import pathlib
 from typing import Any, Callable, Iterable
 
 import jax
@@ -42,16 +39,17 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from sdgan_jax import batching, parallel, trainer, xla_options
+from sdgan_jax import parallel, trainer
 from sdgan_jax.config import ConfigError
 from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
+from sdgan_jax.faces.masks import SEMANTIC_CLASSES
 from sdgan_jax.models import eagrnet
-from sdgan_jax.networks import apply_with_stats, compute_dtype, split_variables
+from sdgan_jax.networks import split_variables
+from sdgan_jax.parser_inference import apply_parser, parser_network
+from sdgan_jax.perf import xla_options
 
 BATCH_KEYS = ('image', 'semantic')
 DATA_SOURCES = ('prepared', 'folder')
-
-NonFiniteLossError = trainer.NonFiniteLossError
 
 
 class ParserState(train_state.TrainState):
@@ -85,10 +83,7 @@ class ParserModels:
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v
-              for k, v in config.model.to_dict().items()}
-    self.model = eagrnet.EAGRNet(num_classes=config.num_classes, dtype=compute_dtype(config),
-                                 **kwargs)
+    self.model = parser_network(config)
     self.schedule = learning_rate_schedule(config.optim, config.train.num_steps)
     self.tx = trainer.optimizer(config.optim, self.schedule, default='sgd', always_decay=True)
     self.loss = config.loss
@@ -104,8 +99,7 @@ def create_state(models: ParserModels, rng: jax.Array) -> ParserState:
 
 
 def _apply(models: ParserModels, params, stats, images, train: bool, rng=None):
-  rngs = {'dropout': rng} if train and rng is not None else {}
-  return apply_with_stats(models.model.apply, params, stats, images, train=train, rngs=rngs)
+  return apply_parser(models.model, params, stats, images, train, rng)
 
 
 def parser_losses(outputs: dict, labels: jax.Array, weights) -> tuple[jax.Array, dict]:
@@ -176,11 +170,6 @@ def init_state(models: ParserModels, rng: jax.Array, mesh: jax.sharding.Mesh, *,
                                      on_host=on_host)
 
 
-def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
-  """This process's part of the global batch, placed on its devices (multi-host safe)."""
-  return parallel.shard_batch(batch, mesh, BATCH_KEYS)
-
-
 # --------------------------------------------------------------------------------------
 # Validation metric: mean IoU and pixel accuracy over the 11 classes.
 
@@ -197,8 +186,6 @@ def evaluate(models: ParserModels, state: ParserState, batches: Iterable[dict],
   """Segmentation metrics of the parser on ``batches`` ('image', 'semantic', 'valid'): each
   process runs its own batches on its local copy of the parser, and the confusion matrices
   are summed over processes."""
-  from sdgan_jax.datasets.features import SEMANTIC_CLASSES  # pylint: disable=import-outside-toplevel
-
   c = models.config.num_classes
   confusion_fn = confusion_fn or xla_options.jit_network(
       functools.partial(_batch_confusion, models))
@@ -243,9 +230,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.resolution={config.resolution}: must be a positive multiple '
                       'of 8')
   trainer.as_config_error(lambda: ParserModels(config))  # model and optimizer keys
-
-
-restore_state = trainer.restore_state
 
 
 def _data(config):
@@ -307,27 +291,15 @@ def _data(config):
 # The training loop.
 
 
-# What the compiled programs depend on (train.num_steps: the learning-rate schedule).
-_PROGRAM_KEYS = ('dtype', 'resolution', 'num_classes', 'model', 'loss', 'optim')
-
-
-def _program_key(config: ml_collections.ConfigDict) -> str:
-  subset = {k: config[k] for k in _PROGRAM_KEYS if k in config}
-  subset['train'] = {'num_steps': config.train.num_steps}
-  return ml_collections.ConfigDict(subset).to_json_best_effort(sort_keys=True)
-
-
-@functools.lru_cache(maxsize=4)
-def _programs(key: str, device_count: int):
-  """Models and jitted programs of one ``_program_key``, kept per process: a resumed or
-  repeated run in the same process (notebooks, tests) does not trace the network again."""
-  del device_count  # part of the key: the mesh spans every device
-  models = ParserModels(ml_collections.ConfigDict(json.loads(key)))
+def build_programs(config: ml_collections.ConfigDict) -> tuple:
+  """``(models, mesh, init_fn, step_fn, confusion_fn)`` of a run: the parser of ``config``,
+  the 'data' mesh over every device, and the jitted initialiser (rng -> replicated state),
+  train step and validation confusion matrix."""
+  models = ParserModels(config)
   mesh = parallel.make_mesh()
-  # one create_state function for every run of this process: its trace is cached
-  init = functools.partial(parallel.init_replicated, functools.partial(create_state, models),
-                           mesh)
-  return (models, mesh, init, jit_train_step(models, mesh),
+  init_fn = functools.partial(parallel.init_replicated, functools.partial(create_state, models),
+                              mesh)
+  return (models, mesh, init_fn, jit_train_step(models, mesh),
           xla_options.jit_network(functools.partial(_batch_confusion, models)))
 
 
@@ -338,8 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
 
   train_batches, eval_batches = _data(config)
-  models, mesh, init_fn, step_fn, confusion_fn = _programs(_program_key(config),
-                                                          jax.device_count())
+  models, mesh, init_fn, step_fn, confusion_fn = build_programs(config)
   state = init_fn(jax.random.key(config.seed))
   manager = trainer.checkpoint_manager(config, workdir,
                                          track_best=eval_batches is not None)
@@ -361,69 +332,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Parse
       initial_step=initial_step, evaluate=evaluate_and_log, failure='parser loss',
       hint='lower config.optim.learning_rate or check the label maps')
   return state
-
-
-# --------------------------------------------------------------------------------------
-# A trained parser, for data preparation.
-
-
-class TrainedParser:
-  """A parser restored from a ``run.py`` workdir: uint8 crops -> uint8 class-id maps.
-
-  Crops of another size than the parser's training resolution are resized to it, and the
-  logits resized back (bilinear) before the argmax.
-
-  Attributes:
-    workdir, step: where and which checkpoint it came from.
-    fingerprint: identifies the weights (workdir, step and a hash of the parameters), so
-      a preparation made with other weights is not mistaken for this one.
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, params, stats, *, workdir: str = '',
-               step: int = 0, batch_size: int = 32):
-    self.config, self.params, self.stats = config, params, stats
-    self.workdir, self.step, self.batch_size = str(workdir), int(step), int(batch_size)
-    self.models = ParserModels(config)
-    self.resolution = int(config.resolution)
-    digest = hashlib.sha256()
-    for leaf in jax.tree_util.tree_leaves((params, stats)):
-      digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    self.fingerprint = f'{os.path.abspath(self.workdir)}@{self.step}:{digest.hexdigest()[:16]}'
-
-    @xla_options.jit_network
-    def predict(params, stats, images):
-      n, h, w, _ = images.shape
-      x = eagrnet.resize_bilinear(images.astype(jnp.float32) / 255.0, self.resolution,
-                                  self.resolution)
-      out, _ = _apply(self.models, params, stats, x, False)
-      logits = eagrnet.resize_bilinear(out['parsing'], h, w)
-      return jnp.argmax(logits, -1).astype(jnp.uint8)
-
-    self._predict = predict
-
-  @classmethod
-  def from_workdir(cls, workdir: str | os.PathLike, step: int | None = None,
-                   batch_size: int = 32) -> 'TrainedParser':
-    path = pathlib.Path(workdir) / 'config.json'
-    if not path.is_file():
-      raise FileNotFoundError(f'{workdir} is not a parser workdir (no config.json): train one '
-                              'with `python run.py --config=configs/eagrnet_polygons.py '
-                              f'--workdir={workdir} ...`')
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
-    if config.get('task') != 'parser':
-      raise ValueError(f'{workdir} holds a {config.get("task", "sdgan")!r} run, not a face '
-                       "parser (config.task='parser', configs/eagrnet_*.py)")
-    models = ParserModels(config)
-    abstract = jax.eval_shape(lambda: create_state(models, jax.random.key(0)))
-    state, restored = restore_state(workdir, abstract, step)
-    return cls(config, state.params, state.stats, workdir=str(workdir), step=int(restored),
-               batch_size=batch_size)
-
-  def __call__(self, images: np.ndarray) -> np.ndarray:
-    """uint8 [N, H, W] class ids of uint8 RGB crops [N, H, W, 3] (argmax of 'parsing')."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f'expected uint8 RGB crops [N, H, W, 3], got shape {images.shape}')
-    out = batching.map_batches(lambda chunk: self._predict(self.params, self.stats, chunk),
-                               images, batch_size=self.batch_size)
-    return np.zeros(images.shape[:3], np.uint8) if out is None else out

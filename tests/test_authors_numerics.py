@@ -27,7 +27,7 @@ def _statistics() -> dict[str, tuple[float, float, float, float]]:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from sdgan_jax import benchmarking  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
   from sdgan_jax.configs import celeba  # pylint: disable=import-outside-toplevel
   from sdgan_jax.networks import Networks  # pylint: disable=import-outside-toplevel
 

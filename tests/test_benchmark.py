@@ -73,7 +73,7 @@ def test_trace_summary_on_a_known_device_timeline(tmp_path):
   """
   path = tmp_path / 'gpu.xplane.pb'
   path.write_bytes(ProfileData.text_proto_to_serialized_xspace(text))
-  from sdgan_jax import benchmarking  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
   (timeline,) = benchmarking.summarize_trace(str(path))
   assert (timeline['plane'], timeline['line'], timeline['events']) == (
       '/device:GPU:0', 'Stream #13(Compute)', 3)
@@ -107,7 +107,7 @@ def test_flops_reports_each_authors_network_at_their_figures(capsys, tmp_path):
 def test_conv_dense_flops_counts_padding_taps_and_groups():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from sdgan_jax import benchmarking  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
 
   x = jax.ShapeDtypeStruct((2, 8, 8, 16), jnp.float32)
   kernel = jax.ShapeDtypeStruct((5, 5, 2, 16), jnp.float32)  # 8 groups of 2 channels
@@ -125,7 +125,7 @@ def test_conv_dense_flops_counts_padding_taps_and_groups():
 def test_authors_shapes_config_selects_the_authors_networks():
   # pylint: disable=import-outside-toplevel
   from sdgan_jax.configs import celeba
-  from sdgan_jax import benchmarking
+  from sdgan_jax.perf import benchmarking
   from sdgan_jax import networks, train_step
   from sdgan_jax.models.authors_generator import AuthorsGenerator
 

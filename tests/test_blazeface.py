@@ -16,7 +16,7 @@ from sdgan_jax import weights
 from sdgan_jax.converters import registry
 from sdgan_jax.converters.tflite_file import TfliteModel
 from sdgan_jax.datasets import samples
-from sdgan_jax.faces import blazeface
+from sdgan_jax.faces import blazeface_detector
 from sdgan_jax.models import blazeface as models
 
 
@@ -76,7 +76,7 @@ def test_sparse_and_float16_weights_decode_as_tflite_does(blazeface_weights):
     np.testing.assert_array_equal(ours, theirs)
 
 
-@pytest.mark.parametrize('name', sorted(blazeface.CONFIGS))
+@pytest.mark.parametrize('name', sorted(blazeface_detector.CONFIGS))
 def test_converted_network_matches_tflite(name, blazeface_weights, photos):
   """The jitted Flax port gives TFLite's outputs on a face photo, noise and a blank input."""
   weights_dir, files = blazeface_weights
@@ -108,8 +108,8 @@ def registry_source(name):
 
 
 def test_anchors_follow_the_ssd_grid():
-  short = blazeface.anchor_centres(128, (8, 16, 16, 16), True)
-  full = blazeface.anchor_centres(192, (4,), False)
+  short = blazeface_detector.anchor_centres(128, (8, 16, 16, 16), True)
+  full = blazeface_detector.anchor_centres(192, (4,), False)
   assert short.shape == (896, 2) and full.shape == (2304, 2)
   np.testing.assert_allclose(short[:2], [[4, 4], [4, 4]])   # 16x16 grid, 2 per cell
   np.testing.assert_allclose(short[512:518], [[8, 8]] * 6)  # 8x8 grid, 6 per cell
@@ -119,8 +119,8 @@ def test_anchors_follow_the_ssd_grid():
 def test_detector_finds_the_sample_faces_with_their_keypoints(blazeface_weights, photos):
   """On each sample photo (faces 90-290 px), each model's best box holds the face that
   dlib's landmarks mark, and its eye keypoints sit on the landmarks' eye centres."""
-  for name in blazeface.CONFIGS:
-    detector = blazeface.BlazeFaceDetector(name, weights_dir=blazeface_weights[0])
+  for name in blazeface_detector.CONFIGS:
+    detector = blazeface_detector.BlazeFaceDetector(name, weights_dir=blazeface_weights[0])
     for photo_name, photo in photos.items():
       points = samples.photo_landmarks(photo)
       width = np.ptp(points[:17, 0])
@@ -132,7 +132,8 @@ def test_detector_finds_the_sample_faces_with_their_keypoints(blazeface_weights,
                     (eyes[:, 1] < y1)), (name, photo_name)
       kp = found.keypoints[0]
       # The subject's right eye (keypoint 0) is the image-left eye (landmarks 36-41).
-      err = np.linalg.norm(kp[[blazeface.RIGHT_EYE, blazeface.LEFT_EYE]] - eyes, axis=1)
+      eye_rows = [blazeface_detector.RIGHT_EYE, blazeface_detector.LEFT_EYE]
+      err = np.linalg.norm(kp[eye_rows] - eyes, axis=1)
       assert err.max() < 0.1 * width, (name, photo_name, err, width)
       assert found.sources == (name,) * len(found)
 
@@ -142,9 +143,9 @@ def test_tile_pyramid_holds_every_face_whole_in_a_tile_at_a_working_scale(height
   """For faces from 20 px to the photo's size anywhere in the photo: some tile sees the face
   at a width the network finds, owns its centre and holds the whole face."""
   rng = np.random.default_rng(height)
-  for name, config in blazeface.CONFIGS.items():
+  for name, config in blazeface_detector.CONFIGS.items():
     lo, hi = config.face_range
-    plan = blazeface.plan_tiles(height, width, config.tile_size, config.face_range, 20.0)
+    plan = blazeface_detector.plan_tiles(height, width, config.tile_size, config.face_range, 20.0)
     for size in np.geomspace(20, min(height, width), 12):
       for _ in range(10):
         cx, cy = rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)
@@ -168,7 +169,7 @@ def test_weighted_nms_averages_a_face_and_keeps_apart_faces():
   scores = np.array([0.9, 0.3, 0.8], np.float32)
   points = np.zeros((3, 6, 2), np.float32)
   points[1] += 4
-  b, s, p = blazeface.weighted_nms(boxes, scores, points, 0.3)
+  b, s, p = blazeface_detector.weighted_nms(boxes, scores, points, 0.3)
   assert len(b) == 2 and list(s) == pytest.approx([0.9, 0.8])
   np.testing.assert_allclose(b[0], [0.25, 0.25, 10.25, 10.25], rtol=1e-6)
   np.testing.assert_allclose(p[0], np.full((6, 2), 1.0), rtol=1e-6)

@@ -12,7 +12,7 @@ SCRIPT = textwrap.dedent('''
     import sys
     sys.path.insert(0, sys.argv[1])
     import jax, jax.numpy as jnp
-    from sdgan_jax import compile_cache
+    from sdgan_jax.perf import compile_cache
     events = []
     jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
     print('dir', compile_cache.enable(None if sys.argv[2] == 'default' else sys.argv[2]))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from tool_loader import load_tool
 
-from sdgan_jax import compile_only, parallel, train_step
+from sdgan_jax import parallel, train_step
+from sdgan_jax.perf import compile_only
 from sdgan_jax import networks as networks_lib
 
 benchmark = load_tool('benchmark')

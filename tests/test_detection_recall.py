@@ -1,6 +1,6 @@
 """Every face found: the detector ensemble's recall on built photos, and no face left as it was.
 
-The recall set (``sdgan_jax.evaluation.recall_set``) puts the sample photos' faces on 1920 x
+The recall set (``benchmarks/recall_set.py``) puts the sample photos' faces on 1920 x
 1080 canvases at widths from 20 px to the whole frame, turned by up to 45 degrees, mirrored,
 partly occluded, on plain and cluttered backgrounds; the ground truth is dlib's landmarks of
 the large source faces, carried along. The defaults were chosen on seed 0's set; these tests
@@ -10,10 +10,12 @@ use seed 2's, which played no part in choosing them.
 import numpy as np
 import pytest
 
+from benchmarks import recall_set as rs
 from sdgan_jax import anonymize
 from sdgan_jax.datasets import samples
-from sdgan_jax.evaluation import recall_set as rs
-from sdgan_jax.faces import blazeface, detect, ensemble, upright
+from sdgan_jax.evaluation import coverage
+from sdgan_jax.faces import blazeface_detector as bf
+from sdgan_jax.faces import detect, ensemble, upright
 
 SEED = 2
 GOAL_PX = 24  # every face at least this wide must be found
@@ -103,7 +105,7 @@ def test_tilted_faces_get_their_68_landmarks_once_turned_upright(canvases, detec
     for f in c.faces:
       if abs(f.spec.angle) != 45 or f.spec.size < 64 or f.spec.occlusion:
         continue
-      k = next(j for j in range(len(boxes)) if rs.covers(boxes[j], f))
+      k = next(j for j in range(len(boxes)) if coverage.covers(boxes[j], f))
       plain = predictor(c.image, d.boxes[k])
       turned = upright.fit_landmarks(predictor, c.image, d.boxes[k], d.keypoints[k])
       for name, points in (('box', plain), ('upright', turned)):
@@ -115,10 +117,10 @@ def test_tilted_faces_get_their_68_landmarks_once_turned_upright(canvases, detec
 
 def test_roll_and_face_region_follow_the_keypoints():
   kp = np.zeros((6, 2), np.float32)
-  kp[blazeface.RIGHT_EYE], kp[blazeface.LEFT_EYE], kp[blazeface.MOUTH] = (40, 50), (60, 50), (50, 70)
+  kp[bf.RIGHT_EYE], kp[bf.LEFT_EYE], kp[bf.MOUTH] = (40, 50), (60, 50), (50, 70)
   assert upright.roll_degrees(kp) == pytest.approx(0.0)
   turned = kp.copy()
-  turned[blazeface.LEFT_EYE] = (40 + 20 * np.cos(np.pi / 4), 50 - 20 * np.sin(np.pi / 4))
+  turned[bf.LEFT_EYE] = (40 + 20 * np.cos(np.pi / 4), 50 - 20 * np.sin(np.pi / 4))
   assert upright.roll_degrees(turned) == pytest.approx(45.0)
   # The region reaches below the mouth (dlib's box holds the chin), around a small box.
   region = upright.face_region([45, 45, 55, 55], kp)
@@ -175,6 +177,6 @@ def test_real_turned_and_small_faces_are_found_at_every_scale(download_cache,
                                 np.array([*pts.min(0), *(pts.max(0) + 1)], np.float32),
                                 np.ones(5, bool))
       found = detector(small)
-      assert any(rs.covers(b, face) for b in found.boxes + [0, 0, 1, 1]), (name, factor, width)
+      assert any(coverage.covers(b, face) for b in found.boxes + [0, 0, 1, 1]), (name, factor, width)
       checked += 1
   assert checked >= 7

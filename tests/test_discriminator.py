@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdgan_jax import benchmarking
+from sdgan_jax.perf import benchmarking
 from sdgan_jax.models.discriminator import (DownBlock, GlobalDiscriminator,
                                             MultiscalePatchDiscriminator, build_discriminator,
                                             patch_output_size)

@@ -14,7 +14,7 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize as sk_resize
 
-from sdgan_jax.evaluation import metrics, report, runner
+from sdgan_jax.evaluation import metrics, runner, tables
 
 
 def _faces(n=3, size=64):
@@ -173,21 +173,21 @@ def test_markdown_shapes_the_paper_tables_and_json_has_no_infinity(tmp_path):
                 num_identities=2, resolution=64, seed=0, embedding='dlib ResNet',
                 detectors={'hog': 'dlib HOG', 'cnn': 'dlib CNN (MMOD)'}, rows=rows,
                 warnings=['FID from 8 faces'], notes=[])
-  text = report.markdown(result, with_paper=True)
+  text = tables.markdown(result, with_paper=True)
   assert '| Original | 100.00 (99.61) | 97.50 (99.85) | – (–) | 95.00 (95.46) |' in text
   assert '| SDGAN run (step 10) | 12.30 (4.22) | 0.0200 (–) | 0.80 (0.89) | 22.00 (24.37) |' \
       in text
   assert 'Identification: dlib ResNet' in text and '- FID from 8 faces' in text
   assert '| CIAGAN |' in text
-  plain = report.markdown(result)
+  plain = tables.markdown(result)
   assert '(99.61)' not in plain and '| Original | 0.00 | 0.0010 | 1.00 | inf |' in plain
   # Any deep detector takes the paper's SSH column; the columns follow the detectors.
   for row in rows:
     row['detection_blazeface'] = row.pop('detection_cnn')
   result['detectors'] = {'hog': 'dlib HOG', 'blazeface': 'BlazeFace (short + full range)'}
-  text = report.markdown(result, with_paper=True)
+  text = tables.markdown(result, with_paper=True)
   assert '| Models | Detection: dlib HOG (↑) | Detection: BlazeFace (short + full range) (↑) |' \
       in text
   assert '| Original | 100.00 (99.61) | 97.50 (99.85) | – (–) | 95.00 (95.46) |' in text
-  path = report.write_json(result, tmp_path / 'eval.json')
+  path = tables.write_json(result, tmp_path / 'eval.json')
   assert '"psnr": "inf"' in path.read_text()

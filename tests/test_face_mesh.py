@@ -16,7 +16,7 @@ from sdgan_jax.converters import face_mesh as converter
 from sdgan_jax.converters import mediapipe_wheel
 from sdgan_jax.converters.tflite_file import TfliteModel
 from sdgan_jax.datasets import samples
-from sdgan_jax.faces import align, blazeface, detect
+from sdgan_jax.faces import align, blazeface_detector, detect
 from sdgan_jax.faces import landmarks as lm
 from sdgan_jax.faces import mesh
 from sdgan_jax.models import face_mesh as models
@@ -200,7 +200,7 @@ def test_region_of_interest_follows_mediapipes_rule():
   right, left = align.apply_matrix(matrix, eyes)
   assert right[1] == pytest.approx(left[1]) and right[0] < left[0]
   assert mesh.roi_matrix(box)[1] == 0.0
-  assert blazeface.RIGHT_EYE == 0 and blazeface.LEFT_EYE == 1
+  assert blazeface_detector.RIGHT_EYE == 0 and blazeface_detector.LEFT_EYE == 1
 
 
 def test_index_tables_are_closed_contours_of_distinct_points():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sdgan_jax.configs import celeba, demo
-from sdgan_jax import benchmarking
+from sdgan_jax.perf import benchmarking
 from sdgan_jax.models import generator as gen_lib
 from sdgan_jax.models.authors_generator import AuthorsGenerator
 from sdgan_jax.models.generator import PAPER, Generator, composite, generator_from_config

@@ -662,20 +662,20 @@ def test_a_detector_scoring_every_anchor_is_stopped_before_memory_runs_out(tmp_p
                                                                             monkeypatch):
   """11. Zeroed weights score every anchor of every tile 0.5: the photo is an error (not
   written) before the suppression, which never sees more than MAX_CANDIDATES boxes."""
-  from sdgan_jax.faces import blazeface  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.faces import blazeface_detector  # pylint: disable=import-outside-toplevel
 
-  zeroed = blazeface.BlazeFaceDetector('blazeface_full_range', variables={})
+  zeroed = blazeface_detector.BlazeFaceDetector('blazeface_full_range', variables={})
   # What zeroed weights give: every regressor and logit 0 (no network run needed).
   monkeypatch.setattr(zeroed, 'raw', lambda tiles: (
       np.zeros((len(tiles), len(zeroed.anchors), 16), np.float32),
       np.zeros((len(tiles), len(zeroed.anchors)), np.float32)))
-  nms = blazeface.weighted_nms
+  nms = blazeface_detector.weighted_nms
 
   def bounded_nms(boxes, scores, keypoints, **kwargs):
     assert len(scores) <= 10_000, f'{len(scores)} candidates reached NMS'
     return nms(boxes, scores, keypoints, **kwargs)
 
-  monkeypatch.setattr(blazeface, 'weighted_nms', bounded_nms)
+  monkeypatch.setattr(blazeface_detector, 'weighted_nms', bounded_nms)
 
   class Zeroed:
     def detect_many(self, images, map_fn):

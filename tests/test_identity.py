@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdgan_jax import benchmarking
+from sdgan_jax.perf import benchmarking
 from sdgan_jax.models import identity as identity_lib
 from sdgan_jax.models.identity import IdentityNet, identity_from_config, siamese_embeddings
 from sdgan_jax.models.layers import count_params

@@ -1,7 +1,8 @@
 """EAGRNet face-parser training (paper §3.2), parsing-dataset folders, prepare with a parser.
 
 Every test that trains or runs the parser uses one tiny network at 32 px and batch 4, so
-they share one compiled train step (the persistent compilation cache of conftest).
+they share one compiled train step (the ``shared_programs`` fixture within this module, the
+persistent compilation cache of conftest across processes).
 """
 
 import json
@@ -15,10 +16,11 @@ from PIL import Image
 
 from sdgan_jax.configs import eagrnet_polygons
 from sdgan_jax import parallel
-from sdgan_jax import train_parser, trainer
+from sdgan_jax import parser_inference, train_parser, trainer
 from sdgan_jax.datasets import features as F
 from sdgan_jax.datasets import parsing_folders as pf
 from sdgan_jax.datasets import prepare, samples
+from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
 from sdgan_jax.faces import masks
 from train_fixtures import (assert_same_replicated_state, nan_pixel_at, patch_train_batches,
                             sigterm_at_read_of)
@@ -98,13 +100,13 @@ def test_losses_match_their_definitions():
 def test_segmentation_metrics():
   labels = np.array([[0, 0, 1, 1], [2, 2, 2, 0]])
   preds = np.array([[0, 1, 1, 1], [2, 2, 0, 0]])
-  confusion = train_parser.confusion_matrix(labels, preds, 11)
-  got = train_parser.segmentation_metrics(confusion)
+  confusion = confusion_matrix(labels, preds, 11)
+  got = segmentation_metrics(confusion)
   # IoU: class 0: tp 2 / (3 + 3 - 2); class 1: 2 / (2 + 3 - 2); class 2: 2 / (3 + 2 - 2).
   np.testing.assert_allclose(got['eval/miou'], np.mean([2 / 4, 2 / 3, 2 / 3]))
   np.testing.assert_allclose(got['eval/pixel_accuracy'], 6 / 8)
-  padded = train_parser.confusion_matrix(labels, preds, 11,
-                                         weights=np.array([[1, 1, 1, 1], [0, 0, 0, 0]]))
+  padded = confusion_matrix(labels, preds, 11,
+                            weights=np.array([[1, 1, 1, 1], [0, 0, 0, 0]]))
   assert float(np.asarray(padded).sum()) == 4
 
 
@@ -116,7 +118,8 @@ def test_parser_learns_a_fixed_batch():
   mesh = parallel.make_mesh()
   state = train_parser.init_state(models, jax.random.key(0), mesh)
   step = train_parser.jit_train_step(models, mesh)
-  batch = train_parser.shard_batch({'image': images, 'semantic': labels}, mesh)
+  batch = parallel.shard_batch({'image': images, 'semantic': labels}, mesh,
+                               train_parser.BATCH_KEYS)
   history = []
   for _ in range(40):
     state, metrics = step(state, batch)
@@ -167,6 +170,31 @@ def dataset(tmp_path_factory):
       split_datasets={'train': records('train', 4), 'test': records('test', 2)},
       data_dir=tmp_path_factory.mktemp('tfds'), file_format='array_record')
   return str(builder.data_dir)
+
+
+# What the jitted programs of a run depend on (train.num_steps: the learning-rate schedule).
+_PROGRAM_KEYS = ('dtype', 'resolution', 'num_classes', 'model', 'loss', 'optim')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def shared_programs():
+  """Runs of this module with the same network and optimizer share one set of jitted
+  programs: the library builds them afresh per run, and tracing them again would cost every
+  repeated run here about half a minute."""
+  built = {}
+  build = train_parser.build_programs
+
+  def shared(config):
+    subset = {k: config[k] for k in _PROGRAM_KEYS if k in config}
+    key = json.dumps(dict(subset, num_steps=config.train.num_steps), sort_keys=True,
+                     default=lambda v: v.to_dict())
+    if key not in built:
+      built[key] = build(config)
+    return built[key]
+
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    monkeypatch.setattr(train_parser, 'build_programs', shared)
+    yield
 
 
 def _loop_config(dataset, num_steps):
@@ -236,7 +264,7 @@ def test_non_finite_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypat
   patch_train_batches(monkeypatch, nan_pixel_at(2))  # the third step sees a NaN pixel
   cfg = _loop_config(dataset, 4)
   cfg.checkpoint.every = 1
-  with pytest.raises(train_parser.NonFiniteLossError, match='non-finite parser loss at step 3'):
+  with pytest.raises(trainer.NonFiniteLossError, match='non-finite parser loss at step 3'):
     train_parser.train_and_evaluate(cfg, str(tmp_path / 'w'))
   saved = sorted(int(p.name) for p in (tmp_path / 'w' / 'checkpoints').iterdir()
                  if p.name.isdigit())
@@ -409,7 +437,7 @@ def test_prepare_with_a_parser_writes_its_argmax(trained, tmp_path):
   from skimage import data  # pylint: disable=import-outside-toplevel
 
   _, resumed, workdir, _ = trained
-  parser = train_parser.TrainedParser.from_workdir(workdir, batch_size=2)
+  parser = parser_inference.TrainedParser.from_workdir(workdir, batch_size=2)
   assert parser.step == 4
 
   photo = np.asarray(data.astronaut())[..., :3]

@@ -10,8 +10,8 @@ exactly as it moves the pixels.
 import numpy as np
 import pytest
 
+from sdgan_jax.evaluation import coverage
 from sdgan_jax.evaluation import photo_set as ps
-from sdgan_jax.evaluation import recall_set as rs
 from sdgan_jax.faces import detect
 
 
@@ -74,7 +74,7 @@ def test_ground_truth_agrees_with_dlib(originals):
       g = face.box
       near = [b for b in found.boxes + [0, 0, 1, 1]
               if b[0] < g[2] and g[0] < b[2] and b[1] < g[3] and g[1] < b[3] and
-              rs.covers(b, face, tolerance=0.1)]
+              coverage.covers(b, face, tolerance=0.1)]
       if face.source.startswith('dlib'):
         assert near, f'{im.name}: dlib does not find its annotated face at {g}'
       if face.source == 'dlib':  # a crop's ground truth is the uncut photo's, shifted

@@ -20,7 +20,8 @@ import tensorflow_datasets as tfds
 import train_fixtures
 from PIL import Image
 
-from sdgan_jax import anonymize, identity_bank, semantic_source, train, train_parser, trainer
+from sdgan_jax import (anonymize, identity_bank, parser_inference, semantic_source, train,
+                       train_parser, trainer)
 from sdgan_jax.datasets import features as F
 from sdgan_jax.evaluation import runner
 from sdgan_jax.faces import masks
@@ -93,7 +94,7 @@ def parser_workdir(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def parser(parser_workdir):
-  return train_parser.TrainedParser.from_workdir(parser_workdir, batch_size=8)
+  return parser_inference.TrainedParser.from_workdir(parser_workdir, batch_size=8)
 
 
 @pytest.fixture(scope='module')

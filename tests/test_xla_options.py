@@ -1,11 +1,12 @@
-"""The compiler options of ``sdgan_jax.xla_options`` reach XLA where they should, and only there."""
+"""The compiler options of ``sdgan_jax.perf.xla_options`` reach XLA where they should, and only there."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdgan_jax import parallel, xla_options
+from sdgan_jax import parallel
+from sdgan_jax.perf import xla_options
 
 
 def test_options_apply_on_cpus_unless_xla_flags_set_them_or_xla_does_not_know_them(monkeypatch):

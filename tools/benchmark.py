@@ -32,7 +32,7 @@ import jax
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdgan_jax import benchmarking, compile_only  # pylint: disable=wrong-import-position
+from sdgan_jax.perf import benchmarking, compile_only  # pylint: disable=wrong-import-position
 from sdgan_jax.configs import celeba, demo  # pylint: disable=wrong-import-position
 
 BENCHES = ('train', 'generator', 'anonymize')

@@ -4,7 +4,7 @@
   python tools/benchmark_detection.py --seed 2 --detectors ensemble,hog --output det.jsonl
   python tools/benchmark_detection.py --set photos --detectors ensemble --draw out/photos
 
-Builds the recall set (``sdgan_jax.evaluation.recall_set``: the sample photos' faces on
+Builds the recall set (``benchmarks/recall_set.py``: the sample photos' faces on
 1920x1080 canvases, 20 px to the whole frame, turned up to 45 degrees, mirrored, occluded,
 plain and cluttered backgrounds) and, with ``--crowd``, one 6000x4000 crowd of small faces;
 then, per detector, prints one JSON line: recall overall and per size bucket, angle,
@@ -39,21 +39,22 @@ DEFAULT = 'verified,ensemble,blazeface_short_range,blazeface_full_range,hog1,hog
 
 
 def make_detector(name: str, weights_dir):
-  from sdgan_jax.faces import blazeface, detect, ensemble, mesh, verify  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from sdgan_jax.faces import blazeface_detector, detect, ensemble, mesh, verify
 
   if name == 'ensemble':
     return ensemble.EnsembleDetector(weights_dir=weights_dir)
   if name == 'verified':
     return verify.VerifiedDetector(ensemble.EnsembleDetector(weights_dir=weights_dir),
                                    mesh.FaceMesh.load(weights_dir))
-  if name in blazeface.CONFIGS:
-    return blazeface.BlazeFaceDetector(name, weights_dir=weights_dir)
+  if name in blazeface_detector.CONFIGS:
+    return blazeface_detector.BlazeFaceDetector(name, weights_dir=weights_dir)
   if name in ('hog1', 'hog2', 'hog0'):
     return detect.FaceDetector('hog', upsample=int(name[-1]))
   if name == 'cnn':
     return detect.FaceDetector('cnn', upsample=1)
   raise ValueError(f'unknown detector {name!r}: verified, ensemble, '
-                   f'{", ".join(blazeface.CONFIGS)}, '
+                   f'{", ".join(blazeface_detector.CONFIGS)}, '
                    'hog0, hog1, hog2, cnn')
 
 
@@ -109,7 +110,7 @@ def _coverage(args, items, machine, set_name) -> None:
   """Per setting, what the anonymizer's preparation made of the real faces of 40 px and
   more (a pixelation baseline: the geometry is the generator's, without a trained model)."""
   from sdgan_jax import anonymize  # pylint: disable=import-outside-toplevel
-  from sdgan_jax.evaluation import recall_set as rs  # pylint: disable=import-outside-toplevel
+  from benchmarks import recall_set as rs  # pylint: disable=import-outside-toplevel
 
   for setting, options in COVERAGE_SETTINGS.items():
     anonymizer = anonymize.FaceAnonymizer(
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=import-outside-toplevel
 
   from sdgan_jax.datasets import samples  # pylint: disable=import-outside-toplevel
-  from sdgan_jax.evaluation import recall_set as rs  # pylint: disable=import-outside-toplevel
+  from benchmarks import recall_set as rs  # pylint: disable=import-outside-toplevel
 
   try:
     detectors = {} if args.coverage else {name: make_detector(name, args.weights_dir)

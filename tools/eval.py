@@ -29,8 +29,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # one-line error the tool prints; its errors still show.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from sdgan_jax import compile_cache, media, semantic_source  # noqa: E402
-from sdgan_jax.evaluation import report, runner, streams  # noqa: E402
+from sdgan_jax import media, semantic_source  # noqa: E402
+from sdgan_jax.perf import compile_cache  # noqa: E402
+from sdgan_jax.evaluation import runner, streams, tables  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     paths = {}
     print(f'{parser.prog}: error: could not write the outputs into {args.output} '
           f'({e.strerror or e}); the tables follow', file=sys.stderr)
-  print(report.markdown(result, with_paper=args.paper))
+  print(tables.markdown(result, with_paper=args.paper))
   print(f'{result["num_faces"]} faces in {result["seconds"]:.1f} s '
         f'({result["faces_per_second"]:.1f} faces/s on {result["device"]})')
   for kind, path in paths.items():

@@ -162,10 +162,10 @@ def main(argv=None) -> int:
   # A wrong --parser workdir fails here, before any download or preparation.
   face_parser = None
   if args.parser:
-    from sdgan_jax import train_parser  # pylint: disable=import-outside-toplevel
+    from sdgan_jax import parser_inference  # pylint: disable=import-outside-toplevel
     try:
-      face_parser = train_parser.TrainedParser.from_workdir(args.parser,
-                                                            batch_size=args.parser_batch_size)
+      face_parser = parser_inference.TrainedParser.from_workdir(
+          args.parser, batch_size=args.parser_batch_size)
     except (FileNotFoundError, ValueError) as e:  # one line: the messages name the fix
       return _error(parser, f'--parser {args.parser}: {e}')
     print(f'semantic maps: the parser of {args.parser} (step {face_parser.step}, '

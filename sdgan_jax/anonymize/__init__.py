@@ -72,25 +72,21 @@ from __future__ import annotations
 
 from sdgan_jax.anonymize.anonymizer import FaceAnonymizer, build_anonymizer
 from sdgan_jax.anonymize.fallback import cover
-from sdgan_jax.anonymize.identity import CHIP_PADDING, CHIP_SIZE, IdentityBackbone
-from sdgan_jax.anonymize.jobs import InputError, Job, plan_jobs
+from sdgan_jax.anonymize.identity_check import CHIP_PADDING, CHIP_SIZE, IdentityBackbone
+from sdgan_jax.anonymize.jobs import REPORT_NAME, InputError, Job, plan_jobs
 from sdgan_jax.anonymize.options import (BASELINE_RESOLUTION, BASELINES,
                                          DEFAULT_IDENTITY_THRESHOLD, FALLBACKS,
                                          FRAMES_PER_BATCH, IMAGES_PER_BATCH, MAX_AUTO_WORKERS,
                                          TARGET_MODES, Options)
-from sdgan_jax.anonymize.report import (IDENTITY_CHECK_OFF, REPORT_NAME, draw_detections,
-                                        write_report)
+from sdgan_jax.anonymize.report import IDENTITY_CHECK_OFF, draw_detections, write_report
 from sdgan_jax.anonymize.runner import Interrupted, ReportWriteError, Runner, anonymize_paths
 from sdgan_jax.anonymize.tracking import FaceTracker, TrackCoverage, box_iou
 from sdgan_jax.faces.pipeline import Face
 
-# The name the report rows had before ``Face`` carried a face through every step.
-FaceResult = Face
-
 __all__ = [
     'BASELINES', 'BASELINE_RESOLUTION', 'CHIP_PADDING', 'CHIP_SIZE',
     'DEFAULT_IDENTITY_THRESHOLD', 'FALLBACKS', 'FRAMES_PER_BATCH', 'Face', 'FaceAnonymizer',
-    'FaceResult', 'FaceTracker', 'IDENTITY_CHECK_OFF', 'IMAGES_PER_BATCH', 'IdentityBackbone',
+    'FaceTracker', 'IDENTITY_CHECK_OFF', 'IMAGES_PER_BATCH', 'IdentityBackbone',
     'InputError', 'Interrupted', 'Job', 'MAX_AUTO_WORKERS', 'Options', 'REPORT_NAME',
     'ReportWriteError', 'Runner', 'TARGET_MODES', 'TrackCoverage', 'anonymize_paths',
     'box_iou', 'build_anonymizer', 'cover', 'draw_detections', 'plan_jobs', 'write_report',

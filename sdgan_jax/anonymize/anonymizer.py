@@ -19,7 +19,7 @@ import numpy as np
 
 from sdgan_jax import semantic_source
 from sdgan_jax.anonymize.fallback import clip_box, cover
-from sdgan_jax.anonymize.identity import IdentityBackbone
+from sdgan_jax.anonymize.identity_check import IdentityBackbone
 from sdgan_jax.anonymize.options import BASELINE_RESOLUTION, BASELINES, Options
 from sdgan_jax.anonymize.tracking import FaceTracker
 from sdgan_jax.faces import align, detect, ensemble, mesh, paste, pipeline, verify
@@ -47,7 +47,7 @@ class FaceAnonymizer:
     detector: an object with ``detect_many(images, map_fn) -> [detect.Detections]``
       (default: ``faces.ensemble.EnsembleDetector`` of the options' detectors).
     weights_dir: where the detectors' converted weights are.
-    parser: the face parser (``train_parser.TrainedParser``) of a generator trained on
+    parser: the face parser (``parser_inference.TrainedParser``) of a generator trained on
       parser maps; None: the one its record names, or ``options.parser_workdir``'s
       (``semantic_source.parser_for`` checks it is the recorded one).
 

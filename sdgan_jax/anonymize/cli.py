@@ -49,16 +49,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdgan_jax import compile_cache
 from sdgan_jax.anonymize.anonymizer import build_anonymizer
-from sdgan_jax.anonymize.jobs import InputError, check_not_busy, plan_jobs
+from sdgan_jax.anonymize.jobs import REPORT_NAME, InputError, check_not_busy, plan_jobs
 from sdgan_jax.anonymize.options import (BASELINES, FALLBACK_BLOCKS, FALLBACKS,
                                          LANDMARK_SOURCES, MAX_AUTO_WORKERS,
                                          MAX_DETECT_MIN_FACE_PX, TARGET_MODES, Options,
                                          defaults)
-from sdgan_jax.anonymize.report import IDENTITY_CHECK_OFF, REPORT_NAME
+from sdgan_jax.anonymize.report import IDENTITY_CHECK_OFF
 from sdgan_jax.anonymize.runner import Interrupted, ReportWriteError, anonymize_paths
 from sdgan_jax.faces import ensemble
+from sdgan_jax.perf import compile_cache
 
 # ``Options`` fields set by the flag of the same name: their errors name the flag.
 SAME_NAME_OPTIONS = ('target', 'seed', 'fallback', 'fallback_blocks', 'min_face_px',

@@ -13,7 +13,14 @@ import pathlib
 from typing import Iterable
 
 from sdgan_jax import media
-from sdgan_jax.anonymize.report import REPORT_NAME
+
+REPORT_NAME = 'anonymize_report.json'
+
+
+def report_file(output_dir: str | os.PathLike,
+                report_path: str | os.PathLike | None = None) -> pathlib.Path:
+  """Where a run's JSON report goes: ``report_path`` if given, else ``output_dir/REPORT_NAME``."""
+  return pathlib.Path(report_path) if report_path else pathlib.Path(output_dir) / REPORT_NAME
 
 
 class InputError(ValueError):
@@ -235,7 +242,7 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike
   jobs, folders = _input_jobs(inputs, out_root, output_dir, visualize)
   readable = _Inputs(jobs)
   written, existing = _check_outputs(jobs, readable)
-  report = pathlib.Path(report_path) if report_path else out_root / REPORT_NAME
+  report = report_file(out_root, report_path)
   _check_report(report, readable, written, folders)
   if report.exists():
     existing.append(report)

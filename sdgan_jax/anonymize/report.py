@@ -24,7 +24,6 @@ from sdgan_jax.faces.pipeline import Face
 if TYPE_CHECKING:
   from sdgan_jax.anonymize.jobs import Job
 
-REPORT_NAME = 'anonymize_report.json'
 IDENTITY_CHECK_OFF = ('the identity re-check is off (--no_identity_check / identity_threshold '
                       '0): output faces were not checked against the source person, so a '
                       'face the generator left recognizable is not covered by the fallback')

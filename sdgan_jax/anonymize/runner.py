@@ -20,8 +20,9 @@ import numpy as np
 from sdgan_jax import media
 from sdgan_jax.anonymize import report as run_report
 from sdgan_jax.anonymize.anonymizer import FaceAnonymizer
-from sdgan_jax.anonymize.jobs import InputError, Job, check_not_busy, plan_jobs, skipped_type
-from sdgan_jax.anonymize.report import REPORT_NAME, file_entry, track_counts
+from sdgan_jax.anonymize.jobs import (InputError, Job, check_not_busy, plan_jobs, report_file,
+                                      skipped_type)
+from sdgan_jax.anonymize.report import file_entry, track_counts
 from sdgan_jax.anonymize.tracking import FaceTracker, TrackCoverage
 from sdgan_jax.faces.pipeline import Face
 
@@ -403,7 +404,7 @@ def _run_locked(jobs: Sequence[Job], inputs, output_dir, anonymizer: FaceAnonymi
                 images_per_batch: int | None, frames_per_batch: int | None,
                 out_root: pathlib.Path) -> dict:
   """``anonymize_paths``' work, under its lock on ``out_root``."""
-  path = pathlib.Path(report_path) if report_path else pathlib.Path(output_dir) / REPORT_NAME
+  path = report_file(output_dir, report_path)
   runner = Runner(anonymizer, output_dir, visualize=visualize, progress=progress,
                   images_per_batch=images_per_batch, frames_per_batch=frames_per_batch,
                   replace=overwrite)

@@ -24,8 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   })
   config.model.identity.num_identities = 8
   config.model.identity.embed_dim = 128
-  # Narrow identity net and discriminator too: at the CelebA widths they were 3/4 of a
-  # 4.2-s CPU step; at these the step takes ~1.3 s on 2 cores (BENCHMARKS.md).
+  # Narrow identity net and discriminator too: at the CelebA widths they took most of a
+  # CPU step.
   config.model.identity.width = 16
   config.model.discriminator = ml_collections.ConfigDict(
       {'kind': 'global', 'widths': (32, 64, 128, 128, 128), 'hidden': 256})

@@ -124,12 +124,6 @@ class SdganFaces(tfds.core.GeneratorBasedBuilder):
       }
 
 
-def load_builder(data_dir: str | os.PathLike, source: str = 'celeba',
-                 resolution: int = features.DEFAULT_RESOLUTION) -> SdganFaces:
-  """The ``sdgan_faces/<source>_<resolution>`` builder of ``data_dir`` (built or not)."""
-  return SdganFaces(data_dir=os.fspath(data_dir), config=_config(source, resolution))
-
-
 def load_split(builder: tfds.core.DatasetBuilder) -> celeba_files.IdentitySplit:
   """The identity split saved with a built ``sdgan_faces`` dataset."""
   try:

@@ -46,10 +46,8 @@ IMAGE_DIR = 'img_align_celeba'
 IDENTITY_FILE = 'identity_CelebA.txt'
 PARTITION_FILE = 'list_eval_partition.txt'
 LANDMARKS_FILE = 'list_landmarks_align_celeba.txt'
-ATTRIBUTES_FILE = 'list_attr_celeba.txt'
 LANDMARK_NAMES = ('lefteye_x', 'lefteye_y', 'righteye_x', 'righteye_y', 'nose_x', 'nose_y',
                   'leftmouth_x', 'leftmouth_y', 'rightmouth_x', 'rightmouth_y')
-PARTITION_NAMES = ('train', 'validation', 'test')
 
 # Paper §4.1 (docs/data.md).
 PAPER_NUM_TRAIN = 1200
@@ -181,16 +179,14 @@ class CelebAFiles:
     root: the CelebA folder.
     images: the folder of aligned JPEGs.
     identities: {file name: identity id} from ``identity_CelebA.txt``.
-    partition: {file name: 0/1/2} from ``list_eval_partition.txt`` (empty when absent).
+    partition: {file name: 0/1/2 (train, validation, test)} from
+      ``list_eval_partition.txt`` (empty when absent).
   """
 
   root: pathlib.Path
   images: pathlib.Path
   identities: dict[str, int]
   partition: dict[str, int]
-
-  def image_path(self, filename: str) -> pathlib.Path:
-    return self.images / filename
 
 
 def _download_hint(root: pathlib.Path) -> str:

@@ -18,12 +18,10 @@ TFDS FeaturesDict on demand.
 
 from __future__ import annotations
 
-# Helen-style 11 classes (docs/data.md). The face mask covers classes 1-9.
-SEMANTIC_CLASSES = ('background', 'skin', 'left_brow', 'right_brow', 'left_eye', 'right_eye',
-                    'nose', 'upper_lip', 'inner_mouth', 'lower_lip', 'hair')
-NUM_CLASSES = len(SEMANTIC_CLASSES)
-MASKED_CLASSES = tuple(range(1, 10))
-DEFAULT_RESOLUTION = 128
+# The face geometry below the datasets owns the classes and the crop size; a record holds them.
+from sdgan_jax.faces.align import DEFAULT_RESOLUTION
+from sdgan_jax.faces.masks import MASKED_CLASSES, NUM_CLASSES, SEMANTIC_CLASSES
+
 NUM_LANDMARKS = 68
 
 

@@ -27,7 +27,7 @@ Nothing is dropped silently: each image that yields no record is listed in
 
 Semantic maps from a trained face parser (``parser=``, ``prepare_data.py --parser WORKDIR``)
 instead of the landmark polygons: the workers still detect, align and mask; the main process
-runs the restored EAGRNet (``sdgan_jax.train_parser.TrainedParser``) on each finished
+runs the restored EAGRNet (``sdgan_jax.parser_inference.TrainedParser``) on each finished
 chunk's aligned crops and stores its argmax as the ``semantic`` record. The face mask stays
 the landmark mask, the region the generator replaces. The parser's classes are kept as
 predicted everywhere, also outside the mask (hair, the skin of the neck, a brow above the
@@ -292,7 +292,7 @@ def prepare_items(items: Sequence[Item], payloads: Callable[[Sequence[str]], Ite
     source_name: recorded in the manifest.
     parser: None for the landmark-polygon maps, or a callable with a ``fingerprint``
       attribute, uint8 crops [N, R, R, 3] -> uint8 class ids [N, R, R] (e.g.
-      ``train_parser.TrainedParser``) whose output replaces them (module doc).
+      ``parser_inference.TrainedParser``) whose output replaces them (module doc).
   """
   out = pathlib.Path(prepared_dir)
   items = [(str(f), int(i)) for f, i in items]

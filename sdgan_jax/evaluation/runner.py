@@ -47,9 +47,7 @@ import numpy as np
 from sdgan_jax import baselines as baselines_lib
 from sdgan_jax import semantic_source, targets
 from sdgan_jax.evaluation import detection as detection_lib
-from sdgan_jax.evaluation import metrics
-from sdgan_jax.evaluation import networks
-from sdgan_jax.evaluation import report
+from sdgan_jax.evaluation import metrics, pretrained, tables
 from sdgan_jax.evaluation import streams as streams_lib
 
 PAPER_RESOLUTION = 64  # paper §4.1: the quantitative evaluation is at 64x64
@@ -238,15 +236,15 @@ def evaluate(options: EvalOptions) -> tuple[dict, list[tuple[str, np.ndarray]]]:
 class _Columns:
   """The networks that turn each row's faces into the tables' columns."""
 
-  embed: networks.BatchedNet
-  inception: networks.BatchedNet
+  embed: pretrained.BatchedNet
+  inception: pretrained.BatchedNet
   detectors: dict[str, detection_lib.DetectionRate]
   scale: int  # the detectors see the crops enlarged this many times
 
   @classmethod
   def load(cls, options: EvalOptions, pool) -> '_Columns':
-    embed = networks.embedding_net(options.weights_dir, options.batch_size, options.embedding)
-    inception = networks.inception_net(options.weights_dir, options.batch_size)
+    embed = pretrained.embedding_net(options.weights_dir, options.batch_size, options.embedding)
+    inception = pretrained.inception_net(options.weights_dir, options.batch_size)
     scale = max(1, math.ceil(options.detection_size / int(options.resolution)))
     detectors = {k: detection_lib.DetectionRate(k, scale=scale, pool=pool,
                                                 weights_dir=options.weights_dir)
@@ -416,10 +414,10 @@ def write_outputs(result: dict, grid_rows, output_dir, with_paper: bool = False)
   out = pathlib.Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   if with_paper:
-    result = dict(result, paper={row['name']: report.paper_row(row) for row in result['rows']},
-                  paper_others=report.PAPER_OTHERS)
-  paths = {'json': report.write_json(result, out / 'eval.json'),
+    result = dict(result, paper={row['name']: tables.paper_row(row) for row in result['rows']},
+                  paper_others=tables.PAPER_OTHERS)
+  paths = {'json': tables.write_json(result, out / 'eval.json'),
            'markdown': out / 'eval.md',
-           'grid': report.write_grid(grid_rows, out / 'eval_grid.png')}
-  paths['markdown'].write_text(report.markdown(result, with_paper))
+           'grid': tables.write_grid(grid_rows, out / 'eval_grid.png')}
+  paths['markdown'].write_text(tables.markdown(result, with_paper))
   return paths

@@ -34,6 +34,9 @@ import numpy as np
 
 from sdgan_jax.faces import landmarks as lm
 
+# The side of an aligned crop in px unless asked otherwise (prepared datasets, the paper's
+# qualitative setting; training resizes to 64 for the quantitative one, §4.1).
+DEFAULT_RESOLUTION = 128
 # (x, y) as fractions of the crop size R: image-left eye, image-right eye, mouth centre.
 CANONICAL_POINTS = np.array([[0.3875, 0.42], [0.6125, 0.42], [0.5, 0.67]])
 

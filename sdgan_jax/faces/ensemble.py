@@ -2,7 +2,7 @@
 
 A face the detector misses is written out untouched, so the anonymizer's default is an
 ensemble chosen by measured recall (``docs/detection.md``): MediaPipe's short-range and
-full-range BlazeFace networks, each over its own tile pyramid (``faces.blazeface``).
+full-range BlazeFace networks, each over its own tile pyramid (``faces.blazeface_detector``).
 dlib's HOG and MMOD CNN detectors can join (``'hog'``, ``'cnn'``). Detections of different
 detectors that overlap (IoU >= ``merge_iou``, or one box mostly inside the other) are one
 face; the merged face keeps
@@ -21,10 +21,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sdgan_jax.faces import blazeface, detect
+from sdgan_jax.faces import blazeface_detector, detect
 
 DLIB_DETECTORS = ('hog', 'cnn')
-DETECTORS = tuple(blazeface.CONFIGS) + DLIB_DETECTORS
+DETECTORS = tuple(blazeface_detector.CONFIGS) + DLIB_DETECTORS
 DEFAULT_DETECTORS = ('blazeface_short_range', 'blazeface_full_range')
 # A box this much inside another one of at most MAX_AREA_RATIO its area is the same face.
 CONTAINMENT = 0.6
@@ -45,7 +45,7 @@ def parse_detectors(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """[len(a), len(b)] max(IoU, intersection / smaller area) of exclusive-end boxes."""
-  iou = blazeface.iou_matrix(a, b)
+  iou = blazeface_detector.iou_matrix(a, b)
   w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]),
               0, None)
   h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]),
@@ -69,7 +69,7 @@ def merge(per_detector: dict[str, detect.Detections], merge_iou: float = 0.3
       rows.append((name, found.boxes[i], float(found.scores[i]), kp))
   if not rows:
     return detect.Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                             np.zeros((0, blazeface.NUM_KEYPOINTS, 2), np.float32), ())
+                             np.zeros((0, blazeface_detector.NUM_KEYPOINTS, 2), np.float32), ())
   # BlazeFace rows first, best first; dlib's after (their scores are on other scales).
   rows.sort(key=lambda r: (r[3] is None, -r[2]))
   boxes = np.stack([r[1] for r in rows]).astype(np.float64)
@@ -86,7 +86,7 @@ def merge(per_detector: dict[str, detect.Detections], merge_iou: float = 0.3
     members = boxes[group]
     out_boxes.append(np.concatenate([members[:, :2].min(0), members[:, 2:].max(0)]))
     out_scores.append(rows[i][2])
-    out_points.append(np.full((blazeface.NUM_KEYPOINTS, 2), np.nan, np.float32)
+    out_points.append(np.full((blazeface_detector.NUM_KEYPOINTS, 2), np.nan, np.float32)
                       if points is None else points)
     out_sources.append(tuple(sorted({rows[j][0] for j in group}, key=order.index)))
   return detect.Detections(np.asarray(out_boxes, np.float32), np.asarray(out_scores, np.float32),
@@ -123,7 +123,7 @@ class EnsembleDetector:
       if name in DLIB_DETECTORS:
         self.dlib[name] = detect.FaceDetector(name, upsample, thresholds.get(name, 0.0))
       else:
-        self.blazeface[name] = blazeface.BlazeFaceDetector(
+        self.blazeface[name] = blazeface_detector.BlazeFaceDetector(
             name, threshold=thresholds.get(name), min_face_px=min_face_px,
             batch_size=batch_size, weights_dir=weights_dir)
 

@@ -5,8 +5,9 @@ brow points 26..17 are moved "up" the face (against the eyes -> mouth direction)
 ``FOREHEAD_MARGIN`` = 0.3 of the face height (mean brow point to chin, point 8), which
 reaches about the hairline, so the forehead is inside the mask.
 
-Semantic map: the 11 Helen-style classes of ``sdgan_jax.datasets.features.SEMANTIC_CLASSES``
-drawn from landmark polygons (the default when no face parser is at hand):
+Semantic map: the 11 Helen-style classes of ``SEMANTIC_CLASSES`` (which the record format
+of ``sdgan_jax.datasets.features`` stores) drawn from landmark polygons (the default when no
+face parser is at hand):
 
   skin         the face mask
   nose         27-35: the bridge (widened by 0.1 eye distance each side of 27) to the base
@@ -32,8 +33,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdgan_jax.datasets.features import SEMANTIC_CLASSES
 from sdgan_jax.faces import landmarks as lm
+
+# Helen-style 11 classes (docs/data.md). The face mask covers classes 1-9.
+SEMANTIC_CLASSES = ('background', 'skin', 'left_brow', 'right_brow', 'left_eye', 'right_eye',
+                    'nose', 'upper_lip', 'inner_mouth', 'lower_lip', 'hair')
+NUM_CLASSES = len(SEMANTIC_CLASSES)
+MASKED_CLASSES = tuple(range(1, 10))
 
 FOREHEAD_MARGIN = 0.3   # of the face height (mean brow point -> chin)
 BROW_THICKNESS = 0.15   # of the eye distance

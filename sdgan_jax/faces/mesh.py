@@ -28,7 +28,7 @@ API::
 ``candidates``: a ``detect.Detections``, or a sequence of ``Candidate`` / ``(box,
 keypoints)`` pairs / boxes. Boxes are (x0, y0, x1, y1) in photo pixels, inclusive (dlib's
 convention, as ``detect.Detections``); keypoints are BlazeFace's [6, 2] (right eye, left
-eye, nose tip, mouth centre, right ear, left ear; ``faces.blazeface``) or None.
+eye, nose tip, mouth centre, right ear, left ear; ``faces.blazeface_detector``) or None.
 
 Landmark indices (``FACE_OVAL``, ``RIGHT_EYE``, ...) follow the mesh's fixed topology. As
 in MediaPipe and BlazeFace, "right" and "left" are the *subject's*: ``RIGHT_EYE`` is on the
@@ -46,7 +46,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sdgan_jax import batching
-from sdgan_jax.faces import align, blazeface, detect, upright
+from sdgan_jax.faces import align, blazeface_detector, detect, upright
 
 NAME = 'face_mesh'
 NUM_POINTS = 468
@@ -199,14 +199,14 @@ def _as_candidates(candidates: detect.Detections | Sequence) -> list[Candidate]:
   for c in out:
     if c.box.shape != (4,) or not np.all(np.isfinite(c.box)):
       raise ValueError(f'a candidate box is (x0, y0, x1, y1), got {c.box!r}')
-    if c.keypoints is not None and c.keypoints.shape != (blazeface.NUM_KEYPOINTS, 2):
+    if c.keypoints is not None and c.keypoints.shape != (blazeface_detector.NUM_KEYPOINTS, 2):
       raise ValueError(f'candidate keypoints are BlazeFace\'s [6, 2], got {c.keypoints.shape}')
   return out
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted_apply():
-  from sdgan_jax import xla_options  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import xla_options  # pylint: disable=import-outside-toplevel
   from sdgan_jax.models import face_mesh  # pylint: disable=import-outside-toplevel
 
   model = face_mesh.FaceMeshNet()

@@ -37,7 +37,7 @@ def paste_back(image, crop, matrix, mask, feather_px: float = 4.0) -> np.ndarray
   Args:
     image: uint8 [H, W, 3], the full image the crop was aligned from. Not modified.
     crop: [R, R, 3] face crop, uint8 or float in [0, 1] (a generator's output).
-    matrix: [2, 3] image -> crop similarity (``AlignedFace.matrix`` / ``PreparedFace.matrix``).
+    matrix: [2, 3] image -> crop similarity (``AlignedFace.matrix`` / ``Face.matrix``).
     mask: [R, R] or [R, R, 1] face mask in crop space, nonzero = face ({0, 1} or {0, 255}).
     feather_px: width of the soft edge outside the mask, in image pixels (0 = hard edge).
 

@@ -19,7 +19,6 @@ import dataclasses
 
 import numpy as np
 
-from sdgan_jax.datasets import features
 from sdgan_jax.faces import align, detect, landmarks as scheme, masks, mesh as face_mesh, upright
 
 # Below about this box size dlib's 68 landmarks get unreliable (its HOG model sees faces of
@@ -34,7 +33,7 @@ class Face:
   Preparation (``datasets.features``' record format; None until prepared):
     crop: uint8 [R, R, 3] eye-aligned RGB crop (the record's ``image``).
     mask: uint8 [R, R, 1] face mask, 0 or 255 (the record's ``mask``).
-    semantic: uint8 [R, R, 1] class ids of ``features.SEMANTIC_CLASSES``.
+    semantic: uint8 [R, R, 1] class ids of ``masks.SEMANTIC_CLASSES``.
     landmarks: float32 [68, 2] (x, y) in crop pixels.
     matrix: float64 [2, 3] image -> crop similarity (for ``paste_back``).
 
@@ -102,7 +101,7 @@ class Face:
       self.reason, self.detail = reason, detail
 
   def record(self) -> dict[str, np.ndarray]:
-    """The image/mask/semantic/landmarks part of a ``features.tfds_features`` example."""
+    """The image/mask/semantic/landmarks part of a ``datasets.features.tfds_features`` example."""
     return {'image': self.crop, 'mask': self.mask, 'semantic': self.semantic,
             'landmarks': self.landmarks}
 
@@ -123,11 +122,7 @@ class Face:
     return {k: v for k, v in row.items() if v is not None}
 
 
-# The name the data preparation knows the record by.
-PreparedFace = Face
-
-
-def prepare_face(image, landmarks, resolution: int = features.DEFAULT_RESOLUTION):
+def prepare_face(image, landmarks, resolution: int = align.DEFAULT_RESOLUTION):
   """Aligned crop, mask (0/255), semantic map and crop landmarks for one face's landmarks.
 
   Returns:
@@ -214,7 +209,7 @@ def mask_coverage(mask: np.ndarray, matrix: np.ndarray, box) -> float:
 
 
 def prepare_detected(image: np.ndarray, face: Face, predictor,
-                     resolution: int = features.DEFAULT_RESOLUTION, *,
+                     resolution: int = align.DEFAULT_RESOLUTION, *,
                      min_face_px: float = DEFAULT_MIN_FACE_PX, min_mask_coverage: float = 0.0,
                      prepare_too_small: bool = False, check: bool = True) -> Face:
   """Prepares one detected face in place (module doc) and returns it.
@@ -251,7 +246,7 @@ def prepare_detected(image: np.ndarray, face: Face, predictor,
   return face
 
 
-def prepare_faces(image, resolution: int = features.DEFAULT_RESOLUTION,
+def prepare_faces(image, resolution: int = align.DEFAULT_RESOLUTION,
                   detector: detect.FaceDetector | None = None,
                   predictor=None,
                   min_face_px: float = DEFAULT_MIN_FACE_PX) -> list[Face]:

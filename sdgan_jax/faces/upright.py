@@ -2,7 +2,7 @@
 
 dlib's 68-point shape predictor was trained on upright faces in boxes from its HOG
 detector; on a face tilted by 30-45 degrees in the image plane it fails. BlazeFace
-(``faces.blazeface``) gives six keypoints with every face, so ``fit_landmarks``
+(``faces.blazeface_detector``) gives six keypoints with every face, so ``fit_landmarks``
 
 1. takes the face's roll from its eyes (the line from the right eye to the left eye),
 2. resamples a window around the face turned upright (face width normalised to
@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from sdgan_jax.faces import align, blazeface, detect
+from sdgan_jax.faces import align, blazeface_detector, detect
 
 BOX_DROP = 0.40
 BOX_SIDE = 2.2
@@ -35,7 +35,7 @@ def has_keypoints(keypoints) -> bool:
 
 def roll_degrees(keypoints: np.ndarray) -> float:
   """The face's in-plane rotation, counter-clockwise as seen, from its eye keypoints."""
-  right, left = keypoints[blazeface.RIGHT_EYE], keypoints[blazeface.LEFT_EYE]
+  right, left = keypoints[blazeface_detector.RIGHT_EYE], keypoints[blazeface_detector.LEFT_EYE]
   # Image y points down: a face turned counter-clockwise has its left eye (image right) up.
   return float(math.degrees(math.atan2(-(left[1] - right[1]), left[0] - right[0])))
 
@@ -43,8 +43,8 @@ def roll_degrees(keypoints: np.ndarray) -> float:
 def upright_frame(keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(matrix [2, 3] photo -> upright window, dlib-style box in the window, inclusive)."""
   kp = np.asarray(keypoints, np.float64)
-  eyes = (kp[blazeface.RIGHT_EYE] + kp[blazeface.LEFT_EYE]) / 2
-  eye_to_mouth = float(np.linalg.norm(kp[blazeface.MOUTH] - eyes))
+  eyes = (kp[blazeface_detector.RIGHT_EYE] + kp[blazeface_detector.LEFT_EYE]) / 2
+  eye_to_mouth = float(np.linalg.norm(kp[blazeface_detector.MOUTH] - eyes))
   side = max(BOX_SIDE * eye_to_mouth, 1.0)
   scale = WORK_WIDTH / side
   theta = math.radians(roll_degrees(kp))

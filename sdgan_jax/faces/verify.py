@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sdgan_jax.faces import blazeface, detect, mesh as face_mesh
+from sdgan_jax.faces import blazeface_detector, detect, mesh as face_mesh
 
 # Real faces that the mesh doubted scored 0.3-0.5 (a masked face, an over-exposed one);
 # false candidates above 8 px mostly scored under 0.1.
@@ -110,7 +110,7 @@ def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
   faces = sorted((k for k, d in enumerate(decided) if d),
                  key=lambda k: (not by_mesh[k], -presence[k] if by_mesh[k] else -found.scores[k]))
   exclusive = boxes.astype(np.float64) + np.array([0, 0, 1, 1])
-  overlap = blazeface.iou_matrix(exclusive, exclusive)
+  overlap = blazeface_detector.iou_matrix(exclusive, exclusive)
   inside = _inside(exclusive)
   taken = np.zeros(len(found), bool)
   kept, sources = [], []

@@ -19,7 +19,7 @@ ported here layer for layer so that their ``.tflite`` weights convert 1:1
 Input: [0, 1] RGB NHWC at the model's size (MediaPipe feeds ``2x - 1``; done inside).
 Output: ``(regressors [N, A, 16], logits [N, A])`` exactly as the TFLite model's two output
 tensors: per anchor, the box centre offset, width and height and six (x, y) keypoints in
-input pixels (``sdgan_jax.faces.blazeface`` decodes them), and the face logit. Both models
+input pixels (``sdgan_jax.faces.blazeface_detector`` decodes them), and the face logit. Both models
 are fully convolutional: other input sizes (multiples of 32 for the full-range model, of
 16 for the short-range) give the same grids at the same strides.
 """
@@ -49,7 +49,7 @@ class Conv(nn.Module):
   ``padding`` is 'SAME' (TensorFlow's) or one symmetric pad per side. Parameters have
   ``nn.Conv``'s layout (``kernel`` HWIO, [k, k, 1, C] when depthwise; ``bias``). The 3x3
   depthwise convs are computed as nine shifted multiply-adds and the 1x1 convs as matrix
-  products: XLA's CPU backend ran them as grouped convolutions 30x (and 4x) slower, and
+  products: XLA's CPU backend ran them as grouped convolutions many times slower, and
   miscompiled the short-range blocks on JAX 0.10 (``docs/detection.md``). Shared with the
   face mesh (``models.face_mesh``).
   """

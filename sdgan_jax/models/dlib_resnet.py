@@ -34,8 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sdgan_jax import xla_options
 from sdgan_jax.models.layers import Dtype
+from sdgan_jax.perf import xla_options
 
 INPUT_SIZE = 150
 MEAN_RGB = (122.782, 117.001, 104.298)
@@ -152,11 +152,6 @@ class DlibResNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(128, use_bias=False, name='fc', **kw)(x)
     return x.astype(jnp.float32)
-
-
-def descriptor_distance(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Euclidean distance between descriptors (same person if < ``SAME_PERSON_THRESHOLD``)."""
-  return jnp.linalg.norm(a - b, axis=-1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -45,7 +45,6 @@ INPUT_SIZE = 299
 TF_INPUT_RANGE = (-1.0, 127.0 / 128.0)
 # pytorch-fid's ``normalize_input`` (2 x - 1).
 PYTORCH_FID_INPUT_RANGE = (-1.0, 1.0)
-POOL_FEATURES = 2048
 NUM_CLASSES = 1008
 BN_EPSILON = 1e-3
 

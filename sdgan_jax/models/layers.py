@@ -94,8 +94,8 @@ def max_pool2(x: jax.Array) -> jax.Array:
 
   The values are ``nn.max_pool``'s, but the gradient is an elementwise mask of each window's
   maxima, where a max reduce-window's gradient (select-and-scatter) runs on XLA's CPU backend
-  as index tensors, a variadic reduce-window and a scatter: ~4% of the demo train step, which
-  differentiates VGG-16 three times (BENCHMARKS.md). Where a window holds several equal
+  as index tensors, a variadic reduce-window and a scatter, and the demo train step
+  differentiates VGG-16 three times. Where a window holds several equal
   maxima the gradient is split among them instead of going to one; behind VGG's ReLUs those
   are zeros, whose gradient the ReLU stops anyway.
   """

@@ -6,7 +6,7 @@ JAX's CUDA plugin installed (``pip install 'jax[cuda12]'``, no driver needed), a
 builds the very program a GPU would run (``compile_only_mesh``) and reports its compile time
 and XLA's buffer assignment. What it cannot do is autotune: on a GPU, XLA also times
 candidate cuDNN and Triton kernels for every convolution and matmul, so a GPU's compile takes
-this compile's time (on its own host CPU) plus the autotuning. BENCHMARKS.md has both.
+this compile's time (on its own host CPU) plus the autotuning.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from sdgan_jax import benchmarking, parallel, train_step
 from sdgan_jax import networks as networks_lib
+from sdgan_jax import parallel, train_step
+from sdgan_jax.perf import benchmarking
 
 # The GPUs' facts that XLA's GPU compiler reads (its GpuTargetConfig proto). H100 SXM and
 # H200 are the same GH100 chip (compute capability 9.0, 132 SMs, 50 MiB L2, 228 KiB shared

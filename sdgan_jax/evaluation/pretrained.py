@@ -20,7 +20,7 @@ import numpy as np
 
 from sdgan_jax import batching
 from sdgan_jax import weights as weights_lib
-from sdgan_jax import xla_options
+from sdgan_jax.perf import xla_options
 
 FACENET_WEIGHTS = ('facenet_vggface2', 'facenet_casia_webface')
 EMBEDDING_NAMES = {'facenet_vggface2': 'FaceNet (VGGFace2)',

@@ -1,7 +1,7 @@
 """JAX's persistent compilation cache for the entry points (run.py and the tools).
 
-Compiling the train step takes minutes (over two on an H200, cuDNN autotuning included;
-about a minute on a CPU) and the anonymizer's generator minutes on a CPU: with the cache, a
+Compiling the train step takes minutes (cuDNN autotuning included on GPUs), and the
+anonymizer's generator minutes on a CPU: with the cache, a
 restarted run or a second tool call loads the compiled programs instead. Library code never
 turns it on; entry points do, before their first compile.
 """

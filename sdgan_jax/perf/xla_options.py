@@ -1,4 +1,4 @@
-"""The XLA compiler options this project sets, and where: each one measured (BENCHMARKS.md).
+"""The XLA compiler options this project sets, and where; each one was chosen by measurement.
 
 Options go to single programs (``jax.jit(..., compiler_options=...)``), never to the whole
 process. An option that ``$XLA_FLAGS`` sets is left to it (a user's or the test suite's
@@ -16,21 +16,19 @@ import jax
 import numpy as np
 
 # Initialisers run once, so their compile is all that counts: XLA at -O0 compiles the demo's
-# state initialiser in about half the time and it still runs in under a second
-# (BENCHMARKS.md, compile times). Almost all of that program is random-number kernels.
+# state initialiser much faster and it still runs fast. Almost all of that program is
+# random-number kernels.
 INIT = {'xla_backend_optimization_level': 0}
 
 # XLA's CPU backend hands dots, convolutions and reductions to YNNPACK by default (jaxlib
-# 0.10.2). Its convolutions ran our networks 1.1-2.5x slower than XLA's own (Eigen) ones on
-# the 2-core development machine (BENCHMARKS.md, 2026-12-03: the demo train step 2.02 ->
-# 1.50 s, FaceNet 466 -> 190 ms per 16 faces), so CPU programs of networks keep YNNPACK for
-# dots and reductions only.
+# 0.10.2). Its convolutions ran our networks slower than XLA's own (Eigen) ones, so CPU
+# programs of networks keep YNNPACK for dots and reductions only.
 CPU_NETWORKS = {'xla_cpu_experimental_ynn_fusion_type':
                 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 
 # A train step runs thousands of times, so it keeps optimised code, but on CPUs LLVM's -O1
-# compiles the demo's step in 16% less time than XLA's default level and the step runs as
-# fast (BENCHMARKS.md, compile times). Accelerators keep their default.
+# compiles the demo's step faster than XLA's default level and the step runs as fast.
+# Accelerators keep their default.
 CPU_STEP = {'xla_backend_optimization_level': 1, **CPU_NETWORKS}
 
 # No YNNPACK at all: its fusion of BlazeFace's blocks ran them slower and, on jaxlib 0.10,

@@ -45,7 +45,6 @@ PAPER_OTHERS = {
 
 TABLE1_COLUMNS = ('identification', 'reidentification')  # after the detection columns
 PAPER_DETECTION_COLUMNS = ('detection_hog', 'detection_ssh')
-TABLE3_COLUMNS = ('fid', 'kid', 'ssim', 'psnr')
 
 
 def paper_row(row: Mapping[str, Any]) -> dict:

@@ -225,8 +225,8 @@ def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
 
 @functools.lru_cache(maxsize=None)
 def _jitted_apply(name: str):
-  from sdgan_jax import xla_options  # pylint: disable=import-outside-toplevel
   from sdgan_jax.models import blazeface  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import xla_options  # pylint: disable=import-outside-toplevel
 
   model = blazeface.MODELS[name]()
 

@@ -15,7 +15,7 @@ photos) background. The ground truth of a face is its 68 landmarks mapped into t
 (dlib's landmarks on the large frontal source photo), its axis-aligned box and its size
 bucket. A detection *covers* a face when the face's five key points (eye centres, nose tip,
 mouth corners) lie inside the detection box and the box is not absurdly larger than the
-face (``covers``): that is what anonymizing the box needs.
+face (``sdgan_jax.evaluation.coverage``): that is what anonymizing the box needs.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from sdgan_jax.evaluation.coverage import covers, false_box_mask
 from sdgan_jax.faces import landmarks
 
 # Face width buckets (px, [lo, hi)), reported separately: the small ones are where
@@ -37,8 +38,6 @@ BACKGROUNDS = ('plain', 'cluttered')
 # Key points that a covering box must contain: eye centres, nose tip, mouth corners.
 _EYES = (slice(36, 42), slice(42, 48))
 _NOSE_TIP, _MOUTH = 30, (48, 54)
-# How much larger than the face's box a covering detection may be (area ratio).
-MAX_AREA_RATIO = 12.0
 # The canvas patch around a face: its radius in face widths, and the width of its soft edge.
 PATCH_RADIUS = 1.35
 EDGE = 0.25
@@ -90,7 +89,7 @@ class GroundTruthFace:
 
   @property
   def size(self) -> float:
-    """The face's width in canvas pixels (``covers``' slack is a share of it)."""
+    """The face's width in canvas pixels (``coverage.covers``' slack is a share of it)."""
     return self.spec.size
 
   @property
@@ -340,44 +339,10 @@ def build_recall_set(sources: dict[str, FaceSource], num_faces: int = 120,
 # --- scoring ------------------------------------------------------------------------------
 
 
-def covers(box, face: GroundTruthFace, tolerance: float = 0.05) -> bool:
-  """True when ``box`` (x0, y0, x1, y1) contains the face's visible key points (with
-  ``tolerance`` of the face width to spare) and is at most ``MAX_AREA_RATIO`` times the
-  face's box. (What an occluder hides cannot identify anyone.)
-
-  ``face`` is any object with ``size``, ``keypoints`` [5, 2], ``visible`` [5] and ``box``
-  (exclusive ends), so that the photo set (``evaluation.photo_set``) scores alike.
-  """
-  x0, y0, x1, y1 = (float(v) for v in box)
-  slack = tolerance * face.size
-  pts = face.keypoints[face.visible]
-  inside = ((pts[:, 0] >= x0 - slack) & (pts[:, 0] <= x1 + slack) &
-            (pts[:, 1] >= y0 - slack) & (pts[:, 1] <= y1 + slack)).all()
-  gx0, gy0, gx1, gy1 = face.box
-  ratio = max(x1 - x0, 1e-6) * max(y1 - y0, 1e-6) / ((gx1 - gx0) * (gy1 - gy0))
-  return bool(inside and ratio <= MAX_AREA_RATIO)
-
-
 def found_faces(canvas: Canvas, boxes: np.ndarray) -> list[bool]:
   """Per ground-truth face of ``canvas``: is it covered by one of ``boxes`` [N, 4]?"""
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   return [any(covers(b, face) for b in boxes) for face in canvas.faces]
-
-
-def _intersect(a, b) -> bool:
-  return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-def false_box_mask(boxes: np.ndarray, faces: Sequence, ignore: Sequence = ()) -> np.ndarray:
-  """bool [N]: which of ``boxes`` [N, 4] cover none of ``faces`` and overlap none of their
-  boxes nor any ``ignore`` region (x0, y0, x1, y1; a place where a detection counts neither
-  way, e.g. a face cut by the frame)."""
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-  mask = np.ones(len(boxes), bool)
-  for i, b in enumerate(boxes):
-    mask[i] = not (any(covers(b, face) or _intersect(b, face.box) for face in faces) or
-                   any(_intersect(b, region) for region in ignore))
-  return mask
 
 
 def false_boxes(canvas: Canvas, boxes: np.ndarray) -> int:
