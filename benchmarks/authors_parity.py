@@ -434,7 +434,7 @@ def nchw(x: np.ndarray) -> np.ndarray:
 
 def our_networks():
   """Our three networks as ``configs/celeba.py:authors`` at the authors' shapes build them."""
-  from sdgan_jax import benchmarking  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
   from sdgan_jax.configs import celeba  # pylint: disable=import-outside-toplevel
   from sdgan_jax.networks import Networks  # pylint: disable=import-outside-toplevel
   config = benchmarking.authors_shapes_config(celeba.get_config('authors'))
