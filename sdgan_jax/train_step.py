@@ -405,7 +405,7 @@ def _generator_updates(networks: Networks, state: TrainState, batches: _UpdateBa
                                  length=networks.config.train.g_steps - 1, unroll=unroll)
     metrics = later or metrics
   else:
-    nets, metrics = repeat_updates(update_on, nets, batches.generator, unroll=unroll)
+    nets, metrics = repeat_updates(own_forward_update, nets, batches.generator, unroll=unroll)
   gen, disc, ident = nets
   return state.replace(generator=gen, discriminator=disc, identity=ident), metrics
 
