@@ -1,8 +1,8 @@
 """The SDGAN train step: one TrainState, one jitted update of all three networks (eq. 2-9).
 
-``train_step(networks, state, batch) -> (state, metrics)`` updates, in order, the Siamese
-identity network (contrastive loss on real pairs, eq. 8), the discriminator (LSGAN, eq. 2)
-and the generator (``config.train.g_steps`` times: eq. 3 + SSIM + perceptual + the
+``train_step(networks, state, batch, unroll=...) -> (state, metrics)`` updates, in order,
+the Siamese identity network (contrastive loss on real pairs, eq. 8), the discriminator
+(LSGAN, eq. 2) and the generator (``config.train.g_steps`` times: eq. 3 + SSIM + perceptual + the
 contrastive pull towards the target person, eq. 9 and §3.4), then the generator's EMA.
 docs/training.md describes the step; docs/deviations.md where it differs from the paper.
 
@@ -22,10 +22,8 @@ Batch (numpy or jax arrays, leading axis = global batch):
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -118,74 +116,37 @@ def create_train_state(networks: Networks, rng: jax.Array,
                     ema_stats=generator.stats)
 
 
-# The platform the step is being traced for, set by ``update_loops_for`` (None: JAX's default).
-_LOOPS_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    'update_loops_platform', default=None)
+def unrolls_update_loops(platform: str) -> bool:
+  """The ``unroll`` of a step compiled for ``platform``'s devices: True on CPUs, where XLA
+  runs convolutions inside a while loop or a conditional many times slower; accelerators
+  keep repeated updates as one loop body, which holds the program and its compile time at
+  the size of one update."""
+  return platform == 'cpu'
 
 
-def unrolls_update_loops(platform: str | None = None) -> bool:
-  """Repeated updates are written out one after another on CPUs, where XLA runs
-  convolutions inside a while loop or a conditional many times slower (BENCHMARKS.md, CPU
-  train step rows); on accelerators they stay one loop body, which keeps the program and
-  its compile time at the size of one update. ``platform``: the devices' platform; default
-  the one ``update_loops_for`` set (``jit_train_step``: its mesh's), else JAX's default
-  backend."""
-  return (platform or _LOOPS_PLATFORM.get() or jax.default_backend()) == 'cpu'
+def repeat_updates(update: Callable, carry, xs=None, *, length: int | None = None,
+                   unroll: bool) -> tuple[Any, dict]:
+  """``update(carry, x) -> (carry, metrics)`` once per slice ``x`` of ``xs`` (arrays with a
+  leading axis), or ``length`` times with ``x`` None; returns the carry and the last
+  update's metrics ({} when there is none).
 
-
-@contextlib.contextmanager
-def update_loops_for(platform: str) -> Iterator[None]:
-  """Steps traced inside take ``platform``'s loop structure (``unrolls_update_loops``), so a
-  program compiled for a mesh's devices follows those devices, not the default backend
-  (a GPU program compiled from a CPU host, ``compile_only.compile_train_step``). It holds
-  for functions first traced inside: ``jax.jit`` reuses a function's earlier trace."""
-  token = _LOOPS_PLATFORM.set(platform)
-  try:
-    yield
-  finally:
-    _LOOPS_PLATFORM.reset(token)
-
-
-def traced_once(fn: Callable) -> Callable:
-  """``fn`` traced once per distinct input shapes and inlined into the caller's program at
-  every call: written-out updates reuse one trace instead of tracing a copy each (over a
-  third off the demo step's tracing; the program is the same). Not inlined, the nested
-  calls would run about 1.5x slower on XLA's CPU backend (BENCHMARKS.md, compile times).
-  Where updates stay one loop body (accelerators) that body is traced once anyway: ``fn``."""
-  return jax.jit(fn, inline=True) if unrolls_update_loops() else fn
-
-
-def scan_updates(update: Callable, carry, xs, length: int | None = None, *,
-                 trace_once: bool = True):
-  """``jax.lax.scan(update, carry, xs, length)``: one loop body on accelerators, the same
-  updates as straight-line code on CPUs (``unrolls_update_loops``); the outputs are stacked
-  either way. ``xs`` (arrays or None) index the iterations. Written out, ``update`` is
-  ``traced_once`` unless ``trace_once`` is False (for one that branches on a concrete x)."""
-  if not unrolls_update_loops():
-    return jax.lax.scan(update, carry, xs, length=length)
+  ``unroll``: written out one after another, each a call of one trace of ``update``
+  inlined into the program (``jax.jit(inline=True)``: traced once, not once per update);
+  otherwise one ``lax.scan`` body. A single update is a plain call either way.
+  """
   count = length if xs is None else len(jax.tree_util.tree_leaves(xs)[0])
-  update = traced_once(update) if trace_once else update
-  outputs = []
+  nth = lambda i: None if xs is None else jax.tree_util.tree_map(lambda a: a[i], xs)
+  if count == 0:
+    return carry, {}
+  if count == 1:
+    return update(carry, nth(0))
+  if not unroll:
+    carry, metrics = jax.lax.scan(update, carry, xs, length=count)
+    return carry, jax.tree_util.tree_map(lambda m: m[-1], metrics)
+  update = jax.jit(update, inline=True)
   for i in range(count):
-    x = None if xs is None else jax.tree_util.tree_map(lambda a, i=i: a[i], xs)
-    carry, out = update(carry, x)
-    outputs.append(out)
-  return carry, jax.tree_util.tree_map(lambda *o: jnp.stack(o), *outputs)
-
-
-def _last(metrics):
-  return jax.tree_util.tree_map(lambda m: m[-1], metrics)
-
-
-def _repeat(update: Callable[[NetState], tuple[NetState, dict]], net: NetState,
-            times: int) -> tuple[NetState, dict]:
-  """``times`` updates of one network (``scan_updates``); the last one's metrics."""
-  if times == 0:
-    return net, {}
-  if times == 1:
-    return update(net)
-  net, metrics = scan_updates(lambda carry, _: update(carry), net, None, length=times)
-  return net, _last(metrics)
+    carry, metrics = update(carry, nth(i))
+  return carry, metrics
 
 
 def identity_update(networks: Networks, net: NetState, batch) -> tuple[NetState, dict]:
@@ -338,128 +299,137 @@ def generator_update(networks: Networks, state: TrainState, batch, forward, refe
   return new_state, {f'g_{k}': v for k, v in metrics.items()}
 
 
-def _adversarial_updates(networks: Networks, state: TrainState, batch):
-  """``d_steps`` discriminator updates (eq. 2), then ``g_steps`` generator updates (eq. 9).
+class _UpdateBatches(NamedTuple):
+  """The batches of one step's updates (``batch_slots``): with ``shared``, the one batch
+  every update sees in each field; else each phase's own batches, stacked on a leading
+  axis, one per update."""
+  shared: bool
+  identity: dict
+  fake: dict
+  real: dict
+  generator: dict
 
-  Each generator update runs G forward once, and the first one's forward also gives the
-  discriminator its fake, so the discriminator updates run inside the first iteration.
-  Several generator updates are one loop body (``scan_updates``) whose ``lax.cond`` runs
-  that D phase at the first iteration only: the program holds one generator update and one
-  D phase whatever the ratio. Written out on CPUs, the D phase is in the first only.
-  """
-  cfg = networks.config.train
-  onehot = one_hot(batch['semantic'], networks.config.num_classes)
-  reference = reference_features(networks, state, batch) if cfg.g_steps else None
 
-  def d_phase(disc: NetState, fake):
-    return _repeat(lambda net: discriminator_update(net, batch['image'], onehot, fake, onehot),
-                   disc, cfg.d_steps)
+def _update_batches(train_config, batch: dict) -> _UpdateBatches:
+  if batch_slots(train_config) == 1:
+    return _UpdateBatches(True, batch, batch, batch, batch)
+  t = train_config
+  ends = np.cumsum([t.identity_steps, t.d_steps, t.d_steps, t.g_steps])
+  return _UpdateBatches(False, *(jax.tree_util.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], batch)
+                                 for lo, hi in zip([0, *ends[:-1]], ends)))
 
-  first_d_metrics = {}  # written-out iterations: the D phase's, to zero in the later ones
-  # the iterations branch on their concrete index, so their generator parts are traced once
-  forward_fn = traced_once(functools.partial(generator_forward, networks))
-  update_fn = traced_once(functools.partial(generator_update, networks))
 
-  def iteration(nets, index):
-    gen, disc, ident = nets
-    forward = forward_fn(gen, batch)
-    fake = jax.lax.stop_gradient(forward[0])
-    # Later iterations leave D alone; their zero D metrics keep the loop's output structure.
-    if not isinstance(index, (int, np.integer)):  # traced inside a loop body
-      shapes = jax.eval_shape(d_phase, disc, fake)[1]
-      skip = lambda d, _: (d, {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()})
-      disc, d_metrics = jax.lax.cond(index == 0, d_phase, skip, disc, fake)
-    elif index == 0:
-      disc, d_metrics = d_phase(disc, fake)
-      first_d_metrics.update(d_metrics)
-    else:  # written out: no second trace of the D phase just for its metrics' shapes
-      d_metrics = jax.tree_util.tree_map(jnp.zeros_like, dict(first_d_metrics))
-    if not cfg.g_steps:
-      return (gen, disc, ident), (d_metrics, {})
-    # D and the identity net ride in the carry: in training mode (``judges_train``) each
-    # generator update advances their statistics
-    new, g_metrics = update_fn(state.replace(generator=gen, discriminator=disc,
-                                             identity=ident), batch, forward, reference)
-    return (new.generator, new.discriminator, new.identity), (d_metrics, g_metrics)
-
-  nets = (state.generator, state.discriminator, state.identity)
-  if cfg.g_steps <= 1:
-    (gen, disc, ident), (d_metrics, g_metrics) = iteration(nets, 0)
+def _identity_updates(networks: Networks, state: TrainState, batches: _UpdateBatches,
+                      unroll: bool) -> tuple[TrainState, dict]:
+  """``identity_steps`` updates of the identity network (eq. 8)."""
+  update = lambda net, batch: identity_update(networks, net, batch)
+  if batches.shared:
+    identity, metrics = repeat_updates(
+        lambda net, _: update(net, batches.identity), state.identity,
+        length=networks.config.train.identity_steps, unroll=unroll)
   else:
-    (gen, disc, ident), (d_metrics, g_metrics) = scan_updates(
-        iteration, nets, np.arange(cfg.g_steps), trace_once=False)
-    d_metrics = jax.tree_util.tree_map(lambda m: m[0], d_metrics)  # the D phase's
-    g_metrics = _last(g_metrics)
-  return (state.replace(generator=gen, discriminator=disc, identity=ident),
-          {**d_metrics, **g_metrics})
+    identity, metrics = repeat_updates(update, state.identity, batches.identity,
+                                       unroll=unroll)
+  return state.replace(identity=identity), metrics
 
 
-def _fresh_batch_updates(networks: Networks, state: TrainState, batch: dict):
-  """The authors' schedule: each update on its own batch (``batch_slots`` order).
+def _discriminator_updates(networks: Networks, state: TrainState, batches: _UpdateBatches,
+                           unroll: bool):
+  """``d_steps`` discriminator updates (eq. 2), composites beside real images; returns
+  ``(state, metrics, forward)``.
 
-  The discriminator's fakes come from the generator run on their own batch (no gradient;
-  its normalisation statistics still advance, as a PyTorch forward in training mode does)
-  and are judged beside a separate batch of real images.
+  With a shared batch, the composites are those of the generator's forward pass at its
+  current parameters, ``forward`` (``generator_forward``), which the first generator update
+  then reuses. With fresh batches, each update judges the generator's composites of its own
+  batch (no gradient; its normalisation statistics still advance, as a PyTorch forward in
+  training mode does) beside a separate batch of real images, and ``forward`` is None.
   """
   t, classes = networks.config.train, networks.config.num_classes
-  ends = np.cumsum([t.identity_steps, t.d_steps, t.d_steps, t.g_steps])
-  ident_b, fake_b, real_b, gen_b = (
-      jax.tree_util.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], batch)
-      for lo, hi in zip([0, *ends[:-1]], ends))
-  metrics = {}
+  if batches.shared:
+    batch = batches.fake
+    onehot = one_hot(batch['semantic'], classes)
+    forward = generator_forward(networks, state.generator, batch)
+    fake = jax.lax.stop_gradient(forward[0])
+    disc, metrics = repeat_updates(
+        lambda net, _: discriminator_update(net, batch['image'], onehot, fake, onehot),
+        state.discriminator, length=t.d_steps, unroll=unroll)
+    return state.replace(discriminator=disc), metrics, forward
 
-  def d_update(nets, pair):
+  def update(nets, fakes_and_reals):
     gen, disc = nets
-    fakes, reals = pair
+    fakes, reals = fakes_and_reals
     fake, g_stats = generate(networks.generator, gen.params, gen.stats, fakes, classes,
                              train=True)
-    disc, m = discriminator_update(disc, reals['image'], one_hot(reals['semantic'], classes),
-                                   jax.lax.stop_gradient(fake),
-                                   one_hot(fakes['semantic'], classes))
-    return (gen.replace(stats=g_stats), disc), m
+    disc, metrics = discriminator_update(
+        disc, reals['image'], one_hot(reals['semantic'], classes),
+        jax.lax.stop_gradient(fake), one_hot(fakes['semantic'], classes))
+    return (gen.replace(stats=g_stats), disc), metrics
 
-  def g_update(nets, b):
+  (gen, disc), metrics = repeat_updates(update, (state.generator, state.discriminator),
+                                        (batches.fake, batches.real), unroll=unroll)
+  return state.replace(generator=gen, discriminator=disc), metrics, None
+
+
+def _generator_updates(networks: Networks, state: TrainState, batches: _UpdateBatches,
+                       forward, unroll: bool) -> tuple[TrainState, dict]:
+  """``g_steps`` generator updates (eq. 9), each through its own forward pass.
+
+  With a shared batch, the first update goes through ``forward``, the pass whose
+  composites the discriminator has just judged, and the other ``g_steps - 1`` run their
+  own; all compare with the same ``reference_features``. With fresh batches, each update
+  runs on its own batch, with that batch's reference features.
+  """
+  if not networks.config.train.g_steps:
+    return state, {}
+
+  def update(nets, batch, forward, reference):
+    # D and the identity net ride along: in training mode (``judges_train``) each
+    # generator update advances their statistics
     gen, disc, ident = nets
     current = state.replace(generator=gen, discriminator=disc, identity=ident)
-    new, m = generator_update(networks, current, b, generator_forward(networks, gen, b),
-                              reference_features(networks, current, b))
-    return (new.generator, new.discriminator, new.identity), m
+    new, metrics = generator_update(networks, current, batch, forward, reference)
+    return (new.generator, new.discriminator, new.identity), metrics
 
-  if t.identity_steps:
-    identity, m = scan_updates(lambda net, b: identity_update(networks, net, b),
-                               state.identity, ident_b)
-    state = state.replace(identity=identity)
-    metrics.update(_last(m))
-  if t.d_steps:
-    (gen, disc), m = scan_updates(d_update, (state.generator, state.discriminator),
-                                  (fake_b, real_b))
-    state = state.replace(generator=gen, discriminator=disc)
-    metrics.update(_last(m))
-  if t.g_steps:
-    (gen, disc, ident), m = scan_updates(
-        g_update, (state.generator, state.discriminator, state.identity), gen_b)
-    state = state.replace(generator=gen, discriminator=disc, identity=ident)
-    metrics.update(_last(m))
-  return state, metrics
+  def own_forward_update(nets, batch, reference=None):
+    forward = generator_forward(networks, nets[0], batch)
+    if reference is None:
+      reference = reference_features(networks, state.replace(identity=nets[2]), batch)
+    return update(nets, batch, forward, reference)
 
-
-def train_step(networks: Networks, state: TrainState, batch: dict
-               ) -> tuple[TrainState, dict]:
-  """One SDGAN step: identity net, discriminator, ``g_steps`` generator updates, EMA."""
-  cfg = networks.config
-  if batch_slots(cfg.train) > 1:
-    state, metrics = _fresh_batch_updates(networks, state, batch)
+  nets = (state.generator, state.discriminator, state.identity)
+  if batches.shared:
+    batch = batches.generator
+    reference = reference_features(networks, state, batch)
+    nets, metrics = update(nets, batch, forward, reference)
+    nets, later = repeat_updates(lambda n, _: own_forward_update(n, batch, reference), nets,
+                                 length=networks.config.train.g_steps - 1, unroll=unroll)
+    metrics = later or metrics
   else:
-    identity, metrics = _repeat(lambda net: identity_update(networks, net, batch),
-                                state.identity, cfg.train.identity_steps)
-    state, m = _adversarial_updates(networks, state.replace(identity=identity), batch)
-    metrics = {**metrics, **m}
+    nets, metrics = repeat_updates(own_forward_update, nets, batches.generator, unroll=unroll)
+  gen, disc, ident = nets
+  return state.replace(generator=gen, discriminator=disc, identity=ident), metrics
 
-  ema = optax.incremental_update(state.generator.params, state.ema_params,
-                                 1.0 - cfg.train.ema_decay)
-  ema_stats = optax.incremental_update(state.generator.stats, state.ema_stats,
-                                       1.0 - cfg.train.ema_decay)
-  metrics = {f'train/{k}': v.astype(jnp.float32) for k, v in metrics.items()}
+
+def train_step(networks: Networks, state: TrainState, batch: dict, *, unroll: bool
+               ) -> tuple[TrainState, dict]:
+  """One SDGAN step, in the order of the paper's training loop: the identity network
+  (``identity_steps`` updates, eq. 8), the discriminator (``d_steps``, eq. 2), the generator
+  (``g_steps``, eq. 9), then the generator's EMA.
+
+  ``unroll`` (static; ``unrolls_update_loops`` of the devices): repeated updates written
+  out one after another, as CPUs want, or one loop body each (``repeat_updates``).
+  """
+  cfg = networks.config
+  batches = _update_batches(cfg.train, batch)
+  state, id_metrics = _identity_updates(networks, state, batches, unroll)
+  state, d_metrics, forward = _discriminator_updates(networks, state, batches, unroll)
+  state, g_metrics = _generator_updates(networks, state, batches, forward, unroll)
+
+  decay = cfg.train.ema_decay
+  ema = optax.incremental_update(state.generator.params, state.ema_params, 1.0 - decay)
+  ema_stats = optax.incremental_update(state.generator.stats, state.ema_stats, 1.0 - decay)
+  metrics = {f'train/{k}': v.astype(jnp.float32)
+             for k, v in {**id_metrics, **d_metrics, **g_metrics}.items()}
   finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
   metrics['train/all_finite'] = finite.astype(jnp.float32)
   return state.replace(step=state.step + 1, ema_params=ema, ema_stats=ema_stats), metrics
@@ -467,14 +437,11 @@ def train_step(networks: Networks, state: TrainState, batch: dict
 
 def jit_train_step(networks: Networks, mesh: jax.sharding.Mesh) -> Callable:
   """``train_step`` jitted over ``mesh``: batch split on 'data', state replicated, donated;
-  its update loops those of the mesh's platform (``update_loops_for``)."""
-  platform = mesh.devices.flat[0].platform
-
-  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    with update_loops_for(platform):
-      return train_step(networks, state, batch)
-
-  return parallel.jit_step(step, mesh, batch_partition(networks.config.train))
+  its update loops those of the mesh's devices (``unrolls_update_loops``), which need not
+  be this host's (``compile_only``)."""
+  unroll = unrolls_update_loops(mesh.devices.flat[0].platform)
+  return parallel.jit_step(functools.partial(train_step, networks, unroll=unroll), mesh,
+                           batch_partition(networks.config.train))
 
 
 def init_train_state(networks: Networks, rng: jax.Array, mesh: jax.sharding.Mesh,

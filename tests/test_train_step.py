@@ -220,8 +220,8 @@ def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
 
 def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
   """1:1:3 equals the updates made one by one: the identity net, D on G's fake, then three
-  generator updates, each with its own forward pass (the step runs them as one ``lax.scan``
-  body whose first iteration also updates D on its forward's output)."""
+  generator updates, each with its own forward pass (the step's first generator update
+  reuses the forward pass whose composite D judged)."""
   cfg2 = setup[0].copy_and_resolve_references()
   cfg2.train.g_steps, cfg2.train.d_steps, cfg2.train.identity_steps = 3, 1, 1
   # SGD: Adam's first steps are ~lr * sign(g), which turns float reordering noise in
@@ -230,7 +230,8 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
   models2 = Networks(cfg2)
   batch = {k: jnp.asarray(v) for k, v in batch_for(cfg2, seed=3).items()}
   state = train_step.create_train_state(models2, jax.random.key(5))
-  new, metrics = jax.jit(lambda s, b: train_step.train_step(models2, s, b))(state, batch)
+  new, metrics = jax.jit(lambda s, b: train_step.train_step(models2, s, b, unroll=True))(
+      state, batch)
   assert 'train/d_lsgan' in metrics and 'train/g_total' in metrics
 
   # pylint: disable=protected-access
@@ -375,12 +376,10 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
 @pytest.mark.slow
 @pytest.mark.parametrize('fresh_batches', [False, True], ids=['shared_batch', 'fresh_batches'])
 def test_accelerator_update_loops_equal_the_written_out_updates(setup, fresh_batches):
-  """Accelerators run repeated updates as ``lax.scan`` bodies (with a shared batch, the D
-  phase under a ``lax.cond`` in the first generator iteration); CPUs write them out. Traced
-  for an accelerator (``update_loops_for``) but run on the CPU, the loops give the same
-  2:1:2 step as the written-out code."""
+  """Accelerators run repeated updates as ``lax.scan`` bodies (``unroll=False``), CPUs
+  write them out; run on the CPU, both give the same 2:1:3 step."""
   cfg = setup[0].copy_and_resolve_references()
-  cfg.train.g_steps, cfg.train.d_steps, cfg.train.identity_steps = 2, 1, 2
+  cfg.train.g_steps, cfg.train.d_steps, cfg.train.identity_steps = 3, 1, 2
   cfg.train.fresh_batches = fresh_batches
   cfg.optim.name = 'sgd'  # see test_update_ratio_runs_that_many_updates_in_one_loop
   models = Networks(cfg)
@@ -389,17 +388,14 @@ def test_accelerator_update_loops_equal_the_written_out_updates(setup, fresh_bat
   parts = [batch_for(cfg, seed=20 + k) for k in range(slots)]
   batch = parts[0] if slots == 1 else {k: np.stack([p[k] for p in parts]) for k in parts[0]}
   results = {}
-  for written_out in (True, False):
+  for unroll in (True, False):
     state = train_step.init_train_state(models, jax.random.key(7), mesh)
     sharded = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS,
                                    train_step.batch_partition(cfg.train))
-    # jit_train_step would trace for its CPU mesh: jit the bare step, traced inside the with
-    step = parallel.jit_step(functools.partial(train_step.train_step, models), mesh,
-                             train_step.batch_partition(cfg.train))
-    with train_step.update_loops_for('cpu' if written_out else 'gpu'):
-      assert train_step.unrolls_update_loops() == written_out
-      new, metrics = step(state, sharded)
-    results[written_out] = jax.tree_util.tree_map(np.asarray, (
+    step = parallel.jit_step(functools.partial(train_step.train_step, models, unroll=unroll),
+                             mesh, train_step.batch_partition(cfg.train))
+    new, metrics = step(state, sharded)
+    results[unroll] = jax.tree_util.tree_map(np.asarray, (
         {name: getattr(new, name).params for name in ('identity', 'discriminator', 'generator')},
         new.generator.stats, {k: float(v) for k, v in metrics.items()}))
   (nets, stats, metrics), (loop_nets, loop_stats, loop_metrics) = results[True], results[False]
@@ -413,25 +409,29 @@ def test_accelerator_update_loops_equal_the_written_out_updates(setup, fresh_bat
 
 def test_update_loops_follow_the_platform_the_step_is_compiled_for(setup):
   """The step's program has the loop structure of the devices it is compiled for: one
-  while loop per repeated update on accelerators, none on CPUs; ``jit_train_step`` takes
-  its mesh's platform over any other (a GPU program can be compiled from a CPU host)."""
+  while loop per repeated update on accelerators (the generator's after the first, which
+  shares its forward pass with D), none on CPUs, and no conditional either way;
+  ``jit_train_step`` takes its mesh's platform."""
   cfg = setup[0].copy_and_resolve_references()
   cfg.train.g_steps, cfg.train.identity_steps = 3, 2
   models, mesh = Networks(cfg), setup[2]
   state = jax.eval_shape(lambda key: train_step.create_train_state(models, key),
                          jax.random.key(0))
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_for(cfg).items()}
-  # a new jitted function each time: jax.jit reuses a function's trace for the same inputs
-  bare = lambda: parallel.jit_step(functools.partial(train_step.train_step, models), mesh)
 
-  def while_loops(jitted, platform):
-    with train_step.update_loops_for(platform):
-      return jitted.lower(state, batch).as_text().count('stablehlo.while')
+  def program(step):
+    return step.lower(state, batch).as_text()
 
-  assert while_loops(bare(), 'gpu') == 2  # the identity net's 2 updates, the G loop's 3
-  assert while_loops(bare(), 'cpu') == 0
-  assert while_loops(train_step.jit_train_step(models, mesh), 'gpu') == 0  # its mesh: CPU
-  assert not train_step.unrolls_update_loops('tpu') and train_step.unrolls_update_loops('cpu')
+  bare = lambda unroll: parallel.jit_step(
+      functools.partial(train_step.train_step, models, unroll=unroll), mesh)
+  loops, written_out = program(bare(False)), program(bare(True))
+  assert loops.count('stablehlo.while') == 2  # the identity net's 2 updates, G's last 2
+  assert written_out.count('stablehlo.while') == 0
+  for text in (loops, written_out):
+    assert 'stablehlo.case' not in text and 'stablehlo.if' not in text
+  assert program(train_step.jit_train_step(models, mesh)) == written_out  # its mesh: CPU
+  assert [train_step.unrolls_update_loops(p) for p in ('cpu', 'gpu', 'tpu')] == [
+      True, False, False]
 
 
 def test_prefetch_sends_batches_ahead_in_order():
@@ -474,7 +474,8 @@ def test_networks_inside_the_generator_loss_run_in_the_configured_mode(setup, mo
   models = Networks(cfg)
   state = train_step.create_train_state(models, jax.random.key(9))
   batch = {k: jnp.asarray(v) for k, v in batch_for(cfg, seed=4).items()}
-  new, metrics = jax.jit(lambda s, b: train_step.train_step(models, s, b))(state, batch)
+  new, metrics = jax.jit(lambda s, b: train_step.train_step(models, s, b, unroll=True))(
+      state, batch)
 
   onehot = jax.nn.one_hot(batch['semantic'], cfg.num_classes)
   gen, disc, ident = state.generator, state.discriminator, state.identity
