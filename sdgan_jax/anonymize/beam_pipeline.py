@@ -513,8 +513,8 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
   missing checkpoint, and an output holding a run with other options (unless
   ``--overwrite``). Sets ``resume`` when the output holds this run."""
   output = str(args.output)
-  if not args.baseline:
-    anonymize_jobs_checkpoint(args.checkpoint)
+  if not args.baseline and args.runner == 'DirectRunner':  # elsewhere, the workers' path
+    _check_checkpoint(args.checkpoint)
   for pattern, base, _ in expand_inputs(args.inputs):
     base = base.rstrip('/')
     if _local(output) and _local(base):
@@ -540,11 +540,10 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
   return dataclasses.replace(spec, resume=previous is not None and not args.overwrite)
 
 
-def anonymize_jobs_checkpoint(checkpoint) -> None:
-  """The CLI's checkpoint check, for a local workdir (a remote one is the workers')."""
+def _check_checkpoint(checkpoint) -> None:
+  """The CLI's checkpoint check (a missing workdir names the training command)."""
   from sdgan_jax.anonymize import anonymizer  # pylint: disable=import-outside-toplevel
-  if checkpoint is None or _local(str(checkpoint)):
-    anonymizer._checked_workdir(checkpoint)  # pylint: disable=protected-access
+  anonymizer._checked_workdir(checkpoint)  # pylint: disable=protected-access
 
 
 def _prepare_output(spec: RunSpec) -> None:
