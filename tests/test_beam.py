@@ -17,13 +17,14 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 from test_anonymize import make_collage, tiles, weights_dir, workdir, write_video  # noqa: F401  pylint: disable=unused-import
 from tool_loader import load_tool
 
 import beam_faults
-from sdgan_jax import anonymize
+from sdgan_jax import anonymize, media
 from sdgan_jax.anonymize import beam_pipeline, report as run_report
 
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -173,10 +174,17 @@ def test_a_killed_run_rerun_writes_every_output_exactly_once(inputs, weights_dir
       time.sleep(1)
     time.sleep(5)
   finally:
-    os.killpg(killed.pid, signal.SIGKILL)
+    # The run and its Beam worker processes (which Beam starts in sessions of their own).
+    for process in [psutil.Process(killed.pid)] + psutil.Process(killed.pid).children(
+        recursive=True):
+      try:
+        process.send_signal(signal.SIGKILL)
+      except psutil.NoSuchProcess:
+        pass
     killed.wait()
   finished = {p: p.stat().st_mtime_ns for p in out.rglob('*') if p.is_file()
-              and p.suffix in ('.png', '.jpg', '.gif', '.mp4')}
+              and p.suffix in ('.png', '.jpg', '.gif', '.mp4')
+              and not media.TEMP_PATTERN.match(p.name)}
   assert 1 <= len(finished) < len(names), finished  # really killed part-way
   assert not (out / anonymize.REPORT_NAME).exists()
 
