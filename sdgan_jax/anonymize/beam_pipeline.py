@@ -43,11 +43,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import functools
 import hashlib
 import json
 import os
 import pathlib
+import posixpath
 import shutil
 import sys
 import tempfile
@@ -237,7 +237,7 @@ class SkipFinished(beam.DoFn):
       return
     dest = spec.dest(source.rel)
     if not spec.overwrite:
-      record = self._finished(source, dest)
+      record = self._finished(source)
       if record is not None:
         self._resumed.inc()
         yield beam.pvalue.TaggedOutput('done', record['row'])
@@ -250,7 +250,8 @@ class SkipFinished(beam.DoFn):
         return
     yield source
 
-  def _finished(self, source: Source, dest: str) -> dict | None:
+  def _finished(self, source: Source) -> dict | None:
+    """The record of ``source`` if it was finished under these options, its output there."""
     path = self._spec.record(source.rel)
     try:
       record = _read_json(path) if _exists(path) else None
@@ -310,18 +311,22 @@ class AnonymizeFiles(beam.DoFn):
     """(source, report row) per source: the batch together; if that raises, one by one."""
     work = pathlib.Path(tempfile.mkdtemp(dir=self._scratch))
     try:
-      jobs = [self._job(source, work / str(k)) for k, source in enumerate(batch)]
+      rows, staged = [], []
+      for k, source in enumerate(batch):
+        try:
+          staged.append((source, self._job(source, work / str(k))))
+        except Exception as e:  # pylint: disable=broad-except  (a remote file unreadable)
+          rows.append((source, _error_row(source, e)))
+      jobs = [job for _, job in staged]
       try:
         entries = {e['input']: e for e in self._runner.process_jobs(jobs)}
       except Exception as e:  # pylint: disable=broad-except
-        if len(batch) > 1:
-          return [pair for source in batch for pair in self._rows([source])]
-        entries = {jobs[0].key(): {'input': jobs[0].key(), 'kind': jobs[0].kind,
-                                   'status': 'error', 'error': f'{type(e).__name__}: {e}'}}
-      rows = []
-      for source, job in zip(batch, jobs):
-        row = entries.get(job.key()) or {'input': job.key(), 'status': 'error',
-                                         'error': 'the run returned no row for this file'}
+        if len(staged) > 1:
+          return rows + [pair for source, _ in staged for pair in self._rows([source])]
+        entries = {job.key(): _error_row(source, e) for source, job in staged}
+      for source, job in staged:
+        row = entries.get(job.key()) or _error_row(
+            source, RuntimeError('the run returned no row for this file'))
         rows.append((source, self._publish(source, job, row)))
       return rows
     finally:
@@ -357,9 +362,8 @@ class AnonymizeFiles(beam.DoFn):
     try:
       for key, local in (('output', job.dest), ('visualization', job.visualization)):
         if key in row and local is not None:
-          url = (dest if key == 'output' else
-                 _join(self._spec.output, source.rel.rsplit('/', 1)[0] + '/' + local.name
-                       if '/' in source.rel else local.name))
+          url = dest if key == 'output' else _join(
+              self._spec.output, posixpath.join(posixpath.dirname(source.rel), local.name))
           _write_atomic(url, local.read_bytes())
           row[key] = url
     except Exception as e:  # pylint: disable=broad-except
@@ -381,10 +385,10 @@ class AnonymizeFiles(beam.DoFn):
       self._counters['errors'].inc()
 
 
-def source_row(source: Source) -> dict:
-  """The row of a skipped or refused input (the CLI's ``Runner`` rows of such jobs)."""
-  return {'input': source.url, 'status': 'skipped' if source.kind is None else 'error',
-          'error': source.reason}
+def _error_row(source: Source, error: Exception) -> dict:
+  """The row of a file whose work raised outside the ``Runner``'s own handling."""
+  return {'input': source.url, 'kind': source.kind, 'status': 'error',
+          'error': f'{type(error).__name__}: {error}'}
 
 
 # -- 5. the report
