@@ -257,3 +257,25 @@ def test_the_beam_tool_shares_the_clis_checks_and_passes_beam_options(capsys, tm
   code = beam_pipeline.main([str(tmp_path / 'in'), '--output', str(tmp_path / 'in' / 'out'),
                              '--baseline', 'blur'])
   assert code == 2 and 'is inside the input' in capsys.readouterr().err
+
+
+def test_an_output_holding_a_run_with_other_options_is_refused(tmp_path):
+  """Resuming reuses finished files only under the same options: a run with others is
+  refused, unless --overwrite (which redoes every file); the same options resume."""
+  (tmp_path / 'in').mkdir()
+  out = tmp_path / 'out'
+
+  def spec(*flags):
+    args, _ = beam_pipeline.parse_args([str(tmp_path / 'in'), '--output', str(out),
+                                        '--baseline', 'blur', *flags])
+    return beam_pipeline.run_spec(args)
+
+  first = spec('--seed', '1')
+  assert not first.resume
+  beam_pipeline._prepare_output(first)  # pylint: disable=protected-access
+  assert spec('--seed', '1').resume
+  with pytest.raises(anonymize.InputError, match='holds a run with other options'):
+    spec('--seed', '2')
+  again = spec('--seed', '2', '--overwrite')
+  assert again.overwrite and not again.resume
+  assert again.fingerprint() != first.fingerprint()
