@@ -222,6 +222,16 @@ def test_inputs_map_to_the_clis_layout(tmp_path):
   assert layout([photos + '/a/*.png', str(tmp_path / 'more')]) == [
       ('a/y.png', 'image'), ('more/w.mp4', 'video')]
   assert layout([photos + '/x.jpg']) == [('x.jpg', 'image')]
+  # The CLI's order and batches: input by input, a folder's files before its subfolders.
+  found = [s for item in beam_pipeline.expand_inputs([photos, str(tmp_path / 'more')])
+           for s in beam_pipeline.match_input(item, visualize=False)]
+  batches = list(beam_pipeline.cli_batches(found[::-1], images_per_batch=2))
+  jobs = anonymize.plan_jobs([photos, str(tmp_path / 'more')], tmp_path / 'out')
+  assert [[s.url for s in b] for b in batches if b[0].kind == 'image'] == [
+      [str(j.source) for j in jobs if j.kind == 'image']]
+  assert [s.rel for b in batches for s in b] == [
+      'photos/x.jpg', 'photos/a/y.png', 'photos/a/.cache', 'photos/a/notes.txt',
+      'more/w.mp4']
   dup = [beam_pipeline.Source('/p/x.jpg', 'x.jpg', 'image'),
          beam_pipeline.Source('/q/x.jpg', 'x.jpg', 'image')]
   kept, refused = beam_pipeline.one_per_output(('x.jpg', dup))

@@ -13,16 +13,20 @@ The stages (each a labelled transform):
    under the output prefix: relative to the pattern's folder, as the CLI mirrors a folder
    (several inputs: under the folder's name). ``OneSourcePerOutput`` keeps one input per
    output path: another that would land there ends as an error row.
-2. ``SkipFinished``: resuming. Every finished file has a record under
+2. ``CliBatches``: the CLI's batches across files: its photos in its order,
+   ``images_per_batch`` consecutive ones together (their faces share generator and
+   identity-check batches); a video is one element (its tracks never cross workers). Not
+   ``BatchElements``' batches: a photo's output can differ by one level in a few pixels with
+   the photos it shares a generator batch with (XLA's rounding), so the CLI's batches
+   give the CLI's bytes, on any runner and any number of workers. The file list is
+   gathered on one worker to order it (about 100 bytes a file).
+3. ``SkipFinished``: resuming. Every finished file has a record under
    ``OUTPUT/.sdgan_beam/rows/`` (its report row and the options' fingerprint), written
-   after its output. Without ``overwrite``, a file whose record matches the options and
-   whose output exists is not redone: its row is reused. An output that exists without
-   a record is never replaced, unless the output prefix holds this run (its
-   ``.sdgan_beam/run.json`` matches the options: a killed run's output) or ``overwrite``.
-3. ``BatchPhotos``: photos in batches of up to ``images_per_batch`` across files
-   (``BatchElements``), as the CLI shares a generator batch among photos; a video is one
-   element (its tracks never cross workers). Per photo, the output does not depend on the
-   batch it was in (``tests/test_beam.py`` checks it against the CLI's bytes).
+   after its output. Without ``overwrite``, a batch whose files all have records matching
+   the options and their outputs is not redone: their rows are reused; any other batch is
+   redone whole. An output that exists without a record is never replaced, unless the
+   output prefix holds this run (its ``.sdgan_beam/run.json`` matches the options: a killed
+   run's output) or ``overwrite``.
 4. ``Anonymize``: the CLI's ``Runner``: each output written atomically (a temporary name,
    then a rename; object stores publish an object whole), and exactly one report row per
    input: 'ok', 'skipped' or 'error' with the reason. A batch whose run raises anyway is
@@ -109,6 +113,7 @@ class Source:
   rel: str
   kind: str | None               # 'image', 'video', None (skipped) or 'error'
   reason: str | None = None      # why skipped or an error
+  input: int = 0                 # which input (in the command line's order) named it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,11 +166,12 @@ class RunSpec:
 
 # -- 1. inputs
 
-def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str, str]]:
-  """(pattern, its folder, the prefix of its outputs) per input: a pattern's folder is the
-  part before its first wildcard; a folder is every file under it; a file is itself."""
+def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str, str, int]]:
+  """(pattern, its folder, the prefix of its outputs, its index) per input: a pattern's
+  folder is the part before its first wildcard; a folder is every file under it; a file
+  is itself."""
   out = []
-  for raw in inputs:
+  for index, raw in enumerate(inputs):
     raw = str(raw)
     if _GLOB & set(raw):
       cut = min(raw.index(c) for c in _GLOB if c in raw)
@@ -179,17 +185,17 @@ def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str, str]]:
     # The CLI's layout: one folder is mirrored into the output itself, several each into a
     # subfolder of its name; files named as inputs go to the top.
     prefix = '' if is_file or len(inputs) == 1 else base.rstrip('/').rsplit('/', 1)[-1]
-    out.append((pattern, base, prefix))
+    out.append((pattern, base, prefix, index))
   return out
 
 
-def match_input(item: tuple[str, str, str], visualize: bool) -> Iterable[Source]:
+def match_input(item: tuple[str, str, str, int], visualize: bool) -> Iterable[Source]:
   """The files of one input; hidden files and folders, other types: skipped rows."""
-  pattern, base, prefix = item
+  pattern, base, prefix, index = item
   result = FileSystems.match([pattern])[0]
   if not result.metadata_list:
     yield Source(pattern, prefix or os.path.basename(pattern), 'error',
-                 f'input {pattern} matches no file')
+                 f'input {pattern} matches no file', index)
   for meta in result.metadata_list:
     path = meta.path
     rel = path[len(base):].lstrip('/') if base and path.startswith(base) else (
@@ -202,11 +208,11 @@ def match_input(item: tuple[str, str, str], visualize: bool) -> Iterable[Source]
       folder = '/'.join(parts[:hidden + 1])
       yield Source(path[:len(path) - len(rel)] + folder, '/'.join(filter(None, [prefix, folder])),
                    None, 'hidden folder (its name starts with a dot): not searched; rename it '
-                   'or give it as an input to include it')
+                   'or give it as an input to include it', index)
       continue
     rel = '/'.join(filter(None, [prefix, rel]))
     job = anonymize_jobs._file_job(pathlib.Path(path), pathlib.Path(rel), visualize)  # pylint: disable=protected-access
-    yield Source(path, rel, job.kind, job.reason)
+    yield Source(path, rel, job.kind, job.reason, index)
 
 
 def one_per_output(item: tuple[str, Iterable[Source]]) -> Iterable[Source]:
@@ -220,35 +226,63 @@ def one_per_output(item: tuple[str, Iterable[Source]]) -> Iterable[Source]:
         'separately or rename one'))
 
 
+def cli_order(source: Source, index: int) -> tuple:
+  """Where the CLI takes ``source`` up (``jobs.plan_jobs``): input by input; in a folder,
+  its files by name before its subfolders (``os.walk`` top-down, sorted)."""
+  *folders, name = source.rel.split('/')
+  return (index, *((1, d) for d in folders), (0, name))
+
+
+def cli_batches(sources: list[Source], images_per_batch: int) -> Iterable[list[Source]]:
+  """The CLI's batches: photos in its order, ``images_per_batch`` consecutive ones
+  together (``Runner``); a video (one track never crosses workers), a skipped file or an
+  error alone. A photo's output can differ by a level in a few pixels with the photos it
+  shares its generator batches with (XLA's rounding), so the batches are the CLI's: the
+  same bytes as the CLI, for any runner and any number of workers."""
+  ordered = sorted(sources, key=lambda s: cli_order(s, s.input))
+  photos = [s for s in ordered if s.kind == 'image']
+  for lo in range(0, len(photos), images_per_batch):
+    yield photos[lo:lo + images_per_batch]
+  for source in ordered:
+    if source.kind != 'image':
+      yield [source]
+
+
 # -- 2. resuming
 
 class SkipFinished(beam.DoFn):
-  """Finished files (a matching record and output) to ``done``, the rest to ``todo``."""
+  """Batches whose files are all finished (matching records and outputs) to ``done`` as
+  their rows; the others to ``todo`` whole (a batch is redone as the CLI made it)."""
 
   def __init__(self, spec: RunSpec):
     self._spec = spec
     self._fingerprint = spec.fingerprint()
     self._resumed = Metrics.counter(COUNTERS, 'resumed')
 
-  def process(self, source: Source):
+  def process(self, batch: list[Source]):
     spec = self._spec
-    if source.kind not in ('image', 'video'):
-      yield source  # skipped and error rows cost nothing to redo
+    media_files = [s for s in batch if s.kind in ('image', 'video')]
+    if not media_files:
+      yield batch  # skipped and error rows cost nothing to redo
       return
-    dest = spec.dest(source.rel)
     if not spec.overwrite:
-      record = self._finished(source)
-      if record is not None:
-        self._resumed.inc()
-        yield beam.pvalue.TaggedOutput('done', record['row'])
+      records = [self._finished(s) for s in media_files]
+      if all(r is not None for r in records):
+        self._resumed.inc(len(records))
+        for record in records:
+          yield beam.pvalue.TaggedOutput('done', record['row'])
         return
-      if not spec.resume and _exists(dest):
-        yield beam.pvalue.TaggedOutput('done', {
-            'input': source.url, 'status': 'error', 'error': (
-                f'not written: {dest} already exists: pass --overwrite to replace existing '
-                'outputs, or choose another --output')})
-        return
-    yield source
+      if not spec.resume:  # never replace a file that is not this run's
+        taken = [s for s in media_files if _exists(spec.dest(s.rel))]
+        for source in taken:
+          yield beam.pvalue.TaggedOutput('done', {
+              'input': source.url, 'status': 'error', 'error': (
+                  f'not written: {spec.dest(source.rel)} already exists: pass --overwrite to '
+                  'replace existing outputs, or choose another --output')})
+        batch = [s for s in batch if s not in taken]
+        if not batch:
+          return
+    yield batch
 
   def _finished(self, source: Source) -> dict | None:
     """The record of ``source`` if it was finished under these options, its output there."""
@@ -448,22 +482,18 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, inputs: Sequence[str], *,
   """Adds the anonymizing transforms (module doc) to ``pipeline``; returns the summary's
   PCollection."""
   start = time.time() if start is None else start
-  images_per_batch = spec.options.images_per_batch
   sources = (pipeline
              | 'Inputs' >> beam.Create(expand_inputs(inputs))
              | 'MatchInputs' >> beam.FlatMap(match_input, spec.visualize)
              | 'KeyByOutput' >> beam.Map(lambda s: (s.rel, s))
              | 'GroupByOutput' >> beam.GroupByKey()
              | 'OneSourcePerOutput' >> beam.FlatMap(one_per_output))
-  split = sources | 'SkipFinished' >> beam.ParDo(SkipFinished(spec)).with_outputs(
+  groups = (sources
+            | 'AllSources' >> beam.combiners.ToList()
+            | 'CliBatches' >> beam.FlatMap(cli_batches, spec.options.images_per_batch))
+  split = groups | 'SkipFinished' >> beam.ParDo(SkipFinished(spec)).with_outputs(
       'done', main='todo')
-  photos, videos = split.todo | 'PhotosAndVideos' >> beam.Partition(
-      lambda s, _: int(s.kind == 'video'), 2)
-  batches = ((photos | 'BatchPhotos' >> beam.BatchElements(
-                 min_batch_size=1, max_batch_size=images_per_batch),
-              videos | 'OneVideoPerElement' >> beam.Map(lambda s: [s]))
-             | 'AllBatches' >> beam.Flatten()
-             | 'Spread' >> beam.Reshuffle())
+  batches = split.todo | 'Spread' >> beam.Reshuffle()
   fresh = batches | 'Anonymize' >> beam.ParDo(AnonymizeFiles(spec, load))
   rows = (fresh, split.done) | 'AllRows' >> beam.Flatten()
   (rows | 'RowsToJson' >> beam.Map(json.dumps)
@@ -519,7 +549,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
   output = str(args.output)
   if not args.baseline and args.runner == 'DirectRunner':  # elsewhere, the workers' path
     _check_checkpoint(args.checkpoint)
-  for pattern, base, _ in expand_inputs(args.inputs):
+  for pattern, base, _, _ in expand_inputs(args.inputs):
     base = base.rstrip('/')
     if _local(output) and _local(base):
       inside = pathlib.Path(output).absolute().resolve().is_relative_to(
