@@ -63,8 +63,9 @@ or the parser's fingerprint; null for the baselines).
 The modules: ``options`` (``Options``, defaults and limits), ``identity`` (the identity
 backbone), ``tracking`` (video tracks), ``fallback`` (the cover), ``anonymizer``
 (``FaceAnonymizer``, ``build_anonymizer``), ``jobs`` (``plan_jobs``), ``runner`` (``Runner``,
-``anonymize_paths``), ``report`` (the JSON report) and ``cli`` (the command line, also
-``python -m sdgan_jax.anonymize``). Each face is one ``faces.pipeline.Face`` from its
+``anonymize_paths``), ``report`` (the JSON report), ``cli`` (the command line, also
+``python -m sdgan_jax.anonymize``) and ``beam_pipeline`` (the same on Apache Beam, for whole
+datasets; not imported here: apache-beam is the optional ``beam`` extra). Each face is one ``faces.pipeline.Face`` from its
 detection to its report row.
 """
 

@@ -185,7 +185,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
   """The flags, with ``args.options`` (``Options``); bad ones are usage errors (exit 2)."""
   parser = build_parser(prog)
-  args = parser.parse_args(argv)
+  return check_args(parser, parser.parse_args(argv))
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+  """Checks parsed flags (``parser.error`` on bad ones) and sets ``args.options``; the Beam
+  tool (``beam_pipeline``) shares these checks."""
   if args.baseline and args.checkpoint:
     parser.error('give --checkpoint or --baseline, not both')
   if args.parser and args.baseline:
@@ -259,13 +264,17 @@ def _run(args: argparse.Namespace) -> dict:
 MAX_NO_FACE_LINES = 20
 
 
+def summary_line(totals: dict) -> str:
+  """The run's last line: its report's totals."""
+  return (f"{totals['files']} files: {totals['faces_found']} faces found, "
+          f"{totals['anonymized']} anonymized, {totals['fallbacks']} covered by the fallback; "
+          f"{totals['no_face_found']} with no face found (written unchanged: check them); "
+          f"{totals['errors']} errors, {totals['skipped']} skipped; "
+          f"{totals['images_per_s']:.2f} images/s, {totals['faces_per_s']:.2f} faces/s")
+
+
 def _print_summary(report: dict) -> None:
-  totals = report['totals']
-  print(f"{totals['files']} files: {totals['faces_found']} faces found, "
-        f"{totals['anonymized']} anonymized, {totals['fallbacks']} covered by the fallback; "
-        f"{totals['no_face_found']} with no face found (written unchanged: check them); "
-        f"{totals['errors']} errors, {totals['skipped']} skipped; "
-        f"{totals['images_per_s']:.2f} images/s, {totals['faces_per_s']:.2f} faces/s")
+  print(summary_line(report['totals']))
   no_face = report['no_face_found']
   for path in no_face[:MAX_NO_FACE_LINES]:
     print(f'  no face found: {printable(path)}')

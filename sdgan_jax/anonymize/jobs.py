@@ -36,6 +36,13 @@ class Job:
   kind: str | None   # 'image', 'video', None (skipped: ``reason``) or 'error' (``reason``)
   visualization: pathlib.Path | None = None  # NAME.detections.png (--visualize, photos)
   reason: str | None = None
+  # How the report and 'seeded' targets name the input when ``source`` is a local copy of
+  # it (a Beam run's gs:// or s3:// file); None: ``str(source)``.
+  name: str | None = None
+
+  def key(self) -> str:
+    """The input's name in the report and in the 'seeded' targets' draw."""
+    return self.name if self.name is not None else str(self.source)
 
   def outputs(self) -> list[pathlib.Path]:
     """The files this job writes."""

@@ -46,7 +46,7 @@ def face_counts(faces: Sequence[Face]) -> dict:
 def file_entry(job: Job, kind: str, *, faces: Sequence[Face] | None = None,
                error: str | None = None, seconds: float | None = None, **extra) -> dict:
   """One file's report entry: 'ok' or 'error', its face counts (photos: and faces)."""
-  entry: dict[str, Any] = {'input': str(job.source), 'kind': kind,
+  entry: dict[str, Any] = {'input': job.key(), 'kind': kind,
                            'status': 'error' if error else 'ok'}
   if error:
     entry['error'] = error
@@ -65,23 +65,38 @@ def track_counts(faces: Sequence[Face], covered_by_tracking: int) -> dict:
   return {'tracks': len({f.track for f in faces}), 'covered_by_tracking': covered_by_tracking}
 
 
-def run_report(files: list[dict], *, anonymizer, warnings: Sequence[str], seconds: float,
-               interrupted: list[str] | None = None) -> dict:
-  """The whole run's report: totals over ``files``, the method, options and warnings."""
+def file_totals(files: Sequence[dict]) -> dict:
+  """The counts of ``run_report``'s totals over ``files``; they add up over any split of
+  the files (a Beam run sums them over its workers). ``images``: the photos written."""
   totals = {'files': len(files),
             'errors': sum(f['status'] == 'error' for f in files),
             'skipped': sum(f['status'] == 'skipped' for f in files)}
   for key in ('faces_found', 'anonymized', 'fallbacks', 'frames', 'covered_by_tracking',
               'rejected_candidates'):
     totals[key] = sum(f.get(key, 0) for f in files)
-  # A photo with no face at all is written as it came in: listed, so that a user can check
-  # that it holds none (a detector's miss cannot be covered).
-  no_face = [f['input'] for f in files if f['status'] == 'ok' and not f.get('faces_found')]
-  totals['no_face_found'] = len(no_face)
-  images = sum(f.get('kind') == 'image' and f['status'] == 'ok' for f in files)
+  totals['no_face_found'] = sum(f['status'] == 'ok' and not f.get('faces_found')
+                                for f in files)
+  totals['images'] = sum(f.get('kind') == 'image' and f['status'] == 'ok' for f in files)
+  return totals
+
+
+def finish_totals(counts: dict, seconds: float) -> dict:
+  """The report's totals from ``file_totals``' counts: with the run's seconds and rates."""
+  totals = dict(counts)
+  images = totals.pop('images')
   totals['seconds'] = round(seconds, 3)
   totals['images_per_s'] = round((images + totals['frames']) / max(seconds, 1e-9), 4)
   totals['faces_per_s'] = round(totals['faces_found'] / max(seconds, 1e-9), 4)
+  return totals
+
+
+def run_report(files: list[dict], *, anonymizer, warnings: Sequence[str], seconds: float,
+               interrupted: list[str] | None = None) -> dict:
+  """The whole run's report: totals over ``files``, the method, options and warnings."""
+  totals = finish_totals(file_totals(files), seconds)
+  # A photo with no face at all is written as it came in: listed, so that a user can check
+  # that it holds none (a detector's miss cannot be covered).
+  no_face = [f['input'] for f in files if f['status'] == 'ok' and not f.get('faces_found')]
   warnings = list(warnings)
   if not anonymizer.options.identity_check:
     warnings.insert(0, IDENTITY_CHECK_OFF)

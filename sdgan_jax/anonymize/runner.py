@@ -109,19 +109,31 @@ class Runner:
         self._run_jobs(jobs)
       except KeyboardInterrupt:
         done = {f['input'] for f in self.files}
-        self.interrupted = [str(j.source) for j in jobs if str(j.source) not in done]
+        self.interrupted = [j.key() for j in jobs if j.key() not in done]
       finally:
         self._bar = None
     return self.report()
+
+  def process_jobs(self, jobs: Sequence[Job]) -> list[dict]:
+    """Runs ``jobs`` as ``run`` does (photos in shared batches, each file's failure its
+    own) and returns their report entries, taken out of ``files`` (a Beam worker's batch,
+    ``beam_pipeline``)."""
+    first = len(self.files)
+    try:
+      self._run_jobs(jobs)
+    finally:
+      entries = self.files[first:]
+      del self.files[first:]
+    return entries
 
   def _run_jobs(self, jobs: Sequence[Job]) -> None:
     batch = []
     for job in jobs:
       if job.kind is None:
-        self._add({'input': str(job.source), 'status': 'skipped',
+        self._add({'input': job.key(), 'status': 'skipped',
                    'error': job.reason or skipped_type(job.source)})
       elif job.kind == 'error':
-        self._add({'input': str(job.source), 'status': 'error', 'error': job.reason})
+        self._add({'input': job.key(), 'status': 'error', 'error': job.reason})
       elif job.kind == 'video':
         self._video(job)
       else:
@@ -162,7 +174,7 @@ class Runner:
     read_done = time.perf_counter()
     try:
       results = self.anonymizer.process([im.rgb for _, im, _ in loaded],
-                                        keys=[str(job.source) for job, _, _ in loaded])
+                                        keys=[job.key() for job, _, _ in loaded])
     except Exception as e:  # pylint: disable=broad-except
       if len(loaded) > 1:
         for item in loaded:
@@ -214,7 +226,7 @@ class Runner:
     """Anonymizes ``frames``; returns the frames ``coverage`` releases (all when ``final``)."""
     if frames:
       coverage.add_results(self.anonymizer.process(
-          frames, keys=[str(job.source)] * len(frames), trackers=[tracker] * len(frames)))
+          frames, keys=[job.key()] * len(frames), trackers=[tracker] * len(frames)))
     return coverage.ready(final)
 
   def _animation(self, job: Job, image: media.LoadedImage) -> None:
