@@ -561,7 +561,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
       raise InputError(f'the output {output} is inside the input {pattern}: outputs would '
                        'mix with (and on a re-run be read as) the inputs; choose an --output '
                        'outside it')
-  report = str(args.report) if args.report else _join(output, run_report.REPORT_NAME)
+  report = str(args.report) if args.report else _join(output, anonymize_jobs.REPORT_NAME)
   spec = RunSpec(output=output, report=report, options=args.options,
                  checkpoint=args.checkpoint, step=args.step, baseline=args.baseline,
                  weights_dir=args.weights_dir, visualize=args.visualize,
