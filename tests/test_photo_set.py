@@ -34,8 +34,11 @@ def _inside(points, box, slack):
 def test_the_set_holds_faces_and_negatives(originals):
   faces = {name: len(im.faces) for name, im in originals.items()}
   assert faces['breakingbad'] == 2 and faces['einstein'] == 2
-  assert all(faces[name] == 0 for name in ps.NEGATIVES)
-  assert all(faces[p.name] >= 1 for p in ps.PHOTOS)
+  assert all(faces[name] == 0 for name in ps.NEGATIVES + ps.FRESH_NEGATIVES)
+  assert all((faces[p.name] >= 1) == p.faces for p in ps.PHOTOS)
+  # The fresh split's group photos: every person in them (t1: six at the card table).
+  assert [faces[f'faceapi{i}'] for i in range(1, 7)] == [3, 3, 3, 4, 5, 4]
+  assert faces['t1'] == 6
   assert {im.split for im in originals.values()} == set(ps.SPLITS)
   for im in originals.values():
     h, w = im.image.shape[:2]
