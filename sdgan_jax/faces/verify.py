@@ -15,10 +15,10 @@ with MediaPipe's face mesh (``faces.mesh``: cropped upright by BlazeFace's eye k
   face is aligned and masked from its own points (``faces.landmarks.from_mesh``); a doubtful
   mesh leaves the detectors' box, and the face is covered by the fallback.
 * below, but ``SMALL_PX`` or wider and found by at least ``AGREEMENT_DETECTORS`` detectors
-  each scoring at least
-  ``AGREEMENT_SCORE`` (``decided_by='agreement'``): two networks sure of a face outvote the
-  mesh, which scores masked, over-exposed or heavily compressed faces low. Kept with the
-  detectors' box, without a mesh (the fallback covers it unless a mesh fit succeeds later).
+  each scoring at least ``AGREEMENT_SCORE`` (``decided_by='agreement'``): two networks sure
+  of a face outvote the mesh, which scores masked, over-exposed or heavily compressed faces
+  low. Kept with the detectors' box, without a mesh (the fallback covers it unless a mesh
+  fit succeeds later). Under ``SMALL_PX`` two networks agree on jacket buttons too.
 * a candidate narrower than ``min_judge_px`` (``decided_by='unjudged'``): the mesh would
   see a few pixels blown up to 192. Kept as the detector gave it; under the anonymizer's
   ``min_face_px`` it is covered by the fallback anyway.
@@ -28,11 +28,11 @@ with MediaPipe's face mesh (``faces.mesh``: cropped upright by BlazeFace's eye k
 The thresholds were chosen on the recall set (seed 0) and the photo set's tuning split and
 checked on held-out images; the mirror check for small candidates was chosen on the tuning
 data alone and then checked once on the photo set's fresh split (docs/detection.md, "The
-second stage"). Two candidates of one
-face (a box on an eye and a box on the whole face) give nearly the same mesh; after
-tightening they are merged (IoU >= ``MERGE_IOU``), and a kept box whose mesh is not sure of
-it that lies mostly inside a sure face's box (``CONTAINED``) joins that face, keeping the
-best and the names of all detectors that found it.
+second stage"). Two candidates of one face (a box on an eye and a box on the whole face)
+give nearly the same mesh; after tightening they are merged (IoU >= ``MERGE_IOU``), and a
+kept box whose mesh is not sure of it that lies mostly inside a sure face's box
+(``CONTAINED``) joins that face, keeping the best and the names of all detectors that found
+it.
 """
 
 from __future__ import annotations
