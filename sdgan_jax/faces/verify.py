@@ -110,8 +110,8 @@ def mirrored(image: np.ndarray, found: detect.Detections, rows: Sequence[int]
   if found.keypoints is not None:
     keypoints = np.asarray(found.keypoints, np.float32)[rows].copy()
     keypoints[..., 0] = right - keypoints[..., 0]
-    swap = [blazeface.LEFT_EYE, blazeface.RIGHT_EYE, blazeface.NOSE_TIP, blazeface.MOUTH,
-            blazeface.LEFT_EAR, blazeface.RIGHT_EAR]
+    swap = [blazeface_detector.LEFT_EYE, blazeface_detector.RIGHT_EYE, blazeface_detector.NOSE_TIP, blazeface_detector.MOUTH,
+            blazeface_detector.LEFT_EAR, blazeface_detector.RIGHT_EAR]
     keypoints = keypoints[:, swap]
   flipped = np.ascontiguousarray(np.asarray(image)[:, ::-1])
   return flipped, detect.Detections(boxes, np.asarray(found.scores)[rows], keypoints)
