@@ -197,7 +197,8 @@ def test_small_generator_export_matches_flax(precision, tmp_path):
 def _detector_parity(name, precision, weights_dir, tmp_path, size):
   from sdgan_jax.faces import blazeface, mesh  # pylint: disable=import-outside-toplevel
 
-  jitted = mesh._jitted_apply() if name == 'face_mesh' else blazeface._jitted_apply(name)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  jitted = mesh._jitted_apply() if name == 'face_mesh' else blazeface._jitted_apply(name)
   variables = weights.load_weights(name, weights_dir)
   rng = np.random.default_rng(2)
   # smooth random images: a network's outputs on noise are near its biases only
