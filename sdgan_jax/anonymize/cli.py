@@ -49,7 +49,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdgan_jax import compile_cache
+from sdgan_jax import compile_cache, cpu_export
 from sdgan_jax.anonymize.anonymizer import build_anonymizer
 from sdgan_jax.anonymize.jobs import InputError, check_not_busy, plan_jobs
 from sdgan_jax.anonymize.options import (BASELINES, FALLBACK_BLOCKS, FALLBACKS,
@@ -58,7 +58,6 @@ from sdgan_jax.anonymize.options import (BASELINES, FALLBACK_BLOCKS, FALLBACKS,
                                          defaults)
 from sdgan_jax.anonymize.report import IDENTITY_CHECK_OFF, REPORT_NAME
 from sdgan_jax.anonymize.runner import Interrupted, ReportWriteError, anonymize_paths
-from sdgan_jax import cpu_export
 from sdgan_jax.faces import ensemble
 
 # ``Options`` fields set by the flag of the same name: their errors name the flag.
