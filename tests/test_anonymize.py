@@ -732,8 +732,11 @@ def test_restoring_a_checkpoint_prints_no_orbax_metadata_warning(workdir, caplog
 
 
 @pytest.mark.slow  # a model restore and the generator's TensorFlow export
-def test_the_cpu_export_path_passes_the_same_fail_closed_checks(workdir, weights_dir, tiles):
+def test_the_cpu_export_path_passes_the_same_fail_closed_checks(workdir, weights_dir, tiles,
+                                                               tmp_path, monkeypatch):
   from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setenv('SDGAN_CPU_EXPORT_CACHE', str(tmp_path))
 
   built = anonymize.build_anonymizer(
       workdir, weights_dir=weights_dir,
