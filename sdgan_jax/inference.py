@@ -27,7 +27,7 @@ import numpy as np
 
 from sdgan_jax import batching
 from sdgan_jax import identity_bank as bank_lib
-from sdgan_jax import semantic_source
+from sdgan_jax import cpu_export, semantic_source
 from sdgan_jax.perf import xla_options
 
 BANK_FILENAME = 'identity_bank.npz'
@@ -139,6 +139,9 @@ class TrainedGenerator:
 
     # (params, stats, image, mask, semantic, target_identity) -> composites, on device
     self.generate_fn = xla_options.jit_network(generate)
+    # what ``generate`` calls: the same, or on a CPU its TensorFlow export (``cpu_export``)
+    self.network = cpu_export.network('generator', 'generator', self.generate_fn,
+                                      num_weights=2)
 
   @classmethod
   def from_workdir(cls, workdir: str | os.PathLike, step: int | None = None, *,
@@ -192,7 +195,7 @@ class TrainedGenerator:
     target = np.asarray(target_identity, np.float32).reshape(n, -1)
     if target.shape[1] != self.identity_dim:
       raise ValueError(f'target_identity must be [N, {self.identity_dim}], got {target.shape}')
-    out = batching.map_batches(lambda *chunk: self.generate_fn(self.params, self.stats, *chunk),
+    out = batching.map_batches(lambda *chunk: self.network(self.params, self.stats, *chunk),
                                image, mask, semantic, target, batch_size=self.batch_size)
     return np.zeros((0, r, r, 3), np.float32) if out is None else out
 

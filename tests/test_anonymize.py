@@ -729,3 +729,35 @@ def test_restoring_a_checkpoint_prints_no_orbax_metadata_warning(workdir, caplog
   with inference.quiet_orbax():
     logging.getLogger('absl').warning('something else')
   assert 'something else' in caplog.text
+
+
+@pytest.mark.slow  # a model restore and the generator's TensorFlow export
+def test_the_cpu_export_path_passes_the_same_fail_closed_checks(workdir, weights_dir, tiles,
+                                                               tmp_path, monkeypatch):
+  from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setenv('SDGAN_CPU_EXPORT_CACHE', str(tmp_path))
+
+  built = anonymize.build_anonymizer(
+      workdir, weights_dir=weights_dir,
+      options=anonymize.Options(fallback='fill', cpu_backend='xla'))
+  # the generator alone on the bfloat16 export (the detectors' exports take minutes)
+  cpu_export.set_backend('tf_bfloat16')
+  try:
+    built.generator.network = cpu_export.Network('generator', 'generator',
+                                                 built.generator.generate_fn, num_weights=2)
+  finally:
+    cpu_export.set_backend('auto')
+  face = tiles['biden']
+  [(out, faces)] = built.process([face])
+  assert built.generator.network.runtime == 'tf'
+  assert cpu_export.used()['generator'] == 'tf bfloat16'
+  assert faces
+  for f in faces:  # anonymized only when far enough from the source, else covered
+    assert f.identity_distance is not None
+    assert (f.reason is None) == (f.identity_distance >= built.options.identity_threshold)
+  built.options = dataclasses.replace(built.options, identity_threshold=1e6)
+  [(out, faces)] = built.process([face])
+  assert faces and all(f.reason == 'still_matches_source' for f in faces)
+  for x0, y0, x1, y1 in dlib_boxes(face):
+    assert np.all(out[y0:y1, x0:x1] == GRAY)

@@ -65,6 +65,8 @@ class FaceAnonymizer:
     if baseline is not None and baseline not in BASELINES:
       raise ValueError(f'unknown baseline {baseline!r}; choose from {sorted(BASELINES)}')
     self.options = options or Options()
+    from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
+    cpu_export.set_backend(self.options.cpu_backend)  # before the detectors are built
     self.generator = generator
     self.baseline = baseline
     if generator is not None and generator.bank is None:
@@ -446,6 +448,8 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
   import jax  # pylint: disable=import-outside-toplevel
 
   options = options or Options()
+  from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
+  cpu_export.set_backend(options.cpu_backend)  # before any network is built
   if batch_size is None:
     batch_size = options.batch_size
   if batch_size is None:

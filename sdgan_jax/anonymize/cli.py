@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sdgan_jax import cpu_export
 from sdgan_jax.anonymize.anonymizer import build_anonymizer
 from sdgan_jax.anonymize.jobs import REPORT_NAME, InputError, check_not_busy, plan_jobs
 from sdgan_jax.anonymize.options import (BASELINES, FALLBACK_BLOCKS, FALLBACKS,
@@ -65,7 +66,7 @@ SAME_NAME_OPTIONS = ('target', 'seed', 'fallback', 'fallback_blocks', 'min_face_
                      'detect_min_face_px', 'upsample', 'track_cover_frames', 'keep_exif',
                      'quality', 'workers', 'batch_size', 'images_per_batch',
                      'frames_per_batch', 'verify_faces', 'presence_threshold',
-                     'landmarks')
+                     'landmarks', 'cpu_backend')
 DEFAULTS = defaults()
 
 
@@ -151,6 +152,12 @@ def _add_run_flags(parser) -> None:
                       help='threads detecting and pasting back the faces of different photos '
                       'or frames at once '
                       f'(default %(default)s: one per CPU core, at most {MAX_AUTO_WORKERS})')
+  parser.add_argument('--cpu_backend', choices=cpu_export.BACKENDS,
+                      default=DEFAULTS['cpu_backend'],
+                      help='on CPUs: xla (default: every network on XLA), auto (the generator in bfloat16 on TensorFlow where the '
+                      'CPU has AMX-BF16 or AVX512-BF16, else XLA), '
+                      'tf_float32 or tf_bfloat16 (every network on TensorFlow); the report '
+                      'says which ran')
   parser.add_argument('--keep_exif', action='store_true', default=DEFAULTS['keep_exif'],
                       help='copy EXIF (camera, date) to the outputs; GPS and the orientation '
                       'tag are still removed, XMP is never copied')

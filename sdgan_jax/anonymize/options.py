@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from sdgan_jax import cpu_export
 from sdgan_jax.faces import ensemble, pipeline, verify
 
 TARGET_MODES = ('random', 'seeded', 'farthest')
@@ -91,6 +92,10 @@ class Options:
       accelerators (``build_anonymizer``).
     images_per_batch: photos prepared together and generated in shared batches (``Runner``).
     frames_per_batch: video (and animation) frames generated together.
+    cpu_backend: on CPUs, where the generator and detectors run (``sdgan_jax.cpu_export``):
+      'auto' (TensorFlow bfloat16 for the generator on CPUs with AMX-BF16 or AVX512-BF16,
+      else XLA), 'xla', 'tf_float32' or 'tf_bfloat16'. The identity check stays on XLA in
+      float32 whatever this says. Default 'xla': today's path on every CPU.
   """
 
   target: str = 'seeded'
@@ -117,6 +122,8 @@ class Options:
   batch_size: int | None = None
   images_per_batch: int = IMAGES_PER_BATCH
   frames_per_batch: int = FRAMES_PER_BATCH
+  # 'xla' until the bfloat16 export's speed is measured on a CPU with AMX (docs/cpu_inference.md)
+  cpu_backend: str = 'xla'
 
   def __post_init__(self):
     if self.target not in TARGET_MODES:
@@ -137,6 +144,7 @@ class Options:
       raise ValueError('presence_threshold is the face mesh\'s probability, between 0 and '
                        f'{MAX_PRESENCE_THRESHOLD:g} (higher drops real faces, which are then '
                        f'written out untouched), got {self.presence_threshold}')
+    cpu_export.check_backend(self.cpu_backend)
     if self.landmarks not in LANDMARK_SOURCES:
       raise ValueError(f'landmarks must be one of {LANDMARK_SOURCES}, got {self.landmarks!r}')
     if not 0 < self.detect_min_face_px <= MAX_DETECT_MIN_FACE_PX:  # also refuses NaN

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from sdgan_jax import media
+from sdgan_jax import cpu_export, media
 from sdgan_jax.anonymize.tracking import TRACKED_NOT_DETECTED
 from sdgan_jax.faces.pipeline import Face
 
@@ -104,7 +104,8 @@ def run_report(files: list[dict], *, anonymizer, warnings: Sequence[str], second
             'semantic_maps': anonymizer.semantic_maps,
             'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec='seconds'),
-            'options': dataclasses.asdict(anonymizer.options), 'warnings': warnings,
+            'options': dataclasses.asdict(anonymizer.options),
+            'cpu_inference': cpu_export.describe(), 'warnings': warnings,
             'totals': totals, 'no_face_found': no_face, 'files': files}
   if interrupted is not None:
     report['interrupted'] = True

@@ -288,7 +288,8 @@ class BlazeFaceDetector:
       from sdgan_jax import weights  # pylint: disable=import-outside-toplevel
       variables = weights.load_weights(name, weights_dir)
     self.variables = variables
-    self._apply = _jitted_apply(name)
+    from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
+    self._apply = cpu_export.network(name, 'detector', _jitted_apply(name))
 
   def __call__(self, image) -> detect.Detections:
     return self.detect_many([image])[0]

@@ -239,7 +239,8 @@ class FaceMesh:
     self.variables = variables
     self.batch_size = int(batch_size)
     self.antialias = bool(antialias)
-    self._apply = _jitted_apply()
+    from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
+    self._apply = cpu_export.network(NAME, 'detector', _jitted_apply())
 
   @classmethod
   def load(cls, weights_dir: str | os.PathLike | None = None, **kwargs) -> 'FaceMesh':
