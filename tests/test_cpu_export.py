@@ -18,7 +18,8 @@ import tensorflow as tf
 import train_fixtures
 from jax import lax
 
-from sdgan_jax import benchmarking, cpu_export, weights
+from sdgan_jax import cpu_export, weights
+from sdgan_jax.perf import benchmarking
 from sdgan_jax.cpu_export import artefact, lowering
 
 AMX = frozenset({'avx2', 'avx512f', 'amx_bf16', 'amx_tile'})
@@ -195,10 +196,10 @@ def test_small_generator_export_matches_flax(precision, tmp_path):
 
 
 def _detector_parity(name, precision, weights_dir, tmp_path, size):
-  from sdgan_jax.faces import blazeface, mesh  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.faces import blazeface_detector, mesh  # pylint: disable=import-outside-toplevel
 
   # pylint: disable-next=protected-access
-  jitted = mesh._jitted_apply() if name == 'face_mesh' else blazeface._jitted_apply(name)
+  jitted = mesh._jitted_apply() if name == 'face_mesh' else blazeface_detector._jitted_apply(name)
   variables = weights.load_weights(name, weights_dir)
   rng = np.random.default_rng(2)
   # smooth random images: a network's outputs on noise are near its biases only

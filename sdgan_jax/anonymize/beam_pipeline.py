@@ -324,7 +324,7 @@ class AnonymizeFiles(beam.DoFn):
 
   def setup(self):
     if self._spec.compilation_cache is not None:
-      from sdgan_jax import compile_cache  # pylint: disable=import-outside-toplevel
+      from sdgan_jax.perf import compile_cache  # pylint: disable=import-outside-toplevel
       compile_cache.enable(self._spec.compilation_cache)
     anonymizer = (self._load or self._spec.load)()
     self._runner = Runner(anonymizer, self._spec.output, visualize=self._spec.visualize,
