@@ -22,24 +22,25 @@ import pathlib
 import re
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from sdgan_jax import config as config_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
-                                lock_config=True)
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and the config.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (cluster auto-detect).')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
 flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
-flags.DEFINE_string('compilation_cache', None,
-                    'Persistent XLA compilation cache: a restarted run skips its minutes of '
-                    "compiling. Default $JAX_COMPILATION_CACHE_DIR or ~/.cache/sdgan_jax/xla; "
-                    "'' turns it off.")
+flags.DEFINE_string(
+  'compilation_cache',
+  None,
+  'Persistent XLA compilation cache: a restarted run skips its minutes of '
+  'compiling. Default $JAX_COMPILATION_CACHE_DIR or ~/.cache/sdgan_jax/xla; '
+  "'' turns it off.",
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -48,16 +49,21 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
 
   from sdgan_jax.perf import compile_cache  # pylint: disable=import-outside-toplevel
+
   compile_cache.enable(FLAGS.compilation_cache)
   if FLAGS.coordinator_address or FLAGS.distributed:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+    )
   if FLAGS.config.get('task', 'sdgan') == 'parser':
     from sdgan_jax import train_parser  # pylint: disable=import-outside-toplevel
+
     train_parser.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     return
   from sdgan_jax import train  # pylint: disable=import-outside-toplevel
+
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
@@ -93,8 +99,10 @@ def _check_config_file(argv) -> None:
   path = spec.partition(':')[0]
   if not os.path.isfile(path):
     ours = sorted(p.name for p in (pathlib.Path(__file__).parent / 'configs').glob('[!_]*.py'))
-    _fail(f'config file {path!r} not found: pass --config=configs/FILE.py (FILE.py: '
-          f'{", ".join(ours)}), optionally with :ARG (e.g. configs/celeba.py:64)')
+    _fail(
+      f'config file {path!r} not found: pass --config=configs/FILE.py (FILE.py: '
+      f'{", ".join(ours)}), optionally with :ARG (e.g. configs/celeba.py:64)'
+    )
 
 
 def _override_error(argv) -> str | None:
@@ -137,8 +145,9 @@ def _latest_step(workdir) -> int | None:
     names = os.listdir(os.path.join(workdir, 'checkpoints'))
   except OSError:
     return None
-  steps = [int(n) for n in names if n.isdigit()
-           and os.path.isdir(os.path.join(workdir, 'checkpoints', n))]
+  steps = [
+    int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(workdir, 'checkpoints', n))
+  ]
   return max(steps) if steps else None
 
 
@@ -146,9 +155,11 @@ def _is_data_error(e: BaseException) -> bool:
   """A config, data, identity-bank or checkpoint error: its message names the fix."""
   if isinstance(e, config_lib.ConfigError):
     return True
-  for module, name in (('sdgan_jax.datasets.parsing_folders', 'LayoutError'),
-                       ('sdgan_jax.identity_bank', 'BankError'),
-                       ('sdgan_jax.inference', 'CheckpointError')):
+  for module, name in (
+    ('sdgan_jax.datasets.parsing_folders', 'LayoutError'),
+    ('sdgan_jax.identity_bank', 'BankError'),
+    ('sdgan_jax.inference', 'CheckpointError'),
+  ):
     loaded = sys.modules.get(module)
     if loaded is not None and isinstance(e, getattr(loaded, name)):
       return True
@@ -159,13 +170,18 @@ def cli_main(argv):
   """``main`` for the command line: config and data errors, preemption and Ctrl-C as one
   line."""
   from sdgan_jax import trainer  # pylint: disable=import-outside-toplevel
+
   try:
     main(argv)
   except trainer.Preempted as e:
     import signal  # pylint: disable=import-outside-toplevel
+
     where = os.path.join(FLAGS.workdir, 'checkpoints')
-    _fail(f'{signal.Signals(e.signal).name} at step {e.step}: saved in {where}, not finished; '
-          'resume with the same command', e.exit_status)
+    _fail(
+      f'{signal.Signals(e.signal).name} at step {e.step}: saved in {where}, not finished; '
+      'resume with the same command',
+      e.exit_status,
+    )
   except ValueError as e:
     if not _is_data_error(e):
       raise
@@ -176,13 +192,18 @@ def cli_main(argv):
     if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
       raise
     # e.g. the summaries or config.json on a full disk: one line, not the traceback
-    _fail(f'error: {e.filename or FLAGS.workdir}: {e.strerror}: free disk space (or fix the '
-          'folder) and rerun the same command to resume from the last saved step', 1)
+    _fail(
+      f'error: {e.filename or FLAGS.workdir}: {e.strerror}: free disk space (or fix the '
+      'folder) and rerun the same command to resume from the last saved step',
+      1,
+    )
   except KeyboardInterrupt:
     step = _latest_step(FLAGS.workdir)
     if step is None:
-      _fail('interrupted before the first checkpoint (nothing saved); rerun the same '
-            'command to start', 130)
+      _fail(
+        'interrupted before the first checkpoint (nothing saved); rerun the same command to start',
+        130,
+      )
     where = os.path.join(FLAGS.workdir, 'checkpoints')
     _fail(f'interrupted at step {step}; saved in {where}, resume with the same command', 130)
 

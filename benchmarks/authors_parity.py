@@ -48,41 +48,41 @@ import pathlib
 import platform
 import sys
 import types
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 # Their generator, discriminator and Siamese network, by module and class.
 THEIR_MODULES = {
-    'generator': ('arch_spade_feature_flex', 'Generator'),
-    'discriminator': ('arch_spade_feature_flex', 'Discriminator'),
-    'identity': ('arch_resnet_siam', 'ResNet'),
+  'generator': ('arch_spade_feature_flex', 'Generator'),
+  'discriminator': ('arch_spade_feature_flex', 'Discriminator'),
+  'identity': ('arch_resnet_siam', 'ResNet'),
 }
 # Their constructor arguments at the shapes of their training script (train_with_feature.py:
 # ch_inp_num 11 for G, 14 for D, 3 for the Siamese net; 1200 identities; 128 px).
 THEIR_KWARGS = {
-    'generator': dict(input_nc=11, img_size=128),
-    'discriminator': dict(input_nc=14, img_size=128),
-    'identity': dict(input_nc=3, num_classes=1200),
+  'generator': dict(input_nc=11, img_size=128),
+  'discriminator': dict(input_nc=14, img_size=128),
+  'identity': dict(input_nc=3, num_classes=1200),
 }
 # Stages compared besides the output: name -> (their module, our module path).
 STAGES = {
-    'generator': {
-        'encoder': ('conv4', ('encoder_4',)),
-        'identity branch': ('encode_noise', ('identity',)),
-        'fusion': ('embed', ('fuse_norm',)),
-        'bottleneck': ('res4', ('bottleneck_3',)),
-        'decoder': ('deconv0', ('decoder_4',)),
-        'attention': ('spatialAtt', ('attention',)),
-    },
-    'discriminator': {
-        'block 3': ('conv3', ('block3',)),
-        'block 5': ('conv5', ('block5',)),
-    },
-    'identity': {
-        'layer 2': ('layer2', ('trunk', 'layer2_1')),
-        'layer 4': ('layer4', ('trunk', 'layer4_1')),
-    },
+  'generator': {
+    'encoder': ('conv4', ('encoder_4',)),
+    'identity branch': ('encode_noise', ('identity',)),
+    'fusion': ('embed', ('fuse_norm',)),
+    'bottleneck': ('res4', ('bottleneck_3',)),
+    'decoder': ('deconv0', ('decoder_4',)),
+    'attention': ('spatialAtt', ('attention',)),
+  },
+  'discriminator': {
+    'block 3': ('conv3', ('block3',)),
+    'block 5': ('conv5', ('block5',)),
+  },
+  'identity': {
+    'layer 2': ('layer2', ('trunk', 'layer2_1')),
+    'layer 4': ('layer4', ('trunk', 'layer4_1')),
+  },
 }
 BN_MOMENTUM = 0.1  # PyTorch's default, theirs everywhere (ours: Flax's 0.9 = 1 - 0.1)
 
@@ -92,6 +92,7 @@ class MappingError(ValueError):
 
 
 # --------------------------------------------------------------------------- the mapping
+
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
@@ -130,8 +131,11 @@ class _Rules:
       self._add(f'params/{ours}/Conv_0/bias', f'{theirs}.bias', 'copy')
     state = f'batch_stats/{ours}/SpectralNorm_0/Conv_0/kernel'
     self._add(f'{state}/u', f'{theirs}.weight_u', 'u')
-    self._add(f'{state}/sigma', tuple(f'{theirs}.{k}' for k in ('weight_orig', 'weight_u',
-                                                                 'weight_v')), 'sigma')
+    self._add(
+      f'{state}/sigma',
+      tuple(f'{theirs}.{k}' for k in ('weight_orig', 'weight_u', 'weight_v')),
+      'sigma',
+    )
 
   def dense(self, ours: str, theirs: str):
     self._add(f'params/{ours}/kernel', f'{theirs}.weight', 'dense')
@@ -149,10 +153,16 @@ class _Rules:
   def spade(self, ours: str, theirs: str):
     """SPADE: the shared conv, gamma and beta (one conv of ours), the parameter-free BN."""
     self.conv(f'{ours}/shared/Conv_0', f'{theirs}.mlp_shared.0')
-    self._add(f'params/{ours}/gamma_beta/Conv_0/kernel',
-              (f'{theirs}.mlp_gamma.weight', f'{theirs}.mlp_beta.weight'), 'cat_conv')
-    self._add(f'params/{ours}/gamma_beta/Conv_0/bias',
-              (f'{theirs}.mlp_gamma.bias', f'{theirs}.mlp_beta.bias'), 'cat_copy')
+    self._add(
+      f'params/{ours}/gamma_beta/Conv_0/kernel',
+      (f'{theirs}.mlp_gamma.weight', f'{theirs}.mlp_beta.weight'),
+      'cat_conv',
+    )
+    self._add(
+      f'params/{ours}/gamma_beta/Conv_0/bias',
+      (f'{theirs}.mlp_gamma.bias', f'{theirs}.mlp_beta.bias'),
+      'cat_copy',
+    )
     self.running_stats(f'{ours}/param_free_norm', f'{theirs}.param_free_norm')
 
   def spade_block(self, ours: str, theirs: str, learned_shortcut: bool):
@@ -202,11 +212,13 @@ def generator_rules() -> list[Rule]:
   m = _Rules()
   m.conv('align/Conv_0', 'align_bg_conv')
   # (ours, theirs, learned shortcut: the widths differ)
-  for ours, theirs, learned in (('encoder_0', 'conv0', True),    # 11 -> 32
-                                ('encoder_1', 'conv1', True),    # 32 -> 64
-                                ('encoder_2', 'conv2', True),    # 64 -> 128
-                                ('encoder_3', 'conv3', True),    # 128 -> 256
-                                ('encoder_4', 'conv4', False)):  # 256 -> 256
+  for ours, theirs, learned in (
+    ('encoder_0', 'conv0', True),  # 11 -> 32
+    ('encoder_1', 'conv1', True),  # 32 -> 64
+    ('encoder_2', 'conv2', True),  # 64 -> 128
+    ('encoder_3', 'conv3', True),  # 128 -> 256
+    ('encoder_4', 'conv4', False),
+  ):  # 256 -> 256
     m.spade_block(ours, theirs, learned)
   # identity branch: their encode_noise = ConvLayer, LeakyReLU, IN, SKUnit, LeakyReLU,
   # SKUnit, LeakyReLU (indices 0-6)
@@ -219,11 +231,13 @@ def generator_rules() -> list[Rule]:
   m.affine('fuse_norm', 'embed.1')
   for i in range(4):
     m.residual_block(f'bottleneck_{i}', f'res{i + 1}')
-  for ours, theirs, learned in (('decoder_0', 'deconv4', False),  # 256 -> 256
-                                ('decoder_1', 'deconv3', True),   # 256 -> 128
-                                ('decoder_2', 'deconv2', True),   # 128 -> 64
-                                ('decoder_3', 'deconv1', True),   # 64 -> 32
-                                ('decoder_4', 'deconv0', True)):  # 32 -> 16
+  for ours, theirs, learned in (
+    ('decoder_0', 'deconv4', False),  # 256 -> 256
+    ('decoder_1', 'deconv3', True),  # 256 -> 128
+    ('decoder_2', 'deconv2', True),  # 128 -> 64
+    ('decoder_3', 'deconv1', True),  # 64 -> 32
+    ('decoder_4', 'deconv0', True),
+  ):  # 32 -> 16
     m.spade_block(ours, theirs, learned)
   m.conv('attention/conv/Conv_0', 'spatialAtt.conv', bias=False)
   m.conv('to_rgb/Conv_0', 'conv_end.0')
@@ -250,15 +264,17 @@ def identity_rules() -> list[Rule]:
   m.running_stats('trunk/bn1', 'bn1')
   for stage in range(1, 5):  # their num_blocks [2, 2, 2, 2(, 2 unused)]
     for j in range(2):
-      m.basic_block(f'trunk/layer{stage}_{j}', f'layer{stage}.{j}',
-                    downsample=stage > 1 and j == 0)
+      m.basic_block(f'trunk/layer{stage}_{j}', f'layer{stage}.{j}', downsample=stage > 1 and j == 0)
   m.dense('hidden', 'linear1')
   m.dense('embed', 'linear2')
   return m.rules
 
 
-RULES = {'generator': generator_rules, 'discriminator': discriminator_rules,
-         'identity': identity_rules}
+RULES = {
+  'generator': generator_rules,
+  'discriminator': discriminator_rules,
+  'identity': identity_rules,
+}
 # Their buffers with no counterpart of ours: BatchNorm's step counter (used only with
 # momentum=None, which none of their norms sets).
 IGNORED_SUFFIXES = ('.num_batches_tracked',)
@@ -289,8 +305,9 @@ def _load_one(rule: Rule, theirs: Mapping[str, np.ndarray]) -> np.ndarray:
   raise ValueError(f'unknown rule kind {rule.kind!r}')
 
 
-def to_ours(rules: Iterable[Rule], theirs: Mapping[str, np.ndarray],
-            shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+def to_ours(
+  rules: Iterable[Rule], theirs: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, np.ndarray]:
   """Their state dict (name -> array) as our flat variables (``collection/path`` -> array).
 
   ``shapes`` are our variables' shapes (flat, as ``flat_shapes`` gives them). Raises
@@ -311,13 +328,14 @@ def to_ours(rules: Iterable[Rule], theirs: Mapping[str, np.ndarray],
     try:
       value = _load_one(rule, theirs)
     except ValueError as e:  # e.g. gamma and beta convs of different kernel sizes
-      problems.append(f'their {", ".join(rule.theirs)} do not combine into our '
-                      f'{rule.ours}: {e}')
+      problems.append(f'their {", ".join(rule.theirs)} do not combine into our {rule.ours}: {e}')
       continue
     if value.shape != tuple(shapes[rule.ours]):
       got = ', '.join(f'{k} {tuple(np.shape(theirs[k]))}' for k in rule.theirs)
-      problems.append(f'shape mismatch: their {got} gives {value.shape} ({rule.kind}), '
-                      f'our {rule.ours} is {tuple(shapes[rule.ours])}')
+      problems.append(
+        f'shape mismatch: their {got} gives {value.shape} ({rule.kind}), '
+        f'our {rule.ours} is {tuple(shapes[rule.ours])}'
+      )
       continue
     ours[rule.ours] = value.astype(np.float32)
   used = {k for rule in rules for k in rule.theirs}
@@ -328,8 +346,7 @@ def to_ours(rules: Iterable[Rule], theirs: Mapping[str, np.ndarray],
   if unfilled:
     problems.append(f'our variables that no rule fills: {", ".join(unfilled)}')
   if problems:
-    raise MappingError('their network and ours do not correspond:\n  ' +
-                       '\n  '.join(problems))
+    raise MappingError('their network and ours do not correspond:\n  ' + '\n  '.join(problems))
   return ours
 
 
@@ -352,9 +369,13 @@ def to_theirs(rules: Iterable[Rule], ours: Mapping[str, np.ndarray]) -> dict[str
     elif rule.kind == 'u':
       theirs[rule.theirs[0]] = value[0]
     elif rule.kind == 'sigma':
-      kernel = np.asarray(ours[rule.ours.replace('batch_stats/', 'params/', 1)
-                               .replace('/SpectralNorm_0', '', 1)
-                               .removesuffix('/sigma')])
+      kernel = np.asarray(
+        ours[
+          rule.ours.replace('batch_stats/', 'params/', 1)
+          .replace('/SpectralNorm_0', '', 1)
+          .removesuffix('/sigma')
+        ]
+      )
       u = np.asarray(ours[rule.ours.removesuffix('sigma') + 'u'])[0]
       w = kernel.transpose(3, 2, 0, 1).reshape(kernel.shape[-1], -1)
       v = w.T @ u
@@ -371,12 +392,15 @@ def to_theirs(rules: Iterable[Rule], ours: Mapping[str, np.ndarray]) -> dict[str
 def flat_shapes(variables) -> dict[str, tuple[int, ...]]:
   """``collection/path`` -> shape of a (possibly abstract) variable tree."""
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
-  return {k: tuple(v.shape) for k, v in
-          traverse_util.flatten_dict(dict(variables), sep='/').items()}
+
+  return {
+    k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(variables), sep='/').items()
+  }
 
 
 def flat_values(tree) -> dict[str, np.ndarray]:
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
+
   return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(tree), sep='/').items()}
 
 
@@ -386,40 +410,44 @@ def unflatten(flat: Mapping[str, np.ndarray]):
   Flax's ``SpectralNorm`` names its state with slashes (``Conv_0/kernel/u``, one name
   inside the ``SpectralNorm_0`` scope), so everything after that scope stays one key.
   """
-  from flax import traverse_util  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+
   nested = {}
   for key, value in flat.items():
     parts = key.split('/')
     if 'SpectralNorm_0' in parts:
       i = parts.index('SpectralNorm_0')
-      parts = parts[:i + 1] + ['/'.join(parts[i + 1:])]
+      parts = parts[: i + 1] + ['/'.join(parts[i + 1 :])]
     nested[tuple(parts)] = jnp.asarray(value)
   return traverse_util.unflatten_dict(nested)
 
 
 # ------------------------------------------------------------------- our networks, inputs
 
+
 @dataclasses.dataclass
 class Inputs:
   """The fixed inputs, NHWC float32 (ours); ``nchw`` gives theirs."""
-  image: np.ndarray      # [B, 128, 128, 3] in [0, 1]
-  mask: np.ndarray       # [B, 128, 128, 1], 1 on the face
-  semantic: np.ndarray   # [B, 128, 128, 11] one-hot
-  identity: np.ndarray   # [B, 2048], non-negative like a ResNet-50 average-pool feature
+
+  image: np.ndarray  # [B, 128, 128, 3] in [0, 1]
+  mask: np.ndarray  # [B, 128, 128, 1], 1 on the face
+  semantic: np.ndarray  # [B, 128, 128, 11] one-hot
+  identity: np.ndarray  # [B, 2048], non-negative like a ResNet-50 average-pool feature
 
   @property
   def masked(self) -> np.ndarray:
     return self.image * (1 - self.mask)
 
 
-def make_inputs(batch: int, seed: int, size: int = 128, classes: int = 11,
-                identity_dim: int = 2048) -> Inputs:
+def make_inputs(
+  batch: int, seed: int, size: int = 128, classes: int = 11, identity_dim: int = 2048
+) -> Inputs:
   """Random image, an elliptical face mask, a blocky map (8-px cells) and a feature."""
   rng = np.random.default_rng(seed)
   image = rng.uniform(size=(batch, size, size, 3)).astype(np.float32)
   yy, xx = np.mgrid[:size, :size] / size
-  mask = ((yy - 0.55)**2 / 0.35**2 + (xx - 0.5)**2 / 0.28**2 <= 1).astype(np.float32)
+  mask = ((yy - 0.55) ** 2 / 0.35**2 + (xx - 0.5) ** 2 / 0.28**2 <= 1).astype(np.float32)
   mask = np.broadcast_to(mask[None, :, :, None], (batch, size, size, 1)).copy()
   cells = rng.integers(0, classes, (batch, size // 8, size // 8))
   labels = np.kron(cells, np.ones((8, 8), int))
@@ -434,14 +462,18 @@ def nchw(x: np.ndarray) -> np.ndarray:
 
 def our_networks():
   """Our three networks as ``configs/celeba.py:authors`` at the authors' shapes build them."""
-  from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
   from sdgan_jax.configs import celeba  # pylint: disable=import-outside-toplevel
   from sdgan_jax.networks import Networks  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
+
   config = benchmarking.authors_shapes_config(celeba.get_config('authors'))
   config.dtype = 'float32'  # the comparison is in float32 whatever the recipe's default
   nets = Networks(config)
-  return {'generator': nets.generator, 'discriminator': nets.discriminator,
-          'identity': nets.identity}
+  return {
+    'generator': nets.generator,
+    'discriminator': nets.discriminator,
+    'identity': nets.identity,
+  }
 
 
 def our_args(name: str, inputs: Inputs) -> tuple:
@@ -454,17 +486,22 @@ def our_args(name: str, inputs: Inputs) -> tuple:
 
 def our_shapes(module, args) -> dict[str, tuple[int, ...]]:
   import jax  # pylint: disable=import-outside-toplevel
+
   return flat_shapes(jax.eval_shape(module.init, jax.random.key(0), *args))
 
 
 def run_ours(module, flat_variables, args, train: bool, stages: Mapping):
   """Output, stages (NHWC) and, in train mode, the updated flat state of our module."""
   import jax  # pylint: disable=import-outside-toplevel
+
   wanted = {path for _, path in stages.values()}
   out, state = module.apply(
-      unflatten(flat_variables), *args, train=train,
-      mutable=['batch_stats', 'intermediates'],
-      capture_intermediates=lambda mdl, method: method == '__call__' and mdl.path in wanted)
+    unflatten(flat_variables),
+    *args,
+    train=train,
+    mutable=['batch_stats', 'intermediates'],
+    capture_intermediates=lambda mdl, method: method == '__call__' and mdl.path in wanted,
+  )
   if isinstance(out, dict):  # the identity net's
     out = out['embedding']
   found = {}
@@ -475,12 +512,14 @@ def run_ours(module, flat_variables, args, train: bool, stages: Mapping):
     found[name] = np.asarray(node['__call__'][0])
   new_state = {}
   if train:
-    new_state = {f'batch_stats/{k}': np.asarray(v)
-                 for k, v in flat_values(state['batch_stats']).items()}
+    new_state = {
+      f'batch_stats/{k}': np.asarray(v) for k, v in flat_values(state['batch_stats']).items()
+    }
   return np.asarray(jax.device_get(out)), found, new_state
 
 
 # ------------------------------------------------------------------------ their networks
+
 
 def import_theirs(arch_dir: str | pathlib.Path) -> dict[str, type]:
   """Their network classes, imported from ``arch_dir`` (the ``arch/`` of their clone)."""
@@ -488,22 +527,27 @@ def import_theirs(arch_dir: str | pathlib.Path) -> dict[str, type]:
   wanted = sorted({f'{module}.py' for module, _ in THEIR_MODULES.values()})
   if arch_dir.name != 'arch' or not all((arch_dir / f).is_file() for f in wanted):
     raise SystemExit(
-        f'authors_parity.py: error: --authors_arch {arch_dir} is not the arch/ folder of a '
-        f'clone of github.com/kimhyeongbok/SDGAN (it must be named arch and hold '
-        f'{", ".join(wanted)}); run git clone https://github.com/kimhyeongbok/SDGAN and '
-        'pass its arch/')
+      f'authors_parity.py: error: --authors_arch {arch_dir} is not the arch/ folder of a '
+      f'clone of github.com/kimhyeongbok/SDGAN (it must be named arch and hold '
+      f'{", ".join(wanted)}); run git clone https://github.com/kimhyeongbok/SDGAN and '
+      'pass its arch/'
+    )
   if importlib.util.find_spec('torchvision') is None:
     # Their architecture.py imports torchvision for a VGG-19 (perceptual loss) that none
     # of the three networks builds; an empty module lets it import without one.
-    print('note: torchvision is not installed; an empty stand-in lets their '
-          'architecture.py import (its VGG-19 is not used here)')
+    print(
+      'note: torchvision is not installed; an empty stand-in lets their '
+      'architecture.py import (its VGG-19 is not used here)'
+    )
     sys.modules['torchvision'] = types.ModuleType('torchvision')
   # Their modules import each other as ``arch.*``: the clone's root goes on the path for
   # the import only, so that its other top-level files cannot shadow anything later.
   sys.path.insert(0, str(arch_dir.parent))
   try:
-    return {name: getattr(importlib.import_module(f'arch.{module}'), cls)
-            for name, (module, cls) in THEIR_MODULES.items()}
+    return {
+      name: getattr(importlib.import_module(f'arch.{module}'), cls)
+      for name, (module, cls) in THEIR_MODULES.items()
+    }
   finally:
     sys.path.remove(str(arch_dir.parent))
 
@@ -511,6 +555,7 @@ def import_theirs(arch_dir: str | pathlib.Path) -> dict[str, type]:
 def their_args(name: str, inputs: Inputs) -> tuple:
   """Their forward's arguments, NCHW: G(seg, bg, feature), D(cat(image, seg)), S(image)."""
   import torch  # pylint: disable=import-outside-toplevel
+
   t = lambda x: torch.from_numpy(nchw(x))
   if name == 'generator':
     return (t(inputs.semantic), t(inputs.masked), torch.from_numpy(inputs.identity))
@@ -527,6 +572,7 @@ def run_theirs(model, args, train: bool, stages: Mapping):
   """Output and stages (NHWC) of their module, and the element count per channel that
   each batch norm of theirs normalised over (for its unbiased running variance)."""
   import torch  # pylint: disable=import-outside-toplevel
+
   found, counts, hooks = {}, {}, []
 
   def keep(name):
@@ -555,6 +601,7 @@ def set_top_singular_pairs(model) -> int:
   """Sets every spectral-norm ``weight_u``, ``weight_v`` of ``model`` to its weight's top
   singular pair, where a power iteration stands still; returns how many."""
   import torch  # pylint: disable=import-outside-toplevel
+
   n = 0
   with torch.no_grad():
     for mod in model.modules():
@@ -569,23 +616,28 @@ def set_top_singular_pairs(model) -> int:
 
 # -------------------------------------------------------------------------- comparison
 
-def difference(ours: np.ndarray, theirs: np.ndarray,
-               scale: np.ndarray | None = None) -> tuple[float, float]:
+
+def difference(
+  ours: np.ndarray, theirs: np.ndarray, scale: np.ndarray | None = None
+) -> tuple[float, float]:
   """(max |ours - theirs|, max of that divided by ``scale``), ``scale`` by default
   max |theirs|."""
   ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
   if ours.shape != theirs.shape:
-    raise MappingError(f'outputs of different shapes: ours {ours.shape}, theirs '
-                       f'{theirs.shape}')
+    raise MappingError(f'outputs of different shapes: ours {ours.shape}, theirs {theirs.shape}')
   err = np.abs(ours - theirs)
   if scale is None:
     scale = np.max(np.abs(theirs))
   return float(np.max(err)), float(np.max(err / np.maximum(scale, 1e-30)))
 
 
-def state_differences(rules: Iterable[Rule], before: Mapping[str, np.ndarray],
-                      after: Mapping[str, np.ndarray], ours_after: Mapping[str, np.ndarray],
-                      counts: Mapping[str, int]) -> dict[str, tuple[float, float]]:
+def state_differences(
+  rules: Iterable[Rule],
+  before: Mapping[str, np.ndarray],
+  after: Mapping[str, np.ndarray],
+  ours_after: Mapping[str, np.ndarray],
+  counts: Mapping[str, int],
+) -> dict[str, tuple[float, float]]:
   """Worst difference per kind of state between ours and theirs after one train pass.
 
   ``before``/``after``: their state dict around the pass; ``counts``: per batch norm of
@@ -638,27 +690,31 @@ class Row:
   checked: bool = True
 
 
-def check_network(name: str, their_cls, our_module, inputs: Inputs, warmup_inputs: list,
-                  seed: int) -> tuple[list[Row], dict]:
+def check_network(
+  name: str, their_cls, our_module, inputs: Inputs, warmup_inputs: list, seed: int
+) -> tuple[list[Row], dict]:
   """Compares one network of theirs with ours in train and eval mode (module docstring)."""
   import torch  # pylint: disable=import-outside-toplevel
+
   from sdgan_jax.models.layers import count_params  # pylint: disable=import-outside-toplevel
+
   torch.manual_seed(seed)
   model = their_cls(**THEIR_KWARGS[name]).float()
   rules, stages = RULES[name](), STAGES[name]
   args = our_args(name, inputs)
   shapes = our_shapes(our_module, args)
-  counts = {'theirs': sum(p.numel() for p in model.parameters()),
-            'ours': count_params(unflatten({k: np.zeros(s, np.float32)
-                                            for k, s in shapes.items()}))}
+  counts = {
+    'theirs': sum(p.numel() for p in model.parameters()),
+    'ours': count_params(unflatten({k: np.zeros(s, np.float32) for k, s in shapes.items()})),
+  }
   rows = []
 
   def compare(mode, ours, theirs, checked=True, prefix=''):
     (o_out, o_stages), (t_out, t_stages) = ours, theirs
     for stage in stages:
-      rows.append(Row(name, mode, f'{prefix}{stage}', *difference(o_stages[stage],
-                                                                    t_stages[stage]),
-                      checked))
+      rows.append(
+        Row(name, mode, f'{prefix}{stage}', *difference(o_stages[stage], t_stages[stage]), checked)
+      )
     rows.append(Row(name, mode, f'{prefix}output', *difference(o_out, t_out), checked))
 
   # train mode, from the state as built: both take batch statistics and one power
@@ -668,8 +724,9 @@ def check_network(name: str, their_cls, our_module, inputs: Inputs, warmup_input
   t_out, t_stages, bn_counts = run_theirs(model, their_args(name, inputs), True, stages)
   o_out, o_stages, o_state = run_ours(our_module, variables, args, True, stages)
   compare('train', (o_out, o_stages), (t_out, t_stages))
-  for kind, (a, r) in state_differences(rules, before, their_state(model), o_state,
-                                         bn_counts).items():
+  for kind, (a, r) in state_differences(
+    rules, before, their_state(model), o_state, bn_counts
+  ).items():
     rows.append(Row(name, 'train', f'state: {kind}', a, r, kind != 'running var as stored'))
 
   # eval mode: running statistics of a few more train passes of theirs.
@@ -679,8 +736,13 @@ def check_network(name: str, their_cls, our_module, inputs: Inputs, warmup_input
   if any(r.kind == 'u' for r in rules):
     # the two evaluation conventions with their vectors as the passes left them: a figure
     t_eval = run_theirs(model, their_args(name, inputs), False, stages)[:2]
-    compare('eval', run_ours(our_module, variables, args, False, stages)[:2], t_eval,
-            checked=False, prefix='power-iteration vectors as left: ')
+    compare(
+      'eval',
+      run_ours(our_module, variables, args, False, stages)[:2],
+      t_eval,
+      checked=False,
+      prefix='power-iteration vectors as left: ',
+    )
     set_top_singular_pairs(model)
     variables = to_ours(rules, their_state(model), shapes)
   t_eval = run_theirs(model, their_args(name, inputs), False, stages)[:2]
@@ -691,6 +753,7 @@ def check_network(name: str, their_cls, our_module, inputs: Inputs, warmup_input
 def machine() -> str:
   import jax  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
+
   cpu = platform.processor() or platform.machine()
   try:
     for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
@@ -699,37 +762,57 @@ def machine() -> str:
         break
   except OSError:
     pass
-  return (f'{cpu}; JAX {jax.__version__} on {jax.default_backend()}, '
-          f'PyTorch {torch.__version__} on CPU')
+  return (
+    f'{cpu}; JAX {jax.__version__} on {jax.default_backend()}, PyTorch {torch.__version__} on CPU'
+  )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog='authors_parity.py',
-      description='Compares the authors\' networks (preset authors) with their PyTorch '
-                  'modules on the same weights and inputs (docs/network.md).')
-  parser.add_argument('--authors_arch', required=True,
-                      help='the arch/ folder of a clone of github.com/kimhyeongbok/SDGAN')
-  parser.add_argument('--networks', default='generator,discriminator,identity',
-                      help='comma-separated subset of generator, discriminator, identity')
+    prog='authors_parity.py',
+    description="Compares the authors' networks (preset authors) with their PyTorch "
+    'modules on the same weights and inputs (docs/network.md).',
+  )
+  parser.add_argument(
+    '--authors_arch',
+    required=True,
+    help='the arch/ folder of a clone of github.com/kimhyeongbok/SDGAN',
+  )
+  parser.add_argument(
+    '--networks',
+    default='generator,discriminator,identity',
+    help='comma-separated subset of generator, discriminator, identity',
+  )
   parser.add_argument('--batch', type=int, default=2, help='batch size (2-4 is plenty)')
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--warmup', type=int, default=2,
-                      help='train passes of theirs on other inputs before the eval check, '
-                           'so that the running statistics are not the initial ones')
-  parser.add_argument('--tolerance', type=float, default=1e-4,
-                      help='largest relative difference (to max |theirs|) that passes')
-  parser.add_argument('--print_mapping', action='store_true',
-                      help='print every rule (ours <- theirs) and exit')
+  parser.add_argument(
+    '--warmup',
+    type=int,
+    default=2,
+    help='train passes of theirs on other inputs before the eval check, '
+    'so that the running statistics are not the initial ones',
+  )
+  parser.add_argument(
+    '--tolerance',
+    type=float,
+    default=1e-4,
+    help='largest relative difference (to max |theirs|) that passes',
+  )
+  parser.add_argument(
+    '--print_mapping', action='store_true', help='print every rule (ours <- theirs) and exit'
+  )
   args = parser.parse_args(argv)
   args.networks = [n.strip() for n in args.networks.split(',') if n.strip()]
   unknown = sorted(set(args.networks) - set(RULES))
   if unknown or not args.networks:
-    parser.error(f'--networks: unknown {", ".join(unknown) or "(none given)"}; choose from '
-                 f'{", ".join(RULES)}')
+    parser.error(
+      f'--networks: unknown {", ".join(unknown) or "(none given)"}; choose from {", ".join(RULES)}'
+    )
   if args.batch < 2:
-    parser.error('--batch must be at least 2: batch statistics of one image are its '
-                 'instance statistics, which hides a batch-norm mix-up')
+    parser.error(
+      '--batch must be at least 2: batch statistics of one image are its '
+      'instance statistics, which hides a batch-norm mix-up'
+    )
   return args
 
 
@@ -742,6 +825,7 @@ def main(argv=None) -> int:
     return 0
   import jax  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
+
   # fp32 throughout: no reduced-precision matmuls on either side.
   jax.config.update('jax_default_matmul_precision', 'highest')
   torch.backends.cudnn.allow_tf32 = False
@@ -751,16 +835,21 @@ def main(argv=None) -> int:
   inputs = make_inputs(args.batch, args.seed)
   warmup = [make_inputs(args.batch, args.seed + 1 + i) for i in range(args.warmup)]
   print(f'{datetime.date.today()}, {machine()}')
-  print(f'inputs: batch {args.batch}, 128 px, 11 classes, 2048-d identity; seed {args.seed}; '
-        f'tolerance {args.tolerance:g} relative\n')
+  print(
+    f'inputs: batch {args.batch}, 128 px, 11 classes, 2048-d identity; seed {args.seed}; '
+    f'tolerance {args.tolerance:g} relative\n'
+  )
   rows = []
   try:
     for name in args.networks:
-      network_rows, counts = check_network(name, classes[name], ours[name], inputs, warmup,
-                                           args.seed)
+      network_rows, counts = check_network(
+        name, classes[name], ours[name], inputs, warmup, args.seed
+      )
       rows += network_rows
-      print(f'{name}: {counts["ours"]:,} parameters (ours), {counts["theirs"]:,} (theirs); '
-            f'{len(RULES[name]())} mapped variables')
+      print(
+        f'{name}: {counts["ours"]:,} parameters (ours), {counts["theirs"]:,} (theirs); '
+        f'{len(RULES[name]())} mapped variables'
+      )
   except MappingError as e:
     print(f'authors_parity.py: error: {e}', file=sys.stderr)
     return 2
@@ -768,13 +857,17 @@ def main(argv=None) -> int:
   failed = []
   for row in rows:
     flag = '' if not row.checked else (' FAIL' if row.rel_err > args.tolerance else '')
-    print(f'{row.network:<14}{row.mode:<6}{row.what:<58}{row.abs_err:>11.2e}'
-          f'{row.rel_err:>11.2e}{flag}{"" if row.checked else "  (figure)"}')
+    print(
+      f'{row.network:<14}{row.mode:<6}{row.what:<58}{row.abs_err:>11.2e}'
+      f'{row.rel_err:>11.2e}{flag}{"" if row.checked else "  (figure)"}'
+    )
     if flag:
       failed.append(row)
   worst = max((r for r in rows if r.checked), key=lambda r: r.rel_err)
-  print(f'\nworst checked: {worst.network} {worst.mode} {worst.what}: {worst.abs_err:.2e} '
-        f'abs, {worst.rel_err:.2e} rel')
+  print(
+    f'\nworst checked: {worst.network} {worst.mode} {worst.what}: {worst.abs_err:.2e} '
+    f'abs, {worst.rel_err:.2e} rel'
+  )
   if failed:
     print(f'{len(failed)} differences above {args.tolerance:g}', file=sys.stderr)
     return 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -41,9 +41,22 @@ _NOSE_TIP, _MOUTH = 30, (48, 54)
 # The canvas patch around a face: its radius in face widths, and the width of its soft edge.
 PATCH_RADIUS = 1.35
 EDGE = 0.25
-_TEXTURES = ('brick', 'grass', 'gravel', 'coffee', 'rocket', 'chelsea', 'coins',
-             'hubble_deep_field', 'immunohistochemistry', 'retina', 'page', 'text',
-             'colorwheel', 'clock')
+_TEXTURES = (
+  'brick',
+  'grass',
+  'gravel',
+  'coffee',
+  'rocket',
+  'chelsea',
+  'coins',
+  'hubble_deep_field',
+  'immunohistochemistry',
+  'retina',
+  'page',
+  'text',
+  'colorwheel',
+  'clock',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +64,8 @@ class FaceSource:
   """A sample photo and dlib's 68 landmarks of its face."""
 
   name: str
-  image: np.ndarray       # uint8 [H, W, 3]
-  landmarks: np.ndarray   # float [68, 2]
+  image: np.ndarray  # uint8 [H, W, 3]
+  landmarks: np.ndarray  # float [68, 2]
 
   @property
   def width(self) -> float:
@@ -96,13 +109,14 @@ class GroundTruthFace:
   def keypoints(self) -> np.ndarray:
     """[5, 2]: the eye centres, the nose tip and the mouth corners."""
     pts = self.landmarks
-    return np.stack([pts[_EYES[0]].mean(0), pts[_EYES[1]].mean(0), pts[_NOSE_TIP],
-                     pts[_MOUTH[0]], pts[_MOUTH[1]]])
+    return np.stack(
+      [pts[_EYES[0]].mean(0), pts[_EYES[1]].mean(0), pts[_NOSE_TIP], pts[_MOUTH[0]], pts[_MOUTH[1]]]
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Canvas:
-  image: np.ndarray                  # uint8 [H, W, 3]
+  image: np.ndarray  # uint8 [H, W, 3]
   faces: tuple[GroundTruthFace, ...]
   background: str
 
@@ -118,8 +132,9 @@ def face_sources(photos: dict[str, np.ndarray]) -> dict[str, FaceSource]:
   """The sample photos with dlib's landmarks of their faces (``samples.photo_landmarks``)."""
   from sdgan_jax.datasets import samples  # pylint: disable=import-outside-toplevel
 
-  return {name: FaceSource(name, image, samples.photo_landmarks(image))
-          for name, image in photos.items()}
+  return {
+    name: FaceSource(name, image, samples.photo_landmarks(image)) for name, image in photos.items()
+  }
 
 
 # --- drawing ------------------------------------------------------------------------------
@@ -130,8 +145,7 @@ def _face_transform(source: FaceSource, spec: FaceSpec, centre) -> np.ndarray:
   scale = spec.size / source.width
   theta = math.radians(spec.angle)
   # Image y points down: a counter-clockwise turn as seen is a negative angle in (x, y).
-  rot = scale * np.array([[math.cos(theta), math.sin(theta)],
-                          [-math.sin(theta), math.cos(theta)]])
+  rot = scale * np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])
   flip = np.diag([-1.0, 1.0]) if spec.mirror else np.eye(2)
   linear = rot @ flip
   origin = source.landmarks.mean(0)
@@ -180,26 +194,33 @@ def _background(kind: str, size: tuple[int, int], rng: np.random.Generator) -> n
       tex = tex[..., :3]
       size_px = int(cell * rng.uniform(1.0, 1.6))
       tile = np.asarray(Image.fromarray(tex).resize((size_px, size_px), Image.BILINEAR))
-      canvas[y:y + cell, x:x + cell] = tile[:min(cell, h - y), :min(cell, w - x)]
+      canvas[y : y + cell, x : x + cell] = tile[: min(cell, h - y), : min(cell, w - x)]
   return canvas
 
 
 def _occluder(face_points: np.ndarray, kind: str) -> np.ndarray:
   """Polygon [4, 2] (canvas px) over the lower face ('lower') or one side ('side')."""
-  left, right = face_points[0], face_points[16]          # jaw ends, at eye height
+  left, right = face_points[0], face_points[16]  # jaw ends, at eye height
   chin, nose = face_points[8], face_points[33]
   across = right - left
   down = chin - (left + right) / 2
-  if kind == 'lower':   # from just under the nose to below the chin, jaw to jaw
+  if kind == 'lower':  # from just under the nose to below the chin, jaw to jaw
     top = nose + 0.1 * down
-    return np.array([top - 0.6 * across, top + 0.6 * across,
-                     chin + 0.15 * down + 0.6 * across, chin + 0.15 * down - 0.6 * across])
-  if kind == 'side':    # the outer 40% of the face on the right of the image
+    return np.array(
+      [
+        top - 0.6 * across,
+        top + 0.6 * across,
+        chin + 0.15 * down + 0.6 * across,
+        chin + 0.15 * down - 0.6 * across,
+      ]
+    )
+  if kind == 'side':  # the outer 40% of the face on the right of the image
     mid = (left + right) / 2
     up = -0.9 * down
     a = mid + 0.1 * across
-    return np.array([a + up, right + 0.2 * across + up, right + 0.2 * across + 1.2 * down,
-                     a + 1.2 * down])
+    return np.array(
+      [a + up, right + 0.2 * across + up, right + 0.2 * across + 1.2 * down, a + 1.2 * down]
+    )
   raise ValueError(f'occlusion must be one of {OCCLUSIONS}, got {kind!r}')
 
 
@@ -211,8 +232,9 @@ def _inside_convex(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
   return (cross >= 0).all(1) | (cross <= 0).all(1)
 
 
-def draw_face(canvas: np.ndarray, source: FaceSource, spec: FaceSpec, centre,
-              rng: np.random.Generator) -> GroundTruthFace:
+def draw_face(
+  canvas: np.ndarray, source: FaceSource, spec: FaceSpec, centre, rng: np.random.Generator
+) -> GroundTruthFace:
   """Composites one face onto ``canvas`` (in place) and returns its ground truth."""
   from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
 
@@ -240,8 +262,10 @@ def draw_face(canvas: np.ndarray, source: FaceSource, spec: FaceSpec, centre,
   points = _apply(matrix, source.landmarks).astype(np.float32)
   if spec.mirror:  # keep the landmark scheme's meaning: index 36 stays the image-left eye
     points = points[landmarks.MIRROR]
-  box = np.array([points[:, 0].min(), points[:, 1].min(), points[:, 0].max() + 1,
-                  points[:, 1].max() + 1], np.float32)
+  box = np.array(
+    [points[:, 0].min(), points[:, 1].min(), points[:, 0].max() + 1, points[:, 1].max() + 1],
+    np.float32,
+  )
   face = GroundTruthFace(spec, points, box, np.ones(5, bool))
   if spec.occlusion:
     polygon = _occluder(points, spec.occlusion)
@@ -249,14 +273,19 @@ def draw_face(canvas: np.ndarray, source: FaceSource, spec: FaceSpec, centre,
     colour = tuple(int(c) for c in rng.integers(0, 256, 3))
     ImageDraw.Draw(pil).polygon([tuple(p) for p in polygon], fill=colour)
     canvas[:] = np.asarray(pil)
-    face = dataclasses.replace(face, visible=~_inside_convex(face.keypoints, polygon),
-                               occluder=polygon.astype(np.float32))
+    face = dataclasses.replace(
+      face, visible=~_inside_convex(face.keypoints, polygon), occluder=polygon.astype(np.float32)
+    )
   return face
 
 
-def render_canvas(sources: dict[str, FaceSource], specs: Sequence[FaceSpec],
-                  size: tuple[int, int], background: str, seed: int
-                  ) -> tuple[Canvas, list[FaceSpec]]:
+def render_canvas(
+  sources: dict[str, FaceSource],
+  specs: Sequence[FaceSpec],
+  size: tuple[int, int],
+  background: str,
+  seed: int,
+) -> tuple[Canvas, list[FaceSpec]]:
   """Draws as many of ``specs`` as fit without overlapping (largest first).
 
   Returns the canvas and the specs that did not fit.
@@ -286,8 +315,12 @@ def render_canvas(sources: dict[str, FaceSource], specs: Sequence[FaceSpec],
   return Canvas(canvas, tuple(faces), background), left
 
 
-def face_specs(sources: Iterable[str], count: int, seed: int = 0,
-               buckets: Sequence[tuple[int, int]] = SIZE_BUCKETS[:4]) -> list[FaceSpec]:
+def face_specs(
+  sources: Iterable[str],
+  count: int,
+  seed: int = 0,
+  buckets: Sequence[tuple[int, int]] = SIZE_BUCKETS[:4],
+) -> list[FaceSpec]:
   """``count`` faces cycling through every size bucket, angle, mirroring and occlusion.
 
   The conditions vary at different rates (size fastest, then angle, then mirroring, then
@@ -300,18 +333,25 @@ def face_specs(sources: Iterable[str], count: int, seed: int = 0,
   nb, na = len(buckets), len(ANGLES)
   for i in range(count):
     lo, hi = buckets[i % nb]
-    specs.append(FaceSpec(
+    specs.append(
+      FaceSpec(
         source=sources[i % len(sources)],
         size=float(math.exp(rng.uniform(math.log(lo), math.log(hi - 1)))),
         angle=float(ANGLES[(i // nb) % na]),
         mirror=bool((i // (nb * na)) % 2),
-        occlusion=OCCLUSIONS[(i // (nb * na * 2)) % len(OCCLUSIONS)]))
+        occlusion=OCCLUSIONS[(i // (nb * na * 2)) % len(OCCLUSIONS)],
+      )
+    )
   return specs
 
 
-def build_recall_set(sources: dict[str, FaceSource], num_faces: int = 120,
-                     size: tuple[int, int] = (1920, 1080), seed: int = 0,
-                     close_ups: int = 2) -> list[Canvas]:
+def build_recall_set(
+  sources: dict[str, FaceSource],
+  num_faces: int = 120,
+  size: tuple[int, int] = (1920, 1080),
+  seed: int = 0,
+  close_ups: int = 2,
+) -> list[Canvas]:
   """Canvases holding ``num_faces`` faces of ``face_specs`` (backgrounds alternate), plus
   ``close_ups`` canvases with one face of 300 px or more (the whole-frame bucket)."""
   pending = face_specs(sources, num_faces, seed)
@@ -327,8 +367,9 @@ def build_recall_set(sources: dict[str, FaceSource], num_faces: int = 120,
   lo, hi = SIZE_BUCKETS[-1]
   for j in range(close_ups):
     width = min(hi - 1, 0.6 * min(size))
-    spec = FaceSpec(names[j % len(names)], size=max(lo, width), angle=ANGLES[j % len(ANGLES)],
-                    mirror=bool(j % 2))
+    spec = FaceSpec(
+      names[j % len(names)], size=max(lo, width), angle=ANGLES[j % len(ANGLES)], mirror=bool(j % 2)
+    )
     canvas, missed = render_canvas(sources, [spec], size, BACKGROUNDS[j % 2], seed + 1000 + j)
     if missed:
       raise ValueError(f'a close-up of {spec.size:.0f} px does not fit a {size} canvas')
@@ -356,12 +397,19 @@ def recall_table(canvases: Sequence[Canvas], found: Sequence[Sequence[bool]]) ->
   for canvas, hits in zip(canvases, found):
     for face, hit in zip(canvas.faces, hits):
       s = face.spec
-      for key in ('all', f'size {s.bucket}', f'angle {s.angle:+.0f}',
-                  f'occlusion {s.occlusion or "none"}', f'mirrored {s.mirror}',
-                  f'background {canvas.background}'):
+      for key in (
+        'all',
+        f'size {s.bucket}',
+        f'angle {s.angle:+.0f}',
+        f'occlusion {s.occlusion or "none"}',
+        f'mirrored {s.mirror}',
+        f'background {canvas.background}',
+      ):
         rows.setdefault(key, []).append(bool(hit))
-  return {key: {'faces': len(v), 'found': int(sum(v)), 'recall': round(sum(v) / len(v), 4)}
-          for key, v in rows.items()}
+  return {
+    key: {'faces': len(v), 'found': int(sum(v)), 'recall': round(sum(v) / len(v), 4)}
+    for key, v in rows.items()
+  }
 
 
 def visible_face_mask(face: GroundTruthFace, shape: tuple[int, int]) -> np.ndarray:
@@ -394,14 +442,26 @@ def evaluate(detect_fn, canvases: Sequence[Canvas], warmup: bool = True) -> dict
     found.append(found_faces(canvas, boxes))
     false += false_boxes(canvas, boxes)
   seconds = (time.perf_counter() - start) / max(len(canvases), 1)
-  missed = [dataclasses.asdict(face.spec) for canvas, hits in zip(canvases, found)
-            for face, hit in zip(canvas.faces, hits) if not hit]
-  return {'recall': recall_table(canvases, found), 'false_boxes': false,
-          'seconds_per_image': round(seconds, 3), 'missed': missed}
+  missed = [
+    dataclasses.asdict(face.spec)
+    for canvas, hits in zip(canvases, found)
+    for face, hit in zip(canvas.faces, hits)
+    if not hit
+  ]
+  return {
+    'recall': recall_table(canvases, found),
+    'false_boxes': false,
+    'seconds_per_image': round(seconds, 3),
+    'missed': missed,
+  }
 
 
-def crowd_canvas(sources: dict[str, FaceSource], size: tuple[int, int] = (6000, 4000),
-                 num_faces: int = 150, seed: int = 0) -> Canvas:
+def crowd_canvas(
+  sources: dict[str, FaceSource],
+  size: tuple[int, int] = (6000, 4000),
+  num_faces: int = 150,
+  seed: int = 0,
+) -> Canvas:
   """A large photo of a crowd: ``num_faces`` small faces (20-64 px, all poses) on one
   cluttered canvas, for timing and recall at sizes a phone camera takes."""
   specs = face_specs(sources, num_faces, seed, buckets=SIZE_BUCKETS[:2])
@@ -409,10 +469,12 @@ def crowd_canvas(sources: dict[str, FaceSource], size: tuple[int, int] = (6000, 
   return canvas
 
 
-def anonymizer_outcomes(anonymizer, items: Sequence[tuple[np.ndarray, Sequence, Sequence]],
-                        min_px: float = 40.0) -> dict:
+def anonymizer_outcomes(
+  anonymizer, items: Sequence[tuple[np.ndarray, Sequence, Sequence]], min_px: float = 40.0
+) -> dict:
   """How ``anonymizer`` (a ``FaceAnonymizer``) treats the ground-truth faces of ``min_px``
-  and more in ``items`` [(uint8 image, faces, ignore regions)]: per face, 'anonymized' when a face it
+  and more in ``items`` [(uint8 image, faces, ignore regions)]: per face, 'anonymized' when a face
+  it
   prepared covers it, else the fallback reason of the faces that cover it ('missed' for
   none); and how many prepared faces cover no ground-truth face ('on_no_face': a generated
   face or a pixel block where no face is)."""
@@ -425,8 +487,13 @@ def anonymizer_outcomes(anonymizer, items: Sequence[tuple[np.ndarray, Sequence, 
       if face.size < min_px:
         continue
       hits = [f for f, b in zip(prepared, boxes) if covers(b, face)]
-      status = ('anonymized' if any(f.status == 'anonymized' for f in hits) else
-                hits[0].reason if hits else 'missed')
+      status = (
+        'anonymized'
+        if any(f.status == 'anonymized' for f in hits)
+        else hits[0].reason
+        if hits
+        else 'missed'
+      )
       outcomes[status] = outcomes.get(status, 0) + 1
     if len(boxes):
       false = false_box_mask(np.stack(boxes), faces, ignore)

@@ -24,8 +24,9 @@ def opencv_sigma(kernel_size: int) -> float:
 
 @functools.partial(jax.jit, static_argnums=1)
 def _blur(images: jax.Array, kernel_size: int) -> jax.Array:
-  blur = functools.partial(dm_pix.gaussian_blur, sigma=opencv_sigma(kernel_size),
-                           kernel_size=kernel_size, padding='SAME')
+  blur = functools.partial(
+    dm_pix.gaussian_blur, sigma=opencv_sigma(kernel_size), kernel_size=kernel_size, padding='SAME'
+  )
   # SAME zero padding darkens the border: normalise by the blurred all-ones image.
   ones = jnp.ones(images.shape[1:3] + (1,), images.dtype)
   return jax.vmap(blur)(images) / blur(ones)
@@ -66,11 +67,11 @@ def solid_fill(images, value: float = 0.5) -> np.ndarray:
 
 # Table rows, in the paper's order.
 BASELINES = {
-    'pixelate16': functools.partial(pixelate, blocks=16),
-    'pixelate8': functools.partial(pixelate, blocks=8),
-    'blur9': functools.partial(gaussian_blur, kernel_size=9),
-    'blur17': functools.partial(gaussian_blur, kernel_size=17),
-    'mask': solid_fill,
+  'pixelate16': functools.partial(pixelate, blocks=16),
+  'pixelate8': functools.partial(pixelate, blocks=8),
+  'blur9': functools.partial(gaussian_blur, kernel_size=9),
+  'blur17': functools.partial(gaussian_blur, kernel_size=17),
+  'mask': solid_fill,
 }
 
 

@@ -6,7 +6,7 @@ the compiled size instead of compiling another program, and drops the padded row
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def map_batches(fn: Callable, *arrays, batch_size: int, fill: str = 'zeros'):
     raise ValueError(f'arrays of different lengths: {[len(a) for a in arrays]}')
   pieces = []
   for lo in range(0, total, batch_size):
-    chunk = [a[lo:lo + batch_size] for a in arrays]
+    chunk = [a[lo : lo + batch_size] for a in arrays]
     valid = len(chunk[0])
     out = fn(*(pad_rows(c, batch_size, fill) for c in chunk))
     if isinstance(out, tuple):

@@ -48,8 +48,10 @@ def override_error(config: ml_collections.ConfigDict, paths) -> str | None:
       if '[' in key:  # indexing (config_flags' ``a[0]``): not checked here
         break
       if not isinstance(node, (ml_collections.ConfigDict, dict)):
-        return (f'config key {".".join(done)!r} holds a value ({type(node).__name__}), not '
-                f'a group of keys: --config.{path} names no field')
+        return (
+          f'config key {".".join(done)!r} holds a value ({type(node).__name__}), not '
+          f'a group of keys: --config.{path} names no field'
+        )
       if key not in node:
         return unknown_key_message('.'.join(done + [key]), node.keys())
       node = node[key]

@@ -25,7 +25,8 @@ import json
 import os
 import pathlib
 import zipfile
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,9 @@ DEFAULT_BACKBONE = 'dlib_resnet'
 MODES = ('random', 'farthest')
 
 
-def bank_path(dataset_dir: str | os.PathLike, split: str = 'train',
-              backbone: str = DEFAULT_BACKBONE) -> pathlib.Path:
+def bank_path(
+  dataset_dir: str | os.PathLike, split: str = 'train', backbone: str = DEFAULT_BACKBONE
+) -> pathlib.Path:
   """Where the bank of ``split`` lives: beside the prepared dataset's files."""
   return pathlib.Path(dataset_dir) / f'identity_bank_{split}_{backbone}.npz'
 
@@ -70,8 +72,10 @@ class IdentityBank:
     means = np.asarray(self.means, np.float32)
     counts = np.asarray(self.counts, np.int64)
     if means.ndim != 2 or len(means) < 2:
-      raise ValueError(f'means must be [N >= 2, D] (targets must differ from the source '
-                       f'identity), got shape {means.shape}')
+      raise ValueError(
+        f'means must be [N >= 2, D] (targets must differ from the source '
+        f'identity), got shape {means.shape}'
+      )
     if counts.shape != (len(means),):
       raise ValueError(f'counts must be [{len(means)}], got shape {counts.shape}')
     if not np.all(np.isfinite(means)):
@@ -104,14 +108,15 @@ class IdentityBank:
     sq = np.sum(means**2, axis=1)
     out = np.empty(len(means), np.int32)
     for lo in range(0, len(means), 1024):  # [1024, N] distance blocks bound the memory
-      block = means[lo:lo + 1024]
-      d2 = sq[lo:lo + 1024, None] + sq[None, :] - 2.0 * block @ means.T
+      block = means[lo : lo + 1024]
+      d2 = sq[lo : lo + 1024, None] + sq[None, :] - 2.0 * block @ means.T
       d2[np.arange(len(block)), np.arange(lo, lo + len(block))] = -np.inf
-      out[lo:lo + 1024] = np.argmax(d2, axis=1)
+      out[lo : lo + 1024] = np.argmax(d2, axis=1)
     return out
 
-  def sample_targets(self, rng: jax.Array | int | np.random.Generator, source_labels,
-                     mode: str = 'random') -> tuple[Any, Any]:
+  def sample_targets(
+    self, rng: jax.Array | int | np.random.Generator, source_labels, mode: str = 'random'
+  ) -> tuple[Any, Any]:
     """Target identity features for a batch, never the source's own identity (paper §3.3).
 
     Args:
@@ -136,8 +141,10 @@ class IdentityBank:
       concrete = None
     if concrete is not None and concrete.size:
       if concrete.min() < 0 or concrete.max() >= n:
-        raise ValueError(f'source_labels must be training labels in [0, {n}), got '
-                         f'[{concrete.min()}, {concrete.max()}]')
+        raise ValueError(
+          f'source_labels must be training labels in [0, {n}), got '
+          f'[{concrete.min()}, {concrete.max()}]'
+        )
     if isinstance(rng, np.random.Generator):
       labels = concrete.astype(np.int32)
       if mode == 'random':
@@ -160,50 +167,66 @@ class IdentityBank:
     """Writes the bank as .npz (atomically: a temporary file, then a rename)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(self.metadata, backbone=self.backbone, dim=self.dim,
-                num_identities=self.num_identities)
+    meta = dict(
+      self.metadata, backbone=self.backbone, dim=self.dim, num_identities=self.num_identities
+    )
     tmp = path.with_name(f'.{path.name}.tmp')
     extra = {} if self.features is None else {'features': self.features}
     with open(tmp, 'wb') as f:
-      np.savez(f, means=self.means, counts=self.counts,
-               metadata=np.array(json.dumps(meta, sort_keys=True)), **extra)
+      np.savez(
+        f,
+        means=self.means,
+        counts=self.counts,
+        metadata=np.array(json.dumps(meta, sort_keys=True)),
+        **extra,
+      )
     os.replace(tmp, path)
     return path
 
   @classmethod
-  def load(cls, path: str | os.PathLike) -> 'IdentityBank':
+  def load(cls, path: str | os.PathLike) -> IdentityBank:
     path = pathlib.Path(path)
     if not path.is_file():
-      raise FileNotFoundError(f'no identity bank at {path}: build it with '
-                              'build_identity_bank(...) and IdentityBank.save')
+      raise FileNotFoundError(
+        f'no identity bank at {path}: build it with build_identity_bank(...) and IdentityBank.save'
+      )
     try:
       with np.load(path, allow_pickle=False) as data:
         missing = {'means', 'counts', 'metadata'} - set(data.files)
         if missing:
           raise ValueError(f'{path} is not an identity bank (lacks {sorted(missing)})')
         meta = json.loads(str(data['metadata']))
-        bank = cls(means=data['means'], counts=data['counts'],
-                   backbone=meta.pop('backbone', DEFAULT_BACKBONE), metadata=meta,
-                   features=data['features'] if 'features' in data.files else None)
+        bank = cls(
+          means=data['means'],
+          counts=data['counts'],
+          backbone=meta.pop('backbone', DEFAULT_BACKBONE),
+          metadata=meta,
+          features=data['features'] if 'features' in data.files else None,
+        )
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
       if isinstance(e, ValueError) and 'is not an identity bank' in str(e):
         raise
-      raise BankError(f'{path} is not a readable identity bank (truncated or damaged? '
-                       f'{type(e).__name__}: {e}): build it again with '
-                       '`python tools/prepare_data.py ...` for its dataset (or copy it '
-                       'again)') from None
+      raise BankError(
+        f'{path} is not a readable identity bank (truncated or damaged? '
+        f'{type(e).__name__}: {e}): build it again with '
+        '`python tools/prepare_data.py ...` for its dataset (or copy it '
+        'again)'
+      ) from None
     if meta.get('dim', bank.dim) != bank.dim:
       raise ValueError(f'{path}: metadata says dim {meta["dim"]} but means are {bank.dim}-d')
     return bank
 
 
-def _crop_and_label(n: int, example: Mapping[str, Any],
-                    num_identities: int) -> tuple[np.ndarray, int]:
+def _crop_and_label(
+  n: int, example: Mapping[str, Any], num_identities: int
+) -> tuple[np.ndarray, int]:
   """Example ``n``'s image as float32 HWC in [0, 1] and its label, both checked."""
   label = int(example['label'])
   if not 0 <= label < num_identities:
-    raise ValueError(f'example {n} has label {label}, outside [0, {num_identities}): '
-                     'pass the split\'s number of identities as num_identities')
+    raise ValueError(
+      f'example {n} has label {label}, outside [0, {num_identities}): '
+      "pass the split's number of identities as num_identities"
+    )
   image = np.asarray(example['image'])
   if image.dtype == np.uint8:
     image = image.astype(np.float32) / 255.0
@@ -212,11 +235,16 @@ def _crop_and_label(n: int, example: Mapping[str, Any],
   return image.astype(np.float32), label
 
 
-def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
-                        examples: Iterable[Mapping[str, Any]], num_identities: int,
-                        batch_size: int = 64, *, backbone: str = DEFAULT_BACKBONE,
-                        metadata: Mapping[str, Any] | None = None,
-                        progress: bool = True) -> IdentityBank:
+def build_identity_bank(
+  features_fn: Callable[[np.ndarray], Any],
+  examples: Iterable[Mapping[str, Any]],
+  num_identities: int,
+  batch_size: int = 64,
+  *,
+  backbone: str = DEFAULT_BACKBONE,
+  metadata: Mapping[str, Any] | None = None,
+  progress: bool = True,
+) -> IdentityBank:
   """Averages ``features_fn`` over each identity's crops (paper §3.3), and keeps each
   crop's own feature (``IdentityBank.features``).
 
@@ -240,8 +268,10 @@ def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
   def flush():
     nonlocal sums, counts
     # A short last batch is padded with copies of its first crop (a real face, not zeros).
-    feats = np.asarray(batching.map_batches(features_fn, np.stack(images),
-                                            batch_size=batch_size, fill='first'), np.float64)
+    feats = np.asarray(
+      batching.map_batches(features_fn, np.stack(images), batch_size=batch_size, fill='first'),
+      np.float64,
+    )
     if feats.ndim != 2:
       raise ValueError(f'features_fn must return [B, D] features, got shape {feats.shape}')
     if sums is None:
@@ -254,8 +284,9 @@ def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
     images.clear()
     labels.clear()
 
-  for n, example in enumerate(tqdm(examples, total=total, desc='identity bank',
-                                   disable=not progress)):
+  for n, example in enumerate(
+    tqdm(examples, total=total, desc='identity bank', disable=not progress)
+  ):
     image, label = _crop_and_label(n, example, num_identities)
     images.append(image)
     labels.append(label)
@@ -267,15 +298,23 @@ def build_identity_bank(features_fn: Callable[[np.ndarray], Any],
     raise ValueError('no examples: the identity bank needs the training split')
   empty = np.flatnonzero(counts == 0)
   if len(empty):
-    raise ValueError(f'{len(empty)} of {num_identities} identities have no examples (labels '
-                     f'{empty[:10].tolist()}...): labels must be 0..N-1 with every one used')
+    raise ValueError(
+      f'{len(empty)} of {num_identities} identities have no examples (labels '
+      f'{empty[:10].tolist()}...): labels must be 0..N-1 with every one used'
+    )
   means = (sums / counts[:, None]).astype(np.float32)
-  return IdentityBank(means=means, counts=counts, backbone=backbone,
-                      metadata=dict(metadata or {}), features=np.concatenate(per_example))
+  return IdentityBank(
+    means=means,
+    counts=counts,
+    backbone=backbone,
+    metadata=dict(metadata or {}),
+    features=np.concatenate(per_example),
+  )
 
 
-def dlib_features_fn(weights_dir: str | os.PathLike | None = None,
-                     variables: Mapping[str, Any] | None = None) -> Callable:
+def dlib_features_fn(
+  weights_dir: str | os.PathLike | None = None, variables: Mapping[str, Any] | None = None
+) -> Callable:
   """The jitted dlib ResNet descriptor (docs/weights.md) as a ``features_fn``:
   [B,H,W,3] -> [B,128]."""
   from sdgan_jax import weights  # pylint: disable=import-outside-toplevel

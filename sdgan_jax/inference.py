@@ -18,16 +18,16 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sdgan_jax import batching
+from sdgan_jax import batching, cpu_export, semantic_source
 from sdgan_jax import identity_bank as bank_lib
-from sdgan_jax import cpu_export, semantic_source
 from sdgan_jax.perf import xla_options
 
 BANK_FILENAME = 'identity_bank.npz'
@@ -68,28 +68,33 @@ def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict
   path = pathlib.Path(workdir) / 'config.json'
   if not path.is_file():
     raise FileNotFoundError(
-        f'{workdir} is not a training workdir (no config.json): train one with '
-        f'`python run.py --config=configs/demo.py --workdir={workdir}`')
+      f'{workdir} is not a training workdir (no config.json): train one with '
+      f'`python run.py --config=configs/demo.py --workdir={workdir}`'
+    )
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_workdir_bank(workdir: str | os.PathLike,
-                      config: ml_collections.ConfigDict) -> bank_lib.IdentityBank:
+def load_workdir_bank(
+  workdir: str | os.PathLike, config: ml_collections.ConfigDict
+) -> bank_lib.IdentityBank:
   """The identity bank a run trained with: its copy in the workdir, else the config's."""
   copy = pathlib.Path(workdir) / BANK_FILENAME
   if copy.is_file():
     return bank_lib.IdentityBank.load(copy)
   data = config.get('data', {})
   path = data.get('identity_bank') or (
-      data.get('dataset') and bank_lib.bank_path(data['dataset'], 'train',
-                                                 data.get('identity_backbone',
-                                                          bank_lib.DEFAULT_BACKBONE)))
+    data.get('dataset')
+    and bank_lib.bank_path(
+      data['dataset'], 'train', data.get('identity_backbone', bank_lib.DEFAULT_BACKBONE)
+    )
+  )
   if not path or not pathlib.Path(path).is_file():
     raise FileNotFoundError(
-        f'no identity bank for {workdir}: neither {copy} nor the bank of its dataset '
-        f'({path or "config.data.dataset is empty"}) exists; re-run '
-        '`python tools/prepare_data.py ...` for that dataset')
+      f'no identity bank for {workdir}: neither {copy} nor the bank of its dataset '
+      f'({path or "config.data.dataset is empty"}) exists; re-run '
+      '`python tools/prepare_data.py ...` for that dataset'
+    )
   return bank_lib.IdentityBank.load(path)
 
 
@@ -108,10 +113,19 @@ class TrainedGenerator:
       composites, for callers that keep their arrays on the device.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, params: Any, stats: Any, *,
-               bank: bank_lib.IdentityBank | None = None, step: int = 0,
-               dtype: str | None = None, batch_size: int = 32, workdir: str | None = None,
-               semantic_maps: semantic_source.SemanticSource | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    params: Any,
+    stats: Any,
+    *,
+    bank: bank_lib.IdentityBank | None = None,
+    step: int = 0,
+    dtype: str | None = None,
+    batch_size: int = 32,
+    workdir: str | None = None,
+    semantic_maps: semantic_source.SemanticSource | None = None,
+  ):
     from sdgan_jax import networks as networks_lib  # pylint: disable=import-outside-toplevel
 
     config = ml_collections.ConfigDict(config.to_dict())
@@ -133,20 +147,26 @@ class TrainedGenerator:
 
     def generate(params, stats, image, mask, semantic, target_identity):
       batch = dict(image=image, mask=mask, semantic=semantic, target_identity=target_identity)
-      out, _ = networks_lib.generate(generator, params, stats, batch, self.num_classes,
-                                     per_image=per_image)
+      out, _ = networks_lib.generate(
+        generator, params, stats, batch, self.num_classes, per_image=per_image
+      )
       return jnp.clip(out.astype(jnp.float32), 0.0, 1.0)
 
     # (params, stats, image, mask, semantic, target_identity) -> composites, on device
     self.generate_fn = xla_options.jit_network(generate)
     # what ``generate`` calls: the same, or on a CPU its TensorFlow export (``cpu_export``)
-    self.network = cpu_export.network('generator', 'generator', self.generate_fn,
-                                      num_weights=2)
+    self.network = cpu_export.network('generator', 'generator', self.generate_fn, num_weights=2)
 
   @classmethod
-  def from_workdir(cls, workdir: str | os.PathLike, step: int | None = None, *,
-                   dtype: str | None = None, batch_size: int = 32,
-                   load_bank: bool = True) -> 'TrainedGenerator':
+  def from_workdir(
+    cls,
+    workdir: str | os.PathLike,
+    step: int | None = None,
+    *,
+    dtype: str | None = None,
+    batch_size: int = 32,
+    load_bank: bool = True,
+  ) -> TrainedGenerator:
     """Restores the latest (or ``step``'s) checkpoint of a ``run.py`` workdir."""
     workdir = os.path.abspath(os.fspath(workdir))  # orbax wants absolute paths
     config = load_workdir_config(workdir)
@@ -155,21 +175,33 @@ class TrainedGenerator:
     steps = checkpoint_steps(workdir) if has_folder else []
     if not steps:
       raise FileNotFoundError(
-          f'no checkpoints in {workdir}: train with `python run.py --config=configs/demo.py '
-          f'--workdir={workdir}`')
+        f'no checkpoints in {workdir}: train with `python run.py --config=configs/demo.py '
+        f'--workdir={workdir}`'
+      )
     if step is not None and step not in steps:
       raise FileNotFoundError(
-          f'{workdir} has no checkpoint at step {step}: available steps: '
-          f'{", ".join(map(str, steps))} (leave out --step for the latest, {steps[-1]})')
+        f'{workdir} has no checkpoint at step {step}: available steps: '
+        f'{", ".join(map(str, steps))} (leave out --step for the latest, {steps[-1]})'
+      )
     with quiet_orbax():
       ema_params, stats, restored_step = _restore_ema_generator(workdir, step)
     bank = load_workdir_bank(workdir, config) if load_bank else None
     if bank is not None and bank.dim != int(config.identity_dim):
-      raise ValueError(f'{workdir}: identity bank is {bank.dim}-d but the model takes '
-                       f'{config.identity_dim}-d identities')
-    return cls(config, ema_params, stats, bank=bank,
-               step=int(restored_step), dtype=dtype, batch_size=batch_size, workdir=workdir,
-               semantic_maps=semantic_maps)
+      raise ValueError(
+        f'{workdir}: identity bank is {bank.dim}-d but the model takes '
+        f'{config.identity_dim}-d identities'
+      )
+    return cls(
+      config,
+      ema_params,
+      stats,
+      bank=bank,
+      step=int(restored_step),
+      dtype=dtype,
+      batch_size=batch_size,
+      workdir=workdir,
+      semantic_maps=semantic_maps,
+    )
 
   def generate(self, image, mask, semantic, target_identity) -> np.ndarray:
     """De-identifies aligned crops (paper §3.4): the mask region is generated, the rest kept.
@@ -188,15 +220,22 @@ class TrainedGenerator:
     n = len(image)
     r = self.resolution
     if image.shape[1:] != (r, r, 3):
-      raise ValueError(f'image must be [N, {r}, {r}, 3] (the model\'s resolution), got '
-                       f'{image.shape}')
+      raise ValueError(
+        f"image must be [N, {r}, {r}, 3] (the model's resolution), got {image.shape}"
+      )
     mask = (np.asarray(mask).reshape(n, r, r, 1) > 0).astype(np.float32)
     semantic = np.asarray(semantic).reshape(n, r, r).astype(np.int32)
     target = np.asarray(target_identity, np.float32).reshape(n, -1)
     if target.shape[1] != self.identity_dim:
       raise ValueError(f'target_identity must be [N, {self.identity_dim}], got {target.shape}')
-    out = batching.map_batches(lambda *chunk: self.network(self.params, self.stats, *chunk),
-                               image, mask, semantic, target, batch_size=self.batch_size)
+    out = batching.map_batches(
+      lambda *chunk: self.network(self.params, self.stats, *chunk),
+      image,
+      mask,
+      semantic,
+      target,
+      batch_size=self.batch_size,
+    )
     return np.zeros((0, r, r, 3), np.float32) if out is None else out
 
 
@@ -212,13 +251,21 @@ def _restore_ema_generator(workdir: str, step: int | None) -> tuple[Any, Any, in
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train one with '
-                            f'`python run.py --config=configs/demo.py --workdir={workdir}`')
+    raise FileNotFoundError(
+      f'no checkpoint in {workdir}/checkpoints: train one with '
+      f'`python run.py --config=configs/demo.py --workdir={workdir}`'
+    )
   try:
-    stored = ocp.StandardCheckpointer().metadata(
-        os.path.join(workdir, 'checkpoints', str(step), 'default')).item_metadata
-    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
-                                    dict(stored), is_leaf=lambda m: hasattr(m, 'shape'))
+    stored = (
+      ocp.StandardCheckpointer()
+      .metadata(os.path.join(workdir, 'checkpoints', str(step), 'default'))
+      .item_metadata
+    )
+    target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+      dict(stored),
+      is_leaf=lambda m: hasattr(m, 'shape'),
+    )
     restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     # the EMA's own statistics; checkpoints from before they were kept: the live generator's
     stats = restored.get('ema_stats') or restored['generator'].get('stats')
@@ -237,6 +284,7 @@ def damaged_checkpoint(workdir: str, step: int, error: BaseException) -> Checkpo
   first = f'{type(error).__name__}: {text.splitlines()[0][:160] if text else ""}'.rstrip(': ')
   folder = os.path.join(workdir, 'checkpoints', str(step))
   others = [s for s in checkpoint_steps(workdir) if s != step]
-  fallback = (f'move {folder} away to use step {others[-1]}, or ' if others else '')
-  return CheckpointError(f'the checkpoint {folder} cannot be read (truncated or damaged? '
-                         f'{first}): {fallback}train again')
+  fallback = f'move {folder} away to use step {others[-1]}, or ' if others else ''
+  return CheckpointError(
+    f'the checkpoint {folder} cannot be read (truncated or damaged? {first}): {fallback}train again'
+  )

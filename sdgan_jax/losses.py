@@ -11,15 +11,16 @@ argument or a preset (``paper_weights`` / ``authors_weights``), never a silent c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import dm_pix
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-Logits = Union[Array, Sequence[Array]]
-Features = Union[Array, Sequence[Array]]
+Logits = Array | Sequence[Array]
+Features = Array | Sequence[Array]
 
 # Keys of `generator_total_loss`'s `terms`, in eq. 9 order (plus the authors' L1 and the
 # optional push away from the source identity).
@@ -56,8 +57,7 @@ def lsgan_d_loss(real_logits: Logits, fake_logits: Logits) -> Array:
   if len(real) != len(fake):
     raise ValueError(f'real_logits has {len(real)} scales but fake_logits has {len(fake)}.')
   losses = [
-      0.5 * jnp.mean(jnp.square(r - 1.0)) + 0.5 * jnp.mean(jnp.square(f))
-      for r, f in zip(real, fake)
+    0.5 * jnp.mean(jnp.square(r - 1.0)) + 0.5 * jnp.mean(jnp.square(f)) for r, f in zip(real, fake)
   ]
   return sum(losses) / len(losses)
 
@@ -97,10 +97,16 @@ def ssim(a: Array, b: Array, mask: Array | None = None, *, max_val: float = 1.0)
   b = jnp.asarray(b)
   if mask is None:
     return dm_pix.ssim(
-        a, b, max_val=max_val, filter_size=SSIM_FILTER_SIZE, filter_sigma=SSIM_FILTER_SIGMA)
+      a, b, max_val=max_val, filter_size=SSIM_FILTER_SIZE, filter_sigma=SSIM_FILTER_SIGMA
+    )
   ssim_map = dm_pix.ssim(
-      a, b, max_val=max_val, filter_size=SSIM_FILTER_SIZE, filter_sigma=SSIM_FILTER_SIGMA,
-      return_map=True)
+    a,
+    b,
+    max_val=max_val,
+    filter_size=SSIM_FILTER_SIZE,
+    filter_sigma=SSIM_FILTER_SIGMA,
+    return_map=True,
+  )
   mask = jnp.asarray(mask, ssim_map.dtype)
   if mask.ndim == a.ndim - 1:
     mask = mask[..., None]
@@ -108,7 +114,7 @@ def ssim(a: Array, b: Array, mask: Array | None = None, *, max_val: float = 1.0)
     raise ValueError(f'mask of shape {mask.shape} does not fit images of shape {a.shape}.')
   # The map exists only where the whole window fits: crop the mask to the same positions.
   r = SSIM_FILTER_SIZE // 2
-  mask = mask[..., r:mask.shape[-3] - r, r:mask.shape[-2] - r, :]
+  mask = mask[..., r : mask.shape[-3] - r, r : mask.shape[-2] - r, :]
   mask = jnp.broadcast_to(mask, ssim_map.shape)
   axes = (-3, -2, -1)
   den = jnp.sum(mask, axis=axes)
@@ -134,8 +140,13 @@ def _as_list(features: Features) -> list[Array]:
 
 
 def perceptual_loss(
-    features_fn: Callable[[Array], Features], generated: Array, target: Array,
-    feature_scale: float = 1.0, *, target_features: Features | None = None) -> Array:
+  features_fn: Callable[[Array], Features],
+  generated: Array,
+  target: Array,
+  feature_scale: float = 1.0,
+  *,
+  target_features: Features | None = None,
+) -> Array:
   """Perceptual loss, eq. 7: mean |V(G(x)) - V(y)| over C*H*W and the batch.
 
   Args:
@@ -178,8 +189,9 @@ CONTRASTIVE_MODES = ('paper', 'authors')
 AUTHORS_CONTRASTIVE_EPS = 1e-9
 
 
-def contrastive_loss(x1: Array, x2: Array, same: Array, margin: float,
-                     mode: str = 'paper') -> Array:
+def contrastive_loss(
+  x1: Array, x2: Array, same: Array, margin: float, mode: str = 'paper'
+) -> Array:
   """Contrastive loss between embedding pairs, averaged over the batch.
 
   With ``d_i = ||x1_i - x2_i||_2``:
@@ -273,17 +285,22 @@ class LossWeights:
 
   # Config key -> field name.
   CONFIG_KEYS = {
-      'lambda_ssim': 'ssim',
-      'lambda_perceptual': 'perceptual',
-      'lambda_contrastive': 'contrastive',
-      'lambda_l1': 'l1',
-      'lambda_adv': 'adversarial',
-      'lambda_source_push': 'source_push',
+    'lambda_ssim': 'ssim',
+    'lambda_perceptual': 'perceptual',
+    'lambda_contrastive': 'contrastive',
+    'lambda_l1': 'l1',
+    'lambda_adv': 'adversarial',
+    'lambda_source_push': 'source_push',
   }
   # Other loss settings that live beside the weights in `config.loss`; not weights.
-  OTHER_CONFIG_KEYS = ('contrastive_margin', 'contrastive_mode', 'perceptual_weights',
-                       'perceptual_layer', 'perceptual_input_convention',
-                       'perceptual_feature_scale')
+  OTHER_CONFIG_KEYS = (
+    'contrastive_margin',
+    'contrastive_mode',
+    'perceptual_weights',
+    'perceptual_layer',
+    'perceptual_input_convention',
+    'perceptual_feature_scale',
+  )
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -309,20 +326,21 @@ class LossWeights:
         continue
       if key not in cls.CONFIG_KEYS:
         raise ValueError(
-            f'Unknown loss config key {key!r}; expected one of '
-            f'{sorted(cls.CONFIG_KEYS) + sorted(cls.OTHER_CONFIG_KEYS)}.')
+          f'Unknown loss config key {key!r}; expected one of '
+          f'{sorted(cls.CONFIG_KEYS) + sorted(cls.OTHER_CONFIG_KEYS)}.'
+        )
       kwargs[cls.CONFIG_KEYS[key]] = value
     return cls(**kwargs)
 
   def as_dict(self) -> dict[str, float]:
     """Weight per `generator_total_loss` term name."""
     return {
-        'adv': self.adversarial,
-        'ssim': self.ssim,
-        'perceptual': self.perceptual,
-        'contrastive': self.contrastive,
-        'l1': self.l1,
-        'source_push': self.source_push,
+      'adv': self.adversarial,
+      'ssim': self.ssim,
+      'perceptual': self.perceptual,
+      'contrastive': self.contrastive,
+      'l1': self.l1,
+      'source_push': self.source_push,
     }
 
 
@@ -346,7 +364,8 @@ def authors_weights() -> LossWeights:
 
 
 def generator_total_loss(
-    terms: Mapping[str, Array], weights: LossWeights) -> tuple[Array, dict[str, Array]]:
+  terms: Mapping[str, Array], weights: LossWeights
+) -> tuple[Array, dict[str, Array]]:
   """Generator objective, eq. 9: L_adv + l1*L_S + l2*L_P + l3*L_C (+ w_l1*L1).
 
   'adv' is the generator's LSGAN loss (eq. 3): the L(D) half of eq. 4 is minimised by the

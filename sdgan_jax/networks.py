@@ -10,7 +10,8 @@ only the generator.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -29,8 +30,9 @@ def compute_dtype(config: ml_collections.ConfigDict):
   """``config.dtype`` as a JAX dtype: the networks compute in it, parameters stay float32."""
   dtype = DTYPES.get(config.get('dtype', 'float32'))
   if dtype is None:
-    raise ValueError(f"unknown config key value dtype={config.dtype!r}: use 'float32' or "
-                     "'bfloat16'")
+    raise ValueError(
+      f"unknown config key value dtype={config.dtype!r}: use 'float32' or 'bfloat16'"
+    )
   return dtype
 
 
@@ -45,7 +47,8 @@ class Networks:
   @functools.cached_property
   def generator(self) -> nn.Module:
     return generator_from_config(
-        ml_collections.ConfigDict(dict(self.config.model.generator, dtype=self.dtype)))
+      ml_collections.ConfigDict(dict(self.config.model.generator, dtype=self.dtype))
+    )
 
   @functools.cached_property
   def discriminator(self) -> nn.Module:
@@ -61,7 +64,7 @@ class Networks:
     convention = self.config.loss.get('perceptual_input_convention', 'caffe')
     return VGG16(input_convention=convention, dtype=self.dtype)
 
-  def build_all(self) -> 'Networks':
+  def build_all(self) -> Networks:
     """Builds every module now, so bad model keys fail here (config validation)."""
     for name in ('generator', 'discriminator', 'identity', 'vgg'):
       getattr(self, name)
@@ -69,8 +72,9 @@ class Networks:
 
   def vgg_features(self, vgg_params, images: jax.Array) -> jax.Array:
     """The frozen VGG-16's activations at the perceptual tap (eq. 7)."""
-    return self.vgg.apply({'params': vgg_params}, images,
-                          taps=self.perceptual_tap)[self.perceptual_tap]
+    return self.vgg.apply({'params': vgg_params}, images, taps=self.perceptual_tap)[
+      self.perceptual_tap
+    ]
 
 
 def split_variables(variables) -> tuple[Any, Any]:
@@ -104,13 +108,23 @@ def per_image_statistics(config: ml_collections.ConfigDict) -> bool:
   generator to evaluation mode and runs one image at a time)."""
   mode = config.get('inference', {}).get('norm_statistics', 'running')
   if mode not in NORM_STATISTICS:
-    raise ValueError(f'config.inference.norm_statistics={mode!r}: use one of '
-                     f'{", ".join(map(repr, NORM_STATISTICS))}')
+    raise ValueError(
+      f'config.inference.norm_statistics={mode!r}: use one of '
+      f'{", ".join(map(repr, NORM_STATISTICS))}'
+    )
   return mode == 'per_image'
 
 
-def generate(generator: nn.Module, params, stats, batch: dict, num_classes: int, *,
-             train: bool = False, per_image: bool = False) -> tuple[jax.Array, Any]:
+def generate(
+  generator: nn.Module,
+  params,
+  stats,
+  batch: dict,
+  num_classes: int,
+  *,
+  train: bool = False,
+  per_image: bool = False,
+) -> tuple[jax.Array, Any]:
   """Paper §3.4: G(masked image, semantic map, target identity), composited into the image.
 
   ``batch`` holds 'image' [B,R,R,3] in [0,1], 'mask' [B,R,R,1], 'semantic' [B,R,R] class
@@ -121,14 +135,18 @@ def generate(generator: nn.Module, params, stats, batch: dict, num_classes: int,
   masked = mask_image(batch['image'], batch['mask'])
   onehot = one_hot(batch['semantic'], num_classes)
   if per_image and not train:
+
     def one(*inputs):  # a batch of one in training mode: its statistics are the image's
-      raw, _ = apply_with_stats(generator.apply, params, stats, *(x[None] for x in inputs),
-                                train=True)
+      raw, _ = apply_with_stats(
+        generator.apply, params, stats, *(x[None] for x in inputs), train=True
+      )
       return raw[0]
+
     raw = jax.vmap(one)(masked, onehot, batch['target_identity'])
     return composite(batch['image'], batch['mask'], raw), stats
-  raw, new_stats = apply_with_stats(generator.apply, params, stats, masked, onehot,
-                                    batch['target_identity'], train=train)
+  raw, new_stats = apply_with_stats(
+    generator.apply, params, stats, masked, onehot, batch['target_identity'], train=train
+  )
   return composite(batch['image'], batch['mask'], raw), new_stats
 
 
@@ -136,16 +154,24 @@ def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1) -> dic
   """A zero batch of the shapes ``config`` trains on (for initialisation and tracing)."""
   r = config.resolution
   return dict(
-      image=jnp.zeros((batch_size, r, r, 3)), mask=jnp.zeros((batch_size, r, r, 1)),
-      semantic=jnp.zeros((batch_size, r, r), jnp.int32),
-      pair_image=jnp.zeros((batch_size, r, r, 3)), pair_same=jnp.zeros((batch_size,)),
-      target_image=jnp.zeros((batch_size, r, r, 3)),
-      target_identity=jnp.zeros((batch_size, config.identity_dim)))
+    image=jnp.zeros((batch_size, r, r, 3)),
+    mask=jnp.zeros((batch_size, r, r, 1)),
+    semantic=jnp.zeros((batch_size, r, r), jnp.int32),
+    pair_image=jnp.zeros((batch_size, r, r, 3)),
+    pair_same=jnp.zeros((batch_size,)),
+    target_image=jnp.zeros((batch_size, r, r, 3)),
+    target_identity=jnp.zeros((batch_size, config.identity_dim)),
+  )
 
 
 def init_generator(networks: Networks, rng: jax.Array) -> tuple[Any, Any]:
   """Fresh generator ``(params, stats)`` for ``networks.config``."""
   batch = example_batch(networks.config)
-  return split_variables(networks.generator.init(
-      rng, batch['image'], one_hot(batch['semantic'], networks.config.num_classes),
-      batch['target_identity']))
+  return split_variables(
+    networks.generator.init(
+      rng,
+      batch['image'],
+      one_hot(batch['semantic'], networks.config.num_classes),
+      batch['target_identity'],
+    )
+  )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -30,20 +30,22 @@ def make_mesh() -> jax.sharding.Mesh:
   the 'Explicit' default of recent ``jax.make_mesh``, under which contractions over the
   sharded batch axis (the weight gradients) would need explicit output shardings.
   """
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def jit_step(step: Callable, mesh: jax.sharding.Mesh,
-             partition: PartitionSpec = DATA) -> Callable:
+def jit_step(step: Callable, mesh: jax.sharding.Mesh, partition: PartitionSpec = DATA) -> Callable:
   """``step(state, batch) -> (state, metrics)`` jitted over ``mesh``: the batch split by
   ``partition``, state and metrics replicated, the input state donated; on CPUs compiled
   with ``xla_options.CPU_STEP``."""
   replicated = NamedSharding(mesh, PartitionSpec())
   options = xla_options.for_platform(mesh.devices.flat[0].platform, xla_options.CPU_STEP)
-  return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, partition)),
-                 out_shardings=(replicated, replicated), donate_argnums=0,
-                 compiler_options=options)
+  return jax.jit(
+    step,
+    in_shardings=(replicated, NamedSharding(mesh, partition)),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+    compiler_options=options,
+  )
 
 
 def host_cpu() -> jax.Device | None:
@@ -57,8 +59,9 @@ def host_cpu() -> jax.Device | None:
 def jit_init(init: Callable, **jit_kwargs) -> Callable:
   """``jax.jit`` for a program that runs once, such as an initialiser: compiled with
   ``xla_options.INIT`` on every platform."""
-  return jax.jit(init, compiler_options=xla_options.unless_in_xla_flags(xla_options.INIT),
-                 **jit_kwargs)
+  return jax.jit(
+    init, compiler_options=xla_options.unless_in_xla_flags(xla_options.INIT), **jit_kwargs
+  )
 
 
 def run_on_host(init: Callable, *args):
@@ -87,14 +90,14 @@ def keys_from_data(state):
   return state.replace(rng=jax.random.wrap_key_data(state.rng))
 
 
-def init_replicated(init: Callable, mesh: jax.sharding.Mesh, *args,
-                    on_host: bool | None = None):
+def init_replicated(init: Callable, mesh: jax.sharding.Mesh, *args, on_host: bool | None = None):
   """``init(*args)``, a state with an ``rng`` key field, placed replicated on ``mesh``.
 
   Placing it with the sharding the train step returns means the step compiles once, not
   once for the initial state and again for every later one. ``on_host`` (default: when the
   mesh is on accelerators) runs ``init`` on the host CPU and copies the state over: the
-  initialisers' random-number kernels compile much faster there than for a GPU. Every process computes the same state from the same
+  initialisers' random-number kernels compile much faster there than for a GPU. Every process
+  computes the same state from the same
   arguments, as multi-host placement requires.
   """
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -103,26 +106,31 @@ def init_replicated(init: Callable, mesh: jax.sharding.Mesh, *args,
   if not on_host:
     return jit_init(init, out_shardings=replicated)(*args)
   placed = jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)),
-      keys_as_data(run_on_host(init, *args)))
+    lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)),
+    keys_as_data(run_on_host(init, *args)),
+  )
   return keys_from_data(placed)
 
 
-def shard_batch(batch: dict, mesh: jax.sharding.Mesh, keys: Sequence[str],
-                partition: PartitionSpec = DATA) -> dict:
+def shard_batch(
+  batch: dict, mesh: jax.sharding.Mesh, keys: Sequence[str], partition: PartitionSpec = DATA
+) -> dict:
   """Places this process's part of the global batch, the arrays named by ``keys``, on its
   devices, split by ``partition`` (multi-host safe)."""
   data = NamedSharding(mesh, partition)
   missing = [k for k in keys if k not in batch]
   if missing:
     raise KeyError(f'batch lacks {missing}; the train step needs {list(keys)}')
-  return {k: jax.make_array_from_process_local_data(data, np.asarray(batch[k]))
-          for k in keys}
+  return {k: jax.make_array_from_process_local_data(data, np.asarray(batch[k])) for k in keys}
 
 
-def prefetch_to_mesh(batches: Iterable[dict], mesh: jax.sharding.Mesh, keys: Sequence[str],
-                     partition: PartitionSpec = DATA, size: int = PREFETCH_BATCHES,
-                     ) -> Iterator[tuple[dict, dict]]:
+def prefetch_to_mesh(
+  batches: Iterable[dict],
+  mesh: jax.sharding.Mesh,
+  keys: Sequence[str],
+  partition: PartitionSpec = DATA,
+  size: int = PREFETCH_BATCHES,
+) -> Iterator[tuple[dict, dict]]:
   """Yields ``(host batch, device batch)`` with ``size`` batches already sent to the devices.
 
   The copies are asynchronous, so the next batches travel while the current step runs and
@@ -155,4 +163,5 @@ def sum_over_processes(values: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return values
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
   return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)

@@ -30,10 +30,10 @@ from sdgan_jax.perf import xla_options
 
 def parser_network(config: ml_collections.ConfigDict) -> eagrnet.EAGRNet:
   """The EAGRNet of a parser config (``config.model``, ``num_classes``, ``dtype``)."""
-  kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v
-            for k, v in config.model.to_dict().items()}
-  return eagrnet.EAGRNet(num_classes=config.num_classes, dtype=compute_dtype(config),
-                         **kwargs)
+  kwargs = {
+    k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.model.to_dict().items()
+  }
+  return eagrnet.EAGRNet(num_classes=config.num_classes, dtype=compute_dtype(config), **kwargs)
 
 
 def apply_parser(model: eagrnet.EAGRNet, params, stats, images, train: bool, rng=None):
@@ -48,8 +48,9 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
-def _restore_weights(workdir: str, model: eagrnet.EAGRNet, resolution: int,
-                     step: int | None) -> tuple[dict, dict, int]:
+def _restore_weights(
+  workdir: str, model: eagrnet.EAGRNet, resolution: int, step: int | None
+) -> tuple[dict, dict, int]:
   """``(params, stats, step)`` of the latest (or ``step``'s) checkpoint of a parser workdir,
   checked against the shapes of ``model``."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -57,29 +58,43 @@ def _restore_weights(workdir: str, model: eagrnet.EAGRNet, resolution: int,
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train one with '
-                            f'`python run.py --config=... --workdir={workdir}`')
+    raise FileNotFoundError(
+      f'no checkpoint in {workdir}/checkpoints: train one with '
+      f'`python run.py --config=... --workdir={workdir}`'
+    )
   try:  # a damaged checkpoint fails here already, before its layout is compared
     with inference.quiet_orbax():
-      stored = ocp.StandardCheckpointer().metadata(os.path.join(workdir, 'checkpoints',
-                                                                str(step), 'default'))
+      stored = ocp.StandardCheckpointer().metadata(
+        os.path.join(workdir, 'checkpoints', str(step), 'default')
+      )
     stored = getattr(stored, 'item_metadata', None)
     if stored is None:  # orbax only warns
       raise ValueError('its _METADATA is not readable')
-    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
-                                    dict(stored), is_leaf=lambda m: hasattr(m, 'shape'))
+    target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+      dict(stored),
+      is_leaf=lambda m: hasattr(m, 'shape'),
+    )
   except Exception as e:  # pylint: disable=broad-except
     raise inference.damaged_checkpoint(workdir, step, e) from None
-  params, stats = jax.eval_shape(lambda: split_variables(model.init(
-      jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)), train=False)))
+  params, stats = jax.eval_shape(
+    lambda: split_variables(
+      model.init(jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)), train=False)
+    )
+  )
   want = _shapes({'params': params, 'stats': stats})
   got = _shapes({'params': target.get('params'), 'stats': dict(target.get('stats') or {})})
   if got != want:
-    first = next((f'{k}: {got.get(k)} stored, {want.get(k)} expected'
-                  for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)))
-    raise ConfigError(f'{workdir}: the checkpoint of step {step} does not hold the parser its '
-                      f'config.json describes ({first}); it was written with an older '
-                      'sdgan_jax: train the parser again in a fresh --workdir')
+    first = next(
+      f'{k}: {got.get(k)} stored, {want.get(k)} expected'
+      for k in sorted(set(got) | set(want))
+      if got.get(k) != want.get(k)
+    )
+    raise ConfigError(
+      f'{workdir}: the checkpoint of step {step} does not hold the parser its '
+      f'config.json describes ({first}); it was written with an older '
+      'sdgan_jax: train the parser again in a fresh --workdir'
+    )
   try:
     restored = manager.restore(step, args=ocp.args.StandardRestore(target))
   except Exception as e:  # pylint: disable=broad-except
@@ -99,8 +114,16 @@ class TrainedParser:
       a preparation made with other weights is not mistaken for this one.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, params, stats, *, workdir: str = '',
-               step: int = 0, batch_size: int = 32):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    params,
+    stats,
+    *,
+    workdir: str = '',
+    step: int = 0,
+    batch_size: int = 32,
+  ):
     self.config, self.params, self.stats = config, params, stats
     self.workdir, self.step, self.batch_size = str(workdir), int(step), int(batch_size)
     self.model = parser_network(config)
@@ -113,8 +136,9 @@ class TrainedParser:
     @xla_options.jit_network
     def predict(params, stats, images):
       n, h, w, _ = images.shape
-      x = eagrnet.resize_bilinear(images.astype(jnp.float32) / 255.0, self.resolution,
-                                  self.resolution)
+      x = eagrnet.resize_bilinear(
+        images.astype(jnp.float32) / 255.0, self.resolution, self.resolution
+      )
       out, _ = apply_parser(self.model, params, stats, x, False)
       logits = eagrnet.resize_bilinear(out['parsing'], h, w)
       return jnp.argmax(logits, -1).astype(jnp.uint8)
@@ -122,27 +146,35 @@ class TrainedParser:
     self._predict = predict
 
   @classmethod
-  def from_workdir(cls, workdir: str | os.PathLike, step: int | None = None,
-                   batch_size: int = 32) -> 'TrainedParser':
+  def from_workdir(
+    cls, workdir: str | os.PathLike, step: int | None = None, batch_size: int = 32
+  ) -> TrainedParser:
     path = pathlib.Path(workdir) / 'config.json'
     if not path.is_file():
-      raise FileNotFoundError(f'{workdir} is not a parser workdir (no config.json): train one '
-                              'with `python run.py --config=configs/eagrnet_polygons.py '
-                              f'--workdir={workdir} ...`')
+      raise FileNotFoundError(
+        f'{workdir} is not a parser workdir (no config.json): train one '
+        'with `python run.py --config=configs/eagrnet_polygons.py '
+        f'--workdir={workdir} ...`'
+      )
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
     if config.get('task') != 'parser':
-      raise ValueError(f'{workdir} holds a {config.get("task", "sdgan")!r} run, not a face '
-                       "parser (config.task='parser', configs/eagrnet_*.py)")
-    params, stats, restored = _restore_weights(str(workdir), parser_network(config),
-                                               int(config.resolution), step)
-    return cls(config, params, stats, workdir=str(workdir), step=restored,
-               batch_size=batch_size)
+      raise ValueError(
+        f'{workdir} holds a {config.get("task", "sdgan")!r} run, not a face '
+        "parser (config.task='parser', configs/eagrnet_*.py)"
+      )
+    params, stats, restored = _restore_weights(
+      str(workdir), parser_network(config), int(config.resolution), step
+    )
+    return cls(config, params, stats, workdir=str(workdir), step=restored, batch_size=batch_size)
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """uint8 [N, H, W] class ids of uint8 RGB crops [N, H, W, 3] (argmax of 'parsing')."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'expected uint8 RGB crops [N, H, W, 3], got shape {images.shape}')
-    out = batching.map_batches(lambda chunk: self._predict(self.params, self.stats, chunk),
-                               images, batch_size=self.batch_size)
+    out = batching.map_batches(
+      lambda chunk: self._predict(self.params, self.stats, chunk),
+      images,
+      batch_size=self.batch_size,
+    )
     return np.zeros(images.shape[:3], np.uint8) if out is None else out

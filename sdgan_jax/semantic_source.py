@@ -40,8 +40,8 @@ import numpy as np
 RECORD = 'semantic_maps.json'
 POLYGONS = 'polygons'
 PARSER = 'parser'
-MANIFEST = 'manifest.json'       # sdgan_jax.datasets.prepare.MANIFEST
-PREPARED = 'prepared'            # DATA_DIR/prepared/<config>/ (datasets.builder)
+MANIFEST = 'manifest.json'  # sdgan_jax.datasets.prepare.MANIFEST
+PREPARED = 'prepared'  # DATA_DIR/prepared/<config>/ (datasets.builder)
 
 
 class SemanticMapsError(ValueError):
@@ -69,13 +69,14 @@ class SemanticSource:
 
   def __post_init__(self):
     if self.source not in (POLYGONS, PARSER):
-      raise ValueError(f"semantic map source must be '{POLYGONS}' or '{PARSER}', got "
-                       f'{self.source!r}')
+      raise ValueError(
+        f"semantic map source must be '{POLYGONS}' or '{PARSER}', got {self.source!r}"
+      )
     if self.source == PARSER and not self.parser_fingerprint:
       raise ValueError('a parser source needs the parser_fingerprint')
 
   @classmethod
-  def from_parser_fingerprint(cls, fingerprint: str, **kwargs) -> 'SemanticSource':
+  def from_parser_fingerprint(cls, fingerprint: str, **kwargs) -> SemanticSource:
     """The 'parser' source of a ``TrainedParser.fingerprint``."""
     workdir, step, _ = split_fingerprint(fingerprint)
     return cls(PARSER, str(fingerprint), workdir, step, **kwargs)
@@ -91,7 +92,7 @@ class SemanticSource:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_json(cls, data: dict) -> 'SemanticSource':
+  def from_json(cls, data: dict) -> SemanticSource:
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in fields})
 
@@ -128,26 +129,35 @@ def from_dataset(dataset: str | os.PathLike) -> SemanticSource:
   path = pathlib.Path(dataset).resolve()
   metadata = _read_json(path / 'metadata.json') or {}
   if metadata.get('semantic_parser'):
-    return SemanticSource.from_parser_fingerprint(metadata['semantic_parser'],
-                                                  dataset=str(path))
+    return SemanticSource.from_parser_fingerprint(metadata['semantic_parser'], dataset=str(path))
   manifest_path = None
   if len(path.parents) > 2:  # DATA_DIR/sdgan_faces/<config>/<version>
     manifest_path = path.parents[2] / PREPARED / path.parent.name / MANIFEST
   manifest = _read_json(manifest_path) if manifest_path is not None else None
   if manifest is None:
-    logging.warning('no preparation manifest for %s (looked for %s): its semantic maps are '
-                    'taken to be landmark polygons', path, manifest_path)
+    logging.warning(
+      'no preparation manifest for %s (looked for %s): its semantic maps are '
+      'taken to be landmark polygons',
+      path,
+      manifest_path,
+    )
     return SemanticSource(POLYGONS, dataset=str(path))
   built_from = metadata.get('prepared_fingerprint')
   if built_from and built_from != manifest.get('items_fingerprint'):
-    logging.warning('%s was prepared again since %s was built from it (fingerprint %s, not '
-                    '%s): its semantic maps are taken to be landmark polygons; rebuild the '
-                    'dataset (tools/prepare_data.py) to be sure', manifest_path, path,
-                    manifest.get('items_fingerprint'), built_from)
+    logging.warning(
+      '%s was prepared again since %s was built from it (fingerprint %s, not '
+      '%s): its semantic maps are taken to be landmark polygons; rebuild the '
+      'dataset (tools/prepare_data.py) to be sure',
+      manifest_path,
+      path,
+      manifest.get('items_fingerprint'),
+      built_from,
+    )
     return SemanticSource(POLYGONS, dataset=str(path))
   if manifest.get('semantic_parser'):
     return SemanticSource.from_parser_fingerprint(
-        manifest['semantic_parser'], dataset=str(path), manifest=str(manifest_path))
+      manifest['semantic_parser'], dataset=str(path), manifest=str(manifest_path)
+    )
   return SemanticSource(POLYGONS, dataset=str(path), manifest=str(manifest_path))
 
 
@@ -159,8 +169,10 @@ def read_record(workdir: str | os.PathLike) -> SemanticSource:
   try:
     return SemanticSource.from_json(json.loads(path.read_text()))
   except (ValueError, TypeError) as e:
-    raise SemanticMapsError(f'{path} is not a semantic map record ({e}): delete it if the '
-                            'model was trained on landmark polygons') from None
+    raise SemanticMapsError(
+      f'{path} is not a semantic map record ({e}): delete it if the '
+      'model was trained on landmark polygons'
+    ) from None
 
 
 def write_record(workdir: str | os.PathLike, source: SemanticSource) -> pathlib.Path:
@@ -173,8 +185,7 @@ def write_record(workdir: str | os.PathLike, source: SemanticSource) -> pathlib.
   return path
 
 
-def record_training_maps(workdir: str | os.PathLike, dataset: str | os.PathLike
-                         ) -> SemanticSource:
+def record_training_maps(workdir: str | os.PathLike, dataset: str | os.PathLike) -> SemanticSource:
   """At the start of SDGAN training: records the maps of ``dataset`` in ``workdir``.
 
   A resumed run whose record names other maps is warned about (its early steps saw those)
@@ -182,15 +193,19 @@ def record_training_maps(workdir: str | os.PathLike, dataset: str | os.PathLike
   """
   source = from_dataset(dataset)
   if '://' in str(workdir):  # only local workdirs are read back (the anonymizer, eval)
-    logging.warning('semantic maps %s not recorded in the remote workdir %s', source.label,
-                    workdir)
+    logging.warning('semantic maps %s not recorded in the remote workdir %s', source.label, workdir)
     return source
   old_path = pathlib.Path(workdir) / RECORD
   if old_path.is_file():
     old = read_record(workdir)
     if old.label != source.label:
-      logging.warning('%s trained on %s semantic maps before and now on %s ones (%s)',
-                      workdir, old.label, source.label, dataset)
+      logging.warning(
+        '%s trained on %s semantic maps before and now on %s ones (%s)',
+        workdir,
+        old.label,
+        source.label,
+        dataset,
+      )
   write_record(workdir, source)
   logging.info('semantic maps: %s (recorded in %s)', source.label, old_path)
   return source
@@ -210,13 +225,15 @@ def parse_crops(parser, crops: np.ndarray) -> np.ndarray:
     return np.zeros((*crops.shape[:3], 1), np.uint8)
   labels = np.asarray(parser(crops))
   if labels.shape != crops.shape[:3]:
-    raise ValueError(f'the parser returned maps of shape {labels.shape}, expected '
-                     f'{crops.shape[:3]}')
+    raise ValueError(
+      f'the parser returned maps of shape {labels.shape}, expected {crops.shape[:3]}'
+    )
   return labels.astype(np.uint8)[..., None]
 
 
-def parser_for(record: SemanticSource, parser=None, *, model: str = 'the model',
-               batch_size: int = 32):
+def parser_for(
+  record: SemanticSource, parser=None, *, model: str = 'the model', batch_size: int = 32
+):
   """The face parser a model needs: None for polygon maps, else a ``TrainedParser``.
 
   Args:
@@ -234,43 +251,47 @@ def parser_for(record: SemanticSource, parser=None, *, model: str = 'the model',
   if record.source == POLYGONS:
     if given:
       raise SemanticMapsError(
-          f'{model} was trained on landmark-polygon semantic maps (no parser in its '
-          f'{RECORD}), but a face parser was given ({getattr(parser, "fingerprint", parser)})'
-          ': leave out --parser')
+        f'{model} was trained on landmark-polygon semantic maps (no parser in its '
+        f'{RECORD}), but a face parser was given ({getattr(parser, "fingerprint", parser)})'
+        ': leave out --parser'
+      )
     return None
   fingerprint = record.parser_fingerprint
   if not given:
     parser = record.parser_workdir
     if not parser or not (pathlib.Path(parser) / 'checkpoints').is_dir():
       raise SemanticMapsError(
-          f'{model} was trained on the semantic maps of the face parser {fingerprint}, whose '
-          f'workdir {parser or "(none recorded)"} does not exist here: pass --parser WORKDIR '
-          '(parser_workdir=), the parser workdir with those weights')
+        f'{model} was trained on the semantic maps of the face parser {fingerprint}, whose '
+        f'workdir {parser or "(none recorded)"} does not exist here: pass --parser WORKDIR '
+        '(parser_workdir=), the parser workdir with those weights'
+      )
   if isinstance(parser, (str, os.PathLike)):
     parser = _load_parser(parser, record, model, batch_size)
   if not same_weights(parser.fingerprint, fingerprint):
     raise SemanticMapsError(
-        f'the face parser {parser.fingerprint} is not the one {model} was trained with '
-        f'({fingerprint}, recorded in its {RECORD}): its weights differ; pass --parser with '
-        'the parser workdir of those weights')
+      f'the face parser {parser.fingerprint} is not the one {model} was trained with '
+      f'({fingerprint}, recorded in its {RECORD}): its weights differ; pass --parser with '
+      'the parser workdir of those weights'
+    )
   return parser
 
 
-def _load_parser(workdir: str | os.PathLike, record: SemanticSource, model: str,
-                 batch_size: int):
+def _load_parser(workdir: str | os.PathLike, record: SemanticSource, model: str, batch_size: int):
   from sdgan_jax import parser_inference  # pylint: disable=import-outside-toplevel
 
   config = _read_json(pathlib.Path(workdir) / 'config.json')
   if not isinstance(config, dict) or config.get('task') != 'parser':
     raise SemanticMapsError(
-        f'--parser {workdir} is not a face parser workdir (its config.json is missing or not '
-        "task='parser'): give the EAGRNet workdir trained with configs/eagrnet_*.py")
+      f'--parser {workdir} is not a face parser workdir (its config.json is missing or not '
+      "task='parser'): give the EAGRNet workdir trained with configs/eagrnet_*.py"
+    )
   step = record.parser_step
   if step is not None and not (pathlib.Path(workdir) / 'checkpoints' / str(step)).is_dir():
     raise SemanticMapsError(
-        f'the face parser workdir {workdir} has no checkpoint at step {step}, the one {model} '
-        f'was trained with ({record.parser_fingerprint}): pass --parser with the parser '
-        'workdir of those weights')
+      f'the face parser workdir {workdir} has no checkpoint at step {step}, the one {model} '
+      f'was trained with ({record.parser_fingerprint}): pass --parser with the parser '
+      'workdir of those weights'
+    )
   try:
     return parser_inference.TrainedParser.from_workdir(workdir, step, batch_size=batch_size)
   except (FileNotFoundError, ValueError) as e:

@@ -27,8 +27,7 @@ def skip_block(draw, start, count):
   return draw + (draw >= start) * count
 
 
-def draw_outside_block(rng: np.random.Generator, total, start, count,
-                       dtype=np.int64) -> np.ndarray:
+def draw_outside_block(rng: np.random.Generator, total, start, count, dtype=np.int64) -> np.ndarray:
   """Uniform draws from ``[0, total)`` without ``[start, start + count)``, one per entry of
   ``start`` and ``count`` (broadcast); ``count`` 0 excludes nothing."""
   size = np.broadcast_shapes(np.shape(start), np.shape(count))

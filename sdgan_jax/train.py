@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import pathlib
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import ml_collections
@@ -26,12 +26,24 @@ from sdgan_jax import losses, parallel, trainer
 from sdgan_jax.config import ConfigError
 from sdgan_jax.networks import Networks, generate, per_image_statistics
 from sdgan_jax.perf import xla_options
-from sdgan_jax.train_step import (BATCH_KEYS, TrainState, batch_partition, batch_slots,
-                                  init_train_state, jit_train_step, judges_train)
+from sdgan_jax.train_step import (
+  BATCH_KEYS,
+  TrainState,
+  batch_partition,
+  batch_slots,
+  init_train_state,
+  jit_train_step,
+  judges_train,
+)
 
 # Range checks of integer config keys: 'group.key' -> the least value.
-_AT_LEAST = {'train.batch_size': 1, 'train.num_steps': 0, 'train.log_every': 1,
-             'checkpoint.every': 1, 'eval.num_batches': 0}
+_AT_LEAST = {
+  'train.batch_size': 1,
+  'train.num_steps': 0,
+  'train.log_every': 1,
+  'checkpoint.every': 1,
+  'eval.num_batches': 0,
+}
 
 
 # ``config.data.augmentation``: the keys of ``input_pipeline.augment.PRESETS`` (named here
@@ -43,35 +55,37 @@ SAMPLINGS = ('epoch', 'authors')  # ``input_pipeline.plan.SAMPLINGS``, likewise
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails before any device work on keys this code does not know (those of
   ``sdgan_jax/configs/celeba.py``) or inconsistent values (``ConfigError``)."""
-  trainer.check_keys(config, trainer.reference_config('celeba'),
-                     free_form=frozenset({'model', 'data'}))  # networks check their own
+  trainer.check_keys(
+    config, trainer.reference_config('celeba'), free_form=frozenset({'model', 'data'})
+  )  # networks check their own
   if config.resolution % 16 or config.resolution <= 0:
-    raise ConfigError(f'config.resolution={config.resolution}: must be a positive multiple '
-                      'of 16')
+    raise ConfigError(f'config.resolution={config.resolution}: must be a positive multiple of 16')
   trainer.check_at_least(config, _AT_LEAST)
   trainer.as_config_error(lambda: trainer.optimizer(config.optim))
   trainer.as_config_error(lambda: judges_train(config))
   trainer.as_config_error(lambda: per_image_statistics(config))
   feature = config.data.get('target_feature', 'image')
   if feature not in TARGET_FEATURES:
-    raise ConfigError(f'config.data.target_feature={feature!r}: use one of '
-                      f'{", ".join(map(repr, TARGET_FEATURES))}')
+    raise ConfigError(
+      f'config.data.target_feature={feature!r}: use one of {", ".join(map(repr, TARGET_FEATURES))}'
+    )
   sampling = config.data.get('sampling', 'epoch')
   if sampling not in SAMPLINGS:
-    raise ConfigError(f'config.data.sampling={sampling!r}: use one of '
-                      f'{", ".join(map(repr, SAMPLINGS))}')
+    raise ConfigError(
+      f'config.data.sampling={sampling!r}: use one of {", ".join(map(repr, SAMPLINGS))}'
+    )
   augmentation = config.data.get('augmentation', 'shift_flip')
   if augmentation not in AUGMENTATIONS:
-    raise ConfigError(f'config.data.augmentation={augmentation!r}: use one of '
-                      f'{", ".join(map(repr, AUGMENTATIONS))}')
+    raise ConfigError(
+      f'config.data.augmentation={augmentation!r}: use one of {", ".join(map(repr, AUGMENTATIONS))}'
+    )
   trainer.as_config_error(lambda: Networks(config).build_all())
 
 
 TARGET_FEATURES = ('image', 'identity_mean')
 
 
-def with_target_identities(batches: Iterable[dict], bank,
-                           feature: str = 'image') -> Iterator[dict]:
+def with_target_identities(batches: Iterable[dict], bank, feature: str = 'image') -> Iterator[dict]:
   """Adds ``target_identity`` to each host batch: the identity feature (paper §3.3) of the
   target the batch carries (drawn by the input pipeline from the other identities), so the
   feature G gets and the image its identity term pulls towards show the same person.
@@ -84,17 +98,22 @@ def with_target_identities(batches: Iterable[dict], bank,
   if feature not in TARGET_FEATURES:
     raise ValueError(f'target feature {feature!r}: use one of {TARGET_FEATURES}')
   if feature == 'image' and bank.features is None:
-    raise ValueError('the identity bank holds no per-example features (built by an older '
-                     'version): rebuild it with tools/prepare_data.py, or set '
-                     "config.data.target_feature='identity_mean'")
-  table, key = ((bank.features, 'target_index') if feature == 'image' else
-                (bank.means, 'target_label'))
+    raise ValueError(
+      'the identity bank holds no per-example features (built by an older '
+      'version): rebuild it with tools/prepare_data.py, or set '
+      "config.data.target_feature='identity_mean'"
+    )
+  table, key = (
+    (bank.features, 'target_index') if feature == 'image' else (bank.means, 'target_label')
+  )
   for batch in batches:
     rows = np.asarray(batch[key])
     if rows.size and (rows.min() < 0 or rows.max() >= len(table)):
-      raise ValueError(f'{key} in [{rows.min()}, {rows.max()}] but the identity bank holds '
-                       f'{len(table)} rows: rebuild the bank for this dataset '
-                       '(tools/prepare_data.py)')
+      raise ValueError(
+        f'{key} in [{rows.min()}, {rows.max()}] but the identity bank holds '
+        f'{len(table)} rows: rebuild the bank for this dataset '
+        '(tools/prepare_data.py)'
+      )
     batch['target_identity'] = table[rows]
     yield batch
 
@@ -108,8 +127,9 @@ def _inference_fns(networks: Networks) -> tuple[Callable, Callable]:
   per_image = per_image_statistics(networks.config)
 
   def composites(ema_params, stats, batch):
-    return generate(networks.generator, ema_params, stats, batch,
-                    networks.config.num_classes, per_image=per_image)[0]
+    return generate(
+      networks.generator, ema_params, stats, batch, networks.config.num_classes, per_image=per_image
+    )[0]
 
   def quality(ema_params, stats, batch):
     out = composites(ema_params, stats, batch)
@@ -128,7 +148,8 @@ def _eval_metrics(networks, state, eval_batches, bank, seed) -> dict:
     valid = np.asarray(batch['valid'], bool)
     # test identities are not in the (training) bank: any bank identity is another person
     picks = np.random.default_rng([seed, i, jax.process_index()]).integers(
-        0, bank.num_identities, len(valid))
+      0, bank.num_identities, len(valid)
+    )
     inputs = {k: batch[k] for k in ('image', 'mask', 'semantic')}
     inputs['target_identity'] = bank.means[picks]
     s, p = per_image(*params, inputs)
@@ -144,15 +165,22 @@ def _image_summary(networks, state, batch, n: int) -> dict:
   from sdgan_jax.datasets.features import NUM_CLASSES  # pylint: disable=import-outside-toplevel
 
   slotted = batch_slots(networks.config.train) > 1
-  small = {k: (np.asarray(v)[0] if slotted else np.asarray(v))[:n] for k, v in batch.items()
-           if k in ('image', 'mask', 'semantic', 'target_identity')}
+  small = {
+    k: (np.asarray(v)[0] if slotted else np.asarray(v))[:n]
+    for k, v in batch.items()
+    if k in ('image', 'mask', 'semantic', 'target_identity')
+  }
   out = _inference_fns(networks)[1](
-      *parallel.local_copy((state.ema_params, state.ema_stats)), small)
+    *parallel.local_copy((state.ema_params, state.ema_stats)), small
+  )
   palette = np.random.default_rng(0).uniform(0.2, 1.0, (max(NUM_CLASSES, 32), 3))
   palette[0] = 0
   semantic = palette[small['semantic']]
-  return {'images/input_mask_semantic_output': np.concatenate(
-      [small['image'], np.repeat(small['mask'], 3, -1), semantic, np.asarray(out)], axis=2)}
+  return {
+    'images/input_mask_semantic_output': np.concatenate(
+      [small['image'], np.repeat(small['mask'], 3, -1), semantic, np.asarray(out)], axis=2
+    )
+  }
 
 
 def _training_source(config):
@@ -167,20 +195,28 @@ def _training_source(config):
     source = input_pipeline.load_data_source(dataset, 'train')
   except (FileNotFoundError, ValueError, KeyError, json_format.Error) as e:
     if not (pathlib.Path(dataset) / 'dataset_info.json').is_file():  # a TFDS name
-      raise ConfigError(f'config.data.dataset={dataset!r}: no such directory, nor a prepared '
-                        'TFDS dataset; pass the directory tools/prepare_data.py printed') from e
+      raise ConfigError(
+        f'config.data.dataset={dataset!r}: no such directory, nor a prepared '
+        'TFDS dataset; pass the directory tools/prepare_data.py printed'
+      ) from e
     cause = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    raise ConfigError(f'config.data.dataset={dataset!r}: its training split cannot be read '
-                      f'({type(e).__name__}: {cause}); prepare the dataset again with '
-                      'tools/prepare_data.py') from e
+    raise ConfigError(
+      f'config.data.dataset={dataset!r}: its training split cannot be read '
+      f'({type(e).__name__}: {cause}); prepare the dataset again with '
+      'tools/prepare_data.py'
+    ) from e
   if config.num_classes != NUM_CLASSES:
-    raise ConfigError(f'config.num_classes={config.num_classes} but prepared datasets have '
-                      f'{NUM_CLASSES} semantic classes')
+    raise ConfigError(
+      f'config.num_classes={config.num_classes} but prepared datasets have '
+      f'{NUM_CLASSES} semantic classes'
+    )
   info = getattr(source, 'dataset_info', None)
   if info is not None and info.features['image'].shape[0] < config.resolution:
-    raise ConfigError(f'config.resolution={config.resolution} exceeds the prepared crops '
-                      f'({info.features["image"].shape[0]} px); prepare the data at '
-                      f'{config.resolution} px')
+    raise ConfigError(
+      f'config.resolution={config.resolution} exceeds the prepared crops '
+      f'({info.features["image"].shape[0]} px); prepare the data at '
+      f'{config.resolution} px'
+    )
   return source
 
 
@@ -189,20 +225,27 @@ def _identity_bank(config):
   from sdgan_jax import identity_bank as bank_lib  # pylint: disable=import-outside-toplevel
 
   bank_file = config.data.identity_bank or bank_lib.bank_path(
-      config.data.dataset, 'train', config.data.identity_backbone)
+    config.data.dataset, 'train', config.data.identity_backbone
+  )
   try:
     bank = bank_lib.IdentityBank.load(bank_file)
   except FileNotFoundError as e:
-    raise ConfigError(f'no identity bank at {bank_file}: prepare the dataset with '
-                      'tools/prepare_data.py (without --identity_bank none), or pass '
-                      '--config.data.identity_bank=PATH') from e
+    raise ConfigError(
+      f'no identity bank at {bank_file}: prepare the dataset with '
+      'tools/prepare_data.py (without --identity_bank none), or pass '
+      '--config.data.identity_bank=PATH'
+    ) from e
   if bank.dim != config.identity_dim:
-    raise ConfigError(f'config.identity_dim={config.identity_dim} but the identity bank holds '
-                      f'{bank.dim}-d features ({bank.backbone}); set identity_dim to {bank.dim}')
+    raise ConfigError(
+      f'config.identity_dim={config.identity_dim} but the identity bank holds '
+      f'{bank.dim}-d features ({bank.backbone}); set identity_dim to {bank.dim}'
+    )
   if config.data.get('target_feature', 'image') == 'image' and bank.features is None:
-    raise ConfigError(f'{bank_file} holds no per-example features (built by an older '
-                      'version): rebuild it with tools/prepare_data.py, or pass '
-                      "--config.data.target_feature=identity_mean")
+    raise ConfigError(
+      f'{bank_file} holds no per-example features (built by an older '
+      'version): rebuild it with tools/prepare_data.py, or pass '
+      '--config.data.target_feature=identity_mean'
+    )
   return bank
 
 
@@ -219,8 +262,9 @@ def _evaluation(config, networks, bank) -> Callable | None:
     return None
 
   def evaluate(state):
-    batches = input_pipeline.eval_iterator(source, batch_size=config.train.batch_size,
-                                           resolution=config.resolution)
+    batches = input_pipeline.eval_iterator(
+      source, batch_size=config.train.batch_size, resolution=config.resolution
+    )
     batches = (b for _, b in zip(range(config.eval.num_batches), batches))
     return _eval_metrics(networks, state, batches, bank, config.seed)
 
@@ -261,23 +305,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   host_batches = input_pipeline.train_iterator(
-      source, batch_size=config.train.batch_size, resolution=config.resolution,
-      seed=config.seed, start_step=initial_step, slots=batch_slots(config.train),
-      sampling=config.data.get('sampling', 'epoch'),
-      augmentation=input_pipeline.augment.PRESETS[config.data.get('augmentation',
-                                                                  'shift_flip')])
+    source,
+    batch_size=config.train.batch_size,
+    resolution=config.resolution,
+    seed=config.seed,
+    start_step=initial_step,
+    slots=batch_slots(config.train),
+    sampling=config.data.get('sampling', 'epoch'),
+    augmentation=input_pipeline.augment.PRESETS[config.data.get('augmentation', 'shift_flip')],
+  )
   batches = parallel.prefetch_to_mesh(
-      with_target_identities(host_batches, bank, config.data.get('target_feature', 'image')),
-      mesh,
-                                      BATCH_KEYS, batch_partition(config.train))
+    with_target_identities(host_batches, bank, config.data.get('target_feature', 'image')),
+    mesh,
+    BATCH_KEYS,
+    batch_partition(config.train),
+  )
   state, step = trainer.run_training_loop(
-      state, jit_train_step(networks, mesh), batches, config=config, workdir=workdir,
-      manager=manager, writer=writer, initial_step=initial_step,
-      evaluate=evaluate or (lambda _: {}),
-      images=lambda state, batch: _image_summary(networks, state, batch, 4),
-      failure='loss', hint='lower the learning rate or check the data')
-  checksum = sum(float(np.sum(np.asarray(x.addressable_data(0), np.float64)))
-                 for x in jax.tree_util.tree_leaves(state.generator.params))
-  logging.info('process %d: finished at step %d, generator parameter checksum %.10e',
-               jax.process_index(), step, checksum)
+    state,
+    jit_train_step(networks, mesh),
+    batches,
+    config=config,
+    workdir=workdir,
+    manager=manager,
+    writer=writer,
+    initial_step=initial_step,
+    evaluate=evaluate or (lambda _: {}),
+    images=lambda state, batch: _image_summary(networks, state, batch, 4),
+    failure='loss',
+    hint='lower the learning rate or check the data',
+  )
+  checksum = sum(
+    float(np.sum(np.asarray(x.addressable_data(0), np.float64)))
+    for x in jax.tree_util.tree_leaves(state.generator.params)
+  )
+  logging.info(
+    'process %d: finished at step %d, generator parameter checksum %.10e',
+    jax.process_index(),
+    step,
+    checksum,
+  )
   return state

@@ -23,7 +23,8 @@ Batch (numpy or jax arrays, leading axis = global batch):
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -34,35 +35,57 @@ from flax.training import train_state
 from jax.sharding import PartitionSpec
 
 from sdgan_jax import losses, parallel, trainer
-from sdgan_jax.networks import (Networks, apply_with_stats, example_batch, generate,
-                                init_generator, one_hot, split_variables)
+from sdgan_jax.networks import (
+  Networks,
+  apply_with_stats,
+  example_batch,
+  generate,
+  init_generator,
+  one_hot,
+  split_variables,
+)
 
-BATCH_KEYS = ('image', 'mask', 'semantic', 'pair_image', 'pair_same', 'target_image',
-              'target_identity')
+BATCH_KEYS = (
+  'image',
+  'mask',
+  'semantic',
+  'pair_image',
+  'pair_same',
+  'target_image',
+  'target_identity',
+)
 
 
 class NetState(train_state.TrainState):
   """One network's training state: flax's ``TrainState`` (step, params, optimizer) plus
   ``stats``, its other variable collections (spectral-norm vectors, batch norm)."""
+
   stats: Any = None
 
   def run(self, *args, params=None, train: bool = False, **kwargs):
     """The network on ``args`` (with ``params`` instead of its own when given); returns
     ``(output, stats)``, the statistics advanced only when ``train``."""
-    return apply_with_stats(self.apply_fn, self.params if params is None else params,
-                            self.stats, *args, train=train, **kwargs)
+    return apply_with_stats(
+      self.apply_fn,
+      self.params if params is None else params,
+      self.stats,
+      *args,
+      train=train,
+      **kwargs,
+    )
 
 
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training, as one pytree (checkpointed as a whole)."""
+
   step: jax.Array
   rng: jax.Array
   generator: NetState
   discriminator: NetState
   identity: NetState
-  ema_params: Any              # EMA of the generator's params: what is evaluated and exported
-  perceptual_params: Any       # frozen VGG-16 (eq. 7); carried here so it is sharded once
+  ema_params: Any  # EMA of the generator's params: what is evaluated and exported
+  perceptual_params: Any  # frozen VGG-16 (eq. 7); carried here so it is sharded once
   # EMA of the generator's other collections (batch-norm running statistics, spectral-norm
   # vectors), paired with ema_params at evaluation and export (docs/training.md "Inference")
   ema_stats: Any = None
@@ -81,12 +104,12 @@ def batch_slots(train_config) -> int:
 def batch_partition(train_config) -> PartitionSpec:
   """How a batch is split over the 'data' mesh axis: its batch axis, after the slot axis
   when there is one."""
-  return PartitionSpec('data') if batch_slots(train_config) == 1 else \
-      PartitionSpec(None, 'data')
+  return PartitionSpec('data') if batch_slots(train_config) == 1 else PartitionSpec(None, 'data')
 
 
-def create_train_state(networks: Networks, rng: jax.Array,
-                       perceptual_params: Any | None = None) -> TrainState:
+def create_train_state(
+  networks: Networks, rng: jax.Array, perceptual_params: Any | None = None
+) -> TrainState:
   """Initialises all three networks and their optimizers (``config.optim`` each).
 
   ``perceptual_params`` are the converted VGG-16 weights (``load_weights('vgg16_imagenet')``);
@@ -99,21 +122,32 @@ def create_train_state(networks: Networks, rng: jax.Array,
 
   def net_state(module, params_and_stats):
     params, stats = params_and_stats
-    return NetState.create(apply_fn=module.apply, params=params, stats=stats,
-                           tx=trainer.optimizer(config.optim))
+    return NetState.create(
+      apply_fn=module.apply, params=params, stats=stats, tx=trainer.optimizer(config.optim)
+    )
 
   generator = net_state(networks.generator, init_generator(networks, k_g))
-  discriminator = net_state(networks.discriminator, split_variables(
-      networks.discriminator.init(k_d, batch['image'], onehot)))
-  identity = net_state(networks.identity,
-                       split_variables(networks.identity.init(k_id, batch['image'])))
+  discriminator = net_state(
+    networks.discriminator,
+    split_variables(networks.discriminator.init(k_d, batch['image'], onehot)),
+  )
+  identity = net_state(
+    networks.identity, split_variables(networks.identity.init(k_id, batch['image']))
+  )
   if perceptual_params is None:
-    perceptual_params = networks.vgg.init(k_vgg, batch['image'],
-                                          taps=networks.perceptual_tap)['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), rng=k_state, generator=generator,
-                    discriminator=discriminator, identity=identity,
-                    ema_params=generator.params, perceptual_params=perceptual_params,
-                    ema_stats=generator.stats)
+    perceptual_params = networks.vgg.init(k_vgg, batch['image'], taps=networks.perceptual_tap)[
+      'params'
+    ]
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    rng=k_state,
+    generator=generator,
+    discriminator=discriminator,
+    identity=identity,
+    ema_params=generator.params,
+    perceptual_params=perceptual_params,
+    ema_stats=generator.stats,
+  )
 
 
 def unrolls_update_loops(platform: str) -> bool:
@@ -124,8 +158,9 @@ def unrolls_update_loops(platform: str) -> bool:
   return platform == 'cpu'
 
 
-def repeat_updates(update: Callable, carry, xs=None, *, length: int | None = None,
-                   unroll: bool) -> tuple[Any, dict]:
+def repeat_updates(
+  update: Callable, carry, xs=None, *, length: int | None = None, unroll: bool
+) -> tuple[Any, dict]:
   """``update(carry, x) -> (carry, metrics)`` once per slice ``x`` of ``xs`` (arrays with a
   leading axis), or ``length`` times with ``x`` None; returns the carry and the last
   update's metrics ({} when there is none).
@@ -157,8 +192,9 @@ def identity_update(networks: Networks, net: NetState, batch) -> tuple[NetState,
     images = jnp.concatenate([batch['image'], batch['pair_image']], axis=0)
     out, new_stats = net.run(images, params=params, train=True)
     e1, e2 = jnp.split(out['embedding'], 2)
-    loss = losses.contrastive_loss(e1, e2, batch['pair_same'], loss_cfg.contrastive_margin,
-                                   loss_cfg.contrastive_mode)
+    loss = losses.contrastive_loss(
+      e1, e2, batch['pair_same'], loss_cfg.contrastive_margin, loss_cfg.contrastive_mode
+    )
     return loss, new_stats
 
   (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
@@ -170,8 +206,9 @@ def discriminator_update(net: NetState, real, real_onehot, fake, fake_onehot):
 
   def loss_fn(params):
     both = jnp.concatenate([real, fake], axis=0)
-    logits, new_stats = net.run(both, jnp.concatenate([real_onehot, fake_onehot], axis=0),
-                                params=params, train=True)
+    logits, new_stats = net.run(
+      both, jnp.concatenate([real_onehot, fake_onehot], axis=0), params=params, train=True
+    )
     split = lambda x: jnp.split(x, 2)
     if isinstance(logits, (list, tuple)):
       real_logits, fake_logits = zip(*map(split, logits))
@@ -190,8 +227,11 @@ def generator_forward(networks: Networks, net: NetState, batch):
   update (through ``vjp_fn``): the step runs G forward once less than if each recomputed it.
   """
   classes = networks.config.num_classes
-  return jax.vjp(lambda p: generate(networks.generator, p, net.stats, batch, classes,
-                                    train=True), net.params, has_aux=True)
+  return jax.vjp(
+    lambda p: generate(networks.generator, p, net.stats, batch, classes, train=True),
+    net.params,
+    has_aux=True,
+  )
 
 
 G_LOSS_NETWORK_MODES = ('eval', 'train')
@@ -206,8 +246,10 @@ def judges_train(config) -> bool:
   on every generator update."""
   mode = config.train.get('g_loss_networks', 'eval')
   if mode not in G_LOSS_NETWORK_MODES:
-    raise ValueError(f'config.train.g_loss_networks={mode!r}: use one of '
-                     f'{", ".join(map(repr, G_LOSS_NETWORK_MODES))}')
+    raise ValueError(
+      f'config.train.g_loss_networks={mode!r}: use one of '
+      f'{", ".join(map(repr, G_LOSS_NETWORK_MODES))}'
+    )
   return mode == 'train'
 
 
@@ -227,7 +269,8 @@ def reference_features(networks: Networks, state: TrainState, batch) -> dict:
   embed = lambda images: state.identity.run(images)[0]['embedding']
   if weights.contrastive and weights.source_push:
     reference['target'], reference['source'] = jnp.split(
-        embed(jnp.concatenate([batch['target_image'], batch['image']])), 2)
+      embed(jnp.concatenate([batch['target_image'], batch['image']])), 2
+    )
   elif weights.contrastive:
     reference['target'] = embed(batch['target_image'])
   elif weights.source_push:
@@ -257,8 +300,10 @@ def generator_update(networks: Networks, state: TrainState, batch, forward, refe
     # The authors' order is fake then real; the real passes run first here, so that their
     # embeddings are fixed inputs of the loss. Only the running averages see the order.
     reference = dict(reference)
-    for key, images, used in (('target', batch['target_image'], weights.contrastive),
-                              ('source', batch['image'], weights.source_push)):
+    for key, images, used in (
+      ('target', batch['target_image'], weights.contrastive),
+      ('source', batch['image'], weights.source_push),
+    ):
       if used:
         out, stats = identity.run(images, train=True)
         reference[key] = jax.lax.stop_gradient(out['embedding'])
@@ -271,16 +316,24 @@ def generator_update(networks: Networks, state: TrainState, batch, forward, refe
       terms['ssim'] = losses.ssim_loss(out, batch['image'])
     if weights.perceptual:
       terms['perceptual'] = losses.perceptual_loss(
-          lambda x: networks.vgg_features(state.perceptual_params, x), out, batch['image'],
-          loss_cfg.get('perceptual_feature_scale', 1.0), target_features=reference['vgg'])
+        lambda x: networks.vgg_features(state.perceptual_params, x),
+        out,
+        batch['image'],
+        loss_cfg.get('perceptual_feature_scale', 1.0),
+        target_features=reference['vgg'],
+      )
     if weights.l1:
       terms['l1'] = losses.l1_loss(out, batch['image'])
     id_stats = identity.stats
     if weights.contrastive or weights.source_push:
       embedded, id_stats = identity.run(out, train=train)
       contrast = lambda other, same: losses.contrastive_loss(
-          embedded['embedding'], other, jnp.full(out.shape[0], same),
-          loss_cfg.contrastive_margin, loss_cfg.contrastive_mode)
+        embedded['embedding'],
+        other,
+        jnp.full(out.shape[0], same),
+        loss_cfg.contrastive_margin,
+        loss_cfg.contrastive_mode,
+      )
       if weights.contrastive:
         terms['contrastive'] = contrast(reference['target'], 1.0)
       if weights.source_push:
@@ -289,13 +342,13 @@ def generator_update(networks: Networks, state: TrainState, batch, forward, refe
     return total, (metrics, d_stats, id_stats)
 
   out, vjp_fn, stats = forward
-  (_, (metrics, d_stats, id_stats)), grad_out = jax.value_and_grad(
-      loss_fn, has_aux=True)(out)
-  grads, = vjp_fn(grad_out)
+  (_, (metrics, d_stats, id_stats)), grad_out = jax.value_and_grad(loss_fn, has_aux=True)(out)
+  (grads,) = vjp_fn(grad_out)
   new_state = state.replace(
-      generator=state.generator.apply_gradients(grads=grads, stats=stats),
-      discriminator=state.discriminator.replace(stats=d_stats),
-      identity=identity.replace(stats=id_stats))
+    generator=state.generator.apply_gradients(grads=grads, stats=stats),
+    discriminator=state.discriminator.replace(stats=d_stats),
+    identity=identity.replace(stats=id_stats),
+  )
   return new_state, {f'g_{k}': v for k, v in metrics.items()}
 
 
@@ -303,6 +356,7 @@ class _UpdateBatches(NamedTuple):
   """The batches of one step's updates (``batch_slots``): with ``shared``, the one batch
   every update sees in each field; else each phase's own batches, stacked on a leading
   axis, one per update."""
+
   shared: bool
   identity: dict
   fake: dict
@@ -315,26 +369,35 @@ def _update_batches(train_config, batch: dict) -> _UpdateBatches:
     return _UpdateBatches(True, batch, batch, batch, batch)
   t = train_config
   ends = np.cumsum([t.identity_steps, t.d_steps, t.d_steps, t.g_steps])
-  return _UpdateBatches(False, *(jax.tree_util.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], batch)
-                                 for lo, hi in zip([0, *ends[:-1]], ends)))
+  return _UpdateBatches(
+    False,
+    *(
+      jax.tree_util.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], batch)
+      for lo, hi in zip([0, *ends[:-1]], ends)
+    ),
+  )
 
 
-def _identity_updates(networks: Networks, state: TrainState, batches: _UpdateBatches,
-                      unroll: bool) -> tuple[TrainState, dict]:
+def _identity_updates(
+  networks: Networks, state: TrainState, batches: _UpdateBatches, unroll: bool
+) -> tuple[TrainState, dict]:
   """``identity_steps`` updates of the identity network (eq. 8)."""
   update = lambda net, batch: identity_update(networks, net, batch)
   if batches.shared:
     identity, metrics = repeat_updates(
-        lambda net, _: update(net, batches.identity), state.identity,
-        length=networks.config.train.identity_steps, unroll=unroll)
+      lambda net, _: update(net, batches.identity),
+      state.identity,
+      length=networks.config.train.identity_steps,
+      unroll=unroll,
+    )
   else:
-    identity, metrics = repeat_updates(update, state.identity, batches.identity,
-                                       unroll=unroll)
+    identity, metrics = repeat_updates(update, state.identity, batches.identity, unroll=unroll)
   return state.replace(identity=identity), metrics
 
 
-def _discriminator_updates(networks: Networks, state: TrainState, batches: _UpdateBatches,
-                           unroll: bool):
+def _discriminator_updates(
+  networks: Networks, state: TrainState, batches: _UpdateBatches, unroll: bool
+):
   """``d_steps`` discriminator updates (eq. 2), composites beside real images; returns
   ``(state, metrics, forward)``.
 
@@ -351,27 +414,35 @@ def _discriminator_updates(networks: Networks, state: TrainState, batches: _Upda
     forward = generator_forward(networks, state.generator, batch)
     fake = jax.lax.stop_gradient(forward[0])
     disc, metrics = repeat_updates(
-        lambda net, _: discriminator_update(net, batch['image'], onehot, fake, onehot),
-        state.discriminator, length=t.d_steps, unroll=unroll)
+      lambda net, _: discriminator_update(net, batch['image'], onehot, fake, onehot),
+      state.discriminator,
+      length=t.d_steps,
+      unroll=unroll,
+    )
     return state.replace(discriminator=disc), metrics, forward
 
   def update(nets, fakes_and_reals):
     gen, disc = nets
     fakes, reals = fakes_and_reals
-    fake, g_stats = generate(networks.generator, gen.params, gen.stats, fakes, classes,
-                             train=True)
+    fake, g_stats = generate(networks.generator, gen.params, gen.stats, fakes, classes, train=True)
     disc, metrics = discriminator_update(
-        disc, reals['image'], one_hot(reals['semantic'], classes),
-        jax.lax.stop_gradient(fake), one_hot(fakes['semantic'], classes))
+      disc,
+      reals['image'],
+      one_hot(reals['semantic'], classes),
+      jax.lax.stop_gradient(fake),
+      one_hot(fakes['semantic'], classes),
+    )
     return (gen.replace(stats=g_stats), disc), metrics
 
-  (gen, disc), metrics = repeat_updates(update, (state.generator, state.discriminator),
-                                        (batches.fake, batches.real), unroll=unroll)
+  (gen, disc), metrics = repeat_updates(
+    update, (state.generator, state.discriminator), (batches.fake, batches.real), unroll=unroll
+  )
   return state.replace(generator=gen, discriminator=disc), metrics, None
 
 
-def _generator_updates(networks: Networks, state: TrainState, batches: _UpdateBatches,
-                       forward, unroll: bool) -> tuple[TrainState, dict]:
+def _generator_updates(
+  networks: Networks, state: TrainState, batches: _UpdateBatches, forward, unroll: bool
+) -> tuple[TrainState, dict]:
   """``g_steps`` generator updates (eq. 9), each through its own forward pass.
 
   With a shared batch, the first update goes through ``forward``, the pass whose
@@ -401,8 +472,12 @@ def _generator_updates(networks: Networks, state: TrainState, batches: _UpdateBa
     batch = batches.generator
     reference = reference_features(networks, state, batch)
     nets, metrics = update(nets, batch, forward, reference)
-    nets, later = repeat_updates(lambda n, _: own_forward_update(n, batch, reference), nets,
-                                 length=networks.config.train.g_steps - 1, unroll=unroll)
+    nets, later = repeat_updates(
+      lambda n, _: own_forward_update(n, batch, reference),
+      nets,
+      length=networks.config.train.g_steps - 1,
+      unroll=unroll,
+    )
     metrics = later or metrics
   else:
     nets, metrics = repeat_updates(own_forward_update, nets, batches.generator, unroll=unroll)
@@ -410,8 +485,9 @@ def _generator_updates(networks: Networks, state: TrainState, batches: _UpdateBa
   return state.replace(generator=gen, discriminator=disc, identity=ident), metrics
 
 
-def train_step(networks: Networks, state: TrainState, batch: dict, *, unroll: bool
-               ) -> tuple[TrainState, dict]:
+def train_step(
+  networks: Networks, state: TrainState, batch: dict, *, unroll: bool
+) -> tuple[TrainState, dict]:
   """One SDGAN step, in the order of the paper's training loop: the identity network
   (``identity_steps`` updates, eq. 8), the discriminator (``d_steps``, eq. 2), the generator
   (``g_steps``, eq. 9), then the generator's EMA.
@@ -428,8 +504,9 @@ def train_step(networks: Networks, state: TrainState, batch: dict, *, unroll: bo
   decay = cfg.train.ema_decay
   ema = optax.incremental_update(state.generator.params, state.ema_params, 1.0 - decay)
   ema_stats = optax.incremental_update(state.generator.stats, state.ema_stats, 1.0 - decay)
-  metrics = {f'train/{k}': v.astype(jnp.float32)
-             for k, v in {**id_metrics, **d_metrics, **g_metrics}.items()}
+  metrics = {
+    f'train/{k}': v.astype(jnp.float32) for k, v in {**id_metrics, **d_metrics, **g_metrics}.items()
+  }
   finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
   metrics['train/all_finite'] = finite.astype(jnp.float32)
   return state.replace(step=state.step + 1, ema_params=ema, ema_stats=ema_stats), metrics
@@ -440,12 +517,26 @@ def jit_train_step(networks: Networks, mesh: jax.sharding.Mesh) -> Callable:
   its update loops those of the mesh's devices (``unrolls_update_loops``), which need not
   be this host's (``compile_only``)."""
   unroll = unrolls_update_loops(mesh.devices.flat[0].platform)
-  return parallel.jit_step(functools.partial(train_step, networks, unroll=unroll), mesh,
-                           batch_partition(networks.config.train))
+  return parallel.jit_step(
+    functools.partial(train_step, networks, unroll=unroll),
+    mesh,
+    batch_partition(networks.config.train),
+  )
 
 
-def init_train_state(networks: Networks, rng: jax.Array, mesh: jax.sharding.Mesh,
-                     perceptual_params=None, *, on_host: bool | None = None) -> TrainState:
+def init_train_state(
+  networks: Networks,
+  rng: jax.Array,
+  mesh: jax.sharding.Mesh,
+  perceptual_params=None,
+  *,
+  on_host: bool | None = None,
+) -> TrainState:
   """``create_train_state`` placed replicated on ``mesh`` (``parallel.init_replicated``)."""
-  return parallel.init_replicated(lambda key, vgg: create_train_state(networks, key, vgg),
-                                  mesh, rng, perceptual_params, on_host=on_host)
+  return parallel.init_replicated(
+    lambda key, vgg: create_train_state(networks, key, vgg),
+    mesh,
+    rng,
+    perceptual_params,
+    on_host=on_host,
+  )

@@ -15,7 +15,8 @@ import logging
 import os
 import pathlib
 import re
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -46,6 +47,7 @@ class Preempted(Exception):
 
   def __init__(self, signum: int, step: int, state):
     import signal  # pylint: disable=import-outside-toplevel
+
     super().__init__(f'{signal.Signals(signum).name} at step {step}: saved, stopped')
     self.signal = signum
     self.step = step
@@ -61,11 +63,15 @@ def reference_config(name: str) -> ml_collections.ConfigDict:
   """The package's reference config ``name`` (``sdgan_jax/configs/NAME.py``): its keys are
   the keys every config of that trainer may use."""
   from sdgan_jax import configs  # pylint: disable=import-outside-toplevel
+
   return load_config(str(configs.config_path(name)))
 
 
-def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
-               free_form: frozenset[str] = frozenset()) -> None:
+def check_keys(
+  config: ml_collections.ConfigDict,
+  reference: ml_collections.ConfigDict,
+  free_form: frozenset[str] = frozenset(),
+) -> None:
   """Every key of ``config`` must exist in ``reference`` (``ConfigError`` with the closest
   known key otherwise); groups named in ``free_form`` are left to their constructors."""
 
@@ -74,8 +80,11 @@ def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Conf
       name = f'{prefix}{key}'
       if key not in ref:
         raise ConfigError(unknown_key_message(name, ref.keys()))
-      if (isinstance(cfg[key], ml_collections.ConfigDict) and key not in free_form
-          and isinstance(ref[key], ml_collections.ConfigDict)):
+      if (
+        isinstance(cfg[key], ml_collections.ConfigDict)
+        and key not in free_form
+        and isinstance(ref[key], ml_collections.ConfigDict)
+      ):
         walk(cfg[key], ref[key], f'{name}.')
 
   walk(config, reference, '')
@@ -102,40 +111,56 @@ def as_config_error(build: Callable[[], Any]) -> Any:
 
 def check_dataset(dataset: str) -> None:
   """``config.data.dataset`` must name a prepared dataset (``ConfigError`` otherwise)."""
-  make = ('make one with `python tools/prepare_data.py --source samples --output data` '
-          '(or --source celeba_files --celeba_dir DIR), which prints the directory to pass')
+  make = (
+    'make one with `python tools/prepare_data.py --source samples --output data` '
+    '(or --source celeba_files --celeba_dir DIR), which prints the directory to pass'
+  )
   if not dataset:
-    raise ConfigError(f'config.data.dataset is empty: pass --config.data.dataset=DIR, a '
-                      f'prepared dataset; {make}')
+    raise ConfigError(
+      f'config.data.dataset is empty: pass --config.data.dataset=DIR, a prepared dataset; {make}'
+    )
   path = pathlib.Path(dataset)
   if (path / 'dataset_info.json').is_file():
     try:
       json.loads((path / 'dataset_info.json').read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-      raise ConfigError(f'config.data.dataset={dataset!r}: its dataset_info.json is not '
-                        f'readable JSON ({e}); prepare the dataset again with '
-                        'tools/prepare_data.py') from e
+      raise ConfigError(
+        f'config.data.dataset={dataset!r}: its dataset_info.json is not '
+        f'readable JSON ({e}); prepare the dataset again with '
+        'tools/prepare_data.py'
+      ) from e
     return
   if path.is_dir():
-    found = sorted(str(p.parent) for pattern in ('*', '*/*', '*/*/*')
-                   for p in path.glob(f'{pattern}/dataset_info.json'))
+    found = sorted(
+      str(p.parent)
+      for pattern in ('*', '*/*', '*/*/*')
+      for p in path.glob(f'{pattern}/dataset_info.json')
+    )
     hint = f'did you mean {found[0]}?' if found else make
-    raise ConfigError(f'config.data.dataset={dataset!r} is not a prepared dataset (no '
-                      f'dataset_info.json in it); {hint}')
+    raise ConfigError(
+      f'config.data.dataset={dataset!r} is not a prepared dataset (no '
+      f'dataset_info.json in it); {hint}'
+    )
   if path.exists():
-    raise ConfigError(f'config.data.dataset={dataset!r} is a file, not a prepared dataset '
-                      f'directory; {make}')
+    raise ConfigError(
+      f'config.data.dataset={dataset!r} is a file, not a prepared dataset directory; {make}'
+    )
   name = re.fullmatch(r'([A-Za-z_]\w*)(/\w+)?(:[\d.*]+)?', dataset)
   if name:  # a registered TFDS name is looked up by load_data_source
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
     if name.group(1) in tfds.list_builders(with_community_datasets=False):
       return
   raise ConfigError(f'config.data.dataset={dataset!r}: no such directory; {make}')
 
 
-def optimizer(optim: ml_collections.ConfigDict, learning_rate=None, *,
-              default: str = 'adam', always_decay: bool = False
-              ) -> optax.GradientTransformation:
+def optimizer(
+  optim: ml_collections.ConfigDict,
+  learning_rate=None,
+  *,
+  default: str = 'adam',
+  always_decay: bool = False,
+) -> optax.GradientTransformation:
   """``config.optim`` as an optax optimizer: 'adam' (AdamW when ``weight_decay`` is set or
   ``always_decay``) or 'sgd' (with ``momentum`` and decoupled ``weight_decay`` when given).
 
@@ -178,8 +203,10 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
   if jax.process_count() == 1:
     return
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  ocp.multihost.get_barrier_sync_fn()(key=f'sdgan_jax:{name}:{next(_BARRIERS)}',
-                                     timeout_ms=timeout_s * 1000)
+
+  ocp.multihost.get_barrier_sync_fn()(
+    key=f'sdgan_jax:{name}:{next(_BARRIERS)}', timeout_ms=timeout_s * 1000
+  )
 
 
 def checkpoint_manager(config, workdir: str, track_best: bool = True):
@@ -197,23 +224,32 @@ def checkpoint_manager(config, workdir: str, track_best: bool = True):
   policies = [pp.LatestN(n=ckpt.keep_latest)]
   track = bool(ckpt.best_metric) and track_best
   if track:
-    policies.append(pp.BestN(get_metric_fn=lambda m: m[ckpt.best_metric],
-                             reverse=ckpt.best_mode == 'min', n=1,
-                             keep_checkpoints_without_metrics=False))
+    policies.append(
+      pp.BestN(
+        get_metric_fn=lambda m: m[ckpt.best_metric],
+        reverse=ckpt.best_mode == 'min',
+        n=1,
+        keep_checkpoints_without_metrics=False,
+      )
+    )
   # orbax writes a step's metrics to disk only when ``best_fn`` is set; without them BestN
   # would forget the best step across restarts.
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=pp.AnyPreservationPolicy(policies), create=True,
-      enable_async_checkpointing=False,
-      best_fn=(lambda m: m[ckpt.best_metric]) if track else None,
-      best_mode=ckpt.best_mode)
+    preservation_policy=pp.AnyPreservationPolicy(policies),
+    create=True,
+    enable_async_checkpointing=False,
+    best_fn=(lambda m: m[ckpt.best_metric]) if track else None,
+    best_mode=ckpt.best_mode,
+  )
   return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
 
 
 def save_checkpoint(manager, step: int, state, metrics: dict | None) -> None:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  manager.save(step, args=ocp.args.StandardSave(parallel.keys_as_data(state)),
-               metrics=metrics, force=True)
+
+  manager.save(
+    step, args=ocp.args.StandardSave(parallel.keys_as_data(state)), metrics=metrics, force=True
+  )
 
 
 def restore_state(workdir: str, abstract_state, step: int | None = None):
@@ -225,28 +261,37 @@ def restore_state(workdir: str, abstract_state, step: int | None = None):
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train one with '
-                            f'`python run.py --config=... --workdir={workdir}`')
+    raise FileNotFoundError(
+      f'no checkpoint in {workdir}/checkpoints: train one with '
+      f'`python run.py --config=... --workdir={workdir}`'
+    )
   from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
+
   try:  # a damaged checkpoint fails here already, before its layout is compared
     with inference.quiet_orbax():
-      stored = ocp.StandardCheckpointer().metadata(os.path.join(workdir, 'checkpoints',
-                                                                str(step), 'default'))
+      stored = ocp.StandardCheckpointer().metadata(
+        os.path.join(workdir, 'checkpoints', str(step), 'default')
+      )
     if getattr(stored, 'item_metadata', None) is None:  # orbax only warns
       raise ValueError('its _METADATA is not readable')
   except Exception as e:  # pylint: disable=broad-except
     raise inference.damaged_checkpoint(workdir, step, e) from None
   target = jax.tree_util.tree_map(
-      lambda host, x: jax.ShapeDtypeStruct(host.shape, host.dtype,
-                                           sharding=getattr(x, 'sharding', None)),
-      jax.eval_shape(parallel.keys_as_data, abstract_state), abstract_state)
+    lambda host, x: jax.ShapeDtypeStruct(
+      host.shape, host.dtype, sharding=getattr(x, 'sharding', None)
+    ),
+    jax.eval_shape(parallel.keys_as_data, abstract_state),
+    abstract_state,
+  )
   try:
     restored = manager.restore(step, args=ocp.args.StandardRestore(target))
   except (ValueError, KeyError, TypeError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ConfigError(f'{workdir}: the checkpoint of step {step} does not hold the state '
-                      f'this config trains ({first}); it was written with another config or '
-                      'an older sdgan_jax: train in a fresh --workdir') from e
+    raise ConfigError(
+      f'{workdir}: the checkpoint of step {step} does not hold the state '
+      f'this config trains ({first}); it was written with another config or '
+      'an older sdgan_jax: train in a fresh --workdir'
+    ) from e
   except Exception as e:  # pylint: disable=broad-except
     raise inference.damaged_checkpoint(workdir, step, e) from None
   return parallel.keys_from_data(restored), step
@@ -283,11 +328,14 @@ class _StopSignals:
 
   def __enter__(self):
     import signal  # pylint: disable=import-outside-toplevel
+
     self.received, self._previous = None, {}
     self.coordinated = jax.process_count() > 1 and self._sync_point_ready()
     if jax.process_count() > 1 and not self.coordinated:
-      logging.warning('JAX preemption service is off: each process stops at the step its '
-                      'own signal arrives in, and a save they do not share can hang')
+      logging.warning(
+        'JAX preemption service is off: each process stops at the step its '
+        'own signal arrives in, and a save they do not share can hang'
+      )
     # JAX's SIGTERM handler must stay in place when it coordinates the stop.
     for sig in (signal.SIGINT,) if self.coordinated else (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._record)
@@ -295,6 +343,7 @@ class _StopSignals:
 
   def _sync_point_ready(self) -> bool:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
     try:  # the step before the first: all processes start from the same one
       multihost_utils.reached_preemption_sync_point(self._initial_step)
     except RuntimeError:  # no preemption sync manager (jax_enable_preemption_service off)
@@ -303,6 +352,7 @@ class _StopSignals:
 
   def _record(self, sig, _):
     import signal  # pylint: disable=import-outside-toplevel
+
     self.received = sig
     if self.coordinated:  # the other processes learn of it as of a preemption notice
       os.kill(os.getpid(), signal.SIGTERM)
@@ -313,13 +363,16 @@ class _StopSignals:
     if not self.coordinated:
       return self.received
     import signal  # pylint: disable=import-outside-toplevel
+
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
     if multihost_utils.reached_preemption_sync_point(step):
       return self.received or signal.SIGTERM
     return None
 
   def __exit__(self, *exc):
     import signal  # pylint: disable=import-outside-toplevel
+
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
@@ -328,16 +381,27 @@ def _check_finite(metrics, step: int, workdir: str, failure: str, hint: str) -> 
   host = jax.device_get(metrics)
   if not host['train/all_finite']:
     raise NonFiniteLossError(
-        f'non-finite {failure} at step {step}: {host}; the last good checkpoint in '
-        f'{workdir}/checkpoints is kept ({hint})')
+      f'non-finite {failure} at step {step}: {host}; the last good checkpoint in '
+      f'{workdir}/checkpoints is kept ({hint})'
+    )
   return host
 
 
-def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, dict]], *,
-                      config: ml_collections.ConfigDict, workdir: str, manager, writer,
-                      initial_step: int, evaluate: Callable[[Any], dict],
-                      images: Callable[[Any, dict], dict] | None = None,
-                      failure: str = 'loss', hint: str = '') -> tuple[Any, int]:
+def run_training_loop(
+  state,
+  step_fn: Callable,
+  batches: Iterator[tuple[dict, dict]],
+  *,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  manager,
+  writer,
+  initial_step: int,
+  evaluate: Callable[[Any], dict],
+  images: Callable[[Any, dict], dict] | None = None,
+  failure: str = 'loss',
+  hint: str = '',
+) -> tuple[Any, int]:
   """Runs ``step_fn`` up to ``config.train.num_steps``; returns (state, last step).
 
   ``batches`` yields (host batch, device batch) (``parallel.prefetch_to_mesh``). Every
@@ -363,8 +427,7 @@ def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, di
         step += 1
         report(step)
         stop_signal = stop.stop_at(step)
-        save = (step % config.checkpoint.every == 0 or step == num_steps
-                or stop_signal is not None)
+        save = step % config.checkpoint.every == 0 or step == num_steps or stop_signal is not None
         if step % config.train.log_every == 0 or save:
           writer.write_scalars(step, _check_finite(metrics, step, workdir, failure, hint))
         if image_every and step % image_every == 0 and jax.process_index() == 0:
@@ -379,9 +442,10 @@ def run_training_loop(state, step_fn: Callable, batches: Iterator[tuple[dict, di
             text = str(e).strip()
             first = text.splitlines()[0][:200] if text else type(e).__name__
             raise CheckpointWriteError(
-                f'could not save step {step} into {workdir}/checkpoints ({first}); the steps '
-                'saved before are kept: free disk space (or fix the folder) and rerun the same '
-                'command to resume') from None
+              f'could not save step {step} into {workdir}/checkpoints ({first}); the steps '
+              'saved before are kept: free disk space (or fix the folder) and rerun the same '
+              'command to resume'
+            ) from None
         if stop_signal is not None:
           logging.warning('signal %d: saved step %d, stopping', stop_signal, step)
           break

@@ -14,24 +14,29 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flax import serialization
 
 # name -> the command that produces it (shown when the file is missing).
 FETCH = 'python tools/fetch_weights.py   (or: make weights)'
 KNOWN_WEIGHTS: dict[str, str] = {
-    'vgg16_imagenet': FETCH,
-    'inception_fid': FETCH,
-    'dlib_resnet': FETCH,
-    'blazeface_short_range': FETCH,
-    'blazeface_full_range': FETCH,
-    'face_mesh': FETCH,
-    'facenet_vggface2': ('python tools/convert_facenet.py --input 20180402-114759-vggface2.pt '
-                         '--name facenet_vggface2   (the .pt file is not on any package '
-                         'registry: `python tools/fetch_weights.py` prints where to get it)'),
-    'facenet_casia_webface': ('python tools/convert_facenet.py --input '
-                              '20180408-102900-casia-webface.pt --name facenet_casia_webface'),
+  'vgg16_imagenet': FETCH,
+  'inception_fid': FETCH,
+  'dlib_resnet': FETCH,
+  'blazeface_short_range': FETCH,
+  'blazeface_full_range': FETCH,
+  'face_mesh': FETCH,
+  'facenet_vggface2': (
+    'python tools/convert_facenet.py --input 20180402-114759-vggface2.pt '
+    '--name facenet_vggface2   (the .pt file is not on any package '
+    'registry: `python tools/fetch_weights.py` prints where to get it)'
+  ),
+  'facenet_casia_webface': (
+    'python tools/convert_facenet.py --input '
+    '20180408-102900-casia-webface.pt --name facenet_casia_webface'
+  ),
 }
 
 
@@ -78,8 +83,12 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     raise
 
 
-def save_weights(name: str, variables: Mapping[str, Any], metadata: Mapping[str, Any],
-                 weights_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def save_weights(
+  name: str,
+  variables: Mapping[str, Any],
+  metadata: Mapping[str, Any],
+  weights_dir: str | os.PathLike | None = None,
+) -> pathlib.Path:
   """Writes ``variables`` and their provenance ``metadata`` atomically; returns the path."""
   path = weights_path(name, weights_dir)
   payload = serialization.msgpack_serialize(serialization.to_state_dict(dict(variables)))
@@ -96,8 +105,9 @@ def load_metadata(name: str, weights_dir: str | os.PathLike | None = None) -> di
   return json.loads(path.read_text())
 
 
-def load_weights(name: str, weights_dir: str | os.PathLike | None = None,
-                 verify: bool = True) -> dict:
+def load_weights(
+  name: str, weights_dir: str | os.PathLike | None = None, verify: bool = True
+) -> dict:
   """Loads converted weights by name (e.g. 'vgg16_imagenet') as a Flax variable dict.
 
   With ``verify`` the file's sha256 is checked against the one recorded at conversion, so a
@@ -111,8 +121,10 @@ def load_weights(name: str, weights_dir: str | os.PathLike | None = None,
     expected = load_metadata(name, weights_dir).get('sha256')
     actual = hashlib.sha256(payload).hexdigest()
     if expected and expected != actual:
-      raise ValueError(f'{path} is corrupt (sha256 {actual[:12]}..., expected '
-                       f'{expected[:12]}...): delete it and run again: {_command(name)}')
+      raise ValueError(
+        f'{path} is corrupt (sha256 {actual[:12]}..., expected '
+        f'{expected[:12]}...): delete it and run again: {_command(name)}'
+      )
   return serialization.msgpack_restore(payload)
 
 
@@ -128,5 +140,6 @@ def _command(name: str) -> str:
 def _raise_missing(name: str, path: pathlib.Path):
   known = '' if name in KNOWN_WEIGHTS else f' (known names: {sorted(KNOWN_WEIGHTS)})'
   raise WeightsNotFoundError(
-      f'no converted weights {name!r} at {path}{known}. Make them with: {_command(name)}. '
-      'Set SDGAN_WEIGHTS_DIR to use another weights directory.')
+    f'no converted weights {name!r} at {path}{known}. Make them with: {_command(name)}. '
+    'Set SDGAN_WEIGHTS_DIR to use another weights directory.'
+  )

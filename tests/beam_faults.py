@@ -14,15 +14,16 @@ import time
 
 from sdgan_jax import anonymize
 
-RAISE_SIZE = (150, 150)   # a photo of this size raises in the worker
-STALL_NAME = 'zz_stall'   # a photo whose name holds this stalls its worker
+RAISE_SIZE = (150, 150)  # a photo of this size raises in the worker
+STALL_NAME = 'zz_stall'  # a photo whose name holds this stalls its worker
 
 
 def faulty_anonymizer(weights_dir, options: anonymize.Options) -> anonymize.FaceAnonymizer:
   """The pixelate baseline, but a photo of ``RAISE_SIZE`` raises, a video raises in its
   second frame batch, and a file named ``STALL_NAME`` stalls for ten minutes."""
-  anonymizer = anonymize.FaceAnonymizer(baseline='pixelate', options=options,
-                                        weights_dir=weights_dir)
+  anonymizer = anonymize.FaceAnonymizer(
+    baseline='pixelate', options=options, weights_dir=weights_dir
+  )
   process = anonymizer.process
   batches: dict[str, int] = {}
 
@@ -47,8 +48,9 @@ def main(argv) -> None:
 
   weights_dir, *rest = argv
   args, beam_args = beam_pipeline.parse_args(rest)
-  beam_pipeline.run(args, beam_args, load=functools.partial(faulty_anonymizer, weights_dir,
-                                                            args.options))
+  beam_pipeline.run(
+    args, beam_args, load=functools.partial(faulty_anonymizer, weights_dir, args.options)
+  )
 
 
 if __name__ == '__main__':

@@ -11,8 +11,9 @@ import pathlib
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      str(pathlib.Path(__file__).resolve().parents[1] / '.jax_cache'))
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR', str(pathlib.Path(__file__).resolve().parents[1] / '.jax_cache')
+)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
 
 import jax  # noqa: E402
@@ -22,7 +23,6 @@ jax.config.update('jax_threefry_partitionable', False)
 
 
 import pytest  # noqa: E402
-
 
 # Tests that download take this fixture, directly or through another; each is marked
 # ``network`` (``pytest -m "not network"`` deselects them all for an offline run).
@@ -55,8 +55,9 @@ def _downloads_only_in_network_tests():
     item = _SETTING_UP.get('item')
     if item is not None and item.get_closest_marker('network') is None:
       raise AssertionError(
-          f'{item.nodeid} downloads {source.spec} but is not marked network: take the '
-          f'{NETWORK_FIXTURE} fixture (or mark the test @pytest.mark.network)')
+        f'{item.nodeid} downloads {source.spec} but is not marked network: take the '
+        f'{NETWORK_FIXTURE} fixture (or mark the test @pytest.mark.network)'
+      )
     return download(source, dest)
 
   registry._download = guarded  # pylint: disable=protected-access
@@ -70,6 +71,7 @@ def download_cache():
   default ``~/.cache/sdgan_jax/downloads``): pinned archives, kept under their sha256, are
   fetched once across runs."""
   from sdgan_jax.converters import fetch
+
   return fetch.default_cache_dir()
 
 

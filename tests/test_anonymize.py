@@ -27,17 +27,17 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import train_fixtures
-from tool_loader import load_tool
 from PIL import Image
+from tool_loader import load_tool
 
 from sdgan_jax import anonymize, identity_bank, media
 from sdgan_jax.converters import dlib_resnet as dlib_conv
 from sdgan_jax.faces import ensemble
 
-TILE = 160         # face tiles: face boxes of ~80 px
-TINY = 88          # the tiny face's tile: a ~45 px box, under the test's --min_face_px
+TILE = 160  # face tiles: face boxes of ~80 px
+TINY = 88  # the tiny face's tile: a ~45 px box, under the test's --min_face_px
 MIN_FACE_PX = 60
-GRAY = 128         # --fallback fill's colour (solid_fill 0.5)
+GRAY = 128  # --fallback fill's colour (solid_fill 0.5)
 
 
 def _cli():
@@ -48,21 +48,27 @@ def dlib_boxes(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
   """Faces by dlib's HOG detector at upsample 1, as (x0, y0, x1, y1) exclusive ends."""
   rects = dlib.get_frontal_face_detector()(np.ascontiguousarray(rgb), 1)
   h, w = rgb.shape[:2]
-  return [(max(r.left(), 0), max(r.top(), 0), min(r.right() + 1, w), min(r.bottom() + 1, h))
-          for r in rects]
+  return [
+    (max(r.left(), 0), max(r.top(), 0), min(r.right() + 1, w), min(r.bottom() + 1, h))
+    for r in rects
+  ]
 
 
 def region_change(a: np.ndarray, b: np.ndarray, box) -> float:
   x0, y0, x1, y1 = box
-  return float(np.abs(a[y0:y1, x0:x1].astype(np.float32) -
-                      b[y0:y1, x0:x1].astype(np.float32)).mean())
+  return float(
+    np.abs(a[y0:y1, x0:x1].astype(np.float32) - b[y0:y1, x0:x1].astype(np.float32)).mean()
+  )
 
 
 def face_tile(photo: np.ndarray, size: int) -> np.ndarray:
   """A square crop around the photo's largest face (twice the box), resized to ``size``."""
   scale = 600 / max(photo.shape[:2])
-  small = np.asarray(Image.fromarray(photo).resize(
-      (round(photo.shape[1] * scale), round(photo.shape[0] * scale)), Image.BILINEAR))
+  small = np.asarray(
+    Image.fromarray(photo).resize(
+      (round(photo.shape[1] * scale), round(photo.shape[0] * scale)), Image.BILINEAR
+    )
+  )
   rects = dlib.get_frontal_face_detector()(small, 1)
   r = max(rects, key=lambda r: r.area())
   cx, cy, half = (r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2, r.width()
@@ -85,28 +91,36 @@ def weights_dir(tmp_path_factory, blazeface_weights, download_cache):
 def tiles(download_cache):
   photos = faces_fixture.load_face_photos(download_cache)
   return {name: face_tile(photos[name], TILE) for name in ('obama', 'biden', 'astronaut')} | {
-      'tiny': face_tile(photos['obama2'], TINY), 'obama3': face_tile(photos['obama3'], TILE)}
+    'tiny': face_tile(photos['obama2'], TINY),
+    'obama3': face_tile(photos['obama3'], TILE),
+  }
 
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
   rng = np.random.default_rng(0)
-  bank = identity_bank.IdentityBank(means=rng.normal(size=(4, 128)).astype(np.float32) * 0.1,
-                                    counts=np.ones(4, np.int64))
-  return train_fixtures.write_untrained_workdir(tmp_path_factory.mktemp('anon_workdir'),
-                                                train_fixtures.tiny_config(32), bank)
+  bank = identity_bank.IdentityBank(
+    means=rng.normal(size=(4, 128)).astype(np.float32) * 0.1, counts=np.ones(4, np.int64)
+  )
+  return train_fixtures.write_untrained_workdir(
+    tmp_path_factory.mktemp('anon_workdir'), train_fixtures.tiny_config(32), bank
+  )
 
 
 def make_collage(tiles) -> tuple[np.ndarray, dict]:
   """Three faces and a tiny one on a 560x220 canvas; name -> tile box (x0, y0, x1, y1)."""
   canvas = np.full((220, 560, 3), 200, np.uint8)
   canvas[:, :, 2] = 170
-  places = {'obama': (10, 30), 'biden': (190, 20), 'astronaut': (370, 40),
-            'tiny': (560 - TINY - 4, 220 - TINY - 4)}
+  places = {
+    'obama': (10, 30),
+    'biden': (190, 20),
+    'astronaut': (370, 40),
+    'tiny': (560 - TINY - 4, 220 - TINY - 4),
+  }
   boxes = {}
   for name, (x, y) in places.items():
     tile = tiles[name]
-    canvas[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+    canvas[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
     boxes[name] = (x, y, x + tile.shape[1], y + tile.shape[0])
   return canvas, boxes
 
@@ -114,16 +128,36 @@ def make_collage(tiles) -> tuple[np.ndarray, dict]:
 def write_video(path: pathlib.Path, frames: list, fps: int = 6) -> None:
   """Encodes frames with a sine-tone audio track, using imageio-ffmpeg's ffmpeg directly."""
   silent = path.with_name('silent_' + path.name)
-  writer = imageio_ffmpeg.write_frames(str(silent), frames[0].shape[1::-1], fps=fps,
-                                       macro_block_size=1, quality=9)
+  writer = imageio_ffmpeg.write_frames(
+    str(silent), frames[0].shape[1::-1], fps=fps, macro_block_size=1, quality=9
+  )
   writer.send(None)
   for f in frames:
     writer.send(np.ascontiguousarray(f))
   writer.close()
-  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-y', '-loglevel', 'error', '-i', str(silent),
-                  '-f', 'lavfi', '-i', f'sine=frequency=440:duration={len(frames) / fps}',
-                  '-c:v', 'copy', '-c:a', 'aac', '-shortest', '-metadata', 'title=secret place',
-                  str(path)], check=True)
+  subprocess.run(
+    [
+      imageio_ffmpeg.get_ffmpeg_exe(),
+      '-y',
+      '-loglevel',
+      'error',
+      '-i',
+      str(silent),
+      '-f',
+      'lavfi',
+      '-i',
+      f'sine=frequency=440:duration={len(frames) / fps}',
+      '-c:v',
+      'copy',
+      '-c:a',
+      'aac',
+      '-shortest',
+      '-metadata',
+      'title=secret place',
+      str(path),
+    ],
+    check=True,
+  )
   silent.unlink()
 
 
@@ -148,16 +182,17 @@ def cli_run(tmp_path_factory, tiles, workdir, weights_dir):
   exif[0x0112] = 8
   exif[0x010E] = 'taken at home'
   exif[0x8825] = {1: 'N', 2: (48.0, 51.0, 30.0), 3: 'E', 4: (2.0, 17.0, 40.0)}
-  xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
-         b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"'
-         b' dc:creator="Secret Photographer"/></rdf:RDF></x:xmpmeta>')
-  Image.fromarray(stored).save(inp / 'rotated' / 'collage_exif.jpg', quality=95, exif=exif,
-                               xmp=xmp)
+  xmp = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+    b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"'
+    b' dc:creator="Secret Photographer"/></rdf:RDF></x:xmpmeta>'
+  )
+  Image.fromarray(stored).save(inp / 'rotated' / 'collage_exif.jpg', quality=95, exif=exif, xmp=xmp)
 
   face = tiles['obama3']
   formats = inp / 'formats'
   Image.fromarray(face).convert('L').save(formats / 'gray.png')
-  gray16 = (np.asarray(Image.fromarray(face).convert('L')).astype(np.uint16) * 257)
+  gray16 = np.asarray(Image.fromarray(face).convert('L')).astype(np.uint16) * 257
   Image.fromarray(gray16).save(formats / 'gray16.png')
   alpha = np.tile(np.linspace(40, 255, TILE).astype(np.uint8), (TILE, 1))
   Image.fromarray(np.dstack([face, alpha]), 'RGBA').save(formats / 'rgba.png')
@@ -166,7 +201,7 @@ def cli_run(tmp_path_factory, tiles, workdir, weights_dir):
 
   good = io.BytesIO()
   Image.fromarray(tiles['biden']).save(good, 'JPEG', quality=90)
-  (inp / 'bad' / 'truncated.jpg').write_bytes(good.getvalue()[:len(good.getvalue()) // 2])
+  (inp / 'bad' / 'truncated.jpg').write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
   (inp / 'bad' / 'empty.jpg').write_bytes(b'')
   (inp / 'bad' / 'text.jpg').write_text('this is not a photo\n')
   (inp / 'bad' / 'notes.txt').write_text('not media: skipped\n')
@@ -178,14 +213,36 @@ def cli_run(tmp_path_factory, tiles, workdir, weights_dir):
   write_video(inp / 'clip.mp4', frames)
 
   before = {p: p.read_bytes() for p in inp.rglob('*') if p.is_file()}
-  code = cli.main([str(inp), '--output', str(out), '--checkpoint', str(workdir),
-                   '--weights_dir', str(weights_dir), '--fallback', 'fill',
-                   '--min_face_px', str(MIN_FACE_PX), '--no_progress', '--visualize'])
+  code = cli.main(
+    [
+      str(inp),
+      '--output',
+      str(out),
+      '--checkpoint',
+      str(workdir),
+      '--weights_dir',
+      str(weights_dir),
+      '--fallback',
+      'fill',
+      '--min_face_px',
+      str(MIN_FACE_PX),
+      '--no_progress',
+      '--visualize',
+    ]
+  )
   report = json.loads((out / anonymize.REPORT_NAME).read_text())
-  return dict(inp=inp, out=out, code=code, report=report, collage=collage, tiles=tile_boxes,
-              face=face, frames=frames, before=before,
-              entries={pathlib.Path(e['input']).relative_to(inp).as_posix(): e
-                       for e in report['files']})
+  return dict(
+    inp=inp,
+    out=out,
+    code=code,
+    report=report,
+    collage=collage,
+    tiles=tile_boxes,
+    face=face,
+    frames=frames,
+    before=before,
+    entries={pathlib.Path(e['input']).relative_to(inp).as_posix(): e for e in report['files']},
+  )
 
 
 @pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
@@ -217,7 +274,7 @@ def test_tiny_face_is_covered_by_the_fallback(cli_run):
   x0, y0, x1, y1 = small[0]['box']
   assert tx0 <= (x0 + x1) / 2 <= tx1 and ty0 <= (y0 + y1) / 2 <= ty1
   # --fallback fill: the whole detected box is one flat grey (up to JPEG noise).
-  region = output[int(y0):int(y1) + 1, int(x0):int(x1) + 1].astype(np.float32)
+  region = output[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1].astype(np.float32)
   assert abs(region.mean() - GRAY) < 3 and region.std() < 3
 
 
@@ -251,8 +308,13 @@ def test_image_modes_round_trip_and_faces_change(cli_run):
   gray_ref = np.asarray(Image.fromarray(face).convert('L'))
   boxes = dlib_boxes(face)
   assert boxes
-  expected_modes = {'gray.png': 'L', 'gray16.png': 'L', 'rgba.png': 'RGBA', 'cmyk.jpg': 'RGB',
-                    'face.webp': 'RGB'}
+  expected_modes = {
+    'gray.png': 'L',
+    'gray16.png': 'L',
+    'rgba.png': 'RGBA',
+    'cmyk.jpg': 'RGB',
+    'face.webp': 'RGB',
+  }
   for name, mode in expected_modes.items():
     entry = cli_run['entries'][f'formats/{name}']
     assert entry['status'] == 'ok' and entry['faces_found'] >= 1, entry
@@ -313,8 +375,9 @@ def test_video_keeps_frames_size_and_audio_and_changes_the_face(cli_run):
 
 @pytest.fixture(scope='module')
 def anonymizer(workdir, weights_dir):
-  return anonymize.build_anonymizer(workdir, weights_dir=weights_dir,
-                                    options=anonymize.Options(fallback='fill'))
+  return anonymize.build_anonymizer(
+    workdir, weights_dir=weights_dir, options=anonymize.Options(fallback='fill')
+  )
 
 
 @pytest.mark.slow  # shares a ~1-2 min CLI run / model restore
@@ -353,8 +416,9 @@ def test_video_faces_keep_their_target(anonymizer, tiles):
   frame = tiles['obama']
   targets = []
   for k in range(3):
-    [(_, faces)] = anonymizer.process([np.roll(frame, 3 * k, axis=1)], keys=['v.mp4'],
-                                      trackers=[tracker])
+    [(_, faces)] = anonymizer.process(
+      [np.roll(frame, 3 * k, axis=1)], keys=['v.mp4'], trackers=[tracker]
+    )
     targets += [(f.track, f.target) for f in faces if f.status == 'anonymized']
   assert len(targets) == 3 and len(set(targets)) == 1, targets
 
@@ -366,9 +430,13 @@ def test_a_pixelated_face_that_still_matches_is_covered_harder(tiles, weights_di
 
   def run(threshold):
     anonymizer = anonymize.FaceAnonymizer(
-        baseline='pixelate', identity=identity, weights_dir=weights_dir,
-        options=anonymize.Options(detectors=('hog',), workers=1, fallback_blocks=16,
-                                  identity_threshold=threshold))
+      baseline='pixelate',
+      identity=identity,
+      weights_dir=weights_dir,
+      options=anonymize.Options(
+        detectors=('hog',), workers=1, fallback_blocks=16, identity_threshold=threshold
+      ),
+    )
 
     def unchanged(faces, keys, images):  # the "generated" face is the source: it matches
       for face in faces:
@@ -401,7 +469,7 @@ def test_a_damaged_checkpoint_or_bank_is_one_line(workdir, tmp_path, capsys):
     shutil.copytree(workdir, damaged[name])
   step = damaged['data'] / 'checkpoints' / '0' / 'default'
   biggest = max((p for p in step.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
-  biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 2])
+  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
   meta = damaged['metadata'] / 'checkpoints' / '0' / 'default' / '_METADATA'
   meta.write_bytes(meta.read_bytes()[:1000])
   bank = damaged['bank'] / 'identity_bank.npz'
@@ -409,15 +477,29 @@ def test_a_damaged_checkpoint_or_bank_is_one_line(workdir, tmp_path, capsys):
   photo = tmp_path / 'a.png'
   Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photo)
   cli = _cli()
-  for name, words in (('data', ['checkpoints/0 cannot be read', 'truncated or damaged']),
-                      ('metadata', ['checkpoints/0 cannot be read']),
-                      ('bank', ['identity_bank.npz is not a readable identity bank',
-                                'prepare_data.py'])):
-    code = cli.main([str(photo), '--output', str(tmp_path / f'out_{name}'), '--checkpoint',
-                     str(damaged[name]), '--detectors', 'hog', '--no_identity_check',
-                     '--no_progress'])
-    err = [line for line in capsys.readouterr().err.splitlines()
-           if not line.startswith('warning: the identity re-check is off')]
+  for name, words in (
+    ('data', ['checkpoints/0 cannot be read', 'truncated or damaged']),
+    ('metadata', ['checkpoints/0 cannot be read']),
+    ('bank', ['identity_bank.npz is not a readable identity bank', 'prepare_data.py']),
+  ):
+    code = cli.main(
+      [
+        str(photo),
+        '--output',
+        str(tmp_path / f'out_{name}'),
+        '--checkpoint',
+        str(damaged[name]),
+        '--detectors',
+        'hog',
+        '--no_identity_check',
+        '--no_progress',
+      ]
+    )
+    err = [
+      line
+      for line in capsys.readouterr().err.splitlines()
+      if not line.startswith('warning: the identity re-check is off')
+    ]
     assert code == 2 and len(err) == 1 and err[0].startswith('error: '), (name, err)
     assert all(w in err[0] for w in words), (name, err)
   # Resuming training reads the same files: one line too (run.py exits 2 on it).
@@ -435,8 +517,10 @@ def test_detection_threads_do_not_change_the_results(tiles, weights_dir, monkeyp
 
   def run(workers):
     anonymizer = anonymize.FaceAnonymizer(
-        baseline='pixelate', options=anonymize.Options(identity_threshold=0, workers=workers),
-        weights_dir=weights_dir)
+      baseline='pixelate',
+      options=anonymize.Options(identity_threshold=0, workers=workers),
+      weights_dir=weights_dir,
+    )
     prepare = anonymizer._prepare  # pylint: disable=protected-access
 
     def recording(image, found):
@@ -445,8 +529,11 @@ def test_detection_threads_do_not_change_the_results(tiles, weights_dir, monkeyp
 
     monkeypatch.setattr(anonymizer, '_prepare', recording)
     tracker = anonymizer.new_video()
-    return anonymizer.process(images, keys=[f'{i}.png' for i in range(len(images))],
-                              trackers=[None, None, tracker, tracker, tracker, None])
+    return anonymizer.process(
+      images,
+      keys=[f'{i}.png' for i in range(len(images))],
+      trackers=[None, None, tracker, tracker, tracker, None],
+    )
 
   serial = run(1)
   assert threads == {threading.current_thread().name}
@@ -460,8 +547,9 @@ def test_detection_threads_do_not_change_the_results(tiles, weights_dir, monkeyp
     assert [f.to_json() for f in faces_s] == [f.to_json() for f in faces_p]
 
 
-def test_a_photo_that_fails_does_not_cost_its_batch_the_outputs(tmp_path, tiles, weights_dir,
-                                                                 monkeypatch):
+def test_a_photo_that_fails_does_not_cost_its_batch_the_outputs(
+  tmp_path, tiles, weights_dir, monkeypatch
+):
   """A photo whose processing raises is reported as an error and not written; the other
   photos of its batch are processed again one by one and written."""
   inputs = tmp_path / 'in'
@@ -469,8 +557,10 @@ def test_a_photo_that_fails_does_not_cost_its_batch_the_outputs(tmp_path, tiles,
   for name in ('astronaut', 'biden', 'obama'):
     Image.fromarray(tiles[name]).save(inputs / f'{name}.png')
   anonymizer = anonymize.FaceAnonymizer(
-      baseline='pixelate', options=anonymize.Options(identity_threshold=0, workers=1),
-      weights_dir=weights_dir)
+    baseline='pixelate',
+    options=anonymize.Options(identity_threshold=0, workers=1),
+    weights_dir=weights_dir,
+  )
   prepare = anonymizer._prepare  # pylint: disable=protected-access
 
   def failing_on_biden(image, found):
@@ -479,8 +569,9 @@ def test_a_photo_that_fails_does_not_cost_its_batch_the_outputs(tmp_path, tiles,
     return prepare(image, found)
 
   monkeypatch.setattr(anonymizer, '_prepare', failing_on_biden)
-  report = anonymize.anonymize_paths([inputs], tmp_path / 'out', anonymizer, progress=False,
-                                     images_per_batch=3)
+  report = anonymize.anonymize_paths(
+    [inputs], tmp_path / 'out', anonymizer, progress=False, images_per_batch=3
+  )
   entries = {pathlib.Path(e['input']).stem: e for e in report['files']}
   assert entries['biden']['status'] == 'error'
   assert 'detector blew up' in entries['biden']['error']
@@ -504,9 +595,19 @@ def test_baseline_runs_without_a_checkpoint(tmp_path, tiles, weights_dir):
   cli = _cli()
 
   Image.fromarray(tiles['biden']).save(tmp_path / 'biden.png')
-  code = cli.main([str(tmp_path / 'biden.png'), '--output', str(tmp_path / 'out'),
-                   '--baseline', 'pixelate', '--no_identity_check', '--no_progress',
-                   '--weights_dir', str(weights_dir)])
+  code = cli.main(
+    [
+      str(tmp_path / 'biden.png'),
+      '--output',
+      str(tmp_path / 'out'),
+      '--baseline',
+      'pixelate',
+      '--no_identity_check',
+      '--no_progress',
+      '--weights_dir',
+      str(weights_dir),
+    ]
+  )
   assert code == 0
   got = np.asarray(Image.open(tmp_path / 'out' / 'biden.png'))
   boxes = dlib_boxes(tiles['biden'])
@@ -524,15 +625,28 @@ def test_baseline_runs_without_a_checkpoint(tmp_path, tiles, weights_dir):
 
 
 def test_detector_flags_are_checked(capsys):
-  for flags, message in ((['--detectors', 'hog,ssh'], 'unknown detectors'),
-                         (['--detector_threshold', 'hog=0.5'], 'not one of --detectors'),
-                         (['--detector_threshold', 'blazeface_full_range'], 'NAME=SCORE'),
-                         (['--detector_threshold', 'blazeface_full_range=x'], 'not a number')):
+  for flags, message in (
+    (['--detectors', 'hog,ssh'], 'unknown detectors'),
+    (['--detector_threshold', 'hog=0.5'], 'not one of --detectors'),
+    (['--detector_threshold', 'blazeface_full_range'], 'NAME=SCORE'),
+    (['--detector_threshold', 'blazeface_full_range=x'], 'not a number'),
+  ):
     with pytest.raises(SystemExit) as exit_info:
       _cli().parse_args(['in.png', '--output', 'out', '--baseline', 'blur', *flags])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err, flags
-  args = _cli().parse_args(['in.png', '--output', 'out', '--baseline', 'blur', '--detectors',
-                            'hog,blazeface_full_range', '--detector_threshold', 'hog=0.3'])
+  args = _cli().parse_args(
+    [
+      'in.png',
+      '--output',
+      'out',
+      '--baseline',
+      'blur',
+      '--detectors',
+      'hog,blazeface_full_range',
+      '--detector_threshold',
+      'hog=0.3',
+    ]
+  )
   assert args.detectors == ('hog', 'blazeface_full_range')
   assert args.detector_thresholds == {'hog': 0.3}
 
@@ -554,11 +668,27 @@ def test_inputs_are_never_overwritten_and_missing_files_name_the_fix(tmp_path, t
   # No checkpoint, a missing workdir, missing weights: each error names the command to run.
   assert cli.main([str(photos), '--output', str(tmp_path / 'o1')]) == 2
   assert 'make demo' in capsys.readouterr().err
-  assert cli.main([str(photos), '--output', str(tmp_path / 'o2'),
-                   '--checkpoint', str(tmp_path / 'nope')]) == 2
+  assert (
+    cli.main(
+      [str(photos), '--output', str(tmp_path / 'o2'), '--checkpoint', str(tmp_path / 'nope')]
+    )
+    == 2
+  )
   assert 'run.py --config=configs/demo.py' in capsys.readouterr().err
-  assert cli.main([str(photos), '--output', str(tmp_path / 'o3'), '--baseline', 'blur',
-                   '--weights_dir', str(tmp_path / 'no_weights')]) == 2
+  assert (
+    cli.main(
+      [
+        str(photos),
+        '--output',
+        str(tmp_path / 'o3'),
+        '--baseline',
+        'blur',
+        '--weights_dir',
+        str(tmp_path / 'no_weights'),
+      ]
+    )
+    == 2
+  )
   assert 'fetch_weights.py' in capsys.readouterr().err
 
 
@@ -627,11 +757,13 @@ def test_restores_a_workdir_whose_vgg_differs_from_a_random_init(workdir, weight
 
   cfg = inference.load_workdir_config(workdir)
   models = Networks(cfg)
-  abstract = jax.eval_shape(lambda k: train_step.create_train_state(models, k, None),
-                            jax.random.key(0))
+  abstract = jax.eval_shape(
+    lambda k: train_step.create_train_state(models, k, None), jax.random.key(0)
+  )
   state, _ = trainer.restore_state(str(pathlib.Path(workdir).resolve()), abstract)
-  vgg = dict(state.perceptual_params, conv5_3={'kernel': jnp.ones((3, 3, 4, 4)),
-                                               'bias': jnp.zeros((4,))})
+  vgg = dict(
+    state.perceptual_params, conv5_3={'kernel': jnp.ones((3, 3, 4, 4)), 'bias': jnp.zeros((4,))}
+  )
   other = tmp_path / 'trained'
   other.mkdir()
   for name in ('config.json', 'identity_bank.npz'):
@@ -639,13 +771,15 @@ def test_restores_a_workdir_whose_vgg_differs_from_a_random_init(workdir, weight
   manager = trainer.checkpoint_manager(cfg, str(other))
   trainer.save_checkpoint(manager, 3, state.replace(perceptual_params=vgg), None)
   manager.wait_until_finished()
-  built = anonymize.build_anonymizer(other, options=anonymize.Options(identity_threshold=0),
-                                     weights_dir=weights_dir)
+  built = anonymize.build_anonymizer(
+    other, options=anonymize.Options(identity_threshold=0), weights_dir=weights_dir
+  )
   assert built.generator.step == 3
   g = built.generator
   params = g.params if hasattr(g, 'params') else g._params  # pylint: disable=protected-access
-  for got, want in zip(jax.tree_util.tree_leaves(params),
-                       jax.tree_util.tree_leaves(state.ema_params)):
+  for got, want in zip(
+    jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(state.ema_params)
+  ):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -680,7 +814,8 @@ def test_track_coverage_covers_the_frames_a_tracked_face_is_missed_in():
 
 @pytest.mark.slow  # encodes and anonymizes a 10-frame video twice
 def test_a_face_the_detectors_miss_in_one_frame_is_covered_by_its_track(
-    tmp_path, tiles, weights_dir):
+  tmp_path, tiles, weights_dir
+):
   frames = [np.ascontiguousarray(np.roll(tiles['obama'], 2 * k, axis=1)) for k in range(10)]
   write_video(tmp_path / 'clip.mp4', frames)
   decoded = np.stack(list(iio.imiter(tmp_path / 'clip.mp4', plugin='FFMPEG')))
@@ -688,8 +823,10 @@ def test_a_face_the_detectors_miss_in_one_frame_is_covered_by_its_track(
   results = {}
   for window in (0, 3):
     anonymizer = anonymize.FaceAnonymizer(
-        baseline='pixelate', weights_dir=weights_dir,
-        options=anonymize.Options(identity_threshold=0, track_cover_frames=window))
+      baseline='pixelate',
+      weights_dir=weights_dir,
+      options=anonymize.Options(identity_threshold=0, track_cover_frames=window),
+    )
     detect_many = anonymizer.detector.detect_many
     seen = []
 
@@ -697,14 +834,20 @@ def test_a_face_the_detectors_miss_in_one_frame_is_covered_by_its_track(
       found = detect_many(images, map_fn)
       for i in range(len(images)):
         if len(seen) == 5:  # the detectors miss the face in frame 5
-          found[i] = found[i].__class__(found[i].boxes[:0], found[i].scores[:0],
-                                        found[i].keypoints[:0], ())
+          found[i] = found[i].__class__(
+            found[i].boxes[:0], found[i].scores[:0], found[i].keypoints[:0], ()
+          )
         seen.append(len(found[i]))
       return found
 
     anonymizer.detector.detect_many = blind_in_frame_5
-    report = anonymize.anonymize_paths([tmp_path / 'clip.mp4'], tmp_path / f'out{window}',
-                                       anonymizer, progress=False, frames_per_batch=4)
+    report = anonymize.anonymize_paths(
+      [tmp_path / 'clip.mp4'],
+      tmp_path / f'out{window}',
+      anonymizer,
+      progress=False,
+      frames_per_batch=4,
+    )
     [entry] = report['files']
     got = np.stack(list(iio.imiter(tmp_path / f'out{window}' / 'clip.mp4', plugin='FFMPEG')))
     results[window] = (entry, region_change(decoded[5], got[5], box))
@@ -732,20 +875,22 @@ def test_restoring_a_checkpoint_prints_no_orbax_metadata_warning(workdir, caplog
 
 
 @pytest.mark.slow  # a model restore and the generator's TensorFlow export
-def test_the_cpu_export_path_passes_the_same_fail_closed_checks(workdir, weights_dir, tiles,
-                                                               tmp_path, monkeypatch):
+def test_the_cpu_export_path_passes_the_same_fail_closed_checks(
+  workdir, weights_dir, tiles, tmp_path, monkeypatch
+):
   from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
 
   monkeypatch.setenv('SDGAN_CPU_EXPORT_CACHE', str(tmp_path))
 
   built = anonymize.build_anonymizer(
-      workdir, weights_dir=weights_dir,
-      options=anonymize.Options(fallback='fill', cpu_backend='xla'))
+    workdir, weights_dir=weights_dir, options=anonymize.Options(fallback='fill', cpu_backend='xla')
+  )
   # the generator alone on the bfloat16 export (the detectors' exports take minutes)
   cpu_export.set_backend('tf_bfloat16')
   try:
-    built.generator.network = cpu_export.Network('generator', 'generator',
-                                                 built.generator.generate_fn, num_weights=2)
+    built.generator.network = cpu_export.Network(
+      'generator', 'generator', built.generator.generate_fn, num_weights=2
+    )
   finally:
     cpu_export.set_backend('auto')
   face = tiles['biden']

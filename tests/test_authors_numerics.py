@@ -16,10 +16,10 @@ import pytest
 # from key 0 under the suite's JAX settings (tests/conftest.py: threefry not partitionable,
 # 'highest' matmul precision); made 2026-12-07 on JAX 0.10 / Flax 0.12 (CPU).
 STORED = {
-    'generator': (0.007289694, 0.05570493, -0.7011117, 1.333188),
-    'generator_train': (-0.004794024, 0.08016164, -0.5213105, 0.6430799),
-    'discriminator': (0.00585522, 0.006297304, -0.0004420839, 0.01215252),
-    'identity': (-0.006926598, 0.395921, -1.340597, 1.332516),
+  'generator': (0.007289694, 0.05570493, -0.7011117, 1.333188),
+  'generator_train': (-0.004794024, 0.08016164, -0.5213105, 0.6430799),
+  'discriminator': (0.00585522, 0.006297304, -0.0004420839, 0.01215252),
+  'identity': (-0.006926598, 0.395921, -1.340597, 1.332516),
 }
 
 
@@ -27,9 +27,9 @@ def _statistics() -> dict[str, tuple[float, float, float, float]]:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
   from sdgan_jax.configs import celeba  # pylint: disable=import-outside-toplevel
   from sdgan_jax.networks import Networks  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
 
   config = benchmarking.authors_shapes_config(celeba.get_config('authors'))
   models = Networks(config)
@@ -43,15 +43,17 @@ def _statistics() -> dict[str, tuple[float, float, float, float]]:
   stats = lambda x: tuple(float(v) for v in (jnp.mean(x), jnp.std(x), jnp.min(x), jnp.max(x)))
   out = {}
   for name, module, args in (
-      ('generator', models.generator, (image * 0.5, semantic, identity)),
-      ('discriminator', models.discriminator, (image, semantic)),
-      ('identity', models.identity, (image,))):
+    ('generator', models.generator, (image * 0.5, semantic, identity)),
+    ('discriminator', models.discriminator, (image, semantic)),
+    ('identity', models.identity, (image,)),
+  ):
     variables = jax.jit(module.init)(jax.random.key(0), *args)
     result = jax.jit(module.apply)(variables, *args)
     out[name] = stats(result['embedding'] if name == 'identity' else result)
     if name == 'generator':  # batch norm on the batch's statistics too
-      result, _ = jax.jit(lambda v, *a: module.apply(v, *a, train=True,
-                                                     mutable=['batch_stats']))(variables, *args)
+      result, _ = jax.jit(lambda v, *a: module.apply(v, *a, train=True, mutable=['batch_stats']))(
+        variables, *args
+      )
       out['generator_train'] = stats(result)
   return out
 
@@ -67,5 +69,6 @@ def test_authors_networks_give_their_stored_statistics():
 
 if __name__ == '__main__':
   import conftest  # noqa: F401  pylint: disable=unused-import  (the suite's JAX settings)
+
   for key, value in _statistics().items():
     print(f'    {key!r}: ({", ".join(f"{v:.7g}" for v in value)}),')

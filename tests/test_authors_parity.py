@@ -7,7 +7,7 @@ import functools
 import importlib.util
 import pathlib
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -31,8 +31,10 @@ def parity():
 def shapes(parity):
   """Our three networks' variable shapes (abstract: nothing is computed)."""
   inputs = parity.make_inputs(2, 0)
-  return {name: parity.our_shapes(module, parity.our_args(name, inputs))
-          for name, module in parity.our_networks().items()}
+  return {
+    name: parity.our_shapes(module, parity.our_args(name, inputs))
+    for name, module in parity.our_networks().items()
+  }
 
 
 @pytest.mark.parametrize('name', ['generator', 'discriminator', 'identity'])
@@ -48,8 +50,11 @@ def test_mapping_covers_our_variables_and_round_trips(parity, shapes, name):
   for key, value in ours.items():
     if key.endswith('/sigma'):
       # sigma is recomputed from their vectors: with v = W^T u / |W^T u|, u . W v = |W^T u|
-      kernel = ours[key.replace('batch_stats/', 'params/', 1).replace('/SpectralNorm_0', '')
-                    .removesuffix('/sigma')]
+      kernel = ours[
+        key.replace('batch_stats/', 'params/', 1)
+        .replace('/SpectralNorm_0', '')
+        .removesuffix('/sigma')
+      ]
       u = ours[key.removesuffix('sigma') + 'u']
       want = np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]) @ u[0])
       np.testing.assert_allclose(back[key], want, rtol=1e-5, err_msg=key)
@@ -70,9 +75,11 @@ def test_mapping_errors_name_the_tensor(parity, shapes):
     parity.to_ours(rules, missing, shapes['discriminator'])
 
   wrong = dict(theirs, **{'conv2.conv_l.conv2d.weight_orig': np.zeros((128, 64, 3, 3))})
-  with pytest.raises(parity.MappingError,
-                     match=r'shape mismatch: their conv2\.conv_l\.conv2d\.weight_orig '
-                           r'\(128, 64, 3, 3\) gives \(3, 3, 64, 128\).*is \(1, 1, 64, 128\)'):
+  with pytest.raises(
+    parity.MappingError,
+    match=r'shape mismatch: their conv2\.conv_l\.conv2d\.weight_orig '
+    r'\(128, 64, 3, 3\) gives \(3, 3, 64, 128\).*is \(1, 1, 64, 128\)',
+  ):
     parity.to_ours(rules, wrong, shapes['discriminator'])
 
   extra = dict(theirs, **{'conv6.conv_l.conv2d.bias': np.zeros(8)})
@@ -80,12 +87,14 @@ def test_mapping_errors_name_the_tensor(parity, shapes):
     parity.to_ours(rules, extra, shapes['discriminator'])
 
   with pytest.raises(parity.MappingError, match=r'no rule fills: params/fc2/Dense_0/bias'):
-    parity.to_ours([r for r in rules if r.ours != 'params/fc2/Dense_0/bias'], theirs,
-                   shapes['discriminator'])
+    parity.to_ours(
+      [r for r in rules if r.ours != 'params/fc2/Dense_0/bias'], theirs, shapes['discriminator']
+    )
 
 
 class _Named(nn.Module):
   """One layer of ours (``make(name=...)`` builds it) named 'c', as inside a network."""
+
   make: Callable[..., nn.Module]
 
   @nn.compact
@@ -97,10 +106,13 @@ def test_spectral_norm_conv_rule_agrees_with_torch(parity):
   """The rule against PyTorch's own conv and spectral norm (not the authors' code): the
   kernel layout, the power iteration's vector in training and sigma at evaluation."""
   import torch  # pylint: disable=import-outside-toplevel  (requirements-convert.txt)
+
   from sdgan_jax.models.layers import Conv  # pylint: disable=import-outside-toplevel
+
   torch.manual_seed(0)
-  theirs = torch.nn.ModuleDict({'c': torch.nn.utils.spectral_norm(
-      torch.nn.Conv2d(5, 7, 3, padding=1))})
+  theirs = torch.nn.ModuleDict(
+    {'c': torch.nn.utils.spectral_norm(torch.nn.Conv2d(5, 7, 3, padding=1))}
+  )
   m = parity._Rules()  # pylint: disable=protected-access
   m.sn_conv('c', 'c')
   ours = _Named(functools.partial(Conv, 7, 3, spectral_norm=True))
@@ -118,8 +130,11 @@ def test_spectral_norm_conv_rule_agrees_with_torch(parity):
   got, want, state = run_both(train=True)  # one power iteration from the same u
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(
-      state['batch_stats']['c']['SpectralNorm_0']['Conv_0/kernel/u'][0],
-      theirs['c'].weight_u.numpy(), rtol=1e-5, atol=1e-6)
+    state['batch_stats']['c']['SpectralNorm_0']['Conv_0/kernel/u'][0],
+    theirs['c'].weight_u.numpy(),
+    rtol=1e-5,
+    atol=1e-6,
+  )
   assert parity.set_top_singular_pairs(theirs) == 1
   got, want, _ = run_both(train=False)  # their stored vectors; our extra iteration
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -129,6 +144,7 @@ def test_spade_rule_puts_gamma_first(parity):
   """Their gamma and beta convs land in our fused conv as gamma, beta: with gamma's bias 1
   and beta's 0 (weights 0) SPADE doubles the normalised input; swapped it would add 1."""
   from sdgan_jax.models.spade import SPADE  # pylint: disable=import-outside-toplevel
+
   m = parity._Rules()  # pylint: disable=protected-access
   m.spade('c', 'n')
   ours = _Named(functools.partial(SPADE, hidden=4, norm='batch'))
@@ -136,17 +152,22 @@ def test_spade_rule_puts_gamma_first(parity):
   x = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
   semantic = np.eye(5, dtype=np.float32)[rng.integers(0, 5, (2, 4, 4))]
   theirs = {
-      'n.mlp_shared.0.weight': rng.normal(size=(4, 5, 3, 3)), 'n.mlp_shared.0.bias': np.ones(4),
-      'n.mlp_gamma.weight': np.zeros((3, 4, 3, 3)), 'n.mlp_gamma.bias': np.ones(3),
-      'n.mlp_beta.weight': np.zeros((3, 4, 3, 3)), 'n.mlp_beta.bias': np.zeros(3),
-      'n.param_free_norm.running_mean': np.array([0.5, -1.0, 2.0]),
-      'n.param_free_norm.running_var': np.array([4.0, 1.0, 0.25]),
+    'n.mlp_shared.0.weight': rng.normal(size=(4, 5, 3, 3)),
+    'n.mlp_shared.0.bias': np.ones(4),
+    'n.mlp_gamma.weight': np.zeros((3, 4, 3, 3)),
+    'n.mlp_gamma.bias': np.ones(3),
+    'n.mlp_beta.weight': np.zeros((3, 4, 3, 3)),
+    'n.mlp_beta.bias': np.zeros(3),
+    'n.param_free_norm.running_mean': np.array([0.5, -1.0, 2.0]),
+    'n.param_free_norm.running_var': np.array([4.0, 1.0, 0.25]),
   }
-  variables = parity.unflatten(parity.to_ours(m.rules, theirs,
-                                              parity.our_shapes(ours, (x, semantic))))
+  variables = parity.unflatten(
+    parity.to_ours(m.rules, theirs, parity.our_shapes(ours, (x, semantic)))
+  )
   got = ours.apply(variables, jnp.asarray(x), jnp.asarray(semantic))
   normalised = (x - theirs['n.param_free_norm.running_mean']) / np.sqrt(
-      theirs['n.param_free_norm.running_var'] + 1e-5)
+    theirs['n.param_free_norm.running_var'] + 1e-5
+  )
   np.testing.assert_allclose(got, 2 * normalised, rtol=1e-5, atol=1e-5)
 
 
@@ -169,8 +190,7 @@ def test_state_differences_undo_the_unbiased_running_variance(parity):
   var_theirs = 0.9 + 0.1 * s2 * n / (n - 1)
   before = {'bn.running_mean': np.zeros(1), 'bn.running_var': np.ones(1)}
   after = {'bn.running_mean': np.full(1, 0.3), 'bn.running_var': np.full(1, var_theirs)}
-  ours = {'batch_stats/bn/mean': np.full(1, 0.31),
-          'batch_stats/bn/var': np.full(1, 0.9 + 0.1 * s2)}
+  ours = {'batch_stats/bn/mean': np.full(1, 0.31), 'batch_stats/bn/var': np.full(1, 0.9 + 0.1 * s2)}
   worst = parity.state_differences(m.rules, before, after, ours, {'bn': n})
   assert worst['running mean'][1] == pytest.approx(0.01 / np.sqrt(var_theirs))
   assert worst['running var'][0] == pytest.approx(0, abs=1e-12)

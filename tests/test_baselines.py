@@ -10,18 +10,21 @@ from sdgan_jax import baselines
 def _reference_blur(image, k):
   sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
   x = np.arange(k) - k // 2
-  g = np.exp(-x**2 / (2 * sigma**2))
-  kernel = np.outer(g, g) / np.sum(g)**2
+  g = np.exp(-(x**2) / (2 * sigma**2))
+  kernel = np.outer(g, g) / np.sum(g) ** 2
   norm = signal.convolve2d(np.ones(image.shape[:2]), kernel, mode='same')
-  return np.stack([signal.convolve2d(image[..., c], kernel, mode='same') / norm
-                   for c in range(image.shape[-1])], -1)
+  return np.stack(
+    [signal.convolve2d(image[..., c], kernel, mode='same') / norm for c in range(image.shape[-1])],
+    -1,
+  )
 
 
 @pytest.mark.parametrize('k', [9, 17])
 def test_gaussian_blur_matches_a_direct_convolution(k):
   image = np.random.default_rng(0).uniform(size=(40, 36, 3)).astype(np.float32)
-  np.testing.assert_allclose(baselines.gaussian_blur(image, k), _reference_blur(image, k),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    baselines.gaussian_blur(image, k), _reference_blur(image, k), atol=1e-5
+  )
 
 
 def test_pixelate_averages_blocks():

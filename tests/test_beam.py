@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import beam_faults
 import numpy as np
 import psutil
 import pytest
@@ -23,9 +24,9 @@ from PIL import Image
 from test_anonymize import make_collage, tiles, weights_dir, workdir, write_video  # noqa: F401  pylint: disable=unused-import
 from tool_loader import load_tool
 
-import beam_faults
 from sdgan_jax import anonymize, media
-from sdgan_jax.anonymize import beam_pipeline, report as run_report
+from sdgan_jax.anonymize import beam_pipeline
+from sdgan_jax.anonymize import report as run_report
 
 TESTS = pathlib.Path(__file__).resolve().parent
 TWO_WORKERS = ['--direct_num_workers=2', '--direct_running_mode=multi_processing']
@@ -52,8 +53,7 @@ def inputs(tmp_path_factory, tiles):  # noqa: F811
   Image.fromarray(collage).save(root / 'collage.jpg', quality=95)
   Image.fromarray(tiles['biden']).save(root / 'sub' / 'biden.png')
   frames = [Image.fromarray(np.roll(tiles['obama'], 3 * k, axis=1)) for k in range(3)]
-  frames[0].save(root / 'moving.gif', save_all=True, append_images=frames[1:], duration=120,
-                 loop=0)
+  frames[0].save(root / 'moving.gif', save_all=True, append_images=frames[1:], duration=120, loop=0)
   video_face = np.asarray(Image.fromarray(tiles['astronaut']).resize((96, 96), Image.LANCZOS))
   write_video(root / 'clip.mp4', [np.roll(video_face, 2 * k - 5, axis=1) for k in range(6)])
   good = (root / 'sub' / 'biden.png').read_bytes()
@@ -64,14 +64,22 @@ def inputs(tmp_path_factory, tiles):  # noqa: F811
 
 def media_files(folder: pathlib.Path) -> dict[str, bytes]:
   """Every file under ``folder`` but the run's report, state and row shards."""
-  return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob('*'))
-          if p.is_file() and p.name not in NOT_MEDIA and beam_pipeline.STATE_DIR not in p.parts
-          and not p.name.endswith('.jsonl')}
+  return {
+    p.relative_to(folder).as_posix(): p.read_bytes()
+    for p in sorted(folder.rglob('*'))
+    if p.is_file()
+    and p.name not in NOT_MEDIA
+    and beam_pipeline.STATE_DIR not in p.parts
+    and not p.name.endswith('.jsonl')
+  }
 
 
 def shard_rows(out: pathlib.Path) -> list[dict]:
-  return [json.loads(line) for shard in sorted(out.glob('anonymize_report-*-of-*.jsonl'))
-          for line in shard.read_text().splitlines()]
+  return [
+    json.loads(line)
+    for shard in sorted(out.glob('anonymize_report-*-of-*.jsonl'))
+    for line in shard.read_text().splitlines()
+  ]
 
 
 def comparable(row: dict, out: pathlib.Path) -> dict:
@@ -87,16 +95,36 @@ def counts(totals: dict) -> dict:
 
 
 @pytest.mark.slow  # a CLI run and a 2-worker Beam run of the small generator (~2 min)
-def test_beam_outputs_rows_and_totals_are_the_clis(inputs, workdir, weights_dir, tmp_path,  # noqa: F811
-                                                   capsys):
-  flags = ['--checkpoint', str(workdir), '--weights_dir', str(weights_dir), '--seed', '3',
-           '--fallback', 'fill', '--min_face_px', '60', '--frames_per_batch', '4',
-           '--images_per_batch', '2', '--no_progress']
+def test_beam_outputs_rows_and_totals_are_the_clis(
+  inputs,
+  workdir,
+  weights_dir,
+  tmp_path,
+  capsys,
+):
+  flags = [
+    '--checkpoint',
+    str(workdir),
+    '--weights_dir',
+    str(weights_dir),
+    '--seed',
+    '3',
+    '--fallback',
+    'fill',
+    '--min_face_px',
+    '60',
+    '--frames_per_batch',
+    '4',
+    '--images_per_batch',
+    '2',
+    '--no_progress',
+  ]
   cli_out, beam_out = tmp_path / 'cli', tmp_path / 'beam'
   assert load_tool('anonymize').main([str(inputs), '--output', str(cli_out)] + flags) == 1
   cli_report = json.loads((cli_out / anonymize.REPORT_NAME).read_text())
   code = load_tool('anonymize_beam').main(
-      [str(inputs), '--output', str(beam_out)] + flags + TWO_WORKERS)
+    [str(inputs), '--output', str(beam_out)] + flags + TWO_WORKERS
+  )
   assert code == 1  # the corrupt file
   assert 'finished before (resumed)' in capsys.readouterr().out
 
@@ -111,8 +139,11 @@ def test_beam_outputs_rows_and_totals_are_the_clis(inputs, workdir, weights_dir,
   assert beam_rows == cli_rows
   assert sum(r['faces_found'] for r in cli_rows.values() if 'faces_found' in r) >= 6
   assert cli_rows[str(inputs / 'corrupt.jpg')]['status'] == 'error'
-  errors = [json.loads(line) for shard in beam_out.glob('anonymize_report.errors-*.jsonl')
-            for line in shard.read_text().splitlines()]
+  errors = [
+    json.loads(line)
+    for shard in beam_out.glob('anonymize_report.errors-*.jsonl')
+    for line in shard.read_text().splitlines()
+  ]
   assert [r['input'] for r in errors] == [str(inputs / 'corrupt.jpg')]
 
   summary = json.loads((beam_out / anonymize.REPORT_NAME).read_text())
@@ -131,14 +162,30 @@ def test_a_file_whose_worker_raises_ends_as_an_error_row(inputs, weights_dir, tm
   for name in ('collage.jpg', 'moving.gif', 'clip.mp4', 'corrupt.jpg'):
     (src / name).write_bytes((inputs / name).read_bytes())
   biden = np.asarray(Image.open(inputs / 'sub' / 'biden.png'))
-  Image.fromarray(biden[:beam_faults.RAISE_SIZE[0], :beam_faults.RAISE_SIZE[1]]).save(
-      src / 'raises.png')
+  Image.fromarray(biden[: beam_faults.RAISE_SIZE[0], : beam_faults.RAISE_SIZE[1]]).save(
+    src / 'raises.png'
+  )
   out = tmp_path / 'out'
   args, beam_args = beam_pipeline.parse_args(
-      [str(src), '--output', str(out), '--baseline', 'pixelate', '--no_identity_check',
-       '--frames_per_batch', '4', '--images_per_batch', '3'] + TWO_WORKERS)
-  summary = beam_pipeline.run(args, beam_args, load=functools.partial(
-      beam_faults.faulty_anonymizer, weights_dir, args.options))
+    [
+      str(src),
+      '--output',
+      str(out),
+      '--baseline',
+      'pixelate',
+      '--no_identity_check',
+      '--frames_per_batch',
+      '4',
+      '--images_per_batch',
+      '3',
+    ]
+    + TWO_WORKERS
+  )
+  summary = beam_pipeline.run(
+    args,
+    beam_args,
+    load=functools.partial(beam_faults.faulty_anonymizer, weights_dir, args.options),
+  )
   rows = {pathlib.Path(r['input']).name: r for r in shard_rows(out)}
   assert sorted(rows) == ['clip.mp4', 'collage.jpg', 'corrupt.jpg', 'moving.gif', 'raises.png']
   assert 'worker blew up on this photo' in rows['raises.png']['error']
@@ -156,16 +203,30 @@ def test_a_killed_run_rerun_writes_every_output_exactly_once(inputs, weights_dir
   src = tmp_path / 'in'
   src.mkdir()
   names = ['a.png', 'b.jpg', 'c.gif', f'{beam_faults.STALL_NAME}.png', 'clip.mp4']
-  for name, orig in zip(names, ['sub/biden.png', 'collage.jpg', 'moving.gif', 'sub/biden.png',
-                                'clip.mp4']):
+  for name, orig in zip(
+    names, ['sub/biden.png', 'collage.jpg', 'moving.gif', 'sub/biden.png', 'clip.mp4']
+  ):
     (src / name).write_bytes((inputs / orig).read_bytes())
   out = tmp_path / 'out'
-  flags = [str(src), '--output', str(out), '--baseline', 'pixelate', '--no_identity_check',
-           '--weights_dir', str(weights_dir), '--images_per_batch', '1'] + TWO_WORKERS
+  flags = [
+    str(src),
+    '--output',
+    str(out),
+    '--baseline',
+    'pixelate',
+    '--no_identity_check',
+    '--weights_dir',
+    str(weights_dir),
+    '--images_per_batch',
+    '1',
+  ] + TWO_WORKERS
   rows_dir = out / beam_pipeline.STATE_DIR / 'rows'
-  killed = subprocess.Popen([sys.executable, str(TESTS / 'beam_faults.py'), str(weights_dir)]
-                            + flags, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+  killed = subprocess.Popen(
+    [sys.executable, str(TESTS / 'beam_faults.py'), str(weights_dir)] + flags,
+    start_new_session=True,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   try:
     deadline = time.monotonic() + 300
     # Killed once some files are done (the stalled worker never finishes its file).
@@ -176,15 +237,20 @@ def test_a_killed_run_rerun_writes_every_output_exactly_once(inputs, weights_dir
   finally:
     # The run and its Beam worker processes (which Beam starts in sessions of their own).
     for process in [psutil.Process(killed.pid)] + psutil.Process(killed.pid).children(
-        recursive=True):
+      recursive=True
+    ):
       try:
         process.send_signal(signal.SIGKILL)
       except psutil.NoSuchProcess:
         pass
     killed.wait()
-  finished = {p: p.stat().st_mtime_ns for p in out.rglob('*') if p.is_file()
-              and p.suffix in ('.png', '.jpg', '.gif', '.mp4')
-              and not media.TEMP_PATTERN.match(p.name)}
+  finished = {
+    p: p.stat().st_mtime_ns
+    for p in out.rglob('*')
+    if p.is_file()
+    and p.suffix in ('.png', '.jpg', '.gif', '.mp4')
+    and not media.TEMP_PATTERN.match(p.name)
+  }
   assert 1 <= len(finished) < len(names), finished  # really killed part-way
   assert not (out / anonymize.REPORT_NAME).exists()
 
@@ -198,8 +264,9 @@ def test_a_killed_run_rerun_writes_every_output_exactly_once(inputs, weights_dir
   summary = json.loads((out / anonymize.REPORT_NAME).read_text())
   assert summary['resumed'] == len(finished)
   assert summary['totals']['files'] == len(names) and summary['totals']['errors'] == 0
-  assert counts(summary['totals']) == counts(run_report.finish_totals(
-      run_report.file_totals(rows), 1.0))
+  assert counts(summary['totals']) == counts(
+    run_report.finish_totals(run_report.file_totals(rows), 1.0)
+  )
 
 
 def test_inputs_map_to_the_clis_layout(tmp_path):
@@ -212,39 +279,66 @@ def test_inputs_map_to_the_clis_layout(tmp_path):
   (tmp_path / 'more' / 'w.mp4').write_bytes(b'')
 
   def layout(inputs):
-    found = [s for item in beam_pipeline.expand_inputs(inputs)
-             for s in beam_pipeline.match_input(item, visualize=False)]
+    found = [
+      s
+      for item in beam_pipeline.expand_inputs(inputs)
+      for s in beam_pipeline.match_input(item, visualize=False)
+    ]
     return sorted((s.rel, s.kind) for s in found)
 
   photos = str(tmp_path / 'photos')
-  assert layout([photos]) == [('a/.cache', None), ('a/notes.txt', None), ('a/y.png', 'image'),
-                              ('x.jpg', 'image')]
+  assert layout([photos]) == [
+    ('a/.cache', None),
+    ('a/notes.txt', None),
+    ('a/y.png', 'image'),
+    ('x.jpg', 'image'),
+  ]
   assert layout([photos + '/a/*.png', str(tmp_path / 'more')]) == [
-      ('a/y.png', 'image'), ('more/w.mp4', 'video')]
+    ('a/y.png', 'image'),
+    ('more/w.mp4', 'video'),
+  ]
   assert layout([photos + '/x.jpg']) == [('x.jpg', 'image')]
   # The CLI's order and batches: input by input, a folder's files before its subfolders.
-  found = [s for item in beam_pipeline.expand_inputs([photos, str(tmp_path / 'more')])
-           for s in beam_pipeline.match_input(item, visualize=False)]
+  found = [
+    s
+    for item in beam_pipeline.expand_inputs([photos, str(tmp_path / 'more')])
+    for s in beam_pipeline.match_input(item, visualize=False)
+  ]
   batches = list(beam_pipeline.cli_batches(found[::-1], images_per_batch=2))
   jobs = anonymize.plan_jobs([photos, str(tmp_path / 'more')], tmp_path / 'out')
   assert [[s.url for s in b] for b in batches if b[0].kind == 'image'] == [
-      [str(j.source) for j in jobs if j.kind == 'image']]
+    [str(j.source) for j in jobs if j.kind == 'image']
+  ]
   assert [s.rel for b in batches for s in b] == [
-      'photos/x.jpg', 'photos/a/y.png', 'photos/a/.cache', 'photos/a/notes.txt',
-      'more/w.mp4']
-  dup = [beam_pipeline.Source('/p/x.jpg', 'x.jpg', 'image'),
-         beam_pipeline.Source('/q/x.jpg', 'x.jpg', 'image')]
+    'photos/x.jpg',
+    'photos/a/y.png',
+    'photos/a/.cache',
+    'photos/a/notes.txt',
+    'more/w.mp4',
+  ]
+  dup = [
+    beam_pipeline.Source('/p/x.jpg', 'x.jpg', 'image'),
+    beam_pipeline.Source('/q/x.jpg', 'x.jpg', 'image'),
+  ]
   kept, refused = beam_pipeline.one_per_output(('x.jpg', dup))
   assert kept == dup[0] and refused.kind == 'error' and '/p/x.jpg' in refused.reason
 
 
 def test_totals_sum_over_workers_to_the_clis():
-  rows = [{'status': 'ok', 'kind': 'image', 'faces_found': 2, 'anonymized': 1, 'fallbacks': 1},
-          {'status': 'ok', 'kind': 'image', 'faces_found': 0},
-          {'status': 'ok', 'kind': 'video', 'frames': 6, 'faces_found': 6, 'anonymized': 6,
-           'covered_by_tracking': 1},
-          {'status': 'error', 'kind': 'image', 'error': 'x'},
-          {'status': 'skipped', 'error': 'y'}]
+  rows = [
+    {'status': 'ok', 'kind': 'image', 'faces_found': 2, 'anonymized': 1, 'fallbacks': 1},
+    {'status': 'ok', 'kind': 'image', 'faces_found': 0},
+    {
+      'status': 'ok',
+      'kind': 'video',
+      'frames': 6,
+      'faces_found': 6,
+      'anonymized': 6,
+      'covered_by_tracking': 1,
+    },
+    {'status': 'error', 'kind': 'image', 'error': 'x'},
+    {'status': 'skipped', 'error': 'y'},
+  ]
   fn = beam_pipeline.TotalsFn()
   halves = [fn.create_accumulator(), fn.create_accumulator()]
   for k, row in enumerate(rows):
@@ -259,13 +353,25 @@ def test_the_beam_tool_shares_the_clis_checks_and_passes_beam_options(capsys, tm
     beam_pipeline.parse_args(['in', '--output', 'out', '--baseline', 'blur', '--workers', '-1'])
   assert exit_info.value.code == 2 and '--workers must be >= 0' in capsys.readouterr().err
   args, beam_args = beam_pipeline.parse_args(
-      ['in', '--output', 'out', '--baseline', 'blur', '--runner', 'FlinkRunner',
-       '--flink_master=localhost:8081', '--parallelism', '4'])
+    [
+      'in',
+      '--output',
+      'out',
+      '--baseline',
+      'blur',
+      '--runner',
+      'FlinkRunner',
+      '--flink_master=localhost:8081',
+      '--parallelism',
+      '4',
+    ]
+  )
   assert args.runner == 'FlinkRunner' and args.options.fallback == 'pixelate'
   assert beam_args == ['--flink_master=localhost:8081', '--parallelism', '4']
   (tmp_path / 'in').mkdir()
-  code = beam_pipeline.main([str(tmp_path / 'in'), '--output', str(tmp_path / 'in' / 'out'),
-                             '--baseline', 'blur'])
+  code = beam_pipeline.main(
+    [str(tmp_path / 'in'), '--output', str(tmp_path / 'in' / 'out'), '--baseline', 'blur']
+  )
   assert code == 2 and 'is inside the input' in capsys.readouterr().err
 
 
@@ -276,8 +382,9 @@ def test_an_output_holding_a_run_with_other_options_is_refused(tmp_path):
   out = tmp_path / 'out'
 
   def spec(*flags):
-    args, _ = beam_pipeline.parse_args([str(tmp_path / 'in'), '--output', str(out),
-                                        '--baseline', 'blur', *flags])
+    args, _ = beam_pipeline.parse_args(
+      [str(tmp_path / 'in'), '--output', str(out), '--baseline', 'blur', *flags]
+    )
     return beam_pipeline.run_spec(args)
 
   first = spec('--seed', '1')

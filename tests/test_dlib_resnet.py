@@ -47,10 +47,20 @@ def descriptors(real_weights, real_faces):
 def test_read_tfjs_weights_dequantises(tmp_path):
   q = np.array([0, 1, 255, 7, 8, 9], np.uint8)
   f = np.array([1.5, -2.25], np.float32)
-  manifest = [{'paths': ['w.bin'], 'weights': [
-      {'name': 'a/conv/filters', 'shape': [2, 3], 'dtype': 'float32',
-       'quantization': {'dtype': 'uint8', 'scale': 0.5, 'min': -1.0}},
-      {'name': 'a/conv/bias', 'shape': [2], 'dtype': 'float32'}]}]
+  manifest = [
+    {
+      'paths': ['w.bin'],
+      'weights': [
+        {
+          'name': 'a/conv/filters',
+          'shape': [2, 3],
+          'dtype': 'float32',
+          'quantization': {'dtype': 'uint8', 'scale': 0.5, 'min': -1.0},
+        },
+        {'name': 'a/conv/bias', 'shape': [2], 'dtype': 'float32'},
+      ],
+    }
+  ]
   (tmp_path / 'm.json').write_text(json.dumps(manifest))
   (tmp_path / 'w.bin').write_bytes(q.tobytes() + f.tobytes())
   got = conv.read_tfjs_weights(tmp_path / 'm.json')

@@ -11,9 +11,17 @@ from sdgan_jax.models.layers import count_params
 NUM_CLASSES = 11
 SIZE = 64
 
-TINY = dict(num_classes=NUM_CLASSES, depth=18, backbone_width=8, stage_sizes=(1, 1, 1, 1),
-            num_vertices=4, context_features=16, edge_features=8, decoder_features=16,
-            skip_features=8)
+TINY = dict(
+  num_classes=NUM_CLASSES,
+  depth=18,
+  backbone_width=8,
+  stage_sizes=(1, 1, 1, 1),
+  num_vertices=4,
+  context_features=16,
+  edge_features=8,
+  decoder_features=16,
+  skip_features=8,
+)
 
 # Only test speed: XLA:CPU compiles the tiny network's backward pass about twice as fast
 # without backend optimisations, and these shapes run in milliseconds either way.
@@ -73,14 +81,16 @@ def train_step(tiny, images, labels):
   model, variables = tiny
 
   def loss_fn(params):
-    out, updates = model.apply({**variables, 'params': params}, images, train=True,
-                               mutable=['batch_stats'])
+    out, updates = model.apply(
+      {**variables, 'params': params}, images, train=True, mutable=['batch_stats']
+    )
     logp = jax.nn.log_softmax(out['parsing'], axis=-1)
     loss = -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
     return loss, (out, updates)
 
   (loss, (out, updates)), grads = _jit(jax.value_and_grad(loss_fn, has_aux=True))(
-      variables['params'])
+    variables['params']
+  )
   return loss, grads, out, updates
 
 
@@ -97,8 +107,16 @@ def test_output_shapes_and_dtypes(tiny, train_step):
   # Different images must give different parsings (the net is not input-independent).
   assert float(jnp.abs(out['parsing'][0] - out['parsing'][1]).max()) > 1e-6
   # Every part of the network owns parameters.
-  assert set(variables['params']) >= {'backbone', 'psp', 'edge', 'eagr_context', 'decoder',
-                                      'eagr_decoder', 'edge_fuse', 'classifier'}
+  assert set(variables['params']) >= {
+    'backbone',
+    'psp',
+    'edge',
+    'eagr_context',
+    'decoder',
+    'eagr_decoder',
+    'edge_fuse',
+    'classifier',
+  }
 
 
 def test_batch_stats_update_in_training(tiny, train_step):
@@ -107,8 +125,11 @@ def test_batch_stats_update_in_training(tiny, train_step):
   old = jax.tree_util.tree_leaves_with_path(variables['batch_stats'])
   new = jax.tree_util.tree_leaves(updates['batch_stats'])
   assert len(old) == len(new) > 0
-  unchanged = [jax.tree_util.keystr(path) for (path, a), b in zip(old, new)
-               if np.allclose(np.asarray(a), np.asarray(b))]
+  unchanged = [
+    jax.tree_util.keystr(path)
+    for (path, a), b in zip(old, new)
+    if np.allclose(np.asarray(a), np.asarray(b))
+  ]
   assert not unchanged, f'batch statistics not updated: {unchanged}'
 
 
@@ -143,8 +164,10 @@ def test_bf16_compute_in_eval(tiny, images):
 
 def _backbone_params(depth):
   model = eagrnet.EAGRNet(depth=depth)
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
-                          jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  shapes = jax.eval_shape(
+    lambda x: model.init(jax.random.key(0), x, train=False),
+    jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
+  )
   return count_params(shapes['params']['backbone'])
 
 
@@ -157,24 +180,21 @@ def test_backbone_depth(depth, expected):
 def test_bad_stage_sizes():
   model = eagrnet.EAGRNet(**{**TINY, 'stage_sizes': (1, 1, 1)})
   with pytest.raises(ValueError, match='stage_sizes'):
-    jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
-                   jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    )
 
 
 # --- pure helpers -----------------------------------------------------------------------------
 
 
 def test_edge_labels_from_parsing():
-  labels = np.array([[0, 0, 0, 0, 0],
-                     [0, 0, 0, 0, 0],
-                     [0, 0, 2, 0, 0],
-                     [0, 0, 0, 0, 0],
-                     [1, 1, 1, 1, 1]])
-  expected = np.array([[0, 0, 0, 0, 0],
-                       [0, 0, 1, 0, 0],
-                       [0, 1, 1, 1, 0],
-                       [1, 1, 1, 1, 1],
-                       [1, 1, 1, 1, 1]])
+  labels = np.array(
+    [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 2, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+  )
+  expected = np.array(
+    [[0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+  )
   edges = eagrnet.edge_labels_from_parsing(jnp.asarray(labels))
   assert edges.dtype == jnp.int32
   np.testing.assert_array_equal(np.asarray(edges), expected)
@@ -201,8 +221,9 @@ def test_adaptive_avg_pool():
   np.testing.assert_allclose(np.asarray(pooled), expected, rtol=1e-6, atol=1e-6)
   # More bins than pixels repeats pixels (PyTorch AdaptiveAvgPool bin edges).
   tiny = jnp.arange(2.0).reshape(1, 1, 2, 1)
-  np.testing.assert_allclose(np.asarray(eagrnet.adaptive_avg_pool(tiny, 2, 4))[0, :, :, 0],
-                             [[0, 0, 1, 1], [0, 0, 1, 1]])
+  np.testing.assert_allclose(
+    np.asarray(eagrnet.adaptive_avg_pool(tiny, 2, 4))[0, :, :, 0], [[0, 0, 1, 1], [0, 0, 1, 1]]
+  )
 
 
 def test_projection_is_a_partition_of_unity():
@@ -215,13 +236,15 @@ def test_projection_is_a_partition_of_unity():
   # Hence vertices conserve the total feature mass: sum_k V_k = sum_n X_n ...
   state = _normal(6, (2, 8, 8, 3))
   v = eagrnet.project_to_vertices(state, b)
-  np.testing.assert_allclose(np.asarray(v.sum(axis=1)), np.asarray(state.sum(axis=(1, 2))),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(v.sum(axis=1)), np.asarray(state.sum(axis=(1, 2))), rtol=1e-5, atol=1e-5
+  )
   # ... and back-projecting a vertex feature shared by all vertices returns it at every pixel.
   shared = jnp.broadcast_to(jnp.array([1.5, -2.0, 0.25]), (2, 6, 3))
   back = eagrnet.project_to_pixels(shared, b, 8, 8)
-  np.testing.assert_allclose(np.asarray(back), np.broadcast_to(shared[:, :1, None], back.shape),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(back), np.broadcast_to(shared[:, :1, None], back.shape), rtol=1e-6, atol=1e-6
+  )
 
 
 def test_projection_without_edges_is_uniform():
@@ -252,8 +275,9 @@ def test_back_projection_reproduces_vertices_at_anchor_pixels():
   back = np.asarray(eagrnet.project_to_pixels(vertices, b, 4, 4))
   for k, (i, j) in enumerate(anchors):
     np.testing.assert_allclose(back[0, i, j], np.asarray(vertices[0, k]), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(back[0, 0, 0], np.asarray(vertices[0].mean(axis=0)), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    back[0, 0, 0], np.asarray(vertices[0].mean(axis=0)), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_eagr_module_is_residual_and_shape_preserving():

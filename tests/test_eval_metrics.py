@@ -19,10 +19,14 @@ from sdgan_jax.evaluation import metrics, runner, tables
 
 def _faces(n=3, size=64):
   """Real photo crops in [0, 1]: the astronaut's face and two other skimage photos."""
-  crops = [skdata.astronaut()[20:250, 140:370], skdata.chelsea()[:, 50:350],
-           skdata.coffee()[:, 100:500]][:n]
-  return np.stack([sk_resize(c, (size, size), anti_aliasing=True) for c in crops]
-                  ).astype(np.float32)
+  crops = [
+    skdata.astronaut()[20:250, 140:370],
+    skdata.chelsea()[:, 50:350],
+    skdata.coffee()[:, 100:500],
+  ][:n]
+  return np.stack([sk_resize(c, (size, size), anti_aliasing=True) for c in crops]).astype(
+    np.float32
+  )
 
 
 def test_ssim_and_psnr_match_scikit_image():
@@ -34,8 +38,14 @@ def test_ssim_and_psnr_match_scikit_image():
     ssim, psnr = (np.asarray(v) for v in metrics.ssim_psnr(originals, changed))
     for i in range(len(originals)):
       ref_ssim = structural_similarity(
-          originals[i], changed[i], gaussian_weights=True, sigma=1.5,
-          use_sample_covariance=False, data_range=1.0, channel_axis=-1)
+        originals[i],
+        changed[i],
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+        channel_axis=-1,
+      )
       ref_psnr = peak_signal_noise_ratio(originals[i], changed[i], data_range=1.0)
       assert ssim[i] == pytest.approx(ref_ssim, abs=2e-4)
       assert psnr[i] == pytest.approx(ref_psnr, abs=2e-3)
@@ -46,7 +56,7 @@ def test_ssim_and_psnr_match_scikit_image():
 
 def _scipy_frechet(mu1, s1, mu2, s2):
   covmean = np.real(scipy.linalg.sqrtm(s1 @ s2))
-  return float(np.sum((mu1 - mu2)**2) + np.trace(s1 + s2 - 2 * covmean))
+  return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean))
 
 
 def test_frechet_distance_matches_scipy_sqrtm_and_the_diagonal_closed_form():
@@ -56,10 +66,11 @@ def test_frechet_distance_matches_scipy_sqrtm_and_the_diagonal_closed_form():
   s1, s2 = a @ a.T + 0.1 * np.eye(d), b @ b.T + 0.1 * np.eye(d)
   mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
   assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
-      _scipy_frechet(mu1, s1, mu2, s2), rel=1e-8)
+    _scipy_frechet(mu1, s1, mu2, s2), rel=1e-8
+  )
   # Diagonal covariances: |mu1 - mu2|^2 + sum (sqrt(v1) - sqrt(v2))^2.
   v1, v2 = rng.uniform(0.5, 2, d), rng.uniform(0.5, 2, d)
-  closed = np.sum((mu1 - mu2)**2) + np.sum((np.sqrt(v1) - np.sqrt(v2))**2)
+  closed = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
   assert metrics.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(closed)
   with pytest.raises(ValueError, match='shapes do not match'):
     metrics.frechet_distance(mu1, s1, mu2[:3], s2)
@@ -79,14 +90,15 @@ def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise():
   rng = np.random.default_rng(3)
   features = rng.normal(size=(400, 16)) @ rng.normal(size=(16, 16))
   assert metrics.fid(features, features) == pytest.approx(0.0, abs=1e-8)
-  values = [metrics.fid(features, features + rng.normal(0, s, features.shape))
-            for s in (0.1, 0.5, 1.0, 2.0)]
+  values = [
+    metrics.fid(features, features + rng.normal(0, s, features.shape)) for s in (0.1, 0.5, 1.0, 2.0)
+  ]
   assert values[0] < 0.1 * values[-1]
   assert all(x < y for x, y in zip(values, values[1:])), values
 
 
 def _kid_loop(a, b):
-  k = lambda x, y: (np.dot(x, y) / len(x) + 1)**3  # noqa: E731
+  k = lambda x, y: (np.dot(x, y) / len(x) + 1) ** 3  # noqa: E731
   m, n = len(a), len(b)
   aa = sum(k(a[i], a[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
   bb = sum(k(b[i], b[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
@@ -103,8 +115,12 @@ def test_kid_matches_a_direct_double_loop_and_grows_with_a_shift():
   first = metrics.kid(big_a, big_b, subset_size=20, num_subsets=5, seed=7)
   assert first == metrics.kid(big_a, big_b, subset_size=20, num_subsets=5, seed=7)
   sub = np.random.default_rng(7)
-  ref = np.mean([_kid_loop(big_a[sub.choice(60, 20, replace=False)],
-                           big_b[sub.choice(50, 20, replace=False)]) for _ in range(5)])
+  ref = np.mean(
+    [
+      _kid_loop(big_a[sub.choice(60, 20, replace=False)], big_b[sub.choice(50, 20, replace=False)])
+      for _ in range(5)
+    ]
+  )
   assert first == pytest.approx(ref, rel=1e-10)
   # Another sample of the same distribution: about 0; then growing with a shift.
   same = rng.normal(size=(60, 5))
@@ -119,19 +135,19 @@ def test_recall_at_1_on_hand_made_embeddings():
   # Anonymized: A's first face moved next to B, B's second next to A, the others kept.
   anonymized = np.array([[9.6, 0], [0, 1.2], [10, 0.3], [0.4, 0], [5, 7]], np.float32)
   # Nearest original of each: B, A, B, A, C -> hits for faces 1, 2, 4.
-  np.testing.assert_array_equal(metrics.nearest_neighbours(anonymized, originals),
-                                [2, 1, 2, 0, 4])
+  np.testing.assert_array_equal(metrics.nearest_neighbours(anonymized, originals), [2, 1, 2, 0, 4])
   assert metrics.identification_recall(anonymized, originals, labels) == pytest.approx(3 / 5)
   # Among the anonymized, each one's own entry left out: 0<->2 (A, B), 1<->3 (A, B),
   # 4 -> 1 (C, A): no hits; among the originals every one but C's single face is a hit.
   np.testing.assert_array_equal(
-      metrics.nearest_neighbours(anonymized, anonymized, exclude_self=True), [2, 3, 0, 1, 1])
+    metrics.nearest_neighbours(anonymized, anonymized, exclude_self=True), [2, 3, 0, 1, 1]
+  )
   assert metrics.reidentification_recall(anonymized, labels) == 0.0
   assert metrics.reidentification_recall(originals, labels) == pytest.approx(4 / 5)
   # Blocks (padded to one compiled shape) give the same neighbours as one block.
   rng = np.random.default_rng(5)
   q, g = rng.normal(size=(37, 8)), rng.normal(size=(29, 8))
-  brute = np.argmin(((q[:, None] - g[None])**2).sum(-1), axis=1)
+  brute = np.argmin(((q[:, None] - g[None]) ** 2).sum(-1), axis=1)
   np.testing.assert_array_equal(metrics.nearest_neighbours(q, g, block=8), brute)
   with pytest.raises(ValueError, match='exclude_self'):
     metrics.nearest_neighbours(q, g, exclude_self=True)
@@ -163,20 +179,50 @@ def test_model_targets_are_seeded_and_never_the_face_s_own_training_identity():
 
 
 def test_markdown_shapes_the_paper_tables_and_json_has_no_infinity(tmp_path):
-  rows = [dict(key='original', name='Original', kind='original', detection_hog=100.0,
-               detection_cnn=97.5, identification=None, reidentification=95.0, fid=0.0,
-               kid=0.001, ssim=1.0, psnr=math.inf),
-          dict(key='model0', name='SDGAN run (step 10)', kind='model', detection_hog=90.0,
-               detection_cnn=80.0, identification=1.25, reidentification=50.0, fid=12.3,
-               kid=0.02, ssim=0.8, psnr=22.0)]
-  result = dict(dataset_name='sdgan_faces/samples_128/1.0.0', split='test', num_faces=8,
-                num_identities=2, resolution=64, seed=0, embedding='dlib ResNet',
-                detectors={'hog': 'dlib HOG', 'cnn': 'dlib CNN (MMOD)'}, rows=rows,
-                warnings=['FID from 8 faces'], notes=[])
+  rows = [
+    dict(
+      key='original',
+      name='Original',
+      kind='original',
+      detection_hog=100.0,
+      detection_cnn=97.5,
+      identification=None,
+      reidentification=95.0,
+      fid=0.0,
+      kid=0.001,
+      ssim=1.0,
+      psnr=math.inf,
+    ),
+    dict(
+      key='model0',
+      name='SDGAN run (step 10)',
+      kind='model',
+      detection_hog=90.0,
+      detection_cnn=80.0,
+      identification=1.25,
+      reidentification=50.0,
+      fid=12.3,
+      kid=0.02,
+      ssim=0.8,
+      psnr=22.0,
+    ),
+  ]
+  result = dict(
+    dataset_name='sdgan_faces/samples_128/1.0.0',
+    split='test',
+    num_faces=8,
+    num_identities=2,
+    resolution=64,
+    seed=0,
+    embedding='dlib ResNet',
+    detectors={'hog': 'dlib HOG', 'cnn': 'dlib CNN (MMOD)'},
+    rows=rows,
+    warnings=['FID from 8 faces'],
+    notes=[],
+  )
   text = tables.markdown(result, with_paper=True)
   assert '| Original | 100.00 (99.61) | 97.50 (99.85) | – (–) | 95.00 (95.46) |' in text
-  assert '| SDGAN run (step 10) | 12.30 (4.22) | 0.0200 (–) | 0.80 (0.89) | 22.00 (24.37) |' \
-      in text
+  assert '| SDGAN run (step 10) | 12.30 (4.22) | 0.0200 (–) | 0.80 (0.89) | 22.00 (24.37) |' in text
   assert 'Identification: dlib ResNet' in text and '- FID from 8 faces' in text
   assert '| CIAGAN |' in text
   plain = tables.markdown(result)
@@ -186,8 +232,9 @@ def test_markdown_shapes_the_paper_tables_and_json_has_no_infinity(tmp_path):
     row['detection_blazeface'] = row.pop('detection_cnn')
   result['detectors'] = {'hog': 'dlib HOG', 'blazeface': 'BlazeFace (short + full range)'}
   text = tables.markdown(result, with_paper=True)
-  assert '| Models | Detection: dlib HOG (↑) | Detection: BlazeFace (short + full range) (↑) |' \
-      in text
+  assert (
+    '| Models | Detection: dlib HOG (↑) | Detection: BlazeFace (short + full range) (↑) |' in text
+  )
   assert '| Original | 100.00 (99.61) | 97.50 (99.85) | – (–) | 95.00 (95.46) |' in text
   path = tables.write_json(result, tmp_path / 'eval.json')
   assert '"psnr": "inf"' in path.read_text()

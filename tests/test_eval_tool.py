@@ -13,15 +13,14 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from tool_loader import load_tool
+from train_fixtures import tiny_config, write_untrained_workdir
 
-from sdgan_jax import baselines
+from sdgan_jax import baselines, input_pipeline
 from sdgan_jax import identity_bank as bank_lib
-from sdgan_jax import input_pipeline
 from sdgan_jax.converters import fetch
 from sdgan_jax.datasets import builder
 from sdgan_jax.evaluation import detection
-from tool_loader import load_tool
-from train_fixtures import tiny_config, write_untrained_workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -39,8 +38,9 @@ def sample_faces(samples):
   images, masks = [], []
   for split in ('train', 'test'):
     source = input_pipeline.load_data_source(samples, split)
-    for batch in input_pipeline.eval_iterator(source, batch_size=16, resolution=64,
-                                              process_index=0, process_count=1):
+    for batch in input_pipeline.eval_iterator(
+      source, batch_size=16, resolution=64, process_index=0, process_count=1
+    ):
       valid = batch['valid'] > 0
       images.append(batch['image'][valid])
       masks.append(batch['mask'][valid])
@@ -56,8 +56,10 @@ def test_baselines_move_the_way_the_paper_s_do(sample_faces, blazeface_weights):
   with detection.detector_pool(2) as pool:
     for kind in ('hog', 'cnn', 'blazeface'):
       rate = detection.DetectionRate(kind, scale=2, pool=pool, weights_dir=blazeface_weights[0])
-      found = {name: rate(baselines.apply_baseline(name, images, masks), masks)
-               for name in ('blur9', 'blur17', 'pixelate8')}
+      found = {
+        name: rate(baselines.apply_baseline(name, images, masks), masks)
+        for name in ('blur9', 'blur17', 'pixelate8')
+      }
       found['original'] = rate(images, masks)
       print(kind, {name: f.mean() for name, f in found.items()})
       assert found['original'].mean() >= 0.95
@@ -86,28 +88,52 @@ def test_negative_detection_processes_are_refused(capsys):
 
 
 @pytest.mark.slow
-def test_tool_on_the_sample_faces_writes_json_markdown_and_grid(samples, tmp_path,
-                                                               blazeface_weights, download_cache):
+def test_tool_on_the_sample_faces_writes_json_markdown_and_grid(
+  samples, tmp_path, blazeface_weights, download_cache
+):
   weights_dir = tmp_path / 'weights'
-  fetch.fetch_all(weights_dir, download_cache, ['inception_fid', 'dlib_resnet'],
-                  log=lambda _: None)
+  fetch.fetch_all(weights_dir, download_cache, ['inception_fid', 'dlib_resnet'], log=lambda _: None)
   for path in blazeface_weights[0].iterdir():
     shutil.copy(path, weights_dir / path.name)
   cfg = tiny_config(64)
   rng = np.random.default_rng(0)
-  bank = bank_lib.IdentityBank(rng.normal(size=(2, cfg.identity_dim)), np.array([24, 8]),
-                               metadata={'dataset': samples})
+  bank = bank_lib.IdentityBank(
+    rng.normal(size=(2, cfg.identity_dim)), np.array([24, 8]), metadata={'dataset': samples}
+  )
   workdir = write_untrained_workdir(tmp_path / 'untrained64', cfg, bank)
   out = tmp_path / 'eval'
-  args = ['--checkpoint', workdir, '--data', samples, '--split', 'train,test',
-          '--max_faces', '8', '--batch_size', '8', '--grid_faces', '4', '--output', str(out),
-          '--weights_dir', str(weights_dir), '--paper', '--no_progress']
+  args = [
+    '--checkpoint',
+    workdir,
+    '--data',
+    samples,
+    '--split',
+    'train,test',
+    '--max_faces',
+    '8',
+    '--batch_size',
+    '8',
+    '--grid_faces',
+    '4',
+    '--output',
+    str(out),
+    '--weights_dir',
+    str(weights_dir),
+    '--paper',
+    '--no_progress',
+  ]
   assert _load_tool().main(args) == 0
 
   result = json.loads((out / 'eval.json').read_text())
   names = [row['name'] for row in result['rows']]
-  assert names == ['Original', 'Pixelization (16 by 16)', 'Pixelization (8 by 8)',
-                   'Blur (9 by 9)', 'Blur (17 by 17)', 'SDGAN untrained64 (step 0)']
+  assert names == [
+    'Original',
+    'Pixelization (16 by 16)',
+    'Pixelization (8 by 8)',
+    'Blur (9 by 9)',
+    'Blur (17 by 17)',
+    'SDGAN untrained64 (step 0)',
+  ]
   assert result['num_faces'] == 8 and result['num_identities'] == 3
   # No semantic_maps.json in the workdir: polygon maps, which the sample dataset holds.
   model = result['rows'][-1]
@@ -133,7 +159,7 @@ def test_tool_on_the_sample_faces_writes_json_markdown_and_grid(samples, tmp_pat
   text = (out / 'eval.md').read_text()
   assert '## Table 1' in text and '## Table 3' in text
   assert 'Identification: dlib ResNet' in text and 'Detection: BlazeFace' in text
-  assert 'take the column of the paper\'s SSH' in text
+  assert "take the column of the paper's SSH" in text
   assert result['detectors'] == {'hog': 'dlib HOG', 'blazeface': 'BlazeFace (short + full range)'}
   assert original['detection_blazeface'] == 100.0
   assert '(98.12)' in text  # the paper's SDGAN Dlib rate beside the model row
@@ -142,7 +168,8 @@ def test_tool_on_the_sample_faces_writes_json_markdown_and_grid(samples, tmp_pat
   cell, pad, label = 64, 2, 200
   assert grid.shape == (6 * (cell + pad) + pad, label + 4 * (cell + pad) + pad, 3)
   # The original row shows the faces; the 8x8 row differs from it inside the faces.
-  first = grid[pad:pad + cell, label + pad:label + pad + cell]
-  third = grid[2 * (cell + pad) + pad:2 * (cell + pad) + pad + cell,
-               label + pad:label + pad + cell]
+  first = grid[pad : pad + cell, label + pad : label + pad + cell]
+  third = grid[
+    2 * (cell + pad) + pad : 2 * (cell + pad) + pad + cell, label + pad : label + pad + cell
+  ]
   assert first.std() > 20 and np.abs(first.astype(int) - third).mean() > 3

@@ -10,18 +10,16 @@ import math
 
 import numpy as np
 import pytest
+from test_blazeface import interpreter
 
 from sdgan_jax import weights
 from sdgan_jax.converters import face_mesh as converter
 from sdgan_jax.converters import mediapipe_wheel
 from sdgan_jax.converters.tflite_file import TfliteModel
 from sdgan_jax.datasets import samples
-from sdgan_jax.faces import align, blazeface_detector, detect
+from sdgan_jax.faces import align, blazeface_detector, detect, mesh
 from sdgan_jax.faces import landmarks as lm
-from sdgan_jax.faces import mesh
 from sdgan_jax.models import face_mesh as models
-
-from test_blazeface import interpreter
 
 # The sample faces the runtime tests use (three people, faces 90-290 px wide).
 PHOTOS = ('obama', 'biden', 'astronaut')
@@ -42,9 +40,11 @@ def test_converted_network_matches_tflite(face_mesh_weights):
   """The jitted Flax port gives TFLite's outputs on a face crop, noise and a blank input."""
   weights_dir, path = face_mesh_weights
   assert weights.load_metadata('face_mesh', weights_dir)['archive_sha256'] == (
-      converter.SOURCE.sha256)
+    converter.SOURCE.sha256
+  )
   variables = weights.load_weights('face_mesh', weights_dir)
   from skimage import data  # pylint: disable=import-outside-toplevel
+
   # Eileen Collins's face, framed as the runtime frames a detection of it.
   crops, _, _ = mesh.FaceMesh(variables).crops(data.astronaut(), [[171, 65, 278, 172]])
   noise = np.random.default_rng(0).integers(0, 256, crops.shape[1:], np.uint8)
@@ -65,8 +65,10 @@ def test_converted_network_matches_tflite(face_mesh_weights):
     for k in range(len(images)):
       err = float(np.abs(np.asarray(ours)[k] - theirs[k]).max())
       scale = float(np.abs(theirs[k]).max())
-      print(f'face mesh {what} input {k}: max abs error {err:.2g} of max |value| {scale:.3g}'
-            f' ({err / scale:.1g} relative)')
+      print(
+        f'face mesh {what} input {k}: max abs error {err:.2g} of max |value| {scale:.3g}'
+        f' ({err / scale:.1g} relative)'
+      )
       assert err <= 1e-5 * scale + 1e-4, (what, k, err, scale)
   # The face crop holds a face for both; noise does not.
   assert ref_logits[0] > 2.0 and float(logits[0]) > 2.0
@@ -97,7 +99,9 @@ def test_converter_pairs_each_file_layer_with_the_model_layer_it_fits(face_mesh_
       assert kernel == leaf['kernel'].shape, path
   # The file interleaves the heads; sorted by branch, the presence head's layers come last.
   assert [path[0] for path, _ in calls[-9:]] == ['presence_block0'] * 3 + [
-      'presence_reduce', 'presence_reduce_prelu'] + ['presence_block1'] * 3 + ['presence_out']
+    'presence_reduce',
+    'presence_reduce_prelu',
+  ] + ['presence_block1'] * 3 + ['presence_out']
 
   def refused(**changes):
     saved = {k: getattr(models, k) for k in changes}
@@ -122,8 +126,9 @@ def candidate_from_landmarks(points):
   """A BlazeFace-like candidate from 68 landmarks: their box, and keypoints at the eye
   centres, nose tip, mouth centre and jaw ends (subject's right eye = image-left eye)."""
   eyes = lm.eye_centres(points)
-  keypoints = np.stack([eyes[0], eyes[1], points[30], lm.mouth_centre(points), points[0],
-                        points[16]])
+  keypoints = np.stack(
+    [eyes[0], eyes[1], points[30], lm.mouth_centre(points), points[0], points[16]]
+  )
   return mesh.points_box(points), keypoints
 
 
@@ -142,17 +147,23 @@ def turned(photo, points, degrees):
 def test_mesh_fits_real_faces_upright_and_turned(face_mesh, photos, degrees):
   """Presence >= 0.5 and the mesh's eye centres on dlib's, within 8% of the face width."""
   from skimage.measure import points_in_poly  # pylint: disable=import-outside-toplevel
+
   for name, (photo, upright_points) in photos.items():
-    image, points = turned(photo, upright_points, degrees) if degrees else (photo,
-                                                                            upright_points)
+    image, points = turned(photo, upright_points, degrees) if degrees else (photo, upright_points)
     candidate = candidate_from_landmarks(points)
     (fit,) = face_mesh(image, [candidate])
     width = np.linalg.norm(points[lm.JAW[0]] - points[lm.JAW[-1]])
     eyes = lm.eye_centres(points)
-    err = np.linalg.norm(np.stack([fit.centre(mesh.RIGHT_EYE), fit.centre(mesh.LEFT_EYE)]) -
-                         eyes, axis=1) / width
-    print(f'{name} at {degrees} deg: presence {fit.presence:.4f}, roll {fit.roll:.1f}, '
-          f'eye error {err.max():.3f} of the face width')
+    err = (
+      np.linalg.norm(
+        np.stack([fit.centre(mesh.RIGHT_EYE), fit.centre(mesh.LEFT_EYE)]) - eyes, axis=1
+      )
+      / width
+    )
+    print(
+      f'{name} at {degrees} deg: presence {fit.presence:.4f}, roll {fit.roll:.1f}, '
+      f'eye error {err.max():.3f} of the face width'
+    )
     assert fit.presence >= 0.5, (name, degrees, fit.presence)
     assert err.max() < 0.08, (name, degrees, err)
     base = mesh.roi_matrix(*candidate_from_landmarks(upright_points))[1]
@@ -170,13 +181,17 @@ def test_mesh_fits_real_faces_upright_and_turned(face_mesh, photos, degrees):
 def test_presence_is_low_without_a_face(face_mesh):
   """Photos without faces (coffee, a brick wall, a cat): low presence wherever the box is."""
   from skimage import data  # pylint: disable=import-outside-toplevel
+
   for name in ('coffee', 'brick', 'chelsea'):
     image = getattr(data, name)()
     image = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
     h, w = image.shape[:2]
     s = min(h, w) // 3
-    boxes = [[w / 2 - s / 2, h / 2 - s / 2, w / 2 + s / 2 - 1, h / 2 + s / 2 - 1],
-             [0, 0, s - 1, s - 1], [w - 2 * s, h - 2 * s, w - 1, h - 1]]
+    boxes = [
+      [w / 2 - s / 2, h / 2 - s / 2, w / 2 + s / 2 - 1, h / 2 + s / 2 - 1],
+      [0, 0, s - 1, s - 1],
+      [w - 2 * s, h - 2 * s, w - 1, h - 1],
+    ]
     scores = [fit.presence for fit in face_mesh(image, boxes)]
     print(f'{name}: presence {np.round(scores, 4).tolist()}')
     assert max(scores) < 0.5, (name, scores)
@@ -194,8 +209,7 @@ def test_region_of_interest_follows_mediapipes_rule():
   matrix, roll = mesh.roi_matrix(box, keypoints)
   assert roll == pytest.approx(30.0)
   assert align.matrix_scale(matrix) == pytest.approx(192 / 150)
-  np.testing.assert_allclose(align.apply_matrix(matrix, [149.5, 229.5]), [95.5, 95.5],
-                             atol=1e-9)
+  np.testing.assert_allclose(align.apply_matrix(matrix, [149.5, 229.5]), [95.5, 95.5], atol=1e-9)
   # The eye line is level in the network's input, the right eye on the left.
   right, left = align.apply_matrix(matrix, eyes)
   assert right[1] == pytest.approx(left[1]) and right[0] < left[0]
@@ -204,8 +218,16 @@ def test_region_of_interest_follows_mediapipes_rule():
 
 
 def test_index_tables_are_closed_contours_of_distinct_points():
-  tables = (mesh.FACE_OVAL, mesh.RIGHT_EYE, mesh.LEFT_EYE, mesh.RIGHT_BROW, mesh.LEFT_BROW,
-            mesh.LIPS_OUTER, mesh.LIPS_INNER, mesh.NOSE_MIDLINE)
+  tables = (
+    mesh.FACE_OVAL,
+    mesh.RIGHT_EYE,
+    mesh.LEFT_EYE,
+    mesh.RIGHT_BROW,
+    mesh.LEFT_BROW,
+    mesh.LIPS_OUTER,
+    mesh.LIPS_INNER,
+    mesh.NOSE_MIDLINE,
+  )
   for table in tables:
     assert len(set(table.tolist())) == len(table)
     assert table.min() >= 0 and table.max() < mesh.NUM_POINTS

@@ -20,36 +20,45 @@ import pytest
 import skimage.data
 import torch
 from PIL import Image
+from tool_loader import load_tool
 
 from sdgan_jax.converters import facenet as facenet_converter
 from sdgan_jax.converters.registry import RegistryFile, download_archive, extract_member
 from sdgan_jax.models.facenet import InceptionResnetV1
 from sdgan_jax.weights import load_metadata, load_weights
-from tool_loader import load_tool
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES = 24
 # 190x190 face crops of skimage's astronaut (Eileen Collins, NASA, public domain) and
 # camera (the cameraman, scikit-image's BSD-licensed test image).
-_FACES = (('astronaut', (slice(10, 200), slice(140, 330))),
-          ('camera', (slice(50, 240), slice(105, 295))))
+_FACES = (
+  ('astronaut', (slice(10, 200), slice(140, 330))),
+  ('camera', (slice(50, 240), slice(105, 295))),
+)
 # Other real photos, only to calibrate the BatchNorm statistics.
-_CALIBRATION = (('chelsea', (slice(0, 300), slice(100, 400))),
-                ('coffee', (slice(0, 400), slice(100, 500))),
-                ('rocket', (slice(0, 427), slice(100, 527))),
-                ('astronaut', (slice(0, 512), slice(0, 512))))
+_CALIBRATION = (
+  ('chelsea', (slice(0, 300), slice(100, 400))),
+  ('coffee', (slice(0, 400), slice(100, 500))),
+  ('rocket', (slice(0, 427), slice(100, 527))),
+  ('astronaut', (slice(0, 512), slice(0, 512))),
+)
 
 
 # facenet-pytorch's wheel, for when the package is not installed: installing it normally
 # would pull its pins (torch<2.3, torchvision, numpy<2), and it is needed only for
 # inception_resnet_v1.py (plus requests and tqdm, which that file imports).
 FACENET_WHEEL = RegistryFile(
-    registry='pypi', package='facenet-pytorch', version='2.6.0',
-    archive='facenet_pytorch-2.6.0-py3-none-any.whl',
-    sha256='ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca',
-    member='facenet_pytorch/models/inception_resnet_v1.py')
-_FACENET_MEMBERS = ('facenet_pytorch/models/inception_resnet_v1.py',
-                    'facenet_pytorch/models/utils/download.py')
+  registry='pypi',
+  package='facenet-pytorch',
+  version='2.6.0',
+  archive='facenet_pytorch-2.6.0-py3-none-any.whl',
+  sha256='ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca',
+  member='facenet_pytorch/models/inception_resnet_v1.py',
+)
+_FACENET_MEMBERS = (
+  'facenet_pytorch/models/inception_resnet_v1.py',
+  'facenet_pytorch/models/utils/download.py',
+)
 
 
 def _facenet_package_dir(cache_dir: pathlib.Path) -> list[str]:
@@ -71,6 +80,7 @@ def _torch_inception_resnet_v1(cache_dir: pathlib.Path):
     pkg.__path__ = _facenet_package_dir(cache_dir)
     sys.modules.setdefault('facenet_pytorch', pkg)
   from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1 as Torch
+
   return Torch
 
 
@@ -83,8 +93,13 @@ def _image(name: str, crop) -> np.ndarray:
 
 def _pil_bilinear(img: np.ndarray, size: int = 160) -> np.ndarray:
   """PIL's BILINEAR resize in float (facenet-pytorch's MTCNN crop resize), per channel."""
-  return np.stack([np.asarray(Image.fromarray(img[..., c], mode='F').resize(
-      (size, size), Image.BILINEAR)) for c in range(img.shape[-1])], -1)
+  return np.stack(
+    [
+      np.asarray(Image.fromarray(img[..., c], mode='F').resize((size, size), Image.BILINEAR))
+      for c in range(img.shape[-1])
+    ],
+    -1,
+  )
 
 
 def _standardize_nchw(images: np.ndarray) -> 'torch.Tensor':
@@ -155,9 +170,11 @@ def test_parity_with_facenet_pytorch(torch_model, state_dict, faces):
   assert float(want_embed[0] @ want_embed[1]) < 0.95
   embed_err = np.abs(got_embed - want_embed).max()
   logits_err = np.abs(got_logits - want_logits).max() / np.abs(want_logits).max()
-  print(f'facenet parity: embedding max abs err {embed_err:.2e}; logits max err '
-        f'{logits_err:.2e} relative to max |logit| {np.abs(want_logits).max():.3g}; '
-        f'cosine between the faces {float(want_embed[0] @ want_embed[1]):.3f}')
+  print(
+    f'facenet parity: embedding max abs err {embed_err:.2e}; logits max err '
+    f'{logits_err:.2e} relative to max |logit| {np.abs(want_logits).max():.3g}; '
+    f'cosine between the faces {float(want_embed[0] @ want_embed[1]):.3f}'
+  )
   np.testing.assert_allclose(np.linalg.norm(got_embed, axis=1), 1.0, atol=1e-5)
   np.testing.assert_allclose(got_embed, want_embed, atol=1e-4)
   assert logits_err < 1e-4
@@ -188,7 +205,6 @@ def test_round_trip_through_pt_file_and_cli(state_dict, tmp_path, capsys):
   assert meta['converter'] == 'sdgan_jax.converters.facenet'
 
 
-
 def test_logits_head_only_when_present(state_dict):
   no_head = {k: v for k, v in state_dict.items() if not k.startswith('logits.')}
   converted = facenet_converter.convert(no_head)
@@ -196,20 +212,23 @@ def test_logits_head_only_when_present(state_dict):
   assert facenet_converter.num_classes_of(converted) is None
   with_head = facenet_converter.convert(state_dict)
   assert facenet_converter.num_classes_of(with_head) == NUM_CLASSES
-  _tree_equal({c: {k: v for k, v in t.items() if k != 'logits'}
-               for c, t in with_head.items()}, converted)
+  _tree_equal(
+    {c: {k: v for k, v in t.items() if k != 'logits'} for c, t in with_head.items()}, converted
+  )
 
 
 def test_bad_state_dict_names_the_key(state_dict):
   missing = dict(state_dict)
   del missing['repeat_2.3.branch1.1.conv.weight']
-  with pytest.raises(facenet_converter.ConversionError,
-                     match=r'missing keys: repeat_2\.3\.branch1\.1\.conv\.weight'):
+  with pytest.raises(
+    facenet_converter.ConversionError, match=r'missing keys: repeat_2\.3\.branch1\.1\.conv\.weight'
+  ):
     facenet_converter.convert(missing)
 
   unexpected = dict(state_dict, **{'repeat_3.5.conv2d.weight': torch.zeros(1)})
-  with pytest.raises(facenet_converter.ConversionError,
-                     match=r'unexpected keys: repeat_3\.5\.conv2d\.weight'):
+  with pytest.raises(
+    facenet_converter.ConversionError, match=r'unexpected keys: repeat_3\.5\.conv2d\.weight'
+  ):
     facenet_converter.convert(unexpected)
 
   wrong = dict(state_dict, **{'last_bn.running_var': torch.ones(256)})

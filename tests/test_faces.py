@@ -13,13 +13,14 @@ import subprocess
 import sys
 import textwrap
 
+import faces_fixture
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import faces_fixture
 from sdgan_jax.datasets import features
-from sdgan_jax.faces import align, detect, landmarks as lm, masks, paste, pipeline
+from sdgan_jax.faces import align, detect, masks, paste, pipeline
+from sdgan_jax.faces import landmarks as lm
 
 CLASS = masks.CLASS_IDS
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -61,10 +62,11 @@ def _iou(a, b):
 
 def _psnr(a, b):
   mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-  return 10 * np.log10(255.0 ** 2 / mse)
+  return 10 * np.log10(255.0**2 / mse)
 
 
 # --- detection and landmarks ---------------------------------------------------------------
+
 
 def test_hog_finds_the_one_face_where_the_cnn_detector_does(photos, found):
   cnn = detect.FaceDetector('cnn', upsample=0)
@@ -75,8 +77,11 @@ def test_hog_finds_the_one_face_where_the_cnn_detector_does(photos, found):
     assert dets.scores[0] > 0
     # The CNN detector is slow on CPU: run it on a copy at most 500 px on its longer side.
     f = min(1.0, 500 / max(image.shape[:2]))
-    small = np.asarray(Image.fromarray(image).resize(
-        (round(image.shape[1] * f), round(image.shape[0] * f)), Image.BILINEAR))
+    small = np.asarray(
+      Image.fromarray(image).resize(
+        (round(image.shape[1] * f), round(image.shape[0] * f)), Image.BILINEAR
+      )
+    )
     ref = cnn(small)
     assert len(ref) == 1, name
     assert _iou(dets.boxes[0], ref.boxes[0] / f) > 0.5, (name, dets.boxes[0], ref.boxes[0] / f)
@@ -85,8 +90,11 @@ def test_hog_finds_the_one_face_where_the_cnn_detector_does(photos, found):
 def test_two_faces_best_first_and_none_in_a_flat_image(photos, hog):
   assert len(hog(np.full((200, 200, 3), 128, np.uint8))) == 0
   obama = photos['obama']
-  obama = np.asarray(Image.fromarray(obama).resize((round(obama.shape[1] * 512 / obama.shape[0]),
-                                                    512), Image.BILINEAR))
+  obama = np.asarray(
+    Image.fromarray(obama).resize(
+      (round(obama.shape[1] * 512 / obama.shape[0]), 512), Image.BILINEAR
+    )
+  )
   both = np.concatenate([photos['astronaut'], obama], axis=1)
   # dlib's default threshold also fires (score ~0.07) on the astronaut's shoulder patch.
   assert hog(both).scores.min() < 0.5
@@ -99,7 +107,9 @@ def test_two_faces_best_first_and_none_in_a_flat_image(photos, hog):
 
 def test_eye_landmarks_inside_box_and_on_the_5_point_eye_corners(photos, found):
   import dlib  # pylint: disable=import-outside-toplevel
+
   from sdgan_jax.faces.detect import dlib_model_path  # pylint: disable=import-outside-toplevel
+
   five = dlib.shape_predictor(dlib_model_path('shape_predictor_5_face_landmarks.dat'))
   for name, image in photos.items():
     dets, points = found[name]
@@ -133,12 +143,13 @@ def test_inputs_are_checked(hog, predictor):
 
 
 def test_importing_faces_needs_no_dlib():
-  code = ("import sys; sys.modules['dlib'] = None\n"
-          "import sdgan_jax.faces, sdgan_jax.faces.pipeline, sdgan_jax.faces.paste\n"
-          "from sdgan_jax.faces import detect\n"
-          "try:\n  detect.FaceDetector()\nexcept ImportError as e:\n  print('ERR', e)\n")
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          timeout=60)
+  code = (
+    "import sys; sys.modules['dlib'] = None\n"
+    'import sdgan_jax.faces, sdgan_jax.faces.pipeline, sdgan_jax.faces.paste\n'
+    'from sdgan_jax.faces import detect\n'
+    "try:\n  detect.FaceDetector()\nexcept ImportError as e:\n  print('ERR', e)\n"
+  )
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stderr
   assert 'ERR' in result.stdout and 'dlib-bin' in result.stdout, result.stdout
 
@@ -161,11 +172,16 @@ def test_one_detector_serves_several_threads_at_once(photos, hog, tmp_path):
         found = list(pool.map(lambda image: hog(image).boxes, images * 3))
       np.savez(sys.argv[2], *found)
       """)
-  result = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'images.npz'),
-                           str(tmp_path / 'found.npz')], capture_output=True, text=True,
-                          timeout=300, cwd=REPO)
-  assert result.returncode == 0, (f'exit status {result.returncode} (-11: segmentation '
-                                  f'fault)\n{result.stderr[-3000:]}')
+  result = subprocess.run(
+    [sys.executable, '-c', code, str(tmp_path / 'images.npz'), str(tmp_path / 'found.npz')],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
+  assert result.returncode == 0, (
+    f'exit status {result.returncode} (-11: segmentation fault)\n{result.stderr[-3000:]}'
+  )
   with np.load(tmp_path / 'found.npz') as f:
     found = [f[f'arr_{i}'] for i in range(len(f.files))]
   expected = [hog(image).boxes for image in images] * 3
@@ -177,8 +193,10 @@ def test_one_detector_serves_several_threads_at_once(photos, hog, tmp_path):
 
 # --- alignment -----------------------------------------------------------------------------
 
+
 def test_umeyama_matches_skimage_similarity_estimate():
   from skimage import transform  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(0)
   src = rng.uniform(0, 500, (3, 2))
   dst = rng.uniform(0, 128, (3, 2))
@@ -191,15 +209,21 @@ def test_umeyama_matches_skimage_similarity_estimate():
   # An exact similarity is recovered exactly.
   angle, scale, shift = 0.3, 0.25, np.array([7.0, -3.0])
   rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-  np.testing.assert_allclose(align.umeyama(src, src @ rot.T + shift),
-                             np.column_stack([rot, shift]), atol=1e-9)
+  np.testing.assert_allclose(
+    align.umeyama(src, src @ rot.T + shift), np.column_stack([rot, shift]), atol=1e-9
+  )
 
 
 @pytest.mark.parametrize('resolution, tol_px', [(64, 1.0), (128, 2.0)])
 def test_alignment_puts_the_eyes_on_the_canonical_positions(photos, found, resolution, tol_px):
   target = align.canonical_points(resolution)
-  np.testing.assert_allclose(target[:2], [[0.3875 * resolution - 0.5, 0.42 * resolution - 0.5],
-                                          [0.6125 * resolution - 0.5, 0.42 * resolution - 0.5]])
+  np.testing.assert_allclose(
+    target[:2],
+    [
+      [0.3875 * resolution - 0.5, 0.42 * resolution - 0.5],
+      [0.6125 * resolution - 0.5, 0.42 * resolution - 0.5],
+    ],
+  )
   for name, image in photos.items():
     _, points = found[name]
     face = align.align_face(image, points, resolution)
@@ -231,6 +255,7 @@ def test_aligned_pixels_show_the_eyes_where_the_matrix_says(photos, found, predi
 
 def test_rotated_photo_gives_the_same_crop(photos, found, hog, predictor):
   from skimage import transform  # pylint: disable=import-outside-toplevel
+
   image = photos['astronaut']
   rotated = transform.rotate(image, 20, resize=True, mode='edge', order=1)
   rotated = np.round(rotated * 255).astype(np.uint8)
@@ -238,8 +263,9 @@ def test_rotated_photo_gives_the_same_crop(photos, found, hog, predictor):
   assert len(dets) == 1
   a = align.align_face(image, found['astronaut'][1], 128)
   b = align.align_face(rotated, predictor(rotated, dets.boxes[0]), 128)
-  turn = np.degrees(np.arctan2(b.matrix[1, 0], b.matrix[0, 0]) -
-                    np.arctan2(a.matrix[1, 0], a.matrix[0, 0]))
+  turn = np.degrees(
+    np.arctan2(b.matrix[1, 0], b.matrix[0, 0]) - np.arctan2(a.matrix[1, 0], a.matrix[0, 0])
+  )
   assert abs(turn - 20) < 1.5, turn  # skimage rotates counter-clockwise, the crop undoes it
   mad = np.abs(a.crop.astype(np.float64) - b.crop).mean()
   # Measured 3.7 grey levels (the landmarks move ~0.3 px); another face's crop is ~10x that.
@@ -249,6 +275,7 @@ def test_rotated_photo_gives_the_same_crop(photos, found, hog, predictor):
 
 
 # --- masks and semantic maps ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize('resolution', [64, 128])
 def test_mask_covers_the_face_and_not_the_corners(photos, found, resolution):
@@ -287,10 +314,11 @@ def test_semantic_map_parts(photos, found, resolution):
     assert set(np.unique(sem)) == set(range(10)), (name, np.unique(sem))
     masked = np.isin(sem, features.MASKED_CLASSES)
     assert np.all(mask[..., 0][masked] == 1), name  # classes 1-9 inside the mask
-    assert np.all(sem[mask[..., 0] == 1] > 0)       # ... and they fill it
+    assert np.all(sem[mask[..., 0] == 1] > 0)  # ... and they fill it
     np.testing.assert_array_equal(sem, masks.semantic_map(face.landmarks, resolution))
-    centre = {c: np.argwhere(sem == CLASS[c]).mean(0) for c in CLASS if c not in
-              ('background', 'hair')}  # (row, col)
+    centre = {
+      c: np.argwhere(sem == CLASS[c]).mean(0) for c in CLASS if c not in ('background', 'hair')
+    }  # (row, col)
     for side in ('left', 'right'):
       assert centre[f'{side}_brow'][0] < centre[f'{side}_eye'][0] < centre['nose'][0], name
       # each brow sits over its own eye
@@ -303,6 +331,7 @@ def test_semantic_map_parts(photos, found, resolution):
 
 
 # --- paste-back ----------------------------------------------------------------------------
+
 
 def test_paste_back_of_the_original_crop_restores_the_image(photos, found):
   for name, image in photos.items():
@@ -324,16 +353,18 @@ def test_paste_back_of_the_original_crop_restores_the_image(photos, found):
 
 def test_paste_back_of_a_constant_crop_changes_exactly_the_mask(photos, found):
   from scipy import ndimage  # pylint: disable=import-outside-toplevel
+
   colour = np.array([255, 0, 255], np.uint8)
   feather = 6
   for name in ('astronaut', 'obama2'):
     image = photos[name]
     face = align.align_face(image, found[name][1], 128)
     mask = masks.face_mask(face.landmarks, 128)
-    out = paste.paste_back(image, np.broadcast_to(colour, (128, 128, 3)), face.matrix, mask,
-                           feather_px=feather)
+    out = paste.paste_back(
+      image, np.broadcast_to(colour, (128, 128, 3)), face.matrix, mask, feather_px=feather
+    )
     # Reference warped mask: each image pixel looks up its nearest crop pixel.
-    ys, xs = np.mgrid[:image.shape[0], :image.shape[1]]
+    ys, xs = np.mgrid[: image.shape[0], : image.shape[1]]
     cx, cy = np.round(align.apply_matrix(face.matrix, np.stack([xs, ys], -1))).astype(int).T
     cx, cy = cx.T, cy.T
     valid = (cx >= 0) & (cx < 128) & (cy >= 0) & (cy < 128)
@@ -364,6 +395,7 @@ def test_paste_back_accepts_float_crops_and_hard_edges(photos, found):
 
 
 # --- the whole pipeline --------------------------------------------------------------------
+
 
 def test_prepare_faces_records(photos, hog):
   faces = pipeline.prepare_faces(photos['astronaut'], 128, detector=hog)

@@ -9,22 +9,34 @@ import numpy as np
 import pytest
 
 from sdgan_jax.configs import celeba, demo
-from sdgan_jax.perf import benchmarking
 from sdgan_jax.models import generator as gen_lib
 from sdgan_jax.models.authors_generator import AuthorsGenerator
 from sdgan_jax.models.generator import PAPER, Generator, composite, generator_from_config
 from sdgan_jax.models.layers import count_params
 from sdgan_jax.models.spade import SPADE
+from sdgan_jax.perf import benchmarking
 
 NUM_CLASSES = 11
 
 # Narrow version of the paper preset: same topology, small enough to run on a CPU quickly.
-SMALL = dict(PAPER, stem_features=8, encoder_features=(8, 16, 16, 16), bottleneck_features=16,
-             bottleneck_blocks=2, decoder_features=(16, 16, 8, 8), spade_hidden=8)
+SMALL = dict(
+  PAPER,
+  stem_features=8,
+  encoder_features=(8, 16, 16, 16),
+  bottleneck_features=16,
+  bottleneck_blocks=2,
+  decoder_features=(16, 16, 8, 8),
+  spade_hidden=8,
+)
 # Narrow version of the authors' network: same layout (SK widths divisible by 8 groups).
-SMALL_AUTHORS = dict(encoder_features=(8, 8, 16, 16, 16), identity_features=(8, 16, 32),
-                     bottleneck_features=16, bottleneck_blocks=1,
-                     decoder_features=(16, 16, 8, 8, 8), spade_hidden=8)
+SMALL_AUTHORS = dict(
+  encoder_features=(8, 8, 16, 16, 16),
+  identity_features=(8, 16, 32),
+  bottleneck_features=16,
+  bottleneck_blocks=1,
+  decoder_features=(16, 16, 8, 8, 8),
+  spade_hidden=8,
+)
 
 
 def _init(model, *args):
@@ -46,6 +58,7 @@ def _inputs(res, identity_dim, batch=2, seed=0):
 
 
 # --- parameter counts derived by hand from the layer list of paper §3.4 -------------------
+
 
 def _conv(k, cin, cout, bias=True):
   return k * k * cin * cout + (cout if bias else 0)
@@ -124,8 +137,9 @@ def test_authors_generator_size_and_flops_match_their_figures():
   assert abs(count_params(variables) - 16.88e6) / 16.88e6 < 0.02
   forward = lambda v, *a: model.apply(v, *a)
   args2 = _inputs(128, 2048, batch=2)
-  flops = (benchmarking.conv_dense_flops(forward, variables, *args2)
-           - benchmarking.conv_dense_flops(forward, variables, *args))
+  flops = benchmarking.conv_dense_flops(forward, variables, *args2) - benchmarking.conv_dense_flops(
+    forward, variables, *args
+  )
   assert abs(flops / 1e9 - 41.2) / 41.2 < 0.02, flops / 1e9
 
 
@@ -133,26 +147,38 @@ def test_authors_generator_layout():
   """Feature sizes and widths block by block, the identity branch's SK units (kernels 3 and
   5, 8 groups), the 3x3 spatial attention and where spectral / batch norm sit."""
   model, args, variables = _authors_variables()
-  _, inter = jax.eval_shape(lambda v: model.apply(v, *args, capture_intermediates=True,
-                                                  mutable=['intermediates']), variables)
+  _, inter = jax.eval_shape(
+    lambda v: model.apply(v, *args, capture_intermediates=True, mutable=['intermediates']),
+    variables,
+  )
   shape = lambda name: inter['intermediates'][name]['__call__'][0].shape[1:]
   assert shape('align') == (128, 128, 11)
   # block outputs before the pool that follows blocks 1-4: 128 -> 8 px
   assert [shape(f'encoder_{i}') for i in range(5)] == [
-      (128, 128, 32), (128, 128, 64), (64, 64, 128), (32, 32, 256), (16, 16, 256)]
+    (128, 128, 32),
+    (128, 128, 64),
+    (64, 64, 128),
+    (32, 32, 256),
+    (16, 16, 256),
+  ]
   assert shape('identity') == (8, 8, 256) and shape('fuse') == (8, 8, 256)
   assert [shape(f'bottleneck_{i}') for i in range(4)] == [(8, 8, 256)] * 4
   # upsampling before decoder blocks 0-2, none before 3 and 4, one after 4
   assert [shape(f'decoder_{i}') for i in range(5)] == [
-      (16, 16, 256), (32, 32, 128), (64, 64, 64), (64, 64, 32), (64, 64, 16)]
+    (16, 16, 256),
+    (32, 32, 128),
+    (64, 64, 64),
+    (64, 64, 32),
+    (64, 64, 16),
+  ]
   assert shape('attention') == (128, 128, 16)
   identity = inter['intermediates']['identity']
-  assert [identity[k]['__call__'][0].shape[-1] for k in ('conv', 'sk_0', 'sk_1')] == [
-      64, 128, 256]
+  assert [identity[k]['__call__'][0].shape[-1] for k in ('conv', 'sk_0', 'sk_1')] == [64, 128, 256]
 
   params = variables['params']
-  assert params['attention']['conv']['Conv_0'] == {'kernel': jax.ShapeDtypeStruct(
-      (3, 3, 2, 1), jnp.float32)}  # 3x3, no bias
+  assert params['attention']['conv']['Conv_0'] == {
+    'kernel': jax.ShapeDtypeStruct((3, 3, 2, 1), jnp.float32)
+  }  # 3x3, no bias
   for unit, mid, d in (('sk_0', 64, 32), ('sk_1', 128, 64)):
     sk = params['identity'][unit]['sk']
     assert sk['branch_0']['Conv_0']['kernel'].shape == (3, 3, mid // 8, mid)
@@ -191,9 +217,9 @@ def test_authors_generator_runs_at_64px_and_depends_on_identity(small_authors):
   # 64 px: 4x4 bottleneck, so the 512-d identity becomes a 4x4x32 grid
   params = variables['params']
   assert params['identity']['conv']['Conv_0']['kernel'].shape == (3, 3, 32, 8)
-  out_train, updates = jax.jit(lambda v, *a: model.apply(v, *a, train=True,
-                                                         mutable=['batch_stats']))(
-      variables, image, semantic, identity)
+  out_train, updates = jax.jit(
+    lambda v, *a: model.apply(v, *a, train=True, mutable=['batch_stats'])
+  )(variables, image, semantic, identity)
   assert out_train.shape == out.shape and set(updates) == {'batch_stats'}
 
 
@@ -242,8 +268,9 @@ def test_full_size_presets_give_image_shapes(preset):
 
 def test_paper_generator_options_from_the_authors_network():
   """The paper generator can borrow the SK identity branch and the attention gate."""
-  model = Generator(**dict(SMALL, identity_branch='selective_kernel', identity_features=32,
-                           attention_gate=True))
+  model = Generator(
+    **dict(SMALL, identity_branch='selective_kernel', identity_features=32, attention_gate=True)
+  )
   args = _inputs(64, 512, batch=1)
   out, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), *args))
   assert out.shape == (1, 64, 64, 3)
@@ -259,8 +286,14 @@ def test_gradients_are_finite_and_reach_every_parameter():
   variables = _init(model, image, semantic, identity)
 
   def loss_fn(params):
-    out, _ = model.apply({**variables, 'params': params}, image, semantic, identity,
-                         train=True, mutable=['batch_stats'])
+    out, _ = model.apply(
+      {**variables, 'params': params},
+      image,
+      semantic,
+      identity,
+      train=True,
+      mutable=['batch_stats'],
+    )
     return jnp.mean((out - image) ** 2)
 
   grads = jax.jit(jax.grad(loss_fn))(variables['params'])
@@ -297,7 +330,8 @@ def test_spectral_norm_switch():
   args = _inputs(64, 512)
   with_sn = jax.eval_shape(lambda: Generator(**SMALL).init(jax.random.key(0), *args))
   without = jax.eval_shape(
-      lambda: Generator(**dict(SMALL, spectral_norm=False)).init(jax.random.key(0), *args))
+    lambda: Generator(**dict(SMALL, spectral_norm=False)).init(jax.random.key(0), *args)
+  )
   assert 'batch_stats' in with_sn and 'batch_stats' not in without
   assert count_params(with_sn) == count_params(without)
 
@@ -333,12 +367,17 @@ def test_spade_fused_conv_equals_separate_gamma_beta_convs():
   variables = jax.jit(separate.init)(jax.random.key(3), x, semantic)
   p = variables['params']
   fused_params = {
-      'shared': p['shared'],
-      'gamma_beta': {'Conv_0': {
-          'kernel': jnp.concatenate([p['gamma']['Conv_0']['kernel'],
-                                     p['beta']['Conv_0']['kernel']], axis=-1),
-          'bias': jnp.concatenate([p['gamma']['Conv_0']['bias'],
-                                   p['beta']['Conv_0']['bias']], axis=-1)}},
+    'shared': p['shared'],
+    'gamma_beta': {
+      'Conv_0': {
+        'kernel': jnp.concatenate(
+          [p['gamma']['Conv_0']['kernel'], p['beta']['Conv_0']['kernel']], axis=-1
+        ),
+        'bias': jnp.concatenate(
+          [p['gamma']['Conv_0']['bias'], p['beta']['Conv_0']['bias']], axis=-1
+        ),
+      }
+    },
   }
   out_separate = _apply(separate, variables, x, semantic)
   out_fused = _apply(SPADE(hidden=16, fused=True), {'params': fused_params}, x, semantic)
@@ -354,7 +393,8 @@ def test_spade_is_a_per_pixel_affine_map_of_the_normalised_input():
   variables = jax.jit(spade.init)(jax.random.key(5), x, semantic)
   out = _apply(spade, variables, x, semantic)
   normalised = (x - x.mean(axis=(1, 2), keepdims=True)) / jnp.sqrt(
-      x.var(axis=(1, 2), keepdims=True) + 1e-6)
+    x.var(axis=(1, 2), keepdims=True) + 1e-6
+  )
   # interior pixels (away from zero padding) share one alpha and beta per channel
   inner_x, inner_y = np.asarray(normalised)[0, 2:6, 2:6], np.asarray(out)[0, 2:6, 2:6]
   for c in range(4):
@@ -367,8 +407,11 @@ def test_generator_from_config_presets_and_errors():
   assert model.encoder_features == PAPER['encoder_features']
   model = generator_from_config(ml_collections.ConfigDict({'preset': 'authors'}))
   assert isinstance(model, AuthorsGenerator) and model == AuthorsGenerator()
-  narrow = generator_from_config(ml_collections.ConfigDict(
-      {'preset': 'authors', 'encoder_features': [8, 8, 16, 16, 16], 'dtype': jnp.bfloat16}))
+  narrow = generator_from_config(
+    ml_collections.ConfigDict(
+      {'preset': 'authors', 'encoder_features': [8, 8, 16, 16, 16], 'dtype': jnp.bfloat16}
+    )
+  )
   assert narrow.encoder_features == (8, 8, 16, 16, 16) and narrow.dtype == jnp.bfloat16
   with pytest.raises(ValueError, match="model.generator.stem_features for preset 'authors'"):
     generator_from_config({'preset': 'authors', 'stem_features': 8})
@@ -396,27 +439,40 @@ def test_per_image_statistics_at_inference_are_the_authors_batch_of_one():
   """``inference.norm_statistics: per_image`` (the authors' demo: training mode, one image
   at a time): each output is the generator in training mode on that image alone, whatever
   its batch mates, and the stored statistics are neither used nor changed."""
-  from sdgan_jax.networks import Networks, generate, init_generator, per_image_statistics
   from train_fixtures import batch_for, tiny_config
+
+  from sdgan_jax.networks import Networks, generate, init_generator, per_image_statistics
+
   cfg = tiny_config(64)  # at 32 px the 2x2 bottleneck's one-image statistics are too noisy
   cfg.model.generator = dict(SMALL_AUTHORS, preset='authors')
   cfg.inference = dict(norm_statistics='per_image')
   assert per_image_statistics(cfg)
   models = Networks(cfg)
   params, stats = init_generator(models, jax.random.key(3))
-  batch = {k: jnp.asarray(v) for k, v in batch_for(cfg, seed=2, batch_size=3).items()
-           if k in ('image', 'mask', 'semantic', 'target_identity')}
-  run = jax.jit(lambda b, per_image: generate(models.generator, params, stats, b,
-                                              cfg.num_classes, per_image=per_image),
-                static_argnums=1)
+  batch = {
+    k: jnp.asarray(v)
+    for k, v in batch_for(cfg, seed=2, batch_size=3).items()
+    if k in ('image', 'mask', 'semantic', 'target_identity')
+  }
+  run = jax.jit(
+    lambda b, per_image: generate(
+      models.generator, params, stats, b, cfg.num_classes, per_image=per_image
+    ),
+    static_argnums=1,
+  )
   out, kept = run(batch, True)
   assert kept is stats or _same_tree(kept, stats)
   # the transcription: image 0 alone through the module in training mode
   first = {k: v[:1] for k, v in batch.items()}
-  raw, _ = _apply(models.generator, {'params': params, **stats},
-                  first['image'] * (1 - first['mask']),
-                  jax.nn.one_hot(first['semantic'], cfg.num_classes),
-                  first['target_identity'], train=True, mutable=['batch_stats'])
+  raw, _ = _apply(
+    models.generator,
+    {'params': params, **stats},
+    first['image'] * (1 - first['mask']),
+    jax.nn.one_hot(first['semantic'], cfg.num_classes),
+    first['target_identity'],
+    train=True,
+    mutable=['batch_stats'],
+  )
   want = first['image'] * (1 - first['mask']) + raw * first['mask']
   np.testing.assert_allclose(out[:1], want, atol=2e-5)
   # batch mates do not matter; the running statistics would give another face
@@ -426,5 +482,7 @@ def test_per_image_statistics_at_inference_are_the_authors_batch_of_one():
 
 
 def _same_tree(a, b):
-  return all(bool(jnp.all(x == y)) for x, y in
-             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+  return all(
+    bool(jnp.all(x == y))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  )

@@ -18,14 +18,13 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 from PIL import Image
+from tool_loader import load_tool
 
 from sdgan_jax import anonymize, media
 from sdgan_jax.anonymize import cli as anonymize_cli
 from sdgan_jax.faces import detect
-from tool_loader import load_tool
 
-FAST = ['--baseline', 'pixelate', '--detectors', 'hog', '--no_identity_check',
-        '--no_progress']
+FAST = ['--baseline', 'pixelate', '--detectors', 'hog', '--no_identity_check', '--no_progress']
 
 
 def _cli():
@@ -46,8 +45,9 @@ class BoxDetector:
     self.box = np.array([box], np.float32)
 
   def detect_many(self, images, map_fn):
-    return [detect.Detections(self.box.copy(), np.ones(1, np.float32), None, (('fake',),))
-            for _ in images]
+    return [
+      detect.Detections(self.box.copy(), np.ones(1, np.float32), None, (('fake',),)) for _ in images
+    ]
 
 
 def _anonymizer(detector=None, **options) -> anonymize.FaceAnonymizer:
@@ -55,8 +55,10 @@ def _anonymizer(detector=None, **options) -> anonymize.FaceAnonymizer:
   # model comes with the packages) instead of the face mesh's converted weights.
   options = {'verify_faces': False, 'landmarks': 'dlib', **options}
   return anonymize.FaceAnonymizer(
-      baseline='pixelate', detector=detector or BoxDetector(),
-      options=anonymize.Options(identity_threshold=0, workers=1, **options))
+    baseline='pixelate',
+    detector=detector or BoxDetector(),
+    options=anonymize.Options(identity_threshold=0, workers=1, **options),
+  )
 
 
 def _run(cli, inputs, output, *flags):
@@ -83,18 +85,35 @@ def _refused(cli, capsys, cases):
 def test_identity_check_is_never_off_silently(tmp_path, capsys):
   """1. A negative threshold is refused; turning the check off is explicit and reported."""
   cli = _cli()
-  _refused(cli, capsys, ((['--identity_threshold', '-1'], ['--identity_threshold must be > 0',
-                                                           '--no_identity_check']),
-                         (['--identity_threshold', 'nan'], ['--identity_threshold must be > 0']),
-                         (['--identity_threshold', '0'], ['--no_identity_check']),
-                         (['--no_identity_check', '--identity_threshold', '0.5'],
-                          ['not both'])))
+  _refused(
+    cli,
+    capsys,
+    (
+      (['--identity_threshold', '-1'], ['--identity_threshold must be > 0', '--no_identity_check']),
+      (['--identity_threshold', 'nan'], ['--identity_threshold must be > 0']),
+      (['--identity_threshold', '0'], ['--no_identity_check']),
+      (['--no_identity_check', '--identity_threshold', '0.5'], ['not both']),
+    ),
+  )
   with pytest.raises(ValueError, match='identity_threshold'):
     anonymize.Options(identity_threshold=-1)
   _photo(tmp_path / 'a.png')
-  assert cli.main([str(tmp_path / 'a.png'), '--output', str(tmp_path / 'out'), '--baseline',
-                   'pixelate', '--detectors', 'hog', '--no_identity_check',
-                   '--no_progress']) == 0
+  assert (
+    cli.main(
+      [
+        str(tmp_path / 'a.png'),
+        '--output',
+        str(tmp_path / 'out'),
+        '--baseline',
+        'pixelate',
+        '--detectors',
+        'hog',
+        '--no_identity_check',
+        '--no_progress',
+      ]
+    )
+    == 0
+  )
   err = capsys.readouterr().err
   report = json.loads((tmp_path / 'out' / anonymize.REPORT_NAME).read_text())
   assert 'identity re-check is off' in err
@@ -104,18 +123,26 @@ def test_identity_check_is_never_off_silently(tmp_path, capsys):
 
 def test_out_of_range_numbers_are_usage_errors(capsys):
   """10. The CLI's checks are Options' (the library refuses the same)."""
-  _refused(_cli(), capsys, (
-                       (['--quality', '0'], ['--quality must be between 1 and 100']),
-                       (['--quality', '101'], ['--quality must be between 1 and 100']),
-                       (['--batch_size', '0'], ['--batch_size must be >= 1']),
-                       (['--images_per_batch', '0'], ['--images_per_batch must be >= 1']),
-                       (['--frames_per_batch', '-2'], ['--frames_per_batch must be >= 1']),
-                       (['--min_face_px', '-1'], ['--min_face_px must be >= 0'])))
-  for kwargs, word in ((dict(quality=0), 'quality'), (dict(quality=101), 'quality'),
-                       (dict(batch_size=0), 'batch_size'),
-                       (dict(images_per_batch=0), 'images_per_batch'),
-                       (dict(frames_per_batch=0), 'frames_per_batch'),
-                       (dict(min_face_px=-0.5), 'min_face_px')):
+  _refused(
+    _cli(),
+    capsys,
+    (
+      (['--quality', '0'], ['--quality must be between 1 and 100']),
+      (['--quality', '101'], ['--quality must be between 1 and 100']),
+      (['--batch_size', '0'], ['--batch_size must be >= 1']),
+      (['--images_per_batch', '0'], ['--images_per_batch must be >= 1']),
+      (['--frames_per_batch', '-2'], ['--frames_per_batch must be >= 1']),
+      (['--min_face_px', '-1'], ['--min_face_px must be >= 0']),
+    ),
+  )
+  for kwargs, word in (
+    (dict(quality=0), 'quality'),
+    (dict(quality=101), 'quality'),
+    (dict(batch_size=0), 'batch_size'),
+    (dict(images_per_batch=0), 'images_per_batch'),
+    (dict(frames_per_batch=0), 'frames_per_batch'),
+    (dict(min_face_px=-0.5), 'min_face_px'),
+  ):
     with pytest.raises(ValueError, match=word):
       anonymize.Options(**kwargs)
 
@@ -136,8 +163,11 @@ def test_the_report_is_never_an_input_or_an_output(tmp_path, capsys):
   cli = _cli()
   photos, out = _photos(tmp_path), tmp_path / 'out'
   before = {p.name: p.read_bytes() for p in photos.iterdir()}
-  for report, words in ((photos / 'a.jpg', 'is the input'), (out / 'b.png', 'is where'),
-                        (photos / 'r.json', 'inside the input folder')):
+  for report, words in (
+    (photos / 'a.jpg', 'is the input'),
+    (out / 'b.png', 'is where'),
+    (photos / 'r.json', 'inside the input folder'),
+  ):
     assert _run(cli, [photos], out, '--report', str(report)) == 2, report
     err = capsys.readouterr().err
     assert len(_error_lines(err)) == 1 and words in err and 'Traceback' not in err, err
@@ -201,15 +231,20 @@ def test_animations_and_pages_have_every_frame_anonymized_and_their_timing_kept(
   inputs.mkdir()
   pil = [Image.fromarray(f) for f in frames]
   durations = [120, 240, 360]
-  pil[0].save(inputs / 'anim.gif', save_all=True, append_images=pil[1:], duration=durations,
-              loop=0)
-  pil[0].save(inputs / 'anim.png', save_all=True, append_images=pil[1:], duration=durations,
-              loop=3)
-  pil[0].save(inputs / 'anim.webp', save_all=True, append_images=pil[1:],
-              duration=durations, loop=0, lossless=True)
+  pil[0].save(inputs / 'anim.gif', save_all=True, append_images=pil[1:], duration=durations, loop=0)
+  pil[0].save(inputs / 'anim.png', save_all=True, append_images=pil[1:], duration=durations, loop=3)
+  pil[0].save(
+    inputs / 'anim.webp',
+    save_all=True,
+    append_images=pil[1:],
+    duration=durations,
+    loop=0,
+    lossless=True,
+  )
   pil[0].save(inputs / 'pages.tif', save_all=True, append_images=pil[1:])
-  report = anonymize.anonymize_paths([inputs], tmp_path / 'out', _anonymizer(),
-                                     progress=False, frames_per_batch=2)
+  report = anonymize.anonymize_paths(
+    [inputs], tmp_path / 'out', _anonymizer(), progress=False, frames_per_batch=2
+  )
   entries = {pathlib.Path(e['input']).name: e for e in report['files']}
   for name, loop in (('anim.gif', 0), ('anim.png', 3), ('anim.webp', 0), ('pages.tif', None)):
     entry = entries[name]
@@ -236,8 +271,9 @@ def test_animations_and_pages_have_every_frame_anonymized_and_their_timing_kept(
 
 def _noise_video(path: pathlib.Path, n: int = 12) -> pathlib.Path:
   """n frames of noise (a large mdat), index first (+faststart: survives truncation)."""
-  writer = imageio_ffmpeg.write_frames(str(path), (64, 64), fps=6, macro_block_size=1,
-                                       output_params=['-movflags', '+faststart'])
+  writer = imageio_ffmpeg.write_frames(
+    str(path), (64, 64), fps=6, macro_block_size=1, output_params=['-movflags', '+faststart']
+  )
   os.environ['IMAGEIO_FFMPEG_NO_PREVENT_SIGINT'] = '1'  # this helper's ffmpeg: no fork warning
   try:
     writer.send(None)
@@ -252,6 +288,7 @@ def _noise_video(path: pathlib.Path, n: int = 12) -> pathlib.Path:
 def test_ffmpeg_starts_without_the_fork_warning(tmp_path):
   """12. Reading and writing a video where JAX's threads run warns nothing."""
   import jax  # pylint: disable=import-outside-toplevel
+
   jax.devices()  # JAX's threads run (and its fork hook is installed) as in a real run
 
   _noise_video(tmp_path / 'in.mp4', n=2)
@@ -272,14 +309,14 @@ def test_a_truncated_video_reports_its_missing_frames(tmp_path):
   inputs = tmp_path / 'in'
   inputs.mkdir()
   whole = _noise_video(inputs / 'whole.mp4').read_bytes()
-  (inputs / 'cut.mp4').write_bytes(whole[:int(len(whole) * 0.45)])
-  report = anonymize.anonymize_paths([inputs], tmp_path / 'out',
-                                     _anonymizer(detector=BoxDetector((0, 0, -1, -1))),
-                                     progress=False)
+  (inputs / 'cut.mp4').write_bytes(whole[: int(len(whole) * 0.45)])
+  report = anonymize.anonymize_paths(
+    [inputs], tmp_path / 'out', _anonymizer(detector=BoxDetector((0, 0, -1, -1))), progress=False
+  )
   entries = {pathlib.Path(e['input']).name: e for e in report['files']}
   cut = entries['cut.mp4']
   assert cut['status'] == 'error' and 0 < cut['frames'] < 12, cut
-  assert f"only {cut['frames']} of the 12 frames" in cut['error']
+  assert f'only {cut["frames"]} of the 12 frames' in cut['error']
   assert entries['whole.mp4']['status'] == 'ok' and entries['whole.mp4']['frames'] == 12
   assert entries['whole.mp4']['frames_declared'] == 12
   assert report['totals']['errors'] == 1
@@ -315,6 +352,7 @@ def test_unwritable_outputs_and_a_failed_report_are_one_line(tmp_path, capsys, m
   err = capsys.readouterr().err
   assert len(_error_lines(err)) == 1 and 'cannot write into' in err and 'Traceback' not in err
   monkeypatch.undo()
+
   # Disk full while writing the report: one line, exit 1, the outputs are there.
   def full(report, path, replace=True):
     raise OSError(errno.ENOSPC, 'No space left on device')
@@ -329,6 +367,7 @@ def test_unwritable_outputs_and_a_failed_report_are_one_line(tmp_path, capsys, m
 def test_a_missing_step_lists_the_steps_and_orbax_says_nothing(tmp_path, capsys, caplog):
   """8 (and 12: orbax's "Metadata file does not exist")."""
   import train_fixtures  # pylint: disable=import-outside-toplevel
+
   cli = _cli()
   photo = _photo(tmp_path / 'a.png')
   workdir = tmp_path / 'workdir'
@@ -336,9 +375,21 @@ def test_a_missing_step_lists_the_steps_and_orbax_says_nothing(tmp_path, capsys,
     (workdir / 'checkpoints' / str(step)).mkdir(parents=True)
   (workdir / 'config.json').write_text(train_fixtures.tiny_config(32).to_json_best_effort())
   caplog.set_level(logging.WARNING)
-  code = cli.main([str(photo), '--output', str(tmp_path / 'o2'), '--checkpoint', str(workdir),
-                   '--step', '3', '--detectors', 'hog', '--no_identity_check',
-                   '--no_progress'])
+  code = cli.main(
+    [
+      str(photo),
+      '--output',
+      str(tmp_path / 'o2'),
+      '--checkpoint',
+      str(workdir),
+      '--step',
+      '3',
+      '--detectors',
+      'hog',
+      '--no_identity_check',
+      '--no_progress',
+    ]
+  )
   err = capsys.readouterr().err
   assert code == 2 and 'Traceback' not in err, err
   assert len(_error_lines(err)) == 1 and 'available steps: 0, 5' in err, err
@@ -369,17 +420,16 @@ def test_ctrl_c_writes_the_report_of_what_was_done(tmp_path, capsys, monkeypatch
     return anonymizer
 
   with pytest.raises(anonymize.Interrupted) as info:
-    anonymize.anonymize_paths([inputs], tmp_path / 'lib', interrupting_after(1),
-                              progress=False, images_per_batch=1)
+    anonymize.anonymize_paths(
+      [inputs], tmp_path / 'lib', interrupting_after(1), progress=False, images_per_batch=1
+    )
   report = json.loads((tmp_path / 'lib' / anonymize.REPORT_NAME).read_text())
   assert report['interrupted'] and report['totals']['files'] == 1
   assert [pathlib.Path(p).name for p in report['unfinished']] == ['1.png', '2.png']
   assert info.value.report['files'] == report['files']
-  assert sorted(p.name for p in (tmp_path / 'lib').iterdir()) == ['0.png',
-                                                                  anonymize.REPORT_NAME]
+  assert sorted(p.name for p in (tmp_path / 'lib').iterdir()) == ['0.png', anonymize.REPORT_NAME]
   cli = _cli()
-  monkeypatch.setattr(anonymize_cli, 'build_anonymizer',
-                      lambda *a, **k: interrupting_after(2))
+  monkeypatch.setattr(anonymize_cli, 'build_anonymizer', lambda *a, **k: interrupting_after(2))
   code = _run(cli, [inputs], tmp_path / 'cli', '--images_per_batch', '1')
   err = capsys.readouterr().err
   lines = [line for line in err.splitlines() if line.startswith('interrupted')]
@@ -403,7 +453,7 @@ def test_odd_folder_contents_are_reported_and_the_run_goes_on(tmp_path, capsys):
   (tmp_path / 'elsewhere').mkdir()
   _photo(tmp_path / 'elsewhere' / 'linked.jpg')
   os.symlink(tmp_path / 'elsewhere', inputs / 'linked_folder')  # issue 27, 7
-  gray16 = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20)
+  gray16 = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20
   Image.fromarray(gray16).save(inputs / 'gray16.png')
   Image.fromarray(np.zeros((48, 64, 3), np.uint8) + 50).convert('P').save(inputs / 'pal.png')
   rgba = np.dstack([np.zeros((48, 64, 3), np.uint8) + 80, np.full((48, 64), 128, np.uint8)])
@@ -417,9 +467,12 @@ def test_odd_folder_contents_are_reported_and_the_run_goes_on(tmp_path, capsys):
   assert entries['dangling.jpg']['status'] == 'error'
   assert 'dangling symbolic link' in entries['dangling.jpg']['error']
   assert 'dangling.jpg' in err
-  for name, word in (('.hidden.jpg', 'hidden file'), ('.cache', 'hidden folder'),
-                     ('notes.txt', 'not an image or video'),
-                     ('linked_folder', 'symbolic link to the folder')):
+  for name, word in (
+    ('.hidden.jpg', 'hidden file'),
+    ('.cache', 'hidden folder'),
+    ('notes.txt', 'not an image or video'),
+    ('linked_folder', 'symbolic link to the folder'),
+  ):
     assert entries[name]['status'] == 'skipped' and word in entries[name]['error'], name
   assert any('16' in n and '8 bits' in n for n in entries['gray16.png']['notes'])
   assert any('palette' in n for n in entries['pal.png']['notes'])
@@ -436,9 +489,11 @@ def test_a_killed_run_s_temporary_files_are_removed_by_the_next(tmp_path, capsys
   inputs = tmp_path / 'in'
   (inputs / 'sub').mkdir(parents=True)
   _photo(inputs / 'sub' / 'good.jpg')
-  leftovers = [out / '.good.sdgan-tmp-k3j9x_2a.tmp.jpg',
-               out / 'sub' / '.good.sdgan-tmp-abcdefgh.tmp.jpg',
-               out / '.anonymize_report.sdgan-tmp-0a1b2c3d.tmp.json']
+  leftovers = [
+    out / '.good.sdgan-tmp-k3j9x_2a.tmp.jpg',
+    out / 'sub' / '.good.sdgan-tmp-abcdefgh.tmp.jpg',
+    out / '.anonymize_report.sdgan-tmp-0a1b2c3d.tmp.json',
+  ]
   for path in leftovers:
     path.write_bytes(b'half a file')
   (out / '.keep.txt').write_text('mine')
@@ -455,8 +510,13 @@ def test_a_killed_run_s_temporary_files_are_removed_by_the_next(tmp_path, capsys
     tmp.write_bytes(b'')
   for name in ('.x.sdgan-tmp-abcdefgh.tmp', '.anonymize_report.sdgan-tmp-a_1b2c3d.tmp.json'):
     assert media.TEMP_PATTERN.match(name), name
-  for name in ('x.sdgan-tmp-abcdefgh.tmp.jpg', '.notes.txt', '.x.sdgan-tmp-abc.tmp.jpg',
-               '.x.abcdefgh.tmp.jpg', '.x.sdgan-tmp-abcdefgh.jpg'):
+  for name in (
+    'x.sdgan-tmp-abcdefgh.tmp.jpg',
+    '.notes.txt',
+    '.x.sdgan-tmp-abc.tmp.jpg',
+    '.x.abcdefgh.tmp.jpg',
+    '.x.sdgan-tmp-abcdefgh.jpg',
+  ):
     assert not media.TEMP_PATTERN.match(name), name
 
 
@@ -469,29 +529,54 @@ def test_detection_options_that_find_nothing_are_usage_errors(capsys):
   photos, a fallback too fine to cover a face: refused, in the CLI and the library."""
   cli = _cli()
   both = ['--detectors', 'blazeface_short_range,blazeface_full_range,hog']
-  _refused(cli, capsys, [
-      (both + ['--detector_threshold', f'blazeface_full_range={v}'],
-       ['--detector_threshold blazeface_full_range', 'outside its range', 'between 0 and 1'])
-      for v in ('2', '95', 'nan', '0', '1', '-0.5')] + [
+  _refused(
+    cli,
+    capsys,
+    [
+      (
+        both + ['--detector_threshold', f'blazeface_full_range={v}'],
+        ['--detector_threshold blazeface_full_range', 'outside its range', 'between 0 and 1'],
+      )
+      for v in ('2', '95', 'nan', '0', '1', '-0.5')
+    ]
+    + [
       (both + ['--detector_threshold', f'hog={v}'], ['--detector_threshold hog', 'outside'])
-      for v in ('95', 'nan', '-3')] + [
-      (both + ['--detector_threshold', 'hog=0.5', '--detector_threshold', 'hog=0.2'],
-       ['given twice']),
+      for v in ('95', 'nan', '-3')
+    ]
+    + [
+      (
+        both + ['--detector_threshold', 'hog=0.5', '--detector_threshold', 'hog=0.2'],
+        ['given twice'],
+      ),
       (['--detect_min_face_px', '5000'], ['--detect_min_face_px must be > 0 and <= 1024']),
       (['--detect_min_face_px', 'nan'], ['--detect_min_face_px must be']),
       (['--fallback_blocks', '100'], ['--fallback_blocks must be between 1 and 16']),
-      (['--fallback_blocks', '0'], ['--fallback_blocks must be between 1 and 16'])])
-  for kwargs, word in ((dict(detector_thresholds={'blazeface_short_range': 2.0}), 'outside'),
-                       (dict(detector_thresholds={'blazeface_short_range': float('nan')}),
-                        'outside'),
-                       (dict(detector_thresholds={'hog': 0.5}), 'not one of the detectors'),
-                       (dict(detect_min_face_px=5000), 'detect_min_face_px'),
-                       (dict(fallback_blocks=100), 'fallback_blocks')):
+      (['--fallback_blocks', '0'], ['--fallback_blocks must be between 1 and 16']),
+    ],
+  )
+  for kwargs, word in (
+    (dict(detector_thresholds={'blazeface_short_range': 2.0}), 'outside'),
+    (dict(detector_thresholds={'blazeface_short_range': float('nan')}), 'outside'),
+    (dict(detector_thresholds={'hog': 0.5}), 'not one of the detectors'),
+    (dict(detect_min_face_px=5000), 'detect_min_face_px'),
+    (dict(fallback_blocks=100), 'fallback_blocks'),
+  ):
     with pytest.raises(ValueError, match=word):
       anonymize.Options(**kwargs)
-  args = cli.parse_args(['in.png', '--output', 'out', '--baseline', 'blur', *both,
-                         '--detector_threshold', 'blazeface_full_range=0.3',
-                         '--detector_threshold', 'hog=-0.5'])
+  args = cli.parse_args(
+    [
+      'in.png',
+      '--output',
+      'out',
+      '--baseline',
+      'blur',
+      *both,
+      '--detector_threshold',
+      'blazeface_full_range=0.3',
+      '--detector_threshold',
+      'hog=-0.5',
+    ]
+  )
   assert args.options.detector_thresholds == {'blazeface_full_range': 0.3, 'hog': -0.5}
 
 
@@ -509,8 +594,7 @@ def test_files_with_no_face_are_counted_and_listed(tmp_path, capsys):
   assert report['totals']['no_face_found'] == 2
   assert report['no_face_found'] == [str(inputs / '0.png'), str(inputs / '1.png')]
   # A photo with a face is not listed.
-  report = anonymize.anonymize_paths([inputs], tmp_path / 'lib', _anonymizer(),
-                                     progress=False)
+  report = anonymize.anonymize_paths([inputs], tmp_path / 'lib', _anonymizer(), progress=False)
   assert report['totals']['no_face_found'] == 0 and report['no_face_found'] == []
 
 
@@ -526,9 +610,9 @@ def test_only_this_tool_s_stale_temporaries_are_removed(tmp_path):
   out.mkdir()
   users = [out / '.holiday.abcdefgh.tmp.jpg', out / '.notes.k3j9x_2a.tmp']
   for path in users:
-    path.write_bytes(b'a user\'s own file')
+    path.write_bytes(b"a user's own file")
   report = anonymize.anonymize_paths([inputs], out, _anonymizer(), progress=False)
-  assert all(p.read_bytes() == b'a user\'s own file' for p in users)
+  assert all(p.read_bytes() == b"a user's own file" for p in users)
   assert 'removed_temporary_files' not in report
   # Another run is writing into the folder (it holds the lock) with its temporary file.
   live = out / '.clip.sdgan-tmp-abcdefgh.tmp.mp4'
@@ -539,8 +623,7 @@ def test_only_this_tool_s_stale_temporaries_are_removed(tmp_path):
   assert live.read_bytes() == b'a video being encoded'
   assert not (out / media.LOCK_NAME).exists()  # released and removed
   # Once that run is gone, its leftover is stale: removed by the next run.
-  report = anonymize.anonymize_paths([inputs], out, _anonymizer(), progress=False,
-                                     overwrite=True)
+  report = anonymize.anonymize_paths([inputs], out, _anonymizer(), progress=False, overwrite=True)
   assert report['removed_temporary_files'] == [str(live)] and not live.exists()
 
 
@@ -564,8 +647,7 @@ def test_two_runs_into_one_folder_never_replace_each_other(tmp_path, capsys):
       # Into the folder, one below it, and from above it into it.
       for source, target in ((inputs, out), (inputs, out / 'sub'), (tree, tmp_path)):
         try:
-          anonymize.anonymize_paths([source], target, _anonymizer(), progress=False,
-                                    overwrite=True)
+          anonymize.anonymize_paths([source], target, _anonymizer(), progress=False, overwrite=True)
         except anonymize.InputError as e:
           seen.append(str(e))
       return process(*args, **kwargs)
@@ -573,8 +655,9 @@ def test_two_runs_into_one_folder_never_replace_each_other(tmp_path, capsys):
     anonymizer.process = process_and_start_another
     return anonymizer
 
-  report = anonymize.anonymize_paths([inputs], out, second_run_midway(_anonymizer()),
-                                     progress=False, images_per_batch=1)
+  report = anonymize.anonymize_paths(
+    [inputs], out, second_run_midway(_anonymizer()), progress=False, images_per_batch=1
+  )
   assert report['totals']['errors'] == 0
   assert len(seen) == 6 and all('another run' in m and 'is writing into' in m for m in seen)
   # The CLI refuses it before loading the model, in one line.
@@ -583,6 +666,7 @@ def test_two_runs_into_one_folder_never_replace_each_other(tmp_path, capsys):
     assert _run(cli, [inputs], tmp_path / 'busy') == 2
   err = capsys.readouterr().err
   assert len(_error_lines(err)) == 1 and 'another run' in err and 'Traceback' not in err
+
   # Someone writes 1.png's output while the run works: left as it is, reported.
   def writes_over(anonymizer):
     process = anonymizer.process
@@ -595,8 +679,9 @@ def test_two_runs_into_one_folder_never_replace_each_other(tmp_path, capsys):
     anonymizer.process = process_while_someone_writes
     return anonymizer
 
-  report = anonymize.anonymize_paths([inputs], tmp_path / 'out2', writes_over(_anonymizer()),
-                                     progress=False, images_per_batch=1)
+  report = anonymize.anonymize_paths(
+    [inputs], tmp_path / 'out2', writes_over(_anonymizer()), progress=False, images_per_batch=1
+  )
   entries = {pathlib.Path(e['input']).name: e for e in report['files']}
   assert entries['0.png']['status'] == 'ok'
   assert entries['1.png']['status'] == 'error' and 'not written' in entries['1.png']['error']
@@ -623,22 +708,30 @@ def test_a_file_name_that_is_not_utf8_affects_only_its_own_file(monkeypatch):
   """6. Seeded targets hash the name's bytes; a face whose target cannot be chosen fails
   alone, not the batch."""
   anonymizer = anonymize.FaceAnonymizer(
-      FakeGenerator(), detector=BoxDetector(),
-      options=anonymize.Options(identity_threshold=0, workers=1))
+    FakeGenerator(),
+    detector=BoxDetector(),
+    options=anonymize.Options(identity_threshold=0, workers=1),
+  )
   bad = os.fsdecode(b'photos/caf\xe9-\xff.jpg')  # Latin-1 bytes: surrogate escapes
 
   def faces(n):
     rng = np.random.default_rng(0)
-    return [anonymize.Face(crop=rng.integers(0, 255, (32, 32, 3)).astype(np.uint8),
-                           mask=np.full((32, 32, 1), 255, np.uint8),
-                           semantic=np.ones((32, 32, 1), np.uint8), index=k)
-            for k in range(n)]
+    return [
+      anonymize.Face(
+        crop=rng.integers(0, 255, (32, 32, 3)).astype(np.uint8),
+        mask=np.full((32, 32, 1), 255, np.uint8),
+        semantic=np.ones((32, 32, 1), np.uint8),
+        index=k,
+      )
+      for k in range(n)
+    ]
 
   batch = faces(3)
   keys = ['photos/a.jpg', bad, 'photos/b.jpg']
   anonymizer._generate(batch, keys, [None] * 3)  # pylint: disable=protected-access
   assert all(f.reason is None and f.output is not None for f in batch), [
-      (f.reason, f.detail) for f in batch]
+    (f.reason, f.detail) for f in batch
+  ]
   assert 0 <= batch[1].target < 4
   # A face whose target choice raises fails alone.
   stable_int = anonymize.anonymizer._stable_int  # pylint: disable=protected-access
@@ -658,17 +751,21 @@ def test_a_file_name_that_is_not_utf8_affects_only_its_own_file(monkeypatch):
 # --- 11: a detector that scores everything ------------------------------------------------
 
 
-def test_a_detector_scoring_every_anchor_is_stopped_before_memory_runs_out(tmp_path,
-                                                                            monkeypatch):
+def test_a_detector_scoring_every_anchor_is_stopped_before_memory_runs_out(tmp_path, monkeypatch):
   """11. Zeroed weights score every anchor of every tile 0.5: the photo is an error (not
   written) before the suppression, which never sees more than MAX_CANDIDATES boxes."""
   from sdgan_jax.faces import blazeface_detector  # pylint: disable=import-outside-toplevel
 
   zeroed = blazeface_detector.BlazeFaceDetector('blazeface_full_range', variables={})
   # What zeroed weights give: every regressor and logit 0 (no network run needed).
-  monkeypatch.setattr(zeroed, 'raw', lambda tiles: (
+  monkeypatch.setattr(
+    zeroed,
+    'raw',
+    lambda tiles: (
       np.zeros((len(tiles), len(zeroed.anchors), 16), np.float32),
-      np.zeros((len(tiles), len(zeroed.anchors)), np.float32)))
+      np.zeros((len(tiles), len(zeroed.anchors)), np.float32),
+    ),
+  )
   nms = blazeface_detector.weighted_nms
 
   def bounded_nms(boxes, scores, keypoints, **kwargs):
@@ -685,8 +782,9 @@ def test_a_detector_scoring_every_anchor_is_stopped_before_memory_runs_out(tmp_p
   inputs.mkdir()
   _photo(inputs / 'big.png', size=(600, 800))
   _photo(inputs / 'small.png', size=(48, 64))  # few tiles: under the cap, processed
-  report = anonymize.anonymize_paths([inputs], tmp_path / 'out', _anonymizer(Zeroed()),
-                                     progress=False)
+  report = anonymize.anonymize_paths(
+    [inputs], tmp_path / 'out', _anonymizer(Zeroed()), progress=False
+  )
   entries = {pathlib.Path(e['input']).name: e for e in report['files']}
   assert entries['big.png']['status'] == 'error', entries['big.png']
   assert 'candidate boxes over its threshold' in entries['big.png']['error']
@@ -707,19 +805,40 @@ def test_a_variable_frame_rate_video_keeps_every_frame_at_its_time(tmp_path, mon
   inputs.mkdir()
   source = inputs / 'vfr.mp4'
   # Six flat frames of different colours, the first two 35 ms apart, the rest 310 ms.
-  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-y', '-loglevel', 'error', '-f', 'lavfi',
-                  '-i', 'color=c=black:size=64x64:rate=30:duration=0.2', '-f', 'lavfi', '-i',
-                  'sine=frequency=440:duration=1.86', '-vf',
-                  "geq=r='N*40':g='128':b='255-N*40',setpts='if(lt(N,2),N*0.035,N*0.31)/TB'",
-                  '-fps_mode', 'vfr', '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-c:a', 'aac',
-                  str(source)], check=True)
+  subprocess.run(
+    [
+      imageio_ffmpeg.get_ffmpeg_exe(),
+      '-y',
+      '-loglevel',
+      'error',
+      '-f',
+      'lavfi',
+      '-i',
+      'color=c=black:size=64x64:rate=30:duration=0.2',
+      '-f',
+      'lavfi',
+      '-i',
+      'sine=frequency=440:duration=1.86',
+      '-vf',
+      "geq=r='N*40':g='128':b='255-N*40',setpts='if(lt(N,2),N*0.035,N*0.31)/TB'",
+      '-fps_mode',
+      'vfr',
+      '-c:v',
+      'libx264',
+      '-pix_fmt',
+      'yuv420p',
+      '-c:a',
+      'aac',
+      str(source),
+    ],
+    check=True,
+  )
   monkeypatch.setenv('IMAGEIO_FFMPEG_NO_PREVENT_SIGINT', '1')  # this ffmpeg: no fork warning
-  passthrough = imageio_ffmpeg.read_frames(str(source), output_params=['-fps_mode',
-                                                                      'passthrough'])
+  passthrough = imageio_ffmpeg.read_frames(str(source), output_params=['-fps_mode', 'passthrough'])
   assert next(passthrough)['fps'] < 4 and len(list(passthrough)) == 6  # mean 3.9 fps
-  report = anonymize.anonymize_paths([inputs], tmp_path / 'out',
-                                     _anonymizer(detector=BoxDetector((0, 0, -1, -1))),
-                                     progress=False)
+  report = anonymize.anonymize_paths(
+    [inputs], tmp_path / 'out', _anonymizer(detector=BoxDetector((0, 0, -1, -1))), progress=False
+  )
   [entry] = report['files']
   assert entry['status'] == 'ok' and entry['audio'] == 'kept', entry
   info, frames = media.read_video(tmp_path / 'out' / 'vfr.mp4')

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdgan_jax.perf import benchmarking
 from sdgan_jax.models import identity as identity_lib
 from sdgan_jax.models.identity import IdentityNet, identity_from_config, siamese_embeddings
 from sdgan_jax.models.layers import count_params
+from sdgan_jax.perf import benchmarking
 
 SMALL = dict(num_identities=10, embed_dim=32, width=8)
 
@@ -57,8 +57,7 @@ def test_shapes_and_dtypes(size, dtype):
   for out in (eval_out, train_out):
     assert out['embedding'].shape == (2, 32) and out['embedding'].dtype == jnp.float32
     assert out['logits'].shape == (2, 10) and out['logits'].dtype == jnp.float32
-  assert {p.dtype for p in jax.tree_util.tree_leaves(variables['params'])} == {
-      np.dtype(np.float32)}
+  assert {p.dtype for p in jax.tree_util.tree_leaves(variables['params'])} == {np.dtype(np.float32)}
   assert set(updates) == {'batch_stats'}
 
 
@@ -95,8 +94,9 @@ def test_param_count_full_size():
   assert expected == 12_931_824
   shapes = jax.eval_shape(IdentityNet().init, jax.random.key(0), _images(128, batch=1))
   assert count_params(shapes) == expected
-  no_head = jax.eval_shape(IdentityNet(num_identities=0).init, jax.random.key(0),
-                           _images(128, batch=1))
+  no_head = jax.eval_shape(
+    IdentityNet(num_identities=0).init, jax.random.key(0), _images(128, batch=1)
+  )
   assert count_params(no_head) == expected - (1024 * 1200 + 1200)
 
 
@@ -104,8 +104,13 @@ def test_authors_preset_size_flops_and_layout():
   """The authors' Siamese net: 3x3/1 stem, no max-pool, head 512 -> 1024 -> ReLU -> 1200
   (the embedding, no logits); 12.92 M parameters and 17.8 GFLOP per 128-px image."""
   net = identity_from_config({'preset': 'authors'})
-  assert (net.stem, net.normalize_input, net.hidden_dim, net.embed_dim,
-          net.num_identities) == ('cifar', False, 1024, 1200, 0)
+  assert (net.stem, net.normalize_input, net.hidden_dim, net.embed_dim, net.num_identities) == (
+    'cifar',
+    False,
+    1024,
+    1200,
+    0,
+  )
   x = _images(128, batch=1)
   variables = jax.eval_shape(net.init, jax.random.key(0), x)
   trunk = _resnet18_trunk_params(stem_kernel=3)
@@ -124,21 +129,26 @@ def test_authors_preset_size_flops_and_layout():
   stages = inter['intermediates']['trunk']
   # no max-pool: stage 1 keeps 128 px, then strides 2, 2, 2
   assert [stages[f'layer{i}_1']['__call__'][0].shape for i in range(1, 5)] == [
-      (1, 128, 128, 64), (1, 64, 64, 128), (1, 32, 32, 256), (1, 16, 16, 512)]
+    (1, 128, 128, 64),
+    (1, 64, 64, 128),
+    (1, 32, 32, 256),
+    (1, 16, 16, 512),
+  ]
   forward = lambda v, a: net.apply(v, a)
-  flops = (benchmarking.conv_dense_flops(forward, variables, _images(128, batch=2))
-           - benchmarking.conv_dense_flops(forward, variables, x))
+  flops = benchmarking.conv_dense_flops(
+    forward, variables, _images(128, batch=2)
+  ) - benchmarking.conv_dense_flops(forward, variables, x)
   assert abs(flops / 1e9 - 17.8) / 17.8 < 0.02, flops / 1e9
 
 
 def test_authors_preset_takes_images_as_they_are():
   """No mean/std normalisation: a constant image reaches the stem conv unchanged."""
-  net = identity_from_config({'preset': 'authors', 'width': 8, 'hidden_dim': 16,
-                              'embed_dim': 8})
+  net = identity_from_config({'preset': 'authors', 'width': 8, 'hidden_dim': 16, 'embed_dim': 8})
   x = jnp.full((1, 16, 16, 3), 0.5)
   variables = _init(net, x)
-  _, inter = jax.jit(lambda v: net.apply(v, x, capture_intermediates=True,
-                                         mutable=['intermediates']))(variables)
+  _, inter = jax.jit(
+    lambda v: net.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
+  )(variables)
   stem = np.asarray(inter['intermediates']['trunk']['conv1']['__call__'][0])
   kernel = np.asarray(variables['params']['trunk']['conv1']['kernel'])
   np.testing.assert_allclose(stem[0, 8, 8], 0.5 * kernel.sum(axis=(0, 1, 2)), rtol=1e-5)
@@ -147,13 +157,18 @@ def test_authors_preset_takes_images_as_they_are():
 def test_identity_from_config():
   assert identity_from_config({}) == IdentityNet()
   net = identity_from_config({'num_identities': 8, 'embed_dim': 128}, dtype=jnp.bfloat16)
-  assert (net.num_identities, net.embed_dim, net.dtype, net.stem) == (8, 128, jnp.bfloat16,
-                                                                      'imagenet')
+  assert (net.num_identities, net.embed_dim, net.dtype, net.stem) == (
+    8,
+    128,
+    jnp.bfloat16,
+    'imagenet',
+  )
   net = identity_from_config({'preset': 'authors', 'width': 8})
   assert net.width == 8 and net.stem == 'cifar'
   # the preset's field values build the same network as the preset name
   assert identity_from_config(dict(identity_lib.AUTHORS)) == identity_from_config(
-      {'preset': 'authors'})
+    {'preset': 'authors'}
+  )
   with pytest.raises(ValueError, match='model.identity.preset'):
     identity_from_config({'preset': 'vgg'})
   with pytest.raises(ValueError, match='unknown key model.identity.embedding'):
@@ -197,9 +212,9 @@ def test_contrastive_gradients_finite(small_net):
 
   def loss_fn(params):
     (e1, e2), updates = siamese_embeddings(
-        net.apply, {'params': params, 'batch_stats': variables['batch_stats']}, x1, x2,
-        train=True)
-    d2 = jnp.sum((e1 - e2)**2, axis=-1)
+      net.apply, {'params': params, 'batch_stats': variables['batch_stats']}, x1, x2, train=True
+    )
+    d2 = jnp.sum((e1 - e2) ** 2, axis=-1)
     # The margin sits above the untrained distances so that the hinge term is active too.
     margin = 3.0 + 2 * jax.lax.stop_gradient(jnp.max(d2))
     loss = jnp.mean(same * d2 + (1 - same) * jnp.maximum(0.0, margin - d2))
@@ -213,7 +228,8 @@ def test_contrastive_gradients_finite(small_net):
     if path[-1] == 'kernel' and path[0] != 'head':
       assert np.abs(np.asarray(g)).max() > 0, path
   assert jax.tree_util.tree_structure(updates['batch_stats']) == jax.tree_util.tree_structure(
-      variables['batch_stats'])
+    variables['batch_stats']
+  )
 
 
 def test_siamese_rejects_mismatched_pairs(small_net):

@@ -43,8 +43,14 @@ def test_means_equal_per_identity_means_of_real_descriptors(dlib_weights_dir, ch
     calls.append(batch.shape)
     return features(batch)
 
-  bank = ib.build_identity_bank(features_fn, examples, num_identities=3, batch_size=2,
-                                metadata={'split': 'train'}, progress=False)
+  bank = ib.build_identity_bank(
+    features_fn,
+    examples,
+    num_identities=3,
+    batch_size=2,
+    metadata={'split': 'train'},
+    progress=False,
+  )
   assert calls == [(2, 150, 150, 3)] * 3  # 5 crops: the last batch padded to 2
   np.testing.assert_array_equal(bank.counts, [3, 1, 1])
   assert bank.means.shape == (3, 128) and bank.means.dtype == np.float32
@@ -52,9 +58,10 @@ def test_means_equal_per_identity_means_of_real_descriptors(dlib_weights_dir, ch
   # Reference 1: our descriptor of each chip alone, averaged per person with numpy.
   variables = weights.load_weights('dlib_resnet', dlib_weights_dir)
   model = DlibResNet()
-  single = {n: np.asarray(model.apply(variables, jnp.asarray(chips[n].chip[None] / 255.0,
-                                                               jnp.float32)))[0]
-            for n in names}
+  single = {
+    n: np.asarray(model.apply(variables, jnp.asarray(chips[n].chip[None] / 255.0, jnp.float32)))[0]
+    for n in names
+  }
   for label in range(3):
     ref = np.mean([single[n] for n in names if LABELS[n] == label], axis=0)
     np.testing.assert_allclose(bank.means[label], ref, atol=2e-5)
@@ -80,8 +87,9 @@ def test_build_rejects_missing_identities_and_bad_labels():
   fn = lambda x: x.mean(axis=(1, 2))  # noqa: E731  [B, 3] "features"
   image = np.zeros((8, 8, 3), np.uint8)
   with pytest.raises(ValueError, match='1 of 3 identities have no examples'):
-    ib.build_identity_bank(fn, [{'image': image, 'label': 0}, {'image': image, 'label': 2}],
-                           3, 2, progress=False)
+    ib.build_identity_bank(
+      fn, [{'image': image, 'label': 0}, {'image': image, 'label': 2}], 3, 2, progress=False
+    )
   with pytest.raises(ValueError, match='outside'):
     ib.build_identity_bank(fn, [{'image': image, 'label': 3}], 3, 2, progress=False)
 
@@ -90,9 +98,13 @@ def test_build_means_on_known_features():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (11, 4, 4, 3), dtype=np.uint8)
   labels = np.array([0, 1, 2, 0, 1, 0, 3, 3, 2, 0, 1])
-  bank = ib.build_identity_bank(lambda x: x.reshape(len(x), -1),
-                                [{'image': i, 'label': l} for i, l in zip(images, labels)],
-                                4, batch_size=4, progress=False)
+  bank = ib.build_identity_bank(
+    lambda x: x.reshape(len(x), -1),
+    [{'image': i, 'label': lab} for i, lab in zip(images, labels)],
+    4,
+    batch_size=4,
+    progress=False,
+  )
   flat = images.reshape(11, -1) / 255.0
   for label in range(4):
     np.testing.assert_allclose(bank.means[label], flat[labels == label].mean(0), atol=1e-6)
@@ -111,8 +123,7 @@ def test_example_features_survive_save_and_old_banks_load_without_them(tmp_path)
   with pytest.raises(ValueError, match='counts sum to 6'):
     ib.IdentityBank(means=np.zeros((2, 2)), counts=np.array([4, 2]), features=features[:5])
   with pytest.raises(ValueError, match=r'\[E, 2\]'):
-    ib.IdentityBank(means=np.zeros((2, 2)), counts=np.array([4, 2]),
-                    features=np.zeros((6, 3)))
+    ib.IdentityBank(means=np.zeros((2, 2)), counts=np.array([4, 2]), features=np.zeros((6, 3)))
 
 
 def _hand_made_bank():
@@ -148,7 +159,7 @@ def test_sample_targets_random_never_the_source_and_deterministic():
   np.testing.assert_array_equal(bank.sample_targets(3, labels)[1], idx)  # int seed = key
   assert not np.array_equal(bank.sample_targets(4, labels)[1], idx)
   # Jittable (inside a train step), same draws.
-  jitted = jax.jit(lambda k, l: bank.sample_targets(k, l)[1])
+  jitted = jax.jit(lambda k, lab: bank.sample_targets(k, lab)[1])
   np.testing.assert_array_equal(jitted(jax.random.key(3), labels), idx)
   with pytest.raises(ValueError, match=r'in \[0, 5\)'):
     bank.sample_targets(0, np.array([0, 5]))

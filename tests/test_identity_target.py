@@ -9,29 +9,28 @@ tests train the generator alone, against a fixed identity network, on a fixed ba
 real faces.
 """
 
+import faces_fixture
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from train_fixtures import tiny_config
 
-import faces_fixture
 from sdgan_jax import train, train_step
 from sdgan_jax.identity_bank import IdentityBank
 from sdgan_jax.models.dlib_resnet import SAME_PERSON_THRESHOLD
 from sdgan_jax.networks import Networks, generate
-from train_fixtures import tiny_config
 
 # source photo -> target photo: always another person
-PAIRS = [('obama', 'biden'), ('biden', 'astronaut'), ('astronaut', 'obama2'),
-         ('obama3', 'biden')]
+PAIRS = [('obama', 'biden'), ('biden', 'astronaut'), ('astronaut', 'obama2'), ('obama3', 'biden')]
 
 
 def _square(photo: np.ndarray, size: int) -> np.ndarray:
   h, w, _ = photo.shape
   side = min(h, w)
   top, left = (h - side) // 2, (w - side) // 2
-  crop = Image.fromarray(photo[top:top + side, left:left + side])
+  crop = Image.fromarray(photo[top : top + side, left : left + side])
   return np.asarray(crop.resize((size, size), Image.BICUBIC), np.float32) / 255.0
 
 
@@ -48,8 +47,11 @@ def photos_and_bank(download_cache):
   faces = faces_fixture.dlib_faces({n: photos[n] for n in EXAMPLES})
   features = np.stack([faces[n].descriptor for n in EXAMPLES]).astype(np.float32)
   labels = np.array(LABELS)
-  bank = IdentityBank(means=np.stack([features[labels == k].mean(0) for k in range(3)]),
-                      counts=np.bincount(labels), features=features)
+  bank = IdentityBank(
+    means=np.stack([features[labels == k].mean(0) for k in range(3)]),
+    counts=np.bincount(labels),
+    features=features,
+  )
   return photos, faces, bank
 
 
@@ -58,21 +60,24 @@ def trained(photos_and_bank):
   photos, _, bank = photos_and_bank
   cfg = tiny_config()
   cfg.train.identity_steps, cfg.train.d_steps, cfg.train.g_steps = 0, 0, 1
-  cfg.loss.update(lambda_adv=0.0, lambda_ssim=0.0, lambda_perceptual=0.0, lambda_l1=0.0,
-                  lambda_contrastive=1.0)
+  cfg.loss.update(
+    lambda_adv=0.0, lambda_ssim=0.0, lambda_perceptual=0.0, lambda_l1=0.0, lambda_contrastive=1.0
+  )
   cfg.optim.learning_rate = 1e-3
   models = Networks(cfg)
   r, b = cfg.resolution, len(PAIRS)
   rng = np.random.default_rng(0)
   mask = np.zeros((b, r, r, 1), np.float32)
-  mask[:, r // 8:7 * r // 8, r // 8:7 * r // 8] = 1  # most of the crop: the face
+  mask[:, r // 8 : 7 * r // 8, r // 8 : 7 * r // 8] = 1  # most of the crop: the face
   batch = dict(
-      image=np.stack([_square(photos[s], r) for s, _ in PAIRS]), mask=mask,
-      semantic=(rng.integers(1, cfg.num_classes, (b, r, r)) * mask[..., 0]).astype(np.int32),
-      pair_image=np.stack([_square(photos[t], r) for _, t in PAIRS]),
-      pair_same=np.zeros(b, np.float32),
-      target_image=np.stack([_square(photos[t], r) for _, t in PAIRS]),
-      target_index=np.array([EXAMPLES.index(t) for _, t in PAIRS]))
+    image=np.stack([_square(photos[s], r) for s, _ in PAIRS]),
+    mask=mask,
+    semantic=(rng.integers(1, cfg.num_classes, (b, r, r)) * mask[..., 0]).astype(np.int32),
+    pair_image=np.stack([_square(photos[t], r) for _, t in PAIRS]),
+    pair_same=np.zeros(b, np.float32),
+    target_image=np.stack([_square(photos[t], r) for _, t in PAIRS]),
+    target_index=np.array([EXAMPLES.index(t) for _, t in PAIRS]),
+  )
   # the training loop's link: each target image's own feature (data.target_feature 'image')
   batch = next(train.with_target_identities(iter([batch]), bank, 'image'))
   batch = {k: jnp.asarray(v) for k, v in batch.items() if k != 'target_index'}
@@ -81,8 +86,9 @@ def trained(photos_and_bank):
   @jax.jit
   def distances(state, batch):
     """Identity-space distances of each output to its target and to its source."""
-    out, _ = generate(models.generator, state.generator.params, state.generator.stats,
-                      batch, cfg.num_classes)
+    out, _ = generate(
+      models.generator, state.generator.params, state.generator.stats, batch, cfg.num_classes
+    )
     embed = lambda x: state.identity.run(x)[0]['embedding']
     e_out = embed(out)
     dist = lambda e: jnp.linalg.norm(e_out - e, axis=-1)
@@ -103,8 +109,7 @@ def test_generator_is_conditioned_on_the_target_images_own_feature(photos_and_ba
   _, faces, _ = photos_and_bank
   batch = trained[2]
   for i, (_, target) in enumerate(PAIRS):
-    np.testing.assert_allclose(batch['target_identity'][i], faces[target].descriptor,
-                               atol=1e-6)
+    np.testing.assert_allclose(batch['target_identity'][i], faces[target].descriptor, atol=1e-6)
   d = lambda a, b: np.linalg.norm(faces[a].descriptor - faces[b].descriptor)
   assert d('obama', 'obama2') < SAME_PERSON_THRESHOLD < d('obama', 'biden')
   assert d('obama3', 'obama') < SAME_PERSON_THRESHOLD < d('astronaut', 'obama')
@@ -131,11 +136,14 @@ def test_output_moves_towards_the_target_person_not_the_source(trained):
 
 def test_two_targets_give_two_different_faces_for_one_input(trained):
   models, state, batch, _, _ = trained
-  swapped = dict(batch, target_identity=batch['target_identity'][::-1],
-                 target_image=batch['target_image'][::-1])
-  composites = jax.jit(lambda s, b: generate(
-      models.generator, s.generator.params, s.generator.stats, b,
-      models.config.num_classes)[0])
+  swapped = dict(
+    batch, target_identity=batch['target_identity'][::-1], target_image=batch['target_image'][::-1]
+  )
+  composites = jax.jit(
+    lambda s, b: generate(
+      models.generator, s.generator.params, s.generator.stats, b, models.config.num_classes
+    )[0]
+  )
   a, b = np.asarray(composites(state, batch)), np.asarray(composites(state, swapped))
   inside = np.asarray(batch['mask'][..., 0]) > 0
   # the face region differs visibly between the two targets, the rest is the original

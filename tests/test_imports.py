@@ -11,14 +11,23 @@ import subprocess
 import sys
 
 # Packages are imported with every submodule.
-INFERENCE = ('sdgan_jax.models', 'sdgan_jax.losses', 'sdgan_jax.networks', 'sdgan_jax.inference',
-             'sdgan_jax.parser_inference', 'sdgan_jax.semantic_source', 'sdgan_jax.anonymize',
-             'sdgan_jax.faces', 'sdgan_jax.media', 'sdgan_jax.baselines',
-             'sdgan_jax.identity_bank')
+INFERENCE = (
+  'sdgan_jax.models',
+  'sdgan_jax.losses',
+  'sdgan_jax.networks',
+  'sdgan_jax.inference',
+  'sdgan_jax.parser_inference',
+  'sdgan_jax.semantic_source',
+  'sdgan_jax.anonymize',
+  'sdgan_jax.faces',
+  'sdgan_jax.media',
+  'sdgan_jax.baselines',
+  'sdgan_jax.identity_bank',
+)
 TRAINING = ('sdgan_jax.train_step', 'sdgan_jax.perf')
 TRAINERS = ('sdgan_jax.trainer', 'sdgan_jax.train', 'sdgan_jax.train_parser')
 
-_CODE = '''
+_CODE = """
 import importlib, json, pkgutil, sys
 
 def load(name):
@@ -33,13 +42,18 @@ for name in {training}:
   load(name)
 tensorflow = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')
 print(json.dumps({{'trainers': trainers, 'tensorflow': tensorflow[:5]}}))
-'''
+"""
 
 
 def test_the_tf_free_side_imports_no_tensorflow_and_inference_no_trainer():
   code = _CODE.format(inference=INFERENCE, trainers=TRAINERS, training=TRAINING)
-  out = subprocess.run([sys.executable, '-c', code], check=True, capture_output=True,
-                       text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  out = subprocess.run(
+    [sys.executable, '-c', code],
+    check=True,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   loaded = json.loads(out.stdout.strip().splitlines()[-1])
   assert loaded['trainers'] == [], f'inference imported {loaded["trainers"]}'
   assert loaded['tensorflow'] == [], f'TensorFlow loaded: {loaded["tensorflow"]}'

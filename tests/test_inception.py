@@ -18,9 +18,14 @@ from skimage.transform import resize as sk_resize
 
 from sdgan_jax import weights
 from sdgan_jax.converters import inception as conv
-from sdgan_jax.models.inception import (PYTORCH_FID_INPUT_RANGE, TF_INPUT_RANGE,
-                                        FIDInceptionV3, has_logits, resize_bilinear,
-                                        resize_bilinear_legacy)
+from sdgan_jax.models.inception import (
+  PYTORCH_FID_INPUT_RANGE,
+  TF_INPUT_RANGE,
+  FIDInceptionV3,
+  has_logits,
+  resize_bilinear,
+  resize_bilinear_legacy,
+)
 
 F = torch.nn.functional
 
@@ -51,8 +56,13 @@ def test_resize_matches_fid_helper_grid_sample():
     np.testing.assert_allclose(ours, ref, atol=1e-4)
     # pytorch-fid's resize.
     ours = np.asarray(resize_bilinear(jnp.asarray(x), 299, 299, 'half_pixel'))
-    ref = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), (299, 299), mode='bilinear',
-                        align_corners=False).permute(0, 2, 3, 1).numpy()
+    ref = (
+      F.interpolate(
+        torch.from_numpy(x).permute(0, 3, 1, 2), (299, 299), mode='bilinear', align_corners=False
+      )
+      .permute(0, 2, 3, 1)
+      .numpy()
+    )
     np.testing.assert_allclose(ours, ref, atol=2e-5)
   x = rng.uniform(size=(1, 299, 299, 3)).astype(np.float32)
   for method in ('tf_legacy', 'half_pixel'):
@@ -62,11 +72,16 @@ def test_resize_matches_fid_helper_grid_sample():
 def test_variable_tree_shapes():
   for logits, n in ((False, NUM_PARAMS_POOL3), (True, NUM_PARAMS_POOL3 + NUM_PARAMS_FC)):
     model = FIDInceptionV3(include_logits=logits)
-    out, shapes = jax.eval_shape(model.init_with_output, jax.random.key(0),
-                                 jnp.zeros((2, 64, 48, 3)))
+    out, shapes = jax.eval_shape(
+      model.init_with_output, jax.random.key(0), jnp.zeros((2, 64, 48, 3))
+    )
     assert sum(np.prod(s.shape) for s in jax.tree_util.tree_leaves(shapes['params'])) == n
     assert shapes['params']['Mixed_7c']['branch3x3dbl_3b']['conv']['kernel'].shape == (
-        3, 1, 384, 384)
+      3,
+      1,
+      384,
+      384,
+    )
     assert shapes['batch_stats']['Conv2d_1a_3x3']['bn']['var'].shape == (32,)
     assert has_logits(shapes) == logits
     assert out['pool'].shape == (2, 2048)
@@ -84,7 +99,6 @@ def torch_fid_inception():
   nn = torch.nn
 
   class Conv(nn.Module):
-
     def __init__(self, cin, cout, kernel, stride=1, padding=0):
       super().__init__()
       self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=False)
@@ -97,7 +111,6 @@ def torch_fid_inception():
     return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
 
   class BlockA(nn.Module):
-
     def __init__(self, cin, pool):
       super().__init__()
       self.branch1x1 = Conv(cin, 64, 1)
@@ -108,13 +121,17 @@ def torch_fid_inception():
       self.branch_pool = Conv(cin, pool, 1)
 
     def forward(self, x):
-      return torch.cat([
-          self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
+      return torch.cat(
+        [
+          self.branch1x1(x),
+          self.branch5x5_2(self.branch5x5_1(x)),
           self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-          self.branch_pool(avg3(x))], 1)
+          self.branch_pool(avg3(x)),
+        ],
+        1,
+      )
 
   class BlockB(nn.Module):
-
     def __init__(self, cin):
       super().__init__()
       self.branch3x3 = Conv(cin, 384, 3, stride=2)
@@ -123,12 +140,16 @@ def torch_fid_inception():
       self.branch3x3dbl_3 = Conv(96, 96, 3, stride=2)
 
     def forward(self, x):
-      return torch.cat([
-          self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-          F.max_pool2d(x, 3, 2)], 1)
+      return torch.cat(
+        [
+          self.branch3x3(x),
+          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+          F.max_pool2d(x, 3, 2),
+        ],
+        1,
+      )
 
   class BlockC(nn.Module):
-
     def __init__(self, cin, c7):
       super().__init__()
       self.branch1x1 = Conv(cin, 192, 1)
@@ -150,7 +171,6 @@ def torch_fid_inception():
       return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(avg3(x))], 1)
 
   class BlockD(nn.Module):
-
     def __init__(self, cin):
       super().__init__()
       self.branch3x3_1, self.branch3x3_2 = Conv(cin, 192, 1), Conv(192, 320, 3, stride=2)
@@ -166,7 +186,6 @@ def torch_fid_inception():
       return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, 2)], 1)
 
   class BlockE(nn.Module):
-
     def __init__(self, cin, pool):
       super().__init__()
       self.pool = pool
@@ -184,12 +203,19 @@ def torch_fid_inception():
       a = self.branch3x3_1(x)
       b = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
       pooled = avg3(x) if self.pool == 'avg' else F.max_pool2d(x, 3, 1, 1)
-      return torch.cat([
-          self.branch1x1(x), self.branch3x3_2a(a), self.branch3x3_2b(a),
-          self.branch3x3dbl_3a(b), self.branch3x3dbl_3b(b), self.branch_pool(pooled)], 1)
+      return torch.cat(
+        [
+          self.branch1x1(x),
+          self.branch3x3_2a(a),
+          self.branch3x3_2b(a),
+          self.branch3x3dbl_3a(b),
+          self.branch3x3dbl_3b(b),
+          self.branch_pool(pooled),
+        ],
+        1,
+      )
 
   class Net(nn.Module):
-
     def __init__(self):
       super().__init__()
       self.Conv2d_1a_3x3 = Conv(3, 32, 3, stride=2)
@@ -198,7 +224,10 @@ def torch_fid_inception():
       self.Conv2d_3b_1x1 = Conv(64, 80, 1)
       self.Conv2d_4a_3x3 = Conv(80, 192, 3)
       self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = (
-          BlockA(192, 32), BlockA(256, 64), BlockA(288, 64))
+        BlockA(192, 32),
+        BlockA(256, 64),
+        BlockA(288, 64),
+      )
       self.Mixed_6a = BlockB(288)
       self.Mixed_6b, self.Mixed_6c = BlockC(768, 128), BlockC(768, 160)
       self.Mixed_6d, self.Mixed_6e = BlockC(768, 160), BlockC(768, 192)
@@ -236,13 +265,17 @@ def real_inception(tmp_path_factory, download_cache):
 
 def face_images() -> np.ndarray:
   """Three real photos in [0, 1] at 256x256: astronaut face crop, chelsea, coffee."""
-  crops = [skdata.astronaut()[20:250, 140:370], skdata.chelsea()[:, 50:350],
-           skdata.coffee()[:, 100:500]]
-  return np.stack([sk_resize(c, (256, 256), order=1, anti_aliasing=True)
-                   for c in crops]).astype(np.float32)
+  crops = [
+    skdata.astronaut()[20:250, 140:370],
+    skdata.chelsea()[:, 50:350],
+    skdata.coffee()[:, 100:500],
+  ]
+  return np.stack([sk_resize(c, (256, 256), order=1, anti_aliasing=True) for c in crops]).astype(
+    np.float32
+  )
 
 
-def fid_helper_input(images: np.ndarray) -> 'torch.Tensor':
+def fid_helper_input(images: np.ndarray) -> torch.Tensor:
   """What fid-helper's FidHelper feeds its TorchScript (float path, TF input range)."""
   x = torch.from_numpy(images).permute(0, 3, 1, 2).clamp(0, 1)
   x = nv_bilinear(x * 255, 299) / 255
@@ -263,8 +296,10 @@ def test_pool_features_match_torchscript(real_inception):
   assert ours.shape == ref.shape == (3, 2048)
   err = np.abs(ours - ref)
   scale = np.abs(ref).max()
-  print(f'pool3 parity: max abs {err.max():.3g}, max abs / max|ref| {err.max() / scale:.3g}, '
-        f'max|ref| {scale:.3g}')
+  print(
+    f'pool3 parity: max abs {err.max():.3g}, max abs / max|ref| {err.max() / scale:.3g}, '
+    f'max|ref| {scale:.3g}'
+  )
   assert err.max() <= 1e-4 * scale
   np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-4 * scale)
   # Different photos give clearly different features (the weights are not degenerate).
@@ -295,8 +330,9 @@ def test_convert_pytorch_fid_state_dict(real_inception, tmp_path):
     reference.fc.weight.copy_(torch.randn(1008, 2048, generator=gen) * 0.05)
     reference.fc.bias.copy_(torch.randn(1008, generator=gen))
     # pytorch-fid's own resize and input convention (2x - 1).
-    x299 = F.interpolate(torch.from_numpy(images).permute(0, 3, 1, 2), (299, 299),
-                         mode='bilinear', align_corners=False)
+    x299 = F.interpolate(
+      torch.from_numpy(images).permute(0, 3, 1, 2), (299, 299), mode='bilinear', align_corners=False
+    )
     ref_pool, ref_logits = (t.numpy() for t in reference(2 * x299 - 1))
   path = tmp_path / 'pt_inception-like.pth'
   torch.save(reference.state_dict(), path)
@@ -304,8 +340,9 @@ def test_convert_pytorch_fid_state_dict(real_inception, tmp_path):
 
   variables = conv.convert(path)
   assert has_logits(variables)
-  model = FIDInceptionV3(include_logits=True, resize_method='half_pixel',
-                         input_range=PYTORCH_FID_INPUT_RANGE)
+  model = FIDInceptionV3(
+    include_logits=True, resize_method='half_pixel', input_range=PYTORCH_FID_INPUT_RANGE
+  )
   out = jax.jit(model.apply)(variables, jnp.asarray(images))
   pool, logits = np.asarray(out['pool']), np.asarray(out['logits'])
   pool_err = np.abs(pool - ref_pool).max() / np.abs(ref_pool).max()
@@ -319,21 +356,26 @@ def test_state_dict_checks():
   state = {k: v.numpy() for k, v in reference.state_dict().items()}
   variables = conv.convert_pytorch_fid(state)  # in-memory dict; num_batches_tracked ignored
   np.testing.assert_array_equal(
-      variables['params']['Mixed_6b']['branch7x7_2']['conv']['kernel'],
-      state['Mixed_6b.branch7x7_2.conv.weight'].transpose(2, 3, 1, 0))
+    variables['params']['Mixed_6b']['branch7x7_2']['conv']['kernel'],
+    state['Mixed_6b.branch7x7_2.conv.weight'].transpose(2, 3, 1, 0),
+  )
   np.testing.assert_array_equal(variables['params']['fc']['kernel'], state['fc.weight'].T)
-  np.testing.assert_array_equal(variables['batch_stats']['Mixed_7c']['branch_pool']['bn']['var'],
-                                state['Mixed_7c.branch_pool.bn.running_var'])
+  np.testing.assert_array_equal(
+    variables['batch_stats']['Mixed_7c']['branch_pool']['bn']['var'],
+    state['Mixed_7c.branch_pool.bn.running_var'],
+  )
   without_fc = {k: v for k, v in state.items() if not k.startswith('fc.')}
   assert not has_logits(conv.convert_pytorch_fid(without_fc))
   with pytest.raises(ValueError, match='lacks Mixed_5b.branch_pool.bn.running_var'):
-    conv.convert_pytorch_fid({k: v for k, v in state.items()
-                              if k != 'Mixed_5b.branch_pool.bn.running_var'})
+    conv.convert_pytorch_fid(
+      {k: v for k, v in state.items() if k != 'Mixed_5b.branch_pool.bn.running_var'}
+    )
   with pytest.raises(ValueError, match='does not use'):
     conv.convert_pytorch_fid(dict(state, **{'Mixed_8.conv.weight': state['fc.bias']}))
   with pytest.raises(ValueError, match='shape'):
-    conv.convert_pytorch_fid(dict(state, **{'Mixed_5b.branch1x1.conv.weight':
-                                            np.zeros((64, 192, 3, 3), np.float32)}))
+    conv.convert_pytorch_fid(
+      dict(state, **{'Mixed_5b.branch1x1.conv.weight': np.zeros((64, 192, 3, 3), np.float32)})
+    )
   with pytest.raises(ValueError, match='not a pytorch-fid'):
     conv.convert_pytorch_fid({'features.0.weight': state['fc.bias']})
 

@@ -23,11 +23,20 @@ R = 128
 CLS = {name: i for i, name in enumerate(F.SEMANTIC_CLASSES)}
 # (photo, label, crop scale, (dx, dy) shift in landmark-box widths): 12 training examples
 # of 3 identities (6 Obama, 4 Biden, 2 Collins) and 3 test examples.
-TRAIN = [('obama', 0, 1.6, (0, 0)), ('obama', 0, 1.9, (.05, 0)), ('obama2', 0, 1.6, (0, 0)),
-         ('obama2', 0, 1.8, (0, .05)), ('obama3', 0, 1.6, (0, 0)), ('obama3', 0, 2.0, (-.05, 0)),
-         ('biden', 1, 1.6, (0, 0)), ('biden', 1, 1.8, (0, -.05)), ('biden', 1, 2.0, (.05, .05)),
-         ('biden', 1, 1.7, (-.05, .0)), ('astronaut', 2, 1.6, (0, 0)),
-         ('astronaut', 2, 1.9, (0, .05))]
+TRAIN = [
+  ('obama', 0, 1.6, (0, 0)),
+  ('obama', 0, 1.9, (0.05, 0)),
+  ('obama2', 0, 1.6, (0, 0)),
+  ('obama2', 0, 1.8, (0, 0.05)),
+  ('obama3', 0, 1.6, (0, 0)),
+  ('obama3', 0, 2.0, (-0.05, 0)),
+  ('biden', 1, 1.6, (0, 0)),
+  ('biden', 1, 1.8, (0, -0.05)),
+  ('biden', 1, 2.0, (0.05, 0.05)),
+  ('biden', 1, 1.7, (-0.05, 0.0)),
+  ('astronaut', 2, 1.6, (0, 0)),
+  ('astronaut', 2, 1.9, (0, 0.05)),
+]
 TEST = [('obama', 0, 1.7, (0, 0)), ('biden', 1, 1.7, (0, 0)), ('astronaut', 2, 1.7, (0, 0))]
 
 
@@ -56,18 +65,30 @@ def _record(photo, landmarks, scale, shift, label, name):
   _polygon(semantic, points[48:60], CLS['upper_lip'])
   _polygon(semantic, points[[48, 54, 55, 56, 57, 58, 59]], CLS['lower_lip'])
   _polygon(semantic, points[60:68], CLS['inner_mouth'])
-  for part, idx in (('left_brow', slice(17, 22)), ('right_brow', slice(22, 27)),
-                    ('left_eye', slice(36, 42)), ('right_eye', slice(42, 48))):
+  for part, idx in (
+    ('left_brow', slice(17, 22)),
+    ('right_brow', slice(22, 27)),
+    ('left_eye', slice(36, 42)),
+    ('right_eye', slice(42, 48)),
+  ):
     _disc(semantic, points[idx].mean(0), 5, CLS[part])
   mask = np.where((semantic >= 1) & (semantic <= 9), 255, 0).astype(np.uint8)
-  return {'image': image, 'mask': mask[..., None], 'semantic': semantic[..., None],
-          'landmarks': points, 'identity': 1000 + label, 'label': label, 'filename': name}
+  return {
+    'image': image,
+    'mask': mask[..., None],
+    'semantic': semantic[..., None],
+    'landmarks': points,
+    'identity': 1000 + label,
+    'label': label,
+    'filename': name,
+  }
 
 
 @pytest.fixture(scope='module')
 def faces(download_cache):
   """name -> (photo, dlib 68 landmarks [68, 2] float32, detection box)."""
   import dlib  # pylint: disable=import-outside-toplevel
+
   from sdgan_jax.faces.detect import dlib_model_path  # pylint: disable=import-outside-toplevel
 
   photos = faces_fixture.load_face_photos(download_cache)
@@ -85,8 +106,11 @@ def faces(download_cache):
 @pytest.fixture(scope='module')
 def records(faces):
   def make(rows, split):
-    return [_record(faces[n][0], faces[n][1], s, d, lab, f'{n}_{split}_{i}.jpg')
-            for i, (n, lab, s, d) in enumerate(rows)]
+    return [
+      _record(faces[n][0], faces[n][1], s, d, lab, f'{n}_{split}_{i}.jpg')
+      for i, (n, lab, s, d) in enumerate(rows)
+    ]
+
   return {'train': make(TRAIN, 'train'), 'test': make(TEST, 'test')}
 
 
@@ -94,10 +118,14 @@ def records(faces):
 def source(records, tmp_path_factory):
   """The TFDS ArrayRecord data sources of the test dataset, by split."""
   builder = tfds.dataset_builders.store_as_tfds_dataset(
-      name='test_prepared_faces', version='1.0.0', features=F.tfds_features(R),
-      split_datasets={s: list(enumerate(rows)) for s, rows in records.items()},
-      data_dir=tmp_path_factory.mktemp('tfds'), file_format='array_record',
-      disable_shuffling=False)
+    name='test_prepared_faces',
+    version='1.0.0',
+    features=F.tfds_features(R),
+    split_datasets={s: list(enumerate(rows)) for s, rows in records.items()},
+    data_dir=tmp_path_factory.mktemp('tfds'),
+    file_format='array_record',
+    disable_shuffling=False,
+  )
   return {s: ip.load_data_source(builder.data_dir, s) for s in records}
 
 
@@ -137,7 +165,8 @@ def test_plan_shards_disjoint_cover_and_match_single_process():
       glob = whole.step(step)
       for k in glob:
         np.testing.assert_array_equal(
-            np.concatenate([p.step(step)[k] for p in plans]), glob[k], err_msg=k)
+          np.concatenate([p.step(step)[k] for p in plans]), glob[k], err_msg=k
+        )
   # Epochs are shuffled differently, and seeds differ.
   assert not np.array_equal(whole.permutation(0), whole.permutation(1))
   other = ip.TrainPlan(labels, 12, 6, process_index=0, process_count=1)
@@ -188,8 +217,7 @@ def test_authors_sampling_draws_identities_uniformly_with_their_pairs():
   coincide); targets uniform over the other identities; shards as in the epoch plan."""
   # identity 0 holds 40 examples, identities 1-3 hold 4 each
   labels = np.array([0] * 40 + [1] * 4 + [2] * 4 + [3] * 4)
-  plan = ip.TrainPlan(labels, 8, 4, process_index=0, process_count=1, slots=2,
-                      sampling='authors')
+  plan = ip.TrainPlan(labels, 8, 4, process_index=0, process_count=1, slots=2, sampling='authors')
   steps = [plan.global_step(k) for k in range(1500)]
   index = np.concatenate([p['index'] for p in steps])
   partner = np.concatenate([p['pair_index'] for p in steps])
@@ -210,8 +238,7 @@ def test_authors_sampling_draws_identities_uniformly_with_their_pairs():
   others = np.bincount(labels[target][labels[index] == 0], minlength=4)[1:]
   np.testing.assert_allclose(others / others.sum(), 1 / 3, atol=0.04)
   assert np.array_equal(plan.global_step(7)['index'], steps[7]['index'])  # deterministic
-  halves = [ip.TrainPlan(labels, 8, 4, p, 2, slots=2, sampling='authors').step(7)
-            for p in (0, 1)]
+  halves = [ip.TrainPlan(labels, 8, 4, p, 2, slots=2, sampling='authors').step(7) for p in (0, 1)]
   for key in steps[7]:
     whole = steps[7][key].reshape(2, 8)
     got = np.stack([h[key].reshape(2, 4) for h in halves], 1).reshape(2, 8)
@@ -222,8 +249,7 @@ def test_authors_sampling_draws_identities_uniformly_with_their_pairs():
 
 def test_train_iterator_takes_the_authors_sampling(source):
   for batch in _batches(source['train'], 2, sampling='authors'):
-    np.testing.assert_array_equal(batch['pair_same'] == 1,
-                                  batch['label'] == batch['pair_label'])
+    np.testing.assert_array_equal(batch['pair_same'] == 1, batch['label'] == batch['pair_label'])
     assert np.all(batch['target_label'] != batch['label'])
 
 
@@ -233,15 +259,13 @@ def test_plan_slots_are_consecutive_batches_and_shard_per_slot():
   labels = np.repeat(np.arange(6), 8)  # 48 examples
   flat = ip.TrainPlan(labels, 4, 2, process_index=0, process_count=1, slots=3)
   assert flat.steps_per_epoch == 4
-  halves = [ip.TrainPlan(labels, 4, 2, process_index=p, process_count=2, slots=3)
-            for p in (0, 1)]
+  halves = [ip.TrainPlan(labels, 4, 2, process_index=p, process_count=2, slots=3) for p in (0, 1)]
   seen = []
   for step in range(4):
     whole = flat.step(step)['index'].reshape(3, 4)
     parts = [h.step(step)['index'].reshape(3, 2) for h in halves]
     np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
-    np.testing.assert_array_equal(flat.step(step)['pair_same'].reshape(3, 4),
-                                  [[1, 0, 1, 0]] * 3)
+    np.testing.assert_array_equal(flat.step(step)['pair_same'].reshape(3, 4), [[1, 0, 1, 0]] * 3)
     seen.append(whole.ravel())
   np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(48))  # one epoch
   with pytest.raises(ValueError, match='fresh_batches'):
@@ -277,13 +301,20 @@ def test_batches_shapes_values_and_pairs(source, decoded):
   batches = _batches(source['train'], 6)  # two epochs
   b = batches[0]
   assert {k: (v.dtype.name, v.shape) for k, v in b.items()} == {
-      'image': ('float32', (4, 64, 64, 3)), 'mask': ('float32', (4, 64, 64, 1)),
-      'semantic': ('uint8', (4, 64, 64)), 'landmarks': ('float32', (4, 68, 2)),
-      'label': ('int32', (4,)), 'index': ('int32', (4,)),
-      'pair_image': ('float32', (4, 64, 64, 3)), 'pair_label': ('int32', (4,)),
-      'pair_index': ('int32', (4,)), 'pair_same': ('float32', (4,)),
-      'target_image': ('float32', (4, 64, 64, 3)), 'target_label': ('int32', (4,)),
-      'target_index': ('int32', (4,))}
+    'image': ('float32', (4, 64, 64, 3)),
+    'mask': ('float32', (4, 64, 64, 1)),
+    'semantic': ('uint8', (4, 64, 64)),
+    'landmarks': ('float32', (4, 68, 2)),
+    'label': ('int32', (4,)),
+    'index': ('int32', (4,)),
+    'pair_image': ('float32', (4, 64, 64, 3)),
+    'pair_label': ('int32', (4,)),
+    'pair_index': ('int32', (4,)),
+    'pair_same': ('float32', (4,)),
+    'target_image': ('float32', (4, 64, 64, 3)),
+    'target_label': ('int32', (4,)),
+    'target_index': ('int32', (4,)),
+  }
   for b in batches:
     for k in ('image', 'pair_image', 'target_image'):
       assert 0.0 <= b[k].min() and b[k].max() <= 1.0 and b[k].std() > 0.1
@@ -299,13 +330,14 @@ def test_batches_shapes_values_and_pairs(source, decoded):
     # A same-identity partner is another example whenever the identity has one.
     assert np.all(b['index'][::2] != b['pair_index'][::2])
   for epoch in (batches[:3], batches[3:]):
-    np.testing.assert_array_equal(np.sort(np.concatenate([b['index'] for b in epoch])),
-                                  np.arange(12))
+    np.testing.assert_array_equal(
+      np.sort(np.concatenate([b['index'] for b in epoch])), np.arange(12)
+    )
 
 
 def test_restart_from_step_is_bit_identical(source):
   full = _batches(source['train'], 7)
-  _assert_same(_batches(source['train'], 7), full)          # deterministic
+  _assert_same(_batches(source['train'], 7), full)  # deterministic
   _assert_same(_batches(source['train'], 3, start_step=4), full[4:])  # restart mid-epoch 1
   other = _batches(source['train'], 1, seed=8)[0]
   assert not np.array_equal(other['image'], full[0]['image'])
@@ -320,7 +352,8 @@ def test_two_processes_disjoint_cover_and_assemble_the_global_batch(source):
   for step in range(3):
     for k in whole[step]:
       np.testing.assert_array_equal(
-          np.concatenate([parts[0][step][k], parts[1][step][k]]), whole[step][k], err_msg=k)
+        np.concatenate([parts[0][step][k], parts[1][step][k]]), whole[step][k], err_msg=k
+      )
 
 
 @pytest.mark.parametrize('feature', ['image', 'identity_mean'])
@@ -331,9 +364,11 @@ def test_with_target_identities_gives_the_target_images_own_feature(source, deco
   over the prepared split as tools/prepare_data.py builds it; the features (each image's
   colour mean and spread) are recomputed here from the decoded records."""
   from sdgan_jax import identity_bank, train  # pylint: disable=import-outside-toplevel
+
   fn = lambda x: np.concatenate([x.mean((1, 2)), x.std((1, 2))], -1)
-  bank = identity_bank.build_identity_bank(fn, source['train'], num_identities=3,
-                                           batch_size=5, progress=False)
+  bank = identity_bank.build_identity_bank(
+    fn, source['train'], num_identities=3, batch_size=5, progress=False
+  )
   train_rows = decoded['train']
   own = lambda i: fn(train_rows[i]['image'][None].astype(np.float32) / 255)[0]
   batches = train.with_target_identities(_batches(source['train'], 3, slots=2), bank, feature)
@@ -342,13 +377,19 @@ def test_with_target_identities_gives_the_target_images_own_feature(source, deco
     for s, i in np.ndindex(2, 4):
       t_index, t_label = batch['target_index'][s, i], batch['target_label'][s, i]
       assert train_rows[t_index]['label'] == t_label != batch['label'][s, i]
-      want = own(t_index) if feature == 'image' else np.mean(
-          [own(j) for j, row in enumerate(train_rows) if row['label'] == t_label], axis=0)
+      want = (
+        own(t_index)
+        if feature == 'image'
+        else np.mean(
+          [own(j) for j, row in enumerate(train_rows) if row['label'] == t_label], axis=0
+        )
+      )
       np.testing.assert_allclose(batch['target_identity'][s, i], want, atol=1e-5)
 
 
 def test_with_target_identities_rejects_banks_that_do_not_fit():
   from sdgan_jax import identity_bank, train  # pylint: disable=import-outside-toplevel
+
   old = identity_bank.IdentityBank(means=np.zeros((2, 3)), counts=np.array([1, 1]))
   with pytest.raises(ValueError, match='no per-example features'):
     next(train.with_target_identities(iter([{}]), old, 'image'))
@@ -379,14 +420,22 @@ def test_flip_mirrors_everything_and_swaps_left_right(records):
   np.testing.assert_array_equal(plain['image'], record['image'] / np.float32(255))
   np.testing.assert_array_equal(flipped['image'], plain['image'][:, ::-1])
   np.testing.assert_array_equal(flipped['mask'], plain['mask'][:, ::-1])
-  swap = {CLS['left_brow']: CLS['right_brow'], CLS['right_brow']: CLS['left_brow'],
-          CLS['left_eye']: CLS['right_eye'], CLS['right_eye']: CLS['left_eye']}
+  swap = {
+    CLS['left_brow']: CLS['right_brow'],
+    CLS['right_brow']: CLS['left_brow'],
+    CLS['left_eye']: CLS['right_eye'],
+    CLS['right_eye']: CLS['left_eye'],
+  }
   expected = np.vectorize(lambda c: swap.get(c, c))(plain['semantic'][:, ::-1])
   np.testing.assert_array_equal(flipped['semantic'], expected)
   # Mirrored landmarks land on their own parts: the image-left eye's points (36-41) on the
   # left_eye class, the right brow's (22-26) on right_brow, and so on.
-  for part, idx in (('left_eye', slice(36, 42)), ('right_eye', slice(42, 48)),
-                    ('left_brow', slice(17, 22)), ('right_brow', slice(22, 27))):
+  for part, idx in (
+    ('left_eye', slice(36, 42)),
+    ('right_eye', slice(42, 48)),
+    ('left_brow', slice(17, 22)),
+    ('right_brow', slice(22, 27)),
+  ):
     x, y = np.round(flipped['landmarks'][idx].mean(0)).astype(int)
     assert flipped['semantic'][y, x] == CLS[part], part
   assert flipped['landmarks'][36:42, 0].mean() < flipped['landmarks'][42:48, 0].mean()
@@ -396,6 +445,7 @@ def test_flip_mirrors_everything_and_swaps_left_right(records):
 def test_flipped_landmarks_match_dlib_on_the_mirrored_face(records):
   """An independent reference: dlib's 68-point predictor run on the mirrored crop."""
   import dlib  # pylint: disable=import-outside-toplevel
+
   from sdgan_jax.faces.detect import dlib_model_path  # pylint: disable=import-outside-toplevel
 
   predictor = dlib.shape_predictor(dlib_model_path('shape_predictor_68_face_landmarks.dat'))
@@ -408,10 +458,13 @@ def test_flipped_landmarks_match_dlib_on_the_mirrored_face(records):
     box = dlib.rectangle(*np.round([lo[0], lo[1], hi[0], hi[1]]).astype(int))
     mirror_box = dlib.rectangle(R - 1 - box.right(), box.top(), R - 1 - box.left(), box.bottom())
     ref = np.array([(p.x, p.y) for p in predictor(image, box).parts()], np.float32)
-    ref_flipped = np.array([(p.x, p.y) for p in predictor(
-        np.ascontiguousarray(image[:, ::-1]), mirror_box).parts()], np.float32)
-    ours = _preprocess(dict(record, landmarks=ref), 0, R,
-                       ip.Augmentation(flip_prob=1.0, resize_scale=None))['landmarks']
+    ref_flipped = np.array(
+      [(p.x, p.y) for p in predictor(np.ascontiguousarray(image[:, ::-1]), mirror_box).parts()],
+      np.float32,
+    )
+    ours = _preprocess(
+      dict(record, landmarks=ref), 0, R, ip.Augmentation(flip_prob=1.0, resize_scale=None)
+    )['landmarks']
     errors.append(np.linalg.norm(ours - ref_flipped, axis=1).mean())
     naive = ref * [-1, 1] + [R - 1, 0]  # mirrored without the index permutation
     unpermuted.append(np.linalg.norm(naive - ref_flipped, axis=1).mean())
@@ -437,12 +490,16 @@ def test_crop_and_flip_keep_landmarks_on_their_parts(records):
   aug = ip.Augmentation()  # the authors': resize 144, random 128 crop, random flip
   offsets, flips = set(), []
   for n, record in enumerate(records['train']):
-    scaled = (record['landmarks'] + .5) * 1.125 - .5  # the landmarks at 144 px
+    scaled = (record['landmarks'] + 0.5) * 1.125 - 0.5  # the landmarks at 144 px
     for seed in range(3):
       out = _preprocess(record, 10 * n + seed, R, aug)
       assert out['image'].shape == (R, R, 3) and 0 <= out['image'].min()
-      for part, idx in (('left_eye', slice(36, 42)), ('right_eye', slice(42, 48)),
-                        ('left_brow', slice(17, 22)), ('right_brow', slice(22, 27))):
+      for part, idx in (
+        ('left_eye', slice(36, 42)),
+        ('right_eye', slice(42, 48)),
+        ('left_brow', slice(17, 22)),
+        ('right_brow', slice(22, 27)),
+      ):
         x, y = np.round(out['landmarks'][idx].mean(0)).astype(int)
         assert out['semantic'][y, x] == CLS[part], (n, seed, part)
       # Every point moved by one integer crop offset in [0, 16], after the mirror if flipped.
@@ -451,8 +508,9 @@ def test_crop_and_flip_keep_landmarks_on_their_parts(records):
       mirrored = scaled - (out['landmarks'][ip.MIRROR_LANDMARKS] * [-1, 1] + [R - 1, 0])
       flipped = mirrored.std(0).sum() < plain.std(0).sum()
       offset = mirrored if flipped else plain
-      np.testing.assert_allclose(offset, np.broadcast_to(np.round(offset[0]), offset.shape),
-                                 atol=1e-3)
+      np.testing.assert_allclose(
+        offset, np.broadcast_to(np.round(offset[0]), offset.shape), atol=1e-3
+      )
       offset = tuple(np.round(offset[0]).astype(int))
       assert all(0 <= d <= 16 for d in offset), offset
       offsets.add(offset)
@@ -465,8 +523,10 @@ def _authors_box(seed):
   """The box ``preprocess`` draws for stateless seed ``[seed, 1]``: (left, top, right,
   bottom) in the 144-px resize, read from ``augment._zoom_box`` (its law is tested below)."""
   from sdgan_jax.input_pipeline import augment  # pylint: disable=import-outside-toplevel
-  _, crop_seed = tf.unstack(tf.random.experimental.stateless_split(
-      tf.constant([seed, 1], tf.int64), 2))
+
+  _, crop_seed = tf.unstack(
+    tf.random.experimental.stateless_split(tf.constant([seed, 1], tf.int64), 2)
+  )
   (top, left), (bottom, right) = (v.numpy() for v in augment._zoom_box(144, crop_seed))
   return int(left), int(top), int(right), int(bottom)
 
@@ -482,8 +542,8 @@ def test_authors_zoom_box_has_their_law():
     assert edge.min() >= 108 and edge.max() <= 126 and len(set(edge)) > 12
   width, height = right - left, bottom - top
   assert width.min() >= 72 and width.max() <= 108
-  assert np.mean(width != height) > 0.8                      # aspect jitter
-  assert abs(np.corrcoef(left, right)[0, 1]) < 0.25          # independent edges
+  assert np.mean(width != height) > 0.8  # aspect jitter
+  assert abs(np.corrcoef(left, right)[0, 1]) < 0.25  # independent edges
 
 
 def test_authors_zoom_matches_their_pil_pipeline_and_crops_every_plane(records):
@@ -495,16 +555,20 @@ def test_authors_zoom_matches_their_pil_pipeline_and_crops_every_plane(records):
     seed = 31 + n
     out = _preprocess(record, seed, R, aug)
     box = _authors_box(seed)
-    pil = lambda a, how: np.asarray(Image.fromarray(a).resize((144, 144), how).crop(box)
-                                    .resize((R, R), how), np.float32)
+    pil = lambda a, how: np.asarray(
+      Image.fromarray(a).resize((144, 144), how).crop(box).resize((R, R), how), np.float32
+    )
     ref = pil(record['image'], Image.LANCZOS) / 255
     assert np.abs(out['image'] - ref).mean() < 4e-3, np.abs(out['image'] - ref).mean()
     mask = pil(record['mask'][..., 0], Image.LANCZOS) / 255 > 0.2
     assert np.mean(out['mask'][..., 0] == mask) > 0.99
     semantic = pil(record['semantic'][..., 0], Image.NEAREST)
     assert np.mean(out['semantic'] == semantic) > 0.97
-    for part, idx in (('left_eye', slice(36, 42)), ('right_eye', slice(42, 48)),
-                      ('nose', slice(30, 31))):
+    for part, idx in (
+      ('left_eye', slice(36, 42)),
+      ('right_eye', slice(42, 48)),
+      ('nose', slice(30, 31)),
+    ):
       x, y = np.round(out['landmarks'][idx].mean(0)).astype(int)
       assert out['semantic'][y, x] == CLS[part], (n, part)
     # the zoom: the eyes lie further apart than in the record
@@ -514,6 +578,7 @@ def test_authors_zoom_matches_their_pil_pipeline_and_crops_every_plane(records):
 
 def test_augmentation_presets_are_the_configs_choices():
   from sdgan_jax import train  # pylint: disable=import-outside-toplevel
+
   assert tuple(ip.augment.PRESETS) == train.AUGMENTATIONS
   assert ip.augment.PRESETS['shift_flip'] == ip.Augmentation()
 
@@ -525,10 +590,9 @@ def test_resize_to_64_matches_pil_antialiased_bilinear(records):
   ref = np.asarray(pil, np.float32) / 255
   assert np.abs(out['image'] - ref).mean() < 2e-3, np.abs(out['image'] - ref).mean()
   # Nearest for the planes: every output value is one of the record's.
-  nearest = np.asarray(Image.fromarray(record['semantic'][..., 0]).resize((64, 64),
-                                                                         Image.NEAREST))
+  nearest = np.asarray(Image.fromarray(record['semantic'][..., 0]).resize((64, 64), Image.NEAREST))
   assert (out['semantic'] == nearest).mean() > 0.97
-  np.testing.assert_allclose(out['landmarks'], (record['landmarks'] + .5) / 2 - .5, atol=1e-5)
+  np.testing.assert_allclose(out['landmarks'], (record['landmarks'] + 0.5) / 2 - 0.5, atol=1e-5)
 
 
 # -------------------------------------------------------------------------- evaluation
@@ -536,8 +600,14 @@ def test_resize_to_64_matches_pil_antialiased_bilinear(records):
 
 def test_eval_iterator_order_padding_and_shards(source, decoded):
   rows = decoded['train']
-  parts = [list(ip.eval_iterator(source['train'], batch_size=10, resolution=R,
-                                 process_index=p, process_count=2)) for p in (0, 1)]
+  parts = [
+    list(
+      ip.eval_iterator(
+        source['train'], batch_size=10, resolution=R, process_index=p, process_count=2
+      )
+    )
+    for p in (0, 1)
+  ]
   assert [len(p) for p in parts] == [2, 2]  # 6 examples per process, batches of 5
   valid = []
   for part in parts:
@@ -556,8 +626,9 @@ def test_eval_iterator_order_padding_and_shards(source, decoded):
   np.testing.assert_array_equal(valid, np.arange(12))
   assert sum(b['valid'].sum() for p in parts for b in p) == 12
   # The test split, one process: one padded batch, in order.
-  (b,) = ip.eval_iterator(source['test'], batch_size=4, resolution=64, process_index=0,
-                          process_count=1)
+  (b,) = ip.eval_iterator(
+    source['test'], batch_size=4, resolution=64, process_index=0, process_count=1
+  )
   np.testing.assert_array_equal(b['valid'], [1, 1, 1, 0])
   np.testing.assert_array_equal(b['label'], [r['label'] for r in decoded['test']] + [-1])
 

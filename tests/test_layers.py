@@ -32,7 +32,7 @@ def test_reflect_padded_conv_equals_numpy_reference():
   want = np.zeros((1, 5, 6, 3), np.float32) + bias
   for i in range(5):
     for j in range(6):
-      want[0, i, j] += np.einsum('hwc,hwco->o', padded[0, i:i + 3, j:j + 3], kernel)
+      want[0, i, j] += np.einsum('hwc,hwco->o', padded[0, i : i + 3, j : j + 3], kernel)
   np.testing.assert_allclose(out, want, atol=1e-5)
   with pytest.raises(ValueError, match='padding_mode'):
     layers.Conv(3, padding_mode='circular').init(jax.random.key(0), x)
@@ -47,14 +47,18 @@ def test_spectral_norm_keeps_the_top_singular_value_at_one():
   for _ in range(30):  # power iteration converges over training steps
     variables = {**variables, **apply(variables)}
   kernel = np.asarray(variables['params']['Conv_0']['kernel']).reshape(-1, 8)
-  sigma = float(jax.tree_util.tree_leaves(
-      {k: v for k, v in variables['batch_stats']['SpectralNorm_0'].items() if 'sigma' in k})[0])
+  sigma = float(
+    jax.tree_util.tree_leaves(
+      {k: v for k, v in variables['batch_stats']['SpectralNorm_0'].items() if 'sigma' in k}
+    )[0]
+  )
   # one power iteration per step: the estimate converges geometrically, ~0.4% after 30 steps
   np.testing.assert_allclose(np.linalg.svd(kernel, compute_uv=False)[0] / sigma, 1.0, rtol=1e-2)
 
 
-@pytest.mark.parametrize('depth,expected', [(18, 11_176_512), (34, 21_284_672),
-                                            (50, 23_508_032), (101, 42_500_160)])
+@pytest.mark.parametrize(
+  'depth,expected', [(18, 11_176_512), (34, 21_284_672), (50, 23_508_032), (101, 42_500_160)]
+)
 def test_resnet_trunk_sizes_match_torchvision(depth, expected):
   # torchvision's totals minus the 1000-way fc head (2048*1000+1000 or 512*1000+1000)
   model = ResNet(**resnet_kwargs(depth))
@@ -66,8 +70,7 @@ def test_resnet_feature_strides_and_dilation():
   model = ResNet(stage_sizes=(1, 1, 1, 1), width=4, dilate_stages=(False, True, True))
   x = jnp.zeros((1, 64, 64, 3))
   feats = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x)[0])
-  assert [f.shape for f in feats] == [(1, 16, 16, 4), (1, 8, 8, 8), (1, 8, 8, 16),
-                                      (1, 8, 8, 32)]
+  assert [f.shape for f in feats] == [(1, 16, 16, 4), (1, 8, 8, 8), (1, 8, 8, 16), (1, 8, 8, 32)]
   with pytest.raises(ValueError, match='depth'):
     resnet_kwargs(42)
 
@@ -76,8 +79,7 @@ def test_resnet_cifar_stem_keeps_full_resolution():
   x = jnp.zeros((1, 32, 32, 3))
   model = ResNet(stage_sizes=(1, 1, 1, 1), width=4, stem='cifar')
   feats, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x))
-  assert [f.shape for f in feats] == [(1, 32, 32, 4), (1, 16, 16, 8), (1, 8, 8, 16),
-                                      (1, 4, 4, 32)]
+  assert [f.shape for f in feats] == [(1, 32, 32, 4), (1, 16, 16, 8), (1, 8, 8, 16), (1, 4, 4, 32)]
   assert variables['params']['conv1']['kernel'].shape == (3, 3, 3, 4)
   imagenet = ResNet(stage_sizes=(1, 1, 1, 1), width=4)
   feats = jax.eval_shape(lambda: imagenet.init_with_output(jax.random.key(0), x)[0])
@@ -105,10 +107,11 @@ def test_max_pool2_and_its_gradient_match_pytorch_max_pool2d_behind_a_relu():
   theirs = (pooled * torch.tensor(weights.transpose(0, 3, 1, 2))).sum()
   theirs.backward()
   np.testing.assert_allclose(float(value), theirs.item(), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(grad), xt.grad.numpy().transpose(0, 2, 3, 1),
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(grad), xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-6)
   np.testing.assert_array_equal(
-      np.asarray(layers.max_pool2(jnp.asarray(x))),
-      torch.nn.functional.max_pool2d(torch.tensor(x.transpose(0, 3, 1, 2)), 2, 2)
-      .numpy().transpose(0, 2, 3, 1))
+    np.asarray(layers.max_pool2(jnp.asarray(x))),
+    torch.nn.functional.max_pool2d(torch.tensor(x.transpose(0, 3, 1, 2)), 2, 2)
+    .numpy()
+    .transpose(0, 2, 3, 1),
+  )
   assert np.all(np.asarray(grad)[0, :2, :2, 0] == 0)

@@ -42,8 +42,15 @@ def _face_pairs(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray, full: bool = False):
   return structural_similarity(
-      a.astype(np.float64), b.astype(np.float64), gaussian_weights=True, sigma=1.5,
-      use_sample_covariance=False, data_range=1.0, channel_axis=-1, full=full)
+    a.astype(np.float64),
+    b.astype(np.float64),
+    gaussian_weights=True,
+    sigma=1.5,
+    use_sample_covariance=False,
+    data_range=1.0,
+    channel_axis=-1,
+    full=full,
+  )
 
 
 @pytest.fixture(scope='module', params=[64, 128])
@@ -66,7 +73,7 @@ def test_ssim_mask_matches_skimage_map(face_pairs):
   originals, distorted = face_pairs
   size = originals.shape[1]
   mask = np.zeros((len(originals), size, size, 1), np.float32)
-  mask[:, size // 4:3 * size // 4, size // 3:, :] = 1.0  # A rectangle near the face centre.
+  mask[:, size // 4 : 3 * size // 4, size // 3 :, :] = 1.0  # A rectangle near the face centre.
   ssim = jax.jit(losses.ssim)
   got = np.asarray(ssim(originals, distorted, mask))
   r = 5  # Half the 11x11 window: skimage's border crop.
@@ -89,9 +96,9 @@ def test_ssim_loss_and_gradient():
   flat = np.full_like(originals, 0.4)
   ones, zeros = np.ones(originals.shape[:3]), np.zeros(originals.shape[:3])
   cases = [
-      (originals, originals, ones),  # Identical images: SSIM at its maximum.
-      (flat, flat, ones),  # Zero variance everywhere.
-      (flat * 0.5, flat, zeros),  # Nothing to compare.
+    (originals, originals, ones),  # Identical images: SSIM at its maximum.
+    (flat, flat, ones),  # Zero variance everywhere.
+    (flat * 0.5, flat, zeros),  # Nothing to compare.
   ]
   grad_masked = jax.jit(jax.grad(losses.ssim_loss))
   grad = jax.jit(jax.grad(lambda a, b: losses.ssim_loss(a, b)))
@@ -137,14 +144,14 @@ def test_lsgan_multiscale_mean_of_scales():
 
 def _paper_eq8(x1, x2, y, m):
   """Eq. 8 of the paper, written out in numpy: d for Y = 1, max(0, m - d) for Y = 0."""
-  d = np.sqrt(np.sum((np.asarray(x1, np.float64) - np.asarray(x2, np.float64))**2, axis=1))
+  d = np.sqrt(np.sum((np.asarray(x1, np.float64) - np.asarray(x2, np.float64)) ** 2, axis=1))
   return np.mean(np.where(np.asarray(y) == 1, d, np.maximum(0.0, m - d)))
 
 
 def _authors_formula(x1, x2, y, m):
   """The authors' loss as a formula: 0.5 * (y d^2 + (1 - y) max(0, m - d)^2), d Euclidean
   (their square root carries an epsilon of 1e-9 under it)."""
-  d2 = np.sum((np.asarray(x1, np.float64) - np.asarray(x2, np.float64))**2, axis=1)
+  d2 = np.sum((np.asarray(x1, np.float64) - np.asarray(x2, np.float64)) ** 2, axis=1)
   y = np.asarray(y, np.float64)
   hinge = np.maximum(0.0, m - np.sqrt(d2 + 1e-9))
   return np.mean(0.5 * (y * d2 + (1 - y) * hinge**2))
@@ -163,13 +170,11 @@ def test_contrastive_by_hand():
     losses.contrastive_loss(x1, x2, same, 3.0, mode='squared')
 
 
-@pytest.mark.parametrize('mode,reference', [('paper', _paper_eq8),
-                                            ('authors', _authors_formula)])
+@pytest.mark.parametrize('mode,reference', [('paper', _paper_eq8), ('authors', _authors_formula)])
 def test_contrastive_matches_its_formula_on_random_embeddings(mode, reference):
   rng = np.random.default_rng(0)
   x1 = rng.normal(size=(64, 12)).astype(np.float32)
-  x2 = (x1 + rng.normal(scale=rng.uniform(0.05, 1.5, (64, 1)), size=(64, 12))).astype(
-      np.float32)
+  x2 = (x1 + rng.normal(scale=rng.uniform(0.05, 1.5, (64, 1)), size=(64, 12))).astype(np.float32)
   y = rng.integers(0, 2, 64)
   for m in (1.0, 3.0, 6.0):  # margins on both sides of the distances
     got = float(losses.contrastive_loss(x1, x2, y, m, mode=mode))
@@ -180,8 +185,7 @@ def test_contrastive_margin_clips_far_negatives():
   x1 = jnp.array([[0.0, 0.0]])
   x2 = jnp.array([[6.0, 8.0]])  # d = 10 > margin.
   for mode in losses.CONTRASTIVE_MODES:
-    loss, grad = jax.value_and_grad(losses.contrastive_loss)(
-        x1, x2, jnp.array([0.0]), 3.0, mode)
+    loss, grad = jax.value_and_grad(losses.contrastive_loss)(x1, x2, jnp.array([0.0]), 3.0, mode)
     assert float(loss) == 0.0
     np.testing.assert_array_equal(np.asarray(grad), 0.0)
 
@@ -222,8 +226,9 @@ def test_perceptual_matches_numpy():
   got = losses.perceptual_loss(_avg_pool2, jnp.asarray(gen), jnp.asarray(tgt), 1 / 57.6)
   assert float(got) == pytest.approx(want_pool / 57.6, rel=1e-5)
   # precomputed target features (the train step's, shared by its generator updates)
-  got = losses.perceptual_loss(two_maps, jnp.asarray(gen), None,
-                               target_features=[jnp.asarray(tgt), _avg_pool2(tgt)])
+  got = losses.perceptual_loss(
+    two_maps, jnp.asarray(gen), None, target_features=[jnp.asarray(tgt), _avg_pool2(tgt)]
+  )
   assert float(got) == pytest.approx(want, rel=1e-5)
 
 
@@ -256,8 +261,7 @@ def test_l1_loss_by_hand():
 
 
 def test_generator_total_loss_by_hand():
-  weights = losses.LossWeights(ssim=2.0, perceptual=3.0, contrastive=5.0, l1=7.0,
-                               adversarial=0.5)
+  weights = losses.LossWeights(ssim=2.0, perceptual=3.0, contrastive=5.0, l1=7.0, adversarial=0.5)
   terms = {'adv': 1.0, 'ssim': 0.1, 'perceptual': 0.2, 'contrastive': 0.3, 'l1': 0.4}
   total, metrics = losses.generator_total_loss(terms, weights)
   want = 0.5 * 1.0 + 2.0 * 0.1 + 3.0 * 0.2 + 5.0 * 0.3 + 7.0 * 0.4
@@ -291,31 +295,48 @@ def test_presets():
   MSE(D(fake), 1) + contrastive + 10 * L1 + 20 * perceptual (no SSIM); ``paper_weights``
   gives eq. 9 with the recipe's lambdas. Both are the recipes' configs."""
   from sdgan_jax.configs import celeba  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(4, 1)), jnp.float32)
   a, b = (jnp.asarray(rng.uniform(size=(4, 8, 8, 3)), jnp.float32) for _ in range(2))
-  terms = {'adv': losses.lsgan_g_loss(logits), 'ssim': losses.ssim_loss(a, b),
-           'perceptual': jnp.float32(0.37), 'contrastive': jnp.float32(1.9),
-           'l1': losses.l1_loss(a, b)}
-  theirs = (jnp.mean(jnp.square(logits - 1)) + terms['contrastive']
-            + 10 * jnp.mean(jnp.abs(a - b)) + 20 * terms['perceptual'])
+  terms = {
+    'adv': losses.lsgan_g_loss(logits),
+    'ssim': losses.ssim_loss(a, b),
+    'perceptual': jnp.float32(0.37),
+    'contrastive': jnp.float32(1.9),
+    'l1': losses.l1_loss(a, b),
+  }
+  theirs = (
+    jnp.mean(jnp.square(logits - 1))
+    + terms['contrastive']
+    + 10 * jnp.mean(jnp.abs(a - b))
+    + 20 * terms['perceptual']
+  )
   total, _ = losses.generator_total_loss(terms, losses.authors_weights())
   np.testing.assert_allclose(total, theirs, rtol=1e-6)
   eq9 = terms['adv'] + terms['ssim'] + 20 * terms['perceptual'] + terms['contrastive']
   total, _ = losses.generator_total_loss(terms, losses.paper_weights())
   np.testing.assert_allclose(total, eq9, rtol=1e-6)
   assert losses.LossWeights.from_config(celeba.get_config().loss) == losses.paper_weights()
-  assert losses.LossWeights.from_config(
-      celeba.get_config('authors').loss) == losses.authors_weights()
+  assert (
+    losses.LossWeights.from_config(celeba.get_config('authors').loss) == losses.authors_weights()
+  )
 
 
 def test_loss_weights_from_config():
-  cfg = ml_collections.ConfigDict({
-      'lambda_ssim': 0.0, 'lambda_perceptual': 20, 'lambda_contrastive': 1.0,
-      'lambda_l1': 10.0, 'lambda_adv': 2.0})
+  cfg = ml_collections.ConfigDict(
+    {
+      'lambda_ssim': 0.0,
+      'lambda_perceptual': 20,
+      'lambda_contrastive': 1.0,
+      'lambda_l1': 10.0,
+      'lambda_adv': 2.0,
+    }
+  )
   assert losses.LossWeights.from_config(cfg) == losses.authors_weights()
   partial = losses.LossWeights.from_config(
-      ml_collections.ConfigDict({'lambda_ssim': 3.0, 'contrastive_margin': 3.0}))
+    ml_collections.ConfigDict({'lambda_ssim': 3.0, 'contrastive_margin': 3.0})
+  )
   assert partial == losses.LossWeights(ssim=3.0, perceptual=20.0, contrastive=1.0, l1=0.0)
   cfg.lambda_percept = 1.0
   with pytest.raises(ValueError, match='lambda_percept'):

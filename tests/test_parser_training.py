@@ -13,17 +13,20 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
+from train_fixtures import (
+  assert_same_replicated_state,
+  nan_pixel_at,
+  patch_train_batches,
+  sigterm_at_read_of,
+)
 
+from sdgan_jax import parallel, parser_inference, train_parser, trainer
 from sdgan_jax.configs import eagrnet_polygons
-from sdgan_jax import parallel
-from sdgan_jax import parser_inference, train_parser, trainer
 from sdgan_jax.datasets import features as F
 from sdgan_jax.datasets import parsing_folders as pf
 from sdgan_jax.datasets import prepare, samples
 from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
 from sdgan_jax.faces import masks
-from train_fixtures import (assert_same_replicated_state, nan_pixel_at, patch_train_batches,
-                            sigterm_at_read_of)
 
 R = 32
 C = {name: i for i, name in enumerate(F.SEMANTIC_CLASSES)}
@@ -34,11 +37,21 @@ def tiny_parser_config(dataset: str = ''):
   cfg = eagrnet_polygons.get_config()
   cfg.resolution = R
   cfg.data.dataset = dataset
-  cfg.model = dict(depth=18, backbone_width=8, stage_sizes=(1, 1, 1, 1), num_vertices=4,
-                   context_features=16, edge_features=8, decoder_features=16,
-                   skip_features=8, dropout_rate=0.0, norm='batch')
-  cfg.optim.update(name='adam', learning_rate=3e-3, schedule='constant', warmup_steps=0,
-                   weight_decay=0.0)
+  cfg.model = dict(
+    depth=18,
+    backbone_width=8,
+    stage_sizes=(1, 1, 1, 1),
+    num_vertices=4,
+    context_features=16,
+    edge_features=8,
+    decoder_features=16,
+    skip_features=8,
+    dropout_rate=0.0,
+    norm='batch',
+  )
+  cfg.optim.update(
+    name='adam', learning_rate=3e-3, schedule='constant', warmup_steps=0, weight_decay=0.0
+  )
   cfg.train.batch_size = 4
   return cfg
 
@@ -55,8 +68,7 @@ def _face_maps(rng, n, r=R):
     labels[b][(yy < cy - 8 * s) & ~face] = C['hair']
     labels[b][(xx - cx + 4 * s) ** 2 + (yy - cy + 2 * s) ** 2 < 4 * s * s] = C['left_eye']
     labels[b][(xx - cx - 4 * s) ** 2 + (yy - cy + 2 * s) ** 2 < 4 * s * s] = C['right_eye']
-    labels[b][(np.abs(xx - cx) < 4 * s) & (np.abs(yy - cy - 5 * s) < 1.5 * s)] = \
-        C['inner_mouth']
+    labels[b][(np.abs(xx - cx) < 4 * s) & (np.abs(yy - cy - 5 * s) < 1.5 * s)] = C['inner_mouth']
   palette = np.random.default_rng(99).uniform(0, 1, (F.NUM_CLASSES, 3))
   images = np.clip(palette[labels] + rng.normal(0, 0.05, labels.shape + (3,)), 0, 1)
   return images.astype(np.float32), labels
@@ -70,8 +82,11 @@ def test_losses_match_their_definitions():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, F.NUM_CLASSES, (2, 8, 8))
   labels[:, :4] = 1  # a large region, so that not every pixel is an edge
-  out = {'parsing': rng.normal(size=(2, 8, 8, 11)), 'parsing_aux': rng.normal(size=(2, 8, 8, 11)),
-         'edge': rng.normal(size=(2, 8, 8, 2))}
+  out = {
+    'parsing': rng.normal(size=(2, 8, 8, 11)),
+    'parsing_aux': rng.normal(size=(2, 8, 8, 11)),
+    'edge': rng.normal(size=(2, 8, 8, 2)),
+  }
   weights = {'aux_weight': 0.4, 'edge_weight': 1.0, 'boundary_weight': 2.0}
   total, terms = train_parser.parser_losses(out, labels, weights)
 
@@ -83,18 +98,20 @@ def test_losses_match_their_definitions():
   pad = np.pad(labels, ((0, 0), (1, 1), (1, 1)), mode='edge')
   edge = np.zeros(labels.shape, bool)
   for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-    edge |= pad[:, dy:dy + 8, dx:dx + 8] != labels
+    edge |= pad[:, dy : dy + 8, dx : dx + 8] != labels
   share = edge.mean()
   w = np.where(edge, 1 - share, share)
-  want = {'parsing': ce(out['parsing'], labels).mean(),
-          'aux': ce(out['parsing_aux'], labels).mean(),
-          'edge': (w * ce(out['edge'], edge.astype(int))).sum() / w.sum(),
-          'boundary': ce(out['parsing'], labels)[edge].mean()}
+  want = {
+    'parsing': ce(out['parsing'], labels).mean(),
+    'aux': ce(out['parsing_aux'], labels).mean(),
+    'edge': (w * ce(out['edge'], edge.astype(int))).sum() / w.sum(),
+    'boundary': ce(out['parsing'], labels)[edge].mean(),
+  }
   for k, v in want.items():
     np.testing.assert_allclose(terms[k], v, rtol=1e-5)
   np.testing.assert_allclose(
-      total, want['parsing'] + 0.4 * want['aux'] + want['edge'] + 2 * want['boundary'],
-      rtol=1e-5)
+    total, want['parsing'] + 0.4 * want['aux'] + want['edge'] + 2 * want['boundary'], rtol=1e-5
+  )
 
 
 def test_segmentation_metrics():
@@ -105,8 +122,7 @@ def test_segmentation_metrics():
   # IoU: class 0: tp 2 / (3 + 3 - 2); class 1: 2 / (2 + 3 - 2); class 2: 2 / (3 + 2 - 2).
   np.testing.assert_allclose(got['eval/miou'], np.mean([2 / 4, 2 / 3, 2 / 3]))
   np.testing.assert_allclose(got['eval/pixel_accuracy'], 6 / 8)
-  padded = confusion_matrix(labels, preds, 11,
-                            weights=np.array([[1, 1, 1, 1], [0, 0, 0, 0]]))
+  padded = confusion_matrix(labels, preds, 11, weights=np.array([[1, 1, 1, 1], [0, 0, 0, 0]]))
   assert float(np.asarray(padded).sum()) == 4
 
 
@@ -118,15 +134,16 @@ def test_parser_learns_a_fixed_batch():
   mesh = parallel.make_mesh()
   state = train_parser.init_state(models, jax.random.key(0), mesh)
   step = train_parser.jit_train_step(models, mesh)
-  batch = parallel.shard_batch({'image': images, 'semantic': labels}, mesh,
-                               train_parser.BATCH_KEYS)
+  batch = parallel.shard_batch({'image': images, 'semantic': labels}, mesh, train_parser.BATCH_KEYS)
   history = []
   for _ in range(40):
     state, metrics = step(state, batch)
     history.append(jax.device_get(metrics))
   first, last = history[0], history[-1]
-  print(f"loss {first['train/loss']:.3f} -> {last['train/loss']:.3f}, pixel accuracy "
-        f"{first['train/pixel_accuracy']:.3f} -> {last['train/pixel_accuracy']:.3f}")
+  print(
+    f'loss {first["train/loss"]:.3f} -> {last["train/loss"]:.3f}, pixel accuracy '
+    f'{first["train/pixel_accuracy"]:.3f} -> {last["train/pixel_accuracy"]:.3f}'
+  )
   assert all(h['train/all_finite'] == 1 for h in history)
   assert last['train/loss'] < 0.5 * first['train/loss']
   assert last['train/parsing'] < 0.5 * first['train/parsing']
@@ -158,17 +175,27 @@ def dataset(tmp_path_factory):
     rows = []
     for i, (image, label) in enumerate(zip(images, labels)):
       mask = (label[..., None] > 0).astype(np.uint8) * 255
-      rows.append(dict(image=(image * 255).astype(np.uint8), mask=mask,
-                       semantic=label[..., None].astype(np.uint8),
-                       landmarks=rng.uniform(8, 24, (68, 2)).astype(np.float32),
-                       identity=np.int64(i % 2), label=np.int64(i % 2),
-                       filename=f'{split}_{i}.jpg'))
+      rows.append(
+        dict(
+          image=(image * 255).astype(np.uint8),
+          mask=mask,
+          semantic=label[..., None].astype(np.uint8),
+          landmarks=rng.uniform(8, 24, (68, 2)).astype(np.float32),
+          identity=np.int64(i % 2),
+          label=np.int64(i % 2),
+          filename=f'{split}_{i}.jpg',
+        )
+      )
     return list(enumerate(rows))
 
   builder = tfds.dataset_builders.store_as_tfds_dataset(
-      name='parser_test_faces', version='1.0.0', features=F.tfds_features(R),
-      split_datasets={'train': records('train', 4), 'test': records('test', 2)},
-      data_dir=tmp_path_factory.mktemp('tfds'), file_format='array_record')
+    name='parser_test_faces',
+    version='1.0.0',
+    features=F.tfds_features(R),
+    split_datasets={'train': records('train', 4), 'test': records('test', 2)},
+    data_dir=tmp_path_factory.mktemp('tfds'),
+    file_format='array_record',
+  )
   return str(builder.data_dir)
 
 
@@ -186,8 +213,9 @@ def shared_programs():
 
   def shared(config):
     subset = {k: config[k] for k in _PROGRAM_KEYS if k in config}
-    key = json.dumps(dict(subset, num_steps=config.train.num_steps), sort_keys=True,
-                     default=lambda v: v.to_dict())
+    key = json.dumps(
+      dict(subset, num_steps=config.train.num_steps), sort_keys=True, default=lambda v: v.to_dict()
+    )
     if key not in built:
       built[key] = build(config)
     return built[key]
@@ -221,8 +249,7 @@ def trained(dataset, tmp_path_factory):
     with pytest.raises(trainer.Preempted) as stopped:
       train_parser.train_and_evaluate(_loop_config(dataset, 4), str(workdir))
   assert int(stopped.value.state.step) == 2 and stopped.value.exit_status == 143
-  steps_after_kill = sorted(p.name for p in (workdir / 'checkpoints').iterdir()
-                            if p.name.isdigit())
+  steps_after_kill = sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   resumed = train_parser.train_and_evaluate(_loop_config(dataset, 4), str(workdir))
   return straight, resumed, workdir, steps_after_kill
 
@@ -232,13 +259,16 @@ def test_checkpoints_resume_bit_identically_with_a_validation_metric(trained):
   straight, resumed, workdir, steps_after_kill = trained
   assert steps_after_kill == ['2']
   assert int(resumed.step) == 4
-  for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.stats)),
-                  jax.tree_util.tree_leaves((resumed.params, resumed.stats))):
+  for a, b in zip(
+    jax.tree_util.tree_leaves((straight.params, straight.stats)),
+    jax.tree_util.tree_leaves((resumed.params, resumed.stats)),
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   config = json.loads((workdir / 'config.json').read_text())
   assert config['task'] == 'parser' and config['resolution'] == R
   assert list(workdir.glob('events.out.tfevents.*')), 'no TensorBoard summaries'
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   manager = ocp.CheckpointManager(str(workdir / 'checkpoints'))
   metrics = manager.metrics(4)
   assert 0.0 <= metrics['eval/miou'] <= 1.0 and 0.0 <= metrics['eval/pixel_accuracy'] <= 1.0
@@ -266,8 +296,9 @@ def test_non_finite_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypat
   cfg.checkpoint.every = 1
   with pytest.raises(trainer.NonFiniteLossError, match='non-finite parser loss at step 3'):
     train_parser.train_and_evaluate(cfg, str(tmp_path / 'w'))
-  saved = sorted(int(p.name) for p in (tmp_path / 'w' / 'checkpoints').iterdir()
-                 if p.name.isdigit())
+  saved = sorted(
+    int(p.name) for p in (tmp_path / 'w' / 'checkpoints').iterdir() if p.name.isdigit()
+  )
   assert saved == [1, 2]
 
 
@@ -277,8 +308,9 @@ def test_run_py_dispatches_parser_configs(tmp_path):
   import run  # pylint: disable=import-outside-toplevel
 
   repo = pathlib.Path(__file__).resolve().parents[1]
-  run.FLAGS(['run.py', f'--config={repo / "configs" / "eagrnet_folder.py"}',
-             f'--workdir={tmp_path / "w"}'])
+  run.FLAGS(
+    ['run.py', f'--config={repo / "configs" / "eagrnet_folder.py"}', f'--workdir={tmp_path / "w"}']
+  )
   try:
     with pytest.raises(ValueError, match='config.data.folder is empty'):
       run.main([])
@@ -312,9 +344,18 @@ def _write_png(path, array):
 def _celebamask_folder(root):
   """Three CelebAMask-HQ images: 128-px JPEGs, 64-px part masks (half size, as the real)."""
   want = _reference_map()
-  part_of = {'skin': 'skin', 'hair': 'hair', 'left_brow': 'l_brow', 'right_brow': 'r_brow',
-             'left_eye': 'l_eye', 'right_eye': 'r_eye', 'nose': 'nose', 'upper_lip': 'u_lip',
-             'inner_mouth': 'mouth', 'lower_lip': 'l_lip'}
+  part_of = {
+    'skin': 'skin',
+    'hair': 'hair',
+    'left_brow': 'l_brow',
+    'right_brow': 'r_brow',
+    'left_eye': 'l_eye',
+    'right_eye': 'r_eye',
+    'nose': 'nose',
+    'upper_lip': 'u_lip',
+    'inner_mouth': 'mouth',
+    'lower_lip': 'l_lip',
+  }
   expected = {}
   for idx in range(3):
     parts = {part_of[name]: want == C[name] for name in part_of}
@@ -323,11 +364,11 @@ def _celebamask_folder(root):
       parts['l_brow'], parts['r_brow'] = parts['r_brow'], parts['l_brow']
     if idx == 2:  # the ambiguous parts
       band = np.zeros_like(want, bool)
-      band[21:26, 18:46] = True            # eyeglasses over both eyes
+      band[21:26, 18:46] = True  # eyeglasses over both eyes
       parts['eye_g'] = band
       parts['skin'] = parts['skin'] & ~band  # the annotators' skin stops at the glasses
       hat = np.zeros_like(want, bool)
-      hat[0:5, 8:56] = True                 # a hat over the top of the hair mask
+      hat[0:5, 8:56] = True  # a hat over the top of the hair mask
       parts['hat'] = hat
       ears = np.zeros_like(want, bool)
       ears[20:30, 12:16] = True
@@ -342,8 +383,9 @@ def _celebamask_folder(root):
     else:
       expected[idx] = want
     for part, m in parts.items():
-      _write_png(root / 'CelebAMask-HQ-mask-anno' / '0' / f'{idx:05d}_{part}.png',
-                 m.astype(np.uint8) * 255)
+      _write_png(
+        root / 'CelebAMask-HQ-mask-anno' / '0' / f'{idx:05d}_{part}.png', m.astype(np.uint8) * 255
+      )
     image = np.random.default_rng(idx).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     _write_png(root / 'CelebA-HQ-img' / f'{idx}.jpg', image)
   return expected
@@ -375,8 +417,7 @@ def test_lapa_folder_gives_our_classes(tmp_path):
   wide = np.zeros((64, 80), np.uint8)
   wide[:, 8:72] = want  # a non-square image: the centre square is kept
   _write_png(root / 'train' / 'labels' / 'a.png', wide)
-  _write_png(root / 'train' / 'images' / 'a.jpg',
-             np.full((64, 80, 3), 128, np.uint8))
+  _write_png(root / 'train' / 'images' / 'a.jpg', np.full((64, 80, 3), 128, np.uint8))
   flipped = wide[:, ::-1].copy()  # LaPa ids of a mirrored face, as labelled by name
   _write_png(root / 'train' / 'labels' / 'b.png', flipped)
   _write_png(root / 'train' / 'images' / 'b.jpg', np.full((64, 80, 3), 64, np.uint8))
@@ -392,8 +433,7 @@ def test_lapa_folder_gives_our_classes(tmp_path):
 
   # Training batches: deterministic, and a flip mirrors the image and swaps the classes.
   plain = next(pf.train_batches(folder, batch_size=2, resolution=32, seed=3, flip_prob=0.0))
-  flipped_batch = next(pf.train_batches(folder, batch_size=2, resolution=32, seed=3,
-                                        flip_prob=1.0))
+  flipped_batch = next(pf.train_batches(folder, batch_size=2, resolution=32, seed=3, flip_prob=1.0))
   np.testing.assert_array_equal(flipped_batch['image'], plain['image'][:, :, ::-1])
   np.testing.assert_array_equal(flipped_batch['semantic'], mirror[plain['semantic'][:, :, ::-1]])
   evals = list(pf.eval_batches(folder, batch_size=4, resolution=32))
@@ -420,8 +460,9 @@ def test_wrong_layout_is_a_clear_error(tmp_path):
     pf.ParsingFolder(tmp_path / 'nowhere')
   root = tmp_path / 'cm'
   _celebamask_folder(root)
-  _write_png(root / 'CelebAMask-HQ-mask-anno' / '0' / '00001_glasses.png',
-             np.zeros((64, 64), np.uint8))
+  _write_png(
+    root / 'CelebAMask-HQ-mask-anno' / '0' / '00001_glasses.png', np.zeros((64, 64), np.uint8)
+  )
   with pytest.raises(pf.LayoutError, match="unknown CelebAMask-HQ part 'glasses'"):
     pf.ParsingFolder(root)
   with pytest.raises(pf.LayoutError, match="not 'lapa'"):
@@ -452,10 +493,19 @@ def test_prepare_with_a_parser_writes_its_argmax(trained, tmp_path):
   source = prepare.FolderSource(folder, dict(items))
   options = prepare.FaceOptions(resolution=R)
 
-  prepare.prepare_items(items, source.payloads, tmp_path / 'parsed', options, workers=0,
-                        chunk_size=2, progress=False, parser=parser)
-  prepare.prepare_items(items, source.payloads, tmp_path / 'polygons', options, workers=0,
-                        chunk_size=2, progress=False)
+  prepare.prepare_items(
+    items,
+    source.payloads,
+    tmp_path / 'parsed',
+    options,
+    workers=0,
+    chunk_size=2,
+    progress=False,
+    parser=parser,
+  )
+  prepare.prepare_items(
+    items, source.payloads, tmp_path / 'polygons', options, workers=0, chunk_size=2, progress=False
+  )
   parsed = list(prepare.iter_prepared(tmp_path / 'parsed'))
   polygons = list(prepare.iter_prepared(tmp_path / 'polygons'))
   assert len(parsed) == len(polygons) == 3
@@ -463,8 +513,9 @@ def test_prepare_with_a_parser_writes_its_argmax(trained, tmp_path):
   # Reference: the restored network applied directly to the stored crops.
   models = train_parser.ParserModels(tiny_parser_config())
   crops = np.stack([p['image'] for p in parsed]).astype(np.float32) / 255
-  logits = jax.jit(models.model.apply)({'params': resumed.params, **resumed.stats},
-                                       crops)['parsing']
+  logits = jax.jit(models.model.apply)({'params': resumed.params, **resumed.stats}, crops)[
+    'parsing'
+  ]
   want = np.asarray(np.argmax(logits, -1))
   got = np.stack([p['semantic'][..., 0] for p in parsed])
   np.testing.assert_array_equal(got, want)
@@ -476,12 +527,14 @@ def test_prepare_with_a_parser_writes_its_argmax(trained, tmp_path):
     np.testing.assert_array_equal(p['mask'], masks.face_mask(p['landmarks'], R) * 255)
     np.testing.assert_array_equal(q['mask'], p['mask'])
     np.testing.assert_array_equal(
-        q['semantic'][..., 0], masks.semantic_map(q['landmarks'], R, q['mask']))
+      q['semantic'][..., 0], masks.semantic_map(q['landmarks'], R, q['mask'])
+    )
 
   manifest = prepare.load_manifest(tmp_path / 'parsed')
   assert manifest['semantic_parser'] == parser.fingerprint
   assert 'semantic_parser' not in prepare.load_manifest(tmp_path / 'polygons')
   # The two kinds of maps never mix in one folder.
   with pytest.raises(ValueError, match='semantic_parser'):
-    prepare.prepare_items(items, source.payloads, tmp_path / 'parsed', options, workers=0,
-                          chunk_size=2, progress=False)
+    prepare.prepare_items(
+      items, source.payloads, tmp_path / 'parsed', options, workers=0, chunk_size=2, progress=False
+    )

@@ -27,8 +27,14 @@ def originals(photos):
 
 def _inside(points, box, slack):
   x0, y0, x1, y1 = box
-  return bool(np.all((points[:, 0] >= x0 - slack) & (points[:, 0] <= x1 + slack) &
-                     (points[:, 1] >= y0 - slack) & (points[:, 1] <= y1 + slack)))
+  return bool(
+    np.all(
+      (points[:, 0] >= x0 - slack)
+      & (points[:, 0] <= x1 + slack)
+      & (points[:, 1] >= y0 - slack)
+      & (points[:, 1] <= y1 + slack)
+    )
+  )
 
 
 def test_the_set_holds_faces_and_negatives(originals):
@@ -61,7 +67,7 @@ def test_partial_faces_are_crops_of_obama(photos):
     assert source == 'obama'
     crop = photos[name][0].astype(np.int16)
     assert crop.shape[0] == obama.shape[0]
-    diff = np.abs(obama[:, x0:x0 + crop.shape[1]] - crop).mean()
+    diff = np.abs(obama[:, x0 : x0 + crop.shape[1]] - crop).mean()
     assert diff < 4, (name, diff)  # re-encoded JPEG; another offset of 1 px gives >> 4
 
 
@@ -77,18 +83,24 @@ def test_ground_truth_agrees_with_dlib(originals):
     found = hog(im.image)
     for face in im.faces:
       g = face.box
-      near = [b for b in found.boxes + [0, 0, 1, 1]
-              if b[0] < g[2] and g[0] < b[2] and b[1] < g[3] and g[1] < b[3] and
-              coverage.covers(b, face, tolerance=0.1)]
+      near = [
+        b
+        for b in found.boxes + [0, 0, 1, 1]
+        if b[0] < g[2]
+        and g[0] < b[2]
+        and b[1] < g[3]
+        and g[1] < b[3]
+        and coverage.covers(b, face, tolerance=0.1)
+      ]
       if face.source.startswith('dlib'):
         assert near, f'{im.name}: dlib does not find its annotated face at {g}'
       if face.source == 'dlib':  # a crop's ground truth is the uncut photo's, shifted
         points = predictor(im.image, near[0] - [0, 0, 1, 1])
-        five = np.stack([points[36:42].mean(0), points[42:48].mean(0), points[30],
-                         points[48], points[54]])
+        five = np.stack(
+          [points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]]
+        )
         vis = face.visible
-        np.testing.assert_allclose(five[vis], face.keypoints[vis], atol=1.0,
-                                   err_msg=im.name)
+        np.testing.assert_allclose(five[vis], face.keypoints[vis], atol=1.0, err_msg=im.name)
       confirmed += bool(near)
   # All dlib faces and the .pts faces of Walter (breakingbad) and takeo; not Einstein at
   # his lectern (head tilted: the slow test below has the ensemble find him), nor the fresh
@@ -117,12 +129,16 @@ def test_variants_move_the_ground_truth_with_the_pixels():
   says; a scaled variant's key points are the photo's times the scale (pixel centres)."""
   h, w = 300, 420
   image = np.full((h, w, 3), 40, np.uint8)
-  kp = np.array([[150.0, 120.0], [210.0, 118.0], [180.0, 150.0], [155.0, 185.0],
-                 [205.0, 187.0]])
+  kp = np.array([[150.0, 120.0], [210.0, 118.0], [180.0, 150.0], [155.0, 185.0], [205.0, 187.0]])
   for x, y in kp.astype(int):
-    image[y - 2:y + 3, x - 2:x + 3] = 255
-  face = ps.PhotoFace(kp, ps._ellipse((120, 80, 241, 231)),  # pylint: disable=protected-access
-                      120.0, np.ones(5, bool), 'hand')
+    image[y - 2 : y + 3, x - 2 : x + 3] = 255
+  face = ps.PhotoFace(
+    kp,
+    ps._ellipse((120, 80, 241, 231)),  # pylint: disable=protected-access
+    120.0,
+    np.ones(5, bool),
+    'hand',
+  )
   for variant in ps.VARIANTS:
     out, matrix = ps.variant_image(image, variant)
     moved = ps.transform_face(face, matrix, out.shape[:2])
@@ -137,11 +153,15 @@ def test_variants_move_the_ground_truth_with_the_pixels():
       assert moved.size == pytest.approx(120 * s, rel=0.02)
     elif variant.startswith('turn'):
       turned = moved.keypoints
-      np.testing.assert_allclose(np.linalg.norm(turned[1:] - turned[0], axis=1),
-                                 np.linalg.norm(kp[1:] - kp[0], axis=1), atol=1e-6)
+      np.testing.assert_allclose(
+        np.linalg.norm(turned[1:] - turned[0], axis=1),
+        np.linalg.norm(kp[1:] - kp[0], axis=1),
+        atol=1e-6,
+      )
       eye = turned[1] - turned[0]
       angle = -np.degrees(np.arctan2(eye[1], eye[0])) + np.degrees(
-          np.arctan2(kp[1, 1] - kp[0, 1], kp[1, 0] - kp[0, 0]))
+        np.arctan2(kp[1, 1] - kp[0, 1], kp[1, 0] - kp[0, 0])
+      )
       assert angle == pytest.approx(float(variant[4:]), abs=1e-6)
       # The box turns with the face: it still holds the key points, and is larger.
       assert _inside(turned, moved.box, 0) and moved.size == face.size
@@ -153,9 +173,9 @@ def test_variants_move_the_ground_truth_with_the_pixels():
     r = 3 if not variant.startswith('scale') else 2
     for x, y in moved.keypoints:
       xi, yi = int(round(x)), int(round(y))
-      win = grey[yi - r:yi + r + 1, xi - r:xi + r + 1] - np.median(grey)
+      win = grey[yi - r : yi + r + 1, xi - r : xi + r + 1] - np.median(grey)
       win = np.clip(win, 0, None)
-      yy, xx = np.mgrid[yi - r:yi + r + 1, xi - r:xi + r + 1]
+      yy, xx = np.mgrid[yi - r : yi + r + 1, xi - r : xi + r + 1]
       centre = np.array([(xx * win).sum(), (yy * win).sum()]) / win.sum()
       assert np.linalg.norm(centre - (x, y)) < 0.35, (variant, centre, (x, y))
 
@@ -164,10 +184,14 @@ def test_scoring_counts_hits_false_boxes_and_ignores(originals):
   im = originals['obama2']
   face = im.faces[0]
   x0, y0, x1, y1 = face.box
-  boxes = np.array([[x0, y0, x1, y1],               # the face
-                    [10, 10, 60, 60],               # the flag: false
-                    [560, 400, 600, 450],           # the woman cut by the edge: ignored
-                    [x0 - 2000, y0 - 2000, x1 + 2000, y1 + 2000]])  # too large, on it
+  boxes = np.array(
+    [
+      [x0, y0, x1, y1],  # the face
+      [10, 10, 60, 60],  # the flag: false
+      [560, 400, 600, 450],  # the woman cut by the edge: ignored
+      [x0 - 2000, y0 - 2000, x1 + 2000, y1 + 2000],
+    ]
+  )  # too large, on it
   found, false = ps.score_image(im, boxes)
   assert found == [True] and false.tolist() == [False, True, False, False]
   table = ps.summarize([im], [found], [int(false.sum())], [1.0])

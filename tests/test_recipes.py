@@ -30,7 +30,9 @@ def test_authors_recipe_holds_the_authors_choices():
   assert authors.data.target_feature == paper.data.target_feature == 'image'
   assert (authors.data.sampling, paper.data.sampling) == ('authors', 'epoch')
   assert (authors.inference.norm_statistics, paper.inference.norm_statistics) == (
-      'per_image', 'running')
+    'per_image',
+    'running',
+  )
   assert authors.model.generator.preset == 'authors'
   assert authors.model.identity.preset == 'authors'
   train.validate_config(authors)  # every key known, every network builds

@@ -19,14 +19,21 @@ import pytest
 import tensorflow_datasets as tfds
 import train_fixtures
 from PIL import Image
+from test_parser_training import _face_maps, tiny_parser_config
+from tool_loader import load_tool
 
-from sdgan_jax import (anonymize, identity_bank, parser_inference, semantic_source, train,
-                       train_parser, trainer)
+from sdgan_jax import (
+  anonymize,
+  identity_bank,
+  parser_inference,
+  semantic_source,
+  train,
+  train_parser,
+  trainer,
+)
 from sdgan_jax.datasets import features as F
 from sdgan_jax.evaluation import runner
 from sdgan_jax.faces import masks
-from test_parser_training import _face_maps, tiny_parser_config
-from tool_loader import load_tool
 
 R = 32
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,12 +48,20 @@ def _records(rng, n):
   images, labels = _face_maps(rng, n)
   rows = []
   for i, (image, label) in enumerate(zip(images, labels)):
-    rows.append((i, dict(image=(image * 255).astype(np.uint8),
-                         mask=(label[..., None] > 0).astype(np.uint8) * 255,
-                         semantic=label[..., None].astype(np.uint8),
-                         landmarks=rng.uniform(8, 24, (68, 2)).astype(np.float32),
-                         identity=np.int64(i % 2), label=np.int64(i % 2),
-                         filename=f'{i}.jpg')))
+    rows.append(
+      (
+        i,
+        dict(
+          image=(image * 255).astype(np.uint8),
+          mask=(label[..., None] > 0).astype(np.uint8) * 255,
+          semantic=label[..., None].astype(np.uint8),
+          landmarks=rng.uniform(8, 24, (68, 2)).astype(np.float32),
+          identity=np.int64(i % 2),
+          label=np.int64(i % 2),
+          filename=f'{i}.jpg',
+        ),
+      )
+    )
   return rows
 
 
@@ -57,13 +72,20 @@ def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp('semantic_data')
   rng = np.random.default_rng(1)
   builder = tfds.dataset_builders.store_as_tfds_dataset(
-      name='semantic_test_faces', version='1.0.0', config='faces_32',
-      features=F.tfds_features(R),
-      split_datasets={'train': _records(rng, 8), 'test': _records(rng, 4)},
-      data_dir=root, file_format='array_record')
+    name='semantic_test_faces',
+    version='1.0.0',
+    config='faces_32',
+    features=F.tfds_features(R),
+    split_datasets={'train': _records(rng, 8), 'test': _records(rng, 4)},
+    data_dir=root,
+    file_format='array_record',
+  )
   cfg = train_fixtures.tiny_config(R)
-  bank = identity_bank.IdentityBank(rng.normal(size=(2, cfg.identity_dim)), np.array([4, 4]),
-                                    features=rng.normal(size=(8, cfg.identity_dim)))
+  bank = identity_bank.IdentityBank(
+    rng.normal(size=(2, cfg.identity_dim)),
+    np.array([4, 4]),
+    features=rng.normal(size=(8, cfg.identity_dim)),
+  )
   bank.save(identity_bank.bank_path(builder.data_dir, 'train', cfg.data.identity_backbone))
   return root, pathlib.Path(builder.data_dir)
 
@@ -102,15 +124,18 @@ def models(tmp_path_factory, parser):
   """Untrained 32-px SDGAN workdirs: 'polygons' (no record, as older runs) and 'parser'
   (its record names the tiny parser)."""
   rng = np.random.default_rng(0)
-  bank = identity_bank.IdentityBank(means=rng.normal(size=(4, 128)).astype(np.float32) * 0.1,
-                                    counts=np.ones(4, np.int64))
+  bank = identity_bank.IdentityBank(
+    means=rng.normal(size=(4, 128)).astype(np.float32) * 0.1, counts=np.ones(4, np.int64)
+  )
   root = tmp_path_factory.mktemp('semantic_models')
-  polygons = train_fixtures.write_untrained_workdir(root / 'polygons',
-                                                    train_fixtures.tiny_config(R), bank)
+  polygons = train_fixtures.write_untrained_workdir(
+    root / 'polygons', train_fixtures.tiny_config(R), bank
+  )
   parsed = root / 'parser'
   shutil.copytree(polygons, parsed)
   semantic_source.write_record(
-      parsed, semantic_source.SemanticSource.from_parser_fingerprint(parser.fingerprint))
+    parsed, semantic_source.SemanticSource.from_parser_fingerprint(parser.fingerprint)
+  )
   return {'polygons': pathlib.Path(polygons), 'parser': parsed}
 
 
@@ -133,16 +158,24 @@ def test_the_record_follows_the_dataset_s_preparation(data_dir, tmp_path):
   manifest = _write_manifest(data_dir, fingerprint)
   source = semantic_source.record_training_maps(tmp_path / 'w', dataset)
   record = json.loads((tmp_path / 'w' / semantic_source.RECORD).read_text())
-  assert record == {'source': 'parser', 'parser_fingerprint': fingerprint,
-                    'parser_workdir': '/somewhere/parser', 'parser_step': 7,
-                    'dataset': str(dataset), 'manifest': str(manifest)}
+  assert record == {
+    'source': 'parser',
+    'parser_fingerprint': fingerprint,
+    'parser_workdir': '/somewhere/parser',
+    'parser_step': 7,
+    'dataset': str(dataset),
+    'manifest': str(manifest),
+  }
   assert semantic_source.read_record(tmp_path / 'w') == source
   assert source.label == fingerprint
 
   _write_manifest(data_dir)
   semantic_source.record_training_maps(tmp_path / 'w', dataset)
   assert json.loads((tmp_path / 'w' / semantic_source.RECORD).read_text()) == {
-      'source': 'polygons', 'dataset': str(dataset), 'manifest': str(manifest)}
+    'source': 'polygons',
+    'dataset': str(dataset),
+    'manifest': str(manifest),
+  }
   # A manifest of another preparation than the one the dataset was built from, or none at
   # all, is not taken for the dataset's: polygons (as for older workdirs without a record).
   _write_manifest(data_dir, fingerprint, items='items1')
@@ -198,15 +231,16 @@ def _recording(anonymizer):
 def test_the_anonymizer_gives_a_parser_model_its_parser_s_maps(models, parser, photo, tmp_path):
   runs = {}
   for kind in ('polygons', 'parser'):
-    anonymizer = anonymize.build_anonymizer(models[kind],
-                                            options=anonymize.Options(**OPTIONS))
+    anonymizer = anonymize.build_anonymizer(models[kind], options=anonymize.Options(**OPTIONS))
     calls = _recording(anonymizer)
     report = anonymize.anonymize_paths([photo], tmp_path / kind, anonymizer, progress=False)
     assert report['totals']['anonymized'] >= 1, report
     [(crops, semantic)] = calls
     runs[kind] = crops, semantic[..., 0], report
-    assert json.loads((tmp_path / kind / anonymize.REPORT_NAME).read_text())[
-        'semantic_maps'] == report['semantic_maps']
+    assert (
+      json.loads((tmp_path / kind / anonymize.REPORT_NAME).read_text())['semantic_maps']
+      == report['semantic_maps']
+    )
   crops, maps, report = runs['parser']
   assert report['semantic_maps'] == parser.fingerprint
   # The parser's output on the aligned crop, as prepare_data.py --parser stores it.
@@ -220,7 +254,8 @@ def test_the_anonymizer_gives_a_parser_model_its_parser_s_maps(models, parser, p
   moved = tmp_path / 'moved_parser'
   shutil.copytree(parser.workdir, moved)
   anonymizer = anonymize.build_anonymizer(
-      models['parser'], options=anonymize.Options(**OPTIONS, parser_workdir=str(moved)))
+    models['parser'], options=anonymize.Options(**OPTIONS, parser_workdir=str(moved))
+  )
   assert anonymizer.parser.fingerprint != parser.fingerprint
   assert semantic_source.same_weights(anonymizer.parser.fingerprint, parser.fingerprint)
   calls = _recording(anonymizer)
@@ -239,29 +274,52 @@ def test_mismatches_are_one_line_errors_in_the_clis(models, parser, photo, tmp_p
   cli = _load_tool('anonymize')
   gone = tmp_path / 'gone_model'
   gone.mkdir()
-  semantic_source.write_record(gone, semantic_source.SemanticSource.from_parser_fingerprint(
-      f'{tmp_path}/no_parser@2:0123456789abcdef'))
+  semantic_source.write_record(
+    gone,
+    semantic_source.SemanticSource.from_parser_fingerprint(
+      f'{tmp_path}/no_parser@2:0123456789abcdef'
+    ),
+  )
   other = tmp_path / 'other_model'
   other.mkdir()
-  semantic_source.write_record(other, semantic_source.SemanticSource.from_parser_fingerprint(
-      f'{parser.workdir}@2:0123456789abcdef'))
+  semantic_source.write_record(
+    other,
+    semantic_source.SemanticSource.from_parser_fingerprint(f'{parser.workdir}@2:0123456789abcdef'),
+  )
   cases = [
-      # trained on parser maps, the recorded parser workdir is gone and none is given
-      (gone, [], ['does not exist', '--parser']),
-      # a parser other than the recorded one: given, or found where the record says
-      (other, ['--parser', str(parser.workdir)], ['weights differ']),
-      (other, [], ['weights differ']),
-      # a parser for a model trained on polygon maps
-      (models['polygons'], ['--parser', str(parser.workdir)], ['landmark-polygon',
-                                                               'leave out --parser']),
-      # not a parser workdir
-      (models['parser'], ['--parser', str(models['polygons'])],
-       ['--parser', 'not a face parser workdir']),
+    # trained on parser maps, the recorded parser workdir is gone and none is given
+    (gone, [], ['does not exist', '--parser']),
+    # a parser other than the recorded one: given, or found where the record says
+    (other, ['--parser', str(parser.workdir)], ['weights differ']),
+    (other, [], ['weights differ']),
+    # a parser for a model trained on polygon maps
+    (
+      models['polygons'],
+      ['--parser', str(parser.workdir)],
+      ['landmark-polygon', 'leave out --parser'],
+    ),
+    # not a parser workdir
+    (
+      models['parser'],
+      ['--parser', str(models['polygons'])],
+      ['--parser', 'not a face parser workdir'],
+    ),
   ]
   for model, flags, words in cases:
-    code = cli.main([str(photo), '--output', str(tmp_path / 'out'), '--checkpoint', str(model),
-                     '--no_identity_check', '--detectors', 'hog', '--no_progress',
-                     *flags])
+    code = cli.main(
+      [
+        str(photo),
+        '--output',
+        str(tmp_path / 'out'),
+        '--checkpoint',
+        str(model),
+        '--no_identity_check',
+        '--detectors',
+        'hog',
+        '--no_progress',
+        *flags,
+      ]
+    )
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith('error:')]
     assert code == 2 and len(errors) == 1 and 'Traceback' not in err, (model, flags, err)
@@ -274,8 +332,9 @@ def test_mismatches_are_one_line_errors_in_the_clis(models, parser, photo, tmp_p
   with pytest.raises(semantic_source.SemanticMapsError, match='leave out --parser'):
     semantic_source.parser_for(semantic_source.SemanticSource(), parser)
   with pytest.raises(semantic_source.SemanticMapsError, match='baselines use no'):
-    anonymize.FaceAnonymizer(baseline='blur', options=anonymize.Options(
-        **OPTIONS, parser_workdir=str(parser.workdir)))
+    anonymize.FaceAnonymizer(
+      baseline='blur', options=anonymize.Options(**OPTIONS, parser_workdir=str(parser.workdir))
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,9 +365,13 @@ def test_eval_gives_each_model_its_kind_of_maps(data_dir, parser):
   # The maps the generator gets: the parser's of the crops, polygons from the landmarks.
   rng = np.random.default_rng(3)
   images, labels = _face_maps(rng, 3)
-  own = {'image': images, 'semantic': labels.astype(np.uint8),
-         'mask': (labels[..., None] > 0).astype(np.float32), 'valid': np.array([1, 1, 0.]),
-         'landmarks': np.stack([_landmarks()] * 3)}
+  own = {
+    'image': images,
+    'semantic': labels.astype(np.uint8),
+    'mask': (labels[..., None] > 0).astype(np.float32),
+    'valid': np.array([1, 1, 0.0]),
+    'landmarks': np.stack([_landmarks()] * 3),
+  }
   crops = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
   parser_row = _row(parsed)
   parser_row.maps, parser_row.parser = 'parser', parser
@@ -316,8 +379,7 @@ def test_eval_gives_each_model_its_kind_of_maps(data_dir, parser):
   polygon_row = _row(polygons)
   polygon_row.maps = 'polygons'
   got = runner._model_semantic(polygon_row, own)
-  np.testing.assert_array_equal(got[0], masks.semantic_map(own['landmarks'][0], R,
-                                                           own['mask'][0]))
+  np.testing.assert_array_equal(got[0], masks.semantic_map(own['landmarks'][0], R, own['mask'][0]))
   assert not got[2].any()  # padding
   polygon_row.maps = 'dataset'
   np.testing.assert_array_equal(runner._model_semantic(polygon_row, own), own['semantic'])
@@ -335,13 +397,25 @@ def _landmarks():
   return aligned.landmarks.astype(np.float32)
 
 
-def test_eval_tool_refuses_a_parser_for_a_polygon_model(data_dir, models, parser, tmp_path,
-                                                        capsys):
+def test_eval_tool_refuses_a_parser_for_a_polygon_model(data_dir, models, parser, tmp_path, capsys):
   _write_manifest(data_dir)
-  code = _load_tool('eval').main([
-      '--checkpoint', str(models['polygons']), '--data', str(data_dir[1]), '--split',
-      'train,test', '--detectors', 'blazeface', '--parser', str(parser.workdir),
-      '--output', str(tmp_path / 'eval'), '--no_progress'])
+  code = _load_tool('eval').main(
+    [
+      '--checkpoint',
+      str(models['polygons']),
+      '--data',
+      str(data_dir[1]),
+      '--split',
+      'train,test',
+      '--detectors',
+      'blazeface',
+      '--parser',
+      str(parser.workdir),
+      '--output',
+      str(tmp_path / 'eval'),
+      '--no_progress',
+    ]
+  )
   err = capsys.readouterr().err
   errors = [line for line in err.splitlines() if line.startswith('eval.py: error:')]
   assert code == 2 and len(errors) == 1, err

@@ -6,14 +6,18 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from train_fixtures import (
+  batch_for,
+  nan_pixel_at,
+  patch_train_batches,
+  sigterm_at_read_of,
+  tiny_config,
+)
 
 from sdgan_jax import identity_bank as bank_lib
-from sdgan_jax import inference
-from sdgan_jax import parallel, train, trainer
-from sdgan_jax.networks import Networks, generate
+from sdgan_jax import inference, parallel, train, trainer
 from sdgan_jax.datasets import features as F
-from train_fixtures import (batch_for, nan_pixel_at, patch_train_batches, sigterm_at_read_of,
-                            tiny_config)
+from sdgan_jax.networks import Networks, generate
 
 R = 32
 IDENTITIES, PER_IDENTITY = 4, 4
@@ -26,11 +30,17 @@ def _records(rng, split):
       mask = np.zeros((R, R, 1), np.uint8)
       mask[8:24, 8:24] = 255
       semantic = (rng.integers(1, 10, (R, R, 1)) * (mask > 0)).astype(np.uint8)
-      rows.append(dict(image=rng.integers(0, 256, (R, R, 3), dtype=np.uint8), mask=mask,
-                       semantic=semantic,
-                       landmarks=rng.uniform(8, 24, (68, 2)).astype(np.float32),
-                       identity=np.int64(100 + label), label=np.int64(label),
-                       filename=f'{split}_{label}_{i}.jpg'))
+      rows.append(
+        dict(
+          image=rng.integers(0, 256, (R, R, 3), dtype=np.uint8),
+          mask=mask,
+          semantic=semantic,
+          landmarks=rng.uniform(8, 24, (68, 2)).astype(np.float32),
+          identity=np.int64(100 + label),
+          label=np.int64(label),
+          filename=f'{split}_{label}_{i}.jpg',
+        )
+      )
   return rows
 
 
@@ -38,13 +48,19 @@ def _records(rng, split):
 def dataset(tmp_path_factory):
   rng = np.random.default_rng(0)
   builder = tfds.dataset_builders.store_as_tfds_dataset(
-      name='loop_test_faces', version='1.0.0', features=F.tfds_features(R),
-      split_datasets={s: list(enumerate(_records(rng, s))) for s in ('train', 'test')},
-      data_dir=tmp_path_factory.mktemp('tfds'), file_format='array_record')
+    name='loop_test_faces',
+    version='1.0.0',
+    features=F.tfds_features(R),
+    split_datasets={s: list(enumerate(_records(rng, s))) for s in ('train', 'test')},
+    data_dir=tmp_path_factory.mktemp('tfds'),
+    file_format='array_record',
+  )
   cfg = tiny_config(R)
   bank = bank_lib.IdentityBank(
-      rng.normal(size=(IDENTITIES, cfg.identity_dim)), np.full(IDENTITIES, PER_IDENTITY),
-      features=rng.normal(size=(IDENTITIES * PER_IDENTITY, cfg.identity_dim)))
+    rng.normal(size=(IDENTITIES, cfg.identity_dim)),
+    np.full(IDENTITIES, PER_IDENTITY),
+    features=rng.normal(size=(IDENTITIES * PER_IDENTITY, cfg.identity_dim)),
+  )
   bank.save(bank_lib.bank_path(builder.data_dir, 'train', cfg.data.identity_backbone))
   return str(builder.data_dir)
 
@@ -62,15 +78,19 @@ def _config(dataset, num_steps):
 
 
 def _params(state):
-  return [np.asarray(x) for x in jax.tree_util.tree_leaves(
-      (state.generator.params, state.discriminator.params, state.identity.params))]
+  return [
+    np.asarray(x)
+    for x in jax.tree_util.tree_leaves(
+      (state.generator.params, state.discriminator.params, state.identity.params)
+    )
+  ]
 
 
 @pytest.mark.slow
 def test_train_writes_checkpoints_and_summaries_and_resumes_bit_identically(dataset, tmp_path):
   straight = train.train_and_evaluate(_config(dataset, 4), str(tmp_path / 'straight'))
   workdir = tmp_path / 'resumed'
-  train.train_and_evaluate(_config(dataset, 2), str(workdir))   # "killed" after step 2
+  train.train_and_evaluate(_config(dataset, 2), str(workdir))  # "killed" after step 2
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['2']
   assert (workdir / 'config.json').is_file()
   assert list(workdir.glob('events.out.tfevents.*')), 'no TensorBoard summaries'
@@ -86,11 +106,13 @@ def test_train_writes_checkpoints_and_summaries_and_resumes_bit_identically(data
   restored = inference.TrainedGenerator.from_workdir(workdir, batch_size=3)
   assert restored.step == 4 and restored.bank.num_identities == IDENTITIES
   batch = batch_for(_config(dataset, 4), seed=1, batch_size=4)  # 4 = one full + one padded
-  got = restored.generate(batch['image'], batch['mask'], batch['semantic'],
-                          batch['target_identity'])
+  got = restored.generate(
+    batch['image'], batch['mask'], batch['semantic'], batch['target_identity']
+  )
   models = Networks(_config(dataset, 4))
-  want, _ = generate(models.generator, resumed.ema_params, resumed.ema_stats, batch,
-                     models.config.num_classes)
+  want, _ = generate(
+    models.generator, resumed.ema_params, resumed.ema_stats, batch, models.config.num_classes
+  )
   np.testing.assert_allclose(got, np.clip(np.asarray(want), 0, 1), atol=1e-5)
   outside = batch['mask'][..., 0] == 0  # the background is the input's, exactly
   np.testing.assert_allclose(got[outside], batch['image'][outside], atol=1e-6)
@@ -133,8 +155,9 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(dataset, tmp_path
   cfg.checkpoint.every = 1
   with pytest.raises(trainer.NonFiniteLossError, match='step 3'):
     train.train_and_evaluate(cfg, str(tmp_path / 'w'))
-  saved = sorted(int(p.name) for p in (tmp_path / 'w' / 'checkpoints').iterdir()
-                 if p.name.isdigit())
+  saved = sorted(
+    int(p.name) for p in (tmp_path / 'w' / 'checkpoints').iterdir() if p.name.isdigit()
+  )
   assert saved == [1, 2]
 
 
@@ -155,7 +178,7 @@ def test_sigterm_saves_and_stops(dataset, tmp_path, monkeypatch):
   assert signal.getsignal(signal.SIGTERM) == handler_before  # handler restored
 
 
-TWO_PROCESS_CONFIG = '''
+TWO_PROCESS_CONFIG = """
 import os
 import signal
 import sys
@@ -188,11 +211,10 @@ def get_config():
 
     input_pipeline.train_iterator = train_iterator
   return cfg
-'''
+"""
 
 
-def _run_two_processes(tmp_path, dataset, *, num_steps=2, image_every=1, every=2,
-                       sigterm_at=None):
+def _run_two_processes(tmp_path, dataset, *, num_steps=2, image_every=1, every=2, sigterm_at=None):
   """run.py as two jax.distributed processes on localhost (CPU, gloo) with
   ``TWO_PROCESS_CONFIG``: (exit statuses, outputs, workdir). A hang fails by timeout."""
   import os  # pylint: disable=import-outside-toplevel
@@ -203,18 +225,39 @@ def _run_two_processes(tmp_path, dataset, *, num_steps=2, image_every=1, every=2
 
   repo = str(pathlib.Path(__file__).resolve().parents[1])
   config = tmp_path / 'two_process_config.py'
-  config.write_text(TWO_PROCESS_CONFIG.format(
-      repo=repo, r=R, dataset=dataset, num_steps=num_steps, image_every=image_every,
-      every=every, sigterm_at=sigterm_at or {}))
+  config.write_text(
+    TWO_PROCESS_CONFIG.format(
+      repo=repo,
+      r=R,
+      dataset=dataset,
+      num_steps=num_steps,
+      image_every=image_every,
+      every=every,
+      sigterm_at=sigterm_at or {},
+    )
+  )
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
   workdir = tmp_path / 'w'
-  procs = [subprocess.Popen(
-      [sys.executable, f'{repo}/run.py', f'--config={config}', f'--workdir={workdir}',
-       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env=dict(os.environ, JAX_PLATFORMS='cpu')) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        f'{repo}/run.py',
+        f'--config={config}',
+        f'--workdir={workdir}',
+        f'--coordinator_address=localhost:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    )
+    for i in range(2)
+  ]
   deadline = time.monotonic() + 900
   try:
     outputs = [p.communicate(timeout=max(1, deadline - time.monotonic()))[0] for p in procs]
@@ -222,8 +265,10 @@ def _run_two_processes(tmp_path, dataset, *, num_steps=2, image_every=1, every=2
     for p in procs:
       p.kill()
     outputs = [p.communicate()[0] for p in procs]
-    pytest.fail('the two processes hung (900 s); their last output:\n' +
-                '\n'.join(f'--- process {i}:\n{out[-3000:]}' for i, out in enumerate(outputs)))
+    pytest.fail(
+      'the two processes hung (900 s); their last output:\n'
+      + '\n'.join(f'--- process {i}:\n{out[-3000:]}' for i, out in enumerate(outputs))
+    )
   return [p.returncode for p in procs], outputs, workdir
 
 
@@ -242,8 +287,7 @@ def test_two_processes_train_on_their_shards_and_agree(dataset, tmp_path):
     assert status == 0, out[-4000:]
   checksums = []
   for i, out in enumerate(outputs):
-    found = re.search(rf'process {i}: finished at step 2, generator parameter checksum (\S+)',
-                      out)
+    found = re.search(rf'process {i}: finished at step 2, generator parameter checksum (\S+)', out)
     assert found, out[-4000:]
     checksums.append(found.group(1))
   assert checksums[0] == checksums[1]
@@ -265,8 +309,8 @@ def test_two_processes_preempted_at_different_steps_stop_together(dataset, tmp_p
   # step 2, process 1 during step 5 (or not at all, if the agreed step comes first)
   first = 1 + parallel.PREFETCH_BATCHES
   statuses, outputs, workdir = _run_two_processes(
-      tmp_path, dataset, num_steps=40, image_every=0, every=1000,
-      sigterm_at={0: first, 1: first + 3})
+    tmp_path, dataset, num_steps=40, image_every=0, every=1000, sigterm_at={0: first, 1: first + 3}
+  )
   steps = []
   for status, out in zip(statuses, outputs):
     assert status == 143, out[-4000:]
@@ -284,8 +328,9 @@ def test_a_checkpoint_that_cannot_be_saved_is_one_error(monkeypatch):
 
   import ml_collections  # pylint: disable=import-outside-toplevel
 
-  config = ml_collections.ConfigDict(dict(train=dict(num_steps=4, log_every=1),
-                                          checkpoint=dict(every=2)))
+  config = ml_collections.ConfigDict(
+    dict(train=dict(num_steps=4, log_every=1), checkpoint=dict(every=2))
+  )
   saved = []
 
   class Manager:
@@ -311,8 +356,16 @@ def test_a_checkpoint_that_cannot_be_saved_is_one_error(monkeypatch):
 
   with pytest.raises(OSError) as failed:
     trainer.run_training_loop(
-        {'step': 0}, step_fn, iter([(None, None)] * 4), config=config, workdir='/w',
-        manager=Manager(), writer=Writer(), initial_step=0, evaluate=lambda state: {})
+      {'step': 0},
+      step_fn,
+      iter([(None, None)] * 4),
+      config=config,
+      workdir='/w',
+      manager=Manager(),
+      writer=Writer(),
+      initial_step=0,
+      evaluate=lambda state: {},
+    )
   assert saved == [2]
   message = str(failed.value)  # the save's, not the summaries' failing after it
   assert 'could not save step 4 into /w/checkpoints' in message and '\n' not in message

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_fixtures import assert_same_replicated_state, batch_for, tiny_config
 
 from sdgan_jax import losses, parallel, train_step, trainer
 from sdgan_jax.networks import Networks, generate
-from train_fixtures import assert_same_replicated_state, batch_for, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,8 +29,10 @@ def setup():
 
 
 def _max_change(a, b):
-  return max(float(jnp.max(jnp.abs(x - y))) for x, y in
-             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+  return max(
+    float(jnp.max(jnp.abs(x - y)))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  )
 
 
 def test_one_step_updates_all_three_networks_and_reports_finite_losses(setup):
@@ -39,8 +41,15 @@ def test_one_step_updates_all_three_networks_and_reports_finite_losses(setup):
   before = jax.tree_util.tree_map(np.asarray, state.replace(rng=jax.random.key_data(state.rng)))
   new, metrics = step(state, parallel.shard_batch(batch_for(cfg), mesh, train_step.BATCH_KEYS))
   metrics = {k: float(v) for k, v in metrics.items()}
-  for key in ('train/id_contrastive', 'train/d_lsgan', 'train/g_adv', 'train/g_ssim',
-              'train/g_perceptual', 'train/g_contrastive', 'train/g_total'):
+  for key in (
+    'train/id_contrastive',
+    'train/d_lsgan',
+    'train/g_adv',
+    'train/g_ssim',
+    'train/g_perceptual',
+    'train/g_contrastive',
+    'train/g_total',
+  ):
     assert np.isfinite(metrics[key]), key
   assert metrics['train/all_finite'] == 1.0
   assert int(new.step) == 1
@@ -113,13 +122,18 @@ def test_bfloat16_step_gives_losses_close_to_float32(setup):
   state16 = train_step.init_train_state(models16, jax.random.key(2), mesh)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state16.generator.params))
   _, m16 = train_step.jit_train_step(models16, mesh)(state16, batch)
-  for key in ('train/d_lsgan', 'train/g_adv', 'train/g_ssim', 'train/g_perceptual',
-              'train/id_contrastive'):
+  for key in (
+    'train/d_lsgan',
+    'train/g_adv',
+    'train/g_ssim',
+    'train/g_perceptual',
+    'train/id_contrastive',
+  ):
     a, b = float(m32[key]), float(m16[key])
     assert abs(a - b) <= 0.05 * abs(a) + 1e-3, (key, a, b)
 
 
-SHARDED_SCRIPT = textwrap.dedent('''
+SHARDED_SCRIPT = textwrap.dedent("""
     import os, sys
     os.environ['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8 '
                                '--xla_backend_optimization_level=0')
@@ -149,8 +163,10 @@ SHARDED_SCRIPT = textwrap.dedent('''
       # on the host for both meshes: one init program (as on accelerators), compiled once
       state = train_step.init_train_state(models, jax.random.key(0), mesh, on_host=True)
       old = host(state)
-      state, metrics = train_step.jit_train_step(models, mesh)(state, parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS))
-      assert len(state.generator.params['stem']['Conv_0']['kernel'].sharding.device_set) == len(devices)
+      sharded = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS)
+      state, metrics = train_step.jit_train_step(models, mesh)(state, sharded)
+      kernel = state.generator.params['stem']['Conv_0']['kernel']
+      assert len(kernel.sharding.device_set) == len(devices)
       new = host(state)
       nets = lambda st: (st.generator.params, st.discriminator.params, st.identity.params)
       results.append((nets(old), nets(new), {k: float(v) for k, v in metrics.items()}))
@@ -170,7 +186,7 @@ SHARDED_SCRIPT = textwrap.dedent('''
       bound = 1e-5 * max(1.0, float(np.max(np.abs(g1)))) + 4 * eps * float(
           np.max(np.abs(a0)) + 1e-30) / lr
       assert float(np.max(np.abs(g1 - g8))) <= bound
-''')
+""")
 
 
 @pytest.mark.slow
@@ -178,8 +194,9 @@ def test_eight_device_sharded_step_matches_one_device(tmp_path):
   script = tmp_path / 'sharded.py'
   script.write_text(SHARDED_SCRIPT)
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  result = subprocess.run([sys.executable, str(script), str(REPO)], capture_output=True,
-                          text=True, env=env, timeout=900)
+  result = subprocess.run(
+    [sys.executable, str(script), str(REPO)], capture_output=True, text=True, env=env, timeout=900
+  )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert 'max param difference' in result.stdout
 
@@ -192,8 +209,8 @@ def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
   from skimage import data as skdata  # pylint: disable=import-outside-toplevel
 
   cfg = tiny_config()
-  cfg.loss.lambda_l1 = 10.0            # the authors' reconstruction term
-  cfg.optim.learning_rate = 1e-3       # a tiny network on one batch: 200 steps at 1e-3
+  cfg.loss.lambda_l1 = 10.0  # the authors' reconstruction term
+  cfg.optim.learning_rate = 1e-3  # a tiny network on one batch: 200 steps at 1e-3
   # One person in every pair: the identity net's task is degenerate here and its space
   # would drift under G's pull towards the target; it stays fixed (its own test is
   # test_identity_target.py)
@@ -204,7 +221,8 @@ def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
   step = train_step.jit_train_step(models, mesh)
   batch = batch_for(cfg)
   face = Image.fromarray(skdata.astronaut()[20:220, 125:325]).resize(
-      (cfg.resolution, cfg.resolution), Image.BICUBIC)
+    (cfg.resolution, cfg.resolution), Image.BICUBIC
+  )
   face = np.asarray(face, np.float32) / 255.0
   batch['image'][:] = face
   batch['pair_image'][:] = face[:, ::-1]
@@ -231,7 +249,8 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
   batch = {k: jnp.asarray(v) for k, v in batch_for(cfg2, seed=3).items()}
   state = train_step.create_train_state(models2, jax.random.key(5))
   new, metrics = jax.jit(lambda s, b: train_step.train_step(models2, s, b, unroll=True))(
-      state, batch)
+    state, batch
+  )
   assert 'train/d_lsgan' in metrics and 'train/g_total' in metrics
 
   # pylint: disable=protected-access
@@ -240,10 +259,12 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
   @jax.jit
   def identity_then_discriminator(s, b):
     ident, _ = train_step.identity_update(models2, s.identity, b)
-    fake, _ = generate(models2.generator, s.generator.params, s.generator.stats, b,
-                       cfg2.num_classes, train=True)
-    disc, d_metrics = train_step.discriminator_update(s.discriminator, b['image'], onehot,
-                                                      fake, onehot)
+    fake, _ = generate(
+      models2.generator, s.generator.params, s.generator.stats, b, cfg2.num_classes, train=True
+    )
+    disc, d_metrics = train_step.discriminator_update(
+      s.discriminator, b['image'], onehot, fake, onehot
+    )
     return s.replace(identity=ident, discriminator=disc), d_metrics
 
   @jax.jit
@@ -262,8 +283,9 @@ def test_update_ratio_runs_that_many_updates_in_one_loop(setup):
   assert _max_change(new.discriminator.params, want.discriminator.params) < 1e-5
   assert _max_change(new.generator.params, want.generator.params) < 1e-5
   assert _max_change(new.generator.stats, want.generator.stats) < 1e-5
-  np.testing.assert_allclose(float(metrics['train/d_lsgan']), float(d_metrics['d_lsgan']),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    float(metrics['train/d_lsgan']), float(d_metrics['d_lsgan']), rtol=1e-5
+  )
   np.testing.assert_allclose(float(metrics['train/g_total']), float(m['g_total']), rtol=1e-5)
 
 
@@ -312,8 +334,7 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
 
     def id_loss(p):  # eq. 8 on batch 0: y = 1 pulls a same-person pair together
       b = parts[0]
-      out, st = run(models.identity, p, ident[1],
-                    jnp.concatenate([b['image'], b['pair_image']]))
+      out, st = run(models.identity, p, ident[1], jnp.concatenate([b['image'], b['pair_image']]))
       d = norm(jnp.subtract(*jnp.split(out['embedding'], 2)))
       y = b['pair_same']
       return jnp.mean(y * d + (1 - y) * jnp.maximum(0.0, loss.contrastive_margin - d)), st
@@ -325,9 +346,13 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
     gen = (gen[0], g_stats)
 
     def d_loss(p):  # eq. 2: reals of batch 2 towards 1, fakes of batch 1 towards 0
-      logits, st = run(models.discriminator, p, disc[1],
-                       jnp.concatenate([parts[2]['image'], jax.lax.stop_gradient(fake)]),
-                       jnp.concatenate([hot(parts[2]), hot(parts[1])]))
+      logits, st = run(
+        models.discriminator,
+        p,
+        disc[1],
+        jnp.concatenate([parts[2]['image'], jax.lax.stop_gradient(fake)]),
+        jnp.concatenate([hot(parts[2]), hot(parts[1])]),
+      )
       real, fk = jnp.split(logits, 2)
       return 0.5 * jnp.mean(jnp.square(real - 1)) + 0.5 * jnp.mean(jnp.square(fk)), st
 
@@ -344,11 +369,14 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
         out, g_st = fill(p, gen[1], b)
         logits, d_st = judge(models.discriminator, disc[0], disc[1], out, hot(b))
         emb, i_st = judge(models.identity, ident[0], id_stats, out)
-        total = (loss.lambda_adv * 0.5 * jnp.mean(jnp.square(logits - 1))
-                 + loss.lambda_ssim * losses.ssim_loss(out, b['image'])
-                 + loss.lambda_perceptual * loss.perceptual_feature_scale
-                 * jnp.mean(jnp.abs(vgg(out) - vgg(b['image'])))
-                 + loss.lambda_contrastive * jnp.mean(norm(emb['embedding'] - target)))
+        total = (
+          loss.lambda_adv * 0.5 * jnp.mean(jnp.square(logits - 1))
+          + loss.lambda_ssim * losses.ssim_loss(out, b['image'])
+          + loss.lambda_perceptual
+          * loss.perceptual_feature_scale
+          * jnp.mean(jnp.abs(vgg(out) - vgg(b['image'])))
+          + loss.lambda_contrastive * jnp.mean(norm(emb['embedding'] - target))
+        )
         return total, (g_st, d_st, i_st)
 
       g_value = g_loss(gen[0])[0]
@@ -361,12 +389,15 @@ def test_fresh_batches_give_each_update_its_own_batch(setup):
 
   # the real step: the six batches stacked, sharded over the mesh's slot-major layout
   batch = {k: np.stack([p[k] for p in host_parts]) for k in host_parts[0]}
-  sharded = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS,
-                                 train_step.batch_partition(cfg.train))
+  sharded = parallel.shard_batch(
+    batch, mesh, train_step.BATCH_KEYS, train_step.batch_partition(cfg.train)
+  )
   new, metrics = train_step.jit_train_step(models, mesh)(state, sharded)
-  diffs = {f'{name} {part}': _max_change(getattr(getattr(new, name), part), tree)
-           for name, trees in zip(('generator', 'discriminator', 'identity'), want[:3])
-           for part, tree in zip(('params', 'stats'), trees)}
+  diffs = {
+    f'{name} {part}': _max_change(getattr(getattr(new, name), part), tree)
+    for name, trees in zip(('generator', 'discriminator', 'identity'), want[:3])
+    for part, tree in zip(('params', 'stats'), trees)
+  }
   diffs['d_lsgan'] = abs(float(metrics['train/d_lsgan']) - want[3])
   diffs['g_total'] = abs(float(metrics['train/g_total']) - want[4])
   assert max(diffs.values()) < 1e-5, ' '.join(f'{k}={v:.2g}' for k, v in diffs.items())
@@ -390,14 +421,23 @@ def test_accelerator_update_loops_equal_the_written_out_updates(setup, fresh_bat
   results = {}
   for unroll in (True, False):
     state = train_step.init_train_state(models, jax.random.key(7), mesh)
-    sharded = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS,
-                                   train_step.batch_partition(cfg.train))
-    step = parallel.jit_step(functools.partial(train_step.train_step, models, unroll=unroll),
-                             mesh, train_step.batch_partition(cfg.train))
+    sharded = parallel.shard_batch(
+      batch, mesh, train_step.BATCH_KEYS, train_step.batch_partition(cfg.train)
+    )
+    step = parallel.jit_step(
+      functools.partial(train_step.train_step, models, unroll=unroll),
+      mesh,
+      train_step.batch_partition(cfg.train),
+    )
     new, metrics = step(state, sharded)
-    results[unroll] = jax.tree_util.tree_map(np.asarray, (
+    results[unroll] = jax.tree_util.tree_map(
+      np.asarray,
+      (
         {name: getattr(new, name).params for name in ('identity', 'discriminator', 'generator')},
-        new.generator.stats, {k: float(v) for k, v in metrics.items()}))
+        new.generator.stats,
+        {k: float(v) for k, v in metrics.items()},
+      ),
+    )
   (nets, stats, metrics), (loop_nets, loop_stats, loop_metrics) = results[True], results[False]
   for name in nets:
     assert _max_change(nets[name], loop_nets[name]) < 1e-5, name
@@ -415,23 +455,22 @@ def test_update_loops_follow_the_platform_the_step_is_compiled_for(setup):
   cfg = setup[0].copy_and_resolve_references()
   cfg.train.g_steps, cfg.train.identity_steps = 3, 2
   models, mesh = Networks(cfg), setup[2]
-  state = jax.eval_shape(lambda key: train_step.create_train_state(models, key),
-                         jax.random.key(0))
+  state = jax.eval_shape(lambda key: train_step.create_train_state(models, key), jax.random.key(0))
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_for(cfg).items()}
 
   def program(step):
     return step.lower(state, batch).as_text()
 
   bare = lambda unroll: parallel.jit_step(
-      functools.partial(train_step.train_step, models, unroll=unroll), mesh)
+    functools.partial(train_step.train_step, models, unroll=unroll), mesh
+  )
   loops, written_out = program(bare(False)), program(bare(True))
   assert loops.count('stablehlo.while') == 2  # the identity net's 2 updates, G's last 2
   assert written_out.count('stablehlo.while') == 0
   for text in (loops, written_out):
     assert 'stablehlo.case' not in text and 'stablehlo.if' not in text
   assert program(train_step.jit_train_step(models, mesh)) == written_out  # its mesh: CPU
-  assert [train_step.unrolls_update_loops(p) for p in ('cpu', 'gpu', 'tpu')] == [
-      True, False, False]
+  assert [train_step.unrolls_update_loops(p) for p in ('cpu', 'gpu', 'tpu')] == [True, False, False]
 
 
 def test_prefetch_sends_batches_ahead_in_order():
@@ -449,7 +488,7 @@ def test_prefetch_sends_batches_ahead_in_order():
   batches = parallel.prefetch_to_mesh(host_batches(), mesh, train_step.BATCH_KEYS, size=2)
   seen = []
   for i, (host, device) in enumerate(batches):
-    assert len(pulled) == min(i + 3, 5)   # this batch, two ahead
+    assert len(pulled) == min(i + 3, 5)  # this batch, two ahead
     assert isinstance(device['image'], jax.Array)
     assert device['image'].sharding.spec == jax.sharding.PartitionSpec('data')
     for key in train_step.BATCH_KEYS:
@@ -475,22 +514,31 @@ def test_networks_inside_the_generator_loss_run_in_the_configured_mode(setup, mo
   state = train_step.create_train_state(models, jax.random.key(9))
   batch = {k: jnp.asarray(v) for k, v in batch_for(cfg, seed=4).items()}
   new, metrics = jax.jit(lambda s, b: train_step.train_step(models, s, b, unroll=True))(
-      state, batch)
+    state, batch
+  )
 
   onehot = jax.nn.one_hot(batch['semantic'], cfg.num_classes)
   gen, disc, ident = state.generator, state.discriminator, state.identity
   raw, _ = models.generator.apply(
-      {'params': gen.params, **gen.stats}, batch['image'] * (1 - batch['mask']), onehot,
-      batch['target_identity'], train=True, mutable=list(gen.stats))
+    {'params': gen.params, **gen.stats},
+    batch['image'] * (1 - batch['mask']),
+    onehot,
+    batch['target_identity'],
+    train=True,
+    mutable=list(gen.stats),
+  )
   out = batch['image'] * (1 - batch['mask']) + raw * batch['mask']
   id_vars = lambda stats: {'params': ident.params, **stats}
   if mode == 'train':
-    target, id_stats = models.identity.apply(id_vars(ident.stats), batch['target_image'],
-                                             train=True, mutable=['batch_stats'])
-    fake, id_stats = models.identity.apply(id_vars(id_stats), out, train=True,
-                                           mutable=['batch_stats'])
-    _, d_stats = models.discriminator.apply({'params': disc.params, **disc.stats}, out,
-                                            onehot, train=True, mutable=['batch_stats'])
+    target, id_stats = models.identity.apply(
+      id_vars(ident.stats), batch['target_image'], train=True, mutable=['batch_stats']
+    )
+    fake, id_stats = models.identity.apply(
+      id_vars(id_stats), out, train=True, mutable=['batch_stats']
+    )
+    _, d_stats = models.discriminator.apply(
+      {'params': disc.params, **disc.stats}, out, onehot, train=True, mutable=['batch_stats']
+    )
   else:
     target = models.identity.apply(id_vars(ident.stats), batch['target_image'])
     fake = models.identity.apply(id_vars(ident.stats), out)

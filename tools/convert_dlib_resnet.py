@@ -22,27 +22,36 @@ from sdgan_jax.weights import save_weights, sha256_file  # noqa: E402
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--input', required=True, type=pathlib.Path,
-                      help='face-api tfjs weights manifest (.json; its .bin beside it)')
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    '--input',
+    required=True,
+    type=pathlib.Path,
+    help='face-api tfjs weights manifest (.json; its .bin beside it)',
+  )
   parser.add_argument('--name', default=dlib_resnet.NAME, help='saved weights name')
-  parser.add_argument('--weights-dir', default=None,
-                      help='output directory (default: $SDGAN_WEIGHTS_DIR or ~/.cache/...)')
+  parser.add_argument(
+    '--weights-dir',
+    default=None,
+    help='output directory (default: $SDGAN_WEIGHTS_DIR or ~/.cache/...)',
+  )
   args = parser.parse_args(argv)
 
   variables = dlib_resnet.convert(args.input)
-  shards = [args.input.parent / p for group in json.loads(args.input.read_text())
-            for p in group['paths']]
+  shards = [
+    args.input.parent / p for group in json.loads(args.input.read_text()) for p in group['paths']
+  ]
   metadata = {
-      'package': dlib_resnet.SOURCE.package,
-      'version': dlib_resnet.SOURCE.version,
-      'member': dlib_resnet.SOURCE.member,
-      'input': str(args.input.resolve()),
-      'input_sha256': sha256_file(args.input),
-      'input_shards_sha256': {p.name: sha256_file(p) for p in shards},
-      'converter': f'{dlib_resnet.__name__}.convert',
-      'model': 'sdgan_jax.models.dlib_resnet.DlibResNet',
+    'package': dlib_resnet.SOURCE.package,
+    'version': dlib_resnet.SOURCE.version,
+    'member': dlib_resnet.SOURCE.member,
+    'input': str(args.input.resolve()),
+    'input_sha256': sha256_file(args.input),
+    'input_shards_sha256': {p.name: sha256_file(p) for p in shards},
+    'converter': f'{dlib_resnet.__name__}.convert',
+    'model': 'sdgan_jax.models.dlib_resnet.DlibResNet',
   }
   path = save_weights(args.name, variables, metadata, args.weights_dir)
   print(f'wrote {path} and {path.with_suffix(".json")}')

@@ -19,15 +19,25 @@ from sdgan_jax.converters import facenet  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--input', type=pathlib.Path,
-                      help='facenet-pytorch state dict, e.g. 20180402-114759-vggface2.pt')
-  parser.add_argument('--name', default='facenet_vggface2',
-                      help='weights name (facenet_vggface2 or facenet_casia_webface)')
-  parser.add_argument('--weights-dir', type=pathlib.Path, default=None,
-                      help='output directory (default: $SDGAN_WEIGHTS_DIR or '
-                           '~/.cache/sdgan_jax/weights)')
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    '--input',
+    type=pathlib.Path,
+    help='facenet-pytorch state dict, e.g. 20180402-114759-vggface2.pt',
+  )
+  parser.add_argument(
+    '--name',
+    default='facenet_vggface2',
+    help='weights name (facenet_vggface2 or facenet_casia_webface)',
+  )
+  parser.add_argument(
+    '--weights-dir',
+    type=pathlib.Path,
+    default=None,
+    help='output directory (default: $SDGAN_WEIGHTS_DIR or ~/.cache/sdgan_jax/weights)',
+  )
   args = parser.parse_args(argv)
   if args.input is None:
     facenet.print_instructions()
@@ -42,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: {args.input}: {e}', file=sys.stderr)
     return 1
   meta = json.loads(path.with_suffix('.json').read_text())
-  head = (f'with a {meta["num_classes"]}-class logits head' if meta['num_classes']
-          else 'without a logits head')
+  head = (
+    f'with a {meta["num_classes"]}-class logits head'
+    if meta['num_classes']
+    else 'without a logits head'
+  )
   print(f'wrote {path} ({head}) and {path.with_suffix(".json").name}')
   return 0
 

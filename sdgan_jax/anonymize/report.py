@@ -13,7 +13,8 @@ import datetime
 import json
 import os
 import pathlib
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,9 +25,11 @@ from sdgan_jax.faces.pipeline import Face
 if TYPE_CHECKING:
   from sdgan_jax.anonymize.jobs import Job
 
-IDENTITY_CHECK_OFF = ('the identity re-check is off (--no_identity_check / identity_threshold '
-                      '0): output faces were not checked against the source person, so a '
-                      'face the generator left recognizable is not covered by the fallback')
+IDENTITY_CHECK_OFF = (
+  'the identity re-check is off (--no_identity_check / identity_threshold '
+  '0): output faces were not checked against the source person, so a '
+  'face the generator left recognizable is not covered by the fallback'
+)
 
 
 def face_counts(faces: Sequence[Face]) -> dict:
@@ -37,17 +40,25 @@ def face_counts(faces: Sequence[Face]) -> dict:
   for f in faces:
     if f.status != 'anonymized':
       reasons[f.reason] = reasons.get(f.reason, 0) + 1
-  return {'faces_found': len(faces),
-          'anonymized': sum(f.status == 'anonymized' for f in faces),
-          'fallbacks': sum(f.status != 'anonymized' for f in faces),
-          'fallback_reasons': reasons}
+  return {
+    'faces_found': len(faces),
+    'anonymized': sum(f.status == 'anonymized' for f in faces),
+    'fallbacks': sum(f.status != 'anonymized' for f in faces),
+    'fallback_reasons': reasons,
+  }
 
 
-def file_entry(job: Job, kind: str, *, faces: Sequence[Face] | None = None,
-               error: str | None = None, seconds: float | None = None, **extra) -> dict:
+def file_entry(
+  job: Job,
+  kind: str,
+  *,
+  faces: Sequence[Face] | None = None,
+  error: str | None = None,
+  seconds: float | None = None,
+  **extra,
+) -> dict:
   """One file's report entry: 'ok' or 'error', its face counts (photos: and faces)."""
-  entry: dict[str, Any] = {'input': job.key(), 'kind': kind,
-                           'status': 'error' if error else 'ok'}
+  entry: dict[str, Any] = {'input': job.key(), 'kind': kind, 'status': 'error' if error else 'ok'}
   if error:
     entry['error'] = error
   if faces is not None:
@@ -68,14 +79,21 @@ def track_counts(faces: Sequence[Face], covered_by_tracking: int) -> dict:
 def file_totals(files: Sequence[dict]) -> dict:
   """The counts of ``run_report``'s totals over ``files``; they add up over any split of
   the files (a Beam run sums them over its workers). ``images``: the photos written."""
-  totals = {'files': len(files),
-            'errors': sum(f['status'] == 'error' for f in files),
-            'skipped': sum(f['status'] == 'skipped' for f in files)}
-  for key in ('faces_found', 'anonymized', 'fallbacks', 'frames', 'covered_by_tracking',
-              'rejected_candidates'):
+  totals = {
+    'files': len(files),
+    'errors': sum(f['status'] == 'error' for f in files),
+    'skipped': sum(f['status'] == 'skipped' for f in files),
+  }
+  for key in (
+    'faces_found',
+    'anonymized',
+    'fallbacks',
+    'frames',
+    'covered_by_tracking',
+    'rejected_candidates',
+  ):
     totals[key] = sum(f.get(key, 0) for f in files)
-  totals['no_face_found'] = sum(f['status'] == 'ok' and not f.get('faces_found')
-                                for f in files)
+  totals['no_face_found'] = sum(f['status'] == 'ok' and not f.get('faces_found') for f in files)
   totals['images'] = sum(f.get('kind') == 'image' and f['status'] == 'ok' for f in files)
   return totals
 
@@ -90,8 +108,14 @@ def finish_totals(counts: dict, seconds: float) -> dict:
   return totals
 
 
-def run_report(files: list[dict], *, anonymizer, warnings: Sequence[str], seconds: float,
-               interrupted: list[str] | None = None) -> dict:
+def run_report(
+  files: list[dict],
+  *,
+  anonymizer,
+  warnings: Sequence[str],
+  seconds: float,
+  interrupted: list[str] | None = None,
+) -> dict:
   """The whole run's report: totals over ``files``, the method, options and warnings."""
   totals = finish_totals(file_totals(files), seconds)
   # A photo with no face at all is written as it came in: listed, so that a user can check
@@ -100,13 +124,18 @@ def run_report(files: list[dict], *, anonymizer, warnings: Sequence[str], second
   warnings = list(warnings)
   if not anonymizer.options.identity_check:
     warnings.insert(0, IDENTITY_CHECK_OFF)
-  report = {'tool': 'sdgan_jax.anonymize', 'method': anonymizer.method,
-            'semantic_maps': anonymizer.semantic_maps,
-            'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec='seconds'),
-            'options': dataclasses.asdict(anonymizer.options),
-            'cpu_inference': cpu_export.describe(), 'warnings': warnings,
-            'totals': totals, 'no_face_found': no_face, 'files': files}
+  report = {
+    'tool': 'sdgan_jax.anonymize',
+    'method': anonymizer.method,
+    'semantic_maps': anonymizer.semantic_maps,
+    'created': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
+    'options': dataclasses.asdict(anonymizer.options),
+    'cpu_inference': cpu_export.describe(),
+    'warnings': warnings,
+    'totals': totals,
+    'no_face_found': no_face,
+    'files': files,
+  }
   if interrupted is not None:
     report['interrupted'] = True
     report['unfinished'] = interrupted

@@ -13,15 +13,21 @@ import os
 import pathlib
 import time
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from sdgan_jax import media
 from sdgan_jax.anonymize import report as run_report
 from sdgan_jax.anonymize.anonymizer import FaceAnonymizer
-from sdgan_jax.anonymize.jobs import (InputError, Job, check_not_busy, plan_jobs, report_file,
-                                      skipped_type)
+from sdgan_jax.anonymize.jobs import (
+  InputError,
+  Job,
+  check_not_busy,
+  plan_jobs,
+  report_file,
+  skipped_type,
+)
 from sdgan_jax.anonymize.report import file_entry, track_counts
 from sdgan_jax.anonymize.tracking import FaceTracker, TrackCoverage
 from sdgan_jax.faces.pipeline import Face
@@ -52,10 +58,17 @@ def _error(e: Exception) -> str:
 class Runner:
   """Anonymizes files into a folder and keeps the run's report (module doc)."""
 
-  def __init__(self, anonymizer: FaceAnonymizer, output_dir: str | os.PathLike, *,
-               visualize: bool = False, images_per_batch: int | None = None,
-               frames_per_batch: int | None = None,
-               progress: bool = True, replace: bool = True):
+  def __init__(
+    self,
+    anonymizer: FaceAnonymizer,
+    output_dir: str | os.PathLike,
+    *,
+    visualize: bool = False,
+    images_per_batch: int | None = None,
+    frames_per_batch: int | None = None,
+    progress: bool = True,
+    replace: bool = True,
+  ):
     self.anonymizer = anonymizer
     # False: a destination that exists when a file is written (written by someone else
     # since the run was planned) is left alone and the file reported as an error.
@@ -63,10 +76,12 @@ class Runner:
     self.output_dir = pathlib.Path(output_dir)
     self.visualize = visualize
     options = anonymizer.options
-    self.images_per_batch = options.images_per_batch if images_per_batch is None else (
-        images_per_batch)
-    self.frames_per_batch = options.frames_per_batch if frames_per_batch is None else (
-        frames_per_batch)
+    self.images_per_batch = (
+      options.images_per_batch if images_per_batch is None else (images_per_batch)
+    )
+    self.frames_per_batch = (
+      options.frames_per_batch if frames_per_batch is None else (frames_per_batch)
+    )
     for name in ('images_per_batch', 'frames_per_batch'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
@@ -102,8 +117,7 @@ class Runner:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
     self._start = time.perf_counter()
-    with tqdm(total=len(jobs), unit='file', disable=not self.progress,
-              desc='anonymizing') as bar:
+    with tqdm(total=len(jobs), unit='file', disable=not self.progress, desc='anonymizing') as bar:
       self._bar = bar
       try:
         self._run_jobs(jobs)
@@ -130,8 +144,9 @@ class Runner:
     batch = []
     for job in jobs:
       if job.kind is None:
-        self._add({'input': job.key(), 'status': 'skipped',
-                   'error': job.reason or skipped_type(job.source)})
+        self._add(
+          {'input': job.key(), 'status': 'skipped', 'error': job.reason or skipped_type(job.source)}
+        )
       elif job.kind == 'error':
         self._add({'input': job.key(), 'status': 'error', 'error': job.reason})
       elif job.kind == 'video':
@@ -146,10 +161,13 @@ class Runner:
 
   def report(self) -> dict:
     """The report of the files finished so far."""
-    return run_report.run_report(self.files, anonymizer=self.anonymizer,
-                                 warnings=self.warnings,
-                                 seconds=time.perf_counter() - self._start,
-                                 interrupted=self.interrupted)
+    return run_report.run_report(
+      self.files,
+      anonymizer=self.anonymizer,
+      warnings=self.warnings,
+      seconds=time.perf_counter() - self._start,
+      interrupted=self.interrupted,
+    )
 
   # -- photos
 
@@ -173,8 +191,9 @@ class Runner:
     fails, each on its own, so that one bad photo does not cost the others their outputs."""
     read_done = time.perf_counter()
     try:
-      results = self.anonymizer.process([im.rgb for _, im, _ in loaded],
-                                        keys=[job.key() for job, _, _ in loaded])
+      results = self.anonymizer.process(
+        [im.rgb for _, im, _ in loaded], keys=[job.key() for job, _, _ in loaded]
+      )
     except Exception as e:  # pylint: disable=broad-except
       if len(loaded) > 1:
         for item in loaded:
@@ -182,8 +201,7 @@ class Runner:
         return
       # Nothing is written for this image: an unprocessed photo must not leave.
       for job, _, _ in loaded:
-        self._add(file_entry(job, 'image', error=_error(e),
-                             trace=traceback.format_exc(limit=4)))
+        self._add(file_entry(job, 'image', error=_error(e), trace=traceback.format_exc(limit=4)))
       return
     share = (time.perf_counter() - read_done) / len(loaded)
     for (job, image, t_read), (out, faces) in zip(loaded, results):
@@ -192,21 +210,32 @@ class Runner:
       entry['seconds'] = round(max(t_read - start, 0.0) + share, 3)
       self._add(entry, len(faces))
 
-  def _write_image(self, entry: dict, job: Job, image: media.LoadedImage, out,
-                   frames: list) -> None:
+  def _write_image(
+    self, entry: dict, job: Job, image: media.LoadedImage, out, frames: list
+  ) -> None:
     """Writes one photo (``out``: its pixels, or a list of frames) and its visualization."""
     if image.notes:
       entry['notes'] = list(image.notes)
     try:
-      media.write_image(job.dest, image, out, keep_exif=self.anonymizer.options.keep_exif,
-                        quality=self.anonymizer.options.quality, replace=self.replace)
+      media.write_image(
+        job.dest,
+        image,
+        out,
+        keep_exif=self.anonymizer.options.keep_exif,
+        quality=self.anonymizer.options.quality,
+        replace=self.replace,
+      )
       entry['output'] = str(job.dest)
       if image.transposed:
         entry['exif_orientation_applied'] = True
       if self.visualize and job.visualization is not None:
         vis, faces = frames[0]  # the first frame of an animation
-        media.write_image(job.visualization, media.LoadedImage(rgb=vis),
-                          run_report.draw_detections(vis, faces), replace=self.replace)
+        media.write_image(
+          job.visualization,
+          media.LoadedImage(rgb=vis),
+          run_report.draw_detections(vis, faces),
+          replace=self.replace,
+        )
         entry['visualization'] = str(job.visualization)
     except media.DestinationExistsError as e:
       entry['error'] = f'not written: {e.filename} {e.strerror}'
@@ -221,12 +250,21 @@ class Runner:
     options = self.anonymizer.options
     return self.anonymizer.new_video(), TrackCoverage(options.track_cover_frames, options)
 
-  def _process_frames(self, frames: list[np.ndarray], job: Job, tracker: FaceTracker,
-                      coverage: TrackCoverage, final: bool = False):
+  def _process_frames(
+    self,
+    frames: list[np.ndarray],
+    job: Job,
+    tracker: FaceTracker,
+    coverage: TrackCoverage,
+    final: bool = False,
+  ):
     """Anonymizes ``frames``; returns the frames ``coverage`` releases (all when ``final``)."""
     if frames:
-      coverage.add_results(self.anonymizer.process(
-          frames, keys=[job.key()] * len(frames), trackers=[tracker] * len(frames)))
+      coverage.add_results(
+        self.anonymizer.process(
+          frames, keys=[job.key()] * len(frames), trackers=[tracker] * len(frames)
+        )
+      )
     return coverage.ready(final)
 
   def _animation(self, job: Job, image: media.LoadedImage) -> None:
@@ -238,17 +276,25 @@ class Runner:
     try:
       rgbs = [frame.rgb for frame in image.frames]
       for lo in range(0, len(rgbs), self.frames_per_batch):
-        done += self._process_frames(rgbs[lo:lo + self.frames_per_batch], job, tracker,
-                                     coverage)
+        done += self._process_frames(rgbs[lo : lo + self.frames_per_batch], job, tracker, coverage)
       done += coverage.ready(final=True)
     except Exception as e:  # pylint: disable=broad-except
-      self._add(file_entry(job, 'image', error=_error(e), trace=traceback.format_exc(limit=4),
-                           frames=len(image.frames), seconds=time.perf_counter() - start))
+      self._add(
+        file_entry(
+          job,
+          'image',
+          error=_error(e),
+          trace=traceback.format_exc(limit=4),
+          frames=len(image.frames),
+          seconds=time.perf_counter() - start,
+        )
+      )
       return
     faces = [f for _, frame_faces in done for f in frame_faces]
     entry = file_entry(job, 'image', faces=faces)
-    entry['faces'] = [dict(f.to_json(), frame=k) for k, (_, frame_faces) in enumerate(done)
-                      for f in frame_faces]
+    entry['faces'] = [
+      dict(f.to_json(), frame=k) for k, (_, frame_faces) in enumerate(done) for f in frame_faces
+    ]
     entry['frames'] = len(done)
     entry.update(track_counts(faces, coverage.covered))
     self._write_image(entry, job, image, [out for out, _ in done], done)
@@ -277,8 +323,9 @@ class Runner:
     read = 0
     try:
       try:
-        writer = media.VideoWriter(job.dest, info, audio_from=job.source if info.has_audio
-                                   else None, replace=self.replace)
+        writer = media.VideoWriter(
+          job.dest, info, audio_from=job.source if info.has_audio else None, replace=self.replace
+        )
       except Exception:  # pylint: disable=broad-except
         writer = media.VideoWriter(job.dest, info, replace=self.replace)
         entry['audio'] = 'dropped (the container would not take it)'
@@ -302,8 +349,16 @@ class Runner:
     if ok:
       _video_written(entry, job, info, read)
 
-  def _stream_frames(self, job: Job, info: media.VideoInfo, frames, tracker: FaceTracker,
-                     coverage: TrackCoverage, writer, faces: list[Face]) -> int:
+  def _stream_frames(
+    self,
+    job: Job,
+    info: media.VideoInfo,
+    frames,
+    tracker: FaceTracker,
+    coverage: TrackCoverage,
+    writer,
+    faces: list[Face],
+  ) -> int:
     """Anonymizes and writes the decoded ``frames``, adding their faces to ``faces``;
     returns how many frames were decoded."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -319,8 +374,9 @@ class Runner:
 
     read = 0
     total = info.nframes if np.isfinite(info.nframes) else None
-    with tqdm(total=total, unit='frame', leave=False, disable=not self.progress,
-              desc=job.source.name) as bar:
+    with tqdm(
+      total=total, unit='frame', leave=False, disable=not self.progress, desc=job.source.name
+    ) as bar:
       chunk = []
       for frame in frames:
         chunk.append(frame)
@@ -344,17 +400,28 @@ def _video_written(entry: dict, job: Job, info: media.VideoInfo, read: int) -> N
     # The declared count is the container's duration times the frame rate: allow for
     # rounding and a slightly longer audio stream.
     if info.nframes - read > max(1.0, 0.25 * info.fps, 0.02 * info.nframes):
-      entry.update(status='error', error=(
+      entry.update(
+        status='error',
+        error=(
           f'only {read} of the {int(info.nframes)} frames the file declares could be '
           'decoded (truncated or damaged?): the output holds those '
-          f'{read}; repair or re-export the video and run it again'))
+          f'{read}; repair or re-export the video and run it again'
+        ),
+      )
 
 
-def anonymize_paths(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
-                    anonymizer: FaceAnonymizer, *, report_path: str | os.PathLike | None = None,
-                    visualize: bool = False, progress: bool = True,
-                    images_per_batch: int | None = None, frames_per_batch: int | None = None,
-                    overwrite: bool = False) -> dict:
+def anonymize_paths(
+  inputs: Sequence[str | os.PathLike],
+  output_dir: str | os.PathLike,
+  anonymizer: FaceAnonymizer,
+  *,
+  report_path: str | os.PathLike | None = None,
+  visualize: bool = False,
+  progress: bool = True,
+  images_per_batch: int | None = None,
+  frames_per_batch: int | None = None,
+  overwrite: bool = False,
+) -> dict:
   """Anonymizes files and folders into ``output_dir``; writes and returns the JSON report.
 
   Everything is checked before the work starts (``plan_jobs``): existing outputs are only
@@ -383,16 +450,26 @@ def anonymize_paths(inputs: Sequence[str | os.PathLike], output_dir: str | os.Pa
   try:
     check_not_busy(output_dir, jobs, held=[out_root])
     jobs = plan_jobs(inputs, output_dir, **plan)  # again, now that no other run can write
-    return _run_locked(jobs, inputs, output_dir, anonymizer, report_path=report_path,
-                       visualize=visualize, progress=progress, overwrite=overwrite,
-                       images_per_batch=images_per_batch, frames_per_batch=frames_per_batch,
-                       out_root=out_root)
+    return _run_locked(
+      jobs,
+      inputs,
+      output_dir,
+      anonymizer,
+      report_path=report_path,
+      visualize=visualize,
+      progress=progress,
+      overwrite=overwrite,
+      images_per_batch=images_per_batch,
+      frames_per_batch=frames_per_batch,
+      out_root=out_root,
+    )
   finally:
     lock.release()
 
 
-def _stale_temporaries(jobs: Sequence[Job], report: pathlib.Path,
-                       out_root: pathlib.Path) -> list[pathlib.Path]:
+def _stale_temporaries(
+  jobs: Sequence[Job], report: pathlib.Path, out_root: pathlib.Path
+) -> list[pathlib.Path]:
   """Removes this tool's temporary files a killed run left where this run writes: in the
   folders under the locked ``out_root``, and the report's own beside it elsewhere."""
   removed = []
@@ -411,15 +488,31 @@ def _stale_temporaries(jobs: Sequence[Job], report: pathlib.Path,
   return removed
 
 
-def _run_locked(jobs: Sequence[Job], inputs, output_dir, anonymizer: FaceAnonymizer, *,
-                report_path, visualize: bool, progress: bool, overwrite: bool,
-                images_per_batch: int | None, frames_per_batch: int | None,
-                out_root: pathlib.Path) -> dict:
+def _run_locked(
+  jobs: Sequence[Job],
+  inputs,
+  output_dir,
+  anonymizer: FaceAnonymizer,
+  *,
+  report_path,
+  visualize: bool,
+  progress: bool,
+  overwrite: bool,
+  images_per_batch: int | None,
+  frames_per_batch: int | None,
+  out_root: pathlib.Path,
+) -> dict:
   """``anonymize_paths``' work, under its lock on ``out_root``."""
   path = report_file(output_dir, report_path)
-  runner = Runner(anonymizer, output_dir, visualize=visualize, progress=progress,
-                  images_per_batch=images_per_batch, frames_per_batch=frames_per_batch,
-                  replace=overwrite)
+  runner = Runner(
+    anonymizer,
+    output_dir,
+    visualize=visualize,
+    progress=progress,
+    images_per_batch=images_per_batch,
+    frames_per_batch=frames_per_batch,
+    replace=overwrite,
+  )
   removed = _stale_temporaries(jobs, path, out_root)
   report = runner.run(jobs)
   report['inputs'] = [str(p) for p in inputs]
@@ -431,8 +524,10 @@ def _run_locked(jobs: Sequence[Job], inputs, output_dir, anonymizer: FaceAnonymi
   try:
     run_report.write_report(report, path, replace=overwrite)
   except OSError as e:
-    message = (f'could not write the report {path} ({e.strerror or e}); the outputs are '
-               'written: free some space or give another --report')
+    message = (
+      f'could not write the report {path} ({e.strerror or e}); the outputs are '
+      'written: free some space or give another --report'
+    )
     if runner.interrupted is not None:
       raise Interrupted(report, message) from None
     raise ReportWriteError(message, report) from None

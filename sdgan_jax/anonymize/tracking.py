@@ -48,8 +48,11 @@ class FaceTracker:
     """The track id of each box of the next frame (new ids for new faces)."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     ids = list(self._tracks)
-    ious = box_iou(boxes, np.stack([self._tracks[i][0] for i in ids])) if ids and len(
-        boxes) else np.zeros((len(boxes), len(ids)))
+    ious = (
+      box_iou(boxes, np.stack([self._tracks[i][0] for i in ids]))
+      if ids and len(boxes)
+      else np.zeros((len(boxes), len(ids)))
+    )
     assigned = [-1] * len(boxes)
     taken = set()
     for flat in np.argsort(-ious, axis=None):
@@ -115,8 +118,14 @@ class TrackCoverage:
         region = self._missed_region(index, frames)
         if region is not None:
           image = cover(image, region, self.options)
-          faces = faces + [Face(box=region, reason=TRACKED_NOT_DETECTED, track=track,
-                                detail='no detector found the tracked face in this frame')]
+          faces = faces + [
+            Face(
+              box=region,
+              reason=TRACKED_NOT_DETECTED,
+              track=track,
+              detail='no detector found the tracked face in this frame',
+            )
+          ]
           self.covered += 1
       out.append((image, faces))
       for frames in self._seen.values():  # sightings older than the window are done with

@@ -34,8 +34,10 @@ def get_config(arg: str = '128') -> ml_collections.ConfigDict:
     elif token in RECIPES:
       recipe = token
     else:
-      raise ValueError(f'configs/celeba.py:{arg}: {token!r} is neither a resolution (128, 64) '
-                       f'nor a recipe ({", ".join(RECIPES)})')
+      raise ValueError(
+        f'configs/celeba.py:{arg}: {token!r} is neither a resolution (128, 64) '
+        f'nor a recipe ({", ".join(RECIPES)})'
+      )
   config = _paper_config(resolution)
   return authors_recipe(config) if recipe == 'authors' else config
 
@@ -62,20 +64,20 @@ def authors_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def _paper_config(resolution: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.recipe = 'paper'          # which recipe built this config (get_config's argument)
+  config.recipe = 'paper'  # which recipe built this config (get_config's argument)
   config.seed = 0
-  config.dtype = 'float32'         # compute dtype; 'bfloat16' keeps float32 parameters
+  config.dtype = 'float32'  # compute dtype; 'bfloat16' keeps float32 parameters
   config.resolution = int(resolution)
-  config.num_classes = 11          # Helen-style parsing classes; mask covers classes 1-9
+  config.num_classes = 11  # Helen-style parsing classes; mask covers classes 1-9
   # Identity feature of the target person (paper §3.3), from a pretrained face network: the
   # dlib ResNet descriptor (128-d) is what the registries provide; the authors used a 2048-d
   # classifier feature, FaceNet gives 512 (with user-supplied weights).
   config.identity_dim = 128
 
   config.data = ml_collections.ConfigDict()
-  config.data.dataset = ''                       # prepared dataset dir (tools/prepare_data.py)
+  config.data.dataset = ''  # prepared dataset dir (tools/prepare_data.py)
   config.data.identity_backbone = 'dlib_resnet'
-  config.data.identity_bank = ''                 # default: the bank beside the dataset
+  config.data.identity_bank = ''  # default: the bank beside the dataset
   # G's identity input: 'image', the target image's own feature (the paper's best ablation
   # row, V6: per-image refined feature F1; the authors' code), or 'identity_mean', the mean
   # over the target person's crops (docs/training.md "The inputs of one example")
@@ -94,11 +96,11 @@ def _paper_config(resolution: str) -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict()
   config.loss.lambda_adv = 1.0
-  config.loss.lambda_ssim = 1.0          # not given in the paper: our choice
-  config.loss.lambda_perceptual = 20.0   # authors' code
-  config.loss.lambda_contrastive = 1.0   # authors' code
-  config.loss.lambda_l1 = 0.0            # eq. 9 has no L1 term; the authors' code uses 10
-  config.loss.contrastive_margin = 3.0   # authors' code (the paper gives none)
+  config.loss.lambda_ssim = 1.0  # not given in the paper: our choice
+  config.loss.lambda_perceptual = 20.0  # authors' code
+  config.loss.lambda_contrastive = 1.0  # authors' code
+  config.loss.lambda_l1 = 0.0  # eq. 9 has no L1 term; the authors' code uses 10
+  config.loss.contrastive_margin = 3.0  # authors' code (the paper gives none)
   config.loss.contrastive_mode = 'paper'  # eq. 8; 'authors': 0.5 * (y d^2 + (1-y) hinge^2)
   # Extra push of the output away from the source person (neither paper nor authors): 0 off.
   config.loss.lambda_source_push = 0.0
@@ -136,7 +138,7 @@ def _paper_config(resolution: str) -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every = 5_000
   config.checkpoint.keep_latest = 3
-  config.checkpoint.best_metric = 'eval/ssim'   # also keep the best by this; '' for none
+  config.checkpoint.best_metric = 'eval/ssim'  # also keep the best by this; '' for none
   config.checkpoint.best_mode = 'max'
 
   config.inference = ml_collections.ConfigDict()

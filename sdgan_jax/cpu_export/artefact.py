@@ -17,7 +17,8 @@ import pathlib
 import shutil
 import tempfile
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -30,8 +31,10 @@ _LOCK = threading.Lock()
 
 def cache_dir() -> pathlib.Path:
   """``$SDGAN_CPU_EXPORT_CACHE``, else ``~/.cache/sdgan_jax/cpu_export``."""
-  return pathlib.Path(os.environ.get('SDGAN_CPU_EXPORT_CACHE') or
-                      pathlib.Path.home() / '.cache' / 'sdgan_jax' / 'cpu_export')
+  return pathlib.Path(
+    os.environ.get('SDGAN_CPU_EXPORT_CACHE')
+    or pathlib.Path.home() / '.cache' / 'sdgan_jax' / 'cpu_export'
+  )
 
 
 def checksum(closed_jaxpr, leaves: Sequence[np.ndarray], precision: str) -> str:
@@ -39,8 +42,12 @@ def checksum(closed_jaxpr, leaves: Sequence[np.ndarray], precision: str) -> str:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   digest = hashlib.sha256()
-  for part in (f'lowering {lowering.VERSION}', f'tensorflow {tf.__version__}', precision,
-               str(closed_jaxpr)):
+  for part in (
+    f'lowering {lowering.VERSION}',
+    f'tensorflow {tf.__version__}',
+    precision,
+    str(closed_jaxpr),
+  ):
     digest.update(part.encode())
     digest.update(b'\0')
   for leaf in leaves:
@@ -59,8 +66,9 @@ class Exported:
     loaded: True when the graph came from the cache rather than a fresh lowering.
   """
 
-  def __init__(self, function, out_tree, path: pathlib.Path, precision: str, loaded: bool,
-               holder=None):
+  def __init__(
+    self, function, out_tree, path: pathlib.Path, precision: str, loaded: bool, holder=None
+  ):
     self._function = function
     self._out_tree = out_tree
     self._holder = holder  # keeps the loaded module (and its variables) alive
@@ -73,8 +81,14 @@ class Exported:
     return jax.tree_util.tree_unflatten(self._out_tree, [o.numpy() for o in outs])
 
 
-def export(fn: Callable, params: Any, example_inputs: Sequence[Any], precision: str = 'float32',
-           name: str = 'network', folder: str | os.PathLike | None = None) -> Exported:
+def export(
+  fn: Callable,
+  params: Any,
+  example_inputs: Sequence[Any],
+  precision: str = 'float32',
+  name: str = 'network',
+  folder: str | os.PathLike | None = None,
+) -> Exported:
   """``fn(params, *inputs)`` exported for inputs shaped and typed like ``example_inputs``.
 
   Args:
@@ -92,8 +106,12 @@ def export(fn: Callable, params: Any, example_inputs: Sequence[Any], precision: 
 
   if precision not in PRECISIONS:
     raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
-  specs = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
-           if not isinstance(x, jax.ShapeDtypeStruct) else x for x in example_inputs]
+  specs = [
+    jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+    if not isinstance(x, jax.ShapeDtypeStruct)
+    else x
+    for x in example_inputs
+  ]
   closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(params, *specs)
   lowering.check(closed)
   out_tree = jax.tree_util.tree_structure(out_shape)

@@ -17,7 +17,8 @@ float32 (the autocast rule: everything else stays float32).
 from __future__ import annotations
 
 import string
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ class UnsupportedPrimitive(NotImplementedError):
 
 def _tf():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   return tf
 
 
@@ -42,12 +44,14 @@ def _dtype(dtype):
 def _binary(name):
   def lower(tf, x, y, **_):
     return getattr(tf.math, name)(x, y)
+
   return lower
 
 
 def _unary(fn: Callable):
   def lower(tf, x, **_):
     return fn(tf)(x)
+
   return lower
 
 
@@ -82,16 +86,16 @@ def _reshape(tf, x, new_sizes, dimensions=None, **_):
 
 
 def _slice(tf, x, start_indices, limit_indices, strides=None, **_):
-  return tf.strided_slice(x, list(start_indices), list(limit_indices),
-                          list(strides or [1] * len(start_indices)))
+  return tf.strided_slice(
+    x, list(start_indices), list(limit_indices), list(strides or [1] * len(start_indices))
+  )
 
 
 def _pad(tf, x, value, padding_config, **_):
   if any(interior for _, _, interior in padding_config):
     raise UnsupportedPrimitive('pad with interior padding')
   # negative edges crop: pad the positive part, then cut
-  out = tf.pad(x, [(max(lo, 0), max(hi, 0)) for lo, hi, _ in padding_config],
-               constant_values=value)
+  out = tf.pad(x, [(max(lo, 0), max(hi, 0)) for lo, hi, _ in padding_config], constant_values=value)
   begin = [max(-lo, 0) for lo, _, _ in padding_config]
   end = [d - max(-hi, 0) for d, (_, hi, _) in zip(out.shape, padding_config)]
   return tf.strided_slice(out, begin, end) if any(begin) or end != list(out.shape) else out
@@ -114,12 +118,12 @@ def _iota(tf, dtype, shape, dimension, **_):
 def _reduce(name):
   def lower(tf, x, axes, **_):
     return getattr(tf.math, name)(x, axis=list(axes))
+
   return lower
 
 
 def _reduce_window(kind):
-  def lower(tf, x, window_dimensions, window_strides, padding, base_dilation, window_dilation,
-            **_):
+  def lower(tf, x, window_dimensions, window_strides, padding, base_dilation, window_dilation, **_):
     if set(base_dilation) != {1} or set(window_dilation) != {1} or x.shape.rank != 4:
       raise UnsupportedPrimitive(f'reduce_window_{kind} other than a 2-D NHWC pool')
     if window_dimensions[0] != 1 or window_dimensions[3] != 1:
@@ -130,6 +134,7 @@ def _reduce_window(kind):
     if kind == 'max':
       return tf.nn.max_pool2d(x, size, stride, 'VALID')
     return tf.nn.avg_pool2d(x, size, stride, 'VALID') * float(np.prod(size))
+
   return lower
 
 
@@ -148,8 +153,11 @@ def _dot_general(tf, x, y, dimension_numbers, preferred_element_type=None, _ctx=
     ys[b] = xs[a]
   ys = [s or next(letters) for s in ys]
   # lax's output order: batch dims, then lhs free dims, then rhs free dims
-  out = ([xs[a] for a in lb] + [s for i, s in enumerate(xs) if i not in lb and i not in lc]
-         + [s for i, s in enumerate(ys) if i not in rb and i not in rc])
+  out = (
+    [xs[a] for a in lb]
+    + [s for i, s in enumerate(xs) if i not in lb and i not in lc]
+    + [s for i, s in enumerate(ys) if i not in rb and i not in rc]
+  )
   result_dtype = _dtype(preferred_element_type) if preferred_element_type else x.dtype
   if x.dtype.is_floating:
     x, y = _matmul_cast(tf, x, _ctx), _matmul_cast(tf, y, _ctx)
@@ -157,18 +165,30 @@ def _dot_general(tf, x, y, dimension_numbers, preferred_element_type=None, _ctx=
   return tf.cast(out, result_dtype)
 
 
-def _conv(tf, x, w, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-          feature_group_count, batch_group_count, preferred_element_type=None, _ctx=None,
-          **_):
-  lhs, rhs, out = dimension_numbers.lhs_spec, dimension_numbers.rhs_spec, \
-      dimension_numbers.out_spec
+def _conv(
+  tf,
+  x,
+  w,
+  window_strides,
+  padding,
+  lhs_dilation,
+  rhs_dilation,
+  dimension_numbers,
+  feature_group_count,
+  batch_group_count,
+  preferred_element_type=None,
+  _ctx=None,
+  **_,
+):
+  lhs, rhs, out = dimension_numbers.lhs_spec, dimension_numbers.rhs_spec, dimension_numbers.out_spec
   if len(lhs) != 4 or set(lhs_dilation) != {1} or batch_group_count != 1:
-    raise UnsupportedPrimitive('conv_general_dilated other than a 2-D convolution without '
-                               'input dilation')
+    raise UnsupportedPrimitive(
+      'conv_general_dilated other than a 2-D convolution without input dilation'
+    )
   result_dtype = _dtype(preferred_element_type) if preferred_element_type else x.dtype
   # lax specs list (batch, feature, spatial...) / (out feature, in feature, spatial...)
-  x = tf.transpose(x, [lhs[0], lhs[2], lhs[3], lhs[1]])         # NHWC
-  w = tf.transpose(w, [rhs[2], rhs[3], rhs[1], rhs[0]])         # HWIO
+  x = tf.transpose(x, [lhs[0], lhs[2], lhs[3], lhs[1]])  # NHWC
+  w = tf.transpose(w, [rhs[2], rhs[3], rhs[1], rhs[0]])  # HWIO
   x, w = _matmul_cast(tf, x, _ctx), _matmul_cast(tf, w, _ctx)
   pads = [[0, 0], list(padding[0]), list(padding[1]), [0, 0]]
   if min(min(p) for p in pads) < 0:
@@ -185,9 +205,11 @@ def _conv(tf, x, w, window_strides, padding, lhs_dilation, rhs_dilation, dimensi
   else:  # grouped: one convolution per group (TensorFlow's CPU kernels have no groups)
     xs = tf.split(x, groups, axis=3)
     ws = tf.split(w, groups, axis=3)
-    y = tf.concat([tf.nn.conv2d(a, b, strides, pads, dilations=[1, *rhs_dilation, 1])
-                   for a, b in zip(xs, ws)], axis=3)
-  inverse = np.argsort([out[0], out[2], out[3], out[1]])        # NHWC -> out_spec order
+    y = tf.concat(
+      [tf.nn.conv2d(a, b, strides, pads, dilations=[1, *rhs_dilation, 1]) for a, b in zip(xs, ws)],
+      axis=3,
+    )
+  inverse = np.argsort([out[0], out[2], out[3], out[1]])  # NHWC -> out_spec order
   return tf.cast(tf.transpose(y, list(inverse)), result_dtype)
 
 
@@ -200,43 +222,78 @@ def _integer_pow(tf, x, y, **_):
 
 
 _RULES: dict[str, Callable] = {
-    'add': _binary('add'), 'sub': _binary('subtract'), 'mul': _binary('multiply'),
-    'div': _div, 'rem': _rem, 'max': _binary('maximum'), 'min': _binary('minimum'),
-    'pow': _binary('pow'), 'atan2': _binary('atan2'),
-    'eq': _binary('equal'), 'ne': _binary('not_equal'), 'gt': _binary('greater'),
-    'ge': _binary('greater_equal'), 'lt': _binary('less'), 'le': _binary('less_equal'),
-    'and': _binary('logical_and'), 'or': _binary('logical_or'),
-    'not': _unary(lambda tf: tf.logical_not),
-    'neg': _unary(lambda tf: tf.negative), 'abs': _unary(lambda tf: tf.abs),
-    'exp': _unary(lambda tf: tf.exp), 'log': _unary(lambda tf: tf.math.log),
-    'sqrt': _unary(lambda tf: tf.sqrt), 'rsqrt': _unary(lambda tf: tf.math.rsqrt),
-    'tanh': _unary(lambda tf: tf.tanh), 'logistic': _unary(lambda tf: tf.sigmoid),
-    'square': _unary(lambda tf: tf.square), 'sign': _unary(lambda tf: tf.sign),
-    'floor': _unary(lambda tf: tf.floor), 'ceil': _unary(lambda tf: tf.math.ceil),
-    'round': _unary(lambda tf: tf.round), 'erf': _unary(lambda tf: tf.math.erf),
-    'stop_gradient': _unary(lambda tf: tf.identity), 'copy': _unary(lambda tf: tf.identity),
-    'copy_p': _unary(lambda tf: tf.identity),
-    'integer_pow': _integer_pow,
-    'convert_element_type': _convert, 'broadcast_in_dim': _broadcast_in_dim,
-    'reshape': _reshape, 'squeeze': lambda tf, x, dimensions, **_: tf.reshape(
-        x, [d for i, d in enumerate(x.shape) if i not in dimensions]),
-    'expand_dims': lambda tf, x, dimensions, **_: tf.reshape(x, _expanded(x, dimensions)),
-    'transpose': lambda tf, x, permutation, **_: tf.transpose(x, list(permutation)),
-    'rev': lambda tf, x, dimensions, **_: tf.reverse(x, list(dimensions)),
-    'slice': _slice, 'pad': _pad, 'select_n': _select_n, 'iota': _iota,
-    'concatenate': lambda tf, *xs, dimension, **_: tf.concat(xs, dimension),
-    'stack': lambda tf, *xs, axis, **_: tf.stack(xs, axis),
-    'split': _split,
-    'reduce_sum': _reduce('reduce_sum'), 'reduce_max': _reduce('reduce_max'),
-    'reduce_min': _reduce('reduce_min'), 'argmax': None,
-    'reduce_window_max': _reduce_window('max'), 'reduce_window_sum': _reduce_window('sum'),
-    'dot_general': _dot_general, 'conv_general_dilated': _conv,
+  'add': _binary('add'),
+  'sub': _binary('subtract'),
+  'mul': _binary('multiply'),
+  'div': _div,
+  'rem': _rem,
+  'max': _binary('maximum'),
+  'min': _binary('minimum'),
+  'pow': _binary('pow'),
+  'atan2': _binary('atan2'),
+  'eq': _binary('equal'),
+  'ne': _binary('not_equal'),
+  'gt': _binary('greater'),
+  'ge': _binary('greater_equal'),
+  'lt': _binary('less'),
+  'le': _binary('less_equal'),
+  'and': _binary('logical_and'),
+  'or': _binary('logical_or'),
+  'not': _unary(lambda tf: tf.logical_not),
+  'neg': _unary(lambda tf: tf.negative),
+  'abs': _unary(lambda tf: tf.abs),
+  'exp': _unary(lambda tf: tf.exp),
+  'log': _unary(lambda tf: tf.math.log),
+  'sqrt': _unary(lambda tf: tf.sqrt),
+  'rsqrt': _unary(lambda tf: tf.math.rsqrt),
+  'tanh': _unary(lambda tf: tf.tanh),
+  'logistic': _unary(lambda tf: tf.sigmoid),
+  'square': _unary(lambda tf: tf.square),
+  'sign': _unary(lambda tf: tf.sign),
+  'floor': _unary(lambda tf: tf.floor),
+  'ceil': _unary(lambda tf: tf.math.ceil),
+  'round': _unary(lambda tf: tf.round),
+  'erf': _unary(lambda tf: tf.math.erf),
+  'stop_gradient': _unary(lambda tf: tf.identity),
+  'copy': _unary(lambda tf: tf.identity),
+  'copy_p': _unary(lambda tf: tf.identity),
+  'integer_pow': _integer_pow,
+  'convert_element_type': _convert,
+  'broadcast_in_dim': _broadcast_in_dim,
+  'reshape': _reshape,
+  'squeeze': lambda tf, x, dimensions, **_: tf.reshape(
+    x, [d for i, d in enumerate(x.shape) if i not in dimensions]
+  ),
+  'expand_dims': lambda tf, x, dimensions, **_: tf.reshape(x, _expanded(x, dimensions)),
+  'transpose': lambda tf, x, permutation, **_: tf.transpose(x, list(permutation)),
+  'rev': lambda tf, x, dimensions, **_: tf.reverse(x, list(dimensions)),
+  'slice': _slice,
+  'pad': _pad,
+  'select_n': _select_n,
+  'iota': _iota,
+  'concatenate': lambda tf, *xs, dimension, **_: tf.concat(xs, dimension),
+  'stack': lambda tf, *xs, axis, **_: tf.stack(xs, axis),
+  'split': _split,
+  'reduce_sum': _reduce('reduce_sum'),
+  'reduce_max': _reduce('reduce_max'),
+  'reduce_min': _reduce('reduce_min'),
+  'argmax': None,
+  'reduce_window_max': _reduce_window('max'),
+  'reduce_window_sum': _reduce_window('sum'),
+  'dot_general': _dot_general,
+  'conv_general_dilated': _conv,
 }
 _NEEDS_CONTEXT = {'dot_general', 'conv_general_dilated'}
 # Calls whose body is another jaxpr, and the parameter holding it.
-_CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'custom_jvp_call': 'call_jaxpr',
-          'custom_vjp_call': 'call_jaxpr', 'closed_call': 'call_jaxpr',
-          'remat': 'jaxpr', 'checkpoint': 'jaxpr'}
+_CALLS = {
+  'jit': 'jaxpr',
+  'pjit': 'jaxpr',
+  'custom_jvp_call': 'call_jaxpr',
+  'custom_vjp_call': 'call_jaxpr',
+  'closed_call': 'call_jaxpr',
+  'remat': 'jaxpr',
+  'checkpoint': 'jaxpr',
+}
 
 
 def _expanded(x, dimensions):

@@ -28,7 +28,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import tensorflow_datasets as tfds
 
@@ -53,8 +53,11 @@ class SdganFacesConfig(tfds.core.BuilderConfig):
 
 def make_config(source: str, resolution: int = features.DEFAULT_RESOLUTION) -> SdganFacesConfig:
   return SdganFacesConfig(
-      name=f'{source}_{resolution}', source=source, resolution=resolution,
-      description=f'{source} faces prepared at {resolution}x{resolution} px')
+    name=f'{source}_{resolution}',
+    source=source,
+    resolution=resolution,
+    description=f'{source} faces prepared at {resolution}x{resolution} px',
+  )
 
 
 def _config(source: str, resolution: int) -> str | SdganFacesConfig:
@@ -72,8 +75,9 @@ class SdganFaces(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {'1.0.0': 'First release.'}
   BUILDER_CONFIGS = [make_config(s, r) for s in SOURCES for r in (128, 64)]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Prepare the faces first (python tools/prepare_data.py --output DATA_DIR ...), which '
-      'writes DATA_DIR/prepared/<config name>/ and builds this dataset from it.')
+    'Prepare the faces first (python tools/prepare_data.py --output DATA_DIR ...), which '
+    'writes DATA_DIR/prepared/<config name>/ and builds this dataset from it.'
+  )
 
   def __init__(self, *, prepared_dir: str | os.PathLike | None = None, **kwargs):
     self._prepared_dir = prepared_dir
@@ -81,11 +85,13 @@ class SdganFaces(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=('Faces prepared for SDGAN: eye-aligned crops with 68 landmarks, face '
-                     'masks and 11-class semantic maps; splits by identity.'),
-        features=features.tfds_features(self.builder_config.resolution),
-        metadata=tfds.core.MetadataDict(),
-        homepage=celeba_files.CELEBA_URL,
+      description=(
+        'Faces prepared for SDGAN: eye-aligned crops with 68 landmarks, face '
+        'masks and 11-class semantic maps; splits by identity.'
+      ),
+      features=features.tfds_features(self.builder_config.resolution),
+      metadata=tfds.core.MetadataDict(),
+      homepage=celeba_files.CELEBA_URL,
     )
 
   def _split_generators(self, dl_manager):
@@ -93,35 +99,47 @@ class SdganFaces(tfds.core.GeneratorBasedBuilder):
     manifest = prepare.load_manifest(prepared_dir)
     resolution = manifest['options']['resolution']
     if resolution != self.builder_config.resolution:
-      raise ValueError(f'{prepared_dir} holds {resolution}-px faces but config '
-                       f'{self.builder_config.name!r} wants {self.builder_config.resolution}')
+      raise ValueError(
+        f'{prepared_dir} holds {resolution}-px faces but config '
+        f'{self.builder_config.name!r} wants {self.builder_config.resolution}'
+      )
     split = celeba_files.IdentitySplit.load(prepared_dir / prepare.SPLIT_FILE)
     if not split.images_prepared:
       raise ValueError(f'the preparation in {prepared_dir} did not finish: rerun it to resume')
     skipped = json.loads((prepared_dir / prepare.SKIPPED_FILE).read_text())
-    self.info.metadata.update({
-        'split': split.to_json(), 'skipped_counts': skipped['counts'],
-        'num_multi_face': len(skipped['multi_face']), 'source': manifest['source'],
+    self.info.metadata.update(
+      {
+        'split': split.to_json(),
+        'skipped_counts': skipped['counts'],
+        'num_multi_face': len(skipped['multi_face']),
+        'source': manifest['source'],
         'prepare_options': manifest['options'],
         'prepared_fingerprint': manifest['items_fingerprint'],
         # How the semantic maps were made travels with the dataset (sdgan_jax.semantic_source),
         # so a dataset copied away from its preparation folder still says so.
         'semantic_parser': manifest.get('semantic_parser', ''),
-    })
+      }
+    )
     split.save(pathlib.Path(self.data_dir) / prepare.SPLIT_FILE)
-    return {name: self._generate_examples(prepared_dir, split, name)
-            for name in ('train', 'test')}
+    return {name: self._generate_examples(prepared_dir, split, name) for name in ('train', 'test')}
 
   def _generate_examples(self, prepared_dir, split, name):
     for face in prepare.iter_prepared(prepared_dir):
       identity = int(face['identity'])
       if split.split_of(identity) != name:
         continue
-      yield str(face['filename']), {
-          'image': face['image'], 'mask': face['mask'], 'semantic': face['semantic'],
-          'landmarks': face['landmarks'], 'identity': identity,
-          'label': split.label_of(identity), 'filename': str(face['filename']),
-      }
+      yield (
+        str(face['filename']),
+        {
+          'image': face['image'],
+          'mask': face['mask'],
+          'semantic': face['semantic'],
+          'landmarks': face['landmarks'],
+          'identity': identity,
+          'label': split.label_of(identity),
+          'filename': str(face['filename']),
+        },
+      )
 
 
 def load_split(builder: tfds.core.DatasetBuilder) -> celeba_files.IdentitySplit:
@@ -129,12 +147,15 @@ def load_split(builder: tfds.core.DatasetBuilder) -> celeba_files.IdentitySplit:
   try:
     return celeba_files.IdentitySplit.from_json(builder.info.metadata['split'])
   except (KeyError, TypeError):
-    raise ValueError(f'{builder.data_dir} has no identity split in its metadata: build it '
-                     'with sdgan_jax.datasets.builder.build_dataset') from None
+    raise ValueError(
+      f'{builder.data_dir} has no identity split in its metadata: build it '
+      'with sdgan_jax.datasets.builder.build_dataset'
+    ) from None
 
 
-def build_dataset(prepared_dir: str | os.PathLike, data_dir: str | os.PathLike,
-                  source: str = 'celeba') -> SdganFaces:
+def build_dataset(
+  prepared_dir: str | os.PathLike, data_dir: str | os.PathLike, source: str = 'celeba'
+) -> SdganFaces:
   """Writes the TFDS dataset (ArrayRecord) of a finished preparation into ``data_dir``.
 
   An existing dataset is reused if it was built from the same prepared items and settings,
@@ -142,17 +163,26 @@ def build_dataset(prepared_dir: str | os.PathLike, data_dir: str | os.PathLike,
   """
   manifest = prepare.load_manifest(prepared_dir)
   resolution = manifest['options']['resolution']
-  builder = SdganFaces(data_dir=os.fspath(data_dir), config=_config(source, resolution),
-                       prepared_dir=prepared_dir, file_format='array_record')
+  builder = SdganFaces(
+    data_dir=os.fspath(data_dir),
+    config=_config(source, resolution),
+    prepared_dir=prepared_dir,
+    file_format='array_record',
+  )
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
   if builder.is_prepared():
-    same = (builder.info.metadata.get('prepared_fingerprint') == manifest['items_fingerprint']
-            and builder.info.metadata.get('prepare_options') == manifest['options'])
+    same = (
+      builder.info.metadata.get('prepared_fingerprint') == manifest['items_fingerprint']
+      and builder.info.metadata.get('prepare_options') == manifest['options']
+    )
     if same:
       return builder
     mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # overwrites the dataset
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      download_mode=mode, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(
+      download_mode=mode, compute_stats=tfds.download.ComputeStatsMode.SKIP
+    )
+  )
   # A fresh builder reads back what was written (metadata included).
   return SdganFaces(data_dir=os.fspath(data_dir), config=_config(source, resolution))
 
@@ -173,13 +203,15 @@ class TfdsCelebASource(prepare.Source):
   name = 'tfds:celeb_a'
 
   def __init__(self, data_dir: str | os.PathLike | None = None, download: bool = True):
-    self.builder = tfds.builder('celeb_a', data_dir=None if data_dir is None else
-                                os.fspath(data_dir))
+    self.builder = tfds.builder(
+      'celeb_a', data_dir=None if data_dir is None else os.fspath(data_dir)
+    )
     if 'identity' not in self.builder.info.features:
       raise ValueError(
-          f'celeb_a {self.builder.info.version} has no identity feature (added in 2.1.0): '
-          'update tensorflow-datasets, or use --source celeba_files with the official '
-          f'identity_CelebA.txt ({celeba_files.CELEBA_URL})')
+        f'celeb_a {self.builder.info.version} has no identity feature (added in 2.1.0): '
+        'update tensorflow-datasets, or use --source celeba_files with the official '
+        f'identity_CelebA.txt ({celeba_files.CELEBA_URL})'
+      )
     if not self.builder.is_prepared():
       if not download:
         raise FileNotFoundError(f'celeb_a is not built in {self.builder.data_dir}')
@@ -187,10 +219,11 @@ class TfdsCelebASource(prepare.Source):
         self.builder.download_and_prepare()
       except Exception as e:
         raise RuntimeError(
-            f'TFDS could not download/build celeb_a ({type(e).__name__}: {e}). Its files '
-            'come from Google Drive, which often refuses on quota. Download the official '
-            f'CelebA files from {celeba_files.CELEBA_URL} and use --source celeba_files '
-            '--celeba_dir DIR instead') from e
+          f'TFDS could not download/build celeb_a ({type(e).__name__}: {e}). Its files '
+          'come from Google Drive, which often refuses on quota. Download the official '
+          f'CelebA files from {celeba_files.CELEBA_URL} and use --source celeba_files '
+          '--celeba_dir DIR instead'
+        ) from e
     self._index = None
 
   def _examples(self, with_images: bool):
@@ -199,11 +232,15 @@ class TfdsCelebASource(prepare.Source):
     # celeb_a's splits, in a fixed order (the order of the preparation's chunks).
     for split in ('train', 'validation', 'test'):
       ds = self.builder.as_dataset(
-          split=split, shuffle_files=False,
-          decoders={'image': tfds.decode.SkipDecoding()},
-          read_config=tfds.ReadConfig(add_tfds_id=True))
+        split=split,
+        shuffle_files=False,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(add_tfds_id=True),
+      )
       keep = ('tfds_id', 'identity', 'image') if with_images else ('tfds_id', 'identity')
-      ds = ds.map(lambda ex: {k: ex[k] for k in keep}, num_parallel_calls=tf.data.AUTOTUNE)
+      ds = ds.map(
+        lambda ex, keep=keep: {k: ex[k] for k in keep}, num_parallel_calls=tf.data.AUTOTUNE
+      )
       for ex in ds.as_numpy_iterator():
         identity = ex['identity']
         if isinstance(identity, dict):
@@ -228,15 +265,20 @@ class TfdsCelebASource(prepare.Source):
       raise KeyError(f'{target} not found in celeb_a, or asked for out of the index order')
 
 
-def prepared_dir_for(data_dir: str | os.PathLike, source: str,
-                     resolution: int = features.DEFAULT_RESOLUTION) -> pathlib.Path:
+def prepared_dir_for(
+  data_dir: str | os.PathLike, source: str, resolution: int = features.DEFAULT_RESOLUTION
+) -> pathlib.Path:
   """Where ``prepare_and_build`` keeps the prepared chunks: DATA_DIR/prepared/<config>/."""
   return pathlib.Path(data_dir) / 'prepared' / f'{source}_{resolution}'
 
 
-def prepare_and_build(source: prepare.Source, data_dir: str | os.PathLike, kind: str,
-                      options: prepare.FaceOptions = prepare.FaceOptions(), **kwargs
-                      ) -> tuple[SdganFaces | None, prepare.PreparedData]:
+def prepare_and_build(
+  source: prepare.Source,
+  data_dir: str | os.PathLike,
+  kind: str,
+  options: prepare.FaceOptions = prepare.FaceOptions(),
+  **kwargs,
+) -> tuple[SdganFaces | None, prepare.PreparedData]:
   """Splits, prepares (resumable) and writes ``sdgan_faces/<kind>_<R>`` into ``data_dir``.
 
   Args:
@@ -249,17 +291,22 @@ def prepare_and_build(source: prepare.Source, data_dir: str | os.PathLike, kind:
   Returns:
     (the built builder, or None when the preparation stopped early; the preparation).
   """
-  prepared = prepare.prepare_source(source, prepared_dir_for(data_dir, kind, options.resolution),
-                                    options, **kwargs)
+  prepared = prepare.prepare_source(
+    source, prepared_dir_for(data_dir, kind, options.resolution), options, **kwargs
+  )
   if not prepared.report.complete:
     return None, prepared
   return build_dataset(prepared.prepared_dir, data_dir, source=kind), prepared
 
 
-def build_samples(data_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                  resolution: int = features.DEFAULT_RESOLUTION, workers: int = 2,
-                  copies: int | None = None, progress: bool = True
-                  ) -> tuple[SdganFaces, prepare.PreparedData]:
+def build_samples(
+  data_dir: str | os.PathLike,
+  cache_dir: str | os.PathLike | None = None,
+  resolution: int = features.DEFAULT_RESOLUTION,
+  workers: int = 2,
+  copies: int | None = None,
+  progress: bool = True,
+) -> tuple[SdganFaces, prepare.PreparedData]:
   """The embedded sample faces (``samples``) as ``sdgan_faces/samples_<R>`` in ``data_dir``.
 
   Fetches the photos (into ``cache_dir``, default DATA_DIR/cache), writes the CelebA-style
@@ -270,11 +317,20 @@ def build_samples(data_dir: str | os.PathLike, cache_dir: str | os.PathLike | No
 
   data_dir = pathlib.Path(data_dir)
   folder = samples.build_sample_folder(
-      data_dir / 'sample_faces', cache_dir or data_dir / 'cache',
-      copies=samples.DEFAULT_COPIES if copies is None else copies)
+    data_dir / 'sample_faces',
+    cache_dir or data_dir / 'cache',
+    copies=samples.DEFAULT_COPIES if copies is None else copies,
+  )
   source = prepare.celeba_folder_source(folder)
   source.name = 'samples'
   built, prepared = prepare_and_build(
-      source, data_dir, 'samples', prepare.FaceOptions(resolution=resolution),
-      workers=workers, chunk_size=32, progress=progress, **samples.SAMPLE_SPLIT)
+    source,
+    data_dir,
+    'samples',
+    prepare.FaceOptions(resolution=resolution),
+    workers=workers,
+    chunk_size=32,
+    progress=progress,
+    **samples.SAMPLE_SPLIT,
+  )
   return built, prepared

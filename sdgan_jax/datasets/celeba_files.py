@@ -39,15 +39,25 @@ import functools
 import json
 import os
 import pathlib
-from typing import Mapping
+from collections.abc import Mapping
 
 CELEBA_URL = 'http://mmlab.ie.cuhk.edu.hk/projects/CelebA.html'
 IMAGE_DIR = 'img_align_celeba'
 IDENTITY_FILE = 'identity_CelebA.txt'
 PARTITION_FILE = 'list_eval_partition.txt'
 LANDMARKS_FILE = 'list_landmarks_align_celeba.txt'
-LANDMARK_NAMES = ('lefteye_x', 'lefteye_y', 'righteye_x', 'righteye_y', 'nose_x', 'nose_y',
-                  'leftmouth_x', 'leftmouth_y', 'rightmouth_x', 'rightmouth_y')
+LANDMARK_NAMES = (
+  'lefteye_x',
+  'lefteye_y',
+  'righteye_x',
+  'righteye_y',
+  'nose_x',
+  'nose_y',
+  'leftmouth_x',
+  'leftmouth_y',
+  'rightmouth_x',
+  'rightmouth_y',
+)
 
 # Paper §4.1 (docs/data.md).
 PAPER_NUM_TRAIN = 1200
@@ -55,9 +65,11 @@ PAPER_NUM_TEST = 363
 PAPER_MIN_IMAGES = 30
 PAPER_TRAIN_IMAGES = 35579
 
-SPLIT_RULE = ('identities with at least min_images images listed in the identity table, '
-              'sorted by identity id ascending; the first num_train are train, the next '
-              'num_test are test; label = index of the identity in its split list')
+SPLIT_RULE = (
+  'identities with at least min_images images listed in the identity table, '
+  'sorted by identity id ascending; the first num_train are train, the next '
+  'num_test are test; label = index of the identity in its split list'
+)
 
 
 class CelebAFilesError(FileNotFoundError):
@@ -67,10 +79,11 @@ class CelebAFilesError(FileNotFoundError):
 def _missing(what: str, celeba_dir: pathlib.Path, tried) -> CelebAFilesError:
   tried = ', '.join(str(p) for p in tried)
   return CelebAFilesError(
-      f'CelebA {what} not found (looked for {tried}). Download the official CelebA files '
-      f'from {CELEBA_URL} (Align&Cropped images: img_align_celeba.zip, unzipped; Anno: '
-      f'identity_CelebA.txt, list_landmarks_align_celeba.txt, list_attr_celeba.txt; Eval: '
-      f'list_eval_partition.txt) into {celeba_dir}, or use --source tfds_celeb_a')
+    f'CelebA {what} not found (looked for {tried}). Download the official CelebA files '
+    f'from {CELEBA_URL} (Align&Cropped images: img_align_celeba.zip, unzipped; Anno: '
+    f'identity_CelebA.txt, list_landmarks_align_celeba.txt, list_attr_celeba.txt; Eval: '
+    f'list_eval_partition.txt) into {celeba_dir}, or use --source tfds_celeb_a'
+  )
 
 
 def find_file(celeba_dir: str | os.PathLike, name: str) -> pathlib.Path:
@@ -91,8 +104,10 @@ def image_dir(celeba_dir: str | os.PathLike) -> pathlib.Path:
     path = path / IMAGE_DIR  # unzip of img_align_celeba.zip into a folder of the same name
   if not path.is_dir():
     if (root / f'{IMAGE_DIR}.zip').is_file():
-      raise CelebAFilesError(f'{root / IMAGE_DIR} is missing but {IMAGE_DIR}.zip is there: '
-                             f'unzip it first (`unzip {root / IMAGE_DIR}.zip -d {root}`)')
+      raise CelebAFilesError(
+        f'{root / IMAGE_DIR} is missing but {IMAGE_DIR}.zip is there: '
+        f'unzip it first (`unzip {root / IMAGE_DIR}.zip -d {root}`)'
+      )
     raise _missing(f'image folder {IMAGE_DIR}/', root, [path])
   return path
 
@@ -106,8 +121,10 @@ def _data_lines(path: pathlib.Path):
 
 
 def _bad_line(path, number, fields, expected) -> ValueError:
-  return ValueError(f'{path}:{number}: expected {expected}, got {" ".join(fields)!r}; is this '
-                    f'the official CelebA file?')
+  return ValueError(
+    f'{path}:{number}: expected {expected}, got {" ".join(fields)!r}; is this '
+    f'the official CelebA file?'
+  )
 
 
 def read_identities(path: str | os.PathLike) -> dict[str, int]:
@@ -153,8 +170,10 @@ def _read_headed_table(path: pathlib.Path, kind: str) -> tuple[list[str], dict[s
     except ValueError:
       raise _bad_line(path, number, fields, 'integer values') from None
   if len(table) != int(count[0]):
-    raise ValueError(f'{path} announces {count[0]} images but lists {len(table)}: the file is '
-                     'truncated or not the official one')
+    raise ValueError(
+      f'{path} announces {count[0]} images but lists {len(table)}: the file is '
+      'truncated or not the official one'
+    )
   return header, table
 
 
@@ -190,9 +209,11 @@ class CelebAFiles:
 
 
 def _download_hint(root: pathlib.Path) -> str:
-  return (f'download the official CelebA files from {CELEBA_URL} (Align&Cropped images: '
-          f'{IMAGE_DIR}.zip, unzipped; Anno: {IDENTITY_FILE}; Eval: {PARTITION_FILE}) into '
-          f'{root}, or use --source tfds_celeb_a')
+  return (
+    f'download the official CelebA files from {CELEBA_URL} (Align&Cropped images: '
+    f'{IMAGE_DIR}.zip, unzipped; Anno: {IDENTITY_FILE}; Eval: {PARTITION_FILE}) into '
+    f'{root}, or use --source tfds_celeb_a'
+  )
 
 
 def _elsewhere_hint(root: pathlib.Path) -> str:
@@ -212,10 +233,15 @@ def _check_folder(root: pathlib.Path) -> None:
   if not root.exists():
     raise CelebAFilesError(f'CelebA folder {root} does not exist: {_download_hint(root)}')
   if not root.is_dir():
-    unzip = (f'; unzip it first (`unzip {root} -d {root.parent}`) and pass {root.parent}'
-             if root.suffix == '.zip' else '')
-    raise CelebAFilesError(f'CelebA folder {root} is a file, not a folder: pass the folder '
-                           f'holding {IMAGE_DIR}/ and {IDENTITY_FILE}{unzip}')
+    unzip = (
+      f'; unzip it first (`unzip {root} -d {root.parent}`) and pass {root.parent}'
+      if root.suffix == '.zip'
+      else ''
+    )
+    raise CelebAFilesError(
+      f'CelebA folder {root} is a file, not a folder: pass the folder '
+      f'holding {IMAGE_DIR}/ and {IDENTITY_FILE}{unzip}'
+    )
   missing = []
   try:
     image_dir(root)
@@ -229,8 +255,9 @@ def _check_folder(root: pathlib.Path) -> None:
     missing.append(IDENTITY_FILE)
   if missing:
     raise CelebAFilesError(
-        f'CelebA folder {root} lacks the official {" and ".join(missing)} (looked in it and '
-        f'its Anno/ and Eval/): {_elsewhere_hint(root) or _download_hint(root)}')
+      f'CelebA folder {root} lacks the official {" and ".join(missing)} (looked in it and '
+      f'its Anno/ and Eval/): {_elsewhere_hint(root) or _download_hint(root)}'
+    )
 
 
 def load_celeba_dir(celeba_dir: str | os.PathLike) -> CelebAFiles:
@@ -281,8 +308,7 @@ class IdentitySplit:
     try:
       return self._lookup[int(identity)][1]
     except KeyError:
-      raise KeyError(f'identity {identity} is in neither the train nor the test split'
-                     ) from None
+      raise KeyError(f'identity {identity} is in neither the train nor the test split') from None
 
   @functools.cached_property
   def _lookup(self) -> dict[int, tuple[str, int]]:
@@ -292,29 +318,45 @@ class IdentitySplit:
 
   def to_json(self) -> dict:
     return {
-        'rule': SPLIT_RULE, 'min_images': self.min_images, 'num_train': self.num_train,
-        'num_test': self.num_test, 'num_identities': self.num_identities,
-        'num_eligible': self.num_eligible, 'source': self.source,
-        'images_listed': dict(self.images_listed),
-        'images_prepared': dict(self.images_prepared),
-        'paper': {'num_train': PAPER_NUM_TRAIN, 'num_test': PAPER_NUM_TEST,
-                  'train_images': PAPER_TRAIN_IMAGES, 'min_images': PAPER_MIN_IMAGES},
-        'train': {'identities': list(self.train),
-                  'label_of_identity': {str(i): n for n, i in enumerate(self.train)}},
-        'test': {'identities': list(self.test),
-                 'label_of_identity': {str(i): n for n, i in enumerate(self.test)}},
+      'rule': SPLIT_RULE,
+      'min_images': self.min_images,
+      'num_train': self.num_train,
+      'num_test': self.num_test,
+      'num_identities': self.num_identities,
+      'num_eligible': self.num_eligible,
+      'source': self.source,
+      'images_listed': dict(self.images_listed),
+      'images_prepared': dict(self.images_prepared),
+      'paper': {
+        'num_train': PAPER_NUM_TRAIN,
+        'num_test': PAPER_NUM_TEST,
+        'train_images': PAPER_TRAIN_IMAGES,
+        'min_images': PAPER_MIN_IMAGES,
+      },
+      'train': {
+        'identities': list(self.train),
+        'label_of_identity': {str(i): n for n, i in enumerate(self.train)},
+      },
+      'test': {
+        'identities': list(self.test),
+        'label_of_identity': {str(i): n for n, i in enumerate(self.test)},
+      },
     }
 
   @classmethod
-  def from_json(cls, data: Mapping) -> 'IdentitySplit':
-    return cls(train=[int(i) for i in data['train']['identities']],
-               test=[int(i) for i in data['test']['identities']],
-               min_images=int(data['min_images']), num_train=int(data['num_train']),
-               num_test=int(data['num_test']), num_identities=int(data['num_identities']),
-               num_eligible=int(data['num_eligible']),
-               images_listed=dict(data['images_listed']),
-               images_prepared=dict(data.get('images_prepared', {})),
-               source=data.get('source', ''))
+  def from_json(cls, data: Mapping) -> IdentitySplit:
+    return cls(
+      train=[int(i) for i in data['train']['identities']],
+      test=[int(i) for i in data['test']['identities']],
+      min_images=int(data['min_images']),
+      num_train=int(data['num_train']),
+      num_test=int(data['num_test']),
+      num_identities=int(data['num_identities']),
+      num_eligible=int(data['num_eligible']),
+      images_listed=dict(data['images_listed']),
+      images_prepared=dict(data.get('images_prepared', {})),
+      source=data.get('source', ''),
+    )
 
   def save(self, path: str | os.PathLike) -> None:
     path = pathlib.Path(path)
@@ -324,13 +366,17 @@ class IdentitySplit:
     os.replace(tmp, path)
 
   @classmethod
-  def load(cls, path: str | os.PathLike) -> 'IdentitySplit':
+  def load(cls, path: str | os.PathLike) -> IdentitySplit:
     return cls.from_json(json.loads(pathlib.Path(path).read_text()))
 
 
-def identity_split(identities: Mapping[str, int], num_train: int | None = PAPER_NUM_TRAIN,
-                   num_test: int | None = PAPER_NUM_TEST,
-                   min_images: int = PAPER_MIN_IMAGES, source: str = '') -> IdentitySplit:
+def identity_split(
+  identities: Mapping[str, int],
+  num_train: int | None = PAPER_NUM_TRAIN,
+  num_test: int | None = PAPER_NUM_TEST,
+  min_images: int = PAPER_MIN_IMAGES,
+  source: str = '',
+) -> IdentitySplit:
   """The paper's identity split of an identity table (rule in the module docstring).
 
   Args:
@@ -356,14 +402,20 @@ def identity_split(identities: Mapping[str, int], num_train: int | None = PAPER_
     num_test = len(eligible) - num_train
   if num_train < 1 or num_test < 1 or num_train + num_test > len(eligible):
     raise ValueError(
-        f'the split needs {num_train} train + {num_test} test identities with at least '
-        f'{min_images} images each, but the identity table ({len(counts)} identities, '
-        f'{len(identities)} images) has only {len(eligible)} such identities; lower '
-        'min_images or the identity counts (--min_images, --num_train, --num_test)')
-  train, test = eligible[:num_train], eligible[num_train:num_train + num_test]
+      f'the split needs {num_train} train + {num_test} test identities with at least '
+      f'{min_images} images each, but the identity table ({len(counts)} identities, '
+      f'{len(identities)} images) has only {len(eligible)} such identities; lower '
+      'min_images or the identity counts (--min_images, --num_train, --num_test)'
+    )
+  train, test = eligible[:num_train], eligible[num_train : num_train + num_test]
   return IdentitySplit(
-      train=train, test=test, min_images=min_images, num_train=num_train, num_test=num_test,
-      num_identities=len(counts), num_eligible=len(eligible),
-      images_listed={'train': sum(counts[i] for i in train),
-                     'test': sum(counts[i] for i in test)},
-      source=source)
+    train=train,
+    test=test,
+    min_images=min_images,
+    num_train=num_train,
+    num_test=num_test,
+    num_identities=len(counts),
+    num_eligible=len(eligible),
+    images_listed={'train': sum(counts[i] for i in train), 'test': sum(counts[i] for i in test)},
+    source=source,
+  )

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import pathlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -51,8 +51,7 @@ def chunk_fingerprint(path: pathlib.Path) -> str | None:
     return None  # unreadable: recompute it
 
 
-def write_chunk(path: pathlib.Path, fingerprint: str, results: list[dict],
-                resolution: int) -> None:
+def write_chunk(path: pathlib.Path, fingerprint: str, results: list[dict], resolution: int) -> None:
   """Writes one chunk's ``prepare_image`` results (named by file and identity) atomically."""
   kept = [r for r in results if r['record'] is not None]
   r = resolution
@@ -62,21 +61,29 @@ def write_chunk(path: pathlib.Path, fingerprint: str, results: list[dict],
       return np.zeros((0, *shape), dtype)
     return np.stack([k['record'][key] for k in kept]).astype(dtype)
 
-  skipped = [{'filename': x['filename'], 'identity': int(x['identity']), 'reason': x['reason'],
-              'detail': x['detail']} for x in results if x['record'] is None]
+  skipped = [
+    {
+      'filename': x['filename'],
+      'identity': int(x['identity']),
+      'reason': x['reason'],
+      'detail': x['detail'],
+    }
+    for x in results
+    if x['record'] is None
+  ]
   multi = [x['filename'] for x in results if x['num_faces'] > 1]
   arrays = {
-      'image': stack('image', (r, r, 3), np.uint8),
-      'mask': stack('mask', (r, r, 1), np.uint8),
-      'semantic': stack('semantic', (r, r, 1), np.uint8),
-      'landmarks': stack('landmarks', (features.NUM_LANDMARKS, 2), np.float32),
-      'box': stack('box', (4,), np.float32),
-      'identity': np.array([k['identity'] for k in kept], np.int64),
-      'filename': np.array([k['filename'] for k in kept], dtype=str),
-      'fingerprint': np.array(fingerprint),
-      'skipped': np.array(json.dumps(skipped)),
-      'multi_face': np.array(json.dumps(multi)),
-      'num_items': np.array(len(results), np.int64),
+    'image': stack('image', (r, r, 3), np.uint8),
+    'mask': stack('mask', (r, r, 1), np.uint8),
+    'semantic': stack('semantic', (r, r, 1), np.uint8),
+    'landmarks': stack('landmarks', (features.NUM_LANDMARKS, 2), np.float32),
+    'box': stack('box', (4,), np.float32),
+    'identity': np.array([k['identity'] for k in kept], np.int64),
+    'filename': np.array([k['filename'] for k in kept], dtype=str),
+    'fingerprint': np.array(fingerprint),
+    'skipped': np.array(json.dumps(skipped)),
+    'multi_face': np.array(json.dumps(multi)),
+    'num_items': np.array(len(results), np.int64),
   }
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + '.tmp')
@@ -95,8 +102,9 @@ def write_json(path: pathlib.Path, data) -> None:
 def load_manifest(prepared_dir: str | os.PathLike) -> dict:
   path = pathlib.Path(prepared_dir) / MANIFEST
   if not path.is_file():
-    raise FileNotFoundError(f'{path} not found: prepare the data first '
-                            '(python tools/prepare_data.py ...)')
+    raise FileNotFoundError(
+      f'{path} not found: prepare the data first (python tools/prepare_data.py ...)'
+    )
   return json.loads(path.read_text())
 
 
@@ -110,10 +118,13 @@ def iter_prepared(prepared_dir: str | os.PathLike) -> Iterator[dict]:
   for i, chunk in enumerate(manifest['chunks']):
     path = out / chunk['file']
     if chunk_fingerprint(path) != chunk['fingerprint']:
-      raise FileNotFoundError(f'{path} is missing or stale: the preparation in {out} did not '
-                              'finish; rerun it to resume')
+      raise FileNotFoundError(
+        f'{path} is missing or stale: the preparation in {out} did not finish; rerun it to resume'
+      )
     with np.load(path) as data:
-      arrays = {k: data[k] for k in ('image', 'mask', 'semantic', 'landmarks', 'box',
-                                     'identity', 'filename')}
+      arrays = {
+        k: data[k]
+        for k in ('image', 'mask', 'semantic', 'landmarks', 'box', 'identity', 'filename')
+      }
     for j in range(len(arrays['identity'])):
       yield {k: v[j] for k, v in arrays.items()} | {'chunk': i}

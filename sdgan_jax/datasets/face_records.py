@@ -76,19 +76,30 @@ def _face_record(image: np.ndarray, options: FaceOptions, detector, predictor) -
   box = found.boxes[index]
   size = float(min(box[2] - box[0], box[3] - box[1]) + 1)
   if size < options.min_face_px:
-    return _skipped('too_small', f'largest face {size:.0f} px < {options.min_face_px:g} px',
-                    len(found))
-  face = pipeline.prepare_detected(image, pipeline.detected_faces(found)[index], predictor,
-                                   options.resolution, min_face_px=0.0, check=False)
+    return _skipped(
+      'too_small', f'largest face {size:.0f} px < {options.min_face_px:g} px', len(found)
+    )
+  face = pipeline.prepare_detected(
+    image,
+    pipeline.detected_faces(found)[index],
+    predictor,
+    options.resolution,
+    min_face_px=0.0,
+    check=False,
+  )
   if face.reason is not None:  # as an exception here always was: a failed image, 0 faces
     return _skipped('failed', face.detail, 0)
-  record = {'image': face.crop, 'mask': face.mask, 'semantic': face.semantic,
-            'landmarks': face.landmarks.astype(np.float32), 'box': face.box}
+  record = {
+    'image': face.crop,
+    'mask': face.mask,
+    'semantic': face.semantic,
+    'landmarks': face.landmarks.astype(np.float32),
+    'box': face.box,
+  }
   return {'record': record, 'reason': None, 'detail': '', 'num_faces': len(found)}
 
 
-def prepare_image(payload: Payload, options: FaceOptions, detector=None,
-                  predictor=None) -> dict:
+def prepare_image(payload: Payload, options: FaceOptions, detector=None, predictor=None) -> dict:
   """Prepares the largest face of one image.
 
   Returns:
@@ -96,6 +107,7 @@ def prepare_image(payload: Payload, options: FaceOptions, detector=None,
     ``SKIP_REASONS`` entry or None, 'detail': str, 'num_faces': int}.
   """
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
   from sdgan_jax.faces import detect  # pylint: disable=import-outside-toplevel
 
   try:
@@ -117,8 +129,10 @@ def landmark_predictor(options: FaceOptions):
   """The face mesh or dlib's shape predictor, as ``options.landmarks`` says."""
   if options.landmarks == 'mesh':
     from sdgan_jax.faces import mesh  # pylint: disable=import-outside-toplevel
+
     return mesh.FaceMesh.load()
   from sdgan_jax.faces import detect  # pylint: disable=import-outside-toplevel
+
   return detect.LandmarkPredictor()
 
 

@@ -20,18 +20,27 @@ from __future__ import annotations
 
 # The face geometry below the datasets owns the classes and the crop size; a record holds them.
 from sdgan_jax.faces.align import DEFAULT_RESOLUTION
-from sdgan_jax.faces.masks import MASKED_CLASSES, NUM_CLASSES, SEMANTIC_CLASSES
+from sdgan_jax.faces.masks import (  # re-exported: the record's classes
+  MASKED_CLASSES as MASKED_CLASSES,
+)
+from sdgan_jax.faces.masks import (
+  NUM_CLASSES as NUM_CLASSES,
+)
+from sdgan_jax.faces.masks import (
+  SEMANTIC_CLASSES as SEMANTIC_CLASSES,
+)
 
 NUM_LANDMARKS = 68
 
 
 def tfds_features(resolution: int = DEFAULT_RESOLUTION):
   """The ``tfds.features.FeaturesDict`` of one prepared example."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   r = resolution
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       'image': tfds.features.Image(shape=(r, r, 3), encoding_format='png'),
       'mask': tfds.features.Image(shape=(r, r, 1), encoding_format='png'),
       'semantic': tfds.features.Image(shape=(r, r, 1), encoding_format='png'),
@@ -39,4 +48,5 @@ def tfds_features(resolution: int = DEFAULT_RESOLUTION):
       'identity': np.int64,
       'label': np.int64,
       'filename': tfds.features.Text(),
-  })
+    }
+  )

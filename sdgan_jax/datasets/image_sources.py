@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from sdgan_jax.datasets import celeba_files
 
@@ -41,8 +41,9 @@ class FolderSource(Source):
     name: recorded in the manifest.
   """
 
-  def __init__(self, images: str | os.PathLike, identities: Mapping[str, int],
-               name: str = 'folder'):
+  def __init__(
+    self, images: str | os.PathLike, identities: Mapping[str, int], name: str = 'folder'
+  ):
     self.images = pathlib.Path(images)
     self.identities = {f: int(identities[f]) for f in sorted(identities)}
     self.name = name

@@ -49,7 +49,7 @@ import dataclasses
 import os
 import pathlib
 import re
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -59,21 +59,48 @@ LAYOUTS = ('celebamask_hq', 'lapa')
 _ID = {name: i for i, name in enumerate(SEMANTIC_CLASSES)}
 
 CELEBAMASK_HQ_CLASSES = {
-    'skin': _ID['skin'], 'eye_g': _ID['skin'], 'nose': _ID['nose'],
-    'l_brow': _ID['left_brow'], 'r_brow': _ID['right_brow'],
-    'l_eye': _ID['left_eye'], 'r_eye': _ID['right_eye'],
-    'u_lip': _ID['upper_lip'], 'mouth': _ID['inner_mouth'], 'l_lip': _ID['lower_lip'],
-    'hair': _ID['hair'],
-    'l_ear': _ID['background'], 'r_ear': _ID['background'], 'ear_r': _ID['background'],
-    'neck': _ID['background'], 'neck_l': _ID['background'], 'cloth': _ID['background'],
-    'hat': _ID['background'],
+  'skin': _ID['skin'],
+  'eye_g': _ID['skin'],
+  'nose': _ID['nose'],
+  'l_brow': _ID['left_brow'],
+  'r_brow': _ID['right_brow'],
+  'l_eye': _ID['left_eye'],
+  'r_eye': _ID['right_eye'],
+  'u_lip': _ID['upper_lip'],
+  'mouth': _ID['inner_mouth'],
+  'l_lip': _ID['lower_lip'],
+  'hair': _ID['hair'],
+  'l_ear': _ID['background'],
+  'r_ear': _ID['background'],
+  'ear_r': _ID['background'],
+  'neck': _ID['background'],
+  'neck_l': _ID['background'],
+  'cloth': _ID['background'],
+  'hat': _ID['background'],
 }
 # Body and accessories behind the face first, then the face skin, the parts on it (smaller
 # ones later), hair over the face, and a hat over the hair.
-CELEBAMASK_HQ_ORDER = ('cloth', 'neck', 'neck_l', 'l_ear', 'r_ear', 'ear_r', 'skin', 'eye_g',
-                       'nose', 'l_lip', 'u_lip', 'mouth', 'l_brow', 'r_brow', 'l_eye',
-                       'r_eye', 'hair', 'hat')
-LAPA_CLASSES = np.arange(NUM_CLASSES, dtype=np.uint8)   # LaPa id -> our id
+CELEBAMASK_HQ_ORDER = (
+  'cloth',
+  'neck',
+  'neck_l',
+  'l_ear',
+  'r_ear',
+  'ear_r',
+  'skin',
+  'eye_g',
+  'nose',
+  'l_lip',
+  'u_lip',
+  'mouth',
+  'l_brow',
+  'r_brow',
+  'l_eye',
+  'r_eye',
+  'hair',
+  'hat',
+)
+LAPA_CLASSES = np.arange(NUM_CLASSES, dtype=np.uint8)  # LaPa id -> our id
 LAPA_SPLITS = ('train', 'val', 'test')
 CELEBAMASK_HQ_HOLDOUT = 1000
 SIDES = ('position', 'as_labelled')
@@ -97,8 +124,9 @@ def celebamask_hq_labels(parts: Mapping[str, np.ndarray]) -> np.ndarray:
   """uint8 [H, W] class ids from CelebAMask-HQ part masks {part: bool [H, W]}."""
   unknown = sorted(set(parts) - set(CELEBAMASK_HQ_CLASSES))
   if unknown:
-    raise LayoutError(f'unknown CelebAMask-HQ parts {unknown}; known: '
-                      f'{sorted(CELEBAMASK_HQ_CLASSES)}')
+    raise LayoutError(
+      f'unknown CelebAMask-HQ parts {unknown}; known: {sorted(CELEBAMASK_HQ_CLASSES)}'
+    )
   if not parts:
     raise ValueError('no part masks given')
   shapes = {np.shape(m) for m in parts.values()}
@@ -115,8 +143,9 @@ def lapa_labels(ids: np.ndarray) -> np.ndarray:
   """uint8 [H, W] class ids from a LaPa label map (ids 0-10)."""
   ids = np.asarray(ids)
   if ids.size and (ids.min() < 0 or ids.max() >= len(LAPA_CLASSES)):
-    raise ValueError(f'LaPa label ids must be 0..{len(LAPA_CLASSES) - 1}, found '
-                     f'{sorted(np.unique(ids).tolist())}')
+    raise ValueError(
+      f'LaPa label ids must be 0..{len(LAPA_CLASSES) - 1}, found {sorted(np.unique(ids).tolist())}'
+    )
   return LAPA_CLASSES[ids.astype(np.int64)]
 
 
@@ -160,21 +189,22 @@ def detect_layout(root: str | os.PathLike) -> str:
     raise LayoutError(f'parsing dataset folder {root} does not exist')
   if (root / 'CelebA-HQ-img').is_dir() and (root / 'CelebAMask-HQ-mask-anno').is_dir():
     return 'celebamask_hq'
-  if any((root / s / 'images').is_dir() and (root / s / 'labels').is_dir()
-         for s in LAPA_SPLITS):
+  if any((root / s / 'images').is_dir() and (root / s / 'labels').is_dir() for s in LAPA_SPLITS):
     return 'lapa'
   nested = [p for p in (root / 'CelebAMask-HQ', root / 'LaPa') if p.is_dir()]
   hint = f'; did you mean {nested[0]}?' if nested else ''
   raise LayoutError(
-      f'{root} is in neither known layout (found: {_listing(root)}). Expected CelebAMask-HQ '
-      '(CelebA-HQ-img/<idx>.jpg and CelebAMask-HQ-mask-anno/<k>/<idx:05d>_<part>.png) or '
-      f'LaPa (<split>/images/*.jpg and <split>/labels/*.png, split in {LAPA_SPLITS}){hint}')
+    f'{root} is in neither known layout (found: {_listing(root)}). Expected CelebAMask-HQ '
+    '(CelebA-HQ-img/<idx>.jpg and CelebAMask-HQ-mask-anno/<k>/<idx:05d>_<part>.png) or '
+    f'LaPa (<split>/images/*.jpg and <split>/labels/*.png, split in {LAPA_SPLITS}){hint}'
+  )
 
 
 def _celebamask_hq_examples(root: pathlib.Path, split: str, holdout: int):
   if split not in ('train', 'val'):
-    raise ValueError(f"CelebAMask-HQ splits are 'train' and 'val' (the last {holdout} "
-                     f'indices), not {split!r}')
+    raise ValueError(
+      f"CelebAMask-HQ splits are 'train' and 'val' (the last {holdout} indices), not {split!r}"
+    )
   images = {}
   for path in (root / 'CelebA-HQ-img').iterdir():
     if path.suffix.lower() in _IMAGE_SUFFIXES and path.stem.isdigit():
@@ -186,24 +216,28 @@ def _celebamask_hq_examples(root: pathlib.Path, split: str, holdout: int):
       raise LayoutError(f'{path}: expected mask files named <idx:05d>_<part>.png')
     index, part = int(match.group(1)), match.group(2)
     if part not in CELEBAMASK_HQ_CLASSES:
-      raise LayoutError(f'{path}: unknown CelebAMask-HQ part {part!r}; known: '
-                        f'{sorted(CELEBAMASK_HQ_CLASSES)}')
+      raise LayoutError(
+        f'{path}: unknown CelebAMask-HQ part {part!r}; known: {sorted(CELEBAMASK_HQ_CLASSES)}'
+      )
     masks.setdefault(index, {})[part] = path
   if not images:
     raise LayoutError(f'{root / "CelebA-HQ-img"} holds no <idx>.jpg images')
   unlabelled = sorted(set(images) - set(masks))
   if unlabelled:
-    raise LayoutError(f'{len(unlabelled)} CelebA-HQ images have no part masks in '
-                      f'{root / "CelebAMask-HQ-mask-anno"}/*/ (e.g. index {unlabelled[0]}, '
-                      f'expected {unlabelled[0]:05d}_skin.png ...)')
+    raise LayoutError(
+      f'{len(unlabelled)} CelebA-HQ images have no part masks in '
+      f'{root / "CelebAMask-HQ-mask-anno"}/*/ (e.g. index {unlabelled[0]}, '
+      f'expected {unlabelled[0]:05d}_skin.png ...)'
+    )
   orphans = sorted(set(masks) - set(images))
   if orphans:
-    raise LayoutError(f'part masks for index {orphans[0]} (and {len(orphans) - 1} more) '
-                      f'have no image {root / "CelebA-HQ-img"}/{orphans[0]}.jpg')
+    raise LayoutError(
+      f'part masks for index {orphans[0]} (and {len(orphans) - 1} more) '
+      f'have no image {root / "CelebA-HQ-img"}/{orphans[0]}.jpg'
+    )
   order = sorted(images)
   if not 0 <= holdout < len(order):
-    raise ValueError(f'holdout={holdout} must leave training images: the folder has '
-                     f'{len(order)}')
+    raise ValueError(f'holdout={holdout} must leave training images: the folder has {len(order)}')
   cut = len(order) - holdout
   order = order[:cut] if split == 'train' else order[cut:]
   return [ParsingExample(str(i), images[i], masks[i]) for i in order]
@@ -213,14 +247,17 @@ def _lapa_examples(root: pathlib.Path, split: str):
   images_dir, labels_dir = root / split / 'images', root / split / 'labels'
   if not images_dir.is_dir() or not labels_dir.is_dir():
     have = [s for s in LAPA_SPLITS if (root / s / 'images').is_dir()]
-    raise LayoutError(f'LaPa split {split!r} not found: {images_dir} and {labels_dir} are '
-                      f'needed (splits present: {have})')
+    raise LayoutError(
+      f'LaPa split {split!r} not found: {images_dir} and {labels_dir} are '
+      f'needed (splits present: {have})'
+    )
   images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES}
   labels = {p.stem: p for p in labels_dir.glob('*.png')}
   missing = sorted(set(images) - set(labels))
   if missing:
-    raise LayoutError(f'{len(missing)} LaPa images have no label map, e.g. '
-                      f'{labels_dir / (missing[0] + ".png")}')
+    raise LayoutError(
+      f'{len(missing)} LaPa images have no label map, e.g. {labels_dir / (missing[0] + ".png")}'
+    )
   if not images:
     raise LayoutError(f'{images_dir} holds no images')
   return [ParsingExample(name, images[name], labels[name]) for name in sorted(images)]
@@ -232,7 +269,7 @@ def _square_resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
   h, w = array.shape[:2]
   side = min(h, w)
   top, left = (h - side) // 2, (w - side) // 2
-  array = array[top:top + side, left:left + side]
+  array = array[top : top + side, left : left + side]
   if side == size:
     return np.ascontiguousarray(array)
   method = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
@@ -257,8 +294,14 @@ class ParsingFolder:
     holdout: CelebAMask-HQ images held out as 'val'.
   """
 
-  def __init__(self, root: str | os.PathLike, split: str = 'train', layout: str = 'auto',
-               sides: str = 'position', holdout: int = CELEBAMASK_HQ_HOLDOUT):
+  def __init__(
+    self,
+    root: str | os.PathLike,
+    split: str = 'train',
+    layout: str = 'auto',
+    sides: str = 'position',
+    holdout: int = CELEBAMASK_HQ_HOLDOUT,
+  ):
     self.root = pathlib.Path(root)
     detected = detect_layout(self.root)
     if layout == 'auto':
@@ -283,14 +326,16 @@ class ParsingFolder:
     example = self.examples[i]
     if self.layout == 'celebamask_hq':
       labels = celebamask_hq_labels(
-          {part: _read(path, 'L') > 127 for part, path in example.labels.items()})
+        {part: _read(path, 'L') > 127 for part, path in example.labels.items()}
+      )
     else:
       from PIL import Image  # pylint: disable=import-outside-toplevel
 
       with Image.open(example.labels) as im:
         if im.mode not in ('L', 'P', 'I', 'I;16'):
-          raise LayoutError(f'{example.labels}: LaPa labels are single-channel id maps, this '
-                            f'PNG is {im.mode}')
+          raise LayoutError(
+            f'{example.labels}: LaPa labels are single-channel id maps, this PNG is {im.mode}'
+          )
         ids = np.asarray(im)
       labels = lapa_labels(ids)
     return assign_sides_by_position(labels) if self.sides == 'position' else labels
@@ -304,10 +349,13 @@ class ParsingFolder:
       ih, iw = image.shape[:2]
       lh, lw = labels.shape
       if abs(ih / iw - lh / lw) > 0.01:
-        raise LayoutError(f'{self.examples[i].name}: image {iw}x{ih} and labels {lw}x{lh} '
-                          'differ in aspect ratio')
-    return (_square_resize(image, resolution, nearest=False),
-            _square_resize(labels, resolution, nearest=True))
+        raise LayoutError(
+          f'{self.examples[i].name}: image {iw}x{ih} and labels {lw}x{lh} differ in aspect ratio'
+        )
+    return (
+      _square_resize(image, resolution, nearest=False),
+      _square_resize(labels, resolution, nearest=True),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -340,10 +388,18 @@ def _shard(batch_size: int, process_index, process_count) -> tuple[int, int]:
   return p * local, local
 
 
-def train_batches(folder: ParsingFolder, *, batch_size: int, resolution: int, seed: int,
-                  start_step: int = 0, flip_prob: float = 0.5, workers: int | None = None,
-                  process_index: int | None = None, process_count: int | None = None
-                  ) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+  folder: ParsingFolder,
+  *,
+  batch_size: int,
+  resolution: int,
+  seed: int,
+  start_step: int = 0,
+  flip_prob: float = 0.5,
+  workers: int | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """Endless training batches of this process: 'image' f32 [b,R,R,3] in [0,1], 'semantic'
   int32 [b,R,R].
 
@@ -353,8 +409,10 @@ def train_batches(folder: ParsingFolder, *, batch_size: int, resolution: int, se
   """
   per_epoch = len(folder) // batch_size
   if per_epoch == 0:
-    raise ValueError(f'{len(folder)} examples in {folder.root} ({folder.split}) are fewer '
-                     f'than one batch of {batch_size}')
+    raise ValueError(
+      f'{len(folder)} examples in {folder.root} ({folder.split}) are fewer '
+      f'than one batch of {batch_size}'
+    )
   lo, local = _shard(batch_size, process_index, process_count)
   mirror = _mirror_table()
   with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
@@ -362,8 +420,8 @@ def train_batches(folder: ParsingFolder, *, batch_size: int, resolution: int, se
     while True:
       epoch, j = divmod(step, per_epoch)
       perm = np.random.default_rng([seed, epoch]).permutation(len(folder))
-      index = perm[j * batch_size:(j + 1) * batch_size][lo:lo + local]
-      flips = np.random.default_rng([seed, epoch, j, 1]).uniform(size=batch_size)[lo:lo + local]
+      index = perm[j * batch_size : (j + 1) * batch_size][lo : lo + local]
+      flips = np.random.default_rng([seed, epoch, j, 1]).uniform(size=batch_size)[lo : lo + local]
       images, labels = _read_batch(folder, index, resolution, pool)
       flip = flips < flip_prob
       images[flip] = images[flip][:, :, ::-1]
@@ -372,10 +430,16 @@ def train_batches(folder: ParsingFolder, *, batch_size: int, resolution: int, se
       step += 1
 
 
-def eval_batches(folder: ParsingFolder, *, batch_size: int, resolution: int,
-                 max_batches: int | None = None, workers: int | None = None,
-                 process_index: int | None = None, process_count: int | None = None
-                 ) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  folder: ParsingFolder,
+  *,
+  batch_size: int,
+  resolution: int,
+  max_batches: int | None = None,
+  workers: int | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """Evaluation batches in order, the last one padded; adds 'valid' f32 [b] (0 = padding)."""
   import math  # pylint: disable=import-outside-toplevel
 
@@ -386,9 +450,12 @@ def eval_batches(folder: ParsingFolder, *, batch_size: int, resolution: int,
     num = min(num, max_batches)
   with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
     for b in range(num):
-      index = np.arange(b * batch_size, (b + 1) * batch_size)[lo:lo + local]
+      index = np.arange(b * batch_size, (b + 1) * batch_size)[lo : lo + local]
       valid = index < n
       images, labels = _read_batch(folder, np.where(valid, index, 0), resolution, pool)
       images[~valid], labels[~valid] = 0, 0
-      yield {'image': images.astype(np.float32) / 255.0, 'semantic': labels.astype(np.int32),
-             'valid': valid.astype(np.float32)}
+      yield {
+        'image': images.astype(np.float32) / 255.0,
+        'semantic': labels.astype(np.int32),
+        'valid': valid.astype(np.float32),
+      }

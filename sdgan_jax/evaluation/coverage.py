@@ -8,7 +8,7 @@ set (``benchmarks/recall_set.py``) and the photo set (``evaluation.photo_set``) 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,8 +27,12 @@ def covers(box, face, tolerance: float = 0.05) -> bool:
   x0, y0, x1, y1 = (float(v) for v in box)
   slack = tolerance * face.size
   pts = face.keypoints[face.visible]
-  inside = ((pts[:, 0] >= x0 - slack) & (pts[:, 0] <= x1 + slack) &
-            (pts[:, 1] >= y0 - slack) & (pts[:, 1] <= y1 + slack)).all()
+  inside = (
+    (pts[:, 0] >= x0 - slack)
+    & (pts[:, 0] <= x1 + slack)
+    & (pts[:, 1] >= y0 - slack)
+    & (pts[:, 1] <= y1 + slack)
+  ).all()
   gx0, gy0, gx1, gy1 = face.box
   ratio = max(x1 - x0, 1e-6) * max(y1 - y0, 1e-6) / ((gx1 - gx0) * (gy1 - gy0))
   return bool(inside and ratio <= MAX_AREA_RATIO)
@@ -45,6 +49,8 @@ def false_box_mask(boxes: np.ndarray, faces: Sequence, ignore: Sequence = ()) ->
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   mask = np.ones(len(boxes), bool)
   for i, b in enumerate(boxes):
-    mask[i] = not (any(covers(b, face) or _intersect(b, face.box) for face in faces) or
-                   any(_intersect(b, region) for region in ignore))
+    mask[i] = not (
+      any(covers(b, face) or _intersect(b, face.box) for face in faces)
+      or any(_intersect(b, region) for region in ignore)
+    )
   return mask

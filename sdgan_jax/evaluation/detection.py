@@ -24,15 +24,18 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
 
 from sdgan_jax.faces import detect
 
-DETECTOR_NAMES = {'hog': 'dlib HOG', 'cnn': 'dlib CNN (MMOD)',
-                  'blazeface': 'BlazeFace (short + full range)'}
+DETECTOR_NAMES = {
+  'hog': 'dlib HOG',
+  'cnn': 'dlib CNN (MMOD)',
+  'blazeface': 'BlazeFace (short + full range)',
+}
 # The detectors that take the column of the paper's deep detector, SSH.
 DEEP_DETECTORS = ('blazeface', 'cnn')
 DEFAULT_SCALE = 4
@@ -82,8 +85,14 @@ class DetectionRate:
     weights_dir: BlazeFace's converted weights.
   """
 
-  def __init__(self, kind: str, scale: int = DEFAULT_SCALE, upsample: int = 0,
-               pool: multiprocessing.pool.Pool | None = None, weights_dir=None):
+  def __init__(
+    self,
+    kind: str,
+    scale: int = DEFAULT_SCALE,
+    upsample: int = 0,
+    pool: multiprocessing.pool.Pool | None = None,
+    weights_dir=None,
+  ):
     if int(scale) != scale or scale < 1:
       raise ValueError(f'scale must be a positive integer, got {scale!r}')
     if kind not in DETECTOR_NAMES:
@@ -96,6 +105,7 @@ class DetectionRate:
     self._ensemble = None
     if kind == 'blazeface':  # missing weights fail here
       from sdgan_jax.faces import ensemble  # pylint: disable=import-outside-toplevel
+
       self._ensemble = ensemble.EnsembleDetector(weights_dir=weights_dir)
     else:
       detect.FaceDetector(kind, upsample=upsample)  # a missing dlib or model fails here
@@ -116,8 +126,9 @@ class DetectionRate:
       per_crop = [d.boxes / self.scale for d in detections]
     else:
       tasks = [(self.kind, self.upsample, self.scale, image) for image in images]
-      per_crop = (self.pool.map(_detect_boxes, tasks) if self.pool is not None else
-                  map(_detect_boxes, tasks))
+      per_crop = (
+        self.pool.map(_detect_boxes, tasks) if self.pool is not None else map(_detect_boxes, tasks)
+      )
     for i, (image, boxes) in enumerate(zip(images, per_crop)):
       if not len(boxes):
         continue

@@ -81,8 +81,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
   sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-    raise ValueError(f'shapes do not match: mu {mu1.shape}, {mu2.shape}; sigma '
-                     f'{sigma1.shape}, {sigma2.shape}')
+    raise ValueError(
+      f'shapes do not match: mu {mu1.shape}, {mu2.shape}; sigma {sigma1.shape}, {sigma2.shape}'
+    )
   s1 = _sqrt_psd((sigma1 + sigma1.T) / 2)
   inner = s1 @ sigma2 @ s1
   eigen = np.linalg.eigvalsh((inner + inner.T) / 2)
@@ -110,17 +111,17 @@ def fid(features_a, features_b) -> float:
   n, m = len(a), len(b)
   trace_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt((n - 1) * (m - 1))
   diff = a.mean(axis=0) - b.mean(axis=0)
-  value = (diff @ diff + np.sum(ca**2) / (n - 1) + np.sum(cb**2) / (m - 1)
-           - 2.0 * trace_sqrt)
+  value = diff @ diff + np.sum(ca**2) / (n - 1) + np.sum(cb**2) / (m - 1) - 2.0 * trace_sqrt
   return float(max(value, 0.0))
 
 
 def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-  return (x @ y.T / x.shape[1] + 1.0)**3
+  return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
-def kid(features_a, features_b, subset_size: int = 1000, num_subsets: int = 100,
-        seed: int = 0) -> float:
+def kid(
+  features_a, features_b, subset_size: int = 1000, num_subsets: int = 100, seed: int = 0
+) -> float:
   """Kernel Inception Distance: unbiased MMD^2 with k(x, y) = (x.y / D + 1)^3.
 
   Sets no larger than ``subset_size`` are compared whole; larger ones by the mean over
@@ -134,8 +135,10 @@ def kid(features_a, features_b, subset_size: int = 1000, num_subsets: int = 100,
     return _mmd2_unbiased(a, b)
   m = min(len(a), len(b), subset_size)
   rng = np.random.default_rng(seed)
-  values = [_mmd2_unbiased(a[rng.choice(len(a), m, replace=False)],
-                           b[rng.choice(len(b), m, replace=False)]) for _ in range(num_subsets)]
+  values = [
+    _mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
+    for _ in range(num_subsets)
+  ]
   return float(np.mean(values))
 
 
@@ -155,15 +158,19 @@ def _mmd2_unbiased(a: np.ndarray, b: np.ndarray) -> float:
 @functools.partial(jax.jit, static_argnames='exclude_self')
 def _nearest_block(queries, rows, gallery, exclude_self: bool):
   """Nearest gallery index of each query; ``rows``: the queries' own gallery rows."""
-  d2 = (jnp.sum(queries**2, axis=1, keepdims=True) - 2.0 * queries @ gallery.T
-        + jnp.sum(gallery**2, axis=1)[None, :])
+  d2 = (
+    jnp.sum(queries**2, axis=1, keepdims=True)
+    - 2.0 * queries @ gallery.T
+    + jnp.sum(gallery**2, axis=1)[None, :]
+  )
   if exclude_self:
     d2 = jnp.where(jnp.arange(len(gallery))[None, :] == rows[:, None], jnp.inf, d2)
   return jnp.argmin(d2, axis=1)
 
 
-def nearest_neighbours(queries, gallery, exclude_self: bool = False,
-                       block: int = 1024) -> np.ndarray:
+def nearest_neighbours(
+  queries, gallery, exclude_self: bool = False, block: int = 1024
+) -> np.ndarray:
   """Index of each query's nearest gallery entry (Euclidean; ties: the lowest index).
 
   With ``exclude_self`` queries and gallery are the same set and entry i is not its own
@@ -179,13 +186,17 @@ def nearest_neighbours(queries, gallery, exclude_self: bool = False,
     raise ValueError(f'the gallery has {len(gallery)} entries: too few for a nearest neighbour')
   # Fewer queries than a block go as one block of their own size, unpadded.
   out = batching.map_batches(
-      lambda chunk, rows: _nearest_block(chunk, rows, gallery, exclude_self),
-      queries, np.arange(len(queries)), batch_size=max(1, min(block, len(queries))))
+    lambda chunk, rows: _nearest_block(chunk, rows, gallery, exclude_self),
+    queries,
+    np.arange(len(queries)),
+    batch_size=max(1, min(block, len(queries))),
+  )
   return np.zeros([0], np.int64) if out is None else out
 
 
-def recall_at_1(queries, query_labels, gallery, gallery_labels,
-                exclude_self: bool = False) -> float:
+def recall_at_1(
+  queries, query_labels, gallery, gallery_labels, exclude_self: bool = False
+) -> float:
   """Share of queries whose nearest gallery embedding has the query's label."""
   query_labels = np.asarray(query_labels)
   gallery_labels = np.asarray(gallery_labels)

@@ -13,9 +13,8 @@ compiles one program per network whatever the number of faces.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
-import jax
 import numpy as np
 
 from sdgan_jax import batching
@@ -23,9 +22,11 @@ from sdgan_jax import weights as weights_lib
 from sdgan_jax.perf import xla_options
 
 FACENET_WEIGHTS = ('facenet_vggface2', 'facenet_casia_webface')
-EMBEDDING_NAMES = {'facenet_vggface2': 'FaceNet (VGGFace2)',
-                   'facenet_casia_webface': 'FaceNet (CASIA-WebFace)',
-                   'dlib_resnet': 'dlib ResNet'}
+EMBEDDING_NAMES = {
+  'facenet_vggface2': 'FaceNet (VGGFace2)',
+  'facenet_casia_webface': 'FaceNet (CASIA-WebFace)',
+  'dlib_resnet': 'dlib ResNet',
+}
 
 
 @dataclasses.dataclass
@@ -46,8 +47,11 @@ class BatchedNet:
   batch_size: int = 64
 
   def __call__(self, images) -> np.ndarray:
-    out = batching.map_batches(lambda chunk: self.apply(self.variables, chunk),
-                               np.asarray(images, np.float32), batch_size=self.batch_size)
+    out = batching.map_batches(
+      lambda chunk: self.apply(self.variables, chunk),
+      np.asarray(images, np.float32),
+      batch_size=self.batch_size,
+    )
     return np.zeros((0, 0), np.float32) if out is None else out
 
 
@@ -55,12 +59,10 @@ def _load(name: str, weights_dir) -> dict:
   try:
     return weights_lib.load_weights(name, weights_dir)
   except weights_lib.WeightsNotFoundError as e:
-    raise weights_lib.WeightsNotFoundError(
-        f'the evaluation needs the {name!r} weights: {e}') from e
+    raise weights_lib.WeightsNotFoundError(f'the evaluation needs the {name!r} weights: {e}') from e
 
 
-def embedding_net(weights_dir=None, batch_size: int = 64,
-                  prefer: str | None = None) -> BatchedNet:
+def embedding_net(weights_dir=None, batch_size: int = 64, prefer: str | None = None) -> BatchedNet:
   """FaceNet if converted weights are present (or ``prefer`` names some), else dlib ResNet."""
   available = set(weights_lib.available_weights(weights_dir))
   if prefer is not None:
@@ -71,9 +73,11 @@ def embedding_net(weights_dir=None, batch_size: int = 64,
   variables = _load(name, weights_dir)
   if name.startswith('facenet'):
     from sdgan_jax.models import facenet  # pylint: disable=import-outside-toplevel
+
     apply = xla_options.jit_network(facenet.InceptionResnetV1().apply)
   elif name == 'dlib_resnet':
     from sdgan_jax.models import dlib_resnet  # pylint: disable=import-outside-toplevel
+
     apply = dlib_resnet.jitted_apply()
   else:
     raise ValueError(f'unknown embedding network {name!r}; use one of {sorted(EMBEDDING_NAMES)}')
@@ -86,6 +90,10 @@ def inception_net(weights_dir=None, batch_size: int = 64) -> BatchedNet:
 
   model = FIDInceptionV3()
   variables = _load('inception_fid', weights_dir)
-  return BatchedNet('inception_fid', 'Inception-v3 pool3 (FID)',
-                    xla_options.jit_network(lambda v, x: model.apply(v, x)['pool']), variables,
-                    batch_size)
+  return BatchedNet(
+    'inception_fid',
+    'Inception-v3 pool3 (FID)',
+    xla_options.jit_network(lambda v, x: model.apply(v, x)['pool']),
+    variables,
+    batch_size,
+  )

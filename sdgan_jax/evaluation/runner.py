@@ -39,7 +39,8 @@ import dataclasses
 import math
 import pathlib
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -52,15 +53,21 @@ from sdgan_jax.evaluation import streams as streams_lib
 
 PAPER_RESOLUTION = 64  # paper §4.1: the quantitative evaluation is at 64x64
 BASELINE_ROWS = {
-    'pixelate16': 'Pixelization (16 by 16)',
-    'pixelate8': 'Pixelization (8 by 8)',
-    'blur9': 'Blur (9 by 9)',
-    'blur17': 'Blur (17 by 17)',
+  'pixelate16': 'Pixelization (16 by 16)',
+  'pixelate8': 'Pixelization (8 by 8)',
+  'blur9': 'Blur (9 by 9)',
+  'blur17': 'Blur (17 by 17)',
 }
 # The least value of each integer option: ``EvalOptions`` refuses less, and tools/eval.py's
 # flags take these as their limits.
-LEAST = {'resolution': 1, 'batch_size': 1, 'max_faces': 1, 'grid_faces': 1,
-         'detection_size': 1, 'detection_processes': 0}
+LEAST = {
+  'resolution': 1,
+  'batch_size': 1,
+  'max_faces': 1,
+  'grid_faces': 1,
+  'detection_size': 1,
+  'detection_processes': 0,
+}
 _MEANINGS = {'detection_processes': ' (0: one per CPU core, 1: none)'}
 
 
@@ -113,8 +120,7 @@ class EvalOptions:
       value = getattr(self, name)
       if value is not None and value < least:
         raise ValueError(f'{name} must be >= {least}{_MEANINGS.get(name, "")}, got {value}')
-    for name, known in (('detectors', detection_lib.DETECTOR_NAMES),
-                        ('baselines', BASELINE_ROWS)):
+    for name, known in (('detectors', detection_lib.DETECTOR_NAMES), ('baselines', BASELINE_ROWS)):
       unknown = sorted(set(getattr(self, name)) - set(known))
       if unknown:
         raise ValueError(f'{name} {unknown} are unknown; choose from {sorted(known)}')
@@ -128,12 +134,12 @@ class EvalOptions:
 class _Row:
   key: str
   name: str
-  kind: str        # 'original', 'baseline' or 'model'
+  kind: str  # 'original', 'baseline' or 'model'
   checkpoint: str | None = None
   step: int | None = None
   generator: Any = None
   bank_is_this_dataset: bool = False
-  maps: str = 'dataset'   # the model's semantic maps: 'dataset', 'parser' or 'polygons'
+  maps: str = 'dataset'  # the model's semantic maps: 'dataset', 'parser' or 'polygons'
   parser: Any = None
   semantic_maps: str | None = None  # 'polygons' or the parser's fingerprint
 
@@ -145,14 +151,18 @@ def _semantic_rows(rows: Sequence[_Row], options: EvalOptions) -> None:
   for row in rows:
     record = row.generator.semantic_maps
     parser = semantic_source.parser_for(
-        record, loaded.get(record.parser_fingerprint, options.parser),
-        model=f'--checkpoint {row.checkpoint}', batch_size=options.batch_size)
+      record,
+      loaded.get(record.parser_fingerprint, options.parser),
+      model=f'--checkpoint {row.checkpoint}',
+      batch_size=options.batch_size,
+    )
     row.parser, row.semantic_maps = parser, record.label
     if parser is not None:
       loaded[record.parser_fingerprint] = parser
-    same = (dataset_maps.source == record.source == semantic_source.POLYGONS or (
-        dataset_maps.source == record.source and
-        semantic_source.same_weights(dataset_maps.label, record.label)))
+    same = dataset_maps.source == record.source == semantic_source.POLYGONS or (
+      dataset_maps.source == record.source
+      and semantic_source.same_weights(dataset_maps.label, record.label)
+    )
     row.maps = 'dataset' if same else record.source
 
 
@@ -181,9 +191,10 @@ def _model_rows(options: EvalOptions) -> list[_Row]:
     path = pathlib.Path(workdir)
     if not (path / 'config.json').is_file() or not (path / 'checkpoints').is_dir():
       raise FileNotFoundError(
-          f'--checkpoint {workdir} is not a trained workdir (needs config.json and '
-          f'checkpoints/): train one with `python run.py --config=configs/demo.py '
-          f'--workdir={workdir} --config.data.dataset={options.dataset}`')
+        f'--checkpoint {workdir} is not a trained workdir (needs config.json and '
+        f'checkpoints/): train one with `python run.py --config=configs/demo.py '
+        f'--workdir={workdir} --config.data.dataset={options.dataset}`'
+      )
     gen = inference.TrainedGenerator.from_workdir(workdir, batch_size=options.batch_size)
     source = gen.bank.metadata.get('dataset')
     same = bool(source) and pathlib.Path(source).resolve() == dataset
@@ -193,20 +204,23 @@ def _model_rows(options: EvalOptions) -> list[_Row]:
   return rows
 
 
-def _targets(row: _Row, bank_labels: np.ndarray, seed: int, model_index: int,
-             batch_index: int) -> np.ndarray:
+def _targets(
+  row: _Row, bank_labels: np.ndarray, seed: int, model_index: int, batch_index: int
+) -> np.ndarray:
   """Target identity features, one per face: a uniform bank identity other than its own
   (``sdgan_jax.targets``; a face whose person is not in the bank may get any)."""
   bank = row.generator.bank
   rng = np.random.default_rng([seed, model_index, batch_index])
   known = row.bank_is_this_dataset & (bank_labels >= 0) & (bank_labels < bank.num_identities)
   own = np.where(known, bank_labels, -1)
-  return bank.means[targets.draw_outside_block(rng, bank.num_identities, own,
-                                               known.astype(np.int64))]
+  return bank.means[
+    targets.draw_outside_block(rng, bank.num_identities, own, known.astype(np.int64))
+  ]
 
 
-def _model_output(row: _Row, batches: dict, resolution: int,
-                  target_features: np.ndarray) -> np.ndarray:
+def _model_output(
+  row: _Row, batches: dict, resolution: int, target_features: np.ndarray
+) -> np.ndarray:
   gen = row.generator
   own = batches[gen.resolution]
   out = gen.generate(own['image'], own['mask'], _model_semantic(row, own), target_features)
@@ -214,8 +228,9 @@ def _model_output(row: _Row, batches: dict, resolution: int,
     return out
   # Another resolution: resize the generated face, composite at the evaluation size.
   base = batches[resolution]
-  out = np.asarray(jax.image.resize(out, (len(out), resolution, resolution, 3), 'linear',
-                                    antialias=True))
+  out = np.asarray(
+    jax.image.resize(out, (len(out), resolution, resolution, 3), 'linear', antialias=True)
+  )
   mask = base['mask']
   return np.clip(base['image'] * (1 - mask) + out * mask, 0.0, 1.0)
 
@@ -242,17 +257,19 @@ class _Columns:
   scale: int  # the detectors see the crops enlarged this many times
 
   @classmethod
-  def load(cls, options: EvalOptions, pool) -> '_Columns':
+  def load(cls, options: EvalOptions, pool) -> _Columns:
     embed = pretrained.embedding_net(options.weights_dir, options.batch_size, options.embedding)
     inception = pretrained.inception_net(options.weights_dir, options.batch_size)
     scale = max(1, math.ceil(options.detection_size / int(options.resolution)))
-    detectors = {k: detection_lib.DetectionRate(k, scale=scale, pool=pool,
-                                                weights_dir=options.weights_dir)
-                 for k in options.detectors}
+    detectors = {
+      k: detection_lib.DetectionRate(k, scale=scale, pool=pool, weights_dir=options.weights_dir)
+      for k in options.detectors
+    }
     return cls(embed, inception, detectors, scale)
 
-  def measure(self, columns: dict, x: np.ndarray, out: np.ndarray, mask: np.ndarray,
-              valid: np.ndarray) -> None:
+  def measure(
+    self, columns: dict, x: np.ndarray, out: np.ndarray, mask: np.ndarray, valid: np.ndarray
+  ) -> None:
     """Appends one batch of a row's faces to its ``columns`` (the padding left out)."""
     ssim, psnr = metrics.ssim_psnr(x, out)
     kept, kept_mask = out[valid], mask[valid]
@@ -264,23 +281,29 @@ class _Columns:
       columns[kind].append(detector(kept, kept_mask))
 
 
-def _run_rows(streams, rows: Sequence[_Row], models: list[_Row], columns: _Columns,
-              options: EvalOptions) -> tuple[dict, dict, np.ndarray]:
+def _run_rows(
+  streams, rows: Sequence[_Row], models: list[_Row], columns: _Columns, options: EvalOptions
+) -> tuple[dict, dict, np.ndarray]:
   """Every row over every face: (per row its columns, per row its grid faces, classes)."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
   r = int(options.resolution)
   resolutions = sorted({r} | {m.generator.resolution for m in models})
   total = sum(len(s.classes) for s in streams)
-  grid_at = set(np.unique(np.linspace(0, total - 1, min(options.grid_faces, total))
-                          .round().astype(int)).tolist())
-  acc = {row.key: {k: [] for k in ('emb', 'pool', 'ssim', 'psnr', *columns.detectors)}
-         for row in rows}
+  grid_at = set(
+    np.unique(
+      np.linspace(0, total - 1, min(options.grid_faces, total)).round().astype(int)
+    ).tolist()
+  )
+  acc = {
+    row.key: {k: [] for k in ('emb', 'pool', 'ssim', 'psnr', *columns.detectors)} for row in rows
+  }
   grid = {row.key: [] for row in rows}
   classes, seen = [], 0
   bar = tqdm(total=total, unit='face', desc='evaluate', disable=not options.progress)
-  for batch_index, (stream, batches) in enumerate(streams_lib.batches(
-      streams, resolutions, options.batch_size)):
+  for batch_index, (stream, batches) in enumerate(
+    streams_lib.batches(streams, resolutions, options.batch_size)
+  ):
     base = batches[r]
     valid = np.asarray(base['valid'], bool)
     if not valid.any():
@@ -296,35 +319,49 @@ def _run_rows(streams, rows: Sequence[_Row], models: list[_Row], columns: _Colum
       elif row.kind == 'baseline':
         out = baselines_lib.apply_baseline(row.key, x, mask)
       else:
-        out = _model_output(row, batches, r, _targets(row, bank_labels, options.seed,
-                                                      models.index(row), batch_index))
+        out = _model_output(
+          row, batches, r, _targets(row, bank_labels, options.seed, models.index(row), batch_index)
+        )
       out = np.asarray(out, np.float32)
       columns.measure(acc[row.key], x, out, mask, valid)
       grid[row.key].append(out[valid][in_grid])
     seen += int(valid.sum())
     bar.update(int(valid.sum()))
   bar.close()
-  data = {key: {k: np.concatenate(v) if v else np.zeros([0]) for k, v in a.items()}
-          for key, a in acc.items()}
+  data = {
+    key: {k: np.concatenate(v) if v else np.zeros([0]) for k, v in a.items()}
+    for key, a in acc.items()
+  }
   return data, grid, np.concatenate(classes)
 
 
-def _table_row(row: _Row, d: dict, original: dict, classes: np.ndarray, columns: _Columns,
-               seed: int) -> dict:
+def _table_row(
+  row: _Row, d: dict, original: dict, classes: np.ndarray, columns: _Columns, seed: int
+) -> dict:
   """One row of the tables from its columns (``original``: the originals' columns)."""
   entry = dict(key=row.key, name=row.name, kind=row.kind)
   if row.kind == 'model':
-    entry.update(checkpoint=row.checkpoint, step=row.step, semantic_maps=row.semantic_maps,
-                 semantic_maps_from=row.maps)
+    entry.update(
+      checkpoint=row.checkpoint,
+      step=row.step,
+      semantic_maps=row.semantic_maps,
+      semantic_maps_from=row.maps,
+    )
   for kind in columns.detectors:
     entry[f'detection_{kind}'] = 100.0 * float(np.mean(d[kind]))
   # The originals are their own gallery: identifying them is trivially 100% (paper: "–").
-  entry['identification'] = None if row.kind == 'original' else 100.0 * (
-      metrics.identification_recall(d['emb'], original['emb'], classes))
+  entry['identification'] = (
+    None
+    if row.kind == 'original'
+    else 100.0 * (metrics.identification_recall(d['emb'], original['emb'], classes))
+  )
   entry['reidentification'] = 100.0 * metrics.reidentification_recall(d['emb'], classes)
   entry['fid'] = metrics.fid(original['pool'], d['pool'])
-  entry['kid'] = (metrics.kid(original['pool'], d['pool'], seed=seed)
-                  if len(classes) < metrics.FID_MIN_IMAGES else None)
+  entry['kid'] = (
+    metrics.kid(original['pool'], d['pool'], seed=seed)
+    if len(classes) < metrics.FID_MIN_IMAGES
+    else None
+  )
   entry['ssim'] = float(np.mean(d['ssim']))
   entry['psnr'] = float(np.mean(d['psnr']))
   return entry
@@ -334,66 +371,92 @@ def _warnings(classes: np.ndarray) -> list[str]:
   warnings = []
   n = len(classes)
   if n < metrics.FID_MIN_IMAGES:
-    warnings.append(f'FID from {n} faces: fewer than {metrics.FID_MIN_IMAGES} (the feature '
-                    'size), so FID is biased upwards and unstable; KID (unbiased) is given '
-                    'beside it.')
+    warnings.append(
+      f'FID from {n} faces: fewer than {metrics.FID_MIN_IMAGES} (the feature '
+      'size), so FID is biased upwards and unstable; KID (unbiased) is given '
+      'beside it.'
+    )
   counts = np.bincount(classes)
   singles = int(np.sum(counts == 1))
   if singles:
-    warnings.append(f'{singles} of {int(np.sum(counts > 0))} identities have a single face: '
-                    'they can never be re-identified, which lowers re-identification.')
+    warnings.append(
+      f'{singles} of {int(np.sum(counts > 0))} identities have a single face: '
+      'they can never be re-identified, which lowers re-identification.'
+    )
   return warnings
 
 
 def _notes(options: EvalOptions, columns: _Columns, models: Sequence[_Row]) -> list[str]:
   r, embed = int(options.resolution), columns.embed
   notes = [
-      f'Baselines change the face-mask pixels only (filter over the whole {r}-px crop: '
-      'pixelization grid cells of crop/16 and crop/8 px; Gaussian kernels with OpenCV\'s '
-      'sigma).',
-      _detection_note(options.detectors, r, columns.scale),
-      f'Identification and re-identification embeddings: {embed.label} ({embed.name}); ' + (
-          'FaceNet, as the paper.' if embed.name.startswith('facenet') else
-          'FaceNet weights absent (not on any registry), so dlib ResNet.'),
+    f'Baselines change the face-mask pixels only (filter over the whole {r}-px crop: '
+    "pixelization grid cells of crop/16 and crop/8 px; Gaussian kernels with OpenCV's "
+    'sigma).',
+    _detection_note(options.detectors, r, columns.scale),
+    f'Identification and re-identification embeddings: {embed.label} ({embed.name}); '
+    + (
+      'FaceNet, as the paper.'
+      if embed.name.startswith('facenet')
+      else 'FaceNet weights absent (not on any registry), so dlib ResNet.'
+    ),
   ]
   if models:
-    notes.append('Models: EMA generator of each workdir; each face gets a random identity of '
-                 'the model\'s bank other than its own (seeded).')
+    notes.append(
+      'Models: EMA generator of each workdir; each face gets a random identity of '
+      "the model's bank other than its own (seeded)."
+    )
   for m in models:
     if m.maps == 'parser':
-      notes.append(f'{m.name} was trained on the semantic maps of the face parser '
-                   f'{m.semantic_maps}, which the dataset does not hold: it gets that '
-                   'parser\'s maps of the crops.')
+      notes.append(
+        f'{m.name} was trained on the semantic maps of the face parser '
+        f'{m.semantic_maps}, which the dataset does not hold: it gets that '
+        "parser's maps of the crops."
+      )
     elif m.maps == 'polygons':
-      notes.append(f'{m.name} was trained on landmark-polygon semantic maps, which the '
-                   'dataset does not hold: it gets polygons drawn from the crops\' '
-                   'landmarks.')
+      notes.append(
+        f'{m.name} was trained on landmark-polygon semantic maps, which the '
+        "dataset does not hold: it gets polygons drawn from the crops' "
+        'landmarks.'
+      )
   return notes
 
 
 def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndarray]]]:
   start = time.perf_counter()
-  streams, dataset_name, stored = streams_lib.load_streams(options.dataset, options.split,
-                                                              options.max_faces)
+  streams, dataset_name, stored = streams_lib.load_streams(
+    options.dataset, options.split, options.max_faces
+  )
   rows = [_Row('original', 'Original', 'original')]
   rows += [_Row(k, BASELINE_ROWS[k], 'baseline') for k in options.baselines]
   models = _model_rows(options)
   rows += models
   columns = _Columns.load(options, pool)
   data, grid, classes = _run_rows(streams, rows, models, columns, options)
-  out_rows = [_table_row(row, data[row.key], data['original'], classes, columns, options.seed)
-              for row in rows]
+  out_rows = [
+    _table_row(row, data[row.key], data['original'], classes, columns, options.seed) for row in rows
+  ]
   n, counts = len(classes), np.bincount(classes)
   warnings, notes = _warnings(classes), _notes(options, columns, models)
   elapsed = time.perf_counter() - start
   result = dict(
-      dataset=str(options.dataset), dataset_name=dataset_name, split=options.split,
-      stored_resolution=stored, resolution=int(options.resolution), seed=options.seed,
-      num_faces=n, num_identities=int(np.sum(counts > 0)), embedding=columns.embed.label,
-      embedding_weights=columns.embed.name,
-      detectors={k: detection_lib.DETECTOR_NAMES[k] for k in options.detectors},
-      detection_scale=columns.scale, rows=out_rows, warnings=warnings, notes=notes,
-      seconds=elapsed, faces_per_second=n / elapsed, device=str(jax.devices()[0].platform),
+    dataset=str(options.dataset),
+    dataset_name=dataset_name,
+    split=options.split,
+    stored_resolution=stored,
+    resolution=int(options.resolution),
+    seed=options.seed,
+    num_faces=n,
+    num_identities=int(np.sum(counts > 0)),
+    embedding=columns.embed.label,
+    embedding_weights=columns.embed.name,
+    detectors={k: detection_lib.DETECTOR_NAMES[k] for k in options.detectors},
+    detection_scale=columns.scale,
+    rows=out_rows,
+    warnings=warnings,
+    notes=notes,
+    seconds=elapsed,
+    faces_per_second=n / elapsed,
+    device=str(jax.devices()[0].platform),
   )
   grid_rows = [(row.name, np.concatenate(grid[row.key])) for row in rows]
   return result, grid_rows
@@ -401,11 +464,14 @@ def _evaluate(options: EvalOptions, pool) -> tuple[dict, list[tuple[str, np.ndar
 
 def _detection_note(kinds: Sequence[str], resolution: int, scale: int) -> str:
   deep = [detection_lib.DETECTOR_NAMES[k] for k in kinds if k in detection_lib.DEEP_DETECTORS]
-  note = (f'Detection: crops enlarged {scale}x (bicubic) to {resolution * scale} px, dlib at '
-          'upsample 0; a crop counts when a box centre lies in its face mask\'s bounding box.')
+  note = (
+    f'Detection: crops enlarged {scale}x (bicubic) to {resolution * scale} px, dlib at '
+    "upsample 0; a crop counts when a box centre lies in its face mask's bounding box."
+  )
   if deep:
-    note += (f' {" and ".join(deep)} take the column of the paper\'s SSH, whose weights are '
-             'not available.')
+    note += (
+      f" {' and '.join(deep)} take the column of the paper's SSH, whose weights are not available."
+    )
   return note
 
 
@@ -414,10 +480,15 @@ def write_outputs(result: dict, grid_rows, output_dir, with_paper: bool = False)
   out = pathlib.Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   if with_paper:
-    result = dict(result, paper={row['name']: tables.paper_row(row) for row in result['rows']},
-                  paper_others=tables.PAPER_OTHERS)
-  paths = {'json': tables.write_json(result, out / 'eval.json'),
-           'markdown': out / 'eval.md',
-           'grid': tables.write_grid(grid_rows, out / 'eval_grid.png')}
+    result = dict(
+      result,
+      paper={row['name']: tables.paper_row(row) for row in result['rows']},
+      paper_others=tables.PAPER_OTHERS,
+    )
+  paths = {
+    'json': tables.write_json(result, out / 'eval.json'),
+    'markdown': out / 'eval.md',
+    'grid': tables.write_grid(grid_rows, out / 'eval_grid.png'),
+  }
   paths['markdown'].write_text(tables.markdown(result, with_paper))
   return paths

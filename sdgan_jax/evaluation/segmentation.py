@@ -12,8 +12,9 @@ def confusion_matrix(labels, predictions, num_classes: int, weights=None) -> jax
   labels = jnp.asarray(labels, jnp.int32).reshape(-1)
   predictions = jnp.asarray(predictions, jnp.int32).reshape(-1)
   w = None if weights is None else jnp.asarray(weights, jnp.float32).reshape(-1)
-  flat = jnp.bincount(labels * num_classes + predictions, weights=w,
-                      length=num_classes * num_classes)
+  flat = jnp.bincount(
+    labels * num_classes + predictions, weights=w, length=num_classes * num_classes
+  )
   return flat.reshape(num_classes, num_classes)
 
 
@@ -28,8 +29,10 @@ def segmentation_metrics(confusion, class_names=None) -> dict[str, float]:
   union = confusion.sum(0) + confusion.sum(1) - tp
   present = union > 0
   iou = np.where(present, tp / np.maximum(union, 1), np.nan)
-  out = {'eval/pixel_accuracy': float(tp.sum() / max(confusion.sum(), 1)),
-         'eval/miou': float(np.mean(iou[present])) if present.any() else 0.0}
+  out = {
+    'eval/pixel_accuracy': float(tp.sum() / max(confusion.sum(), 1)),
+    'eval/miou': float(np.mean(iou[present])) if present.any() else 0.0,
+  }
   for i, name in enumerate(class_names or []):
     if present[i]:
       out[f'eval/iou_{name}'] = float(iou[i])

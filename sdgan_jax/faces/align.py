@@ -63,7 +63,7 @@ def umeyama(src, dst) -> np.ndarray:
     raise ValueError(f'need matching [N >= 2, 2] point sets, got {src.shape} and {dst.shape}')
   mu_src, mu_dst = src.mean(0), dst.mean(0)
   src_c, dst_c = src - mu_src, dst - mu_dst
-  var_src = (src_c ** 2).sum() / len(src)
+  var_src = (src_c**2).sum() / len(src)
   if var_src <= 1e-12:
     raise ValueError('the source points coincide: no transform can be fitted')
   cov = dst_c.T @ src_c / len(src)
@@ -97,8 +97,9 @@ def alignment_matrix(landmarks, resolution: int) -> np.ndarray:
   return umeyama(anchor_points(landmarks), canonical_points(resolution))
 
 
-def warp_affine(image, matrix, output_shape, *, mode: str = 'edge', cval: float = 0.0,
-                antialias: bool = True) -> np.ndarray:
+def warp_affine(
+  image, matrix, output_shape, *, mode: str = 'edge', cval: float = 0.0, antialias: bool = True
+) -> np.ndarray:
   """Resamples ``image`` [H, W, C] so that input point p lands at ``matrix @ p``.
 
   Bilinear; float32 output of shape ``output_shape + (C,)`` in the input's value range.
@@ -117,8 +118,9 @@ def warp_affine(image, matrix, output_shape, *, mode: str = 'edge', cval: float 
   scale = matrix_scale(matrix)
   sigma = (1.0 / scale - 1.0) / 2.0 if antialias and scale < 1.0 else 0.0
   # The source window the output samples, padded for the blur and the bilinear taps.
-  corners = apply_matrix(inverse, [[-0.5, -0.5], [out_w - 0.5, -0.5], [-0.5, out_h - 0.5],
-                                   [out_w - 0.5, out_h - 0.5]])
+  corners = apply_matrix(
+    inverse, [[-0.5, -0.5], [out_w - 0.5, -0.5], [-0.5, out_h - 0.5], [out_w - 0.5, out_h - 0.5]]
+  )
   pad = int(np.ceil(4 * sigma)) + 2
   x0 = int(np.clip(np.floor(corners[:, 0].min()) - pad, 0, image.shape[1] - 1))
   y0 = int(np.clip(np.floor(corners[:, 1].min()) - pad, 0, image.shape[0] - 1))
@@ -131,8 +133,15 @@ def warp_affine(image, matrix, output_shape, *, mode: str = 'edge', cval: float 
   to_window = inverse.copy()
   to_window[:, 2] -= (x0, y0)
   inverse_map = transform.AffineTransform(matrix=np.vstack([to_window, [0.0, 0.0, 1.0]]))
-  out = transform.warp(window, inverse_map, output_shape=(out_h, out_w), order=1, mode=mode,
-                       cval=cval, preserve_range=True)
+  out = transform.warp(
+    window,
+    inverse_map,
+    output_shape=(out_h, out_w),
+    order=1,
+    mode=mode,
+    cval=cval,
+    preserve_range=True,
+  )
   return out.astype(np.float32)
 
 
@@ -161,5 +170,6 @@ def align_face(image, landmarks, resolution: int = 128, *, mode: str = 'edge') -
   matrix = alignment_matrix(landmarks, resolution)
   crop = warp_affine(image, matrix, (resolution, resolution), mode=mode)
   crop = np.clip(np.round(crop), 0, 255).astype(np.uint8)
-  return AlignedFace(crop=crop, matrix=matrix,
-                     landmarks=apply_matrix(matrix, landmarks).astype(np.float32))
+  return AlignedFace(
+    crop=crop, matrix=matrix, landmarks=apply_matrix(matrix, landmarks).astype(np.float32)
+  )

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -64,8 +64,8 @@ class BlazeFaceConfig:
 
 
 CONFIGS = {
-    'blazeface_short_range': BlazeFaceConfig('blazeface_short_range', 0.6, (18.0, 112.0), 256),
-    'blazeface_full_range': BlazeFaceConfig('blazeface_full_range', 0.5, (20.0, 96.0), 192),
+  'blazeface_short_range': BlazeFaceConfig('blazeface_short_range', 0.6, (18.0, 112.0), 256),
+  'blazeface_full_range': BlazeFaceConfig('blazeface_full_range', 0.5, (20.0, 96.0), 192),
 }
 
 
@@ -96,8 +96,9 @@ class DetectorOverflowError(RuntimeError):
   suppression, whose time grows with the square of the candidates."""
 
 
-def decode(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray,
-           threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode(
+  regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One input's raw outputs -> (boxes [N, 4] x0 y0 x1 y1, scores [N], keypoints [N, 6, 2])
   in input pixels, for the anchors scoring at least ``threshold``."""
   clipped = np.clip(logits.astype(np.float64), -100.0, 100.0)
@@ -115,17 +116,20 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """[len(a), len(b)] intersection over union of (x0, y0, x1, y1) boxes (x1, y1 exclusive)."""
   a = np.asarray(a, np.float64).reshape(-1, 4)
   b = np.asarray(b, np.float64).reshape(-1, 4)
-  w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]),
-              0, None)
-  h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]),
-              0, None)
+  w = np.clip(
+    np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
+  )
+  h = np.clip(
+    np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
+  )
   area = lambda c: (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])  # noqa: E731
   inter = w * h
   return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
-def weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray,
-                 iou: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def weighted_nms(
+  boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, iou: float = 0.3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """MediaPipe's weighted non-maximum suppression: the best-scoring box absorbs the boxes
   overlapping it by ``iou`` or more, and becomes their score-weighted average."""
   order = np.argsort(-scores, kind='stable')
@@ -143,10 +147,16 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray,
     out_k.append((keypoints[group] * weight[:, None, None]).sum(0))
     out_s.append(scores[i])
   if not out_s:
-    return (np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-            np.zeros((0, NUM_KEYPOINTS, 2), np.float32))
-  return (np.asarray(out_b, np.float32), np.asarray(out_s, np.float32),
-          np.asarray(out_k, np.float32))
+    return (
+      np.zeros((0, 4), np.float32),
+      np.zeros(0, np.float32),
+      np.zeros((0, NUM_KEYPOINTS, 2), np.float32),
+    )
+  return (
+    np.asarray(out_b, np.float32),
+    np.asarray(out_s, np.float32),
+    np.asarray(out_k, np.float32),
+  )
 
 
 # --- the tile pyramid -----------------------------------------------------------------------
@@ -180,8 +190,14 @@ def _axis_tiles(length: int, tile: int, overlap: int) -> list[tuple[int, float, 
   return cores
 
 
-def plan_tiles(height: int, width: int, tile: int, face_range: tuple[float, float],
-               min_face_px: float, level_ratio: float = 2.0) -> list[Tile]:
+def plan_tiles(
+  height: int,
+  width: int,
+  tile: int,
+  face_range: tuple[float, float],
+  min_face_px: float,
+  level_ratio: float = 2.0,
+) -> list[Tile]:
   """The pyramid of tiles that finds faces from ``min_face_px`` wide to the whole photo.
 
   Level k scales the photo by ``s_k = lo / min_face_px / level_ratio**k`` and so answers
@@ -210,20 +226,20 @@ def plan_tiles(height: int, width: int, tile: int, face_range: tuple[float, floa
 def _cut(scaled: np.ndarray, x0: int, y0: int, tile: int) -> np.ndarray:
   """``tile`` x ``tile`` window of ``scaled`` at (x0, y0), zero (black) beyond its edges."""
   out = np.zeros((tile, tile, 3), np.uint8)
-  part = scaled[y0:y0 + tile, x0:x0 + tile]
-  out[:part.shape[0], :part.shape[1]] = part
+  part = scaled[y0 : y0 + tile, x0 : x0 + tile]
+  out[: part.shape[0], : part.shape[1]] = part
   return out
 
 
 MAX_THREADS = 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
   return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix='blazeface')
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_apply(name: str):
   from sdgan_jax.models import blazeface  # pylint: disable=import-outside-toplevel
   from sdgan_jax.perf import xla_options  # pylint: disable=import-outside-toplevel
@@ -253,10 +269,18 @@ class BlazeFaceDetector:
     variables, weights_dir: the converted weights (default: loaded by ``name``).
   """
 
-  def __init__(self, name: str = 'blazeface_full_range', threshold: float | None = None,
-               min_face_px: float = 20.0, level_ratio: float = 2.0, batch_size: int | None = None,
-               nms_iou: float = 0.3, tile_size: int | None = None, variables=None,
-               weights_dir: str | os.PathLike | None = None):
+  def __init__(
+    self,
+    name: str = 'blazeface_full_range',
+    threshold: float | None = None,
+    min_face_px: float = 20.0,
+    level_ratio: float = 2.0,
+    batch_size: int | None = None,
+    nms_iou: float = 0.3,
+    tile_size: int | None = None,
+    variables=None,
+    weights_dir: str | os.PathLike | None = None,
+  ):
     from sdgan_jax.models import blazeface  # pylint: disable=import-outside-toplevel
 
     if name not in CONFIGS:
@@ -280,15 +304,20 @@ class BlazeFaceDetector:
     model_cls = blazeface.MODELS[name]
     self.tile = int(tile_size or self.config.tile_size)
     if self.tile % model_cls.size_multiple or self.tile < model_cls.input_size:
-      raise ValueError(f'tile_size of {name} must be a multiple of {model_cls.size_multiple} '
-                       f'and at least {model_cls.input_size}, got {self.tile}')
-    self.anchors = anchor_centres(self.tile, model_cls.anchor_strides,
-                                  model_cls.interpolated_anchor)
+      raise ValueError(
+        f'tile_size of {name} must be a multiple of {model_cls.size_multiple} '
+        f'and at least {model_cls.input_size}, got {self.tile}'
+      )
+    self.anchors = anchor_centres(
+      self.tile, model_cls.anchor_strides, model_cls.interpolated_anchor
+    )
     if variables is None:
       from sdgan_jax import weights  # pylint: disable=import-outside-toplevel
+
       variables = weights.load_weights(name, weights_dir)
     self.variables = variables
     from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
+
     self._apply = cpu_export.network(name, 'detector', _jitted_apply(name))
 
   def __call__(self, image) -> detect.Detections:
@@ -303,15 +332,17 @@ class BlazeFaceDetector:
     pad their batches themselves.
     """
     b = self.batch_size
-    chunks = [tiles[lo:lo + b] for lo in range(0, len(tiles), b)]
+    chunks = [tiles[lo : lo + b] for lo in range(0, len(tiles), b)]
 
     def run(chunk):
       r, s = self._apply(self.variables, batching.pad_rows(chunk, b))
-      return np.asarray(r)[:len(chunk)], np.asarray(s)[:len(chunk)]
+      return np.asarray(r)[: len(chunk)], np.asarray(s)[: len(chunk)]
 
     if not chunks:
-      return (np.zeros((0, len(self.anchors), 16), np.float32),
-              np.zeros((0, len(self.anchors)), np.float32))
+      return (
+        np.zeros((0, len(self.anchors), 16), np.float32),
+        np.zeros((0, len(self.anchors)), np.float32),
+      )
     if self.threads > 1 and len(chunks) > 1:
       outs = list(_pool(self.threads).map(run, chunks))
     else:
@@ -330,20 +361,25 @@ class BlazeFaceDetector:
     regs, logits = self.raw(np.stack(tiles) if tiles else np.zeros(shape, np.uint8))
     out, k = [], 0
     for plan in plans:
-      found = [self._keep_own(t, *decode(regs[k + i], logits[k + i], self.anchors,
-                                         self.threshold)) for i, t in enumerate(plan)]
+      found = [
+        self._keep_own(t, *decode(regs[k + i], logits[k + i], self.anchors, self.threshold))
+        for i, t in enumerate(plan)
+      ]
       k += len(plan)
       count = sum(len(scores) for _, scores, _ in found)
       if count > MAX_CANDIDATES:
         raise DetectorOverflowError(
-            f'{self.name} scored {count} candidate boxes over its threshold '
-            f'{self.threshold:g} in one photo (at most {MAX_CANDIDATES}): its weights look '
-            'broken (convert them again with `make weights`) or its threshold is far too '
-            'low; the photo is not written')
-      b, s, p = weighted_nms(*(np.concatenate(parts) for parts in zip(*found)),
-                             iou=self.nms_iou)
-      out.append(detect.Detections(boxes=_to_inclusive(b), scores=s, keypoints=p,
-                                   sources=(self.name,) * len(s)))
+          f'{self.name} scored {count} candidate boxes over its threshold '
+          f'{self.threshold:g} in one photo (at most {MAX_CANDIDATES}): its weights look '
+          'broken (convert them again with `make weights`) or its threshold is far too '
+          'low; the photo is not written'
+        )
+      b, s, p = weighted_nms(*(np.concatenate(parts) for parts in zip(*found)), iou=self.nms_iou)
+      out.append(
+        detect.Detections(
+          boxes=_to_inclusive(b), scores=s, keypoints=p, sources=(self.name,) * len(s)
+        )
+      )
     return out
 
   def _tiles(self, image: np.ndarray) -> tuple[list[Tile], list[np.ndarray]]:
@@ -351,16 +387,14 @@ class BlazeFaceDetector:
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
     h, w = image.shape[:2]
-    plan = plan_tiles(h, w, self.tile, self.config.face_range, self.min_face_px,
-                      self.level_ratio)
+    plan = plan_tiles(h, w, self.tile, self.config.face_range, self.min_face_px, self.level_ratio)
     pil = Image.fromarray(image)
     levels: dict[int, np.ndarray] = {}
     tiles = []
     for t in plan:
       if t.level not in levels:
         size = (round(w * t.scale[0]), round(h * t.scale[1]))
-        levels[t.level] = image if size == (w, h) else np.asarray(pil.resize(size,
-                                                                             Image.BILINEAR))
+        levels[t.level] = image if size == (w, h) else np.asarray(pil.resize(size, Image.BILINEAR))
       tiles.append(_cut(levels[t.level], t.x0, t.y0, self.tile))
     return plan, tiles
 

@@ -31,8 +31,10 @@ import numpy as np
 
 from sdgan_jax.faces import landmarks as lm
 
-_INSTALL_HINT = ('install them with `pip install dlib-bin face-recognition-models` '
-                 '(dlib-bin is the prebuilt dlib wheel; building `dlib` takes minutes)')
+_INSTALL_HINT = (
+  'install them with `pip install dlib-bin face-recognition-models` '
+  '(dlib-bin is the prebuilt dlib wheel; building `dlib` takes minutes)'
+)
 
 
 def _import_dlib():
@@ -66,27 +68,32 @@ def _thread_detector(kind: str):
   detectors = _THREAD_DETECTORS.__dict__.setdefault('detectors', {})
   if kind not in detectors:
     dlib = _import_dlib()
-    detectors[kind] = (dlib.get_frontal_face_detector() if kind == 'hog' else
-                       dlib.cnn_face_detection_model_v1(
-                           dlib_model_path('mmod_human_face_detector.dat')))
+    detectors[kind] = (
+      dlib.get_frontal_face_detector()
+      if kind == 'hog'
+      else dlib.cnn_face_detection_model_v1(dlib_model_path('mmod_human_face_detector.dat'))
+    )
   return detectors[kind]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shape_predictor_68():
-  return _import_dlib().shape_predictor(
-      dlib_model_path('shape_predictor_68_face_landmarks.dat'))
+  return _import_dlib().shape_predictor(dlib_model_path('shape_predictor_68_face_landmarks.dat'))
 
 
 def check_image(image) -> np.ndarray:
   """Returns ``image`` as a C-contiguous uint8 [H, W, 3] array, or raises saying what to do."""
   image = np.asarray(image)
   if image.dtype != np.uint8:
-    raise TypeError(f'expected a uint8 RGB image, got dtype {image.dtype}; convert floats in '
-                    '[0, 1] with (x * 255).round().astype(np.uint8)')
+    raise TypeError(
+      f'expected a uint8 RGB image, got dtype {image.dtype}; convert floats in '
+      '[0, 1] with (x * 255).round().astype(np.uint8)'
+    )
   if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f'expected an RGB image of shape [H, W, 3], got {image.shape}; convert '
-                     "grayscale or RGBA first, e.g. PIL.Image.open(path).convert('RGB')")
+    raise ValueError(
+      f'expected an RGB image of shape [H, W, 3], got {image.shape}; convert '
+      "grayscale or RGBA first, e.g. PIL.Image.open(path).convert('RGB')"
+    )
   return np.ascontiguousarray(image)
 
 
@@ -119,7 +126,7 @@ class Detections:
   presence: np.ndarray | None = None
   decided_by: tuple | None = None
   meshes: tuple | None = None
-  rejected: 'Detections | None' = None
+  rejected: Detections | None = None
 
   def __len__(self) -> int:
     return len(self.scores)
@@ -156,8 +163,11 @@ class FaceDetector:
       rects, scores, _ = model.run(image, self.upsample, self.threshold)
       rows = [(r.left(), r.top(), r.right(), r.bottom(), s) for r, s in zip(rects, scores)]
     else:
-      rows = [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence)
-              for d in model(image, self.upsample) if d.confidence >= self.threshold]
+      rows = [
+        (d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence)
+        for d in model(image, self.upsample)
+        if d.confidence >= self.threshold
+      ]
     rows.sort(key=lambda row: -row[4])
     table = np.array(rows, np.float32).reshape(-1, 5)
     return Detections(boxes=table[:, :4], scores=table[:, 4])

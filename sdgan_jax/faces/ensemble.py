@@ -17,7 +17,7 @@ face; the merged face keeps
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -46,10 +46,12 @@ def parse_detectors(spec: str | Sequence[str]) -> tuple[str, ...]:
 def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """[len(a), len(b)] max(IoU, intersection / smaller area) of exclusive-end boxes."""
   iou = blazeface_detector.iou_matrix(a, b)
-  w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]),
-              0, None)
-  h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]),
-              0, None)
+  w = np.clip(
+    np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
+  )
+  h = np.clip(
+    np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
+  )
   area = lambda c: (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])  # noqa: E731
   smaller = np.minimum(area(a)[:, None], area(b)[None, :])
   larger = np.maximum(area(a)[:, None], area(b)[None, :])
@@ -58,8 +60,7 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.where(same, np.maximum(iou, contained), iou)
 
 
-def merge(per_detector: dict[str, detect.Detections], merge_iou: float = 0.3
-          ) -> detect.Detections:
+def merge(per_detector: dict[str, detect.Detections], merge_iou: float = 0.3) -> detect.Detections:
   """The union of several detectors' detections of one image (module doc)."""
   order = list(per_detector)
   rows = []  # (name, box inclusive, score, keypoints or None)
@@ -68,8 +69,12 @@ def merge(per_detector: dict[str, detect.Detections], merge_iou: float = 0.3
       kp = None if found.keypoints is None else found.keypoints[i]
       rows.append((name, found.boxes[i], float(found.scores[i]), kp))
   if not rows:
-    return detect.Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                             np.zeros((0, blazeface_detector.NUM_KEYPOINTS, 2), np.float32), ())
+    return detect.Detections(
+      np.zeros((0, 4), np.float32),
+      np.zeros(0, np.float32),
+      np.zeros((0, blazeface_detector.NUM_KEYPOINTS, 2), np.float32),
+      (),
+    )
   # BlazeFace rows first, best first; dlib's after (their scores are on other scales).
   rows.sort(key=lambda r: (r[3] is None, -r[2]))
   boxes = np.stack([r[1] for r in rows]).astype(np.float64)
@@ -86,11 +91,18 @@ def merge(per_detector: dict[str, detect.Detections], merge_iou: float = 0.3
     members = boxes[group]
     out_boxes.append(np.concatenate([members[:, :2].min(0), members[:, 2:].max(0)]))
     out_scores.append(rows[i][2])
-    out_points.append(np.full((blazeface_detector.NUM_KEYPOINTS, 2), np.nan, np.float32)
-                      if points is None else points)
+    out_points.append(
+      np.full((blazeface_detector.NUM_KEYPOINTS, 2), np.nan, np.float32)
+      if points is None
+      else points
+    )
     out_sources.append(tuple(sorted({rows[j][0] for j in group}, key=order.index)))
-  return detect.Detections(np.asarray(out_boxes, np.float32), np.asarray(out_scores, np.float32),
-                           np.asarray(out_points, np.float32), tuple(out_sources))
+  return detect.Detections(
+    np.asarray(out_boxes, np.float32),
+    np.asarray(out_scores, np.float32),
+    np.asarray(out_points, np.float32),
+    tuple(out_sources),
+  )
 
 
 class EnsembleDetector:
@@ -107,10 +119,16 @@ class EnsembleDetector:
     weights_dir: converted BlazeFace weights.
   """
 
-  def __init__(self, detectors: Sequence[str] | str = DEFAULT_DETECTORS,
-               thresholds: dict[str, float] | None = None, min_face_px: float = 20.0,
-               upsample: int = 1, merge_iou: float = 0.3, batch_size: int | None = None,
-               weights_dir: str | os.PathLike | None = None):
+  def __init__(
+    self,
+    detectors: Sequence[str] | str = DEFAULT_DETECTORS,
+    thresholds: dict[str, float] | None = None,
+    min_face_px: float = 20.0,
+    upsample: int = 1,
+    merge_iou: float = 0.3,
+    batch_size: int | None = None,
+    weights_dir: str | os.PathLike | None = None,
+  ):
     self.names = parse_detectors(detectors)
     thresholds = dict(thresholds or {})
     unknown = sorted(set(thresholds) - set(self.names))
@@ -124,20 +142,26 @@ class EnsembleDetector:
         self.dlib[name] = detect.FaceDetector(name, upsample, thresholds.get(name, 0.0))
       else:
         self.blazeface[name] = blazeface_detector.BlazeFaceDetector(
-            name, threshold=thresholds.get(name), min_face_px=min_face_px,
-            batch_size=batch_size, weights_dir=weights_dir)
+          name,
+          threshold=thresholds.get(name),
+          min_face_px=min_face_px,
+          batch_size=batch_size,
+          weights_dir=weights_dir,
+        )
 
   @property
   def thresholds(self) -> dict[str, float]:
-    return {**{n: d.threshold for n, d in self.blazeface.items()},
-            **{n: d.threshold for n, d in self.dlib.items()}}
+    return {
+      **{n: d.threshold for n, d in self.blazeface.items()},
+      **{n: d.threshold for n, d in self.dlib.items()},
+    }
 
   def __call__(self, image) -> detect.Detections:
     return self.detect_many([image])[0]
 
-  def detect_many(self, images: Sequence[np.ndarray],
-                  map_fn: Callable = lambda fn, items: list(map(fn, items))
-                  ) -> list[detect.Detections]:
+  def detect_many(
+    self, images: Sequence[np.ndarray], map_fn: Callable = lambda fn, items: list(map(fn, items))
+  ) -> list[detect.Detections]:
     """Detections of several images: BlazeFace's tiles of all of them batched together,
     dlib's detectors per image through ``map_fn`` (e.g. a thread pool's map)."""
     images = [detect.check_image(im) for im in images]

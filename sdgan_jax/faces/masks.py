@@ -36,19 +36,38 @@ import numpy as np
 from sdgan_jax.faces import landmarks as lm
 
 # Helen-style 11 classes (docs/data.md). The face mask covers classes 1-9.
-SEMANTIC_CLASSES = ('background', 'skin', 'left_brow', 'right_brow', 'left_eye', 'right_eye',
-                    'nose', 'upper_lip', 'inner_mouth', 'lower_lip', 'hair')
+SEMANTIC_CLASSES = (
+  'background',
+  'skin',
+  'left_brow',
+  'right_brow',
+  'left_eye',
+  'right_eye',
+  'nose',
+  'upper_lip',
+  'inner_mouth',
+  'lower_lip',
+  'hair',
+)
 NUM_CLASSES = len(SEMANTIC_CLASSES)
 MASKED_CLASSES = tuple(range(1, 10))
 
-FOREHEAD_MARGIN = 0.3   # of the face height (mean brow point -> chin)
-BROW_THICKNESS = 0.15   # of the eye distance
-NOSE_HALF_WIDTH = 0.1   # of the eye distance, at the top of the bridge
+FOREHEAD_MARGIN = 0.3  # of the face height (mean brow point -> chin)
+BROW_THICKNESS = 0.15  # of the eye distance
+NOSE_HALF_WIDTH = 0.1  # of the eye distance, at the top of the bridge
 
 CLASS_IDS = {name: i for i, name in enumerate(SEMANTIC_CLASSES)}
 # Painting order after skin: later parts win where polygons overlap.
-_PAINT_ORDER = ('nose', 'upper_lip', 'lower_lip', 'inner_mouth', 'left_brow', 'right_brow',
-                'left_eye', 'right_eye')
+_PAINT_ORDER = (
+  'nose',
+  'upper_lip',
+  'lower_lip',
+  'inner_mouth',
+  'left_brow',
+  'right_brow',
+  'left_eye',
+  'right_eye',
+)
 
 
 def _face_axes(points: np.ndarray):
@@ -114,14 +133,14 @@ def part_polygons(landmarks) -> dict[str, np.ndarray]:
     return np.concatenate([p[idx], p[idx][::-1] + thick])
 
   return {
-      'nose': np.concatenate([[p[27] - half * across], p[lm.NOSE_BASE], [p[27] + half * across]]),
-      'upper_lip': np.concatenate([p[48:55], p[[64, 63, 62, 61, 60]]]),
-      'lower_lip': np.concatenate([p[[54, 55, 56, 57, 58, 59, 48]], p[[60, 67, 66, 65, 64]]]),
-      'inner_mouth': p[lm.INNER_LIPS],
-      'left_brow': brow(lm.LEFT_BROW),
-      'right_brow': brow(lm.RIGHT_BROW),
-      'left_eye': p[lm.LEFT_EYE],
-      'right_eye': p[lm.RIGHT_EYE],
+    'nose': np.concatenate([[p[27] - half * across], p[lm.NOSE_BASE], [p[27] + half * across]]),
+    'upper_lip': np.concatenate([p[48:55], p[[64, 63, 62, 61, 60]]]),
+    'lower_lip': np.concatenate([p[[54, 55, 56, 57, 58, 59, 48]], p[[60, 67, 66, 65, 64]]]),
+    'inner_mouth': p[lm.INNER_LIPS],
+    'left_brow': brow(lm.LEFT_BROW),
+    'right_brow': brow(lm.RIGHT_BROW),
+    'left_eye': p[lm.LEFT_EYE],
+    'right_eye': p[lm.RIGHT_EYE],
   }
 
 

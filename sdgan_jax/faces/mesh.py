@@ -41,7 +41,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -51,29 +51,68 @@ from sdgan_jax.faces import align, blazeface_detector, detect, upright
 NAME = 'face_mesh'
 NUM_POINTS = 468
 INPUT_SIZE = 192
-ROI_SCALE = 1.5         # side of the square region: ROI_SCALE x the box's longer side
+ROI_SCALE = 1.5  # side of the square region: ROI_SCALE x the box's longer side
 PRESENCE_THRESHOLD = 0.5  # MediaPipe's: a face is there when the score reaches it
 
 # Contours, each in order around its closed curve (indices into the 468 points).
 # The face's outline: from the top of the forehead down the subject's left side (image
 # right of a frontal face), round the chin (152) and up the right side.
-FACE_OVAL = np.array([
-    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109])
+FACE_OVAL = np.array(
+  [
+    10,
+    338,
+    297,
+    332,
+    284,
+    251,
+    389,
+    356,
+    454,
+    323,
+    361,
+    288,
+    397,
+    365,
+    379,
+    378,
+    400,
+    377,
+    152,
+    148,
+    176,
+    149,
+    150,
+    136,
+    172,
+    58,
+    132,
+    93,
+    234,
+    127,
+    162,
+    21,
+    54,
+    103,
+    67,
+    109,
+  ]
+)
 # Eyes: outer corner, the lower lid to the inner corner, back along the upper lid.
-RIGHT_EYE = np.array([33, 7, 163, 144, 145, 153, 154, 155, 133,
-                      173, 157, 158, 159, 160, 161, 246])
-LEFT_EYE = np.array([263, 249, 390, 373, 374, 380, 381, 382, 362,
-                     398, 384, 385, 386, 387, 388, 466])
+RIGHT_EYE = np.array([33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246])
+LEFT_EYE = np.array(
+  [263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466]
+)
 # Brows: the lower edge from the outer to the inner end, back along the upper edge.
 RIGHT_BROW = np.array([46, 53, 52, 65, 55, 107, 66, 105, 63, 70])
 LEFT_BROW = np.array([276, 283, 282, 295, 285, 336, 296, 334, 293, 300])
 # Lips: from the right mouth corner along the lower lip (middle: 17 outer, 14 inner) to
 # the left corner, back along the upper lip (middle: 0 outer, 13 inner).
-LIPS_OUTER = np.array([61, 146, 91, 181, 84, 17, 314, 405, 321, 375,
-                       291, 409, 270, 269, 267, 0, 37, 39, 40, 185])
-LIPS_INNER = np.array([78, 95, 88, 178, 87, 14, 317, 402, 318, 324,
-                       308, 415, 310, 311, 312, 13, 82, 81, 80, 191])
+LIPS_OUTER = np.array(
+  [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185]
+)
+LIPS_INNER = np.array(
+  [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191]
+)
 # The nose's midline from between the eyes down to the tip and the base (subnasale, 2).
 NOSE_MIDLINE = np.array([168, 6, 197, 195, 5, 4, 1, 19, 94, 2])
 NOSE_TIP = 1
@@ -153,8 +192,11 @@ def roi_matrix(box, keypoints=None) -> tuple[np.ndarray, float]:
   x0, y0, x1, y1 = np.asarray(box, np.float64).reshape(4)
   side = ROI_SCALE * max(x1 - x0 + 1.0, y1 - y0 + 1.0, 1.0)
   centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
-  roll = upright.roll_degrees(np.asarray(keypoints, np.float64)) if (
-      upright.has_keypoints(keypoints)) else 0.0
+  roll = (
+    upright.roll_degrees(np.asarray(keypoints, np.float64))
+    if (upright.has_keypoints(keypoints))
+    else 0.0
+  )
   return _region(centre, side, roll), roll
 
 
@@ -186,8 +228,10 @@ def points_roi(points) -> tuple[np.ndarray, float]:
 def _as_candidates(candidates: detect.Detections | Sequence) -> list[Candidate]:
   if isinstance(candidates, detect.Detections):
     kps = candidates.keypoints
-    return [Candidate(np.asarray(b), None if kps is None else np.asarray(kps[i]))
-            for i, b in enumerate(candidates.boxes)]
+    return [
+      Candidate(np.asarray(b), None if kps is None else np.asarray(kps[i]))
+      for i, b in enumerate(candidates.boxes)
+    ]
   out = []
   for c in candidates:
     if isinstance(c, Candidate):
@@ -200,14 +244,14 @@ def _as_candidates(candidates: detect.Detections | Sequence) -> list[Candidate]:
     if c.box.shape != (4,) or not np.all(np.isfinite(c.box)):
       raise ValueError(f'a candidate box is (x0, y0, x1, y1), got {c.box!r}')
     if c.keypoints is not None and c.keypoints.shape != (blazeface_detector.NUM_KEYPOINTS, 2):
-      raise ValueError(f'candidate keypoints are BlazeFace\'s [6, 2], got {c.keypoints.shape}')
+      raise ValueError(f"candidate keypoints are BlazeFace's [6, 2], got {c.keypoints.shape}")
   return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_apply():
-  from sdgan_jax.perf import xla_options  # pylint: disable=import-outside-toplevel
   from sdgan_jax.models import face_mesh  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import xla_options  # pylint: disable=import-outside-toplevel
 
   model = face_mesh.FaceMeshNet()
 
@@ -240,16 +284,19 @@ class FaceMesh:
     self.batch_size = int(batch_size)
     self.antialias = bool(antialias)
     from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
+
     self._apply = cpu_export.network(NAME, 'detector', _jitted_apply())
 
   @classmethod
-  def load(cls, weights_dir: str | os.PathLike | None = None, **kwargs) -> 'FaceMesh':
+  def load(cls, weights_dir: str | os.PathLike | None = None, **kwargs) -> FaceMesh:
     """The mesh with the converted ``'face_mesh'`` weights (``make weights``)."""
     from sdgan_jax import weights  # pylint: disable=import-outside-toplevel
+
     return cls(weights.load_weights(NAME, weights_dir), **kwargs)
 
-  def crops(self, image, candidates: detect.Detections | Sequence
-            ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
+  def crops(
+    self, image, candidates: detect.Detections | Sequence
+  ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
     """(uint8 [N, 192, 192, 3] network inputs, their matrices, rolls) of the candidates."""
     regions = [roi_matrix(c.box, c.keypoints) for c in _as_candidates(candidates)]
     return self._cut(image, regions)
@@ -257,10 +304,18 @@ class FaceMesh:
   def _cut(self, image, regions) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
     """The network inputs of ``regions`` [(matrix, roll)] of one image."""
     image = detect.check_image(image)
-    crops = [np.clip(np.round(align.warp_affine(image, m, (INPUT_SIZE, INPUT_SIZE), mode='edge',
-                                                antialias=self.antialias)),
-                     0, 255).astype(np.uint8)
-             for m, _ in regions]
+    crops = [
+      np.clip(
+        np.round(
+          align.warp_affine(
+            image, m, (INPUT_SIZE, INPUT_SIZE), mode='edge', antialias=self.antialias
+          )
+        ),
+        0,
+        255,
+      ).astype(np.uint8)
+      for m, _ in regions
+    ]
     stacked = np.stack(crops) if crops else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
     return stacked, [m for m, _ in regions], [r for _, r in regions]
 
@@ -270,18 +325,23 @@ class FaceMesh:
     b = self.batch_size
     points, logits = [np.zeros((0, NUM_POINTS, 3), np.float32)], [np.zeros(0, np.float32)]
     for lo in range(0, len(crops), b):
-      chunk = crops[lo:lo + b]
+      chunk = crops[lo : lo + b]
       p, s = self._apply(self.variables, batching.pad_rows(chunk, b))
-      points.append(np.asarray(p)[:len(chunk)])
-      logits.append(np.asarray(s)[:len(chunk)])
+      points.append(np.asarray(p)[: len(chunk)])
+      logits.append(np.asarray(s)[: len(chunk)])
     return np.concatenate(points), np.concatenate(logits)
 
   def __call__(self, image, candidates: detect.Detections | Sequence) -> list[MeshFit]:
     return self.fit_many([image], [candidates])[0]
 
-  def fit_many(self, images: Sequence[np.ndarray], candidates: Sequence,
-               map_fn: Callable = lambda fn, items: list(map(fn, items)), *,
-               refine: bool = True) -> list[list[MeshFit]]:
+  def fit_many(
+    self,
+    images: Sequence[np.ndarray],
+    candidates: Sequence,
+    map_fn: Callable = lambda fn, items: list(map(fn, items)),
+    *,
+    refine: bool = True,
+  ) -> list[list[MeshFit]]:
     """Fits per image of every image's ``candidates``, all crops of a pass in shared
     batches (cut per image through ``map_fn``, e.g. a thread pool's map).
 
@@ -293,16 +353,21 @@ class FaceMesh:
     """
     if len(images) != len(candidates):
       raise ValueError(f'{len(candidates)} candidate lists for {len(images)} images')
-    regions = [[roi_matrix(c.box, c.keypoints) for c in _as_candidates(found)]
-               for found in candidates]
+    regions = [
+      [roi_matrix(c.box, c.keypoints) for c in _as_candidates(found)] for found in candidates
+    ]
     fits = self._fit_regions(images, regions, map_fn)
     if not refine:
       return fits
-    again = [[k for k, f in enumerate(image_fits) if f.presence >= PRESENCE_THRESHOLD]
-             for image_fits in fits]
+    again = [
+      [k for k, f in enumerate(image_fits) if f.presence >= PRESENCE_THRESHOLD]
+      for image_fits in fits
+    ]
     refits = self._fit_regions(
-        images, [[points_roi(image_fits[k].points) for k in ks]
-                 for image_fits, ks in zip(fits, again)], map_fn)
+      images,
+      [[points_roi(image_fits[k].points) for k in ks] for image_fits, ks in zip(fits, again)],
+      map_fn,
+    )
     for image_fits, ks, new in zip(fits, again, refits):
       for k, fit in zip(ks, new):
         if fit.presence >= PRESENCE_THRESHOLD:
@@ -312,8 +377,11 @@ class FaceMesh:
   def _fit_regions(self, images, regions, map_fn) -> list[list[MeshFit]]:
     """The fits of ``regions`` [(matrix, roll)] per image, in shared batches."""
     cut = map_fn(lambda pair: self._cut(*pair), list(zip(images, regions)))
-    crops = (np.concatenate([c[0] for c in cut]) if cut else
-             np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
+    crops = (
+      np.concatenate([c[0] for c in cut])
+      if cut
+      else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+    )
     points, logits = self.raw(crops)
     presence = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
     fits, k = [], 0
@@ -323,7 +391,13 @@ class FaceMesh:
         # Network x, y count from the crop's edge; the matrices map pixel centres.
         xy = align.apply_matrix(align.invert_matrix(matrix), points[k, :, :2] - 0.5)
         z = points[k, :, 2:] / align.matrix_scale(matrix)
-        fits[-1].append(MeshFit(points=np.concatenate([xy, z], axis=1).astype(np.float32),
-                                presence=float(presence[k]), roll=float(roll), matrix=matrix))
+        fits[-1].append(
+          MeshFit(
+            points=np.concatenate([xy, z], axis=1).astype(np.float32),
+            presence=float(presence[k]),
+            roll=float(roll),
+            matrix=matrix,
+          )
+        )
         k += 1
     return fits

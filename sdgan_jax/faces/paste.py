@@ -66,8 +66,9 @@ def paste_back(image, crop, matrix, mask, feather_px: float = 4.0) -> np.ndarray
 
   # Work only on the image window that the crop (plus the feather band) covers.
   h, w = image.shape[:2]
-  corners = apply_matrix(inverse, [[-0.5, -0.5], [r - 0.5, -0.5], [-0.5, r - 0.5],
-                                   [r - 0.5, r - 0.5]])
+  corners = apply_matrix(
+    inverse, [[-0.5, -0.5], [r - 0.5, -0.5], [-0.5, r - 0.5], [r - 0.5, r - 0.5]]
+  )
   pad = int(math.ceil(feather_px)) + 2
   x0 = int(max(math.floor(corners[:, 0].min()) - pad, 0))
   y0 = int(max(math.floor(corners[:, 1].min()) - pad, 0))

@@ -3,7 +3,8 @@
 One preparation path for the data preparation and the anonymizer (``prepare_detected``):
 take a detected face's 68 landmarks from its face mesh (``faces.mesh``, any pose; the
 default) or fit them with dlib's shape predictor (turned upright first when the detector
-gave keypoints, ``faces.upright``), check that they belong to its box, align the crop, draw its face mask
+gave keypoints, ``faces.upright``), check that they belong to its box, align the crop, draw its
+face mask
 and semantic map (``prepare_face``) and check that the mask covers the box's centre. A step
 that fails is recorded on the face (``Face.reason``), never raised, so that a caller can
 fail closed on it (the anonymizer covers such faces) or skip it.
@@ -19,7 +20,9 @@ import dataclasses
 
 import numpy as np
 
-from sdgan_jax.faces import align, detect, landmarks as scheme, masks, mesh as face_mesh, upright
+from sdgan_jax.faces import align, detect, masks, upright
+from sdgan_jax.faces import landmarks as scheme
+from sdgan_jax.faces import mesh as face_mesh
 
 # Below about this box size dlib's 68 landmarks get unreliable (its HOG model sees faces of
 # ~80 px) and a 128-px crop would be an upsampling of 1.5x or more.
@@ -102,8 +105,12 @@ class Face:
 
   def record(self) -> dict[str, np.ndarray]:
     """The image/mask/semantic/landmarks part of a ``datasets.features.tfds_features`` example."""
-    return {'image': self.crop, 'mask': self.mask, 'semantic': self.semantic,
-            'landmarks': self.landmarks}
+    return {
+      'image': self.crop,
+      'mask': self.mask,
+      'semantic': self.semantic,
+      'landmarks': self.landmarks,
+    }
 
   def release_pixels(self) -> None:
     """Drops the crop-sized arrays once the face is done: a video's faces stay small."""
@@ -111,14 +118,21 @@ class Face:
 
   def to_json(self) -> dict:
     """The face's row of the anonymizer's report (fields that are None left out)."""
-    row = {'box': [float(v) for v in self.box], 'status': self.status,
-           'reason': self.reason, 'detail': self.detail,
-           'score': None if self.score is None else round(self.score, 4),
-           'presence': None if self.presence is None else round(self.presence, 4),
-           'decided_by': self.decided_by,
-           'identity_distance': self.identity_distance, 'target': self.target,
-           'track': self.track, 'detectors': list(self.detectors) or None,
-           'region': self.region, 'cover': self.cover}
+    row = {
+      'box': [float(v) for v in self.box],
+      'status': self.status,
+      'reason': self.reason,
+      'detail': self.detail,
+      'score': None if self.score is None else round(self.score, 4),
+      'presence': None if self.presence is None else round(self.presence, 4),
+      'decided_by': self.decided_by,
+      'identity_distance': self.identity_distance,
+      'target': self.target,
+      'track': self.track,
+      'detectors': list(self.detectors) or None,
+      'region': self.region,
+      'cover': self.cover,
+    }
     return {k: v for k, v in row.items() if v is not None}
 
 
@@ -136,17 +150,24 @@ def prepare_face(image, landmarks, resolution: int = align.DEFAULT_RESOLUTION):
 
 def detected_faces(found: detect.Detections) -> list[Face]:
   """A ``Face`` per detection of one image, in detection order."""
+
   def presence(k):
     p = None if found.presence is None else float(found.presence[k])
     return p if p is not None and np.isfinite(p) else None
 
-  return [Face(box=np.asarray(box, np.float32), score=float(found.scores[k]),
-               keypoints=None if found.keypoints is None else found.keypoints[k],
-               detectors=tuple(found.sources[k]) if found.sources else (), index=k,
-               presence=presence(k),
-               decided_by=None if found.decided_by is None else found.decided_by[k],
-               mesh=None if found.meshes is None else found.meshes[k])
-          for k, box in enumerate(found.boxes)]
+  return [
+    Face(
+      box=np.asarray(box, np.float32),
+      score=float(found.scores[k]),
+      keypoints=None if found.keypoints is None else found.keypoints[k],
+      detectors=tuple(found.sources[k]) if found.sources else (),
+      index=k,
+      presence=presence(k),
+      decided_by=None if found.decided_by is None else found.decided_by[k],
+      mesh=None if found.meshes is None else found.meshes[k],
+    )
+    for k, box in enumerate(found.boxes)
+  ]
 
 
 def fit_landmarks(image: np.ndarray, face: Face, predictor) -> np.ndarray:
@@ -161,8 +182,10 @@ def fit_landmarks(image: np.ndarray, face: Face, predictor) -> np.ndarray:
   if face.mesh is None:
     face.mesh = predictor(image, [(face.box, face.keypoints)])[0]
   if not face.mesh.presence >= face_mesh.PRESENCE_THRESHOLD:
-    raise ValueError(f'the face mesh sees no face in the box (presence '
-                     f'{face.mesh.presence:.2f} < {face_mesh.PRESENCE_THRESHOLD:g})')
+    raise ValueError(
+      f'the face mesh sees no face in the box (presence '
+      f'{face.mesh.presence:.2f} < {face_mesh.PRESENCE_THRESHOLD:g})'
+    )
   return scheme.from_mesh(face.mesh.points)
 
 
@@ -183,8 +206,12 @@ def check_landmarks(landmarks: np.ndarray, box) -> None:
     raise ValueError('the shape predictor did not return 68 finite points')
   x0, y0, x1, y1 = (float(v) for v in box)
   w, h = x1 - x0 + 1, y1 - y0 + 1
-  near = ((points[:, 0] >= x0 - 0.5 * w) & (points[:, 0] <= x1 + 0.5 * w) &
-          (points[:, 1] >= y0 - 0.5 * h) & (points[:, 1] <= y1 + 0.5 * h))
+  near = (
+    (points[:, 0] >= x0 - 0.5 * w)
+    & (points[:, 0] <= x1 + 0.5 * w)
+    & (points[:, 1] >= y0 - 0.5 * h)
+    & (points[:, 1] <= y1 + 0.5 * h)
+  )
   if near.mean() < 0.9:
     raise ValueError(f'{(~near).sum()} of 68 landmarks lie far outside the face box')
   eyes = np.linalg.norm(points[36:42].mean(0) - points[42:48].mean(0))
@@ -196,8 +223,9 @@ def mask_coverage(mask: np.ndarray, matrix: np.ndarray, box) -> float:
   """Share of a grid over the central half of ``box`` that falls inside the crop's mask."""
   x0, y0, x1, y1 = (float(v) for v in box)
   cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0 + 1, y1 - y0 + 1
-  gx, gy = np.meshgrid(np.linspace(cx - w / 4, cx + w / 4, 9),
-                       np.linspace(cy - h / 4, cy + h / 4, 9))
+  gx, gy = np.meshgrid(
+    np.linspace(cx - w / 4, cx + w / 4, 9), np.linspace(cy - h / 4, cy + h / 4, 9)
+  )
   crop_xy = align.apply_matrix(matrix, np.stack([gx.ravel(), gy.ravel()], axis=1))
   r = mask.shape[0]
   cols = np.round(crop_xy[:, 0]).astype(int)
@@ -208,10 +236,17 @@ def mask_coverage(mask: np.ndarray, matrix: np.ndarray, box) -> float:
   return float(hit.mean())
 
 
-def prepare_detected(image: np.ndarray, face: Face, predictor,
-                     resolution: int = align.DEFAULT_RESOLUTION, *,
-                     min_face_px: float = DEFAULT_MIN_FACE_PX, min_mask_coverage: float = 0.0,
-                     prepare_too_small: bool = False, check: bool = True) -> Face:
+def prepare_detected(
+  image: np.ndarray,
+  face: Face,
+  predictor,
+  resolution: int = align.DEFAULT_RESOLUTION,
+  *,
+  min_face_px: float = DEFAULT_MIN_FACE_PX,
+  min_mask_coverage: float = 0.0,
+  prepare_too_small: bool = False,
+  check: bool = True,
+) -> Face:
   """Prepares one detected face in place (module doc) and returns it.
 
   ``predictor``: a ``faces.mesh.FaceMesh`` or dlib's ``detect.LandmarkPredictor``
@@ -237,8 +272,12 @@ def prepare_detected(image: np.ndarray, face: Face, predictor,
     face.fail('landmarks_failed', f'{type(e).__name__}: {e}')
     return face
   face.image_landmarks, face.matrix = landmarks, aligned.matrix
-  face.crop, face.mask, face.semantic, face.landmarks = (aligned.crop, mask, semantic,
-                                                         aligned.landmarks)
+  face.crop, face.mask, face.semantic, face.landmarks = (
+    aligned.crop,
+    mask,
+    semantic,
+    aligned.landmarks,
+  )
   if min_mask_coverage > 0:
     coverage = mask_coverage(mask, aligned.matrix, face.box)
     if coverage < min_mask_coverage:
@@ -246,10 +285,13 @@ def prepare_detected(image: np.ndarray, face: Face, predictor,
   return face
 
 
-def prepare_faces(image, resolution: int = align.DEFAULT_RESOLUTION,
-                  detector: detect.FaceDetector | None = None,
-                  predictor=None,
-                  min_face_px: float = DEFAULT_MIN_FACE_PX) -> list[Face]:
+def prepare_faces(
+  image,
+  resolution: int = align.DEFAULT_RESOLUTION,
+  detector: detect.FaceDetector | None = None,
+  predictor=None,
+  min_face_px: float = DEFAULT_MIN_FACE_PX,
+) -> list[Face]:
   """Detects every face in a uint8 RGB ``image`` [H, W, 3] and prepares it (best score first).
 
   Args:
@@ -264,5 +306,9 @@ def prepare_faces(image, resolution: int = align.DEFAULT_RESOLUTION,
   image = detect.check_image(image)
   detector = detector or detect.FaceDetector('hog', upsample=1)
   predictor = predictor or face_mesh.FaceMesh.load()
-  return [prepare_detected(image, face, predictor, resolution, min_face_px=min_face_px,
-                           prepare_too_small=True) for face in detected_faces(detector(image))]
+  return [
+    prepare_detected(
+      image, face, predictor, resolution, min_face_px=min_face_px, prepare_too_small=True
+    )
+    for face in detected_faces(detector(image))
+  ]

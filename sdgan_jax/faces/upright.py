@@ -62,8 +62,9 @@ def upright_frame(keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return matrix, box
 
 
-def fit_landmarks(predictor: detect.LandmarkPredictor, image: np.ndarray, box,
-                  keypoints=None) -> np.ndarray:
+def fit_landmarks(
+  predictor: detect.LandmarkPredictor, image: np.ndarray, box, keypoints=None
+) -> np.ndarray:
   """[68, 2] landmarks of the face in ``box`` (module doc); ``keypoints`` [6, 2] or None."""
   if not has_keypoints(keypoints):
     return predictor(image, box)
@@ -87,6 +88,12 @@ def face_region(box, keypoints=None) -> np.ndarray:
   x0, y0, x1, y1 = work_box
   corners = np.array([[x0, y0], [x1 + 1, y0], [x0, y1 + 1], [x1 + 1, y1 + 1]])
   points = align.apply_matrix(align.invert_matrix(matrix), corners)
-  return np.array([min(box[0], points[:, 0].min()), min(box[1], points[:, 1].min()),
-                   max(box[2], points[:, 0].max() - 1), max(box[3], points[:, 1].max() - 1)],
-                  np.float32)
+  return np.array(
+    [
+      min(box[0], points[:, 0].min()),
+      min(box[1], points[:, 1].min()),
+      max(box[2], points[:, 0].max() - 1),
+      max(box[3], points[:, 1].max() - 1),
+    ],
+    np.float32,
+  )

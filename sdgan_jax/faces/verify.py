@@ -38,11 +38,12 @@ it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from sdgan_jax.faces import blazeface_detector, detect, mesh as face_mesh
+from sdgan_jax.faces import blazeface_detector, detect
+from sdgan_jax.faces import mesh as face_mesh
 
 # Real faces that the mesh doubted scored 0.3-0.5 (a masked face, an over-exposed one);
 # false candidates above 8 px mostly scored under 0.1.
@@ -72,34 +73,51 @@ def _candidate_size(box) -> float:
 
 def _inside(boxes: np.ndarray) -> np.ndarray:
   """[N, N]: the share of box j's area inside box i, at [j, i] (exclusive-end boxes)."""
-  w = np.clip(np.minimum(boxes[:, None, 2], boxes[None, :, 2]) -
-              np.maximum(boxes[:, None, 0], boxes[None, :, 0]), 0, None)
-  h = np.clip(np.minimum(boxes[:, None, 3], boxes[None, :, 3]) -
-              np.maximum(boxes[:, None, 1], boxes[None, :, 1]), 0, None)
+  w = np.clip(
+    np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    - np.maximum(boxes[:, None, 0], boxes[None, :, 0]),
+    0,
+    None,
+  )
+  h = np.clip(
+    np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    - np.maximum(boxes[:, None, 1], boxes[None, :, 1]),
+    0,
+    None,
+  )
   area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
   return w * h / np.maximum(area[:, None], 1e-9)
 
 
-def _rows(found: detect.Detections, rows: np.ndarray, boxes: np.ndarray, **fields
-          ) -> detect.Detections:
+def _rows(
+  found: detect.Detections, rows: np.ndarray, boxes: np.ndarray, **fields
+) -> detect.Detections:
   """The candidates ``rows`` of ``found`` with ``boxes`` and the per-row ``fields``."""
   return detect.Detections(
-      boxes[rows], found.scores[rows],
-      None if found.keypoints is None else found.keypoints[rows],
-      tuple(found.sources[i] for i in rows) if found.sources else found.sources, **fields)
+    boxes[rows],
+    found.scores[rows],
+    None if found.keypoints is None else found.keypoints[rows],
+    tuple(found.sources[i] for i in rows) if found.sources else found.sources,
+    **fields,
+  )
 
 
-def needs_mirror(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
-                 min_judge_px: float = MIN_JUDGE_PX) -> list[int]:
+def needs_mirror(
+  found: detect.Detections, fits: Sequence[face_mesh.MeshFit], min_judge_px: float = MIN_JUDGE_PX
+) -> list[int]:
   """The candidates whose mirror image ``judge`` needs: judged, narrower than
   ``SMALL_PX``, and scored a face (MediaPipe's threshold) on the crop."""
-  return [k for k, (box, fit) in enumerate(zip(found.boxes, fits))
-          if min_judge_px <= _candidate_size(box) < SMALL_PX and
-          fit.presence >= face_mesh.PRESENCE_THRESHOLD]
+  return [
+    k
+    for k, (box, fit) in enumerate(zip(found.boxes, fits))
+    if min_judge_px <= _candidate_size(box) < SMALL_PX
+    and fit.presence >= face_mesh.PRESENCE_THRESHOLD
+  ]
 
 
-def mirrored(image: np.ndarray, found: detect.Detections, rows: Sequence[int]
-             ) -> tuple[np.ndarray, detect.Detections]:
+def mirrored(
+  image: np.ndarray, found: detect.Detections, rows: Sequence[int]
+) -> tuple[np.ndarray, detect.Detections]:
   """(``image`` mirrored left-right, the candidates ``rows`` mirrored with it): boxes
   flipped, BlazeFace's keypoints flipped and their right and left swapped."""
   rows = np.asarray(rows, np.int64)
@@ -110,16 +128,26 @@ def mirrored(image: np.ndarray, found: detect.Detections, rows: Sequence[int]
   if found.keypoints is not None:
     keypoints = np.asarray(found.keypoints, np.float32)[rows].copy()
     keypoints[..., 0] = right - keypoints[..., 0]
-    swap = [blazeface_detector.LEFT_EYE, blazeface_detector.RIGHT_EYE, blazeface_detector.NOSE_TIP, blazeface_detector.MOUTH,
-            blazeface_detector.LEFT_EAR, blazeface_detector.RIGHT_EAR]
+    swap = [
+      blazeface_detector.LEFT_EYE,
+      blazeface_detector.RIGHT_EYE,
+      blazeface_detector.NOSE_TIP,
+      blazeface_detector.MOUTH,
+      blazeface_detector.LEFT_EAR,
+      blazeface_detector.RIGHT_EAR,
+    ]
     keypoints = keypoints[:, swap]
   flipped = np.ascontiguousarray(np.asarray(image)[:, ::-1])
   return flipped, detect.Detections(boxes, np.asarray(found.scores)[rows], keypoints)
 
 
-def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
-          threshold: float = PRESENCE_THRESHOLD, min_judge_px: float = MIN_JUDGE_PX,
-          mirror: dict[int, float] | None = None) -> detect.Detections:
+def judge(
+  found: detect.Detections,
+  fits: Sequence[face_mesh.MeshFit],
+  threshold: float = PRESENCE_THRESHOLD,
+  min_judge_px: float = MIN_JUDGE_PX,
+  mirror: dict[int, float] | None = None,
+) -> detect.Detections:
   """The candidates of one image that the mesh keeps (module doc), best first.
 
   Args:
@@ -144,23 +172,35 @@ def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
     presence[k] = min(presence[k], p)
   decided = []
   for k, box in enumerate(found.boxes):
-    agree = (found.sources is not None and len(found.sources[k]) >= AGREEMENT_DETECTORS and
-             float(found.scores[k]) >= AGREEMENT_SCORE)
+    agree = (
+      found.sources is not None
+      and len(found.sources[k]) >= AGREEMENT_DETECTORS
+      and float(found.scores[k]) >= AGREEMENT_SCORE
+    )
     size = _candidate_size(box)
     small = size < SMALL_PX
     bar = max(threshold, face_mesh.PRESENCE_THRESHOLD) if small else threshold
-    decided.append('unjudged' if size < min_judge_px else
-                   'mesh' if presence[k] >= bar else
-                   'agreement' if agree and not small else None)
+    decided.append(
+      'unjudged'
+      if size < min_judge_px
+      else 'mesh'
+      if presence[k] >= bar
+      else 'agreement'
+      if agree and not small
+      else None
+    )
   by_mesh = np.array([d == 'mesh' for d in decided], bool)
   # Boxes come from meshes sure of their face; a doubtful one keeps the detectors' box.
   sure = by_mesh & (presence >= face_mesh.PRESENCE_THRESHOLD)
-  boxes = np.array([fit.box() if m else b for b, m, fit in zip(found.boxes, sure, fits)],
-                   np.float32).reshape(-1, 4)
+  boxes = np.array(
+    [fit.box() if m else b for b, m, fit in zip(found.boxes, sure, fits)], np.float32
+  ).reshape(-1, 4)
   # Mesh-judged faces by presence, then the others by detector score; the first of a group
   # of tightened boxes on one face absorbs the rest.
-  faces = sorted((k for k, d in enumerate(decided) if d),
-                 key=lambda k: (not by_mesh[k], -presence[k] if by_mesh[k] else -found.scores[k]))
+  faces = sorted(
+    (k for k, d in enumerate(decided) if d),
+    key=lambda k: (not by_mesh[k], -presence[k] if by_mesh[k] else -found.scores[k]),
+  )
   exclusive = boxes.astype(np.float64) + np.array([0, 0, 1, 1])
   overlap = blazeface_detector.iou_matrix(exclusive, exclusive)
   inside = _inside(exclusive)
@@ -169,8 +209,14 @@ def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
   for i in faces:
     if taken[i]:
       continue
-    group = [j for j in faces if not taken[j] and (j == i or sure[i] and (
-        overlap[i, j] >= MERGE_IOU if sure[j] else inside[j, i] >= CONTAINED))]
+    group = [
+      j
+      for j in faces
+      if not taken[j]
+      and (
+        j == i or sure[i] and (overlap[i, j] >= MERGE_IOU if sure[j] else inside[j, i] >= CONTAINED)
+      )
+    ]
     taken[group] = True
     kept.append(i)
     if found.sources:
@@ -178,12 +224,17 @@ def judge(found: detect.Detections, fits: Sequence[face_mesh.MeshFit],
   kept = np.asarray(kept, np.int64)
   dropped = np.asarray([k for k, d in enumerate(decided) if d is None], np.int64)
   rejected = _rows(found, dropped, found.boxes, presence=presence[dropped])
-  verified = _rows(found, kept, boxes,
-                   presence=np.array([np.nan if decided[k] == 'unjudged' else presence[k]
-                                      for k in kept], np.float32).reshape(-1),
-                   decided_by=tuple(decided[k] for k in kept),
-                   meshes=tuple(fits[k] if by_mesh[k] else None for k in kept),
-                   rejected=rejected)
+  verified = _rows(
+    found,
+    kept,
+    boxes,
+    presence=np.array(
+      [np.nan if decided[k] == 'unjudged' else presence[k] for k in kept], np.float32
+    ).reshape(-1),
+    decided_by=tuple(decided[k] for k in kept),
+    meshes=tuple(fits[k] if by_mesh[k] else None for k in kept),
+    rejected=rejected,
+  )
   return dataclasses.replace(verified, sources=tuple(sources)) if found.sources else verified
 
 
@@ -199,8 +250,13 @@ class VerifiedDetector:
     min_judge_px: candidates narrower than this are kept unjudged.
   """
 
-  def __init__(self, detector, mesh: face_mesh.FaceMesh,
-               threshold: float = PRESENCE_THRESHOLD, min_judge_px: float = MIN_JUDGE_PX):
+  def __init__(
+    self,
+    detector,
+    mesh: face_mesh.FaceMesh,
+    threshold: float = PRESENCE_THRESHOLD,
+    min_judge_px: float = MIN_JUDGE_PX,
+  ):
     if not 0.0 <= threshold <= 1.0 or threshold != threshold:
       raise ValueError(f'the presence threshold is a probability in [0, 1], got {threshold}')
     self.detector = detector
@@ -211,23 +267,26 @@ class VerifiedDetector:
   def __call__(self, image) -> detect.Detections:
     return self.detect_many([image])[0]
 
-  def detect_many(self, images: Sequence[np.ndarray],
-                  map_fn: Callable = lambda fn, items: list(map(fn, items))
-                  ) -> list[detect.Detections]:
+  def detect_many(
+    self, images: Sequence[np.ndarray], map_fn: Callable = lambda fn, items: list(map(fn, items))
+  ) -> list[detect.Detections]:
     """Detections of several images, every image's candidates fitted in shared batches."""
     found = self.detector.detect_many(images, map_fn=map_fn)
     fits = self.mesh.fit_many(images, found, map_fn=map_fn)
     mirrors = mirror_presence(self.mesh, images, found, fits, self.min_judge_px, map_fn)
-    return [judge(f, m, self.threshold, self.min_judge_px, r)
-            for f, m, r in zip(found, fits, mirrors)]
+    return [
+      judge(f, m, self.threshold, self.min_judge_px, r) for f, m, r in zip(found, fits, mirrors)
+    ]
 
 
-def mirror_presence(mesh: face_mesh.FaceMesh, images: Sequence[np.ndarray],
-                    found: Sequence[detect.Detections],
-                    fits: Sequence[Sequence[face_mesh.MeshFit]],
-                    min_judge_px: float = MIN_JUDGE_PX,
-                    map_fn: Callable = lambda fn, items: list(map(fn, items))
-                    ) -> list[dict[int, float]]:
+def mirror_presence(
+  mesh: face_mesh.FaceMesh,
+  images: Sequence[np.ndarray],
+  found: Sequence[detect.Detections],
+  fits: Sequence[Sequence[face_mesh.MeshFit]],
+  min_judge_px: float = MIN_JUDGE_PX,
+  map_fn: Callable = lambda fn, items: list(map(fn, items)),
+) -> list[dict[int, float]]:
   """Per image, candidate index -> the mesh's presence on the mirror image, for the
   candidates of ``needs_mirror`` (a few per photo: one more batch of fits, not a pass)."""
   rows = [needs_mirror(f, m, min_judge_px) for f, m in zip(found, fits)]

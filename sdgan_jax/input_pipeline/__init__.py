@@ -49,16 +49,31 @@ benchmark path never import it).
 
 from __future__ import annotations
 
-from sdgan_jax.input_pipeline.augment import (AUTHORS_RESIZE_SCALE, MIRROR_CLASSES,
-                                              MIRROR_LANDMARKS, NO_AUGMENTATION,
-                                              Augmentation, preprocess)
-from sdgan_jax.input_pipeline.iterators import (eval_iterator, train_dataset,
-                                                train_iterator)
+from sdgan_jax.input_pipeline.augment import (
+  AUTHORS_RESIZE_SCALE,
+  MIRROR_CLASSES,
+  MIRROR_LANDMARKS,
+  NO_AUGMENTATION,
+  Augmentation,
+  preprocess,
+)
+from sdgan_jax.input_pipeline.iterators import eval_iterator, train_dataset, train_iterator
 from sdgan_jax.input_pipeline.plan import TrainPlan, eval_shard, steps_per_epoch
 from sdgan_jax.input_pipeline.sources import load_data_source, read_labels
 
 __all__ = [
-    'AUTHORS_RESIZE_SCALE', 'MIRROR_CLASSES', 'MIRROR_LANDMARKS', 'NO_AUGMENTATION',
-    'Augmentation', 'TrainPlan', 'eval_iterator', 'eval_shard', 'load_data_source',
-    'preprocess', 'read_labels', 'steps_per_epoch', 'train_dataset', 'train_iterator',
+  'AUTHORS_RESIZE_SCALE',
+  'MIRROR_CLASSES',
+  'MIRROR_LANDMARKS',
+  'NO_AUGMENTATION',
+  'Augmentation',
+  'TrainPlan',
+  'eval_iterator',
+  'eval_shard',
+  'load_data_source',
+  'preprocess',
+  'read_labels',
+  'steps_per_epoch',
+  'train_dataset',
+  'train_iterator',
 ]

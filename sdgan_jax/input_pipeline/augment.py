@@ -17,7 +17,7 @@ classes and the left/right landmark indices.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -36,18 +36,18 @@ def _mirror_classes() -> np.ndarray:
   for name, i in ids.items():
     for a, b in (('left_', 'right_'), ('right_', 'left_')):
       if name.startswith(a):
-        table[i] = ids[b + name[len(a):]]
+        table[i] = ids[b + name[len(a) :]]
   return table
 
 
 def _mirror_landmarks() -> np.ndarray:
   """Landmark index -> index of its mirror image in the 68-point iBUG scheme."""
-  pairs = [(i, 16 - i) for i in range(8)]                          # jaw
-  pairs += [(17 + i, 26 - i) for i in range(5)]                    # brows
-  pairs += [(31, 35), (32, 34)]                                    # nose base
+  pairs = [(i, 16 - i) for i in range(8)]  # jaw
+  pairs += [(17 + i, 26 - i) for i in range(5)]  # brows
+  pairs += [(31, 35), (32, 34)]  # nose base
   pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
-  pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]      # outer lips
-  pairs += [(60, 64), (61, 63), (65, 67)]                          # inner lips
+  pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lips
+  pairs += [(60, 64), (61, 63), (65, 67)]  # inner lips
   table = np.arange(NUM_LANDMARKS, dtype=np.int32)
   for a, b in pairs:
     table[a], table[b] = b, a
@@ -84,14 +84,14 @@ class Augmentation:
     if not 0.0 <= self.flip_prob <= 1.0:
       raise ValueError(f'flip_prob must be in [0, 1], got {self.flip_prob}')
     if self.resize_scale is not None and self.resize_scale < 1.0:
-      raise ValueError(f'resize_scale must be >= 1 (the crop is the record size), got '
-                       f'{self.resize_scale}')
+      raise ValueError(
+        f'resize_scale must be >= 1 (the crop is the record size), got {self.resize_scale}'
+      )
 
 
 NO_AUGMENTATION = Augmentation(flip_prob=0.0, resize_scale=None)
 # The choices of ``config.data.augmentation``.
-PRESETS = {'shift_flip': Augmentation(),
-           'authors': Augmentation(flip_prob=0.0, crop='zoom')}
+PRESETS = {'shift_flip': Augmentation(), 'authors': Augmentation(flip_prob=0.0, crop='zoom')}
 
 
 def stateless_seed(seed: int, counter) -> tf.Tensor:
@@ -105,8 +105,7 @@ def _resize(x, size: int, method: str):
   if method == 'nearest':
     return tf.image.resize(x, [size, size], method='nearest')
   # Antialiased bilinear: a triangle filter as wide as the scale when shrinking (area-like).
-  return tf.image.resize(tf.cast(x, tf.float32), [size, size], method='bilinear',
-                         antialias=True)
+  return tf.image.resize(tf.cast(x, tf.float32), [size, size], method='bilinear', antialias=True)
 
 
 def _scale_points(points, scale: float):
@@ -141,8 +140,7 @@ def _zoom_box(size: int, crop_seed) -> tuple[tf.Tensor, tf.Tensor]:
 
 def _lanczos(x, height_width):
   """PIL's LANCZOS: Lanczos-3, its support widened when shrinking (``antialias``)."""
-  return tf.image.resize(tf.cast(x, tf.float32), height_width, method='lanczos3',
-                         antialias=True)
+  return tf.image.resize(tf.cast(x, tf.float32), height_width, method='lanczos3', antialias=True)
 
 
 def _zoom_crop(image, planes: dict, points, size: int, resolution: int, crop_seed):
@@ -157,14 +155,13 @@ def _zoom_crop(image, planes: dict, points, size: int, resolution: int, crop_see
   image = _lanczos(cut(_lanczos(image, [size, size])), [resolution, resolution])
   if planes:
     mask = _lanczos(cut(_lanczos(planes['mask'], [size, size])), [resolution, resolution])
-    semantic = tf.image.resize(cut(_resize(planes['semantic'], size, 'nearest')),
-                               [resolution, resolution], method='nearest')
-    planes = {'mask': tf.cast(tf.where(mask > 0.2 * 255, 255, 0), tf.uint8),
-              'semantic': semantic}
+    semantic = tf.image.resize(
+      cut(_resize(planes['semantic'], size, 'nearest')), [resolution, resolution], method='nearest'
+    )
+    planes = {'mask': tf.cast(tf.where(mask > 0.2 * 255, 255, 0), tf.uint8), 'semantic': semantic}
   if points is not None:
     scale = tf.cast(resolution, tf.float32) / tf.cast(extent[::-1], tf.float32)  # (x, y)
-    points = (_scale_points(points, size / r) - tf.cast(low[::-1], tf.float32) + 0.5) \
-        * scale - 0.5
+    points = (_scale_points(points, size / r) - tf.cast(low[::-1], tf.float32) + 0.5) * scale - 0.5
   return image, planes, points
 
 
@@ -176,10 +173,13 @@ def _random_flip(image, planes: dict, points, flip_prob: float, flip_seed):
   image = tf.where(flip, image[:, ::-1], image)
   if planes:
     semantic = planes['semantic']
-    mirrored = tf.gather(tf.constant(MIRROR_CLASSES, tf.uint8),
-                         tf.cast(semantic[:, ::-1], tf.int32))
-    planes = {'mask': tf.where(flip, planes['mask'][:, ::-1], planes['mask']),
-              'semantic': tf.where(flip, mirrored, semantic)}
+    mirrored = tf.gather(
+      tf.constant(MIRROR_CLASSES, tf.uint8), tf.cast(semantic[:, ::-1], tf.int32)
+    )
+    planes = {
+      'mask': tf.where(flip, planes['mask'][:, ::-1], planes['mask']),
+      'semantic': tf.where(flip, mirrored, semantic),
+    }
   if points is not None:
     # x -> r - 1 - x, and each point takes the place of its mirror image.
     mirrored = tf.gather(points, MIRROR_LANDMARKS) * [-1.0, 1.0] + [r - 1.0, 0.0]
@@ -187,9 +187,13 @@ def _random_flip(image, planes: dict, points, flip_prob: float, flip_seed):
   return image, planes, points
 
 
-def preprocess(example: Mapping[str, tf.Tensor], seed: tf.Tensor | None, resolution: int,
-               augmentation: Augmentation = NO_AUGMENTATION,
-               image_only: bool = False) -> dict[str, tf.Tensor]:
+def preprocess(
+  example: Mapping[str, tf.Tensor],
+  seed: tf.Tensor | None,
+  resolution: int,
+  augmentation: Augmentation = NO_AUGMENTATION,
+  image_only: bool = False,
+) -> dict[str, tf.Tensor]:
   """One decoded record -> model inputs at ``resolution`` (paper §4.1, docs/network.md).
 
   Args:
@@ -208,21 +212,24 @@ def preprocess(example: Mapping[str, tf.Tensor], seed: tf.Tensor | None, resolut
   image = tf.cast(example['image'], tf.float32) / 255.0
   planes = {} if image_only else {'mask': example['mask'], 'semantic': example['semantic']}
   points = None if image_only else tf.cast(example['landmarks'], tf.float32)
-  augmented = (augmentation.flip_prob > 0 or (augmentation.resize_scale or 1) > 1
-               or augmentation.crop == 'zoom')
+  augmented = (
+    augmentation.flip_prob > 0
+    or (augmentation.resize_scale or 1) > 1
+    or augmentation.crop == 'zoom'
+  )
   if augmented and seed is None:
     raise ValueError('augmentation needs a stateless seed; pass seed=, or NO_AUGMENTATION')
   if augmented:
     flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   scale = augmentation.resize_scale
   if augmentation.crop == 'zoom':
-    image, planes, points = _zoom_crop(image, planes, points, round(r * scale), resolution,
-                                       crop_seed)
+    image, planes, points = _zoom_crop(
+      image, planes, points, round(r * scale), resolution, crop_seed
+    )
   elif scale is not None and round(r * scale) > r:
     image, planes, points = _random_crop(image, planes, points, round(r * scale), crop_seed)
   if augmentation.flip_prob > 0:
-    image, planes, points = _random_flip(image, planes, points, augmentation.flip_prob,
-                                         flip_seed)
+    image, planes, points = _random_flip(image, planes, points, augmentation.flip_prob, flip_seed)
   # (LANCZOS overshoots: the clip keeps [0, 1] as PIL's uint8 output does)
   out = {'image': tf.clip_by_value(_resize(image, resolution, 'bilinear'), 0.0, 1.0)}
   if not image_only:

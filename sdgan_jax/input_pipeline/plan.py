@@ -17,16 +17,19 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
-def process_share(batch_size: int, process_index: int | None,
-                  process_count: int | None) -> tuple[int, int, int]:
+def process_share(
+  batch_size: int, process_index: int | None, process_count: int | None
+) -> tuple[int, int, int]:
   """(process index, process count, local batch size), defaulting to JAX's processes."""
   process_index = jax.process_index() if process_index is None else int(process_index)
   process_count = jax.process_count() if process_count is None else int(process_count)
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in [0, {process_count})')
   if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f'the global batch_size {batch_size} must be a positive multiple of the '
-                     f'process count {process_count}')
+    raise ValueError(
+      f'the global batch_size {batch_size} must be a positive multiple of the '
+      f'process count {process_count}'
+    )
   return process_index, process_count, batch_size // process_count
 
 
@@ -56,15 +59,24 @@ class TrainPlan:
       replacement).
   """
 
-  def __init__(self, labels, batch_size: int, seed: int, process_index: int | None = None,
-               process_count: int | None = None, slots: int = 1, sampling: str = 'epoch'):
+  def __init__(
+    self,
+    labels,
+    batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    slots: int = 1,
+    sampling: str = 'epoch',
+  ):
     labels = np.asarray(labels, np.int64)
     _check_plan_args(labels, seed, slots)
     if sampling not in SAMPLINGS:
       raise ValueError(f'sampling must be one of {SAMPLINGS}, got {sampling!r}')
     self.sampling = sampling
     self.process_index, self.process_count, self.local_batch_size = process_share(
-        batch_size, process_index, process_count)
+      batch_size, process_index, process_count
+    )
     self.labels = labels
     self.batch_size = int(batch_size)
     self.slots = int(slots)
@@ -72,9 +84,11 @@ class TrainPlan:
     self.num_examples = len(labels)
     self.steps_per_epoch = steps_per_epoch(self.num_examples, self.batch_size * self.slots)
     if self.steps_per_epoch == 0:
-      raise ValueError(f'the split has {self.num_examples} examples, fewer than one step\'s '
-                       f'{self.slots} global batch(es) of {self.batch_size}: lower batch_size'
-                       + (' or turn off train.fresh_batches' if self.slots > 1 else ''))
+      raise ValueError(
+        f"the split has {self.num_examples} examples, fewer than one step's "
+        f'{self.slots} global batch(es) of {self.batch_size}: lower batch_size'
+        + (' or turn off train.fresh_batches' if self.slots > 1 else '')
+      )
     # Examples grouped by label: order[start[i]:start[i]+count[i]] are i's identity.
     self._order = np.argsort(labels, kind='stable')
     sorted_labels = labels[self._order]
@@ -84,11 +98,14 @@ class TrainPlan:
     self._rank[self._order] = np.arange(self.num_examples)
     self._rank -= self._start
     if np.all(self._count == self.num_examples):
-      raise ValueError('all examples have one label: pairs of different identities need at '
-                       'least two identities in the split')
+      raise ValueError(
+        'all examples have one label: pairs of different identities need at '
+        'least two identities in the split'
+      )
     # the identities, each with its block of ``_order`` (the authors' sampler)
     self._classes, self._class_start, self._class_count = np.unique(
-        sorted_labels, return_index=True, return_counts=True)
+      sorted_labels, return_index=True, return_counts=True
+    )
     self._cache: tuple[int, np.ndarray] | None = None
     self._lock = threading.Lock()
 
@@ -102,8 +119,9 @@ class TrainPlan:
 
   def _other_identity(self, rng: np.random.Generator, index: np.ndarray) -> np.ndarray:
     """Uniform over the examples outside each example's identity block."""
-    draw = targets.draw_outside_block(rng, self.num_examples, self._start[index],
-                                      self._count[index])
+    draw = targets.draw_outside_block(
+      rng, self.num_examples, self._start[index], self._count[index]
+    )
     return self._order[draw]
 
   def _same_identity(self, rng: np.random.Generator, index: np.ndarray) -> np.ndarray:
@@ -143,10 +161,13 @@ class TrainPlan:
     index, partner, same = map(np.concatenate, (index, partner, same))
     own = np.searchsorted(self._classes, self.labels[index])
     target = self._member(rng, targets.draw_outside_block(rng, n, own, 1))
-    return {'index': index.astype(np.int64), 'pair_index': partner.astype(np.int64),
-            'pair_same': same, 'target_index': target.astype(np.int64),
-            'sample': np.int64(step) * b * self.slots + np.arange(b * self.slots,
-                                                                  dtype=np.int64)}
+    return {
+      'index': index.astype(np.int64),
+      'pair_index': partner.astype(np.int64),
+      'pair_same': same,
+      'target_index': target.astype(np.int64),
+      'sample': np.int64(step) * b * self.slots + np.arange(b * self.slots, dtype=np.int64),
+    }
 
   def global_step(self, step: int) -> dict[str, np.ndarray]:
     """The whole global batch of ``step`` (all processes, all slots, slot-major)."""
@@ -156,7 +177,7 @@ class TrainPlan:
       return self._authors_step(step)
     epoch, j = divmod(int(step), self.steps_per_epoch)
     b = self.batch_size * self.slots
-    index = self.permutation(epoch)[j * b:(j + 1) * b]
+    index = self.permutation(epoch)[j * b : (j + 1) * b]
     same = np.arange(b) % self.batch_size % 2 == 0
     rng = np.random.default_rng([self.seed, epoch, j, 1])
     same_partner = self._same_identity(rng, index)
@@ -164,35 +185,39 @@ class TrainPlan:
     target = self._other_identity(np.random.default_rng([self.seed, epoch, j, 2]), index)
     sample = np.int64(step) * b + np.arange(b, dtype=np.int64)
     return {
-        'index': index.astype(np.int64),
-        'pair_index': np.where(same, same_partner, other_partner).astype(np.int64),
-        'pair_same': same,
-        'target_index': target.astype(np.int64),
-        'sample': sample,
+      'index': index.astype(np.int64),
+      'pair_index': np.where(same, same_partner, other_partner).astype(np.int64),
+      'pair_same': same,
+      'target_index': target.astype(np.int64),
+      'sample': sample,
     }
 
   def step(self, step: int) -> dict[str, np.ndarray]:
     """This process's part of the global batch of ``step``: its share of every slot."""
     plan = self.global_step(step)
     lo = self.process_index * self.local_batch_size
-    take = np.concatenate([np.arange(lo, lo + self.local_batch_size) + s * self.batch_size
-                           for s in range(self.slots)])
+    take = np.concatenate(
+      [np.arange(lo, lo + self.local_batch_size) + s * self.batch_size for s in range(self.slots)]
+    )
     return {k: v[take] for k, v in plan.items()}
 
 
-def eval_shard(num_examples: int, batch_size: int, process_index: int | None = None,
-               process_count: int | None = None) -> np.ndarray:
+def eval_shard(
+  num_examples: int,
+  batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> np.ndarray:
   """Source indices of this process's evaluation batches, [num_batches, b], -1 = padding.
 
   Process p takes the contiguous block ``[p*n, (p+1)*n)`` of ``n = ceil(N / P)`` examples, in
   order; every process yields the same number of batches (collectives need that).
   """
-  process_index, process_count, local = process_share(batch_size, process_index,
-                                                      process_count)
+  process_index, process_count, local = process_share(batch_size, process_index, process_count)
   per_process = math.ceil(num_examples / process_count)
   num_batches = max(1, math.ceil(per_process / local))
   lo = min(process_index * per_process, num_examples)
   hi = min(lo + per_process, num_examples)
   index = np.full(num_batches * local, -1, np.int64)
-  index[:hi - lo] = np.arange(lo, hi)
+  index[: hi - lo] = np.arange(lo, hi)
   return index.reshape(num_batches, local)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import pathlib
 import threading
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -20,8 +21,9 @@ import tensorflow as tf
 from sdgan_jax.datasets.features import NUM_LANDMARKS
 
 
-def load_data_source(dataset: str | os.PathLike, split: str,
-                     data_dir: str | os.PathLike | None = None):
+def load_data_source(
+  dataset: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None
+):
   """A TFDS random-access data source of a prepared face dataset.
 
   Args:
@@ -39,8 +41,9 @@ def load_data_source(dataset: str | os.PathLike, split: str,
     builder = tfds.builder(str(dataset), data_dir=data_dir)
     if not builder.is_prepared():
       raise FileNotFoundError(
-          f'dataset {dataset!r} is not prepared in {builder.data_dir}: prepare it first '
-          '(tools/prepare_data.py), or pass the directory that holds its dataset_info.json')
+        f'dataset {dataset!r} is not prepared in {builder.data_dir}: prepare it first '
+        '(tools/prepare_data.py), or pass the directory that holds its dataset_info.json'
+      )
   return builder.as_data_source(split)
 
 
@@ -53,8 +56,10 @@ class TfdsRecords:
     self._lock = threading.Lock()
     missing = {'image', 'mask', 'semantic', 'landmarks', 'label'} - set(self._features.keys())
     if missing:
-      raise ValueError(f'{source!r} lacks the features {sorted(missing)} of the prepared '
-                       'face format (sdgan_jax.datasets.features)')
+      raise ValueError(
+        f'{source!r} lacks the features {sorted(missing)} of the prepared '
+        'face format (sdgan_jax.datasets.features)'
+      )
     self.resolution = int(self._features['image'].shape[0])
     self.signature = (tf.string,)
 
@@ -72,8 +77,9 @@ class TfdsRecords:
     (serialized,) = values
     decoders = None
     if image_only:  # the pair needs its image and label only: skip the other PNGs
-      decoders = {k: tfds.decode.SkipDecoding()
-                  for k in self._features.keys() if k not in ('image', 'label')}
+      decoders = {
+        k: tfds.decode.SkipDecoding() for k in self._features.keys() if k not in ('image', 'label')
+      }
     example = self._features.deserialize_example(serialized, decoders=decoders)
     return {k: example[k] for k in ('image', 'label')} if image_only else dict(example)
 
@@ -100,15 +106,27 @@ class ExampleRecords:
     first = examples[0]
     missing = set(self._KEYS) - set(first)
     if missing:
-      raise ValueError(f'examples lack the keys {sorted(missing)} of the prepared face '
-                       'format (sdgan_jax.datasets.features)')
+      raise ValueError(
+        f'examples lack the keys {sorted(missing)} of the prepared face '
+        'format (sdgan_jax.datasets.features)'
+      )
     self._examples = examples
     self.resolution = int(np.shape(first['image'])[0])
     r = self.resolution
-    self._shapes = {'image': (r, r, 3), 'mask': (r, r, 1), 'semantic': (r, r, 1),
-                    'landmarks': (NUM_LANDMARKS, 2), 'label': ()}
-    self._dtypes = {'image': np.uint8, 'mask': np.uint8, 'semantic': np.uint8,
-                    'landmarks': np.float32, 'label': np.int64}
+    self._shapes = {
+      'image': (r, r, 3),
+      'mask': (r, r, 1),
+      'semantic': (r, r, 1),
+      'landmarks': (NUM_LANDMARKS, 2),
+      'label': (),
+    }
+    self._dtypes = {
+      'image': np.uint8,
+      'mask': np.uint8,
+      'semantic': np.uint8,
+      'landmarks': np.float32,
+      'label': np.int64,
+    }
     self.signature = tuple(tf.as_dtype(self._dtypes[k]) for k in self._KEYS)
 
   def __len__(self) -> int:
@@ -121,8 +139,10 @@ class ExampleRecords:
       for k in self._KEYS:
         value = np.asarray(example[k])
         if value.shape != self._shapes[k]:
-          raise ValueError(f'example {int(i)}: {k!r} has shape {value.shape}, expected '
-                           f'{self._shapes[k]} (all examples must share one resolution)')
+          raise ValueError(
+            f'example {int(i)}: {k!r} has shape {value.shape}, expected '
+            f'{self._shapes[k]} (all examples must share one resolution)'
+          )
         out[k][n] = value
     return tuple(out[k] for k in self._KEYS)
 
@@ -144,9 +164,11 @@ def as_records(source) -> TfdsRecords | ExampleRecords:
     return TfdsRecords(source)
   if hasattr(source, '__getitem__') and hasattr(source, '__len__'):
     return ExampleRecords(source)
-  raise TypeError(f'unsupported source {type(source).__name__}: pass a TFDS data source '
-                  '(load_data_source / builder.as_data_source(split), array_record format) '
-                  'or a sequence of example dicts')
+  raise TypeError(
+    f'unsupported source {type(source).__name__}: pass a TFDS data source '
+    '(load_data_source / builder.as_data_source(split), array_record format) '
+    'or a sequence of example dicts'
+  )
 
 
 def read_labels(source) -> np.ndarray:

@@ -14,20 +14,58 @@ Every public name of the three is importable from here.
 
 from __future__ import annotations
 
-from sdgan_jax.media.files import (IMAGE_EXTENSIONS, LOCK_NAME, TEMP_MARKER, TEMP_PATTERN,
-                                   VIDEO_EXTENSIONS, DestinationExistsError, FolderBusyError,
-                                   FolderLock, UnreadableMediaError, atomic_path,
-                                   check_not_locked, check_writable, media_kind,
-                                   remove_stale_temporaries)
-from sdgan_jax.media.images import (EXIF_GPS_IFD, EXIF_IFD, EXIF_MAKER_NOTE, EXIF_ORIENTATION,
-                                    LoadedImage, encode_image, read_image, write_image)
+from sdgan_jax.media.files import (
+  IMAGE_EXTENSIONS,
+  LOCK_NAME,
+  TEMP_MARKER,
+  TEMP_PATTERN,
+  VIDEO_EXTENSIONS,
+  DestinationExistsError,
+  FolderBusyError,
+  FolderLock,
+  UnreadableMediaError,
+  atomic_path,
+  check_not_locked,
+  check_writable,
+  media_kind,
+  remove_stale_temporaries,
+)
+from sdgan_jax.media.images import (
+  EXIF_GPS_IFD,
+  EXIF_IFD,
+  EXIF_MAKER_NOTE,
+  EXIF_ORIENTATION,
+  LoadedImage,
+  encode_image,
+  read_image,
+  write_image,
+)
 from sdgan_jax.media.video import VideoInfo, VideoWriter, read_video
 
 __all__ = [
-    'DestinationExistsError', 'EXIF_GPS_IFD', 'EXIF_IFD', 'EXIF_MAKER_NOTE',
-    'EXIF_ORIENTATION', 'FolderBusyError', 'FolderLock', 'IMAGE_EXTENSIONS', 'LOCK_NAME',
-    'LoadedImage', 'TEMP_MARKER', 'TEMP_PATTERN', 'UnreadableMediaError', 'VIDEO_EXTENSIONS',
-    'VideoInfo', 'VideoWriter', 'atomic_path', 'check_not_locked', 'check_writable',
-    'encode_image', 'media_kind', 'read_image', 'read_video', 'remove_stale_temporaries',
-    'write_image',
+  'DestinationExistsError',
+  'EXIF_GPS_IFD',
+  'EXIF_IFD',
+  'EXIF_MAKER_NOTE',
+  'EXIF_ORIENTATION',
+  'FolderBusyError',
+  'FolderLock',
+  'IMAGE_EXTENSIONS',
+  'LOCK_NAME',
+  'LoadedImage',
+  'TEMP_MARKER',
+  'TEMP_PATTERN',
+  'UnreadableMediaError',
+  'VIDEO_EXTENSIONS',
+  'VideoInfo',
+  'VideoWriter',
+  'atomic_path',
+  'check_not_locked',
+  'check_writable',
+  'encode_image',
+  'media_kind',
+  'read_image',
+  'read_video',
+  'remove_stale_temporaries',
+  'write_image',
 ]

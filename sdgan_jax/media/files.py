@@ -20,7 +20,7 @@ import pathlib
 import re
 import socket
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff')
 VIDEO_EXTENSIONS = ('.mp4', '.mov', '.m4v', '.mkv', '.avi', '.webm')
@@ -63,8 +63,9 @@ def atomic_path(dest: str | os.PathLike, replace: bool = True) -> Iterator[pathl
   """
   dest = pathlib.Path(dest)
   dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.stem}.{TEMP_MARKER}',
-                             suffix=f'.tmp{dest.suffix}')
+  fd, tmp = tempfile.mkstemp(
+    dir=dest.parent, prefix=f'.{dest.stem}.{TEMP_MARKER}', suffix=f'.tmp{dest.suffix}'
+  )
   os.close(fd)
   tmp = pathlib.Path(tmp)
   try:
@@ -86,17 +87,21 @@ def _move_no_replace(tmp: pathlib.Path, dest: pathlib.Path) -> None:
     os.link(tmp, dest)
   except FileExistsError:
     raise DestinationExistsError(
-        errno.EEXIST, 'it appeared while this run was writing (another program or run?): '
-        'left as it is; run again with another --output', str(dest)) from None
+      errno.EEXIST,
+      'it appeared while this run was writing (another program or run?): '
+      'left as it is; run again with another --output',
+      str(dest),
+    ) from None
   except OSError as e:
-    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
-                       errno.EMLINK):
+    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
       raise
     # A file system without hard links: the check and the rename are two steps.
     if dest.exists() or dest.is_symlink():
-      raise DestinationExistsError(errno.EEXIST, 'it appeared while this run was writing '
-                                   '(another program or run?): left as it is',
-                                   str(dest)) from None
+      raise DestinationExistsError(
+        errno.EEXIST,
+        'it appeared while this run was writing (another program or run?): left as it is',
+        str(dest),
+      ) from None
     os.rename(tmp, dest)
 
 
@@ -141,8 +146,9 @@ class FolderLock:
     self.path = self.folder / LOCK_NAME
     self._fd: int | None = None
 
-  def acquire(self) -> 'FolderLock':
+  def acquire(self) -> FolderLock:
     import fcntl  # pylint: disable=import-outside-toplevel
+
     self.folder.mkdir(parents=True, exist_ok=True)
     while True:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -150,9 +156,12 @@ class FolderLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
         os.close(fd)
-        raise FolderBusyError(errno.EBUSY, f'another run{_holder(self.path)} is writing into '
-                              f'{self.folder}: wait for it to finish, or choose another '
-                              'folder') from None
+        raise FolderBusyError(
+          errno.EBUSY,
+          f'another run{_holder(self.path)} is writing into '
+          f'{self.folder}: wait for it to finish, or choose another '
+          'folder',
+        ) from None
       except BaseException:
         os.close(fd)
         raise
@@ -179,7 +188,7 @@ class FolderLock:
       os.close(self._fd)
       self._fd = None
 
-  def __enter__(self) -> 'FolderLock':
+  def __enter__(self) -> FolderLock:
     return self.acquire()
 
   def __exit__(self, *exc) -> None:
@@ -189,6 +198,7 @@ class FolderLock:
 def check_not_locked(folder: str | os.PathLike) -> None:
   """Raises ``FolderBusyError`` if another run holds ``folder``'s ``FolderLock``."""
   import fcntl  # pylint: disable=import-outside-toplevel
+
   path = pathlib.Path(folder) / LOCK_NAME
   try:
     fd = os.open(path, os.O_RDONLY)
@@ -197,9 +207,11 @@ def check_not_locked(folder: str | os.PathLike) -> None:
   try:
     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
   except BlockingIOError:
-    raise FolderBusyError(errno.EBUSY, f'another run{_holder(path)} is writing into '
-                          f'{folder}: wait for it to finish, or choose another folder'
-                          ) from None
+    raise FolderBusyError(
+      errno.EBUSY,
+      f'another run{_holder(path)} is writing into '
+      f'{folder}: wait for it to finish, or choose another folder',
+    ) from None
   finally:
     os.close(fd)
 

@@ -41,8 +41,15 @@ import numpy as np
 from sdgan_jax.media.files import UnreadableMediaError, atomic_path
 
 # Pillow's format name for each image extension (the output keeps the input's format).
-_FORMATS = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.webp': 'WEBP', '.gif': 'GIF',
-            '.tif': 'TIFF', '.tiff': 'TIFF'}
+_FORMATS = {
+  '.jpg': 'JPEG',
+  '.jpeg': 'JPEG',
+  '.png': 'PNG',
+  '.webp': 'WEBP',
+  '.gif': 'GIF',
+  '.tif': 'TIFF',
+  '.tiff': 'TIFF',
+}
 # Formats that hold several frames (animations, pages) and can be written back so.
 _MULTI_FRAME_FORMATS = ('PNG', 'WEBP', 'GIF', 'TIFF')
 EXIF_ORIENTATION = 0x0112
@@ -78,7 +85,7 @@ class LoadedImage:
   exif: bytes | None = None
   transposed: bool = False
   notes: list[str] = dataclasses.field(default_factory=list)
-  frames: list['LoadedImage'] | None = None
+  frames: list[LoadedImage] | None = None
   durations: list[int] | None = None
   loop: int | None = None
 
@@ -112,8 +119,10 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
       count = getattr(image, 'n_frames', 1)
       loaded = _convert_upright(image, fmt, icc, exif, orientation)
       if count > 1 and fmt not in _MULTI_FRAME_FORMATS:  # MPO: extra views, depth maps
-        loaded.notes.append(f'the file holds {count} images ({fmt}); only the first is '
-                            'anonymized and written, the others are dropped')
+        loaded.notes.append(
+          f'the file holds {count} images ({fmt}); only the first is '
+          'anonymized and written, the others are dropped'
+        )
       elif count > 1:
         loaded = _read_frames(image, loaded, fmt, icc, exif, orientation, count)
       return loaded
@@ -129,13 +138,13 @@ def _convert_upright(image, fmt: str, icc, exif, orientation) -> LoadedImage:
   from PIL import ImageOps  # pylint: disable=import-outside-toplevel
 
   upright = ImageOps.exif_transpose(image)
-  transposed = upright is not image and upright.size != (0, 0) and (
-      orientation not in (1, None))
+  transposed = upright is not image and upright.size != (0, 0) and (orientation not in (1, None))
   return _convert(upright, fmt, icc, exif, transposed)
 
 
-def _read_frames(image, first: LoadedImage, fmt: str, icc, exif, orientation,
-                 count: int) -> LoadedImage:
+def _read_frames(
+  image, first: LoadedImage, fmt: str, icc, exif, orientation, count: int
+) -> LoadedImage:
   """Every frame of an animation or multi-page file (``first`` is frame 0's)."""
   frames, durations = [], []
   for k in range(count):
@@ -148,8 +157,10 @@ def _read_frames(image, first: LoadedImage, fmt: str, icc, exif, orientation,
   image.seek(0)
   first.loop = image.info.get('loop')
   kind = 'pages' if fmt == 'TIFF' else 'frames'
-  first.notes.append(f'{count} {kind}, each anonymized'
-                     + ('' if first.durations is None else ', timing and loop kept'))
+  first.notes.append(
+    f'{count} {kind}, each anonymized'
+    + ('' if first.durations is None else ', timing and loop kept')
+  )
   for frame in frames[1:]:  # what a later frame's conversion did, once
     for note in frame.notes:
       if note not in first.notes:
@@ -168,8 +179,7 @@ def _convert(image, fmt: str, icc, exif, transposed: bool) -> LoadedImage:
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     grayscale = True
     if mode.startswith('I') or mode == 'F':
-      notes.append(f'high-bit-depth samples ({mode}) scaled to 8 bits (written as 8-bit '
-                   'grayscale)')
+      notes.append(f'high-bit-depth samples ({mode}) scaled to 8 bits (written as 8-bit grayscale)')
   elif mode in ('LA', 'La'):
     la = np.asarray(image.convert('LA'))
     rgb, alpha, grayscale = np.repeat(la[..., :1], 3, axis=-1), la[..., 1], True
@@ -181,15 +191,25 @@ def _convert(image, fmt: str, icc, exif, transposed: bool) -> LoadedImage:
     if mode not in ('RGB', 'P'):
       notes.append(f'{mode} converted to RGB (written as RGB)')
   if mode in ('P', 'PA'):
-    notes.append('palette image expanded to RGB (written in full colour; GIF outputs get a '
-                 'new palette)')
+    notes.append(
+      'palette image expanded to RGB (written in full colour; GIF outputs get a new palette)'
+    )
   if alpha is not None:
-    notes.append('alpha channel kept unchanged (the colour under transparent pixels is '
-                 'anonymized too); formats without alpha drop it')
-  return LoadedImage(rgb=np.ascontiguousarray(rgb, np.uint8),
-                     alpha=None if alpha is None else np.ascontiguousarray(alpha, np.uint8),
-                     grayscale=grayscale, source_mode=mode, format=fmt, icc_profile=icc,
-                     exif=exif, transposed=transposed, notes=notes)
+    notes.append(
+      'alpha channel kept unchanged (the colour under transparent pixels is '
+      'anonymized too); formats without alpha drop it'
+    )
+  return LoadedImage(
+    rgb=np.ascontiguousarray(rgb, np.uint8),
+    alpha=None if alpha is None else np.ascontiguousarray(alpha, np.uint8),
+    grayscale=grayscale,
+    source_mode=mode,
+    format=fmt,
+    icc_profile=icc,
+    exif=exif,
+    transposed=transposed,
+    notes=notes,
+  )
 
 
 EXIF_IFD = 0x8769
@@ -229,8 +249,9 @@ def _pil_image(loaded: LoadedImage, rgb: np.ndarray, fmt: str):
   rgb = np.asarray(rgb, np.uint8)
   if loaded.grayscale:
     # The anonymized face is colour; the file was gray: write it gray (ITU-R 601 luma).
-    gray = np.clip(np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114],
-                                                              np.float32)), 0, 255)
+    gray = np.clip(
+      np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)), 0, 255
+    )
     channels = [gray.astype(np.uint8)]
     mode = 'L'
   else:
@@ -243,8 +264,9 @@ def _pil_image(loaded: LoadedImage, rgb: np.ndarray, fmt: str):
   return Image.fromarray(np.ascontiguousarray(array), mode=mode)
 
 
-def encode_image(loaded: LoadedImage, rgb, fmt: str, *,
-                 keep_exif: bool = False, quality: int = 95) -> bytes:
+def encode_image(
+  loaded: LoadedImage, rgb, fmt: str, *, keep_exif: bool = False, quality: int = 95
+) -> bytes:
   """Encodes anonymized pixels as a new file in ``fmt`` with no metadata but ICC (module doc).
 
   ``rgb`` is one uint8 [H, W, 3] array, or for an animation or multi-page file
@@ -286,9 +308,15 @@ def encode_image(loaded: LoadedImage, rgb, fmt: str, *,
   return buffer.getvalue()
 
 
-def write_image(dest: str | os.PathLike, loaded: LoadedImage, rgb, *,
-                keep_exif: bool = False, quality: int = 95,
-                replace: bool = True) -> pathlib.Path:
+def write_image(
+  dest: str | os.PathLike,
+  loaded: LoadedImage,
+  rgb,
+  *,
+  keep_exif: bool = False,
+  quality: int = 95,
+  replace: bool = True,
+) -> pathlib.Path:
   """Writes anonymized pixels (one array, or a list of frames) to ``dest`` atomically, in
   the format its suffix names; an existing ``dest`` is replaced only with ``replace``
   (``atomic_path``)."""

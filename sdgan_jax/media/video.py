@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -58,9 +58,26 @@ def _frame_times(path: pathlib.Path) -> np.ndarray | None:
 
   try:
     listed = subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), '-nostdin', '-loglevel', 'error', '-i', str(path),
-         '-map', '0:v:0', '-c', 'copy', '-f', 'framecrc', '-'],
-        capture_output=True, text=True, timeout=600, check=False)
+      [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        '-nostdin',
+        '-loglevel',
+        'error',
+        '-i',
+        str(path),
+        '-map',
+        '0:v:0',
+        '-c',
+        'copy',
+        '-f',
+        'framecrc',
+        '-',
+      ],
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+    )
   except (OSError, subprocess.SubprocessError):
     return None
   base, times = None, []
@@ -91,14 +108,17 @@ def _constant_rate(path: pathlib.Path, fps: float) -> tuple[float | None, str | 
   closest = float(gaps.min())
   if 2.0 / closest > MAX_VFR_FPS:
     raise UnreadableMediaError(
-        f'{path}: variable frame rate with frames {closest * 1000:.1f} ms apart: its frames '
-        f'cannot keep their times at up to {MAX_VFR_FPS:g} fps; re-encode it at a constant '
-        'rate first, e.g. ffmpeg -i IN -fps_mode cfr -r 30 OUT')
+      f'{path}: variable frame rate with frames {closest * 1000:.1f} ms apart: its frames '
+      f'cannot keep their times at up to {MAX_VFR_FPS:g} fps; re-encode it at a constant '
+      'rate first, e.g. ffmpeg -i IN -fps_mode cfr -r 30 OUT'
+    )
   rate = float(np.ceil(max(fps, 2.0 / closest) * 100) / 100)
-  return rate, (f'variable frame rate (frames {closest * 1000:.0f}-{gaps.max() * 1000:.0f} ms '
-                f'apart): written at a constant {rate:g} fps, each frame shown from its own '
-                'time (within a quarter of the closest gap) and repeated until the next, so '
-                'the timing and the audio stay in step')
+  return rate, (
+    f'variable frame rate (frames {closest * 1000:.0f}-{gaps.max() * 1000:.0f} ms '
+    f'apart): written at a constant {rate:g} fps, each frame shown from its own '
+    'time (within a quarter of the closest gap) and repeated until the next, so '
+    'the timing and the audio stay in step'
+  )
 
 
 @contextlib.contextmanager
@@ -138,9 +158,10 @@ def read_video(path: str | os.PathLike) -> tuple[VideoInfo, Iterator[np.ndarray]
       meta = next(probe)
   except (RuntimeError, OSError, StopIteration, IndexError, ValueError) as e:
     probe.close()
-    raise UnreadableMediaError(f'{path}: cannot read the video ({type(e).__name__}: '
-                               f'{str(e).strip().splitlines()[-1] if str(e).strip() else e})'
-                               ) from e
+    raise UnreadableMediaError(
+      f'{path}: cannot read the video ({type(e).__name__}: '
+      f'{str(e).strip().splitlines()[-1] if str(e).strip() else e})'
+    ) from e
   # ffmpeg would decode a variable rate at the stream's nominal rate, which can differ from
   # the rate ``meta`` reports (6 frames over 1.86 s became 53 frames over 11.3 s): decode
   # it at a constant rate chosen here, and write at that rate.
@@ -153,24 +174,31 @@ def read_video(path: str | os.PathLike) -> tuple[VideoInfo, Iterator[np.ndarray]
     reader = probe
   else:
     probe.close()
-    reader = imageio_ffmpeg.read_frames(str(path), output_params=[
-        '-fps_mode', 'cfr', '-r', f'{rate:g}'])
+    reader = imageio_ffmpeg.read_frames(
+      str(path), output_params=['-fps_mode', 'cfr', '-r', f'{rate:g}']
+    )
   try:
     with _plain_popen():
       meta = next(reader) if rate is not None else meta
   except (RuntimeError, OSError, StopIteration, IndexError, ValueError) as e:
     reader.close()
-    raise UnreadableMediaError(f'{path}: cannot read the video ({type(e).__name__}: '
-                               f'{str(e).strip().splitlines()[-1] if str(e).strip() else e})'
-                               ) from e
+    raise UnreadableMediaError(
+      f'{path}: cannot read the video ({type(e).__name__}: '
+      f'{str(e).strip().splitlines()[-1] if str(e).strip() else e})'
+    ) from e
   width, height = (int(v) for v in meta['size'])
   fps = rate or float(meta.get('fps') or 25.0)
   duration = meta.get('duration')
-  declared = float(round(float(duration) * fps)) if duration and duration != 'N/A' else (
-      float('inf'))
-  info = VideoInfo(size=(width, height), fps=fps, has_audio=bool(meta.get('audio_codec')),
-                   nframes=float(meta.get('nframes', declared)) if rate is None else declared,
-                   note=note)
+  declared = (
+    float(round(float(duration) * fps)) if duration and duration != 'N/A' else (float('inf'))
+  )
+  info = VideoInfo(
+    size=(width, height),
+    fps=fps,
+    has_audio=bool(meta.get('audio_codec')),
+    nframes=float(meta.get('nframes', declared)) if rate is None else declared,
+    note=note,
+  )
 
   def frames():
     try:
@@ -191,9 +219,15 @@ class VideoWriter:
   ``replace`` (``atomic_path``).
   """
 
-  def __init__(self, dest: str | os.PathLike, info: VideoInfo, *,
-               audio_from: str | os.PathLike | None = None, quality: float = 8.0,
-               replace: bool = True):
+  def __init__(
+    self,
+    dest: str | os.PathLike,
+    info: VideoInfo,
+    *,
+    audio_from: str | os.PathLike | None = None,
+    quality: float = 8.0,
+    replace: bool = True,
+  ):
     import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
 
     self.dest = pathlib.Path(dest)
@@ -205,10 +239,16 @@ class VideoWriter:
     self.frames_written = 0
     try:
       self._writer = imageio_ffmpeg.write_frames(
-          str(self._tmp), (width, height), fps=info.fps, codec=codec, quality=quality,
-          pix_fmt_out='yuv420p' if even else 'yuv444p', macro_block_size=1,
-          output_params=['-map_metadata', '-1'],
-          audio_path=str(audio_from) if audio_from is not None else None)
+        str(self._tmp),
+        (width, height),
+        fps=info.fps,
+        codec=codec,
+        quality=quality,
+        pix_fmt_out='yuv420p' if even else 'yuv444p',
+        macro_block_size=1,
+        output_params=['-map_metadata', '-1'],
+        audio_path=str(audio_from) if audio_from is not None else None,
+      )
       with _plain_popen():
         self._writer.send(None)  # starts ffmpeg
     except BaseException as e:

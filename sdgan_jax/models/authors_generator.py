@@ -25,14 +25,20 @@ the bottleneck is 4x4 and the identity grid has ``identity_dim / 16`` channels.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sdgan_jax.models.layers import (Conv, Dtype, avg_pool2, identity_to_grid, norm_layer,
-                                     upsample_nearest2)
+from sdgan_jax.models.layers import (
+  Conv,
+  Dtype,
+  avg_pool2,
+  identity_to_grid,
+  norm_layer,
+  upsample_nearest2,
+)
 from sdgan_jax.models.spade import SPADEResBlock
 
 LRELU_SLOPE = 0.2
@@ -40,16 +46,24 @@ NORM_EPS = 1e-5  # PyTorch's InstanceNorm2d / BatchNorm2d epsilon
 
 
 def _instance_norm(affine: bool, dtype: Dtype, name: str | None = None) -> nn.Module:
-  return nn.InstanceNorm(epsilon=NORM_EPS, use_bias=affine, use_scale=affine, dtype=dtype,
-                         name=name)
+  return nn.InstanceNorm(
+    epsilon=NORM_EPS, use_bias=affine, use_scale=affine, dtype=dtype, name=name
+  )
 
 
-def _reflect_conv(features: int, kernel_size: int, spectral_norm: bool, dtype: Dtype,
-                  name: str) -> Conv:
+def _reflect_conv(
+  features: int, kernel_size: int, spectral_norm: bool, dtype: Dtype, name: str
+) -> Conv:
   """Reflection padding + (spectral-norm) conv with bias: the fusion, residual and
   identity-stem conv of the authors' network."""
-  return Conv(features, kernel_size, spectral_norm=spectral_norm, padding_mode='reflect',
-              dtype=dtype, name=name)
+  return Conv(
+    features,
+    kernel_size,
+    spectral_norm=spectral_norm,
+    padding_mode='reflect',
+    dtype=dtype,
+    name=name,
+  )
 
 
 class SelectiveKernelConv(nn.Module):
@@ -71,19 +85,28 @@ class SelectiveKernelConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.features % self.groups:
-      raise ValueError(f'selective-kernel width {self.features} is not divisible by its '
-                       f'{self.groups} groups; change the identity widths or sk_groups')
+      raise ValueError(
+        f'selective-kernel width {self.features} is not divisible by its '
+        f'{self.groups} groups; change the identity widths or sk_groups'
+      )
     outs = []
     for i in range(self.branches):
-      y = Conv(self.features, 3 + 2 * i, groups=self.groups, dtype=self.dtype,
-               name=f'branch_{i}')(x)
+      y = Conv(self.features, 3 + 2 * i, groups=self.groups, dtype=self.dtype, name=f'branch_{i}')(
+        x
+      )
       y = norm_layer('batch', self.dtype, train, name=f'branch_{i}_bn')(y)
       outs.append(nn.relu(y))
     pooled = jnp.mean(sum(outs), axis=(1, 2))
-    z = nn.Dense(max(self.features // self.reduction, self.min_dim), dtype=self.dtype,
-                 name='squeeze')(pooled)
-    logits = jnp.stack([nn.Dense(self.features, dtype=self.dtype, name=f'select_{i}')(z)
-                        for i in range(self.branches)], axis=1)
+    z = nn.Dense(
+      max(self.features // self.reduction, self.min_dim), dtype=self.dtype, name='squeeze'
+    )(pooled)
+    logits = jnp.stack(
+      [
+        nn.Dense(self.features, dtype=self.dtype, name=f'select_{i}')(z)
+        for i in range(self.branches)
+      ],
+      axis=1,
+    )
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=1).astype(outs[0].dtype)
     return sum(weights[:, i, None, None, :] * outs[i] for i in range(self.branches))
 
@@ -107,14 +130,17 @@ class SKUnit(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     mid = self.features // 2
     y = _instance_norm(False, self.dtype)(Conv(mid, 1, dtype=self.dtype, name='reduce')(x))
-    y = SelectiveKernelConv(mid, self.branches, self.groups, self.reduction, self.min_dim,
-                            self.dtype, name='sk')(y, train)
+    y = SelectiveKernelConv(
+      mid, self.branches, self.groups, self.reduction, self.min_dim, self.dtype, name='sk'
+    )(y, train)
     y = _instance_norm(False, self.dtype)(y)
-    y = _instance_norm(False, self.dtype)(Conv(self.features, 1, dtype=self.dtype,
-                                               name='expand')(y))
+    y = _instance_norm(False, self.dtype)(
+      Conv(self.features, 1, dtype=self.dtype, name='expand')(y)
+    )
     if x.shape[-1] != self.features:
-      x = _instance_norm(False, self.dtype)(Conv(self.features, 1, dtype=self.dtype,
-                                                 name='shortcut')(x))
+      x = _instance_norm(False, self.dtype)(
+        Conv(self.features, 1, dtype=self.dtype, name='shortcut')(x)
+      )
     return x + y
 
 
@@ -136,8 +162,15 @@ class IdentityEncoder(nn.Module):
     x = _reflect_conv(self.features[0], 3, self.spectral_norm, self.dtype, 'conv')(x, train)
     x = _instance_norm(True, self.dtype, 'norm')(nn.leaky_relu(x, LRELU_SLOPE))
     for i, features in enumerate(self.features[1:]):
-      x = SKUnit(features, self.branches, self.groups, self.reduction, self.min_dim,
-                 self.dtype, name=f'sk_{i}')(x, train)
+      x = SKUnit(
+        features,
+        self.branches,
+        self.groups,
+        self.reduction,
+        self.min_dim,
+        self.dtype,
+        name=f'sk_{i}',
+      )(x, train)
       x = nn.leaky_relu(x, LRELU_SLOPE)
     return x
 
@@ -151,10 +184,12 @@ class SpatialAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    stats = jnp.concatenate([jnp.mean(x, -1, keepdims=True), jnp.max(x, -1, keepdims=True)],
-                            axis=-1)
-    gate = nn.sigmoid(Conv(1, self.kernel_size, use_bias=False, dtype=self.dtype,
-                           name='conv')(stats))
+    stats = jnp.concatenate(
+      [jnp.mean(x, -1, keepdims=True), jnp.max(x, -1, keepdims=True)], axis=-1
+    )
+    gate = nn.sigmoid(
+      Conv(1, self.kernel_size, use_bias=False, dtype=self.dtype, name='conv')(stats)
+    )
     return x * gate
 
 
@@ -212,27 +247,43 @@ class AuthorsGenerator(nn.Module):
 
   def _check(self, masked_image: jax.Array, semantic: jax.Array):
     if len(self.encoder_features) < 2 or len(self.decoder_features) < 2:
-      raise ValueError('model.generator.encoder_features and decoder_features need at least '
-                       'two blocks each')
+      raise ValueError(
+        'model.generator.encoder_features and decoder_features need at least two blocks each'
+      )
     downs, ups = self.num_downsamplings, len(self.decoder_features) - 1
     if downs != ups:
-      raise ValueError(f'the generator downsamples {downs} times but upsamples {ups} times; '
-                       'give encoder_features and decoder_features the same length')
+      raise ValueError(
+        f'the generator downsamples {downs} times but upsamples {ups} times; '
+        'give encoder_features and decoder_features the same length'
+      )
     _, height, width, _ = masked_image.shape
     if height != width or height % 2**downs:
-      raise ValueError(f'input of {height}x{width} px: the generator needs square images whose '
-                       f'side is a multiple of {2**downs}')
+      raise ValueError(
+        f'input of {height}x{width} px: the generator needs square images whose '
+        f'side is a multiple of {2**downs}'
+      )
     if semantic.shape[1:3] != (height, width):
-      raise ValueError(f'semantic map of {semantic.shape[1]}x{semantic.shape[2]} px does not '
-                       f'match the {height}x{width} px image')
+      raise ValueError(
+        f'semantic map of {semantic.shape[1]}x{semantic.shape[2]} px does not '
+        f'match the {height}x{width} px image'
+      )
 
   def _spade_block(self, features: int, name: str) -> SPADEResBlock:
-    return SPADEResBlock(features, self.spade_hidden, 3, self.spade_norm, self.spade_fused,
-                         self.spectral_norm, self.dtype, name=name)
+    return SPADEResBlock(
+      features,
+      self.spade_hidden,
+      3,
+      self.spade_norm,
+      self.spade_fused,
+      self.spectral_norm,
+      self.dtype,
+      name=name,
+    )
 
   @nn.compact
-  def __call__(self, masked_image: jax.Array, semantic: jax.Array, identity: jax.Array,
-               train: bool = False) -> jax.Array:
+  def __call__(
+    self, masked_image: jax.Array, semantic: jax.Array, identity: jax.Array, train: bool = False
+  ) -> jax.Array:
     """Generates a face: [B,H,W,3] masked image, [B,H,W,C] one-hot map, [B,D] identity.
 
     Returns float32 [B,H,W,3], unbounded (no output activation).
@@ -246,16 +297,23 @@ class AuthorsGenerator(nn.Module):
         x = avg_pool2(x)
 
     ident = identity_to_grid(identity.astype(x.dtype), x.shape[1])
-    ident = IdentityEncoder(self.identity_features, self.spectral_norm, self.sk_branches,
-                            self.sk_groups, self.sk_reduction, self.sk_min_dim, self.dtype,
-                            name='identity')(ident, train)
+    ident = IdentityEncoder(
+      self.identity_features,
+      self.spectral_norm,
+      self.sk_branches,
+      self.sk_groups,
+      self.sk_reduction,
+      self.sk_min_dim,
+      self.dtype,
+      name='identity',
+    )(ident, train)
     x = jnp.concatenate([x, ident], axis=-1)
-    x = _reflect_conv(self.bottleneck_features, 3, self.spectral_norm, self.dtype,
-                      'fuse')(x, train)
+    x = _reflect_conv(self.bottleneck_features, 3, self.spectral_norm, self.dtype, 'fuse')(x, train)
     x = _instance_norm(True, self.dtype, 'fuse_norm')(x)
     for i in range(self.bottleneck_blocks):
-      x = ResidualBlock(self.bottleneck_features, self.spectral_norm, self.dtype,
-                        name=f'bottleneck_{i}')(x, train)
+      x = ResidualBlock(
+        self.bottleneck_features, self.spectral_norm, self.dtype, name=f'bottleneck_{i}'
+      )(x, train)
 
     last = len(self.decoder_features) - 1
     for i, features in enumerate(self.decoder_features):
@@ -266,4 +324,3 @@ class AuthorsGenerator(nn.Module):
     x = SpatialAttention(self.attention_kernel, self.dtype, name='attention')(x)
     x = Conv(3, 3, dtype=self.dtype, name='to_rgb')(nn.leaky_relu(x, LRELU_SLOPE))
     return x.astype(jnp.float32)
-

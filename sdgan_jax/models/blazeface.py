@@ -86,10 +86,13 @@ class Conv(nn.Module):
       y = 0
       for i in range(k):
         for j in range(k):
-          y = y + xp[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s] * kernel[i, j, 0]
+          y = (
+            y + xp[:, i : i + s * (oh - 1) + 1 : s, j : j + s * (ow - 1) + 1 : s] * kernel[i, j, 0]
+          )
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, (s, s), pads,
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = jax.lax.conv_general_dilated(
+        x, kernel, (s, s), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+      )
     return y + bias
 
 
@@ -131,8 +134,24 @@ class BlazeBlock(nn.Module):
 
 # (output channels, stride) of the short-range model's blocks; the heads read the outputs
 # of block 10 (16x16x88) and of the last block (8x8x96).
-SHORT_RANGE_BLOCKS = ((24, 1), (28, 1), (32, 2), (36, 1), (42, 1), (48, 2), (56, 1), (64, 1),
-                      (72, 1), (80, 1), (88, 1), (96, 2), (96, 1), (96, 1), (96, 1), (96, 1))
+SHORT_RANGE_BLOCKS = (
+  (24, 1),
+  (28, 1),
+  (32, 2),
+  (36, 1),
+  (42, 1),
+  (48, 2),
+  (56, 1),
+  (64, 1),
+  (72, 1),
+  (80, 1),
+  (88, 1),
+  (96, 2),
+  (96, 1),
+  (96, 1),
+  (96, 1),
+  (96, 1),
+)
 SHORT_RANGE_HEAD_BLOCK = 10
 
 
@@ -158,10 +177,14 @@ class BlazeFaceShortRange(nn.Module):
       if i == SHORT_RANGE_HEAD_BLOCK:
         fine = x
     n = x.shape[0]
-    scores = [Conv(2, name='classifier_fine', **kw)(fine),
-              Conv(6, name='classifier_coarse', **kw)(x)]
-    boxes = [Conv(2 * NUM_COORDS, name='regressor_fine', **kw)(fine),
-             Conv(6 * NUM_COORDS, name='regressor_coarse', **kw)(x)]
+    scores = [
+      Conv(2, name='classifier_fine', **kw)(fine),
+      Conv(6, name='classifier_coarse', **kw)(x),
+    ]
+    boxes = [
+      Conv(2 * NUM_COORDS, name='regressor_fine', **kw)(fine),
+      Conv(6 * NUM_COORDS, name='regressor_coarse', **kw)(x),
+    ]
     logits = jnp.concatenate([s.reshape(n, -1) for s in scores], axis=1)
     regressors = jnp.concatenate([b.reshape(n, -1, NUM_COORDS) for b in boxes], axis=1)
     return regressors.astype(jnp.float32), logits.astype(jnp.float32)
@@ -181,8 +204,7 @@ class Bottleneck(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pad = 1  # the file pads explicitly, then convolves 'VALID'
-    y = Conv(x.shape[-1], 3, self.strides, depthwise=True, padding=pad, name='depthwise1',
-              **kw)(x)
+    y = Conv(x.shape[-1], 3, self.strides, depthwise=True, padding=pad, name='depthwise1', **kw)(x)
     y = nn.relu(Conv(self.mid, 1, name='reduce', **kw)(y))
     y = Conv(self.mid, 3, depthwise=True, padding=pad, name='depthwise2', **kw)(y)
     y = Conv(self.features, 1, name='expand', **kw)(y)
@@ -194,8 +216,13 @@ class Bottleneck(nn.Module):
 # Encoder stages of the full-range model: (channels, mid channels, stride-1 blocks after the
 # stride-2 block, lateral projection width for the pyramid or None). The first stage has no
 # stride-2 block: the stem already halves the 192 input to 96.
-FULL_RANGE_ENCODER = ((32, 8, 2, None), (64, 16, 2, 48), (128, 32, 2, 64), (192, 48, 2, 96),
-                      (384, 96, 3, None))
+FULL_RANGE_ENCODER = (
+  (32, 8, 2, None),
+  (64, 16, 2, 48),
+  (128, 32, 2, 64),
+  (192, 48, 2, 96),
+  (384, 96, 3, None),
+)
 # Decoder (pyramid) stages, coarse to fine: (top projection width, mid channels, blocks).
 FULL_RANGE_DECODER = ((96, 48, 2), (64, 32, 2), (48, 24, 1))
 
@@ -234,13 +261,11 @@ class BlazeFaceFullRange(nn.Module):
     heads = []
     for name, channels in (('classifier', 1), ('regressor', NUM_COORDS)):
       y = Conv(4 * channels, name=f'{name}_project', **kw)(x)
-      y = Conv(4 * channels, 3, 2, depthwise=True, padding=pad, name=f'{name}_depthwise',
-                **kw)(y)
+      y = Conv(4 * channels, 3, 2, depthwise=True, padding=pad, name=f'{name}_depthwise', **kw)(y)
       heads.append(_depth_to_space(y, 2))
     logits = heads[0].reshape(n, -1)
     regressors = heads[1].reshape(n, -1, NUM_COORDS)
     return regressors.astype(jnp.float32), logits.astype(jnp.float32)
 
 
-MODELS = {'blazeface_short_range': BlazeFaceShortRange,
-          'blazeface_full_range': BlazeFaceFullRange}
+MODELS = {'blazeface_short_range': BlazeFaceShortRange, 'blazeface_full_range': BlazeFaceFullRange}

@@ -2,7 +2,8 @@
 
 Both discriminators see ``concat(image, one_hot_semantic)`` along channels (3 + C channels,
 14 with the 11-class parsing map) and return scores with no sigmoid: LSGAN regresses them
-to 0/1 (the global one ends in a LeakyReLU, the patch one in a linear conv). Scores are returned in float32 whatever the compute dtype, because the
+to 0/1 (the global one ends in a LeakyReLU, the patch one in a linear conv). Scores are returned in
+float32 whatever the compute dtype, because the
 squared-error losses are computed in float32.
 
 * ``GlobalDiscriminator``: the authors' released network: 5 pre-activation residual
@@ -16,7 +17,7 @@ squared-error losses are computed in float32.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -30,11 +31,13 @@ LRELU_SLOPE = 0.2
 def _conditioned_input(image: jax.Array, semantic: jax.Array, dtype: Dtype) -> jax.Array:
   """Concatenates image and one-hot semantic map along channels in the compute dtype."""
   if image.ndim != 4 or semantic.ndim != 4:
-    raise ValueError(f'image and semantic must be NHWC, got shapes {image.shape} and '
-                     f'{semantic.shape}')
+    raise ValueError(
+      f'image and semantic must be NHWC, got shapes {image.shape} and {semantic.shape}'
+    )
   if image.shape[:3] != semantic.shape[:3]:
-    raise ValueError(f'image {image.shape} and semantic {semantic.shape} must share batch '
-                     'and spatial size')
+    raise ValueError(
+      f'image {image.shape} and semantic {semantic.shape} must share batch and spatial size'
+    )
   if dtype is None:
     dtype = image.dtype if jnp.issubdtype(image.dtype, jnp.floating) else jnp.float32
   return jnp.concatenate([image.astype(dtype), semantic.astype(dtype)], axis=-1)
@@ -59,9 +62,15 @@ class DownBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = lambda k, name: Conv(self.features, k, spectral_norm=self.spectral_norm,
-                                padding_mode=self.padding_mode, dtype=self.dtype,
-                                param_dtype=self.param_dtype, name=name)
+    conv = lambda k, name: Conv(
+      self.features,
+      k,
+      spectral_norm=self.spectral_norm,
+      padding_mode=self.padding_mode,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
     y = conv(3, 'conv1')(nn.relu(x), train)
     y = avg_pool2(conv(3, 'conv2')(nn.relu(y), train))
     s = avg_pool2(conv(1, 'shortcut')(x, train))
@@ -85,18 +94,24 @@ class GlobalDiscriminator(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, image: jax.Array, semantic: jax.Array,
-               train: bool = False) -> jax.Array:
+  def __call__(self, image: jax.Array, semantic: jax.Array, train: bool = False) -> jax.Array:
     """Returns LSGAN scores ``[B, 1]`` (float32) for images ``[B,H,W,3]`` + one-hot maps."""
     _, h, w, _ = image.shape
-    factor = 2**len(self.widths)
+    factor = 2 ** len(self.widths)
     if h % factor or w % factor:
-      raise ValueError(f'image size {h}x{w} must be divisible by {factor} '
-                       f'({len(self.widths)} down-blocks)')
+      raise ValueError(
+        f'image size {h}x{w} must be divisible by {factor} ({len(self.widths)} down-blocks)'
+      )
     x = _conditioned_input(image, semantic, self.dtype)
     for i, width in enumerate(self.widths):
-      x = DownBlock(width, self.spectral_norm, self.padding_mode, self.dtype,
-                    self.param_dtype, name=f'block{i + 1}')(x, train)
+      x = DownBlock(
+        width,
+        self.spectral_norm,
+        self.padding_mode,
+        self.dtype,
+        self.param_dtype,
+        name=f'block{i + 1}',
+      )(x, train)
     x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
     dense = lambda f, name: Dense(f, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     x = nn.leaky_relu(dense(self.hidden, 'fc1')(x), LRELU_SLOPE)
@@ -141,8 +156,17 @@ class PatchDiscriminator(nn.Module):
       # ``Conv`` pads (4-1)//2 = 1 per side; one more gives PyTorch's padding=2.
       def apply(y):
         y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        return Conv(features, 4, strides, use_bias=use_bias, spectral_norm=spectral_norm,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name=name)(y, train)
+        return Conv(
+          features,
+          4,
+          strides,
+          use_bias=use_bias,
+          spectral_norm=spectral_norm,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=name,
+        )(y, train)
+
       return apply
 
     width = self.base_width
@@ -174,31 +198,37 @@ class MultiscalePatchDiscriminator(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, image: jax.Array, semantic: jax.Array,
-               train: bool = False) -> list[jax.Array]:
+  def __call__(self, image: jax.Array, semantic: jax.Array, train: bool = False) -> list[jax.Array]:
     """Returns one float32 patch score map ``[B, h_s, w_s, 1]`` per scale, finest first."""
     x = _conditioned_input(image, semantic, self.dtype)
     outputs = []
     for s in range(self.num_scales):
       if s:
-        x = nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                        count_include_pad=False)
-      d = PatchDiscriminator(self.num_layers, self.base_width, self.max_width, self.norm,
-                             self.spectral_norm, self.dtype, self.param_dtype,
-                             name=f'scale{s}')
+        x = nn.avg_pool(
+          x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=False
+        )
+      d = PatchDiscriminator(
+        self.num_layers,
+        self.base_width,
+        self.max_width,
+        self.norm,
+        self.spectral_norm,
+        self.dtype,
+        self.param_dtype,
+        name=f'scale{s}',
+      )
       outputs.append(d(x, train).astype(jnp.float32))
     return outputs
 
 
 DISCRIMINATORS = {
-    'global': GlobalDiscriminator,
-    'multiscale_patch': MultiscalePatchDiscriminator,
+  'global': GlobalDiscriminator,
+  'multiscale_patch': MultiscalePatchDiscriminator,
 }
 
 
 def build_discriminator(kind: str, **kwargs) -> nn.Module:
   """Builds a discriminator by name: 'global' (authors', default) or 'multiscale_patch'."""
   if kind not in DISCRIMINATORS:
-    raise ValueError(f'unknown discriminator kind {kind!r}; choose one of '
-                     f'{sorted(DISCRIMINATORS)}')
+    raise ValueError(f'unknown discriminator kind {kind!r}; choose one of {sorted(DISCRIMINATORS)}')
   return DISCRIMINATORS[kind](**kwargs)

@@ -28,7 +28,7 @@ descriptors is below 0.6 (dlib's threshold).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -45,12 +45,20 @@ SAME_PERSON_THRESHOLD = 0.6
 
 # (name, features, downsample) of each residual block, in order.
 BLOCKS = (
-    ('conv32_1', 32, False), ('conv32_2', 32, False), ('conv32_3', 32, False),
-    ('conv64_down', 64, True), ('conv64_1', 64, False), ('conv64_2', 64, False),
-    ('conv64_3', 64, False),
-    ('conv128_down', 128, True), ('conv128_1', 128, False), ('conv128_2', 128, False),
-    ('conv256_down', 256, True), ('conv256_1', 256, False), ('conv256_2', 256, False),
-    ('conv256_down_out', 256, True),
+  ('conv32_1', 32, False),
+  ('conv32_2', 32, False),
+  ('conv32_3', 32, False),
+  ('conv64_down', 64, True),
+  ('conv64_1', 64, False),
+  ('conv64_2', 64, False),
+  ('conv64_3', 64, False),
+  ('conv128_down', 128, True),
+  ('conv128_1', 128, False),
+  ('conv128_2', 128, False),
+  ('conv256_down', 256, True),
+  ('conv256_1', 256, False),
+  ('conv256_2', 256, False),
+  ('conv256_down_out', 256, True),
 )
 
 
@@ -84,8 +92,15 @@ class ConvScale(nn.Module):
     k = self.kernel_size
     # dlib pads only stride-1 convs (by k // 2).
     padding = 'VALID' if self.strides != 1 else ((k // 2, k // 2), (k // 2, k // 2))
-    x = nn.Conv(self.features, (k, k), self.strides, padding=padding, dtype=self.dtype,
-                param_dtype=self.param_dtype, name='conv')(x)
+    x = nn.Conv(
+      self.features,
+      (k, k),
+      self.strides,
+      padding=padding,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='conv',
+    )(x)
     x = Scale(self.dtype, self.param_dtype, name='scale')(x)
     return nn.relu(x) if self.relu else x
 
@@ -154,7 +169,7 @@ class DlibResNet(nn.Module):
     return x.astype(jnp.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_apply() -> Callable:
   """One jitted ``DlibResNet().apply`` per process: the identity bank, the anonymizer's
   identity check and the evaluation share its compiled programs."""

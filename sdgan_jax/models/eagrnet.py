@@ -21,7 +21,7 @@ three stages keep stride 8, so a 128-px face gives the 16x16 pyramid-pooling map
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -30,8 +30,6 @@ import numpy as np
 
 from sdgan_jax.models.layers import Dtype, imagenet_normalize, norm_layer
 from sdgan_jax.models.resnet import ResNet, resnet_kwargs
-
-
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
@@ -91,8 +89,12 @@ def edge_labels_from_parsing(labels: jax.Array) -> jax.Array:
   # A differing pair marks both of its pixels: pad the pair map on either side along its axis.
   vert = labels[..., 1:, :] != labels[..., :-1, :]
   horiz = labels[..., :, 1:] != labels[..., :, :-1]
-  edge = (jnp.pad(vert, lead + [(1, 0), (0, 0)]) | jnp.pad(vert, lead + [(0, 1), (0, 0)])
-          | jnp.pad(horiz, lead + [(0, 0), (1, 0)]) | jnp.pad(horiz, lead + [(0, 0), (0, 1)]))
+  edge = (
+    jnp.pad(vert, lead + [(1, 0), (0, 0)])
+    | jnp.pad(vert, lead + [(0, 1), (0, 0)])
+    | jnp.pad(horiz, lead + [(0, 0), (1, 0)])
+    | jnp.pad(horiz, lead + [(0, 0), (0, 1)])
+  )
   return edge.astype(jnp.int32)
 
 
@@ -108,8 +110,9 @@ def vertex_grid(num_vertices: int) -> tuple[int, int]:
   return rows, num_vertices // rows
 
 
-def edge_aware_projection(proj: jax.Array, edge_prob: jax.Array,
-                          grid: tuple[int, int]) -> jax.Array:
+def edge_aware_projection(
+  proj: jax.Array, edge_prob: jax.Array, grid: tuple[int, int]
+) -> jax.Array:
   """Edge-aware pixel-to-vertex projection matrix (EAGRNet, "Edge-aware Graph Reasoning").
 
   Projection features are first weighted by the edge probability so that the vertex anchors
@@ -135,17 +138,18 @@ def edge_aware_projection(proj: jax.Array, edge_prob: jax.Array,
   return jax.nn.softmax(logits.astype(jnp.float32), axis=1)
 
 
-def project_to_vertices(state: jax.Array, projection: jax.Array,
-                        normalize: bool = False) -> jax.Array:
+def project_to_vertices(
+  state: jax.Array, projection: jax.Array, normalize: bool = False
+) -> jax.Array:
   """Vertex features V = B X: [B, H, W, S] pixels -> [B, K, S] vertices."""
   b, h, w, s = state.shape
-  vertices = jnp.einsum('bkn,bns->bks', projection.astype(state.dtype),
-                        state.reshape(b, h * w, s))
+  vertices = jnp.einsum('bkn,bns->bks', projection.astype(state.dtype), state.reshape(b, h * w, s))
   return vertices / (h * w) if normalize else vertices
 
 
-def project_to_pixels(vertices: jax.Array, projection: jax.Array, height: int,
-                      width: int) -> jax.Array:
+def project_to_pixels(
+  vertices: jax.Array, projection: jax.Array, height: int, width: int
+) -> jax.Array:
   """Back-projection with the same matrix, X' = B^T V: [B, K, S] -> [B, H, W, S]."""
   pixels = jnp.einsum('bkn,bks->bns', projection.astype(vertices.dtype), vertices)
   return pixels.reshape(vertices.shape[0], height, width, vertices.shape[-1])
@@ -168,8 +172,14 @@ class ConvNormAct(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     k = self.kernel_size
-    x = nn.Conv(self.features, (k, k), padding=((k // 2, k // 2),) * 2, use_bias=False,
-                dtype=self.dtype, name='conv')(x)
+    x = nn.Conv(
+      self.features,
+      (k, k),
+      padding=((k // 2, k // 2),) * 2,
+      use_bias=False,
+      dtype=self.dtype,
+      name='conv',
+    )(x)
     x = norm_layer(self.norm, self.dtype, train, name='norm')(x)
     return nn.relu(x) if self.activation else x
 
@@ -193,12 +203,10 @@ class PyramidPooling(nn.Module):
     priors = []
     for size in self.bins:
       y = adaptive_avg_pool(x, size, size)
-      y = ConvNormAct(self.features, 1, self.norm, dtype=self.dtype, name=f'stage{size}')(
-          y, train)
+      y = ConvNormAct(self.features, 1, self.norm, dtype=self.dtype, name=f'stage{size}')(y, train)
       priors.append(resize_bilinear(y, h, w))
     y = jnp.concatenate(priors + [x], axis=-1)
-    return ConvNormAct(self.features, 3, self.norm, dtype=self.dtype, name='bottleneck')(
-        y, train)
+    return ConvNormAct(self.features, 3, self.norm, dtype=self.dtype, name='bottleneck')(y, train)
 
 
 class EdgePerceiving(nn.Module):
@@ -220,12 +228,14 @@ class EdgePerceiving(nn.Module):
   @nn.compact
   def __call__(self, stages: Sequence[jax.Array], train: bool = False):
     _, h, w, _ = stages[0].shape
-    classifier = nn.Conv(2, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                         name='edge_classifier')
+    classifier = nn.Conv(
+      2, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name='edge_classifier'
+    )
     feats, edges = [], []
     for i, x in enumerate(stages):
       f = ConvNormAct(self.features, 1, self.norm, dtype=self.dtype, name=f'reduce{i + 1}')(
-          x, train)
+        x, train
+      )
       edges.append(resize_bilinear(classifier(f), h, w))
       feats.append(resize_bilinear(f, h, w))
     edge = nn.Conv(2, (1, 1), dtype=self.dtype, name='fuse')(jnp.concatenate(edges, axis=-1))
@@ -248,7 +258,8 @@ class GraphReasoning(nn.Module):
     num_vertices, channels = vertices.shape[-2:]
     # Dense on the transposed tensor = 1-D conv over the vertex dimension.
     messages = nn.Dense(num_vertices, dtype=self.dtype, name='adjacency')(
-        jnp.swapaxes(vertices, -1, -2))
+      jnp.swapaxes(vertices, -1, -2)
+    )
     h = vertices - jnp.swapaxes(messages, -1, -2)
     return nn.relu(nn.Dense(channels, use_bias=False, dtype=self.dtype, name='state')(h))
 
@@ -263,7 +274,7 @@ class EAGRModule(nn.Module):
   """
 
   num_vertices: int = 16
-  state_features: Optional[int] = None  # default: input channels // 4
+  state_features: int | None = None  # default: input channels // 4
   normalize: bool = False
   norm: str = 'batch'
   dtype: Dtype = None
@@ -278,8 +289,9 @@ class EAGRModule(nn.Module):
     edge_prob = jax.nn.softmax(edge_logits.astype(jnp.float32), axis=-1)[..., 1:]
     state = nn.Conv(s, (1, 1), dtype=self.dtype, name='state')(x)
     proj = nn.Conv(s, (1, 1), dtype=self.dtype, name='proj')(x)
-    projection = edge_aware_projection(proj, edge_prob.astype(proj.dtype),
-                                       vertex_grid(self.num_vertices))
+    projection = edge_aware_projection(
+      proj, edge_prob.astype(proj.dtype), vertex_grid(self.num_vertices)
+    )
     vertices = project_to_vertices(state, projection, self.normalize)
     vertices = GraphReasoning(dtype=self.dtype, name='gcn')(vertices)
     y = project_to_pixels(vertices, projection, h, w)
@@ -308,10 +320,10 @@ class ContextDecoder(nn.Module):
   def __call__(self, context: jax.Array, low: jax.Array, train: bool = False):
     _, h, w, _ = low.shape
     context = ConvNormAct(self.features, 1, self.norm, dtype=self.dtype, name='context')(
-        context, train)
+      context, train
+    )
     context = resize_bilinear(context, h, w)
-    low = ConvNormAct(self.skip_features, 1, self.norm, dtype=self.dtype, name='skip')(
-        low, train)
+    low = ConvNormAct(self.skip_features, 1, self.norm, dtype=self.dtype, name='skip')(low, train)
     x = jnp.concatenate([context, low], axis=-1)
     x = ConvNormAct(self.features, 1, self.norm, dtype=self.dtype, name='fuse1')(x, train)
     x = ConvNormAct(self.features, 1, self.norm, dtype=self.dtype, name='fuse2')(x, train)
@@ -344,7 +356,7 @@ class EAGRNet(nn.Module):
   num_classes: int = 11
   depth: int = 101
   backbone_width: int = 64
-  stage_sizes: Optional[Sequence[int]] = None
+  stage_sizes: Sequence[int] | None = None
   dilate_stages: Sequence[bool] = (False, True, True)
   num_vertices: int = 16
   psp_bins: Sequence[int] = (1, 2, 3, 6)
@@ -381,29 +393,45 @@ class EAGRNet(nn.Module):
       if len(self.stage_sizes) != 4:
         raise ValueError(f'stage_sizes needs 4 entries, got {self.stage_sizes}')
       kwargs['stage_sizes'] = tuple(self.stage_sizes)
-    stages = ResNet(width=self.backbone_width, norm=self.norm,
-                    dilate_stages=tuple(self.dilate_stages), dtype=self.dtype,
-                    name='backbone', **kwargs)(x, train)
-    context = PyramidPooling(self.context_features, tuple(self.psp_bins), self.norm,
-                             self.dtype, name='psp')(stages[-1], train)
-    edge, edge_feats = EdgePerceiving(self.edge_features, self.norm, self.dtype,
-                                      name='edge')(stages[:3], train)
+    stages = ResNet(
+      width=self.backbone_width,
+      norm=self.norm,
+      dilate_stages=tuple(self.dilate_stages),
+      dtype=self.dtype,
+      name='backbone',
+      **kwargs,
+    )(x, train)
+    context = PyramidPooling(
+      self.context_features, tuple(self.psp_bins), self.norm, self.dtype, name='psp'
+    )(stages[-1], train)
+    edge, edge_feats = EdgePerceiving(self.edge_features, self.norm, self.dtype, name='edge')(
+      stages[:3], train
+    )
 
     # Stage 2: graph reasoning on the context (SDGAN §3.2 "edge-aware graph reasoning").
-    context = EAGRModule(self.num_vertices, norm=self.norm, dtype=self.dtype,
-                         name='eagr_context')(context, edge, train)
+    context = EAGRModule(self.num_vertices, norm=self.norm, dtype=self.dtype, name='eagr_context')(
+      context, edge, train
+    )
 
     # Stage 3: two-way decoder at the stage-1 size (SDGAN §3.2 "semantic decoding"). The
     # context way fuses the refined context with low-level features; the edge way reasons over
     # its output once more and fuses it with the edge features, whose boundary cues sharpen
     # the component borders, to give the final logits.
-    x, aux = ContextDecoder(self.num_classes, self.decoder_features, self.skip_features,
-                            self.norm, self.dtype, name='decoder')(context, stages[0], train)
+    x, aux = ContextDecoder(
+      self.num_classes,
+      self.decoder_features,
+      self.skip_features,
+      self.norm,
+      self.dtype,
+      name='decoder',
+    )(context, stages[0], train)
     x = EAGRModule(self.num_vertices, norm=self.norm, dtype=self.dtype, name='eagr_decoder')(
-        x, edge, train)
+      x, edge, train
+    )
     x = jnp.concatenate([x, edge_feats.astype(x.dtype)], axis=-1)
     x = ConvNormAct(self.decoder_features, 1, self.norm, dtype=self.dtype, name='edge_fuse')(
-        x, train)
+      x, train
+    )
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     parsing = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier')(x)
 

@@ -41,8 +41,7 @@ class PReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    alpha = self.param('alpha', nn.initializers.constant(0.25), (x.shape[-1],),
-                       self.param_dtype)
+    alpha = self.param('alpha', nn.initializers.constant(0.25), (x.shape[-1],), self.param_dtype)
     return jnp.where(x >= 0, x, x * alpha.astype(x.dtype))
 
 
@@ -67,8 +66,22 @@ class MeshBlock(nn.Module):
 
 # (output channels, stride) of the shared trunk's blocks (96x96x16 -> 6x6x128) and of the
 # heads' blocks before their 1x1 reduction to ``HEAD_WIDTH`` channels.
-MESH_TRUNK = ((16, 1), (16, 1), (32, 2), (32, 1), (32, 1), (64, 2), (64, 1), (64, 1),
-              (128, 2), (128, 1), (128, 1), (128, 2), (128, 1), (128, 1))
+MESH_TRUNK = (
+  (16, 1),
+  (16, 1),
+  (32, 2),
+  (32, 1),
+  (32, 1),
+  (64, 2),
+  (64, 1),
+  (64, 1),
+  (128, 2),
+  (128, 1),
+  (128, 1),
+  (128, 2),
+  (128, 1),
+  (128, 1),
+)
 LANDMARK_HEAD = ((128, 2), (128, 1), (128, 1))
 PRESENCE_HEAD = ((128, 2),)
 HEAD_WIDTH = 32
@@ -88,13 +101,14 @@ class FaceMeshNet(nn.Module):
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = images.astype(self.dtype or jnp.float32)
-    x = PReLU(param_dtype=self.param_dtype, name='stem_prelu')(
-        Conv(16, 3, 2, name='stem', **kw)(x))
+    x = PReLU(param_dtype=self.param_dtype, name='stem_prelu')(Conv(16, 3, 2, name='stem', **kw)(x))
     for i, (features, strides) in enumerate(MESH_TRUNK):
       x = MeshBlock(features, strides, name=f'block{i}', **kw)(x)
     outs = []
-    for head, blocks, channels in (('landmarks', LANDMARK_HEAD, NUM_LANDMARKS * 3),
-                                   ('presence', PRESENCE_HEAD, 1)):
+    for head, blocks, channels in (
+      ('landmarks', LANDMARK_HEAD, NUM_LANDMARKS * 3),
+      ('presence', PRESENCE_HEAD, 1),
+    ):
       y = x
       for i, (features, strides) in enumerate(blocks):
         y = MeshBlock(features, strides, name=f'{head}_block{i}', **kw)(y)

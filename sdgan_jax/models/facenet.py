@@ -20,7 +20,7 @@ should be aligned crops as MTCNN makes them (the face box plus a small margin).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -69,11 +69,24 @@ class BasicConv2d(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     ph, pw = _pair(self.padding)
-    x = nn.Conv(self.features, _pair(self.kernel_size), strides=_pair(self.strides),
-                padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype,
-                param_dtype=self.param_dtype, name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
-                     dtype=self.dtype, param_dtype=self.param_dtype, name='bn')(x)
+    x = nn.Conv(
+      self.features,
+      _pair(self.kernel_size),
+      strides=_pair(self.strides),
+      padding=((ph, ph), (pw, pw)),
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='conv',
+    )(x)
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPS,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='bn',
+    )(x)
     return nn.relu(x)
 
 
@@ -95,34 +108,53 @@ class _Residual(nn.Module):
       for c, (features, kernel, padding) in enumerate(convs):
         # A single conv is the branch itself in PyTorch; several are an nn.Sequential.
         name = f'branch{b}' if len(convs) == 1 else f'branch{b}_{c}'
-        y = BasicConv2d(features, kernel, padding=padding, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name=name)(y, train)
+        y = BasicConv2d(
+          features,
+          kernel,
+          padding=padding,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=name,
+        )(y, train)
       outs.append(y)
-    out = nn.Conv(x.shape[-1], (1, 1), use_bias=True, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name='conv2d')(jnp.concatenate(outs, -1))
+    out = nn.Conv(
+      x.shape[-1],
+      (1, 1),
+      use_bias=True,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='conv2d',
+    )(jnp.concatenate(outs, -1))
     out = out * self.scale + x
     return nn.relu(out) if self.relu else out
 
 
 def block35(scale: float, **kw) -> _Residual:
   """Inception-ResNet-A on 35x35 (here 17x17) maps of 256 channels."""
-  return _Residual(branches=(((32, 1, 0),),
-                             ((32, 1, 0), (32, 3, 1)),
-                             ((32, 1, 0), (32, 3, 1), (32, 3, 1))), scale=scale, **kw)
+  return _Residual(
+    branches=(((32, 1, 0),), ((32, 1, 0), (32, 3, 1)), ((32, 1, 0), (32, 3, 1), (32, 3, 1))),
+    scale=scale,
+    **kw,
+  )
 
 
 def block17(scale: float, **kw) -> _Residual:
   """Inception-ResNet-B on 896 channels, with factorised 1x7 / 7x1 convolutions."""
-  return _Residual(branches=(((128, 1, 0),),
-                             ((128, 1, 0), (128, (1, 7), (0, 3)), (128, (7, 1), (3, 0)))),
-                   scale=scale, **kw)
+  return _Residual(
+    branches=(((128, 1, 0),), ((128, 1, 0), (128, (1, 7), (0, 3)), (128, (7, 1), (3, 0)))),
+    scale=scale,
+    **kw,
+  )
 
 
 def block8(scale: float, relu: bool = True, **kw) -> _Residual:
   """Inception-ResNet-C on 1792 channels, with factorised 1x3 / 3x1 convolutions."""
-  return _Residual(branches=(((192, 1, 0),),
-                             ((192, 1, 0), (192, (1, 3), (0, 1)), (192, (3, 1), (1, 0)))),
-                   scale=scale, relu=relu, **kw)
+  return _Residual(
+    branches=(((192, 1, 0),), ((192, 1, 0), (192, (1, 3), (0, 1)), (192, (3, 1), (1, 0)))),
+    scale=scale,
+    relu=relu,
+    **kw,
+  )
 
 
 class Mixed6a(nn.Module):
@@ -189,8 +221,12 @@ class InceptionResnetV1(nn.Module):
     dtype = self.dtype or jnp.float32
     x = images.astype(dtype)
     if self.image_size is not None and x.shape[1:3] != (self.image_size, self.image_size):
-      x = jax.image.resize(x, (x.shape[0], self.image_size, self.image_size, x.shape[3]),
-                           method=self.resize_method, antialias=True)
+      x = jax.image.resize(
+        x,
+        (x.shape[0], self.image_size, self.image_size, x.shape[3]),
+        method=self.resize_method,
+        antialias=True,
+      )
     return fixed_image_standardization(x) if self.standardize else x
 
   @nn.compact
@@ -200,8 +236,9 @@ class InceptionResnetV1(nn.Module):
     Outputs are float32 whatever the compute dtype.
     """
     if self.classify and not self.num_classes:
-      raise ValueError('classify=True needs num_classes (8631 for vggface2, 10575 for '
-                       'casia-webface)')
+      raise ValueError(
+        'classify=True needs num_classes (8631 for vggface2, 10575 for casia-webface)'
+      )
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = self.preprocess(images)
     x = BasicConv2d(32, 3, strides=2, name='conv2d_1a', **kw)(x, train)
@@ -223,8 +260,9 @@ class InceptionResnetV1(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_prob, deterministic=not train)(x)
     x = nn.Dense(EMBED_DIM, use_bias=False, name='last_linear', **kw)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
-                     name='last_bn', **kw)(x)
+    x = nn.BatchNorm(
+      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name='last_bn', **kw
+    )(x)
     if self.classify:
       return nn.Dense(self.num_classes, name='logits', **kw)(x).astype(jnp.float32)
     return l2_normalize(x.astype(jnp.float32))

@@ -12,7 +12,7 @@ bottleneck grid; then plain residual blocks, SPADE ResBlks with upsampling and a
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -22,8 +22,17 @@ from sdgan_jax.models.authors_generator import AuthorsGenerator, IdentityEncoder
 from sdgan_jax.models.layers import Conv, Dtype, avg_pool2, identity_to_grid, upsample_nearest2
 from sdgan_jax.models.spade import SPADEResBlock
 
-__all__ = ['AuthorsGenerator', 'Generator', 'PAPER', 'PRESETS', 'ResidualBlock', 'composite',
-           'generator_from_config', 'identity_to_grid', 'mask_image']
+__all__ = [
+  'AuthorsGenerator',
+  'Generator',
+  'PAPER',
+  'PRESETS',
+  'ResidualBlock',
+  'composite',
+  'generator_from_config',
+  'identity_to_grid',
+  'mask_image',
+]
 
 
 class ResidualBlock(nn.Module):
@@ -85,31 +94,48 @@ class Generator(nn.Module):
       raise ValueError('model.generator.decoder_features and decoder_upsample differ in length')
     downs, ups = sum(map(bool, self.encoder_downsample)), sum(map(bool, self.decoder_upsample))
     if downs != ups:
-      raise ValueError(f'the generator downsamples {downs} times but upsamples {ups} times; '
-                       'make encoder_downsample and decoder_upsample agree')
+      raise ValueError(
+        f'the generator downsamples {downs} times but upsamples {ups} times; '
+        'make encoder_downsample and decoder_upsample agree'
+      )
     if height != width or height % 2**downs:
-      raise ValueError(f'input of {height}x{width} px: the generator needs square images whose '
-                       f'side is a multiple of {2**downs}')
+      raise ValueError(
+        f'input of {height}x{width} px: the generator needs square images whose '
+        f'side is a multiple of {2**downs}'
+      )
     if self.identity_branch not in ('reshape', 'selective_kernel'):
-      raise ValueError(f"unknown identity_branch {self.identity_branch!r}: "
-                       "use 'reshape' or 'selective_kernel'")
+      raise ValueError(
+        f"unknown identity_branch {self.identity_branch!r}: use 'reshape' or 'selective_kernel'"
+      )
     if self.output_activation not in ('sigmoid', 'none'):
-      raise ValueError(f"unknown output_activation {self.output_activation!r}: "
-                       "use 'sigmoid' or 'none'")
+      raise ValueError(
+        f"unknown output_activation {self.output_activation!r}: use 'sigmoid' or 'none'"
+      )
 
   def _spade_block(self, features, name):
-    return SPADEResBlock(features, self.spade_hidden, 3, self.spade_norm, self.spade_fused,
-                         self.spectral_norm, self.dtype, name=name)
+    return SPADEResBlock(
+      features,
+      self.spade_hidden,
+      3,
+      self.spade_norm,
+      self.spade_fused,
+      self.spectral_norm,
+      self.dtype,
+      name=name,
+    )
 
   @nn.compact
-  def __call__(self, masked_image: jax.Array, semantic: jax.Array, identity: jax.Array,
-               train: bool = False) -> jax.Array:
+  def __call__(
+    self, masked_image: jax.Array, semantic: jax.Array, identity: jax.Array, train: bool = False
+  ) -> jax.Array:
     """Generates a face: [B,H,W,3] masked image, [B,H,W,C] one-hot map, [B,D] identity."""
     _, height, width, _ = masked_image.shape
     self._check(height, width)
     if semantic.shape[1:3] != (height, width):
-      raise ValueError(f'semantic map of {semantic.shape[1]}x{semantic.shape[2]} px does not '
-                       f'match the {height}x{width} px image')
+      raise ValueError(
+        f'semantic map of {semantic.shape[1]}x{semantic.shape[2]} px does not '
+        f'match the {height}x{width} px image'
+      )
     x = masked_image.astype(self.dtype) if self.dtype else masked_image
     x = Conv(self.stem_features, 3, dtype=self.dtype, name='stem')(x)
     for i, (features, down) in enumerate(zip(self.encoder_features, self.encoder_downsample)):
@@ -120,8 +146,9 @@ class Generator(nn.Module):
     ident = identity_to_grid(identity.astype(x.dtype), x.shape[1])
     if self.identity_branch == 'selective_kernel':
       widths = (64, self.identity_features // 2, self.identity_features)
-      ident = IdentityEncoder(widths, self.spectral_norm, dtype=self.dtype,
-                              name='identity')(ident, train)
+      ident = IdentityEncoder(widths, self.spectral_norm, dtype=self.dtype, name='identity')(
+        ident, train
+      )
     x = jnp.concatenate([x, ident], axis=-1)
     x = Conv(self.bottleneck_features, 3, dtype=self.dtype, name='fuse')(x)
     x = nn.relu(nn.InstanceNorm(dtype=self.dtype, name='fuse_norm')(x))
@@ -153,16 +180,16 @@ def mask_image(image: jax.Array, mask: jax.Array) -> jax.Array:
 # concatenation with the reshaped identity feature, 4 ResNet blocks, 4 SPADE ResBlks with
 # upsampling, a conv to RGB.
 PAPER = dict(
-    stem_features=32,
-    encoder_features=(64, 128, 256, 256),
-    encoder_downsample=(True, True, True, True),
-    identity_branch='reshape',
-    bottleneck_features=256,
-    bottleneck_blocks=4,
-    decoder_features=(256, 128, 64, 32),
-    decoder_upsample=(True, True, True, True),
-    attention_gate=False,
-    output_activation='sigmoid',
+  stem_features=32,
+  encoder_features=(64, 128, 256, 256),
+  encoder_downsample=(True, True, True, True),
+  identity_branch='reshape',
+  bottleneck_features=256,
+  bottleneck_blocks=4,
+  decoder_features=(256, 128, 64, 32),
+  decoder_upsample=(True, True, True, True),
+  attention_gate=False,
+  output_activation='sigmoid',
 )
 
 PRESETS = {'paper': PAPER, 'authors': {}}
@@ -182,7 +209,8 @@ def generator_from_config(config) -> nn.Module:
   fields = set(cls.__dataclass_fields__) - {'parent', 'name'}
   for key, value in cfg.items():
     if key not in fields:
-      raise ValueError(f'unknown key model.generator.{key} for preset {preset!r}; valid keys: '
-                       f'{sorted(fields)}')
+      raise ValueError(
+        f'unknown key model.generator.{key} for preset {preset!r}; valid keys: {sorted(fields)}'
+      )
     kwargs[key] = tuple(value) if isinstance(value, list) else value
   return cls(**kwargs)

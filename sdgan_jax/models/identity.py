@@ -18,7 +18,8 @@ pair (weights shared); see ``siamese_embeddings``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -64,24 +65,34 @@ class IdentityNet(nn.Module):
       x = imagenet_normalize(images, self.dtype)
     else:
       x = images.astype(self.dtype or jnp.float32)
-    features = ResNet(**resnet_kwargs(self.depth), width=self.width, norm=self.norm,
-                      stem=self.stem, dtype=self.dtype, name='trunk')(x, train)
+    features = ResNet(
+      **resnet_kwargs(self.depth),
+      width=self.width,
+      norm=self.norm,
+      stem=self.stem,
+      dtype=self.dtype,
+      name='trunk',
+    )(x, train)
     x = global_avg_pool(features[-1])
     if self.hidden_dim:
-      x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                           name='hidden')(x))
-    embedding = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                         name='embed')(x)
+      x = nn.relu(
+        nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='hidden')(x)
+      )
+    embedding = nn.Dense(
+      self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='embed'
+    )(x)
     logits = None
     if self.num_identities:
-      logits = nn.Dense(self.num_identities, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name='head')(embedding).astype(jnp.float32)
+      logits = nn.Dense(
+        self.num_identities, dtype=self.dtype, param_dtype=self.param_dtype, name='head'
+      )(embedding).astype(jnp.float32)
     return dict(embedding=embedding.astype(jnp.float32), logits=logits)
 
 
 RESNET18 = {}
-AUTHORS = dict(stem='cifar', normalize_input=False, hidden_dim=1024, embed_dim=1200,
-               num_identities=0)
+AUTHORS = dict(
+  stem='cifar', normalize_input=False, hidden_dim=1024, embed_dim=1200, num_identities=0
+)
 PRESETS = {'resnet18': RESNET18, 'authors': AUTHORS}
 
 
@@ -104,8 +115,9 @@ def identity_from_config(config, dtype: Dtype = None) -> IdentityNet:
   return IdentityNet(**kwargs)
 
 
-def siamese_embeddings(apply_fn: Callable[..., Any], variables, x1: jax.Array,
-                       x2: jax.Array, train: bool = False):
+def siamese_embeddings(
+  apply_fn: Callable[..., Any], variables, x1: jax.Array, x2: jax.Array, train: bool = False
+):
   """Embeds both images of each pair with the same (shared) weights (paper eq. 8).
 
   The pair halves go through the network as one batch: one pass instead of two and, in

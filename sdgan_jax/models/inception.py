@@ -31,7 +31,8 @@ makes no difference for 8-bit images passed as ``v / 255``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -75,16 +76,14 @@ def resize_bilinear_legacy(x: jax.Array, height: int, width: int) -> jax.Array:
   return x[:, :, lo] * (1 - f) + x[:, :, hi] * f
 
 
-def resize_bilinear(x: jax.Array, height: int, width: int,
-                    method: str = 'tf_legacy') -> jax.Array:
+def resize_bilinear(x: jax.Array, height: int, width: int, method: str = 'tf_legacy') -> jax.Array:
   """Bilinear NHWC resize: 'tf_legacy' (``resize_bilinear_legacy``) or 'half_pixel'."""
   if method == 'tf_legacy':
     return resize_bilinear_legacy(x, height, width)
   if method == 'half_pixel':
     if x.shape[1:3] == (height, width):
       return x
-    return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), 'linear',
-                            antialias=False)
+    return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), 'linear', antialias=False)
   raise ValueError(f"resize_method must be 'tf_legacy' or 'half_pixel', got {method!r}")
 
 
@@ -102,18 +101,30 @@ class BasicConv2d(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     ph, pw = self.padding
-    x = nn.Conv(self.features, tuple(self.kernel_size), strides=self.strides,
-                padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype,
-                param_dtype=self.param_dtype, precision=self.precision, name='conv')(x)
-    x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='bn')(x)
+    x = nn.Conv(
+      self.features,
+      tuple(self.kernel_size),
+      strides=self.strides,
+      padding=((ph, ph), (pw, pw)),
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      precision=self.precision,
+      name='conv',
+    )(x)
+    x = nn.BatchNorm(
+      use_running_average=True,
+      epsilon=BN_EPSILON,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='bn',
+    )(x)
     return nn.relu(x)
 
 
 def _avg_pool_3x3(x: jax.Array) -> jax.Array:
   # TF averages over the valid (unpadded) taps only.
-  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                     count_include_pad=False)
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
 
 
 def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
@@ -127,10 +138,24 @@ class _Block(nn.Module):
   param_dtype: Dtype = jnp.float32
   precision: Any = None
 
-  def conv(self, name: str, features: int, kernel_size: Sequence[int], strides: int = 1,
-           padding: Sequence[int] = (0, 0)) -> BasicConv2d:
-    return BasicConv2d(features, tuple(kernel_size), strides, tuple(padding), dtype=self.dtype,
-                       param_dtype=self.param_dtype, precision=self.precision, name=name)
+  def conv(
+    self,
+    name: str,
+    features: int,
+    kernel_size: Sequence[int],
+    strides: int = 1,
+    padding: Sequence[int] = (0, 0),
+  ) -> BasicConv2d:
+    return BasicConv2d(
+      features,
+      tuple(kernel_size),
+      strides,
+      tuple(padding),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      precision=self.precision,
+      name=name,
+    )
 
 
 class InceptionA(_Block):
@@ -210,12 +235,16 @@ class InceptionE(_Block):
   def __call__(self, x: jax.Array) -> jax.Array:
     b1 = self.conv('branch1x1', 320, (1, 1))(x)
     b3 = self.conv('branch3x3_1', 384, (1, 1))(x)
-    b3 = [self.conv('branch3x3_2a', 384, (1, 3), padding=(0, 1))(b3),
-          self.conv('branch3x3_2b', 384, (3, 1), padding=(1, 0))(b3)]
+    b3 = [
+      self.conv('branch3x3_2a', 384, (1, 3), padding=(0, 1))(b3),
+      self.conv('branch3x3_2b', 384, (3, 1), padding=(1, 0))(b3),
+    ]
     bd = self.conv('branch3x3dbl_1', 448, (1, 1))(x)
     bd = self.conv('branch3x3dbl_2', 384, (3, 3), padding=(1, 1))(bd)
-    bd = [self.conv('branch3x3dbl_3a', 384, (1, 3), padding=(0, 1))(bd),
-          self.conv('branch3x3dbl_3b', 384, (3, 1), padding=(1, 0))(bd)]
+    bd = [
+      self.conv('branch3x3dbl_3a', 384, (1, 3), padding=(0, 1))(bd),
+      self.conv('branch3x3dbl_3b', 384, (3, 1), padding=(1, 0))(bd),
+    ]
     if self.pool == 'avg':
       pooled = _avg_pool_3x3(x)
     elif self.pool == 'max':
@@ -292,8 +321,13 @@ class FIDInceptionV3(nn.Module):
     pool = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     out = {'pool': pool}
     if self.include_logits:
-      logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                        precision=self.precision, name='fc')(pool)
+      logits = nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        precision=self.precision,
+        name='fc',
+      )(pool)
       out['logits'] = logits.astype(jnp.float32)
     return out
 

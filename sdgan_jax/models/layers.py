@@ -49,15 +49,15 @@ class Conv(nn.Module):
     else:
       padding = ((pad, pad), (pad, pad))
     conv = nn.Conv(
-        self.features,
-        (self.kernel_size, self.kernel_size),
-        strides=self.strides,
-        padding=padding,
-        kernel_dilation=self.dilation,
-        feature_group_count=self.groups,
-        use_bias=self.use_bias,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
+      self.features,
+      (self.kernel_size, self.kernel_size),
+      strides=self.strides,
+      padding=padding,
+      kernel_dilation=self.dilation,
+      feature_group_count=self.groups,
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
     )
     if self.spectral_norm:
       # No compute dtype on the wrapper: it writes the normalised kernel back into the
@@ -77,8 +77,9 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    dense = nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype,
-                     param_dtype=self.param_dtype)
+    dense = nn.Dense(
+      self.features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype
+    )
     if self.spectral_norm:
       return nn.SpectralNorm(dense, param_dtype=self.param_dtype)(x, update_stats=train)
     return dense(x)
@@ -100,7 +101,7 @@ def max_pool2(x: jax.Array) -> jax.Array:
   are zeros, whose gradient the ReLU stops anyway.
   """
   b, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]  # VALID: an odd last row or column is dropped
+  x = x[:, : h // 2 * 2, : w // 2 * 2]  # VALID: an odd last row or column is dropped
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
@@ -120,7 +121,7 @@ def resize_nearest(x: jax.Array, height: int, width: int) -> jax.Array:
   if (h, w) == (height, width):
     return x
   if h % height == 0 and w % width == 0:
-    return x[:, ::h // height, ::w // width, :]
+    return x[:, :: h // height, :: w // width, :]
   if height % h == 0 and width % w == 0:
     return jnp.repeat(jnp.repeat(x, height // h, axis=1), width // w, axis=2)
   return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method='nearest')
@@ -136,15 +137,21 @@ def identity_to_grid(identity: jax.Array, size: int) -> jax.Array:
   batch, dim = identity.shape
   if dim % (size * size):
     raise ValueError(
-        f'identity feature size {dim} is not divisible by the bottleneck grid {size}x{size}; '
-        f'choose the config key identity_dim as a multiple of {size * size} or change '
-        'the number of downsampling blocks')
+      f'identity feature size {dim} is not divisible by the bottleneck grid {size}x{size}; '
+      f'choose the config key identity_dim as a multiple of {size * size} or change '
+      'the number of downsampling blocks'
+    )
   grid = identity.reshape(batch, dim // (size * size), size, size)
   return grid.transpose(0, 2, 3, 1)
 
 
-def norm_layer(kind: str, dtype: Dtype = None, train: bool = False, name: str | None = None,
-               use_affine: bool = True):
+def norm_layer(
+  kind: str,
+  dtype: Dtype = None,
+  train: bool = False,
+  name: str | None = None,
+  use_affine: bool = True,
+):
   """Returns a normalisation callable: 'instance', 'batch' or 'none'.
 
   Instance norm is per sample (no running statistics), which keeps inference independent of
@@ -153,8 +160,14 @@ def norm_layer(kind: str, dtype: Dtype = None, train: bool = False, name: str | 
   if kind == 'instance':
     return nn.InstanceNorm(use_bias=use_affine, use_scale=use_affine, dtype=dtype, name=name)
   if kind == 'batch':
-    return nn.BatchNorm(use_running_average=not train, use_bias=use_affine,
-                        use_scale=use_affine, momentum=0.9, dtype=dtype, name=name)
+    return nn.BatchNorm(
+      use_running_average=not train,
+      use_bias=use_affine,
+      use_scale=use_affine,
+      momentum=0.9,
+      dtype=dtype,
+      name=name,
+    )
   if kind == 'none':
     return lambda x: x
   raise ValueError(f"unknown norm {kind!r}: use 'instance', 'batch' or 'none'")

@@ -8,7 +8,7 @@ of He et al. §4.2, which the authors' Siamese identity network uses at full res
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -17,15 +17,15 @@ import jax.numpy as jnp
 from sdgan_jax.models.layers import Dtype, norm_layer
 
 
-def _shortcut(x: jax.Array, features: int, strides: int, norm: str, dtype: Dtype,
-              train: bool) -> jax.Array:
+def _shortcut(
+  x: jax.Array, features: int, strides: int, norm: str, dtype: Dtype, train: bool
+) -> jax.Array:
   """The residual branch: ``x``, or a strided 1x1 conv + norm where the shape changes
   (torchvision's ``downsample``). Called inside a block's ``__call__``: its layers are
   the block's ``downsample_conv`` and ``downsample_bn``."""
   if x.shape[-1] == features and strides == 1:
     return x
-  x = nn.Conv(features, (1, 1), strides, use_bias=False, dtype=dtype,
-              name='downsample_conv')(x)
+  x = nn.Conv(features, (1, 1), strides, use_bias=False, dtype=dtype, name='downsample_conv')(x)
   return norm_layer(norm, dtype, train, name='downsample_bn')(x)
 
 
@@ -42,11 +42,26 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     d = self.dilation
-    y = nn.Conv(self.features, (3, 3), self.strides, padding=((d, d), (d, d)),
-                kernel_dilation=d, use_bias=False, dtype=self.dtype, name='conv1')(x)
+    y = nn.Conv(
+      self.features,
+      (3, 3),
+      self.strides,
+      padding=((d, d), (d, d)),
+      kernel_dilation=d,
+      use_bias=False,
+      dtype=self.dtype,
+      name='conv1',
+    )(x)
     y = nn.relu(norm_layer(self.norm, self.dtype, train, name='bn1')(y))
-    y = nn.Conv(self.features, (3, 3), padding=((d, d), (d, d)), kernel_dilation=d,
-                use_bias=False, dtype=self.dtype, name='conv2')(y)
+    y = nn.Conv(
+      self.features,
+      (3, 3),
+      padding=((d, d), (d, d)),
+      kernel_dilation=d,
+      use_bias=False,
+      dtype=self.dtype,
+      name='conv2',
+    )(y)
     y = norm_layer(self.norm, self.dtype, train, name='bn2')(y)
     return nn.relu(_shortcut(x, self.features, self.strides, self.norm, self.dtype, train) + y)
 
@@ -67,8 +82,16 @@ class Bottleneck(nn.Module):
     out = self.features * self.expansion
     y = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name='conv1')(x)
     y = nn.relu(norm_layer(self.norm, self.dtype, train, name='bn1')(y))
-    y = nn.Conv(self.features, (3, 3), self.strides, padding=((d, d), (d, d)),
-                kernel_dilation=d, use_bias=False, dtype=self.dtype, name='conv2')(y)
+    y = nn.Conv(
+      self.features,
+      (3, 3),
+      self.strides,
+      padding=((d, d), (d, d)),
+      kernel_dilation=d,
+      use_bias=False,
+      dtype=self.dtype,
+      name='conv2',
+    )(y)
     y = nn.relu(norm_layer(self.norm, self.dtype, train, name='bn2')(y))
     y = nn.Conv(out, (1, 1), use_bias=False, dtype=self.dtype, name='conv3')(y)
     y = norm_layer(self.norm, self.dtype, train, name='bn3')(y)
@@ -117,11 +140,25 @@ class ResNet(nn.Module):
       raise ValueError(f"unknown ResNet stem {self.stem!r}: use 'imagenet' or 'cifar'")
     block_cls = BLOCKS[self.block]
     if self.stem == 'imagenet':
-      x = nn.Conv(self.width, (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False,
-                  dtype=self.dtype, name='conv1')(x)
+      x = nn.Conv(
+        self.width,
+        (7, 7),
+        2,
+        padding=((3, 3), (3, 3)),
+        use_bias=False,
+        dtype=self.dtype,
+        name='conv1',
+      )(x)
     else:
-      x = nn.Conv(self.width, (3, 3), 1, padding=((1, 1), (1, 1)), use_bias=False,
-                  dtype=self.dtype, name='conv1')(x)
+      x = nn.Conv(
+        self.width,
+        (3, 3),
+        1,
+        padding=((1, 1), (1, 1)),
+        use_bias=False,
+        dtype=self.dtype,
+        name='conv1',
+      )(x)
     x = nn.relu(norm_layer(self.norm, self.dtype, train, name='bn1')(x))
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -132,8 +169,14 @@ class ResNet(nn.Module):
         dilation *= strides
         strides = 1
       for j in range(num_blocks):
-        x = block_cls(self.width * 2**i, strides if j == 0 else 1, dilation, self.norm,
-                      self.dtype, name=f'layer{i + 1}_{j}')(x, train)
+        x = block_cls(
+          self.width * 2**i,
+          strides if j == 0 else 1,
+          dilation,
+          self.norm,
+          self.dtype,
+          name=f'layer{i + 1}_{j}',
+        )(x, train)
       features.append(x)
     return features
 

@@ -28,13 +28,13 @@ class SPADE(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, semantic: jax.Array, train: bool = False) -> jax.Array:
     features = x.shape[-1]
-    normalized = norm_layer(self.norm, self.dtype, train, name='param_free_norm',
-                            use_affine=False)(x)
+    normalized = norm_layer(self.norm, self.dtype, train, name='param_free_norm', use_affine=False)(
+      x
+    )
     segmap = resize_nearest(semantic, x.shape[1], x.shape[2]).astype(normalized.dtype)
     actv = nn.relu(Conv(self.hidden, self.kernel_size, dtype=self.dtype, name='shared')(segmap))
     if self.fused:
-      gamma_beta = Conv(2 * features, self.kernel_size, dtype=self.dtype,
-                        name='gamma_beta')(actv)
+      gamma_beta = Conv(2 * features, self.kernel_size, dtype=self.dtype, name='gamma_beta')(actv)
       gamma, beta = jnp.split(gamma_beta, 2, axis=-1)
     else:
       gamma = Conv(features, self.kernel_size, dtype=self.dtype, name='gamma')(actv)
@@ -59,22 +59,27 @@ class SPADEResBlock(nn.Module):
   dtype: Dtype = None
 
   def _spade(self, name):
-    return SPADE(self.spade_hidden, self.spade_kernel, self.norm, self.fused, self.dtype,
-                 name=name)
+    return SPADE(self.spade_hidden, self.spade_kernel, self.norm, self.fused, self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, semantic: jax.Array, train: bool = False) -> jax.Array:
     fin = x.shape[-1]
     fmid = min(fin, self.features)
     if fin != self.features:
-      shortcut = Conv(self.features, 1, use_bias=False, spectral_norm=self.spectral_norm,
-                      dtype=self.dtype, name='conv_s')(
-                          self._spade('norm_s')(x, semantic, train), train)
+      shortcut = Conv(
+        self.features,
+        1,
+        use_bias=False,
+        spectral_norm=self.spectral_norm,
+        dtype=self.dtype,
+        name='conv_s',
+      )(self._spade('norm_s')(x, semantic, train), train)
     else:
       shortcut = x
     dx = Conv(fmid, 3, spectral_norm=self.spectral_norm, dtype=self.dtype, name='conv_0')(
-        nn.leaky_relu(self._spade('norm_0')(x, semantic, train), 0.2), train)
-    dx = Conv(self.features, 3, spectral_norm=self.spectral_norm, dtype=self.dtype,
-              name='conv_1')(nn.leaky_relu(self._spade('norm_1')(dx, semantic, train), 0.2),
-                             train)
+      nn.leaky_relu(self._spade('norm_0')(x, semantic, train), 0.2), train
+    )
+    dx = Conv(self.features, 3, spectral_norm=self.spectral_norm, dtype=self.dtype, name='conv_1')(
+      nn.leaky_relu(self._spade('norm_1')(dx, semantic, train), 0.2), train
+    )
     return shortcut + dx

@@ -19,7 +19,8 @@ says which one a converted file needs.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -35,13 +36,17 @@ _BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 
 # The layer sequence as (tap name, conv name or None for a pool, width).
 LAYERS: tuple[tuple[str, str | None, int], ...] = tuple(
-    item for block, n, width in _BLOCKS for item in (
-        *((f'relu{block}_{i}', f'conv{block}_{i}', width) for i in range(1, n + 1)),
-        (f'pool{block}', None, width)))
+  item
+  for block, n, width in _BLOCKS
+  for item in (
+    *((f'relu{block}_{i}', f'conv{block}_{i}', width) for i in range(1, n + 1)),
+    (f'pool{block}', None, width),
+  )
+)
 TAPS: tuple[str, ...] = tuple(name for name, _, _ in LAYERS)
 CONV_NAMES: tuple[str, ...] = tuple(conv for _, conv, _ in LAYERS if conv)
 
-Taps = Union[str, Sequence[str]]
+Taps = str | Sequence[str]
 
 
 def _as_taps(taps: Taps) -> tuple[str, ...]:
@@ -60,8 +65,7 @@ def preprocess(images: jax.Array, input_convention: str) -> jax.Array:
     return imagenet_normalize(images, images.dtype)
   if input_convention == 'caffe':
     return images[..., ::-1] * 255.0 - jnp.asarray(CAFFE_BGR_MEAN, images.dtype)
-  raise ValueError(f'input_convention must be one of {INPUT_CONVENTIONS}, '
-                   f'got {input_convention!r}')
+  raise ValueError(f'input_convention must be one of {INPUT_CONVENTIONS}, got {input_convention!r}')
 
 
 class VGG16(nn.Module):
@@ -89,15 +93,22 @@ class VGG16(nn.Module):
     last = max(TAPS.index(t) for t in taps)
     images = jnp.asarray(images)
     dtype = self.dtype or (
-        images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32)
+      images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
+    )
     x = preprocess(images.astype(dtype), self.input_convention)
     out = {}
-    for name, conv, width in LAYERS[:last + 1]:
+    for name, conv, width in LAYERS[: last + 1]:
       if conv is None:
         x = max_pool2(x)
       else:
-        x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype,
-                    param_dtype=self.param_dtype, name=conv)(x)
+        x = nn.Conv(
+          width,
+          (3, 3),
+          padding=((1, 1), (1, 1)),
+          dtype=dtype,
+          param_dtype=self.param_dtype,
+          name=conv,
+        )(x)
         x = nn.relu(x)
       if name in taps:
         out[name] = x
@@ -108,13 +119,14 @@ def trim_variables(variables: Any, taps: Taps) -> dict:
   """Keeps only the parameters the given taps need (less to capture in a jitted closure)."""
   taps = _as_taps(taps)
   last = max(TAPS.index(t) for t in taps)
-  needed = {conv for _, conv, _ in LAYERS[:last + 1] if conv}
+  needed = {conv for _, conv, _ in LAYERS[: last + 1] if conv}
   params = variables['params']
   return {'params': {k: v for k, v in params.items() if k in needed}}
 
 
-def vgg_features_fn(variables: Any, tap: Taps = 'relu3_3', *, input_convention: str = 'caffe',
-                    dtype: Dtype = None) -> Callable[[jax.Array], Any]:
+def vgg_features_fn(
+  variables: Any, tap: Taps = 'relu3_3', *, input_convention: str = 'caffe', dtype: Dtype = None
+) -> Callable[[jax.Array], Any]:
   """Returns ``images -> features`` for ``losses.perceptual_loss`` (eq. 7 uses relu3_3).
 
   Args:

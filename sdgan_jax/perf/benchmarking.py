@@ -19,7 +19,8 @@ import glob
 import math
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.extend.core
@@ -36,20 +37,24 @@ from sdgan_jax.models.layers import count_params
 # Dense (no sparsity) datasheet peaks in TFLOP/s, by device_kind prefix. fp32 matmuls on
 # these GPUs run as TF32 under JAX's default precision, hence the TF32 figure.
 DEVICE_PEAK_TFLOPS = {
-    'NVIDIA H100': {'bfloat16': 989.0, 'float32': 494.0},
-    'NVIDIA H200': {'bfloat16': 989.0, 'float32': 494.0},
-    'NVIDIA A100': {'bfloat16': 312.0, 'float32': 156.0},
-    'TPU v4': {'bfloat16': 275.0, 'float32': 275.0},
-    'TPU v5 lite': {'bfloat16': 197.0, 'float32': 197.0},
-    'TPU v5p': {'bfloat16': 459.0, 'float32': 459.0},
+  'NVIDIA H100': {'bfloat16': 989.0, 'float32': 494.0},
+  'NVIDIA H200': {'bfloat16': 989.0, 'float32': 494.0},
+  'NVIDIA A100': {'bfloat16': 312.0, 'float32': 156.0},
+  'TPU v4': {'bfloat16': 275.0, 'float32': 275.0},
+  'TPU v5 lite': {'bfloat16': 197.0, 'float32': 197.0},
+  'TPU v5p': {'bfloat16': 459.0, 'float32': 459.0},
 }
 
 
 def device_info() -> dict[str, Any]:
   device = jax.devices()[0]
-  return {'platform': device.platform, 'device': device.device_kind,
-          'device_count': jax.device_count(), 'jax': jax.__version__,
-          'date': datetime.date.today().isoformat()}
+  return {
+    'platform': device.platform,
+    'device': device.device_kind,
+    'device_count': jax.device_count(),
+    'jax': jax.__version__,
+    'date': datetime.date.today().isoformat(),
+  }
 
 
 def peak_tflops(dtype: str) -> float | None:
@@ -80,6 +85,7 @@ def authors_shapes_config(base: ml_collections.ConfigDict) -> ml_collections.Con
 def phase(name: str, message: str) -> None:
   """Progress on stderr, so that a run cut off by a time limit shows where it was."""
   import sys  # pylint: disable=import-outside-toplevel
+
   print(f'[{time.strftime("%H:%M:%S")}] {name}: {message}', file=sys.stderr, flush=True)
 
 
@@ -99,9 +105,9 @@ def _flops(lowered) -> float | None:
 # The authors' figures for their networks at 128 px, 11 classes, 2048-d identity:
 # (forward GFLOP per image, trainable parameters).
 AUTHORS_FIGURES = {
-    'generator': (41.2, 16.88e6),
-    'discriminator': (7.8, 18.24e6),
-    'identity': (17.8, 12.92e6),
+  'generator': (41.2, 16.88e6),
+  'discriminator': (7.8, 18.24e6),
+  'identity': (17.8, 12.92e6),
 }
 
 
@@ -192,25 +198,41 @@ def network_flops(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   for network, module in build_networks(config).items():
     forward = lambda variables, *inputs, module=module: module.apply(variables, *inputs)
     inputs1 = _network_inputs(config, network, 1)
-    variables = jax.eval_shape(lambda *a, module=module: module.init(jax.random.key(0), *a),
-                               *inputs1)
-    per_image = (conv_dense_flops(forward, variables, *_network_inputs(config, network, 2))
-                 - conv_dense_flops(forward, variables, *inputs1))
+    variables = jax.eval_shape(
+      lambda *a, module=module: module.init(jax.random.key(0), *a), *inputs1
+    )
+    per_image = conv_dense_flops(
+      forward, variables, *_network_inputs(config, network, 2)
+    ) - conv_dense_flops(forward, variables, *inputs1)
     xla = _flops(jax.jit(forward).lower(variables, *inputs1))
-    authors = (AUTHORS_FIGURES[network] if int(config.resolution) == 128
-               and _authors_kind(network, module) else (None, None))
-    rows.append(dict(network=network, resolution=int(config.resolution),
-                     gflop_per_image=per_image / 1e9, params=count_params(variables),
-                     xla_gflop=xla / 1e9 if xla else None,
-                     authors_gflop=authors[0], authors_params=authors[1]))
+    authors = (
+      AUTHORS_FIGURES[network]
+      if int(config.resolution) == 128 and _authors_kind(network, module)
+      else (None, None)
+    )
+    rows.append(
+      dict(
+        network=network,
+        resolution=int(config.resolution),
+        gflop_per_image=per_image / 1e9,
+        params=count_params(variables),
+        xla_gflop=xla / 1e9 if xla else None,
+        authors_gflop=authors[0],
+        authors_params=authors[1],
+      )
+    )
   return rows
 
 
 def program_bytes(analysis) -> int:
   """A compiled program's memory by XLA's buffer assignment (``memory_analysis()``): temps,
   arguments and outputs, less the outputs that reuse (alias) donated arguments."""
-  return int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
-             + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
+  return int(
+    analysis.temp_size_in_bytes
+    + analysis.argument_size_in_bytes
+    + analysis.output_size_in_bytes
+    - analysis.alias_size_in_bytes
+  )
 
 
 def _memory(compiled) -> dict[str, Any]:
@@ -270,16 +292,22 @@ def summarize_trace(path: str, top: int = 15) -> list[dict[str, Any]]:
       busy = sum(t for t, _ in totals.values())
       span = max(e.end_ns for e in events) - min(e.start_ns for e in events)
       ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
-      timelines.append({
-          'plane': plane.name, 'line': line.name, 'events': len(events),
-          'busy_ms': busy / 1e6, 'span_ms': span / 1e6,
-          'top': [{'name': n[:120], 'ms': t / 1e6, 'count': c, 'share': t / busy}
-                  for n, (t, c) in ranked]})
+      timelines.append(
+        {
+          'plane': plane.name,
+          'line': line.name,
+          'events': len(events),
+          'busy_ms': busy / 1e6,
+          'span_ms': span / 1e6,
+          'top': [
+            {'name': n[:120], 'ms': t / 1e6, 'count': c, 'share': t / busy} for n, (t, c) in ranked
+          ],
+        }
+      )
   return timelines
 
 
-def profile(call: Callable[[], Any], steps: int, trace_dir: str,
-            top: int = 15) -> dict[str, Any]:
+def profile(call: Callable[[], Any], steps: int, trace_dir: str, top: int = 15) -> dict[str, Any]:
   """Traces ``steps`` warm calls with ``jax.profiler`` and summarises the trace
   (``summarize_trace``); the raw ``.xplane.pb`` stays in ``trace_dir`` for TensorBoard or
   xprof."""
@@ -309,15 +337,24 @@ def _summary(name, config, batch_size, step_s, compile_s, flops, memory, extra=N
   dtype = config.get('dtype', 'float32')
   peak = peak_tflops(dtype)
   achieved = flops / step_s / 1e12 if flops else None
-  row = dict(device_info(), bench=name, dtype=dtype, batch=batch_size,
-             resolution=int(config.resolution), identity_dim=int(config.identity_dim),
-             generator=dict(config.model.generator).get('preset', 'paper'),
-             img_per_s=batch_size / step_s, step_s=step_s, compile_s=compile_s,
-             gflop_per_image=flops / batch_size / 1e9 if flops else None,
-             tflops=achieved, peak_tflops=peak,
-             peak_share=achieved / peak if achieved and peak else None,
-             # set, a second run's compile_s is a warm start (loaded from the cache)
-             compilation_cache=jax.config.jax_compilation_cache_dir or None)
+  row = dict(
+    device_info(),
+    bench=name,
+    dtype=dtype,
+    batch=batch_size,
+    resolution=int(config.resolution),
+    identity_dim=int(config.identity_dim),
+    generator=dict(config.model.generator).get('preset', 'paper'),
+    img_per_s=batch_size / step_s,
+    step_s=step_s,
+    compile_s=compile_s,
+    gflop_per_image=flops / batch_size / 1e9 if flops else None,
+    tflops=achieved,
+    peak_tflops=peak,
+    peak_share=achieved / peak if achieved and peak else None,
+    # set, a second run's compile_s is a warm start (loaded from the cache)
+    compilation_cache=jax.config.jax_compilation_cache_dir or None,
+  )
   row.update(memory)
   row.update(extra or {})
   return row
@@ -327,14 +364,16 @@ def _random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarra
   rng = np.random.default_rng(seed)
   r = config.resolution
   mask = np.zeros((batch_size, r, r, 1), np.float32)
-  mask[:, r // 4:3 * r // 4, r // 5:4 * r // 5] = 1
+  mask[:, r // 4 : 3 * r // 4, r // 5 : 4 * r // 5] = 1
   return dict(
-      image=rng.uniform(size=(batch_size, r, r, 3)).astype(np.float32), mask=mask,
-      semantic=rng.integers(0, config.num_classes, (batch_size, r, r)).astype(np.int32),
-      pair_image=rng.uniform(size=(batch_size, r, r, 3)).astype(np.float32),
-      pair_same=(np.arange(batch_size) % 2).astype(np.float32),
-      target_image=rng.uniform(size=(batch_size, r, r, 3)).astype(np.float32),
-      target_identity=rng.normal(size=(batch_size, config.identity_dim)).astype(np.float32))
+    image=rng.uniform(size=(batch_size, r, r, 3)).astype(np.float32),
+    mask=mask,
+    semantic=rng.integers(0, config.num_classes, (batch_size, r, r)).astype(np.int32),
+    pair_image=rng.uniform(size=(batch_size, r, r, 3)).astype(np.float32),
+    pair_same=(np.arange(batch_size) % 2).astype(np.float32),
+    target_image=rng.uniform(size=(batch_size, r, r, 3)).astype(np.float32),
+    target_identity=rng.normal(size=(batch_size, config.identity_dim)).astype(np.float32),
+  )
 
 
 def train_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
@@ -345,9 +384,14 @@ def train_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str,
   return parts[0] if slots == 1 else {k: np.stack([p[k] for p in parts]) for k in parts[0]}
 
 
-def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: int = 10,
-                     warmup: int = 2, name: str = 'train_step',
-                     profile_dir: str | None = None) -> dict[str, Any]:
+def bench_train_step(
+  config: ml_collections.ConfigDict,
+  batch_size: int,
+  steps: int = 10,
+  warmup: int = 2,
+  name: str = 'train_step',
+  profile_dir: str | None = None,
+) -> dict[str, Any]:
   """The whole jitted train step (identity net, D, G updates, EMA) on ``batch_size`` images;
   with ``profile_dir``, also a kernel-level profile of 3 more steps (``profile``)."""
   config = config.copy_and_resolve_references()
@@ -357,8 +401,12 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
   phase(name, f'initialising the state (batch {batch_size}, {config.dtype})')
   state = jax.block_until_ready(train_step.init_train_state(networks, jax.random.key(0), mesh))
   slots = train_step.batch_slots(config.train)
-  batch = parallel.shard_batch(train_batch(config, batch_size), mesh, train_step.BATCH_KEYS,
-                              train_step.batch_partition(config.train))
+  batch = parallel.shard_batch(
+    train_batch(config, batch_size),
+    mesh,
+    train_step.BATCH_KEYS,
+    train_step.batch_partition(config.train),
+  )
   phase(name, 'compiling the train step')
   start = time.perf_counter()
   lowered = train_step.jit_train_step(networks, mesh).lower(state, batch)
@@ -372,9 +420,12 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
     return metrics
 
   step_s = _time(call, steps, warmup)
-  extra = {'updates_per_step': 'identity %d, D %d, G %d' % (
-      config.train.identity_steps, config.train.d_steps, config.train.g_steps),
-           'batches_per_step': slots}
+  extra = {
+    'updates_per_step': (
+      f'identity {config.train.identity_steps}, D {config.train.d_steps}, G {config.train.g_steps}'
+    ),
+    'batches_per_step': slots,
+  }
   repeated = max(config.train.identity_steps, config.train.d_steps, config.train.g_steps) > 1
   if repeated and not train_step.unrolls_update_loops(mesh.devices.flat[0].platform):
     # repeated updates are one lax.scan body, which XLA's cost analysis counts once; on CPUs
@@ -383,8 +434,9 @@ def bench_train_step(config: ml_collections.ConfigDict, batch_size: int, steps: 
   if profile_dir:
     phase(name, f'profiling 3 steps into {profile_dir}')
     extra.update(_try_profile(call, profile_dir))
-  return _summary(name, config, batch_size, step_s, compile_s, _flops(lowered),
-                  _memory(compiled), extra)
+  return _summary(
+    name, config, batch_size, step_s, compile_s, _flops(lowered), _memory(compiled), extra
+  )
 
 
 def _init_on_host(init_fn: Callable, *args):
@@ -397,9 +449,14 @@ def _init_on_host(init_fn: Callable, *args):
   return parallel.jit_init(init_fn)(*args)
 
 
-def bench_generator(config: ml_collections.ConfigDict, batch_size: int, steps: int = 20,
-                    warmup: int = 2, name: str = 'generator',
-                    profile_dir: str | None = None) -> dict[str, Any]:
+def bench_generator(
+  config: ml_collections.ConfigDict,
+  batch_size: int,
+  steps: int = 20,
+  warmup: int = 2,
+  name: str = 'generator',
+  profile_dir: str | None = None,
+) -> dict[str, Any]:
   """Generator inference (paper §3.4: masked face + semantic map + identity -> composite)
   on device-resident inputs: the accelerator's throughput; with ``profile_dir``, also a
   kernel-level profile of 3 more calls (``profile``)."""
@@ -420,13 +477,18 @@ def bench_generator(config: ml_collections.ConfigDict, batch_size: int, steps: i
   if profile_dir:
     phase(name, f'profiling 3 calls into {profile_dir}')
     extra.update(_try_profile(call, profile_dir))
-  return _summary(name, config, batch_size, step_s, compile_s, _flops(lowered),
-                  _memory(compiled), extra)
+  return _summary(
+    name, config, batch_size, step_s, compile_s, _flops(lowered), _memory(compiled), extra
+  )
 
 
-def bench_anonymize_batch(config: ml_collections.ConfigDict, batch_size: int,
-                          steps: int = 10, warmup: int = 1,
-                          name: str = 'anonymize_generate') -> dict[str, Any]:
+def bench_anonymize_batch(
+  config: ml_collections.ConfigDict,
+  batch_size: int,
+  steps: int = 10,
+  warmup: int = 1,
+  name: str = 'anonymize_generate',
+) -> dict[str, Any]:
   """What the anonymizer pays per batch of aligned crops: uint8 host arrays in, float host
   arrays out (``TrainedGenerator.generate``: transfers, padding and the generator)."""
   config = config.copy_and_resolve_references()
@@ -436,10 +498,14 @@ def bench_anonymize_batch(config: ml_collections.ConfigDict, batch_size: int,
   start = time.perf_counter()
   generator.generate(image, batch['mask'], batch['semantic'], batch['target_identity'])
   compile_s = time.perf_counter() - start
-  step_s = _time(lambda: generator.generate(image, batch['mask'], batch['semantic'],
-                                            batch['target_identity']), steps, warmup)
-  return _summary(name, config, batch_size, step_s, compile_s, None, {},
-                  {'compile_s_includes_first_call': True})
+  step_s = _time(
+    lambda: generator.generate(image, batch['mask'], batch['semantic'], batch['target_identity']),
+    steps,
+    warmup,
+  )
+  return _summary(
+    name, config, batch_size, step_s, compile_s, None, {}, {'compile_s_includes_first_call': True}
+  )
 
 
 def _untrained_generator(config, batch_size):
@@ -447,6 +513,7 @@ def _untrained_generator(config, batch_size):
 
   networks = networks_lib.Networks(config)
   params, stats = jax.device_put(
-      _init_on_host(lambda key: networks_lib.init_generator(networks, key), jax.random.key(0)),
-      jax.devices()[0])
+    _init_on_host(lambda key: networks_lib.init_generator(networks, key), jax.random.key(0)),
+    jax.devices()[0],
+  )
   return inference.TrainedGenerator(config, params, stats, batch_size=batch_size)

@@ -37,14 +37,17 @@ def enable(directory: str | None = None) -> str | None:
     os.makedirs(directory, exist_ok=True)
   except OSError as error:
     import logging  # pylint: disable=import-outside-toplevel
+
     logging.warning('compilation cache off: cannot create %s (%s)', directory, error)
     return None
   jax.config.update('jax_compilation_cache_dir', directory)
   return directory
 
 
-HELP = ("persistent XLA compilation cache: a second run skips the compiles (default "
-        "$JAX_COMPILATION_CACHE_DIR or ~/.cache/sdgan_jax/xla; '' turns it off)")
+HELP = (
+  'persistent XLA compilation cache: a second run skips the compiles (default '
+  "$JAX_COMPILATION_CACHE_DIR or ~/.cache/sdgan_jax/xla; '' turns it off)"
+)
 
 
 def add_argument(parser) -> None:

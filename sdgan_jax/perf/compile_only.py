@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from sdgan_jax import networks as networks_lib
-from sdgan_jax import parallel, train_step
+from sdgan_jax import train_step
 from sdgan_jax.perf import benchmarking
 
 # The GPUs' facts that XLA's GPU compiler reads (its GpuTargetConfig proto). H100 SXM and
@@ -31,17 +31,25 @@ from sdgan_jax.perf import benchmarking
 # and scheduling heuristics). CUDA 12.9 and cuDNN 9.28 are what the CUDA-12 wheels of JAX
 # 0.10 install.
 GPU_TARGETS = {
-    'h100': {'name': 'NVIDIA H100 80GB HBM3', 'memory_mib': 81559, 'bandwidth_gbs': 3352},
-    'h200': {'name': 'NVIDIA H200', 'memory_mib': 143771, 'bandwidth_gbs': 4800},
+  'h100': {'name': 'NVIDIA H100 80GB HBM3', 'memory_mib': 81559, 'bandwidth_gbs': 3352},
+  'h200': {'name': 'NVIDIA H200', 'memory_mib': 143771, 'bandwidth_gbs': 4800},
 }
 _GH100 = {
-    'threads_per_block_limit': 1024, 'threads_per_warp': 32,
-    'shared_memory_per_block': 48 * 1024, 'shared_memory_per_core': 228 * 1024,
-    'shared_memory_per_block_optin': 227 * 1024, 'threads_per_core_limit': 2048,
-    'core_count': 132, 'fpus_per_core': 128, 'block_dim_limit_x': 2**31 - 1,
-    'block_dim_limit_y': 65535, 'block_dim_limit_z': 65535, 'l2_cache_size': 50 * 2**20,
-    'clock_rate_ghz': 1.98, 'registers_per_core_limit': 65536,
-    'registers_per_block_limit': 65536,
+  'threads_per_block_limit': 1024,
+  'threads_per_warp': 32,
+  'shared_memory_per_block': 48 * 1024,
+  'shared_memory_per_core': 228 * 1024,
+  'shared_memory_per_block_optin': 227 * 1024,
+  'threads_per_core_limit': 2048,
+  'core_count': 132,
+  'fpus_per_core': 128,
+  'block_dim_limit_x': 2**31 - 1,
+  'block_dim_limit_y': 65535,
+  'block_dim_limit_z': 65535,
+  'l2_cache_size': 50 * 2**20,
+  'clock_rate_ghz': 1.98,
+  'registers_per_core_limit': 65536,
+  'registers_per_block_limit': 65536,
 }
 _CUDA, _CUDNN = (12, 9), (9, 28)
 
@@ -51,13 +59,18 @@ def gpu_target_config(target: str) -> str:
   if target not in GPU_TARGETS:
     raise ValueError(f'unknown GPU target {target!r}: choose from {sorted(GPU_TARGETS)}')
   facts = GPU_TARGETS[target]
-  info = dict(_GH100, device_memory_size=facts['memory_mib'] * 2**20,
-              memory_bandwidth=facts['bandwidth_gbs'] * 10**9)
+  info = dict(
+    _GH100,
+    device_memory_size=facts['memory_mib'] * 2**20,
+    memory_bandwidth=facts['bandwidth_gbs'] * 10**9,
+  )
   fields = '\n'.join(f'  {k}: {v}' for k, v in info.items())
-  return (f'gpu_device_info {{\n{fields}\n  cuda_compute_capability {{ major: 9 minor: 0 }}\n}}\n'
-          f'runtime_version {{ major: {_CUDA[0]} minor: {_CUDA[1]} }}\n'
-          f'dnn_version_info {{ major: {_CUDNN[0]} minor: {_CUDNN[1]} }}\n'
-          f'platform_name: "CUDA"\ndevice_description_str: "{facts["name"]}"\n')
+  return (
+    f'gpu_device_info {{\n{fields}\n  cuda_compute_capability {{ major: 9 minor: 0 }}\n}}\n'
+    f'runtime_version {{ major: {_CUDA[0]} minor: {_CUDA[1]} }}\n'
+    f'dnn_version_info {{ major: {_CUDNN[0]} minor: {_CUDNN[1]} }}\n'
+    f'platform_name: "CUDA"\ndevice_description_str: "{facts["name"]}"\n'
+  )
 
 
 def compile_only_mesh(target: str) -> jax.sharding.Mesh:
@@ -67,20 +80,24 @@ def compile_only_mesh(target: str) -> jax.sharding.Mesh:
 
   config = gpu_target_config(target)
   try:
-    topology = topologies.get_topology_desc('', 'cuda', target_config=config,
-                                            topology='1x1x1')
+    topology = topologies.get_topology_desc('', 'cuda', target_config=config, topology='1x1x1')
   except (NotImplementedError, RuntimeError) as error:
     raise RuntimeError(
-        f'compiling for the {target} target without its GPU needs JAX\'s CUDA plugin: pip install '
-        f'"jax[cuda12]=={jax.__version__}" (no GPU or driver needed; run with '
-        f'JAX_PLATFORMS=cpu). JAX said: {error}') from error
-  return jax.sharding.Mesh(np.array(topology.devices), ('data',),
-                           axis_types=(jax.sharding.AxisType.Auto,))
+      f"compiling for the {target} target without its GPU needs JAX's CUDA plugin: pip install "
+      f'"jax[cuda12]=={jax.__version__}" (no GPU or driver needed; run with '
+      f'JAX_PLATFORMS=cpu). JAX said: {error}'
+    ) from error
+  return jax.sharding.Mesh(
+    np.array(topology.devices), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
-def compile_train_step(config: ml_collections.ConfigDict, batch_size: int,
-                       mesh: jax.sharding.Mesh, name: str = 'train_step_compile'
-                       ) -> dict[str, Any]:
+def compile_train_step(
+  config: ml_collections.ConfigDict,
+  batch_size: int,
+  mesh: jax.sharding.Mesh,
+  name: str = 'train_step_compile',
+) -> dict[str, Any]:
   """Traces, lowers and compiles the train step for ``mesh``'s devices (they need not be
   this host's) on abstract inputs, and returns the times and the program's size: XLA's
   buffer assignment in bytes, its fusions (about one GPU kernel each) and its convolutions.
@@ -88,13 +105,16 @@ def compile_train_step(config: ml_collections.ConfigDict, batch_size: int,
   config = config.copy_and_resolve_references()
   config.train.batch_size = batch_size
   networks = networks_lib.Networks(config)
-  state = jax.eval_shape(lambda key: train_step.create_train_state(networks, key),
-                         jax.random.key(0))
-  batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                                 benchmarking.train_batch(config, batch_size))
+  state = jax.eval_shape(
+    lambda key: train_step.create_train_state(networks, key), jax.random.key(0)
+  )
+  batch = jax.tree_util.tree_map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), benchmarking.train_batch(config, batch_size)
+  )
   device = mesh.devices.flat[0]
-  benchmarking.phase(name, f'lowering for {device.device_kind} (batch {batch_size}, '
-                     f'{config.dtype})')
+  benchmarking.phase(
+    name, f'lowering for {device.device_kind} (batch {batch_size}, {config.dtype})'
+  )
   start = time.perf_counter()
   lowered = train_step.jit_train_step(networks, mesh).lower(state, batch)
   lowered_at = time.perf_counter()
@@ -104,14 +124,22 @@ def compile_train_step(config: ml_collections.ConfigDict, batch_size: int,
   program, lowered_text = compiled.as_text(), lowered.as_text()
   memory = compiled.memory_analysis()
   return dict(
-      bench=name, target=device.device_kind, platform=device.platform,
-      compiled_on=f'{os.cpu_count()}-core host', jax=jax.__version__,
-      date=datetime.date.today().isoformat(), dtype=config.dtype, batch=batch_size,
-      resolution=int(config.resolution), identity_dim=int(config.identity_dim),
-      generator=dict(config.model.generator).get('preset', 'paper'),
-      trace_lower_s=lowered_at - start, compile_s=done - lowered_at,
-      program_bytes=benchmarking.program_bytes(memory),
-      argument_bytes=int(memory.argument_size_in_bytes),
-      fusions=program.count(' fusion('),
-      convolutions=lowered_text.count('stablehlo.convolution'),
-      while_loops=lowered_text.count('stablehlo.while'))
+    bench=name,
+    target=device.device_kind,
+    platform=device.platform,
+    compiled_on=f'{os.cpu_count()}-core host',
+    jax=jax.__version__,
+    date=datetime.date.today().isoformat(),
+    dtype=config.dtype,
+    batch=batch_size,
+    resolution=int(config.resolution),
+    identity_dim=int(config.identity_dim),
+    generator=dict(config.model.generator).get('preset', 'paper'),
+    trace_lower_s=lowered_at - start,
+    compile_s=done - lowered_at,
+    program_bytes=benchmarking.program_bytes(memory),
+    argument_bytes=int(memory.argument_size_in_bytes),
+    fusions=program.count(' fusion('),
+    convolutions=lowered_text.count('stablehlo.convolution'),
+    while_loops=lowered_text.count('stablehlo.while'),
+  )

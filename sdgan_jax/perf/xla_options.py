@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -23,8 +23,11 @@ INIT = {'xla_backend_optimization_level': 0}
 # XLA's CPU backend hands dots, convolutions and reductions to YNNPACK by default (jaxlib
 # 0.10.2). Its convolutions ran our networks slower than XLA's own (Eigen) ones, so CPU
 # programs of networks keep YNNPACK for dots and reductions only.
-CPU_NETWORKS = {'xla_cpu_experimental_ynn_fusion_type':
-                'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+CPU_NETWORKS = {
+  'xla_cpu_experimental_ynn_fusion_type': (
+    'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
+  )
+}
 
 # A train step runs thousands of times, so it keeps optimised code, but on CPUs LLVM's -O1
 # compiles the demo's step faster than XLA's default level and the step runs as fast.
@@ -44,7 +47,7 @@ def unless_in_xla_flags(options: dict) -> dict | None:
   return kept or None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def known(name: str, value) -> bool:
   """Whether this XLA build compiles with option ``name`` set to ``value`` (one tiny
   compile per option, once per process)."""
@@ -65,5 +68,6 @@ def for_platform(platform: str, cpu: dict) -> dict | None:
 def jit_network(fn: Callable, cpu_options: dict = CPU_NETWORKS, **jit_kwargs) -> Callable:
   """``jax.jit`` for a program of network passes on the default backend: on CPUs compiled
   with ``cpu_options`` (``for_platform``)."""
-  return jax.jit(fn, compiler_options=for_platform(jax.default_backend(), cpu_options),
-                 **jit_kwargs)
+  return jax.jit(
+    fn, compiler_options=for_platform(jax.default_backend(), cpu_options), **jit_kwargs
+  )
