@@ -239,6 +239,40 @@ class TrainedGenerator:
     return np.zeros((0, r, r, 3), np.float32) if out is None else out
 
 
+def open_checkpoint(workdir: str, step: int | None, config: str = '...') -> tuple[Any, int, Any]:
+  """``(manager, step, stored)`` for the latest (or ``step``'s) checkpoint of ``workdir``:
+  ``stored`` is its layout as ``ShapeDtypeStruct``s, read from its metadata.
+
+  No checkpoint is a ``FileNotFoundError`` naming the command that trains one (``config``
+  in it); unreadable metadata is ``damaged_checkpoint``'s one-line error.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(
+      f'no checkpoint in {workdir}/checkpoints: train one with '
+      f'`python run.py --config={config} --workdir={workdir}`'
+    )
+  try:  # a damaged checkpoint fails here already, before its layout is compared
+    with quiet_orbax():
+      stored = ocp.StandardCheckpointer().metadata(
+        os.path.join(workdir, 'checkpoints', str(step), 'default')
+      )
+    stored = getattr(stored, 'item_metadata', None)
+    if stored is None:  # orbax only warns
+      raise ValueError('its _METADATA is not readable')
+    stored = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+      dict(stored),
+      is_leaf=lambda m: hasattr(m, 'shape'),
+    )
+  except Exception as e:  # pylint: disable=broad-except
+    raise damaged_checkpoint(workdir, step, e) from None
+  return manager, step, stored
+
+
 def _restore_ema_generator(workdir: str, step: int | None) -> tuple[Any, Any, int]:
   """``(EMA generator params, their stats, step)`` of a training checkpoint.
 
@@ -248,24 +282,8 @@ def _restore_ema_generator(workdir: str, step: int | None) -> tuple[Any, Any, in
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(
-      f'no checkpoint in {workdir}/checkpoints: train one with '
-      f'`python run.py --config=configs/demo.py --workdir={workdir}`'
-    )
+  manager, step, target = open_checkpoint(workdir, step, config='configs/demo.py')
   try:
-    stored = (
-      ocp.StandardCheckpointer()
-      .metadata(os.path.join(workdir, 'checkpoints', str(step), 'default'))
-      .item_metadata
-    )
-    target = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
-      dict(stored),
-      is_leaf=lambda m: hasattr(m, 'shape'),
-    )
     restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     # the EMA's own statistics; checkpoints from before they were kept: the live generator's
     stats = restored.get('ema_stats') or restored['generator'].get('stats')

@@ -55,28 +55,7 @@ def _restore_weights(
   checked against the shapes of ``model``."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(
-      f'no checkpoint in {workdir}/checkpoints: train one with '
-      f'`python run.py --config=... --workdir={workdir}`'
-    )
-  try:  # a damaged checkpoint fails here already, before its layout is compared
-    with inference.quiet_orbax():
-      stored = ocp.StandardCheckpointer().metadata(
-        os.path.join(workdir, 'checkpoints', str(step), 'default')
-      )
-    stored = getattr(stored, 'item_metadata', None)
-    if stored is None:  # orbax only warns
-      raise ValueError('its _METADATA is not readable')
-    target = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
-      dict(stored),
-      is_leaf=lambda m: hasattr(m, 'shape'),
-    )
-  except Exception as e:  # pylint: disable=broad-except
-    raise inference.damaged_checkpoint(workdir, step, e) from None
+  manager, step, target = inference.open_checkpoint(workdir, step)
   params, stats = jax.eval_shape(
     lambda: split_variables(
       model.init(jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)), train=False)

@@ -258,24 +258,10 @@ def restore_state(workdir: str, abstract_state, step: int | None = None):
   ``(state, step)``."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(
-      f'no checkpoint in {workdir}/checkpoints: train one with '
-      f'`python run.py --config=... --workdir={workdir}`'
-    )
   from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
 
-  try:  # a damaged checkpoint fails here already, before its layout is compared
-    with inference.quiet_orbax():
-      stored = ocp.StandardCheckpointer().metadata(
-        os.path.join(workdir, 'checkpoints', str(step), 'default')
-      )
-    if getattr(stored, 'item_metadata', None) is None:  # orbax only warns
-      raise ValueError('its _METADATA is not readable')
-  except Exception as e:  # pylint: disable=broad-except
-    raise inference.damaged_checkpoint(workdir, step, e) from None
+  # the stored layout is read only to fail early, with one line, on a damaged checkpoint
+  manager, step, _ = inference.open_checkpoint(workdir, step)
   target = jax.tree_util.tree_map(
     lambda host, x: jax.ShapeDtypeStruct(
       host.shape, host.dtype, sharding=getattr(x, 'sharding', None)
