@@ -25,7 +25,7 @@ from test_anonymize import make_collage, tiles, weights_dir, workdir, write_vide
 from tool_loader import load_tool
 
 from sdgan_jax import anonymize, media
-from sdgan_jax.anonymize import beam_pipeline
+from sdgan_jax.anonymize import beam_inputs, beam_pipeline, beam_resume, beam_spec, beam_summary
 from sdgan_jax.anonymize import report as run_report
 
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -69,7 +69,7 @@ def media_files(folder: pathlib.Path) -> dict[str, bytes]:
     for p in sorted(folder.rglob('*'))
     if p.is_file()
     and p.name not in NOT_MEDIA
-    and beam_pipeline.STATE_DIR not in p.parts
+    and beam_spec.STATE_DIR not in p.parts
     and not p.name.endswith('.jsonl')
   }
 
@@ -220,7 +220,7 @@ def test_a_killed_run_rerun_writes_every_output_exactly_once(inputs, weights_dir
     '--images_per_batch',
     '1',
   ] + TWO_WORKERS
-  rows_dir = out / beam_pipeline.STATE_DIR / 'rows'
+  rows_dir = out / beam_spec.STATE_DIR / 'rows'
   killed = subprocess.Popen(
     [sys.executable, str(TESTS / 'beam_faults.py'), str(weights_dir)] + flags,
     start_new_session=True,
@@ -281,8 +281,8 @@ def test_inputs_map_to_the_clis_layout(tmp_path):
   def layout(inputs):
     found = [
       s
-      for item in beam_pipeline.expand_inputs(inputs)
-      for s in beam_pipeline.match_input(item, visualize=False)
+      for item in beam_inputs.expand_inputs(inputs)
+      for s in beam_inputs.match_input(item, visualize=False)
     ]
     return sorted((s.rel, s.kind) for s in found)
 
@@ -301,10 +301,10 @@ def test_inputs_map_to_the_clis_layout(tmp_path):
   # The CLI's order and batches: input by input, a folder's files before its subfolders.
   found = [
     s
-    for item in beam_pipeline.expand_inputs([photos, str(tmp_path / 'more')])
-    for s in beam_pipeline.match_input(item, visualize=False)
+    for item in beam_inputs.expand_inputs([photos, str(tmp_path / 'more')])
+    for s in beam_inputs.match_input(item, visualize=False)
   ]
-  batches = list(beam_pipeline.cli_batches(found[::-1], images_per_batch=2))
+  batches = list(beam_inputs.cli_batches(found[::-1], images_per_batch=2))
   jobs = anonymize.plan_jobs([photos, str(tmp_path / 'more')], tmp_path / 'out')
   assert [[s.url for s in b] for b in batches if b[0].kind == 'image'] == [
     [str(j.source) for j in jobs if j.kind == 'image']
@@ -317,10 +317,10 @@ def test_inputs_map_to_the_clis_layout(tmp_path):
     'more/w.mp4',
   ]
   dup = [
-    beam_pipeline.Source('/p/x.jpg', 'x.jpg', 'image'),
-    beam_pipeline.Source('/q/x.jpg', 'x.jpg', 'image'),
+    beam_inputs.Source('/p/x.jpg', 'x.jpg', 'image'),
+    beam_inputs.Source('/q/x.jpg', 'x.jpg', 'image'),
   ]
-  kept, refused = beam_pipeline.one_per_output(('x.jpg', dup))
+  kept, refused = beam_inputs.one_per_output(('x.jpg', dup))
   assert kept == dup[0] and refused.kind == 'error' and '/p/x.jpg' in refused.reason
 
 
@@ -339,7 +339,7 @@ def test_totals_sum_over_workers_to_the_clis():
     {'status': 'error', 'kind': 'image', 'error': 'x'},
     {'status': 'skipped', 'error': 'y'},
   ]
-  fn = beam_pipeline.TotalsFn()
+  fn = beam_summary.TotalsFn()
   halves = [fn.create_accumulator(), fn.create_accumulator()]
   for k, row in enumerate(rows):
     halves[k % 2] = fn.add_input(halves[k % 2], row)
@@ -389,7 +389,7 @@ def test_an_output_holding_a_run_with_other_options_is_refused(tmp_path):
 
   first = spec('--seed', '1')
   assert not first.resume
-  beam_pipeline._prepare_output(first)  # pylint: disable=protected-access
+  beam_resume.prepare_output(first)
   assert spec('--seed', '1').resume
   with pytest.raises(anonymize.InputError, match='holds a run with other options'):
     spec('--seed', '2')

@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sdgan_jax import anonymize, media  # noqa: E402
-from sdgan_jax.anonymize.cli import DEFAULTS, flag_message  # noqa: E402
+from sdgan_jax.anonymize.cli_flags import DEFAULTS, flag_message  # noqa: E402
 from sdgan_jax.faces import ensemble  # noqa: E402
 
 

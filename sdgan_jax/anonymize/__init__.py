@@ -60,22 +60,25 @@ reasons and the ``cover`` applied), errors and time, the files in which no face 
 (``no_face_found``), and which semantic maps the model got (``semantic_maps``: 'polygons'
 or the parser's fingerprint; null for the baselines).
 
-The modules: ``options`` (``Options``, defaults and limits), ``identity`` (the identity
-backbone), ``tracking`` (video tracks), ``fallback`` (the cover), ``anonymizer``
-(``FaceAnonymizer``, ``build_anonymizer``), ``jobs`` (``plan_jobs``), ``runner`` (``Runner``,
-``anonymize_paths``), ``report`` (the JSON report), ``cli`` (the command line, also
-``python -m sdgan_jax.anonymize``) and ``beam_pipeline`` (the same on Apache Beam, for whole
-datasets; not imported here: apache-beam is the optional ``beam`` extra). Each face is one
+The modules: ``options`` (``Options``, defaults and limits), ``identity_check`` (the
+identity backbone), ``tracking`` (video tracks), ``fallback`` (the cover), ``anonymizer``
+(``FaceAnonymizer``), ``loading`` (``build_anonymizer``), ``jobs`` (``plan_jobs``),
+``runner`` (``Runner``), ``folder_run`` (``anonymize_paths``), ``report`` (the JSON report),
+``cli_flags`` and ``cli`` (the command line, also ``python -m sdgan_jax.anonymize``) and
+``beam_pipeline`` with its ``beam_*`` stages (the same on Apache Beam, for whole datasets;
+not imported here: apache-beam is the optional ``beam`` extra). Each face is one
 ``faces.pipeline.Face`` from its
 detection to its report row.
 """
 
 from __future__ import annotations
 
-from sdgan_jax.anonymize.anonymizer import FaceAnonymizer, build_anonymizer
+from sdgan_jax.anonymize.anonymizer import FaceAnonymizer
 from sdgan_jax.anonymize.fallback import cover
+from sdgan_jax.anonymize.folder_run import anonymize_paths
 from sdgan_jax.anonymize.identity_check import CHIP_PADDING, CHIP_SIZE, IdentityBackbone
 from sdgan_jax.anonymize.jobs import REPORT_NAME, InputError, Job, plan_jobs
+from sdgan_jax.anonymize.loading import build_anonymizer
 from sdgan_jax.anonymize.options import (
   BASELINE_RESOLUTION,
   BASELINES,
@@ -88,7 +91,7 @@ from sdgan_jax.anonymize.options import (
   Options,
 )
 from sdgan_jax.anonymize.report import IDENTITY_CHECK_OFF, draw_detections, write_report
-from sdgan_jax.anonymize.runner import Interrupted, ReportWriteError, Runner, anonymize_paths
+from sdgan_jax.anonymize.runner import Interrupted, ReportWriteError, Runner
 from sdgan_jax.anonymize.tracking import FaceTracker, TrackCoverage, box_iou
 from sdgan_jax.faces.pipeline import Face
 

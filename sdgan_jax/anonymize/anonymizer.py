@@ -1,7 +1,7 @@
 """``FaceAnonymizer``: detect, prepare, generate (or baseline), paste back, check, fall back.
 
 The steps and the fail-closed rules are those of ``sdgan_jax.anonymize``'s doc (paper §3,
-§3.4); ``build_anonymizer`` makes one from a training workdir, with errors that name fixes.
+§3.4); ``loading.build_anonymizer`` makes one from a training workdir.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import pathlib
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from sdgan_jax import semantic_source
+from sdgan_jax.anonymize import report as run_report
 from sdgan_jax.anonymize.fallback import clip_box, cover
 from sdgan_jax.anonymize.identity_check import IdentityBackbone
 from sdgan_jax.anonymize.options import BASELINE_RESOLUTION, BASELINES, Options
@@ -80,7 +80,7 @@ class FaceAnonymizer:
     self.baseline = baseline
     if generator is not None and generator.bank is None:
       raise ValueError('the generator has no identity bank to draw target identities from')
-    if _needs_identity(self.options, generator) and identity is None:
+    if needs_identity(self.options, generator) and identity is None:
       raise ValueError(
         'the identity check and farthest targets need the identity backbone '
         '(IdentityBackbone()); set identity_threshold=0 to run without it'
@@ -162,7 +162,7 @@ class FaceAnonymizer:
     with self._timed('detect'):
       found = self.detector.detect_many(images, map_fn=self._map)
     for key, detections in zip(keys, found):
-      self._rejected.setdefault(key, []).extend(_rejected_rows(detections))
+      self._rejected.setdefault(key, []).extend(run_report.rejected_rows(detections))
     with self._timed('align'):
       per_image = self._map(self._prepare, images, found)
       for faces, tracker in zip(per_image, trackers):
@@ -442,93 +442,6 @@ class FaceAnonymizer:
       return np.full((len(faces), 1), np.nan, np.float32)
 
 
-def _rejected_rows(found: detect.Detections) -> list[dict]:
-  """Report rows of the candidates that the second stage judged not to be faces."""
-  rejected = found.rejected
-  if rejected is None:
-    return []
-  return [
-    {
-      'box': [round(float(v), 1) for v in rejected.boxes[k]],
-      'score': round(float(rejected.scores[k]), 4),
-      'presence': round(float(rejected.presence[k]), 4),
-      'detectors': list(rejected.sources[k]) if rejected.sources else None,
-    }
-    for k in range(len(rejected))
-  ]
-
-
-def _needs_identity(options: Options, generator) -> bool:
+def needs_identity(options: Options, generator) -> bool:
   """The identity check, or 'farthest' targets of a generator, need the backbone."""
   return options.identity_check or (generator is not None and options.target == 'farthest')
-
-
-def _checked_workdir(checkpoint: str | os.PathLike | None) -> None:
-  """Raises FileNotFoundError, naming the training command, unless ``checkpoint`` is a
-  folder."""
-  if checkpoint is None:
-    raise FileNotFoundError(
-      'no --checkpoint given: train one with `make demo` (the demo model, CPU minutes) or '
-      '`python run.py --config=configs/demo.py --workdir=workdirs/demo`, then pass '
-      '--checkpoint workdirs/demo; or run a classic method with --baseline'
-    )
-  if not pathlib.Path(checkpoint).is_dir():
-    raise FileNotFoundError(
-      f'checkpoint workdir {checkpoint} does not exist: make it with `make demo` or '
-      f'`python run.py --config=configs/demo.py --workdir={checkpoint}`'
-    )
-
-
-def build_anonymizer(
-  checkpoint: str | os.PathLike | None = None,
-  *,
-  baseline: str | None = None,
-  options: Options | None = None,
-  weights_dir: str | os.PathLike | None = None,
-  batch_size: int | None = None,
-  step: int | None = None,
-  dtype: str | None = None,
-) -> FaceAnonymizer:
-  """A ``FaceAnonymizer`` from a training workdir (or a baseline), with errors naming fixes.
-
-  The face parser of a model trained on parser maps (``semantic_source``) is loaded and
-  checked before the generator: ``options.parser_workdir``, else the one its record names.
-
-  Raises:
-    FileNotFoundError: no checkpoint / workdir (names the training command), or the identity
-      backbone's weights are missing (``WeightsNotFoundError``, names ``make weights``).
-    semantic_source.SemanticMapsError: the parser and the model do not match (a parser for
-      a polygon model, the recorded parser missing and none given, other weights).
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-
-  options = options or Options()
-  from sdgan_jax import cpu_export  # pylint: disable=import-outside-toplevel
-
-  cpu_export.set_backend(options.cpu_backend)  # before any network is built
-  if batch_size is None:
-    batch_size = options.batch_size
-  if batch_size is None:
-    batch_size = 8 if jax.default_backend() == 'cpu' else 64
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-  generator = parser = None
-  if baseline is None:
-    _checked_workdir(checkpoint)
-    parser = semantic_source.parser_for(
-      semantic_source.read_record(checkpoint),
-      options.parser_workdir,
-      model=f'the model {checkpoint}',
-      batch_size=batch_size,
-    )
-    from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
-
-    generator = inference.TrainedGenerator.from_workdir(
-      checkpoint, step, dtype=dtype, batch_size=batch_size
-    )
-  identity = None
-  if _needs_identity(options, generator):
-    identity = IdentityBackbone(weights_dir, batch_size=batch_size)
-  return FaceAnonymizer(
-    generator, baseline, options, identity, weights_dir=weights_dir, parser=parser
-  )

@@ -24,6 +24,7 @@ from sdgan_jax.faces.pipeline import Face
 
 if TYPE_CHECKING:
   from sdgan_jax.anonymize.jobs import Job
+  from sdgan_jax.faces import detect
 
 IDENTITY_CHECK_OFF = (
   'the identity re-check is off (--no_identity_check / identity_threshold '
@@ -164,3 +165,19 @@ def draw_detections(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
     label = 'ok' if face.status == 'anonymized' else face.reason
     draw.text((x0 + 2, max(0, y0 - 12)), label, fill=colour)
   return np.asarray(canvas)
+
+
+def rejected_rows(found: detect.Detections) -> list[dict]:
+  """Report rows of the candidates that the second stage judged not to be faces."""
+  rejected = found.rejected
+  if rejected is None:
+    return []
+  return [
+    {
+      'box': [round(float(v), 1) for v in rejected.boxes[k]],
+      'score': round(float(rejected.scores[k]), 4),
+      'presence': round(float(rejected.presence[k]), 4),
+      'detectors': list(rejected.sources[k]) if rejected.sources else None,
+    }
+    for k in range(len(rejected))
+  ]
