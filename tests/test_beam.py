@@ -25,7 +25,14 @@ from test_anonymize import make_collage, tiles, weights_dir, workdir, write_vide
 from tool_loader import load_tool
 
 from sdgan_jax import anonymize, media
-from sdgan_jax.anonymize import beam_inputs, beam_pipeline, beam_resume, beam_spec, beam_summary
+from sdgan_jax.anonymize import (
+  beam_inputs,
+  beam_pipeline,
+  beam_resume,
+  beam_spec,
+  beam_summary,
+  beam_worker,
+)
 from sdgan_jax.anonymize import report as run_report
 
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -396,3 +403,38 @@ def test_an_output_holding_a_run_with_other_options_is_refused(tmp_path):
   again = spec('--seed', '2', '--overwrite')
   assert again.overwrite and not again.resume
   assert again.fingerprint() != first.fingerprint()
+
+
+def test_a_worker_process_loads_the_model_once_at_its_first_batch(tmp_path):
+  """Every copy of the DoFn in one process (a runner's threads or bundle processors)
+  shares one model, loaded at the first batch: a copy given no batch loads nothing."""
+  from apache_beam.internal import pickler  # pylint: disable=import-outside-toplevel
+
+  loads = tmp_path / 'loads'  # the copies' ``load`` is a pickled copy: it counts in a file
+
+  class Stub:  # what the Runner reads of an anonymizer for files it skips
+    options = anonymize.Options()
+    method = 'stub'
+    semantic_maps = None
+
+    def take_rejected(self, key):
+      return []
+
+  def load():
+    with open(loads, 'a') as f:
+      f.write('load\n')
+    return Stub()
+
+  spec = beam_spec.RunSpec(output=str(tmp_path / 'out'), report='r.json', options=Stub.options)
+  fn = beam_worker.AnonymizeFiles(spec, load)
+  copies = [pickler.loads(pickler.dumps(fn)) for _ in range(2)]
+  for copy in copies:
+    copy.setup()
+  assert not loads.exists()
+  notes = beam_inputs.Source(str(tmp_path / 'notes.txt'), 'notes.txt', None, 'not media')
+  rows = [row for copy in copies for row in copy.process([notes])]
+  assert loads.read_text() == 'load\n'
+  assert [r['status'] for r in rows] == ['skipped', 'skipped'], rows
+  for copy in copies:
+    copy.teardown()
+  assert not beam_worker._SHARED  # pylint: disable=protected-access

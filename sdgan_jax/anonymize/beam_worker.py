@@ -11,6 +11,8 @@ import pathlib
 import posixpath
 import shutil
 import tempfile
+import threading
+import uuid
 from collections.abc import Callable, Sequence
 
 import apache_beam as beam
@@ -23,6 +25,21 @@ from sdgan_jax.anonymize.beam_inputs import Source
 from sdgan_jax.anonymize.beam_spec import COUNTERS, RunSpec, is_local, join, write_atomic
 from sdgan_jax.anonymize.jobs import Job
 from sdgan_jax.anonymize.runner import Runner
+from sdgan_jax.perf import compile_cache
+
+
+@dataclasses.dataclass
+class _SharedRunner:
+  users: int  # the DoFn copies set up and not torn down
+  runner: Runner | None = None  # made at the first batch
+  lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+# The worker process's ``Runner`` (and so its model) per run, shared by every copy of the
+# run's ``AnonymizeFiles``: a runner makes one copy per thread or bundle processor, and
+# each would otherwise load the model and compile its programs again.
+_SHARED: dict[str, _SharedRunner] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class AnonymizeFiles(beam.DoFn):
@@ -31,7 +48,9 @@ class AnonymizeFiles(beam.DoFn):
   Args:
     spec: the run.
     load: makes the worker's ``FaceAnonymizer`` (default ``spec.load``: the CLI's
-      ``build_anonymizer``); called once per worker, in ``setup``.
+      ``build_anonymizer``); called once per worker process, at its first batch (a worker
+      given no batch loads nothing, leaving the cores to those that work), and shared by
+      the process's threads one batch at a time.
   """
 
   def __init__(self, spec: RunSpec, load: Callable[[], FaceAnonymizer] | None = None):
@@ -41,31 +60,52 @@ class AnonymizeFiles(beam.DoFn):
     self._counters = {
       name: Metrics.counter(COUNTERS, name) for name in ('files', 'faces', 'fallbacks', 'errors')
     }
-    self._runner = None
+    self._key = uuid.uuid4().hex  # pickled with the DoFn: the same in all its copies
     self._scratch = None
 
   def setup(self):
-    if self._spec.compilation_cache is not None:
-      from sdgan_jax.perf import compile_cache  # pylint: disable=import-outside-toplevel
-
-      compile_cache.enable(self._spec.compilation_cache)
-    anonymizer = (self._load or self._spec.load)()
-    self._runner = Runner(
-      anonymizer, self._spec.output, visualize=self._spec.visualize, progress=False, replace=True
-    )
+    with _SHARED_LOCK:
+      shared = _SHARED.setdefault(self._key, _SharedRunner(users=0))
+      shared.users += 1
     self._scratch = pathlib.Path(tempfile.mkdtemp(prefix='sdgan_beam_'))
 
   def teardown(self):
+    with _SHARED_LOCK:
+      shared = _SHARED.get(self._key)
+      if shared is not None:
+        shared.users -= 1
+        if shared.users <= 0:
+          del _SHARED[self._key]
     if self._scratch is not None:
       shutil.rmtree(self._scratch, ignore_errors=True)
 
-  def process(self, batch: Sequence[Source]):
-    batch = list(batch)
-    for source, row in self._rows(batch):
-      self._finish(source, row)
-      yield row
+  def _runner(self) -> _SharedRunner:
+    """This process's runner of the run, made (the model loaded) by its first batch."""
+    shared = _SHARED[self._key]
+    with shared.lock:
+      if shared.runner is None:
+        # As the CLI: the persistent compilation cache (None: the default folder; '': off),
+        # so a worker loads the programs a previous run (or the CLI) compiled.
+        compile_cache.enable(self._spec.compilation_cache)
+        anonymizer = (self._load or self._spec.load)()
+        shared.runner = Runner(
+          anonymizer,
+          self._spec.output,
+          visualize=self._spec.visualize,
+          progress=False,
+          replace=True,
+        )
+    return shared
 
-  def _rows(self, batch: list[Source]) -> list[tuple[Source, dict]]:
+  def process(self, batch: Sequence[Source]):
+    shared = self._runner()
+    with shared.lock:  # one batch at a time through the process's model
+      rows = self._rows(shared.runner, list(batch))
+      for source, row in rows:
+        self._finish(shared.runner, source, row)
+    yield from (row for _, row in rows)
+
+  def _rows(self, runner: Runner, batch: list[Source]) -> list[tuple[Source, dict]]:
     """(source, report row) per source: the batch together; if that raises, one by one."""
     work = pathlib.Path(tempfile.mkdtemp(dir=self._scratch))
     try:
@@ -77,10 +117,10 @@ class AnonymizeFiles(beam.DoFn):
           rows.append((source, _error_row(source, e)))
       jobs = [job for _, job in staged]
       try:
-        entries = {e['input']: e for e in self._runner.process_jobs(jobs)}
+        entries = {e['input']: e for e in runner.process_jobs(jobs)}
       except Exception as e:  # pylint: disable=broad-except
         if len(staged) > 1:
-          return rows + [pair for source, _ in staged for pair in self._rows([source])]
+          return rows + [pair for source, _ in staged for pair in self._rows(runner, [source])]
         entries = {job.key(): _error_row(source, e) for source, job in staged}
       for source, job in staged:
         row = entries.get(job.key()) or _error_row(
@@ -135,9 +175,8 @@ class AnonymizeFiles(beam.DoFn):
       row.update(status='error', error=f'writing failed: {type(e).__name__}: {e}')
     return row
 
-  def _finish(self, source: Source, row: dict) -> None:
+  def _finish(self, runner: Runner, source: Source, row: dict) -> None:
     """Records a finished file (after its output: resuming trusts the record) and counts."""
-    runner = self._runner
     if source.kind in ('image', 'video') and row['status'] != 'error':
       record = {
         'fingerprint': self._fingerprint,
