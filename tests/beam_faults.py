@@ -15,15 +15,14 @@ import time
 from sdgan_jax import anonymize
 
 RAISE_SIZE = (150, 150)  # a photo of this size raises in the worker
+RAISE_VIDEO_NAME = 'raises_mid'  # a video whose name holds this raises in its 2nd frame batch
 STALL_NAME = 'zz_stall'  # a photo whose name holds this stalls its worker
 
 
-def faulty_anonymizer(weights_dir, options: anonymize.Options) -> anonymize.FaceAnonymizer:
-  """The pixelate baseline, but a photo of ``RAISE_SIZE`` raises, a video raises in its
-  second frame batch, and a file named ``STALL_NAME`` stalls for ten minutes."""
-  anonymizer = anonymize.FaceAnonymizer(
-    baseline='pixelate', options=options, weights_dir=weights_dir
-  )
+def with_faults(anonymizer: anonymize.FaceAnonymizer) -> anonymize.FaceAnonymizer:
+  """``anonymizer``, but a photo of ``RAISE_SIZE`` raises, a video named with
+  ``RAISE_VIDEO_NAME`` raises in its second frame batch, and a file named with
+  ``STALL_NAME`` stalls for ten minutes."""
   process = anonymizer.process
   batches: dict[str, int] = {}
 
@@ -33,7 +32,7 @@ def faulty_anonymizer(weights_dir, options: anonymize.Options) -> anonymize.Face
     for key in set(keys or ()):
       if STALL_NAME in key:
         time.sleep(600)
-      if key.endswith('.mp4'):
+      if RAISE_VIDEO_NAME in key:
         batches[key] = batches.get(key, 0) + 1
         if batches[key] == 2:
           raise RuntimeError('worker blew up mid-video')
@@ -41,6 +40,18 @@ def faulty_anonymizer(weights_dir, options: anonymize.Options) -> anonymize.Face
 
   anonymizer.process = faulty
   return anonymizer
+
+
+def faulty_model(*args, **kwargs) -> anonymize.FaceAnonymizer:
+  """``anonymize.build_anonymizer(*args, **kwargs)`` ``with_faults``."""
+  return with_faults(anonymize.build_anonymizer(*args, **kwargs))
+
+
+def faulty_anonymizer(weights_dir, options: anonymize.Options) -> anonymize.FaceAnonymizer:
+  """The pixelate baseline ``with_faults``."""
+  return with_faults(
+    anonymize.FaceAnonymizer(baseline='pixelate', options=options, weights_dir=weights_dir)
+  )
 
 
 def main(argv) -> None:

@@ -1,6 +1,8 @@
 """The Beam pipeline (``anonymize.beam_pipeline``) on the DirectRunner with 2 worker
 processes, against the CLI on the same files: photos, an animated GIF, a short video with
-sound and a corrupt file.
+sound, a corrupt file, and a photo and a video whose processing raises. One CLI run and
+one Beam run (the ``runs`` fixture) serve the checks of bytes, rows, totals and
+dead-letter rows; a killed run and its rerun check resuming.
 
 References: the CLI's own outputs and report on the same inputs and seed (the pipeline
 must be the CLI's anonymizer, byte for byte), and the files found on disk by walking the
@@ -33,27 +35,32 @@ from sdgan_jax.anonymize import (
   beam_summary,
   beam_worker,
 )
+from sdgan_jax.anonymize import cli as anonymize_cli
 from sdgan_jax.anonymize import report as run_report
 
 TESTS = pathlib.Path(__file__).resolve().parent
 TWO_WORKERS = ['--direct_num_workers=2', '--direct_running_mode=multi_processing']
 NOT_MEDIA = {'anonymize_report.json'}
+RAISE_SIZE = beam_faults.RAISE_SIZE
 
 
-@pytest.fixture(autouse=True)
-def worker_environment(monkeypatch):
+@pytest.fixture(autouse=True, scope='module')
+def worker_environment():
   """Beam's worker processes import the tests' modules and compute as this process does
   (conftest's JAX settings, which they inherit through the environment)."""
   path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get('PYTHONPATH', '')])
-  monkeypatch.setenv('PYTHONPATH', path)
-  monkeypatch.setenv('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
-  monkeypatch.setenv('JAX_THREEFRY_PARTITIONABLE', '0')
+  with pytest.MonkeyPatch.context() as env:
+    env.setenv('PYTHONPATH', path)
+    env.setenv('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
+    env.setenv('JAX_THREEFRY_PARTITIONABLE', '0')
+    yield
 
 
 @pytest.fixture(scope='module')
 def inputs(tmp_path_factory, tiles):  # noqa: F811
   """Photos (one in a subfolder), an animated GIF, a 6-frame video with sound, a corrupt
-  JPEG and a text file."""
+  JPEG, a text file, and a photo and a video that raise in the anonymizer
+  (``beam_faults.with_faults``)."""
   root = tmp_path_factory.mktemp('beam_in') / 'in'
   (root / 'sub').mkdir(parents=True)
   collage, _ = make_collage(tiles)
@@ -66,6 +73,9 @@ def inputs(tmp_path_factory, tiles):  # noqa: F811
   good = (root / 'sub' / 'biden.png').read_bytes()
   (root / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0' + good[100:400])
   (root / 'notes.txt').write_text('not media: skipped\n')
+  raises = np.asarray(Image.open(root / 'sub' / 'biden.png'))[: RAISE_SIZE[0], : RAISE_SIZE[1]]
+  Image.fromarray(raises).save(root / 'raises.png')
+  (root / f'{beam_faults.RAISE_VIDEO_NAME}.mp4').write_bytes((root / 'clip.mp4').read_bytes())
   return root
 
 
@@ -101,14 +111,12 @@ def counts(totals: dict) -> dict:
   return {k: v for k, v in totals.items() if k not in ('seconds', 'images_per_s', 'faces_per_s')}
 
 
-@pytest.mark.slow  # a CLI run and a 2-worker Beam run of the small generator (~2 min)
-def test_beam_outputs_rows_and_totals_are_the_clis(
-  inputs,
-  workdir,
-  weights_dir,
-  tmp_path,
-  capsys,
-):
+@pytest.fixture(scope='module')
+def runs(inputs, workdir, weights_dir, tmp_path_factory):  # noqa: F811
+  """The CLI and a 2-worker Beam run on ``inputs`` with the same model, seed and flags,
+  both through ``beam_faults.with_faults`` (a photo and a video raise in the anonymizer):
+  {'cli': its output folder, 'cli_code': its exit status, 'beam': the Beam output,
+  'summary': the Beam run's summary}."""
   flags = [
     '--checkpoint',
     str(workdir),
@@ -126,94 +134,91 @@ def test_beam_outputs_rows_and_totals_are_the_clis(
     '2',
     '--no_progress',
   ]
-  cli_out, beam_out = tmp_path / 'cli', tmp_path / 'beam'
-  assert load_tool('anonymize').main([str(inputs), '--output', str(cli_out)] + flags) == 1
-  cli_report = json.loads((cli_out / anonymize.REPORT_NAME).read_text())
-  code = load_tool('anonymize_beam').main(
-    [str(inputs), '--output', str(beam_out)] + flags + TWO_WORKERS
+  root = tmp_path_factory.mktemp('beam_runs')
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(anonymize_cli, 'build_anonymizer', beam_faults.faulty_model)
+    cli_code = load_tool('anonymize').main([str(inputs), '--output', str(root / 'cli')] + flags)
+  args, beam_args = beam_pipeline.parse_args(
+    [str(inputs), '--output', str(root / 'beam')] + flags + TWO_WORKERS
   )
-  assert code == 1  # the corrupt file
-  assert 'finished before (resumed)' in capsys.readouterr().out
+  load = functools.partial(
+    beam_faults.faulty_model,
+    args.checkpoint,
+    options=args.options,
+    weights_dir=args.weights_dir,
+  )
+  summary = beam_pipeline.run(args, beam_args, load=load)
+  return {'cli': root / 'cli', 'cli_code': cli_code, 'beam': root / 'beam', 'summary': summary}
 
-  cli_files, beam_files = media_files(cli_out), media_files(beam_out)
+
+RAISING = ('raises.png', f'{beam_faults.RAISE_VIDEO_NAME}.mp4')
+
+
+@pytest.mark.slow  # the shared CLI and 2-worker Beam runs (~2 min)
+def test_beam_writes_the_clis_bytes(runs):
+  cli_files, beam_files = media_files(runs['cli']), media_files(runs['beam'])
+  # Nothing under the names of the files that raised (nor a temporary file left).
   assert set(cli_files) == {'collage.jpg', 'sub/biden.png', 'moving.gif', 'clip.mp4'}
   assert set(beam_files) == set(cli_files)
   for name, data in cli_files.items():
     assert beam_files[name] == data, name
 
+
+@pytest.mark.slow  # the shared CLI and 2-worker Beam runs (~2 min)
+def test_beam_rows_and_totals_are_the_clis(runs, inputs):
+  cli_out, beam_out = runs['cli'], runs['beam']
+  cli_report = json.loads((cli_out / anonymize.REPORT_NAME).read_text())
+  assert runs['cli_code'] == 1  # the corrupt and the raising files
   cli_rows = {r['input']: comparable(r, cli_out) for r in cli_report['files']}
   beam_rows = {r['input']: comparable(r, beam_out) for r in shard_rows(beam_out)}
   assert beam_rows == cli_rows
   assert sum(r['faces_found'] for r in cli_rows.values() if 'faces_found' in r) >= 6
   assert cli_rows[str(inputs / 'corrupt.jpg')]['status'] == 'error'
-  errors = [
-    json.loads(line)
-    for shard in beam_out.glob('anonymize_report.errors-*.jsonl')
-    for line in shard.read_text().splitlines()
-  ]
-  assert [r['input'] for r in errors] == [str(inputs / 'corrupt.jpg')]
+  assert 'worker blew up on this photo' in beam_rows[str(inputs / RAISING[0])]['error']
+  assert 'worker blew up mid-video' in beam_rows[str(inputs / RAISING[1])]['error']
+  for name in ('collage.jpg', 'moving.gif'):  # the files beside the raising ones: done
+    row = beam_rows[str(inputs / name)]
+    assert row['status'] == 'ok' and row['faces_found'] >= 1, row
 
-  summary = json.loads((beam_out / anonymize.REPORT_NAME).read_text())
+  summary = runs['summary']
+  assert summary == json.loads((beam_out / anonymize.REPORT_NAME).read_text())
   assert counts(summary['totals']) == counts(cli_report['totals'])
-  assert summary['totals']['files'] == 6 and summary['resumed'] == 0
+  assert summary['totals']['files'] == 8 and summary['totals']['errors'] == 3
+  assert summary['resumed'] == 0
   for key in ('method', 'semantic_maps', 'options', 'warnings'):
     assert summary[key] == cli_report[key], key
 
 
-@pytest.mark.slow  # a 2-worker Beam run (~1 min)
-def test_a_file_whose_worker_raises_ends_as_an_error_row(inputs, weights_dir, tmp_path):  # noqa: F811
-  """A photo whose processing raises and a video that raises in its second frame batch
-  each end as one error row, nothing written under their names; the rest are written."""
-  src = tmp_path / 'in'
-  src.mkdir()
-  for name in ('collage.jpg', 'moving.gif', 'clip.mp4', 'corrupt.jpg'):
-    (src / name).write_bytes((inputs / name).read_bytes())
-  biden = np.asarray(Image.open(inputs / 'sub' / 'biden.png'))
-  Image.fromarray(biden[: beam_faults.RAISE_SIZE[0], : beam_faults.RAISE_SIZE[1]]).save(
-    src / 'raises.png'
+@pytest.mark.slow  # the shared CLI and 2-worker Beam runs (~2 min)
+def test_the_dead_letter_rows_are_the_error_rows(runs, inputs):
+  errors = [
+    json.loads(line)
+    for shard in runs['beam'].glob('anonymize_report.errors-*.jsonl')
+    for line in shard.read_text().splitlines()
+  ]
+  assert sorted(r['input'] for r in errors) == sorted(
+    str(inputs / name) for name in ('corrupt.jpg', *RAISING)
   )
-  out = tmp_path / 'out'
-  args, beam_args = beam_pipeline.parse_args(
-    [
-      str(src),
-      '--output',
-      str(out),
-      '--baseline',
-      'pixelate',
-      '--no_identity_check',
-      '--frames_per_batch',
-      '4',
-      '--images_per_batch',
-      '3',
-    ]
-    + TWO_WORKERS
+  assert sorted(errors, key=lambda r: r['input']) == sorted(
+    (r for r in shard_rows(runs['beam']) if r['status'] == 'error'), key=lambda r: r['input']
   )
-  summary = beam_pipeline.run(
-    args,
-    beam_args,
-    load=functools.partial(beam_faults.faulty_anonymizer, weights_dir, args.options),
-  )
-  rows = {pathlib.Path(r['input']).name: r for r in shard_rows(out)}
-  assert sorted(rows) == ['clip.mp4', 'collage.jpg', 'corrupt.jpg', 'moving.gif', 'raises.png']
-  assert 'worker blew up on this photo' in rows['raises.png']['error']
-  assert 'worker blew up mid-video' in rows['clip.mp4']['error']
-  assert rows['corrupt.jpg']['status'] == 'error'
-  for name in ('collage.jpg', 'moving.gif'):
-    assert rows[name]['status'] == 'ok' and rows[name]['faces_found'] >= 1, rows[name]
-  # Nothing under a final name but the finished files, and no temporary file left behind.
-  assert sorted(media_files(out)) == ['collage.jpg', 'moving.gif']
-  assert summary['totals']['errors'] == 3 and summary['totals']['files'] == 5
 
 
 @pytest.mark.slow  # a killed 2-worker Beam run and its rerun (~1-2 min)
-def test_a_killed_run_rerun_writes_every_output_exactly_once(inputs, weights_dir, tmp_path):  # noqa: F811
+def test_a_killed_run_rerun_writes_every_output_exactly_once(
+  inputs,
+  weights_dir,  # noqa: F811
+  tmp_path,
+  capsys,
+):
+  """The tool's rerun of a killed run: each output written once, the finished ones not
+  redone, the corrupt file an error row again (exit status 1)."""
   src = tmp_path / 'in'
   src.mkdir()
-  names = ['a.png', 'b.jpg', 'c.gif', f'{beam_faults.STALL_NAME}.png', 'clip.mp4']
-  for name, orig in zip(
-    names, ['sub/biden.png', 'collage.jpg', 'moving.gif', 'sub/biden.png', 'clip.mp4']
-  ):
+  names = ['a.png', 'c.gif', f'{beam_faults.STALL_NAME}.png', 'clip.mp4']
+  for name, orig in zip(names, ['sub/biden.png', 'moving.gif', 'sub/biden.png', 'clip.mp4']):
     (src / name).write_bytes((inputs / orig).read_bytes())
+  (src / 'corrupt.jpg').write_bytes((inputs / 'corrupt.jpg').read_bytes())
   out = tmp_path / 'out'
   flags = [
     str(src),
@@ -240,7 +245,7 @@ def test_a_killed_run_rerun_writes_every_output_exactly_once(inputs, weights_dir
     while not list(rows_dir.rglob('*.json')) and time.monotonic() < deadline:
       assert killed.poll() is None, 'the run ended before it was killed'
       time.sleep(1)
-    time.sleep(5)
+    time.sleep(2)
   finally:
     # The run and its Beam worker processes (which Beam starts in sessions of their own).
     for process in [psutil.Process(killed.pid)] + psutil.Process(killed.pid).children(
@@ -262,15 +267,16 @@ def test_a_killed_run_rerun_writes_every_output_exactly_once(inputs, weights_dir
   assert not (out / anonymize.REPORT_NAME).exists()
 
   code = load_tool('anonymize_beam').main(flags)
-  assert code == 0
+  assert code == 1  # the corrupt file
+  assert f'{len(finished)} finished before (resumed)' in capsys.readouterr().out
   assert sorted(media_files(out)) == sorted(names)  # each once, no temporary file
   for path, mtime in finished.items():  # a finished file is not redone
     assert path.stat().st_mtime_ns == mtime, path
   rows = shard_rows(out)
-  assert sorted(pathlib.Path(r['input']).name for r in rows) == sorted(names)
+  assert sorted(pathlib.Path(r['input']).name for r in rows) == sorted(names + ['corrupt.jpg'])
   summary = json.loads((out / anonymize.REPORT_NAME).read_text())
   assert summary['resumed'] == len(finished)
-  assert summary['totals']['files'] == len(names) and summary['totals']['errors'] == 0
+  assert summary['totals']['files'] == len(names) + 1 and summary['totals']['errors'] == 1
   assert counts(summary['totals']) == counts(
     run_report.finish_totals(run_report.file_totals(rows), 1.0)
   )
