@@ -41,22 +41,7 @@ BENCHES = ('train', 'generator', 'anonymize')
 def preset_config(name: str):
   """The config a preset names, with random perceptual weights (same cost, no file)."""
   if name == 'small':
-    config = demo.get_config()
-    config.resolution = 32
-    config.model.generator.update(
-      dict(
-        stem_features=8,
-        encoder_features=(8, 16, 16, 16),
-        bottleneck_features=16,
-        bottleneck_blocks=1,
-        decoder_features=(16, 16, 8, 8),
-        spade_hidden=8,
-      )
-    )
-    config.model.identity.width = 8
-    config.model.identity.embed_dim = 16
-    config.model.discriminator = dict(kind='global', widths=(8, 16, 16, 16, 16), hidden=16)
-    config.train.g_steps = 1
+    config = demo.get_config('tiny')
   elif name == 'default':
     config = celeba.get_config('128')
   elif name == 'authors':
