@@ -222,16 +222,8 @@ def bench_train_step(
   if profile_dir:
     phase(name, f'profiling 3 steps into {profile_dir}')
     extra.update(profiling.try_profile(call, profile_dir))
-  return _summary(
-    name,
-    config,
-    batch_size,
-    step_s,
-    compile_s,
-    flops_lib.lowered_flops(lowered),
-    _memory(compiled),
-    extra,
-  )
+  flops = flops_lib.lowered_flops(lowered)
+  return _summary(name, config, batch_size, step_s, compile_s, flops, _memory(compiled), extra)
 
 
 def _init_on_host(init_fn: Callable, *args):
@@ -272,16 +264,8 @@ def bench_generator(
   if profile_dir:
     phase(name, f'profiling 3 calls into {profile_dir}')
     extra.update(profiling.try_profile(call, profile_dir))
-  return _summary(
-    name,
-    config,
-    batch_size,
-    step_s,
-    compile_s,
-    flops_lib.lowered_flops(lowered),
-    _memory(compiled),
-    extra,
-  )
+  flops = flops_lib.lowered_flops(lowered)
+  return _summary(name, config, batch_size, step_s, compile_s, flops, _memory(compiled), extra)
 
 
 def bench_anonymize_batch(
