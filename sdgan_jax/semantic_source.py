@@ -40,7 +40,7 @@ import numpy as np
 RECORD = 'semantic_maps.json'
 POLYGONS = 'polygons'
 PARSER = 'parser'
-MANIFEST = 'manifest.json'  # sdgan_jax.datasets.prepare.MANIFEST
+MANIFEST = 'manifest.json'  # sdgan_jax.datasets.chunks.MANIFEST
 PREPARED = 'prepared'  # DATA_DIR/prepared/<config>/ (datasets.builder)
 
 

@@ -9,7 +9,7 @@ number per face and no rejection loop. The callers:
 * the input pipeline's target example (and its other-identity pair): examples sorted by
   identity, the block the source's identity (``input_pipeline.plan.TrainPlan``);
 * ``IdentityBank.sample_targets``: bank rows, the block the source's own row (count 1);
-* the evaluation's model rows (``evaluation.runner``): bank rows, the block the face's own
+* the evaluation's model rows (``evaluation.rows``): bank rows, the block the face's own
   row when the bank holds its person, else none (count 0: a test face may get any row).
 
 The anonymizer draws from the whole bank on purpose: the person in a photo is not known to

@@ -285,7 +285,9 @@ def _data(config):
 
     return train_batches, eval_batches
 
-  from sdgan_jax.datasets import parsing_folders as pf  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.datasets import parsing_batches
+  from sdgan_jax.datasets import parsing_folders as pf
 
   kwargs = dict(layout=data.layout, sides=data.sides, holdout=data.holdout)
   folder = pf.ParsingFolder(data.folder, data.train_split, **kwargs)
@@ -294,7 +296,7 @@ def _data(config):
   )
 
   def folder_train_batches(start_step):
-    return pf.train_batches(
+    return parsing_batches.train_batches(
       folder,
       batch_size=config.train.batch_size,
       resolution=config.resolution,
@@ -310,7 +312,7 @@ def _data(config):
       'no validation split %r in %s (%s): no validation metric', data.eval_split, data.folder, e
     )
     return folder_train_batches, None
-  return folder_train_batches, lambda: pf.eval_batches(
+  return folder_train_batches, lambda: parsing_batches.eval_batches(
     eval_folder,
     batch_size=config.train.batch_size,
     resolution=config.resolution,

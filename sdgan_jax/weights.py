@@ -63,6 +63,17 @@ def weights_path(name: str, weights_dir: str | os.PathLike | None = None) -> pat
   return pathlib.Path(weights_dir or default_weights_dir()) / f'{name}.msgpack'
 
 
+def add_output_flags(parser, name_default: str | None, name_help: str) -> None:
+  """The converters' ``--name`` and ``--weights-dir`` (tools/convert_*.py): the saved name
+  and the weights directory (``default_weights_dir`` when not given)."""
+  parser.add_argument('--name', default=name_default, help=name_help)
+  parser.add_argument(
+    '--weights-dir',
+    default=None,
+    help='output directory (default: $SDGAN_WEIGHTS_DIR or ~/.cache/sdgan_jax/weights)',
+  )
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
   digest = hashlib.sha256()
   with open(path, 'rb') as f:

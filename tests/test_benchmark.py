@@ -102,9 +102,9 @@ def test_trace_summary_on_a_known_device_timeline(tmp_path):
   """
   path = tmp_path / 'gpu.xplane.pb'
   path.write_bytes(ProfileData.text_proto_to_serialized_xspace(text))
-  from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import profiling  # pylint: disable=import-outside-toplevel
 
-  (timeline,) = benchmarking.summarize_trace(str(path))
+  (timeline,) = profiling.summarize_trace(str(path))
   assert (timeline['plane'], timeline['line'], timeline['events']) == (
     '/device:GPU:0',
     'Stream #13(Compute)',
@@ -130,7 +130,7 @@ def test_flops_reports_each_authors_network_at_their_figures(capsys, tmp_path):
   for row in rows:
     assert row['preset'] == 'authors' and row['resolution'] == 128
     # our counts, rounded as the authors give theirs (0.1 GFLOP, 0.01 M parameters), are
-    # their figures (benchmarking.AUTHORS_FIGURES)
+    # their figures (flops.AUTHORS_FIGURES)
     assert round(row['gflop_per_image'], 1) == row['authors_gflop'], row
     assert round(row['params'], -4) == row['authors_params'], row
     # XLA's own total (elementwise work in, zero-padding taps out) is of the same order
@@ -146,7 +146,7 @@ def test_conv_dense_flops_counts_padding_taps_and_groups():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from sdgan_jax.perf import benchmarking  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.perf import flops  # pylint: disable=import-outside-toplevel
 
   x = jax.ShapeDtypeStruct((2, 8, 8, 16), jnp.float32)
   kernel = jax.ShapeDtypeStruct((5, 5, 2, 16), jnp.float32)  # 8 groups of 2 channels
@@ -158,7 +158,7 @@ def test_conv_dense_flops_counts_padding_taps_and_groups():
     )
     return jnp.mean(y, axis=(1, 2)) @ dense
 
-  assert benchmarking.conv_dense_flops(fn, x, kernel, dense) == (
+  assert flops.conv_dense_flops(fn, x, kernel, dense) == (
     2 * (2 * 8 * 8 * 16) * (5 * 5 * 2) + 2 * (2 * 3) * 16
   )
 
@@ -168,10 +168,10 @@ def test_authors_shapes_config_selects_the_authors_networks():
   from sdgan_jax import networks, train_step
   from sdgan_jax.configs import celeba
   from sdgan_jax.models.authors_generator import AuthorsGenerator
-  from sdgan_jax.perf import benchmarking
+  from sdgan_jax.perf import benchmarking, flops
 
   config = benchmarking.authors_shapes_config(celeba.get_config())
-  nets = benchmarking.build_networks(config)
+  nets = flops.build_networks(config)
   assert isinstance(nets['generator'], AuthorsGenerator)
   assert nets['identity'].stem == 'cifar' and nets['identity'].num_identities == 0
   # the train step builds the same network from the config

@@ -14,7 +14,8 @@ import fake_celeba
 import numpy as np
 import pytest
 
-from sdgan_jax.datasets import celeba_files, features, prepare, samples
+from sdgan_jax.datasets import celeba_files, face_records, features, image_sources, prepare, samples
+from sdgan_jax.datasets import chunks as chunks_lib
 
 CHUNK = 4
 
@@ -125,7 +126,7 @@ def fake(tmp_path_factory, download_cache):
 def runs(fake, tmp_path_factory):
   """An interrupted + resumed run (2 processes) and an uninterrupted one (in-process)."""
   resumed = tmp_path_factory.mktemp('prepared') / 'celeba_128'
-  source = prepare.celeba_folder_source(fake.root)
+  source = image_sources.celeba_folder_source(fake.root)
   first = prepare.prepare_source(
     source,
     resumed,
@@ -135,10 +136,10 @@ def runs(fake, tmp_path_factory):
     progress=False,
     **fake_celeba.SPLIT,
   )
-  chunks = sorted((resumed / prepare.CHUNK_DIR).glob('chunk-*.npz'))
+  chunks = sorted((resumed / chunks_lib.CHUNK_DIR).glob('chunk-*.npz'))
   mtimes = {p.name: p.stat().st_mtime_ns for p in chunks}
   # A torn file where the third chunk goes (e.g. a disk error): it must not count as done.
-  prepare.chunk_path(resumed, 2).write_bytes(b'PK\x03\x04 not a finished chunk')
+  chunks_lib.chunk_path(resumed, 2).write_bytes(b'PK\x03\x04 not a finished chunk')
   second = prepare.prepare_source(
     source, resumed, workers=2, chunk_size=CHUNK, progress=False, **fake_celeba.SPLIT
   )
@@ -189,15 +190,15 @@ def test_interrupted_preparation_resumes_without_recomputing(runs):
   assert runs['first'].split.images_prepared == {}
   assert second.chunks_reused == 2 and second.chunks_computed == num_chunks - 2
   assert second.images_processed == 19 - 2 * CHUNK
-  chunks = runs['second'].prepared_dir / prepare.CHUNK_DIR
+  chunks = runs['second'].prepared_dir / chunks_lib.CHUNK_DIR
   for name, mtime in runs['mtimes'].items():
     assert (chunks / name).stat().st_mtime_ns == mtime, f'{name} was rewritten'
   # The resumed folder equals the uninterrupted (single-process) one, chunk by chunk.
   whole = runs['uninterrupted'].prepared_dir
   for i in range(num_chunks):
     with (
-      np.load(prepare.chunk_path(runs['second'].prepared_dir, i)) as a,
-      np.load(prepare.chunk_path(whole, i)) as b,
+      np.load(chunks_lib.chunk_path(runs['second'].prepared_dir, i)) as a,
+      np.load(chunks_lib.chunk_path(whole, i)) as b,
     ):
       assert sorted(a.files) == sorted(b.files)
       for key in a.files:
@@ -206,12 +207,12 @@ def test_interrupted_preparation_resumes_without_recomputing(runs):
 
 
 def test_preparation_refuses_a_folder_made_with_other_settings(fake, runs):
-  source = prepare.celeba_folder_source(fake.root)
+  source = image_sources.celeba_folder_source(fake.root)
   with pytest.raises(ValueError, match='other settings.*options'):
     prepare.prepare_source(
       source,
       runs['second'].prepared_dir,
-      prepare.FaceOptions(resolution=64),
+      face_records.FaceOptions(resolution=64),
       workers=0,
       chunk_size=CHUNK,
       progress=False,
@@ -222,10 +223,10 @@ def test_preparation_refuses_a_folder_made_with_other_settings(fake, runs):
 def test_prepared_records_match_the_face_pipeline(fake, runs):
   from sdgan_jax.faces import align, pipeline  # pylint: disable=import-outside-toplevel
 
-  faces = {str(f['filename']): f for f in prepare.iter_prepared(runs['second'].prepared_dir)}
+  faces = {str(f['filename']): f for f in chunks_lib.iter_prepared(runs['second'].prepared_dir)}
   assert sorted(faces) == fake.files('face')
   for filename in fake.files('face')[::5]:
-    image = prepare.decode_image(str(fake.root / 'img_align_celeba' / filename))
+    image = face_records.decode_image(str(fake.root / 'img_align_celeba' / filename))
     found = pipeline.prepare_faces(image, resolution=128)
     reference = max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
     got = faces[filename]
@@ -373,8 +374,8 @@ def test_tfds_celeb_a_source_gives_the_same_faces(fake, runs, tmp_path):
       min_images=2,
     )
   assert got.split.train == [2880] and got.split.test == [4021]
-  reference = {str(f['filename']): f for f in prepare.iter_prepared(runs['second'].prepared_dir)}
-  faces = list(prepare.iter_prepared(tmp_path / 'prepared'))
+  reference = {str(f['filename']): f for f in chunks_lib.iter_prepared(runs['second'].prepared_dir)}
+  faces = list(chunks_lib.iter_prepared(tmp_path / 'prepared'))
   assert len(faces) == 4
   for face in faces:
     original = reference[str(face['filename']).split('__')[1]]

@@ -19,7 +19,7 @@ from sdgan_jax.models.discriminator import (
   patch_output_size,
 )
 from sdgan_jax.models.layers import count_params
-from sdgan_jax.perf import benchmarking
+from sdgan_jax.perf import flops as flops_lib
 
 NUM_CLASSES = 11
 SMALL_GLOBAL = dict(widths=(8, 16, 16, 32, 32), hidden=16)
@@ -124,9 +124,9 @@ def test_global_flops_full_size():
   d = GlobalDiscriminator()
   forward = lambda v, *a: d.apply(v, *a)
   variables = jax.eval_shape(d.init, jax.random.key(0), *_inputs(128, batch=1))
-  flops = benchmarking.conv_dense_flops(
+  flops = flops_lib.conv_dense_flops(
     forward, variables, *_inputs(128, batch=2)
-  ) - benchmarking.conv_dense_flops(forward, variables, *_inputs(128, batch=1))
+  ) - flops_lib.conv_dense_flops(forward, variables, *_inputs(128, batch=1))
   assert abs(flops / 1e9 - 7.8) / 7.8 < 0.02, flops / 1e9
 
 

@@ -14,7 +14,8 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize as sk_resize
 
-from sdgan_jax.evaluation import metrics, runner, tables
+from sdgan_jax.evaluation import metrics, tables
+from sdgan_jax.evaluation import rows as rows_lib
 
 
 def _faces(n=3, size=64):
@@ -165,17 +166,17 @@ class _Generator:
 
 
 def test_model_targets_are_seeded_and_never_the_face_s_own_training_identity():
-  row = runner._Row('model0', 'm', 'model', generator=_Generator(3), bank_is_this_dataset=True)
+  row = rows_lib.Row('model0', 'm', 'model', generator=_Generator(3), bank_is_this_dataset=True)
   own = np.array([0, 1, 2, -1] * 50)  # -1: a test face, whose identity is not in the bank
-  targets = runner._targets(row, own, seed=0, model_index=0, batch_index=4)
-  np.testing.assert_array_equal(targets, runner._targets(row, own, 0, 0, 4))
-  assert not np.array_equal(targets, runner._targets(row, own, 1, 0, 4))
+  targets = rows_lib.draw_targets(row, own, seed=0, model_index=0, batch_index=4)
+  np.testing.assert_array_equal(targets, rows_lib.draw_targets(row, own, 0, 0, 4))
+  assert not np.array_equal(targets, rows_lib.draw_targets(row, own, 1, 0, 4))
   picked = targets[:, 0].astype(int)
   assert np.all(picked[own >= 0] != own[own >= 0])
   assert set(picked[own == -1]) == {0, 1, 2}  # test faces: any bank identity
   # A bank from another dataset: its rows are other people, so nothing is excluded.
-  other = runner._Row('model0', 'm', 'model', generator=_Generator(3))
-  assert set(runner._targets(other, own, 0, 0, 4)[own == 0, 0].astype(int)) == {0, 1, 2}
+  other = rows_lib.Row('model0', 'm', 'model', generator=_Generator(3))
+  assert set(rows_lib.draw_targets(other, own, 0, 0, 4)[own == 0, 0].astype(int)) == {0, 1, 2}
 
 
 def test_markdown_shapes_the_paper_tables_and_json_has_no_infinity(tmp_path):

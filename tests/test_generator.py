@@ -14,7 +14,7 @@ from sdgan_jax.models.authors_generator import AuthorsGenerator
 from sdgan_jax.models.generator import PAPER, Generator, composite, generator_from_config
 from sdgan_jax.models.layers import count_params
 from sdgan_jax.models.spade import SPADE
-from sdgan_jax.perf import benchmarking
+from sdgan_jax.perf import flops as flops_lib
 
 NUM_CLASSES = 11
 
@@ -131,13 +131,13 @@ def _authors_variables(res=128, identity_dim=2048, **kwargs):
 
 def test_authors_generator_size_and_flops_match_their_figures():
   """16.88 M parameters and 41.2 GFLOP per 128-px image forward (2 FLOP per multiply-add,
-  convs and dense layers, as ``benchmarking.network_flops`` counts)."""
+  convs and dense layers, as ``perf.flops.network_flops`` counts)."""
   model, args, variables = _authors_variables()
   assert count_params(variables) == _authors_generator_params() == 16_880_743
   assert abs(count_params(variables) - 16.88e6) / 16.88e6 < 0.02
   forward = lambda v, *a: model.apply(v, *a)
   args2 = _inputs(128, 2048, batch=2)
-  flops = benchmarking.conv_dense_flops(forward, variables, *args2) - benchmarking.conv_dense_flops(
+  flops = flops_lib.conv_dense_flops(forward, variables, *args2) - flops_lib.conv_dense_flops(
     forward, variables, *args
   )
   assert abs(flops / 1e9 - 41.2) / 41.2 < 0.02, flops / 1e9

@@ -13,7 +13,7 @@ import pytest
 from sdgan_jax.models import identity as identity_lib
 from sdgan_jax.models.identity import IdentityNet, identity_from_config, siamese_embeddings
 from sdgan_jax.models.layers import count_params
-from sdgan_jax.perf import benchmarking
+from sdgan_jax.perf import flops as flops_lib
 
 SMALL = dict(num_identities=10, embed_dim=32, width=8)
 
@@ -135,9 +135,9 @@ def test_authors_preset_size_flops_and_layout():
     (1, 16, 16, 512),
   ]
   forward = lambda v, a: net.apply(v, a)
-  flops = benchmarking.conv_dense_flops(
+  flops = flops_lib.conv_dense_flops(
     forward, variables, _images(128, batch=2)
-  ) - benchmarking.conv_dense_flops(forward, variables, x)
+  ) - flops_lib.conv_dense_flops(forward, variables, x)
   assert abs(flops / 1e9 - 17.8) / 17.8 < 0.02, flops / 1e9
 
 

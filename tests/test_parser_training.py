@@ -22,9 +22,10 @@ from train_fixtures import (
 
 from sdgan_jax import parallel, parser_inference, train_parser, trainer
 from sdgan_jax.configs import eagrnet_polygons
+from sdgan_jax.datasets import chunks as chunks_lib
+from sdgan_jax.datasets import face_records, image_sources, parsing_batches, prepare, samples
 from sdgan_jax.datasets import features as F
 from sdgan_jax.datasets import parsing_folders as pf
-from sdgan_jax.datasets import prepare, samples
 from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
 from sdgan_jax.faces import masks
 
@@ -432,11 +433,15 @@ def test_lapa_folder_gives_our_classes(tmp_path):
   np.testing.assert_array_equal(folder.load(1, 64)[1], mirror[want[:, ::-1]])
 
   # Training batches: deterministic, and a flip mirrors the image and swaps the classes.
-  plain = next(pf.train_batches(folder, batch_size=2, resolution=32, seed=3, flip_prob=0.0))
-  flipped_batch = next(pf.train_batches(folder, batch_size=2, resolution=32, seed=3, flip_prob=1.0))
+  plain = next(
+    parsing_batches.train_batches(folder, batch_size=2, resolution=32, seed=3, flip_prob=0.0)
+  )
+  flipped_batch = next(
+    parsing_batches.train_batches(folder, batch_size=2, resolution=32, seed=3, flip_prob=1.0)
+  )
   np.testing.assert_array_equal(flipped_batch['image'], plain['image'][:, :, ::-1])
   np.testing.assert_array_equal(flipped_batch['semantic'], mirror[plain['semantic'][:, :, ::-1]])
-  evals = list(pf.eval_batches(folder, batch_size=4, resolution=32))
+  evals = list(parsing_batches.eval_batches(folder, batch_size=4, resolution=32))
   assert len(evals) == 1 and evals[0]['valid'].tolist() == [1, 1, 0, 0]
 
   _write_png(root / 'train' / 'labels' / 'a.png', np.full((64, 80), 11, np.uint8))
@@ -490,8 +495,8 @@ def test_prepare_with_a_parser_writes_its_argmax(trained, tmp_path):
     crop, _ = samples.celeba_style_crop(photo, landmarks, rng if i else None)
     Image.fromarray(crop).save(folder / f'{i:06d}.jpg', quality=95)
   items = [(f'{i:06d}.jpg', 1) for i in range(3)]
-  source = prepare.FolderSource(folder, dict(items))
-  options = prepare.FaceOptions(resolution=R)
+  source = image_sources.FolderSource(folder, dict(items))
+  options = face_records.FaceOptions(resolution=R)
 
   prepare.prepare_items(
     items,
@@ -506,8 +511,8 @@ def test_prepare_with_a_parser_writes_its_argmax(trained, tmp_path):
   prepare.prepare_items(
     items, source.payloads, tmp_path / 'polygons', options, workers=0, chunk_size=2, progress=False
   )
-  parsed = list(prepare.iter_prepared(tmp_path / 'parsed'))
-  polygons = list(prepare.iter_prepared(tmp_path / 'polygons'))
+  parsed = list(chunks_lib.iter_prepared(tmp_path / 'parsed'))
+  polygons = list(chunks_lib.iter_prepared(tmp_path / 'polygons'))
   assert len(parsed) == len(polygons) == 3
 
   # Reference: the restored network applied directly to the stored crops.
@@ -530,9 +535,9 @@ def test_prepare_with_a_parser_writes_its_argmax(trained, tmp_path):
       q['semantic'][..., 0], masks.semantic_map(q['landmarks'], R, q['mask'])
     )
 
-  manifest = prepare.load_manifest(tmp_path / 'parsed')
+  manifest = chunks_lib.load_manifest(tmp_path / 'parsed')
   assert manifest['semantic_parser'] == parser.fingerprint
-  assert 'semantic_parser' not in prepare.load_manifest(tmp_path / 'polygons')
+  assert 'semantic_parser' not in chunks_lib.load_manifest(tmp_path / 'polygons')
   # The two kinds of maps never mix in one folder.
   with pytest.raises(ValueError, match='semantic_parser'):
     prepare.prepare_items(

@@ -32,7 +32,8 @@ from sdgan_jax import (
   trainer,
 )
 from sdgan_jax.datasets import features as F
-from sdgan_jax.evaluation import runner
+from sdgan_jax.evaluation import eval_options
+from sdgan_jax.evaluation import rows as rows_lib
 from sdgan_jax.faces import masks
 
 R = 32
@@ -343,23 +344,23 @@ def test_mismatches_are_one_line_errors_in_the_clis(models, parser, photo, tmp_p
 
 def _row(record, checkpoint='w'):
   generator = types.SimpleNamespace(semantic_maps=record, resolution=R)
-  return runner._Row('model0', 'm', 'model', checkpoint, 0, generator)
+  return rows_lib.Row('model0', 'm', 'model', checkpoint, 0, generator)
 
 
 def test_eval_gives_each_model_its_kind_of_maps(data_dir, parser):
   _, dataset = data_dir
   parsed = semantic_source.SemanticSource.from_parser_fingerprint(parser.fingerprint)
   polygons = semantic_source.SemanticSource()
-  options = runner.EvalOptions(dataset=str(dataset), batch_size=8)
+  options = eval_options.EvalOptions(dataset=str(dataset), batch_size=8)
   _write_manifest(data_dir)  # a polygon dataset
   rows = [_row(parsed), _row(polygons)]
-  runner._semantic_rows(rows, options)
+  rows_lib.assign_semantic_maps(rows, options)
   assert [r.maps for r in rows] == ['parser', 'dataset']
   assert rows[0].parser.fingerprint == parser.fingerprint and rows[1].parser is None
   assert [r.semantic_maps for r in rows] == [parser.fingerprint, 'polygons']
   _write_manifest(data_dir, parser.fingerprint)  # the parser's dataset
   rows = [_row(parsed), _row(polygons)]
-  runner._semantic_rows(rows, options)
+  rows_lib.assign_semantic_maps(rows, options)
   assert [r.maps for r in rows] == ['dataset', 'polygons']
 
   # The maps the generator gets: the parser's of the crops, polygons from the landmarks.
@@ -375,14 +376,14 @@ def test_eval_gives_each_model_its_kind_of_maps(data_dir, parser):
   crops = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
   parser_row = _row(parsed)
   parser_row.maps, parser_row.parser = 'parser', parser
-  np.testing.assert_array_equal(runner._model_semantic(parser_row, own), parser(crops))
+  np.testing.assert_array_equal(rows_lib.model_semantic(parser_row, own), parser(crops))
   polygon_row = _row(polygons)
   polygon_row.maps = 'polygons'
-  got = runner._model_semantic(polygon_row, own)
+  got = rows_lib.model_semantic(polygon_row, own)
   np.testing.assert_array_equal(got[0], masks.semantic_map(own['landmarks'][0], R, own['mask'][0]))
   assert not got[2].any()  # padding
   polygon_row.maps = 'dataset'
-  np.testing.assert_array_equal(runner._model_semantic(polygon_row, own), own['semantic'])
+  np.testing.assert_array_equal(rows_lib.model_semantic(polygon_row, own), own['semantic'])
 
 
 def _landmarks():

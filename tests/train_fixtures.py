@@ -6,23 +6,10 @@ from sdgan_jax.configs import demo
 
 
 def tiny_config(resolution: int = 32):
-  """The demo config shrunk so that one compiled train step fits a CPU test."""
-  cfg = demo.get_config()
+  """The demo's tiny variant (the smallest model one compiled train step of a CPU test fits)
+  at ``resolution``, batch 4."""
+  cfg = demo.get_config('tiny')
   cfg.resolution = resolution
-  cfg.model.generator.update(
-    dict(
-      stem_features=8,
-      encoder_features=(8, 16, 16, 16),
-      bottleneck_features=16,
-      bottleneck_blocks=1,
-      decoder_features=(16, 16, 8, 8),
-      spade_hidden=8,
-    )
-  )
-  cfg.model.identity.width = 8
-  cfg.model.identity.embed_dim = 16
-  cfg.model.discriminator = dict(kind='global', widths=(8, 16, 16, 16, 16), hidden=16)
-  cfg.train.g_steps = 1
   cfg.train.batch_size = 4
   return cfg
 

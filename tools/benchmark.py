@@ -10,7 +10,7 @@ generator, discriminator and Siamese identity network, identity-net + D + G per 
 'default' is configs/celeba.py (the paper generator, 128-d dlib identity, 1:1:3 updates);
 'small' is a 32-px model for CPUs. --flops prints, per preset, one line per network with
 its forward GFLOP per image and parameters beside the authors' figures
-(``benchmarking.network_flops``), and times nothing.
+(``flops.network_flops``), and times nothing.
 --sweep_train_batches / --sweep_gen_batches time growing batches until one does not fit.
 --compile_for h100 (or h200) times nothing either: on a host without that GPU, with JAX's
 CUDA plugin installed, it compiles the train step for the GPU (``compile_only``) and prints
@@ -33,7 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sdgan_jax.configs import celeba, demo  # noqa: E402  (after the sys.path line)
-from sdgan_jax.perf import benchmarking, compile_only  # noqa: E402
+from sdgan_jax.perf import benchmarking, compile_only, flops  # noqa: E402
 
 BENCHES = ('train', 'generator', 'anonymize')
 
@@ -41,22 +41,7 @@ BENCHES = ('train', 'generator', 'anonymize')
 def preset_config(name: str):
   """The config a preset names, with random perceptual weights (same cost, no file)."""
   if name == 'small':
-    config = demo.get_config()
-    config.resolution = 32
-    config.model.generator.update(
-      dict(
-        stem_features=8,
-        encoder_features=(8, 16, 16, 16),
-        bottleneck_features=16,
-        bottleneck_blocks=1,
-        decoder_features=(16, 16, 8, 8),
-        spade_hidden=8,
-      )
-    )
-    config.model.identity.width = 8
-    config.model.identity.embed_dim = 16
-    config.model.discriminator = dict(kind='global', widths=(8, 16, 16, 16, 16), hidden=16)
-    config.train.g_steps = 1
+    config = demo.get_config('tiny')
   elif name == 'default':
     config = celeba.get_config('128')
   elif name == 'authors':
@@ -254,7 +239,7 @@ def main(argv=None):
   try:
     for preset in args.preset.split(','):
       if args.flops:
-        for row in benchmarking.network_flops(preset_config(preset)):
+        for row in flops.network_flops(preset_config(preset)):
           rows.emit(dict(row, preset=preset))
       elif args.compile_for:
         _compile_preset(rows, args, preset, mesh)

@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from sdgan_jax.converters import dlib_resnet  # noqa: E402
-from sdgan_jax.weights import save_weights, sha256_file  # noqa: E402
+from sdgan_jax.weights import add_output_flags, save_weights, sha256_file  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -31,12 +31,7 @@ def main(argv=None) -> None:
     type=pathlib.Path,
     help='face-api tfjs weights manifest (.json; its .bin beside it)',
   )
-  parser.add_argument('--name', default=dlib_resnet.NAME, help='saved weights name')
-  parser.add_argument(
-    '--weights-dir',
-    default=None,
-    help='output directory (default: $SDGAN_WEIGHTS_DIR or ~/.cache/...)',
-  )
+  add_output_flags(parser, dlib_resnet.NAME, 'saved weights name')
   args = parser.parse_args(argv)
 
   variables = dlib_resnet.convert(args.input)

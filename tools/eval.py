@@ -30,7 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from sdgan_jax import media, semantic_source  # noqa: E402
-from sdgan_jax.evaluation import runner, streams, tables  # noqa: E402
+from sdgan_jax.evaluation import eval_options, runner, streams, tables  # noqa: E402
 from sdgan_jax.perf import compile_cache  # noqa: E402
 
 
@@ -59,14 +59,14 @@ def _at_least(least: int):
 
 def _default(name: str):
   """The library's default of ``EvalOptions.<name>`` (the flags never restate it)."""
-  return runner.EvalOptions.__dataclass_fields__[name].default
+  return eval_options.EvalOptions.__dataclass_fields__[name].default
 
 
 def _parser() -> _Parser:
   parser = _Parser(
     prog='eval.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  at_least = {name: _at_least(least) for name, least in runner.LEAST.items()}
+  at_least = {name: _at_least(least) for name, least in eval_options.LEAST.items()}
   parser.add_argument(
     '--checkpoint',
     action='append',
@@ -90,7 +90,7 @@ def _parser() -> _Parser:
     '--resolution',
     type=at_least['resolution'],
     default=_default('resolution'),
-    help=f'evaluation crop size (paper: {runner.PAPER_RESOLUTION})',
+    help=f'evaluation crop size (paper: {eval_options.PAPER_RESOLUTION})',
   )
   parser.add_argument('--batch_size', type=at_least['batch_size'], default=_default('batch_size'))
   parser.add_argument('--seed', type=int, default=_default('seed'))
@@ -148,10 +148,10 @@ def _parser() -> _Parser:
   return parser
 
 
-def _options(args, parser: _Parser) -> runner.EvalOptions:
+def _options(args, parser: _Parser) -> eval_options.EvalOptions:
   """The flags as ``EvalOptions``; its checks (ranges, known names) are usage errors."""
   try:
-    return runner.EvalOptions(
+    return eval_options.EvalOptions(
       dataset=args.data,
       checkpoints=args.checkpoint,
       split=args.split,

@@ -28,9 +28,9 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from sdgan_jax import media  # noqa: E402
-from sdgan_jax.datasets import celeba_files, prepare, samples  # noqa: E402
+from sdgan_jax.datasets import celeba_files, face_records, image_sources, prepare, samples  # noqa: E402
 
-FACE_DEFAULTS = prepare.FaceOptions()
+FACE_DEFAULTS = face_records.FaceOptions()
 
 
 def _at_least(least: int, multiple: int = 1):
@@ -149,7 +149,7 @@ def _face_source(args, parser):
   if args.source == 'celeba_files':
     if not args.celeba_dir:
       parser.error('--source celeba_files needs --celeba_dir')
-    source, kind, split = prepare.celeba_folder_source(args.celeba_dir), 'celeba', {}
+    source, kind, split = image_sources.celeba_folder_source(args.celeba_dir), 'celeba', {}
   elif args.source == 'tfds_celeb_a':
     from sdgan_jax.datasets import builder  # pylint: disable=import-outside-toplevel
 
@@ -159,7 +159,7 @@ def _face_source(args, parser):
       output / 'sample_faces', args.cache_dir or output / 'cache', copies=args.copies
     )
     source, kind, split = (
-      prepare.celeba_folder_source(folder),
+      image_sources.celeba_folder_source(folder),
       'samples',
       dict(samples.SAMPLE_SPLIT),
     )
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
   except (celeba_files.CelebAFilesError, ValueError) as e:  # one line, no traceback
     print(f'{parser.prog}: error: {e}', file=sys.stderr)
     return 2
-  options = prepare.FaceOptions(
+  options = face_records.FaceOptions(
     resolution=args.resolution,
     detector=args.detector,
     upsample=args.upsample,

@@ -32,7 +32,8 @@ from collections.abc import Iterator, Sequence
 
 import tensorflow_datasets as tfds
 
-from sdgan_jax.datasets import celeba_files, features, prepare
+from sdgan_jax.datasets import celeba_files, face_records, features, image_sources, prepare
+from sdgan_jax.datasets import chunks as chunks_lib
 
 NAME = 'sdgan_faces'
 SOURCES = ('celeba', 'samples')
@@ -96,7 +97,7 @@ class SdganFaces(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     prepared_dir = pathlib.Path(self._prepared_dir or dl_manager.manual_dir)
-    manifest = prepare.load_manifest(prepared_dir)
+    manifest = chunks_lib.load_manifest(prepared_dir)
     resolution = manifest['options']['resolution']
     if resolution != self.builder_config.resolution:
       raise ValueError(
@@ -124,7 +125,7 @@ class SdganFaces(tfds.core.GeneratorBasedBuilder):
     return {name: self._generate_examples(prepared_dir, split, name) for name in ('train', 'test')}
 
   def _generate_examples(self, prepared_dir, split, name):
-    for face in prepare.iter_prepared(prepared_dir):
+    for face in chunks_lib.iter_prepared(prepared_dir):
       identity = int(face['identity'])
       if split.split_of(identity) != name:
         continue
@@ -161,7 +162,7 @@ def build_dataset(
   An existing dataset is reused if it was built from the same prepared items and settings,
   and rebuilt otherwise.
   """
-  manifest = prepare.load_manifest(prepared_dir)
+  manifest = chunks_lib.load_manifest(prepared_dir)
   resolution = manifest['options']['resolution']
   builder = SdganFaces(
     data_dir=os.fspath(data_dir),
@@ -187,7 +188,7 @@ def build_dataset(
   return SdganFaces(data_dir=os.fspath(data_dir), config=_config(source, resolution))
 
 
-class TfdsCelebASource(prepare.Source):
+class TfdsCelebASource(image_sources.Source):
   """TFDS's ``celeb_a`` as a preparation source: (tfds id, identity, JPEG bytes).
 
   ``celeb_a`` 2.1.0 has the identity but no file name; an example's TFDS id (file and
@@ -273,16 +274,16 @@ def prepared_dir_for(
 
 
 def prepare_and_build(
-  source: prepare.Source,
+  source: image_sources.Source,
   data_dir: str | os.PathLike,
   kind: str,
-  options: prepare.FaceOptions = prepare.FaceOptions(),
+  options: face_records.FaceOptions = face_records.FaceOptions(),
   **kwargs,
 ) -> tuple[SdganFaces | None, prepare.PreparedData]:
   """Splits, prepares (resumable) and writes ``sdgan_faces/<kind>_<R>`` into ``data_dir``.
 
   Args:
-    source: the images (``prepare.celeba_folder_source``, ``TfdsCelebASource``, ...).
+    source: the images (``image_sources.celeba_folder_source``, ``TfdsCelebASource``, ...).
     data_dir: TFDS data dir; the prepared chunks go to ``prepared_dir_for(data_dir, ...)``.
     kind: the config's source name, 'celeba' or 'samples'.
     options: the face settings (resolution, detector).
@@ -321,13 +322,13 @@ def build_samples(
     cache_dir or data_dir / 'cache',
     copies=samples.DEFAULT_COPIES if copies is None else copies,
   )
-  source = prepare.celeba_folder_source(folder)
+  source = image_sources.celeba_folder_source(folder)
   source.name = 'samples'
   built, prepared = prepare_and_build(
     source,
     data_dir,
     'samples',
-    prepare.FaceOptions(resolution=resolution),
+    face_records.FaceOptions(resolution=resolution),
     workers=workers,
     chunk_size=32,
     progress=progress,

@@ -56,51 +56,12 @@ import numpy as np
 
 from sdgan_jax.datasets import celeba_files, face_records
 from sdgan_jax.datasets import chunks as chunks_lib
-
-# The names other modules (builder, semantic_source, tools/prepare_data.py) use from here.
-from sdgan_jax.datasets.chunks import (  # noqa: F401
-  CHUNK_DIR,
-  FORMAT_VERSION,
-  MANIFEST,
-  chunk_path,
-  iter_prepared,
-  load_manifest,
-)
-from sdgan_jax.datasets.face_records import SKIP_REASONS, FaceOptions, decode_image, prepare_image  # noqa: F401
-from sdgan_jax.datasets.image_sources import (  # noqa: F401
-  FolderSource,
-  Item,
-  Payload,
-  Source,
-  celeba_folder_source,
-)
+from sdgan_jax.datasets.chunks import CHUNK_DIR, FORMAT_VERSION, MANIFEST, chunk_path, load_manifest
+from sdgan_jax.datasets.face_records import SKIP_REASONS, FaceOptions
+from sdgan_jax.datasets.image_sources import Item, Payload, Source
 
 SPLIT_FILE = 'split.json'
 SKIPPED_FILE = 'skipped.json'
-
-__all__ = [
-  'CHUNK_DIR',
-  'FORMAT_VERSION',
-  'FaceOptions',
-  'FolderSource',
-  'Item',
-  'MANIFEST',
-  'Payload',
-  'PrepareReport',
-  'PreparedData',
-  'SKIPPED_FILE',
-  'SKIP_REASONS',
-  'SPLIT_FILE',
-  'Source',
-  'celeba_folder_source',
-  'chunk_path',
-  'decode_image',
-  'iter_prepared',
-  'load_manifest',
-  'prepare_image',
-  'prepare_items',
-  'prepare_source',
-]
 
 
 def _parse_chunk(parser, results: list[dict]) -> None:

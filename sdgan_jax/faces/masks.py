@@ -57,6 +57,21 @@ BROW_THICKNESS = 0.15  # of the eye distance
 NOSE_HALF_WIDTH = 0.1  # of the eye distance, at the top of the bridge
 
 CLASS_IDS = {name: i for i, name in enumerate(SEMANTIC_CLASSES)}
+
+
+def _mirror_classes() -> np.ndarray:
+  """Class id -> class id of the same part after a horizontal flip (left_x <-> right_x)."""
+  table = np.arange(NUM_CLASSES, dtype=np.int32)
+  for name, i in CLASS_IDS.items():
+    for a, b in (('left_', 'right_'), ('right_', 'left_')):
+      if name.startswith(a):
+        table[i] = CLASS_IDS[b + name[len(a) :]]
+  return table
+
+
+# What a horizontal flip does to a semantic map's classes: the flip augmentations of the
+# input pipeline and of the face-parsing batches share it.
+MIRROR_CLASSES = _mirror_classes()
 # Painting order after skin: later parts win where polygons overlap.
 _PAINT_ORDER = (
   'nose',

@@ -22,22 +22,12 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from sdgan_jax.datasets.features import NUM_LANDMARKS, SEMANTIC_CLASSES
+from sdgan_jax.datasets.features import NUM_LANDMARKS
+from sdgan_jax.faces.masks import MIRROR_CLASSES
 
 # The authors resize the 128-px crops to 144 before a random crop (docs/training.md).
 AUTHORS_RESIZE_SCALE = 144 / 128
 CROPS = ('shift', 'zoom')
-
-
-def _mirror_classes() -> np.ndarray:
-  """Class id -> class id of the same part after a horizontal flip (left_x <-> right_x)."""
-  ids = {name: i for i, name in enumerate(SEMANTIC_CLASSES)}
-  table = np.arange(len(SEMANTIC_CLASSES), dtype=np.int32)
-  for name, i in ids.items():
-    for a, b in (('left_', 'right_'), ('right_', 'left_')):
-      if name.startswith(a):
-        table[i] = ids[b + name[len(a) :]]
-  return table
 
 
 def _mirror_landmarks() -> np.ndarray:
@@ -54,7 +44,6 @@ def _mirror_landmarks() -> np.ndarray:
   return table
 
 
-MIRROR_CLASSES = _mirror_classes()
 MIRROR_LANDMARKS = _mirror_landmarks()
 
 

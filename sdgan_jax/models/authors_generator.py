@@ -19,7 +19,7 @@ preset 'paper'), this module follows the released network:
 
 At 128 px and 11 classes it has 16.88 M trainable parameters and does 41.2 GFLOP per image
 forward (multiply-add = 2 FLOP, convolutions and dense layers only; see
-``sdgan_jax.perf.benchmarking.network_flops``). It runs at any side divisible by 16: at 64 px
+``sdgan_jax.perf.flops.network_flops``). It runs at any side divisible by 16: at 64 px
 the bottleneck is 4x4 and the identity grid has ``identity_dim / 16`` channels.
 """
 
