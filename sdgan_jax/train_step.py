@@ -234,8 +234,40 @@ def _identity_updates(
   return state.replace(identity=identity), metrics
 
 
+class _GeneratorCalls(NamedTuple):
+  """``generator_forward`` and ``generator_update`` with the networks bound, as the
+  discriminator and generator phases call them."""
+
+  forward: Callable
+  update: Callable
+  separate: bool  # nested jits, left as calls
+
+
+def _generator_calls(networks: Networks, batches: _UpdateBatches, unroll: bool) -> _GeneratorCalls:
+  """Inlined calls, or, with a shared batch on accelerators, nested ``jax.jit``s left as
+  calls in the program.
+
+  There the first generator update is peeled from the loop of the others (it goes through
+  the forward pass the discriminator judged): as calls, the peeled update and the loop body
+  call one function body of each, where inlined they would hold two copies of the update.
+  ``generator_forward``'s VJP is a pytree whose static part is its forward's trace; tracing
+  the forward once (the jit's cache) gives both update calls the same argument structure,
+  so the update too is traced and lowered once: one copy in the program JAX hands to XLA
+  (XLA's own passes may still inline the calls). CPUs write the updates out, inlined.
+  """
+  forward = functools.partial(generator_forward, networks)
+  update = functools.partial(generator_update, networks)
+  if unroll or not batches.shared or networks.config.train.g_steps < 2:
+    return _GeneratorCalls(forward, update, False)
+  return _GeneratorCalls(jax.jit(forward), jax.jit(update), True)
+
+
 def _discriminator_updates(
-  networks: Networks, state: TrainState, batches: _UpdateBatches, unroll: bool
+  networks: Networks,
+  state: TrainState,
+  batches: _UpdateBatches,
+  calls: _GeneratorCalls,
+  unroll: bool,
 ):
   """``d_steps`` discriminator updates (eq. 2), composites beside real images; returns
   ``(state, metrics, forward)``.
@@ -250,7 +282,7 @@ def _discriminator_updates(
   if batches.shared:
     batch = batches.fake
     onehot = one_hot(batch['semantic'], classes)
-    forward = generator_forward(networks, state.generator, batch)
+    forward = calls.forward(state.generator, batch)
     fake = jax.lax.stop_gradient(forward[0])
     disc, metrics = repeat_updates(
       lambda net, _: discriminator_update(net, batch['image'], onehot, fake, onehot),
@@ -280,7 +312,12 @@ def _discriminator_updates(
 
 
 def _generator_updates(
-  networks: Networks, state: TrainState, batches: _UpdateBatches, forward, unroll: bool
+  networks: Networks,
+  state: TrainState,
+  batches: _UpdateBatches,
+  forward,
+  calls: _GeneratorCalls,
+  unroll: bool,
 ) -> tuple[TrainState, dict]:
   """``g_steps`` generator updates (eq. 9), each through its own forward pass.
 
@@ -297,11 +334,11 @@ def _generator_updates(
     # generator update advances their statistics
     gen, disc, ident = nets
     current = state.replace(generator=gen, discriminator=disc, identity=ident)
-    new, metrics = generator_update(networks, current, batch, forward, reference)
+    new, metrics = calls.update(current, batch, forward, reference)
     return (new.generator, new.discriminator, new.identity), metrics
 
   def own_forward_update(nets, batch, reference=None):
-    forward = generator_forward(networks, nets[0], batch)
+    forward = calls.forward(nets[0], batch)
     if reference is None:
       reference = reference_features(networks, state.replace(identity=nets[2]), batch)
     return update(nets, batch, forward, reference)
@@ -311,6 +348,10 @@ def _generator_updates(
     batch = batches.generator
     reference = reference_features(networks, state, batch)
     nets, metrics = update(nets, batch, forward, reference)
+    if calls.separate:
+      # The loop's metrics replace these; unused, they would be pruned from this call
+      # alone, which would then no longer call the loop body's function.
+      nets, metrics = jax.lax.optimization_barrier((nets, metrics))
     nets, later = repeat_updates(
       lambda n, _: own_forward_update(n, batch, reference),
       nets,
@@ -337,8 +378,9 @@ def train_step(
   cfg = networks.config
   batches = _update_batches(cfg.train, batch)
   state, id_metrics = _identity_updates(networks, state, batches, unroll)
-  state, d_metrics, forward = _discriminator_updates(networks, state, batches, unroll)
-  state, g_metrics = _generator_updates(networks, state, batches, forward, unroll)
+  calls = _generator_calls(networks, batches, unroll)
+  state, d_metrics, forward = _discriminator_updates(networks, state, batches, calls, unroll)
+  state, g_metrics = _generator_updates(networks, state, batches, forward, calls, unroll)
 
   decay = cfg.train.ema_decay
   ema = optax.incremental_update(state.generator.params, state.ema_params, 1.0 - decay)

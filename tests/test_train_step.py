@@ -466,6 +466,8 @@ def test_update_loops_follow_the_platform_the_step_is_compiled_for(setup):
   )
   loops, written_out = program(bare(False)), program(bare(True))
   assert loops.count('stablehlo.while') == 2  # the identity net's 2 updates, G's last 2
+  # the peeled first G update and the loop body call one body of the update
+  assert loops.count('func.func private @generator_update') == 1
   assert written_out.count('stablehlo.while') == 0
   for text in (loops, written_out):
     assert 'stablehlo.case' not in text and 'stablehlo.if' not in text
