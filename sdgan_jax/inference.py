@@ -30,6 +30,10 @@ from sdgan_jax import batching, cpu_export, semantic_source
 from sdgan_jax import identity_bank as bank_lib
 from sdgan_jax.perf import xla_options
 
+# orbax (here and in parser_inference.py) is imported where a checkpoint is opened, unlike on
+# the training side: its imports take seconds (10.8 s on the loaded 2-core development
+# machine), which the anonymizer's argument checks, its baselines and the CPU export never need.
+
 BANK_FILENAME = 'identity_bank.npz'
 # orbax logs this through absl for every step folder without its optional metadata file
 # (checkpoints written by older orbax versions, or by hand): harmless for a restore. The

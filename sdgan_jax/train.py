@@ -6,7 +6,6 @@ device mesh (``sdgan_jax.parallel``), feeds the input pipeline's batches with ea
 example's target identity from the identity bank, and runs the shared loop
 (``sdgan_jax.trainer``): metrics, image summaries, validation (SSIM/PSNR of the EMA
 generator) and orbax checkpoints. docs/training.md describes the step and its schedule.
-TensorFlow (input pipeline) and clu (summaries) are imported lazily.
 """
 
 from __future__ import annotations
@@ -18,12 +17,19 @@ import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator
 
+import dm_pix
 import jax
 import ml_collections
 import numpy as np
+from clu import metric_writers
+from google.protobuf import json_format
 
-from sdgan_jax import losses, parallel, trainer
+from sdgan_jax import identity_bank as bank_lib
+from sdgan_jax import input_pipeline, losses, optimizers, parallel, semantic_source, trainer
+from sdgan_jax import weights as weights_lib
 from sdgan_jax.config import ConfigError
+from sdgan_jax.datasets.features import NUM_CLASSES
+from sdgan_jax.network_updates import judges_train
 from sdgan_jax.networks import Networks, generate, per_image_statistics
 from sdgan_jax.perf import xla_options
 from sdgan_jax.train_step import (
@@ -33,7 +39,6 @@ from sdgan_jax.train_step import (
   batch_slots,
   init_train_state,
   jit_train_step,
-  judges_train,
 )
 
 # Range checks of integer config keys: 'group.key' -> the least value.
@@ -46,10 +51,9 @@ _AT_LEAST = {
 }
 
 
-# ``config.data.augmentation``: the keys of ``input_pipeline.augment.PRESETS`` (named here
-# too: validation runs before TensorFlow, which the input pipeline imports, is loaded).
-AUGMENTATIONS = ('shift_flip', 'authors')
-SAMPLINGS = ('epoch', 'authors')  # ``input_pipeline.plan.SAMPLINGS``, likewise
+# ``config.data.augmentation`` and ``config.data.sampling``: the input pipeline's choices.
+AUGMENTATIONS = tuple(input_pipeline.augment.PRESETS)
+SAMPLINGS = input_pipeline.plan.SAMPLINGS
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -61,7 +65,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.resolution % 16 or config.resolution <= 0:
     raise ConfigError(f'config.resolution={config.resolution}: must be a positive multiple of 16')
   trainer.check_at_least(config, _AT_LEAST)
-  trainer.as_config_error(lambda: trainer.optimizer(config.optim))
+  trainer.as_config_error(lambda: optimizers.optimizer(config.optim))
   trainer.as_config_error(lambda: judges_train(config))
   trainer.as_config_error(lambda: per_image_statistics(config))
   feature = config.data.get('target_feature', 'image')
@@ -122,7 +126,6 @@ def with_target_identities(batches: Iterable[dict], bank, feature: str = 'image'
 def _inference_fns(networks: Networks) -> tuple[Callable, Callable]:
   """The EMA generator's validation and summary programs, jitted once per ``Networks``
   (a new ``jax.jit`` per call would recompile the generator at every evaluation)."""
-  import dm_pix  # pylint: disable=import-outside-toplevel
 
   per_image = per_image_statistics(networks.config)
 
@@ -162,7 +165,6 @@ def _eval_metrics(networks, state, eval_batches, bank, seed) -> dict:
 
 def _image_summary(networks, state, batch, n: int) -> dict:
   """Input, mask, semantic map, target-conditioned output (EMA G) side by side."""
-  from sdgan_jax.datasets.features import NUM_CLASSES  # pylint: disable=import-outside-toplevel
 
   slotted = batch_slots(networks.config.train) > 1
   small = {
@@ -185,10 +187,6 @@ def _image_summary(networks, state, batch, n: int) -> dict:
 
 def _training_source(config):
   """The prepared dataset's training split, checked against the config."""
-  from google.protobuf import json_format  # pylint: disable=import-outside-toplevel
-
-  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-  from sdgan_jax.datasets.features import NUM_CLASSES  # pylint: disable=import-outside-toplevel
 
   dataset = config.data.dataset
   try:
@@ -222,7 +220,6 @@ def _training_source(config):
 
 def _identity_bank(config):
   """The training split's identity bank (paper §3.3), checked against ``identity_dim``."""
-  from sdgan_jax import identity_bank as bank_lib  # pylint: disable=import-outside-toplevel
 
   bank_file = config.data.identity_bank or bank_lib.bank_path(
     config.data.dataset, 'train', config.data.identity_backbone
@@ -251,7 +248,6 @@ def _identity_bank(config):
 
 def _evaluation(config, networks, bank) -> Callable | None:
   """``evaluate(state) -> metrics`` on the test split, or None without one."""
-  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
 
   if not config.eval.num_batches:
     return None
@@ -274,7 +270,6 @@ def _evaluation(config, networks, bank) -> Callable | None:
 def _write_workdir_records(workdir: str, config, bank) -> None:
   """What inference needs beside the checkpoints (``sdgan_jax.inference``): the bank the
   model trained with, so targets are drawn from it, and the kind of semantic maps."""
-  from sdgan_jax import semantic_source  # pylint: disable=import-outside-toplevel
 
   if jax.process_index() == 0:
     # the means only: the anonymizer draws whole identities; per-example rows are training's
@@ -284,12 +279,8 @@ def _write_workdir_records(workdir: str, config, bank) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains SDGAN on the prepared dataset of ``config.data``; resumes from ``workdir``."""
-  validate_config(config)  # before TensorFlow's import (clu, input pipeline): fails fast
+  validate_config(config)  # before any data is read or any program compiled: fails fast
   trainer.check_dataset(config.data.dataset)
-  from clu import metric_writers  # pylint: disable=import-outside-toplevel
-
-  from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-  from sdgan_jax import weights as weights_lib  # pylint: disable=import-outside-toplevel
 
   workdir = trainer.absolute_workdir(workdir)
   source, bank = _training_source(config), _identity_bank(config)

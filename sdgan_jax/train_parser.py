@@ -18,8 +18,8 @@ training objective; the one here is EAGRNet's own, on the three outputs our mode
 ``train_step(state, batch) -> (state, metrics)`` is one ``jax.jit`` program over the
 'data' mesh of ``sdgan_jax.parallel`` (batch split with ``NamedSharding``, state replicated;
 batch norm statistics are those of the global batch). Batch: 'image' f32 [B,R,R,3] in [0,1],
-'semantic' int [B,R,R] class ids of ``masks.SEMANTIC_CLASSES``. No TensorFlow here: the
-training loop imports the input pipeline and the summary writers lazily.
+'semantic' int [B,R,R] class ids of ``masks.SEMANTIC_CLASSES``. The step itself needs
+no TensorFlow; the training loop's input pipeline and summary writers do.
 
 The trained parser for inference (``TrainedParser``) is ``sdgan_jax.parser_inference``,
 which does not import this.
@@ -38,10 +38,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from clu import metric_writers
 from flax.training import train_state
 
-from sdgan_jax import parallel, trainer
+from sdgan_jax import input_pipeline, optimizers, parallel, trainer
 from sdgan_jax.config import ConfigError
+from sdgan_jax.datasets import parsing_batches
+from sdgan_jax.datasets import parsing_folders as pf
 from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
 from sdgan_jax.faces.masks import SEMANTIC_CLASSES
 from sdgan_jax.models import eagrnet
@@ -86,7 +89,7 @@ class ParserModels:
     self.config = config
     self.model = parser_network(config)
     self.schedule = learning_rate_schedule(config.optim, config.train.num_steps)
-    self.tx = trainer.optimizer(config.optim, self.schedule, default='sgd', always_decay=True)
+    self.tx = optimizers.optimizer(config.optim, self.schedule, default='sgd', always_decay=True)
     self.loss = config.loss
 
 
@@ -250,8 +253,6 @@ def _data(config):
   """(training batch iterator factory, evaluation batch factory or None, resolution check)."""
   data = config.data
   if data.source == 'prepared':
-    from sdgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-
     source = input_pipeline.load_data_source(data.dataset, 'train')
     info = getattr(source, 'dataset_info', None)
     if info is not None and info.features['image'].shape[0] < config.resolution:
@@ -284,10 +285,6 @@ def _data(config):
       return (b for _, b in zip(range(config.eval.num_batches), batches))
 
     return train_batches, eval_batches
-
-  # pylint: disable=import-outside-toplevel
-  from sdgan_jax.datasets import parsing_batches
-  from sdgan_jax.datasets import parsing_folders as pf
 
   kwargs = dict(layout=data.layout, sides=data.sides, holdout=data.holdout)
   folder = pf.ParsingFolder(data.folder, data.train_split, **kwargs)
@@ -345,8 +342,7 @@ def build_programs(config: ml_collections.ConfigDict) -> tuple:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ParserState:
   """Trains EAGRNet on ``config.data``; resumes from the latest checkpoint in ``workdir``."""
   workdir = trainer.absolute_workdir(workdir)
-  validate_config(config)  # before TensorFlow's import (clu): fails fast
-  from clu import metric_writers  # pylint: disable=import-outside-toplevel
+  validate_config(config)  # before any data is read or any program compiled: fails fast
 
   train_batches, eval_batches = _data(config)
   models, mesh, init_fn, step_fn, confusion_fn = build_programs(config)

@@ -3,8 +3,9 @@
 The SDGAN trainer (``sdgan_jax.train``) and the face-parser trainer
 (``sdgan_jax.train_parser``) are built from these pieces; neither imports the other. States
 are flax struct dataclasses with an ``rng`` PRNG-key field, checkpointed whole with orbax
-(its raw key data, ``parallel.keys_as_data``). TensorFlow (input pipelines) and clu
-(progress, summaries) load lazily, so importing this stays light.
+(its raw key data, ``parallel.keys_as_data``). This is the training side: it imports
+TensorFlow Datasets, clu and orbax; the train step and the optimizers it builds
+(``sdgan_jax.optimizers``) do not, so accelerator hosts without TensorFlow run them.
 """
 
 from __future__ import annotations
@@ -15,14 +16,19 @@ import logging
 import os
 import pathlib
 import re
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import ml_collections
-import optax
+import orbax.checkpoint as ocp
+import tensorflow_datasets as tfds
+from clu import periodic_actions
+from jax.experimental import multihost_utils
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from sdgan_jax import parallel
+from sdgan_jax import configs, inference, parallel
 from sdgan_jax.config import ConfigError, load_config, unknown_key_message
 
 
@@ -46,8 +52,6 @@ class Preempted(Exception):
   """
 
   def __init__(self, signum: int, step: int, state):
-    import signal  # pylint: disable=import-outside-toplevel
-
     super().__init__(f'{signal.Signals(signum).name} at step {step}: saved, stopped')
     self.signal = signum
     self.step = step
@@ -62,7 +66,6 @@ class Preempted(Exception):
 def reference_config(name: str) -> ml_collections.ConfigDict:
   """The package's reference config ``name`` (``sdgan_jax/configs/NAME.py``): its keys are
   the keys every config of that trainer may use."""
-  from sdgan_jax import configs  # pylint: disable=import-outside-toplevel
 
   return load_config(str(configs.config_path(name)))
 
@@ -147,40 +150,9 @@ def check_dataset(dataset: str) -> None:
     )
   name = re.fullmatch(r'([A-Za-z_]\w*)(/\w+)?(:[\d.*]+)?', dataset)
   if name:  # a registered TFDS name is looked up by load_data_source
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
     if name.group(1) in tfds.list_builders(with_community_datasets=False):
       return
   raise ConfigError(f'config.data.dataset={dataset!r}: no such directory; {make}')
-
-
-def optimizer(
-  optim: ml_collections.ConfigDict,
-  learning_rate=None,
-  *,
-  default: str = 'adam',
-  always_decay: bool = False,
-) -> optax.GradientTransformation:
-  """``config.optim`` as an optax optimizer: 'adam' (AdamW when ``weight_decay`` is set or
-  ``always_decay``) or 'sgd' (with ``momentum`` and decoupled ``weight_decay`` when given).
-
-  ``learning_rate`` (a number or an optax schedule) defaults to ``optim.learning_rate``.
-  ``always_decay`` keeps the decay stage in the chain at weight decay 0, as the parser
-  trainer's checkpoints were written.
-  """
-  lr = optim.learning_rate if learning_rate is None else learning_rate
-  name = optim.get('name', default)
-  decay = optim.get('weight_decay', 0.0)
-  decayed = bool(decay) or always_decay
-  if name == 'adam':
-    b1, b2 = optim.get('b1', 0.9), optim.get('b2', 0.999)
-    if decayed:
-      return optax.adamw(lr, b1=b1, b2=b2, weight_decay=decay)
-    return optax.adam(lr, b1=b1, b2=b2)
-  if name == 'sgd':
-    sgd = optax.sgd(lr, momentum=optim.get('momentum', None))
-    return optax.chain(optax.add_decayed_weights(decay), sgd) if decayed else sgd
-  raise ValueError(f"unknown config.optim.name {name!r}: use 'adam' or 'sgd'")
 
 
 def absolute_workdir(workdir: str) -> str:
@@ -202,7 +174,6 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
   """
   if jax.process_count() == 1:
     return
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   ocp.multihost.get_barrier_sync_fn()(
     key=f'sdgan_jax:{name}:{next(_BARRIERS)}', timeout_ms=timeout_s * 1000
@@ -215,8 +186,6 @@ def checkpoint_manager(config, workdir: str, track_best: bool = True):
   ``track_best`` is False when a run has no validation metric to rank by. Processes of one
   run meet first: creating the manager is their first collective.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=import-outside-toplevel
 
   wait_for_all_processes('checkpoint_manager')
 
@@ -245,8 +214,6 @@ def checkpoint_manager(config, workdir: str, track_best: bool = True):
 
 
 def save_checkpoint(manager, step: int, state, metrics: dict | None) -> None:
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
   manager.save(
     step, args=ocp.args.StandardSave(parallel.keys_as_data(state)), metrics=metrics, force=True
   )
@@ -256,9 +223,6 @@ def restore_state(workdir: str, abstract_state, step: int | None = None):
   """Restores the latest (or given) checkpoint of ``workdir`` onto ``abstract_state``'s
   layout (arrays or ``ShapeDtypeStruct``s, e.g. from ``jax.eval_shape``); returns
   ``(state, step)``."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  from sdgan_jax import inference  # pylint: disable=import-outside-toplevel
 
   # the stored layout is read only to fail early, with one line, on a damaged checkpoint
   manager, step, _ = inference.open_checkpoint(workdir, step)
@@ -313,8 +277,6 @@ class _StopSignals:
     self._initial_step = initial_step
 
   def __enter__(self):
-    import signal  # pylint: disable=import-outside-toplevel
-
     self.received, self._previous = None, {}
     self.coordinated = jax.process_count() > 1 and self._sync_point_ready()
     if jax.process_count() > 1 and not self.coordinated:
@@ -328,8 +290,6 @@ class _StopSignals:
     return self
 
   def _sync_point_ready(self) -> bool:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
     try:  # the step before the first: all processes start from the same one
       multihost_utils.reached_preemption_sync_point(self._initial_step)
     except RuntimeError:  # no preemption sync manager (jax_enable_preemption_service off)
@@ -337,8 +297,6 @@ class _StopSignals:
     return True
 
   def _record(self, sig, _):
-    import signal  # pylint: disable=import-outside-toplevel
-
     self.received = sig
     if self.coordinated:  # the other processes learn of it as of a preemption notice
       os.kill(os.getpid(), signal.SIGTERM)
@@ -348,17 +306,12 @@ class _StopSignals:
     None to go on. Called once after every step, by every process."""
     if not self.coordinated:
       return self.received
-    import signal  # pylint: disable=import-outside-toplevel
-
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
 
     if multihost_utils.reached_preemption_sync_point(step):
       return self.received or signal.SIGTERM
     return None
 
   def __exit__(self, *exc):
-    import signal  # pylint: disable=import-outside-toplevel
-
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
@@ -399,7 +352,6 @@ def run_training_loop(
   the current step (one step agreed by all processes, ``_StopSignals``) and raise
   ``Preempted`` (the run did not finish).
   """
-  from clu import periodic_actions  # pylint: disable=import-outside-toplevel
 
   num_steps = config.train.num_steps
   image_every = config.train.get('image_every', 0) if images is not None else 0

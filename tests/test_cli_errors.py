@@ -331,7 +331,7 @@ def _tiny_dataset(root: pathlib.Path) -> pathlib.Path:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-  from sdgan_jax.datasets import features  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.datasets.builder import tfds_features  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(0)
 
@@ -357,7 +357,7 @@ def _tiny_dataset(root: pathlib.Path) -> pathlib.Path:
   built = tfds.dataset_builders.store_as_tfds_dataset(
     name='cli_error_faces',
     version='1.0.0',
-    features=features.tfds_features(32),
+    features=tfds_features(32),
     split_datasets={s: records(s) for s in ('train', 'test')},
     data_dir=root,
     file_format='array_record',

@@ -263,7 +263,7 @@ def test_tfds_dataset_has_the_split_and_the_record_format(fake, runs, built):
   assert json.loads((built.data_path / prepare.SPLIT_FILE).read_text()) == split.to_json()
   assert built.info.metadata['skipped_counts']['unreadable'] == 1
   assert built.info.metadata['semantic_parser'] == ''  # polygon maps (semantic_source)
-  spec = features.tfds_features(128)
+  spec = builder.tfds_features(128)
   assert built.info.features.get_serialized_info() == spec.get_serialized_info()
   source = built.as_data_source()
   for name, ids in (('train', split.train), ('test', split.test)):

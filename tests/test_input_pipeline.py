@@ -17,7 +17,9 @@ from PIL import Image
 from skimage import draw
 
 from sdgan_jax import input_pipeline as ip
+from sdgan_jax.config import ConfigError
 from sdgan_jax.datasets import features as F
+from sdgan_jax.datasets.builder import tfds_features
 
 R = 128
 CLS = {name: i for i, name in enumerate(F.SEMANTIC_CLASSES)}
@@ -120,7 +122,7 @@ def source(records, tmp_path_factory):
   builder = tfds.dataset_builders.store_as_tfds_dataset(
     name='test_prepared_faces',
     version='1.0.0',
-    features=F.tfds_features(R),
+    features=tfds_features(R),
     split_datasets={s: list(enumerate(rows)) for s, rows in records.items()},
     data_dir=tmp_path_factory.mktemp('tfds'),
     file_format='array_record',
@@ -578,8 +580,17 @@ def test_authors_zoom_matches_their_pil_pipeline_and_crops_every_plane(records):
 
 def test_augmentation_presets_are_the_configs_choices():
   from sdgan_jax import train  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.configs import demo  # pylint: disable=import-outside-toplevel
 
-  assert tuple(ip.augment.PRESETS) == train.AUGMENTATIONS
+  config = demo.get_config()
+  for name in ip.augment.PRESETS:
+    config.data.augmentation = name
+    train.validate_config(config)
+  config.data.augmentation = 'rotate'
+  with pytest.raises(
+    ConfigError, match="augmentation='rotate': use one of 'shift_flip', 'authors'"
+  ):
+    train.validate_config(config)
   assert ip.augment.PRESETS['shift_flip'] == ip.Augmentation()
 
 

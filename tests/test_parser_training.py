@@ -26,6 +26,7 @@ from sdgan_jax.datasets import chunks as chunks_lib
 from sdgan_jax.datasets import face_records, image_sources, parsing_batches, prepare, samples
 from sdgan_jax.datasets import features as F
 from sdgan_jax.datasets import parsing_folders as pf
+from sdgan_jax.datasets.builder import tfds_features
 from sdgan_jax.evaluation.segmentation import confusion_matrix, segmentation_metrics
 from sdgan_jax.faces import masks
 
@@ -192,7 +193,7 @@ def dataset(tmp_path_factory):
   builder = tfds.dataset_builders.store_as_tfds_dataset(
     name='parser_test_faces',
     version='1.0.0',
-    features=F.tfds_features(R),
+    features=tfds_features(R),
     split_datasets={'train': records('train', 4), 'test': records('test', 2)},
     data_dir=tmp_path_factory.mktemp('tfds'),
     file_format='array_record',

@@ -31,7 +31,7 @@ from sdgan_jax import (
   train_parser,
   trainer,
 )
-from sdgan_jax.datasets import features as F
+from sdgan_jax.datasets.builder import tfds_features
 from sdgan_jax.evaluation import eval_options
 from sdgan_jax.evaluation import rows as rows_lib
 from sdgan_jax.faces import masks
@@ -76,7 +76,7 @@ def data_dir(tmp_path_factory):
     name='semantic_test_faces',
     version='1.0.0',
     config='faces_32',
-    features=F.tfds_features(R),
+    features=tfds_features(R),
     split_datasets={'train': _records(rng, 8), 'test': _records(rng, 4)},
     data_dir=root,
     file_format='array_record',

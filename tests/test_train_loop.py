@@ -16,7 +16,7 @@ from train_fixtures import (
 
 from sdgan_jax import identity_bank as bank_lib
 from sdgan_jax import inference, parallel, train, trainer
-from sdgan_jax.datasets import features as F
+from sdgan_jax.datasets.builder import tfds_features
 from sdgan_jax.networks import Networks, generate
 
 R = 32
@@ -50,7 +50,7 @@ def dataset(tmp_path_factory):
   builder = tfds.dataset_builders.store_as_tfds_dataset(
     name='loop_test_faces',
     version='1.0.0',
-    features=F.tfds_features(R),
+    features=tfds_features(R),
     split_datasets={s: list(enumerate(_records(rng, s))) for s in ('train', 'test')},
     data_dir=tmp_path_factory.mktemp('tfds'),
     file_format='array_record',

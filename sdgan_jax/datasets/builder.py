@@ -30,13 +30,31 @@ import os
 import pathlib
 from collections.abc import Iterator, Sequence
 
+import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from sdgan_jax.datasets import celeba_files, face_records, features, image_sources, prepare
+from sdgan_jax.datasets import celeba_files, face_records, features, image_sources, prepare, samples
 from sdgan_jax.datasets import chunks as chunks_lib
 
 NAME = 'sdgan_faces'
 SOURCES = ('celeba', 'samples')
+
+
+def tfds_features(resolution: int = features.DEFAULT_RESOLUTION):
+  """The ``tfds.features.FeaturesDict`` of one prepared example."""
+  r = resolution
+  return tfds.features.FeaturesDict(
+    {
+      'image': tfds.features.Image(shape=(r, r, 3), encoding_format='png'),
+      'mask': tfds.features.Image(shape=(r, r, 1), encoding_format='png'),
+      'semantic': tfds.features.Image(shape=(r, r, 1), encoding_format='png'),
+      'landmarks': tfds.features.Tensor(shape=(features.NUM_LANDMARKS, 2), dtype=np.float32),
+      'identity': np.int64,
+      'label': np.int64,
+      'filename': tfds.features.Text(),
+    }
+  )
 
 
 @dataclasses.dataclass(eq=False)
@@ -90,7 +108,7 @@ class SdganFaces(tfds.core.GeneratorBasedBuilder):
         'Faces prepared for SDGAN: eye-aligned crops with 68 landmarks, face '
         'masks and 11-class semantic maps; splits by identity.'
       ),
-      features=features.tfds_features(self.builder_config.resolution),
+      features=tfds_features(self.builder_config.resolution),
       metadata=tfds.core.MetadataDict(),
       homepage=celeba_files.CELEBA_URL,
     )
@@ -228,8 +246,6 @@ class TfdsCelebASource(image_sources.Source):
     self._index = None
 
   def _examples(self, with_images: bool):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     # celeb_a's splits, in a fixed order (the order of the preparation's chunks).
     for split in ('train', 'validation', 'test'):
       ds = self.builder.as_dataset(
@@ -314,7 +330,6 @@ def build_samples(
   folder DATA_DIR/sample_faces, prepares it with the sample split and builds the dataset;
   each step is reused when already done.
   """
-  from sdgan_jax.datasets import samples  # pylint: disable=import-outside-toplevel
 
   data_dir = pathlib.Path(data_dir)
   folder = samples.build_sample_folder(

@@ -12,14 +12,14 @@ pipeline resizes to 64 for the quantitative setting, paper §4.1):
   label      int64            index of the identity within its split (0..N-1)
   filename   string           source file name (relative to the source folder)
 
-No TensorFlow import here: the feature *spec* is plain data; ``tfds_features`` builds the
-TFDS FeaturesDict on demand.
+No TensorFlow here: data preparation's workers read these constants too; the TFDS
+FeaturesDict of a record is ``builder.tfds_features``.
 """
 
 from __future__ import annotations
 
 # The face geometry below the datasets owns the classes and the crop size; a record holds them.
-from sdgan_jax.faces.align import DEFAULT_RESOLUTION
+from sdgan_jax.faces.align import DEFAULT_RESOLUTION as DEFAULT_RESOLUTION
 from sdgan_jax.faces.masks import (  # re-exported: the record's classes
   MASKED_CLASSES as MASKED_CLASSES,
 )
@@ -31,22 +31,3 @@ from sdgan_jax.faces.masks import (
 )
 
 NUM_LANDMARKS = 68
-
-
-def tfds_features(resolution: int = DEFAULT_RESOLUTION):
-  """The ``tfds.features.FeaturesDict`` of one prepared example."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-  r = resolution
-  return tfds.features.FeaturesDict(
-    {
-      'image': tfds.features.Image(shape=(r, r, 3), encoding_format='png'),
-      'mask': tfds.features.Image(shape=(r, r, 1), encoding_format='png'),
-      'semantic': tfds.features.Image(shape=(r, r, 1), encoding_format='png'),
-      'landmarks': tfds.features.Tensor(shape=(NUM_LANDMARKS, 2), dtype=np.float32),
-      'identity': np.int64,
-      'label': np.int64,
-      'filename': tfds.features.Text(),
-    }
-  )

@@ -104,7 +104,7 @@ class Face:
       self.reason, self.detail = reason, detail
 
   def record(self) -> dict[str, np.ndarray]:
-    """The image/mask/semantic/landmarks part of a ``datasets.features.tfds_features`` example."""
+    """The image/mask/semantic/landmarks part of a ``datasets.builder.tfds_features`` example."""
     return {
       'image': self.crop,
       'mask': self.mask,

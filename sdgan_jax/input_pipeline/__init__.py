@@ -43,8 +43,9 @@ change the order of examples or the augmentation (not the sharding).
 Sources (``sources``): a TFDS random-access data source (``load_data_source``) or any
 sequence of example dicts in the record format of ``sdgan_jax.datasets.features``.
 
-TensorFlow is imported in this package only (README.md "Layout": models, losses and the
-benchmark path never import it).
+TensorFlow is imported on the training side only (this package, the trainers, the TFDS
+builder; README.md "Layout"): models, losses, the train step, inference and the benchmark
+path never import it.
 """
 
 from __future__ import annotations

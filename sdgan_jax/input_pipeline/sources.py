@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from sdgan_jax.datasets.features import NUM_LANDMARKS
 
@@ -32,7 +33,6 @@ def load_data_source(
     split: 'train', 'test', or any TFDS split string ('train[:90%]').
     data_dir: TFDS data directory for a registered name.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   path = pathlib.Path(dataset)
   if (path / 'dataset_info.json').is_file():
@@ -72,8 +72,6 @@ class TfdsRecords:
     return (np.array(records, dtype=object),)
 
   def decode(self, values, image_only: bool = False) -> dict[str, tf.Tensor]:
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
     (serialized,) = values
     decoders = None
     if image_only:  # the pair needs its image and label only: skip the other PNGs
