@@ -316,8 +316,8 @@ def test_from_mesh_scheme_matches_dlib(photos, face_mesh):
 def test_a_loose_box_gets_a_second_crop_from_its_keypoints(photos, face_mesh):
   """A face in the corner of a box twice its size (an ensemble's box enclosing a larger
   detection of it), found by both networks: MediaPipe's crop of the box leaves the face in
-  a corner, a third of the crop, and the mesh mostly sees no face there (or fits one half
-  again too large); the crop placed from the keypoints gives a sure mesh, and the face a
+  a corner, a third of the crop, and the mesh mostly sees no face there (or fits one 1.45-1.8
+  times too wide); the crop placed from the keypoints gives a sure mesh, and the face a
   box of its own size."""
   both = ('blazeface_short_range', 'blazeface_full_range')
   views, found, truths = [], [], []

@@ -206,7 +206,7 @@ def keypoint_refits(
 
   An ensemble's box that encloses a larger detection of the same face leaves the face in a
   corner of MediaPipe's crop of the box, where the mesh may see no face at all (the face
-  goes to the fallback) or fit one half again too large (a sure but loose mesh that its
+  goes to the fallback) or fit one 1.45-1.8 times too wide (a sure but loose mesh that its
   second fit does not correct). The new fit replaces the old only where the mesh is sure of
   it (MediaPipe's threshold) and surer than of the old, so a verdict can only go from
   doubtful to sure: nothing rejected is let in, nothing kept is lost."""
