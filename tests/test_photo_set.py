@@ -10,7 +10,7 @@ exactly as it moves the pixels.
 import numpy as np
 import pytest
 
-from sdgan_jax.evaluation import coverage
+from sdgan_jax.evaluation import coverage, photo_truth, photo_variants
 from sdgan_jax.evaluation import photo_set as ps
 from sdgan_jax.faces import detect
 
@@ -64,7 +64,7 @@ def test_the_set_holds_faces_and_negatives(originals):
 def test_partial_faces_are_crops_of_obama(photos):
   """Their ground truth is obama.jpg's face shifted: that holds only if they are its crops."""
   obama = photos['obama'][0].astype(np.int16)
-  for name, (source, x0) in ps._CROPS.items():  # pylint: disable=protected-access
+  for name, (source, x0) in photo_truth.CROPS.items():
     assert source == 'obama'
     crop = photos[name][0].astype(np.int16)
     assert crop.shape[0] == obama.shape[0]
@@ -140,8 +140,8 @@ def test_variants_move_the_ground_truth_with_the_pixels():
     np.ones(5, bool),
     'hand',
   )
-  for variant in ps.VARIANTS:
-    out, matrix = ps.variant_image(image, variant)
+  for variant in photo_variants.VARIANTS:
+    out, matrix = photo_variants.variant_image(image, variant)
     moved = ps.transform_face(face, matrix, out.shape[:2])
     assert moved.visible.all()
     if variant.startswith('scale'):

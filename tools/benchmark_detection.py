@@ -83,13 +83,15 @@ def _emit(row: dict, output) -> None:
 
 def _photo_set(args, detectors, machine) -> int:
   from sdgan_jax.evaluation import photo_set as ps  # pylint: disable=import-outside-toplevel
+  from sdgan_jax.evaluation import photo_variants  # pylint: disable=import-outside-toplevel
 
-  variants = args.variants.split(',') if args.variants else ps.VARIANTS
-  unknown = sorted(set(variants) - set(ps.VARIANTS))
+  variants = args.variants.split(',') if args.variants else photo_variants.VARIANTS
+  unknown = sorted(set(variants) - set(photo_variants.VARIANTS))
   splits = args.splits.split(',')
   if unknown or set(splits) - set(ps.SPLITS):
     print(
-      f'error: variants from {", ".join(ps.VARIANTS)}, splits from {", ".join(ps.SPLITS)}',
+      f'error: variants from {", ".join(photo_variants.VARIANTS)}, '
+      f'splits from {", ".join(ps.SPLITS)}',
       file=sys.stderr,
     )
     return 2

