@@ -234,13 +234,14 @@ def test_eight_device_sharded_step_matches_one_device(tmp_path):
 @pytest.mark.slow
 def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
   """It learns, not only runs: on one fixed batch of a real face the reconstruction error
-  of the masked region's composite falls by at least half in 200 steps."""
+  of the masked region's composite falls by at least half in 100 steps (to ~0.3 of its
+  first value, 0.22 after 200: running the steps is most of this test's time)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from skimage import data as skdata  # pylint: disable=import-outside-toplevel
 
   cfg = tiny_config()
   cfg.loss.lambda_l1 = 10.0  # the authors' reconstruction term
-  cfg.optim.learning_rate = 1e-3  # a tiny network on one batch: 200 steps at 1e-3
+  cfg.optim.learning_rate = 1e-3  # a tiny network on one batch: 100 steps at 1e-3
   # One person in every pair: the identity net's task is degenerate here and its space
   # would drift under G's pull towards the target; it stays fixed (its own test is
   # test_identity_target.py)
@@ -259,7 +260,7 @@ def test_generator_learns_to_fill_the_masked_face_on_a_fixed_batch():
   batch['target_image'][:] = face[:, ::-1]  # a real face as the target too, not noise
   batch = parallel.shard_batch(batch, mesh, train_step.BATCH_KEYS)
   l1 = []
-  for _ in range(200):
+  for _ in range(100):
     state, metrics = step(state, batch)
     l1.append(float(metrics['train/g_l1']))
   assert float(metrics['train/all_finite']) == 1.0
