@@ -275,9 +275,7 @@ def _run_two_processes(tmp_path, dataset, *, num_steps=2, image_every=1, every=2
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
       text=True,
-      # process 0 compiles each program and hands it to process 1, which would otherwise
-      # compile the same programs on the same cores at the same time
-      env=dict(os.environ, JAX_PLATFORMS='cpu', JAX_SHARE_BINARY_BETWEEN_HOSTS='true'),
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
     )
     for i in range(2)
   ]
