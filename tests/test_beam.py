@@ -413,7 +413,12 @@ def test_an_output_holding_a_run_with_other_options_is_refused(tmp_path):
 
 def test_a_worker_process_loads_the_model_once_at_its_first_batch(tmp_path):
   """Every copy of the DoFn in one process (a runner's threads or bundle processors)
-  shares one model, loaded at the first batch: a copy given no batch loads nothing."""
+  shares one model, loaded at the first batch: a copy given no batch loads nothing. A copy
+  made after the others are torn down gets the same model back; the next run's model
+  replaces it, so a process keeps at most one idle model."""
+  import gc  # pylint: disable=import-outside-toplevel
+  import weakref  # pylint: disable=import-outside-toplevel
+
   from apache_beam.internal import pickler  # pylint: disable=import-outside-toplevel
 
   loads = tmp_path / 'loads'  # the copies' ``load`` is a pickled copy: it counts in a file
@@ -432,15 +437,32 @@ def test_a_worker_process_loads_the_model_once_at_its_first_batch(tmp_path):
     return Stub()
 
   spec = beam_spec.RunSpec(output=str(tmp_path / 'out'), report='r.json', options=Stub.options)
-  fn = beam_worker.AnonymizeFiles(spec, load)
-  copies = [pickler.loads(pickler.dumps(fn)) for _ in range(2)]
-  for copy in copies:
-    copy.setup()
-  assert not loads.exists()
   notes = beam_inputs.Source(str(tmp_path / 'notes.txt'), 'notes.txt', None, 'not media')
-  rows = [row for copy in copies for row in copy.process([notes])]
+
+  def copies_of(fn, n):
+    copies = [pickler.loads(pickler.dumps(fn)) for _ in range(n)]
+    for copy in copies:
+      copy.setup()
+    return copies
+
+  fn = beam_worker.AnonymizeFiles(spec, load)
+  copies = copies_of(fn, 3)
+  assert not loads.exists()
+  rows = [row for copy in copies[:2] for row in copy.process([notes])]
   assert loads.read_text() == 'load\n'
   assert [r['status'] for r in rows] == ['skipped', 'skipped'], rows
+  made = [weakref.ref(copies[0]._worker.runner.anonymizer)]  # pylint: disable=protected-access
   for copy in copies:
     copy.teardown()
-  assert not beam_worker._SHARED  # pylint: disable=protected-access
+  (late,) = copies_of(fn, 1)
+  assert [r['status'] for r in late.process([notes])] == ['skipped']
+  assert loads.read_text() == 'load\n'
+  late.teardown()
+
+  (other_run,) = copies_of(beam_worker.AnonymizeFiles(spec, load), 1)
+  list(other_run.process([notes]))
+  assert loads.read_text() == 'load\nload\n'
+  made.append(weakref.ref(other_run._worker.runner.anonymizer))  # pylint: disable=protected-access
+  other_run.teardown()
+  gc.collect()
+  assert [ref() is None for ref in made] == [True, False]

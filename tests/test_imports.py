@@ -66,3 +66,23 @@ def test_the_tf_free_side_imports_no_tensorflow_and_inference_no_trainer():
   assert loaded['trainers'] == [], f'inference imported {loaded["trainers"]}'
   assert loaded['step_trainers'] == [], f'the train step imported {loaded["step_trainers"]}'
   assert loaded['tensorflow'] == [], f'TensorFlow loaded: {loaded["tensorflow"]}'
+
+
+def test_the_beam_launcher_loads_no_jax():
+  """The Beam launcher parses the CLI's flags and builds the pipeline; only its workers
+  run the networks. Loading JAX there (about 2 s) would only delay every job's start."""
+  code = (
+    'import sys, runpy\n'
+    "sys.argv = ['anonymize_beam', '--help']\n"
+    'try:\n'
+    "  runpy.run_path('tools/anonymize_beam.py', run_name='__main__')\n"
+    'except SystemExit:\n'
+    '  pass\n'
+    "print('JAX', sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib'))[:3])\n"
+  )
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+    [sys.executable, '-c', code], check=True, capture_output=True, text=True, cwd=root
+  )
+  assert out.stdout.strip().splitlines()[-1] == 'JAX []', out.stdout[-500:]
+  assert '--runner' in out.stdout  # the parser was built: the flags' modules were imported

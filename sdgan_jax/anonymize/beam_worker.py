@@ -12,12 +12,12 @@ import posixpath
 import shutil
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
 
 from sdgan_jax.anonymize import jobs as anonymize_jobs
 from sdgan_jax.anonymize.anonymizer import FaceAnonymizer
@@ -28,18 +28,15 @@ from sdgan_jax.anonymize.runner import Runner
 from sdgan_jax.perf import compile_cache
 
 
-@dataclasses.dataclass
-class _SharedRunner:
-  users: int  # the DoFn copies set up and not torn down
-  runner: Runner | None = None  # made at the first batch
-  lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+class _WorkerRunner:
+  """A worker process's ``Runner`` of one run (and so its model), shared through Beam's
+  ``Shared`` by every copy of the run's ``AnonymizeFiles``: a runner makes one copy per
+  thread or bundle processor, and each would otherwise load the model and compile its
+  programs again. A plain class: ``Shared`` holds it by weak reference."""
 
-
-# The worker process's ``Runner`` (and so its model) per run, shared by every copy of the
-# run's ``AnonymizeFiles``: a runner makes one copy per thread or bundle processor, and
-# each would otherwise load the model and compile its programs again.
-_SHARED: dict[str, _SharedRunner] = {}
-_SHARED_LOCK = threading.Lock()
+  def __init__(self, runner: Runner):
+    self.runner = runner
+    self.lock = threading.Lock()  # one batch at a time through the model
 
 
 class AnonymizeFiles(beam.DoFn):
@@ -50,7 +47,10 @@ class AnonymizeFiles(beam.DoFn):
     load: makes the worker's ``FaceAnonymizer`` (default ``spec.load``: the CLI's
       ``build_anonymizer``); called once per worker process, at its first batch (a worker
       given no batch loads nothing, leaving the cores to those that work), and shared by
-      the process's threads one batch at a time.
+      the process's threads one batch at a time. Beam's ``Shared`` keeps the process's
+      last runner alive after its copies are torn down (a runner that starts new
+      threads for new work items gets it back without loading again); a later run in
+      the same process releases it: at most one idle model per process.
   """
 
   def __init__(self, spec: RunSpec, load: Callable[[], FaceAnonymizer] | None = None):
@@ -60,49 +60,37 @@ class AnonymizeFiles(beam.DoFn):
     self._counters = {
       name: Metrics.counter(COUNTERS, name) for name in ('files', 'faces', 'fallbacks', 'errors')
     }
-    self._key = uuid.uuid4().hex  # pickled with the DoFn: the same in all its copies
+    self._shared = shared.Shared()  # pickled with the DoFn: one key for all its copies
+    self._worker: _WorkerRunner | None = None
     self._scratch = None
 
   def setup(self):
-    with _SHARED_LOCK:
-      shared = _SHARED.setdefault(self._key, _SharedRunner(users=0))
-      shared.users += 1
     self._scratch = pathlib.Path(tempfile.mkdtemp(prefix='sdgan_beam_'))
 
   def teardown(self):
-    with _SHARED_LOCK:
-      shared = _SHARED.get(self._key)
-      if shared is not None:
-        shared.users -= 1
-        if shared.users <= 0:
-          del _SHARED[self._key]
+    self._worker = None  # Shared decides when the model goes (class doc)
     if self._scratch is not None:
       shutil.rmtree(self._scratch, ignore_errors=True)
 
-  def _runner(self) -> _SharedRunner:
-    """This process's runner of the run, made (the model loaded) by its first batch."""
-    shared = _SHARED[self._key]
-    with shared.lock:
-      if shared.runner is None:
-        # As the CLI: the persistent compilation cache (None: the default folder; '': off),
-        # so a worker loads the programs a previous run (or the CLI) compiled.
-        compile_cache.enable(self._spec.compilation_cache)
-        anonymizer = (self._load or self._spec.load)()
-        shared.runner = Runner(
-          anonymizer,
-          self._spec.output,
-          visualize=self._spec.visualize,
-          progress=False,
-          replace=True,
-        )
-    return shared
+  def _make_worker(self) -> _WorkerRunner:
+    # As the CLI: the persistent compilation cache (None: the default folder; '': off), so
+    # a worker loads the programs a previous run (or the CLI) compiled.
+    compile_cache.enable(self._spec.compilation_cache)
+    anonymizer = (self._load or self._spec.load)()
+    return _WorkerRunner(
+      Runner(
+        anonymizer, self._spec.output, visualize=self._spec.visualize, progress=False, replace=True
+      )
+    )
 
   def process(self, batch: Sequence[Source]):
-    shared = self._runner()
-    with shared.lock:  # one batch at a time through the process's model
-      rows = self._rows(shared.runner, list(batch))
+    if self._worker is None:  # the first batch of this copy: the process's runner
+      self._worker = self._shared.acquire(self._make_worker)
+    worker = self._worker
+    with worker.lock:
+      rows = self._rows(worker.runner, list(batch))
       for source, row in rows:
-        self._finish(shared.runner, source, row)
+        self._finish(worker.runner, source, row)
     yield from (row for _, row in rows)
 
   def _rows(self, runner: Runner, batch: list[Source]) -> list[tuple[Source, dict]]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 
-import jax
-
 ENV = 'JAX_COMPILATION_CACHE_DIR'
 
 
@@ -40,6 +38,10 @@ def enable(directory: str | None = None) -> str | None:
 
     logging.warning('compilation cache off: cannot create %s (%s)', directory, error)
     return None
+  # Imported here, not at the top: the command lines import this module for their flags,
+  # and the Beam launcher (which compiles nothing) should not pay for loading JAX.
+  import jax  # pylint: disable=import-outside-toplevel
+
   jax.config.update('jax_compilation_cache_dir', directory)
   return directory
 
