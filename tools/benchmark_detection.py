@@ -82,8 +82,9 @@ def _emit(row: dict, output) -> None:
 
 
 def _photo_set(args, detectors, machine) -> int:
+  # pylint: disable-next=import-outside-toplevel
+  from sdgan_jax.evaluation import photo_scoring, photo_variants
   from sdgan_jax.evaluation import photo_set as ps  # pylint: disable=import-outside-toplevel
-  from sdgan_jax.evaluation import photo_variants  # pylint: disable=import-outside-toplevel
 
   variants = args.variants.split(',') if args.variants else photo_variants.VARIANTS
   unknown = sorted(set(variants) - set(photo_variants.VARIANTS))
@@ -113,7 +114,7 @@ def _photo_set(args, detectors, machine) -> int:
       'set': 'photos',
       'images': len(images),
       'detector': name,
-      **ps.evaluate(detector, images, draw_dir=draw_dir),
+      **photo_scoring.evaluate(detector, images, draw_dir=draw_dir),
     }
     _emit(row, args.output)
   return 0
