@@ -30,7 +30,7 @@ def ratio_steps(mesh):
   (``unroll=True``, what CPUs run) or looped, each program compiled once for all the tests
   that check it (compiling, not running, is what these tests spend their time on). SGD:
   Adam's first steps are ~lr * sign(g), which turns float reordering noise in near-zero
-  gradients into differences of 2 lr (see the sharding test)."""
+  gradients into differences of 2 lr (see test_train_step.py's sharding test)."""
   built = {}
 
   def get(fresh_batches):
