@@ -10,8 +10,8 @@ from train_fixtures import (
   batch_for,
   nan_pixel_at,
   patch_train_batches,
+  shallow_config,
   sigterm_at_read_of,
-  tiny_config,
 )
 
 from sdgan_jax import identity_bank as bank_lib
@@ -55,7 +55,7 @@ def dataset(tmp_path_factory):
     data_dir=tmp_path_factory.mktemp('tfds'),
     file_format='array_record',
   )
-  cfg = tiny_config(R)
+  cfg = shallow_config(R)
   bank = bank_lib.IdentityBank(
     rng.normal(size=(IDENTITIES, cfg.identity_dim)),
     np.full(IDENTITIES, PER_IDENTITY),
@@ -66,7 +66,7 @@ def dataset(tmp_path_factory):
 
 
 def _config(dataset, num_steps):
-  cfg = tiny_config(R)
+  cfg = shallow_config(R)
   cfg.data.dataset = dataset
   cfg.loss.perceptual_weights = 'random'
   cfg.train.num_steps = num_steps
@@ -183,14 +183,14 @@ import os
 import signal
 import sys
 sys.path[:0] = [{repo!r}, {repo!r} + '/tests']
-from train_fixtures import tiny_config
+from train_fixtures import shallow_config
 
 # process id -> the training batch (0-based) at whose read that process gets SIGTERM
 SIGTERM_AT = {sigterm_at!r}
 
 
 def get_config():
-  cfg = tiny_config({r})
+  cfg = shallow_config({r})
   cfg.data.dataset = {dataset!r}
   cfg.loss.perceptual_weights = 'random'
   cfg.train.num_steps = {num_steps}

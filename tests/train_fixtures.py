@@ -14,6 +14,34 @@ def tiny_config(resolution: int = 32):
   return cfg
 
 
+def shallow_config(resolution: int = 32):
+  """``tiny_config`` with fewer layers: two SPADE ResBlks on each side of the generator
+  (not four) and a three-layer discriminator (not five). For the train-step tests, whose
+  assertions do not depend on the model's size: they spend their time compiling the step,
+  and that scales with the number of layers, not their width."""
+  cfg = tiny_config(resolution)
+  cfg.model.generator.update(
+    dict(
+      encoder_features=(8, 16),
+      encoder_downsample=(True, True),
+      decoder_features=(16, 8),
+      decoder_upsample=(True, True),
+    )
+  )
+  cfg.model.discriminator.widths = (8, 16, 16)
+  return cfg
+
+
+def max_change(a, b) -> float:
+  """The largest absolute difference between two pytrees of arrays, leaf by leaf."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  return max(
+    float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+  )
+
+
 def batch_for(cfg, seed: int = 0, batch_size: int | None = None) -> dict:
   """A batch in the input pipeline's format: random images, a centred square face mask."""
   rng = np.random.default_rng(seed)
