@@ -29,10 +29,34 @@ import pytest  # noqa: E402
 NETWORK_FIXTURE = 'download_cache'
 
 
+# The longest modules (several minutes each on 2 cores, most of it compiling SDGAN train
+# steps or running the detectors over full-HD photos; `--durations` of .ci/run), longest
+# first. They run first: xdist (`--dist loadscope`) hands out modules in collection order,
+# and in alphabetical order the train modules came last, one worker finishing them alone.
+LONGEST_MODULES = (
+  'test_update_ratio.py',
+  'test_train_step.py',
+  'test_train_loop.py',
+  'test_anonymize.py',
+  'test_beam.py',
+  'test_detection_recall.py',
+  'test_authors_numerics.py',
+  'test_compile_only.py',
+  'test_eval_tool.py',
+  'test_benchmark.py',
+)
+
+
+def _module_rank(item) -> int:
+  name = item.path.name
+  return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+
 def pytest_collection_modifyitems(items):
   for item in items:
     if NETWORK_FIXTURE in getattr(item, 'fixturenames', ()):
       item.add_marker(pytest.mark.network)
+  items.sort(key=_module_rank)  # stable: a module's tests keep their order
 
 
 # The test being set up (its higher-scoped fixtures, built for it, included) may download
