@@ -34,14 +34,7 @@ def canvases(sources):
 @pytest.fixture(scope='module')
 def detector(blazeface_weights):
   """The detector ensemble the anonymizer builds from its default options."""
-  options = anonymize.Options()
-  return ensemble.EnsembleDetector(
-    options.detectors,
-    options.detector_thresholds,
-    min_face_px=options.detect_min_face_px,
-    upsample=options.upsample,
-    weights_dir=blazeface_weights[0],
-  )
+  return anonymize.Options().detector_ensemble(blazeface_weights[0])
 
 
 @pytest.fixture(scope='module')

@@ -22,7 +22,7 @@ from sdgan_jax.anonymize.fallback import clip_box, cover
 from sdgan_jax.anonymize.identity_check import IdentityBackbone
 from sdgan_jax.anonymize.options import BASELINE_RESOLUTION, BASELINES, Options
 from sdgan_jax.anonymize.tracking import FaceTracker
-from sdgan_jax.faces import align, detect, ensemble, mesh, paste, pipeline, verify
+from sdgan_jax.faces import align, detect, mesh, paste, pipeline, verify
 from sdgan_jax.faces.pipeline import Face
 
 
@@ -92,13 +92,7 @@ class FaceAnonymizer:
     self.parser, self.semantic_maps = self._semantic_parser(parser)
     uses_mesh = self.options.verify_faces or self.options.landmarks == 'mesh'
     self.mesh = mesh.FaceMesh.load(weights_dir) if uses_mesh else None
-    self.detector = detector or ensemble.EnsembleDetector(
-      self.options.detectors,
-      self.options.detector_thresholds,
-      min_face_px=self.options.detect_min_face_px,
-      upsample=self.options.upsample,
-      weights_dir=weights_dir,
-    )
+    self.detector = detector or self.options.detector_ensemble(weights_dir)
     if self.options.verify_faces:
       self.detector = verify.VerifiedDetector(
         self.detector, self.mesh, self.options.presence_threshold

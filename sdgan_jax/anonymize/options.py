@@ -185,6 +185,16 @@ class Options:
     """``workers``, with 0 resolved to this machine's CPU cores (at most MAX_AUTO_WORKERS)."""
     return self.workers or min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
 
+  def detector_ensemble(self, weights_dir=None) -> ensemble.EnsembleDetector:
+    """The first detection stage these options ask for (before the face mesh's check)."""
+    return ensemble.EnsembleDetector(
+      self.detectors,
+      self.detector_thresholds,
+      min_face_px=self.detect_min_face_px,
+      upsample=self.upsample,
+      weights_dir=weights_dir,
+    )
+
 
 def check_detector_threshold(name: str, value: float, detectors) -> None:
   """Raises ValueError unless ``value`` is a score threshold detector ``name`` (one of
